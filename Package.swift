@@ -1,0 +1,41 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "ringtgt",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "ringtgtd", targets: ["ringtgtd"]),
+        .executable(name: "ringtgtadm", targets: ["ringtgtadm"]),
+        .library(name: "Target", targets: ["Target"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        // liburing through a module map and a header-only shim (pkg-config liburing, Debian liburing-dev).
+        .systemLibrary(name: "CURing", pkgConfig: "liburing", providers: [.apt(["liburing-dev"])]),
+        .target(
+            name: "Target",
+            dependencies: [
+                "CURing",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: [.swiftLanguageMode(.v5)]
+        ),
+        .executableTarget(
+            name: "ringtgtd",
+            dependencies: ["Target", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                           .product(name: "Logging", package: "swift-log")],
+            swiftSettings: [.swiftLanguageMode(.v5)]
+        ),
+        .executableTarget(
+            name: "ringtgtadm",
+            dependencies: ["Target", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: [.swiftLanguageMode(.v5)]
+        ),
+        .testTarget(name: "TargetTests", dependencies: ["Target"], swiftSettings: [.swiftLanguageMode(.v5)]),
+        .testTarget(name: "EndToEndTests", dependencies: ["Target"], swiftSettings: [.swiftLanguageMode(.v5)]),
+    ]
+)

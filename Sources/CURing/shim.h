@@ -1,0 +1,95 @@
+// Header-only shim over <liburing.h> for Swift.
+// The libc headers come first: otherwise liburing's feature macros make fd_set differ from SwiftGlibc's view.
+#ifndef RINGTGT_CURING_SHIM_H
+#define RINGTGT_CURING_SHIM_H
+
+#define _GNU_SOURCE 1
+#include <stdint.h>
+#include <stddef.h>
+#include <string.h>
+#include <errno.h>
+#include <unistd.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/resource.h>
+#include <sys/un.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <time.h>
+#include <poll.h>
+#include <linux/fs.h>
+#include <liburing.h>
+
+// IOSQE_* are shifts of enum values and do not import: re-export them as plain constants.
+static const uint8_t RT_IOSQE_FIXED_FILE = IOSQE_FIXED_FILE;
+static const uint8_t RT_IOSQE_IO_DRAIN = IOSQE_IO_DRAIN;
+static const uint8_t RT_IOSQE_IO_LINK = IOSQE_IO_LINK;
+static const uint8_t RT_IOSQE_IO_HARDLINK = IOSQE_IO_HARDLINK;
+static const uint8_t RT_IOSQE_ASYNC = IOSQE_ASYNC;
+static const uint8_t RT_IOSQE_BUFFER_SELECT = IOSQE_BUFFER_SELECT;
+static const uint8_t RT_IOSQE_CQE_SKIP_SUCCESS = IOSQE_CQE_SKIP_SUCCESS;
+
+static const uint32_t RT_SETUP_SINGLE_ISSUER = IORING_SETUP_SINGLE_ISSUER;
+static const uint32_t RT_SETUP_DEFER_TASKRUN = IORING_SETUP_DEFER_TASKRUN;
+static const uint32_t RT_SETUP_COOP_TASKRUN = IORING_SETUP_COOP_TASKRUN;
+static const uint32_t RT_SETUP_SUBMIT_ALL = IORING_SETUP_SUBMIT_ALL;
+static const uint32_t RT_CQE_F_MORE = IORING_CQE_F_MORE;
+
+// Copies up to `max` ready completions out of the ring (acquire-ordered tail read happens in C).
+static inline unsigned rt_peek_batch(struct io_uring *ring, struct io_uring_cqe **cqes, unsigned max) {
+    return io_uring_peek_batch_cqe(ring, cqes, max);
+}
+
+static inline int rt_errno(void) { return errno; }
+
+// A relative timeout for submit_and_wait_timeout.
+static inline int rt_wait(struct io_uring *ring, unsigned waitNr, long long nanos) {
+    struct io_uring_cqe *cqe = NULL;
+    if (nanos < 0) {
+        return io_uring_submit_and_wait(ring, waitNr);
+    }
+    struct __kernel_timespec ts = { .tv_sec = nanos / 1000000000LL, .tv_nsec = nanos % 1000000000LL };
+    return io_uring_submit_and_wait_timeout(ring, &cqe, waitNr, &ts, NULL);
+}
+
+// CRC32C (Castagnoli) with SSE4.2 when the CPU has it; the table fallback lives in Swift.
+#if defined(__x86_64__)
+__attribute__((target("sse4.2")))
+static inline uint32_t rt_crc32c_hw(uint32_t crc, const void *data, size_t len) {
+    const unsigned char *p = (const unsigned char *)data;
+    uint64_t c = crc;
+    while (len >= 8) { uint64_t v; memcpy(&v, p, 8); c = __builtin_ia32_crc32di(c, v); p += 8; len -= 8; }
+    uint32_t c32 = (uint32_t)c;
+    while (len > 0) { c32 = __builtin_ia32_crc32qi(c32, *p); p++; len--; }
+    return c32;
+}
+static inline int rt_cpu_has_sse42(void) { return __builtin_cpu_supports("sse4.2"); }
+#else
+static inline uint32_t rt_crc32c_hw(uint32_t crc, const void *data, size_t len) { (void)data; (void)len; return crc; }
+static inline int rt_cpu_has_sse42(void) { return 0; }
+#endif
+
+// Pins the calling thread to one CPU.
+static inline int rt_pin_to_cpu(int cpu) {
+    cpu_set_t set; CPU_ZERO(&set); CPU_SET(cpu, &set);
+    return pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+}
+
+static inline int rt_cpu_online_count(void) {
+    cpu_set_t set; CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
+    return CPU_COUNT(&set);
+}
+
+#endif

@@ -1,0 +1,169 @@
+// The objects that the control plane builds and the reactors read: targets, logical units and I_T nexuses.
+// A ConfigSnapshot is immutable once published; a LogicalUnit keeps its identity across snapshots, so a
+// LUN that did not change keeps its state (reservations, unit attentions) when another LUN is added.
+
+/// One exported SCSI logical unit. Created by the control plane when the LUN is added; shared by every
+/// core. Its fields are immutable; mutable SCSI state (reservations, unit attentions, mode pages) lives
+/// in `state`, which synchronises itself off the fast path.
+public final class LogicalUnit: @unchecked Sendable {
+    public let number: UInt64
+    public let blockSize: Int
+    public let blockCount: UInt64
+    public let capabilities: StoreCapabilities
+    public let vendor: String            // INQUIRY T10 VENDOR IDENTIFICATION (8 chars)
+    public let product: String           // INQUIRY PRODUCT IDENTIFICATION (16 chars)
+    public let revision: String          // INQUIRY PRODUCT REVISION LEVEL (4 chars)
+    public let serial: String            // VPD 0x80
+    public let naa: [UInt8]              // 16-byte NAA IEEE Registered Extended designator (VPD 0x83)
+    public let backing: Backing          // what the reactor drives
+    public let state: LUNState           // SCSI-level shared state (SCSI/LUNState.swift)
+    /// Backing-store type and path as the admin gave them (shown by `--op show`).
+    public let bstype: String
+    public let path: String
+
+    public init(number: UInt64, blockSize: Int, blockCount: UInt64, capabilities: StoreCapabilities,
+                vendor: String = "RINGTGT", product: String = "VIRTUAL-DISK", revision: String = "0001",
+                serial: String, naa: [UInt8], backing: Backing, bstype: String, path: String) {
+        precondition(blockSize == 512 || blockSize == 4096, "block size must be 512 or 4096")
+        precondition(naa.count == 16, "NAA designator is 16 bytes")
+        self.number = number
+        self.blockSize = blockSize
+        self.blockCount = blockCount
+        self.capabilities = capabilities
+        self.vendor = vendor
+        self.product = product
+        self.revision = revision
+        self.serial = serial
+        self.naa = naa
+        self.backing = backing
+        self.bstype = bstype
+        self.path = path
+        self.state = LUNState(blockSize: blockSize, blockCount: blockCount, capabilities: capabilities)
+    }
+
+    public var byteCount: UInt64 { blockCount &* UInt64(blockSize) }
+}
+
+/// Who may log in to a target (tgtadm `--op bind -I ...` / `--initiator-name`).
+public enum ACLRule: Equatable, Sendable, CustomStringConvertible {
+    case all
+    case address(String)                    // exact IPv4 or IPv6 address as text
+    case cidr(String, prefixLength: Int)    // network address text and prefix
+    case initiatorName(String)              // iqn.... (case-insensitive per RFC 3722)
+
+    public var description: String {
+        switch self {
+        case .all: return "ALL"
+        case .address(let a): return a
+        case .cidr(let n, let p): return "\(n)/\(p)"
+        case .initiatorName(let n): return n
+        }
+    }
+}
+
+/// One target as the reactors see it. Immutable; a configuration change publishes a new instance.
+public final class TargetRuntime: @unchecked Sendable {
+    public let tid: Int
+    public let name: String
+    public let alias: String?
+    public let portalGroupTag: UInt16
+    public let relativeTargetPortID: UInt16
+    /// LUNs sorted by number. LUN 0 may be absent.
+    public let luns: [LogicalUnit]
+    public let acl: [ACLRule]
+    /// iSCSI keys the admin set with `--op update --mode target --name K --value V`, as text.
+    public let params: [String: String]
+    /// Monotonic per-target version; a change of the LUN list raises REPORTED LUNS DATA HAS CHANGED.
+    public let lunGeneration: UInt64
+
+    public init(tid: Int, name: String, alias: String? = nil, portalGroupTag: UInt16 = 1,
+                relativeTargetPortID: UInt16 = 1, luns: [LogicalUnit], acl: [ACLRule],
+                params: [String: String], lunGeneration: UInt64) {
+        self.tid = tid
+        self.name = name
+        self.alias = alias
+        self.portalGroupTag = portalGroupTag
+        self.relativeTargetPortID = relativeTargetPortID
+        self.luns = luns.sorted { $0.number < $1.number }
+        self.acl = acl
+        self.params = params
+        self.lunGeneration = lunGeneration
+    }
+
+    /// Binary search; LUN tables are small and sorted.
+    @inline(__always)
+    public func lun(_ number: UInt64) -> LogicalUnit? {
+        var lo = 0, hi = luns.count
+        while lo < hi {
+            let mid = (lo + hi) >> 1
+            let n = luns[mid].number
+            if n == number { return luns[mid] }
+            if n < number { lo = mid + 1 } else { hi = mid }
+        }
+        return nil
+    }
+}
+
+/// Everything the reactors need from the configuration at one instant.
+public final class ConfigSnapshot: @unchecked Sendable {
+    public let version: UInt64
+    public let targets: [TargetRuntime]   // sorted by tid
+
+    public init(version: UInt64, targets: [TargetRuntime]) {
+        self.version = version
+        self.targets = targets.sorted { $0.tid < $1.tid }
+    }
+
+    public func target(named name: String) -> TargetRuntime? {
+        let lower = name.lowercased()
+        return targets.first { $0.name.lowercased() == lower }
+    }
+
+    public func target(tid: Int) -> TargetRuntime? { targets.first { $0.tid == tid } }
+
+    public static let empty = ConfigSnapshot(version: 0, targets: [])
+}
+
+/// An I_T nexus: one iSCSI session's initiator port and target port. Reservations, persistent
+/// reservation registrations and unit attentions are kept per nexus.
+public final class Nexus: @unchecked Sendable {
+    private static let counter = NexusCounter()
+
+    /// Process-wide unique, never reused.
+    public let id: UInt64
+    public let initiatorName: String
+    /// The 6-byte ISID as a 48-bit number.
+    public let isid: UInt64
+    public let targetName: String
+    public let portalGroupTag: UInt16
+    public let relativeTargetPortID: UInt16
+
+    public init(initiatorName: String, isid: UInt64, targetName: String, portalGroupTag: UInt16,
+                relativeTargetPortID: UInt16) {
+        self.id = Nexus.counter.next()
+        self.initiatorName = initiatorName
+        self.isid = isid & 0xFFFF_FFFF_FFFF
+        self.targetName = targetName
+        self.portalGroupTag = portalGroupTag
+        self.relativeTargetPortID = relativeTargetPortID
+    }
+
+    /// iSCSI initiator port name (RFC 7143 §4.2.7.4): "<name>,i,0x<isid 12 hex digits>".
+    public var initiatorPortName: String {
+        let hex = String(isid, radix: 16)
+        return "\(initiatorName),i,0x\(String(repeating: "0", count: max(0, 12 - hex.count)))\(hex)"
+    }
+
+    /// iSCSI target port name: "<name>,t,0x<tpgt 4 hex digits>".
+    public var targetPortName: String {
+        let hex = String(portalGroupTag, radix: 16)
+        return "\(targetName),t,0x\(String(repeating: "0", count: max(0, 4 - hex.count)))\(hex)"
+    }
+}
+
+import Synchronization
+
+final class NexusCounter: Sendable {
+    private let value = Atomic<UInt64>(0)
+    func next() -> UInt64 { value.wrappingAdd(1, ordering: .relaxed).newValue }
+}

@@ -1,0 +1,4 @@
+// Placeholder: the stores are filled in by the reactor work.
+public enum Backing: @unchecked Sendable {
+    case null
+}
