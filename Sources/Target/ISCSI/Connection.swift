@@ -1,0 +1,439 @@
+import CURing
+import Glibc
+
+/// The operational values a connection runs with after login (RFC 7143 §13), in the form the I/O path uses.
+struct ConnectionParams {
+    var headerDigest = false
+    var dataDigest = false
+    /// The most data we may put in one PDU (the initiator's MaxRecvDataSegmentLength).
+    var maxSendDataSegment = 8192
+    /// The most data we accept in one PDU (our MaxRecvDataSegmentLength; 8192 during login).
+    var maxRecvDataSegment = 8192
+    var maxBurst = 262_144
+    var firstBurst = 65_536
+    var immediateData = true
+    var initialR2T = true
+    var defaultTime2Wait: UInt16 = 2
+    var defaultTime2Retain: UInt16 = 0
+}
+
+enum ConnPhase: UInt8 {
+    /// Login PDUs only, until the final Login Response with T=1, NSG=3.
+    case login
+    /// Normal or discovery session in full feature phase.
+    case fullFeature
+    /// Logout accepted: only the Logout Response still goes out, then the socket closes.
+    case loggingOut
+    /// Being torn down: waits for its in-flight operations to complete, then releases everything.
+    case closing
+}
+
+/// Receive stages: a PDU arrives as BHS, AHS, header digest, data segment, padding, data digest. Each stage
+/// tracks how much it already has, because TCP delivers partial reads.
+enum RxStage: UInt8 {
+    case bhs, ahs, headerDigest, data, pad, dataDigest
+}
+
+/// Where the current PDU's data segment goes.
+enum RxSink: UInt8 {
+    /// A task's buffer slot (immediate data, Data-Out).
+    case taskBuffer
+    /// The connection's control buffer (login, text, NOP-Out ping data).
+    case control
+    /// Discarded after being read (data we reject but must skip to stay in step).
+    case discard
+}
+
+public final class Connection {
+    static let rxBytes = 16_384
+    static let headerAreaBytes = 48 + 255 * 4 + 4   // BHS + largest AHS + header digest
+    /// Largest data segment accepted during login and on control PDUs (login is limited to 8192 by RFC 7143).
+    static let loginDataBytes = 8192
+    static let maxControlDataBytes = 65_536
+    static let maxTextResponseBytes = 65_536
+
+    unowned(unsafe) let reactor: Reactor
+    let index: Int
+    var generation: UInt32
+    var fd: Int32
+    var phase: ConnPhase = .login
+    var peer: String
+    var local: String
+    var cid: UInt16 = 0
+
+    // Receive state
+    let rx: UnsafeMutableRawPointer
+    var rxStart = 0
+    var rxEnd = 0
+    var recvInFlight = false
+    var recvDirect = false             // the recv in flight writes straight into the data sink
+    var stage: RxStage = .bhs
+    var stageHave = 0
+    var stageNeed = 48
+    let hdr: UnsafeMutableRawPointer
+    var ahsBytes = 0
+    var dataLength = 0
+    var padLength = 0
+    var sink: RxSink = .discard
+    var sinkPtr: UnsafeMutableRawPointer? = nil
+    var sinkTask: Int32 = -1
+    var padBytes: UInt32 = 0
+    var digestBytes: UInt32 = 0
+    var stalled = false                // parser waits for a buffer slot or send-queue room
+    var onSlotWaitList = false
+    var controlData: [UInt8] = []
+
+    // Send state
+    var out: OutQueue
+    var sendInFlight = false
+    var dirty = false
+    var lastSendProgressTick: UInt64 = 0
+
+    // Session state
+    var params = ConnectionParams()
+    var statSN: UInt32 = 0
+    var expCmdSN: UInt32 = 0
+    var cmdWindow: Int
+    var login = LoginStateMachine()
+    var loginStarted = false
+    var isDiscovery = false
+    var isid: UInt64 = 0
+    var tsih: UInt16 = 0
+    var target: TargetRuntime? = nil
+    var nexus: Nexus? = nil
+    var initiatorName = ""
+    var text = TextExchange()
+
+    // Tasks
+    let tasks: UnsafeMutablePointer<IOTask>
+    let taskCapacity: Int
+    var freeTask: Int32 = -1
+    var activeTasks = 0
+    var orderWaiting = 0               // tasks parked in .waitingOrder
+    var outWaitHead: Int32 = -1        // tasks parked in .waitingOutSpace (FIFO)
+    var outWaitTail: Int32 = -1
+    var storeInFlight = 0
+
+    // Liveness
+    var lastRxTick: UInt64 = 0
+    var createdTick: UInt64 = 0
+    var pingTTT: UInt32 = reservedTag
+    var pingSentTick: UInt64 = 0
+    var nextPingTTT: UInt32 = 1
+
+    init(reactor: Reactor, index: Int, generation: UInt32, fd: Int32, peer: String, local: String) {
+        self.reactor = reactor
+        self.index = index
+        self.generation = generation
+        self.fd = fd
+        self.peer = peer
+        self.local = local
+        rx = .allocate(byteCount: Connection.rxBytes, alignment: 64)
+        hdr = .allocate(byteCount: Connection.headerAreaBytes, alignment: 64)
+        out = OutQueue(capacity: reactor.config.sendQueueRecords)
+        cmdWindow = reactor.config.commandWindow
+        taskCapacity = reactor.config.commandWindow + reactor.config.immediateCommandAllowance
+        tasks = .allocate(capacity: taskCapacity)
+        tasks.initialize(repeating: IOTask(), count: taskCapacity)
+        for i in stride(from: taskCapacity - 1, through: 0, by: -1) {
+            tasks[i].nextFree = freeTask
+            freeTask = Int32(i)
+        }
+        lastRxTick = reactor.tick
+        createdTick = reactor.tick
+        lastSendProgressTick = reactor.tick
+    }
+
+    deinit {
+        rx.deallocate()
+        hdr.deallocate()
+        tasks.deinitialize(count: taskCapacity)
+        tasks.deallocate()
+    }
+
+    // MARK: - Receive
+
+    /// Arms the next recv: into the staging buffer, or straight into the data sink when the rest of a large
+    /// data segment is not staged yet (so write data lands in its buffer slot without a copy).
+    func armRecv() {
+        guard !recvInFlight, phase != .closing, !stalled else { return }
+        let sqe = reactor.ring.sqe()
+        if stage == .data, rxStart == rxEnd, let p = sinkPtr, dataLength - stageHave >= 4096 {
+            recvDirect = true
+            io_uring_prep_recv(sqe, fd, p + stageHave, dataLength - stageHave, 0)
+        } else {
+            recvDirect = false
+            if rxStart == rxEnd { rxStart = 0; rxEnd = 0 }
+            if rxEnd == Connection.rxBytes {
+                // Compact: move the unparsed tail to the front.
+                let n = rxEnd - rxStart
+                memmove(rx, rx + rxStart, n)
+                rxStart = 0
+                rxEnd = n
+            }
+            io_uring_prep_recv(sqe, fd, rx + rxEnd, Connection.rxBytes - rxEnd, 0)
+        }
+        sqe.pointee.user_data = packUserData(.recv, index: index, tag: generation)
+        recvInFlight = true
+    }
+
+    func onRecv(_ res: Int32) {
+        recvInFlight = false
+        if phase == .closing { reactor.maybeRelease(self); return }
+        if res <= 0 {
+            // 0: orderly shutdown by the initiator; <0: reset or error. Either way this connection ends.
+            reactor.closeConnection(self, reason: res == 0 ? "peer closed" : "recv: \(String(cString: strerror(-res)))")
+            return
+        }
+        lastRxTick = reactor.tick
+        pingTTT = reservedTag
+        if recvDirect {
+            stageHave += Int(res)
+            if stageHave == dataLength { finishDataStage() }
+        } else {
+            rxEnd += Int(res)
+        }
+        parse()
+        armRecv()
+    }
+
+    /// Consumes staged bytes through the receive stages, dispatching complete headers and PDUs.
+    func parse() {
+        while phase != .closing && !stalled {
+            let avail = rxEnd - rxStart
+            switch stage {
+            case .bhs, .ahs, .headerDigest:
+                if avail == 0 { return }
+                let base = stage == .bhs ? 0 : (stage == .ahs ? 48 : 48 + ahsBytes)
+                let n = min(avail, stageNeed - stageHave)
+                memcpy(hdr + base + stageHave, rx + rxStart, n)
+                rxStart += n
+                stageHave += n
+                if stageHave < stageNeed { return }
+                headerStageDone()
+            case .data:
+                if stageHave == dataLength { finishDataStage(); continue }
+                if avail == 0 { return }
+                let n = min(avail, dataLength - stageHave)
+                if let p = sinkPtr { memcpy(p + stageHave, rx + rxStart, n) }
+                rxStart += n
+                stageHave += n
+                if stageHave == dataLength { finishDataStage() }
+            case .pad:
+                if avail == 0 { return }
+                let n = min(avail, padLength - stageHave)
+                rxStart += n
+                stageHave += n
+                if stageHave == padLength { afterPad() }
+            case .dataDigest:
+                if avail == 0 { return }
+                let n = min(avail, 4 - stageHave)
+                withUnsafeMutableBytes(of: &digestBytes) { d in
+                    memcpy(d.baseAddress! + stageHave, rx + rxStart, n)
+                }
+                rxStart += n
+                stageHave += n
+                if stageHave == 4 { dataDigestDone() }
+            }
+        }
+    }
+
+    private func headerStageDone() {
+        let bhs = BHS(hdr)
+        switch stage {
+        case .bhs:
+            ahsBytes = bhs.ahsBytes
+            if ahsBytes > 0 { stage = .ahs; stageHave = 0; stageNeed = ahsBytes; return }
+            fallthrough
+        case .ahs:
+            if params.headerDigest && phase != .login {
+                stage = .headerDigest; stageHave = 0; stageNeed = 4; return
+            }
+        case .headerDigest:
+            let want = Digest.crc32c(UnsafeRawPointer(hdr), 48 + ahsBytes)
+            let got = UInt32(littleEndian: (hdr + 48 + ahsBytes).loadUnaligned(as: UInt32.self))
+            if want != got {
+                // RFC 7143 §7.8: a header digest error cannot be trusted for framing: drop the connection.
+                reactor.closeConnection(self, reason: "header digest error")
+                return
+            }
+        default: break
+        }
+        headerReady()
+    }
+
+    /// The full header is in `hdr`. Decide where the data segment goes; may stall (no buffer slot).
+    func headerReady() {
+        let bhs = BHS(hdr)
+        dataLength = bhs.dataSegmentLength
+        padLength = (4 - dataLength & 3) & 3
+        sinkPtr = nil
+        sinkTask = -1
+        sink = .discard
+        let limit = phase == .login ? Connection.loginDataBytes : params.maxRecvDataSegment
+        if dataLength > limit {
+            // Beyond the negotiated MaxRecvDataSegmentLength: a protocol error we cannot resynchronise from safely.
+            reactor.closeConnection(self, reason: "data segment of \(dataLength) bytes exceeds \(limit)")
+            return
+        }
+        if !prepareSink(bhs) { return }   // stalled or closed
+        stage = .data
+        stageHave = 0
+        stageNeed = dataLength
+        if dataLength == 0 { finishDataStage() }
+    }
+
+    func finishDataStage() {
+        stage = .pad
+        stageHave = 0
+        if padLength == 0 { afterPad() }
+    }
+
+    private func afterPad() {
+        if params.dataDigest && phase != .login && dataLength > 0 {
+            stage = .dataDigest
+            stageHave = 0
+            return
+        }
+        pduComplete(digestOK: true)
+    }
+
+    private func dataDigestDone() {
+        var crc = Digest.seed
+        if let p = sinkPtr {
+            crc = Digest.update(crc, UnsafeRawPointer(p), dataLength)
+            var zero: UInt32 = 0
+            if padLength > 0 { crc = Digest.update(crc, &zero, padLength) }
+            crc = ~crc
+        } else {
+            // Discarded data is not checked: it is rejected anyway.
+            crc = UInt32(littleEndian: digestBytes)
+        }
+        pduComplete(digestOK: crc == UInt32(littleEndian: digestBytes))
+    }
+
+    private func pduComplete(digestOK: Bool) {
+        stage = .bhs
+        stageHave = 0
+        stageNeed = 48
+        if !digestOK {
+            // RFC 7143 §7.8: answer a payload digest error with Reject (Data-Digest-Error) and discard the PDU.
+            queueReject(reason: RejectReason.dataDigestError)
+            abandonSink()
+            return
+        }
+        dispatchPDU()
+    }
+
+    // MARK: - Send
+
+    /// Marks the connection for a send at the end of this event-loop pass (batches PDUs).
+    @inline(__always)
+    func markDirty() {
+        if !dirty {
+            dirty = true
+            reactor.dirtyConnections.append(Int32(index))
+        }
+    }
+
+    func flush() {
+        dirty = false
+        guard !sendInFlight, phase != .closing else { return }
+        if !out.prepareSend() { return }
+        let sqe = reactor.ring.sqe()
+        io_uring_prep_sendmsg(sqe, fd, out.msg, Int32(MSG_NOSIGNAL))
+        sqe.pointee.user_data = packUserData(.send, index: index, tag: generation)
+        sendInFlight = true
+    }
+
+    func onSend(_ res: Int32) {
+        sendInFlight = false
+        if phase == .closing {
+            reactor.maybeRelease(self)
+            return
+        }
+        if res < 0 {
+            reactor.closeConnection(self, reason: "send: \(String(cString: strerror(-res)))")
+            return
+        }
+        lastSendProgressTick = reactor.tick
+        out.completed(sent: Int(res)) { token in self.fire(token) }
+        if phase == .closing { return }
+        resumeOutWaiters()
+        if stalled && reactor.pool.freeCount > 0 { resumeParser() }
+        if out.count > 0 { flush() }
+    }
+
+    /// A queued PDU went out completely.
+    private func fire(_ token: SendToken) {
+        switch token {
+        case .none: break
+        case .dataInSent(let t):
+            dataInPieceSent(Int(t))
+        case .taskDone(let t):
+            releaseTask(Int(t))
+        case .freeSlot(let s):
+            reactor.releaseSlot(Int(s))
+        case .closeAfter:
+            reactor.closeConnection(self, reason: "logout")
+        }
+    }
+
+    /// Room for `n` more PDUs in the send queue?
+    @inline(__always)
+    func hasRoom(_ n: Int) -> Bool { out.free >= n }
+
+    /// Queues a header-only or inline-data PDU built by `build` into the arena header.
+    @discardableResult
+    func queueControl(dataLength: Int = 0, token: SendToken = .none,
+                      build: (UnsafeMutableRawPointer, UnsafeMutableRawPointer) -> Void) -> Bool {
+        guard out.free > 0 else { return false }
+        let i = out.nextIndex()
+        let h = out.header(i)
+        let d = out.inlineData(i)
+        build(h, d)
+        out.commit(i, data: dataLength > 0 ? UnsafeRawPointer(d) : nil, dataLength: dataLength,
+                   headerDigest: params.headerDigest && phase != .login,
+                   dataDigest: params.dataDigest && phase != .login, token: token)
+        markDirty()
+        return true
+    }
+
+    /// Queues a PDU whose data lives outside the arena (a buffer slot or the control buffer).
+    @discardableResult
+    func queuePDU(data: UnsafeRawPointer?, dataLength: Int, token: SendToken,
+                  build: (UnsafeMutableRawPointer) -> Void) -> Bool {
+        guard out.free > 0 else { return false }
+        let i = out.nextIndex()
+        build(out.header(i))
+        out.commit(i, data: data, dataLength: dataLength, headerDigest: params.headerDigest && phase != .login,
+                   dataDigest: params.dataDigest && phase != .login, token: token)
+        markDirty()
+        return true
+    }
+
+    /// MaxCmdSN = ExpCmdSN + free command slots - 1: an initiator can never have more commands outstanding
+    /// than we have task entries (ExpCmdSN advances on receipt, not on completion).
+    @inline(__always)
+    var maxCmdSN: UInt32 {
+        let free = max(0, cmdWindow - (activeTasks - orderWaiting))
+        return expCmdSN &+ UInt32(free) &- 1
+    }
+
+    /// Stamps StatSN/ExpCmdSN/MaxCmdSN; `advance` consumes a StatSN (responses and status-carrying Data-In).
+    @inline(__always)
+    func stamp(_ h: UnsafeMutableRawPointer, advance: Bool) {
+        PDUBuild.setSequence(h, statSN: statSN, expCmdSN: expCmdSN, maxCmdSN: maxCmdSN)
+        if advance { statSN &+= 1 }
+    }
+
+    /// Reject carries the offending header as its data (RFC 7143 §11.17).
+    func queueReject(reason: UInt8) {
+        let copy = hdr
+        queueControl(dataLength: 48) { h, d in
+            PDUBuild.reject(h, reason: reason)
+            memcpy(d, copy, 48)
+            self.stamp(h, advance: true)
+        }
+    }
+}

@@ -1,0 +1,771 @@
+import CURing
+import Glibc
+
+/// Full-feature phase: SCSI commands, Data-Out, NOP, Text, task management and Logout (RFC 7143 §11).
+extension Connection {
+
+    // MARK: - Header dispatch: where does the data go?
+
+    /// Returns false when the parser must stop here (stalled on a buffer slot, or the connection closed).
+    func prepareSink(_ bhs: BHS) -> Bool {
+        let op = bhs.opcode
+        if phase == .login {
+            guard op == ISCSIOpcode.loginRequest else {
+                // Anything but Login before full feature phase is a protocol error (RFC 7143 §6.1).
+                reactor.closeConnection(self, reason: "opcode 0x\(String(op, radix: 16)) during login")
+                return false
+            }
+            return sinkToControl()
+        }
+        switch op {
+        case ISCSIOpcode.scsiCommand:
+            return prepareCommand(bhs)
+        case ISCSIOpcode.dataOut:
+            prepareDataOut(bhs)
+            return true
+        case ISCSIOpcode.nopOut, ISCSIOpcode.textRequest:
+            return sinkToControl()
+        default:
+            sink = .discard
+            return true
+        }
+    }
+
+    private func sinkToControl() -> Bool {
+        if dataLength > Connection.maxControlDataBytes {
+            reactor.closeConnection(self, reason: "control data segment too large")
+            return false
+        }
+        if controlData.count < dataLength { controlData = [UInt8](repeating: 0, count: dataLength) }
+        sink = .control
+        sinkPtr = controlData.withUnsafeMutableBytes { $0.baseAddress }
+        return true
+    }
+
+    /// Allocates a task (and its buffer slot) for a SCSI Command. Immediate data lands in the slot.
+    private func prepareCommand(_ bhs: BHS) -> Bool {
+        if isDiscovery {
+            sink = .discard
+            return true   // rejected in dispatch
+        }
+        if reactor.pool.freeCount == 0 {
+            stall()
+            return false
+        }
+        if freeTask < 0 {
+            // More commands than MaxCmdSN allowed (or too many immediate ones): answered TASK SET FULL in dispatch.
+            sink = .discard
+            return true
+        }
+        let t = Int(freeTask)
+        freeTask = tasks[t].nextFree
+        activeTasks += 1
+        let slot = reactor.pool.take()
+        tasks[t] = IOTask()
+        tasks[t].slot = Int32(slot)
+        tasks[t].state = .storeIO   // provisional until dispatch decides
+        sinkTask = Int32(t)
+        if dataLength > 0 {
+            sink = .taskBuffer
+            sinkPtr = reactor.pool.data(slot)
+        } else {
+            sink = .discard
+        }
+        return true
+    }
+
+    /// Data-Out goes straight to its place in the task's buffer, if everything about it checks out.
+    private func prepareDataOut(_ bhs: BHS) {
+        sink = .discard
+        let ttt = bhs.ttt
+        let t = taskForTTT(ttt)
+        guard t >= 0 else { return }   // unknown TTT: rejected in dispatch
+        let task = tasks[t]
+        guard task.itt == bhs.itt, task.state == .receivingData else { return }
+        let offset = Int(bhs.bufferOffset)
+        guard offset == task.burstOffset + task.burstReceived,
+              dataLength <= task.burstLength - task.burstReceived,
+              offset >= task.chunkOffset, offset + dataLength <= task.chunkOffset + task.chunkLength
+        else { return }
+        sink = .taskBuffer
+        sinkTask = Int32(t)
+        sinkPtr = reactor.pool.data(Int(task.slot)) + (offset - task.chunkOffset)
+    }
+
+    /// TTT = task index | connection-local sequence << 16, so a Data-Out finds its task without a search.
+    @inline(__always)
+    func taskForTTT(_ ttt: UInt32) -> Int {
+        if ttt == reservedTag { return -1 }
+        let t = Int(ttt & 0xFFFF)
+        guard t < taskCapacity, tasks[t].state == .receivingData, tasks[t].ttt == ttt else { return -1 }
+        return t
+    }
+
+    /// Data that arrived for a PDU we then refused: give back what prepareSink took.
+    func abandonSink() {
+        if BHS(hdr).opcode == ISCSIOpcode.scsiCommand && sinkTask >= 0 {
+            releaseTask(Int(sinkTask))
+        }
+        sinkTask = -1
+    }
+
+    func stall() {
+        stalled = true
+        if !onSlotWaitList {
+            onSlotWaitList = true
+            reactor.slotWaiters.append(Int32(index))
+        }
+    }
+
+    /// A buffer slot or send-queue room became available: re-run the header that stalled, then keep parsing.
+    func resumeParser() {
+        guard stalled, phase != .closing else { return }
+        stalled = false
+        headerReady()
+        if stalled || phase == .closing { return }
+        parse()
+        armRecv()
+    }
+
+    // MARK: - PDU dispatch
+
+    func dispatchPDU() {
+        let bhs = BHS(hdr)
+        if phase == .login {
+            handleLogin(bhs)
+            return
+        }
+        switch bhs.opcode {
+        case ISCSIOpcode.scsiCommand: handleCommand(bhs)
+        case ISCSIOpcode.dataOut: handleDataOut(bhs)
+        case ISCSIOpcode.nopOut: handleNopOut(bhs)
+        case ISCSIOpcode.textRequest: handleText(bhs)
+        case ISCSIOpcode.taskManagement: handleTaskManagement(bhs)
+        case ISCSIOpcode.logoutRequest: handleLogout(bhs)
+        case ISCSIOpcode.snack:
+            // ErrorRecoveryLevel=0: SNACK is not supported (RFC 7143 §11.16).
+            queueReject(reason: RejectReason.protocolError)
+        case ISCSIOpcode.loginRequest:
+            // A Login on a connection in full feature phase is a protocol error.
+            queueReject(reason: RejectReason.protocolError)
+        default:
+            queueReject(reason: RejectReason.commandNotSupported)
+        }
+    }
+
+    /// CmdSN acceptance for non-command PDUs (RFC 7143 §3.2.2.1): immediate PDUs do not advance ExpCmdSN.
+    private func acceptCmdSN(_ bhs: BHS) {
+        if !bhs.immediate && bhs.cmdSN == expCmdSN { expCmdSN &+= 1 }
+    }
+
+    // MARK: - SCSI Command
+
+    private func handleCommand(_ bhs: BHS) {
+        if isDiscovery {
+            queueReject(reason: RejectReason.protocolError)
+            return
+        }
+        let t = Int(sinkTask)
+        sinkTask = -1
+        let cmdSN = bhs.cmdSN
+        if t < 0 {
+            // No task entry: the initiator exceeded the window. Out-of-window non-immediate CmdSN is silently
+            // dropped (§3.2.2.1); otherwise the task set is full.
+            if !bhs.immediate && !cmdSNInWindow(cmdSN) { return }
+            respondNoTask(bhs, status: SCSIStatus.taskSetFull)
+            return
+        }
+        if !bhs.immediate && !cmdSNInWindow(cmdSN) {
+            releaseTask(t)
+            return
+        }
+        let flags = bhs.byte1
+        var task = IOTask()
+        task.slot = tasks[t].slot
+        task.itt = bhs.itt
+        task.cmdSN = cmdSN
+        task.lunField = bhs.lunField
+        task.lunNumber = decodeLUN(bhs.lunField)
+        task.edtl = bhs.expectedDataTransferLength
+        task.immediateBytes = dataLength
+        task.flags = bhs.byte1
+        let cdbLength = cdbBytes()
+        if cdbLength > 32 && !(bhs.immediate || cmdSN == expCmdSN) {
+            // Extended CDBs run only in order: they are not kept while waiting for a CmdSN gap.
+            tasks[t] = task
+            queueReject(reason: RejectReason.outOfResources)
+            releaseTask(t)
+            return
+        }
+        task.cdbLength = cdbLength
+        withUnsafeMutableBytes(of: &task.cdb) { d in _ = memcpy(d.baseAddress!, hdr + 32, min(cdbLength, 32)) }
+        tasks[t] = task
+        let writeBit = flags & 0x20 != 0
+        if dataLength > 0 && (!params.immediateData || !writeBit || dataLength > params.firstBurst
+                              || dataLength > Int(task.edtl)) {
+            // Immediate data where none was negotiated or allowed: reject the command (RFC 7143 §10.3).
+            queueReject(reason: RejectReason.protocolError)
+            releaseTask(t)
+            if !bhs.immediate && cmdSN == expCmdSN { expCmdSN &+= 1 }
+            return
+        }
+        if bhs.immediate || cmdSN == expCmdSN {
+            if !bhs.immediate { expCmdSN &+= 1 }
+            startTask(t, cdb: UnsafeRawBufferPointer(start: hdr + 32, count: cdbLength))
+            if orderWaiting > 0 { releaseOrdered() }
+        } else {
+            tasks[t].state = .waitingOrder
+            orderWaiting += 1
+        }
+    }
+
+    @inline(__always)
+    func cmdSNInWindow(_ sn: UInt32) -> Bool {
+        let ahead = Int32(bitPattern: sn &- expCmdSN)
+        let span = Int32(bitPattern: maxCmdSN &- expCmdSN)
+        return ahead >= 0 && ahead <= span
+    }
+
+    /// Runs parked commands whose turn has come.
+    private func releaseOrdered() {
+        var progressed = true
+        while progressed && orderWaiting > 0 {
+            progressed = false
+            for t in 0..<taskCapacity where tasks[t].state == .waitingOrder && tasks[t].cmdSN == expCmdSN {
+                orderWaiting -= 1
+                expCmdSN &+= 1
+                tasks[t].state = .storeIO
+                var cdb = tasks[t].cdb
+                let n = tasks[t].cdbLength
+                withUnsafeBytes(of: &cdb) { c in
+                    startTask(t, cdb: UnsafeRawBufferPointer(start: c.baseAddress, count: n))
+                }
+                progressed = true
+                break
+            }
+        }
+    }
+
+    private func respondNoTask(_ bhs: BHS, status: UInt8) {
+        let itt = bhs.itt
+        queueControl { h, _ in
+            PDUBuild.scsiResponse(h, itt: itt, status: status, residual: .none, dataLength: 0)
+            self.stamp(h, advance: true)
+        }
+    }
+
+    private func startTask(_ t: Int, cdb: UnsafeRawBufferPointer) {
+        guard let target else { releaseTask(t); return }
+        let lun = target.lun(tasks[t].lunNumber)
+        tasks[t].lun = lun
+        tasks[t].state = .storeIO
+        let buffer = reactor.pool.buffer(Int(tasks[t].slot))
+        let flags = tasks[t].flags
+        let action = tasks[t].scsi.start(
+            cdb: cdb,
+            expectedLength: tasks[t].edtl, readBit: flags & 0x40 != 0, writeBit: flags & 0x20 != 0,
+            lunNumber: tasks[t].lunNumber, lun: lun, target: target, nexus: nexus!, buffer: buffer)
+        drive(t, action)
+    }
+
+    /// 16 bytes from the BHS, or 16 + the extended CDB AHS (type 1) when present.
+    func cdbBytes() -> Int {
+        if ahsBytes >= 4 {
+            let ahsLen = Int(be16(hdr, 48))
+            let type = hdr.load(fromByteOffset: 50, as: UInt8.self)
+            if type == 1 && ahsLen >= 1 && 52 + ahsLen - 1 <= 48 + ahsBytes {
+                // Move the extension so the CDB is contiguous: BHS bytes 32..47 followed by AHS bytes 52...
+                memmove(hdr + 48, hdr + 52, ahsLen - 1)
+                return 16 + ahsLen - 1
+            }
+        }
+        return 16
+    }
+
+    // MARK: - Driving a SCSI task
+
+    /// Carries out SCSI actions until the task waits on I/O, data or the network.
+    func drive(_ t: Int, _ first: SCSIAction) {
+        var action = first
+        while true {
+            if tasks[t].aborted && phase != .closing {
+                // Aborted by task management: stop here, no response (RFC 7143 §11.5.1).
+                releaseTask(t)
+                return
+            }
+            switch action {
+            case .store(let op):
+                guard let next = reactor.submitStore(self, t, op) else { return }
+                action = next
+            case .dataOut(let offset, let length):
+                guard let next = beginDataOut(t, offset: offset, length: length) else { return }
+                action = next
+            case .dataIn(let length):
+                tasks[t].pieceLength = length
+                tasks[t].pieceSent = 0
+                tasks[t].pieceFinal = false
+                emitDataIn(t)
+                return
+            case .complete(let status, let dataInLength, let residual):
+                complete(t, status: status, dataInLength: dataInLength, residual: residual)
+                return
+            }
+        }
+    }
+
+    /// Called by the reactor when a store operation finished.
+    func storeDone(_ t: Int, _ result: StoreResult) {
+        let buffer = reactor.pool.buffer(Int(tasks[t].slot))
+        let next = tasks[t].scsi.storeCompleted(result, buffer: buffer)
+        tasks[t].state = .storeIO
+        drive(t, next)
+    }
+
+    // MARK: Data-Out and R2T
+
+    /// Sets up the next chunk of the data-out stream. Returns the next action when the bytes are already
+    /// here (immediate data), nil when it must wait for R2T-solicited Data-Out.
+    private func beginDataOut(_ t: Int, offset: Int, length: Int) -> SCSIAction? {
+        tasks[t].chunkOffset = offset
+        tasks[t].chunkLength = length
+        var have = 0
+        if offset < tasks[t].immediateBytes {
+            // Immediate data sits at buffer[0..<immediateBytes] = stream [0, immediateBytes).
+            if offset == 0 { have = min(length, tasks[t].immediateBytes) }
+            else {
+                let src = reactor.pool.data(Int(tasks[t].slot))
+                let n = min(length, tasks[t].immediateBytes - offset)
+                memmove(src, src + offset, n)
+                have = n
+            }
+        }
+        tasks[t].chunkReceived = have
+        if have >= length {
+            let buffer = reactor.pool.buffer(Int(tasks[t].slot))
+            return tasks[t].scsi.dataOutReceived(buffer: buffer)
+        }
+        requestBurst(t)
+        return nil
+    }
+
+    /// Sends the R2T for the next burst of the current chunk, if a permit is free; else queues for one.
+    func requestBurst(_ t: Int) {
+        if !tasks[t].holdsPermit {
+            if !reactor.takeR2TPermit() {
+                tasks[t].state = .waitingPermit
+                reactor.waitForPermit(connection: index, task: t)
+                return
+            }
+            tasks[t].holdsPermit = true
+        }
+        let offset = tasks[t].chunkOffset + tasks[t].chunkReceived
+        let length = min(params.maxBurst, tasks[t].chunkLength - tasks[t].chunkReceived)
+        let sn = tasks[t].r2tSN
+        tasks[t].r2tSN &+= 1
+        reactor.tttSequence &+= 1
+        let ttt = UInt32(t) | (UInt32(reactor.tttSequence & 0x7FFF) << 16)
+        tasks[t].ttt = ttt
+        tasks[t].burstOffset = offset
+        tasks[t].burstLength = length
+        tasks[t].burstReceived = 0
+        tasks[t].expectedDataSN = 0
+        tasks[t].state = .receivingData
+        let itt = tasks[t].itt
+        let lunField = tasks[t].lunField
+        let queued = queueControl { h, _ in
+            PDUBuild.r2t(h, itt: itt, ttt: ttt, lunField: lunField, r2tSN: sn,
+                         bufferOffset: UInt32(offset), desiredLength: UInt32(length))
+            self.stamp(h, advance: false)
+        }
+        if !queued {
+            // No room to send the R2T: close rather than hang (the send queue is bounded and this should not occur
+            // with sendQueueRecords >= 2 * window).
+            reactor.closeConnection(self, reason: "send queue full")
+        }
+    }
+
+    /// A permit became free for this parked task.
+    func permitGranted(_ t: Int) {
+        guard tasks[t].state == .waitingPermit else { reactor.returnR2TPermit(); return }
+        tasks[t].holdsPermit = true
+        requestBurst(t)
+    }
+
+    private func handleDataOut(_ bhs: BHS) {
+        let t = Int(sinkTask)
+        sinkTask = -1
+        guard t >= 0 else {
+            // Unknown TTT/ITT, offset out of order or beyond the burst: Reject and discard (RFC 7143 §11.7).
+            queueReject(reason: RejectReason.invalidPDUField)
+            return
+        }
+        if bhs.dataSN != tasks[t].expectedDataSN {
+            // ERL 0 cannot recover a lost Data-Out: reject it; the command fails when its data never completes.
+            queueReject(reason: RejectReason.protocolError)
+            abortDataOut(t)
+            return
+        }
+        tasks[t].expectedDataSN &+= 1
+        tasks[t].burstReceived += dataLength
+        tasks[t].chunkReceived += dataLength
+        let burstDone = tasks[t].burstReceived == tasks[t].burstLength
+        if bhs.final != burstDone {
+            // F set before the burst is complete, or missing at its end.
+            queueReject(reason: RejectReason.protocolError)
+            abortDataOut(t)
+            return
+        }
+        if !burstDone { return }
+        tasks[t].ttt = reservedTag
+        if tasks[t].chunkReceived < tasks[t].chunkLength {
+            requestBurst(t)
+            return
+        }
+        if tasks[t].holdsPermit {
+            tasks[t].holdsPermit = false
+            reactor.returnR2TPermit()
+        }
+        tasks[t].state = .storeIO
+        let buffer = reactor.pool.buffer(Int(tasks[t].slot))
+        drive(t, tasks[t].scsi.dataOutReceived(buffer: buffer))
+    }
+
+    /// A Data-Out sequence broke: finish the command with CHECK CONDITION (ABORTED COMMAND, DATA PHASE ERROR).
+    private func abortDataOut(_ t: Int) {
+        if tasks[t].holdsPermit {
+            tasks[t].holdsPermit = false
+            reactor.returnR2TPermit()
+        }
+        tasks[t].ttt = reservedTag
+        tasks[t].state = .storeIO
+        completeWithSense(t, key: 0x0B, asc: 0x4B, ascq: 0x00)
+    }
+
+    // MARK: Data-In and status
+
+    private func complete(_ t: Int, status: UInt8, dataInLength: Int, residual: Residual) {
+        tasks[t].finalStatus = status
+        tasks[t].finalResidual = residual
+        if dataInLength > 0 {
+            tasks[t].pieceLength = dataInLength
+            tasks[t].pieceSent = 0
+            tasks[t].pieceFinal = true
+            emitDataIn(t)
+        } else {
+            tasks[t].pieceFinal = true
+            tasks[t].pieceLength = 0
+            tasks[t].pieceSent = 0
+            emitDataIn(t)
+        }
+    }
+
+    /// Queues Data-In PDUs for the current piece as far as the send queue allows. The last PDU of the final
+    /// piece carries the status when it is GOOD (phase collapse); otherwise a SCSI Response follows.
+    func emitDataIn(_ t: Int) {
+        let base = reactor.pool.data(Int(tasks[t].slot))
+        let maxSeg = params.maxSendDataSegment
+        let itt = tasks[t].itt
+        let lunField = tasks[t].lunField
+        let collapse = tasks[t].pieceFinal && tasks[t].finalStatus == SCSIStatus.good
+            && tasks[t].scsi.senseLength == 0 && tasks[t].transportSense == nil
+        while tasks[t].pieceSent < tasks[t].pieceLength {
+            if out.free < 2 {
+                parkForOutSpace(t)
+                return
+            }
+            let n = min(maxSeg, tasks[t].pieceLength - tasks[t].pieceSent)
+            let last = tasks[t].pieceSent + n == tasks[t].pieceLength
+            let withStatus = last && collapse
+            let sn = tasks[t].dataSN
+            tasks[t].dataSN &+= 1
+            let off = tasks[t].dataInOffset
+            tasks[t].dataInOffset &+= UInt32(n)
+            let token: SendToken
+            if last && !tasks[t].pieceFinal { token = .dataInSent(task: Int32(t)) }
+            else if withStatus { token = .taskDone(task: Int32(t)) }
+            else { token = .none }
+            let status = tasks[t].finalStatus
+            let residual = tasks[t].finalResidual
+            queuePDU(data: UnsafeRawPointer(base + tasks[t].pieceSent), dataLength: n, token: token) { h in
+                PDUBuild.dataIn(h, itt: itt, lunField: lunField, dataSN: sn, bufferOffset: off, length: n,
+                                final: withStatus || (last && self.tasks[t].pieceFinal),
+                                status: withStatus ? status : nil, residual: residual)
+                self.stamp(h, advance: withStatus)
+            }
+            tasks[t].pieceSent += n
+        }
+        if !tasks[t].pieceFinal {
+            tasks[t].state = .sendingData
+            if tasks[t].pieceLength == 0 { dataInPieceSent(t) }
+            return
+        }
+        tasks[t].state = .finishing
+        if collapse && tasks[t].pieceLength > 0 { return }
+        // Separate SCSI Response (no data, or CHECK CONDITION with sense).
+        if out.free < 1 {
+            parkForOutSpace(t)
+            return
+        }
+        let transportSense = tasks[t].transportSense
+        let senseLength = transportSense != nil ? 18 : tasks[t].scsi.senseLength
+        let status = tasks[t].finalStatus
+        let residual = tasks[t].finalResidual
+        let dataLen = senseLength > 0 ? senseLength + 2 : 0
+        queueControl(dataLength: dataLen, token: .taskDone(task: Int32(t))) { h, d in
+            PDUBuild.scsiResponse(h, itt: itt, status: status, residual: residual, dataLength: dataLen)
+            if senseLength > 0 {
+                put16(d, 0, UInt16(senseLength))
+                if let (key, asc, ascq) = transportSense {
+                    writeFixedSense(d + 2, key: key, asc: asc, ascq: ascq)
+                } else {
+                    self.tasks[t].scsi.copySense(to: d + 2)
+                }
+            }
+            self.stamp(h, advance: true)
+        }
+    }
+
+    private func parkForOutSpace(_ t: Int) {
+        tasks[t].state = .waitingOutSpace
+        tasks[t].nextWait = -1
+        if outWaitTail >= 0 { tasks[Int(outWaitTail)].nextWait = Int32(t) } else { outWaitHead = Int32(t) }
+        outWaitTail = Int32(t)
+    }
+
+    func resumeOutWaiters() {
+        while outWaitHead >= 0 && out.free >= 2 {
+            let t = Int(outWaitHead)
+            outWaitHead = tasks[t].nextWait
+            if outWaitHead < 0 { outWaitTail = -1 }
+            tasks[t].nextWait = -1
+            emitDataIn(t)
+            if tasks[t].state == .waitingOutSpace { return }   // parked again
+        }
+    }
+
+    /// A non-final Data-In piece is on the wire: the buffer may be reused for the next piece.
+    func dataInPieceSent(_ t: Int) {
+        guard tasks[t].state == .sendingData else { return }
+        tasks[t].state = .storeIO
+        let buffer = reactor.pool.buffer(Int(tasks[t].slot))
+        drive(t, tasks[t].scsi.dataInSent(buffer: buffer))
+    }
+
+    /// CHECK CONDITION produced by the transport itself (data-phase errors).
+    func completeWithSense(_ t: Int, key: UInt8, asc: UInt8, ascq: UInt8) {
+        tasks[t].transportSense = (key, asc, ascq)
+        complete(t, status: SCSIStatus.checkCondition, dataInLength: 0, residual: .none)
+    }
+
+    /// Gives back the task entry and its buffer slot.
+    func releaseTask(_ t: Int) {
+        guard tasks[t].state != .free else { return }
+        if tasks[t].holdsPermit {
+            tasks[t].holdsPermit = false
+            reactor.returnR2TPermit()
+        }
+        if tasks[t].state == .waitingOrder { orderWaiting -= 1 }
+        if tasks[t].slot >= 0 { reactor.releaseSlot(Int(tasks[t].slot)) }
+        tasks[t].slot = -1
+        tasks[t].state = .free
+        tasks[t].ttt = reservedTag
+        tasks[t].lun = nil
+        tasks[t].nextFree = freeTask
+        freeTask = Int32(t)
+        activeTasks -= 1
+    }
+
+    // MARK: - NOP
+
+    private func handleNopOut(_ bhs: BHS) {
+        acceptCmdSN(bhs)
+        let ttt = bhs.ttt
+        if ttt != reservedTag {
+            // The answer to our NOP-In ping: nothing to send.
+            return
+        }
+        let itt = bhs.itt
+        if itt == reservedTag { return }   // a one-way ping from the initiator: no answer (RFC 7143 §11.18)
+        let lunField = bhs.lunField
+        let n = dataLength
+        if n <= OutQueue.inlineDataBytes {
+            let src = controlData
+            queueControl(dataLength: n) { h, d in
+                PDUBuild.nopIn(h, itt: itt, ttt: reservedTag, lunField: lunField, dataLength: n)
+                src.withUnsafeBytes { s in if n > 0 { memcpy(d, s.baseAddress!, n) } }
+                self.stamp(h, advance: true)
+            }
+        } else {
+            // Echo larger ping data from a buffer slot (the control buffer may be overwritten by the next PDU).
+            let slot = reactor.pool.take()
+            if slot < 0 {
+                queueReject(reason: RejectReason.outOfResources)
+                return
+            }
+            let p = reactor.pool.data(slot)
+            controlData.withUnsafeBytes { s in _ = memcpy(p, s.baseAddress!, n) }
+            queuePDU(data: UnsafeRawPointer(p), dataLength: n, token: .freeSlot(Int32(slot))) { h in
+                PDUBuild.nopIn(h, itt: itt, ttt: reservedTag, lunField: lunField, dataLength: n)
+                self.stamp(h, advance: true)
+            }
+        }
+    }
+
+    /// Pings an idle initiator (NOP-In with a TTT it must answer).
+    func sendPing() {
+        let ttt = nextPingTTT
+        nextPingTTT = nextPingTTT == 0x7FFF_FFFF ? 1 : nextPingTTT + 1
+        pingTTT = ttt
+        pingSentTick = reactor.tick
+        queueControl { h, _ in
+            PDUBuild.nopIn(h, itt: reservedTag, ttt: ttt, lunField: 0, dataLength: 0)
+            self.stamp(h, advance: false)
+        }
+    }
+
+    // MARK: - Text
+
+    private func handleText(_ bhs: BHS) {
+        acceptCmdSN(bhs)
+        let itt = bhs.itt
+        let request = Array(controlData.prefix(dataLength))
+        let reply = text.receive(final: bhs.final, continueFlag: bhs.byte1 & 0x40 != 0, itt: itt, ttt: bhs.ttt,
+                                 data: request, maxSegment: params.maxSendDataSegment,
+                                 answer: { [unowned self] keys in self.answerText(keys) })
+        switch reply {
+        case .reject:
+            queueReject(reason: RejectReason.protocolError)
+        case .respond(let data, let final, let cont, let ttt):
+            sendText(itt: itt, ttt: ttt, final: final, cont: cont, data: data)
+        }
+    }
+
+    private func sendText(itt: UInt32, ttt: UInt32, final: Bool, cont: Bool, data: [UInt8]) {
+        let n = data.count
+        if n <= OutQueue.inlineDataBytes {
+            queueControl(dataLength: n) { h, d in
+                PDUBuild.textResponse(h, itt: itt, ttt: ttt, final: final, cont: cont, lunField: 0, dataLength: n)
+                data.withUnsafeBytes { s in if n > 0 { memcpy(d, s.baseAddress!, n) } }
+                self.stamp(h, advance: true)
+            }
+            return
+        }
+        let slot = reactor.pool.take()
+        if slot < 0 {
+            queueReject(reason: RejectReason.outOfResources)
+            return
+        }
+        let p = reactor.pool.data(slot)
+        data.withUnsafeBytes { s in _ = memcpy(p, s.baseAddress!, n) }
+        queuePDU(data: UnsafeRawPointer(p), dataLength: n, token: .freeSlot(Int32(slot))) { h in
+            PDUBuild.textResponse(h, itt: itt, ttt: ttt, final: final, cont: cont, lunField: 0, dataLength: n)
+            self.stamp(h, advance: true)
+        }
+    }
+
+    // MARK: - Task management (RFC 7143 §11.5)
+
+    private func handleTaskManagement(_ bhs: BHS) {
+        acceptCmdSN(bhs)
+        let function = bhs.byte1 & 0x7F
+        let itt = bhs.itt
+        var response: UInt8 = 0
+        let lunNumber = decodeLUN(bhs.lunField)
+        switch function {
+        case 1: // ABORT TASK
+            let ref = bhs.u32(20)
+            let refCmdSN = bhs.u32(24)
+            var found = false
+            for t in 0..<taskCapacity where tasks[t].state != .free && tasks[t].itt == ref {
+                found = true
+                abortTask(t)
+            }
+            if !found {
+                // RFC 7143 §11.5.1: a task that is not here but whose CmdSN was already acknowledged completed.
+                response = Int32(bitPattern: refCmdSN &- expCmdSN) < 0 ? 0 : 1
+            }
+        case 2, 3: // ABORT TASK SET, CLEAR TASK SET
+            if target?.lun(lunNumber) == nil { response = 2; break }
+            for t in 0..<taskCapacity where tasks[t].state != .free && tasks[t].lunNumber == lunNumber { abortTask(t) }
+        case 4: // CLEAR ACA: NACA is not supported
+            response = 5
+        case 5: // LOGICAL UNIT RESET
+            guard let target, let lun = target.lun(lunNumber) else { response = 2; break }
+            for t in 0..<taskCapacity where tasks[t].state != .free && tasks[t].lunNumber == lunNumber { abortTask(t) }
+            SCSITask.logicalUnitReset(lun, by: nexus!)
+        case 6, 7: // TARGET WARM RESET, TARGET COLD RESET
+            guard let target else { response = 6; break }
+            for t in 0..<taskCapacity where tasks[t].state != .free { abortTask(t) }
+            SCSITask.targetReset(target, by: nexus!)
+        case 8: // TASK REASSIGN: needs ErrorRecoveryLevel 2
+            response = 5
+        default:
+            response = 255
+        }
+        let cold = function == 7 && response == 0
+        queueControl(token: cold ? .closeAfter : .none) { h, _ in
+            PDUBuild.taskManagementResponse(h, itt: itt, response: response)
+            self.stamp(h, advance: true)
+        }
+    }
+
+    /// Stops a task: parked ones are released at once; ones with I/O in flight are released when it returns.
+    private func abortTask(_ t: Int) {
+        switch tasks[t].state {
+        case .free: return
+        case .waitingOrder, .receivingData, .waitingPermit:
+            if tasks[t].state == .waitingPermit { reactor.cancelPermitWait(connection: index, task: t) }
+            releaseTask(t)
+        case .waitingOutSpace:
+            removeOutWaiter(t)
+            releaseTask(t)
+        case .storeIO, .sendingData, .finishing:
+            // Its buffer is in use by the ring or the socket; drive() releases it when that ends.
+            tasks[t].aborted = true
+        }
+    }
+
+    private func removeOutWaiter(_ t: Int) {
+        var prev: Int32 = -1
+        var cur = outWaitHead
+        while cur >= 0 {
+            if cur == Int32(t) {
+                let next = tasks[Int(cur)].nextWait
+                if prev >= 0 { tasks[Int(prev)].nextWait = next } else { outWaitHead = next }
+                if outWaitTail == cur { outWaitTail = prev }
+                tasks[t].nextWait = -1
+                return
+            }
+            prev = cur
+            cur = tasks[Int(cur)].nextWait
+        }
+    }
+
+    // MARK: - Logout (RFC 7143 §11.14)
+
+    private func handleLogout(_ bhs: BHS) {
+        acceptCmdSN(bhs)
+        let reason = bhs.byte1 & 0x7F
+        let itt = bhs.itt
+        // 0 close session, 1 close connection: both end this (single-connection) session.
+        // 2 remove connection for recovery: needs ErrorRecoveryLevel 2.
+        let response: UInt8 = reason == 2 ? 2 : 0
+        let t2w = params.defaultTime2Wait
+        let t2r = params.defaultTime2Retain
+        if response == 0 { phase = .loggingOut }
+        queueControl(token: response == 0 ? .closeAfter : .none) { h, _ in
+            PDUBuild.logoutResponse(h, itt: itt, response: response, time2Wait: t2w, time2Retain: t2r)
+            self.stamp(h, advance: true)
+        }
+    }
+}
+
+/// Fixed-format sense data (SPC-4 §4.5.3), 18 bytes.
+func writeFixedSense(_ d: UnsafeMutableRawPointer, key: UInt8, asc: UInt8, ascq: UInt8) {
+    d.initializeMemory(as: UInt8.self, repeating: 0, count: 18)
+    d.storeBytes(of: 0x70, as: UInt8.self)
+    d.storeBytes(of: key & 0x0F, toByteOffset: 2, as: UInt8.self)
+    d.storeBytes(of: 10, toByteOffset: 7, as: UInt8.self)
+    d.storeBytes(of: asc, toByteOffset: 12, as: UInt8.self)
+    d.storeBytes(of: ascq, toByteOffset: 13, as: UInt8.self)
+}

@@ -1,0 +1,75 @@
+/// One outstanding SCSI command on a connection, in preallocated per-connection storage.
+/// Each state has one meaning:
+enum TaskState: UInt8 {
+    /// Unused entry, on the free list.
+    case free
+    /// Received with CmdSN ahead of ExpCmdSN: waits for the gap to fill (RFC 7143 §3.2.2.1).
+    case waitingOrder
+    /// Needs R2T data but the core's R2T permits are used up: waits in the core's permit queue.
+    case waitingPermit
+    /// R2T sent; Data-Out PDUs are arriving into the buffer.
+    case receivingData
+    /// A store operation is in flight on the ring.
+    case storeIO
+    /// Data-In PDUs of a non-final piece are queued or in flight; waits for them to be sent.
+    case sendingData
+    /// Waiting for room in the connection's send queue to emit more Data-In.
+    case waitingOutSpace
+    /// Final PDU queued; released when it is sent.
+    case finishing
+}
+
+struct IOTask {
+    var state: TaskState = .free
+    var aborted = false
+    var itt: UInt32 = 0
+    var cmdSN: UInt32 = 0
+    var lunField: UInt64 = 0
+    var lunNumber: UInt64 = 0
+    var edtl: UInt32 = 0
+    var slot: Int32 = -1
+    var nextFree: Int32 = -1
+    /// Intrusive link for the core's permit queue and the connection's order/out-space waits.
+    var nextWait: Int32 = -1
+    unowned(unsafe) var lun: LogicalUnit? = nil
+
+    // Data-out stream (writes)
+    var immediateBytes: Int = 0     // stream bytes [0, immediateBytes) arrived with the command
+    var chunkOffset: Int = 0        // stream offset held at buffer[0]
+    var chunkLength: Int = 0        // bytes of the stream the SCSI layer wants in this chunk
+    var chunkReceived: Int = 0      // in-order bytes received from chunkOffset
+    var holdsPermit = false
+    var r2tSN: UInt32 = 0
+    var burstOffset: Int = 0        // stream offset of the outstanding R2T burst
+    var burstLength: Int = 0
+    var burstReceived: Int = 0
+    var expectedDataSN: UInt32 = 0
+    var ttt: UInt32 = reservedTag
+
+    // Data-in stream (reads)
+    var dataSN: UInt32 = 0
+    var dataInOffset: UInt32 = 0    // stream offset of the next Data-In byte
+    var pieceLength: Int = 0        // bytes of buffer to send in this piece
+    var pieceSent: Int = 0          // bytes of this piece already queued
+    var pieceFinal = false          // the piece ends the command (status follows or is collapsed)
+    var finalStatus: UInt8 = 0
+    var finalResidual: Residual = .none
+
+    // Store operation progress (files can complete short)
+    var opOffset: UInt64 = 0
+    var opLength: Int = 0
+    var opDone: Int = 0
+    var opBufferOffset: Int = 0
+    var opIsWrite = false
+    var opFUA = false
+    var opLUNFD: Int32 = -1
+
+    /// The CDB, kept for commands that wait for their CmdSN turn (the header area is reused meanwhile).
+    var cdb: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+    var cdbLength: Int = 0
+    var flags: UInt8 = 0
+    /// Sense produced by the transport itself (data-phase errors): key, ASC, ASCQ.
+    var transportSense: (UInt8, UInt8, UInt8)? = nil
+
+    var scsi = SCSITask()
+}

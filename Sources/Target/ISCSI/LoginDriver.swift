@@ -1,0 +1,200 @@
+import CURing
+import Glibc
+
+/// Connects the pure login state machine (Login.swift) to a connection: decodes Login PDUs, sends Login
+/// Responses, and on success turns the connection into a session.
+extension Connection {
+
+    func handleLogin(_ bhs: BHS) {
+        let flags = bhs.byte1
+        let req = LoginRequest(
+            transit: flags & 0x80 != 0, continueFlag: flags & 0x40 != 0,
+            csg: (flags >> 2) & 3, nsg: flags & 3,
+            versionMax: bhs.byte(2), versionMin: bhs.byte(3),
+            isid: UInt64(be16(hdr, 8)) << 32 | UInt64(be32(hdr, 10)),
+            tsih: be16(hdr, 14), itt: bhs.itt, cid: bhs.u16(20),
+            cmdSN: bhs.cmdSN, expStatSN: bhs.expStatSN)
+        if !loginStarted {
+            loginStarted = true
+            // The first Login Request fixes the session's numbering (RFC 7143 §11.12.7-8).
+            expCmdSN = req.cmdSN
+            statSN = req.expStatSN
+            isid = req.isid
+            cid = req.cid
+        }
+        let env = reactor.loginEnvironment(for: self)
+        let (response, outcome) = controlData.withUnsafeBytes { raw in
+            login.receive(req, data: UnsafeRawBufferPointer(rebasing: raw[0..<dataLength]), env: env)
+        }
+        var finalParams: SessionParameters? = nil
+        var closeAfter = false
+        switch outcome {
+        case .respondAndContinue: break
+        case .respondAndClose: closeAfter = true
+        case .respondAndEnterFullFeature(let p):
+            if req.tsih != 0 {
+                // Adding a connection to an existing session: MaxConnections is 1, so there is nothing to join.
+                sendLoginFailure(req, statusClass: 2, statusDetail: 0x0A)   // session does not exist
+                return
+            }
+            finalParams = p
+        }
+        var tsihOut: UInt16 = 0
+        if let p = finalParams {
+            tsihOut = becomeSession(p)
+        }
+        let text = response.text
+        let n = text.count
+        let isid = req.isid
+        let itt = req.itt
+        let slot = n > OutQueue.inlineDataBytes ? reactor.pool.take() : -1
+        if n > OutQueue.inlineDataBytes && slot < 0 {
+            reactor.closeConnection(self, reason: "no buffer for login response")
+            return
+        }
+        let build: (UnsafeMutableRawPointer) -> Void = { h in
+            PDUBuild.loginResponse(h, transit: response.transit, cont: response.continueFlag, csg: response.csg,
+                                   nsg: response.nsg, versionMax: response.versionMax,
+                                   versionActive: response.versionActive, isid: isid, tsih: tsihOut, itt: itt,
+                                   statusClass: response.statusClass, statusDetail: response.statusDetail,
+                                   dataLength: n)
+            // StatSN advances with each Login Response; a failed login has no session to number.
+            self.stamp(h, advance: response.statusClass == 0)
+        }
+        let token: SendToken = closeAfter ? .closeAfter : .none
+        if slot >= 0 {
+            let p = reactor.pool.data(slot)
+            text.withUnsafeBytes { s in _ = memcpy(p, s.baseAddress!, n) }
+            // The slot is released when the PDU is out; a close-after response still closes via phase.
+            queuePDU(data: UnsafeRawPointer(p), dataLength: n, token: .freeSlot(Int32(slot))) { h in build(h) }
+            if closeAfter { queueControl(token: .closeAfter) { _, _ in } }
+        } else {
+            queueControl(dataLength: n, token: token) { h, d in
+                build(h)
+                text.withUnsafeBytes { s in if n > 0 { memcpy(d, s.baseAddress!, n) } }
+            }
+        }
+        if closeAfter { phase = .loggingOut }
+    }
+
+    private func sendLoginFailure(_ req: LoginRequest, statusClass: UInt8, statusDetail: UInt8) {
+        let isid = req.isid
+        let itt = req.itt
+        phase = .loggingOut
+        queueControl(token: .closeAfter) { h, _ in
+            PDUBuild.loginResponse(h, transit: false, cont: false, csg: req.csg, nsg: 0, versionMax: 0,
+                                   versionActive: 0, isid: isid, tsih: 0, itt: itt,
+                                   statusClass: statusClass, statusDetail: statusDetail, dataLength: 0)
+            self.stamp(h, advance: false)
+        }
+    }
+
+    /// The login succeeded: apply the negotiated parameters and register the session.
+    private func becomeSession(_ p: SessionParameters) -> UInt16 {
+        params = ConnectionParams(sessionParameters: p, slotBytes: reactor.pool.slotBytes)
+        isDiscovery = p.isDiscovery
+        initiatorName = p.initiatorNameValue
+        target = login.target
+        phase = .fullFeature
+        tsih = reactor.runtime.allocateTSIH()
+        if let target, !isDiscovery {
+            nexus = Nexus(initiatorName: initiatorName, isid: isid, targetName: target.name,
+                          portalGroupTag: target.portalGroupTag, relativeTargetPortID: target.relativeTargetPortID)
+            // Session reinstatement (RFC 7143 §6.3.5): a new session with the same initiator port replaces the old.
+            reactor.runtime.registerSession(initiator: initiatorName, isid: isid, targetName: target.name,
+                                            core: reactor.core, tsih: tsih)
+        }
+        return tsih
+    }
+}
+
+extension ConnectionParams {
+    init(sessionParameters p: SessionParameters, slotBytes: Int) {
+        self.init()
+        headerDigest = p.headerDigestCRC32C
+        dataDigest = p.dataDigestCRC32C
+        maxSendDataSegment = max(512, p.initiatorMRDSL)
+        // Our MaxRecvDataSegmentLength never exceeds a buffer slot: immediate and Data-Out data land in one.
+        maxRecvDataSegment = min(slotBytes, p.targetMRDSL)
+        maxBurst = min(slotBytes, p.maxBurst)
+        firstBurst = min(slotBytes, p.firstBurst)
+        immediateData = p.immediate
+        initialR2T = p.initialR2TValue
+        defaultTime2Wait = UInt16(clamping: p.time2Wait)
+        defaultTime2Retain = UInt16(clamping: p.time2Retain)
+    }
+}
+
+/// Full-feature Text requests: SendTargets, with continuation when the answer exceeds one PDU.
+struct TextExchange {
+    enum Reply {
+        case reject
+        case respond(data: [UInt8], final: Bool, cont: Bool, ttt: UInt32)
+    }
+
+    static let maxRequestBytes = 65_536
+    var pendingRequest: [UInt8] = []
+    var pendingResponse: [UInt8] = []
+    var pendingOffset = 0
+    var pendingITT: UInt32 = reservedTag
+    var pendingTTT: UInt32 = reservedTag
+    var nextTTT: UInt32 = 0x4000_0000
+
+    mutating func receive(final: Bool, continueFlag: Bool, itt: UInt32, ttt: UInt32, data: [UInt8],
+                          maxSegment: Int, answer: ([(String, String)]) -> [UInt8]) -> Reply {
+        if ttt != reservedTag {
+            // The initiator asks for the next piece of a long answer.
+            guard ttt == pendingTTT, itt == pendingITT, !pendingResponse.isEmpty else { return .reject }
+            return nextPiece(maxSegment: maxSegment)
+        }
+        pendingResponse = []
+        pendingRequest += data
+        if pendingRequest.count > TextExchange.maxRequestBytes { pendingRequest = []; return .reject }
+        if continueFlag {
+            // More request text follows: acknowledge with an empty response (RFC 7143 §11.10.2).
+            nextTTT &+= 1
+            pendingTTT = nextTTT
+            pendingITT = itt
+            return .respond(data: [], final: false, cont: false, ttt: pendingTTT)
+        }
+        let keys: [(String, String)]
+        switch TextKeys.parse(pendingRequest) {
+        case .success(let k): keys = k
+        case .failure: pendingRequest = []; return .reject
+        }
+        pendingRequest = []
+        pendingResponse = answer(keys)
+        pendingOffset = 0
+        pendingITT = itt
+        return nextPiece(maxSegment: maxSegment)
+    }
+
+    private mutating func nextPiece(maxSegment: Int) -> Reply {
+        let n = min(maxSegment, pendingResponse.count - pendingOffset)
+        let piece = Array(pendingResponse[pendingOffset..<(pendingOffset + n)])
+        pendingOffset += n
+        if pendingOffset >= pendingResponse.count {
+            pendingResponse = []
+            pendingTTT = reservedTag
+            return .respond(data: piece, final: true, cont: false, ttt: reservedTag)
+        }
+        nextTTT &+= 1
+        pendingTTT = nextTTT
+        return .respond(data: piece, final: false, cont: true, ttt: pendingTTT)
+    }
+}
+
+extension Connection {
+    /// Answers the keys of a full-feature Text request.
+    func answerText(_ keys: [(String, String)]) -> [UInt8] {
+        var outKeys: [(String, String)] = []
+        for (k, v) in keys {
+            if k == "SendTargets" {
+                let listing = reactor.sendTargetsListing(for: self, request: v)
+                return listing
+            }
+            outKeys.append((k, "NotUnderstood"))
+        }
+        return TextKeys.encode(outKeys)
+    }
+}

@@ -1,0 +1,203 @@
+import CURing
+import Glibc
+
+/// What to do when a queued PDU has been fully handed to the kernel.
+public enum SendToken: Equatable {
+    case none
+    /// A non-final Data-In piece of this task is out: its buffer may be refilled.
+    case dataInSent(task: Int32)
+    /// The task's final PDU is out: release the task and its buffer.
+    case taskDone(task: Int32)
+    /// A control PDU whose data lived in a buffer slot (NOP-In echo, long text): give the slot back.
+    case freeSlot(Int32)
+    /// Logout response is out: close the connection.
+    case closeAfter
+}
+
+/// One PDU waiting to be sent: a header in the arena, an optional data segment elsewhere, and a trailer
+/// (pad + data digest) in the arena.
+struct OutRecord {
+    var headerLength: Int32      // 48, or 52 with a header digest
+    var data: UnsafeRawPointer?
+    var dataLength: Int32
+    var trailerLength: Int32     // pad bytes + 4 when data digest is on
+    var token: SendToken
+}
+
+/// The per-connection send queue: a bounded ring of PDUs plus their header arena. At most one SENDMSG is in
+/// flight per socket (a second could overtake the first and reorder the stream); queued PDUs go out in
+/// batches of up to `batchRecords`.
+struct OutQueue: ~Copyable {
+    static let arenaEntryBytes = 192       // BHS 0..47, header digest 48..51, trailer 52..59, inline data 64..191
+    static let inlineDataOffset = 64
+    static let inlineDataBytes = 128
+    static let batchRecords = 64
+
+    let capacity: Int
+    let records: UnsafeMutablePointer<OutRecord>
+    let arena: UnsafeMutableRawPointer
+    let iov: UnsafeMutablePointer<iovec>
+    let msg: UnsafeMutablePointer<msghdr>
+    var head = 0           // oldest queued record
+    var count = 0          // queued records (including those in flight)
+    var inFlight = 0       // records covered by the SENDMSG in flight
+    var sentInFirst = 0    // bytes of records[head] already sent by an earlier partial send
+
+    init(capacity: Int) {
+        self.capacity = capacity
+        records = .allocate(capacity: capacity)
+        arena = .allocate(byteCount: capacity * OutQueue.arenaEntryBytes, alignment: 64)
+        iov = .allocate(capacity: OutQueue.batchRecords * 3)
+        msg = .allocate(capacity: 1)
+        msg.initialize(to: msghdr())
+    }
+
+    deinit {
+        records.deallocate()
+        arena.deallocate()
+        iov.deallocate()
+        msg.deallocate()
+    }
+
+    var free: Int { capacity - count }
+
+    /// Reserves the next record; returns its index. The caller fills the arena header and calls `commit`.
+    @inline(__always)
+    func nextIndex() -> Int { (head + count) % capacity }
+
+    @inline(__always)
+    func header(_ i: Int) -> UnsafeMutableRawPointer { arena + i * OutQueue.arenaEntryBytes }
+
+    @inline(__always)
+    func inlineData(_ i: Int) -> UnsafeMutableRawPointer { header(i) + OutQueue.inlineDataOffset }
+
+    /// Finishes record `i` (must be `nextIndex()`): computes digests and appends it.
+    @inline(__always)
+    mutating func commit(_ i: Int, data: UnsafeRawPointer?, dataLength: Int, headerDigest: Bool, dataDigest: Bool,
+                         token: SendToken) {
+        let h = header(i)
+        var hl: Int32 = 48
+        if headerDigest {
+            let crc = Digest.crc32c(UnsafeRawPointer(h), 48)
+            h.storeBytes(of: crc.littleEndian, toByteOffset: 48, as: UInt32.self)
+            hl = 52
+        }
+        var tl: Int32 = 0
+        if dataLength > 0 {
+            let pad = (4 - dataLength & 3) & 3
+            let t = h + 52
+            for k in 0..<pad { t.storeBytes(of: 0, toByteOffset: k, as: UInt8.self) }
+            tl = Int32(pad)
+            if dataDigest, let data {
+                var crc = Digest.update(Digest.seed, data, dataLength)
+                if pad > 0 { crc = Digest.update(crc, UnsafeRawPointer(t), pad) }
+                crc = ~crc
+                t.storeBytes(of: crc.littleEndian, toByteOffset: pad, as: UInt32.self)
+                tl += 4
+            }
+        }
+        records[i] = OutRecord(headerLength: hl, data: data, dataLength: Int32(dataLength), trailerLength: tl, token: token)
+        count += 1
+    }
+
+    @inline(__always)
+    func recordBytes(_ r: OutRecord) -> Int { Int(r.headerLength + r.dataLength + r.trailerLength) }
+
+    /// Fills the msghdr for the next batch; returns false when nothing is queued or a send is in flight.
+    mutating func prepareSend() -> Bool {
+        if inFlight > 0 || count == 0 { return false }
+        var n = 0
+        var v = 0
+        var skip = sentInFirst
+        while n < count && n < OutQueue.batchRecords {
+            let i = (head + n) % capacity
+            let r = records[i]
+            let h = header(i)
+            v = addIov(v, h, Int(r.headerLength), &skip)
+            if r.dataLength > 0, let d = r.data {
+                v = addIov(v, UnsafeMutableRawPointer(mutating: d), Int(r.dataLength), &skip)
+            }
+            if r.trailerLength > 0 {
+                v = addIov(v, h + 52, Int(r.trailerLength), &skip)
+            }
+            n += 1
+        }
+        inFlight = n
+        msg.pointee.msg_iov = iov
+        msg.pointee.msg_iovlen = v
+        return true
+    }
+
+    @inline(__always)
+    private func addIov(_ v: Int, _ p: UnsafeMutableRawPointer, _ len: Int, _ skip: inout Int) -> Int {
+        if skip >= len { skip -= len; return v }
+        iov[v] = iovec(iov_base: p + skip, iov_len: len - skip)
+        skip = 0
+        return v + 1
+    }
+
+    /// Accounts `sent` bytes of the in-flight batch. Calls `fire` for each record fully sent, oldest first.
+    mutating func completed(sent: Int, fire: (SendToken) -> Void) {
+        var left = sent + sentInFirst
+        sentInFirst = 0
+        var done = 0
+        while done < inFlight {
+            let r = records[head]
+            let b = recordBytes(r)
+            if left < b { sentInFirst = left; break }
+            left -= b
+            head = (head + 1) % capacity
+            count -= 1
+            done += 1
+            if r.token != .none { fire(r.token) }
+        }
+        inFlight = 0
+    }
+
+    /// Drops everything (connection teardown); tokens are returned so buffers can be released.
+    mutating func drainAll(fire: (SendToken) -> Void) {
+        while count > 0 {
+            let r = records[head]
+            head = (head + 1) % capacity
+            count -= 1
+            if r.token != .none { fire(r.token) }
+        }
+        inFlight = 0
+        sentInFirst = 0
+    }
+}
+
+/// iSCSI CRC32C digests. The value is stored little-endian on the wire (RFC 7143 §13.1 / B.4 as Linux and
+/// libiscsi implement it).
+enum Digest {
+    static let seed: UInt32 = 0xFFFF_FFFF
+    static let hardware = rt_cpu_has_sse42() != 0
+
+    @inline(__always)
+    static func update(_ crc: UInt32, _ p: UnsafeRawPointer, _ n: Int) -> UInt32 {
+        if hardware { return rt_crc32c_hw(crc, p, n) }
+        return CRC32CTable.update(crc, p, n)
+    }
+
+    @inline(__always)
+    static func crc32c(_ p: UnsafeRawPointer, _ n: Int) -> UInt32 { ~update(seed, p, n) }
+}
+
+/// Table-driven CRC32C for CPUs without SSE4.2.
+enum CRC32CTable {
+    static let table: [UInt32] = (0..<256).map { i -> UInt32 in
+        var c = UInt32(i)
+        for _ in 0..<8 { c = (c & 1) != 0 ? (c >> 1) ^ 0x82F6_3B78 : c >> 1 }
+        return c
+    }
+
+    static func update(_ crc: UInt32, _ p: UnsafeRawPointer, _ n: Int) -> UInt32 {
+        var c = crc
+        table.withUnsafeBufferPointer { t in
+            for k in 0..<n {
+                c = t[Int((c ^ UInt32(p.load(fromByteOffset: k, as: UInt8.self))) & 0xff)] ^ (c >> 8)
+            }
+        }
+        return c
+    }
+}

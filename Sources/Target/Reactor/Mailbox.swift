@@ -1,0 +1,71 @@
+import CURing
+import Glibc
+import Synchronization
+
+/// Messages to a core. They cross threads, so they travel through a mailbox drained when the core's eventfd
+/// fires; the I/O path never touches it.
+public enum CoreMessage: @unchecked Sendable {
+    /// A new configuration: swap the snapshot, re-point sessions at their target's new runtime.
+    case config(ConfigSnapshot, CoreReply)
+    /// Close the session with this TSIH (reinstatement from another core, or an admin delete).
+    case closeSession(tsih: UInt16)
+    /// Report the sessions this core serves.
+    case sessions(SessionQuery)
+    /// Stop the loop.
+    case shutdown
+}
+
+/// A one-shot reply that a non-reactor thread blocks on (control plane only).
+public final class CoreReply: @unchecked Sendable {
+    private var sem = sem_t()
+    public init() { sem_init(&sem, 0, 0) }
+    deinit { sem_destroy(&sem) }
+    public func signal() { sem_post(&sem) }
+    public func wait() { while sem_wait(&sem) != 0 && errno == EINTR {} }
+}
+
+public struct SessionInfo: Sendable, Equatable {
+    public var tid: Int
+    public var tsih: UInt16
+    public var initiatorName: String
+    public var initiatorPortName: String
+    public var isDiscovery: Bool
+    public var connections: [(cid: UInt16, peer: String, local: String)]
+
+    public static func == (a: SessionInfo, b: SessionInfo) -> Bool {
+        a.tid == b.tid && a.tsih == b.tsih && a.initiatorName == b.initiatorName
+    }
+}
+
+public final class SessionQuery: @unchecked Sendable {
+    public let reply = CoreReply()
+    public var result: [SessionInfo] = []
+    public init() {}
+}
+
+/// Multi-producer mailbox, single consumer (the owning core).
+public final class Mailbox: @unchecked Sendable {
+    let eventFD: Int32
+    private let queue = Mutex<[CoreMessage]>([])
+
+    init() {
+        eventFD = eventfd(0, Int32(EFD_CLOEXEC))
+        precondition(eventFD >= 0, "eventfd failed")
+    }
+
+    deinit { close(eventFD) }
+
+    public func post(_ m: CoreMessage) {
+        queue.withLock { $0.append(m) }
+        var one: UInt64 = 1
+        _ = write(eventFD, &one, 8)
+    }
+
+    func drain() -> [CoreMessage] {
+        queue.withLock { q in
+            let all = q
+            q.removeAll(keepingCapacity: true)
+            return all
+        }
+    }
+}

@@ -1,0 +1,180 @@
+import CURing
+import Glibc
+
+/// A listening address as given by `--iscsi portal=HOST:PORT` (IPv6 as `[ADDR]:PORT`).
+public struct Portal: Sendable, Equatable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    /// Parses "HOST:PORT", "[V6]:PORT", "HOST" (port 3260).
+    public static func parse(_ s: String) -> Portal? {
+        var host = s
+        var port = 3260
+        if s.hasPrefix("[") {
+            guard let close = s.firstIndex(of: "]") else { return nil }
+            host = String(s[s.index(after: s.startIndex)..<close])
+            let rest = s[s.index(after: close)...]
+            if rest.hasPrefix(":") {
+                guard let p = Int(rest.dropFirst()), (0...65535).contains(p) else { return nil }
+                port = p
+            } else if !rest.isEmpty { return nil }
+        } else if let colon = s.lastIndex(of: ":") {
+            if s.firstIndex(of: ":") != colon { return Portal(host: s, port: 3260) }   // bare IPv6
+            host = String(s[..<colon])
+            guard let p = Int(s[s.index(after: colon)...]), (0...65535).contains(p) else { return nil }
+            port = p
+        }
+        if host.isEmpty { return nil }
+        return Portal(host: host, port: port)
+    }
+
+    public var isIPv6: Bool { host.contains(":") }
+    public var description: String { isIPv6 ? "[\(host)]:\(port)" : "\(host):\(port)" }
+}
+
+public enum SocketAddress {
+    /// Creates a listening socket with SO_REUSEPORT so every core can bind the same address.
+    public static func listen(_ portal: Portal) throws(NetError) -> Int32 {
+        let family = portal.isIPv6 ? AF_INET6 : AF_INET
+        let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC), 0)
+        if fd < 0 { throw .system("socket", errno) }
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(4))
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, socklen_t(4))
+        var rc: Int32
+        if portal.isIPv6 {
+            setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, socklen_t(4))
+            var a = sockaddr_in6()
+            a.sin6_family = sa_family_t(AF_INET6)
+            a.sin6_port = in_port_t(UInt16(portal.port).bigEndian)
+            if inet_pton(AF_INET6, portal.host, &a.sin6_addr) != 1 { close(fd); throw .badAddress(portal.host) }
+            rc = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) } }
+        } else {
+            var a = sockaddr_in()
+            a.sin_family = sa_family_t(AF_INET)
+            a.sin_port = in_port_t(UInt16(portal.port).bigEndian)
+            if inet_pton(AF_INET, portal.host, &a.sin_addr) != 1 { close(fd); throw .badAddress(portal.host) }
+            rc = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        }
+        if rc != 0 { let e = errno; close(fd); throw .system("bind \(portal)", e) }
+        if Glibc.listen(fd, 1024) != 0 { let e = errno; close(fd); throw .system("listen \(portal)", e) }
+        return fd
+    }
+
+    /// The port a socket is bound to (learns the kernel's choice for port 0).
+    public static func boundPort(_ fd: Int32) -> Int {
+        var ss = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        _ = withUnsafeMutablePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        return port(of: &ss)
+    }
+
+    static func port(of ss: inout sockaddr_storage) -> Int {
+        if Int32(ss.ss_family) == AF_INET {
+            return withUnsafePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) {
+                Int(UInt16(bigEndian: $0.pointee.sin_port)) } }
+        }
+        return withUnsafePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) {
+            Int(UInt16(bigEndian: $0.pointee.sin6_port)) } }
+    }
+
+    public static func peerName(_ fd: Int32) -> String { name(fd, peer: true) }
+    public static func localName(_ fd: Int32) -> String { name(fd, peer: false) }
+
+    /// "ADDR" of one end of a connected socket (IPv4-mapped IPv6 shown as IPv4).
+    static func name(_ fd: Int32, peer: Bool) -> String {
+        var ss = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let rc = withUnsafeMutablePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            peer ? getpeername(fd, $0, &len) : getsockname(fd, $0, &len) } }
+        if rc != 0 { return "?" }
+        return addressText(&ss)
+    }
+
+    static func addressText(_ ss: inout sockaddr_storage) -> String {
+        var buf = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)
+        if Int32(ss.ss_family) == AF_INET {
+            withUnsafePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { p in
+                var a = p.pointee.sin_addr
+                _ = inet_ntop(AF_INET, &a, &buf, socklen_t(buf.count)) } }
+        } else {
+            withUnsafePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { p in
+                var a = p.pointee.sin6_addr
+                _ = inet_ntop(AF_INET6, &a, &buf, socklen_t(buf.count)) } }
+        }
+        var s = String(cString: buf)
+        if s.hasPrefix("::ffff:") && s.contains(".") { s.removeFirst(7) }
+        return s
+    }
+}
+
+public enum NetError: Error, CustomStringConvertible {
+    case system(String, Int32)
+    case badAddress(String)
+    public var description: String {
+        switch self {
+        case .system(let what, let e): return "\(what): \(String(cString: strerror(e)))"
+        case .badAddress(let a): return "not a numeric IP address: \(a)"
+        }
+    }
+}
+
+/// ACL evaluation for login and discovery (tgtadm `--op bind -I ...`).
+public enum ACLCheck {
+    public static func allows(_ acl: [ACLRule], address: String, initiatorName: String) -> Bool {
+        // Like tgt: a target with no address rule admits nobody by address; name rules add to address rules.
+        var addressOK = false
+        var nameRules = false
+        var nameOK = false
+        for r in acl {
+            switch r {
+            case .all: addressOK = true
+            case .address(let a): if sameAddress(a, address) { addressOK = true }
+            case .cidr(let net, let prefix): if inNetwork(address, net, prefix) { addressOK = true }
+            case .initiatorName(let n):
+                nameRules = true
+                if n.lowercased() == initiatorName.lowercased() { nameOK = true }
+            }
+        }
+        if nameRules && !initiatorName.isEmpty { return nameOK || addressOK }
+        return addressOK
+    }
+
+    static func bytes(_ s: String) -> [UInt8]? {
+        var v4 = in_addr()
+        if inet_pton(AF_INET, s, &v4) == 1 { return withUnsafeBytes(of: &v4) { Array($0) } }
+        var v6 = in6_addr()
+        if inet_pton(AF_INET6, s, &v6) == 1 {
+            let b = withUnsafeBytes(of: &v6) { Array($0) }
+            // IPv4-mapped: compare as IPv4.
+            if b[0..<10].allSatisfy({ $0 == 0 }) && b[10] == 0xff && b[11] == 0xff { return Array(b[12..<16]) }
+            return b
+        }
+        return nil
+    }
+
+    static func sameAddress(_ a: String, _ b: String) -> Bool {
+        guard let x = bytes(a), let y = bytes(b) else { return a == b }
+        return x == y
+    }
+
+    static func inNetwork(_ address: String, _ net: String, _ prefix: Int) -> Bool {
+        guard let a = bytes(address), let n = bytes(net), a.count == n.count, prefix >= 0, prefix <= a.count * 8
+        else { return false }
+        var bits = prefix
+        for i in 0..<a.count {
+            if bits <= 0 { break }
+            let mask: UInt8 = bits >= 8 ? 0xff : UInt8(0xff << (8 - bits))
+            if a[i] & mask != n[i] & mask { return false }
+            bits -= 8
+        }
+        return true
+    }
+}

@@ -1,0 +1,541 @@
+import CURing
+import Glibc
+import Logging
+
+/// Sizes and limits of one core. Every bound the I/O path has is here.
+public struct ReactorConfig: Sendable {
+    /// Data area of one buffer slot; also caps MaxBurstLength, FirstBurstLength and our MaxRecvDataSegmentLength.
+    public var slotBytes = 262_144
+    /// Buffer slots per core (registered once at start).
+    public var slotCount = 256
+    /// Connections one core holds at most; more are refused at accept.
+    public var maxConnections = 4096
+    /// Commands in flight per session (the MaxCmdSN window).
+    public var commandWindow = 128
+    /// Extra task entries for immediate commands, which do not consume CmdSN.
+    public var immediateCommandAllowance = 8
+    /// PDUs queued for sending per connection.
+    public var sendQueueRecords = 512
+    public var submissionEntries: UInt32 = 1024
+    /// NOP-In ping after this much silence (0 = never), and give up when unanswered this long.
+    public var nopIntervalSeconds: UInt64 = 5
+    public var nopTimeoutSeconds: UInt64 = 30
+    /// A login must finish within this time.
+    public var loginTimeoutSeconds: UInt64 = 15
+    /// A connection whose queued PDUs make no progress for this long (initiator not reading) is closed.
+    public var sendStallSeconds: UInt64 = 60
+
+    public init() {}
+}
+
+/// One core: one thread, one ring, its listeners, its connections, its buffers. Nothing here is shared.
+public final class Reactor {
+    let core: Int
+    let config: ReactorConfig
+    let ring: Ring
+    var pool: BufferPool
+    unowned(unsafe) let runtime: Runtime
+    let mailbox = Mailbox()
+    let logger: Logger
+    var snapshot: ConfigSnapshot
+
+    var listeners: [Int32] = []
+    var connections: [Connection?]
+    var freeConnections: [Int32] = []
+    var generationCounter: UInt32 = 1
+    var dirtyConnections: [Int32] = []
+    var slotWaiters: [Int32] = []
+    var closingConnections = 0
+
+    // R2T permits: at most half the slots wait for solicited data at once, so the other half always drains
+    // (reads and writes in progress complete without needing the network), and stalled parsers make progress.
+    var r2tPermits: Int
+    var permitQueue: [UInt64] = []
+    var permitQueueHead = 0
+    var tttSequence: UInt32 = 0
+
+    var tick: UInt64 = 0
+    var running = true
+    let tickSpec: UnsafeMutablePointer<__kernel_timespec>
+    let mailboxBuffer: UnsafeMutablePointer<UInt64>
+
+    init(core: Int, config: ReactorConfig, runtime: Runtime, listeners: [Int32], logger: Logger) throws {
+        self.core = core
+        self.config = config
+        self.runtime = runtime
+        self.logger = logger
+        self.listeners = listeners
+        ring = try Ring(entries: config.submissionEntries)
+        pool = BufferPool(slotBytes: config.slotBytes, slotCount: config.slotCount)
+        try ring.registerBuffer(pool.base, bytes: pool.totalBytes)
+        r2tPermits = max(1, config.slotCount / 2)
+        connections = [Connection?](repeating: nil, count: config.maxConnections)
+        freeConnections = (0..<config.maxConnections).reversed().map { Int32($0) }
+        snapshot = runtime.currentSnapshot
+        tickSpec = .allocate(capacity: 1)
+        tickSpec.initialize(to: __kernel_timespec(tv_sec: 1, tv_nsec: 0))
+        mailboxBuffer = .allocate(capacity: 1)
+        mailboxBuffer.initialize(to: 0)
+        dirtyConnections.reserveCapacity(config.maxConnections)
+        slotWaiters.reserveCapacity(config.maxConnections)
+        permitQueue.reserveCapacity(config.slotCount * 2)
+    }
+
+    deinit {
+        tickSpec.deallocate()
+        mailboxBuffer.deallocate()
+    }
+
+    // MARK: - Loop
+
+    func run() {
+        for (i, fd) in listeners.enumerated() { armAccept(i, fd) }
+        armTick()
+        armMailbox()
+        while running {
+            _ = ring.submitAndWait(timeoutNanos: -1)
+            // Completions are handled in batches; sends and recvs queued meanwhile go out in the next submit.
+            while true {
+                let n = ring.peekBatch()
+                if n == 0 { break }
+                for i in 0..<n {
+                    let c = ring.cqe(i)
+                    dispatch(c.pointee.user_data, c.pointee.res, c.pointee.flags)
+                }
+                ring.advance(n)
+                flushDirty()
+            }
+            flushDirty()
+        }
+        shutdownAll()
+    }
+
+    @inline(__always)
+    func dispatch(_ userData: UInt64, _ res: Int32, _ flags: UInt32) {
+        let (kind, index, tag) = unpackUserData(userData)
+        switch OpKind(rawValue: kind) {
+        case .recv:
+            if let c = connection(index, tag) { c.onRecv(res) }
+        case .send:
+            if let c = connection(index, tag) { c.onSend(res) }
+        case .storeIO:
+            let conn = index >> 10
+            let task = index & 0x3FF
+            if let c = connection(conn, tag) { storeCompletion(c, task, res) }
+        case .accept:
+            onAccept(index, res, flags)
+        case .tick:
+            onTick()
+        case .mailbox:
+            onMailbox()
+        case .cancel, .close, .sheep, .none:
+            break
+        }
+    }
+
+    @inline(__always)
+    func connection(_ index: Int, _ tag: UInt32) -> Connection? {
+        guard index < connections.count, let c = connections[index], c.generation == tag else { return nil }
+        return c
+    }
+
+    func flushDirty() {
+        if dirtyConnections.isEmpty { return }
+        var i = 0
+        while i < dirtyConnections.count {
+            if let c = connections[Int(dirtyConnections[i])] { c.flush() }
+            i += 1
+        }
+        dirtyConnections.removeAll(keepingCapacity: true)
+    }
+
+    // MARK: - Accept
+
+    func armAccept(_ i: Int, _ fd: Int32) {
+        let sqe = ring.sqe()
+        io_uring_prep_multishot_accept(sqe, fd, nil, nil, Int32(SOCK_CLOEXEC))
+        sqe.pointee.user_data = packUserData(.accept, index: i, tag: 0)
+    }
+
+    func onAccept(_ listenerIndex: Int, _ res: Int32, _ flags: UInt32) {
+        if flags & RT_CQE_F_MORE == 0 && running {
+            // Multishot ended (error or kernel limit): re-arm.
+            armAccept(listenerIndex, listeners[listenerIndex])
+        }
+        guard res >= 0 else {
+            if res != -ECANCELED { logger.warning("accept failed: \(String(cString: strerror(-res)))") }
+            return
+        }
+        let fd = res
+        guard let slot = freeConnections.popLast() else {
+            logger.warning("core \(core): connection limit \(config.maxConnections) reached; refusing")
+            close(fd)
+            return
+        }
+        var one: Int32 = 1
+        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        generationCounter &+= 1
+        if generationCounter == 0 { generationCounter = 1 }
+        let c = Connection(reactor: self, index: Int(slot), generation: generationCounter, fd: fd,
+                           peer: SocketAddress.peerName(fd), local: SocketAddress.localName(fd))
+        connections[Int(slot)] = c
+        logger.debug("core \(core): connection from \(c.peer)")
+        c.armRecv()
+    }
+
+    // MARK: - Closing
+
+    /// Starts tearing a connection down. Its memory is released once no operation on the ring refers to it.
+    func closeConnection(_ c: Connection, reason: String) {
+        guard c.phase != .closing else { return }
+        logger.debug("core \(core): closing connection from \(c.peer): \(reason)")
+        c.phase = .closing
+        shutdown(c.fd, Int32(SHUT_RDWR))
+        if c.stalled {
+            c.stalled = false
+        }
+        if let nexus = c.nexus, let target = c.target {
+            SCSITask.nexusLost(nexus, target: target)
+            runtime.unregisterSession(tsih: c.tsih)
+        }
+        maybeRelease(c)
+    }
+
+    func maybeRelease(_ c: Connection) {
+        guard c.phase == .closing, !c.recvInFlight, !c.sendInFlight, c.storeInFlight == 0 else { return }
+        c.out.drainAll { token in
+            if case .freeSlot(let s) = token { self.releaseSlot(Int(s)) }
+        }
+        for t in 0..<c.taskCapacity where c.tasks[t].state != .free {
+            if c.tasks[t].state == .waitingPermit { cancelPermitWait(connection: c.index, task: t) }
+            c.releaseTask(t)
+        }
+        close(c.fd)
+        c.fd = -1
+        connections[c.index] = nil
+        freeConnections.append(Int32(c.index))
+    }
+
+    // MARK: - Buffers and permits
+
+    @inline(__always)
+    func releaseSlot(_ s: Int) {
+        pool.give(s)
+        if !slotWaiters.isEmpty { wakeSlotWaiters() }
+    }
+
+    private func wakeSlotWaiters() {
+        while pool.freeCount > 0 && !slotWaiters.isEmpty {
+            let ci = Int(slotWaiters.removeFirst())
+            guard let c = connections[ci] else { continue }
+            c.onSlotWaitList = false
+            c.resumeParser()
+        }
+    }
+
+    @inline(__always)
+    func takeR2TPermit() -> Bool {
+        if r2tPermits == 0 { return false }
+        r2tPermits -= 1
+        return true
+    }
+
+    func returnR2TPermit() {
+        while permitQueueHead < permitQueue.count {
+            let e = permitQueue[permitQueueHead]
+            permitQueueHead += 1
+            if permitQueueHead == permitQueue.count { permitQueue.removeAll(keepingCapacity: true); permitQueueHead = 0 }
+            if e == UInt64.max { continue }   // cancelled entry
+            let ci = Int(e >> 32), t = Int(e & 0xFFFF_FFFF)
+            if let c = connections[ci], c.phase != .closing, c.tasks[t].state == .waitingPermit {
+                c.permitGranted(t)
+                return
+            }
+        }
+        r2tPermits += 1
+    }
+
+    func waitForPermit(connection: Int, task: Int) {
+        permitQueue.append(UInt64(connection) << 32 | UInt64(task))
+    }
+
+    func cancelPermitWait(connection: Int, task: Int) {
+        let key = UInt64(connection) << 32 | UInt64(task)
+        for i in permitQueueHead..<permitQueue.count where permitQueue[i] == key { permitQueue[i] = UInt64.max }
+    }
+
+    // MARK: - Stores
+
+    /// Starts a store operation for task `t`. Returns the next SCSI action when the operation completed
+    /// synchronously (null store, metadata queries), nil when it is in flight on the ring.
+    func submitStore(_ c: Connection, _ t: Int, _ op: StoreOp) -> SCSIAction? {
+        let task = c.tasks[t]
+        var lun = task.lun
+        let storeTarget: StoreTarget
+        switch op {
+        case .read(let tg, _, _, _), .write(let tg, _, _, _, _), .flush(let tg), .discard(let tg, _, _),
+             .mapStatus(let tg, _, _), .prefetch(let tg, _, _):
+            storeTarget = tg
+        }
+        if case .other(let n) = storeTarget { lun = c.target?.lun(n) }
+        guard let lun else {
+            return c.tasks[t].scsi.storeCompleted(.failed(.unavailable), buffer: pool.buffer(Int(task.slot)))
+        }
+        let buffer = pool.buffer(Int(task.slot))
+        switch lun.backing {
+        case .null:
+            let result: StoreResult
+            switch op {
+            case .read(_, _, let length, let bo):
+                memset(buffer.baseAddress! + bo, 0, length)
+                result = .ok(length)
+            case .write(_, _, let length, _, _): result = .ok(length)
+            case .mapStatus(_, let offset, let maxLength):
+                result = .extent(mapped: true, length: min(maxLength, lun.byteCount &- offset))
+            default: result = .ok(0)
+            }
+            return c.tasks[t].scsi.storeCompleted(result, buffer: buffer)
+        case .file(let f):
+            switch op {
+            case .read(_, let offset, let length, let bo):
+                beginFileIO(c, t, fd: f.fd, write: false, fua: false, offset: offset, length: length, bufferOffset: bo)
+            case .write(_, let offset, let length, let bo, let fua):
+                if f.readOnly {
+                    return c.tasks[t].scsi.storeCompleted(.failed(.writeProtected), buffer: buffer)
+                }
+                beginFileIO(c, t, fd: f.fd, write: true, fua: fua && !f.directIO, offset: offset, length: length,
+                            bufferOffset: bo)
+            case .flush:
+                let sqe = ring.sqe()
+                io_uring_prep_fsync(sqe, f.fd, UInt32(IORING_FSYNC_DATASYNC))
+                sqe.pointee.user_data = packUserData(.storeIO, index: c.index << 10 | t, tag: c.generation)
+                c.tasks[t].opLength = 0
+                c.tasks[t].opIsWrite = false
+                c.tasks[t].opLUNFD = -2   // marks a non-data op
+            case .discard(_, let offset, let length):
+                if f.readOnly {
+                    return c.tasks[t].scsi.storeCompleted(.failed(.writeProtected), buffer: buffer)
+                }
+                let sqe = ring.sqe()
+                io_uring_prep_fallocate(sqe, f.fd, Int32(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE),
+                                        off_t(offset), off_t(length))
+                sqe.pointee.user_data = packUserData(.storeIO, index: c.index << 10 | t, tag: c.generation)
+                c.tasks[t].opLUNFD = -2
+            case .mapStatus(_, let offset, let maxLength):
+                return c.tasks[t].scsi.storeCompleted(f.mapStatus(offset: offset, maxLength: maxLength), buffer: buffer)
+            case .prefetch(_, let offset, let length):
+                _ = posix_fadvise(f.fd, off_t(offset), off_t(length), POSIX_FADV_WILLNEED)
+                return c.tasks[t].scsi.storeCompleted(.ok(0), buffer: buffer)
+            }
+            c.tasks[t].state = .storeIO
+            c.storeInFlight += 1
+            return nil
+        }
+    }
+
+    private func beginFileIO(_ c: Connection, _ t: Int, fd: Int32, write: Bool, fua: Bool, offset: UInt64, length: Int,
+                             bufferOffset: Int) {
+        c.tasks[t].opOffset = offset
+        c.tasks[t].opLength = length
+        c.tasks[t].opDone = 0
+        c.tasks[t].opBufferOffset = bufferOffset
+        c.tasks[t].opIsWrite = write
+        c.tasks[t].opFUA = fua
+        c.tasks[t].opLUNFD = fd
+        submitFileIO(c, t)
+    }
+
+    private func submitFileIO(_ c: Connection, _ t: Int) {
+        let task = c.tasks[t]
+        let sqe = ring.sqe()
+        let p = pool.data(Int(task.slot)) + task.opBufferOffset + task.opDone
+        let len = UInt32(task.opLength - task.opDone)
+        let off = task.opOffset + UInt64(task.opDone)
+        if task.opIsWrite {
+            io_uring_prep_write_fixed(sqe, task.opLUNFD, p, len, off, 0)
+            if task.opFUA { sqe.pointee.rw_flags = Int32(RWF_DSYNC) }
+        } else {
+            io_uring_prep_read_fixed(sqe, task.opLUNFD, p, len, off, 0)
+        }
+        sqe.pointee.user_data = packUserData(.storeIO, index: c.index << 10 | t, tag: c.generation)
+    }
+
+    private func storeCompletion(_ c: Connection, _ t: Int, _ res: Int32) {
+        c.storeInFlight -= 1
+        if c.phase == .closing {
+            maybeRelease(c)
+            return
+        }
+        let task = c.tasks[t]
+        if task.opLUNFD == -2 {
+            c.storeDone(t, res < 0 ? .failed(storeError(-res)) : .ok(0))
+            return
+        }
+        if res < 0 {
+            if res == -EAGAIN || res == -EINTR {
+                c.storeInFlight += 1
+                submitFileIO(c, t)
+                return
+            }
+            c.storeDone(t, .failed(storeError(-res)))
+            return
+        }
+        if res == 0 && !task.opIsWrite {
+            // Past the end of the file: the rest reads as zeros (a file shrunk under us).
+            memset(pool.data(Int(task.slot)) + task.opBufferOffset + task.opDone, 0, task.opLength - task.opDone)
+            c.storeDone(t, .ok(task.opLength))
+            return
+        }
+        c.tasks[t].opDone += Int(res)
+        if c.tasks[t].opDone < task.opLength && res > 0 {
+            // Short read or write: continue where it stopped.
+            c.storeInFlight += 1
+            submitFileIO(c, t)
+            return
+        }
+        c.storeDone(t, .ok(task.opLength))
+    }
+
+    func storeError(_ e: Int32) -> StoreError {
+        switch e {
+        case ENOSPC, EDQUOT: return .noSpace
+        case EROFS, EPERM, EACCES, EBADF: return .writeProtected
+        case EOPNOTSUPP, EINVAL: return .notSupported
+        default: return .mediumError
+        }
+    }
+
+    // MARK: - Timers
+
+    func armTick() {
+        let sqe = ring.sqe()
+        io_uring_prep_timeout(sqe, tickSpec, 0, 0)
+        sqe.pointee.user_data = packUserData(.tick, index: 0, tag: 0)
+    }
+
+    /// Once a second: login timeouts, NOP-In pings, dead and stalled initiators.
+    func onTick() {
+        tick += 1
+        if running { armTick() }
+        for c in connections {
+            guard let c, c.phase != .closing else { continue }
+            if c.phase == .login && tick &- c.createdTick > config.loginTimeoutSeconds {
+                closeConnection(c, reason: "login timeout")
+                continue
+            }
+            if c.out.count > 0 && tick &- c.lastSendProgressTick > config.sendStallSeconds {
+                closeConnection(c, reason: "initiator stopped reading")
+                continue
+            }
+            guard c.phase == .fullFeature, config.nopIntervalSeconds > 0 else { continue }
+            if c.pingTTT != reservedTag {
+                if tick &- c.pingSentTick > config.nopTimeoutSeconds {
+                    closeConnection(c, reason: "NOP-In ping unanswered")
+                }
+            } else if tick &- c.lastRxTick >= config.nopIntervalSeconds && c.out.free > 0 {
+                c.sendPing()
+            }
+        }
+        flushDirty()
+    }
+
+    // MARK: - Mailbox
+
+    func armMailbox() {
+        let sqe = ring.sqe()
+        io_uring_prep_read(sqe, mailbox.eventFD, mailboxBuffer, 8, 0)
+        sqe.pointee.user_data = packUserData(.mailbox, index: 0, tag: 0)
+    }
+
+    func onMailbox() {
+        for m in mailbox.drain() {
+            switch m {
+            case .config(let snap, let reply):
+                applySnapshot(snap)
+                reply.signal()
+            case .closeSession(let tsih):
+                for c in connections {
+                    if let c, c.tsih == tsih, c.phase != .closing { closeConnection(c, reason: "session reinstated or removed") }
+                }
+            case .sessions(let q):
+                q.result = sessionInfo()
+                q.reply.signal()
+            case .shutdown:
+                running = false
+            }
+        }
+        if running { armMailbox() }
+    }
+
+    func applySnapshot(_ snap: ConfigSnapshot) {
+        snapshot = snap
+        for c in connections {
+            guard let c, let old = c.target else { continue }
+            if let new = snap.target(tid: old.tid), new.name == old.name {
+                c.target = new
+            } else if c.phase != .closing {
+                closeConnection(c, reason: "target removed")
+            }
+        }
+    }
+
+    func sessionInfo() -> [SessionInfo] {
+        var out: [SessionInfo] = []
+        for c in connections {
+            guard let c, c.phase == .fullFeature else { continue }
+            out.append(SessionInfo(tid: c.target?.tid ?? -1, tsih: c.tsih, initiatorName: c.initiatorName,
+                                   initiatorPortName: c.nexus?.initiatorPortName ?? c.initiatorName,
+                                   isDiscovery: c.isDiscovery,
+                                   connections: [(cid: c.cid, peer: c.peer, local: c.local)]))
+        }
+        return out
+    }
+
+    private func shutdownAll() {
+        for c in connections { if let c { closeConnection(c, reason: "shutdown") } }
+        // Wait for in-flight operations to finish so no buffer is referenced after the ring goes away.
+        var spins = 0
+        while closingConnectionsLeft() && spins < 1000 {
+            _ = ring.submitAndWait(timeoutNanos: 10_000_000)
+            let n = ring.peekBatch()
+            for i in 0..<n {
+                let c = ring.cqe(i)
+                let (kind, index, tag) = unpackUserData(c.pointee.user_data)
+                guard let conn = connection(index >> (kind == OpKind.storeIO.rawValue ? 10 : 0), tag) else { continue }
+                switch OpKind(rawValue: kind) {
+                case .recv: conn.recvInFlight = false
+                case .send: conn.sendInFlight = false
+                case .storeIO: conn.storeInFlight -= 1
+                default: break
+                }
+                maybeRelease(conn)
+            }
+            ring.advance(n)
+            spins += 1
+        }
+        for fd in listeners { close(fd) }
+    }
+
+    private func closingConnectionsLeft() -> Bool { connections.contains { $0 != nil } }
+
+    // MARK: - Login support
+
+    func loginEnvironment(for c: Connection) -> LoginEnvironment {
+        let snap = snapshot
+        let peer = c.peer
+        return LoginEnvironment(
+            targetLookup: { name in snap.target(named: name) },
+            isAllowed: { target, initiator in ACLCheck.allows(target.acl, address: peer, initiatorName: initiator) },
+            defaults: { target in self.runtime.keyDefaults(for: target) },
+            portalGroupTag: 1)
+    }
+
+    func sendTargetsListing(for c: Connection, request: String) -> [UInt8] {
+        var list: [(name: String, addresses: [String])] = []
+        for t in snapshot.targets where ACLCheck.allows(t.acl, address: c.peer, initiatorName: c.initiatorName) {
+            list.append((name: t.name, addresses: runtime.portalAddresses(localAddress: c.local, tpgt: t.portalGroupTag)))
+        }
+        return Discovery.sendTargetsResponse(request: request, targets: list,
+                                             sessionTarget: c.isDiscovery ? nil : c.target?.name)
+    }
+}

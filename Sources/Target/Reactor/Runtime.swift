@@ -1,0 +1,173 @@
+import CURing
+import Glibc
+import Logging
+import Synchronization
+
+/// The daemon's cores and what they share: the published configuration, the session registry (for
+/// reinstatement across cores) and TSIH numbering. Only login, logout and the control plane touch the
+/// shared parts; the I/O path never does.
+public final class Runtime: @unchecked Sendable {
+    public let config: ReactorConfig
+    public let portals: [Portal]
+    let logger: Logger
+    private(set) var reactors: [Reactor] = []
+    private var threads: [pthread_t] = []
+    private let snapshotBox = Mutex<ConfigSnapshot>(.empty)
+    private let sessionsBox = Mutex<[SessionKey: (core: Int, tsih: UInt16)]>([:])
+    private let tsihCounter = Atomic<UInt32>(0)
+    /// Listening ports after binding (a portal asked with port 0 gets the kernel's choice).
+    public private(set) var boundPortals: [Portal] = []
+    let defaultKeys: TargetKeyDefaults
+
+    struct SessionKey: Hashable {
+        var initiator: String
+        var isid: UInt64
+        var target: String
+    }
+
+    public init(config: ReactorConfig, portals: [Portal], logger: Logger) {
+        self.config = config
+        self.portals = portals
+        self.logger = logger
+        var d = TargetKeyDefaults()
+        d.maxRecvDataSegmentLength = min(d.maxRecvDataSegmentLength, config.slotBytes)
+        d.maxBurstLength = min(d.maxBurstLength, config.slotBytes)
+        d.firstBurstLength = min(d.firstBurstLength, config.slotBytes)
+        defaultKeys = d
+    }
+
+    var currentSnapshot: ConfigSnapshot { snapshotBox.withLock { $0 } }
+
+    /// Binds every portal once per core (SO_REUSEPORT) and starts one pinned thread per core.
+    public func start(cores: Int) throws {
+        precondition(cores >= 1)
+        var perCore: [[Int32]] = Array(repeating: [], count: cores)
+        var bound: [Portal] = []
+        for p in portals {
+            var portal = p
+            for core in 0..<cores {
+                let fd = try SocketAddress.listen(portal)
+                if portal.port == 0 { portal.port = SocketAddress.boundPort(fd) }
+                perCore[core].append(fd)
+            }
+            bound.append(portal)
+        }
+        boundPortals = bound
+        for core in 0..<cores {
+            var log = logger
+            log[metadataKey: "core"] = "\(core)"
+            let r = try Reactor(core: core, config: config, runtime: self, listeners: perCore[core], logger: log)
+            reactors.append(r)
+        }
+        let online = Int(rt_cpu_online_count())
+        for (i, r) in reactors.enumerated() {
+            let box = Unmanaged.passRetained(ThreadBox(reactor: r, cpu: online > 1 ? i % online : -1))
+            var tid = pthread_t()
+            let rc = pthread_create(&tid, nil, { arg in
+                let box = Unmanaged<ThreadBox>.fromOpaque(arg!).takeRetainedValue()
+                if box.cpu >= 0 { _ = rt_pin_to_cpu(Int32(box.cpu)) }
+                box.reactor.run()
+                return nil
+            }, box.toOpaque())
+            precondition(rc == 0, "pthread_create failed")
+            threads.append(tid)
+        }
+    }
+
+    /// Stops every core and waits for their threads.
+    public func stop() {
+        for r in reactors { r.mailbox.post(.shutdown) }
+        for t in threads { pthread_join(t, nil) }
+        threads = []
+    }
+
+    // MARK: - Control fabric
+
+    /// Publishes a configuration and returns once every core applied it.
+    public func publish(_ snapshot: ConfigSnapshot) {
+        snapshotBox.withLock { $0 = snapshot }
+        let replies = reactors.map { r -> CoreReply in
+            let reply = CoreReply()
+            r.mailbox.post(.config(snapshot, reply))
+            return reply
+        }
+        for r in replies { r.wait() }
+    }
+
+    public func sessions() -> [SessionInfo] {
+        var all: [SessionInfo] = []
+        for r in reactors {
+            let q = SessionQuery()
+            r.mailbox.post(.sessions(q))
+            q.reply.wait()
+            all += q.result
+        }
+        return all
+    }
+
+    /// Closes every session of a target (admin delete with --force).
+    public func closeSessions(tid: Int) {
+        for s in sessions() where s.tid == tid {
+            for r in reactors { r.mailbox.post(.closeSession(tsih: s.tsih)) }
+        }
+    }
+
+    // MARK: - Sessions
+
+    func allocateTSIH() -> UInt16 {
+        while true {
+            let v = UInt16(truncatingIfNeeded: tsihCounter.wrappingAdd(1, ordering: .relaxed).newValue)
+            if v != 0 { return v }
+        }
+    }
+
+    /// Registers a new session; an older one with the same initiator port and target is closed (reinstatement).
+    func registerSession(initiator: String, isid: UInt64, targetName: String, core: Int, tsih: UInt16) {
+        let key = SessionKey(initiator: initiator.lowercased(), isid: isid, target: targetName.lowercased())
+        let old = sessionsBox.withLock { m -> (core: Int, tsih: UInt16)? in
+            let o = m[key]
+            m[key] = (core, tsih)
+            return o
+        }
+        if let old, old.core < reactors.count {
+            reactors[old.core].mailbox.post(.closeSession(tsih: old.tsih))
+        }
+    }
+
+    func unregisterSession(tsih: UInt16) {
+        sessionsBox.withLock { m in
+            if let k = m.first(where: { $0.value.tsih == tsih })?.key { m.removeValue(forKey: k) }
+        }
+    }
+
+    // MARK: - Login support
+
+    func keyDefaults(for target: TargetRuntime?) -> TargetKeyDefaults {
+        guard let target, !target.params.isEmpty else { return defaultKeys }
+        var d = (try? TargetKeyDefaults.from(params: target.params)) ?? defaultKeys
+        d.maxRecvDataSegmentLength = min(d.maxRecvDataSegmentLength, config.slotBytes)
+        d.maxBurstLength = min(d.maxBurstLength, config.slotBytes)
+        d.firstBurstLength = min(d.firstBurstLength, config.slotBytes)
+        return d
+    }
+
+    /// TargetAddress values for SendTargets: each portal as "addr:port,tpgt"; a wildcard portal answers with
+    /// the address the initiator connected to.
+    func portalAddresses(localAddress: String, tpgt: UInt16) -> [String] {
+        boundPortals.map { p in
+            var host = p.host
+            if host == "0.0.0.0" || host == "::" { host = localAddress }
+            let h = host.contains(":") ? "[\(host)]" : host
+            return "\(h):\(p.port),\(tpgt)"
+        }
+    }
+}
+
+final class ThreadBox {
+    let reactor: Reactor
+    let cpu: Int
+    init(reactor: Reactor, cpu: Int) {
+        self.reactor = reactor
+        self.cpu = cpu
+    }
+}
