@@ -1,0 +1,355 @@
+// The login phase of one connection, target side (RFC 7143 §6.3, §11.12, §11.13). Pure: it takes a decoded
+// Login Request and its data segment and returns the Login Response to send and what the connection does
+// next. Timeouts, TSIH allocation, session reinstatement and the PDU bytes are the connection runtime's.
+//
+// TSIH: responses echo the request's TSIH. On `.respondAndEnterFullFeature` of a new session (request TSIH
+// 0) the runtime allocates the TSIH and patches it into the final response's header before sending it.
+
+/// A decoded Login Request BHS (RFC 7143 §11.12).
+public struct LoginRequest: Sendable, Equatable {
+    public var transit: Bool
+    public var continueFlag: Bool
+    public var csg: UInt8
+    public var nsg: UInt8
+    public var versionMax: UInt8
+    public var versionMin: UInt8
+    /// 48 bits.
+    public var isid: UInt64
+    public var tsih: UInt16
+    public var itt: UInt32
+    public var cid: UInt16
+    public var cmdSN: UInt32
+    public var expStatSN: UInt32
+
+    public init(transit: Bool, continueFlag: Bool = false, csg: UInt8, nsg: UInt8, versionMax: UInt8 = 0,
+                versionMin: UInt8 = 0, isid: UInt64, tsih: UInt16 = 0, itt: UInt32, cid: UInt16 = 0,
+                cmdSN: UInt32 = 0, expStatSN: UInt32 = 0) {
+        self.transit = transit
+        self.continueFlag = continueFlag
+        self.csg = csg
+        self.nsg = nsg
+        self.versionMax = versionMax
+        self.versionMin = versionMin
+        self.isid = isid & 0xFFFF_FFFF_FFFF
+        self.tsih = tsih
+        self.itt = itt
+        self.cid = cid
+        self.cmdSN = cmdSN
+        self.expStatSN = expStatSN
+    }
+}
+
+/// The Login Response fields this layer decides (RFC 7143 §11.13). StatSN, ExpCmdSN and MaxCmdSN are
+/// the runtime's; `isid`, `tsih` and `itt` echo the request.
+public struct LoginResponse: Sendable, Equatable {
+    public var transit: Bool
+    public var continueFlag: Bool
+    public var csg: UInt8
+    public var nsg: UInt8
+    public var versionMax: UInt8 = 0
+    public var versionActive: UInt8 = 0
+    public var statusClass: UInt8
+    public var statusDetail: UInt8
+    public var isid: UInt64
+    public var tsih: UInt16
+    public var itt: UInt32
+    /// The data segment (key=value\0...), at most `ISCSILimits.loginDataSegmentBytes`.
+    public var text: [UInt8]
+
+    public var status: UInt16 { UInt16(statusClass) << 8 | UInt16(statusDetail) }
+}
+
+/// Login status codes, class << 8 | detail (RFC 7143 §11.13.5).
+public enum LoginStatus: UInt16, Sendable, Equatable {
+    case success = 0x0000
+    case targetMovedTemporarily = 0x0101
+    case targetMovedPermanently = 0x0102
+    case initiatorError = 0x0200
+    case authenticationFailure = 0x0201
+    case authorizationFailure = 0x0202
+    case notFound = 0x0203
+    case targetRemoved = 0x0204
+    case unsupportedVersion = 0x0205
+    case tooManyConnections = 0x0206
+    case missingParameter = 0x0207
+    case cannotIncludeInSession = 0x0208
+    case sessionTypeNotSupported = 0x0209
+    case sessionDoesNotExist = 0x020A
+    case invalidDuringLogin = 0x020B
+    case targetError = 0x0300
+    case serviceUnavailable = 0x0301
+    case outOfResources = 0x0302
+}
+
+public enum LoginOutcome: Sendable, Equatable {
+    /// Send the response and wait for the next Login Request.
+    case respondAndContinue
+    /// Send the response (TSIH patched for a new session), then the connection is in full feature phase.
+    case respondAndEnterFullFeature(SessionParameters)
+    /// Send the response (a Login reject), then close the connection.
+    case respondAndClose
+}
+
+/// What the login needs from the rest of the target. Called only during login, never on the I/O path.
+public struct LoginEnvironment {
+    /// The target named by TargetName (case-insensitive), or nil if there is none.
+    public var targetLookup: (String) -> TargetRuntime?
+    /// ACL check for this connection's initiator (the runtime's closure knows the peer address).
+    public var isAllowed: (TargetRuntime, _ initiatorName: String) -> Bool
+    /// The key offers and limits for the target (nil on a discovery session).
+    public var defaults: (TargetRuntime?) -> TargetKeyDefaults
+    /// Returned as TargetPortalGroupTag.
+    public var portalGroupTag: UInt16
+    /// For a login with a non-zero TSIH (adding or reinstating a connection): whether that session exists for
+    /// this initiator and ISID. If it does not, the login is rejected with 0x020A (Session does not exist).
+    public var sessionExists: (_ tsih: UInt16, _ isid: UInt64, _ initiatorName: String) -> Bool
+
+    public init(targetLookup: @escaping (String) -> TargetRuntime?,
+                isAllowed: @escaping (TargetRuntime, String) -> Bool,
+                defaults: @escaping (TargetRuntime?) -> TargetKeyDefaults,
+                portalGroupTag: UInt16,
+                sessionExists: @escaping (UInt16, UInt64, String) -> Bool = { _, _, _ in false }) {
+        self.targetLookup = targetLookup
+        self.isAllowed = isAllowed
+        self.defaults = defaults
+        self.portalGroupTag = portalGroupTag
+        self.sessionExists = sessionExists
+    }
+}
+
+/// Login phase of one connection.
+///
+/// States:
+/// - `awaitingFirst`: nothing received yet; the first complete text names the initiator, target and session type.
+/// - `negotiating(stage)`: in the security or operational stage; requests must carry this CSG.
+/// - `done`: full feature phase reached or login rejected; further login PDUs are refused.
+public struct LoginStateMachine {
+    /// Bound on a key text reassembled from C-bit PDUs. RFC 7143 §6.1 requires at least 8192; 64 KiB leaves
+    /// room for long CHAP-style values without letting a client grow memory without end.
+    public static let maxLoginTextBytes = 65_536
+    /// Bound on the text we return in one login step (split into 8192-byte PDUs with the C bit).
+    public static let maxResponseTextBytes = 65_536
+
+    private enum State: Equatable {
+        case awaitingFirst
+        case negotiating(LoginStage)
+        case done
+    }
+
+    private var state: State = .awaitingFirst
+    private var firstIsid: UInt64 = 0
+    private var firstTsih: UInt16 = 0
+    private var firstCid: UInt16 = 0
+    private var requestText: [UInt8] = []
+    private var responseText: [UInt8] = []
+    private var responseOffset = 0
+    private var negotiator: KeyNegotiator?
+    private var declaredMaxRecv = false
+
+    public private(set) var target: TargetRuntime?
+    public private(set) var sessionType: SessionType = .normal
+    public private(set) var initiatorName: String?
+    public private(set) var initiatorAlias: String?
+    /// Why the last Login reject was sent, for the runtime's log.
+    public private(set) var failureReason: String?
+    /// The ISID/TSIH/CID of the first request (the runtime uses them for session lookup and reinstatement).
+    public var isid: UInt64 { firstIsid }
+    public var tsih: UInt16 { firstTsih }
+    public var cid: UInt16 { firstCid }
+    /// Values negotiated so far.
+    public var parameters: SessionParameters? { negotiator?.params }
+
+    public init() {}
+
+    public mutating func receive(_ req: LoginRequest, data: UnsafeRawBufferPointer,
+                                 env: LoginEnvironment) -> (LoginResponse, LoginOutcome) {
+        switch state {
+        case .done:
+            return reject(req, .initiatorError, "login request after the login phase ended")
+        case .awaitingFirst:
+            firstIsid = req.isid
+            firstTsih = req.tsih
+            firstCid = req.cid
+            // We speak version 0 only (RFC 7143 §11.12.4).
+            if req.versionMin > 0 {
+                return reject(req, .unsupportedVersion, "version-min \(req.versionMin) > 0")
+            }
+        case .negotiating:
+            if req.isid != firstIsid || req.tsih != firstTsih || req.cid != firstCid {
+                return reject(req, .initiatorError, "ISID, TSIH or CID changed during login")
+            }
+        }
+        if req.transit && req.continueFlag {
+            return reject(req, .initiatorError, "T and C both set")
+        }
+        guard let csg = LoginStage(rawValue: req.csg), csg != .fullFeature else {
+            return reject(req, .initiatorError, "CSG \(req.csg) is not a login stage")
+        }
+        var nsg: LoginStage?
+        if req.transit {
+            guard let n = LoginStage(rawValue: req.nsg), n.rawValue > csg.rawValue else {
+                return reject(req, .initiatorError, "transit from stage \(req.csg) to \(req.nsg)")
+            }
+            nsg = n
+        }
+        if case .negotiating(let current) = state, current != csg {
+            return reject(req, .initiatorError, "CSG \(req.csg) but the login is in stage \(current.rawValue)")
+        }
+
+        // Target-side continuation: the initiator fetches the rest of our text with empty requests.
+        if responseOffset < responseText.count {
+            if data.count != 0 || req.continueFlag {
+                return reject(req, .initiatorError, "text sent while the target's response is incomplete")
+            }
+            return nextChunk(req, csg: csg, nsg: nsg)
+        }
+
+        // Initiator-side continuation: reassemble the text across C-bit PDUs.
+        if requestText.count + data.count > LoginStateMachine.maxLoginTextBytes {
+            return reject(req, .initiatorError, "login text exceeds \(LoginStateMachine.maxLoginTextBytes) bytes")
+        }
+        requestText.append(contentsOf: data)
+        if state == .awaitingFirst { state = .negotiating(csg) }
+        if req.continueFlag {
+            let r = LoginResponse(transit: false, continueFlag: false, csg: csg.rawValue, nsg: 0,
+                                  statusClass: 0, statusDetail: 0, isid: req.isid, tsih: req.tsih,
+                                  itt: req.itt, text: [])
+            return (r, .respondAndContinue)
+        }
+        let text = requestText
+        requestText = []
+
+        let pairs: [TextKeyValue]
+        do { pairs = try TextKeys.parse(text) } catch { return reject(req, .initiatorError, error.description) }
+
+        var out: [UInt8] = []
+        let isFirstText = negotiator == nil
+        if isFirstText {
+            if let failure = takeIdentity(pairs, req: req, env: env) { return failure }
+            if sessionType == .normal {
+                // RFC 7143 §13.9: returned in the response to the first request with C=0 naming a target.
+                TextKeys.append("TargetPortalGroupTag", String(env.portalGroupTag), to: &out)
+                if let alias = negotiator?.params.targetAlias {
+                    TextKeys.append("TargetAlias", alias, to: &out)
+                }
+            }
+        } else {
+            for p in pairs where p.key == "InitiatorName" || p.key == "TargetName" || p.key == "SessionType" {
+                if !(negotiator?.hasSeen(p.key) ?? false) {
+                    return reject(req, .initiatorError, "\(p.key) must be in the first login request")
+                }
+            }
+        }
+        guard var neg = negotiator else { return reject(req, .targetError, "no negotiator") }
+        do {
+            let answers = try neg.answer(pairs, stage: csg, sessionType: sessionType)
+            for a in answers { TextKeys.append(a.key, a.value, to: &out) }
+        } catch {
+            negotiator = neg
+            return reject(req, .initiatorError, error.reason)
+        }
+        if let alias = pairs.first(where: { $0.key == "InitiatorAlias" })?.value { initiatorAlias = alias }
+        if csg == .operational && !declaredMaxRecv {
+            // Declarative: our receive limit; the initiator may send PDUs up to it after login.
+            TextKeys.append("MaxRecvDataSegmentLength", String(neg.defaults.maxRecvDataSegmentLength), to: &out)
+            neg.declaredTargetMaxRecvDataSegmentLength()
+            declaredMaxRecv = true
+        }
+        negotiator = neg
+        if out.count > LoginStateMachine.maxResponseTextBytes {
+            return reject(req, .outOfResources, "login response text too long")
+        }
+        responseText = out
+        responseOffset = 0
+        return nextChunk(req, csg: csg, nsg: nsg)
+    }
+
+    /// Sends the next ≤8192-byte piece of `responseText`; the last piece carries the transition.
+    private mutating func nextChunk(_ req: LoginRequest, csg: LoginStage, nsg: LoginStage?) -> (LoginResponse, LoginOutcome) {
+        let remaining = responseText.count - responseOffset
+        let n = min(remaining, ISCSILimits.loginDataSegmentBytes)
+        let chunk = Array(responseText[responseOffset..<(responseOffset + n)])
+        responseOffset += n
+        var r = LoginResponse(transit: false, continueFlag: false, csg: csg.rawValue, nsg: 0,
+                              statusClass: 0, statusDetail: 0, isid: req.isid, tsih: req.tsih,
+                              itt: req.itt, text: chunk)
+        if responseOffset < responseText.count {
+            // More to come: C=1 and T=0 (RFC 7143 §11.13.2); the initiator answers with an empty request.
+            r.continueFlag = true
+            return (r, .respondAndContinue)
+        }
+        responseText = []
+        responseOffset = 0
+        guard let next = nsg else { return (r, .respondAndContinue) }
+        // We never originate negotiations, so whenever the initiator is ready to transit, so are we.
+        r.transit = true
+        r.nsg = next.rawValue
+        if next == .fullFeature {
+            guard var neg = negotiator else { return reject(req, .targetError, "no negotiator") }
+            do {
+                let params = try neg.finish()
+                negotiator = neg
+                state = .done
+                return (r, .respondAndEnterFullFeature(params))
+            } catch {
+                return reject(req, LoginStatus(rawValue: UInt16(error.statusClass) << 8 | UInt16(error.statusDetail))
+                              ?? .initiatorError, error.reason)
+            }
+        }
+        state = .negotiating(next)
+        return (r, .respondAndContinue)
+    }
+
+    /// Reads SessionType, InitiatorName and TargetName from the first complete text and applies the
+    /// target checks. Returns a Login reject, or nil when the login may go on.
+    private mutating func takeIdentity(_ pairs: [TextKeyValue], req: LoginRequest,
+                                       env: LoginEnvironment) -> (LoginResponse, LoginOutcome)? {
+        func value(_ k: String) -> String? { pairs.first(where: { $0.key == k })?.value }
+        switch value("SessionType") {
+        case nil, "Normal": sessionType = .normal
+        case "Discovery": sessionType = .discovery
+        case let other?: return reject(req, .sessionTypeNotSupported, "SessionType=\(other)")
+        }
+        guard let name = value("InitiatorName"), !name.isEmpty else {
+            return reject(req, .missingParameter, "no InitiatorName")
+        }
+        guard name.utf8.count <= ISCSILimits.maxNameBytes else {
+            return reject(req, .initiatorError, "InitiatorName longer than \(ISCSILimits.maxNameBytes) bytes")
+        }
+        initiatorName = name
+        if req.tsih != 0 && !env.sessionExists(req.tsih, req.isid, name) {
+            return reject(req, .sessionDoesNotExist, "TSIH \(req.tsih) names no session")
+        }
+        var targetName: String?
+        if sessionType == .normal {
+            guard let tn = value("TargetName"), !tn.isEmpty else {
+                return reject(req, .missingParameter, "normal session without TargetName")
+            }
+            guard tn.utf8.count <= ISCSILimits.maxNameBytes, let t = env.targetLookup(tn) else {
+                return reject(req, .notFound, "no target \(tn)")
+            }
+            guard env.isAllowed(t, name) else {
+                return reject(req, .authorizationFailure, "initiator \(name) not allowed on \(t.name)")
+            }
+            target = t
+            targetName = t.name
+        }
+        var neg = KeyNegotiator(defaults: env.defaults(target))
+        neg.setIdentity(sessionType: sessionType, initiatorName: name, initiatorAlias: value("InitiatorAlias"),
+                        targetName: targetName, portalGroupTag: env.portalGroupTag)
+        negotiator = neg
+        return nil
+    }
+
+    private mutating func reject(_ req: LoginRequest, _ status: LoginStatus, _ reason: String) -> (LoginResponse, LoginOutcome) {
+        state = .done
+        failureReason = reason
+        requestText = []
+        responseText = []
+        responseOffset = 0
+        let r = LoginResponse(transit: false, continueFlag: false, csg: req.csg & 3, nsg: 0,
+                              statusClass: UInt8(status.rawValue >> 8), statusDetail: UInt8(status.rawValue & 0xFF),
+                              isid: req.isid, tsih: req.tsih, itt: req.itt, text: [])
+        return (r, .respondAndClose)
+    }
+}
