@@ -3,7 +3,6 @@
 #ifndef RINGTGT_CURING_SHIM_H
 #define RINGTGT_CURING_SHIM_H
 
-#define _GNU_SOURCE 1
 #include <stdint.h>
 #include <stddef.h>
 #include <string.h>
@@ -11,7 +10,7 @@
 #include <unistd.h>
 #include <fcntl.h>
 #include <pthread.h>
-#include <sched.h>
+#include <sys/syscall.h>
 #include <signal.h>
 #include <sys/types.h>
 #include <sys/socket.h>
@@ -44,6 +43,16 @@ static const uint32_t RT_SETUP_SINGLE_ISSUER = IORING_SETUP_SINGLE_ISSUER;
 static const uint32_t RT_SETUP_DEFER_TASKRUN = IORING_SETUP_DEFER_TASKRUN;
 static const uint32_t RT_SETUP_COOP_TASKRUN = IORING_SETUP_COOP_TASKRUN;
 static const uint32_t RT_SETUP_SUBMIT_ALL = IORING_SETUP_SUBMIT_ALL;
+static const int RT_FALLOC_PUNCH_HOLE = 0x02;   // FALLOC_FL_PUNCH_HOLE (linux/falloc.h)
+static const int RT_FALLOC_KEEP_SIZE = 0x01;    // FALLOC_FL_KEEP_SIZE
+static const int RT_FALLOC_ZERO_RANGE = 0x10;   // FALLOC_FL_ZERO_RANGE
+#if defined(__aarch64__)
+static const int RT_O_DIRECT = 0200000;
+#else
+static const int RT_O_DIRECT = 040000;
+#endif
+static const int RT_SOCK_STREAM = SOCK_STREAM;
+static const int RT_SOCK_CLOEXEC = SOCK_CLOEXEC;
 static const uint32_t RT_CQE_F_MORE = IORING_CQE_F_MORE;
 
 // Copies up to `max` ready completions out of the ring (acquire-ordered tail read happens in C).
@@ -80,16 +89,23 @@ static inline uint32_t rt_crc32c_hw(uint32_t crc, const void *data, size_t len) 
 static inline int rt_cpu_has_sse42(void) { return 0; }
 #endif
 
-// Pins the calling thread to one CPU.
+// Pins the calling thread to one CPU (raw syscall: cpu_set_t needs _GNU_SOURCE, which would make this
+// module's libc types differ from SwiftGlibc's).
 static inline int rt_pin_to_cpu(int cpu) {
-    cpu_set_t set; CPU_ZERO(&set); CPU_SET(cpu, &set);
-    return pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+    unsigned long mask[16] = {0};
+    if (cpu < 0 || cpu >= 1024) return -1;
+    mask[cpu / 64] = 1UL << (cpu % 64);
+    return (int)syscall(SYS_sched_setaffinity, 0, sizeof(mask), mask);
 }
 
+// CPUs this process may run on.
 static inline int rt_cpu_online_count(void) {
-    cpu_set_t set; CPU_ZERO(&set);
-    if (sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
-    return CPU_COUNT(&set);
+    unsigned long mask[16] = {0};
+    long n = syscall(SYS_sched_getaffinity, 0, sizeof(mask), mask);
+    if (n <= 0) return 1;
+    int count = 0;
+    for (int i = 0; i < 16; i++) count += __builtin_popcountl(mask[i]);
+    return count > 0 ? count : 1;
 }
 
 #endif

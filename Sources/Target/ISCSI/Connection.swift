@@ -341,7 +341,7 @@ public final class Connection {
         guard !sendInFlight, phase != .closing else { return }
         if !out.prepareSend() { return }
         let sqe = reactor.ring.sqe()
-        io_uring_prep_sendmsg(sqe, fd, out.msg, Int32(MSG_NOSIGNAL))
+        io_uring_prep_sendmsg(sqe, fd, out.msg, UInt32(MSG_NOSIGNAL))
         sqe.pointee.user_data = packUserData(.send, index: index, tag: generation)
         sendInFlight = true
     }

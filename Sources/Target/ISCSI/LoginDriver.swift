@@ -92,8 +92,8 @@ extension Connection {
     /// The login succeeded: apply the negotiated parameters and register the session.
     private func becomeSession(_ p: SessionParameters) -> UInt16 {
         params = ConnectionParams(sessionParameters: p, slotBytes: reactor.pool.slotBytes)
-        isDiscovery = p.isDiscovery
-        initiatorName = p.initiatorNameValue
+        isDiscovery = p.sessionType == .discovery
+        initiatorName = p.initiatorName
         target = login.target
         phase = .fullFeature
         tsih = reactor.runtime.allocateTSIH()
@@ -111,17 +111,17 @@ extension Connection {
 extension ConnectionParams {
     init(sessionParameters p: SessionParameters, slotBytes: Int) {
         self.init()
-        headerDigest = p.headerDigestCRC32C
-        dataDigest = p.dataDigestCRC32C
-        maxSendDataSegment = max(512, p.initiatorMRDSL)
+        headerDigest = p.headerDigest == .crc32c
+        dataDigest = p.dataDigest == .crc32c
+        maxSendDataSegment = max(512, p.initiatorMaxRecvDataSegmentLength)
         // Our MaxRecvDataSegmentLength never exceeds a buffer slot: immediate and Data-Out data land in one.
-        maxRecvDataSegment = min(slotBytes, p.targetMRDSL)
-        maxBurst = min(slotBytes, p.maxBurst)
-        firstBurst = min(slotBytes, p.firstBurst)
-        immediateData = p.immediate
-        initialR2T = p.initialR2TValue
-        defaultTime2Wait = UInt16(clamping: p.time2Wait)
-        defaultTime2Retain = UInt16(clamping: p.time2Retain)
+        maxRecvDataSegment = min(slotBytes, p.targetMaxRecvDataSegmentLength)
+        maxBurst = min(slotBytes, p.maxBurstLength)
+        firstBurst = min(slotBytes, p.firstBurstLength)
+        immediateData = p.immediateData
+        initialR2T = p.initialR2T
+        defaultTime2Wait = UInt16(clamping: p.defaultTime2Wait)
+        defaultTime2Retain = UInt16(clamping: p.defaultTime2Retain)
     }
 }
 
@@ -141,7 +141,7 @@ struct TextExchange {
     var nextTTT: UInt32 = 0x4000_0000
 
     mutating func receive(final: Bool, continueFlag: Bool, itt: UInt32, ttt: UInt32, data: [UInt8],
-                          maxSegment: Int, answer: ([(String, String)]) -> [UInt8]) -> Reply {
+                          maxSegment: Int, answer: ([TextKeyValue]) -> [UInt8]) -> Reply {
         if ttt != reservedTag {
             // The initiator asks for the next piece of a long answer.
             guard ttt == pendingTTT, itt == pendingITT, !pendingResponse.isEmpty else { return .reject }
@@ -157,11 +157,8 @@ struct TextExchange {
             pendingITT = itt
             return .respond(data: [], final: false, cont: false, ttt: pendingTTT)
         }
-        let keys: [(String, String)]
-        switch TextKeys.parse(pendingRequest) {
-        case .success(let k): keys = k
-        case .failure: pendingRequest = []; return .reject
-        }
+        let keys: [TextKeyValue]
+        do { keys = try TextKeys.parse(pendingRequest) } catch { pendingRequest = []; return .reject }
         pendingRequest = []
         pendingResponse = answer(keys)
         pendingOffset = 0
@@ -186,14 +183,13 @@ struct TextExchange {
 
 extension Connection {
     /// Answers the keys of a full-feature Text request.
-    func answerText(_ keys: [(String, String)]) -> [UInt8] {
-        var outKeys: [(String, String)] = []
-        for (k, v) in keys {
-            if k == "SendTargets" {
-                let listing = reactor.sendTargetsListing(for: self, request: v)
-                return listing
+    func answerText(_ keys: [TextKeyValue]) -> [UInt8] {
+        var outKeys: [TextKeyValue] = []
+        for kv in keys {
+            if kv.key == "SendTargets" {
+                return reactor.sendTargetsListing(for: self, request: kv.value)
             }
-            outKeys.append((k, "NotUnderstood"))
+            outKeys.append(TextKeyValue(kv.key, "NotUnderstood"))
         }
         return TextKeys.encode(outKeys)
     }

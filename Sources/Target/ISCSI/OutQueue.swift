@@ -167,37 +167,15 @@ struct OutQueue: ~Copyable {
     }
 }
 
-/// iSCSI CRC32C digests. The value is stored little-endian on the wire (RFC 7143 §13.1 / B.4 as Linux and
-/// libiscsi implement it).
+/// iSCSI digests on the I/O path, over the shared CRC32C implementation (CRC32C.swift).
 enum Digest {
-    static let seed: UInt32 = 0xFFFF_FFFF
-    static let hardware = rt_cpu_has_sse42() != 0
+    static let seed: UInt32 = CRC32C.initialState
 
     @inline(__always)
     static func update(_ crc: UInt32, _ p: UnsafeRawPointer, _ n: Int) -> UInt32 {
-        if hardware { return rt_crc32c_hw(crc, p, n) }
-        return CRC32CTable.update(crc, p, n)
+        CRC32C.update(crc, p, count: n)
     }
 
     @inline(__always)
     static func crc32c(_ p: UnsafeRawPointer, _ n: Int) -> UInt32 { ~update(seed, p, n) }
-}
-
-/// Table-driven CRC32C for CPUs without SSE4.2.
-enum CRC32CTable {
-    static let table: [UInt32] = (0..<256).map { i -> UInt32 in
-        var c = UInt32(i)
-        for _ in 0..<8 { c = (c & 1) != 0 ? (c >> 1) ^ 0x82F6_3B78 : c >> 1 }
-        return c
-    }
-
-    static func update(_ crc: UInt32, _ p: UnsafeRawPointer, _ n: Int) -> UInt32 {
-        var c = crc
-        table.withUnsafeBufferPointer { t in
-            for k in 0..<n {
-                c = t[Int((c ^ UInt32(p.load(fromByteOffset: k, as: UInt8.self))) & 0xff)] ^ (c >> 8)
-            }
-        }
-        return c
-    }
 }

@@ -41,7 +41,7 @@ public enum SocketAddress {
     /// Creates a listening socket with SO_REUSEPORT so every core can bind the same address.
     public static func listen(_ portal: Portal) throws(NetError) -> Int32 {
         let family = portal.isIPv6 ? AF_INET6 : AF_INET
-        let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC), 0)
+        let fd = socket(family, RT_SOCK_STREAM | RT_SOCK_CLOEXEC, 0)
         if fd < 0 { throw .system("socket", errno) }
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(4))

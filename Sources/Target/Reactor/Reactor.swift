@@ -153,7 +153,7 @@ public final class Reactor {
 
     func armAccept(_ i: Int, _ fd: Int32) {
         let sqe = ring.sqe()
-        io_uring_prep_multishot_accept(sqe, fd, nil, nil, Int32(SOCK_CLOEXEC))
+        io_uring_prep_multishot_accept(sqe, fd, nil, nil, RT_SOCK_CLOEXEC)
         sqe.pointee.user_data = packUserData(.accept, index: i, tag: 0)
     }
 
@@ -317,7 +317,7 @@ public final class Reactor {
                     return c.tasks[t].scsi.storeCompleted(.failed(.writeProtected), buffer: buffer)
                 }
                 let sqe = ring.sqe()
-                io_uring_prep_fallocate(sqe, f.fd, Int32(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE),
+                io_uring_prep_fallocate(sqe, f.fd, RT_FALLOC_PUNCH_HOLE | RT_FALLOC_KEEP_SIZE,
                                         off_t(offset), off_t(length))
                 sqe.pointee.user_data = packUserData(.storeIO, index: c.index << 10 | t, tag: c.generation)
                 c.tasks[t].opLUNFD = -2
@@ -535,7 +535,17 @@ public final class Reactor {
         for t in snapshot.targets where ACLCheck.allows(t.acl, address: c.peer, initiatorName: c.initiatorName) {
             list.append((name: t.name, addresses: runtime.portalAddresses(localAddress: c.local, tpgt: t.portalGroupTag)))
         }
-        return Discovery.sendTargetsResponse(request: request, targets: list,
-                                             sessionTarget: c.isDiscovery ? nil : c.target?.name)
+        // SendTargets=All only on discovery sessions; on a normal session an empty value means its own target.
+        var out: [UInt8] = []
+        for t in list {
+            let wanted: Bool
+            if request == "All" { wanted = c.isDiscovery }
+            else if request.isEmpty { wanted = !c.isDiscovery && t.name == c.target?.name }
+            else { wanted = t.name.lowercased() == request.lowercased() }
+            guard wanted else { continue }
+            TextKeys.append("TargetName", t.name, to: &out)
+            for a in t.addresses { TextKeys.append("TargetAddress", a, to: &out) }
+        }
+        return out
     }
 }

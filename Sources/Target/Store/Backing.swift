@@ -89,7 +89,7 @@ public enum BackingFactory {
             guard !path.isEmpty else { throw .invalid("a backing store path is required") }
             let direct = isTrue(options["direct"])
             var flags: Int32 = (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC
-            if direct { flags |= O_DIRECT }
+            if direct { flags |= RT_O_DIRECT }
             let fd = Glibc.open(path, flags)
             if fd < 0 { throw .system("can't open \(path)", errno: errno) }
             var st = stat()
