@@ -21,6 +21,7 @@ let package = Package(
             dependencies: [
                 "CURing",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: [.swiftLanguageMode(.v5)]
         ),

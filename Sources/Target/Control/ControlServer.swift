@@ -1,0 +1,170 @@
+// The daemon's control socket: a unix stream socket served by one thread of its own (never a reactor
+// core). One request per connection, bounded in size and time; a malformed request gets an error reply.
+// Only the daemon's own user (normally root, as tgtd requires) may connect: the socket is mode 0600 and
+// the peer's credentials are checked as tgt's ipc_perm does.
+
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+
+public final class ControlServer: @unchecked Sendable {
+    public enum StartError: Error, Equatable, CustomStringConvertible {
+        case pathTooLong(String)
+        case inUse(String)            // another daemon answers on this socket
+        case notASocket(String)       // something else has this name; we never delete it
+        case system(String, Int32)    // the call that failed and errno
+
+        public var description: String {
+            switch self {
+            case .pathTooLong(let p): return "control socket path too long: \(p)"
+            case .inUse(let p): return "control socket \(p) is in use by another daemon (choose another -C/--control-port)"
+            case .notASocket(let p): return "\(p) exists and is not a socket"
+            case .system(let call, let e): return "\(call): \(String(cString: strerror(e)))"
+            }
+        }
+    }
+
+    /// Pending connections the kernel queues for us.
+    static let listenBacklog: Int32 = 16
+
+    public let path: String
+    private let handler: (AdminRequest) -> AdminResponse
+    private var listenFD: Int32 = -1
+    /// Written to by stop() so that poll() in the server thread wakes up.
+    private var wakePipe: [Int32] = [-1, -1]
+    private var thread: Thread?
+    private let finished = DispatchSemaphore(value: 0)
+
+    public init(path: String, handler: @escaping (AdminRequest) -> AdminResponse) {
+        self.path = path
+        self.handler = handler
+    }
+
+    public convenience init(path: String, registry: Registry) {
+        self.init(path: path) { registry.execute($0) }
+    }
+
+    /// Creates the socket (removing a stale one left by a dead daemon) and starts serving.
+    public func start() throws {
+        precondition(thread == nil, "ControlServer started twice")
+        guard let addr = ControlWire.address(path), ControlWire.address(path + ".tmp-0000000000") != nil else {
+            throw StartError.pathTooLong(path)
+        }
+        try removeStaleSocket()
+        let directory = (path as NSString).deletingLastPathComponent
+        if !directory.isEmpty && access(directory, F_OK) != 0 {
+            if mkdir(directory, 0o755) != 0 && errno != EEXIST { throw StartError.system("mkdir \(directory)", errno) }
+        }
+
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        if fd < 0 { throw StartError.system("socket", errno) }
+        // Bind under a temporary name, restrict it to 0600, then rename it into place, so the socket is
+        // never reachable with looser permissions.
+        let temporary = "\(path).tmp-\(getpid())"
+        unlink(temporary)
+        guard var tmpAddr = ControlWire.address(temporary) else { close(fd); throw StartError.pathTooLong(temporary) }
+        _ = addr
+        let bound = withUnsafePointer(to: &tmpAddr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        if bound != 0 { let e = errno; close(fd); throw StartError.system("bind \(temporary)", e) }
+        if chmod(temporary, 0o600) != 0 { let e = errno; close(fd); unlink(temporary); throw StartError.system("chmod", e) }
+        if listen(fd, Self.listenBacklog) != 0 { let e = errno; close(fd); unlink(temporary); throw StartError.system("listen", e) }
+        if rename(temporary, path) != 0 { let e = errno; close(fd); unlink(temporary); throw StartError.system("rename", e) }
+
+        var fds: [Int32] = [-1, -1]
+        if pipe(&fds) != 0 { let e = errno; close(fd); unlink(path); throw StartError.system("pipe", e) }
+        _ = fcntl(fds[0], F_SETFD, FD_CLOEXEC)
+        _ = fcntl(fds[1], F_SETFD, FD_CLOEXEC)
+        listenFD = fd
+        wakePipe = fds
+        let t = Thread { [self] in
+            serve()
+            finished.signal()
+        }
+        t.name = "ringtgt-control"
+        thread = t
+        t.start()
+    }
+
+    /// Stops serving, waits for the thread, removes the socket.
+    public func stop() {
+        guard thread != nil else { return }
+        var byte: UInt8 = 1
+        _ = write(wakePipe[1], &byte, 1)
+        finished.wait()
+        thread = nil
+        close(listenFD)
+        close(wakePipe[0])
+        close(wakePipe[1])
+        listenFD = -1
+        unlink(path)
+    }
+
+    deinit { stop() }
+
+    /// A socket file nobody answers on is a dead daemon's: remove it. One that answers belongs to a live
+    /// daemon; anything that is not a socket is left alone.
+    private func removeStaleSocket() throws {
+        var st = stat()
+        guard lstat(path, &st) == 0 else { return }
+        guard (st.st_mode & S_IFMT) == S_IFSOCK else { throw StartError.notASocket(path) }
+        guard let addr = ControlWire.address(path) else { throw StartError.pathTooLong(path) }
+        let probe = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        if probe < 0 { throw StartError.system("socket", errno) }
+        defer { close(probe) }
+        if ControlWire.connect(probe, addr) == 0 { throw StartError.inUse(path) }
+        unlink(path)
+    }
+
+    private func serve() {
+        while true {
+            var pfds = [pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0),
+                        pollfd(fd: wakePipe[0], events: Int16(POLLIN), revents: 0)]
+            let n = poll(&pfds, 2, -1)
+            if n < 0 {
+                if errno == EINTR { continue }
+                return
+            }
+            if pfds[1].revents != 0 { return }
+            if pfds[0].revents & Int16(POLLIN) == 0 { continue }
+            let client = accept(listenFD, nil, nil)
+            if client < 0 { continue }   // ECONNABORTED, EMFILE...: keep serving
+            _ = fcntl(client, F_SETFD, FD_CLOEXEC)
+            handle(client)
+            close(client)
+        }
+    }
+
+    private func peerAllowed(_ fd: Int32) -> Bool {
+        // struct ucred { pid_t pid; uid_t uid; gid_t gid; } (Glibc hides it behind _GNU_SOURCE).
+        var cred: (pid: Int32, uid: UInt32, gid: UInt32) = (0, 0, 0)
+        var length = socklen_t(MemoryLayout.size(ofValue: cred))
+        guard getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &length) == 0 else { return false }
+        return cred.uid == 0 || cred.uid == geteuid()
+    }
+
+    private func handle(_ fd: Int32) {
+        ControlWire.setTimeouts(fd, seconds: ControlWire.ioTimeoutSeconds)
+        let response: AdminResponse
+        if !peerAllowed(fd) {
+            response = .failure(AdminError(.invalidRequest, "permission denied"))
+        } else {
+            do {
+                let bytes = try ControlWire.readMessage(fd, limit: ControlWire.maxRequestBytes)
+                if let request = try? JSONDecoder().decode(AdminRequest.self, from: Data(bytes)) {
+                    response = handler(request)
+                } else {
+                    response = .failure(AdminError(.invalidRequest, "malformed request"))
+                }
+            } catch .tooLarge(let n) {
+                response = .failure(AdminError(.invalidRequest, "request of \(n) bytes exceeds \(ControlWire.maxRequestBytes)"))
+            } catch {
+                return   // the peer went away or stalled: nobody to answer
+            }
+        }
+        guard let payload = try? JSONEncoder().encode(response) else { return }
+        try? ControlWire.writeMessage(fd, Array(payload))
+    }
+}

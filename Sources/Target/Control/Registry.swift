@@ -1,0 +1,477 @@
+// The control plane's model of every target, and the executor of admin requests against it.
+// Each change builds a new immutable ConfigSnapshot and publishes it through the ControlFabric; the
+// reactors never see the registry itself. LogicalUnit objects are created once, when a LUN is added,
+// and reused by every later snapshot, because their identity carries the LUN's SCSI state.
+
+import Foundation
+
+public final class Registry: @unchecked Sendable {
+    public struct Options: Sendable {
+        /// tgt gives every target a LUN 0 of type "controller" (0x0c) that it creates itself: it cannot be
+        /// added or deleted by the admin, and `show` lists it. Turn this on only when the SCSI layer
+        /// answers LUN 0 as such a controller when the admin configured no LUN 0 there.
+        public var controllerLUN0: Bool
+        /// The backing store type used when `--bstype` is absent (tgt's iSCSI default_bst).
+        public var defaultBackingStoreType: String
+
+        public init(controllerLUN0: Bool = false, defaultBackingStoreType: String = "rdwr") {
+            self.controllerLUN0 = controllerLUN0
+            self.defaultBackingStoreType = defaultBackingStoreType
+        }
+    }
+
+    /// tgt's scsi_target_state / tgt_system_state names.
+    public enum State: String, Sendable {
+        case ready, offline
+    }
+
+    /// The iSCSI driver is the only one ringtgt has (tgt's "iscsi" lld).
+    public static let driverName = "iscsi"
+    /// Block sizes LogicalUnit supports.
+    public static let supportedBlockSizes: Set<Int> = [512, 4096]
+    public static let defaultBlockSize = 512
+    /// Largest LUN number in SAM's flat space addressing (14 bits), which REPORT LUNS can express.
+    public static let maxLUNNumber: UInt64 = 16383
+    /// RFC 7143 §4.2.7.1: iSCSI names are at most 223 bytes.
+    public static let maxTargetNameBytes = 223
+
+    struct LUNRecord {
+        var unit: LogicalUnit
+        var identity: LUNIdentity
+        var openFlags: BackingOpenFlags
+        /// What the store itself offers, before `--params` narrowed it.
+        var storeCapabilities: StoreCapabilities
+    }
+
+    struct TargetRecord {
+        var tid: Int
+        var name: String
+        var alias: String?
+        var luns: [UInt64: LUNRecord] = [:]
+        /// tgt keeps address rules and name rules in two lists and shows addresses first.
+        var addressACL: [ACLRule] = []
+        var nameACL: [ACLRule] = []
+        var params: [String: String] = [:]
+        var state: State = .ready
+        var lunGeneration: UInt64
+    }
+
+    public let options: Options
+    private let fabric: ControlFabric
+    private let opener: BackingOpener
+    /// One request at a time: the control server has one thread, but the daemon also applies the config
+    /// file and may call from elsewhere.
+    private let lock = NSLock()
+    private var targets: [Int: TargetRecord] = [:]
+    private var snapshotVersion: UInt64 = 0
+    /// Registry-wide, so a target deleted and created again never repeats a generation.
+    private var generationCounter: UInt64 = 0
+    private var systemState: State = .ready
+    private var debug = false
+    private var published: ConfigSnapshot = .empty
+
+    /// Called for `--op delete --mode system` (tgt's "stop the daemon") once no target is left.
+    /// When nil, that request is refused.
+    public var shutdownHandler: (() -> Void)?
+
+    public init(fabric: ControlFabric, opener: BackingOpener, options: Options = Options()) {
+        self.fabric = fabric
+        self.opener = opener
+        self.options = options
+    }
+
+    /// The snapshot last handed to the fabric.
+    public var currentSnapshot: ConfigSnapshot {
+        lock.lock(); defer { lock.unlock() }
+        return published
+    }
+
+    /// `--op update --mode sys --name State --value offline|ready`. The registry only records it; the
+    /// runtime may consult it to refuse new logins.
+    public var isSystemReady: Bool {
+        lock.lock(); defer { lock.unlock() }
+        return systemState == .ready
+    }
+
+    /// The target state tgt shows ("ready" / "offline"), nil if there is no such target.
+    public func targetState(tid: Int) -> State? {
+        lock.lock(); defer { lock.unlock() }
+        return targets[tid]?.state
+    }
+
+    // MARK: - Executing requests
+
+    public func execute(_ request: AdminRequest) -> AdminResponse {
+        lock.lock(); defer { lock.unlock() }
+        do {
+            return .ok(try dispatch(request))
+        } catch let error as AdminError {
+            return .failure(error)
+        } catch {
+            return .failure(AdminError(.invalidRequest, String(describing: error)))
+        }
+    }
+
+    private func dispatch(_ r: AdminRequest) throws -> String {
+        if let lld = r.lld, !lld.isEmpty, lld != Self.driverName { throw AdminError(.noDriver) }
+        switch r.mode {
+        case .system: return try systemMode(r)
+        case .target: return try targetMode(r)
+        case .logicalUnit: return try logicalUnitMode(r)
+        case .portal: return try portalMode(r)
+        case .lld: return try lldMode(r)
+        case .account: return try accountMode(r)
+        case .connection: return try connectionMode(r)
+        case .session: throw AdminError(.invalidRequest)   // tgt's session_mgmt answers so for everything but stat
+        }
+    }
+
+    private func requireTID(_ r: AdminRequest) throws -> Int {
+        guard let tid = r.tid, tid > 0 else { throw AdminError(.invalidRequest, "a positive --tid is required") }
+        return tid
+    }
+
+    private func requireTarget(_ r: AdminRequest) throws -> Int {
+        let tid = try requireTID(r)
+        guard targets[tid] != nil else { throw AdminError(.noTarget) }
+        return tid
+    }
+
+    // MARK: system
+
+    private func systemMode(_ r: AdminRequest) throws -> String {
+        switch r.op {
+        case .show:
+            return ShowFormatter.system(state: systemState, debug: debug, driverState: "ready",
+                                        backingStores: opener.backingStoreDescriptions)
+        case .update:
+            guard let name = r.name, let value = r.value else { throw AdminError(.invalidRequest) }
+            switch name.lowercased() {
+            case "debug":
+                guard value == "on" || value == "off" else { throw AdminError(.invalidRequest) }
+                debug = value == "on"
+            case "state":
+                guard let state = State(rawValue: value) else { throw AdminError(.invalidRequest) }
+                systemState = state
+            default:
+                throw AdminError(.invalidRequest)
+            }
+            return ""
+        case .delete:
+            guard targets.isEmpty else { throw AdminError(.invalidRequest) }
+            guard let shutdownHandler else { throw AdminError(.unsupportedOperation) }
+            shutdownHandler()
+            return ""
+        default:
+            throw AdminError(.invalidRequest)
+        }
+    }
+
+    // MARK: target
+
+    private func targetMode(_ r: AdminRequest) throws -> String {
+        switch r.op {
+        case .new: try newTarget(r); return ""
+        case .delete: try deleteTarget(r); return ""
+        case .bind: try bind(r, add: true); return ""
+        case .unbind: try bind(r, add: false); return ""
+        case .update: try updateTarget(r); return ""
+        case .show:
+            guard let tid = r.tid, tid >= 0 else {
+                return ShowFormatter.targets(targets.values.sorted { $0.tid < $1.tid }, sessions: fabric.sessions(),
+                                             controllerLUN0: options.controllerLUN0)
+            }
+            guard let target = targets[tid] else { throw AdminError(.noTarget) }
+            return ShowFormatter.targetParameters(target)
+        case .stat: throw AdminError(.unsupportedOperation)
+        default: throw AdminError(.invalidRequest)
+        }
+    }
+
+    private func newTarget(_ r: AdminRequest) throws {
+        let tid = try requireTID(r)
+        guard tid <= Int(Int32.max) else { throw AdminError(.invalidRequest, "tid out of range") }
+        guard let name = r.targetName, !name.isEmpty else { throw AdminError(.invalidRequest) }
+        // tgt_target_create: letters, digits, ':', '.', '-' only.
+        guard name.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x61 && $0 <= 0x7A)
+                                        || $0 == UInt8(ascii: ":") || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "-") }) else {
+            throw AdminError(.invalidRequest, "target name \(name) has invalid characters")
+        }
+        guard name.utf8.count <= Self.maxTargetNameBytes else {
+            throw AdminError(.invalidRequest, "target name is longer than \(Self.maxTargetNameBytes) bytes")
+        }
+        guard targets[tid] == nil else { throw AdminError(.targetExists) }
+        let lower = name.lowercased()
+        guard !targets.values.contains(where: { $0.name.lowercased() == lower }) else { throw AdminError(.targetExists) }
+        targets[tid] = TargetRecord(tid: tid, name: name, lunGeneration: nextGeneration())
+        publish()
+    }
+
+    private func deleteTarget(_ r: AdminRequest) throws {
+        let tid = try requireTarget(r)
+        if !r.force && fabric.sessions().contains(where: { $0.tid == tid }) { throw AdminError(.targetActive) }
+        guard let removed = targets.removeValue(forKey: tid) else { throw AdminError(.noTarget) }
+        publish()
+        for record in removed.luns.values { opener.release(record.unit.backing) }
+    }
+
+    private func bind(_ r: AdminRequest, add: Bool) throws {
+        let tid = try requireTarget(r)
+        guard r.initiatorAddress != nil || r.initiatorName != nil else {
+            throw AdminError(.invalidRequest, "\(add ? "bind" : "unbind") requires --initiator-address or --initiator-name")
+        }
+        var target = targets[tid]!
+        if let text = r.initiatorAddress {
+            guard let rule = InitiatorAddressParser.parse(text) else {
+                throw AdminError(.invalidRequest, "'\(text)' is not ALL, an IP address or a network")
+            }
+            let index = target.addressACL.firstIndex(of: rule)
+            if add {
+                guard index == nil else { throw AdminError(.aclExists) }
+                target.addressACL.append(rule)
+            } else {
+                guard let index else { throw AdminError(.aclMissing) }
+                target.addressACL.remove(at: index)
+            }
+        }
+        if let name = r.initiatorName {
+            guard !name.isEmpty, name.utf8.count <= Self.maxTargetNameBytes else {
+                throw AdminError(.invalidRequest, "initiator name must be 1 to \(Self.maxTargetNameBytes) bytes")
+            }
+            let lower = name.lowercased()
+            let index = target.nameACL.firstIndex {
+                if case .initiatorName(let n) = $0 { return n.lowercased() == lower }
+                return false
+            }
+            if add {
+                guard index == nil else { throw AdminError(.aclExists) }
+                target.nameACL.append(.initiatorName(name))
+            } else {
+                guard let index else { throw AdminError(.aclMissing) }
+                target.nameACL.remove(at: index)
+            }
+        }
+        targets[tid] = target
+        publish()
+    }
+
+    private func updateTarget(_ r: AdminRequest) throws {
+        let tid = try requireTarget(r)
+        guard let name = r.name, let value = r.value else { throw AdminError(.invalidRequest) }
+        var target = targets[tid]!
+        if name == "state" {
+            guard let state = State(rawValue: value) else { throw AdminError(.invalidRequest) }
+            target.state = state
+            targets[tid] = target
+            return
+        }
+        if name.lowercased() == ISCSITargetKeys.aliasKey.lowercased() {
+            guard value.utf8.count <= ISCSITargetKeys.maxAliasBytes, !value.utf8.contains(0) else {
+                throw AdminError(.invalidRequest, "TargetAlias must be at most \(ISCSITargetKeys.maxAliasBytes) bytes")
+            }
+            target.alias = value.isEmpty ? nil : value
+        } else if name == ISCSITargetKeys.nopIntervalKey || name == ISCSITargetKeys.nopCountKey {
+            let limit = name == ISCSITargetKeys.nopIntervalKey ? ISCSITargetKeys.maxNopIntervalSeconds : ISCSITargetKeys.maxNopCount
+            guard let n = ISCSITargetKeys.parseUnsigned(value), n <= limit else { throw AdminError(.invalidRequest) }
+            target.params[name] = String(n)
+        } else {
+            guard let key = ISCSITargetKeys.key(named: name) else { throw AdminError(.invalidRequest) }
+            guard let normalized = ISCSITargetKeys.normalize(value, for: key) else { throw AdminError(.invalidRequest) }
+            target.params[key.name] = normalized
+        }
+        targets[tid] = target
+        publish()
+    }
+
+    // MARK: logical unit
+
+    private func logicalUnitMode(_ r: AdminRequest) throws -> String {
+        let tid = try requireTID(r)
+        guard let lun = r.lun else { throw AdminError(.invalidRequest, "--lun is required") }
+        switch r.op {
+        case .new: try newLogicalUnit(r, tid: tid, lun: lun)
+        case .delete: try deleteLogicalUnit(tid: tid, lun: lun)
+        case .update: try updateLogicalUnit(r, tid: tid, lun: lun)
+        default: throw AdminError(.unsupportedOperation)
+        }
+        return ""
+    }
+
+    private func newLogicalUnit(_ r: AdminRequest, tid: Int, lun: UInt64) throws {
+        guard var target = targets[tid] else { throw AdminError(.noTarget) }
+        if target.luns[lun] != nil || (lun == 0 && options.controllerLUN0) { throw AdminError(.lunExists) }
+        guard lun <= Self.maxLUNNumber else { throw AdminError(.invalidRequest, "LUN numbers go up to \(Self.maxLUNNumber)") }
+        if let type = r.deviceType, type != "disk" {
+            throw AdminError(.invalidRequest, "device type \(type) is not supported; ringtgt serves disks")
+        }
+        guard let path = r.backingStore, !path.isEmpty else {
+            throw AdminError(.invalidRequest, "--backing-store is required")
+        }
+        let bstype = r.bstype ?? options.defaultBackingStoreType
+        var flags: BackingOpenFlags = []
+        if let text = r.bsoflags {
+            guard let parsed = BackingOpenFlags.parse(text) else {
+                throw AdminError(.invalidRequest, "bsoflags must be sync, direct or sync:direct")
+            }
+            flags = parsed
+        }
+        var blockSize = Self.defaultBlockSize
+        if let text = r.blockSize {
+            guard let n = ISCSITargetKeys.parseUnsigned(text), Self.supportedBlockSizes.contains(Int(clamping: n)) else {
+                throw AdminError(.invalidRequest, "block size must be 512 or 4096")
+            }
+            blockSize = Int(n)
+        }
+        var identity = LUNIdentity.tgtDefaults(tid: tid, lun: lun)
+        if let params = r.params { try identity.apply(params: params) }
+
+        var options: [String: String] = [:]
+        if let raw = r.bsopts {
+            for item in raw.split(separator: ";", omittingEmptySubsequences: true) {
+                if let eq = item.firstIndex(of: "=") {
+                    options[String(item[..<eq])] = String(item[item.index(after: eq)...])
+                } else {
+                    options[String(item)] = ""
+                }
+            }
+        }
+        let spec = BackingSpec(tid: tid, lun: lun, bstype: bstype, path: path, rawOptions: r.bsopts, options: options,
+                               openFlags: flags, blockSize: blockSize, readOnly: identity.readOnly)
+        let opened: OpenedBacking
+        do {
+            opened = try opener.open(spec)
+        } catch let error as AdminError {
+            throw error
+        } catch {
+            throw AdminError(.invalidRequest, String(describing: error))
+        }
+        let unit: LogicalUnit
+        do {
+            unit = try Self.makeUnit(number: lun, blockSize: blockSize, byteCount: opened.byteCount,
+                                     storeCapabilities: opened.capabilities, identity: identity,
+                                     backing: opened.backing, bstype: bstype, path: path)
+        } catch {
+            opener.release(opened.backing)
+            throw error
+        }
+        target.luns[lun] = LUNRecord(unit: unit, identity: identity, openFlags: flags, storeCapabilities: opened.capabilities)
+        target.lunGeneration = nextGeneration()
+        targets[tid] = target
+        publish()
+    }
+
+    private func deleteLogicalUnit(tid: Int, lun: UInt64) throws {
+        // tgt_device_destroy refuses LUN 0 (its controller) before looking anything up.
+        if lun == 0 && options.controllerLUN0 { throw AdminError(.invalidRequest) }
+        guard var target = targets[tid], let record = target.luns.removeValue(forKey: lun) else { throw AdminError(.noLUN) }
+        target.lunGeneration = nextGeneration()
+        targets[tid] = target
+        publish()
+        opener.release(record.unit.backing)
+    }
+
+    /// `--op update --mode logicalunit --params ...`. LogicalUnit is immutable, so a changed identity
+    /// means a new LogicalUnit over the same backing: the LUN's SCSI state (reservations, unit
+    /// attentions) starts afresh, as after a LUN reset. tgt-admin sends these right after `--op new`.
+    private func updateLogicalUnit(_ r: AdminRequest, tid: Int, lun: UInt64) throws {
+        guard var target = targets[tid] else { throw AdminError(.noTarget) }
+        guard var record = target.luns[lun] else { throw AdminError(.noLUN) }
+        guard let params = r.params else { throw AdminError(.invalidRequest, "--params is required") }
+        var identity = record.identity
+        try identity.apply(params: params)
+        if identity == record.identity { return }
+        let old = record.unit
+        record.unit = try Self.makeUnit(number: lun, blockSize: old.blockSize, byteCount: old.byteCount,
+                                        storeCapabilities: record.storeCapabilities, identity: identity,
+                                        backing: old.backing, bstype: old.bstype, path: old.path)
+        record.identity = identity
+        target.luns[lun] = record
+        targets[tid] = target
+        publish()
+    }
+
+    static func makeUnit(number: UInt64, blockSize: Int, byteCount: UInt64, storeCapabilities: StoreCapabilities,
+                         identity: LUNIdentity, backing: Backing, bstype: String, path: String) throws -> LogicalUnit {
+        var caps = storeCapabilities
+        if identity.readOnly { caps.readOnly = true }
+        switch identity.thinProvisioning {
+        case .some(false):
+            caps.canDiscard = false
+            caps.discardZeroes = false
+            caps.canReportMapping = false
+        case .some(true):
+            guard storeCapabilities.canDiscard else {
+                throw AdminError(.invalidRequest, "backing store type \(bstype) cannot deallocate (thin_provisioning)")
+            }
+        case .none:
+            break
+        }
+        if let wce = identity.writeCacheEnabled { caps.hasVolatileCache = wce }
+        if let blocks = identity.optimalTransferBlocks {
+            let (bytes, overflow) = blocks.multipliedReportingOverflow(by: blockSize)
+            guard !overflow else { throw AdminError(.invalidRequest, "optimal_xfer_len is too large") }
+            caps.optimalTransferBytes = bytes
+        }
+        return LogicalUnit(number: number, blockSize: blockSize, blockCount: byteCount / UInt64(blockSize),
+                           capabilities: caps, vendor: identity.vendor, product: identity.product,
+                           revision: identity.revision, serial: identity.serial,
+                           naa: LUNIdentity.naaDesignator(scsiID: identity.scsiID),
+                           backing: backing, bstype: bstype, path: path)
+    }
+
+    // MARK: portal, lld, account, connection
+
+    private func portalMode(_ r: AdminRequest) throws -> String {
+        switch r.op {
+        case .show: return ShowFormatter.portals(fabric.portals())
+        case .new, .delete: throw AdminError(.unsupportedOperation, "portals are set when ringtgtd starts (--iscsi portal=)")
+        default: throw AdminError(.invalidRequest)
+        }
+    }
+
+    private func lldMode(_ r: AdminRequest) throws -> String {
+        switch r.op {
+        case .show: return ShowFormatter.llds(targets.values.sorted { $0.tid < $1.tid })
+        case .start: return ""
+        case .stop:
+            if !targets.isEmpty { throw AdminError(.driverActive) }
+            throw AdminError(.unsupportedOperation)
+        default: throw AdminError(.invalidRequest)
+        }
+    }
+
+    private func accountMode(_ r: AdminRequest) throws -> String {
+        switch r.op {
+        case .show: return ""   // no accounts: tgt prints nothing for an empty account list
+        default: throw AdminError(.unsupportedOperation, "CHAP accounts are not supported")
+        }
+    }
+
+    private func connectionMode(_ r: AdminRequest) throws -> String {
+        switch r.op {
+        case .show:
+            let tid = try requireTarget(r)
+            return ShowFormatter.connections(fabric.sessions().filter { $0.tid == tid })
+        case .delete: throw AdminError(.unsupportedOperation)
+        default: throw AdminError(.invalidRequest)
+        }
+    }
+
+    // MARK: - Snapshots
+
+    private func nextGeneration() -> UInt64 {
+        generationCounter &+= 1
+        return generationCounter
+    }
+
+    private func publish() {
+        snapshotVersion &+= 1
+        let runtimes = targets.values.map { t in
+            TargetRuntime(tid: t.tid, name: t.name, alias: t.alias, luns: t.luns.values.map(\.unit),
+                          acl: t.addressACL + t.nameACL, params: t.params, lunGeneration: t.lunGeneration)
+        }
+        let snapshot = ConfigSnapshot(version: snapshotVersion, targets: runtimes)
+        fabric.publish(snapshot)
+        published = snapshot
+    }
+}
