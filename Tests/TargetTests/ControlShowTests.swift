@@ -224,4 +224,17 @@ import Testing
             """)
         #expect(h.run("--lld iscsi --op show --mode lld").stdout == "LLDs:\n    iscsi: ready\n        Target 1: iqn.2026-01.test:t1\n")
     }
+
+    @Test func byteCountsTakeBinarySuffixes() {
+        #expect(BackingSpec.parseByteCount("1G") == 1 << 30)
+        #expect(BackingSpec.parseByteCount("512") == 512)
+        #expect(BackingSpec.parseByteCount("4k") == 4096)
+        #expect(BackingSpec.parseByteCount("2MiB") == 2 << 20)
+        #expect(BackingSpec.parseByteCount("1TB") == 1 << 40)
+        #expect(BackingSpec.parseByteCount("") == nil)
+        #expect(BackingSpec.parseByteCount("G") == nil)
+        #expect(BackingSpec.parseByteCount("1.5G") == nil)
+        #expect(BackingSpec.parseByteCount("-1") == nil)
+        #expect(BackingSpec.parseByteCount("99999999999P") == nil)
+    }
 }
