@@ -119,6 +119,12 @@ import Testing
         }
     }
 
+    @Test func crlfLinesAreAccepted() throws {
+        let h = ControlHarness()
+        try ConfigFile.apply("<target iqn.2026-01.test:dos>\r\n  backing-store /tmp/d.img\r\n</target>\r\n", to: h.registry)
+        #expect(h.registry.currentSnapshot.target(tid: 1)?.lun(1)?.path == "/tmp/d.img")
+    }
+
     @Test func loadReadsAFile() throws {
         let dir = makeTemporaryDirectory()
         defer { _ = try? FileManager.default.removeItem(atPath: dir) }

@@ -93,9 +93,9 @@ public enum ConfigFile {
         var lun: LUNBlock?
         var pendingLUNNumber: (UInt64, Int)?
         var lineNumber = 0
-        for rawLine in text.split(separator: "\n", omittingEmptySubsequences: false) {
+        for rawLine in text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline) {
             lineNumber += 1
-            let content = rawLine.trimmingCharacters(in: .whitespaces)
+            let content = rawLine.trimmingCharacters(in: .whitespacesAndNewlines)   // tolerates CRLF files
             func fail(_ message: String) -> Failure { Failure(line: lineNumber, content: content, message: message) }
             let line = stripComment(content)
             if line.isEmpty { continue }
