@@ -48,7 +48,9 @@ public final class ControlServer: @unchecked Sendable {
     /// Creates the socket (removing a stale one left by a dead daemon) and starts serving.
     public func start() throws {
         precondition(thread == nil, "ControlServer started twice")
-        guard let addr = ControlWire.address(path), ControlWire.address(path + ".tmp-0000000000") != nil else {
+        // The socket is bound under this name first; it must fit sun_path as well as the final one.
+        let temporary = "\(path).tmp-\(getpid())"
+        guard ControlWire.address(path) != nil, var tmpAddr = ControlWire.address(temporary) else {
             throw StartError.pathTooLong(path)
         }
         try removeStaleSocket()
@@ -61,10 +63,7 @@ public final class ControlServer: @unchecked Sendable {
         if fd < 0 { throw StartError.system("socket", errno) }
         // Bind under a temporary name, restrict it to 0600, then rename it into place, so the socket is
         // never reachable with looser permissions.
-        let temporary = "\(path).tmp-\(getpid())"
         unlink(temporary)
-        guard var tmpAddr = ControlWire.address(temporary) else { close(fd); throw StartError.pathTooLong(temporary) }
-        _ = addr
         let bound = withUnsafePointer(to: &tmpAddr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }

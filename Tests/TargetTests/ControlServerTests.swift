@@ -1,0 +1,134 @@
+// The control socket over a real unix socket in a temporary directory; each test starts and stops
+// its own server thread.
+
+import Foundation
+import Testing
+@testable import Target
+
+private func rawExchange(_ path: String, _ bytes: [UInt8]) throws -> AdminResponse {
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    #expect(fd >= 0)
+    defer { close(fd) }
+    let addr = try #require(ControlWire.address(path))
+    #expect(ControlWire.connect(fd, addr) == 0)
+    try ControlWire.writeAll(fd, bytes)
+    let reply = try ControlWire.readMessage(fd, limit: ControlWire.maxResponseBytes)
+    return try JSONDecoder().decode(AdminResponse.self, from: Data(reply))
+}
+
+private func withServer(_ body: (String, ControlHarness, ControlServer) throws -> Void) throws {
+    let dir = makeTemporaryDirectory()
+    #expect(!dir.isEmpty)
+    defer { _ = try? FileManager.default.removeItem(atPath: dir) }
+    let h = ControlHarness()
+    let path = dir + "/socket.0"
+    let server = ControlServer(path: path, registry: h.registry)
+    try server.start()
+    defer { server.stop() }
+    try body(path, h, server)
+}
+
+@Suite struct ControlServerTests {
+    @Test func requestsRoundTripOverTheSocket() throws {
+        try withServer { path, h, _ in
+            let created = ControlClient.send(AdminRequest(mode: .target, op: .new, tid: 1, targetName: "iqn.2026-01.test:t1"), to: path)
+            #expect(created == .success(AdminResponse(exitCode: 0)))
+            let dup = ControlClient.send(AdminRequest(mode: .target, op: .new, tid: 1, targetName: "iqn.2026-01.test:t2"), to: path)
+            #expect(dup == .success(AdminResponse(exitCode: 22, stderr: "ringtgtadm: this target already exists\n")))
+            let shown = try ControlClient.send(AdminRequest(mode: .lld, op: .show), to: path).get()
+            #expect(shown.stdout == "LLDs:\n    iscsi: ready\n        Target 1: iqn.2026-01.test:t1\n")
+            #expect(h.fabric.latest?.target(tid: 1)?.name == "iqn.2026-01.test:t1")
+        }
+    }
+
+    @Test func socketIsPrivateAndRemovedOnStop() throws {
+        var socketPath = ""
+        try withServer { path, _, server in
+            socketPath = path
+            var st = stat()
+            #expect(lstat(path, &st) == 0)
+            #expect(st.st_mode & S_IFMT == S_IFSOCK)
+            #expect(st.st_mode & 0o777 == 0o600)
+            server.stop()
+            #expect(access(path, F_OK) != 0)
+        }
+        #expect(!socketPath.isEmpty)
+    }
+
+    @Test func malformedRequestGetsAnErrorAndTheServerKeepsServing() throws {
+        try withServer { path, _, _ in
+            let garbage = Array("{\"mode\": 7}".utf8)
+            let framed = [0, 0, 0, UInt8(garbage.count)] + garbage
+            let reply = try rawExchange(path, framed)
+            #expect(reply == AdminResponse(exitCode: 22, stderr: "ringtgtadm: invalid request: malformed request\n"))
+            let next = ControlClient.send(AdminRequest(mode: .target, op: .show), to: path)
+            #expect(next == .success(AdminResponse(exitCode: 0)))
+        }
+    }
+
+    @Test func oversizeRequestIsRefusedBeforeItIsRead() throws {
+        try withServer { path, _, _ in
+            let huge = ControlWire.maxRequestBytes + 1
+            let header: [UInt8] = [UInt8(huge >> 24), UInt8((huge >> 16) & 0xFF), UInt8((huge >> 8) & 0xFF), UInt8(huge & 0xFF)]
+            let reply = try rawExchange(path, header)
+            #expect(reply.exitCode == 22)
+            #expect(reply.stderr == "ringtgtadm: invalid request: request of \(huge) bytes exceeds \(ControlWire.maxRequestBytes)\n")
+            #expect(ControlClient.send(AdminRequest(mode: .portal, op: .show), to: path) == .success(AdminResponse(exitCode: 0)))
+        }
+    }
+
+    @Test func clientThatHangsUpEarlyDoesNotStopTheServer() throws {
+        try withServer { path, _, _ in
+            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            let addr = try #require(ControlWire.address(path))
+            #expect(ControlWire.connect(fd, addr) == 0)
+            try ControlWire.writeAll(fd, [0, 0])   // half a length prefix, then gone
+            close(fd)
+            #expect(ControlClient.send(AdminRequest(mode: .target, op: .show), to: path) == .success(AdminResponse(exitCode: 0)))
+        }
+    }
+
+    @Test func staleSocketFromADeadDaemonIsReplaced() throws {
+        let dir = makeTemporaryDirectory()
+        defer { _ = try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/socket.5"
+        // A socket file nobody listens on any more.
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = try #require(ControlWire.address(path))
+        let bound = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        #expect(bound == 0)
+        close(fd)
+        let h = ControlHarness()
+        let server = ControlServer(path: path, registry: h.registry)
+        try server.start()
+        defer { server.stop() }
+        #expect(ControlClient.send(AdminRequest(mode: .target, op: .show), to: path) == .success(AdminResponse(exitCode: 0)))
+    }
+
+    @Test func liveSocketOfAnotherDaemonIsLeftAlone() throws {
+        try withServer { path, _, _ in
+            let second = ControlServer(path: path, registry: ControlHarness().registry)
+            #expect(throws: ControlServer.StartError.inUse(path)) { try second.start() }
+            #expect(ControlClient.send(AdminRequest(mode: .target, op: .show), to: path) == .success(AdminResponse(exitCode: 0)))
+        }
+    }
+
+    @Test func nonSocketFileIsNeverDeleted() throws {
+        let dir = makeTemporaryDirectory()
+        defer { _ = try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/socket.0"
+        #expect(FileManager.default.createFile(atPath: path, contents: Data("keep".utf8)))
+        let server = ControlServer(path: path, registry: ControlHarness().registry)
+        #expect(throws: ControlServer.StartError.notASocket(path)) { try server.start() }
+        #expect(FileManager.default.contents(atPath: path) == Data("keep".utf8))
+    }
+
+    @Test func clientReportsTheConnectErrno() {
+        let result = ControlClient.send(AdminRequest(mode: .target, op: .show), to: "/tmp/ringtgt-no-such-dir/socket.0")
+        guard case .failure(let failure) = result else { Issue.record("connected to nothing"); return }
+        #expect(failure.errorNumber == ENOENT)
+        #expect(failure.message.hasPrefix("can't connect to ringtgtd"))
+    }
+}
