@@ -1,1 +1,140 @@
-print("ringtgtd: not yet")
+// ringtgtd: parses tgtd's everyday options and starts the cores and the control socket.
+import ArgumentParser
+import Glibc
+import Logging
+import Target
+
+struct RingTgtd: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ringtgtd",
+        abstract: "iSCSI target on io_uring, one ring per core (drop-in for tgtd).")
+
+    @Option(name: .customLong("iscsi"), help: ArgumentHelp(
+        "iSCSI driver options, tgtd style: portal=HOST:PORT (repeatable; IPv6 as [ADDR]:PORT; port 0 = any), "
+            + "nop_interval=SECONDS, nop_count=N.", valueName: "key=value[,key=value]"))
+    var iscsi: [String] = []
+
+    @Flag(name: [.short, .long], help: "Stay in the foreground (ringtgtd never forks; accepted for tgtd compatibility).")
+    var foreground = false
+
+    @Option(name: [.customShort("C"), .customLong("control-port")], help: "Control port N: socket /run/ringtgt/socket.N.")
+    var controlPort: Int = 0
+
+    @Option(name: .customLong("control-socket"), help: "Control socket path (overrides -C).")
+    var controlSocket: String?
+
+    @Option(name: .long, help: "Reactor cores (default: all online CPUs).")
+    var cores: Int?
+
+    @Option(name: .long, help: "I/O buffer slots per core.")
+    var buffers: Int = 256
+
+    @Option(name: .customLong("buffer-size"), help: "Bytes per buffer slot (caps MaxBurstLength and MaxRecvDataSegmentLength).")
+    var bufferSize: Int = 262_144
+
+    @Option(name: .customLong("max-connections"), help: "Connections per core.")
+    var maxConnections: Int = 4096
+
+    @Option(name: .customLong("config"), help: "A targets.conf-style file applied at start.")
+    var configFile: String?
+
+    @Option(name: [.short, .long], help: "Debug level (0 = info, 1 = debug).")
+    var debug: Int = 0
+
+    mutating func validate() throws {
+        if let c = cores, c < 1 || c > 256 { throw ValidationError("--cores must be between 1 and 256") }
+        if bufferSize < 65536 || bufferSize % 4096 != 0 { throw ValidationError("--buffer-size must be a multiple of 4096, at least 65536") }
+        if buffers < 8 { throw ValidationError("--buffers must be at least 8") }
+        if maxConnections < 1 || maxConnections > 16384 { throw ValidationError("--max-connections must be 1...16384") }
+    }
+
+    func run() throws {
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = .info
+            return h
+        }
+        var logger = Logger(label: "ringtgtd")
+        logger.logLevel = debug > 0 ? .debug : .info
+
+        var portals: [Portal] = []
+        var config = ReactorConfig()
+        config.slotBytes = bufferSize
+        config.slotCount = buffers
+        config.maxConnections = maxConnections
+        for arg in iscsi {
+            for item in arg.split(separator: ",") {
+                let kv = item.split(separator: "=", maxSplits: 1).map(String.init)
+                guard kv.count == 2 else { throw ValidationError("bad --iscsi option '\(item)'") }
+                switch kv[0] {
+                case "portal":
+                    guard let p = Portal.parse(kv[1]) else { throw ValidationError("bad portal '\(kv[1])'") }
+                    portals.append(p)
+                case "nop_interval":
+                    guard let v = UInt64(kv[1]) else { throw ValidationError("bad nop_interval '\(kv[1])'") }
+                    config.nopIntervalSeconds = v
+                case "nop_count":
+                    guard let v = UInt64(kv[1]), v > 0 else { throw ValidationError("bad nop_count '\(kv[1])'") }
+                    config.nopTimeoutSeconds = max(1, config.nopIntervalSeconds) * v
+                default:
+                    throw ValidationError("unknown --iscsi option '\(kv[0])'")
+                }
+            }
+        }
+        if portals.isEmpty { portals = [Portal(host: "0.0.0.0", port: 3260)] }
+
+        let socketPath = controlSocket ?? ControlEndpoint.path(controlPort: controlPort)
+        let coreCount = cores ?? Int(cpuCount())
+        let runtime = Runtime(config: config, portals: portals, logger: logger)
+        do {
+            try runtime.start(cores: coreCount)
+        } catch {
+            logger.critical("cannot start: \(error)")
+            throw ExitCode(1)
+        }
+        let registry = Registry(fabric: runtime, opener: StoreOpener())
+        let server = ControlServer(path: socketPath, registry: registry)
+        do {
+            try server.start()
+        } catch {
+            logger.critical("cannot start the control socket: \(error)")
+            runtime.stop()
+            throw ExitCode(1)
+        }
+        if let configFile {
+            // Wired when the config-file parser lands.
+            logger.critical("--config \(configFile): not supported yet")
+            server.stop()
+            runtime.stop()
+            throw ExitCode(1)
+        }
+        let where_ = runtime.boundPortals.map { $0.description }.joined(separator: " ")
+        logger.info("ringtgtd ready: \(coreCount) core(s), portals \(where_), control \(socketPath)")
+
+        // Wait for SIGTERM/SIGINT, then stop the cores (they close their sessions) and the control socket.
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGTERM)
+        sigaddset(&set, SIGINT)
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+        var sig: Int32 = 0
+        sigwait(&set, &sig)
+        logger.info("signal \(sig): shutting down")
+        server.stop()
+        runtime.stop()
+    }
+
+    func cpuCount() -> Int32 {
+        let n = sysconf(Int32(_SC_NPROCESSORS_ONLN))
+        return n > 0 ? Int32(n) : 1
+    }
+}
+
+// Signals must be blocked before any thread starts, so sigwait() in main receives them.
+var blockSet = sigset_t()
+sigemptyset(&blockSet)
+sigaddset(&blockSet, SIGTERM)
+sigaddset(&blockSet, SIGINT)
+pthread_sigmask(SIG_BLOCK, &blockSet, nil)
+signal(SIGPIPE, SIG_IGN)
+RingTgtd.main()

@@ -24,19 +24,6 @@ public final class CoreReply: @unchecked Sendable {
     public func wait() { while sem_wait(&sem) != 0 && errno == EINTR {} }
 }
 
-public struct SessionInfo: Sendable, Equatable {
-    public var tid: Int
-    public var tsih: UInt16
-    public var initiatorName: String
-    public var initiatorPortName: String
-    public var isDiscovery: Bool
-    public var connections: [(cid: UInt16, peer: String, local: String)]
-
-    public static func == (a: SessionInfo, b: SessionInfo) -> Bool {
-        a.tid == b.tid && a.tsih == b.tsih && a.initiatorName == b.initiatorName
-    }
-}
-
 public final class SessionQuery: @unchecked Sendable {
     public let reply = CoreReply()
     public var result: [SessionInfo] = []

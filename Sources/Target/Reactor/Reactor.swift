@@ -483,10 +483,10 @@ public final class Reactor {
         var out: [SessionInfo] = []
         for c in connections {
             guard let c, c.phase == .fullFeature else { continue }
-            out.append(SessionInfo(tid: c.target?.tid ?? -1, tsih: c.tsih, initiatorName: c.initiatorName,
-                                   initiatorPortName: c.nexus?.initiatorPortName ?? c.initiatorName,
-                                   isDiscovery: c.isDiscovery,
-                                   connections: [(cid: c.cid, peer: c.peer, local: c.local)]))
+            guard !c.isDiscovery, let target = c.target else { continue }
+            out.append(SessionInfo(tid: target.tid, sid: UInt64(c.tsih), initiatorName: c.initiatorName,
+                                   initiatorPortName: c.nexus?.initiatorPortName ?? c.initiatorName, tsih: c.tsih,
+                                   connections: [SessionInfo.Connection(cid: UInt32(c.cid), peerAddress: c.peer)]))
         }
         return out
     }

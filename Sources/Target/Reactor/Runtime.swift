@@ -8,7 +8,7 @@ import Synchronization
 /// shared parts; the I/O path never does.
 public final class Runtime: @unchecked Sendable {
     public let config: ReactorConfig
-    public let portals: [Portal]
+    public let requestedPortals: [Portal]
     let logger: Logger
     private(set) var reactors: [Reactor] = []
     private var threads: [pthread_t] = []
@@ -27,9 +27,12 @@ public final class Runtime: @unchecked Sendable {
 
     public init(config: ReactorConfig, portals: [Portal], logger: Logger) {
         self.config = config
-        self.portals = portals
+        self.requestedPortals = portals
         self.logger = logger
         var d = TargetKeyDefaults()
+        // InitialR2T=Yes: unsolicited data is immediate data only, so no buffer waits on a Data-Out that a
+        // stalled connection might never deliver (see Reactor's R2T permits). Admins may still offer No.
+        d.initialR2T = true
         d.maxRecvDataSegmentLength = min(d.maxRecvDataSegmentLength, config.slotBytes)
         d.maxBurstLength = min(d.maxBurstLength, config.slotBytes)
         d.firstBurstLength = min(d.firstBurstLength, config.slotBytes)
@@ -43,7 +46,7 @@ public final class Runtime: @unchecked Sendable {
         precondition(cores >= 1)
         var perCore: [[Int32]] = Array(repeating: [], count: cores)
         var bound: [Portal] = []
-        for p in portals {
+        for p in requestedPortals {
             var portal = p
             for core in 0..<cores {
                 let fd = try SocketAddress.listen(portal)
@@ -53,24 +56,42 @@ public final class Runtime: @unchecked Sendable {
             bound.append(portal)
         }
         boundPortals = bound
+        // Each ring is created on the thread that drives it: SINGLE_ISSUER rings refuse any other submitter.
+        let online = Int(rt_cpu_online_count())
+        var boxes: [ThreadBox] = []
         for core in 0..<cores {
             var log = logger
             log[metadataKey: "core"] = "\(core)"
-            let r = try Reactor(core: core, config: config, runtime: self, listeners: perCore[core], logger: log)
-            reactors.append(r)
-        }
-        let online = Int(rt_cpu_online_count())
-        for (i, r) in reactors.enumerated() {
-            let box = Unmanaged.passRetained(ThreadBox(reactor: r, cpu: online > 1 ? i % online : -1))
+            let box = ThreadBox(core: core, config: config, runtime: self, listeners: perCore[core], logger: log,
+                                cpu: online > 1 ? core % online : -1)
+            boxes.append(box)
+            let ref = Unmanaged.passRetained(box)
             var tid = pthread_t()
             let rc = pthread_create(&tid, nil, { arg in
                 let box = Unmanaged<ThreadBox>.fromOpaque(arg!).takeRetainedValue()
                 if box.cpu >= 0 { _ = rt_pin_to_cpu(Int32(box.cpu)) }
-                box.reactor.run()
+                do {
+                    box.reactor = try Reactor(core: box.core, config: box.config, runtime: box.runtime,
+                                              listeners: box.listeners, logger: box.logger)
+                } catch {
+                    box.error = error
+                }
+                box.ready.signal()
+                box.reactor?.run()
+                box.reactor = nil
                 return nil
-            }, box.toOpaque())
+            }, ref.toOpaque())
             precondition(rc == 0, "pthread_create failed")
             threads.append(tid)
+        }
+        var failure: Error? = nil
+        for box in boxes {
+            box.ready.wait()
+            if let r = box.reactor { reactors.append(r) } else if failure == nil { failure = box.error }
+        }
+        if let failure {
+            stop()
+            throw failure
         }
     }
 
@@ -164,10 +185,51 @@ public final class Runtime: @unchecked Sendable {
 }
 
 final class ThreadBox {
-    let reactor: Reactor
+    let core: Int
+    let config: ReactorConfig
+    unowned let runtime: Runtime
+    let listeners: [Int32]
+    let logger: Logger
     let cpu: Int
-    init(reactor: Reactor, cpu: Int) {
-        self.reactor = reactor
+    let ready = CoreReply()
+    var reactor: Reactor?
+    var error: Error?
+
+    init(core: Int, config: ReactorConfig, runtime: Runtime, listeners: [Int32], logger: Logger, cpu: Int) {
+        self.core = core
+        self.config = config
+        self.runtime = runtime
+        self.listeners = listeners
+        self.logger = logger
         self.cpu = cpu
     }
+}
+
+extension Runtime: ControlFabric {
+    public func portals() -> [PortalInfo] {
+        boundPortals.map { PortalInfo(host: $0.host, port: $0.port, portalGroupTag: 1) }
+    }
+}
+
+/// Opens file and null stores for the control plane (sheepdog joins here).
+public final class StoreOpener: BackingOpener {
+    public init() {}
+
+    public func open(_ spec: BackingSpec) throws -> OpenedBacking {
+        var options = spec.options
+        if spec.readOnly { options["readonly"] = "1" }
+        if spec.openFlags.contains(.direct) { options["direct"] = "1" }
+        do {
+            let (backing, bytes, caps) = try BackingFactory.open(bstype: spec.bstype, path: spec.path,
+                                                                 options: options, blockSize: spec.blockSize)
+            return OpenedBacking(backing: backing, byteCount: bytes, capabilities: caps)
+        } catch {
+            throw AdminError(.invalidRequest, error.description)
+        }
+    }
+
+    /// File descriptors close when the last LogicalUnit referring to them goes away (FileBacking.deinit).
+    public func release(_ backing: Backing) {}
+
+    public var backingStoreDescriptions: [String] { ["rdwr (bsoflags sync:direct)", "null"] }
 }
