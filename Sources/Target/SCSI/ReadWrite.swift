@@ -156,6 +156,8 @@ extension SCSITask {
 
     /// A single store operation whose success completes the command.
     mutating func singleStoreCompleted(_ r: StoreResult) -> SCSIAction {
+        // PRE-FETCH is a hint: a store that cannot prefetch has still done what was asked.
+        if opcode == Opcode.prefetch10 || opcode == Opcode.prefetch16 { return completeGood(status: auxByte) }
         if let fail = checkStore(r, reading: auxFlag) { return fail }
         return completeGood(status: auxByte)
     }
