@@ -148,6 +148,8 @@ struct LUNSharedState {
     var spc2Holder: UInt64? = nil
     var pr = PersistentReservationState()
     var mode: ModeParameters
+    /// EXTENDED COPY results held for RECEIVE COPY RESULTS (bounded by ExtendedCopyLimits.maxHeldResults).
+    var copyResults: [CopyResult] = []
 }
 
 public final class LUNState: @unchecked Sendable {

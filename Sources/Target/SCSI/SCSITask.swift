@@ -318,17 +318,21 @@ public struct SCSITask {
     func chunkCapacity(_ bytes: Int) -> Int { max(blockSize, bytes - bytes % blockSize) }
 }
 
-/// Per-command EXTENDED COPY progress (one block->block segment at a time).
+/// Per-command EXTENDED COPY progress (one block-to-block segment at a time).
 struct ExtendedCopyProgress {
+    var listID: UInt8 = 0
+    var listIDUsage: UInt8 = 0
+    /// LUN numbers the (at most two) target descriptors resolved to.
+    var target0LUN: UInt64 = 0
+    var target1LUN: UInt64 = 0
     var sourceLUN: UInt64 = 0
     var destinationLUN: UInt64 = 0
-    var sourceBlockSize = 512
-    var destinationBlockSize = 512
-    var sourceLBA: UInt64 = 0
-    var destinationLBA: UInt64 = 0
+    var sourceOffset: UInt64 = 0
+    var destinationOffset: UInt64 = 0
     var remainingBytes: UInt64 = 0
+    var chunkBytes = 0
+    var transferred: UInt64 = 0
     var segmentIndex = 0
     var segmentCount = 0
     var segmentListOffset = 0
-    var targetDescriptorCount = 0
 }
