@@ -1,5 +1,274 @@
-// Placeholder: the SCSI layer defines reservations, persistent reservations, unit attentions and mode
-// page state here.
+// SCSI state that every core shares for one logical unit: unit attentions per I_T nexus, the SPC-2
+// reservation, persistent reservations and the changeable mode parameters.
+//
+// Locking (the one exception to "no locks on the I/O path"): all of this state lives behind one
+// `Mutex`, but READ and WRITE never take it in the common case. Two lock-free summaries let them skip it:
+//   - `fastFlags`, an atomic bit word: "some reservation is held", "software write protect is on",
+//     "write cache disabled". A command reads it with one relaxed load.
+//   - `admitted`, a small direct-mapped cache of nexus ids that have been seen by this LU and have no
+//     pending unit attention, plus `knownGeneration`, the target LUN-list generation the UA state was
+//     last reconciled against. A command whose nexus id is in its slot and whose generation matches needs
+//     no UA processing.
+// Only when one of these says something is pending (a reservation exists, a UA is queued, a new nexus
+// appears, the LUN list changed) does a command lock. Writers clear a nexus's cache slot before they
+// queue a UA for it, so a command racing with that change is ordered as if it arrived first.
+
+import Synchronization
+
+/// One unit-attention condition (ASC/ASCQ; the sense key is always UNIT ATTENTION).
+struct UnitAttention: Equatable {
+    var asc: ASC
+}
+
+/// Unit attentions queued for one I_T nexus, oldest first. Bounded: SAM-5 §5.14 lets a device server
+/// drop lower-precedence conditions; we keep at most `capacity`, merging duplicates and letting a
+/// reset-class condition (ASC 29h) replace the whole queue because it implies every other change.
+struct UnitAttentionQueue {
+    static let capacity = 4
+    private(set) var items: [UnitAttention] = []
+
+    var isEmpty: Bool { items.isEmpty }
+
+    mutating func add(_ asc: ASC) {
+        if asc.code == 0x29 {
+            items.removeAll(keepingCapacity: true)
+            items.append(UnitAttention(asc: asc))
+            return
+        }
+        if items.contains(where: { $0.asc == asc }) { return }
+        if items.count >= UnitAttentionQueue.capacity { items.removeLast() }
+        items.append(UnitAttention(asc: asc))
+    }
+
+    mutating func pop() -> ASC? {
+        if items.isEmpty { return nil }
+        return items.removeFirst().asc
+    }
+
+    mutating func remove(_ asc: ASC) { items.removeAll { $0.asc == asc } }
+}
+
+/// What the LU remembers about one I_T nexus that has sent it a command.
+struct NexusRecord {
+    let id: UInt64
+    let initiatorName: String
+    let isid: UInt64
+    let relativeTargetPortID: UInt16
+    var unitAttentions = UnitAttentionQueue()
+}
+
+/// Identity of an I_T nexus as persistent reservations see it: initiator port (name + ISID) and the
+/// relative target port. It survives the session, unlike `Nexus.id`.
+struct PortIdentity: Equatable {
+    let initiatorName: String
+    let isid: UInt64
+    let relativeTargetPortID: UInt16
+
+    init(_ n: Nexus) {
+        initiatorName = n.initiatorName.lowercased()
+        isid = n.isid
+        relativeTargetPortID = n.relativeTargetPortID
+    }
+
+    init(_ r: NexusRecord) {
+        initiatorName = r.initiatorName.lowercased()
+        isid = r.isid
+        relativeTargetPortID = r.relativeTargetPortID
+    }
+}
+
+/// Current values of the mode parameters that MODE SELECT may change.
+struct ModeParameters: Equatable {
+    var writeCacheEnabled: Bool
+    var softwareWriteProtect: Bool = false
+
+    init(capabilities: StoreCapabilities) {
+        writeCacheEnabled = capabilities.hasVolatileCache
+    }
+}
+
+/// Persistent reservation type codes (SPC-4 table 169).
+enum PRType {
+    static let writeExclusive: UInt8 = 1
+    static let exclusiveAccess: UInt8 = 3
+    static let writeExclusiveRegistrantsOnly: UInt8 = 5
+    static let exclusiveAccessRegistrantsOnly: UInt8 = 6
+    static let writeExclusiveAllRegistrants: UInt8 = 7
+    static let exclusiveAccessAllRegistrants: UInt8 = 8
+
+    static func isValid(_ t: UInt8) -> Bool { t == 1 || t == 3 || (t >= 5 && t <= 8) }
+    static func isAllRegistrants(_ t: UInt8) -> Bool { t == 7 || t == 8 }
+    static func isRegistrantsOnly(_ t: UInt8) -> Bool { t == 5 || t == 6 }
+    static func isExclusiveAccess(_ t: UInt8) -> Bool { t == 3 || t == 6 || t == 8 }
+}
+
+struct PRRegistration {
+    let port: PortIdentity
+    var key: UInt64
+}
+
+/// Persistent reservation state (SPC-4 §5.9).
+struct PersistentReservationState {
+    /// Bound on registrations per LU; a REGISTER beyond it gets INSUFFICIENT REGISTRATION RESOURCES.
+    static let maxRegistrations = 64
+
+    var generation: UInt32 = 0
+    var registrations: [PRRegistration] = []
+    /// The reservation, if any. `holder` is nil for all-registrants types (every registrant holds it).
+    var reserved = false
+    var type: UInt8 = 0
+    var holder: PortIdentity? = nil
+
+    func registrationIndex(_ p: PortIdentity) -> Int? { registrations.firstIndex { $0.port == p } }
+
+    func isHolder(_ p: PortIdentity) -> Bool {
+        guard reserved else { return false }
+        if PRType.isAllRegistrants(type) { return registrationIndex(p) != nil }
+        return holder == p
+    }
+
+    /// The reservation key READ RESERVATION reports: zero for all-registrants types (SPC-4 §6.15.3).
+    var reservationKey: UInt64 {
+        guard reserved else { return 0 }
+        if PRType.isAllRegistrants(type) { return 0 }
+        if let h = holder, let i = registrationIndex(h) { return registrations[i].key }
+        return 0
+    }
+}
+
+/// Everything behind the LU mutex.
+struct LUNSharedState {
+    /// Bound on nexus records; beyond it new nexuses are served without unit-attention tracking.
+    static let maxNexusRecords = 1024
+    static let unknownGeneration = UInt64.max
+
+    var nexuses: [UInt64: NexusRecord] = [:]
+    var lunGeneration: UInt64 = unknownGeneration
+    /// SPC-2 RESERVE(6)/(10) holder (nexus id).
+    var spc2Holder: UInt64? = nil
+    var pr = PersistentReservationState()
+    var mode: ModeParameters
+    /// EXTENDED COPY results held for RECEIVE COPY RESULTS (bounded by ExtendedCopyLimits.maxHeldResults).
+    var copyResults: [CopyResult] = []
+}
+
 public final class LUNState: @unchecked Sendable {
-    public init(blockSize: Int, blockCount: UInt64, capabilities: StoreCapabilities) {}
+    /// Slots in the lock-free admission cache (nexus id modulo this).
+    static let admissionCacheSlots = 64
+
+    static let flagReservationHeld: UInt64 = 1 << 0
+    static let flagSoftwareWriteProtect: UInt64 = 1 << 1
+    static let flagWriteCacheDisabled: UInt64 = 1 << 2
+
+    let blockSize: Int
+    let blockCount: UInt64
+    let capabilities: StoreCapabilities
+
+    let fastFlags: Atomic<UInt64>
+    let knownGeneration: Atomic<UInt64>
+    let admitted: InlineArray<64, Atomic<UInt64>>
+    let shared: Mutex<LUNSharedState>
+
+    public init(blockSize: Int, blockCount: UInt64, capabilities: StoreCapabilities) {
+        self.blockSize = blockSize
+        self.blockCount = blockCount
+        self.capabilities = capabilities
+        let mode = ModeParameters(capabilities: capabilities)
+        fastFlags = Atomic(mode.writeCacheEnabled ? 0 : LUNState.flagWriteCacheDisabled)
+        knownGeneration = Atomic(LUNSharedState.unknownGeneration)
+        admitted = InlineArray { _ in Atomic<UInt64>(0) }
+        shared = Mutex(LUNSharedState(mode: mode))
+    }
+
+    // MARK: Fast path
+
+    @inline(__always)
+    func isAdmitted(nexusID: UInt64, lunGeneration: UInt64) -> Bool {
+        admitted[Int(nexusID % UInt64(LUNState.admissionCacheSlots))].load(ordering: .acquiring) == nexusID
+            && knownGeneration.load(ordering: .acquiring) == lunGeneration
+    }
+
+    @inline(__always) var flags: UInt64 { fastFlags.load(ordering: .acquiring) }
+
+    // MARK: Slow path helpers (call with the lock held, on `s`)
+
+    private func evict(_ id: UInt64) {
+        let slot = Int(id % UInt64(LUNState.admissionCacheSlots))
+        _ = admitted[slot].compareExchange(expected: id, desired: 0, ordering: .acquiringAndReleasing)
+    }
+
+    /// Queue a UA for one nexus record (lock held).
+    func queueUA(_ s: inout LUNSharedState, nexusID: UInt64, _ asc: ASC) {
+        guard s.nexuses[nexusID] != nil else { return }
+        evict(nexusID)
+        s.nexuses[nexusID]!.unitAttentions.add(asc)
+    }
+
+    /// Queue a UA for every known nexus except `except`, or for those matching `filter`.
+    func queueUAForAll(_ s: inout LUNSharedState, except: UInt64?, _ asc: ASC,
+                       where filter: (NexusRecord) -> Bool = { _ in true }) {
+        for id in Array(s.nexuses.keys) where id != except {
+            if let r = s.nexuses[id], filter(r) { queueUA(&s, nexusID: id, asc) }
+        }
+    }
+
+    func publishFlags(_ s: LUNSharedState) {
+        var f: UInt64 = 0
+        if s.spc2Holder != nil || s.pr.reserved { f |= LUNState.flagReservationHeld }
+        if s.mode.softwareWriteProtect { f |= LUNState.flagSoftwareWriteProtect }
+        if !s.mode.writeCacheEnabled { f |= LUNState.flagWriteCacheDisabled }
+        fastFlags.store(f, ordering: .releasing)
+    }
+
+    /// Unit-attention bookkeeping for a command from `nexus`. Returns the condition to report, already
+    /// removed from the queue, when `consume` is true and one is pending. Also reconciles the target's
+    /// LUN-list generation: when it moved, every known nexus gets REPORTED LUNS DATA HAS CHANGED.
+    func admit(nexus: Nexus, lunGeneration: UInt64, consume: Bool, clearsLUNsChanged: Bool = false) -> ASC? {
+        shared.withLock { s -> ASC? in
+            if s.lunGeneration != lunGeneration {
+                if s.lunGeneration != LUNSharedState.unknownGeneration {
+                    queueUAForAll(&s, except: nil, .reportedLUNsDataChanged)
+                }
+                s.lunGeneration = lunGeneration
+                knownGeneration.store(lunGeneration, ordering: .releasing)
+            }
+            if s.nexuses[nexus.id] == nil {
+                guard s.nexuses.count < LUNSharedState.maxNexusRecords else { return nil }
+                var r = NexusRecord(id: nexus.id, initiatorName: nexus.initiatorName, isid: nexus.isid,
+                                    relativeTargetPortID: nexus.relativeTargetPortID)
+                r.unitAttentions.add(.powerOnResetOccurred)
+                s.nexuses[nexus.id] = r
+            }
+            var result: ASC? = nil
+            if clearsLUNsChanged { s.nexuses[nexus.id]!.unitAttentions.remove(.reportedLUNsDataChanged) }
+            if consume { result = s.nexuses[nexus.id]!.unitAttentions.pop() }
+            if s.nexuses[nexus.id]!.unitAttentions.isEmpty {
+                admitted[Int(nexus.id % UInt64(LUNState.admissionCacheSlots))].store(nexus.id, ordering: .releasing)
+            }
+            return result
+        }
+    }
+
+    /// Forget a nexus: its UAs go, and an SPC-2 reservation it held is released.
+    func nexusLost(_ nexus: Nexus) {
+        shared.withLock { s in
+            evict(nexus.id)
+            s.nexuses[nexus.id] = nil
+            if s.spc2Holder == nexus.id { s.spc2Holder = nil }
+            publishFlags(s)
+        }
+    }
+
+    /// LOGICAL UNIT RESET / target reset: release the SPC-2 reservation, restore default mode
+    /// parameters and raise `asc` for every known nexus (SAM-5 §6.3.3). PR state persists.
+    func reset(raising asc: ASC) {
+        shared.withLock { s in
+            s.spc2Holder = nil
+            s.mode = ModeParameters(capabilities: capabilities)
+            queueUAForAll(&s, except: nil, asc)
+            publishFlags(s)
+        }
+    }
+
+    var modeParameters: ModeParameters { shared.withLock { $0.mode } }
 }

@@ -7,7 +7,12 @@
 //   dataInSent()            -> SCSIAction   after the transport finished sending a non-final .dataIn piece
 //
 // until it returns .complete. SCSI performs no I/O and allocates nothing on READ/WRITE.
-// (Placeholder: the SCSI layer fills this in.)
+//
+// Transport obligations the task relies on:
+//   - Data-Out the task never asks for (immediate or unsolicited data beyond what a .dataOut requested,
+//     or any data for a command that completes at once) must be received and discarded by the transport.
+//   - `buffer` is the command's own data slot, at least `minimumBufferBytes` long, and the same slot (or
+//     one of the same size) on every call for one command.
 
 public enum Residual: Equatable, Sendable {
     case none
@@ -37,4 +42,297 @@ public enum SCSIStatus {
     public static let reservationConflict: UInt8 = 0x18
     public static let taskSetFull: UInt8 = 0x28
     public static let taskAborted: UInt8 = 0x40
+}
+
+/// Where a multi-step command resumes. One comment per state says what the task is waiting for.
+enum TaskPhase: UInt8 {
+    /// No command, or the command has completed.
+    case idle
+    /// READ family: a store read of the current chunk is outstanding.
+    case readStore
+    /// READ family: the transport is sending a non-final chunk.
+    case readSending
+    /// WRITE family: waiting for the current chunk of data-out.
+    case writeData
+    /// WRITE family: a store write of the current chunk is outstanding.
+    case writeStore
+    /// A single store op whose success completes the command (flush, prefetch, discard of one range).
+    case singleStore
+    /// VERIFY with BYTCHK: waiting for the data-out chunk to compare.
+    case verifyData
+    /// VERIFY with BYTCHK: the store read of the matching chunk is outstanding.
+    case verifyRead
+    /// ORWRITE: data-out chunk, then the old data read, then the ORed write.
+    case orData, orRead, orWrite
+    /// COMPARE AND WRITE: data-out (verify + write halves), read, then write.
+    case cawData, cawRead, cawWrite
+    /// WRITE SAME: the one block of data-out, then repeated writes, or a discard.
+    case wsData, wsWrite, wsDiscard
+    /// A parameter list (MODE SELECT, PR OUT, UNMAP, XCOPY) is arriving.
+    case parameterData
+    /// UNMAP: discarding descriptor `auxIndex`.
+    case unmapDiscard
+    /// GET LBA STATUS: a mapStatus query is outstanding.
+    case lbaStatus
+    /// EXTENDED COPY: reading from the source, then writing to the destination.
+    case xcopyRead, xcopyWrite
+}
+
+public struct SCSITask {
+    /// Every data buffer the transport hands in is at least this long.
+    public static let minimumBufferBytes = 65536
+
+    // Command identity.
+    var cdb = CDBBytes()
+    var opcode: UInt8 = 0
+    unowned(unsafe) var lun: LogicalUnit? = nil
+    unowned(unsafe) var target: TargetRuntime? = nil
+    unowned(unsafe) var nexus: Nexus? = nil
+    var lunNumber: UInt64 = 0
+    var expectedLength: UInt32 = 0
+    var readBit = false
+    var writeBit = false
+    var phase: TaskPhase = .idle
+
+    // Outcome.
+    var sense = SenseData()
+    var hasSense = false
+
+    // Block I/O progress, in bytes unless named otherwise.
+    var blockSize = 512
+    var lba: UInt64 = 0
+    var blocks: UInt64 = 0
+    /// Bytes the CDB asks to move; residuals compare it with the Expected Data Transfer Length.
+    var wantedBytes: UInt64 = 0
+    /// Bytes this command will actually move (the CDB's length clamped by the EDTL).
+    var totalBytes: UInt64 = 0
+    var doneBytes: UInt64 = 0
+    var chunkBytes: Int = 0
+    var fua = false
+    /// Command-specific scratch: compare offsets, descriptor indexes, counters.
+    var auxIndex: Int = 0
+    var auxCount: Int = 0
+    var auxOffset: UInt64 = 0
+    var auxLength: UInt64 = 0
+    var auxFlag = false
+    var auxByte: UInt8 = 0
+    /// EXTENDED COPY: source and destination LUN numbers and progress.
+    var xcopy = ExtendedCopyProgress()
+
+    public init() {}
+
+    // MARK: Public API
+
+    public mutating func start(cdb raw: UnsafeRawBufferPointer, expectedLength: UInt32, readBit: Bool,
+                               writeBit: Bool, lunNumber: UInt64, lun: LogicalUnit?, target: TargetRuntime,
+                               nexus: Nexus, buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        self.cdb = CDBBytes(raw)
+        self.opcode = cdb[0]
+        self.lun = lun
+        self.target = target
+        self.nexus = nexus
+        self.lunNumber = lunNumber
+        self.expectedLength = expectedLength
+        self.readBit = readBit
+        self.writeBit = writeBit
+        self.phase = .idle
+        self.hasSense = false
+        self.fua = false
+        self.doneBytes = 0
+        self.totalBytes = 0
+        self.wantedBytes = 0
+        self.chunkBytes = 0
+
+        if raw.count < 6 || raw.count > CDBBytes.capacityBytes {
+            return fail(SenseKey.illegalRequest, .invalidFieldInCDB, field: SenseData.fieldPointer(byte: 0))
+        }
+        guard let lun else { return startWithoutLUN(buffer: buffer) }
+        blockSize = lun.blockSize
+
+        // Hot path: READ/WRITE with nothing pending on this LU go straight to the handler.
+        let state = lun.state
+        let flags = state.flags
+        if _fastPath(state.isAdmitted(nexusID: nexus.id, lunGeneration: target.lunGeneration))
+            && flags & LUNState.flagReservationHeld == 0 {
+            return dispatch(buffer: buffer)
+        }
+        return startSlow(buffer: buffer)
+    }
+
+    public mutating func dataOutReceived(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        switch phase {
+        case .writeData: return writeDataReceived(buffer: buffer)
+        case .verifyData: return verifyDataReceived(buffer: buffer)
+        case .orData: return orWriteDataReceived(buffer: buffer)
+        case .cawData: return compareAndWriteDataReceived(buffer: buffer)
+        case .wsData: return writeSameDataReceived(buffer: buffer)
+        case .parameterData: return parameterListReceived(buffer: buffer)
+        default: return internalError()
+        }
+    }
+
+    public mutating func storeCompleted(_ result: StoreResult, buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        switch phase {
+        case .readStore: return readStoreCompleted(result, buffer: buffer)
+        case .writeStore: return writeStoreCompleted(result, buffer: buffer)
+        case .singleStore: return singleStoreCompleted(result)
+        case .verifyRead: return verifyReadCompleted(result, buffer: buffer)
+        case .orRead: return orWriteReadCompleted(result, buffer: buffer)
+        case .orWrite: return orWriteWriteCompleted(result, buffer: buffer)
+        case .cawRead: return compareAndWriteReadCompleted(result, buffer: buffer)
+        case .cawWrite: return compareAndWriteWriteCompleted(result)
+        case .wsWrite: return writeSameWriteCompleted(result, buffer: buffer)
+        case .wsDiscard: return writeSameDiscardCompleted(result, buffer: buffer)
+        case .unmapDiscard: return unmapDiscardCompleted(result, buffer: buffer)
+        case .lbaStatus: return lbaStatusCompleted(result, buffer: buffer)
+        case .xcopyRead: return extendedCopyReadCompleted(result, buffer: buffer)
+        case .xcopyWrite: return extendedCopyWriteCompleted(result, buffer: buffer)
+        default: return internalError()
+        }
+    }
+
+    public mutating func dataInSent(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        switch phase {
+        case .readSending: return nextReadChunk(buffer: buffer)
+        default: return internalError()
+        }
+    }
+
+    public var senseLength: Int { hasSense ? SenseData.fixedLengthBytes : 0 }
+
+    public func copySense(to p: UnsafeMutableRawPointer) {
+        guard hasSense else { return }
+        sense.render(to: p)
+    }
+
+    /// The sense key, ASC and ASCQ of the last failure (for logging and tests).
+    public var senseTriple: (key: UInt8, asc: UInt8, ascq: UInt8) { (sense.key, sense.asc.code, sense.asc.qualifier) }
+
+    // MARK: Task management hooks
+
+    /// LOGICAL UNIT RESET from `nexus`: releases the SPC-2 reservation and raises BUS DEVICE RESET
+    /// FUNCTION OCCURRED (29h/03h) for every nexus, the requester's included (SAM-5 §6.3.3; libiscsi's
+    /// MultipathIO.Reset expects it on every path).
+    public static func logicalUnitReset(_ lun: LogicalUnit, by nexus: Nexus) {
+        lun.state.reset(raising: .busDeviceResetOccurred)
+    }
+
+    /// TARGET WARM RESET: every LU resets. POWER ON, RESET, OR BUS DEVICE RESET OCCURRED (29h/00h) is
+    /// raised because initiators (libiscsi's RESERVE(6) helpers among them) retry on exactly that code.
+    public static func targetReset(_ target: TargetRuntime, by nexus: Nexus) {
+        for lun in target.luns { lun.state.reset(raising: .powerOnResetOccurred) }
+    }
+
+    /// The session behind `nexus` ended: SPC-2 reservations it held are released and its unit
+    /// attentions dropped. Persistent reservation registrations persist (SPC-4 §5.9.1).
+    public static func nexusLost(_ nexus: Nexus, target: TargetRuntime) {
+        for lun in target.luns { lun.state.nexusLost(nexus) }
+    }
+
+    // MARK: Completion helpers
+
+    /// Complete with CHECK CONDITION and the given sense.
+    mutating func fail(_ key: UInt8, _ asc: ASC, field: (UInt8, UInt8, UInt8)? = nil,
+                       information: UInt64? = nil) -> SCSIAction {
+        sense = SenseData(key: key, asc: asc, information: information, senseKeySpecific: field)
+        hasSense = true
+        phase = .idle
+        return .complete(status: SCSIStatus.checkCondition, dataInLength: 0, residual: .none)
+    }
+
+    mutating func invalidField(byte: Int, bit: Int? = nil) -> SCSIAction {
+        fail(SenseKey.illegalRequest, .invalidFieldInCDB, field: SenseData.fieldPointer(byte: byte, bit: bit))
+    }
+
+    mutating func invalidParameter(byte: Int, bit: Int? = nil) -> SCSIAction {
+        fail(SenseKey.illegalRequest, .invalidFieldInParameterList,
+             field: SenseData.fieldPointer(byte: byte, bit: bit, inCDB: false))
+    }
+
+    mutating func invalidOpcode() -> SCSIAction {
+        fail(SenseKey.illegalRequest, .invalidOperationCode, field: SenseData.fieldPointer(byte: 0))
+    }
+
+    mutating func lbaOutOfRange() -> SCSIAction { fail(SenseKey.illegalRequest, .lbaOutOfRange) }
+
+    mutating func writeProtected() -> SCSIAction { fail(SenseKey.dataProtect, .writeProtected) }
+
+    mutating func reservationConflict() -> SCSIAction {
+        phase = .idle
+        hasSense = false
+        return .complete(status: SCSIStatus.reservationConflict, dataInLength: 0, residual: .none)
+    }
+
+    /// A state-machine event that cannot happen in the phase the task is in: a transport bug. Answer
+    /// it rather than trap.
+    mutating func internalError() -> SCSIAction { fail(SenseKey.hardwareError, .internalTargetFailure) }
+
+    /// The residual for a command that wanted `wanted` bytes against the Expected Data Transfer Length.
+    func residual(wanted: UInt64) -> Residual {
+        let edtl = UInt64(expectedLength)
+        if wanted > edtl { return .overflow(UInt32(truncatingIfNeeded: min(wanted - edtl, UInt64(UInt32.max)))) }
+        if wanted < edtl { return .underflow(UInt32(truncatingIfNeeded: edtl - wanted)) }
+        return .none
+    }
+
+    /// Complete GOOD for a data-in command that generated `generated` bytes in the buffer, limited by
+    /// the CDB allocation length and the EDTL.
+    mutating func completeDataIn(generated: Int, allocationLength: Int) -> SCSIAction {
+        let wanted = max(0, min(generated, allocationLength))
+        let limit = readBit ? Int(expectedLength) : 0
+        let sent = min(wanted, limit)
+        phase = .idle
+        return .complete(status: SCSIStatus.good, dataInLength: sent, residual: residual(wanted: UInt64(wanted)))
+    }
+
+    /// Complete GOOD for a command without data-in.
+    mutating func completeGood(status: UInt8 = SCSIStatus.good) -> SCSIAction {
+        phase = .idle
+        return .complete(status: status, dataInLength: 0, residual: residual(wanted: wantedBytes))
+    }
+
+    /// Map a store failure to sense (see StoreOp.swift).
+    mutating func storeFailed(_ e: StoreError, reading: Bool) -> SCSIAction {
+        switch e {
+        case .mediumError:
+            return fail(SenseKey.mediumError, reading ? .unrecoveredReadError : .writeError)
+        case .noSpace: return fail(SenseKey.dataProtect, .spaceAllocationFailedWriteProtect)
+        case .writeProtected: return fail(SenseKey.dataProtect, .writeProtected)
+        case .notSupported: return invalidOpcode()
+        case .unavailable: return fail(SenseKey.notReady, .logicalUnitCommunicationFailure)
+        case .outOfRange: return lbaOutOfRange()
+        }
+    }
+
+    /// Common handling of a StoreResult that is not success. Returns nil when the result is `.ok`.
+    mutating func checkStore(_ r: StoreResult, reading: Bool) -> SCSIAction? {
+        switch r {
+        case .ok: return nil
+        case .extent: return nil
+        case .failed(let e): return storeFailed(e, reading: reading)
+        }
+    }
+
+    /// The largest whole-block chunk that fits `bytes` of buffer.
+    @inline(__always)
+    func chunkCapacity(_ bytes: Int) -> Int { max(blockSize, bytes - bytes % blockSize) }
+}
+
+/// Per-command EXTENDED COPY progress (one block-to-block segment at a time).
+struct ExtendedCopyProgress {
+    var listID: UInt8 = 0
+    var listIDUsage: UInt8 = 0
+    /// LUN numbers the (at most two) target descriptors resolved to.
+    var target0LUN: UInt64 = 0
+    var target1LUN: UInt64 = 0
+    var sourceLUN: UInt64 = 0
+    var destinationLUN: UInt64 = 0
+    var sourceOffset: UInt64 = 0
+    var destinationOffset: UInt64 = 0
+    var remainingBytes: UInt64 = 0
+    var chunkBytes = 0
+    var transferred: UInt64 = 0
+    var segmentIndex = 0
+    var segmentCount = 0
+    var segmentListOffset = 0
 }

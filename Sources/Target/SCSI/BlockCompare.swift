@@ -1,0 +1,308 @@
+// Commands that combine data-out with a read of the medium: VERIFY (BYTCHK), ORWRITE, COMPARE AND
+// WRITE; and WRITE SAME and PRE-FETCH. The buffer is split: data-out lands at its start, the medium is read
+// into its second half (or third, for COMPARE AND WRITE), so one buffer serves any length.
+
+import Glibc
+
+extension SCSITask {
+    /// Half of the buffer, in whole blocks: the per-chunk size when data-out and a read share the buffer.
+    @inline(__always)
+    func halfChunk(_ buffer: UnsafeMutableRawBufferPointer) -> Int {
+        let half = buffer.count / 2
+        return max(blockSize, half - half % blockSize)
+    }
+
+    /// Index of the first differing byte of two buffer regions, or nil.
+    func firstDifference(_ b: UnsafeMutableRawBufferPointer, _ x: Int, _ y: Int, count: Int) -> Int? {
+        guard let base = b.baseAddress, count > 0, x + count <= b.count, y + count <= b.count else { return nil }
+        if memcmp(base + x, base + y, count) == 0 { return nil }
+        var i = 0
+        while i < count {
+            if b[x + i] != b[y + i] { return i }
+            i += 1
+        }
+        return nil
+    }
+
+    // MARK: VERIFY 10/12/16
+
+    mutating func startVerify(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        guard let lun else { return internalError() }
+        if cdb[1] & 0xE0 != 0 { return invalidField(byte: 1, bit: 7) }       // VRPROTECT
+        let bytchk = (cdb[1] >> 1) & 0x03
+        if bytchk == 2 { return invalidField(byte: 1, bit: 2) }
+        let (lba, n) = decodeBlockRange()
+        if n > maxTransferBlocks { return invalidField(byte: opcode == Opcode.verify16 ? 10 : opcode == Opcode.verify12 ? 6 : 7) }
+        if !rangeIsValid(lba: lba, blocks: n, capacity: lun.blockCount) { return lbaOutOfRange() }
+        self.lba = lba
+        self.blocks = n
+        let bs = UInt64(blockSize)
+        switch bytchk {
+        case 0:
+            // Medium verification: a virtual medium has nothing to scan.
+            wantedBytes = 0
+            return completeGood()
+        case 1:
+            wantedBytes = n &* bs
+            let available = writeBit ? UInt64(expectedLength) : 0
+            totalBytes = min(wantedBytes, available / bs * bs)
+            auxFlag = false
+        default:
+            // BYTCHK 11b: one block of data-out is compared with every block of the range.
+            wantedBytes = n == 0 ? 0 : bs
+            if n > 0 && (!writeBit || UInt64(expectedLength) < bs) { return invalidField(byte: 1, bit: 2) }
+            totalBytes = n &* bs
+            auxFlag = true
+        }
+        doneBytes = 0
+        if totalBytes == 0 { return completeGood() }
+        if auxFlag {
+            chunkBytes = blockSize
+            phase = .verifyData
+            return .dataOut(offset: 0, length: blockSize)
+        }
+        return requestVerifyChunk(buffer: buffer)
+    }
+
+    mutating func requestVerifyChunk(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        chunkBytes = Int(min(totalBytes - doneBytes, UInt64(halfChunk(buffer))))
+        phase = .verifyData
+        return .dataOut(offset: Int(doneBytes), length: chunkBytes)
+    }
+
+    mutating func verifyDataReceived(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        if auxFlag { chunkBytes = Int(min(totalBytes - doneBytes, UInt64(halfChunk(buffer)))) }
+        return issueVerifyRead(buffer: buffer)
+    }
+
+    mutating func issueVerifyRead(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        phase = .verifyRead
+        return .store(.read(target: .own, offset: lba &* UInt64(blockSize) &+ doneBytes, length: chunkBytes,
+                            bufferOffset: halfChunk(buffer)))
+    }
+
+    mutating func verifyReadCompleted(_ r: StoreResult, buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        if let fail = checkStore(r, reading: true) { return fail }
+        let half = halfChunk(buffer)
+        if auxFlag {
+            var off = 0
+            while off < chunkBytes {
+                if let i = firstDifference(buffer, 0, half + off, count: blockSize) {
+                    return fail(SenseKey.miscompare, .miscompareDuringVerify, information: doneBytes + UInt64(off + i))
+                }
+                off += blockSize
+            }
+        } else if let i = firstDifference(buffer, 0, half, count: chunkBytes) {
+            return fail(SenseKey.miscompare, .miscompareDuringVerify, information: doneBytes + UInt64(i))
+        }
+        doneBytes &+= UInt64(chunkBytes)
+        if doneBytes >= totalBytes { return completeGood() }
+        if auxFlag {
+            chunkBytes = Int(min(totalBytes - doneBytes, UInt64(half)))
+            return issueVerifyRead(buffer: buffer)
+        }
+        return requestVerifyChunk(buffer: buffer)
+    }
+
+    // MARK: ORWRITE(16)
+
+    mutating func startOrWrite(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        guard let lun else { return internalError() }
+        if cdb[1] & 0xE0 != 0 { return invalidField(byte: 1, bit: 7) }       // ORPROTECT
+        let (lba, n) = decodeBlockRange()
+        if n > maxTransferBlocks { return invalidField(byte: 10) }
+        if !rangeIsValid(lba: lba, blocks: n, capacity: lun.blockCount) { return lbaOutOfRange() }
+        if isWriteProtected(lun) { return writeProtected() }
+        self.lba = lba
+        self.blocks = n
+        fua = cdb[1] & 0x08 != 0 || lun.state.flags & LUNState.flagWriteCacheDisabled != 0
+        let bs = UInt64(blockSize)
+        wantedBytes = n &* bs
+        totalBytes = min(wantedBytes, (writeBit ? UInt64(expectedLength) : 0) / bs * bs)
+        doneBytes = 0
+        if totalBytes == 0 { return completeGood() }
+        return requestOrWriteChunk(buffer: buffer)
+    }
+
+    mutating func requestOrWriteChunk(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        chunkBytes = Int(min(totalBytes - doneBytes, UInt64(halfChunk(buffer))))
+        phase = .orData
+        return .dataOut(offset: Int(doneBytes), length: chunkBytes)
+    }
+
+    mutating func orWriteDataReceived(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        phase = .orRead
+        return .store(.read(target: .own, offset: lba &* UInt64(blockSize) &+ doneBytes, length: chunkBytes,
+                            bufferOffset: halfChunk(buffer)))
+    }
+
+    mutating func orWriteReadCompleted(_ r: StoreResult, buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        if let fail = checkStore(r, reading: true) { return fail }
+        let half = halfChunk(buffer)
+        guard chunkBytes <= half, half + chunkBytes <= buffer.count else { return internalError() }
+        for i in 0 ..< chunkBytes { buffer[i] |= buffer[half + i] }
+        phase = .orWrite
+        return .store(.write(target: .own, offset: lba &* UInt64(blockSize) &+ doneBytes, length: chunkBytes,
+                             bufferOffset: 0, fua: fua))
+    }
+
+    mutating func orWriteWriteCompleted(_ r: StoreResult, buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        if let fail = checkStore(r, reading: false) { return fail }
+        doneBytes &+= UInt64(chunkBytes)
+        if doneBytes < totalBytes { return requestOrWriteChunk(buffer: buffer) }
+        return completeGood()
+    }
+
+    // MARK: COMPARE AND WRITE
+
+    mutating func startCompareAndWrite(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        guard let lun else { return internalError() }
+        if cdb[1] & 0xE0 != 0 { return invalidField(byte: 1, bit: 7) }       // WRPROTECT
+        let (lba, n) = decodeBlockRange()
+        if n > UInt64(maxCompareAndWriteBlocks(bufferBytes: buffer.count)) { return invalidField(byte: 13) }
+        if !rangeIsValid(lba: lba, blocks: n, capacity: lun.blockCount) { return lbaOutOfRange() }
+        if n == 0 { return completeGood() }
+        if isWriteProtected(lun) { return writeProtected() }
+        let half = n &* UInt64(blockSize)
+        wantedBytes = 2 * half
+        // SBC-4 §5.3: the Data-Out Buffer holds exactly the verify and write instances.
+        if !writeBit || UInt64(expectedLength) != wantedBytes { return invalidField(byte: 13) }
+        self.lba = lba
+        self.blocks = n
+        fua = cdb[1] & 0x08 != 0 || lun.state.flags & LUNState.flagWriteCacheDisabled != 0
+        chunkBytes = Int(half)
+        phase = .cawData
+        return .dataOut(offset: 0, length: 2 * chunkBytes)
+    }
+
+    mutating func compareAndWriteDataReceived(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        phase = .cawRead
+        return .store(.read(target: .own, offset: lba &* UInt64(blockSize), length: chunkBytes,
+                            bufferOffset: 2 * chunkBytes))
+    }
+
+    mutating func compareAndWriteReadCompleted(_ r: StoreResult, buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        if let fail = checkStore(r, reading: true) { return fail }
+        if let i = firstDifference(buffer, 0, 2 * chunkBytes, count: chunkBytes) {
+            return fail(SenseKey.miscompare, .miscompareDuringVerify, information: UInt64(i))
+        }
+        phase = .cawWrite
+        return .store(.write(target: .own, offset: lba &* UInt64(blockSize), length: chunkBytes,
+                             bufferOffset: chunkBytes, fua: fua))
+    }
+
+    mutating func compareAndWriteWriteCompleted(_ r: StoreResult) -> SCSIAction {
+        if let fail = checkStore(r, reading: false) { return fail }
+        return completeGood()
+    }
+
+    // MARK: WRITE SAME 10/16
+
+    var maxWriteSameBlocks: UInt64 { BlockLimits.maxWriteSameBytes / UInt64(blockSize) }
+
+    mutating func startWriteSame(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        guard let lun else { return internalError() }
+        let b1 = cdb[1]
+        if b1 & 0xE0 != 0 { return invalidField(byte: 1, bit: 7) }            // WRPROTECT
+        let anchor = b1 & 0x10 != 0
+        let unmap = b1 & 0x08 != 0
+        let ndob = opcode == Opcode.writeSame16 && b1 & 0x01 != 0
+        // ANCHOR needs UNMAP, and anchored LBAs are not supported (ANC_SUP is zero).
+        if anchor { return invalidField(byte: 1, bit: 4) }
+        if unmap && !lun.capabilities.canDiscard { return invalidField(byte: 1, bit: 3) }
+        var (lba, n) = decodeBlockRange()
+        if lba > lun.blockCount { return lbaOutOfRange() }
+        // WSNZ is zero: a zero length means "to the end of the medium".
+        if n == 0 { n = lun.blockCount - lba }
+        if n > maxWriteSameBlocks { return invalidField(byte: opcode == Opcode.writeSame16 ? 10 : 7) }
+        if !rangeIsValid(lba: lba, blocks: n, capacity: lun.blockCount) { return lbaOutOfRange() }
+        if isWriteProtected(lun) { return writeProtected() }
+        let bs = UInt64(blockSize)
+        if !ndob && (!writeBit || UInt64(expectedLength) != bs) {
+            // The Data-Out Buffer is exactly one logical block.
+            return invalidField(byte: opcode == Opcode.writeSame16 ? 10 : 7)
+        }
+        wantedBytes = ndob ? 0 : bs
+        self.lba = lba
+        self.blocks = n
+        fua = lun.state.flags & LUNState.flagWriteCacheDisabled != 0
+        auxFlag = unmap
+        totalBytes = n &* bs
+        doneBytes = 0
+        if n == 0 { return completeGood() }
+        if ndob {
+            buffer.zero(0, blockSize)
+            return writeSameDataReceived(buffer: buffer)
+        }
+        phase = .wsData
+        return .dataOut(offset: 0, length: blockSize)
+    }
+
+    mutating func writeSameDataReceived(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        guard let lun else { return internalError() }
+        // Deallocate only when reading the range afterwards gives back this very block: a block of zeros
+        // on an LBPRZ store, or anything when unmapped blocks read as unspecified data (LBPRZ 0).
+        if auxFlag {
+            var zero = true
+            for i in 0 ..< blockSize where buffer[i] != 0 { zero = false; break }
+            if zero || !lun.capabilities.discardZeroes {
+                phase = .wsDiscard
+                return .store(.discard(target: .own, offset: lba &* UInt64(blockSize), length: totalBytes))
+            }
+        }
+        // Replicate the block across as much of the buffer as one chunk needs.
+        let cap = chunkCapacity(buffer.count)
+        let fill = Int(min(UInt64(cap), totalBytes))
+        if let base = buffer.baseAddress {
+            var have = blockSize
+            while have < fill {
+                let n = min(have, fill - have)
+                (base + have).copyMemory(from: base, byteCount: n)
+                have += n
+            }
+        }
+        return nextWriteSameChunk(buffer: buffer)
+    }
+
+    mutating func nextWriteSameChunk(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        chunkBytes = Int(min(totalBytes - doneBytes, UInt64(chunkCapacity(buffer.count))))
+        phase = .wsWrite
+        return .store(.write(target: .own, offset: lba &* UInt64(blockSize) &+ doneBytes, length: chunkBytes,
+                             bufferOffset: 0, fua: fua))
+    }
+
+    mutating func writeSameWriteCompleted(_ r: StoreResult, buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        if let fail = checkStore(r, reading: false) { return fail }
+        doneBytes &+= UInt64(chunkBytes)
+        if doneBytes < totalBytes { return nextWriteSameChunk(buffer: buffer) }
+        return completeGood()
+    }
+
+    mutating func writeSameDiscardCompleted(_ r: StoreResult, buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        if case .failed(.notSupported) = r {
+            // The store cannot deallocate this range after all: write the block instead.
+            auxFlag = false
+            return writeSameDataReceived(buffer: buffer)
+        }
+        if let fail = checkStore(r, reading: false) { return fail }
+        return completeGood()
+    }
+
+    // MARK: PRE-FETCH 10/16
+
+    /// PRE-FETCH is a hint. It completes GOOD rather than CONDITION MET: a page cache gives no promise that
+    /// the blocks stay resident, and SBC-3 allows GOOD when it cannot.
+    mutating func startPrefetch() -> SCSIAction {
+        guard let lun else { return internalError() }
+        let (lba, n) = decodeBlockRange()
+        if !rangeIsValid(lba: lba, blocks: n, capacity: lun.blockCount) { return lbaOutOfRange() }
+        let bs = UInt64(blockSize)
+        let count = n == 0 ? lun.blockCount - lba : n
+        if count == 0 { return completeGood() }
+        auxFlag = true
+        auxByte = SCSIStatus.good
+        phase = .singleStore
+        return .store(.prefetch(target: .own, offset: lba &* bs, length: count &* bs))
+    }
+}
+
