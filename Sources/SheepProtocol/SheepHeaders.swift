@@ -169,11 +169,11 @@ public struct SheepResponseHeader: Equatable, Sendable {
         word0 = 0; word1 = 0; word2 = 0; word3 = 0; word4 = 0; word5 = 0
     }
 
-    /// A reply to `request`: opcode and id echoed as sheep's `tx_work` does.
+    /// A reply to `request`: opcode and id echoed as sheep's `tx_work` does. proto_ver and flags stay 0:
+    /// sheep never sets them in a reply (its response struct starts zeroed).
     public init(replyingTo request: SheepRequestHeader, result: SheepResult, dataLength: UInt32 = 0,
                 epoch: UInt32 = 1) {
         self.init()
-        protoVersion = SheepWire.serverProtoVersion
         opcode = request.opcode
         id = request.id
         self.epoch = epoch

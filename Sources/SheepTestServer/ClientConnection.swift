@@ -109,6 +109,7 @@ final class ClientConnection: @unchecked Sendable {
         if pfd.revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 && !backlogged {
             if !readAndRun() { return false }
         }
+        if (!delayed.isEmpty || !held.isEmpty) && !server.waitWhilePaused() { return false }
         runDueDelayed()
         if !held.isEmpty {
             let idleDue = lastInputNanoseconds + UInt64(server.options.reorderIdleMilliseconds) * 1_000_000
@@ -139,6 +140,8 @@ final class ClientConnection: @unchecked Sendable {
 
     /// Cuts complete requests out of the input buffer and hands them to the scheduler.
     private func parseAndRun() -> Bool {
+        // A pause taken while this thread sat in poll still holds back what arrived.
+        guard server.waitWhilePaused() else { return false }
         var batch: [QueuedRequest] = []
         let plan = server.currentFaults()
         var cursor = inputStart
