@@ -38,7 +38,7 @@ private struct QueuedRequest {
 final class ClientConnection: @unchecked Sendable {
     /// Largest payload accepted in one request; a larger one closes the connection (sheep would try to
     /// allocate it). Objects above 64 MiB (block_size_shift > 26) are not supported by the test server.
-    static let maxPayloadBytes = 64 << 20
+    static let maxPayloadBytes = SheepCluster.maxObjectBytes
     /// Stop reading while this many reply bytes are unsent, so a client that does not read cannot make the
     /// server buffer without bound.
     static let maxOutputBacklogBytes = 32 << 20
@@ -145,7 +145,8 @@ final class ClientConnection: @unchecked Sendable {
         var batch: [QueuedRequest] = []
         let plan = server.currentFaults()
         var cursor = inputStart
-        while inputEnd - cursor >= SheepWire.headerSizeBytes {
+        var cutAfterBatch = false
+        while !cutAfterBatch && inputEnd - cursor >= SheepWire.headerSizeBytes {
             let h = SheepRequestHeader(from: input + cursor)
             let needsPayload = h.flags.contains(.write)
             let payloadCount = needsPayload ? Int(h.dataLength) : 0
@@ -163,13 +164,24 @@ final class ClientConnection: @unchecked Sendable {
             // Incomplete: wait for more (the buffer is grown after this batch if the request cannot fit).
             if inputEnd - cursor < total { break }
             requestCount += 1
-            if let plan, dice.drops(plan, sequence: requestCount) {
-                server.log.info("connection \(number): fault drops the connection at request \(requestCount) (\(h.opcode) id \(h.id))")
-                return false
-            }
             let payload: QueuedRequest.Payload = payloadCount > 0
                 ? .input(offset: cursor + SheepWire.headerSizeBytes, count: payloadCount) : .none
             var q = QueuedRequest(header: h, payload: payload)
+            if let plan {
+                switch dice.drop(plan, sequence: requestCount) {
+                case .none:
+                    break
+                case .beforeExecuting:
+                    server.log.info("connection \(number): fault cuts the connection at request \(requestCount) (\(h.opcode) id \(h.id)), not executed")
+                    return false
+                case .afterExecuting:
+                    server.log.info("connection \(number): fault cuts the connection after executing request \(requestCount) (\(h.opcode) id \(h.id))")
+                    batch.append(q)
+                    cursor += total
+                    cutAfterBatch = true
+                    continue
+                }
+            }
             if let plan, case let ms = dice.delayMilliseconds(plan), ms > 0 {
                 q.payload = own(q.payload)
                 q.notBefore = monotonicNanoseconds() + UInt64(ms) * 1_000_000
@@ -184,7 +196,12 @@ final class ClientConnection: @unchecked Sendable {
             run(&batch, interleave: server.options.order == .random)
         case .reorder:
             for q in batch { var q = q; q.payload = own(q.payload); held.append(q) }
-            runHeld(all: false)
+            runHeld(all: cutAfterBatch)
+        }
+        if cutAfterBatch {
+            // The connection breaks with these replies unsent.
+            out.discardAll()
+            return false
         }
         // Everything before `cursor` has run or owns a copy: drop it.
         inputStart = cursor

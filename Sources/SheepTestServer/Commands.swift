@@ -13,7 +13,7 @@ struct SheepTestServerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ringtgt-sheep-testserver",
         abstract: "Test support: a sheep-protocol server that behaves like a small sheepdog cluster, and a dog-like client.",
-        subcommands: [Serve.self, Dog.self, Admin.self],
+        subcommands: [Serve.self, Dog.self, Admin.self, Bench.self],
         defaultSubcommand: Serve.self
     )
 }

@@ -3,9 +3,10 @@
 // accepted connection meets the same faults on every run with the same seed.
 //
 // SPEC is a comma-separated list:
-//   drop-after=N          close a connection when its N-th request arrives (that request and any reply not
-//                         yet sent are lost; requests already executed stay executed)
-//   drop=P                close the connection on a request with probability P
+//   drop-after=N          cut a connection right after its N-th request has executed: that reply, and any
+//                         other reply not sent yet, is lost (the client must resend work that was done)
+//   drop=P                cut the connection at a request with probability P; a seeded coin decides whether
+//                         the request executed first (reply lost) or never ran
 //   delay=P:MS            hold a request for MS milliseconds before executing it, with probability P
 //   delay=P:MIN-MAX       … for a uniformly drawn MIN…MAX milliseconds
 //   error=CODE:P[:OPS]    answer a fraction P of object requests with CODE (SD_RES_ name or number) without
@@ -116,11 +117,15 @@ struct FaultDice {
         error = SeededRandom(seed: seed, stream: connection, purpose: 3)
     }
 
-    /// Whether request number `sequence` (1-based, on this connection) cuts the connection.
-    mutating func drops(_ plan: FaultPlan, sequence: UInt64) -> Bool {
+    enum Drop { case none, afterExecuting, beforeExecuting }
+
+    /// Whether request number `sequence` (1-based, on this connection) cuts the connection, and when.
+    mutating func drop(_ plan: FaultPlan, sequence: UInt64) -> Drop {
         let roll = drop.unit()
-        if let n = plan.dropAfterRequests, sequence == n { return true }
-        return roll < plan.dropProbability
+        let coin = drop.next() & 1 == 0
+        if let n = plan.dropAfterRequests, sequence == n { return .afterExecuting }
+        guard roll < plan.dropProbability else { return .none }
+        return coin ? .afterExecuting : .beforeExecuting
     }
 
     /// Milliseconds to hold the request, 0 for none.

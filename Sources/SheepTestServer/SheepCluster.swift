@@ -9,7 +9,8 @@
 // Deliberate deviations, all for requests a correct client never sends:
 // - an object read or write past the end of the object answers INVALID_PARMS (sheep returns garbage or EIO);
 // - NEW_VDI with an empty name or an erasure-code policy without parity answers INVALID_PARMS (sheep
-//   would create an invisible VDI, or abort).
+//   would create an invisible VDI, or abort);
+// - objects are limited to 64 MiB: NEW_VDI with block_size_shift 27…31 answers INVALID_PARMS.
 //
 // Locking: `stateLock` guards the tables and is never held across a socket call; object bytes are copied
 // outside it (an object stays mapped while any request holds a reference). `clusterOpLock` serialises
@@ -121,6 +122,10 @@ enum StepResult {
 }
 
 final class SheepCluster: @unchecked Sendable {
+    /// The test server keeps objects up to 64 MiB (shift 26); sheep allows up to 2 GiB (shift 31). NEW_VDI
+    /// asking for more, and reads longer than that, answer INVALID_PARMS.
+    static let maxBlockSizeShift: UInt8 = 26
+    static let maxObjectBytes = 1 << 26
     private(set) var config: ClusterConfig
     let stateLock = PosixLock()
     let clusterOpLock = PosixLock()
@@ -248,6 +253,7 @@ final class SheepCluster: @unchecked Sendable {
     }
 
     private func readObject(_ h: SheepRequestHeader, out: OutputBuffer) {
+        guard Int(h.dataLength) <= Self.maxObjectBytes else { return reply(out, h, .invalidParms) }
         let obj = stateLock.withLock { objects[h.oid] }
         guard let obj else { return reply(out, h, .noObj) }
         guard Self.fits(h.objOffset, h.dataLength, obj.size) else { return reply(out, h, .invalidParms) }
@@ -626,7 +632,7 @@ final class SheepCluster: @unchecked Sendable {
         }
         let name = SheepVDIName.rawBytes(base, capacity: SheepWire.vdiNameBufferBytes)
         guard !name.isEmpty else { reply(out, h, .invalidParms, fillReply(0)); return .finished }
-        guard shift >= SheepWire.minBlockSizeShift && shift <= SheepWire.maxBlockSizeShift else {
+        guard shift >= SheepWire.minBlockSizeShift && shift <= Self.maxBlockSizeShift else {
             reply(out, h, .invalidParms, fillReply(0))
             return .finished
         }
