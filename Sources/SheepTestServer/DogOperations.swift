@@ -148,7 +148,7 @@ struct DogOperations {
         let v = try vid(name, snapshot)
         let (h, image) = try inode(v, withIndex: true)
         if h.storePolicy == 0, let objSize = h.objectSizeBytes {
-            let count = Int(min(UInt64(SheepInodeLayout.dataIndexSlots), (h.vdiSize + objSize - 1) / objSize))
+            let count = Int(min(UInt64(SheepInodeLayout.dataIndexSlots), dataObjectCount(h.vdiSize, objSize)))
             var i = 0
             while i < count {
                 while i < count && Self.slot(image, UInt32(i)) == 0 { i += 1 }
@@ -188,7 +188,7 @@ struct DogOperations {
                 guard r.result == .success, let h = SheepInodeHeader(bytes: r.data), !h.isDeleted else { continue }
                 var mine: UInt64 = 0, shared: UInt64 = 0
                 if h.storePolicy == 0, let objSize = h.objectSizeBytes {
-                    let count = min(UInt64(SheepInodeLayout.dataIndexSlots), (h.vdiSize + objSize - 1) / objSize)
+                    let count = min(UInt64(SheepInodeLayout.dataIndexSlots), dataObjectCount(h.vdiSize, objSize))
                     r.data.withUnsafeBytes { raw in
                         var i: UInt32 = 0
                         while UInt64(i) < count {

@@ -773,7 +773,7 @@ final class SheepCluster: @unchecked Sendable {
             let hdr = SheepInodeHeader(from: inode.base)
             var busy = false
             if hdr.storePolicy == 0, let objSize = hdr.objectSizeBytes {
-                let count = min(UInt64(SheepInodeLayout.dataIndexSlots), (hdr.vdiSize + objSize - 1) / objSize)
+                let count = min(UInt64(SheepInodeLayout.dataIndexSlots), dataObjectCount(hdr.vdiSize, objSize))
                 var i: UInt32 = 0
                 while UInt64(i) < count {
                     if SheepInodeLayout.loadSlot(inode.base, i) != 0 { busy = true; break }
@@ -813,3 +813,8 @@ final class SheepCluster: @unchecked Sendable {
 }
 
 func hex<T: BinaryInteger>(_ v: T) -> String { String(v, radix: 16) }
+
+/// `count_data_objs`: objects covering `size` bytes, without overflowing for any size.
+func dataObjectCount(_ size: UInt64, _ objectSize: UInt64) -> UInt64 {
+    size / objectSize + (size % objectSize == 0 ? 0 : 1)
+}

@@ -184,3 +184,40 @@ import SheepProtocol
         }
     }
 }
+
+@Suite struct HostileInput {
+    @Test func randomHeadersNeverBringTheServerDown() throws {
+        try withServer { server in
+            var rng = SeededRandom(seed: 99)
+            let setup = try server.client()
+            let vid = try setup.newVDI(name: "vol", size: 1 << 30).header.vdiID
+            let opcodes: [UInt8] = [0x01, 0x02, 0x03, 0x04, 0x05, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x30, 0x80, 0xFF]
+            var c = try server.client()
+            var answered = 0, closed = 0
+            var results = Set<UInt32>()
+            for _ in 0..<1500 {
+                var h = SheepRequestHeader()
+                h.word0 = rng.next(); h.word1 = rng.next(); h.word2 = rng.next()
+                h.word3 = rng.next(); h.word4 = rng.next(); h.word5 = rng.next()
+                h.opcode = SheepOpcode(rawValue: opcodes[rng.below(opcodes.count)])
+                h.protoVersion = UInt8(rng.below(4))
+                h.dataLength = UInt32(rng.below(3) == 0 ? rng.below(1 << 16) : rng.below(600))
+                if rng.below(2) == 0 { h.oid = SheepOID.data(vid: vid, index: UInt32(rng.below(4))) }
+                if rng.below(3) == 0 { h.oid = SheepOID.inode(vid: vid) }
+                if rng.below(4) == 0 { h.objOffset = UInt32(rng.below(8192)) }
+                let payload = h.flags.contains(.write) ? [UInt8](repeating: UInt8(rng.below(256)), count: Int(h.dataLength)) : []
+                do {
+                    results.insert(try c.call(h, payload: payload).result.rawValue)
+                    answered += 1
+                } catch {
+                    // The server may close a connection on a request that would desynchronise the stream.
+                    closed += 1
+                    c = try server.client()
+                }
+            }
+            #expect(answered > 500 && closed > 10)
+            #expect(results.isSuperset(of: [SheepResult.success, .invalidParms, .verMismatch, .noObj].map(\.rawValue)))
+            #expect(try server.client().call(.getClusterDefault(id: 1)).result == .success)
+        }
+    }
+}
