@@ -49,9 +49,12 @@ func pattern(_ seed: UInt8, _ count: Int) -> [UInt8] {
     (0..<count).map { UInt8(truncatingIfNeeded: Int(seed) &* 31 &+ $0 &* 7 &+ ($0 >> 9)) }
 }
 
-/// Sends `requests` back to back, then collects one reply per request (any order).
+/// Sends `requests` in one write (so they reach the server's scheduler together), then collects one reply
+/// per request, in the order they arrive.
 func pipeline(_ c: SheepClient, _ requests: [(SheepRequestHeader, [UInt8])]) throws -> [SheepReply] {
-    for (h, p) in requests { try c.send(h, payload: p) }
+    var bytes: [UInt8] = []
+    for (h, p) in requests { bytes += h.bytes + p }
+    try bytes.withUnsafeBytes { try writeAll(c.fd, $0.baseAddress!, $0.count) }
     return try requests.map { _ in try c.receive() }
 }
 

@@ -8,7 +8,8 @@ import SheepProtocol
 @Suite struct PipelinedReplies {
     /// 64 reads in flight on connection 0 of a fresh reorder-mode server; returns the reply id order.
     private func replyOrder(seed: UInt64) throws -> [UInt32] {
-        try withServer({ $0.order = .reorder; $0.reorderWindow = 8; $0.seed = seed }) { server in
+        // A long idle flush so that a burst split by the network still fills whole windows.
+        try withServer({ $0.order = .reorder; $0.reorderWindow = 8; $0.seed = seed; $0.reorderIdleMilliseconds = 150 }) { server in
             let setup = try server.client()  // connection 0
             let vid = try setup.newVDI(name: "vol", size: 1 << 30).header.vdiID
             let oid = SheepOID.data(vid: vid, index: 0)
