@@ -151,6 +151,8 @@ final class SheepCluster: @unchecked Sendable {
                 for v in table.deleted { deleted.set(v) }
                 self.config = table.config
             }
+            // An inode written just before a kill, whose table update never happened, still counts.
+            for oid in objects.keys where SheepOID.isInode(oid) { inUse.set(SheepOID.vid(of: oid)) }
             rebuildVDIStates()
             try f.saveTable(VDITableFile(config: self.config, inUse: inUse.allSet(), deleted: deleted.allSet()))
         } else {

@@ -29,6 +29,29 @@ private let objSize = 4 << 20
         }
     }
 
+    @Test func wholeObjectWritesAndReadsLargerThanTheSocketBuffers() throws {
+        try withServer { server in
+            let c = try server.client()
+            let vid = try c.newVDI(name: "vol", size: 1 << 30).header.vdiID
+            let full = pattern(40, objSize)
+            #expect(try c.writeObject(SheepOID.data(vid: vid, index: 0), offset: 0, data: full, create: true).result == .success)
+            // A full-object COW create needs no source read: the source may be missing.
+            #expect(try c.writeObject(SheepOID.data(vid: vid, index: 1), offset: 0, data: full, create: true,
+                                      cowOid: SheepOID.data(vid: 0x99, index: 1)).result == .success)
+            let replies = try pipeline(c, [
+                (.readObject(id: 1, oid: SheepOID.data(vid: vid, index: 0), offset: 0, length: UInt32(objSize)), []),
+                (.readObject(id: 2, oid: SheepOID.data(vid: vid, index: 1), offset: 0, length: UInt32(objSize)), []),
+            ])
+            #expect(replies.allSatisfy { $0.result == .success && $0.data == full })
+            // The whole v0.9+ inode in one write.
+            let inode = [UInt8](repeating: 0, count: SheepInodeLayout.fullInodeSizeBytes)
+            var header = try c.readInode(vid: vid, withIndex: false).data
+            header += [UInt8](repeating: 0, count: inode.count - header.count)
+            #expect(try c.writeObject(SheepOID.inode(vid: vid), offset: 0, data: header).result == .success)
+            #expect(try c.findVDI(name: "vol") == vid)
+        }
+    }
+
     @Test func createOverAnExistingObjectReplacesIt() throws {
         try withServer({ $0.order = .fifo }) { server in
             let c = try server.client()

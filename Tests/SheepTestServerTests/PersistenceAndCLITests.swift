@@ -74,6 +74,34 @@ import SheepProtocol
     }
 }
 
+@Suite struct ServerProcess {
+    @Test func announcesEveryListenerAndStopsCleanlyOnSIGTERM() throws {
+        let dir = makeTempDirectory()
+        defer { removeTree(dir) }
+        let ready = dir + "/ready", sock = dir + "/sock"
+        let child = try ChildProcess(serverBinaryPath(), ["--port", "0", "--unix", sock, "--admin-port", "0",
+                                                          "--ready-file", ready, "--order", "fifo", "--log-level", "error"])
+        defer { child.kill() }
+        let lines = [child.readLine(), child.readLine(), child.readLine()].compactMap { $0 }
+        #expect(lines.count == 3)
+        #expect(lines[0].hasPrefix("listening tcp 127.0.0.1:"))
+        #expect(lines[1] == "listening unix \(sock)")
+        #expect(lines[2].hasPrefix("admin tcp 127.0.0.1:"))
+        // The ready file is written (atomically) before the lines are printed.
+        #expect(String(decoding: readWholeFile(ready) ?? [], as: UTF8.self) == lines.joined(separator: "\n") + "\n")
+        let port = try #require(UInt16(lines[0].split(separator: ":").last ?? ""))
+        let admin = try #require(UInt16(lines[2].split(separator: ":").last ?? ""))
+        let viaTCP = try SheepClient(endpoint: .tcp(host: "127.0.0.1", port: port))
+        let viaUnix = try SheepClient(endpoint: .unix(path: sock))
+        let vid = try viaTCP.newVDI(name: "both", size: 1 << 20).header.vdiID
+        #expect(try viaUnix.findVDI(name: "both") == vid)
+        #expect(try adminCommand(port: admin, "ping") == "ok pong")
+        let status = child.kill(SIGTERM)
+        #expect(status & 0x7f == 0 && (status >> 8) & 0xff == 0, "exit status 0 after SIGTERM")
+        #expect(access(sock, F_OK) != 0, "the unix socket is removed")
+    }
+}
+
 @Suite struct DogCommandLine {
     @Test func sizesParseLikeDog() {
         #expect(parseDogSize("100") == 100)
