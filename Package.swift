@@ -8,6 +8,8 @@ let package = Package(
         .executable(name: "ringtgtd", targets: ["ringtgtd"]),
         .executable(name: "ringtgtadm", targets: ["ringtgtadm"]),
         .library(name: "Target", targets: ["Target"]),
+        .library(name: "SheepProtocol", targets: ["SheepProtocol"]),
+        .executable(name: "ringtgt-sheep-testserver", targets: ["SheepTestServer"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -36,6 +38,19 @@ let package = Package(
             dependencies: ["Target", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: [.swiftLanguageMode(.v5)]
         ),
+        // Sheepdog wire codec, shared by the sheepdog store and the sheep-protocol test server. No dependencies.
+        .target(name: "SheepProtocol", swiftSettings: [.swiftLanguageMode(.v5)]),
+        // Test support: a sheep-protocol server that behaves like a small sheep cluster, plus a dog-like CLI.
+        .executableTarget(
+            name: "SheepTestServer",
+            dependencies: ["SheepProtocol", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                           .product(name: "Logging", package: "swift-log")],
+            swiftSettings: [.swiftLanguageMode(.v5)]
+        ),
+        .testTarget(name: "SheepProtocolTests", dependencies: ["SheepProtocol"],
+                    swiftSettings: [.swiftLanguageMode(.v5)]),
+        .testTarget(name: "SheepTestServerTests", dependencies: ["SheepTestServer", "SheepProtocol"],
+                    swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "TargetTests", dependencies: ["Target"], swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "EndToEndTests", dependencies: ["Target"], swiftSettings: [.swiftLanguageMode(.v5)]),
     ]
