@@ -102,11 +102,15 @@ struct RingTgtd: ParsableCommand {
             throw ExitCode(1)
         }
         if let configFile {
-            // Wired when the config-file parser lands.
-            logger.critical("--config \(configFile): not supported yet")
-            server.stop()
-            runtime.stop()
-            throw ExitCode(1)
+            do {
+                try ConfigFile.load(path: configFile, into: registry)
+            } catch {
+                // The error names the line (ConfigFile.Failure: "FILE line N: message: content").
+                logger.critical("\(configFile): \(error)")
+                server.stop()
+                runtime.stop()
+                throw ExitCode(1)
+            }
         }
         let where_ = runtime.boundPortals.map { $0.description }.joined(separator: " ")
         logger.info("ringtgtd ready: \(coreCount) core(s), portals \(where_), control \(socketPath)")
