@@ -26,7 +26,7 @@ struct ToolResult: CustomStringConvertible {
     var output: String { stdout + stderr }
 
     var description: String {
-        let how = timedOut ? "timed out after \(String(format: "%.1f", seconds)) s and was killed"
+        let how = timedOut ? "ran past its time limit and was killed after \(String(format: "%.1f", seconds)) s"
             : killedBySignal ? "was killed by signal \(exitStatus)" : "exited with status \(exitStatus)"
         return "`\(command)` \(how)\n--- stdout ---\n\(tail(stdout))\n--- stderr ---\n\(tail(stderr))"
     }
@@ -99,6 +99,14 @@ final class ToolProcess {
         _ = exited.wait(timeout: .now() + 30)
         finished = true
         return false
+    }
+
+    /// A safety net: no child outlives the object that started it, even when a test throws early.
+    deinit {
+        if !finished && process.isRunning {
+            kill(pid, SIGKILL)
+            _ = exited.wait(timeout: .now() + 30)
+        }
     }
 
     func result(timedOut: Bool) -> ToolResult {
