@@ -16,7 +16,7 @@ enum DaemonLimits {
     /// How long a clean SIGTERM shutdown may take before the harness uses SIGKILL.
     static let stopGraceSeconds = 10.0
     /// Any single admin command.
-    static let adminTimeoutSeconds = 30.0
+    static let adminTimeoutSeconds = 15.0
 }
 
 let gibibyte: Int64 = 1 << 30
