@@ -236,7 +236,7 @@ final class TargetDaemon {
                 Issue.record(Comment(rawValue: "ringtgtd did not stop cleanly on SIGTERM: \(r)"))
             }
         case .tgt:
-            kill(process.pid, SIGKILL)
+            if process.isRunning { kill(process.pid, SIGKILL) }
             _ = process.wait(timeoutSeconds: 30)
             if let port = tgtControlPort {
                 try? FileManager.default.removeItem(atPath: "/var/run/tgtd/socket.\(port)")

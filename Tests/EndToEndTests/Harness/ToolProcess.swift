@@ -89,6 +89,12 @@ final class ToolProcess {
     @discardableResult
     func terminate(graceSeconds: Double = killGraceSeconds) -> Bool {
         if finished { return true }
+        // Already reaped: never signal a pid that may now belong to someone else.
+        if !process.isRunning {
+            _ = exited.wait(timeout: .now() + killGraceSeconds)
+            finished = true
+            return true
+        }
         kill(pid, SIGTERM)
         if exited.wait(timeout: .now() + graceSeconds) == .success {
             finished = true
@@ -104,7 +110,7 @@ final class ToolProcess {
     /// A safety net: no child outlives the object that started it, even when a test throws early.
     deinit {
         if !finished && process.isRunning {
-            kill(pid, SIGKILL)
+            kill(pid, SIGKILL)   // isRunning: not yet reaped, so the pid is still ours
             _ = exited.wait(timeout: .now() + 30)
         }
     }
