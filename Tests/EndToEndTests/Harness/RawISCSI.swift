@@ -1,0 +1,153 @@
+// A raw TCP client for feeding the target bytes no real initiator would send. Every read is bounded
+// by a receive timeout, so a daemon that neither answers nor closes shows up as `.silent`.
+
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What the target did with a connection after the test's bytes.
+enum RawOutcome: CustomStringConvertible, Equatable {
+    /// The target closed the connection (EOF), or reset it.
+    case closed
+    /// The target answered with a PDU; the 48-byte BHS.
+    case pdu([UInt8])
+    /// Neither an answer nor a close within the time limit.
+    case silent
+
+    var description: String {
+        switch self {
+        case .closed: return "connection closed"
+        case .silent: return "no answer and no close"
+        case .pdu(let b):
+            let op = b[0] & 0x3F
+            let status = b.count >= 38 ? String(format: " status 0x%02x%02x", b[36], b[37]) : ""
+            return String(format: "PDU opcode 0x%02x", op) + status
+        }
+    }
+
+    /// iSCSI opcodes a target sends here: Login Response and Reject.
+    static let loginResponseOpcode: UInt8 = 0x23
+    static let rejectOpcode: UInt8 = 0x3F
+    var opcode: UInt8? { if case .pdu(let b) = self { return b[0] & 0x3F } else { return nil } }
+    /// Login Response status class and detail (bytes 36 and 37).
+    var loginStatus: (cls: UInt8, detail: UInt8)? {
+        if case .pdu(let b) = self, b[0] & 0x3F == RawOutcome.loginResponseOpcode { return (b[36], b[37]) }
+        return nil
+    }
+    static func == (a: RawOutcome, b: RawOutcome) -> Bool { a.description == b.description }
+}
+
+final class RawConnection {
+    private var fd: Int32
+    /// How long the target gets to answer or close.
+    static let answerTimeoutSeconds = 10
+
+    init(_ endpoint: Endpoint) throws {
+        let v6 = endpoint.isIPv6
+        fd = socket(v6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw E2EError("socket: errno \(errno)") }
+        var tv = timeval(tv_sec: RawConnection.answerTimeoutSeconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        let host = endpoint.host.trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+        var rc: Int32
+        if v6 {
+            var a = sockaddr_in6()
+            a.sin6_family = sa_family_t(AF_INET6)
+            a.sin6_port = in_port_t(UInt16(endpoint.port).bigEndian)
+            inet_pton(AF_INET6, host, &a.sin6_addr)
+            rc = withUnsafePointer(to: &a) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size))
+                }
+            }
+        } else {
+            var a = sockaddr_in()
+            a.sin_family = sa_family_t(AF_INET)
+            a.sin_port = in_port_t(UInt16(endpoint.port).bigEndian)
+            inet_pton(AF_INET, host, &a.sin_addr)
+            rc = withUnsafePointer(to: &a) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
+            }
+        }
+        guard rc == 0 else {
+            let e = errno
+            close(fd)
+            throw E2EError("connect to \(endpoint): errno \(e)")
+        }
+    }
+
+    deinit { if fd >= 0 { close(fd) } }
+
+    /// Sends all bytes. A target that already closed may reset the connection; that is not an error here.
+    func send(_ bytes: [UInt8]) {
+        var sent = 0
+        while sent < bytes.count {
+            let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + sent, bytes.count - sent, Int32(MSG_NOSIGNAL)) }
+            if n <= 0 { return }
+            sent += n
+        }
+    }
+
+    /// Closes our sending side, as a client that gave up mid-PDU would.
+    func shutdownWrite() { shutdown(fd, Int32(SHUT_WR)) }
+
+    /// Waits (bounded) for a 48-byte BHS, EOF or reset.
+    func awaitOutcome() -> RawOutcome {
+        var bhs = [UInt8](repeating: 0, count: 48)
+        var got = 0
+        while got < 48 {
+            let n = bhs.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + got, 48 - got, 0) }
+            if n == 0 { return .closed }
+            if n < 0 {
+                if errno == EINTR { continue }
+                if errno == EAGAIN || errno == EWOULDBLOCK { return got > 0 ? .pdu(bhs) : .silent }
+                return .closed   // ECONNRESET and friends: the target dropped us
+            }
+            got += n
+        }
+        return .pdu(bhs)
+    }
+
+    /// After an answer, the connection must end too when the target rejected the login; reads data
+    /// until EOF (bounded). Returns false if the target kept the connection open past the time limit.
+    func drainUntilClosed(maxBytes: Int = 1 << 20) -> Bool {
+        var buf = [UInt8](repeating: 0, count: 4096)
+        var total = 0
+        while total < maxBytes {
+            let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, 4096, 0) }
+            if n == 0 { return true }
+            if n < 0 {
+                if errno == EINTR { continue }
+                return !(errno == EAGAIN || errno == EWOULDBLOCK)
+            }
+            total += n
+        }
+        return false
+    }
+}
+
+/// Login Request PDUs (RFC 7143 §11.12), for building good and bad ones.
+enum LoginPDU {
+    /// A Login Request with Transit to Full Feature phase from operational negotiation.
+    static func request(initiator: String, target: String, versionMax: UInt8 = 0, versionMin: UInt8 = 0,
+                        declaredDataSegmentLength: Int? = nil) -> [UInt8] {
+        let text = "InitiatorName=\(initiator)\0SessionType=Normal\0TargetName=\(target)\0"
+        var data = Array(text.utf8)
+        let dsl = declaredDataSegmentLength ?? data.count
+        var bhs = [UInt8](repeating: 0, count: 48)
+        bhs[0] = 0x40 | 0x03            // immediate, Login Request
+        bhs[1] = 0x80 | (1 << 2) | 3    // Transit, CSG = operational, NSG = full feature
+        bhs[2] = versionMax
+        bhs[3] = versionMin
+        bhs[5] = UInt8((dsl >> 16) & 0xFF); bhs[6] = UInt8((dsl >> 8) & 0xFF); bhs[7] = UInt8(dsl & 0xFF)
+        bhs[8] = 0x40; bhs[13] = 0x01   // ISID: random-qualifier format, qualifier 1
+        bhs[19] = 1                     // ITT 1
+        bhs[27] = 1                     // CmdSN 1
+        while data.count % 4 != 0 { data.append(0) }
+        return bhs + data
+    }
+}
