@@ -243,6 +243,17 @@ public final class Connection {
         switch stage {
         case .bhs:
             ahsBytes = bhs.ahsBytes
+            // Judge the header before waiting for more bytes: garbage must not make us wait for an AHS
+            // or a data segment that its length fields invent.
+            if phase == .login && bhs.opcode != ISCSIOpcode.loginRequest {
+                reactor.closeConnection(self, reason: "not a Login Request before login")
+                return
+            }
+            if ahsBytes > 0 && bhs.opcode != ISCSIOpcode.scsiCommand {
+                // Only SCSI Command PDUs carry AHSs (RFC 7143 §11.2.2).
+                reactor.closeConnection(self, reason: "AHS on opcode 0x\(String(bhs.opcode, radix: 16))")
+                return
+            }
             if ahsBytes > 0 { stage = .ahs; stageHave = 0; stageNeed = ahsBytes; return }
             fallthrough
         case .ahs:
