@@ -172,6 +172,7 @@ extension Connection {
             // No task entry: the initiator exceeded the window. Out-of-window non-immediate CmdSN is silently
             // dropped (§3.2.2.1); otherwise the task set is full.
             if !bhs.immediate && !cmdSNInWindow(cmdSN) { return }
+            if !bhs.immediate && cmdSN == expCmdSN { expCmdSN &+= 1 }
             respondNoTask(bhs, status: SCSIStatus.taskSetFull)
             return
         }

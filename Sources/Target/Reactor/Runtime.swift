@@ -33,6 +33,7 @@ public final class Runtime: @unchecked Sendable {
         // InitialR2T=Yes: unsolicited data is immediate data only, so no buffer waits on a Data-Out that a
         // stalled connection might never deliver (see Reactor's R2T permits). Admins may still offer No.
         d.initialR2T = true
+        if d.targetAlias == nil { d.targetAlias = target.alias }
         d.maxRecvDataSegmentLength = min(d.maxRecvDataSegmentLength, config.slotBytes)
         d.maxBurstLength = min(d.maxBurstLength, config.slotBytes)
         d.firstBurstLength = min(d.firstBurstLength, config.slotBytes)
@@ -163,9 +164,20 @@ public final class Runtime: @unchecked Sendable {
 
     // MARK: - Login support
 
+    /// Target parameters that tgt keeps beside the login keys (NOP-In timing), not negotiated.
+    static let nonLoginKeys: Set<String> = ["nop_interval", "nop_count"]
+
     func keyDefaults(for target: TargetRuntime?) -> TargetKeyDefaults {
-        guard let target, !target.params.isEmpty else { return defaultKeys }
-        var d = (try? TargetKeyDefaults.from(params: target.params)) ?? defaultKeys
+        guard let target else { return defaultKeys }
+        if target.params.isEmpty {
+            var d = defaultKeys
+            d.targetAlias = target.alias
+            return d
+        }
+        var d = (try? TargetKeyDefaults.from(params: target.params.filter { !Runtime.nonLoginKeys.contains($0.key) }))
+            ?? defaultKeys
+        // Unsolicited Data-Out is not accepted (see ReactorConfig and docs/DESIGN.md): InitialR2T stays Yes.
+        d.initialR2T = true
         d.maxRecvDataSegmentLength = min(d.maxRecvDataSegmentLength, config.slotBytes)
         d.maxBurstLength = min(d.maxBurstLength, config.slotBytes)
         d.firstBurstLength = min(d.firstBurstLength, config.slotBytes)
