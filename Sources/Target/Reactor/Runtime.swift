@@ -31,9 +31,8 @@ public final class Runtime: @unchecked Sendable {
         self.logger = logger
         var d = TargetKeyDefaults()
         // InitialR2T=Yes: unsolicited data is immediate data only, so no buffer waits on a Data-Out that a
-        // stalled connection might never deliver (see Reactor's R2T permits). Admins may still offer No.
+        // stalled connection might never deliver (see Reactor's R2T permits).
         d.initialR2T = true
-        if d.targetAlias == nil { d.targetAlias = target.alias }
         d.maxRecvDataSegmentLength = min(d.maxRecvDataSegmentLength, config.slotBytes)
         d.maxBurstLength = min(d.maxBurstLength, config.slotBytes)
         d.firstBurstLength = min(d.firstBurstLength, config.slotBytes)
@@ -178,6 +177,7 @@ public final class Runtime: @unchecked Sendable {
             ?? defaultKeys
         // Unsolicited Data-Out is not accepted (see ReactorConfig and docs/DESIGN.md): InitialR2T stays Yes.
         d.initialR2T = true
+        if d.targetAlias == nil { d.targetAlias = target.alias }
         d.maxRecvDataSegmentLength = min(d.maxRecvDataSegmentLength, config.slotBytes)
         d.maxBurstLength = min(d.maxBurstLength, config.slotBytes)
         d.firstBurstLength = min(d.firstBurstLength, config.slotBytes)
