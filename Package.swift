@@ -22,6 +22,7 @@ let package = Package(
             name: "Target",
             dependencies: [
                 "CURing",
+                "SheepProtocol",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],

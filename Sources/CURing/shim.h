@@ -72,6 +72,10 @@ static inline int rt_wait(struct io_uring *ring, unsigned waitNr, long long nano
     return io_uring_submit_and_wait_timeout(ring, &cqe, waitNr, &ts, NULL);
 }
 
+// Atomic access to shared 32-bit slots (the sheepdog object index): plain moves on x86, ordered for the compiler.
+static inline uint32_t rt_load_acquire_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void rt_store_release_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+
 // CRC32C (Castagnoli) with SSE4.2 when the CPU has it; the table fallback lives in Swift.
 #if defined(__x86_64__)
 __attribute__((target("sse4.2")))

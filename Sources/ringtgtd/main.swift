@@ -92,7 +92,7 @@ struct RingTgtd: ParsableCommand {
             logger.critical("cannot start: \(error)")
             throw ExitCode(1)
         }
-        let registry = Registry(fabric: runtime, opener: StoreOpener())
+        let registry = Registry(fabric: runtime, opener: StoreOpener(runtime: runtime))
         let server = ControlServer(path: socketPath, registry: registry)
         do {
             try server.start()
@@ -126,6 +126,10 @@ struct RingTgtd: ParsableCommand {
         logger.info("signal \(sig): shutting down")
         server.stop()
         runtime.stop()
+        // Sheepdog locks are the sheep node's, not the connection's: release them, or the VDI stays locked.
+        for target in registry.currentSnapshot.targets {
+            for lun in target.luns { if case .sheep(let vol) = lun.backing { vol.releaseLock() } }
+        }
     }
 
     func cpuCount() -> Int32 {

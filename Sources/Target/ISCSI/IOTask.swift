@@ -71,5 +71,10 @@ struct IOTask {
     /// Sense produced by the transport itself (data-phase errors): key, ASC, ASCQ.
     var transportSense: (UInt8, UInt8, UInt8)? = nil
 
+    // Sheepdog pieces in flight for the current store operation
+    var sheepPending: Int32 = 0
+    var sheepFailure: StoreResult? = nil
+    var sheepLength: Int = 0
+
     var scsi = SCSITask()
 }

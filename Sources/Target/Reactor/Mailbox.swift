@@ -4,7 +4,7 @@ import Synchronization
 
 /// Messages to a core. They cross threads, so they travel through a mailbox drained when the core's eventfd
 /// fires; the I/O path never touches it.
-public enum CoreMessage: @unchecked Sendable {
+enum CoreMessage: @unchecked Sendable {
     /// A new configuration: swap the snapshot, re-point sessions at their target's new runtime.
     case config(ConfigSnapshot, CoreReply)
     /// Close the session with this TSIH (reinstatement from another core, or an admin delete).
@@ -13,6 +13,10 @@ public enum CoreMessage: @unchecked Sendable {
     case sessions(SessionQuery)
     /// Stop the loop.
     case shutdown
+    /// Home-core work for a sheepdog VDI (allocation, copy-on-write, deallocation, reload).
+    case sheepHome(SheepHomeRequest)
+    /// The home core's answer for a piece of a task on this core.
+    case sheepHomeDone(SheepWaiter, StoreError?)
 }
 
 /// A one-shot reply that a non-reactor thread blocks on (control plane only).
@@ -42,7 +46,7 @@ public final class Mailbox: @unchecked Sendable {
 
     deinit { close(eventFD) }
 
-    public func post(_ m: CoreMessage) {
+    func post(_ m: CoreMessage) {
         queue.withLock { $0.append(m) }
         var one: UInt64 = 1
         _ = write(eventFD, &one, 8)

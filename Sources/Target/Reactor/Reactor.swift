@@ -54,6 +54,13 @@ public final class Reactor {
     var permitQueueHead = 0
     var tttSequence: UInt32 = 0
 
+    // Sheepdog: one channel per sheep endpoint, home-core state per VDI homed here.
+    var sheepChannels: [SheepChannel?] = []
+    var sheepDirty: [SheepChannel] = []
+    var sheepHomes: [ObjectIdentifier: SheepHome] = [:]
+    var sheepHomeOps: [Int32: SheepHomeOp] = [:]
+    var sheepHomeOpCounter: Int32 = 0
+
     var tick: UInt64 = 0
     var running = true
     let tickSpec: UnsafeMutablePointer<__kernel_timespec>
@@ -104,8 +111,10 @@ public final class Reactor {
                 }
                 ring.advance(n)
                 flushDirty()
+                flushSheep()
             }
             flushDirty()
+            flushSheep()
         }
         shutdownAll()
     }
@@ -128,7 +137,9 @@ public final class Reactor {
             onTick()
         case .mailbox:
             onMailbox()
-        case .cancel, .close, .sheep, .none:
+        case .sheep:
+            sheepCompletion(index: index, tag: tag, res: res)
+        case .cancel, .close, .none:
             break
         }
     }
@@ -283,6 +294,8 @@ public final class Reactor {
         }
         let buffer = pool.buffer(Int(task.slot))
         switch lun.backing {
+        case .sheep(let vol):
+            return submitSheep(c, t, op, vol)
         case .null:
             let result: StoreResult
             switch op {
@@ -417,6 +430,8 @@ public final class Reactor {
     func onTick() {
         tick += 1
         if running { armTick() }
+        for ch in sheepChannels { ch?.onTick(tick) }
+        flushSheep()
         for c in connections {
             guard let c, c.phase != .closing else { continue }
             if c.phase == .login && tick &- c.createdTick > config.loginTimeoutSeconds {
@@ -462,6 +477,12 @@ public final class Reactor {
                 q.reply.signal()
             case .shutdown:
                 running = false
+            case .sheepHome(let req):
+                homeHandle(req)
+            case .sheepHomeDone(let waiter, let failure):
+                if case .taskPiece(let ci, let gen, let t) = waiter {
+                    pieceDone(Int(ci), gen, Int(t), failure: failure, result: .success)
+                }
             }
         }
         if running { armMailbox() }

@@ -1,6 +1,7 @@
 import CURing
 import Glibc
 import Logging
+import SheepProtocol
 import Synchronization
 
 /// The daemon's cores and what they share: the published configuration, the session registry (for
@@ -100,6 +101,13 @@ public final class Runtime: @unchecked Sendable {
         for r in reactors { r.mailbox.post(.shutdown) }
         for t in threads { pthread_join(t, nil) }
         threads = []
+    }
+
+    public var coreCount: Int { reactors.count }
+
+    /// Sends a message to a core's mailbox (cross-core work never touches another core's state directly).
+    func post(core: Int, _ m: CoreMessage) {
+        reactors[core].mailbox.post(m)
     }
 
     // MARK: - Control fabric
@@ -223,11 +231,40 @@ extension Runtime: ControlFabric {
     }
 }
 
-/// Opens file and null stores for the control plane (sheepdog joins here).
+/// Opens file, null and sheepdog stores for the control plane.
 public final class StoreOpener: BackingOpener {
-    public init() {}
+    let runtime: Runtime
+    private var nextHome = 0
+    private let endpoints = Mutex<[SheepBackingSpec.Endpoint]>([])
+
+    public init(runtime: Runtime) { self.runtime = runtime }
+
+    /// Each distinct sheep endpoint gets a number; every core keeps one channel per number.
+    func endpointIndex(_ e: SheepBackingSpec.Endpoint) -> Int {
+        endpoints.withLock { list in
+            if let i = list.firstIndex(of: e) { return i }
+            list.append(e)
+            return list.count - 1
+        }
+    }
 
     public func open(_ spec: BackingSpec) throws -> OpenedBacking {
+        if spec.bstype == "sheepdog" {
+            // Home cores are dealt out round-robin, so several VDIs spread their metadata work.
+            let home = nextHome % max(1, runtime.coreCount)
+            nextHome += 1
+            do {
+                let vol = try SheepVolume.open(spec.path, homeCore: home, endpointIndex: endpointIndex)
+                let bytes = vol.byteCount - vol.byteCount % UInt64(spec.blockSize)
+                guard bytes > 0 else {
+                    vol.releaseLock()
+                    throw AdminError(.invalidRequest, "VDI '\(vol.name)' is smaller than one block")
+                }
+                return OpenedBacking(backing: .sheep(vol), byteCount: bytes, capabilities: vol.capabilities)
+            } catch let e as SheepVolume.OpenError {
+                throw AdminError(.invalidRequest, e.description)
+            }
+        }
         var options = spec.options
         if spec.readOnly { options["readonly"] = "1" }
         if spec.openFlags.contains(.direct) { options["direct"] = "1" }
@@ -240,8 +277,11 @@ public final class StoreOpener: BackingOpener {
         }
     }
 
-    /// File descriptors close when the last LogicalUnit referring to them goes away (FileBacking.deinit).
-    public func release(_ backing: Backing) {}
+    /// File descriptors close when the last LogicalUnit referring to them goes away (FileBacking.deinit);
+    /// a sheepdog VDI's lock is released now.
+    public func release(_ backing: Backing) {
+        if case .sheep(let vol) = backing { vol.releaseLock() }
+    }
 
-    public var backingStoreDescriptions: [String] { ["rdwr (bsoflags sync:direct)", "null"] }
+    public var backingStoreDescriptions: [String] { ["rdwr (bsoflags sync:direct)", "null", "sheepdog"] }
 }

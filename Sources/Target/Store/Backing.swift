@@ -7,6 +7,8 @@ public enum Backing: @unchecked Sendable {
     case null
     /// A regular file or block device driven with READ_FIXED / WRITE_FIXED on the ring.
     case file(FileBacking)
+    /// A sheepdog VDI, spoken to over per-core pipelined connections on the same ring.
+    case sheep(SheepVolume)
 }
 
 /// A regular file or block device. The descriptor is shared by every core's ring; each core submits

@@ -1,0 +1,493 @@
+import CURing
+import Glibc
+import SheepProtocol
+
+/// Who waits for a sheep reply.
+enum SheepWaiter: Equatable {
+    case none
+    /// One object piece of a SCSI task's store operation.
+    case taskPiece(connection: Int32, generation: UInt32, task: Int32)
+    /// A step of the home core's metadata work (allocation, index update, reload).
+    case home(op: Int32)
+}
+
+/// One request in flight (or queued) on a channel. Kept until its reply arrives, so it can be re-sent
+/// after a reconnect.
+struct SheepRequest {
+    var inUse = false
+    var sent = false
+    var generation: UInt16 = 0
+    var payload: UnsafeRawPointer? = nil
+    var payloadLength = 0
+    var dest: UnsafeMutableRawPointer? = nil
+    var destCapacity = 0
+    var waiter: SheepWaiter = .none
+    var nextQueued: Int32 = -1
+    var sentTick: UInt64 = 0
+    var retryAtTick: UInt64 = 0
+    var retries = 0
+}
+
+/// A core's connection to one sheep endpoint. Many requests are in flight at once, matched by id; sheep
+/// answers in completion order. A broken connection is reconnected with backoff and every request still
+/// without a reply is sent again (creates are safe to repeat because the home core serialises them).
+/// States:
+/// - `idle`: no socket yet (first use connects).
+/// - `connecting`: an IORING_OP_CONNECT is in flight.
+/// - `ready`: requests flow.
+/// - `backoff`: the last attempt failed; the tick retries at `retryTick`.
+final class SheepChannel {
+    enum State { case idle, connecting, ready, backoff }
+
+    static let maxRequests = 2048
+    static let rxBytes = 65_536
+    static let batchRequests = 64
+    /// A request without a reply for this long means the connection is stuck: reconnect and resend.
+    static let replyTimeoutSeconds: UInt64 = 30
+    /// After this long without a working connection, requests fail (sense: LOGICAL UNIT COMMUNICATION FAILURE).
+    static let giveUpSeconds: UInt64 = 120
+    static let maxBackoffSeconds: UInt64 = 4
+    /// Transient results (WAIT_FOR_JOIN, HALT, ...) are retried this many times, a second apart.
+    static let maxTransientRetries = 60
+
+    unowned(unsafe) let reactor: Reactor
+    let endpointIndex: Int
+    let endpoint: SheepBackingSpec.Endpoint
+    var state: State = .idle
+    var fd: Int32 = -1
+    var generation: UInt32 = 1
+    var downSinceTick: UInt64 = 0
+    var retryTick: UInt64 = 0
+    var backoffSeconds: UInt64 = 1
+    var everConnected = false
+
+    let reqs: UnsafeMutablePointer<SheepRequest>
+    let headers: UnsafeMutableRawPointer      // 48 bytes per request, encoded once, kept for resends
+    var freeList: [Int32]
+    // FIFO of requests waiting to be sent (intrusive through nextQueued)
+    var queueHead: Int32 = -1
+    var queueTail: Int32 = -1
+    var inFlightCount = 0                     // requests sent and not yet answered
+
+    // Send state: one SENDMSG at a time.
+    var sendInFlight = false
+    var sendBatch: [Int32] = []
+    var sendSkip = 0                          // bytes of the first batch request already sent
+    let iov: UnsafeMutablePointer<iovec>
+    let msg: UnsafeMutablePointer<msghdr>
+
+    // Receive state
+    let rx: UnsafeMutableRawPointer
+    var rxStart = 0
+    var rxEnd = 0
+    var recvInFlight = false
+    var recvDirect = false
+    let replyHeader: UnsafeMutableRawPointer
+    var headerHave = 0
+    var current: Int32 = -1                   // request whose payload is arriving (-1: header stage, -2: discard)
+    var payloadLeft = 0
+    var payloadDone = 0
+    var replyResult: SheepResult = .success
+    var replyVDI: UInt32 = 0
+
+    // Connect state
+    let sockaddrBuf: UnsafeMutableRawPointer
+    var sockaddrLen: socklen_t = 0
+
+    init(reactor: Reactor, endpointIndex: Int, endpoint: SheepBackingSpec.Endpoint) {
+        self.reactor = reactor
+        self.endpointIndex = endpointIndex
+        self.endpoint = endpoint
+        reqs = .allocate(capacity: SheepChannel.maxRequests)
+        reqs.initialize(repeating: SheepRequest(), count: SheepChannel.maxRequests)
+        headers = .allocate(byteCount: SheepChannel.maxRequests * 48, alignment: 64)
+        freeList = (0..<SheepChannel.maxRequests).reversed().map { Int32($0) }
+        iov = .allocate(capacity: SheepChannel.batchRequests * 2)
+        msg = .allocate(capacity: 1)
+        msg.initialize(to: msghdr())
+        rx = .allocate(byteCount: SheepChannel.rxBytes, alignment: 64)
+        replyHeader = .allocate(byteCount: 48, alignment: 8)
+        sockaddrBuf = .allocate(byteCount: MemoryLayout<sockaddr_storage>.size, alignment: 8)
+        sendBatch.reserveCapacity(SheepChannel.batchRequests)
+    }
+
+    deinit {
+        if fd >= 0 { close(fd) }
+        reqs.deallocate()
+        headers.deallocate()
+        iov.deallocate()
+        msg.deallocate()
+        rx.deallocate()
+        replyHeader.deallocate()
+        sockaddrBuf.deallocate()
+    }
+
+    var freeRequests: Int { freeList.count }
+
+    // MARK: - Submitting
+
+    /// Queues a request. Returns false when the channel's request table is full (the caller fails the I/O
+    /// with BUSY-like semantics through the SCSI layer, or retries at the next tick).
+    @discardableResult
+    func submit(_ header: SheepRequestHeader, payload: UnsafeRawPointer?, payloadLength: Int,
+                dest: UnsafeMutableRawPointer?, destCapacity: Int, waiter: SheepWaiter) -> Bool {
+        guard let slot = freeList.popLast() else { return false }
+        let i = Int(slot)
+        var gen = reqs[i].generation &+ 1
+        if gen == 0 { gen = 1 }
+        reqs[i] = SheepRequest(inUse: true, sent: false, generation: gen, payload: payload,
+                               payloadLength: payloadLength, dest: dest, destCapacity: destCapacity, waiter: waiter)
+        var h = header
+        h.id = UInt32(slot) << 16 | UInt32(gen)
+        h.protoVersion = SheepWire.clientProtoVersion
+        h.encode(to: headers + i * 48)
+        enqueue(slot)
+        kick()
+        return true
+    }
+
+    private func enqueue(_ slot: Int32) {
+        reqs[Int(slot)].nextQueued = -1
+        if queueTail >= 0 { reqs[Int(queueTail)].nextQueued = slot } else { queueHead = slot }
+        queueTail = slot
+    }
+
+    /// Makes progress: connect if needed, else send what is queued.
+    func kick() {
+        switch state {
+        case .idle: startConnect()
+        case .connecting, .backoff: break
+        case .ready: if !sendInFlight && queueHead >= 0 { reactor.markSheepDirty(self) }
+        }
+    }
+
+    // MARK: - Connecting
+
+    private func startConnect() {
+        var family: Int32
+        switch endpoint {
+        case .unix(let path):
+            family = AF_UNIX
+            var a = sockaddr_un()
+            a.sun_family = sa_family_t(AF_UNIX)
+            let bytes = Array(path.utf8)
+            withUnsafeMutableBytes(of: &a.sun_path) { p in
+                for (i, b) in bytes.prefix(p.count - 1).enumerated() { p[i] = b }
+            }
+            withUnsafeBytes(of: &a) { memcpy(sockaddrBuf, $0.baseAddress!, $0.count) }
+            sockaddrLen = socklen_t(MemoryLayout<sockaddr_un>.size)
+        case .tcp(let host, let port):
+            // Resolution happens at LUN open time too, so a name that resolved then resolves now (cached by
+            // the resolver); numeric addresses never block.
+            var hints = addrinfo()
+            hints.ai_socktype = RT_SOCK_STREAM
+            var res: UnsafeMutablePointer<addrinfo>? = nil
+            guard getaddrinfo(host, String(port), &hints, &res) == 0, let ai = res else {
+                connectFailed(EHOSTUNREACH)
+                return
+            }
+            family = ai.pointee.ai_family
+            memcpy(sockaddrBuf, ai.pointee.ai_addr, Int(ai.pointee.ai_addrlen))
+            sockaddrLen = ai.pointee.ai_addrlen
+            freeaddrinfo(res)
+        }
+        fd = socket(family, RT_SOCK_STREAM | RT_SOCK_CLOEXEC, 0)
+        if fd < 0 { connectFailed(errno); return }
+        state = .connecting
+        generation &+= 1
+        let sqe = reactor.ring.sqe()
+        io_uring_prep_connect(sqe, fd, sockaddrBuf.assumingMemoryBound(to: sockaddr.self), sockaddrLen)
+        sqe.pointee.user_data = packUserData(.sheep, index: endpointIndex << 2 | 0, tag: generation)
+    }
+
+    func onConnect(_ res: Int32) {
+        guard state == .connecting else { return }
+        if res < 0 {
+            close(fd)
+            fd = -1
+            connectFailed(-res)
+            return
+        }
+        if case .tcp = endpoint {
+            var one: Int32 = 1
+            setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(4))
+        }
+        if everConnected { reactor.logger.info("sheep \(endpoint): reconnected") }
+        everConnected = true
+        state = .ready
+        backoffSeconds = 1
+        downSinceTick = 0
+        rxStart = 0; rxEnd = 0; headerHave = 0; current = -1
+        armRecv()
+        kick()
+    }
+
+    private func connectFailed(_ e: Int32) {
+        state = .backoff
+        if downSinceTick == 0 { downSinceTick = reactor.tick }
+        retryTick = reactor.tick + backoffSeconds
+        reactor.logger.warning("sheep \(endpoint): connect failed (\(String(cString: strerror(e)))); retrying in \(backoffSeconds)s")
+        backoffSeconds = min(SheepChannel.maxBackoffSeconds, backoffSeconds * 2)
+    }
+
+    /// The connection broke: close it, put every unanswered request back in the queue, and reconnect.
+    func broken(_ why: String) {
+        guard state == .ready || state == .connecting else { return }
+        reactor.logger.warning("sheep \(endpoint): connection lost (\(why)); resending \(inFlightCount) request(s)")
+        if fd >= 0 { shutdown(fd, Int32(SHUT_RDWR)) }
+        state = .backoff
+        if downSinceTick == 0 { downSinceTick = reactor.tick }
+        retryTick = reactor.tick   // next tick reconnects
+        requeueSent()
+        closeWhenIdle()
+    }
+
+    private func requeueSent() {
+        // Requests already sent go back to the front, in slot order (sheep executes them again; each is
+        // idempotent: reads, writes of the same bytes, creates serialised by the home core, slot writes).
+        var resend: [Int32] = []
+        for i in 0..<SheepChannel.maxRequests where reqs[i].inUse && reqs[i].sent {
+            reqs[i].sent = false
+            resend.append(Int32(i))
+        }
+        inFlightCount = 0
+        for s in resend.reversed() {
+            reqs[Int(s)].nextQueued = queueHead
+            queueHead = s
+            if queueTail < 0 { queueTail = s }
+        }
+        sendBatch.removeAll(keepingCapacity: true)
+        sendSkip = 0
+        current = -1
+        headerHave = 0
+    }
+
+    /// The fd is closed once the ring holds no operation on it.
+    private func closeWhenIdle() {
+        if !recvInFlight && !sendInFlight && fd >= 0 {
+            close(fd)
+            fd = -1
+            generation &+= 1
+        }
+    }
+
+    /// Once a second: reconnect after backoff, time out stuck replies, retry transient failures, give up.
+    func onTick(_ tick: UInt64) {
+        switch state {
+        case .backoff:
+            if fd >= 0 { closeWhenIdle() }
+            if fd < 0 && tick >= retryTick { startConnect() }
+            if downSinceTick > 0 && tick &- downSinceTick >= SheepChannel.giveUpSeconds { failAll(.unavailable) }
+        case .ready:
+            var oldest: UInt64 = tick
+            for i in 0..<SheepChannel.maxRequests where reqs[i].inUse {
+                if reqs[i].sent && reqs[i].sentTick < oldest { oldest = reqs[i].sentTick }
+                if !reqs[i].sent && reqs[i].retryAtTick != 0 && tick >= reqs[i].retryAtTick {
+                    reqs[i].retryAtTick = 0
+                    enqueue(Int32(i))
+                }
+            }
+            if tick &- oldest > SheepChannel.replyTimeoutSeconds { broken("no reply for \(tick &- oldest)s") }
+            kick()
+        case .idle, .connecting:
+            if state == .connecting && downSinceTick > 0 && tick &- downSinceTick >= SheepChannel.giveUpSeconds {
+                failAll(.unavailable)
+            }
+        }
+    }
+
+    /// Sheep is gone for good: every waiting request fails.
+    private func failAll(_ e: StoreError) {
+        var n = 0
+        for i in 0..<SheepChannel.maxRequests where reqs[i].inUse {
+            let w = reqs[i].waiter
+            release(Int32(i))
+            reactor.sheepReply(w, result: .eio, bytes: 0, failure: e)
+            n += 1
+        }
+        queueHead = -1
+        queueTail = -1
+        inFlightCount = 0
+        if n > 0 { reactor.logger.error("sheep \(endpoint): unreachable for \(SheepChannel.giveUpSeconds)s; failed \(n) request(s)") }
+        downSinceTick = reactor.tick
+    }
+
+    private func release(_ slot: Int32) {
+        reqs[Int(slot)].inUse = false
+        reqs[Int(slot)].waiter = .none
+        freeList.append(slot)
+    }
+
+    // MARK: - Sending
+
+    /// Sends up to `batchRequests` queued requests in one SENDMSG.
+    func flush() {
+        guard state == .ready, !sendInFlight, fd >= 0 else { return }
+        if sendBatch.isEmpty {
+            while queueHead >= 0 && sendBatch.count < SheepChannel.batchRequests {
+                let s = queueHead
+                queueHead = reqs[Int(s)].nextQueued
+                if queueHead < 0 { queueTail = -1 }
+                sendBatch.append(s)
+            }
+        }
+        if sendBatch.isEmpty { return }
+        var v = 0
+        var skip = sendSkip
+        for s in sendBatch {
+            let i = Int(s)
+            v = addIov(v, headers + i * 48, 48, &skip)
+            if reqs[i].payloadLength > 0, let p = reqs[i].payload {
+                v = addIov(v, UnsafeMutableRawPointer(mutating: p), reqs[i].payloadLength, &skip)
+            }
+        }
+        msg.pointee.msg_iov = iov
+        msg.pointee.msg_iovlen = v
+        let sqe = reactor.ring.sqe()
+        io_uring_prep_sendmsg(sqe, fd, msg, UInt32(MSG_NOSIGNAL))
+        sqe.pointee.user_data = packUserData(.sheep, index: endpointIndex << 2 | 1, tag: generation)
+        sendInFlight = true
+    }
+
+    @inline(__always)
+    private func addIov(_ v: Int, _ p: UnsafeMutableRawPointer, _ len: Int, _ skip: inout Int) -> Int {
+        if skip >= len { skip -= len; return v }
+        iov[v] = iovec(iov_base: p + skip, iov_len: len - skip)
+        skip = 0
+        return v + 1
+    }
+
+    func onSend(_ res: Int32) {
+        sendInFlight = false
+        if state != .ready { closeWhenIdle(); return }
+        if res < 0 { broken("send: \(String(cString: strerror(-res)))"); return }
+        var left = Int(res) + sendSkip
+        var done = 0
+        for s in sendBatch {
+            let i = Int(s)
+            let bytes = 48 + reqs[i].payloadLength
+            if left < bytes { break }
+            left -= bytes
+            reqs[i].sent = true
+            reqs[i].sentTick = reactor.tick
+            inFlightCount += 1
+            done += 1
+        }
+        sendBatch.removeFirst(done)
+        sendSkip = sendBatch.isEmpty ? 0 : left
+        if !sendBatch.isEmpty || queueHead >= 0 { flush() }
+    }
+
+    // MARK: - Receiving
+
+    private func armRecv() {
+        guard state == .ready, !recvInFlight, fd >= 0 else { return }
+        let sqe = reactor.ring.sqe()
+        if current >= 0, rxStart == rxEnd, payloadLeft >= 16_384, let d = reqs[Int(current)].dest {
+            // A large reply payload goes straight to its buffer.
+            recvDirect = true
+            io_uring_prep_recv(sqe, fd, d + payloadDone, payloadLeft, 0)
+        } else {
+            recvDirect = false
+            if rxStart == rxEnd { rxStart = 0; rxEnd = 0 }
+            if rxEnd == SheepChannel.rxBytes {
+                memmove(rx, rx + rxStart, rxEnd - rxStart)
+                rxEnd -= rxStart
+                rxStart = 0
+            }
+            io_uring_prep_recv(sqe, fd, rx + rxEnd, SheepChannel.rxBytes - rxEnd, 0)
+        }
+        sqe.pointee.user_data = packUserData(.sheep, index: endpointIndex << 2 | 2, tag: generation)
+        recvInFlight = true
+    }
+
+    func onRecv(_ res: Int32) {
+        recvInFlight = false
+        if state != .ready { closeWhenIdle(); return }
+        if res <= 0 { broken(res == 0 ? "closed by sheep" : "recv: \(String(cString: strerror(-res)))"); return }
+        if recvDirect {
+            payloadDone += Int(res)
+            payloadLeft -= Int(res)
+            if payloadLeft == 0 { replyComplete() }
+        } else {
+            rxEnd += Int(res)
+        }
+        parse()
+        if state == .ready { armRecv() }
+    }
+
+    private func parse() {
+        while state == .ready && rxStart < rxEnd {
+            if current == -1 {
+                let n = min(48 - headerHave, rxEnd - rxStart)
+                memcpy(replyHeader + headerHave, rx + rxStart, n)
+                headerHave += n
+                rxStart += n
+                if headerHave < 48 { return }
+                headerHave = 0
+                startReply()
+                continue
+            }
+            let n = min(payloadLeft, rxEnd - rxStart)
+            if current >= 0, let d = reqs[Int(current)].dest {
+                memcpy(d + payloadDone, rx + rxStart, n)
+            }
+            rxStart += n
+            payloadDone += n
+            payloadLeft -= n
+            if payloadLeft == 0 { replyComplete() }
+        }
+    }
+
+    private func startReply() {
+        let rsp = SheepResponseHeader(from: UnsafeRawPointer(replyHeader))
+        let slot = Int32(rsp.id >> 16)
+        let gen = UInt16(truncatingIfNeeded: rsp.id)
+        let length = Int(rsp.dataLength)
+        guard slot < SheepChannel.maxRequests, reqs[Int(slot)].inUse, reqs[Int(slot)].sent,
+              reqs[Int(slot)].generation == gen else {
+            // A reply matching nothing we sent: the stream cannot be trusted (sheepdog#39).
+            broken("reply with unknown id \(rsp.id)")
+            return
+        }
+        replyResult = rsp.result
+        replyVDI = rsp.vdiID
+        if length > reqs[Int(slot)].destCapacity {
+            broken("reply of \(length) bytes for a \(reqs[Int(slot)].destCapacity)-byte request")
+            return
+        }
+        current = slot
+        payloadLeft = length
+        payloadDone = 0
+        if length == 0 { replyComplete() }
+    }
+
+    private func replyComplete() {
+        let slot = current
+        current = -1
+        guard slot >= 0 else { return }
+        let i = Int(slot)
+        inFlightCount -= 1
+        let result = replyResult
+        if result.isTransient && reqs[i].retries < SheepChannel.maxTransientRetries {
+            // WAIT_FOR_JOIN, HALT, ...: the cluster is busy; try the same request again in a second.
+            reqs[i].retries += 1
+            reqs[i].sent = false
+            reqs[i].retryAtTick = reactor.tick + 1
+            return
+        }
+        let w = reqs[i].waiter
+        let bytes = payloadDone
+        if result == .readonly, case .taskPiece = w {
+            let h = SheepRequestHeader(from: UnsafeRawPointer(headers + i * 48))
+            if h.opcode == .writeObj && reactor.sheepReadonlyWrite(w, oid: h.oid, objectOffset: Int(h.objOffset),
+                                                                  length: reqs[i].payloadLength,
+                                                                  data: reqs[i].payload) {
+                release(slot)
+                return
+            }
+        }
+        release(slot)
+        reactor.sheepReply(w, result: result, bytes: bytes, failure: nil, vdiID: replyVDI)
+    }
+}

@@ -1,0 +1,526 @@
+import CURing
+import Glibc
+import SheepProtocol
+
+/// A write that needs the home core: the object is unallocated, owned by a parent snapshot (copy-on-write),
+/// or sheep answered READONLY because a snapshot was taken under us. It carries a pointer into the
+/// requester's buffer slot, which stays untouched until the reply. (Allocation path only: steady-state I/O to
+/// allocated objects never builds one.)
+final class SheepHomeRequest: @unchecked Sendable {
+    enum Kind {
+        case write(index: Int, objectOffset: Int, length: Int, data: UnsafeRawPointer)
+        /// Deallocate a whole object this VDI owns (UNMAP): its index slot becomes 0.
+        case deallocate(index: Int)
+    }
+    let volume: SheepVolume
+    let kind: Kind
+    let originCore: Int
+    let waiter: SheepWaiter
+    /// The VID a data write went to when sheep answered READONLY (0 otherwise).
+    var readonlyVID: UInt32
+
+    init(volume: SheepVolume, kind: Kind, originCore: Int, waiter: SheepWaiter, readonlyVID: UInt32 = 0) {
+        self.volume = volume
+        self.kind = kind
+        self.originCore = originCore
+        self.waiter = waiter
+        self.readonlyVID = readonlyVID
+    }
+
+    var index: Int {
+        switch kind {
+        case .write(let i, _, _, _): return i
+        case .deallocate(let i): return i
+        }
+    }
+}
+
+/// The home core's bookkeeping for one VDI: objects being created (later requests for them wait), and the
+/// reload after a snapshot.
+final class SheepHome {
+    var creating: [Int: [SheepHomeRequest]] = [:]
+    var reloading = false
+    var waitingReload: [SheepHomeRequest] = []
+}
+
+/// One step of home-core work waiting for a sheep reply.
+final class SheepHomeOp {
+    enum Stage {
+        case create(vid: UInt32)
+        case slotWrite(vid: UInt32, value: UInt32)
+        case plainWrite(vid: UInt32)
+        case reloadLookup
+    }
+    let request: SheepHomeRequest?
+    let volume: SheepVolume
+    var stage: Stage
+    /// Payload that must outlive the send: the 4-byte slot value, or name+tag for a lookup.
+    var payload: [UInt8] = []
+
+    init(request: SheepHomeRequest?, volume: SheepVolume, stage: Stage) {
+        self.request = request
+        self.volume = volume
+        self.stage = stage
+    }
+}
+
+/// All-zero memory for zeroing writes (UNMAP of partial objects): anonymous pages, never written.
+enum ZeroPages {
+    static let bytes = 1 << 31
+    static let base: UnsafeRawPointer = {
+        let p = mmap(nil, bytes, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        precondition(p != MAP_FAILED && p != nil, "mmap of the zero region failed")
+        return UnsafeRawPointer(p!)
+    }()
+}
+
+extension Reactor {
+
+    // MARK: - Channels
+
+    func sheepChannel(_ volume: SheepVolume) -> SheepChannel {
+        let i = volume.endpointIndex
+        if i < sheepChannels.count, let ch = sheepChannels[i] { return ch }
+        if i >= sheepChannels.count { sheepChannels += Array(repeating: nil, count: i + 1 - sheepChannels.count) }
+        let ch = SheepChannel(reactor: self, endpointIndex: i, endpoint: volume.spec.endpoint)
+        sheepChannels[i] = ch
+        return ch
+    }
+
+    func markSheepDirty(_ ch: SheepChannel) {
+        if !sheepDirty.contains(where: { $0 === ch }) { sheepDirty.append(ch) }
+    }
+
+    func flushSheep() {
+        if sheepDirty.isEmpty { return }
+        for ch in sheepDirty { ch.flush() }
+        sheepDirty.removeAll(keepingCapacity: true)
+    }
+
+    func sheepCompletion(index: Int, tag: UInt32, res: Int32) {
+        let ep = index >> 2
+        guard ep < sheepChannels.count, let ch = sheepChannels[ep] else { return }
+        switch index & 3 {
+        case 0: if tag == ch.generation { ch.onConnect(res) }
+        case 1: ch.onSend(res)
+        default: ch.onRecv(res)
+        }
+    }
+
+    // MARK: - Store operations on a sheep LUN
+
+    /// Starts a store operation on a sheepdog VDI for task `t`. Returns the SCSI layer's next action when it
+    /// completed at once (unallocated reads, mapping queries), nil when requests are in flight.
+    func submitSheep(_ c: Connection, _ t: Int, _ op: StoreOp, _ vol: SheepVolume) -> SCSIAction? {
+        let buffer = pool.buffer(Int(c.tasks[t].slot))
+        let base = buffer.baseAddress!
+        switch op {
+        case .read(_, let offset, let length, let bo):
+            guard offset &+ UInt64(length) <= vol.byteCount else {
+                return c.tasks[t].scsi.storeCompleted(.failed(.outOfRange), buffer: buffer)
+            }
+            beginSheepTask(c, t, length: length)
+            let ch = sheepChannel(vol)
+            forEachPiece(vol, offset, length) { idx, objOff, len, done in
+                let owner = vol.owner(idx)
+                let dest = base + bo + done
+                if owner == 0 {
+                    // Unallocated: zeros, no request (SHEEPDOG-PROTOCOL.md §7.4).
+                    memset(dest, 0, len)
+                    return
+                }
+                let h = SheepRequestHeader.readObject(id: 0, oid: SheepOID.data(vid: owner, index: UInt32(idx)),
+                                                      offset: UInt32(objOff), length: UInt32(len))
+                addPiece(c, t, ch, h, payload: nil, payloadLength: 0, dest: dest, destCapacity: len)
+            }
+            return finishSubmit(c, t, buffer)
+        case .write(_, let offset, let length, let bo, _):
+            if vol.readOnly { return c.tasks[t].scsi.storeCompleted(.failed(.writeProtected), buffer: buffer) }
+            guard offset &+ UInt64(length) <= vol.byteCount else {
+                return c.tasks[t].scsi.storeCompleted(.failed(.outOfRange), buffer: buffer)
+            }
+            beginSheepTask(c, t, length: length)
+            writePieces(c, t, vol, offset: offset, length: length, data: UnsafeRawPointer(base + bo))
+            return finishSubmit(c, t, buffer)
+        case .discard(_, let offset, let length):
+            if vol.readOnly { return c.tasks[t].scsi.storeCompleted(.failed(.writeProtected), buffer: buffer) }
+            guard offset &+ length <= vol.byteCount else {
+                return c.tasks[t].scsi.storeCompleted(.failed(.outOfRange), buffer: buffer)
+            }
+            beginSheepTask(c, t, length: 0)
+            discardPieces(c, t, vol, offset: offset, length: length)
+            return finishSubmit(c, t, buffer)
+        case .flush:
+            // v1.0+ sheep writes replicas with O_DSYNC before answering and answers FLUSH_VDI with
+            // INVALID_PARMS; older sheep with an object cache flushes it. Either answer is success.
+            beginSheepTask(c, t, length: 0)
+            addPiece(c, t, sheepChannel(vol), .flushVDI(id: 0, vid: vol.vid), payload: nil, payloadLength: 0,
+                     dest: nil, destCapacity: 0)
+            return finishSubmit(c, t, buffer)
+        case .mapStatus(_, let offset, let maxLength):
+            return c.tasks[t].scsi.storeCompleted(sheepMapStatus(vol, offset: offset, maxLength: maxLength),
+                                                  buffer: buffer)
+        case .prefetch:
+            return c.tasks[t].scsi.storeCompleted(.ok(0), buffer: buffer)
+        }
+    }
+
+    /// Splits [offset, offset+length) at object boundaries: body(index, offsetInObject, length, doneSoFar).
+    @inline(__always)
+    func forEachPiece(_ vol: SheepVolume, _ offset: UInt64, _ length: Int, _ body: (Int, Int, Int, Int) -> Void) {
+        let shift = vol.objectShift
+        let mask = UInt64(vol.objectBytes - 1)
+        var done = 0
+        while done < length {
+            let at = offset + UInt64(done)
+            let idx = Int(at >> UInt64(shift))
+            let objOff = Int(at & mask)
+            let len = min(length - done, vol.objectBytes - objOff)
+            body(idx, objOff, len, done)
+            done += len
+        }
+    }
+
+    private func beginSheepTask(_ c: Connection, _ t: Int, length: Int) {
+        c.tasks[t].sheepPending = 1   // a guard piece, dropped by finishSubmit, so no early completion
+        c.tasks[t].sheepFailure = nil
+        c.tasks[t].sheepLength = length
+        c.tasks[t].state = .storeIO
+        c.storeInFlight += 1
+    }
+
+    private func finishSubmit(_ c: Connection, _ t: Int, _ buffer: UnsafeMutableRawBufferPointer) -> SCSIAction? {
+        c.tasks[t].sheepPending -= 1
+        if c.tasks[t].sheepPending > 0 { return nil }
+        c.storeInFlight -= 1
+        let result: StoreResult = c.tasks[t].sheepFailure ?? .ok(c.tasks[t].sheepLength)
+        return c.tasks[t].scsi.storeCompleted(result, buffer: buffer)
+    }
+
+    private func addPiece(_ c: Connection, _ t: Int, _ ch: SheepChannel, _ h: SheepRequestHeader,
+                          payload: UnsafeRawPointer?, payloadLength: Int, dest: UnsafeMutableRawPointer?,
+                          destCapacity: Int) {
+        let waiter = SheepWaiter.taskPiece(connection: Int32(c.index), generation: c.generation, task: Int32(t))
+        if ch.submit(h, payload: payload, payloadLength: payloadLength, dest: dest, destCapacity: destCapacity,
+                     waiter: waiter) {
+            c.tasks[t].sheepPending += 1
+        } else {
+            // The channel's request table is full: fail this piece (the initiator retries on BUSY-like sense).
+            c.tasks[t].sheepFailure = .failed(.unavailable)
+        }
+    }
+
+    private func writePieces(_ c: Connection, _ t: Int, _ vol: SheepVolume, offset: UInt64, length: Int,
+                             data: UnsafeRawPointer) {
+        let ch = sheepChannel(vol)
+        let cur = vol.vid
+        forEachPiece(vol, offset, length) { idx, objOff, len, done in
+            let owner = vol.owner(idx)
+            if owner == cur && owner != 0 {
+                // Allocated and ours: straight to sheep from this core.
+                let h = SheepRequestHeader.writeObject(id: 0, oid: SheepOID.data(vid: cur, index: UInt32(idx)),
+                                                       offset: UInt32(objOff), length: UInt32(len), copies: vol.copies)
+                addPiece(c, t, ch, h, payload: data + done, payloadLength: len, dest: nil, destCapacity: 0)
+            } else {
+                sendHome(c, t, SheepHomeRequest(volume: vol, kind: .write(index: idx, objectOffset: objOff,
+                                                                           length: len, data: data + done),
+                                                originCore: core, waiter: pieceWaiter(c, t)))
+            }
+        }
+    }
+
+    private func discardPieces(_ c: Connection, _ t: Int, _ vol: SheepVolume, offset: UInt64, length: UInt64) {
+        var at = offset
+        let end = offset + length
+        let objBytes = UInt64(vol.objectBytes)
+        let cur = vol.vid
+        while at < end {
+            let idx = Int(at / objBytes)
+            let objOff = at % objBytes
+            let len = min(end - at, objBytes - objOff)
+            let owner = vol.owner(idx)
+            if owner != 0 {
+                if objOff == 0 && len == objBytes && owner == cur {
+                    sendHome(c, t, SheepHomeRequest(volume: vol, kind: .deallocate(index: idx), originCore: core,
+                                                    waiter: pieceWaiter(c, t)))
+                } else {
+                    // Part of an object, or one a snapshot shares with us: write zeros (copy-on-write when the
+                    // snapshot owns it), so reads return zeros and the snapshot keeps its data.
+                    writePieces(c, t, vol, offset: at, length: Int(len), data: ZeroPages.base)
+                }
+            }
+            at += len
+        }
+    }
+
+    @inline(__always)
+    private func pieceWaiter(_ c: Connection, _ t: Int) -> SheepWaiter {
+        .taskPiece(connection: Int32(c.index), generation: c.generation, task: Int32(t))
+    }
+
+    private func sendHome(_ c: Connection, _ t: Int, _ req: SheepHomeRequest) {
+        c.tasks[t].sheepPending += 1
+        if req.volume.homeCore == core || req.volume.homeCore >= runtime.coreCount {
+            homeHandle(req)
+        } else {
+            runtime.post(core: req.volume.homeCore, .sheepHome(req))
+        }
+    }
+
+    func sheepMapStatus(_ vol: SheepVolume, offset: UInt64, maxLength: UInt64) -> StoreResult {
+        guard offset < vol.byteCount else { return .extent(mapped: false, length: 0) }
+        let objBytes = UInt64(vol.objectBytes)
+        let end = min(vol.byteCount, offset &+ maxLength)
+        var at = offset
+        let mapped = vol.owner(Int(offset / objBytes)) != 0
+        while at < end {
+            let idx = Int(at / objBytes)
+            if (vol.owner(idx) != 0) != mapped { break }
+            at = UInt64(idx + 1) * objBytes
+        }
+        return .extent(mapped: mapped, length: min(at, end) - offset)
+    }
+
+    // MARK: - Replies
+
+    /// A sheep reply (or a failure) for whoever waits on it.
+    func sheepReply(_ waiter: SheepWaiter, result: SheepResult, bytes: Int, failure: StoreError?, vdiID: UInt32 = 0) {
+        switch waiter {
+        case .none: break
+        case .taskPiece(let ci, let gen, let t):
+            var outcome: StoreError? = failure
+            if outcome == nil {
+                switch result {
+                case .success: break
+                case .readonly: outcome = .writeProtected
+                case .noSpace: outcome = .noSpace
+                default: outcome = .mediumError
+                }
+            }
+            pieceDone(Int(ci), gen, Int(t), failure: outcome, result: result)
+        case .home(let op):
+            homeReply(op, result: result, failure: failure, vdiID: vdiID)
+        }
+    }
+
+    /// A data write went to a VDI that has become a snapshot: the home core reloads and redoes it as
+    /// copy-on-write into the new working VDI. The piece stays pending until the home core answers.
+    func sheepReadonlyWrite(_ waiter: SheepWaiter, oid: UInt64, objectOffset: Int, length: Int,
+                            data: UnsafeRawPointer?) -> Bool {
+        guard case .taskPiece(let ci, let gen, let t) = waiter, let c = connection(Int(ci), gen), let data,
+              let lun = c.tasks[Int(t)].lun, case .sheep(let vol) = lun.backing else { return false }
+        let req = SheepHomeRequest(volume: vol, kind: .write(index: Int(SheepOID.dataIndex(of: oid)),
+                                                             objectOffset: objectOffset, length: length, data: data),
+                                   originCore: core, waiter: waiter, readonlyVID: SheepOID.vid(of: oid))
+        if vol.homeCore == core || vol.homeCore >= runtime.coreCount { homeHandle(req) }
+        else { runtime.post(core: vol.homeCore, .sheepHome(req)) }
+        return true
+    }
+
+    /// One piece of a task finished; the last one completes the store operation.
+    func pieceDone(_ ci: Int, _ gen: UInt32, _ t: Int, failure: StoreError?, result: SheepResult) {
+        guard let c = connection(ci, gen) else { return }
+        guard c.tasks[t].sheepPending > 0 else { return }
+        if let failure, c.tasks[t].sheepFailure == nil {
+            // A FLUSH_VDI answered INVALID_PARMS means there is nothing to flush (no object cache).
+            if !(result == .invalidParms && c.tasks[t].sheepLength == 0 && failure == .mediumError) {
+                c.tasks[t].sheepFailure = .failed(failure)
+            }
+        }
+        c.tasks[t].sheepPending -= 1
+        if c.tasks[t].sheepPending > 0 { return }
+        c.storeInFlight -= 1
+        if c.phase == .closing { maybeRelease(c); return }
+        c.storeDone(t, c.tasks[t].sheepFailure ?? .ok(c.tasks[t].sheepLength))
+    }
+
+    /// A home-core answer for a piece that another core (or this one) waits for.
+    func homeDone(_ req: SheepHomeRequest, failure: StoreError?) {
+        if req.originCore == core || req.originCore >= runtime.coreCount {
+            if case .taskPiece(let ci, let gen, let t) = req.waiter {
+                pieceDone(Int(ci), gen, Int(t), failure: failure, result: .success)
+            }
+        } else {
+            runtime.post(core: req.originCore, .sheepHomeDone(req.waiter, failure))
+        }
+    }
+
+    // MARK: - Home core: allocation, copy-on-write, index updates, reload after a snapshot
+
+    func home(_ vol: SheepVolume) -> SheepHome {
+        let key = ObjectIdentifier(vol)
+        if let h = sheepHomes[key] { return h }
+        let h = SheepHome()
+        sheepHomes[key] = h
+        return h
+    }
+
+    func homeHandle(_ req: SheepHomeRequest) {
+        let vol = req.volume
+        let h = home(vol)
+        if h.reloading { h.waitingReload.append(req); return }
+        if req.readonlyVID != 0 {
+            if req.readonlyVID == vol.vid {
+                h.waitingReload.append(req)
+                startReload(vol)
+                return
+            }
+            req.readonlyVID = 0   // already reloaded since: redo against the new working VDI
+        }
+        let idx = req.index
+        if h.creating[idx] != nil {
+            // Another request is creating or changing this object: wait for it (sheep loses data when two
+            // creates of one object overlap, §7.6).
+            h.creating[idx]!.append(req)
+            return
+        }
+        let cur = vol.vid
+        let owner = vol.owner(idx)
+        let ch = sheepChannel(vol)
+        switch req.kind {
+        case .write(_, let objOff, let len, let data):
+            if owner == cur {
+                let op = newHomeOp(SheepHomeOp(request: req, volume: vol, stage: .plainWrite(vid: cur)))
+                let hdr = SheepRequestHeader.writeObject(id: 0, oid: SheepOID.data(vid: cur, index: UInt32(idx)),
+                                                         offset: UInt32(objOff), length: UInt32(len), copies: vol.copies)
+                submitHome(ch, hdr, payload: data, length: len, op: op, req: req)
+                return
+            }
+            h.creating[idx] = []
+            let cow: UInt64 = owner == 0 ? 0 : SheepOID.data(vid: owner, index: UInt32(idx))
+            let op = newHomeOp(SheepHomeOp(request: req, volume: vol, stage: .create(vid: cur)))
+            let hdr = SheepRequestHeader.createAndWrite(id: 0, oid: SheepOID.data(vid: cur, index: UInt32(idx)),
+                                                        cowOid: cow, offset: UInt32(objOff), length: UInt32(len),
+                                                        copies: vol.copies)
+            submitHome(ch, hdr, payload: data, length: len, op: op, req: req)
+        case .deallocate:
+            if owner != cur {
+                homeDone(req, failure: nil)   // nothing of ours to deallocate any more
+                return
+            }
+            h.creating[idx] = []
+            writeSlot(vol, idx: idx, value: 0, vid: cur, req: req)
+        }
+    }
+
+    private func submitHome(_ ch: SheepChannel, _ hdr: SheepRequestHeader, payload: UnsafeRawPointer?, length: Int,
+                            op: Int32, req: SheepHomeRequest?) {
+        if !ch.submit(hdr, payload: payload, payloadLength: length, dest: nil, destCapacity: 0, waiter: .home(op: op)) {
+            sheepHomeOps[op] = nil
+            if let req { finishHome(req, failure: .unavailable) }
+        }
+    }
+
+    /// Persists one index slot: WRITE_OBJ of 4 bytes at 4664 + 4*idx of the working inode (only the slot that
+    /// changed, so sheep resets no other slot's refcount, §7.5).
+    private func writeSlot(_ vol: SheepVolume, idx: Int, value: UInt32, vid: UInt32, req: SheepHomeRequest) {
+        let op = SheepHomeOp(request: req, volume: vol, stage: .slotWrite(vid: vid, value: value))
+        op.payload = withUnsafeBytes(of: value.littleEndian) { Array($0) }
+        let id = newHomeOp(op)
+        let hdr = SheepRequestHeader.writeObject(id: 0, oid: SheepOID.inode(vid: vid),
+                                                 offset: SheepInodeLayout.slotOffset(UInt32(idx)), length: 4,
+                                                 copies: vol.copies)
+        let p = op.payload.withUnsafeBytes { $0.baseAddress! }   // the array lives in the op until the reply
+        submitHome(sheepChannel(vol), hdr, payload: p, length: 4, op: id, req: req)
+    }
+
+    private func newHomeOp(_ op: SheepHomeOp) -> Int32 {
+        sheepHomeOpCounter &+= 1
+        if sheepHomeOpCounter < 0 { sheepHomeOpCounter = 1 }
+        sheepHomeOps[sheepHomeOpCounter] = op
+        return sheepHomeOpCounter
+    }
+
+    func homeReply(_ id: Int32, result: SheepResult, failure: StoreError?, vdiID: UInt32) {
+        guard let op = sheepHomeOps.removeValue(forKey: id) else { return }
+        let vol = op.volume
+        if let failure {
+            if let req = op.request { finishHome(req, failure: failure) }
+            if case .reloadLookup = op.stage { reloadFinished(vol, newVID: nil) }
+            return
+        }
+        switch op.stage {
+        case .plainWrite(let vid):
+            guard let req = op.request else { return }
+            if result == .readonly { req.readonlyVID = vid; homeHandle(req); return }
+            finishHome(req, failure: result == .success ? nil : mapResult(result))
+        case .create(let vid):
+            guard let req = op.request else { return }
+            if result == .readonly {
+                // A snapshot was taken: the create went to what is now a snapshot. Reload, then redo.
+                releaseCreating(vol, req.index, requeueTo: true)
+                req.readonlyVID = vid
+                homeHandle(req)
+                return
+            }
+            guard result == .success else {
+                finishHome(req, failure: mapResult(result))
+                return
+            }
+            // The data is in place: now, and only now, record it in the index (tgt d4622d1).
+            writeSlot(vol, idx: req.index, value: vid, vid: vid, req: req)
+        case .slotWrite(_, let value):
+            guard let req = op.request else { return }
+            if result == .success { vol.setOwner(req.index, value) }
+            finishHome(req, failure: result == .success ? nil : mapResult(result))
+        case .reloadLookup:
+            reloadFinished(vol, newVID: result == .success ? vdiID : nil)
+        }
+    }
+
+    private func mapResult(_ r: SheepResult) -> StoreError {
+        switch r {
+        case .noSpace: return .noSpace
+        case .readonly: return .writeProtected
+        default: return .mediumError
+        }
+    }
+
+    /// Answers the request and lets waiters for the same object proceed.
+    private func finishHome(_ req: SheepHomeRequest, failure: StoreError?) {
+        homeDone(req, failure: failure)
+        releaseCreating(req.volume, req.index, requeueTo: false)
+    }
+
+    private func releaseCreating(_ vol: SheepVolume, _ idx: Int, requeueTo: Bool) {
+        let h = home(vol)
+        guard let waiting = h.creating.removeValue(forKey: idx) else { return }
+        for w in waiting { homeHandle(w) }
+    }
+
+    /// READONLY: a snapshot turned our working VDI into a snapshot. Find the new working VDI (same name,
+    /// snapid 0) and carry on writing copy-on-write to it; our index stays valid because the new working VDI
+    /// starts with a copy of it (§7.9).
+    private func startReload(_ vol: SheepVolume) {
+        let h = home(vol)
+        guard !h.reloading else { return }
+        h.reloading = true
+        let op = SheepHomeOp(request: nil, volume: vol, stage: .reloadLookup)
+        op.payload = (try? SheepVDIName.payload(name: vol.name, tag: "")) ?? []
+        let id = newHomeOp(op)
+        logger.info("sheep VDI '\(vol.name)': a snapshot was taken (READONLY); reloading the working VDI")
+        let hdr = SheepRequestHeader.vdiLookup(.getVDIInfo, id: 0, snapID: 0)
+        let p = op.payload.withUnsafeBytes { $0.baseAddress! }
+        if !sheepChannel(vol).submit(hdr, payload: p, payloadLength: op.payload.count, dest: nil, destCapacity: 0,
+                                     waiter: .home(op: id)) {
+            sheepHomeOps[id] = nil
+            reloadFinished(vol, newVID: nil)
+        }
+    }
+
+    private func reloadFinished(_ vol: SheepVolume, newVID: UInt32?) {
+        let h = home(vol)
+        h.reloading = false
+        let waiting = h.waitingReload
+        h.waitingReload = []
+        guard let newVID, newVID != 0, newVID != vol.vid else {
+            // No new working VDI (deleted, or the lookup failed): the writes cannot go anywhere safe.
+            logger.error("sheep VDI '\(vol.name)': no working VDI after READONLY; failing writes")
+            for r in waiting { homeDone(r, failure: .writeProtected) }
+            return
+        }
+        logger.info("sheep VDI '\(vol.name)': working VDI is now \(String(newVID, radix: 16))")
+        vol.setVID(newVID)
+        for r in waiting { r.readonlyVID = 0; homeHandle(r) }
+    }
+}

@@ -1,0 +1,160 @@
+import CURing
+import Glibc
+import SheepProtocol
+import Synchronization
+
+/// One sheepdog VDI served as a LUN. Shared by every core: the object index (which VID owns each data
+/// object) is read from any core with acquire loads and written only by the LUN's home core with release
+/// stores, so reads and writes to allocated objects go straight to sheep from any core, while allocation,
+/// copy-on-write and snapshot reloads are decided in one place (SHEEPDOG-PROTOCOL.md §7.6).
+public final class SheepVolume: @unchecked Sendable {
+    public let spec: SheepBackingSpec
+    public let name: String
+    public let byteCount: UInt64
+    public let objectShift: Int
+    public let copies: UInt8
+    /// A snapshot LUN: writes are refused, the snapshot is never modified.
+    public let readOnly: Bool
+    /// The VID LOCK_VDI locked at open (released at close); 0 when nothing was locked.
+    public let lockedVID: UInt32
+    /// The core that decides allocation and copy-on-write for this VDI.
+    public let homeCore: Int
+    /// Index of the sheep endpoint among the runtime's endpoints: each core keeps one channel per endpoint.
+    public let endpointIndex: Int
+    /// VID of the working VDI; changes when a snapshot is taken under us (READONLY, then reload).
+    private let currentVID: Atomic<UInt32>
+    /// data_vdi_id[]: owner VID per object index, 0 = unallocated.
+    let index: UnsafeMutablePointer<UInt32>
+    let indexSlots: Int
+
+    init(spec: SheepBackingSpec, name: String, byteCount: UInt64, objectShift: Int, copies: UInt8, readOnly: Bool,
+         lockedVID: UInt32, vid: UInt32, homeCore: Int, endpointIndex: Int, index: UnsafeMutablePointer<UInt32>,
+         indexSlots: Int) {
+        self.spec = spec
+        self.name = name
+        self.byteCount = byteCount
+        self.objectShift = objectShift
+        self.copies = copies
+        self.readOnly = readOnly
+        self.lockedVID = lockedVID
+        self.homeCore = homeCore
+        self.endpointIndex = endpointIndex
+        self.currentVID = Atomic(vid)
+        self.index = index
+        self.indexSlots = indexSlots
+    }
+
+    deinit { index.deallocate() }
+
+    public var objectBytes: Int { 1 << objectShift }
+
+    @inline(__always) public var vid: UInt32 { currentVID.load(ordering: .acquiring) }
+    func setVID(_ v: UInt32) { currentVID.store(v, ordering: .releasing) }
+
+    @inline(__always)
+    func owner(_ idx: Int) -> UInt32 {
+        guard idx >= 0 && idx < indexSlots else { return 0 }
+        return rt_load_acquire_u32(index + idx)
+    }
+
+    /// Home core only.
+    @inline(__always)
+    func setOwner(_ idx: Int, _ v: UInt32) {
+        guard idx >= 0 && idx < indexSlots else { return }
+        rt_store_release_u32(index + idx, v)
+    }
+
+    public var capabilities: StoreCapabilities {
+        StoreCapabilities(canDiscard: !readOnly, discardZeroes: true, canReportMapping: true, readOnly: readOnly,
+                          hasVolatileCache: false, optimalTransferBytes: 0, unmapGranularityBytes: objectBytes)
+    }
+
+    // MARK: - Open and close (control plane, blocking)
+
+    public enum OpenError: Error, CustomStringConvertible {
+        case spec(String)
+        case sheep(String)
+        public var description: String {
+            switch self {
+            case .spec(let s), .sheep(let s): return s
+            }
+        }
+    }
+
+    /// Resolves, locks (working VDI) and reads the inode of `specText` (tgt's `unix:PATH:VDI[:TAG|:SNAPID]` or
+    /// `tcp:HOST:PORT:VDI[...]`).
+    public static func open(_ specText: String, homeCore: Int, endpointIndex: (SheepBackingSpec.Endpoint) -> Int)
+        throws(OpenError) -> SheepVolume
+    {
+        let spec: SheepBackingSpec
+        do { spec = try SheepBackingSpec.parse(specText) } catch { throw .spec("invalid sheepdog backing store '\(specText)': \(error)") }
+        let client: SheepControlClient
+        do { client = try SheepControlClient(endpoint: spec.endpoint) } catch { throw .sheep("\(error)") }
+        let payload: [UInt8]
+        do { payload = try SheepVDIName.payload(name: spec.vdi, tag: spec.lookupTag) } catch {
+            throw .spec("invalid VDI name or tag in '\(specText)': \(error)")
+        }
+        // The working VDI is locked (LOCK_TYPE_NORMAL: one client at a time); a snapshot is only looked up,
+        // since nothing is ever written to it.
+        let opcode: SheepOpcode = spec.isSnapshot ? .getVDIInfo : .lockVDI
+        let lookup: SheepResponseHeader
+        do {
+            (lookup, _) = try client.call(.vdiLookup(opcode, id: 0, snapID: spec.lookupSnapID, lockType: .normal),
+                                          payload: payload)
+        } catch { throw .sheep("\(error)") }
+        switch lookup.result {
+        case .success: break
+        case .vdiLocked: throw .sheep("VDI '\(spec.vdi)' is locked by another client (dog vdi lock unlock \(spec.vdi) releases a stale lock)")
+        case .noVDI: throw .sheep("no VDI named '\(spec.vdi)'")
+        case .noTag: throw .sheep("VDI '\(spec.vdi)' has no snapshot '\(spec.isSnapshot ? spec.description : "")'")
+        default: throw .sheep("looking up VDI '\(spec.vdi)' failed: \(lookup.result.name)")
+        }
+        let vid = lookup.vdiID
+        let lockedVID = spec.isSnapshot ? 0 : vid
+        func release() {
+            if lockedVID != 0 { _ = try? client.call(.releaseVDI(id: 0, vid: lockedVID)) }
+        }
+        let inodeBytes = SheepInodeLayout.clientInodeSizeBytes
+        let raw = UnsafeMutableRawBufferPointer.allocate(byteCount: inodeBytes, alignment: 64)
+        defer { raw.deallocate() }
+        let read: SheepResponseHeader
+        let got: Int
+        do {
+            (read, got) = try client.call(.readObject(id: 0, oid: SheepOID.inode(vid: vid), offset: 0,
+                                                      length: UInt32(inodeBytes)), replyInto: raw)
+        } catch { release(); throw .sheep("\(error)") }
+        guard read.result == .success, got >= SheepInodeHeader.encodedSizeBytes else {
+            release()
+            throw .sheep("reading the inode of '\(spec.vdi)' failed: \(read.result.name)")
+        }
+        if got < inodeBytes { memset(raw.baseAddress! + got, 0, inodeBytes - got) }
+        let header = SheepInodeHeader(from: raw.baseAddress!)
+        if header.storePolicy != 0 {
+            // Hyper volumes index objects through a B-tree; reading its root as a flat array would misread it.
+            release()
+            throw .sheep("VDI '\(spec.vdi)' is a hyper volume (store_policy \(header.storePolicy)); its B-tree index is not supported")
+        }
+        guard header.blockSizeShift >= SheepWire.minBlockSizeShift && header.blockSizeShift <= SheepWire.maxBlockSizeShift
+        else {
+            release()
+            throw .sheep("VDI '\(spec.vdi)' has an unsupported object size shift \(header.blockSizeShift)")
+        }
+        let slots = SheepInodeLayout.dataIndexSlots
+        let index = UnsafeMutablePointer<UInt32>.allocate(capacity: slots)
+        memcpy(index, raw.baseAddress! + SheepInodeLayout.headerSizeBytes, slots * 4)
+        // The wire is little-endian; so is every host we run on, but do not assume it.
+        for i in 0..<slots { index[i] = UInt32(littleEndian: index[i]) }
+        let readOnly = spec.isSnapshot || header.snapCTime != 0
+        return SheepVolume(spec: spec, name: spec.vdi, byteCount: header.vdiSize,
+                           objectShift: Int(header.blockSizeShift), copies: header.nrCopies, readOnly: readOnly,
+                           lockedVID: lockedVID, vid: vid, homeCore: homeCore,
+                           endpointIndex: endpointIndex(spec.endpoint), index: index, indexSlots: slots)
+    }
+
+    /// RELEASE_VDI for the lock taken at open (control plane). Errors are ignored: sheep answers SUCCESS on
+    /// HEAD, and VDI_NOT_LOCKED on old versions means there is nothing to release.
+    public func releaseLock() {
+        guard lockedVID != 0, let client = try? SheepControlClient(endpoint: spec.endpoint) else { return }
+        _ = try? client.call(.releaseVDI(id: 0, vid: lockedVID))
+    }
+}
