@@ -118,7 +118,7 @@ import Testing
         let rc16 = h.run(CDB.readCapacity16(), nexus: n, edtl: 32, read: true)
         #expect(rc16.dataIn.count == 32)
         #expect(Array(rc16.dataIn[0 ..< 12]) == [0, 0, 0, 0, 0, 0, 0x07, 0xFF, 0, 0, 2, 0])
-        #expect(rc16.dataIn[13] == 3)            // 4 KiB physical blocks
+        #expect(rc16.dataIn[13] == 0)            // one logical block per physical block
         #expect(rc16.dataIn[14] == 0xC0)         // LBPME, LBPRZ
         let short = h.run(CDB.readCapacity16(alloc: 0), nexus: n, edtl: 0, read: true)
         #expect(short.isGood && short.dataIn.isEmpty)

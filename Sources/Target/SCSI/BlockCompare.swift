@@ -161,12 +161,12 @@ extension SCSITask {
         let (lba, n) = decodeBlockRange()
         if n > UInt64(maxCompareAndWriteBlocks(bufferBytes: buffer.count)) { return invalidField(byte: 13) }
         if !rangeIsValid(lba: lba, blocks: n, capacity: lun.blockCount) { return lbaOutOfRange() }
-        if n == 0 { return completeGood() }
-        if isWriteProtected(lun) { return writeProtected() }
         let half = n &* UInt64(blockSize)
         wantedBytes = 2 * half
-        // SBC-4 §5.3: the Data-Out Buffer holds exactly the verify and write instances.
-        if !writeBit || UInt64(expectedLength) != wantedBytes { return invalidField(byte: 13) }
+        // SBC-4 §5.3: the Data-Out Buffer holds exactly the verify and write instances (none for zero blocks).
+        if (n > 0 && !writeBit) || UInt64(expectedLength) != wantedBytes { return invalidField(byte: 13) }
+        if n == 0 { return completeGood() }
+        if isWriteProtected(lun) { return writeProtected() }
         self.lba = lba
         self.blocks = n
         fua = cdb[1] & 0x08 != 0 || lun.state.flags & LUNState.flagWriteCacheDisabled != 0
@@ -239,16 +239,13 @@ extension SCSITask {
     }
 
     mutating func writeSameDataReceived(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
-        guard let lun else { return internalError() }
-        // Deallocate only when reading the range afterwards gives back this very block: a block of zeros
-        // on an LBPRZ store, or anything when unmapped blocks read as unspecified data (LBPRZ 0).
+        // UNMAP asks the device server to deallocate the range; with LBPRZ it then reads back as zeros
+        // whatever the Data-Out block held. This is what initiators expect (libiscsi's
+        // WriteSame10.UnmapUntilEnd sends a block of 0xFF with UNMAP and checks for zeros), and what tgt
+        // and LIO do. A store that refuses the discard gets the block written instead.
         if auxFlag {
-            var zero = true
-            for i in 0 ..< blockSize where buffer[i] != 0 { zero = false; break }
-            if zero || !lun.capabilities.discardZeroes {
-                phase = .wsDiscard
-                return .store(.discard(target: .own, offset: lba &* UInt64(blockSize), length: totalBytes))
-            }
+            phase = .wsDiscard
+            return .store(.discard(target: .own, offset: lba &* UInt64(blockSize), length: totalBytes))
         }
         // Replicate the block across as much of the buffer as one chunk needs.
         let cap = chunkCapacity(buffer.count)

@@ -11,15 +11,18 @@ enum BlockLimits {
     /// MAXIMUM WRITE SAME LENGTH, in bytes, for WRITE SAME that writes (an unmapping WRITE SAME is bounded
     /// by maxUnmapBytes instead).
     static let maxWriteSameBytes: UInt64 = 64 * 1024 * 1024
-    /// MAXIMUM UNMAP LBA COUNT, in bytes (converted to blocks per LU).
-    static let maxUnmapBytes: UInt64 = 1024 * 1024 * 1024
+    /// MAXIMUM UNMAP LBA COUNT, in bytes (converted to blocks per LU): 256 MiB keeps the count within
+    /// the 1 Mi blocks initiators (libiscsi's BlockLimits test among them) consider sane.
+    static let maxUnmapBytes: UInt64 = 256 * 1024 * 1024
     /// MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT.
     static let maxUnmapDescriptors = 256
-    /// Logical blocks per physical block exponent reported for 512-byte LUs: a 4 KiB physical block, as
-    /// the page cache and every modern disk use.
-    static let lbppbeFor512ByteBlocks: UInt8 = 3
+    /// Logical blocks per physical block exponent (READ CAPACITY 16). Zero: provisioning and GET LBA STATUS
+    /// work per logical block, and reporting 4 KiB physical blocks would make GET LBA STATUS descriptors
+    /// disagree with initiators that assume one logical block per physical block (libiscsi's
+    /// GetLBAStatus.UnmapSingle).
+    static let logicalBlocksPerPhysicalBlockExponent: UInt8 = 0
 
-    static func lbppbe(blockSize: Int) -> UInt8 { blockSize == 512 ? lbppbeFor512ByteBlocks : 0 }
+    static func lbppbe(blockSize: Int) -> UInt8 { logicalBlocksPerPhysicalBlockExponent }
 }
 
 extension SCSITask {
