@@ -159,6 +159,17 @@ import Testing
         #expect(o.hasSense(SenseKey.illegalRequest, 0x20, 0))
     }
 
+    @Test func cdbLengthsOutsideSixTo260AreRefusedAndLongCDBsParse() {
+        let h = Harness()
+        let n = h.nexus()
+        h.clearUAs(n)
+        #expect(h.run([0, 0, 0, 0, 0], nexus: n).hasSense(SenseKey.illegalRequest, 0x24, 0))
+        #expect(h.run([UInt8](repeating: 0, count: 261), nexus: n).hasSense(SenseKey.illegalRequest, 0x24, 0))
+        let variable = [0x7F, 0, 0, 0, 0, 0, 0, 0x18] + [UInt8](repeating: 0, count: 24)
+        #expect(h.run(variable, nexus: n).hasSense(SenseKey.illegalRequest, 0x20, 0))
+        #expect(h.run([UInt8](repeating: 0, count: 260), nexus: n).isGood)   // TEST UNIT READY, padded
+    }
+
     @Test func reportedLUNsChangedIsRaisedWhenTheListChanges() {
         let h = Harness()
         let n = h.nexus()

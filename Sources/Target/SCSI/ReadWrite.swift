@@ -55,19 +55,20 @@ extension SCSITask {
     @inline(__always)
     var maxTransferBlocks: UInt64 { BlockLimits.maxTransferBytes / UInt64(blockSize) }
 
+    /// Read-only store or software write protect (control mode page SWP), as of start().
     @inline(__always)
-    func isWriteProtected(_ lun: LogicalUnit) -> Bool {
-        lun.capabilities.readOnly || lun.state.flags & LUNState.flagSoftwareWriteProtect != 0
-    }
+    var isWriteProtected: Bool { lunReadOnly || lunFlags & LUNState.flagSoftwareWriteProtect != 0 }
+
+    @inline(__always)
+    var writeCacheDisabled: Bool { lunFlags & LUNState.flagWriteCacheDisabled != 0 }
 
     // MARK: READ
 
     mutating func startRead(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
-        guard let lun else { return internalError() }
         if opcode != Opcode.read6, cdb[1] & 0xE0 != 0 { return invalidField(byte: 1, bit: 7) }   // RDPROTECT
         let (lba, n) = decodeBlockRange()
         if n > maxTransferBlocks { return invalidField(byte: opcode == Opcode.read6 ? 4 : 7) }
-        if !rangeIsValid(lba: lba, blocks: n, capacity: lun.blockCount) { return lbaOutOfRange() }
+        if !rangeIsValid(lba: lba, blocks: n, capacity: capacityBlocks) { return lbaOutOfRange() }
         self.lba = lba
         self.blocks = n
         wantedBytes = n &* UInt64(blockSize)
@@ -108,7 +109,6 @@ extension SCSITask {
     // MARK: WRITE, WRITE AND VERIFY, WRITE ATOMIC
 
     mutating func startWrite(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
-        guard let lun else { return internalError() }
         let isVerify = opcode == Opcode.writeAndVerify10 || opcode == Opcode.writeAndVerify12
             || opcode == Opcode.writeAndVerify16
         if opcode != Opcode.write6, cdb[1] & 0xE0 != 0 { return invalidField(byte: 1, bit: 7) }  // WRPROTECT
@@ -118,15 +118,13 @@ extension SCSITask {
                 ? 10 : (opcode == Opcode.write12 || opcode == Opcode.writeAndVerify12) ? 6 : 7
             return invalidField(byte: field)
         }
-        if !rangeIsValid(lba: lba, blocks: n, capacity: lun.blockCount) { return lbaOutOfRange() }
-        if isWriteProtected(lun) { return writeProtected() }
+        if !rangeIsValid(lba: lba, blocks: n, capacity: capacityBlocks) { return lbaOutOfRange() }
+        if isWriteProtected { return writeProtected() }
         self.lba = lba
         self.blocks = n
         // FUA makes this write durable; so does a disabled write cache, and WRITE AND VERIFY (the verify
         // must see the medium, not a cache).
-        let flags = lun.state.flags
-        fua = (opcode != Opcode.write6 && cdb[1] & 0x08 != 0) || isVerify
-            || flags & LUNState.flagWriteCacheDisabled != 0
+        fua = (opcode != Opcode.write6 && cdb[1] & 0x08 != 0) || isVerify || writeCacheDisabled
         wantedBytes = n &* UInt64(blockSize)
         // Only whole blocks the initiator will actually send are written.
         let available = writeBit ? UInt64(expectedLength) : 0

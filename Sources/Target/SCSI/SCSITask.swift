@@ -81,6 +81,8 @@ enum TaskPhase: UInt8 {
 public struct SCSITask {
     /// Every data buffer the transport hands in is at least this long.
     public static let minimumBufferBytes = 65536
+    /// Longest CDB the transport may hand in (16 in the BHS plus an extended-CDB AHS).
+    public static let maxCDBBytes = 260
 
     // Command identity.
     var cdb = CDBBytes()
@@ -93,6 +95,11 @@ public struct SCSITask {
     var readBit = false
     var writeBit = false
     var phase: TaskPhase = .idle
+    /// Snapshot of the LU taken in start(), so the hot path reads plain fields instead of going back
+    /// through the class references (no ARC traffic, one atomic load per command).
+    var capacityBlocks: UInt64 = 0
+    var lunFlags: UInt64 = 0
+    var lunReadOnly = false
 
     // Outcome.
     var sense = SenseData()
@@ -143,17 +150,21 @@ public struct SCSITask {
         self.wantedBytes = 0
         self.chunkBytes = 0
 
-        if raw.count < 6 || raw.count > CDBBytes.capacityBytes {
+        // 6..16 bytes in the BHS, up to 260 with an extended-CDB AHS. Only the first 32 are kept: no
+        // command this device server implements is longer, and the opcode alone rejects the rest.
+        if raw.count < 6 || raw.count > SCSITask.maxCDBBytes {
             return fail(SenseKey.illegalRequest, .invalidFieldInCDB, field: SenseData.fieldPointer(byte: 0))
         }
         guard let lun else { return startWithoutLUN(buffer: buffer) }
         blockSize = lun.blockSize
+        capacityBlocks = lun.blockCount
+        lunReadOnly = lun.capabilities.readOnly
 
         // Hot path: READ/WRITE with nothing pending on this LU go straight to the handler.
         let state = lun.state
-        let flags = state.flags
+        lunFlags = state.flags
         if _fastPath(state.isAdmitted(nexusID: nexus.id, lunGeneration: target.lunGeneration))
-            && flags & LUNState.flagReservationHeld == 0 {
+            && lunFlags & LUNState.flagReservationHeld == 0 {
             return dispatch(buffer: buffer)
         }
         return startSlow(buffer: buffer)
