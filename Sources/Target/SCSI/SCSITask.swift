@@ -155,19 +155,26 @@ public struct SCSITask {
         if raw.count < 6 || raw.count > SCSITask.maxCDBBytes {
             return fail(SenseKey.illegalRequest, .invalidFieldInCDB, field: SenseData.fieldPointer(byte: 0))
         }
-        guard let lun else { return startWithoutLUN(buffer: buffer) }
-        blockSize = lun.blockSize
-        capacityBlocks = lun.blockCount
-        lunReadOnly = lun.capabilities.readOnly
-
-        // Hot path: READ/WRITE with nothing pending on this LU go straight to the handler.
-        let state = lun.state
-        lunFlags = state.flags
-        if _fastPath(state.isAdmitted(nexusID: nexus.id, lunGeneration: target.lunGeneration))
-            && lunFlags & LUNState.flagReservationHeld == 0 {
+        guard lun != nil else { return startWithoutLUN(buffer: buffer) }
+        // Hot path: READ/WRITE with nothing pending on this LU go straight to the handler. The snapshot is
+        // taken by a helper so no strong reference to the LU is held across the dispatch (no ARC traffic).
+        if _fastPath(takeSnapshot(lun.unsafelyUnwrapped, nexusID: nexus.id, lunGeneration: target.lunGeneration)) {
             return dispatch(buffer: buffer)
         }
         return startSlow(buffer: buffer)
+    }
+
+    /// Takes the flag snapshot; true when this nexus has no pending unit attention and no reservation is
+    /// held, so the command needs no locked check.
+    @inline(never)
+    mutating func takeSnapshot(_ lun: LogicalUnit, nexusID: UInt64, lunGeneration: UInt64) -> Bool {
+        blockSize = lun.blockSize
+        capacityBlocks = lun.blockCount
+        lunReadOnly = lun.capabilities.readOnly
+        let state = lun.state
+        lunFlags = state.flags
+        return state.isAdmitted(nexusID: nexusID, lunGeneration: lunGeneration)
+            && lunFlags & LUNState.flagReservationHeld == 0
     }
 
     public mutating func dataOutReceived(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
