@@ -317,7 +317,7 @@ public struct SCSITask {
         case .noSpace: return fail(SenseKey.dataProtect, .spaceAllocationFailedWriteProtect)
         case .writeProtected: return fail(SenseKey.dataProtect, .writeProtected)
         case .notSupported: return invalidOpcode()
-        case .unavailable: return fail(SenseKey.notReady, .logicalUnitCommunicationFailure)
+        case .unavailable: return fail(SenseKey.notReady, .logicalUnitNotReady)
         case .outOfRange: return lbaOutOfRange()
         }
     }
