@@ -93,6 +93,13 @@ import Testing
         #expect(len % 4 == 0)
     }
 
+    @Test func aVeryLongTargetNameIsTruncatedInTheDesignator() {
+        let h = Harness(targetName: "iqn.2026-01.test:" + String(repeating: "x", count: 300))
+        let o = h.run(CDB.inquiry(evpd: true, page: 0x83, alloc: 2048), nexus: h.nexus(), edtl: 2048, read: true)
+        #expect(o.isGood)
+        #expect(o.dataIn[43] == 252 && o.dataIn[44 + 251] == 0)
+    }
+
     @Test func blockLimitsAndProvisioningPagesReflectDiscard() {
         let h = Harness()
         let n = h.nexus()
