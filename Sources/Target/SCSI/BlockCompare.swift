@@ -34,7 +34,6 @@ extension SCSITask {
         if n > maxTransferBlocks { return invalidField(byte: opcode == Opcode.verify16 ? 10 : opcode == Opcode.verify12 ? 6 : 7) }
         if !rangeIsValid(lba: lba, blocks: n, capacity: capacityBlocks) { return lbaOutOfRange() }
         self.lba = lba
-        self.blocks = n
         let bs = UInt64(blockSize)
         switch bytchk {
         case 0:
@@ -112,7 +111,6 @@ extension SCSITask {
         if !rangeIsValid(lba: lba, blocks: n, capacity: capacityBlocks) { return lbaOutOfRange() }
         if isWriteProtected { return writeProtected() }
         self.lba = lba
-        self.blocks = n
         fua = cdb[1] & 0x08 != 0 || writeCacheDisabled
         let bs = UInt64(blockSize)
         wantedBytes = n &* bs
@@ -165,7 +163,6 @@ extension SCSITask {
         if n == 0 { return completeGood() }
         if isWriteProtected { return writeProtected() }
         self.lba = lba
-        self.blocks = n
         fua = cdb[1] & 0x08 != 0 || writeCacheDisabled
         chunkBytes = Int(half)
         phase = .cawData
@@ -221,7 +218,6 @@ extension SCSITask {
         }
         wantedBytes = ndob ? 0 : bs
         self.lba = lba
-        self.blocks = n
         fua = writeCacheDisabled
         auxFlag = unmap
         totalBytes = n &* bs

@@ -70,7 +70,6 @@ extension SCSITask {
         if n > maxTransferBlocks { return invalidField(byte: opcode == Opcode.read6 ? 4 : 7) }
         if !rangeIsValid(lba: lba, blocks: n, capacity: capacityBlocks) { return lbaOutOfRange() }
         self.lba = lba
-        self.blocks = n
         wantedBytes = n &* UInt64(blockSize)
         // The initiator gets at most the EDTL, and nothing when it did not set the R bit.
         totalBytes = min(wantedBytes, readBit ? UInt64(expectedLength) : 0)
@@ -121,7 +120,6 @@ extension SCSITask {
         if !rangeIsValid(lba: lba, blocks: n, capacity: capacityBlocks) { return lbaOutOfRange() }
         if isWriteProtected { return writeProtected() }
         self.lba = lba
-        self.blocks = n
         // FUA makes this write durable; so does a disabled write cache, and WRITE AND VERIFY (the verify
         // must see the medium, not a cache).
         fua = (opcode != Opcode.write6 && cdb[1] & 0x08 != 0) || isVerify || writeCacheDisabled

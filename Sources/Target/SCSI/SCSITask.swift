@@ -108,7 +108,6 @@ public struct SCSITask {
     // Block I/O progress, in bytes unless named otherwise.
     var blockSize = 512
     var lba: UInt64 = 0
-    var blocks: UInt64 = 0
     /// Bytes the CDB asks to move; residuals compare it with the Expected Data Transfer Length.
     var wantedBytes: UInt64 = 0
     /// Bytes this command will actually move (the CDB's length clamped by the EDTL).
