@@ -119,18 +119,20 @@ import Testing
         #expect(h.disk().bytes[303 * 512] == 0 && h.disk().bytes[3 * 512 - 1] == 0)
     }
 
-    @Test func writeSameUnmapDeallocatesZeroBlocksAndWritesOthers() {
+    @Test func writeSameUnmapDeallocatesWhateverTheBlockHolds() {
         let h = Harness()
         let n = ready(h)
         h.disk().bytes.replaceSubrange(0 ..< 4096, with: [UInt8](repeating: 0xFF, count: 4096))
-        let o = h.run(ws10(lba: 0, blocks: 8, flags: 0x08), nexus: n, write: true, dataOut: [UInt8](repeating: 0, count: 512))
+        let o = h.run(ws10(lba: 0, blocks: 8, flags: 0x08), nexus: n, write: true, dataOut: [UInt8](repeating: 0xFF, count: 512))
         #expect(o.isGood)
         #expect(h.disk().ops.contains(.discard(target: .own, offset: 0, length: 4096)))
         #expect(h.disk().isUnmapped(0) && h.disk().isUnmapped(4095))
-        // Non-zero data with UNMAP on an LBPRZ store must be written, not deallocated.
-        let ff = [UInt8](repeating: 0xA6, count: 512)
-        #expect(h.run(ws10(lba: 1, blocks: 7, flags: 0x08), nexus: n, write: true, dataOut: ff).isGood)
-        #expect(Array(h.disk().bytes[512 ..< 1024]) == ff)
+        let r = h.run(CDB.rw10(0x28, lba: 0, blocks: 8), nexus: n, edtl: 4096, read: true)
+        #expect(r.dataIn.allSatisfy { $0 == 0 })
+        // Zero blocks with UNMAP: deallocate to the end of the medium.
+        let end = h.run(CDB.rw16(0x93, lba: 2000, blocks: 0, flags: 0x08), nexus: n, write: true,
+                        dataOut: [UInt8](repeating: 0, count: 512))
+        #expect(end.isGood && h.disk().ops.contains(.discard(target: .own, offset: 2000 * 512, length: 48 * 512)))
     }
 
     @Test func writeSameFieldChecks() {

@@ -134,6 +134,13 @@ import Testing
         h.disk().failNextWrite = .mediumError
         let w2 = h.run(CDB.rw10(0x2A, lba: 0, blocks: 1), nexus: n, write: true, dataOut: [UInt8](repeating: 0, count: 512))
         #expect(w2.hasSense(SenseKey.mediumError, 0x0C, 0))
+        h.disk().failNextRead = .unavailable
+        #expect(h.run(CDB.rw10(0x28, lba: 0, blocks: 1), nexus: n, edtl: 512, read: true).hasSense(SenseKey.notReady, 0x04, 0))
+        h.disk().failNextRead = .outOfRange
+        #expect(h.run(CDB.rw10(0x28, lba: 0, blocks: 1), nexus: n, edtl: 512, read: true).hasSense(SenseKey.illegalRequest, 0x21, 0))
+        h.disk().failNextWrite = .writeProtected
+        let w3 = h.run(CDB.rw10(0x2A, lba: 0, blocks: 1), nexus: n, write: true, dataOut: [UInt8](repeating: 0, count: 512))
+        #expect(w3.hasSense(SenseKey.dataProtect, 0x27, 0))
     }
 
     @Test func readOnlyLUNRefusesWritesAndSaysSoInModeSense() {

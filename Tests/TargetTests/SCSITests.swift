@@ -93,6 +93,13 @@ import Testing
         #expect(len % 4 == 0)
     }
 
+    @Test func aVeryLongTargetNameIsTruncatedInTheDesignator() {
+        let h = Harness(targetName: "iqn.2026-01.test:" + String(repeating: "x", count: 300))
+        let o = h.run(CDB.inquiry(evpd: true, page: 0x83, alloc: 2048), nexus: h.nexus(), edtl: 2048, read: true)
+        #expect(o.isGood)
+        #expect(o.dataIn[43] == 252 && o.dataIn[44 + 251] == 0)
+    }
+
     @Test func blockLimitsAndProvisioningPagesReflectDiscard() {
         let h = Harness()
         let n = h.nexus()
@@ -118,7 +125,7 @@ import Testing
         let rc16 = h.run(CDB.readCapacity16(), nexus: n, edtl: 32, read: true)
         #expect(rc16.dataIn.count == 32)
         #expect(Array(rc16.dataIn[0 ..< 12]) == [0, 0, 0, 0, 0, 0, 0x07, 0xFF, 0, 0, 2, 0])
-        #expect(rc16.dataIn[13] == 3)            // 4 KiB physical blocks
+        #expect(rc16.dataIn[13] == 0)            // one logical block per physical block
         #expect(rc16.dataIn[14] == 0xC0)         // LBPME, LBPRZ
         let short = h.run(CDB.readCapacity16(alloc: 0), nexus: n, edtl: 0, read: true)
         #expect(short.isGood && short.dataIn.isEmpty)
@@ -157,6 +164,17 @@ import Testing
         h.clearUAs(n)
         let o = h.run([0xC5, 0, 0, 0, 0, 0, 0, 0, 0, 0], nexus: n)
         #expect(o.hasSense(SenseKey.illegalRequest, 0x20, 0))
+    }
+
+    @Test func cdbLengthsOutsideSixTo260AreRefusedAndLongCDBsParse() {
+        let h = Harness()
+        let n = h.nexus()
+        h.clearUAs(n)
+        #expect(h.run([0, 0, 0, 0, 0], nexus: n).hasSense(SenseKey.illegalRequest, 0x24, 0))
+        #expect(h.run([UInt8](repeating: 0, count: 261), nexus: n).hasSense(SenseKey.illegalRequest, 0x24, 0))
+        let variable = [0x7F, 0, 0, 0, 0, 0, 0, 0x18] + [UInt8](repeating: 0, count: 24)
+        #expect(h.run(variable, nexus: n).hasSense(SenseKey.illegalRequest, 0x20, 0))
+        #expect(h.run([UInt8](repeating: 0, count: 260), nexus: n).isGood)   // TEST UNIT READY, padded
     }
 
     @Test func reportedLUNsChangedIsRaisedWhenTheListChanges() {

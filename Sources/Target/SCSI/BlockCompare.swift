@@ -27,15 +27,13 @@ extension SCSITask {
     // MARK: VERIFY 10/12/16
 
     mutating func startVerify(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
-        guard let lun else { return internalError() }
         if cdb[1] & 0xE0 != 0 { return invalidField(byte: 1, bit: 7) }       // VRPROTECT
         let bytchk = (cdb[1] >> 1) & 0x03
         if bytchk == 2 { return invalidField(byte: 1, bit: 2) }
         let (lba, n) = decodeBlockRange()
         if n > maxTransferBlocks { return invalidField(byte: opcode == Opcode.verify16 ? 10 : opcode == Opcode.verify12 ? 6 : 7) }
-        if !rangeIsValid(lba: lba, blocks: n, capacity: lun.blockCount) { return lbaOutOfRange() }
+        if !rangeIsValid(lba: lba, blocks: n, capacity: capacityBlocks) { return lbaOutOfRange() }
         self.lba = lba
-        self.blocks = n
         let bs = UInt64(blockSize)
         switch bytchk {
         case 0:
@@ -107,15 +105,13 @@ extension SCSITask {
     // MARK: ORWRITE(16)
 
     mutating func startOrWrite(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
-        guard let lun else { return internalError() }
         if cdb[1] & 0xE0 != 0 { return invalidField(byte: 1, bit: 7) }       // ORPROTECT
         let (lba, n) = decodeBlockRange()
         if n > maxTransferBlocks { return invalidField(byte: 10) }
-        if !rangeIsValid(lba: lba, blocks: n, capacity: lun.blockCount) { return lbaOutOfRange() }
-        if isWriteProtected(lun) { return writeProtected() }
+        if !rangeIsValid(lba: lba, blocks: n, capacity: capacityBlocks) { return lbaOutOfRange() }
+        if isWriteProtected { return writeProtected() }
         self.lba = lba
-        self.blocks = n
-        fua = cdb[1] & 0x08 != 0 || lun.state.flags & LUNState.flagWriteCacheDisabled != 0
+        fua = cdb[1] & 0x08 != 0 || writeCacheDisabled
         let bs = UInt64(blockSize)
         wantedBytes = n &* bs
         totalBytes = min(wantedBytes, (writeBit ? UInt64(expectedLength) : 0) / bs * bs)
@@ -156,20 +152,18 @@ extension SCSITask {
     // MARK: COMPARE AND WRITE
 
     mutating func startCompareAndWrite(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
-        guard let lun else { return internalError() }
         if cdb[1] & 0xE0 != 0 { return invalidField(byte: 1, bit: 7) }       // WRPROTECT
         let (lba, n) = decodeBlockRange()
         if n > UInt64(maxCompareAndWriteBlocks(bufferBytes: buffer.count)) { return invalidField(byte: 13) }
-        if !rangeIsValid(lba: lba, blocks: n, capacity: lun.blockCount) { return lbaOutOfRange() }
-        if n == 0 { return completeGood() }
-        if isWriteProtected(lun) { return writeProtected() }
+        if !rangeIsValid(lba: lba, blocks: n, capacity: capacityBlocks) { return lbaOutOfRange() }
         let half = n &* UInt64(blockSize)
         wantedBytes = 2 * half
-        // SBC-4 §5.3: the Data-Out Buffer holds exactly the verify and write instances.
-        if !writeBit || UInt64(expectedLength) != wantedBytes { return invalidField(byte: 13) }
+        // SBC-4 §5.3: the Data-Out Buffer holds exactly the verify and write instances (none for zero blocks).
+        if (n > 0 && !writeBit) || UInt64(expectedLength) != wantedBytes { return invalidField(byte: 13) }
+        if n == 0 { return completeGood() }
+        if isWriteProtected { return writeProtected() }
         self.lba = lba
-        self.blocks = n
-        fua = cdb[1] & 0x08 != 0 || lun.state.flags & LUNState.flagWriteCacheDisabled != 0
+        fua = cdb[1] & 0x08 != 0 || writeCacheDisabled
         chunkBytes = Int(half)
         phase = .cawData
         return .dataOut(offset: 0, length: 2 * chunkBytes)
@@ -215,8 +209,8 @@ extension SCSITask {
         // WSNZ is zero: a zero length means "to the end of the medium".
         if n == 0 { n = lun.blockCount - lba }
         if n > maxWriteSameBlocks { return invalidField(byte: opcode == Opcode.writeSame16 ? 10 : 7) }
-        if !rangeIsValid(lba: lba, blocks: n, capacity: lun.blockCount) { return lbaOutOfRange() }
-        if isWriteProtected(lun) { return writeProtected() }
+        if !rangeIsValid(lba: lba, blocks: n, capacity: capacityBlocks) { return lbaOutOfRange() }
+        if isWriteProtected { return writeProtected() }
         let bs = UInt64(blockSize)
         if !ndob && (!writeBit || UInt64(expectedLength) != bs) {
             // The Data-Out Buffer is exactly one logical block.
@@ -224,8 +218,7 @@ extension SCSITask {
         }
         wantedBytes = ndob ? 0 : bs
         self.lba = lba
-        self.blocks = n
-        fua = lun.state.flags & LUNState.flagWriteCacheDisabled != 0
+        fua = writeCacheDisabled
         auxFlag = unmap
         totalBytes = n &* bs
         doneBytes = 0
@@ -239,16 +232,13 @@ extension SCSITask {
     }
 
     mutating func writeSameDataReceived(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
-        guard let lun else { return internalError() }
-        // Deallocate only when reading the range afterwards gives back this very block: a block of zeros
-        // on an LBPRZ store, or anything when unmapped blocks read as unspecified data (LBPRZ 0).
+        // UNMAP asks the device server to deallocate the range; with LBPRZ it then reads back as zeros
+        // whatever the Data-Out block held. This is what initiators expect (libiscsi's
+        // WriteSame10.UnmapUntilEnd sends a block of 0xFF with UNMAP and checks for zeros), and what tgt
+        // and LIO do. A store that refuses the discard gets the block written instead.
         if auxFlag {
-            var zero = true
-            for i in 0 ..< blockSize where buffer[i] != 0 { zero = false; break }
-            if zero || !lun.capabilities.discardZeroes {
-                phase = .wsDiscard
-                return .store(.discard(target: .own, offset: lba &* UInt64(blockSize), length: totalBytes))
-            }
+            phase = .wsDiscard
+            return .store(.discard(target: .own, offset: lba &* UInt64(blockSize), length: totalBytes))
         }
         // Replicate the block across as much of the buffer as one chunk needs.
         let cap = chunkCapacity(buffer.count)
@@ -295,7 +285,7 @@ extension SCSITask {
     mutating func startPrefetch() -> SCSIAction {
         guard let lun else { return internalError() }
         let (lba, n) = decodeBlockRange()
-        if !rangeIsValid(lba: lba, blocks: n, capacity: lun.blockCount) { return lbaOutOfRange() }
+        if !rangeIsValid(lba: lba, blocks: n, capacity: capacityBlocks) { return lbaOutOfRange() }
         let bs = UInt64(blockSize)
         let count = n == 0 ? lun.blockCount - lba : n
         if count == 0 { return completeGood() }

@@ -122,8 +122,9 @@ extension SCSITask {
 
     /// A SCSI name string designator (UTF-8, NUL terminated, padded to a multiple of 4).
     private func putNameDesignator(_ b: UnsafeMutableRawBufferPointer, at p: Int, association: UInt8, name: String) -> Int {
-        /// SPC-4 caps a SCSI name string at 256 bytes including the terminator.
-        let maxNameBytes = 255
+        /// The designator length is one byte and a multiple of 4, so at most 252 bytes: 251 of name and
+        /// the terminator.
+        let maxNameBytes = 251
         var bytes = 0
         for u in name.utf8 where bytes < maxNameBytes {
             b.put8(p + 4 + bytes, u)
@@ -156,15 +157,14 @@ extension SCSITask {
         b.put8(5, UInt8(maxCompareAndWriteBlocks(bufferBytes: b.count)))
         b.put16(6, physical)                                                 // optimal granularity
         b.put32(8, UInt32(BlockLimits.maxTransferBytes / bs))
-        let optimal = lun.capabilities.optimalTransferBytes > 0
-            ? UInt32(lun.capabilities.optimalTransferBytes / lun.blockSize) : 0
+        let optimal = UInt32(truncatingIfNeeded: max(0, lun.capabilities.optimalTransferBytes) / lun.blockSize)
         b.put32(12, optimal)
         b.put32(16, UInt32(BlockLimits.maxTransferBytes / bs))               // max prefetch length
         if lun.capabilities.canDiscard {
             b.put32(20, UInt32(BlockLimits.maxUnmapBytes / bs))
             b.put32(24, UInt32(BlockLimits.maxUnmapDescriptors))
             let granularity = lun.capabilities.unmapGranularityBytes > 0
-                ? UInt32(max(1, lun.capabilities.unmapGranularityBytes / lun.blockSize)) : UInt32(physical)
+                ? UInt32(truncatingIfNeeded: max(1, lun.capabilities.unmapGranularityBytes / lun.blockSize)) : UInt32(physical)
             b.put32(28, granularity)
             b.put32(32, 0x8000_0000)                                         // UGAVALID, alignment 0
         }

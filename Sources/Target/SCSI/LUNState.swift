@@ -153,8 +153,10 @@ struct LUNSharedState {
 }
 
 public final class LUNState: @unchecked Sendable {
-    /// Slots in the lock-free admission cache (nexus id modulo this).
-    static let admissionCacheSlots = 64
+    /// Slots in the lock-free admission cache (nexus id modulo this). Nexus ids are handed out in
+    /// sequence, so up to this many live sessions on one LU never share a slot; beyond that two sessions
+    /// may evict each other and take the locked path more often, which is slower but still correct.
+    static let admissionCacheSlots = 256
 
     static let flagReservationHeld: UInt64 = 1 << 0
     static let flagSoftwareWriteProtect: UInt64 = 1 << 1
@@ -166,7 +168,7 @@ public final class LUNState: @unchecked Sendable {
 
     let fastFlags: Atomic<UInt64>
     let knownGeneration: Atomic<UInt64>
-    let admitted: InlineArray<64, Atomic<UInt64>>
+    let admitted: InlineArray<256, Atomic<UInt64>>
     let shared: Mutex<LUNSharedState>
 
     public init(blockSize: Int, blockCount: UInt64, capabilities: StoreCapabilities) {
@@ -178,6 +180,7 @@ public final class LUNState: @unchecked Sendable {
         knownGeneration = Atomic(LUNSharedState.unknownGeneration)
         admitted = InlineArray { _ in Atomic<UInt64>(0) }
         shared = Mutex(LUNSharedState(mode: mode))
+        precondition(admitted.count == LUNState.admissionCacheSlots, "admission cache size and constant disagree")
     }
 
     // MARK: Fast path

@@ -107,7 +107,7 @@ extension SCSITask {
             p += ModePage.render(page, pc, mode: mode, defaults: defaults, into: buffer, at: p)
         }
         var deviceSpecific: UInt8 = 0x10                                  // DPOFUA
-        if isWriteProtected(lun) { deviceSpecific |= 0x80 }
+        if isWriteProtected { deviceSpecific |= 0x80 }
         if ten {
             buffer.put16(0, UInt16(p - 2))
             buffer.put8(3, deviceSpecific)

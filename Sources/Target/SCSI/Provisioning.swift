@@ -20,14 +20,13 @@ extension SCSITask {
         let length = Int(cdb.u16(7))
         if length == 0 { return completeGood() }
         if length < 8 { return fail(SenseKey.illegalRequest, .parameterListLengthError) }
-        if isWriteProtected(lun) { return writeProtected() }
+        if isWriteProtected { return writeProtected() }
         return requestParameterList(length: length)
     }
 
     /// Validate the whole list before deallocating anything, then discard descriptor by descriptor. The
     /// list stays in the buffer meanwhile: discards do not touch it.
     mutating func unmapListReceived(_ list: UnsafeMutableRawBufferPointer, buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
-        guard let lun else { return internalError() }
         if list.count < 8 { return fail(SenseKey.illegalRequest, .parameterListLengthError) }
         let descriptorLength = Int(list.get16(2))
         if 8 + descriptorLength > list.count { return fail(SenseKey.illegalRequest, .parameterListLengthError) }
@@ -39,7 +38,7 @@ extension SCSITask {
             let lba = list.get64(p)
             let n = UInt64(list.get32(p + 8))
             if n > maxBlocks { return invalidParameter(byte: p + 8) }
-            if !rangeIsValid(lba: lba, blocks: n, capacity: lun.blockCount) { return lbaOutOfRange() }
+            if !rangeIsValid(lba: lba, blocks: n, capacity: capacityBlocks) { return lbaOutOfRange() }
         }
         auxIndex = 0
         auxCount = count

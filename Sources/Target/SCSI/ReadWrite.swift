@@ -11,15 +11,18 @@ enum BlockLimits {
     /// MAXIMUM WRITE SAME LENGTH, in bytes, for WRITE SAME that writes (an unmapping WRITE SAME is bounded
     /// by maxUnmapBytes instead).
     static let maxWriteSameBytes: UInt64 = 64 * 1024 * 1024
-    /// MAXIMUM UNMAP LBA COUNT, in bytes (converted to blocks per LU).
-    static let maxUnmapBytes: UInt64 = 1024 * 1024 * 1024
+    /// MAXIMUM UNMAP LBA COUNT, in bytes (converted to blocks per LU): 256 MiB keeps the count within
+    /// the 1 Mi blocks initiators (libiscsi's BlockLimits test among them) consider sane.
+    static let maxUnmapBytes: UInt64 = 256 * 1024 * 1024
     /// MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT.
     static let maxUnmapDescriptors = 256
-    /// Logical blocks per physical block exponent reported for 512-byte LUs: a 4 KiB physical block, as
-    /// the page cache and every modern disk use.
-    static let lbppbeFor512ByteBlocks: UInt8 = 3
+    /// Logical blocks per physical block exponent (READ CAPACITY 16). Zero: provisioning and GET LBA STATUS
+    /// work per logical block, and reporting 4 KiB physical blocks would make GET LBA STATUS descriptors
+    /// disagree with initiators that assume one logical block per physical block (libiscsi's
+    /// GetLBAStatus.UnmapSingle).
+    static let logicalBlocksPerPhysicalBlockExponent: UInt8 = 0
 
-    static func lbppbe(blockSize: Int) -> UInt8 { blockSize == 512 ? lbppbeFor512ByteBlocks : 0 }
+    static func lbppbe(blockSize: Int) -> UInt8 { logicalBlocksPerPhysicalBlockExponent }
 }
 
 extension SCSITask {
@@ -52,21 +55,21 @@ extension SCSITask {
     @inline(__always)
     var maxTransferBlocks: UInt64 { BlockLimits.maxTransferBytes / UInt64(blockSize) }
 
+    /// Read-only store or software write protect (control mode page SWP), as of start().
     @inline(__always)
-    func isWriteProtected(_ lun: LogicalUnit) -> Bool {
-        lun.capabilities.readOnly || lun.state.flags & LUNState.flagSoftwareWriteProtect != 0
-    }
+    var isWriteProtected: Bool { lunReadOnly || lunFlags & LUNState.flagSoftwareWriteProtect != 0 }
+
+    @inline(__always)
+    var writeCacheDisabled: Bool { lunFlags & LUNState.flagWriteCacheDisabled != 0 }
 
     // MARK: READ
 
     mutating func startRead(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
-        guard let lun else { return internalError() }
         if opcode != Opcode.read6, cdb[1] & 0xE0 != 0 { return invalidField(byte: 1, bit: 7) }   // RDPROTECT
         let (lba, n) = decodeBlockRange()
         if n > maxTransferBlocks { return invalidField(byte: opcode == Opcode.read6 ? 4 : 7) }
-        if !rangeIsValid(lba: lba, blocks: n, capacity: lun.blockCount) { return lbaOutOfRange() }
+        if !rangeIsValid(lba: lba, blocks: n, capacity: capacityBlocks) { return lbaOutOfRange() }
         self.lba = lba
-        self.blocks = n
         wantedBytes = n &* UInt64(blockSize)
         // The initiator gets at most the EDTL, and nothing when it did not set the R bit.
         totalBytes = min(wantedBytes, readBit ? UInt64(expectedLength) : 0)
@@ -105,7 +108,6 @@ extension SCSITask {
     // MARK: WRITE, WRITE AND VERIFY, WRITE ATOMIC
 
     mutating func startWrite(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
-        guard let lun else { return internalError() }
         let isVerify = opcode == Opcode.writeAndVerify10 || opcode == Opcode.writeAndVerify12
             || opcode == Opcode.writeAndVerify16
         if opcode != Opcode.write6, cdb[1] & 0xE0 != 0 { return invalidField(byte: 1, bit: 7) }  // WRPROTECT
@@ -115,15 +117,12 @@ extension SCSITask {
                 ? 10 : (opcode == Opcode.write12 || opcode == Opcode.writeAndVerify12) ? 6 : 7
             return invalidField(byte: field)
         }
-        if !rangeIsValid(lba: lba, blocks: n, capacity: lun.blockCount) { return lbaOutOfRange() }
-        if isWriteProtected(lun) { return writeProtected() }
+        if !rangeIsValid(lba: lba, blocks: n, capacity: capacityBlocks) { return lbaOutOfRange() }
+        if isWriteProtected { return writeProtected() }
         self.lba = lba
-        self.blocks = n
         // FUA makes this write durable; so does a disabled write cache, and WRITE AND VERIFY (the verify
         // must see the medium, not a cache).
-        let flags = lun.state.flags
-        fua = (opcode != Opcode.write6 && cdb[1] & 0x08 != 0) || isVerify
-            || flags & LUNState.flagWriteCacheDisabled != 0
+        fua = (opcode != Opcode.write6 && cdb[1] & 0x08 != 0) || isVerify || writeCacheDisabled
         wantedBytes = n &* UInt64(blockSize)
         // Only whole blocks the initiator will actually send are written.
         let available = writeBit ? UInt64(expectedLength) : 0

@@ -81,6 +81,8 @@ enum TaskPhase: UInt8 {
 public struct SCSITask {
     /// Every data buffer the transport hands in is at least this long.
     public static let minimumBufferBytes = 65536
+    /// Longest CDB the transport may hand in (16 in the BHS plus an extended-CDB AHS).
+    public static let maxCDBBytes = 260
 
     // Command identity.
     var cdb = CDBBytes()
@@ -93,6 +95,11 @@ public struct SCSITask {
     var readBit = false
     var writeBit = false
     var phase: TaskPhase = .idle
+    /// Snapshot of the LU taken in start(), so the hot path reads plain fields instead of going back
+    /// through the class references (no ARC traffic, one atomic load per command).
+    var capacityBlocks: UInt64 = 0
+    var lunFlags: UInt64 = 0
+    var lunReadOnly = false
 
     // Outcome.
     var sense = SenseData()
@@ -101,7 +108,6 @@ public struct SCSITask {
     // Block I/O progress, in bytes unless named otherwise.
     var blockSize = 512
     var lba: UInt64 = 0
-    var blocks: UInt64 = 0
     /// Bytes the CDB asks to move; residuals compare it with the Expected Data Transfer Length.
     var wantedBytes: UInt64 = 0
     /// Bytes this command will actually move (the CDB's length clamped by the EDTL).
@@ -143,20 +149,31 @@ public struct SCSITask {
         self.wantedBytes = 0
         self.chunkBytes = 0
 
-        if raw.count < 6 || raw.count > CDBBytes.capacityBytes {
+        // 6..16 bytes in the BHS, up to 260 with an extended-CDB AHS. Only the first 32 are kept: no
+        // command this device server implements is longer, and the opcode alone rejects the rest.
+        if raw.count < 6 || raw.count > SCSITask.maxCDBBytes {
             return fail(SenseKey.illegalRequest, .invalidFieldInCDB, field: SenseData.fieldPointer(byte: 0))
         }
-        guard let lun else { return startWithoutLUN(buffer: buffer) }
-        blockSize = lun.blockSize
-
-        // Hot path: READ/WRITE with nothing pending on this LU go straight to the handler.
-        let state = lun.state
-        let flags = state.flags
-        if _fastPath(state.isAdmitted(nexusID: nexus.id, lunGeneration: target.lunGeneration))
-            && flags & LUNState.flagReservationHeld == 0 {
+        guard lun != nil else { return startWithoutLUN(buffer: buffer) }
+        // Hot path: READ/WRITE with nothing pending on this LU go straight to the handler. The snapshot is
+        // taken by a helper so no strong reference to the LU is held across the dispatch (no ARC traffic).
+        if _fastPath(takeSnapshot(lun.unsafelyUnwrapped, nexusID: nexus.id, lunGeneration: target.lunGeneration)) {
             return dispatch(buffer: buffer)
         }
         return startSlow(buffer: buffer)
+    }
+
+    /// Takes the flag snapshot; true when this nexus has no pending unit attention and no reservation is
+    /// held, so the command needs no locked check.
+    @inline(never)
+    mutating func takeSnapshot(_ lun: LogicalUnit, nexusID: UInt64, lunGeneration: UInt64) -> Bool {
+        blockSize = lun.blockSize
+        capacityBlocks = lun.blockCount
+        lunReadOnly = lun.capabilities.readOnly
+        let state = lun.state
+        lunFlags = state.flags
+        return state.isAdmitted(nexusID: nexusID, lunGeneration: lunGeneration)
+            && lunFlags & LUNState.flagReservationHeld == 0
     }
 
     public mutating func dataOutReceived(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
@@ -299,7 +316,7 @@ public struct SCSITask {
         case .noSpace: return fail(SenseKey.dataProtect, .spaceAllocationFailedWriteProtect)
         case .writeProtected: return fail(SenseKey.dataProtect, .writeProtected)
         case .notSupported: return invalidOpcode()
-        case .unavailable: return fail(SenseKey.notReady, .logicalUnitCommunicationFailure)
+        case .unavailable: return fail(SenseKey.notReady, .logicalUnitNotReady)
         case .outOfRange: return lbaOutOfRange()
         }
     }

@@ -23,8 +23,8 @@ struct ASC: Equatable {
     init(_ code: UInt8, _ qualifier: UInt8) { self.code = code; self.qualifier = qualifier }
 
     static let none = ASC(0x00, 0x00)
-    static let logicalUnitNotReadyManual = ASC(0x04, 0x03)
-    static let logicalUnitCommunicationFailure = ASC(0x08, 0x00)
+    /// LOGICAL UNIT NOT READY, CAUSE NOT REPORTABLE: the backing store is unreachable.
+    static let logicalUnitNotReady = ASC(0x04, 0x00)
     static let writeError = ASC(0x0C, 0x00)
     static let unrecoveredReadError = ASC(0x11, 0x00)
     static let miscompareDuringVerify = ASC(0x1D, 0x00)
