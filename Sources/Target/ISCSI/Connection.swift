@@ -368,7 +368,8 @@ public final class Connection {
             return
         }
         lastSendProgressTick = reactor.tick
-        out.completed(sent: Int(res)) { token in self.fire(token) }
+        let n = out.completed(sent: Int(res))
+        for i in 0..<n { fire(out.fired[i]) }
         if phase == .closing { return }
         resumeOutWaiters()
         if stalled && reactor.pool.freeCount > 0 { resumeParser() }
@@ -377,6 +378,11 @@ public final class Connection {
 
     /// A queued PDU went out completely.
     private func fire(_ token: SendToken) {
+        if phase == .closing {
+            // Teardown releases tasks; only buffers lent to control PDUs are returned here.
+            if case .freeSlot(let s) = token { reactor.releaseSlot(Int(s)) }
+            return
+        }
         switch token {
         case .none: break
         case .dataInSent(let t):

@@ -38,6 +38,9 @@ struct OutQueue: ~Copyable {
     let arena: UnsafeMutableRawPointer
     let iov: UnsafeMutablePointer<iovec>
     let msg: UnsafeMutablePointer<msghdr>
+    /// Tokens of the records a send completed, handed back after the queue is consistent again (firing them
+    /// may queue more PDUs).
+    let fired: UnsafeMutablePointer<SendToken>
     var head = 0           // oldest queued record
     var count = 0          // queued records (including those in flight)
     var inFlight = 0       // records covered by the SENDMSG in flight
@@ -50,6 +53,8 @@ struct OutQueue: ~Copyable {
         iov = .allocate(capacity: OutQueue.batchRecords * 3)
         msg = .allocate(capacity: 1)
         msg.initialize(to: msghdr())
+        fired = .allocate(capacity: OutQueue.batchRecords)
+        fired.initialize(repeating: .none, count: OutQueue.batchRecords)
     }
 
     deinit {
@@ -57,6 +62,7 @@ struct OutQueue: ~Copyable {
         arena.deallocate()
         iov.deallocate()
         msg.deallocate()
+        fired.deallocate()
     }
 
     var free: Int { capacity - count }
@@ -136,11 +142,13 @@ struct OutQueue: ~Copyable {
         return v + 1
     }
 
-    /// Accounts `sent` bytes of the in-flight batch. Calls `fire` for each record fully sent, oldest first.
-    mutating func completed(sent: Int, fire: (SendToken) -> Void) {
+    /// Accounts `sent` bytes of the in-flight batch. The tokens of records fully sent, oldest first, are left in
+    /// `fired[0..<n]`; returns n.
+    mutating func completed(sent: Int) -> Int {
         var left = sent + sentInFirst
         sentInFirst = 0
         var done = 0
+        var n = 0
         while done < inFlight {
             let r = records[head]
             let b = recordBytes(r)
@@ -149,9 +157,10 @@ struct OutQueue: ~Copyable {
             head = (head + 1) % capacity
             count -= 1
             done += 1
-            if r.token != .none { fire(r.token) }
+            if r.token != .none { fired[n] = r.token; n += 1 }
         }
         inFlight = 0
+        return n
     }
 
     /// Drops everything (connection teardown); tokens are returned so buffers can be released.

@@ -298,16 +298,19 @@ final class SheepChannel {
 
     /// Sheep is gone for good: every waiting request fails.
     private func failAll(_ e: StoreError) {
-        var n = 0
+        // Empty the table first: answering a waiter may submit new requests to this channel.
+        var waiters: [SheepWaiter] = []
         for i in 0..<SheepChannel.maxRequests where reqs[i].inUse {
-            let w = reqs[i].waiter
+            waiters.append(reqs[i].waiter)
             release(Int32(i))
-            reactor.sheepReply(w, result: .eio, bytes: 0, failure: e)
-            n += 1
         }
         queueHead = -1
         queueTail = -1
         inFlightCount = 0
+        sendBatch.removeAll(keepingCapacity: true)
+        sendSkip = 0
+        let n = waiters.count
+        for w in waiters { reactor.sheepReply(w, result: .eio, bytes: 0, failure: e) }
         if n > 0 { reactor.logger.error("sheep \(endpoint): unreachable for \(SheepChannel.giveUpSeconds)s; failed \(n) request(s)") }
         downSinceTick = reactor.tick
     }
