@@ -80,16 +80,16 @@ extension Connection {
         let ttt = bhs.ttt
         let t = taskForTTT(ttt)
         guard t >= 0 else { return }   // unknown TTT: rejected in dispatch
-        let task = tasks[t]
-        guard task.itt == bhs.itt, task.state == .receivingData else { return }
+        let task = tasks + t
+        guard task.pointee.itt == bhs.itt, task.pointee.state == .receivingData else { return }
         let offset = Int(bhs.bufferOffset)
-        guard offset == task.burstOffset + task.burstReceived,
-              dataLength <= task.burstLength - task.burstReceived,
-              offset >= task.chunkOffset, offset + dataLength <= task.chunkOffset + task.chunkLength
+        guard offset == task.pointee.burstOffset + task.pointee.burstReceived,
+              dataLength <= task.pointee.burstLength - task.pointee.burstReceived,
+              offset >= task.pointee.chunkOffset, offset + dataLength <= task.pointee.chunkOffset + task.pointee.chunkLength
         else { return }
         sink = .taskBuffer
         sinkTask = Int32(t)
-        sinkPtr = reactor.pool.data(Int(task.slot)) + (offset - task.chunkOffset)
+        sinkPtr = reactor.pool.data(Int(task.pointee.slot)) + (offset - task.pointee.chunkOffset)
     }
 
     /// TTT = task index | connection-local sequence << 16, so a Data-Out finds its task without a search.
@@ -487,12 +487,16 @@ extension Connection {
             else { token = .none }
             let status = tasks[t].finalStatus
             let residual = tasks[t].finalResidual
-            queuePDU(data: UnsafeRawPointer(base + tasks[t].pieceSent), dataLength: n, token: token) { h in
-                PDUBuild.dataIn(h, itt: itt, lunField: lunField, dataSN: sn, bufferOffset: off, length: n,
-                                final: withStatus || (last && self.tasks[t].pieceFinal),
-                                status: withStatus ? status : nil, residual: residual)
-                self.stamp(h, advance: withStatus)
-            }
+            // Built in place (no closure): this is the hot path of every read.
+            let i = out.nextIndex()
+            let h = out.header(i)
+            PDUBuild.dataIn(h, itt: itt, lunField: lunField, dataSN: sn, bufferOffset: off, length: n,
+                            final: withStatus || (last && tasks[t].pieceFinal),
+                            status: withStatus ? status : nil, residual: residual)
+            stamp(h, advance: withStatus)
+            out.commit(i, data: UnsafeRawPointer(base + tasks[t].pieceSent), dataLength: n,
+                       headerDigest: params.headerDigest, dataDigest: params.dataDigest, token: token)
+            markDirty()
             tasks[t].pieceSent += n
         }
         if !tasks[t].pieceFinal {

@@ -280,8 +280,7 @@ public final class Reactor {
     /// Starts a store operation for task `t`. Returns the next SCSI action when the operation completed
     /// synchronously (null store, metadata queries), nil when it is in flight on the ring.
     func submitStore(_ c: Connection, _ t: Int, _ op: StoreOp) -> SCSIAction? {
-        let task = c.tasks[t]
-        var lun = task.lun
+        var lun = c.tasks[t].lun
         let storeTarget: StoreTarget
         switch op {
         case .read(let tg, _, _, _), .write(let tg, _, _, _, _), .flush(let tg), .discard(let tg, _, _),
@@ -290,9 +289,9 @@ public final class Reactor {
         }
         if case .other(let n) = storeTarget { lun = c.target?.lun(n) }
         guard let lun else {
-            return c.tasks[t].scsi.storeCompleted(.failed(.unavailable), buffer: pool.buffer(Int(task.slot)))
+            return c.tasks[t].scsi.storeCompleted(.failed(.unavailable), buffer: pool.buffer(Int(c.tasks[t].slot)))
         }
-        let buffer = pool.buffer(Int(task.slot))
+        let buffer = pool.buffer(Int(c.tasks[t].slot))
         switch lun.backing {
         case .sheep(let vol):
             return submitSheep(c, t, op, vol)
@@ -359,16 +358,16 @@ public final class Reactor {
     }
 
     private func submitFileIO(_ c: Connection, _ t: Int) {
-        let task = c.tasks[t]
+        let tp = c.tasks + t   // through the pointer: no copy of the task
         let sqe = ring.sqe()
-        let p = pool.data(Int(task.slot)) + task.opBufferOffset + task.opDone
-        let len = UInt32(task.opLength - task.opDone)
-        let off = task.opOffset + UInt64(task.opDone)
-        if task.opIsWrite {
-            io_uring_prep_write_fixed(sqe, task.opLUNFD, p, len, off, 0)
-            if task.opFUA { sqe.pointee.rw_flags = Int32(RWF_DSYNC) }
+        let p = pool.data(Int(tp.pointee.slot)) + tp.pointee.opBufferOffset + tp.pointee.opDone
+        let len = UInt32(tp.pointee.opLength - tp.pointee.opDone)
+        let off = tp.pointee.opOffset + UInt64(tp.pointee.opDone)
+        if tp.pointee.opIsWrite {
+            io_uring_prep_write_fixed(sqe, tp.pointee.opLUNFD, p, len, off, 0)
+            if tp.pointee.opFUA { sqe.pointee.rw_flags = Int32(RWF_DSYNC) }
         } else {
-            io_uring_prep_read_fixed(sqe, task.opLUNFD, p, len, off, 0)
+            io_uring_prep_read_fixed(sqe, tp.pointee.opLUNFD, p, len, off, 0)
         }
         sqe.pointee.user_data = packUserData(.storeIO, index: c.index << 10 | t, tag: c.generation)
     }
@@ -379,8 +378,8 @@ public final class Reactor {
             maybeRelease(c)
             return
         }
-        let task = c.tasks[t]
-        if task.opLUNFD == -2 {
+        let tp = c.tasks + t   // through the pointer: no copy of the task
+        if tp.pointee.opLUNFD == -2 {
             c.storeDone(t, res < 0 ? .failed(storeError(-res)) : .ok(0))
             return
         }
@@ -393,20 +392,20 @@ public final class Reactor {
             c.storeDone(t, .failed(storeError(-res)))
             return
         }
-        if res == 0 && !task.opIsWrite {
+        if res == 0 && !tp.pointee.opIsWrite {
             // Past the end of the file: the rest reads as zeros (a file shrunk under us).
-            memset(pool.data(Int(task.slot)) + task.opBufferOffset + task.opDone, 0, task.opLength - task.opDone)
-            c.storeDone(t, .ok(task.opLength))
+            memset(pool.data(Int(tp.pointee.slot)) + tp.pointee.opBufferOffset + tp.pointee.opDone, 0, tp.pointee.opLength - tp.pointee.opDone)
+            c.storeDone(t, .ok(tp.pointee.opLength))
             return
         }
         c.tasks[t].opDone += Int(res)
-        if c.tasks[t].opDone < task.opLength && res > 0 {
+        if c.tasks[t].opDone < tp.pointee.opLength && res > 0 {
             // Short read or write: continue where it stopped.
             c.storeInFlight += 1
             submitFileIO(c, t)
             return
         }
-        c.storeDone(t, .ok(task.opLength))
+        c.storeDone(t, .ok(tp.pointee.opLength))
     }
 
     func storeError(_ e: Int32) -> StoreError {
