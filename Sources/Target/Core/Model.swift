@@ -17,6 +17,10 @@ public final class LogicalUnit: @unchecked Sendable {
     public let naa: [UInt8]              // 16-byte NAA IEEE Registered Extended designator (VPD 0x83)
     public let backing: Backing          // what the reactor drives
     public let state: LUNState           // SCSI-level shared state (SCSI/LUNState.swift)
+    /// COMPARE AND WRITE runs one at a time per LUN across all cores (its read, compare and write must not
+    /// interleave with another's: VMware ATS). Taken with a compare-exchange by the command's core and polled
+    /// by waiters; READ and WRITE never touch it.
+    let compareAndWriteGate = Atomic<Bool>(false)
     /// Backing-store type and path as the admin gave them (shown by `--op show`).
     public let bstype: String
     public let path: String
@@ -42,6 +46,12 @@ public final class LogicalUnit: @unchecked Sendable {
     }
 
     public var byteCount: UInt64 { blockCount &* UInt64(blockSize) }
+
+    func tryEnterCompareAndWrite() -> Bool {
+        compareAndWriteGate.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged
+    }
+
+    func leaveCompareAndWrite() { compareAndWriteGate.store(false, ordering: .releasing) }
 }
 
 /// Who may log in to a target (tgtadm `--op bind -I ...` / `--initiator-name`).

@@ -259,6 +259,14 @@ extension Connection {
         guard let target else { releaseTask(t); return }
         let lun = target.lun(tasks[t].lunNumber)
         tasks[t].lun = lun
+        if cdb.count > 0 && cdb[0] == 0x89, let lun, !tasks[t].holdsCompareAndWriteGate {
+            if !lun.tryEnterCompareAndWrite() {
+                tasks[t].state = .waitingGate
+                reactor.gateWaiters.append(GateWaiter(connection: Int32(index), generation: generation, task: Int32(t)))
+                return
+            }
+            tasks[t].holdsCompareAndWriteGate = true
+        }
         tasks[t].state = .storeIO
         let buffer = reactor.pool.buffer(Int(tasks[t].slot))
         let flags = tasks[t].flags
@@ -562,9 +570,22 @@ extension Connection {
         complete(t, status: SCSIStatus.checkCondition, dataInLength: 0, residual: .none)
     }
 
+    /// A COMPARE AND WRITE got its LUN's gate: run it now.
+    func gateOpened(_ t: Int) {
+        guard tasks[t].state == .waitingGate else { return }
+        tasks[t].holdsCompareAndWriteGate = true
+        var cdb = tasks[t].cdb
+        let n = tasks[t].cdbLength
+        withUnsafeBytes(of: &cdb) { c in startTask(t, cdb: UnsafeRawBufferPointer(start: c.baseAddress, count: n)) }
+    }
+
     /// Gives back the task entry and its buffer slot.
     func releaseTask(_ t: Int) {
         guard tasks[t].state != .free else { return }
+        if tasks[t].holdsCompareAndWriteGate {
+            tasks[t].holdsCompareAndWriteGate = false
+            tasks[t].lun?.leaveCompareAndWrite()
+        }
         if tasks[t].holdsPermit {
             tasks[t].holdsPermit = false
             reactor.returnR2TPermit()
@@ -718,7 +739,7 @@ extension Connection {
     private func abortTask(_ t: Int) {
         switch tasks[t].state {
         case .free: return
-        case .waitingOrder, .receivingData, .waitingPermit:
+        case .waitingOrder, .receivingData, .waitingPermit, .waitingGate:
             if tasks[t].state == .waitingPermit { reactor.cancelPermitWait(connection: index, task: t) }
             releaseTask(t)
         case .waitingOutSpace:

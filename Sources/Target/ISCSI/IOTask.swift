@@ -7,6 +7,8 @@ enum TaskState: UInt8 {
     case waitingOrder
     /// Needs R2T data but the core's R2T permits are used up: waits in the core's permit queue.
     case waitingPermit
+    /// A COMPARE AND WRITE waiting for its LUN's gate (another one is running on some core).
+    case waitingGate
     /// R2T sent; Data-Out PDUs are arriving into the buffer.
     case receivingData
     /// A store operation is in flight on the ring.
@@ -68,6 +70,7 @@ struct IOTask {
     var cdb: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
     var cdbLength: Int = 0
     var flags: UInt8 = 0
+    var holdsCompareAndWriteGate = false
     /// Sense produced by the transport itself (data-phase errors): key, ASC, ASCQ.
     var transportSense: (UInt8, UInt8, UInt8)? = nil
 

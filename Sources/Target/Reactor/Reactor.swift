@@ -28,6 +28,12 @@ public struct ReactorConfig: Sendable {
     public init() {}
 }
 
+struct GateWaiter {
+    var connection: Int32
+    var generation: UInt32
+    var task: Int32
+}
+
 /// One core: one thread, one ring, its listeners, its connections, its buffers. Nothing here is shared.
 public final class Reactor {
     let core: Int
@@ -60,6 +66,9 @@ public final class Reactor {
     var sheepHomes: [ObjectIdentifier: SheepHome] = [:]
     var sheepHomeOps: [Int32: SheepHomeOp] = [:]
     var sheepHomeOpCounter: Int32 = 0
+
+    /// COMPARE AND WRITEs waiting for their LUN's gate; retried every loop pass (they are rare).
+    var gateWaiters: [GateWaiter] = []
 
     var tick: UInt64 = 0
     var running = true
@@ -100,7 +109,9 @@ public final class Reactor {
         armTick()
         armMailbox()
         while running {
-            _ = ring.submitAndWait(timeoutNanos: -1)
+            // With a COMPARE AND WRITE waiting for a gate another core holds, wake up soon to try again.
+            _ = ring.submitAndWait(timeoutNanos: gateWaiters.isEmpty ? -1 : Reactor.gatePollNanos)
+            if !gateWaiters.isEmpty { retryGates() }
             // Completions are handled in batches; sends and recvs queued meanwhile go out in the next submit.
             while true {
                 let n = ring.peekBatch()
@@ -148,6 +159,23 @@ public final class Reactor {
     func connection(_ index: Int, _ tag: UInt32) -> Connection? {
         guard index < connections.count, let c = connections[index], c.generation == tag else { return nil }
         return c
+    }
+
+    static let gatePollNanos: Int64 = 100_000
+
+    func retryGates() {
+        let waiting = gateWaiters
+        gateWaiters.removeAll(keepingCapacity: true)
+        for w in waiting {
+            guard let c = connection(Int(w.connection), w.generation), c.phase == .fullFeature,
+                  c.tasks[Int(w.task)].state == .waitingGate else { continue }
+            if let lun = c.tasks[Int(w.task)].lun, lun.tryEnterCompareAndWrite() {
+                c.gateOpened(Int(w.task))
+            } else {
+                gateWaiters.append(w)
+            }
+        }
+        flushDirty()
     }
 
     func flushDirty() {
