@@ -41,6 +41,7 @@ final class SheepHome {
     var creating: [Int: [SheepHomeRequest]] = [:]
     var reloading = false
     var waitingReload: [SheepHomeRequest] = []
+    var reconcileLeft = 0
 }
 
 /// One step of home-core work waiting for a sheep reply.
@@ -50,12 +51,20 @@ final class SheepHomeOp {
         case slotWrite(vid: UInt32, value: UInt32)
         case plainWrite(vid: UInt32)
         case reloadLookup
+        /// Reading the new working VDI's index, to add slots a snapshot copied before our write reached it.
+        case reloadIndex(newVID: UInt32)
+        /// Writing one such slot; the last one ends the reload.
+        case reconcileSlot
     }
     let request: SheepHomeRequest?
     let volume: SheepVolume
     var stage: Stage
     /// Payload that must outlive the send: the 4-byte slot value, or name+tag for a lookup.
     var payload: [UInt8] = []
+    /// The new inode's index while reconciling (allocation path only).
+    var buffer: UnsafeMutableRawPointer? = nil
+
+    deinit { buffer?.deallocate() }
 
     init(request: SheepHomeRequest?, volume: SheepVolume, stage: Stage) {
         self.request = request
@@ -436,7 +445,12 @@ extension Reactor {
         let vol = op.volume
         if let failure {
             if let req = op.request { finishHome(req, failure: failure) }
-            if case .reloadLookup = op.stage { reloadFinished(vol, newVID: nil) }
+            switch op.stage {
+            case .reloadLookup: reloadFinished(vol, newVID: nil)
+            case .reloadIndex(let v): reloadFinished(vol, newVID: v)   // no reconcile possible; carry on
+            case .reconcileSlot: reconcileStep(vol)
+            default: break
+            }
             return
         }
         switch op.stage {
@@ -464,7 +478,22 @@ extension Reactor {
             if result == .success { vol.setOwner(req.index, value) }
             finishHome(req, failure: result == .success ? nil : mapResult(result))
         case .reloadLookup:
-            reloadFinished(vol, newVID: result == .success ? vdiID : nil)
+            guard result == .success, vdiID != 0, vdiID != vol.vid else {
+                reloadFinished(vol, newVID: nil)
+                return
+            }
+            readNewIndex(vol, newVID: vdiID)
+        case .reloadIndex(let newVID):
+            if result == .success, let buf = op.buffer {
+                reconcile(vol, newVID: newVID, newIndex: buf)
+            } else {
+                reloadFinished(vol, newVID: newVID)
+            }
+        case .reconcileSlot:
+            if result != .success {
+                logger.error("sheep VDI '\(vol.name)': writing an index slot to the new working VDI failed: \(result.name)")
+            }
+            reconcileStep(vol)
         }
     }
 
@@ -508,12 +537,65 @@ extension Reactor {
         }
     }
 
+    /// Reads the new working VDI's index (4 MiB; snapshots are rare).
+    private func readNewIndex(_ vol: SheepVolume, newVID: UInt32) {
+        let op = SheepHomeOp(request: nil, volume: vol, stage: .reloadIndex(newVID: newVID))
+        let bytes = SheepInodeLayout.dataIndexSizeBytes
+        op.buffer = .allocate(byteCount: bytes, alignment: 64)
+        let id = newHomeOp(op)
+        let hdr = SheepRequestHeader.readObject(id: 0, oid: SheepOID.inode(vid: newVID),
+                                                offset: UInt32(SheepInodeLayout.headerSizeBytes), length: UInt32(bytes))
+        if !sheepChannel(vol).submit(hdr, payload: nil, payloadLength: 0, dest: op.buffer, destCapacity: bytes,
+                                     waiter: .home(op: id)) {
+            sheepHomeOps[id] = nil
+            reloadFinished(vol, newVID: newVID)
+        }
+    }
+
+    /// A data object created just before the snapshot can have its index slot written to the old inode after
+    /// sheep copied that index into the new working VDI (§7.9, sheepdog#331). Every slot we know of that the new
+    /// index lacks is written to it before any write continues, so nothing acknowledged is lost.
+    private func reconcile(_ vol: SheepVolume, newVID: UInt32, newIndex: UnsafeMutableRawPointer) {
+        vol.setVID(newVID)
+        let h = home(vol)
+        var missing: [(Int, UInt32)] = []
+        for idx in 0..<vol.indexSlots {
+            let mine = vol.owner(idx)
+            if mine == 0 { continue }
+            let theirs = UInt32(littleEndian: newIndex.load(fromByteOffset: idx * 4, as: UInt32.self))
+            if theirs != mine { missing.append((idx, mine)) }
+        }
+        h.reconcileLeft = missing.count
+        if missing.isEmpty { reloadFinished(vol, newVID: newVID); return }
+        logger.warning("sheep VDI '\(vol.name)': \(missing.count) index slot(s) missing from the new working VDI; writing them")
+        for (idx, value) in missing {
+            let op = SheepHomeOp(request: nil, volume: vol, stage: .reconcileSlot)
+            op.payload = withUnsafeBytes(of: value.littleEndian) { Array($0) }
+            let id = newHomeOp(op)
+            let hdr = SheepRequestHeader.writeObject(id: 0, oid: SheepOID.inode(vid: newVID),
+                                                     offset: SheepInodeLayout.slotOffset(UInt32(idx)), length: 4,
+                                                     copies: vol.copies)
+            let p = op.payload.withUnsafeBytes { $0.baseAddress! }
+            if !sheepChannel(vol).submit(hdr, payload: p, payloadLength: 4, dest: nil, destCapacity: 0,
+                                         waiter: .home(op: id)) {
+                sheepHomeOps[id] = nil
+                reconcileStep(vol)
+            }
+        }
+    }
+
+    private func reconcileStep(_ vol: SheepVolume) {
+        let h = home(vol)
+        h.reconcileLeft -= 1
+        if h.reconcileLeft <= 0 { reloadFinished(vol, newVID: vol.vid) }
+    }
+
     private func reloadFinished(_ vol: SheepVolume, newVID: UInt32?) {
         let h = home(vol)
         h.reloading = false
         let waiting = h.waitingReload
         h.waitingReload = []
-        guard let newVID, newVID != 0, newVID != vol.vid else {
+        guard let newVID, newVID != 0 else {
             // No new working VDI (deleted, or the lookup failed): the writes cannot go anywhere safe.
             logger.error("sheep VDI '\(vol.name)': no working VDI after READONLY; failing writes")
             for r in waiting { homeDone(r, failure: .writeProtected) }
