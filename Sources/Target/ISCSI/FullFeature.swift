@@ -256,7 +256,7 @@ extension Connection {
     }
 
     private func startTask(_ t: Int, cdb: UnsafeRawBufferPointer) {
-        guard let target else { releaseTask(t); return }
+        guard let target, let nexus else { releaseTask(t); return }
         let lun = target.lun(tasks[t].lunNumber)
         tasks[t].lun = lun
         if cdb.count > 0 && cdb[0] == 0x89, let lun, !tasks[t].holdsCompareAndWriteGate {
@@ -273,7 +273,7 @@ extension Connection {
         let action = tasks[t].scsi.start(
             cdb: cdb,
             expectedLength: tasks[t].edtl, readBit: flags & 0x40 != 0, writeBit: flags & 0x20 != 0,
-            lunNumber: tasks[t].lunNumber, lun: lun, target: target, nexus: nexus!, buffer: buffer)
+            lunNumber: tasks[t].lunNumber, lun: lun, target: target, nexus: nexus, buffer: buffer)
         drive(t, action)
     }
 
@@ -716,13 +716,13 @@ extension Connection {
         case 4: // CLEAR ACA: NACA is not supported
             response = 5
         case 5: // LOGICAL UNIT RESET
-            guard let target, let lun = target.lun(lunNumber) else { response = 2; break }
+            guard let target, let nexus, let lun = target.lun(lunNumber) else { response = 2; break }
             for t in 0..<taskCapacity where tasks[t].state != .free && tasks[t].lunNumber == lunNumber { abortTask(t) }
-            SCSITask.logicalUnitReset(lun, by: nexus!)
+            SCSITask.logicalUnitReset(lun, by: nexus)
         case 6, 7: // TARGET WARM RESET, TARGET COLD RESET
-            guard let target else { response = 6; break }
+            guard let target, let nexus else { response = 6; break }
             for t in 0..<taskCapacity where tasks[t].state != .free { abortTask(t) }
-            SCSITask.targetReset(target, by: nexus!)
+            SCSITask.targetReset(target, by: nexus)
         case 8: // TASK REASSIGN: needs ErrorRecoveryLevel 2
             response = 5
         default:
