@@ -15,7 +15,7 @@ public struct ReactorConfig: Sendable {
     /// Extra task entries for immediate commands, which do not consume CmdSN.
     public var immediateCommandAllowance = 8
     /// PDUs queued for sending per connection.
-    public var sendQueueRecords = 512
+    public var sendQueueRecords = 256
     public var submissionEntries: UInt32 = 1024
     /// NOP-In ping after this much silence (0 = never), and give up when unanswered this long.
     public var nopIntervalSeconds: UInt64 = 5
