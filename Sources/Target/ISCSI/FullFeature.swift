@@ -220,10 +220,13 @@ extension Connection {
         }
     }
 
+    /// Judged against the window the initiator was given, not the one `maxCmdSN` would give now: that one
+    /// already counts the arriving command's own task entry, and shrinks while responses wait to be sent,
+    /// so a command sent at the edge of the advertised window would be dropped and never answered.
     @inline(__always)
     func cmdSNInWindow(_ sn: UInt32) -> Bool {
         let ahead = Int32(bitPattern: sn &- expCmdSN)
-        let span = Int32(bitPattern: maxCmdSN &- expCmdSN)
+        let span = Int32(bitPattern: advertisedMaxCmdSN &- expCmdSN)
         return ahead >= 0 && ahead <= span
     }
 
