@@ -319,9 +319,9 @@ struct RawLoginOptions {
     var maxBurstLength = 262_144
     /// Shrinks the socket's receive buffer (slow-client tests).
     var receiveBufferBytes: Int? = nil
-    /// After login, TEST UNIT READY on LUN 1 until the power-on UNIT ATTENTION every new I_T nexus
+    /// After login, TEST UNIT READY on these LUNs until the power-on UNIT ATTENTION every new I_T nexus
     /// starts with has been reported, as real initiators do, so tests see only the effects they cause.
-    var clearUnitAttention = true
+    var clearUnitAttentionLUNs: [UInt64] = [1]
 }
 
 /// One event on the connection.
@@ -348,9 +348,12 @@ final class RawSession {
     /// The next CmdSN to use for a non-immediate command.
     var cmdSN: UInt32 = 1
     var expStatSN: UInt32 = 0
-    /// The latest window the target advertised.
+    /// The window in the latest PDU from the target.
     private(set) var targetExpCmdSN: UInt32 = 0
     private(set) var targetMaxCmdSN: UInt32 = 0
+    /// The highest MaxCmdSN seen: an initiator ignores a lower one (RFC 7143 §3.2.2.1), so this is how far
+    /// it may go. `sendCommand` refuses to pass it unless the test chooses the CmdSN itself.
+    private(set) var windowMaxCmdSN: UInt32 = 0
     private var nextITT: UInt32 = 0x1000
     /// NOP-In pings (TTT set) the helper answered while reading.
     private(set) var pingsAnswered = 0
@@ -371,10 +374,10 @@ final class RawSession {
         self.options = options
         socket = try RawSocket(endpoint, receiveBufferBytes: options.receiveBufferBytes)
         try login(target: target)
-        if options.clearUnitAttention {
-            var r = try run(RawCDB.testUnitReady)
-            if r.status == RawCodes.checkCondition && r.sense?.key == 0x06 { r = try run(RawCDB.testUnitReady) }
-            guard r.status == RawCodes.good else { throw E2EError("TEST UNIT READY after login: \(r)") }
+        for lun in options.clearUnitAttentionLUNs {
+            var r = try run(RawCDB.testUnitReady, lun: lun)
+            if r.status == RawCodes.checkCondition && r.sense?.key == 0x06 { r = try run(RawCDB.testUnitReady, lun: lun) }
+            guard r.status == RawCodes.good else { throw E2EError("TEST UNIT READY on LUN \(lun) after login: \(r)") }
         }
     }
 
@@ -495,6 +498,10 @@ final class RawSession {
     func sendCommand(_ cdb: [UInt8], lun: UInt64 = 1, read: Bool = false, edtl: Int = 0, writeData: [UInt8]? = nil,
                      itt: UInt32? = nil, cmdSN: UInt32? = nil, immediate: Bool = false,
                      immediateBytes: Int? = nil, serveR2T: Bool = true) throws -> UInt32 {
+        if cmdSN == nil && !immediate && Int32(bitPattern: self.cmdSN &- windowMaxCmdSN) > 0 {
+            throw E2EError("the test would send CmdSN \(self.cmdSN) beyond the target's MaxCmdSN \(windowMaxCmdSN); " +
+                           "ping first to learn the current window, or choose the CmdSN explicitly")
+        }
         let tag = itt ?? takeITT()
         let sn = cmdSN ?? self.cmdSN
         if cmdSN == nil && !immediate { self.cmdSN &+= 1 }
@@ -676,6 +683,7 @@ final class RawSession {
         if p.opcode != RawCodes.loginResponse || p.header[36] == 0 {
             targetExpCmdSN = p.expCmdSN
             targetMaxCmdSN = p.maxCmdSN
+            if Int32(bitPattern: p.maxCmdSN &- windowMaxCmdSN) > 0 || windowMaxCmdSN == 0 { windowMaxCmdSN = p.maxCmdSN }
         }
     }
 
@@ -704,8 +712,9 @@ final class RawSession {
             case .closed:
                 throw E2EError("the target closed the connection with \(wanted.count) command(s) unanswered")
             case .timeout:
-                throw E2EError("\(wanted.count) of \(itts.count) command(s) unanswered after \(timeoutSeconds) s " +
-                               "(window \(targetExpCmdSN)...\(targetMaxCmdSN), next CmdSN \(cmdSN))")
+                let some = wanted.sorted().prefix(4).map { String($0, radix: 16) }.joined(separator: ", ")
+                throw E2EError("\(options.initiatorName): \(wanted.count) of \(itts.count) command(s) unanswered after " +
+                               "\(timeoutSeconds) s (ITT \(some); window \(targetExpCmdSN)...\(targetMaxCmdSN), next CmdSN \(cmdSN))")
             case .pdu(let p):
                 absorb(p)
                 if p.opcode == RawCodes.r2t, let data = pendingWrites[p.itt] { try serve(p, from: data) }
@@ -764,7 +773,8 @@ final class RawSession {
     }
 
     /// Sends a NOP-Out ping and waits for its echo. Returns every other PDU that arrived before the echo:
-    /// the target answers in order, so a command it answered before the ping shows up here.
+    /// the target answers in order, so a command it answered before the ping shows up here. (Command
+    /// responses among them are also filed for `collect`, and R2Ts for writes it serves are kept for it.)
     @discardableResult
     func ping(timeoutSeconds: Double = RawSessionLimits.answerTimeoutSeconds) throws -> [TargetPDU] {
         let itt = takeITT()
@@ -782,6 +792,8 @@ final class RawSession {
                     guard p.data == payload else { throw E2EError("ping: the echo carries other data: \(p)") }
                     return before
                 }
+                if p.opcode == RawCodes.r2t && pendingWrites[p.itt] != nil { keptR2Ts.append(p); continue }
+                if p.opcode == RawCodes.dataIn || p.opcode == RawCodes.scsiResponse { absorb(p) }
                 before.append(p)
             }
         }
