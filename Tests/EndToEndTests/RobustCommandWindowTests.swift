@@ -43,7 +43,9 @@ extension EndToEnd {
                 #expect(next.status == RawCodes.good && next.data.count == 4096, "READ(10) after the drops: \(next)")
                 #expect(s.targetExpCmdSN == exp &+ 1)
                 // A full window's worth afterwards: none of the dropped commands was parked to run later
-                // (the one "beyond" would now be inside the window).
+                // (the one "beyond" would now be inside the window). The ping's echo carries the full window
+                // (the READ's response still counted the READ as busy).
+                try s.ping()
                 let itts = try (0..<window).map { _ in try s.sendCommand(RawCDB.testUnitReady) }
                 let results = try s.collect(itts)
                 #expect(results.values.allSatisfy { $0.status == RawCodes.good }, "\(results.values.filter { $0.status != 0 })")
