@@ -62,6 +62,8 @@ struct RingTgtd: ParsableCommand {
         config.slotBytes = bufferSize
         config.slotCount = buffers
         config.maxConnections = maxConnections
+        // nop_count is a number of intervals: applied after the loop, so the order of the options does not matter.
+        var nopCount: UInt64? = nil
         for arg in iscsi {
             for item in arg.split(separator: ",") {
                 let kv = item.split(separator: "=", maxSplits: 1).map(String.init)
@@ -71,16 +73,21 @@ struct RingTgtd: ParsableCommand {
                     guard let p = Portal.parse(kv[1]) else { throw ValidationError("bad portal '\(kv[1])'") }
                     portals.append(p)
                 case "nop_interval":
-                    guard let v = UInt64(kv[1]) else { throw ValidationError("bad nop_interval '\(kv[1])'") }
+                    guard let v = UInt64(kv[1]), v <= ISCSITargetKeys.maxNopIntervalSeconds else {
+                        throw ValidationError("bad nop_interval '\(kv[1])'")
+                    }
                     config.nopIntervalSeconds = v
                 case "nop_count":
-                    guard let v = UInt64(kv[1]), v > 0 else { throw ValidationError("bad nop_count '\(kv[1])'") }
-                    config.nopTimeoutSeconds = max(1, config.nopIntervalSeconds) * v
+                    guard let v = UInt64(kv[1]), v > 0, v <= ISCSITargetKeys.maxNopCount else {
+                        throw ValidationError("bad nop_count '\(kv[1])'")
+                    }
+                    nopCount = v
                 default:
                     throw ValidationError("unknown --iscsi option '\(kv[0])'")
                 }
             }
         }
+        if let nopCount { config.nopTimeoutSeconds = max(1, config.nopIntervalSeconds) * nopCount }
         if portals.isEmpty { portals = [Portal(host: "0.0.0.0", port: 3260)] }
 
         let socketPath = controlSocket ?? ControlEndpoint.path(controlPort: controlPort)

@@ -93,6 +93,9 @@ public final class Connection {
     var params = ConnectionParams()
     var statSN: UInt32 = 0
     var expCmdSN: UInt32 = 0
+    /// The highest MaxCmdSN stamped into a PDU so far. Initiators never shrink their window (RFC 7143
+    /// §3.2.2.1: a lower MaxCmdSN is ignored), so every CmdSN up to this one must be accepted.
+    var advertisedMaxCmdSN: UInt32 = 0
     var cmdWindow: Int
     var login = LoginStateMachine()
     var loginStarted = false
@@ -440,7 +443,9 @@ public final class Connection {
     /// Stamps StatSN/ExpCmdSN/MaxCmdSN; `advance` consumes a StatSN (responses and status-carrying Data-In).
     @inline(__always)
     func stamp(_ h: UnsafeMutableRawPointer, advance: Bool) {
-        PDUBuild.setSequence(h, statSN: statSN, expCmdSN: expCmdSN, maxCmdSN: maxCmdSN)
+        let max = maxCmdSN
+        if Int32(bitPattern: max &- advertisedMaxCmdSN) > 0 { advertisedMaxCmdSN = max }
+        PDUBuild.setSequence(h, statSN: statSN, expCmdSN: expCmdSN, maxCmdSN: max)
         if advance { statSN &+= 1 }
     }
 

@@ -220,10 +220,13 @@ extension Connection {
         }
     }
 
+    /// Judged against the window the initiator was given, not the one `maxCmdSN` would give now: that one
+    /// already counts the arriving command's own task entry, and shrinks while responses wait to be sent,
+    /// so a command sent at the edge of the advertised window would be dropped and never answered.
     @inline(__always)
     func cmdSNInWindow(_ sn: UInt32) -> Bool {
         let ahead = Int32(bitPattern: sn &- expCmdSN)
-        let span = Int32(bitPattern: maxCmdSN &- expCmdSN)
+        let span = Int32(bitPattern: advertisedMaxCmdSN &- expCmdSN)
         return ahead >= 0 && ahead <= span
     }
 
@@ -700,15 +703,28 @@ extension Connection {
         switch function {
         case 1: // ABORT TASK
             let ref = bhs.u32(20)
-            let refCmdSN = bhs.u32(24)
+            let refCmdSN = bhs.u32(32)
             var found = false
             for t in 0..<taskCapacity where tasks[t].state != .free && tasks[t].itt == ref {
                 found = true
                 abortTask(t)
             }
             if !found {
-                // RFC 7143 §11.5.1: a task that is not here but whose CmdSN was already acknowledged completed.
-                response = Int32(bitPattern: refCmdSN &- expCmdSN) < 0 ? 0 : 1
+                // RFC 7143 §11.5.1: a RefCmdSN inside the window and before this request's own CmdSN names a command
+                // that never arrived (on our one ordered connection it never will): consider that CmdSN received, so
+                // commands parked behind it run, and answer "function complete". Any other RefCmdSN (a command that
+                // already completed, or one outside the window) is "task does not exist".
+                let ahead = Int32(bitPattern: refCmdSN &- expCmdSN)
+                let inWindow = ahead >= 0 && ahead <= Int32(bitPattern: advertisedMaxCmdSN &- expCmdSN)
+                if inWindow && Int32(bitPattern: refCmdSN &- bhs.cmdSN) < 0 {
+                    response = 0
+                    if refCmdSN == expCmdSN {
+                        expCmdSN &+= 1
+                        if orderWaiting > 0 { releaseOrdered() }
+                    }
+                } else {
+                    response = 1
+                }
             }
         case 2, 3: // ABORT TASK SET, CLEAR TASK SET
             if target?.lun(lunNumber) == nil { response = 2; break }

@@ -18,6 +18,7 @@ extension Connection {
             loginStarted = true
             // The first Login Request fixes the session's numbering (RFC 7143 §11.12.7-8).
             expCmdSN = req.cmdSN
+            advertisedMaxCmdSN = req.cmdSN &- 1   // an empty window until a response advertises one
             statSN = req.expStatSN
             isid = req.isid
             cid = req.cid
@@ -39,10 +40,9 @@ extension Connection {
             }
             finalParams = p
         }
-        var tsihOut: UInt16 = 0
-        if let p = finalParams {
-            tsihOut = becomeSession(p)
-        }
+        // The final Login Response still belongs to the login phase and goes out without digests: the negotiated
+        // digests apply to full feature phase PDUs only (RFC 7143 §13.1). So the session begins once it is queued.
+        let tsihOut: UInt16 = finalParams != nil ? reactor.runtime.allocateTSIH() : 0
         let text = response.text
         let n = text.count
         let isid = req.isid
@@ -75,6 +75,7 @@ extension Connection {
             }
         }
         if closeAfter { phase = .loggingOut }
+        if let p = finalParams { becomeSession(p, tsih: tsihOut) }
     }
 
     private func sendLoginFailure(_ req: LoginRequest, statusClass: UInt8, statusDetail: UInt8) {
@@ -90,13 +91,13 @@ extension Connection {
     }
 
     /// The login succeeded: apply the negotiated parameters and register the session.
-    private func becomeSession(_ p: SessionParameters) -> UInt16 {
+    private func becomeSession(_ p: SessionParameters, tsih: UInt16) {
         params = ConnectionParams(sessionParameters: p, slotBytes: reactor.pool.slotBytes)
         isDiscovery = p.sessionType == .discovery
         initiatorName = p.initiatorName
         target = login.target
         phase = .fullFeature
-        tsih = reactor.runtime.allocateTSIH()
+        self.tsih = tsih
         if let target, !isDiscovery {
             nexus = Nexus(initiatorName: initiatorName, isid: isid, targetName: target.name,
                           portalGroupTag: target.portalGroupTag, relativeTargetPortID: target.relativeTargetPortID)
@@ -104,7 +105,6 @@ extension Connection {
             reactor.runtime.registerSession(initiator: initiatorName, isid: isid, targetName: target.name,
                                             core: reactor.core, tsih: tsih)
         }
-        return tsih
     }
 }
 
