@@ -81,6 +81,8 @@ public final class Connection {
     var digestBytes: UInt32 = 0
     var stalled = false                // parser waits for a buffer slot or send-queue room
     var onSlotWaitList = false
+    var stalledOnCap = false           // stalled because this connection holds its share of buffers
+    var slotsHeld = 0
     var controlData: [UInt8] = []
 
     // Send state

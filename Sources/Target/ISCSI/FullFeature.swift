@@ -48,6 +48,12 @@ extension Connection {
             sink = .discard
             return true   // rejected in dispatch
         }
+        if slotsHeld >= reactor.config.maxSlotsPerConnection {
+            // One session never holds more than its share of the core's buffers; it waits for its own to free.
+            stalled = true
+            stalledOnCap = true
+            return false
+        }
         if reactor.pool.freeCount == 0 {
             stall()
             return false
@@ -61,6 +67,7 @@ extension Connection {
         freeTask = tasks[t].nextFree
         activeTasks += 1
         let slot = reactor.pool.take()
+        slotsHeld += 1
         tasks[t] = IOTask()
         tasks[t].slot = Int32(slot)
         tasks[t].state = .storeIO   // provisional until dispatch decides
@@ -362,6 +369,7 @@ extension Connection {
 
     /// Sends the R2T for the next burst of the current chunk, if a permit is free; else queues for one.
     func requestBurst(_ t: Int) {
+        tasks[t].waitSinceTick = reactor.tick
         if !tasks[t].holdsPermit {
             if !reactor.takeR2TPermit() {
                 tasks[t].state = .waitingPermit
@@ -443,6 +451,14 @@ extension Connection {
     }
 
     /// A Data-Out sequence broke: finish the command with CHECK CONDITION (ABORTED COMMAND, DATA PHASE ERROR).
+    /// The initiator did not send the Data-Out an R2T asked for within the limit: the command fails and its
+    /// buffer returns to the pool (a session must not pin buffers by never sending data).
+    func dataOutTimedOut(_ t: Int) {
+        if tasks[t].state == .waitingPermit { reactor.cancelPermitWait(connection: index, task: t) }
+        reactor.logger.warning("\(peer): no Data-Out for ITT 0x\(String(tasks[t].itt, radix: 16)) in \(reactor.config.dataOutTimeoutSeconds)s; failing the command")
+        abortDataOut(t)
+    }
+
     private func abortDataOut(_ t: Int) {
         if tasks[t].holdsPermit {
             tasks[t].holdsPermit = false
@@ -594,7 +610,15 @@ extension Connection {
             reactor.returnR2TPermit()
         }
         if tasks[t].state == .waitingOrder { orderWaiting -= 1 }
-        if tasks[t].slot >= 0 { reactor.releaseSlot(Int(tasks[t].slot)) }
+        if tasks[t].slot >= 0 {
+            slotsHeld -= 1
+            if stalledOnCap && phase != .closing {
+                // Queue the parser behind this slot before giving it back, so the release wakes it.
+                stalledOnCap = false
+                if !onSlotWaitList { onSlotWaitList = true; reactor.slotWaiters.append(Int32(index)) }
+            }
+            reactor.releaseSlot(Int(tasks[t].slot))
+        }
         tasks[t].slot = -1
         tasks[t].state = .free
         tasks[t].ttt = reservedTag

@@ -71,6 +71,8 @@ struct IOTask {
     var cdbLength: Int = 0
     var flags: UInt8 = 0
     var holdsCompareAndWriteGate = false
+    /// When the task started waiting for Data-Out (or an R2T permit), for the Data-Out timeout.
+    var waitSinceTick: UInt64 = 0
     /// Sense produced by the transport itself (data-phase errors): key, ASC, ASCQ.
     var transportSense: (UInt8, UInt8, UInt8)? = nil
 

@@ -24,6 +24,11 @@ public struct ReactorConfig: Sendable {
     public var loginTimeoutSeconds: UInt64 = 15
     /// A connection whose queued PDUs make no progress for this long (initiator not reading) is closed.
     public var sendStallSeconds: UInt64 = 60
+    /// A command whose solicited Data-Out does not arrive within this time fails (ABORTED COMMAND).
+    public var dataOutTimeoutSeconds: UInt64 = 20
+    /// Buffer slots one connection may hold at once: half a core's pool, plus room for immediate commands
+    /// (which must be answered even when the CmdSN window is full of commands waiting for data).
+    public var maxSlotsPerConnection: Int { max(2, slotCount / 2) + immediateCommandAllowance }
 
     public init() {}
 }
@@ -468,6 +473,15 @@ public final class Reactor {
             if c.out.count > 0 && tick &- c.lastSendProgressTick > config.sendStallSeconds {
                 closeConnection(c, reason: "initiator stopped reading")
                 continue
+            }
+            if c.phase == .fullFeature && c.activeTasks > 0 {
+                for t in 0..<c.taskCapacity {
+                    let s = c.tasks[t].state
+                    if (s == .receivingData || s == .waitingPermit)
+                        && tick &- c.tasks[t].waitSinceTick > config.dataOutTimeoutSeconds {
+                        c.dataOutTimedOut(t)
+                    }
+                }
             }
             guard c.phase == .fullFeature, config.nopIntervalSeconds > 0 else { continue }
             if c.pingTTT != reservedTag {
