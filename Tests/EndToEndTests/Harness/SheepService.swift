@@ -81,6 +81,8 @@ final class SheepService {
     private let options: SheepServerOptions
     private var server: LineReadyProcess?
     private var nodes: [ToolProcess] = []
+    /// Each node's command line, for a restart.
+    private var nodeArgs: [[String]] = []
     private var stopped = false
 
     private init(kind: SheepKind, scratch: Scratch, socketPath: String, tcpHost: String, tcpPort: Int,
@@ -172,20 +174,33 @@ final class SheepService {
     /// The test server's stderr (its log), for failure messages.
     var log: String { server?.stderrText ?? nodes.map { $0.stderrText }.joined(separator: "\n") }
 
-    // MARK: Crashing and restarting (test server)
+    // MARK: Crashing and restarting
 
-    /// SIGKILL: every connection drops at once, replies in flight are lost; objects already written stay
-    /// in the data directory (`persistent`).
+    /// SIGKILL: every connection drops at once and replies in flight are lost. The test server keeps what
+    /// it stored in its data directory (`persistent`); of a real cluster, node 0 (whose socket LUNs use)
+    /// dies and the other two carry on.
     func kill() throws {
-        guard let server else { throw E2EError("kill() needs the test server") }
-        server.killNow()
+        if let server {
+            server.killNow()
+        } else if let node = nodes.first {
+            if node.isRunning { Glibc.kill(node.pid, SIGKILL) }
+            _ = node.wait(timeoutSeconds: SheepLimits.stopGraceSeconds)
+        }
     }
 
-    /// Starts the test server again on the same unix socket, TCP port and data directory.
+    /// Starts the test server again on the same unix socket, TCP port and data directory, or node 0 again
+    /// on its directory and port (and waits until the cluster has all its nodes).
     func restart() throws {
-        guard kind == .testServer else { throw E2EError("restart() needs the test server") }
-        if let server, server.isRunning { throw E2EError("restart() while the test server still runs") }
-        try startTestServer(tcpPort: tcpPort)
+        switch kind {
+        case .testServer:
+            if let server, server.isRunning { throw E2EError("restart() while the test server still runs") }
+            try startTestServer(tcpPort: tcpPort)
+        case .localCluster:
+            guard let sheep = findOnPath("sheep"), !nodeArgs.isEmpty else { throw E2EError("no node 0 to restart") }
+            if nodes[0].isRunning { throw E2EError("restart() while node 0 still runs") }
+            nodes[0] = try ToolProcess(sheep, nodeArgs[0], logDir: scratch.url, label: "sheep0-restarted")
+            try waitForNodes(SheepLimits.clusterNodes)
+        }
     }
 
     // MARK: Backing-store specs
@@ -301,8 +316,9 @@ final class SheepService {
             for (i, port) in ports.enumerated() {
                 let dir = scratch.path("n\(i)")
                 try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-                s.nodes.append(try ToolProcess(sheep, ["-c", "local:\(shm)", "-z", "\(i)", "-p", "\(port)", "-f", dir.path],
-                                               logDir: scratch.url, label: "sheep\(i)"))
+                let args = ["-c", "local:\(shm)", "-z", "\(i)", "-p", "\(port)", "-f", dir.path]
+                s.nodeArgs.append(args)
+                s.nodes.append(try ToolProcess(sheep, args, logDir: scratch.url, label: "sheep\(i)"))
             }
             try s.waitForNodes(SheepLimits.clusterNodes)
             try s.dogMust(["cluster", "format", "-c", "\(SheepLimits.clusterCopies)", "-l"])

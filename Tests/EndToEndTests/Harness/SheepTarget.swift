@@ -206,11 +206,13 @@ struct WriterLoad {
         var problems: [String] = []
     }
 
-    /// Waits (bounded) for every session and collects what each reported.
+    /// Waits for every session, all within one time limit (a stuck target costs it once, not per session),
+    /// and collects what each reported.
     func collect(_ running: [ToolProcess]) -> Outcome {
         var out = Outcome()
+        let deadline = Date().addingTimeInterval(SheepE2ELimits.toolTimeoutSeconds)
         for (s, p) in running.enumerated() {
-            let r = p.wait(timeoutSeconds: SheepE2ELimits.toolTimeoutSeconds)
+            let r = p.wait(timeoutSeconds: max(1, deadline.timeIntervalSinceNow))
             if !r.succeeded { out.problems.append("session \(s): \(r)") }
             let report = QemuIOReport(r.stdout + r.stderr)
             out.errorLines += report.errorLines.map { "session \(s): \($0)" }
