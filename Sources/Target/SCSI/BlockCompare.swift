@@ -203,14 +203,16 @@ extension SCSITask {
         let ndob = opcode == Opcode.writeSame16 && b1 & 0x01 != 0
         // ANCHOR needs UNMAP, and anchored LBAs are not supported (ANC_SUP is zero).
         if anchor { return invalidField(byte: 1, bit: 4) }
-        if unmap && !lun.capabilities.canDiscard { return invalidField(byte: 1, bit: 3) }
         var (lba, n) = decodeBlockRange()
         if lba > lun.blockCount { return lbaOutOfRange() }
         // WSNZ is zero: a zero length means "to the end of the medium".
         if n == 0 { n = lun.blockCount - lba }
         if n > maxWriteSameBlocks { return invalidField(byte: opcode == Opcode.writeSame16 ? 10 : 7) }
         if !rangeIsValid(lba: lba, blocks: n, capacity: capacityBlocks) { return lbaOutOfRange() }
+        // A write-protected LU refuses WRITE SAME with DATA PROTECT whether or not it could unmap (a read-only
+        // LU does not advertise LBPWS), as libiscsi's ReadOnly.ReadOnlySBC expects.
         if isWriteProtected { return writeProtected() }
+        if unmap && !lun.capabilities.canDiscard { return invalidField(byte: 1, bit: 3) }
         let bs = UInt64(blockSize)
         if !ndob && (!writeBit || UInt64(expectedLength) != bs) {
             // The Data-Out Buffer is exactly one logical block.

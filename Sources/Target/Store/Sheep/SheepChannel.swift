@@ -250,6 +250,11 @@ final class SheepChannel {
             reqs[i].sent = false
             resend.append(Int32(i))
         }
+        // Requests taken off the queue into the send batch but not (completely) sent are in neither the queue
+        // nor the sent set: without this they would wait forever (no reply timeout runs for unsent requests).
+        for s in sendBatch where reqs[Int(s)].inUse && !reqs[Int(s)].sent {
+            resend.append(s)
+        }
         inFlightCount = 0
         for s in resend.reversed() {
             reqs[Int(s)].nextQueued = queueHead

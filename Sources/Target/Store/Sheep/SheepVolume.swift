@@ -89,7 +89,7 @@ public final class SheepVolume: @unchecked Sendable {
         let spec: SheepBackingSpec
         do { spec = try SheepBackingSpec.parse(specText) } catch { throw .spec("invalid sheepdog backing store '\(specText)': \(error)") }
         let client: SheepControlClient
-        do { client = try SheepControlClient(endpoint: spec.endpoint) } catch { throw .sheep("\(error)") }
+        do { client = try SheepControlClient(endpoint: spec.endpoint) } catch { throw .sheep("VDI '\(spec.vdi)': \(error)") }
         let payload: [UInt8]
         do { payload = try SheepVDIName.payload(name: spec.vdi, tag: spec.lookupTag) } catch {
             throw .spec("invalid VDI name or tag in '\(specText)': \(error)")
@@ -106,7 +106,14 @@ public final class SheepVolume: @unchecked Sendable {
         case .success: break
         case .vdiLocked: throw .sheep("VDI '\(spec.vdi)' is locked by another client (dog vdi lock unlock \(spec.vdi) releases a stale lock)")
         case .noVDI: throw .sheep("no VDI named '\(spec.vdi)'")
-        case .noTag: throw .sheep("VDI '\(spec.vdi)' has no snapshot '\(spec.isSnapshot ? spec.description : "")'")
+        case .noTag:
+            let which: String
+            switch spec.snapshot {
+            case .tag(let tag): which = "tagged '\(tag)'"
+            case .id(let id): which = "with id \(id)"
+            case .working: which = "of that name"
+            }
+            throw .sheep("VDI '\(spec.vdi)' has no snapshot \(which)")
         default: throw .sheep("looking up VDI '\(spec.vdi)' failed: \(lookup.result.name)")
         }
         let vid = lookup.vdiID

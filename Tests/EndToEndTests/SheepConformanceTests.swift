@@ -1,0 +1,63 @@
+// libiscsi's conformance suite, iscsi-test-cu, against a sheepdog LUN: it must score as a file LUN does.
+
+import Foundation
+import Testing
+
+extension EndToEnd {
+    @Suite("Sheepdog conformance")
+    struct SheepConformance {
+        static let vdiBytes = 1 * gibibyte
+
+        /// `iscsi-test-cu -d -t ALL URL URL` on a 1 GiB VDI served from sheep: nothing fails, at least as many
+        /// pass without skipping as the file LUN's bar, and every skip is one docs/CONFORMANCE.md explains.
+        @Test(arguments: SheepKind.allCases)
+        func iscsiTestCuAllTestsOnSheepdogLUN(kind: SheepKind) throws {
+            let docURL = Paths.packageRoot.appendingPathComponent("docs/CONFORMANCE.md")
+            let skipList = ConformanceSkipList(markdown: try String(contentsOf: docURL, encoding: .utf8))
+            try #require(!skipList.reasons.isEmpty, "no skip table found in \(docURL.path)")
+
+            try withSheepTarget(kind, cores: 2, vdis: [SheepVDI(name: "conformance", bytes: SheepConformance.vdiBytes)]) { t in
+                let url = t.url(lun: 1)
+                let r = try t.target.tool("iscsi-test-cu", ["-d", "-t", "ALL", url, url],
+                                          timeoutSeconds: EndToEnd.Conformance.timeoutSeconds)
+                try t.requireAlive("while iscsi-test-cu ran")
+                try #require(!r.timedOut && !r.killedBySignal, "\(r)")
+                let report = try CUnitReport(r.stdout)
+                try #require(report.consistencyProblem() == nil, "\(report.consistencyProblem()!)\n\(tail(r.stdout))")
+
+                let unlisted = report.skipped.filter { skipList.reasons[$0.name] == nil }
+                try writeResults(report, kind: kind, seconds: r.seconds, log: r.stdout + r.stderr, unlisted: unlisted.map(\.name))
+
+                let failed = report.failed.map(\.name)
+                #expect(failed.isEmpty, "\(failed.count) failed: \(failed) (log: \(Paths.resultsDir.path))")
+                #expect(report.passedNotSkipped.count >= EndToEnd.Conformance.minimumPassedNotSkipped,
+                        "passed \(report.passedNotSkipped.count), skipped \(report.skipped.count), failed \(failed.count)")
+                let unlistedSkips = unlisted.map { "\($0.name) [\($0.skipReason ?? "")]" }
+                #expect(unlistedSkips.isEmpty, "skipped tests missing from docs/CONFORMANCE.md: \(unlistedSkips)")
+            }
+        }
+
+        /// Counts for the lead's report: .build/e2e-results/conformance-sheepdog-KIND.json and the raw log.
+        private func writeResults(_ report: CUnitReport, kind: SheepKind, seconds: Double, log: String,
+                                  unlisted: [String]) throws {
+            let dir = Paths.resultsDir
+            try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+            let result: [String: Any] = [
+                "peer": "ringtgt",
+                "command": "iscsi-test-cu -d -t ALL URL URL (sheepdog LUN, 1 GiB VDI, \(kind))",
+                "total": report.tests.count,
+                "passedNotSkipped": report.passedNotSkipped.count,
+                "skipped": report.skipped.count,
+                "failed": report.failed.count,
+                "seconds": (seconds * 10).rounded() / 10,
+                "failedTests": report.failed.map(\.name),
+                "skippedTests": report.skipped.map { "\($0.name): \($0.skipReason ?? "")" },
+                "skippedButNotListed": unlisted,
+            ]
+            let json = try JSONSerialization.data(withJSONObject: result, options: [.prettyPrinted, .sortedKeys])
+            try json.write(to: dir.appendingPathComponent("conformance-sheepdog-\(kind.rawValue).json"))
+            try log.write(to: dir.appendingPathComponent("iscsi-test-cu-sheepdog-\(kind.rawValue).log"),
+                          atomically: true, encoding: .utf8)
+        }
+    }
+}
