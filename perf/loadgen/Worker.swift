@@ -136,7 +136,10 @@ struct Worker: ~Copyable {
     }
 
     func allQuotasDone() -> Bool {
-        for i in 0..<sessionCount where sessions[i].alive && sessions[i].issued < sessions[i].quota { return false }
+        // Idle sessions (queue depth 0) have no quota.
+        for i in 0..<sessionCount where sessions[i].alive && sessions[i].queueDepth > 0 && sessions[i].issued < sessions[i].quota {
+            return false
+        }
         return true
     }
 

@@ -159,7 +159,17 @@ final class Daemon {
         try mustAdmin(["--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL"])
     }
 
-    /// Restarts a daemon that died; returns a description of the crash, or nil if it was alive.
+    /// How the daemon ended, once it has: killed from outside (SIGKILL, which the suite only sends while
+    /// stopping a daemon) or a crash of its own.
+    enum Death { case killed, crashed }
+    var death: Death? {
+        guard let c = child, !c.isRunning else { return nil }
+        c.wait(seconds: 1)
+        if c.process.terminationReason == .uncaughtSignal && c.process.terminationStatus == SIGKILL { return .killed }
+        return .crashed
+    }
+
+    /// Restarts a daemon that died; returns a description of what happened, or nil if it was alive.
     func ensureRunning() throws -> String? {
         if isAlive { return nil }
         let status = child.map { c -> String in
@@ -167,7 +177,12 @@ final class Daemon {
             return c.process.terminationReason == .uncaughtSignal ? "signal \(c.process.terminationStatus)"
                 : "exit \(c.process.terminationStatus)"
         } ?? "not started"
-        let what = "\(name) died (\(status)): \(tail(child?.stderr ?? "", lines: 12))"
+        let what: String
+        if death == .killed {
+            what = "\(name) was killed with SIGKILL by something outside the suite (not a crash)"
+        } else {
+            what = "\(name) died (\(status)): \(symbolize(tail(child?.stderr ?? "", lines: 12), binary: bins.ringtgtd))"
+        }
         crashes.append(what)
         log("  ! \(what)")
         try start()
@@ -204,4 +219,33 @@ func makeFileLUN(dir: URL) throws -> String {
     let rc = posix_fallocate(fd, 0, off_t(DaemonLimits.lunBytes))
     if rc != 0 { throw RunnerError("posix_fallocate(\(path)): \(String(cString: strerror(rc)))") }
     return path
+}
+
+/// Swift crash reports of a release build name frames as "ringtgtd <unavailable> + OFFSET"; addr2line and
+/// swift-demangle turn the offsets into function names, so the report says where the crash is.
+func symbolize(_ text: String, binary: String) -> String {
+    var offsets: [String] = []
+    for part in text.components(separatedBy: " | ") {
+        let f = part.split(separator: " ", omittingEmptySubsequences: true)
+        if let i = f.firstIndex(of: "<unavailable>"), i > 0, f[i - 2].hasSuffix("ringtgtd") || f.contains("ringtgtd"),
+           i + 2 < f.count, f[i + 1] == "+", let off = Int(f[i + 2]) {
+            offsets.append("0x" + String(off, radix: 16))
+        }
+    }
+    guard !offsets.isEmpty, FileManager.default.isExecutableFile(atPath: "/usr/bin/addr2line") else { return text }
+    let tmp = FileManager.default.temporaryDirectory
+    guard let r = try? runTool("/usr/bin/addr2line", ["-f", "-e", binary] + offsets, logDir: tmp, label: "ringtgt-perf-addr2line",
+                               timeoutSeconds: 30), r.status == 0 else { return text }
+    // addr2line prints two lines per address: the (mangled) function, then file:line.
+    let lines = r.out.split(separator: "\n").map(String.init)
+    var names: [String] = []
+    for i in stride(from: 0, to: lines.count - 1, by: 2) { names.append(lines[i]) }
+    var demangled = names
+    if let d = try? runTool("/bin/sh", ["-c", "swift-demangle --simplified --compact " + names.map { "'\($0)'" }.joined(separator: " ")],
+                            logDir: tmp, label: "ringtgt-perf-demangle", timeoutSeconds: 30), d.status == 0 {
+        let out = d.out.split(separator: "\n").map(String.init)
+        if out.count == names.count { demangled = out }
+    }
+    let fatal = text.components(separatedBy: " | ").first ?? ""
+    return fatal + " | frames (innermost first): " + demangled.joined(separator: " <- ")
 }

@@ -38,15 +38,16 @@ func loopbackLimit(bins: Binaries, logDir: URL, depths: [Int], seconds: Double, 
 }
 
 /// iscsi-perf and ringtgt-loadgen alternately on the same LUN (4K random read, QD32, one session), where
-/// the target is the bottleneck; both must report the same IOPS within about 10%.
+/// the target is the bottleneck; both must report the same IOPS within about 10%. Both initiators are pinned
+/// to CPU 1, away from a one-core target on CPU 0, so that neither takes CPU time from the target.
 func crossCheck(bins: Binaries, logDir: URL, daemon d: Daemon, lun: LUNKind, seconds: Int, rounds: Int) -> [String: Any] {
     var perf: [Double] = []
     var ours: [Double] = []
     let scenario = Scenario(lun: lun, workload: Workload(id: "randread-4k-qd32", title: "", rw: "randread", bs: "4k", qd: 32))
     for _ in 0..<rounds {
-        let mine = runLoad(d, scenario, LoadOptions(durationSeconds: Double(seconds), warmupSeconds: 0), bins: bins, logDir: logDir)
+        let mine = runLoad(d, scenario, LoadOptions(durationSeconds: Double(seconds), warmupSeconds: 0, pinCPU: 1), bins: bins, logDir: logDir)
         if mine.ok { ours.append(mine.iops) }
-        if let r = try? runTool(bins.iscsiPerf, ["-t", "\(seconds)", "-m", "32", "-b", "8", "-r", d.url(lun)],
+        if let r = try? runTool(bins.taskset, ["-c", "1", bins.iscsiPerf, "-t", "\(seconds)", "-m", "32", "-b", "8", "-r", d.url(lun)],
                                 logDir: logDir, label: "iscsi-perf", timeoutSeconds: Double(seconds) + 30) {
             // The last "iops average N" is the whole run's average.
             let text = r.out.replacingOccurrences(of: "\r", with: "\n")

@@ -154,7 +154,7 @@ func instructionGate(bins: Binaries, logDir: URL, fileLUN: String, scale: Double
     for w in instructionWorkloads {
         let n = max(500, Int(Double(w.ios) * scale))
         var totals: [Int] = []
-        var profile = ""
+        var profiles: [String] = []
         for ios in [n, 2 * n] {
             let out = logDir.appendingPathComponent("callgrind-\(w.id)-\(ios).out").path
             let spec = DaemonSpec(peer: .ringtgt, cores: 1, environment: ["LD_PRELOAD": bins.uringWait],
@@ -170,7 +170,7 @@ func instructionGate(bins: Binaries, logDir: URL, fileLUN: String, scale: Double
                 guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix("summary:") }),
                       let ir = Int(line.split(separator: " ").last ?? "") else { throw RunnerError("no summary in \(out)") }
                 totals.append(ir)
-                profile = out
+                profiles.append(out)
             } catch {
                 d.stop()
                 records.append(["workload": w.id, "error": "\(error)"])
@@ -181,26 +181,66 @@ func instructionGate(bins: Binaries, logDir: URL, fileLUN: String, scale: Double
         let perIO = Double(totals[1] - totals[0]) / Double(n)
         log("  instructions \(w.id): Ir(\(n))=\(totals[0]) Ir(\(2 * n))=\(totals[1]) -> \(Int(perIO)) per I/O")
         var rec: [String: Any] = ["workload": w.id, "ios": n, "irRunN": totals[0], "irRun2N": totals[1], "instructionsPerIO": perIO]
-        if let top = callgrindTop(profile, logDir: logDir, name: w.id) { rec["topFunctions"] = top }
+        if let top = callgrindPerIO(runN: profiles[0], run2N: profiles[1], n: n, logDir: logDir, name: w.id) { rec["topFunctions"] = top }
         records.append(rec)
     }
     return records
 }
 
-/// The functions with the most instructions (self cost) in a callgrind profile, demangled, for the report.
-func callgrindTop(_ profile: String, logDir: URL, name: String, count: Int = 15) -> String? {
-    guard let r = try? runTool("/usr/bin/callgrind_annotate", ["--inclusive=no", "--threshold=99", profile],
-                               logDir: logDir, label: "callgrind-annotate", timeoutSeconds: 60), r.status == 0 else { return nil }
-    var text = r.out
-    if let swift = ["/opt/swift/usr/bin/swift-demangle", "/usr/bin/swift-demangle"].first(where: { FileManager.default.isExecutableFile(atPath: $0) }) {
-        let raw = logDir.appendingPathComponent("callgrind-top-\(name).raw.txt")
-        try? text.write(to: raw, atomically: true, encoding: .utf8)
-        if let d = try? runTool("/bin/sh", ["-c", "\(swift) --simplified < '\(raw.path)'"], logDir: logDir,
-                                label: "demangle", timeoutSeconds: 60), d.status == 0 { text = d.out }
+/// Self cost per function in a callgrind profile, as callgrind_annotate prints it.
+func callgrindFunctions(_ profile: String, logDir: URL) -> [String: Int] {
+    guard let r = try? runTool("/usr/bin/callgrind_annotate", ["--inclusive=no", "--threshold=100", "--auto=no", profile],
+                               logDir: logDir, label: "callgrind-annotate", timeoutSeconds: 60), r.status == 0 else { return [:] }
+    var out: [String: Int] = [:]
+    for line in r.out.split(separator: "\n") {
+        // "  82,338,599 (49.04%)  file:function [object]"
+        let t = line.trimmingCharacters(in: .whitespaces)
+        guard let first = t.first, first.isNumber, !t.contains("=>"), let paren = t.range(of: "%)") else { continue }
+        let costText = t.prefix(while: { $0.isNumber || $0 == "," }).replacingOccurrences(of: ",", with: "")
+        guard let cost = Int(costText) else { continue }
+        var name = String(t[paren.upperBound...]).trimmingCharacters(in: .whitespaces)
+        if name.hasPrefix("PROGRAM TOTALS") { continue }
+        if let bracket = name.range(of: " [", options: .backwards) { name = String(name[..<bracket.lowerBound]) }
+        out[name, default: 0] += cost
     }
-    try? text.write(to: logDir.appendingPathComponent("callgrind-top-\(name).txt"), atomically: true, encoding: .utf8)
-    // Keep the lines that carry a cost and a function name.
-    let lines = text.split(separator: "\n").filter { $0.contains(" (") || $0.contains(":") }
-        .filter { $0.trimmingCharacters(in: .whitespaces).first?.isNumber ?? false }
-    return lines.prefix(count).map { String($0.prefix(200)) }.joined(separator: "\n")
+    return out
+}
+
+/// Where the instructions of one extra I/O go: per function, (self Ir in the 2N run - in the N run) / N,
+/// demangled. Start-up and shutdown cancel out, unlike in a plain profile.
+func callgrindPerIO(runN: String, run2N: String, n: Int, logDir: URL, name: String, count: Int = 15) -> String? {
+    let a = callgrindFunctions(runN, logDir: logDir)
+    let b = callgrindFunctions(run2N, logDir: logDir)
+    guard !a.isEmpty, !b.isEmpty else { return nil }
+    var diff: [(String, Double)] = []
+    for (k, v) in b {
+        let d = Double(v - (a[k] ?? 0)) / Double(n)
+        if d >= 1 { diff.append((k, d)) }
+    }
+    diff.sort { $0.1 > $1.1 }
+    let total = diff.reduce(0) { $0 + $1.1 }
+    var names = diff.prefix(count).map { $0.0 }
+    // file:function; demangle the function part.
+    let funcs = names.map { n -> String in
+        if let colon = n.firstIndex(of: ":") { return String(n[n.index(after: colon)...]) }
+        return n
+    }
+    let tmp = logDir.appendingPathComponent("callgrind-names-\(name).txt")
+    try? funcs.joined(separator: "\n").write(to: tmp, atomically: true, encoding: .utf8)
+    if let d = try? runTool("/bin/sh", ["-c", "swift-demangle --simplified < '\(tmp.path)'"], logDir: logDir,
+                            label: "demangle", timeoutSeconds: 60), d.status == 0 {
+        let out = d.out.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        if out.count >= funcs.count {
+            names = zip(names, out.prefix(funcs.count)).map { full, dem in
+                if let colon = full.firstIndex(of: ":") { return String(full[..<colon]) + ": " + dem }
+                return dem
+            }
+        }
+    }
+    var text = String(format: "%8.0f  all functions (sum of per-function increases)\n", total)
+    for (i, n) in names.enumerated() {
+        text += String(format: "%8.0f  ", diff[i].1) + String(n.prefix(170)) + "\n"
+    }
+    try? text.write(to: logDir.appendingPathComponent("callgrind-per-io-\(name).txt"), atomically: true, encoding: .utf8)
+    return text
 }

@@ -51,6 +51,8 @@ struct RunRecord {
     var cores: Int
     var ok: Bool
     var crashed: Bool
+    /// The daemon was SIGKILLed from outside during the run (another session on a shared machine).
+    var killed = false
     var note: String
     /// The load generator's JSON object (nil when it did not produce one).
     var result: [String: Any]?
@@ -77,7 +79,7 @@ struct RunRecord {
 
     var json: [String: Any] {
         var o: [String: Any] = ["scenario": scenario, "lun": lun, "workload": workload, "title": title, "peer": peer,
-                                "cores": cores, "ok": ok, "crashed": crashed, "note": note,
+                                "cores": cores, "ok": ok, "crashed": crashed, "killed": killed, "note": note,
                                 "iops": iops, "mbps": mbps, "errors": errors, "latencyUs": latency,
                                 "vmHWMKiB": vmHWMKiB, "loadgenCPUSeconds": loadgenCPU]
         if let c = cpuMicrosPerIO { o["cpuMicrosPerIO"] = c }
@@ -98,11 +100,23 @@ struct LoadOptions {
     var headerDigest = false
     var dataDigest = false
     var idleSessions = 0
+    /// Pin the load generator to this CPU (the cross-check keeps both initiators off the target's CPU).
+    var pinCPU: Int? = nil
     var extra: [String] = []
 }
 
-/// Runs the load generator against one daemon; restarts the daemon first if it died.
+/// Runs the load generator against one daemon; restarts the daemon first if it died. A run during which
+/// the daemon was killed from outside is run again once; a crash is recorded as it is.
 func runLoad(_ d: Daemon, _ s: Scenario, _ o: LoadOptions, bins: Binaries, logDir: URL) -> RunRecord {
+    let first = runLoadOnce(d, s, o, bins: bins, logDir: logDir)
+    if !first.killed { return first }
+    log("  ! \(d.name) was killed from outside during \(s.id): running it again")
+    var again = runLoadOnce(d, s, o, bins: bins, logDir: logDir)
+    again.note = "(run again: the first attempt's daemon was SIGKILLed from outside) " + again.note
+    return again
+}
+
+func runLoadOnce(_ d: Daemon, _ s: Scenario, _ o: LoadOptions, bins: Binaries, logDir: URL) -> RunRecord {
     var rec = RunRecord(scenario: s.id, lun: s.lun.rawValue, workload: s.workload.id, title: s.workload.title,
                         peer: d.peer.rawValue, cores: d.spec.cores, ok: false, crashed: false, note: "", result: nil)
     do {
@@ -126,7 +140,11 @@ func runLoad(_ d: Daemon, _ s: Scenario, _ o: LoadOptions, bins: Binaries, logDi
     let budget = (o.ios == nil ? o.durationSeconds + o.warmupSeconds : 60) + 60
     let r: (status: Int32, out: String, err: String)
     do {
-        r = try runTool(bins.loadgen, args, logDir: logDir, label: "loadgen", timeoutSeconds: budget)
+        if let cpu = o.pinCPU {
+            r = try runTool(bins.taskset, ["-c", "\(cpu)", bins.loadgen] + args, logDir: logDir, label: "loadgen", timeoutSeconds: budget)
+        } else {
+            r = try runTool(bins.loadgen, args, logDir: logDir, label: "loadgen", timeoutSeconds: budget)
+        }
     } catch {
         rec.note = "load generator did not start: \(error)"
         return rec
@@ -136,11 +154,16 @@ func runLoad(_ d: Daemon, _ s: Scenario, _ o: LoadOptions, bins: Binaries, logDi
         rec.result = obj
     }
     if !d.isAlive {
-        rec.crashed = true
-        rec.note = "\(d.name) crashed during the run" + (rec.note.isEmpty ? "" : "; " + rec.note)
+        if d.death == .killed {
+            rec.killed = true
+            rec.note = "\(d.name) was SIGKILLed from outside during the run" + (rec.note.isEmpty ? "" : "; " + rec.note)
+        } else {
+            rec.crashed = true
+            rec.note = "\(d.name) crashed during the run" + (rec.note.isEmpty ? "" : "; " + rec.note)
+        }
         _ = try? d.ensureRunning()
     }
-    rec.ok = r.status == 0 && rec.result != nil && !rec.crashed
+    rec.ok = r.status == 0 && rec.result != nil && !rec.crashed && !rec.killed
     if r.status != 0 && !rec.crashed {
         let msg = ((rec.result?["messages"] as? [String]) ?? []).prefix(2).joined(separator: "; ")
         rec.note = (rec.note.isEmpty ? "" : rec.note + "; ") + "load generator exit \(r.status): " + (msg.isEmpty ? tail(r.err, lines: 2) : msg)
