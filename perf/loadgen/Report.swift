@@ -26,6 +26,23 @@ struct ProcSample {
     }
 }
 
+/// Whole-machine CPU time from /proc/stat, to tell how much of the box something else used during a run.
+struct HostSample {
+    /// user + nice + system + steal over all CPUs (interrupt and softirq time is left out: on loopback it is
+    /// the run's own network work).
+    var busySeconds: Double
+    var stealSeconds: Double
+
+    static func take() -> HostSample? {
+        guard let stat = readSmallFile("/proc/stat"),
+              let line = stat.split(separator: "\n").first(where: { $0.hasPrefix("cpu ") }) else { return nil }
+        let f = line.split(separator: " ").dropFirst().compactMap { Double($0) }
+        guard f.count >= 8 else { return nil }
+        let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
+        return HostSample(busySeconds: (f[0] + f[1] + f[2] + f[7]) / ticks, stealSeconds: f[7] / ticks)
+    }
+}
+
 func readSmallFile(_ path: String) -> String? {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { return nil }
@@ -59,6 +76,8 @@ struct RunResult {
     var targetStart: ProcSample?
     var targetEnd: ProcSample?
     var loadgenCPUSeconds: Double
+    var hostStart: HostSample?
+    var hostEnd: HostSample?
     var regionBytes: UInt64
     var lunBlockBytes: Int
     var countMode: Bool
@@ -139,6 +158,12 @@ struct RunResult {
         o.add("nopPingsAnswered", stats.nopPingsAnswered)
         o.addRaw("messages", "[" + stats.messages.map { jsonString($0) }.joined(separator: ",") + "]")
         o.add("loadgenCPUSeconds", loadgenCPUSeconds)
+        if let a = hostStart, let b = hostEnd {
+            var h = JSONObject()
+            h.add("busyCPUSeconds", b.busySeconds - a.busySeconds)
+            h.add("stealCPUSeconds", b.stealSeconds - a.stealSeconds)
+            o.addRaw("host", h.text)
+        }
         if let pid = targetPid {
             var t = JSONObject()
             t.add("pid", Int(pid))

@@ -201,19 +201,23 @@ struct LoadGen: ParsableCommand {
         let before = targetPid.map { ProcSample.take(pid: $0) } ?? nil
         var startSample = before
         var selfStart = selfCPUSeconds()
+        var hostStart = HostSample.take()
         for b in boxes { b.start() }
         if !cfg.countMode {
             sleepUntil(cfg.measureStartNanos)
             if let pid = targetPid { startSample = ProcSample.take(pid: pid) }
             selfStart = selfCPUSeconds()
+            hostStart = HostSample.take()
             sleepUntil(cfg.measureEndNanos)
         }
         var endSample = targetPid.flatMap { cfg.countMode ? nil : ProcSample.take(pid: $0) }
         var selfEnd = selfCPUSeconds()
+        var hostEnd = HostSample.take()
         for b in boxes { b.join() }
         if cfg.countMode {
             if let pid = targetPid { endSample = ProcSample.take(pid: pid) }
             selfEnd = selfCPUSeconds()
+            hostEnd = HostSample.take()
         }
 
         // Aggregate.
@@ -248,7 +252,8 @@ struct LoadGen: ParsableCommand {
                                threads: threadCount, seconds: seconds, stats: stats, histogram: hist,
                                headerDigest: headerDigest, dataDigest: dataDigest, verify: verify,
                                targetPid: targetPid, targetStart: startSample, targetEnd: endSample,
-                               loadgenCPUSeconds: selfEnd - selfStart, regionBytes: UInt64(cfg.regionUnits) * UInt64(ioBytes),
+                               loadgenCPUSeconds: selfEnd - selfStart, hostStart: hostStart, hostEnd: hostEnd,
+                               regionBytes: UInt64(cfg.regionUnits) * UInt64(ioBytes),
                                lunBlockBytes: capacity.blockBytes, countMode: cfg.countMode)
         print(json ? result.json() : result.text())
         if stats.errors > 0 || stats.verifyFailures > 0 { throw ExitCode(1) }

@@ -141,7 +141,8 @@ func markdown(_ rep: [String: Any], runs: [RunRecord], ratios: [Ratio], goals: [
                 if x.crashed { return "**crashed**" }
                 if x.killed { return "**killed**" }
                 if x.result == nil { return "**failed**" }
-                return kIOPS(x.iops) + (x.ok ? "" : " (errors \(x.errors))")
+                let noisy = (x.otherCores ?? 0) > RunLimits.disturbedCores ? " †" : ""
+                return kIOPS(x.iops) + noisy + (x.ok ? "" : " (errors \(x.errors))")
             }
             func cpu(_ x: RunRecord?) -> String { x?.cpuMicrosPerIO.map { f2($0) } ?? "—" }
             func lat(_ x: RunRecord?) -> String {
@@ -154,6 +155,7 @@ func markdown(_ rep: [String: Any], runs: [RunRecord], ratios: [Ratio], goals: [
             md += "| \(r.title) | \(r.cores) | \(iops(r.ringtgt)) | \(iops(r.tgt)) | \(r.iops.map { f2($0) + "x" } ?? "—") | \(cpu(r.ringtgt)) | \(cpu(r.tgt)) | \(r.cpuPerIO.map { f2($0) } ?? "—") | \(lat(r.ringtgt)) | \(lat(r.tgt)) | \(mb(r.ringtgt)) / \(mb(r.tgt)) | \(rss(r.ringtgt)) / \(rss(r.tgt)) |\n"
         }
     }
+    md += "\n† other work on the machine used more than \(RunLimits.disturbedCores) of a core during the run even after one re-run (see otherCores in report.json); read that figure with care.\n"
     md += "\n## sheepdog LUNs\n\n| Scenario | ringtgt | tgt | raw sheep ceiling |\n|---|---|---|---|\n"
     for s in ["sheep test server, 4K rand read QD32", "real sheep, 4K rand read QD32", "real sheep, 4K rand read QD128"] {
         md += "| \(s) | not yet | not yet | not yet |\n"
@@ -161,14 +163,15 @@ func markdown(_ rep: [String: Any], runs: [RunRecord], ratios: [Ratio], goals: [
     md += "\nSheepdog LUNs are not implemented in ringtgt yet (issue 3); these columns stay empty until they are.\n"
 
     if let lb = rep["loopback"] as? [[String: Any]], !lb.isEmpty {
-        md += "\n## Loopback limit (ringtgt-echo: 48-byte request, 48 + 4096 bytes back, no iSCSI)\n\n| QD | round trips/s | ringtgt 1 core, null 4K read | share |\n|---|---|---|---|\n"
+        md += "\n## Loopback limit (ringtgt-echo: 48-byte request, 48 + 4096 bytes back, no iSCSI)\n\n| QD | round trips/s (best of before/after) | samples | ringtgt 1 core, null 4K read | share |\n|---|---|---|---|---|\n"
         for e in lb {
             let qd = e["queueDepth"] as? Int ?? 0
             let rate = e["roundTripsPerSecond"] as? Double ?? 0
             let rt = runs.first { $0.scenario == "null-randread-4k-qd\(qd)" && $0.peer == "ringtgt" && $0.cores == 1 && $0.ok }
-            md += "| \(qd) | \(kIOPS(rate)) | \(rt.map { kIOPS($0.iops) } ?? "—") | \(rt.map { rate > 0 ? f0($0.iops / rate * 100) + "%" : "—" } ?? "—") |\n"
+            let samples = ((e["samples"] as? [Double]) ?? []).map { kIOPS($0) }.joined(separator: ", ")
+            md += "| \(qd) | \(kIOPS(rate)) | \(samples) | \(rt.map { kIOPS($0.iops) } ?? "—") | \(rt.map { rate > 0 ? f0($0.iops / rate * 100) + "%" : "—" } ?? "—") |\n"
         }
-        md += "\nServer pinned to CPU 0 (where a one-core target runs), client placed by the kernel (as the load generator is). Both sides coalesce up to 256 messages per send, as a target's send queue does.\n"
+        md += "\nMeasured just before and just after the ringtgt and tgt runs at the same depth. Server pinned to CPU 0 (where a one-core target runs), client placed by the kernel (as the load generator is). Both sides coalesce up to 256 messages per send, as a target's send queue does. The echo is latency-bound (each side waits for the other), so a busy target that batches more can beat it at high depths.\n"
     }
     if let cc = rep["crossCheck"] as? [[String: Any]], !cc.isEmpty {
         md += "\n## Cross-check: ringtgt-loadgen vs libiscsi's iscsi-perf (4K random read, QD32, alternating runs)\n\n| Target, LUN | ringtgt-loadgen IOPS | iscsi-perf IOPS | difference | within 10% |\n|---|---|---|---|---|\n"
