@@ -73,6 +73,8 @@ struct Worker: ~Copyable {
     var inFlightTotal = 0
     var stopping = false
     var drainDeadlineNanos: UInt64 = .max
+    /// Sessions still connected (kept as a count: the loop must not scan a thousand idle sessions per turn).
+    var liveCount: Int
     /// When the last command of the run completed (count mode measures up to here).
     var lastCompletionNanos: UInt64 = 0
 
@@ -80,6 +82,7 @@ struct Worker: ~Copyable {
         ring = try Ring(entries: WorkerLimits.submissionEntries)
         self.sessions = sessions
         sessionCount = count
+        liveCount = count
         self.config = config
         histogram = .allocate(capacity: 1)
         histogram.initialize(to: Histogram<UInt64>(lowestDiscernibleValue: 1,
@@ -115,7 +118,7 @@ struct Worker: ~Copyable {
                 break
             }
             if !stopping && config.countMode && allQuotasDone() { beginStopping(); continue }
-            if liveSessions() == 0 { break }
+            if liveCount == 0 { break }
             _ = ring.submitAndWait(timeoutNanos: WorkerLimits.waitSliceNanos)
             while true {
                 let n = ring.peekBatch()
@@ -143,11 +146,6 @@ struct Worker: ~Copyable {
         return true
     }
 
-    func liveSessions() -> Int {
-        var n = 0
-        for i in 0..<sessionCount where sessions[i].alive { n += 1 }
-        return n
-    }
 
     @inline(__always)
     mutating func dispatch(_ userData: UInt64, _ res: Int32) {
@@ -621,6 +619,7 @@ struct Worker: ~Copyable {
         guard s.pointee.alive else { return }
         s.pointee.alive = false
         s.pointee.draining = true
+        liveCount -= 1
         if !stopping || s.pointee.inFlight > 0 {
             stats.errors += s.pointee.inFlight + 1
             note("session \(s.pointee.globalIndex): \(why)")

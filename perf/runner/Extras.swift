@@ -69,6 +69,9 @@ func crossCheck(bins: Binaries, logDir: URL, daemon d: Daemon, lun: LUNKind, sec
 /// One active session (4K random read, QD32, null LUN) beside `idle` idle sessions on one target core.
 func idleSessionRun(bins: Binaries, logDir: URL, daemon d: Daemon, idle: Int, seconds: Double, warmup: Double) -> [String: Any] {
     _ = try? d.ensureRunning()
+    // The same active session alone, just before: the comparison must not span minutes of a shared machine.
+    let alone = runLoad(d, Scenario(lun: .null, workload: Workload(id: "randread-4k-qd32", title: "", rw: "randread", bs: "4k", qd: 32)),
+                        LoadOptions(durationSeconds: seconds, warmupSeconds: warmup), bins: bins, logDir: logDir)
     let before = memoryKiB(pid: d.pid)
     let scenario = Scenario(lun: .null, workload: Workload(id: "randread-4k-qd32-idle\(idle)", title: "4K rand read QD32 + \(idle) idle sessions",
                                                            rw: "randread", bs: "4k", qd: 32))
@@ -76,7 +79,8 @@ func idleSessionRun(bins: Binaries, logDir: URL, daemon d: Daemon, idle: Int, se
     let r = runLoad(d, scenario, LoadOptions(durationSeconds: seconds, warmupSeconds: warmup, idleSessions: idle), bins: bins, logDir: logDir)
     let withIdle = (r.target["vmRSSKiBAtStart"] as? NSNumber)?.intValue ?? 0
     let perSession = idle > 0 && withIdle > 0 ? Double(withIdle - before.rss) * 1024 / Double(idle) : 0
-    log("  idle sessions \(d.name): \(idle) idle + 1 active: \(Int(r.iops)) IOPS, RSS \(before.rss) -> \(withIdle) KiB (\(Int(perSession)) bytes per idle session)\(r.ok ? "" : " [\(r.note)]")")
-    return ["daemon": d.name, "idleSessions": idle, "ok": r.ok, "note": r.note, "iops": r.iops,
+    log("  idle sessions \(d.name): alone \(Int(alone.iops)) IOPS; \(idle) idle + 1 active: \(Int(r.iops)) IOPS, RSS \(before.rss) -> \(withIdle) KiB (\(Int(perSession)) bytes per idle session)\(r.ok ? "" : " [\(r.note)]")")
+    return ["daemon": d.name, "idleSessions": idle, "ok": r.ok && alone.ok, "note": r.note + alone.note, "iops": r.iops,
+            "iopsWithoutIdle": alone.iops, "otherCoresWithoutIdle": alone.otherCores ?? 0, "otherCoresWithIdle": r.otherCores ?? 0,
             "rssBeforeKiB": before.rss, "rssWithIdleKiB": withIdle, "bytesPerIdleSession": perSession, "run": r.json]
 }
