@@ -221,6 +221,23 @@ func markdown(_ rep: [String: Any], runs: [RunRecord], ratios: [Ratio], goals: [
     return md
 }
 
+/// Regression tolerances. Individual scenario ratios swing by a third between runs on a shared 2-core VM,
+/// so the gate is on geometric means over all scenarios per core count (their spread over five runs was
+/// ±15% for IOPS ratios and ±7% for CPU-per-I/O ratios); single scenarios are reported, not gated, unless
+/// one that always ran now fails or crashes. Instructions per I/O are deterministic to about 1-5%.
+enum Tolerance {
+    static let iopsGeomean = 0.25
+    static let cpuGeomean = 0.15
+    static let scenarioNote = 0.35
+    static let instructions = 0.10
+}
+
+func geomean(_ v: [Double]) -> Double? {
+    let p = v.filter { $0 > 0 }
+    guard !p.isEmpty else { return nil }
+    return exp(p.reduce(0) { $0 + log($1) } / Double(p.count))
+}
+
 /// The part of a report a later run is compared with: ratios and instruction counts, never absolute IOPS.
 func baselineSection(ratios: [Ratio], instructions: [[String: Any]], tolerance: Double, instructionTolerance: Double) -> [String: Any] {
     var r: [String: Any] = [:]
@@ -228,50 +245,71 @@ func baselineSection(ratios: [Ratio], instructions: [[String: Any]], tolerance: 
         var o: [String: Any] = [:]
         if let v = x.iops { o["iops"] = v }
         if let v = x.cpuPerIO { o["cpuPerIO"] = v }
-        if !o.isEmpty { r[x.key] = o }
+        if o.count == 2 { r[x.key] = o }
     }
     var ins: [String: Any] = [:]
     for i in instructions { if let w = i["workload"] as? String, let v = i["instructionsPerIO"] as? Double { ins[w] = v } }
-    return ["kind": "ringtgt-perf-baseline", "version": 1, "ratios": r, "instructionsPerIO": ins,
-            "tolerances": ["ratio": tolerance, "instructions": instructionTolerance]]
+    return ["kind": "ringtgt-perf-baseline", "version": 2, "ratios": r, "stableKeys": Array(r.keys).sorted(),
+            "instructionsPerIO": ins, "runs": 1,
+            "tolerances": ["iopsGeomean": tolerance, "cpuGeomean": Tolerance.cpuGeomean,
+                           "scenarioNote": Tolerance.scenarioNote, "instructions": instructionTolerance]]
 }
 
 /// Compares this run's baseline section with a stored one. Returns the lines to print and whether it regressed.
-func compareWithBaseline(current: [String: Any], stored: [String: Any], tolerance: Double?, instructionTolerance: Double?) -> (lines: [String], regressed: Bool) {
+func compareWithBaseline(current: [String: Any], stored: [String: Any], tolerance: Double?, cpuTolerance: Double?,
+                         instructionTolerance: Double?) -> (lines: [String], regressed: Bool) {
     let base = (stored["baseline"] as? [String: Any]) ?? stored
     let tol = (base["tolerances"] as? [String: Any]) ?? [:]
-    let t = tolerance ?? (tol["ratio"] as? Double) ?? 0.25
-    let ti = instructionTolerance ?? (tol["instructions"] as? Double) ?? 0.10
+    let tIOPS = tolerance ?? (tol["iopsGeomean"] as? Double) ?? Tolerance.iopsGeomean
+    let tCPU = cpuTolerance ?? (tol["cpuGeomean"] as? Double) ?? Tolerance.cpuGeomean
+    let tNote = (tol["scenarioNote"] as? Double) ?? Tolerance.scenarioNote
+    let tIns = instructionTolerance ?? (tol["instructions"] as? Double) ?? Tolerance.instructions
     var lines: [String] = []
     var regressed = false
+    let baseRatios = (base["ratios"] as? [String: Any]) ?? [:]
     let cur = (current["ratios"] as? [String: Any]) ?? [:]
-    let ranRatios = !(cur.isEmpty)
-    for (key, v) in ((base["ratios"] as? [String: Any]) ?? [:]).sorted(by: { $0.key < $1.key }) where ranRatios {
-        guard let b = v as? [String: Any] else { continue }
-        let c = cur[key] as? [String: Any]
-        if let bi = b["iops"] as? Double {
-            if let ci = c?["iops"] as? Double {
-                let bad = ci < bi * (1 - t)
+    let stable = (base["stableKeys"] as? [String]) ?? Array(baseRatios.keys)
+    func metric(_ d: [String: Any], _ key: String, _ m: String) -> Double? { (d[key] as? [String: Any])?[m] as? Double }
+
+    if !cur.isEmpty {
+        // A scenario that ran in every baseline run and has no ratio now failed or crashed.
+        for key in stable.sorted() where cur[key] == nil {
+            regressed = true
+            lines.append("REGRESSION \(key): no ratio in this run (failed or crashed; it ran in every baseline run)")
+        }
+        for suffix in ["@1c", "@2c"] {
+            let keys = stable.filter { $0.hasSuffix(suffix) && cur[$0] != nil && baseRatios[$0] != nil }
+            guard !keys.isEmpty else { continue }
+            if let b = geomean(keys.compactMap { metric(baseRatios, $0, "iops") }),
+               let c = geomean(keys.compactMap { metric(cur, $0, "iops") }) {
+                let bad = c < b * (1 - tIOPS)
                 if bad { regressed = true }
-                lines.append("\(bad ? "REGRESSION" : "ok        ") \(key) IOPS ratio \(f2(ci)) (baseline \(f2(bi)), floor \(f2(bi * (1 - t))))")
-            } else {
-                regressed = true
-                lines.append("REGRESSION \(key): no IOPS ratio in this run (baseline \(f2(bi)))")
+                lines.append("\(bad ? "REGRESSION" : "ok        ") IOPS ratio ringtgt/tgt, geometric mean of \(keys.count) scenarios \(suffix): \(f2(c)) (baseline \(f2(b)), floor \(f2(b * (1 - tIOPS))))")
+            }
+            if let b = geomean(keys.compactMap { metric(baseRatios, $0, "cpuPerIO") }),
+               let c = geomean(keys.compactMap { metric(cur, $0, "cpuPerIO") }) {
+                let bad = c > b * (1 + tCPU)
+                if bad { regressed = true }
+                lines.append("\(bad ? "REGRESSION" : "ok        ") CPU/IO ratio ringtgt/tgt, geometric mean of \(keys.count) scenarios \(suffix): \(f2(c)) (baseline \(f2(b)), ceiling \(f2(b * (1 + tCPU))))")
             }
         }
-        if let bc = b["cpuPerIO"] as? Double, let cc = c?["cpuPerIO"] as? Double {
-            let bad = cc > bc * (1 + t)
-            if bad { regressed = true }
-            lines.append("\(bad ? "REGRESSION" : "ok        ") \(key) CPU/IO ratio \(f2(cc)) (baseline \(f2(bc)), ceiling \(f2(bc * (1 + t))))")
+        for key in baseRatios.keys.sorted() {
+            guard let bi = metric(baseRatios, key, "iops"), let ci = metric(cur, key, "iops") else { continue }
+            if ci < bi * (1 - tNote) {
+                lines.append("note       \(key): IOPS ratio \(f2(ci)) vs baseline \(f2(bi)) (single scenarios are noisy; not gated)")
+            }
+            if let bc = metric(baseRatios, key, "cpuPerIO"), let cc = metric(cur, key, "cpuPerIO"), cc > bc * (1 + tNote) {
+                lines.append("note       \(key): CPU/IO ratio \(f2(cc)) vs baseline \(f2(bc)) (not gated)")
+            }
         }
     }
     let curIns = (current["instructionsPerIO"] as? [String: Any]) ?? [:]
     for (w, v) in ((base["instructionsPerIO"] as? [String: Any]) ?? [:]).sorted(by: { $0.key < $1.key }) where !curIns.isEmpty {
         guard let b = v as? Double else { continue }
         if let c = curIns[w] as? Double {
-            let bad = c > b * (1 + ti)
+            let bad = c > b * (1 + tIns)
             if bad { regressed = true }
-            lines.append("\(bad ? "REGRESSION" : "ok        ") instructions/IO \(w): \(f0(c)) (baseline \(f0(b)), ceiling \(f0(b * (1 + ti))))")
+            lines.append("\(bad ? "REGRESSION" : "ok        ") instructions/IO \(w): \(f0(c)) (baseline \(f0(b)), ceiling \(f0(b * (1 + tIns))))")
         } else {
             regressed = true
             lines.append("REGRESSION instructions/IO \(w): not measured in this run")
@@ -283,4 +321,38 @@ func compareWithBaseline(current: [String: Any], stored: [String: Any], toleranc
 func writeJSON(_ obj: Any, to url: URL) throws {
     let data = try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys])
     try data.write(to: url)
+}
+
+/// The per-key median of several runs' baseline sections: one noisy run on a shared machine should not set
+/// the bar. A key missing from a run (a crash) is taken from the runs that have it.
+func medianBaseline(_ sections: [[String: Any]], tolerance: Double, instructionTolerance: Double) -> [String: Any] {
+    func median(_ v: [Double]) -> Double {
+        let s = v.sorted()
+        return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+    }
+    var ratioValues: [String: [String: [Double]]] = [:]
+    var insValues: [String: [Double]] = [:]
+    for b in sections {
+        for (key, v) in (b["ratios"] as? [String: Any]) ?? [:] {
+            for (metric, x) in (v as? [String: Any]) ?? [:] {
+                if let d = x as? Double { ratioValues[key, default: [:]][metric, default: []].append(d) }
+            }
+        }
+        for (w, x) in (b["instructionsPerIO"] as? [String: Any]) ?? [:] {
+            if let d = x as? Double { insValues[w, default: []].append(d) }
+        }
+    }
+    var ratios: [String: Any] = [:]
+    for (key, metrics) in ratioValues {
+        var o: [String: Any] = [:]
+        for (m, v) in metrics { o[m] = median(v) }
+        ratios[key] = o
+    }
+    var ins: [String: Any] = [:]
+    for (w, v) in insValues { ins[w] = median(v) }
+    let stable = ratioValues.filter { ($0.value["iops"]?.count ?? 0) == sections.count }.map { $0.key }.sorted()
+    return ["kind": "ringtgt-perf-baseline", "version": 2, "ratios": ratios, "stableKeys": stable, "instructionsPerIO": ins,
+            "runs": sections.count,
+            "tolerances": ["iopsGeomean": tolerance, "cpuGeomean": Tolerance.cpuGeomean,
+                           "scenarioNote": Tolerance.scenarioNote, "instructions": instructionTolerance]]
 }

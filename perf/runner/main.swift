@@ -48,8 +48,11 @@ struct PerfRunner: ParsableCommand {
     @Option(help: "Compare with this baseline (perf/baseline.json or a report.json); exit 1 on a regression.")
     var compare: String?
 
-    @Option(help: "Allowed fall of a ringtgt/tgt ratio (and rise of a CPU ratio) before it counts as a regression.")
+    @Option(help: "Allowed fall of the geometric-mean ringtgt/tgt IOPS ratio before it counts as a regression (default: the baseline's, else 0.25).")
     var tolerance: Double?
+
+    @Option(name: .customLong("cpu-tolerance"), help: "Allowed rise of the geometric-mean CPU-per-I/O ratio (default: the baseline's, else 0.15).")
+    var cpuTolerance: Double?
 
     @Option(name: .customLong("instruction-tolerance"), help: "Allowed rise of instructions per I/O.")
     var instructionTolerance: Double?
@@ -60,7 +63,43 @@ struct PerfRunner: ParsableCommand {
     @Flag(name: .customLong("no-plots"), help: "Skip the PNG plots.")
     var noPlots = false
 
+    @Option(name: .customLong("compare-report"), help: "With --compare: compare this existing report.json instead of running.")
+    var compareReport: String?
+
+    @Option(name: .customLong("baseline-from"), help: "Comma-separated report.json files: write their per-key median to --write-baseline and exit (runs nothing).")
+    var baselineFrom: String?
+
     func run() throws {
+        if let c = compare, let reportPath = compareReport {
+            // Compare an existing report with a baseline, running nothing.
+            guard let rd = FileManager.default.contents(atPath: reportPath),
+                  let rep = try JSONSerialization.jsonObject(with: rd) as? [String: Any],
+                  let cur = rep["baseline"] as? [String: Any],
+                  let bd = FileManager.default.contents(atPath: c),
+                  let stored = try JSONSerialization.jsonObject(with: bd) as? [String: Any] else {
+                throw RunnerError("cannot read \(reportPath) or \(c)")
+            }
+            let (lines, regressed) = compareWithBaseline(current: cur, stored: stored, tolerance: tolerance, cpuTolerance: cpuTolerance,
+                                                         instructionTolerance: instructionTolerance)
+            for l in lines { print("  " + l) }
+            print(regressed ? "REGRESSION" : "no regression")
+            if regressed { throw ExitCode(1) }
+            return
+        }
+        if let from = baselineFrom {
+            guard let outPath = writeBaseline else { throw ValidationError("--baseline-from needs --write-baseline FILE") }
+            var sections: [[String: Any]] = []
+            for path in from.split(separator: ",").map(String.init) {
+                guard let data = FileManager.default.contents(atPath: path),
+                      let obj = try JSONSerialization.jsonObject(with: data) as? [String: Any],
+                      let b = obj["baseline"] as? [String: Any] else { throw RunnerError("no baseline section in \(path)") }
+                sections.append(b)
+            }
+            let merged = medianBaseline(sections, tolerance: tolerance ?? Tolerance.iopsGeomean, instructionTolerance: instructionTolerance ?? Tolerance.instructions)
+            try writeJSON(merged, to: URL(fileURLWithPath: outPath))
+            print("baseline from \(sections.count) reports written to \(outPath)")
+            return
+        }
         raiseFileLimit()
         installSignalCleanup()
         let stamp: String = {
@@ -216,8 +255,8 @@ struct PerfRunner: ParsableCommand {
         report["ratios"] = rs.map { $0.json }
         let gs = goals(runs: runs, ratios: rs, loopback: loopback, allocPass: allocPass, idle: idle)
         report["goals"] = gs.map { $0.json }
-        let tol = tolerance ?? 0.25
-        let itol = instructionTolerance ?? 0.10
+        let tol = tolerance ?? Tolerance.iopsGeomean
+        let itol = instructionTolerance ?? Tolerance.instructions
         let base = baselineSection(ratios: rs, instructions: instructions, tolerance: tol, instructionTolerance: itol)
         report["baseline"] = base
         try writeJSON(report, to: outDir.appendingPathComponent("report.json"))
@@ -241,7 +280,8 @@ struct PerfRunner: ParsableCommand {
                   let stored = try JSONSerialization.jsonObject(with: data) as? [String: Any] else {
                 throw RunnerError("cannot read baseline \(c)")
             }
-            let (lines, regressed) = compareWithBaseline(current: base, stored: stored, tolerance: tolerance, instructionTolerance: instructionTolerance)
+            let (lines, regressed) = compareWithBaseline(current: base, stored: stored, tolerance: tolerance, cpuTolerance: cpuTolerance,
+                                                      instructionTolerance: instructionTolerance)
             print("\ncomparison with \(c):")
             for l in lines { print("  " + l) }
             if allocPass == false { print("  REGRESSION allocation gate failed"); code = 1 }
