@@ -14,6 +14,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         // liburing through a module map and a header-only shim (pkg-config liburing, Debian liburing-dev).
@@ -51,6 +52,27 @@ let package = Package(
             name: "SheepTestServer",
             dependencies: ["SheepProtocol", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Logging", package: "swift-log")],
+            swiftSettings: [.swiftLanguageMode(.v5)]
+        ),
+        // perf/: the perf regression suite. An iSCSI load generator on io_uring, the loopback echo limit,
+        // and the scenario runner (ringtgt beside Debian's tgt, reports, regression gates).
+        .executableTarget(
+            name: "ringtgt-loadgen",
+            dependencies: ["Target", "CURing", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                           .product(name: "Histogram", package: "hdrhistogram-swift")],
+            path: "perf/loadgen",
+            swiftSettings: [.swiftLanguageMode(.v5)]
+        ),
+        .executableTarget(
+            name: "ringtgt-echo",
+            dependencies: ["CURing", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "perf/echo",
+            swiftSettings: [.swiftLanguageMode(.v5)]
+        ),
+        .executableTarget(
+            name: "ringtgt-perf",
+            dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "perf/runner",
             swiftSettings: [.swiftLanguageMode(.v5)]
         ),
         .testTarget(name: "SheepProtocolTests", dependencies: ["SheepProtocol"],
