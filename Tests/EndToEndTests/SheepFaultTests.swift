@@ -81,8 +81,9 @@ extension EndToEnd {
 
         // MARK: Steps
 
-        /// Runs the load on LUN 1. With `disrupt`, it is called once the writers are creating objects (on the
-        /// test server: once its object count grew; `slowedBy` delays every request meanwhile).
+        /// Runs the load on LUN 1. With `disrupt`, it is called once the writers are creating objects (the test
+        /// server's object count grew, or `dog vdi list` shows the VDI owning objects); `slowedBy` delays every
+        /// request on the test server meanwhile.
         static func runLoad(_ t: SheepTarget, slowedBy faults: String? = nil,
                             disrupt: (() throws -> Void)? = nil) throws -> WriterLoad.Outcome {
             #expect(load.totalBytes <= vdiBytes)
@@ -91,8 +92,9 @@ extension EndToEnd {
             if let faults { try t.sheep.admin("faults set \(faults)") }
             let running = try load.launch(on: t, lun: 1)
             if let disrupt {
-                if onTestServer {
-                    try waitUntil("the writers to create objects") { try t.sheep.stats().objects > objectsBefore }
+                try waitUntil("the writers to create objects") {
+                    if onTestServer { return try t.sheep.stats().objects > objectsBefore }
+                    return try t.sheep.listVDIs().contains { $0.name == "vol" && !$0.isSnapshot && $0.usedBytes > 0 }
                 }
                 try disrupt()
             }

@@ -353,15 +353,18 @@ struct DogListEntry: Equatable {
     let isSnapshot: Bool
     let name: String
     let snapshotID: Int
+    /// Bytes of objects this VDI owns.
+    let usedBytes: Int64
     let tag: String
 
     init?(_ line: String) {
         let f = line.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
         // s NAME ID SIZE USED SHARED CTIME VID COPIES TAG SHIFT (TAG may be empty).
-        guard f.count >= 10, ["s", "c", "="].contains(f[0]), let id = Int(f[2]) else { return nil }
+        guard f.count >= 10, ["s", "c", "="].contains(f[0]), let id = Int(f[2]), let used = Int64(f[4]) else { return nil }
         isSnapshot = f[0] == "s"
         name = f[1]
         snapshotID = id
+        usedBytes = used
         tag = f[9]
     }
 }
