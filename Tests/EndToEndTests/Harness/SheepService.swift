@@ -8,6 +8,11 @@
 // polling). A real cluster is three `sheep -c local:SHM -z N -p PORT -f DIR` processes, ready when
 // `dog node list` shows all three, then `dog cluster format -c 2 -l` (-l: locking on, which ringtgt's
 // LOCK_VDI relies on; the test server locks by default).
+//
+// Run:   swift test --filter 'EndToEndTests.EndToEnd/Sheep'              (every sheepdog suite)
+//        PATH=/opt/sheepdog/sbin:/opt/sheepdog/bin:$PATH swift test ...   (also against real sheep, where
+//                                                                          sheepdog is installed there)
+// Without sheep and dog on PATH, each real-cluster test case prints a note and is cancelled (skipped).
 
 import Foundation
 import Testing
