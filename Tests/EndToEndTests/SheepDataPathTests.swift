@@ -57,6 +57,25 @@ extension EndToEnd {
                 }
             }
         }
+
+        /// An IPv6 sheep address in tgt's form with brackets, `tcp:[::1]:PORT:VDI`, serves data both ways.
+        @Test(arguments: SheepKind.allCases)
+        func ipv6BracketedSheepAddressServesData(kind: SheepKind) throws {
+            var options = SheepServerOptions()
+            options.listenHost = "::1"   // a real sheep listens on every address by default
+            let bytes = 16 * mebibyte
+            try withSheepTarget(kind, options: options) { t in
+                try t.sheep.createVDI("six", bytes: bytes)
+                try t.addLUN(1, backingStore: "tcp:[::1]:\(t.sheep.tcpPort):six")
+                let regions = [PatternRegion(offset: 4 * mebibyte - 4096, length: 65536, pattern: 0x66)]
+                let io = try t.qemuIO(1, ["-c", "write -P 0x66 \(regions[0].offset) \(regions[0].length)"])
+                #expect(io.succeeded && QemuIOReport(io.stdout + io.stderr).errorLines.isEmpty, "\(io)")
+                let back = try t.verifyThroughISCSI(lun: 1, regions)
+                #expect(back.isEmpty, "read back over IPv6: \(back)")
+                let dog = try t.verifyThroughDog("six", regions, bytes: bytes)
+                #expect(dog.isEmpty, "dog vdi read: \(dog)")
+            }
+        }
     }
 }
 

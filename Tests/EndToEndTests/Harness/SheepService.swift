@@ -8,6 +8,11 @@
 // polling). A real cluster is three `sheep -c local:SHM -z N -p PORT -f DIR` processes, ready when
 // `dog node list` shows all three, then `dog cluster format -c 2 -l` (-l: locking on, which ringtgt's
 // LOCK_VDI relies on; the test server locks by default).
+//
+// Run:   swift test --filter 'EndToEndTests.EndToEnd/Sheep'              (every sheepdog suite)
+//        PATH=/opt/sheepdog/sbin:/opt/sheepdog/bin:$PATH swift test ...   (also against real sheep, where
+//                                                                          sheepdog is installed there)
+// Without sheep and dog on PATH, each real-cluster test case prints a note and is cancelled (skipped).
 
 import Foundation
 import Testing
@@ -353,15 +358,18 @@ struct DogListEntry: Equatable {
     let isSnapshot: Bool
     let name: String
     let snapshotID: Int
+    /// Bytes of objects this VDI owns.
+    let usedBytes: Int64
     let tag: String
 
     init?(_ line: String) {
         let f = line.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
         // s NAME ID SIZE USED SHARED CTIME VID COPIES TAG SHIFT (TAG may be empty).
-        guard f.count >= 10, ["s", "c", "="].contains(f[0]), let id = Int(f[2]) else { return nil }
+        guard f.count >= 10, ["s", "c", "="].contains(f[0]), let id = Int(f[2]), let used = Int64(f[4]) else { return nil }
         isSnapshot = f[0] == "s"
         name = f[1]
         snapshotID = id
+        usedBytes = used
         tag = f[9]
     }
 }
