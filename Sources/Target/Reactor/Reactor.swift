@@ -555,9 +555,24 @@ public final class Reactor {
 
     private func shutdownAll() {
         for c in connections { if let c { closeConnection(c, reason: "shutdown") } }
+        // Sheep requests would never be answered from here on: fail them, so their tasks let go of buffers.
+        for ch in sheepChannels { ch?.abandon() }
         // Wait for in-flight operations to finish so no buffer is referenced after the ring goes away.
         var spins = 0
         while closingConnectionsLeft() && spins < 1000 {
+            // Answers from other cores' home-core work still arrive through the mailbox.
+            for m in mailbox.drain() {
+                switch m {
+                case .sheepHome(let req): homeDone(req, failure: .unavailable)
+                case .sheepHomeDone(let waiter, let failure):
+                    if case .taskPiece(let ci, let gen, let t) = waiter {
+                        pieceDone(Int(ci), gen, Int(t), failure: failure, result: .success)
+                    }
+                case .config(_, let reply): reply.signal()
+                case .sessions(let q): q.reply.signal()
+                case .closeSession, .shutdown: break
+                }
+            }
             _ = ring.submitAndWait(timeoutNanos: 10_000_000)
             let n = ring.peekBatch()
             for i in 0..<n {

@@ -301,6 +301,15 @@ final class SheepChannel {
         }
     }
 
+    /// The daemon is stopping: every waiting request fails now and nothing reconnects.
+    func abandon() {
+        failAll(.unavailable)
+        if fd >= 0 { shutdown(fd, Int32(SHUT_RDWR)) }
+        state = .backoff
+        retryTick = UInt64.max
+        downSinceTick = 0
+    }
+
     /// Sheep is gone for good: every waiting request fails.
     private func failAll(_ e: StoreError) {
         // Empty the table first: answering a waiter may submit new requests to this channel.

@@ -365,6 +365,11 @@ extension Reactor {
     }
 
     func homeHandle(_ req: SheepHomeRequest) {
+        if !running {
+            // Stopping: nothing new goes to sheep.
+            homeDone(req, failure: .unavailable)
+            return
+        }
         let vol = req.volume
         let h = home(vol)
         if h.reloading { h.waitingReload.append(req); return }
