@@ -484,9 +484,13 @@ extension Reactor {
             finishHome(req, failure: result == .success ? nil : mapResult(result))
         case .reloadLookup:
             guard result == .success, vdiID != 0, vdiID != vol.vid else {
+                if result == .vdiLocked {
+                    logger.error("sheep VDI '\(vol.name)': the new working VDI is locked by another client")
+                }
                 reloadFinished(vol, newVID: nil)
                 return
             }
+            if vol.lockedVID != 0 { vol.addLock(vdiID) }
             readNewIndex(vol, newVID: vdiID)
         case .reloadIndex(let newVID):
             if result == .success, let buf = op.buffer {
@@ -533,7 +537,9 @@ extension Reactor {
         op.payload = (try? SheepVDIName.payload(name: vol.name, tag: "")) ?? []
         let id = newHomeOp(op)
         logger.info("sheep VDI '\(vol.name)': a snapshot was taken (READONLY); reloading the working VDI")
-        let hdr = SheepRequestHeader.vdiLookup(.getVDIInfo, id: 0, snapID: 0)
+        // The new working VDI is locked as the old one was (tgt does the same); a cluster without locking
+        // answers LOCK_VDI like GET_VDI_INFO.
+        let hdr = SheepRequestHeader.vdiLookup(vol.lockedVID != 0 ? .lockVDI : .getVDIInfo, id: 0, snapID: 0)
         let p = op.payload.withUnsafeBytes { $0.baseAddress! }
         if !sheepChannel(vol).submit(hdr, payload: p, payloadLength: op.payload.count, dest: nil, destCapacity: 0,
                                      waiter: .home(op: id)) {

@@ -23,6 +23,8 @@ public final class SheepVolume: @unchecked Sendable {
     public let endpointIndex: Int
     /// VID of the working VDI; changes when a snapshot is taken under us (READONLY, then reload).
     private let currentVID: Atomic<UInt32>
+    /// Working VDIs locked after a snapshot moved the working VDI (released at close with `lockedVID`).
+    private let laterLocks = Mutex<[UInt32]>([])
     /// data_vdi_id[]: owner VID per object index, 0 = unallocated.
     let index: UnsafeMutablePointer<UInt32>
     let indexSlots: Int
@@ -47,6 +49,9 @@ public final class SheepVolume: @unchecked Sendable {
     deinit { index.deallocate() }
 
     public var objectBytes: Int { 1 << objectShift }
+
+    /// Records a lock the home core took on a new working VDI (reload after a snapshot).
+    func addLock(_ vid: UInt32) { laterLocks.withLock { $0.append(vid) } }
 
     @inline(__always) public var vid: UInt32 { currentVID.load(ordering: .acquiring) }
     func setVID(_ v: UInt32) { currentVID.store(v, ordering: .releasing) }
@@ -163,5 +168,8 @@ public final class SheepVolume: @unchecked Sendable {
     public func releaseLock() {
         guard lockedVID != 0, let client = try? SheepControlClient(endpoint: spec.endpoint) else { return }
         _ = try? client.call(.releaseVDI(id: 0, vid: lockedVID))
+        for v in laterLocks.withLock({ l -> [UInt32] in let all = l; l.removeAll(); return all }) {
+            _ = try? client.call(.releaseVDI(id: 0, vid: v))
+        }
     }
 }
