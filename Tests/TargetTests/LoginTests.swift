@@ -335,4 +335,48 @@ import Testing
         let (r, o) = send(&m, env, csg: 1, nsg: 3, [])
         #expect(r.status == 0x0200 && o == .respondAndClose)
     }
+
+    // Target-originated offers: keys the initiator left out whose RFC default exceeds the target's limits.
+    @Test func targetOffersLowerMaxBurstWhenInitiatorOmitsIt() throws {
+        let env = Env()
+        env.defaults.maxBurstLength = 65536
+        env.defaults.immediateData = false
+        env.defaults.headerDigest = [.crc32c]
+        var m = LoginStateMachine()
+        let (r1, o1) = send(&m, env, csg: 1, nsg: 3, text([("InitiatorName", Self.initiator), ("TargetName", Self.targetName)]))
+        #expect(o1 == .respondAndContinue && !r1.transit && r1.status == 0)
+        let k1 = keys(r1)
+        #expect(k1["MaxBurstLength"] == "65536")
+        #expect(k1["ImmediateData"] == "No")
+        #expect(k1["HeaderDigest"] == "CRC32C")
+        #expect(k1["DataDigest"] == nil && k1["FirstBurstLength"] == nil)
+        let (r2, o2) = send(&m, env, csg: 1, nsg: 3, text([("MaxBurstLength", "32768"), ("ImmediateData", "No"),
+                                                             ("HeaderDigest", "CRC32C")]))
+        #expect(r2.transit && r2.text.isEmpty)
+        let p = try #require(params(o2))
+        #expect(p.maxBurstLength == 32768 && !p.immediateData && p.headerDigest == .crc32c)
+    }
+
+    @Test func answersToTargetOffersAreChecked() {
+        let env = Env()
+        env.defaults.maxBurstLength = 65536
+        var m = LoginStateMachine()
+        _ = send(&m, env, csg: 1, nsg: 3, text([("InitiatorName", Self.initiator), ("TargetName", Self.targetName)]))
+        let (r, o) = send(&m, env, csg: 1, nsg: 3, text([("MaxBurstLength", "262144")]))
+        #expect(r.status == 0x0200 && o == .respondAndClose)
+
+        var m2 = LoginStateMachine()
+        _ = send(&m2, env, csg: 1, nsg: 3, text([("InitiatorName", Self.initiator), ("TargetName", Self.targetName)]))
+        let (r2, o2) = send(&m2, env, csg: 1, nsg: 3, text([("X-unrelated", "1")]))
+        #expect(r2.status == 0x0200 && o2 == .respondAndClose)
+    }
+
+    @Test func noTargetOffersWhenInitiatorNegotiatedEverything() throws {
+        let env = Env()
+        env.defaults.maxBurstLength = 65536
+        var m = LoginStateMachine()
+        let (r, o) = send(&m, env, csg: 1, nsg: 3, text(Self.libiscsiNormal))
+        #expect(r.transit && keys(r)["MaxBurstLength"] == "65536")
+        #expect(params(o)?.maxBurstLength == 65536)
+    }
 }
