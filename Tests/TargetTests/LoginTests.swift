@@ -97,7 +97,8 @@ import Testing
         #expect(k1["AuthMethod"] == "None")
         #expect(k1["TargetPortalGroupTag"] == "7")
         #expect(k1["TargetAlias"] == "disk one")
-        #expect(k1["MaxRecvDataSegmentLength"] == nil)
+        // open-iscsi fails the login on any other key in a security-stage response (usr/login.c).
+        #expect(Set(k1.keys).isSubset(of: ["AuthMethod", "TargetPortalGroupTag", "TargetAlias", "TargetAddress"]))
 
         let (r2, o2) = send(&m, env, csg: 1, nsg: 3, text([
             ("HeaderDigest", "None"), ("DataDigest", "None"), ("DefaultTime2Wait", "2"), ("DefaultTime2Retain", "0"),
@@ -378,5 +379,19 @@ import Testing
         let (r, o) = send(&m, env, csg: 1, nsg: 3, text(Self.libiscsiNormal))
         #expect(r.transit && keys(r)["MaxBurstLength"] == "65536")
         #expect(params(o)?.maxBurstLength == 65536)
+    }
+
+    // open-iscsi with default discovery settings goes from the security stage straight to full feature.
+    @Test func openIscsiDiscoveryStraightFromSecurityStage() throws {
+        let env = Env()
+        var m = LoginStateMachine()
+        let (r, o) = send(&m, env, csg: 0, nsg: 3, text([
+            ("InitiatorName", Self.initiator), ("InitiatorAlias", "host"), ("SessionType", "Discovery"),
+            ("AuthMethod", "None"),
+        ]))
+        #expect(r.transit && r.csg == 0 && r.nsg == 3)
+        #expect(keys(r) == ["AuthMethod": "None"])
+        let p = try #require(params(o))
+        #expect(p.sessionType == .discovery && p.targetMaxRecvDataSegmentLength == 8192)
     }
 }
