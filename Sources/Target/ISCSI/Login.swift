@@ -201,7 +201,7 @@ public struct LoginStateMachine {
             if data.count != 0 || req.continueFlag {
                 return reject(req, .initiatorError, "text sent while the target's response is incomplete")
             }
-            return nextChunk(req, csg: csg, nsg: nsg)
+            return nextChunk(req, csg: csg, nsg: nsg, freshText: false)
         }
 
         // Initiator-side continuation: reassemble the text across C-bit PDUs.
@@ -261,11 +261,13 @@ public struct LoginStateMachine {
         }
         responseText = out
         responseOffset = 0
-        return nextChunk(req, csg: csg, nsg: nsg)
+        return nextChunk(req, csg: csg, nsg: nsg, freshText: true)
     }
 
     /// Sends the next ≤8192-byte piece of `responseText`; the last piece carries the transition.
-    private mutating func nextChunk(_ req: LoginRequest, csg: LoginStage, nsg: LoginStage?) -> (LoginResponse, LoginOutcome) {
+    /// `freshText`: this step processed a new text from the initiator (not an empty fetch of our continuation).
+    private mutating func nextChunk(_ req: LoginRequest, csg: LoginStage, nsg: LoginStage?,
+                                    freshText: Bool) -> (LoginResponse, LoginOutcome) {
         let remaining = responseText.count - responseOffset
         let n = min(remaining, ISCSILimits.loginDataSegmentBytes)
         let chunk = Array(responseText[responseOffset..<(responseOffset + n)])
@@ -281,7 +283,31 @@ public struct LoginStateMachine {
         responseText = []
         responseOffset = 0
         guard let next = nsg else { return (r, .respondAndContinue) }
-        // We never originate negotiations, so whenever the initiator is ready to transit, so are we.
+        if next == .fullFeature, csg == .operational, var neg = negotiator {
+            if neg.awaitingAnswers {
+                // Our offers went out in the continuation just finished: the initiator answers next.
+                if !freshText { return (r, .respondAndContinue) }
+                return reject(req, .initiatorError, "initiator did not answer the target's key offers")
+            }
+            // Keys whose RFC default we cannot accept must be negotiated before leaving the stage.
+            let offers = neg.targetOffers()
+            negotiator = neg
+            if !offers.isEmpty {
+                var text = r.text
+                for o in offers { TextKeys.append(o.key, o.value, to: &text) }
+                if text.count <= ISCSILimits.loginDataSegmentBytes {
+                    r.text = text
+                    return (r, .respondAndContinue)
+                }
+                // No room in this PDU: send the offers as a continuation of this response.
+                responseText = Array(text[ISCSILimits.loginDataSegmentBytes...])
+                responseOffset = 0
+                r.text = Array(text[..<ISCSILimits.loginDataSegmentBytes])
+                r.continueFlag = true
+                return (r, .respondAndContinue)
+            }
+        }
+        // Whenever the initiator is ready to transit and nothing of ours is outstanding, so are we.
         r.transit = true
         r.nsg = next.rawValue
         if next == .fullFeature {

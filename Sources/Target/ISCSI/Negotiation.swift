@@ -1,9 +1,9 @@
 // iSCSI operational and security key negotiation, target side (RFC 7143 §6.2, §13).
-// The target only answers: it never originates a negotiation, because the initiators we serve
-// (open-iscsi, libiscsi) offer every key they care about, and libiscsi re-sends its whole key set when a
-// login step does not transit, which would then count as re-negotiation (RFC 7143 §6.2: Login reject).
-// Keys the initiator does not offer keep their RFC defaults; `TargetKeyDefaults` never permits a setting
-// whose RFC default would exceed what the target can take (see `validate`).
+// The target mostly answers. It originates an offer only for a key the initiator left out whose RFC default
+// exceeds what the target allows (e.g. the admin lowered MaxBurstLength below 262144, or forbids
+// HeaderDigest=None): then the default would bind us to something we cannot do. open-iscsi and libiscsi send
+// every such key, so with them the login never needs the extra round trip; libiscsi re-sends its whole key
+// set when a step does not transit, which would count as re-negotiation (RFC 7143 §6.2: Login reject).
 
 public enum DigestKind: String, Sendable, Equatable, CaseIterable {
     case none = "None"
@@ -316,6 +316,8 @@ public struct KeyNegotiator: Sendable {
     private var headerDigestOffered = false
     private var dataDigestOffered = false
     private var firstBurstOffered: Int?
+    /// Keys the target offered (see `targetOffers`) whose answer from the initiator is still due.
+    private var pendingTargetOffers: [String] = []
 
     public init(defaults: TargetKeyDefaults) {
         self.defaults = defaults
@@ -347,6 +349,13 @@ public struct KeyNegotiator: Sendable {
         var out: [TextKeyValue] = []
         var firstBurstSlot: Int?
         for pair in pairs {
+            if let i = pendingTargetOffers.firstIndex(of: pair.key) {
+                // The initiator's answer to our own offer: take it, answer nothing.
+                pendingTargetOffers.remove(at: i)
+                seen.append(pair.key)
+                try takeAnswerToTargetOffer(pair)
+                continue
+            }
             if seen.contains(pair.key) {
                 throw NegotiationFailure(statusClass: 2, statusDetail: 0,
                                          reason: "key \(pair.key) negotiated twice in one login")
@@ -366,6 +375,65 @@ public struct KeyNegotiator: Sendable {
             out[slot].value = firstBurstAnswer(sessionType: sessionType, stage: stage)
         }
         return out
+    }
+
+    /// Offers for keys the initiator has not negotiated whose RFC default the target cannot accept. The login
+    /// sends them instead of transiting; the initiator must answer them in its next request. Normal sessions only.
+    public mutating func targetOffers() -> [TextKeyValue] {
+        guard params.sessionType == .normal else { return [] }
+        var out: [TextKeyValue] = []
+        func offer(_ key: String, _ value: String) {
+            if seen.contains(key) || pendingTargetOffers.contains(key) { return }
+            pendingTargetOffers.append(key)
+            seen.append(key)
+            out.append(TextKeyValue(key, value))
+        }
+        if !defaults.headerDigest.contains(.none) {
+            offer("HeaderDigest", defaults.headerDigest.map(\.rawValue).joined(separator: ","))
+        }
+        if !defaults.dataDigest.contains(.none) {
+            offer("DataDigest", defaults.dataDigest.map(\.rawValue).joined(separator: ","))
+        }
+        if !defaults.immediateData && params.immediateData { offer("ImmediateData", "No") }
+        if defaults.maxBurstLength < params.maxBurstLength { offer("MaxBurstLength", String(defaults.maxBurstLength)) }
+        let firstLimit = min(defaults.firstBurstLength, defaults.maxBurstLength)
+        if firstBurstOffered == nil && firstLimit < params.firstBurstLength && !(params.initialR2T && !params.immediateData) {
+            offer("FirstBurstLength", String(firstLimit))
+        }
+        return out
+    }
+
+    /// Whether a target offer is still unanswered.
+    public var awaitingAnswers: Bool { !pendingTargetOffers.isEmpty }
+
+    private mutating func takeAnswerToTargetOffer(_ pair: TextKeyValue) throws(NegotiationFailure) {
+        func fail(_ why: String) -> NegotiationFailure {
+            NegotiationFailure(statusClass: 2, statusDetail: 0, reason: "answer \(pair.key)=\(pair.value) to the target's offer: \(why)")
+        }
+        switch pair.key {
+        case "HeaderDigest", "DataDigest":
+            let allowed = pair.key == "HeaderDigest" ? defaults.headerDigest : defaults.dataDigest
+            guard let d = DigestKind(rawValue: pair.value), allowed.contains(d) else { throw fail("not one offered") }
+            if pair.key == "HeaderDigest" { params.headerDigest = d; headerDigestOffered = true }
+            else { params.dataDigest = d; dataDigestOffered = true }
+        case "ImmediateData":
+            // AND with our No can only be No.
+            guard pair.value == "No" else { throw fail("must be No") }
+            params.immediateData = false
+        case "MaxBurstLength":
+            guard let n = number(pair.value, ISCSILimits.minDataSegmentBytes, defaults.maxBurstLength) else {
+                throw fail("must be 512...\(defaults.maxBurstLength)")
+            }
+            params.maxBurstLength = n
+        case "FirstBurstLength":
+            let limit = min(defaults.firstBurstLength, defaults.maxBurstLength)
+            guard let n = number(pair.value, ISCSILimits.minDataSegmentBytes, limit) else {
+                throw fail("must be 512...\(limit)")
+            }
+            params.firstBurstLength = n
+        default:
+            throw fail("not offered")
+        }
     }
 
     /// Final relations once the login reaches full feature phase. Throws if a digest the admin forbids
@@ -408,7 +476,7 @@ public struct KeyNegotiator: Sendable {
     /// Keys that only make sense in a normal session (RFC 7143 §13: "Irrelevant when: SessionType=Discovery").
     private static let normalSessionOnly: Set<String> = [
         "MaxConnections", "InitialR2T", "ImmediateData", "MaxBurstLength", "FirstBurstLength",
-        "MaxOutstandingR2T", "DataPDUInOrder", "DataSequenceInOrder",
+        "MaxOutstandingR2T", "DataPDUInOrder", "DataSequenceInOrder", "TaskReporting",
     ]
 
     /// Keys that may only be negotiated during login (LO or IO); in full feature phase they are Irrelevant.
@@ -492,8 +560,8 @@ public struct KeyNegotiator: Sendable {
             }
             return .reject
         case "IFMarker", "OFMarker":
-            // RFC 7143 §13.25 (obsoleted RFC 3720 keys): answer Reject or No, never NotUnderstood. "No" is what
-            // RFC 3720 initiators (open-iscsi, libiscsi send IFMarker=No) expect back.
+            // RFC 7143 §13.25 (obsoleted RFC 3720 keys): SHOULD answer Reject, MAY answer No, MUST NOT answer
+            // NotUnderstood. "No" is what RFC 3720 initiators (open-iscsi and libiscsi send IFMarker=No) expect.
             guard KeyValueSyntax.boolean(value) != nil else { return .reject }
             return .value("No")
         case "IFMarkInt", "OFMarkInt":
