@@ -681,15 +681,19 @@ extension Connection {
     private func handleText(_ bhs: BHS) {
         acceptCmdSN(bhs)
         let itt = bhs.itt
-        let request = Array(controlData.prefix(dataLength))
-        let reply = text.receive(final: bhs.final, continueFlag: bhs.byte1 & 0x40 != 0, itt: itt, ttt: bhs.ttt,
-                                 data: request, maxSegment: params.maxSendDataSegment,
-                                 answer: { [unowned self] keys in self.answerText(keys) })
-        switch reply {
-        case .reject:
-            queueReject(reason: RejectReason.protocolError)
-        case .respond(let data, let final, let cont, let ttt):
-            sendText(itt: itt, ttt: ttt, final: final, cont: cont, data: data)
+        let req = TextRequest(isFinal: bhs.final, continueFlag: bhs.byte1 & 0x40 != 0, itt: itt, ttt: bhs.ttt)
+        let env = TextEnvironment(maxSendDataSegmentLength: params.maxSendDataSegment,
+                                  sessionType: isDiscovery ? .discovery : .normal,
+                                  sendTargets: { [unowned self] value in self.reactor.sendTargetsListing(for: self, request: value) })
+        let n = dataLength
+        let outcome = controlData.withUnsafeBytes { raw in
+            text.receive(req, data: UnsafeRawBufferPointer(rebasing: raw[0..<n]), env: env)
+        }
+        switch outcome {
+        case .reject(let reason):
+            queueReject(reason: reason)
+        case .respond(let r):
+            sendText(itt: r.itt, ttt: r.ttt, final: r.isFinal, cont: r.continueFlag, data: r.text)
         }
     }
 

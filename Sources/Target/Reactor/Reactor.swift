@@ -612,17 +612,7 @@ public final class Reactor {
         for t in snapshot.targets where ACLCheck.allows(t.acl, address: c.peer, initiatorName: c.initiatorName) {
             list.append((name: t.name, addresses: runtime.portalAddresses(localAddress: c.local, tpgt: t.portalGroupTag)))
         }
-        // SendTargets=All only on discovery sessions; on a normal session an empty value means its own target.
-        var out: [UInt8] = []
-        for t in list {
-            let wanted: Bool
-            if request == "All" { wanted = c.isDiscovery }
-            else if request.isEmpty { wanted = !c.isDiscovery && t.name == c.target?.name }
-            else { wanted = t.name.lowercased() == request.lowercased() }
-            guard wanted else { continue }
-            TextKeys.append("TargetName", t.name, to: &out)
-            for a in t.addresses { TextKeys.append("TargetAddress", a, to: &out) }
-        }
-        return out
+        return Discovery.sendTargetsResponse(request: request, targets: list,
+                                             sessionTarget: c.isDiscovery ? nil : c.target?.name)
     }
 }
