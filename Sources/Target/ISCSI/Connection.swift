@@ -266,7 +266,7 @@ public final class Connection {
                 stage = .headerDigest; stageHave = 0; stageNeed = 4; return
             }
         case .headerDigest:
-            let want = Digest.crc32c(UnsafeRawPointer(hdr), 48 + ahsBytes)
+            let want = CRC32C.checksum(UnsafeRawPointer(hdr), count: 48 + ahsBytes)
             let got = UInt32(littleEndian: (hdr + 48 + ahsBytes).loadUnaligned(as: UInt32.self))
             if want != got {
                 // RFC 7143 §7.8: a header digest error cannot be trusted for framing: drop the connection.
@@ -315,11 +315,11 @@ public final class Connection {
     }
 
     private func dataDigestDone() {
-        var crc = Digest.seed
+        var crc = CRC32C.initialState
         if let p = sinkPtr {
-            crc = Digest.update(crc, UnsafeRawPointer(p), dataLength)
+            crc = CRC32C.update(crc, UnsafeRawPointer(p), count: dataLength)
             var zero: UInt32 = 0
-            if padLength > 0 { crc = Digest.update(crc, &zero, padLength) }
+            if padLength > 0 { crc = CRC32C.update(crc, &zero, count: padLength) }
             crc = ~crc
         } else {
             // Discarded data is not checked: it is rejected anyway.

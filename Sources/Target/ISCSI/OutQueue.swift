@@ -84,7 +84,7 @@ struct OutQueue: ~Copyable {
         let h = header(i)
         var hl: Int32 = 48
         if headerDigest {
-            let crc = Digest.crc32c(UnsafeRawPointer(h), 48)
+            let crc = CRC32C.checksum(UnsafeRawPointer(h), count: 48)
             h.storeBytes(of: crc.littleEndian, toByteOffset: 48, as: UInt32.self)
             hl = 52
         }
@@ -95,8 +95,8 @@ struct OutQueue: ~Copyable {
             for k in 0..<pad { t.storeBytes(of: 0, toByteOffset: k, as: UInt8.self) }
             tl = Int32(pad)
             if dataDigest, let data {
-                var crc = Digest.update(Digest.seed, data, dataLength)
-                if pad > 0 { crc = Digest.update(crc, UnsafeRawPointer(t), pad) }
+                var crc = CRC32C.update(CRC32C.initialState, data, count: dataLength)
+                if pad > 0 { crc = CRC32C.update(crc, UnsafeRawPointer(t), count: pad) }
                 crc = ~crc
                 t.storeBytes(of: crc.littleEndian, toByteOffset: pad, as: UInt32.self)
                 tl += 4
@@ -174,17 +174,4 @@ struct OutQueue: ~Copyable {
         inFlight = 0
         sentInFirst = 0
     }
-}
-
-/// iSCSI digests on the I/O path, over the shared CRC32C implementation (CRC32C.swift).
-enum Digest {
-    static let seed: UInt32 = CRC32C.initialState
-
-    @inline(__always)
-    static func update(_ crc: UInt32, _ p: UnsafeRawPointer, _ n: Int) -> UInt32 {
-        CRC32C.update(crc, p, count: n)
-    }
-
-    @inline(__always)
-    static func crc32c(_ p: UnsafeRawPointer, _ n: Int) -> UInt32 { ~update(seed, p, n) }
 }
