@@ -539,7 +539,7 @@ extension Connection {
             return
         }
         let transportSense = tasks[t].transportSense
-        let senseLength = transportSense != nil ? 18 : tasks[t].scsi.senseLength
+        let senseLength = transportSense != nil ? SenseData.fixedLengthBytes : tasks[t].scsi.senseLength
         let status = tasks[t].finalStatus
         let residual = tasks[t].finalResidual
         let dataLen = senseLength > 0 ? senseLength + 2 : 0
@@ -547,8 +547,8 @@ extension Connection {
             PDUBuild.scsiResponse(h, itt: itt, status: status, residual: residual, dataLength: dataLen)
             if senseLength > 0 {
                 put16(d, 0, UInt16(senseLength))
-                if let (key, asc, ascq) = transportSense {
-                    writeFixedSense(d + 2, key: key, asc: asc, ascq: ascq)
+                if let transportSense {
+                    transportSense.render(to: d + 2)
                 } else {
                     self.tasks[t].scsi.copySense(to: d + 2)
                 }
@@ -585,7 +585,7 @@ extension Connection {
 
     /// CHECK CONDITION produced by the transport itself (data-phase errors).
     func completeWithSense(_ t: Int, key: UInt8, asc: UInt8, ascq: UInt8) {
-        tasks[t].transportSense = (key, asc, ascq)
+        tasks[t].transportSense = SenseData(key: key, asc: ASC(asc, ascq))
         complete(t, status: SCSIStatus.checkCondition, dataInLength: 0, residual: .none)
     }
 
@@ -828,14 +828,4 @@ extension Connection {
             self.stamp(h, advance: true)
         }
     }
-}
-
-/// Fixed-format sense data (SPC-4 §4.5.3), 18 bytes.
-func writeFixedSense(_ d: UnsafeMutableRawPointer, key: UInt8, asc: UInt8, ascq: UInt8) {
-    d.initializeMemory(as: UInt8.self, repeating: 0, count: 18)
-    d.storeBytes(of: 0x70, as: UInt8.self)
-    d.storeBytes(of: key & 0x0F, toByteOffset: 2, as: UInt8.self)
-    d.storeBytes(of: 10, toByteOffset: 7, as: UInt8.self)
-    d.storeBytes(of: asc, toByteOffset: 12, as: UInt8.self)
-    d.storeBytes(of: ascq, toByteOffset: 13, as: UInt8.self)
 }

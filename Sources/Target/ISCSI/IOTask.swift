@@ -73,8 +73,8 @@ struct IOTask {
     var holdsCompareAndWriteGate = false
     /// When the task started waiting for Data-Out (or an R2T permit), for the Data-Out timeout.
     var waitSinceTick: UInt64 = 0
-    /// Sense produced by the transport itself (data-phase errors): key, ASC, ASCQ.
-    var transportSense: (UInt8, UInt8, UInt8)? = nil
+    /// Sense produced by the transport itself (data-phase errors).
+    var transportSense: SenseData? = nil
 
     // Sheepdog pieces in flight for the current store operation
     var sheepPending: Int32 = 0
