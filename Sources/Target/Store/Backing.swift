@@ -79,7 +79,7 @@ public enum BackingFactory {
         case "null":
             var bytes = defaultNullBytes
             if let s = options["size"] {
-                guard let v = parseSize(s) else { throw .invalid("invalid size '\(s)' for the null store") }
+                guard let v = BackingSpec.parseByteCount(s) else { throw .invalid("invalid size '\(s)' for the null store") }
                 bytes = v
             }
             bytes -= bytes % UInt64(blockSize)
@@ -135,23 +135,5 @@ public enum BackingFactory {
     static func isTrue(_ s: String?) -> Bool {
         guard let s = s?.lowercased() else { return false }
         return s == "1" || s == "yes" || s == "true" || s == "on"
-    }
-
-    /// "4096", "64M", "1G", "2T" (binary multiples, as dog and tgt do).
-    public static func parseSize(_ s: String) -> UInt64? {
-        guard let last = s.last else { return nil }
-        var digits = Substring(s)
-        var shift: UInt64 = 0
-        switch last {
-        case "k", "K": shift = 10
-        case "m", "M": shift = 20
-        case "g", "G": shift = 30
-        case "t", "T": shift = 40
-        default: break
-        }
-        if shift > 0 { digits = digits.dropLast() }
-        guard let v = UInt64(digits), v > 0 else { return nil }
-        let (r, o) = v.multipliedReportingOverflow(by: 1 << shift)
-        return o ? nil : r
     }
 }
