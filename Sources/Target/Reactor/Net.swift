@@ -148,16 +148,10 @@ public enum ACLCheck {
     }
 
     static func bytes(_ s: String) -> [UInt8]? {
-        var v4 = in_addr()
-        if inet_pton(AF_INET, s, &v4) == 1 { return withUnsafeBytes(of: &v4) { Array($0) } }
-        var v6 = in6_addr()
-        if inet_pton(AF_INET6, s, &v6) == 1 {
-            let b = withUnsafeBytes(of: &v6) { Array($0) }
-            // IPv4-mapped: compare as IPv4.
-            if b[0..<10].allSatisfy({ $0 == 0 }) && b[10] == 0xff && b[11] == 0xff { return Array(b[12..<16]) }
-            return b
-        }
-        return nil
+        guard let (b, isV6) = InitiatorAddressParser.parseAddress(s) else { return nil }
+        // IPv4-mapped IPv6: compare as IPv4.
+        if isV6 && b[0..<10].allSatisfy({ $0 == 0 }) && b[10] == 0xff && b[11] == 0xff { return Array(b[12..<16]) }
+        return b
     }
 
     static func sameAddress(_ a: String, _ b: String) -> Bool {
