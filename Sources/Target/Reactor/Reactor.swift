@@ -250,7 +250,7 @@ public final class Reactor {
         c.out.drainAll { token in
             if case .freeSlot(let s) = token { self.releaseSlot(Int(s)) }
         }
-        for t in 0..<c.taskCapacity where c.tasks[t].state != .free {
+        for t in 0..<c.tasksInitialized where c.tasks[t].state != .free {
             if c.tasks[t].state == .waitingPermit { cancelPermitWait(connection: c.index, task: t) }
             c.releaseTask(t)
         }
@@ -475,7 +475,7 @@ public final class Reactor {
                 continue
             }
             if c.phase == .fullFeature && c.activeTasks > 0 {
-                for t in 0..<c.taskCapacity {
+                for t in 0..<c.tasksInitialized {
                     let s = c.tasks[t].state
                     if (s == .receivingData || s == .waitingPermit)
                         && tick &- c.tasks[t].waitSinceTick > config.dataOutTimeoutSeconds {
