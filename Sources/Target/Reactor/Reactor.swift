@@ -493,12 +493,15 @@ public final class Reactor {
                     }
                 }
             }
-            guard c.phase == .fullFeature, config.nopIntervalSeconds > 0 else { continue }
+            // A target's own nop_interval/nop_count (tgtadm --op update) win over the daemon's --iscsi values.
+            let interval = c.target?.nopIntervalSeconds ?? config.nopIntervalSeconds
+            guard c.phase == .fullFeature, interval > 0 else { continue }
+            let timeout = c.target?.nopCount.map { max(1, interval) * $0 } ?? config.nopTimeoutSeconds
             if c.pingTTT != reservedTag {
-                if tick &- c.pingSentTick > config.nopTimeoutSeconds {
+                if tick &- c.pingSentTick > timeout {
                     closeConnection(c, reason: "NOP-In ping unanswered")
                 }
-            } else if tick &- c.lastRxTick >= config.nopIntervalSeconds && c.out.free > 0 {
+            } else if tick &- c.lastRxTick >= interval && c.out.free > 0 {
                 c.sendPing()
             }
         }
