@@ -126,6 +126,7 @@ struct RingTgtd: ParsableCommand {
         }
         let where_ = runtime.boundPortals.map { $0.description }.joined(separator: " ")
         logger.info("ringtgtd ready: \(coreCount) core(s), portals \(where_), control \(socketPath)")
+        SystemdNotify.send("READY=1\nSTATUS=serving")
 
         // Wait for SIGTERM/SIGINT, then stop the cores (they close their sessions) and the control socket.
         var set = sigset_t()
@@ -136,6 +137,7 @@ struct RingTgtd: ParsableCommand {
         var sig: Int32 = 0
         sigwait(&set, &sig)
         logger.info("signal \(sig): shutting down")
+        SystemdNotify.send("STOPPING=1")
         server.stop()
         runtime.stop()
         // Sheepdog locks are the sheep node's, not the connection's: release them, or the VDI stays locked.

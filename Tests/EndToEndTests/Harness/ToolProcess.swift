@@ -43,7 +43,7 @@ final class ToolProcess {
     private var finished = false
 
     /// Starts `executable args` with stdin from /dev/null and stdout/stderr into files under `logDir`.
-    init(_ executable: URL, _ args: [String], logDir: URL, label: String) throws {
+    init(_ executable: URL, _ args: [String], logDir: URL, label: String, environment: [String: String] = [:]) throws {
         command = ([executable.lastPathComponent] + args).map(shellQuote).joined(separator: " ")
         let unique = "\(label)-\(UUID().uuidString.prefix(8))"
         stdoutURL = logDir.appendingPathComponent("\(unique).stdout")
@@ -56,6 +56,9 @@ final class ToolProcess {
         process.executableURL = executable
         process.arguments = args
         process.standardInput = FileHandle.nullDevice
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         process.standardOutput = out
         process.standardError = err
         let sem = exited
