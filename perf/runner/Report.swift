@@ -361,11 +361,11 @@ func compareWithBaseline(current: [String: Any], stored: [String: Any], toleranc
         // A scenario that ran in every baseline run and has no ratio now failed or crashed.
         // Reports from before "attemptedKeys" existed: every stable key counts as attempted.
         let attempted = (current["attemptedKeys"] as? [String]).map(Set.init)
-        for key in stable.sorted() where cur[key] == nil {
-            if let attempted, !attempted.contains(key) {
-                lines.append("note       \(key): not run in this run (filtered out, or its sheep is not available); not compared")
-                continue
-            }
+        let notRun = stable.filter { key in cur[key] == nil && attempted.map { !$0.contains(key) } == true }
+        if !notRun.isEmpty {
+            lines.append("note       \(notRun.count) baseline scenarios not run in this run (filtered out, or their sheep is not available); not compared")
+        }
+        for key in stable.sorted() where cur[key] == nil && !notRun.contains(key) {
             regressed = true
             lines.append("REGRESSION \(key): no ratio in this run (failed or crashed; it ran in every baseline run)")
         }
