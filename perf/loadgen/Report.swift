@@ -75,6 +75,8 @@ struct RunResult {
     var targetPid: Int32?
     var targetStart: ProcSample?
     var targetEnd: ProcSample?
+    var backendPids: [Int32] = []
+    var backendCPUSeconds: Double = 0
     var loadgenCPUSeconds: Double
     var hostStart: HostSample?
     var hostEnd: HostSample?
@@ -176,6 +178,13 @@ struct RunResult {
             }
             if let s = targetStart { t.add("vmRSSKiBAtStart", s.vmRSSKiB) }
             o.addRaw("target", t.text)
+        }
+        if !backendPids.isEmpty {
+            var b = JSONObject()
+            b.addRaw("pids", "[" + backendPids.map { String($0) }.joined(separator: ",") + "]")
+            b.add("cpuSeconds", backendCPUSeconds)
+            b.add("cpuMicrosPerIO", ios > 0 ? backendCPUSeconds * 1e6 / Double(ios) : 0)
+            o.addRaw("backend", b.text)
         }
         return o.text
     }

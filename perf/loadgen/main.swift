@@ -62,6 +62,9 @@ struct LoadGen: ParsableCommand {
     @Option(name: .customLong("target-pid"), help: "Sample this process's CPU time (utime+stime, all threads) and peak RSS over the measured interval.")
     var targetPid: Int32?
 
+    @Option(name: .customLong("backend-pid"), help: "Also sample these processes' CPU time over the measured interval (a LUN's backing service, e.g. sheep; repeatable).")
+    var backendPids: [Int32] = []
+
     @Option(name: .customLong("idle-sessions"), help: "Extra sessions that log in and stay idle (they answer NOP-In pings).")
     var idleSessions: Int = 0
 
@@ -204,22 +207,27 @@ struct LoadGen: ParsableCommand {
 
         let before = targetPid.map { ProcSample.take(pid: $0) } ?? nil
         var startSample = before
+        func backendCPU() -> Double { backendPids.reduce(0) { $0 + (ProcSample.take(pid: $1)?.cpuSeconds ?? 0) } }
+        var backendStart = backendCPU()
         var selfStart = selfCPUSeconds()
         var hostStart = HostSample.take()
         for b in boxes { b.start() }
         if !cfg.countMode {
             sleepUntil(cfg.measureStartNanos)
             if let pid = targetPid { startSample = ProcSample.take(pid: pid) }
+            backendStart = backendCPU()
             selfStart = selfCPUSeconds()
             hostStart = HostSample.take()
             sleepUntil(cfg.measureEndNanos)
         }
         var endSample = targetPid.flatMap { cfg.countMode ? nil : ProcSample.take(pid: $0) }
+        var backendEnd = backendCPU()
         var selfEnd = selfCPUSeconds()
         var hostEnd = HostSample.take()
         for b in boxes { b.join() }
         if cfg.countMode {
             if let pid = targetPid { endSample = ProcSample.take(pid: pid) }
+            backendEnd = backendCPU()
             selfEnd = selfCPUSeconds()
             hostEnd = HostSample.take()
         }
@@ -256,6 +264,7 @@ struct LoadGen: ParsableCommand {
                                threads: threadCount, seconds: seconds, stats: stats, histogram: hist,
                                headerDigest: headerDigest, dataDigest: dataDigest, verify: verify,
                                targetPid: targetPid, targetStart: startSample, targetEnd: endSample,
+                               backendPids: backendPids, backendCPUSeconds: backendEnd - backendStart,
                                loadgenCPUSeconds: selfEnd - selfStart, hostStart: hostStart, hostEnd: hostEnd,
                                regionBytes: UInt64(cfg.regionUnits) * UInt64(ioBytes),
                                lunBlockBytes: capacity.blockBytes, countMode: cfg.countMode)

@@ -14,6 +14,7 @@ struct Binaries {
     var echo: String
     var mallocCount: String
     var uringWait: String
+    var sheepTestServer = ""
     var tgtd = "/usr/sbin/tgtd"
     var tgtadm = "/usr/sbin/tgtadm"
     var iscsiPerf = "/usr/bin/iscsi-perf"
@@ -39,7 +40,29 @@ struct DaemonSpec {
 enum LUNKind: String, CaseIterable {
     case null
     case file
-    var lun: Int { self == .null ? 1 : 2 }
+    /// A VDI on the sheep test server (ringtgt-sheep-testserver), over its unix socket.
+    case sheepTS = "sheep-ts"
+    /// A VDI on a real 3-node sheep cluster (only when `sheep` is on PATH), over node 0's unix socket.
+    case sheep
+    var lun: Int {
+        switch self {
+        case .null: return 1
+        case .file: return 2
+        case .sheepTS: return 3
+        case .sheep: return 4
+        }
+    }
+    var isSheep: Bool { self == .sheepTS || self == .sheep }
+    /// The region the load generator touches (`--region`).
+    var region: String { isSheep ? SheepLimits.region : "1g" }
+    var title: String {
+        switch self {
+        case .null: return "null LUN"
+        case .file: return "file LUN on tmpfs (/dev/shm)"
+        case .sheepTS: return "sheepdog LUN on the sheep test server"
+        case .sheep: return "sheepdog LUN on real sheep (3 nodes, 2 copies)"
+        }
+    }
 }
 
 /// Bounds with their units.
@@ -63,6 +86,8 @@ final class Daemon {
     private var starts = 0
     /// Crashes seen, each with the tail of the daemon's log.
     private(set) var crashes: [String] = []
+    /// Sheepdog LUNs (3: test server, 4: real sheep), each on this daemon's own VDI.
+    var sheepLUNs: [LUNKind: SheepLUN] = [:]
 
     init(spec: DaemonSpec, bins: Binaries, logDir: URL, fileLUN: String) {
         self.spec = spec
@@ -156,6 +181,13 @@ final class Daemon {
         try mustAdmin(null)
         try mustAdmin(["--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "2", "--bstype", "rdwr",
                        "--backing-store", fileLUN])
+        for kind in [LUNKind.sheepTS, .sheep] {
+            guard let s = sheepLUNs[kind] else { continue }
+            // A daemon that died (or was killed) still holds its VDI's lock.
+            if starts > 1 { s.backend.unlock(vdi: s.vdi) }
+            try mustAdmin(["--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "\(kind.lun)", "--bstype", "sheepdog",
+                           "--backing-store", s.backend.spec(s.vdi)])
+        }
         try mustAdmin(["--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL"])
     }
 

@@ -14,6 +14,16 @@ struct Ratio {
     var cores: Int
     var ringtgt: RunRecord?
     var tgt: RunRecord?
+    /// Sheepdog LUNs: what sheep itself served to the raw pipelined load at the same workload and depth.
+    var ceiling: Double? = nil
+    var ringtgtOfCeiling: Double? {
+        guard let a = ringtgt, a.ok, let c = ceiling, c > 0 else { return nil }
+        return a.iops / c
+    }
+    var tgtOfCeiling: Double? {
+        guard let b = tgt, b.ok, let c = ceiling, c > 0 else { return nil }
+        return b.iops / c
+    }
     var iops: Double? {
         guard let a = ringtgt, let b = tgt, a.ok, b.ok, b.iops > 0 else { return nil }
         return a.iops / b.iops
@@ -32,18 +42,25 @@ struct Ratio {
         if let v = iops { o["iops"] = v }
         if let v = cpuPerIO { o["cpuPerIO"] = v }
         if let v = p50 { o["p50"] = v }
+        if let v = ceiling { o["ceiling"] = v }
+        if let v = ringtgtOfCeiling { o["ringtgtOfCeiling"] = v }
+        if let v = tgtOfCeiling { o["tgtOfCeiling"] = v }
         return o
     }
 }
 
-func ratios(_ runs: [RunRecord], scenarios: [Scenario]) -> [Ratio] {
+func ratios(_ runs: [RunRecord], scenarios: [Scenario], ceilings: [[String: Any]] = []) -> [Ratio] {
     var out: [Ratio] = []
     for s in scenarios {
+        let ceiling = ceilings.first {
+            ($0["lun"] as? String) == s.lun.rawValue && ($0["rw"] as? String) == s.workload.rw && ($0["queueDepth"] as? Int) == s.workload.qd
+        }.flatMap { ($0["opsPerSecond"] as? NSNumber)?.doubleValue }
         for c in [1, 2] {
             let a = runs.first { $0.scenario == s.id && $0.peer == "ringtgt" && $0.cores == c }
             let b = runs.first { $0.scenario == s.id && $0.peer == "tgt" && $0.cores == c }
             if a == nil && b == nil { continue }
-            out.append(Ratio(scenario: s.id, title: s.workload.title, lun: s.lun.rawValue, cores: c, ringtgt: a, tgt: b))
+            out.append(Ratio(scenario: s.id, title: s.workload.title, lun: s.lun.rawValue, cores: c, ringtgt: a, tgt: b,
+                             ceiling: ceiling))
         }
     }
     return out
@@ -56,7 +73,8 @@ struct Goal {
     var json: [String: Any] { ["goal": goal, "measured": measured, "pass": pass.map { $0 as Any } ?? NSNull()] }
 }
 
-func goals(runs: [RunRecord], ratios: [Ratio], loopback: [[String: Any]], allocPass: Bool?, idle: [[String: Any]]) -> [Goal] {
+func goals(runs: [RunRecord], ratios: [Ratio], loopback: [[String: Any]], allocPass: Bool?, idle: [[String: Any]],
+           sheep: [String: Any] = [:]) -> [Goal] {
     func ratio(_ id: String, _ c: Int = 1) -> Ratio? { ratios.first { $0.scenario == id && $0.cores == c } }
     func run(_ id: String, _ peer: String, _ c: Int) -> RunRecord? { runs.first { $0.scenario == id && $0.peer == peer && $0.cores == c } }
     var g: [Goal] = []
@@ -75,8 +93,36 @@ func goals(runs: [RunRecord], ratios: [Ratio], loopback: [[String: Any]], allocP
                           pass: r.iops.map { $0 >= 2 }))
         }
     }
-    g.append(Goal(goal: "sheep test server, 4K random read, QD32: >= 3x tgt's IOPS", measured: "not yet (sheepdog LUNs: issue 3)", pass: nil))
-    g.append(Goal(goal: "real sheep, 4K random read, QD32 and QD128: >= 90% of raw READ_OBJ ceiling", measured: "not yet (sheepdog LUNs: issue 3)", pass: nil))
+    func skipped(_ kind: LUNKind) -> String {
+        ((sheep[kind.rawValue] as? [String: Any])?["skipped"] as? String).map { "not measured: \($0)" } ?? "not measured in this run"
+    }
+    if let r = ratio("sheep-ts-randread-4k-qd32") {
+        let two = ratio("sheep-ts-randread-4k-qd32", 2)?.iops.map { "; 2 cores \(f2($0))x" } ?? ""
+        g.append(Goal(goal: "sheep test server, 4K random read, QD32, 1 core: >= 3x tgt's IOPS",
+                      measured: r.iops.map { "\(f2($0))x (\(kIOPS(r.ringtgt?.iops ?? 0)) vs \(kIOPS(r.tgt?.iops ?? 0)))\(two)" } ?? "no result: \(r.ringtgt?.note ?? "") \(r.tgt?.note ?? "")",
+                      pass: r.iops.map { $0 >= 3 }))
+    } else {
+        g.append(Goal(goal: "sheep test server, 4K random read, QD32, 1 core: >= 3x tgt's IOPS", measured: skipped(.sheepTS), pass: nil))
+    }
+    let sheepRows = ["sheep-randread-4k-qd32", "sheep-randread-4k-qd128"].compactMap { ratio($0) }
+    if !sheepRows.isEmpty {
+        var parts: [String] = []
+        var pass: Bool? = sheepRows.count == 2 ? true : nil
+        for r in sheepRows {
+            let qd = r.scenario.hasSuffix("qd32") ? "QD32" : "QD128"
+            if let x = r.ringtgtOfCeiling {
+                parts.append("\(qd) \(f0(x * 100))% (\(kIOPS(r.ringtgt?.iops ?? 0)) of \(kIOPS(r.ceiling ?? 0)); tgt \(r.tgtOfCeiling.map { f0($0 * 100) + "%" } ?? "—"))")
+                if x < 0.9 { pass = false }
+            } else {
+                parts.append("\(qd) no result")
+                pass = nil
+            }
+        }
+        g.append(Goal(goal: "real sheep, 4K random read, QD32 and QD128, 1 core: >= 90% of the raw READ_OBJ ceiling",
+                      measured: parts.joined(separator: "; "), pass: pass))
+    } else {
+        g.append(Goal(goal: "real sheep, 4K random read, QD32 and QD128, 1 core: >= 90% of the raw READ_OBJ ceiling", measured: skipped(.sheep), pass: nil))
+    }
     if let rt = run("null-randread-4k-qd32", "ringtgt", 1), rt.ok,
        let lb = loopback.first(where: { ($0["queueDepth"] as? Int) == 32 }), let rate = lb["roundTripsPerSecond"] as? Double, rate > 0 {
         let share = rt.iops / rate
@@ -157,11 +203,48 @@ func markdown(_ rep: [String: Any], runs: [RunRecord], ratios: [Ratio], goals: [
         }
     }
     md += "\n† other work on the machine used more than \(RunLimits.disturbedCores) of a core during the run even after one re-run (see otherCores in report.json); read that figure with care.\n"
-    md += "\n## sheepdog LUNs\n\n| Scenario | ringtgt | tgt | raw sheep ceiling |\n|---|---|---|---|\n"
-    for s in ["sheep test server, 4K rand read QD32", "real sheep, 4K rand read QD32", "real sheep, 4K rand read QD128"] {
-        md += "| \(s) | not yet | not yet | not yet |\n"
+    let sheepInfo = rep["sheep"] as? [String: Any] ?? [:]
+    for kind in [LUNKind.sheepTS, .sheep] {
+        let rows = ratios.filter { $0.lun == kind.rawValue }
+        md += "\n## \(kind.title): ringtgt vs tgt vs the raw sheep ceiling\n\n"
+        if rows.isEmpty {
+            md += (((sheepInfo[kind.rawValue] as? [String: Any])?["skipped"] as? String).map { "Not measured: \($0).\n" } ?? "Not measured in this run.\n")
+            continue
+        }
+        md += "| Workload | cores | ringtgt IOPS | tgt IOPS | IOPS ÷ | ceiling ops/s | ringtgt ÷ ceiling | tgt ÷ ceiling | ringtgt µs CPU/IO | tgt µs CPU/IO | sheep µs CPU/IO rt / tgt | ringtgt p50 / p99 µs | tgt p50 / p99 µs |\n"
+        md += "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        for r in rows {
+            func iops(_ x: RunRecord?) -> String {
+                guard let x else { return "—" }
+                if x.crashed { return "**crashed**" }
+                if x.killed { return "**killed**" }
+                if x.result == nil { return "**failed**" }
+                let noisy = (x.otherCores ?? 0) > RunLimits.disturbedCores ? " †" : ""
+                return kIOPS(x.iops) + noisy + (x.ok ? "" : " (errors \(x.errors))")
+            }
+            func lat(_ x: RunRecord?) -> String {
+                guard let x, x.result != nil, !x.crashed, !x.killed else { return "—" }
+                return "\(f0(x.latency["p50"] ?? 0)) / \(f0(x.latency["p99"] ?? 0))"
+            }
+            func pct(_ v: Double?) -> String { v.map { f0($0 * 100) + "%" } ?? "—" }
+            func be(_ x: RunRecord?) -> String { x?.backendCPUMicrosPerIO.map { f1($0) } ?? "—" }
+            md += "| \(r.title) | \(r.cores) | \(iops(r.ringtgt)) | \(iops(r.tgt)) | \(r.iops.map { f2($0) + "x" } ?? "—") | \(r.ceiling.map { kIOPS($0) } ?? "—") | \(pct(r.ringtgtOfCeiling)) | \(pct(r.tgtOfCeiling)) | \(r.ringtgt?.cpuMicrosPerIO.map { f2($0) } ?? "—") | \(r.tgt?.cpuMicrosPerIO.map { f2($0) } ?? "—") | \(be(r.ringtgt)) / \(be(r.tgt)) | \(lat(r.ringtgt)) | \(lat(r.tgt)) |\n"
+        }
     }
-    md += "\nSheepdog LUNs are not implemented in ringtgt yet (issue 3); these columns stay empty until they are.\n"
+    if let cs = sheepInfo["ceilings"] as? [[String: Any]], !cs.isEmpty {
+        md += "\n### The raw sheep ceiling (`ringtgt-sheep-testserver bench`: 4 KiB READ_OBJ / WRITE_OBJ at random offsets in the \(SheepLimits.region) region's objects of a preallocated VDI, one connection, QD requests in flight, no target)\n\n"
+        md += "| LUN kind | op | QD | ops/s (best) | samples | client µs CPU/op | sheep µs CPU/op |\n|---|---|---|---|---|---|---|\n"
+        for c in cs {
+            let runs = c["runs"] as? [[String: Any]] ?? []
+            func num(_ k: String) -> String {
+                let v = runs.compactMap { ($0[k] as? NSNumber)?.doubleValue }
+                return v.isEmpty ? "—" : v.map { f2($0) }.joined(separator: ", ")
+            }
+            let samples = ((c["samples"] as? [Double]) ?? []).map { kIOPS($0) }.joined(separator: ", ")
+            md += "| \(c["lun"] ?? "") | \((c["rw"] as? String) == "randwrite" ? "WRITE_OBJ" : "READ_OBJ") | \(c["queueDepth"] ?? "") | \((c["opsPerSecond"] as? Double).map { kIOPS($0) } ?? "**\(c["error"] ?? "failed")**") | \(samples) | \(num("clientCPUMicrosPerOp")) | \(num("serverCPUMicrosPerOp")) |\n"
+        }
+        md += "\nMeasured right before the four daemons' runs at the same workload and depth (real sheep's 4K read at QD32 and QD128 also right after; the best counts). Each daemon has its own preallocated VDI of the same size (a VDI is locked by whoever opens it); the ceiling uses one more. The sheep's CPU during the target runs is the LUN's (`--backend-pid`), not other load.\n"
+    }
 
     if let lb = rep["loopback"] as? [[String: Any]], !lb.isEmpty {
         md += "\n## Loopback limit (ringtgt-echo: 48-byte request, 48 + 4096 bytes back, no iSCSI)\n\n| QD | round trips/s (best of before/after) | samples | ringtgt 1 core, null 4K read | share |\n|---|---|---|---|---|\n"
@@ -249,8 +332,11 @@ func baselineSection(ratios: [Ratio], instructions: [[String: Any]], tolerance: 
     }
     var ins: [String: Any] = [:]
     for i in instructions { if let w = i["workload"] as? String, let v = i["instructionsPerIO"] as? Double { ins[w] = v } }
+    // Every scenario this run attempted (a ratio or not): a baseline scenario outside this set was not run
+    // (filtered out, or its sheep is not available here), which is not a regression.
+    let attempted = Set(ratios.map(\.key)).sorted()
     return ["kind": "ringtgt-perf-baseline", "version": 2, "ratios": r, "stableKeys": Array(r.keys).sorted(),
-            "instructionsPerIO": ins, "runs": 1,
+            "attemptedKeys": attempted, "instructionsPerIO": ins, "runs": 1,
             "tolerances": ["iopsGeomean": tolerance, "cpuGeomean": Tolerance.cpuGeomean,
                            "scenarioNote": Tolerance.scenarioNote, "instructions": instructionTolerance]]
 }
@@ -273,7 +359,13 @@ func compareWithBaseline(current: [String: Any], stored: [String: Any], toleranc
 
     if !cur.isEmpty {
         // A scenario that ran in every baseline run and has no ratio now failed or crashed.
-        for key in stable.sorted() where cur[key] == nil {
+        // Reports from before "attemptedKeys" existed: every stable key counts as attempted.
+        let attempted = (current["attemptedKeys"] as? [String]).map(Set.init)
+        let notRun = stable.filter { key in cur[key] == nil && attempted.map { !$0.contains(key) } == true }
+        if !notRun.isEmpty {
+            lines.append("note       \(notRun.count) baseline scenarios not run in this run (filtered out, or their sheep is not available); not compared")
+        }
+        for key in stable.sorted() where cur[key] == nil && !notRun.contains(key) {
             regressed = true
             lines.append("REGRESSION \(key): no ratio in this run (failed or crashed; it ran in every baseline run)")
         }

@@ -37,7 +37,12 @@ func fullMatrix() -> [Scenario] {
         Workload(id: "randwrite-4k-s16-qd32", title: "4K rand write 16 sessions x QD32", rw: "randwrite", bs: "4k", qd: 32, sessions: 16),
     ]
     var out: [Scenario] = []
-    for lun in LUNKind.allCases { for x in w { out.append(Scenario(lun: lun, workload: x)) } }
+    for lun in [LUNKind.null, .file] { for x in w { out.append(Scenario(lun: lun, workload: x)) } }
+    // Sheepdog LUNs: 4 KiB random read and write at QD1/32/128 (the sheep rows), on the test server
+    // and on real sheep.
+    for lun in [LUNKind.sheepTS, .sheep] {
+        for x in w where x.bs == "4k" && x.sessions == 1 { out.append(Scenario(lun: lun, workload: x)) }
+    }
     return out
 }
 
@@ -71,12 +76,15 @@ struct RunRecord {
     var seconds: Double { (result?["seconds"] as? NSNumber)?.doubleValue ?? 0 }
     var vmHWMKiB: Int { (target["vmHWMKiB"] as? NSNumber)?.intValue ?? 0 }
     var loadgenCPU: Double { (result?["loadgenCPUSeconds"] as? NSNumber)?.doubleValue ?? 0 }
+    /// CPU of the LUN's backing service (sheep) over the measured interval.
+    var backendCPU: Double? { ((result?["backend"] as? [String: Any])?["cpuSeconds"] as? NSNumber)?.doubleValue }
+    var backendCPUMicrosPerIO: Double? { ((result?["backend"] as? [String: Any])?["cpuMicrosPerIO"] as? NSNumber)?.doubleValue }
     /// CPU (in cores) that neither the target nor the load generator used during the measured interval:
     /// other work on a shared machine, and stolen time. Large values mean the run was disturbed.
     var otherCores: Double? {
         guard let h = result?["host"] as? [String: Any], let busy = (h["busyCPUSeconds"] as? NSNumber)?.doubleValue,
               let t = cpuSeconds, seconds > 0 else { return nil }
-        return max(0, busy - t - loadgenCPU) / seconds
+        return max(0, busy - t - loadgenCPU - (backendCPU ?? 0)) / seconds
     }
     /// Retries of a disturbed run.
     var attempts = 1
@@ -95,6 +103,8 @@ struct RunRecord {
         if let c = cpuSeconds { o["cpuSeconds"] = c }
         if let c = iopsPerCPUSecond { o["iopsPerCPUSecond"] = c }
         if let c = otherCores { o["otherCores"] = c }
+        if let c = backendCPU { o["backendCPUSeconds"] = c }
+        if let c = backendCPUMicrosPerIO { o["backendCPUMicrosPerIO"] = c }
         o["attempts"] = attempts
         if let d = result?["latencyDistribution"] { o["latencyDistribution"] = d }
         if let m = result?["messages"] { o["messages"] = m }
@@ -164,7 +174,9 @@ func runLoadOnce(_ d: Daemon, _ s: Scenario, _ o: LoadOptions, bins: Binaries, l
         return rec
     }
     var args = [d.url(s.lun), "--rw", s.workload.rw, "--bs", s.workload.bs, "--qd", "\(s.workload.qd)",
-                "--sessions", "\(s.workload.sessions)", "--region", "1g", "--json", "--target-pid", "\(d.pid)"]
+                "--sessions", "\(s.workload.sessions)", "--region", s.lun.region, "--json", "--target-pid", "\(d.pid)"]
+    // The sheep's CPU is the LUN's, not other load on the machine.
+    for p in d.sheepLUNs[s.lun]?.backend.pids ?? [] { args += ["--backend-pid", "\(p)"] }
     if let n = o.ios {
         args += ["--ios", "\(n)", "--timeout", "60"]
     } else {

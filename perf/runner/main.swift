@@ -116,7 +116,8 @@ struct PerfRunner: ParsableCommand {
         Children.shared.pidFile = pidFile
 
         let bins = Binaries(ringtgtd: "\(bin)/ringtgtd", ringtgtadm: "\(bin)/ringtgtadm", loadgen: "\(bin)/ringtgt-loadgen",
-                            echo: "\(bin)/ringtgt-echo", mallocCount: "\(gatesDir)/malloccount.so", uringWait: "\(gatesDir)/uringwait.so")
+                            echo: "\(bin)/ringtgt-echo", mallocCount: "\(gatesDir)/malloccount.so", uringWait: "\(gatesDir)/uringwait.so",
+                            sheepTestServer: "\(bin)/ringtgt-sheep-testserver")
         let shm = URL(fileURLWithPath: "/dev/shm/ringtgt-perf-\(getpid())")
         try FileManager.default.createDirectory(at: shm, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: shm) }
@@ -148,12 +149,45 @@ struct PerfRunner: ParsableCommand {
         }
         var report: [String: Any] = ["timestamp": stamp, "host": hostInfo(),
                                      "config": ["durationSeconds": duration, "warmupSeconds": warmup, "parts": Array(parts).sorted()]]
+        var scenarios = fullMatrix()
+        if let f = filter { scenarios = scenarios.filter { $0.id.contains(f) } }
+        if !parts.contains("scenarios") { scenarios = [] }
+
+        // The sheep behind the sheepdog LUNs, started before (and so stopped after) the daemons.
+        var backends: [LUNKind: SheepBackend] = [:]
+        defer { for b in backends.values { b.stop() } }
+        var sheepInfo: [String: Any] = ["regionBytes": SheepLimits.regionBytes]
+        let shmDir = URL(fileURLWithPath: fileLUN).deletingLastPathComponent()
+        for kind in [LUNKind.sheepTS, .sheep] where scenarios.contains(where: { $0.lun == kind }) {
+            do {
+                let b: SheepBackend
+                if kind == .sheepTS {
+                    b = try SheepBackend.startTestServer(bins: bins, dir: outDir, fallbackDir: shmDir, logDir: logDir)
+                } else {
+                    guard let sheep = findOnPath("sheep"), let dog = findOnPath("dog") else {
+                        throw RunnerError("sheep and dog are not on PATH: real-sheep scenarios skipped")
+                    }
+                    b = try SheepBackend.startCluster(bins: bins, sheep: sheep, dog: dog, dir: shmDir.appendingPathComponent("sheep"), logDir: logDir)
+                }
+                backends[kind] = b
+                let t0 = Date()
+                for vdi in specs.map({ "perf-\($0.name)" }) + [SheepLimits.ceilingVDI] { try b.prepare(vdi: vdi) }
+                log("started the \(b.name) (\(b.socketPath), pids \(b.pids.map(String.init).joined(separator: ","))); \(specs.count + 1) VDIs of \(SheepLimits.region) preallocated in \(f1(Date().timeIntervalSince(t0))) s")
+                sheepInfo[kind.rawValue] = ["socket": b.socketPath, "vdis": specs.map { "perf-\($0.name)" }, "ceilingVDI": SheepLimits.ceilingVDI]
+            } catch {
+                log("\(kind.rawValue): \(error)")
+                sheepInfo[kind.rawValue] = ["skipped": "\(error)"]
+                scenarios.removeAll { $0.lun == kind }
+            }
+        }
+
         var daemons: [Daemon] = []
         defer { for d in daemons { d.stop() } }
         let needDaemons = !parts.isDisjoint(with: ["scenarios", "crosscheck", "idle"])
         if needDaemons {
             for s in specs {
                 let d = Daemon(spec: s, bins: bins, logDir: logDir, fileLUN: fileLUN)
+                for (kind, b) in backends { d.sheepLUNs[kind] = SheepLUN(backend: b, vdi: "perf-\(s.name)") }
                 try d.start()
                 log("started \(d.name) (pid \(d.pid), port \(d.port))")
                 daemons.append(d)
@@ -163,8 +197,6 @@ struct PerfRunner: ParsableCommand {
 
         // Scenarios, scenario-major.
         var runs: [RunRecord] = []
-        var scenarios = fullMatrix()
-        if let f = filter { scenarios = scenarios.filter { $0.id.contains(f) } }
         // The loopback limit at a queue depth is measured right before and right after the null-LUN 4K read
         // runs at that depth (the same minute of a shared machine); the higher of the two is the limit.
         let echoDepths = [1, 32, 128]
@@ -177,6 +209,24 @@ struct PerfRunner: ParsableCommand {
             var e: [String: Any] = ["queueDepth": qd, "samples": samples]
             if let m = samples.max() { e["roundTripsPerSecond"] = m } else { e["error"] = "echo failed" }
             loopback.append(e)
+        }
+        // The raw sheep ceiling at a sheepdog scenario's workload and depth is measured right before its
+        // target runs (and, for real sheep's 4K read at QD32 and QD128, the goal rows, right after them too);
+        // the best counts.
+        var ceilings: [[String: Any]] = []
+        func ceilingAround(_ b: SheepBackend, _ s: Scenario, around body: () -> Void) {
+            let rw = s.workload.rw, qd = s.workload.qd
+            func one() -> [String: Any] {
+                let c = b.ceiling(rw: rw, qd: qd, seconds: duration, warmup: min(warmup, 0.5))
+                if let e = c["error"] { log("  ! ceiling \(s.lun.rawValue) \(rw) QD\(qd): \(e)") } else {
+                    log("  ceiling \(s.lun.rawValue) \(rw == "randread" ? "READ_OBJ" : "WRITE_OBJ") QD\(qd): \(Int((c["opsPerSecond"] as? NSNumber)?.doubleValue ?? 0)) ops/s (client CPU \(f2((c["clientCPUMicrosPerOp"] as? NSNumber)?.doubleValue ?? 0)) us/op)")
+                }
+                return c
+            }
+            var samples = [one()]
+            body()
+            if s.lun == .sheep && rw == "randread" && (qd == 32 || qd == 128) { samples.append(one()) }
+            ceilings.append(ceilingEntry(samples, lun: s.lun, rw: rw, qd: qd))
         }
         if parts.contains("scenarios") {
             log("scenarios: \(scenarios.count) x \(daemons.count) daemons, \(warmup) + \(duration) s each")
@@ -191,6 +241,8 @@ struct PerfRunner: ParsableCommand {
                 if parts.contains("echo") && s.lun == .null && s.workload.rw == "randread" && s.workload.bs == "4k"
                     && s.workload.sessions == 1 && echoDepths.contains(s.workload.qd) {
                     echoPair(s.workload.qd, around: runAll)
+                } else if let b = backends[s.lun] {
+                    ceilingAround(b, s, around: runAll)
                 } else {
                     runAll()
                 }
@@ -202,6 +254,8 @@ struct PerfRunner: ParsableCommand {
             for qd in echoDepths { echoPair(qd) {} }
         }
         report["loopback"] = loopback
+        sheepInfo["ceilings"] = ceilings
+        report["sheep"] = sheepInfo
 
         if parts.contains("crosscheck") {
             log("cross-check with iscsi-perf")
@@ -251,9 +305,9 @@ struct PerfRunner: ParsableCommand {
         for d in daemons { crashes += d.crashes }
         report["crashes"] = crashes
 
-        let rs = ratios(runs, scenarios: scenarios)
+        let rs = ratios(runs, scenarios: scenarios, ceilings: ceilings)
         report["ratios"] = rs.map { $0.json }
-        let gs = goals(runs: runs, ratios: rs, loopback: loopback, allocPass: allocPass, idle: idle)
+        let gs = goals(runs: runs, ratios: rs, loopback: loopback, allocPass: allocPass, idle: idle, sheep: sheepInfo)
         report["goals"] = gs.map { $0.json }
         let tol = tolerance ?? Tolerance.iopsGeomean
         let itol = instructionTolerance ?? Tolerance.instructions
@@ -295,10 +349,24 @@ struct PerfRunner: ParsableCommand {
 
     func runSmoke(bins: Binaries, outDir: URL, logDir: URL, fileLUN: String) throws -> Int32 {
         let haveTgt = FileManager.default.isExecutableFile(atPath: bins.tgtd)
+        let specs = [DaemonSpec(peer: .ringtgt, cores: 1)] + (haveTgt ? [DaemonSpec(peer: .tgt, cores: 1)] : [])
+        var failures: [String] = []
+        // The sheep test server (never real sheep here): a VDI per daemon and one for the ceiling.
+        var sheepTS: SheepBackend?
+        defer { sheepTS?.stop() }
+        do {
+            let b = try SheepBackend.startTestServer(bins: bins, dir: outDir, fallbackDir: URL(fileURLWithPath: fileLUN).deletingLastPathComponent(),
+                                                     logDir: logDir)
+            sheepTS = b
+            for vdi in specs.map({ "perf-\($0.name)" }) + [SheepLimits.ceilingVDI] { try b.prepare(vdi: vdi) }
+        } catch {
+            failures.append("sheep test server: \(error)")
+        }
         var daemons: [Daemon] = []
         defer { for d in daemons { d.stop() } }
-        for s in [DaemonSpec(peer: .ringtgt, cores: 1)] + (haveTgt ? [DaemonSpec(peer: .tgt, cores: 1)] : []) {
+        for s in specs {
             let d = Daemon(spec: s, bins: bins, logDir: logDir, fileLUN: fileLUN)
+            if let b = sheepTS { d.sheepLUNs[.sheepTS] = SheepLUN(backend: b, vdi: "perf-\(s.name)") }
             try d.start()
             daemons.append(d)
         }
@@ -316,8 +384,13 @@ struct PerfRunner: ParsableCommand {
             // tgt answers None to digests unless configured for them, so digests are exercised on ringtgt only.
             Case(scenario: Scenario(lun: .file, workload: w("randrw-4k-qd16-digests-verify", "randrw", "4k", 16)),
                  options: LoadOptions(ios: 3000, verify: true, headerDigest: true, dataDigest: true), ringtgtOnly: true),
-        ]
-        var failures: [String] = []
+        ] + (sheepTS == nil ? [] : [
+            // Sheepdog LUN on the test server: reads and writes on both targets, verified writes on ringtgt.
+            Case(scenario: Scenario(lun: .sheepTS, workload: w("randread-4k-qd32", "randread", "4k", 32)), options: LoadOptions(ios: 4000)),
+            Case(scenario: Scenario(lun: .sheepTS, workload: w("randwrite-4k-qd32", "randwrite", "4k", 32)), options: LoadOptions(ios: 3000)),
+            Case(scenario: Scenario(lun: .sheepTS, workload: w("randrw-4k-qd32-verify", "randrw", "4k", 32)),
+                 options: LoadOptions(ios: 4000, verify: true), ringtgtOnly: true),
+        ])
         var warnings: [String] = []
         var runs: [RunRecord] = []
         for c in cases {
@@ -331,7 +404,24 @@ struct PerfRunner: ParsableCommand {
                 }
             }
         }
+        // The raw ceiling tool, in count mode (deterministic): READ_OBJ and WRITE_OBJ at QD32.
+        var ceilingRuns: [[String: Any]] = []
+        if let b = sheepTS {
+            for rw in ["randread", "randwrite"] {
+                let c = b.ceiling(rw: rw, qd: 32, seconds: 0, warmup: 0, ios: 20000)
+                ceilingRuns.append(c)
+                let ops = (c["ops"] as? NSNumber)?.intValue ?? 0
+                let errs = (c["errors"] as? NSNumber)?.intValue ?? -1
+                if c["error"] != nil || ops != 20000 || errs != 0 {
+                    failures.append("sheep ceiling \(rw): \(c["error"] ?? "ops \(ops), errors \(errs)")")
+                    log("  ceiling sheep-ts \(rw) QD32: FAILED (\(c["error"] ?? "ops \(ops), errors \(errs)"))")
+                } else {
+                    log("  ceiling sheep-ts \(rw) QD32: \(ops) ops, \(Int((c["opsPerSecond"] as? NSNumber)?.doubleValue ?? 0)) ops/s")
+                }
+            }
+        }
         for d in daemons { d.stop() }
+        sheepTS?.stop()
         log("allocation gate")
         let a = allocationGate(bins: bins, logDir: logDir, fileLUN: fileLUN)
         if let e = a.error { failures.append("allocation gate: \(e)") }
@@ -339,11 +429,12 @@ struct PerfRunner: ParsableCommand {
         // One callgrind pair is quick (seconds); it is reported, not gated, in the smoke.
         log("instruction count (reported only)")
         let ins = instructionGate(bins: bins, logDir: logDir, fileLUN: fileLUN, scale: 0.5)
-        let report: [String: Any] = ["smoke": true, "runs": runs.map { $0.json }, "allocations": a.records,
+        let report: [String: Any] = ["smoke": true, "runs": runs.map { $0.json }, "allocations": a.records, "sheepCeiling": ceilingRuns,
                                      "instructions": ins, "failures": failures, "warnings": warnings]
         try writeJSON(report, to: outDir.appendingPathComponent("smoke.json"))
         for wmsg in Set(warnings) { print("WARNING: \(wmsg)") }
         let passed = runs.filter { $0.ok }.count + a.records.filter { ($0["pass"] as? Bool) == true }.count
+            + ceilingRuns.filter { $0["error"] == nil && ($0["errors"] as? NSNumber)?.intValue == 0 }.count
         let failed = failures.count
         for f in failures { print("FAIL: \(f)") }
         print("perf smoke: \(passed) passed, \(failed) failed")

@@ -1,0 +1,208 @@
+// The sheep behind the sheepdog LUNs: the project's sheep-protocol test server (always) and a real 3-node
+// local sheepdog cluster (when `sheep` and `dog` are on PATH), started the way the end-to-end harness
+// starts them (Tests/EndToEndTests/Harness/SheepService.swift), plus the raw ceiling: the test server's
+// `bench` driving sheep alone with pipelined READ_OBJ / WRITE_OBJ over a preallocated VDI's objects.
+//
+// A VDI is locked by whoever opens it, so every daemon gets its own VDI ("perf-ringtgt-1c", ...), all of
+// the same size and preallocated over the measured region before anything is measured; the ceiling runs
+// over one more VDI of the same shape ("perf-ceiling").
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+enum SheepLimits {
+    /// The region of each sheepdog VDI the load touches, and the VDI's size (64 objects of 4 MiB). Smaller
+    /// than the null/file LUNs' 1 GiB because a real cluster keeps 2 copies of each of 5 VDIs in tmpfs.
+    static let regionBytes: Int64 = 256 << 20
+    static let region = "256m"
+    static let readySeconds = 20.0
+    static let dogTimeoutSeconds = 60.0
+    static let prepareTimeoutSeconds = 180.0
+    static let clusterNodes = 3
+    static let clusterCopies = 2
+    static let clusterReadyAttempts = 80
+    /// `dog cluster shutdown` makes every node exit; after this long the rest are killed.
+    static let shutdownGraceSeconds = 10.0
+    static let ceilingVDI = "perf-ceiling"
+}
+
+/// An executable on PATH, or nil.
+func findOnPath(_ name: String) -> String? {
+    let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
+    for dir in path.split(separator: ":").map(String.init) where !dir.isEmpty {
+        let c = dir + "/" + name
+        if FileManager.default.isExecutableFile(atPath: c) { return c }
+    }
+    return nil
+}
+
+/// A started sheep service that LUNs use through its unix socket.
+final class SheepBackend {
+    enum Kind { case testServer, cluster }
+    let kind: Kind
+    let lun: LUNKind
+    let bins: Binaries
+    let logDir: URL
+    /// `unix:SOCKET:VDI` is what LUNs get.
+    let socketPath: String
+    private(set) var tcpPort = 0
+    private var server: Child?
+    private var nodes: [Child] = []
+    private let dogPath: String?
+
+    private init(kind: Kind, bins: Binaries, logDir: URL, socketPath: String, dog: String?) {
+        self.kind = kind
+        lun = kind == .testServer ? .sheepTS : .sheep
+        self.bins = bins
+        self.logDir = logDir
+        self.socketPath = socketPath
+        dogPath = dog
+    }
+
+    /// The processes serving requests (their CPU is the backend's, not "other load").
+    var pids: [Int32] { (server.map { [$0.pid] } ?? []) + nodes.map(\.pid) }
+    var name: String { kind == .testServer ? "sheep test server" : "3-node sheep cluster" }
+
+    /// The test server on a unix socket in `dir` (results directory, or tmpfs when that path is too long
+    /// for a socket address); objects in memory.
+    static func startTestServer(bins: Binaries, dir: URL, fallbackDir: URL, logDir: URL) throws -> SheepBackend {
+        var sock = dir.appendingPathComponent("sheep-ts.sock").path
+        if sock.utf8.count > 100 { sock = fallbackDir.appendingPathComponent("sheep-ts.sock").path }
+        let b = SheepBackend(kind: .testServer, bins: bins, logDir: logDir, socketPath: sock, dog: nil)
+        let c = try Child(bins.sheepTestServer, ["serve", "--unix", sock], logDir: logDir, label: "sheep-testserver")
+        b.server = c
+        let deadline = Date().addingTimeInterval(SheepLimits.readySeconds)
+        while !c.stdout.contains("listening unix ") {
+            if !c.isRunning || Date() > deadline {
+                c.stop()
+                throw RunnerError("the sheep test server did not start: \(tail(c.stderr))")
+            }
+            usleep(10_000)
+        }
+        return b
+    }
+
+    /// Three `sheep -c local:SHM -z N -p PORT -f DIR` nodes in `dir` (tmpfs), one zone each, on free ports,
+    /// then `dog cluster format -c 2 -l`. Nodes are started one after another (each once its socket exists):
+    /// the local driver's nodes race on its lock directory when they start together.
+    static func startCluster(bins: Binaries, sheep: String, dog: String, dir: URL, logDir: URL) throws -> SheepBackend {
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let b = SheepBackend(kind: .cluster, bins: bins, logDir: logDir, socketPath: dir.appendingPathComponent("n0/sock").path, dog: dog)
+        do {
+            let ports = (0..<SheepLimits.clusterNodes).map { _ in freePort() }
+            guard Set(ports).count == ports.count else { throw RunnerError("free port picked twice") }
+            b.tcpPort = ports[0]
+            let shm = dir.appendingPathComponent("sheepdog_shm").path
+            for (i, port) in ports.enumerated() {
+                let nd = dir.appendingPathComponent("n\(i)")
+                try FileManager.default.createDirectory(at: nd, withIntermediateDirectories: true)
+                let c = try Child(sheep, ["-c", "local:\(shm)", "-z", "\(i)", "-p", "\(port)", "-f", nd.path],
+                                  logDir: logDir, label: "sheep\(i)")
+                b.nodes.append(c)
+                let deadline = Date().addingTimeInterval(SheepLimits.readySeconds)
+                while !FileManager.default.fileExists(atPath: nd.appendingPathComponent("sock").path) {
+                    if !c.isRunning || Date() > deadline {
+                        let logText = (try? String(contentsOf: nd.appendingPathComponent("sheep.log"), encoding: .utf8)) ?? ""
+                        throw RunnerError("sheep node \(i) did not start: \(tail(c.stderr + logText))")
+                    }
+                    usleep(20_000)
+                }
+            }
+            var backoff = 0.05
+            var listed = false
+            for _ in 0..<SheepLimits.clusterReadyAttempts {
+                let r = try b.dog(["node", "list", "-r"])
+                if r.status == 0 && r.out.split(separator: "\n").count >= SheepLimits.clusterNodes { listed = true; break }
+                usleep(useconds_t(backoff * 1e6))
+                backoff = min(backoff * 1.5, 0.5)
+            }
+            guard listed else { throw RunnerError("the local sheep cluster did not list \(SheepLimits.clusterNodes) nodes") }
+            let f = try b.dog(["cluster", "format", "-c", "\(SheepLimits.clusterCopies)", "-l"])
+            guard f.status == 0 else { throw RunnerError("dog cluster format failed: \(f.err)\(f.out)") }
+            return b
+        } catch {
+            b.stop()
+            throw error
+        }
+    }
+
+    /// dog (real) or the test server's dog-like client, pointed at this service.
+    func dog(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
+        switch kind {
+        case .testServer:
+            return try runTool(bins.sheepTestServer, ["dog"] + args + ["--unix", socketPath], logDir: logDir, label: "dog",
+                               timeoutSeconds: SheepLimits.dogTimeoutSeconds)
+        case .cluster:
+            return try runTool(dogPath ?? "dog", args + ["-a", "127.0.0.1", "-p", "\(tcpPort)"], logDir: logDir, label: "dog",
+                               timeoutSeconds: SheepLimits.dogTimeoutSeconds)
+        }
+    }
+
+    func spec(_ vdi: String) -> String { "unix:\(socketPath):\(vdi)" }
+
+    /// Creates the VDI (region-sized) if missing and allocates every object of the region (zeros).
+    func prepare(vdi: String) throws {
+        let r = try runTool(bins.sheepTestServer, ["bench", "--unix", socketPath, "--vdi", vdi, "--region", SheepLimits.region,
+                                                   "--prepare", "--duration", "0"],
+                            logDir: logDir, label: "sheep-prepare", timeoutSeconds: SheepLimits.prepareTimeoutSeconds)
+        if r.status != 0 { throw RunnerError("preparing VDI \(vdi) on the \(name) failed: \(tail(r.err + r.out))") }
+    }
+
+    /// Releases a VDI's lock (a daemon that died, or a LUN re-added after a restart, held it).
+    func unlock(vdi: String) {
+        _ = try? dog(["vdi", "lock", "unlock", vdi])
+    }
+
+    /// One raw ceiling run: pipelined 4 KiB READ_OBJ (randread) or WRITE_OBJ (randwrite) at `qd` on one
+    /// connection over the ceiling VDI's region objects, no target in between.
+    func ceiling(rw: String, qd: Int, seconds: Double, warmup: Double, ios: Int? = nil) -> [String: Any] {
+        var args = ["bench", "--unix", socketPath, "--vdi", SheepLimits.ceilingVDI, "--region", SheepLimits.region,
+                    "--rw", rw == "randwrite" ? "write" : "read", "--qd", "\(qd)", "--block-size", "4096", "--json"]
+        if let ios { args += ["--ios", "\(ios)"] } else { args += ["--duration", "\(seconds)", "--warmup", "\(warmup)"] }
+        for p in pids { args += ["--server-pid", "\(p)"] }
+        var out: [String: Any] = ["lun": lun.rawValue, "rw": rw, "queueDepth": qd]
+        do {
+            let r = try runTool(bins.sheepTestServer, args, logDir: logDir, label: "sheep-ceiling",
+                                timeoutSeconds: (ios == nil ? seconds + warmup : 60) + 60)
+            if let line = r.out.split(separator: "\n").last(where: { $0.hasPrefix("{") }),
+               let obj = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] {
+                for (k, v) in obj { out[k] = v }
+            }
+            if r.status != 0 || out["opsPerSecond"] == nil {
+                out["error"] = "bench exit \(r.status): \(tail(r.err + ((out["firstError"] as? String) ?? ""), lines: 2))"
+            }
+        } catch {
+            out["error"] = "\(error)"
+        }
+        return out
+    }
+
+    /// The cluster: `dog cluster shutdown`, a bounded wait, then SIGTERM/SIGKILL of the nodes this runner
+    /// started (by pid). The test server: SIGTERM.
+    func stop() {
+        if kind == .cluster && nodes.contains(where: { $0.isRunning }) {
+            _ = try? dog(["cluster", "shutdown"])
+            let deadline = Date().addingTimeInterval(SheepLimits.shutdownGraceSeconds)
+            while Date() < deadline && nodes.contains(where: { $0.isRunning }) { usleep(50_000) }
+        }
+        for n in nodes { n.stop(signal: SIGTERM, graceSeconds: 5) }
+        nodes = []
+        server?.stop(signal: SIGTERM, graceSeconds: 5)
+        server = nil
+    }
+}
+
+/// A sheepdog LUN of a daemon: which service, which VDI.
+struct SheepLUN {
+    let backend: SheepBackend
+    let vdi: String
+}
+
+/// The ceiling at a (LUN kind, workload, depth), best of the runs beside the target runs.
+func ceilingEntry(_ samples: [[String: Any]], lun: LUNKind, rw: String, qd: Int) -> [String: Any] {
+    let rates = samples.compactMap { $0["error"] == nil ? ($0["opsPerSecond"] as? NSNumber)?.doubleValue : nil }
+    var e: [String: Any] = ["lun": lun.rawValue, "rw": rw, "queueDepth": qd, "samples": rates, "runs": samples]
+    if let m = rates.max() { e["opsPerSecond"] = m } else { e["error"] = samples.compactMap { $0["error"] as? String }.first ?? "no result" }
+    return e
+}
