@@ -34,6 +34,10 @@ struct DaemonSpec {
     /// LD_PRELOAD and environment (allocation gate), or a valgrind prefix (instruction gate).
     var environment: [String: String]? = nil
     var valgrindArgs: [String]? = nil
+    /// More ringtgtd options (`--ringtgt-args`, e.g. "--coalesce-us 200").
+    var extraArgs: [String] = ProcessInfo.processInfo.environment["PERF_RINGTGTD_ARGS"].map {
+        $0.split(separator: " ").map(String.init)
+    } ?? []
     var name: String { "\(peer.rawValue)-\(cores)c" }
 }
 
@@ -111,7 +115,7 @@ final class Daemon {
             let sock = logDir.appendingPathComponent("\(name)-\(starts).ctl").path
             controlArgs = ["--control-socket", sock]
             var args = [bins.ringtgtd, "-f", "--iscsi", "portal=127.0.0.1:0", "--control-socket", sock,
-                        "--cores", "\(spec.cores)"]
+                        "--cores", "\(spec.cores)"] + spec.extraArgs
             var exe = bins.ringtgtd
             if let v = spec.valgrindArgs {
                 exe = bins.valgrind

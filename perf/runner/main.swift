@@ -150,7 +150,11 @@ struct PerfRunner: ParsableCommand {
         var report: [String: Any] = ["timestamp": stamp, "host": hostInfo(),
                                      "config": ["durationSeconds": duration, "warmupSeconds": warmup, "parts": Array(parts).sorted()]]
         var scenarios = fullMatrix()
-        if let f = filter { scenarios = scenarios.filter { $0.id.contains(f) } }
+        if let f = filter {
+            // Comma-separated alternatives: a scenario runs when its id contains any of them.
+            let parts = f.split(separator: ",").map(String.init)
+            scenarios = scenarios.filter { s in parts.contains { s.id.contains($0) } }
+        }
         if !parts.contains("scenarios") { scenarios = [] }
 
         // The sheep behind the sheepdog LUNs, started before (and so stopped after) the daemons.
