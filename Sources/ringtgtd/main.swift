@@ -135,21 +135,12 @@ struct RingTgtd: ParsableCommand {
             throw ExitCode(1)
         }
         let registry = Registry(fabric: runtime, opener: StoreOpener(runtime: runtime))
-        let server = ControlServer(path: socketPath, registry: registry)
-        do {
-            try server.start()
-        } catch {
-            logger.critical("cannot start the control socket: \(error)")
-            runtime.stop()
-            throw ExitCode(1)
-        }
         if let configFile {
             do {
                 try ConfigFile.load(path: configFile, into: registry)
             } catch {
                 // The error names the line (ConfigFile.Failure: "FILE line N: message: content").
                 logger.critical("\(configFile): \(error)")
-                server.stop()
                 runtime.stop()
                 throw ExitCode(1)
             }
@@ -159,10 +150,18 @@ struct RingTgtd: ParsableCommand {
                 try NBDExports.add(exportOptions, to: registry)
             } catch {
                 logger.critical("--export: \(error)")
-                server.stop()
                 runtime.stop()
                 throw ExitCode(1)
             }
+        }
+        // The control socket opens last: a test or script that polls it sees the configured targets and exports.
+        let server = ControlServer(path: socketPath, registry: registry)
+        do {
+            try server.start()
+        } catch {
+            logger.critical("cannot start the control socket: \(error)")
+            runtime.stop()
+            throw ExitCode(1)
         }
         let where_ = runtime.boundPortals.map { $0.description }.joined(separator: " ")
         let nbdWhere = runtime.boundNBDPortals.isEmpty ? ""
