@@ -163,7 +163,8 @@ struct RingTgtd: ParsableCommand {
             runtime.stop()
             throw ExitCode(1)
         }
-        let where_ = runtime.boundPortals.map { $0.description }.joined(separator: " ")
+        let where_ = runtime.boundPortals.isEmpty ? "none"
+            : runtime.boundPortals.map { $0.description }.joined(separator: " ")
         let nbdWhere = runtime.boundNBDPortals.isEmpty ? ""
             : ", NBD " + runtime.boundNBDPortals.map { $0.description }.joined(separator: " ")
         logger.info("ringtgtd ready: \(coreCount) core(s), portals \(where_)\(nbdWhere), control \(socketPath)")

@@ -171,13 +171,13 @@ extension Connection {
                                        maxPayloadBytes: reactor.config.slotBytes)
         let step = nbd.handshake.option(nbd.option, data: data, catalog: catalog)
         nbdApply(step)
-        if phase == .login { nbdExpectOption() }
+        if phase == .login && nbd.stage != .draining { nbdExpectOption() }
     }
 
     private func nbdSkipComplete() {
         if nbd.stage == .optionSkip {
             nbdApply(nbd.handshake.oversizedOption(nbd.option))
-            if phase == .login { nbdExpectOption() }
+            if phase == .login && nbd.stage != .draining { nbdExpectOption() }
             return
         }
         // A refused write: its payload is behind us, so the error can be answered.
@@ -287,8 +287,13 @@ extension Connection {
             nbd.stalledOnSendQueue = true
             return
         }
-        var check = nbd.limits.check(r)
         let lun = target?.lun(nbd.lunNumber)
+        if let lun {
+            // The LUN may have been replaced since the handshake: judge against the one that serves now.
+            nbd.limits.sizeBytes = lun.byteCount
+            nbd.limits.readOnly = lun.capabilities.readOnly
+        }
+        var check = nbd.limits.check(r)
         if check == .accept && lun == nil {
             check = r.type == NBDWire.cmdWrite && Int(r.length) > NBDWire.maxSkippedPayloadBytes
                 ? .disconnect : .refuse(NBDWire.errIO)
