@@ -213,6 +213,80 @@ extension EndToEnd {
             }
         }
 
+        /// A client that pipelines far more requests than the server admits, without reading its replies, is held
+        /// back by TCP (the server stops parsing at its per-connection bounds) while another client is served;
+        /// once it reads, every request gets exactly one reply, in whatever order.
+        @Test func pipelinedRequestsWithoutReadingAreBoundedAndAllAnswered() throws {
+            try NBD.withNBDTarget(cores: 1, luns: [.null(bytes: 64 * mebibyte)]) { t in
+                let greedy = try RawNBDClient(t.nbdEndpoint)
+                try greedy.attach(export: "\(t.iqn)/1")
+                let requests = 1500
+                let readBytes = 65536
+                // Even cookies: 64 KiB reads; odd cookies: an unknown command (EINVAL, no buffer, still a reply).
+                for k in 0..<requests {
+                    if k % 2 == 0 {
+                        greedy.request(type: 0, cookie: UInt64(k), offset: UInt64(k % 512) * UInt64(readBytes),
+                                       length: UInt32(readBytes))
+                    } else {
+                        greedy.request(type: 77, cookie: UInt64(k), offset: 0, length: 0)
+                    }
+                }
+                let other = try RawNBDClient(t.nbdEndpoint)
+                try other.attach(export: "\(t.iqn)/1")
+                other.request(type: 0, cookie: 99, offset: 0, length: 4096)
+                let served = other.reply(dataBytes: 4096)
+                #expect(served?.error == 0 && served?.cookie == 99, "another client must be served meanwhile")
+
+                var seen = Set<UInt64>()
+                for _ in 0..<requests {
+                    guard let h = greedy.connection.receive(exactly: 16) else { break }
+                    let error = h[4..<8].reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+                    let cookie = h[8..<16].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+                    if cookie % 2 == 0 {
+                        #expect(error == 0)
+                        guard greedy.connection.receive(exactly: readBytes) != nil else { break }
+                    } else {
+                        #expect(error == 22)
+                    }
+                    #expect(seen.insert(cookie).inserted, "cookie \(cookie) answered twice")
+                }
+                #expect(seen.count == requests, "\(seen.count) of \(requests) requests answered")
+                try t.requireAlive("after a pipelining client")
+            }
+        }
+
+        /// Handshakes that never finish are closed at the login timeout (15 s, as for iSCSI logins): silent after
+        /// the greeting, inside the client flags, inside an option header, inside option data. nbdinfo is served
+        /// meanwhile.
+        @Test func unfinishedHandshakesAreClosedAtTheLoginTimeout() throws {
+            try NBD.withNBDTarget(luns: [.null(bytes: 8 * mebibyte)]) { t in
+                let loginTimeoutSeconds = 15.0, tickSlackSeconds = 1.5
+                let flags: [UInt8] = [0, 0, 0, 3]
+                let option = Array("IHAVEOPT".utf8) + [0, 0, 0, 7, 0, 0, 0, 100]
+                let cases: [(String, [UInt8])] = [
+                    ("nothing", []),
+                    ("half the client flags", [0, 0]),
+                    ("part of an option header", flags + Array(option.prefix(10))),
+                    ("part of the option data", flags + option + [0, 0, 0, 0, 1, 2]),
+                ]
+                let opened = monotonicSeconds()
+                let sockets = try cases.map { _ in try RawSocket(t.nbdEndpoint) }
+                for (i, c) in cases.enumerated() where !c.1.isEmpty { try sockets[i].send(c.1) }
+                let info = try t.tool("nbdinfo", [t.nbdURL()])
+                #expect(info.succeeded, "nbdinfo during unfinished handshakes: \(info)")
+                let limit = opened + loginTimeoutSeconds + 3 * tickSlackSeconds
+                for (i, c) in cases.enumerated() {
+                    let closed = sockets[i].awaitClose(deadline: limit)
+                    let after = monotonicSeconds() - opened
+                    #expect(closed, "\(c.0): still open \(after) s after connecting")
+                    if i == 0 {
+                        #expect(after >= loginTimeoutSeconds - tickSlackSeconds, "\(c.0): closed after only \(after) s")
+                    }
+                }
+                try t.requireAlive("after unfinished handshakes")
+            }
+        }
+
         /// A sheepdog VDI served as a LUN goes over NBD like any other: nbdcopy in and out matches `dog vdi read`.
         @Test(arguments: SheepKind.allCases)
         func sheepdogLUNOverNBDMatchesDogRead(kind: SheepKind) throws {
