@@ -53,6 +53,9 @@ struct RingTgtd: ParsableCommand {
     @Option(name: .customLong("config"), help: "A targets.conf-style file applied at start.")
     var configFile: String?
 
+    @Option(name: .customLong("poll-us"), help: "Busy-poll each core's ring for this many microseconds after its last completion before sleeping (0 = never; lowers latency, costs CPU).")
+    var pollMicroseconds: Int = 0
+
     @Option(name: [.short, .long], help: "Debug level (0 = info, 1 = debug).")
     var debug: Int = 0
 
@@ -61,6 +64,7 @@ struct RingTgtd: ParsableCommand {
         if bufferSize < 65536 || bufferSize % 4096 != 0 { throw ValidationError("--buffer-size must be a multiple of 4096, at least 65536") }
         if buffers < 8 { throw ValidationError("--buffers must be at least 8") }
         if maxConnections < 1 || maxConnections > 16384 { throw ValidationError("--max-connections must be 1...16384") }
+        if pollMicroseconds < 0 || pollMicroseconds > 1_000_000 { throw ValidationError("--poll-us must be 0...1000000") }
     }
 
     func run() throws {
@@ -77,6 +81,7 @@ struct RingTgtd: ParsableCommand {
         config.slotBytes = bufferSize
         config.slotCount = buffers
         config.maxConnections = maxConnections
+        config.pollNanos = UInt64(pollMicroseconds) * 1000
         // nop_count is a number of intervals: applied after the loop, so the order of the options does not matter.
         var nopCount: UInt64? = nil
         for arg in iscsi {

@@ -94,6 +94,41 @@ extension EndToEnd {
             }
         }
 
+        /// A target's own nop_interval/nop_count (`tgtadm --op update --mode target --name nop_interval`) act
+        /// even when the daemon-wide pings are off: a silent session on that target is pinged and dropped.
+        @Test func perTargetNopSettingsPingAndDrop() throws {
+            try withTarget(daemonOptions: ["--iscsi", "nop_interval=0"], luns: [.null(bytes: gibibyte)]) { t in
+                for (name, value) in [("nop_interval", "1"), ("nop_count", "2")] {
+                    try t.admin.must(["--lld", "iscsi", "--op", "update", "--mode", "target", "--tid", "1",
+                                      "--name", name, "--value", value])
+                }
+                let silent = try RawSession(t.endpoint, target: t.iqn, options: RawLoginOptions(
+                    initiatorName: "\(RunningTarget.iqnPrefix):per-target-nop"))
+                let loginDone = monotonicSeconds()
+                var pingAt: Double? = nil
+                var closedAt: Double? = nil
+                let deadline = loginDone + 15
+                while closedAt == nil && monotonicSeconds() < deadline {
+                    switch try silent.receive(timeoutSeconds: 0.1, answerPings: false) {
+                    case .pdu(let p):
+                        if p.opcode == RawCodes.nopIn && p.ttt != RawCodes.reservedTag && pingAt == nil {
+                            pingAt = monotonicSeconds()
+                        }
+                    case .closed: closedAt = monotonicSeconds()
+                    case .timeout: break
+                    }
+                }
+                let ping = try #require(pingAt, "no NOP-In ping although the target's nop_interval is 1 s") - loginDone
+                #expect(ping <= RobustLiveness.nopIntervalSeconds + 2 * RobustLiveness.tickSlackSeconds,
+                        "first ping \(ping) s after login")
+                let closed = try #require(closedAt, "the silent session was not dropped within 15 s") - pingAt!
+                let expected = RobustLiveness.nopIntervalSeconds * RobustLiveness.nopCount
+                #expect(closed >= expected - RobustLiveness.tickSlackSeconds
+                        && closed <= expected + 3 * RobustLiveness.tickSlackSeconds,
+                        "dropped \(closed) s after the ping (target nop_interval*nop_count = \(expected) s)")
+            }
+        }
+
         /// Connections that never complete a login are closed at the login timeout: one that sends nothing,
         /// one that stops inside the BHS, one that stops inside the data segment, and one whose Login
         /// Request does not ask to transit (so the login never ends). A real initiator logs in meanwhile.

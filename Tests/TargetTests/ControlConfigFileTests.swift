@@ -73,8 +73,8 @@ import Testing
              .init(line: 2, content: "<target iqn.2026-01.test:a>", message: "<target> is never closed")),
             ("<target iqn.2026-01.test:a>\n  <backing-store /tmp/x>\n    initiator-address ALL\n  </backing-store>\n</target>\n",
              .init(line: 3, content: "initiator-address ALL", message: "'initiator-address' is not a backing-store setting")),
-            ("<target iqn.2026-01.test:a>\n  incominguser joe secret\n</target>\n",
-             .init(line: 2, content: "incominguser joe secret", message: "CHAP accounts are not supported")),
+            ("<target iqn.2026-01.test:a>\n  incominguser joe\n</target>\n",
+             .init(line: 2, content: "incominguser joe", message: "incominguser takes a user and a password")),
             ("<target iqn.2026-01.test:a>\n  lun x\n</target>\n",
              .init(line: 2, content: "lun x", message: "lun must be a number")),
             ("</target>\n", .init(line: 1, content: "</target>", message: "</target> without <target>")),
@@ -135,6 +135,39 @@ import Testing
         #expect(h.registry.currentSnapshot.target(tid: 1)?.lun(1)?.path == "/tmp/f.img")
         #expect(throws: ConfigFile.Failure(line: 0, content: dir + "/nope.conf", message: "cannot read the configuration file")) {
             try ConfigFile.load(path: dir + "/nope.conf", into: h.registry)
+        }
+    }
+}
+
+@Suite struct ControlConfigFileCHAPTests {
+    @Test func incomingAndOutgoingUsersCreateAndBindAccounts() throws {
+        let h = ControlHarness()
+        let text = """
+            <target iqn.2026-01.test:a>
+                incominguser alice secret12345
+                outgoinguser tgt0 targetsecret99
+            </target>
+            <target iqn.2026-01.test:b>
+                incominguser alice secret12345
+            </target>
+            """
+        try ConfigFile.apply(text, to: h.registry)
+        let a = try #require(h.registry.currentSnapshot.targets.first { $0.name == "iqn.2026-01.test:a" })
+        #expect(a.chap == CHAPCredentials(incoming: [CHAPAccount(user: "alice", password: "secret12345")],
+                                          outgoing: CHAPAccount(user: "tgt0", password: "targetsecret99")))
+        let b = try #require(h.registry.currentSnapshot.targets.first { $0.name == "iqn.2026-01.test:b" })
+        #expect(b.chap.incoming.map(\.user) == ["alice"])
+
+        // The same user with another password, and a line without a password, name their lines.
+        let h2 = ControlHarness()
+        let clash = "<target iqn.2026-01.test:a>\n  incominguser u p1\n</target>\n<target iqn.2026-01.test:b>\n  incominguser u p2\n</target>\n"
+        #expect(throws: ConfigFile.Failure(line: 5, content: "incominguser u p2", message: "this account already exists")) {
+            try ConfigFile.apply(clash, to: h2.registry)
+        }
+        let h3 = ControlHarness()
+        #expect(throws: ConfigFile.Failure(line: 2, content: "outgoinguser lonely",
+                                           message: "outgoinguser takes a user and a password")) {
+            try ConfigFile.apply("<target iqn.2026-01.test:a>\n  outgoinguser lonely\n</target>\n", to: h3.registry)
         }
     }
 }

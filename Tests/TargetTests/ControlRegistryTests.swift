@@ -326,3 +326,41 @@ private let newLUN1 = "--lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -
         #expect(h.run("--lld iscsi --op show --mode target").stdout.contains("        State: offline\n"))
     }
 }
+
+/// CHAP accounts, with tgtadm's words and layout (checked against Debian's tgtd 1.0.85).
+@Suite struct ControlAccountTests {
+    private let account = "--lld iscsi --mode account"
+
+    @Test func accountsAreListedNewestFirstAndBoundAsTgtDoes() throws {
+        let h = ControlHarness()
+        h.run(newTarget)
+        #expect(h.run("\(account) --op show").stdout == "")
+        #expect(h.run("\(account) --op new --user alice --password secret12345").exitCode == 0)
+        #expect(h.run("\(account) --op new --user bob --password pw2").exitCode == 0)
+        let dup = h.run("\(account) --op new --user alice --password x")
+        #expect(dup.exitCode == 22 && dup.stderr == "ringtgtadm: this account already exists\n")
+        #expect(h.run("\(account) --op show").stdout == "Account list:\n    bob\n    alice\n")
+
+        #expect(h.run("\(account) --op bind --tid 1 --user alice").exitCode == 0)
+        #expect(h.run("\(account) --op bind --tid 1 --user bob --outgoing").exitCode == 0)
+        let second = h.run("\(account) --op bind --tid 1 --user alice --outgoing")
+        #expect(second.stderr == "ringtgtadm: this target already has an outgoing account\n")
+        #expect(h.run("\(account) --op bind --tid 1 --user carol").stderr == "ringtgtadm: can't find the account\n")
+        #expect(h.run("\(account) --op bind --tid 7 --user alice").stderr == "ringtgtadm: can't find the target\n")
+
+        let chap = try #require(h.registry.currentSnapshot.target(tid: 1)?.chap)
+        #expect(chap.incoming == [CHAPAccount(user: "alice", password: "secret12345")])
+        #expect(chap.outgoing == CHAPAccount(user: "bob", password: "pw2"))
+        let show = h.run("--lld iscsi --op show --mode target").stdout
+        #expect(show.contains("    Account information:\n        alice\n        bob (outgoing)\n    ACL information:\n"))
+
+        // Unbinding needs the right direction; deleting an account unbinds it everywhere.
+        #expect(h.run("\(account) --op unbind --tid 1 --user bob").stderr == "ringtgtadm: can't find the account\n")
+        #expect(h.run("\(account) --op delete --user alice").exitCode == 0)
+        #expect(h.registry.currentSnapshot.target(tid: 1)?.chap.incoming == [])
+        #expect(h.run("\(account) --op unbind --tid 1 --user bob --outgoing").exitCode == 0)
+        #expect(h.registry.currentSnapshot.target(tid: 1)?.chap == CHAPCredentials())
+        #expect(h.run("\(account) --op delete --user nobody").stderr == "ringtgtadm: can't find the account\n")
+        #expect(h.run("\(account) --op show").stdout == "Account list:\n    bob\n")
+    }
+}

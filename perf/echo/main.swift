@@ -119,12 +119,12 @@ func monotonicNanos() -> UInt64 {
 
 /// Runs the loop until the peer closes (server) or the clock says stop (client).
 func pumpLoop(_ ring: borrowing EchoRing, _ pump: inout Pump, answerEachUnit: Bool, stopAt: UInt64,
-              measureFrom: UInt64, measured: inout UInt64) {
+              measureFrom: UInt64, measured: inout UInt64, poll: Bool = false) {
     ring.recv(pump.fd, pump.rx, EchoSizes.receiveBytes)
     pump.flush(ring)
     while !pump.closed {
         if monotonicNanos() >= stopAt { break }
-        _ = rt_wait(ring.ring, 1, EchoSizes.waitSliceNanos)
+        if poll { _ = io_uring_submit_and_get_events(ring.ring) } else { _ = rt_wait(ring.ring, 1, EchoSizes.waitSliceNanos) }
         while true {
             let n = Int(rt_peek_batch(ring.ring, ring.cqes, 64))
             if n == 0 { break }
@@ -160,6 +160,7 @@ struct Server: ParsableCommand {
     @Option(help: "Port to listen on (0 = any).") var port: UInt16 = 0
     @Option(help: "Connections to serve, one after another.") var connections: Int = 1
     @Option(help: "Responses per send at most (1 = each on its own).") var batch: Int = EchoSizes.maxBatch
+    @Flag(help: "Busy-poll the ring instead of sleeping in the kernel.") var poll = false
 
     func run() throws {
         let lfd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -182,7 +183,8 @@ struct Server: ParsableCommand {
             setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
             var pump = Pump(fd: fd, inBytes: EchoSizes.requestBytes, outBytes: EchoSizes.responseBytes, batch: batch)
             var ignored: UInt64 = 0
-            pumpLoop(ring, &pump, answerEachUnit: true, stopAt: .max, measureFrom: .max, measured: &ignored)
+            pumpLoop(ring, &pump, answerEachUnit: true, stopAt: .max, measureFrom: .max, measured: &ignored,
+                     poll: poll)
             close(fd)
         }
         close(lfd)
@@ -197,6 +199,7 @@ struct Client: ParsableCommand {
     @Option(help: "Seconds before measuring.") var warmup: Double = 1
     @Option(help: "Requests per send at most (1 = each on its own).") var batch: Int = EchoSizes.maxBatch
     @Flag(help: "Print JSON.") var json = false
+    @Flag(help: "Busy-poll the ring instead of sleeping in the kernel.") var poll = false
 
     func run() throws {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -215,7 +218,8 @@ struct Client: ParsableCommand {
         let from = start + UInt64(warmup * 1e9)
         let stop = from + UInt64(duration * 1e9)
         var measured: UInt64 = 0
-        pumpLoop(ring, &pump, answerEachUnit: false, stopAt: stop, measureFrom: from, measured: &measured)
+        pumpLoop(ring, &pump, answerEachUnit: false, stopAt: stop, measureFrom: from, measured: &measured,
+                 poll: poll)
         shutdown(fd, Int32(SHUT_RDWR))
         close(fd)
         let rate = Double(measured) / duration

@@ -20,6 +20,8 @@ struct RunConfig {
     var measureEndNanos: UInt64 = .max
     /// Count mode: the run ends when every session has issued its quota; the clock only bounds it.
     var countMode = false
+    /// Busy-poll the ring (never sleep in the kernel).
+    var poll = false
     var hardDeadlineNanos: UInt64 = .max
     var seed: UInt64 = 0x1234_5678
 }
@@ -119,7 +121,7 @@ struct Worker: ~Copyable {
             }
             if !stopping && config.countMode && allQuotasDone() { beginStopping(); continue }
             if liveCount == 0 { break }
-            _ = ring.submitAndWait(timeoutNanos: WorkerLimits.waitSliceNanos)
+            if config.poll { ring.submitAndPoll() } else { _ = ring.submitAndWait(timeoutNanos: WorkerLimits.waitSliceNanos) }
             while true {
                 let n = ring.peekBatch()
                 if n == 0 { break }

@@ -68,6 +68,9 @@ struct LoadGen: ParsableCommand {
     @Option(name: .customLong("initiator-name"), help: "InitiatorName to log in with.")
     var initiatorName: String = "iqn.2026-01.org.ringtgt:loadgen"
 
+    @Flag(help: "Busy-poll the ring instead of sleeping in the kernel (lower latency; each worker spins on a core).")
+    var poll = false
+
     @Option(help: "Seed of the LBA and read/write choices.")
     var seed: UInt64 = 0x5eed
 
@@ -99,6 +102,7 @@ struct LoadGen: ParsableCommand {
         default: cfg.readPercent = rwmixread
         }
         cfg.verify = verify
+        cfg.poll = poll
         cfg.totalSessions = sessions
         cfg.seed = seed
 

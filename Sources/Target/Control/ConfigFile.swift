@@ -14,11 +14,13 @@
 //       initiator-name iqn.2026-01.example:host1
 //       MaxRecvDataSegmentLength 65536  # any key `--op update --mode target` takes
 //       vendor_id ACME                # LUN parameters apply to every LUN of the target unless a LUN sets them
+//       incominguser alice secret     # CHAP: the account is created unless it exists, then bound (tgt-admin)
+//       outgoinguser tgt0 secret2     # mutual CHAP: the target's own account
 //   </target>
 //
 // Differences from tgt-admin: `lun N` may also stand at target level, numbering the next backing-store
 // line; `tid N` (or tgt's controller_tid) fixes the tid, otherwise it is the largest tid so far plus one;
-// CHAP accounts, direct-store and include are refused. Targets applied before an error stay configured.
+// direct-store and include are refused. Targets applied before an error stay configured.
 
 import Foundation
 
@@ -182,7 +184,9 @@ public enum ConfigFile {
             case "direct-store":
                 throw fail("direct-store is not supported; use backing-store")
             case "incominguser", "outgoinguser":
-                throw fail("CHAP accounts are not supported")
+                let parts = value.split(whereSeparator: { $0 == " " || $0 == "\t" })
+                guard parts.count == 2 else { throw fail("\(key) takes a user and a password") }
+                target!.settings.append(setting)
             case "driver":
                 guard value == Registry.driverName else { throw fail("only the iscsi driver is supported") }
             case "tid", "controller_tid", "initiator-address", "initiator-name", "write-cache", "params":
@@ -292,6 +296,17 @@ public enum ConfigFile {
                 try run(AdminRequest(mode: .target, op: .bind, tid: tid, initiatorAddress: s.value), registry, line: s.line, content: s.content)
             case "initiator-name":
                 try run(AdminRequest(mode: .target, op: .bind, tid: tid, initiatorName: s.value), registry, line: s.line, content: s.content)
+            case "incominguser", "outgoinguser":
+                // tgt-admin: create the account unless it exists, then bind it.
+                let parts = s.value.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
+                let (user, password) = (parts[0], parts[1])
+                let created = registry.execute(AdminRequest(mode: .account, op: .new, user: user, password: password))
+                if created.exitCode != 0 && !registry.hasAccount(user: user, password: password) {
+                    try run(AdminRequest(mode: .account, op: .new, user: user, password: password), registry,
+                            line: s.line, content: s.content)
+                }
+                try run(AdminRequest(mode: .account, op: .bind, tid: tid, user: user, outgoing: s.key == "outgoinguser"),
+                        registry, line: s.line, content: s.content)
             case _ where ISCSITargetKeys.key(named: s.key) != nil || s.key == ISCSITargetKeys.aliasKey
                 || s.key == ISCSITargetKeys.nopIntervalKey || s.key == ISCSITargetKeys.nopCountKey:
                 try run(AdminRequest(mode: .target, op: .update, tid: tid, name: s.key, value: s.value), registry,

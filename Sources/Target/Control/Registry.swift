@@ -56,6 +56,9 @@ public final class Registry: @unchecked Sendable {
         var params: [String: String] = [:]
         var state: State = .ready
         var lunGeneration: UInt64
+        /// CHAP accounts bound to the target, in bind order; at most one outgoing account.
+        var incomingUsers: [String] = []
+        var outgoingUser: String?
     }
 
     public let options: Options
@@ -65,6 +68,10 @@ public final class Registry: @unchecked Sendable {
     /// file and may call from elsewhere.
     private let lock = NSLock()
     private var targets: [Int: TargetRecord] = [:]
+    /// CHAP accounts (`--mode account`), newest first as tgt lists them.
+    private var accounts: [(user: String, password: String)] = []
+    /// tgt's limit on accounts (usr/target.c: a fixed table).
+    static let maxAccounts = 1024
     private var snapshotVersion: UInt64 = 0
     /// Registry-wide, so a target deleted and created again never repeats a generation.
     private var generationCounter: UInt64 = 0
@@ -93,6 +100,12 @@ public final class Registry: @unchecked Sendable {
     public var isSystemReady: Bool {
         lock.lock(); defer { lock.unlock() }
         return systemState == .ready
+    }
+
+    /// Whether a CHAP account with this user and password exists (the config file reuses it).
+    public func hasAccount(user: String, password: String) -> Bool {
+        lock.lock(); defer { lock.unlock() }
+        return accounts.contains { $0.user == user && $0.password == password }
     }
 
     /// The target state tgt shows ("ready" / "offline"), nil if there is no such target.
@@ -446,11 +459,78 @@ public final class Registry: @unchecked Sendable {
         }
     }
 
+    /// tgt's account commands (usr/target.c account_add/account_del/account_ctl, usr/mgmt.c): accounts are
+    /// daemon-wide; binding one to a target makes CHAP mandatory there (incoming), or lets the target
+    /// answer mutual CHAP (outgoing, one per target). Deleting an account unbinds it everywhere.
     private func accountMode(_ r: AdminRequest) throws -> String {
         switch r.op {
-        case .show: return ""   // no accounts: tgt prints nothing for an empty account list
-        default: throw AdminError(.unsupportedOperation, "CHAP accounts are not supported")
+        case .show:
+            // tgt prints nothing at all for an empty list.
+            if accounts.isEmpty { return "" }
+            return "Account list:\n" + accounts.map { "\(ShowFormatter.tab1)\($0.user)\n" }.joined()
+        case .new:
+            guard let user = r.user, !user.isEmpty, let password = r.password else {
+                throw AdminError(.invalidRequest, "'user' and 'password' options are required")
+            }
+            guard user.utf8.count <= CHAP.maxNameBytes, password.utf8.count <= CHAP.maxNameBytes else {
+                throw AdminError(.invalidRequest, "user and password are at most \(CHAP.maxNameBytes) bytes")
+            }
+            if accounts.contains(where: { $0.user == user }) { throw AdminError(.userExists) }
+            if accounts.count >= Self.maxAccounts { throw AdminError(.tooManyUsers) }
+            accounts.insert((user, password), at: 0)
+            return ""
+        case .delete:
+            guard let user = r.user, let i = accounts.firstIndex(where: { $0.user == user }) else {
+                throw AdminError(.noUser)
+            }
+            accounts.remove(at: i)
+            var changed = false
+            for (tid, var t) in targets where t.incomingUsers.contains(user) || t.outgoingUser == user {
+                t.incomingUsers.removeAll { $0 == user }
+                if t.outgoingUser == user { t.outgoingUser = nil }
+                targets[tid] = t
+                changed = true
+            }
+            if changed { publish() }
+            return ""
+        case .bind:
+            let tid = try requireTarget(r)
+            guard let user = r.user, accounts.contains(where: { $0.user == user }) else { throw AdminError(.noUser) }
+            var t = targets[tid]!
+            if r.outgoing {
+                if t.outgoingUser != nil { throw AdminError(.outgoingAccountExists) }
+                t.outgoingUser = user
+            } else {
+                if t.incomingUsers.contains(user) { throw AdminError(.userExists) }
+                t.incomingUsers.append(user)
+            }
+            targets[tid] = t
+            publish()
+            return ""
+        case .unbind:
+            let tid = try requireTarget(r)
+            guard let user = r.user else { throw AdminError(.noUser) }
+            var t = targets[tid]!
+            if r.outgoing {
+                guard t.outgoingUser == user else { throw AdminError(.noUser) }
+                t.outgoingUser = nil
+            } else {
+                guard let i = t.incomingUsers.firstIndex(of: user) else { throw AdminError(.noUser) }
+                t.incomingUsers.remove(at: i)
+            }
+            targets[tid] = t
+            publish()
+            return ""
+        default:
+            throw AdminError(.invalidRequest)
         }
+    }
+
+    private func credentials(_ t: TargetRecord) -> CHAPCredentials {
+        func account(_ user: String) -> CHAPAccount? {
+            accounts.first { $0.user == user }.map { CHAPAccount(user: $0.user, password: $0.password) }
+        }
+        return CHAPCredentials(incoming: t.incomingUsers.compactMap(account), outgoing: t.outgoingUser.flatMap(account))
     }
 
     private func connectionMode(_ r: AdminRequest) throws -> String {
@@ -474,7 +554,8 @@ public final class Registry: @unchecked Sendable {
         snapshotVersion &+= 1
         let runtimes = targets.values.map { t in
             TargetRuntime(tid: t.tid, name: t.name, alias: t.alias, luns: t.luns.values.map(\.unit),
-                          acl: t.addressACL + t.nameACL, params: t.params, lunGeneration: t.lunGeneration)
+                          acl: t.addressACL + t.nameACL, params: t.params, lunGeneration: t.lunGeneration,
+                          chap: credentials(t))
         }
         let snapshot = ConfigSnapshot(version: snapshotVersion, targets: runtimes)
         fabric.publish(snapshot)

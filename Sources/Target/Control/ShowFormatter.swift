@@ -35,6 +35,8 @@ enum ShowFormatter {
                 out += lun(t.luns[number]!)
             }
             out += "\(tab1)Account information:\n"
+            for user in t.incomingUsers { out += "\(tab2)\(user)\n" }
+            if let user = t.outgoingUser { out += "\(tab2)\(user) (outgoing)\n" }
             out += "\(tab1)ACL information:\n"
             for rule in t.addressACL + t.nameACL {
                 out += "\(tab2)\(rule)\n"

@@ -85,10 +85,15 @@ public final class TargetRuntime: @unchecked Sendable {
     public let params: [String: String]
     /// Monotonic per-target version; a change of the LUN list raises REPORTED LUNS DATA HAS CHANGED.
     public let lunGeneration: UInt64
+    /// Per-target NOP-In timing (`--name nop_interval` / `nop_count`), overriding the daemon's `--iscsi` values.
+    public let nopIntervalSeconds: UInt64?
+    public let nopCount: UInt64?
+    /// CHAP accounts bound to the target (`tgtadm --op bind --mode account`).
+    public let chap: CHAPCredentials
 
     public init(tid: Int, name: String, alias: String? = nil, portalGroupTag: UInt16 = 1,
                 relativeTargetPortID: UInt16 = 1, luns: [LogicalUnit], acl: [ACLRule],
-                params: [String: String], lunGeneration: UInt64) {
+                params: [String: String], lunGeneration: UInt64, chap: CHAPCredentials = CHAPCredentials()) {
         self.tid = tid
         self.name = name
         self.alias = alias
@@ -98,6 +103,9 @@ public final class TargetRuntime: @unchecked Sendable {
         self.acl = acl
         self.params = params
         self.lunGeneration = lunGeneration
+        self.chap = chap
+        nopIntervalSeconds = params["nop_interval"].flatMap { UInt64($0) }
+        nopCount = params["nop_count"].flatMap { UInt64($0) }.flatMap { $0 == 0 ? nil : $0 }
     }
 
     /// Binary search; LUN tables are small and sorted.

@@ -121,6 +121,9 @@ public final class Connection {
     // Tasks
     let tasks: UnsafeMutablePointer<IOTask>
     let taskCapacity: Int
+    /// Tasks [0, tasksInitialized) have been used at least once; the rest of the table is reserved but not yet
+    /// touched, so an idle session costs only the pages it has used.
+    var tasksInitialized = 0
     var freeTask: Int32 = -1
     var activeTasks = 0
     var orderWaiting = 0               // tasks parked in .waitingOrder
@@ -153,11 +156,6 @@ public final class Connection {
         cmdWindow = reactor.config.commandWindow
         taskCapacity = reactor.config.commandWindow + reactor.config.immediateCommandAllowance
         tasks = .allocate(capacity: taskCapacity)
-        tasks.initialize(repeating: IOTask(), count: taskCapacity)
-        for i in stride(from: taskCapacity - 1, through: 0, by: -1) {
-            tasks[i].nextFree = freeTask
-            freeTask = Int32(i)
-        }
         lastRxTick = reactor.tick
         createdTick = reactor.tick
         lastSendProgressTick = reactor.tick
@@ -166,7 +164,7 @@ public final class Connection {
     deinit {
         rx.deallocate()
         hdr.deallocate()
-        tasks.deinitialize(count: taskCapacity)
+        tasks.deinitialize(count: tasksInitialized)
         tasks.deallocate()
         nbd.deallocate()
     }

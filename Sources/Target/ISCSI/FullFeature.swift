@@ -58,13 +58,19 @@ extension Connection {
             stall()
             return false
         }
-        if freeTask < 0 {
+        let t: Int
+        if freeTask >= 0 {
+            t = Int(freeTask)
+            freeTask = tasks[t].nextFree
+        } else if tasksInitialized < taskCapacity {
+            t = tasksInitialized
+            (tasks + t).initialize(to: IOTask())
+            tasksInitialized += 1
+        } else {
             // More commands than MaxCmdSN allowed (or too many immediate ones): answered TASK SET FULL in dispatch.
             sink = .discard
             return true
         }
-        let t = Int(freeTask)
-        freeTask = tasks[t].nextFree
         activeTasks += 1
         let slot = reactor.pool.take()
         slotsHeld += 1
@@ -104,7 +110,7 @@ extension Connection {
     func taskForTTT(_ ttt: UInt32) -> Int {
         if ttt == reservedTag { return -1 }
         let t = Int(ttt & 0xFFFF)
-        guard t < taskCapacity, tasks[t].state == .receivingData, tasks[t].ttt == ttt else { return -1 }
+        guard t < tasksInitialized, tasks[t].state == .receivingData, tasks[t].ttt == ttt else { return -1 }
         return t
     }
 
@@ -243,7 +249,7 @@ extension Connection {
         var progressed = true
         while progressed && orderWaiting > 0 {
             progressed = false
-            for t in 0..<taskCapacity where tasks[t].state == .waitingOrder && tasks[t].cmdSN == expCmdSN {
+            for t in 0..<tasksInitialized where tasks[t].state == .waitingOrder && tasks[t].cmdSN == expCmdSN {
                 orderWaiting -= 1
                 expCmdSN &+= 1
                 tasks[t].state = .storeIO
@@ -735,7 +741,7 @@ extension Connection {
             let ref = bhs.u32(20)
             let refCmdSN = bhs.u32(32)
             var found = false
-            for t in 0..<taskCapacity where tasks[t].state != .free && tasks[t].itt == ref {
+            for t in 0..<tasksInitialized where tasks[t].state != .free && tasks[t].itt == ref {
                 found = true
                 abortTask(t)
             }
@@ -758,16 +764,16 @@ extension Connection {
             }
         case 2, 3: // ABORT TASK SET, CLEAR TASK SET
             if target?.lun(lunNumber) == nil { response = 2; break }
-            for t in 0..<taskCapacity where tasks[t].state != .free && tasks[t].lunNumber == lunNumber { abortTask(t) }
+            for t in 0..<tasksInitialized where tasks[t].state != .free && tasks[t].lunNumber == lunNumber { abortTask(t) }
         case 4: // CLEAR ACA: NACA is not supported
             response = 5
         case 5: // LOGICAL UNIT RESET
             guard let target, let nexus, let lun = target.lun(lunNumber) else { response = 2; break }
-            for t in 0..<taskCapacity where tasks[t].state != .free && tasks[t].lunNumber == lunNumber { abortTask(t) }
+            for t in 0..<tasksInitialized where tasks[t].state != .free && tasks[t].lunNumber == lunNumber { abortTask(t) }
             SCSITask.logicalUnitReset(lun, by: nexus)
         case 6, 7: // TARGET WARM RESET, TARGET COLD RESET
             guard let target, let nexus else { response = 6; break }
-            for t in 0..<taskCapacity where tasks[t].state != .free { abortTask(t) }
+            for t in 0..<tasksInitialized where tasks[t].state != .free { abortTask(t) }
             SCSITask.targetReset(target, by: nexus)
         case 8: // TASK REASSIGN: needs ErrorRecoveryLevel 2
             response = 5

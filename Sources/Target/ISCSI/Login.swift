@@ -145,6 +145,10 @@ public struct LoginStateMachine {
     private var responseOffset = 0
     private var negotiator: KeyNegotiator?
     private var declaredMaxRecv = false
+    /// CHAP with the target's accounts; nil when the target requires no authentication.
+    private var chap: CHAPExchange?
+    /// Test hook: the random bytes a CHAP challenge is made of.
+    public var chapRandom: (() -> [UInt8])?
 
     public private(set) var target: TargetRuntime?
     public private(set) var sessionType: SessionType = .normal
@@ -241,12 +245,49 @@ public struct LoginStateMachine {
             }
         }
         guard var neg = negotiator else { return reject(req, .targetError, "no negotiator") }
+        // With CHAP accounts on the target, nothing past the security stage happens before the initiator
+        // has authenticated (RFC 7143 §12: the target must not skip authentication it requires).
+        if let c = chap, c.state != .done, csg != .security {
+            return reject(req, .authenticationFailure, "target requires CHAP; login skipped the security stage")
+        }
+        // CHAP keys go to the CHAP exchange once AuthMethod=CHAP was agreed; otherwise the negotiator answers
+        // them NotUnderstood as any key of a method we did not pick.
+        var chapKeys: [String: String] = [:]
+        var negotiated = pairs
+        let chapActive = chap != nil && csg == .security
+        if chapActive {
+            negotiated = []
+            for p in pairs {
+                if CHAPExchange.keys.contains(p.key) {
+                    if chapKeys[p.key] != nil { return reject(req, .initiatorError, "\(p.key) twice in one text") }
+                    chapKeys[p.key] = p.value
+                } else {
+                    negotiated.append(p)
+                }
+            }
+        }
         do {
-            let answers = try neg.answer(pairs, stage: csg, sessionType: sessionType)
+            let answers = try neg.answer(negotiated, stage: csg, sessionType: sessionType)
             for a in answers { TextKeys.append(a.key, a.value, to: &out) }
         } catch {
             negotiator = neg
             return reject(req, .initiatorError, error.reason)
+        }
+        if chapActive {
+            if neg.hasSeen("AuthMethod") && neg.authMethod != "CHAP" {
+                negotiator = neg
+                return reject(req, .authenticationFailure, "target requires CHAP; the initiator did not offer it")
+            }
+            if !chapKeys.isEmpty && neg.authMethod != "CHAP" {
+                negotiator = neg
+                return reject(req, .initiatorError, "CHAP keys before AuthMethod=CHAP was agreed")
+            }
+            do {
+                for a in try chap!.receive(chapKeys) { TextKeys.append(a.key, a.value, to: &out) }
+            } catch {
+                negotiator = neg
+                return reject(req, error.authentication ? .authenticationFailure : .initiatorError, error.reason)
+            }
         }
         if let alias = pairs.first(where: { $0.key == "InitiatorAlias" })?.value { initiatorAlias = alias }
         if csg == .operational && !declaredMaxRecv {
@@ -307,6 +348,13 @@ public struct LoginStateMachine {
                 return (r, .respondAndContinue)
             }
         }
+        // Authentication must finish before the security stage ends: answer T=0 and let the exchange go on.
+        if csg == .security, let c = chap, c.state != .done {
+            if negotiator?.hasSeen("AuthMethod") != true {
+                return reject(req, .authenticationFailure, "target requires CHAP; the initiator offered no AuthMethod")
+            }
+            return (r, .respondAndContinue)
+        }
         // Whenever the initiator is ready to transit and nothing of ours is outstanding, so are we.
         r.transit = true
         r.nsg = next.rawValue
@@ -361,6 +409,10 @@ public struct LoginStateMachine {
             targetName = t.name
         }
         var neg = KeyNegotiator(defaults: env.defaults(target))
+        if let t = target, t.chap.required {
+            neg.chapRequired = true
+            chap = CHAPExchange(credentials: t.chap, random: chapRandom)
+        }
         neg.setIdentity(sessionType: sessionType, initiatorName: name, initiatorAlias: value("InitiatorAlias"),
                         targetName: targetName, portalGroupTag: env.portalGroupTag)
         negotiator = neg

@@ -331,6 +331,11 @@ public struct KeyNegotiator: Sendable {
 
     func hasSeen(_ key: String) -> Bool { seen.contains(key) }
 
+    /// The target has CHAP accounts: AuthMethod must come out as CHAP.
+    var chapRequired = false
+    /// The AuthMethod negotiated (nil until the initiator offered one we accept).
+    private(set) var authMethod: String?
+
     mutating func setIdentity(sessionType: SessionType, initiatorName: String, initiatorAlias: String?,
                               targetName: String?, portalGroupTag: UInt16) {
         params.sessionType = sessionType
@@ -554,9 +559,11 @@ public struct KeyNegotiator: Sendable {
             return .value("0")
         case "AuthMethod":
             guard stage == .security else { return .irrelevant }
-            // List: we have no authentication, so None is the only value we can pick.
-            for item in value.split(separator: ",", omittingEmptySubsequences: false) where item == "None" {
-                return .value("None")
+            // List: CHAP when the target has incoming accounts (then None is not acceptable), else None.
+            let wanted = chapRequired ? "CHAP" : "None"
+            for item in value.split(separator: ",", omittingEmptySubsequences: false) where item == wanted {
+                authMethod = wanted
+                return .value(wanted)
             }
             return .reject
         case "IFMarker", "OFMarker":

@@ -80,6 +80,11 @@ public struct Ring: ~Copyable {
     @inline(__always)
     public func submit() { _ = io_uring_submit(ring) }
 
+    /// Submits and reaps whatever has completed, without waiting (busy polling). With DEFER_TASKRUN this is
+    /// what runs the ring's pending task work.
+    @inline(__always)
+    public func submitAndPoll() { _ = io_uring_submit_and_get_events(ring) }
+
     /// Copies out ready completions; the caller must call `advance(n)` after processing them.
     @inline(__always)
     public func peekBatch() -> Int {
