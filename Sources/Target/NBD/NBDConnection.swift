@@ -317,7 +317,7 @@ extension Connection {
         case .accept:
             break
         }
-        if slotsHeld >= reactor.config.maxSlotsPerConnection || freeTask < 0 {
+        if slotsHeld >= reactor.config.maxSlotsPerConnection || (freeTask < 0 && tasksInitialized == taskCapacity) {
             // This connection holds its share of the core's buffers: wait for one of its own to come back.
             stalled = true
             stalledOnCap = true
@@ -327,8 +327,16 @@ extension Connection {
             stall()
             return
         }
-        let t = Int(freeTask)
-        freeTask = tasks[t].nextFree
+        let t: Int
+        if freeTask >= 0 {
+            t = Int(freeTask)
+            freeTask = tasks[t].nextFree
+        } else {
+            // Task entries are initialised on first use (an idle connection touches only what it used).
+            t = tasksInitialized
+            (tasks + t).initialize(to: IOTask())
+            tasksInitialized += 1
+        }
         activeTasks += 1
         let slot = reactor.pool.take()
         slotsHeld += 1
