@@ -14,6 +14,21 @@ struct RingTgtd: ParsableCommand {
             + "nop_interval=SECONDS, nop_count=N.", valueName: "key=value[,key=value]"))
     var iscsi: [String] = []
 
+    @Option(name: .customLong("nbd"), help: ArgumentHelp(
+        "NBD server options: portal=HOST:PORT (repeatable; port 10809 if omitted; port 0 = any). Exports are the "
+            + "LUNs, named IQN/LUN.", valueName: "key=value[,key=value]"))
+    var nbd: [String] = []
+
+    @Option(name: .customLong("export"), help: ArgumentHelp(
+        "Serve a backing store over NBD without a configuration, like qemu-nbd (repeatable): a sheepdog URI "
+            + "(sheepdog:VDI, sheepdog:HOST:PORT:VDI[:SNAP], sheepdog+unix:///VDI?socket=PATH) or a path; NAME= "
+            + "names the export. Listens on 0.0.0.0:10809 unless --nbd portal= says otherwise.",
+        valueName: "[NAME=]SPEC"))
+    var exports: [String] = []
+
+    @Option(name: .customLong("bstype"), help: "Backing store type for --export paths (rdwr, null, sheepdog).")
+    var exportBSType: String = "rdwr"
+
     @Flag(name: [.short, .long], help: "Stay in the foreground (ringtgtd never forks; accepted for tgtd compatibility).")
     var foreground = false
 
@@ -93,11 +108,31 @@ struct RingTgtd: ParsableCommand {
             }
         }
         if let nopCount { config.nopTimeoutSeconds = max(1, config.nopIntervalSeconds) * nopCount }
-        if portals.isEmpty { portals = [Portal(host: "0.0.0.0", port: 3260)] }
+        var nbdPortals: [Portal] = []
+        for arg in nbd {
+            for item in arg.split(separator: ",") {
+                let kv = item.split(separator: "=", maxSplits: 1).map(String.init)
+                guard kv.count == 2, kv[0] == "portal" else { throw ValidationError("bad --nbd option '\(item)'") }
+                guard let p = Portal.parse(kv[1], defaultPort: Portal.nbdDefaultPort) else {
+                    throw ValidationError("bad NBD portal '\(kv[1])'")
+                }
+                nbdPortals.append(p)
+            }
+        }
+        var exportOptions: [NBDExportOption] = []
+        for e in exports {
+            do { exportOptions.append(try NBDExportOption.parse(e, defaultBSType: exportBSType)) }
+            catch { throw ValidationError("\(error)") }
+        }
+        if !exportOptions.isEmpty && nbdPortals.isEmpty {
+            nbdPortals = [Portal(host: "0.0.0.0", port: Portal.nbdDefaultPort)]
+        }
+        // The iSCSI default portal only when no listener at all was asked for (an NBD-only daemon opens none).
+        if portals.isEmpty && nbdPortals.isEmpty { portals = [Portal(host: "0.0.0.0", port: 3260)] }
 
         let socketPath = controlSocket ?? ControlEndpoint.path(controlPort: controlPort)
         let coreCount = cores ?? Int(cpuCount())
-        let runtime = Runtime(config: config, portals: portals, logger: logger)
+        let runtime = Runtime(config: config, portals: portals, nbdPortals: nbdPortals, logger: logger)
         do {
             try runtime.start(cores: coreCount)
         } catch {
@@ -105,6 +140,26 @@ struct RingTgtd: ParsableCommand {
             throw ExitCode(1)
         }
         let registry = Registry(fabric: runtime, opener: StoreOpener(runtime: runtime))
+        if let configFile {
+            do {
+                try ConfigFile.load(path: configFile, into: registry)
+            } catch {
+                // The error names the line (ConfigFile.Failure: "FILE line N: message: content").
+                logger.critical("\(configFile): \(error)")
+                runtime.stop()
+                throw ExitCode(1)
+            }
+        }
+        if !exportOptions.isEmpty {
+            do {
+                try NBDExports.add(exportOptions, to: registry)
+            } catch {
+                logger.critical("--export: \(error)")
+                runtime.stop()
+                throw ExitCode(1)
+            }
+        }
+        // The control socket opens last: a test or script that polls it sees the configured targets and exports.
         let server = ControlServer(path: socketPath, registry: registry)
         do {
             try server.start()
@@ -113,19 +168,11 @@ struct RingTgtd: ParsableCommand {
             runtime.stop()
             throw ExitCode(1)
         }
-        if let configFile {
-            do {
-                try ConfigFile.load(path: configFile, into: registry)
-            } catch {
-                // The error names the line (ConfigFile.Failure: "FILE line N: message: content").
-                logger.critical("\(configFile): \(error)")
-                server.stop()
-                runtime.stop()
-                throw ExitCode(1)
-            }
-        }
-        let where_ = runtime.boundPortals.map { $0.description }.joined(separator: " ")
-        logger.info("ringtgtd ready: \(coreCount) core(s), portals \(where_), control \(socketPath)")
+        let where_ = runtime.boundPortals.isEmpty ? "none"
+            : runtime.boundPortals.map { $0.description }.joined(separator: " ")
+        let nbdWhere = runtime.boundNBDPortals.isEmpty ? ""
+            : ", NBD " + runtime.boundNBDPortals.map { $0.description }.joined(separator: " ")
+        logger.info("ringtgtd ready: \(coreCount) core(s), portals \(where_)\(nbdWhere), control \(socketPath)")
         SystemdNotify.send("READY=1\nSTATUS=serving")
 
         // Wait for SIGTERM/SIGINT, then stop the cores (they close their sessions) and the control socket.

@@ -61,6 +61,12 @@ public protocol ControlFabric: AnyObject {
     func sessions() -> [SessionInfo]
     /// The portals the daemon listens on.
     func portals() -> [PortalInfo]
+    /// The NBD listeners (`--nbd portal=`), shown by `--lld nbd --op show --mode portal`.
+    func nbdPortals() -> [PortalInfo]
+}
+
+extension ControlFabric {
+    public func nbdPortals() -> [PortalInfo] { [] }
 }
 
 /// tgt's `--bsoflags`: "sync", "direct" or "sync:direct".

@@ -27,6 +27,8 @@ public final class Registry: @unchecked Sendable {
 
     /// The iSCSI driver is the only one ringtgt has (tgt's "iscsi" lld).
     public static let driverName = "iscsi"
+    /// Accepted only by `--op show --mode portal` (the NBD server has no other admin objects).
+    public static let nbdDriverName = "nbd"
     /// Block sizes LogicalUnit supports.
     public static let supportedBlockSizes: Set<Int> = [512, 4096]
     public static let defaultBlockSize = 512
@@ -126,6 +128,10 @@ public final class Registry: @unchecked Sendable {
     }
 
     private func dispatch(_ r: AdminRequest) throws -> String {
+        if r.lld == Self.nbdDriverName && r.mode == .portal && r.op == .show {
+            // The NBD listeners, in the iSCSI portal format, so tools find their (possibly kernel-chosen) ports.
+            return ShowFormatter.portals(fabric.nbdPortals())
+        }
         if let lld = r.lld, !lld.isEmpty, lld != Self.driverName { throw AdminError(.noDriver) }
         switch r.mode {
         case .system: return try systemMode(r)

@@ -28,6 +28,14 @@ enum ConnPhase: UInt8 {
     case closing
 }
 
+/// The protocol a connection speaks, fixed by the listener that accepted it. Both share the reactor's
+/// connection table, buffers, send queue and store path; only parsing and replies differ.
+enum FrontEnd: UInt8 {
+    case iscsi
+    /// NBD (NBD/NBDConnection.swift): `phase` is `.login` during the handshake, `.fullFeature` in transmission.
+    case nbd
+}
+
 /// Receive stages: a PDU arrives as BHS, AHS, header digest, data segment, padding, data digest. Each stage
 /// tracks how much it already has, because TCP delivers partial reads.
 enum RxStage: UInt8 {
@@ -53,6 +61,7 @@ public final class Connection {
     static let maxTextResponseBytes = 65_536
 
     unowned(unsafe) let reactor: Reactor
+    let frontEnd: FrontEnd
     let index: Int
     var generation: UInt32
     var fd: Int32
@@ -129,8 +138,13 @@ public final class Connection {
     var pingSentTick: UInt64 = 0
     var nextPingTTT: UInt32 = 1
 
-    init(reactor: Reactor, index: Int, generation: UInt32, fd: Int32, peer: String, local: String) {
+    /// NBD front end state (unused on iSCSI connections).
+    var nbd = NBDConnectionState()
+
+    init(reactor: Reactor, index: Int, generation: UInt32, fd: Int32, peer: String, local: String,
+         frontEnd: FrontEnd = .iscsi) {
         self.reactor = reactor
+        self.frontEnd = frontEnd
         self.index = index
         self.generation = generation
         self.fd = fd
@@ -152,6 +166,7 @@ public final class Connection {
         hdr.deallocate()
         tasks.deinitialize(count: tasksInitialized)
         tasks.deallocate()
+        nbd.deallocate()
     }
 
     // MARK: - Receive
@@ -192,7 +207,9 @@ public final class Connection {
         pingTTT = reservedTag
         if recvDirect {
             stageHave += Int(res)
-            if stageHave == dataLength { finishDataStage() }
+            if stageHave == dataLength {
+                if frontEnd == .nbd { nbdPayloadComplete() } else { finishDataStage() }
+            }
         } else {
             rxEnd += Int(res)
         }
@@ -202,6 +219,7 @@ public final class Connection {
 
     /// Consumes staged bytes through the receive stages, dispatching complete headers and PDUs.
     func parse() {
+        if frontEnd == .nbd { nbdParse(); return }
         while phase != .closing && !stalled {
             let avail = rxEnd - rxStart
             switch stage {
@@ -374,6 +392,7 @@ public final class Connection {
         let n = out.completed(sent: Int(res))
         for i in 0..<n { fire(out.fired[i]) }
         if phase == .closing { return }
+        if frontEnd == .nbd { nbdSent(); return }
         resumeOutWaiters()
         if stalled && reactor.pool.freeCount > 0 { resumeParser() }
         if out.count > 0 { flush() }

@@ -133,6 +133,7 @@ extension Connection {
     /// A buffer slot or send-queue room became available: re-run the header that stalled, then keep parsing.
     func resumeParser() {
         guard stalled, phase != .closing else { return }
+        if frontEnd == .nbd { nbdResume(); return }
         stalled = false
         headerReady()
         if stalled || phase == .closing { return }
@@ -320,8 +321,8 @@ extension Connection {
             }
             switch action {
             case .store(let op):
-                guard let next = reactor.submitStore(self, t, op) else { return }
-                action = next
+                guard let result = reactor.submitStore(self, t, op) else { return }
+                action = tasks[t].scsi.storeCompleted(result, buffer: reactor.pool.buffer(Int(tasks[t].slot)))
             case .dataOut(let offset, let length):
                 guard let next = beginDataOut(t, offset: offset, length: length) else { return }
                 action = next
@@ -340,6 +341,7 @@ extension Connection {
 
     /// Called by the reactor when a store operation finished.
     func storeDone(_ t: Int, _ result: StoreResult) {
+        if frontEnd == .nbd { nbdStoreDone(t, result); return }
         let buffer = reactor.pool.buffer(Int(tasks[t].slot))
         let next = tasks[t].scsi.storeCompleted(result, buffer: buffer)
         tasks[t].state = .storeIO

@@ -11,10 +11,13 @@ public struct Portal: Sendable, Equatable, CustomStringConvertible {
         self.port = port
     }
 
-    /// Parses "HOST:PORT", "[V6]:PORT", "HOST" (port 3260).
-    public static func parse(_ s: String) -> Portal? {
+    /// The IANA port for NBD, the default of `--nbd portal=HOST`.
+    public static let nbdDefaultPort = 10809
+
+    /// Parses "HOST:PORT", "[V6]:PORT", "HOST" (port `defaultPort`, 3260 for iSCSI).
+    public static func parse(_ s: String, defaultPort: Int = 3260) -> Portal? {
         var host = s
-        var port = 3260
+        var port = defaultPort
         if s.hasPrefix("[") {
             guard let close = s.firstIndex(of: "]") else { return nil }
             host = String(s[s.index(after: s.startIndex)..<close])
@@ -24,7 +27,7 @@ public struct Portal: Sendable, Equatable, CustomStringConvertible {
                 port = p
             } else if !rest.isEmpty { return nil }
         } else if let colon = s.lastIndex(of: ":") {
-            if s.firstIndex(of: ":") != colon { return Portal(host: s, port: 3260) }   // bare IPv6
+            if s.firstIndex(of: ":") != colon { return Portal(host: s, port: defaultPort) }   // bare IPv6
             host = String(s[..<colon])
             guard let p = Int(s[s.index(after: colon)...]), (0...65535).contains(p) else { return nil }
             port = p

@@ -54,6 +54,8 @@ public final class Reactor {
     var snapshot: ConfigSnapshot
 
     var listeners: [Int32] = []
+    /// What each listener speaks (iSCSI portals and NBD portals share the loop).
+    let listenerKinds: [FrontEnd]
     var connections: [Connection?]
     var freeConnections: [Int32] = []
     var generationCounter: UInt32 = 1
@@ -83,8 +85,11 @@ public final class Reactor {
     let tickSpec: UnsafeMutablePointer<__kernel_timespec>
     let mailboxBuffer: UnsafeMutablePointer<UInt64>
 
-    init(core: Int, config: ReactorConfig, runtime: Runtime, listeners: [Int32], logger: Logger) throws {
+    init(core: Int, config: ReactorConfig, runtime: Runtime, listeners: [Int32], listenerKinds: [FrontEnd],
+         logger: Logger) throws {
+        precondition(listeners.count == listenerKinds.count)
         self.core = core
+        self.listenerKinds = listenerKinds
         self.config = config
         self.runtime = runtime
         self.logger = logger
@@ -230,10 +235,12 @@ public final class Reactor {
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
         generationCounter &+= 1
         if generationCounter == 0 { generationCounter = 1 }
+        let kind = listenerKinds[listenerIndex]
         let c = Connection(reactor: self, index: Int(slot), generation: generationCounter, fd: fd,
-                           peer: SocketAddress.peerName(fd), local: SocketAddress.localName(fd))
+                           peer: SocketAddress.peerName(fd), local: SocketAddress.localName(fd), frontEnd: kind)
         connections[Int(slot)] = c
         logger.debug("core \(core): connection from \(c.peer)")
+        if kind == .nbd { c.nbdStart() }
         c.armRecv()
     }
 
@@ -320,9 +327,10 @@ public final class Reactor {
 
     // MARK: - Stores
 
-    /// Starts a store operation for task `t`. Returns the next SCSI action when the operation completed
-    /// synchronously (null store, metadata queries), nil when it is in flight on the ring.
-    func submitStore(_ c: Connection, _ t: Int, _ op: StoreOp) -> SCSIAction? {
+    /// Starts a store operation for task `t` (an iSCSI command or an NBD request: both hold an IOTask with a
+    /// buffer slot and a LUN). Returns the result when the operation completed synchronously (null store,
+    /// metadata queries, refusals), nil when it is in flight; then `Connection.storeDone` follows.
+    func submitStore(_ c: Connection, _ t: Int, _ op: StoreOp) -> StoreResult? {
         var lun = c.tasks[t].lun
         let storeTarget: StoreTarget
         switch op {
@@ -332,7 +340,7 @@ public final class Reactor {
         }
         if case .other(let n) = storeTarget { lun = c.target?.lun(n) }
         guard let lun else {
-            return c.tasks[t].scsi.storeCompleted(.failed(.unavailable), buffer: pool.buffer(Int(c.tasks[t].slot)))
+            return .failed(.unavailable)
         }
         let buffer = pool.buffer(Int(c.tasks[t].slot))
         switch lun.backing {
@@ -349,14 +357,14 @@ public final class Reactor {
                 result = .extent(mapped: true, length: min(maxLength, lun.byteCount &- offset))
             default: result = .ok(0)
             }
-            return c.tasks[t].scsi.storeCompleted(result, buffer: buffer)
+            return result
         case .file(let f):
             switch op {
             case .read(_, let offset, let length, let bo):
                 beginFileIO(c, t, fd: f.fd, write: false, fua: false, offset: offset, length: length, bufferOffset: bo)
             case .write(_, let offset, let length, let bo, let fua):
                 if f.readOnly {
-                    return c.tasks[t].scsi.storeCompleted(.failed(.writeProtected), buffer: buffer)
+                    return .failed(.writeProtected)
                 }
                 beginFileIO(c, t, fd: f.fd, write: true, fua: fua && !f.directIO, offset: offset, length: length,
                             bufferOffset: bo)
@@ -369,7 +377,7 @@ public final class Reactor {
                 c.tasks[t].opLUNFD = -2   // marks a non-data op
             case .discard(_, let offset, let length):
                 if f.readOnly {
-                    return c.tasks[t].scsi.storeCompleted(.failed(.writeProtected), buffer: buffer)
+                    return .failed(.writeProtected)
                 }
                 let sqe = ring.sqe()
                 io_uring_prep_fallocate(sqe, f.fd, RT_FALLOC_PUNCH_HOLE | RT_FALLOC_KEEP_SIZE,
@@ -377,10 +385,10 @@ public final class Reactor {
                 sqe.pointee.user_data = packUserData(.storeIO, index: c.index << 10 | t, tag: c.generation)
                 c.tasks[t].opLUNFD = -2
             case .mapStatus(_, let offset, let maxLength):
-                return c.tasks[t].scsi.storeCompleted(f.mapStatus(offset: offset, maxLength: maxLength), buffer: buffer)
+                return f.mapStatus(offset: offset, maxLength: maxLength)
             case .prefetch(_, let offset, let length):
                 _ = posix_fadvise(f.fd, off_t(offset), off_t(length), POSIX_FADV_WILLNEED)
-                return c.tasks[t].scsi.storeCompleted(.ok(0), buffer: buffer)
+                return .ok(0)
             }
             c.tasks[t].state = .storeIO
             c.storeInFlight += 1
@@ -484,6 +492,10 @@ public final class Reactor {
                 closeConnection(c, reason: "initiator stopped reading")
                 continue
             }
+            if c.frontEnd == .nbd {
+                c.nbdTick(tick)
+                continue
+            }
             if c.phase == .fullFeature && c.activeTasks > 0 {
                 for t in 0..<c.tasksInitialized {
                     let s = c.tasks[t].state
@@ -557,7 +569,7 @@ public final class Reactor {
     func sessionInfo() -> [SessionInfo] {
         var out: [SessionInfo] = []
         for c in connections {
-            guard let c, c.phase == .fullFeature else { continue }
+            guard let c, c.phase == .fullFeature, c.frontEnd == .iscsi else { continue }
             guard !c.isDiscovery, let target = c.target else { continue }
             out.append(SessionInfo(tid: target.tid, sid: UInt64(c.tsih), initiatorName: c.initiatorName,
                                    initiatorPortName: c.nexus?.initiatorPortName ?? c.initiatorName, tsih: c.tsih,

@@ -10,6 +10,8 @@ import Synchronization
 public final class Runtime: @unchecked Sendable {
     public let config: ReactorConfig
     public let requestedPortals: [Portal]
+    /// `--nbd portal=`: NBD listeners, on every core like the iSCSI portals.
+    public let requestedNBDPortals: [Portal]
     let logger: Logger
     private(set) var reactors: [Reactor] = []
     private var threads: [pthread_t] = []
@@ -18,6 +20,7 @@ public final class Runtime: @unchecked Sendable {
     private let tsihCounter = Atomic<UInt32>(0)
     /// Listening ports after binding (a portal asked with port 0 gets the kernel's choice).
     public private(set) var boundPortals: [Portal] = []
+    public private(set) var boundNBDPortals: [Portal] = []
     let defaultKeys: TargetKeyDefaults
 
     struct SessionKey: Hashable {
@@ -26,9 +29,10 @@ public final class Runtime: @unchecked Sendable {
         var target: String
     }
 
-    public init(config: ReactorConfig, portals: [Portal], logger: Logger) {
+    public init(config: ReactorConfig, portals: [Portal], nbdPortals: [Portal] = [], logger: Logger) {
         self.config = config
         self.requestedPortals = portals
+        self.requestedNBDPortals = nbdPortals
         self.logger = logger
         var d = TargetKeyDefaults()
         // InitialR2T=Yes: unsolicited data is immediate data only, so no buffer waits on a Data-Out that a
@@ -46,25 +50,31 @@ public final class Runtime: @unchecked Sendable {
     public func start(cores: Int) throws {
         precondition(cores >= 1)
         var perCore: [[Int32]] = Array(repeating: [], count: cores)
-        var bound: [Portal] = []
-        for p in requestedPortals {
-            var portal = p
-            for core in 0..<cores {
-                let fd = try SocketAddress.listen(portal)
-                if portal.port == 0 { portal.port = SocketAddress.boundPort(fd) }
-                perCore[core].append(fd)
+        var kinds: [FrontEnd] = []
+        func bind(_ requested: [Portal], _ kind: FrontEnd) throws -> [Portal] {
+            var bound: [Portal] = []
+            for p in requested {
+                var portal = p
+                for core in 0..<cores {
+                    let fd = try SocketAddress.listen(portal)
+                    if portal.port == 0 { portal.port = SocketAddress.boundPort(fd) }
+                    perCore[core].append(fd)
+                }
+                kinds.append(kind)
+                bound.append(portal)
             }
-            bound.append(portal)
+            return bound
         }
-        boundPortals = bound
+        boundPortals = try bind(requestedPortals, .iscsi)
+        boundNBDPortals = try bind(requestedNBDPortals, .nbd)
         // Each ring is created on the thread that drives it: SINGLE_ISSUER rings refuse any other submitter.
         let online = Int(rt_cpu_online_count())
         var boxes: [ThreadBox] = []
         for core in 0..<cores {
             var log = logger
             log[metadataKey: "core"] = "\(core)"
-            let box = ThreadBox(core: core, config: config, runtime: self, listeners: perCore[core], logger: log,
-                                cpu: online > 1 ? core % online : -1)
+            let box = ThreadBox(core: core, config: config, runtime: self, listeners: perCore[core],
+                                listenerKinds: kinds, logger: log, cpu: online > 1 ? core % online : -1)
             boxes.append(box)
             let ref = Unmanaged.passRetained(box)
             var tid = pthread_t()
@@ -73,7 +83,8 @@ public final class Runtime: @unchecked Sendable {
                 if box.cpu >= 0 { _ = rt_pin_to_cpu(Int32(box.cpu)) }
                 do {
                     box.reactor = try Reactor(core: box.core, config: box.config, runtime: box.runtime,
-                                              listeners: box.listeners, logger: box.logger)
+                                              listeners: box.listeners, listenerKinds: box.listenerKinds,
+                                              logger: box.logger)
                 } catch {
                     box.error = error
                 }
@@ -209,17 +220,20 @@ final class ThreadBox {
     let config: ReactorConfig
     unowned let runtime: Runtime
     let listeners: [Int32]
+    let listenerKinds: [FrontEnd]
     let logger: Logger
     let cpu: Int
     let ready = CoreReply()
     var reactor: Reactor?
     var error: Error?
 
-    init(core: Int, config: ReactorConfig, runtime: Runtime, listeners: [Int32], logger: Logger, cpu: Int) {
+    init(core: Int, config: ReactorConfig, runtime: Runtime, listeners: [Int32], listenerKinds: [FrontEnd],
+         logger: Logger, cpu: Int) {
         self.core = core
         self.config = config
         self.runtime = runtime
         self.listeners = listeners
+        self.listenerKinds = listenerKinds
         self.logger = logger
         self.cpu = cpu
     }
@@ -228,6 +242,10 @@ final class ThreadBox {
 extension Runtime: ControlFabric {
     public func portals() -> [PortalInfo] {
         boundPortals.map { PortalInfo(host: $0.host, port: $0.port, portalGroupTag: 1) }
+    }
+
+    public func nbdPortals() -> [PortalInfo] {
+        boundNBDPortals.map { PortalInfo(host: $0.host, port: $0.port, portalGroupTag: 1) }
     }
 }
 

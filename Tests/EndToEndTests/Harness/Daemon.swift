@@ -143,14 +143,19 @@ final class TargetDaemon {
     let process: ToolProcess
     let admin: Admin
     private(set) var endpoints: [Endpoint] = []
+    /// NBD listeners (`--nbd portal=`), as `--lld nbd --op show --mode portal` reports them.
+    private(set) var nbdEndpoints: [Endpoint] = []
     private let tgtControlPort: Int?
     private var stopped = false
 
     /// Starts the daemon in the foreground and waits (bounded) until its control endpoint answers.
-    init(peer: Peer, cores: Int, portals: [PortalSpec], scratch: Scratch) throws {
+    init(peer: Peer, cores: Int, portals: [PortalSpec], nbdPortals: [PortalSpec] = [], extraArgs: [String] = [],
+         scratch: Scratch) throws {
         self.peer = peer
         var args = ["-f"]
         for p in portals { args += ["--iscsi", p.option] }
+        for p in nbdPortals { args += ["--nbd", p.option] }
+        args += extraArgs
         let daemonExe: URL
         switch peer {
         case .ringtgt:
@@ -171,6 +176,14 @@ final class TargetDaemon {
         process = try ToolProcess(daemonExe, args, logDir: scratch.url, label: "daemon")
         do {
             endpoints = try waitForPortals(expected: peer.traits.honoursAllPortals ? portals.count : 1)
+            if !nbdPortals.isEmpty {
+                // Bound before the control socket opened, so one answer is final.
+                let r = try admin.must(["--lld", "nbd", "--op", "show", "--mode", "portal"])
+                nbdEndpoints = Endpoint.parsePortals(r.stdout)
+                if nbdEndpoints.count != nbdPortals.count || nbdEndpoints.contains(where: { $0.port == 0 }) {
+                    throw E2EError("expected \(nbdPortals.count) NBD portal(s) with real ports:\n\(r.stdout)")
+                }
+            }
         } catch {
             stop(recordProblems: false)
             throw error
@@ -267,6 +280,13 @@ struct RunningTarget {
     var endpoint: Endpoint { endpoints.first(where: { !$0.isIPv6 }) ?? endpoints[0] }
     var ipv6Endpoint: Endpoint? { endpoints.first(where: \.isIPv6) }
     var port: Int { endpoint.port }
+    /// The first NBD listener (the target must have been started with `nbdPortals`).
+    var nbdEndpoint: Endpoint { daemon.nbdEndpoints[0] }
+
+    /// `nbd://HOST:PORT/IQN/LUN`; `export: ""` is the server's default export.
+    func nbdURL(lun: Int = 1, export: String? = nil) -> String {
+        "nbd://\(nbdEndpoint.host):\(nbdEndpoint.port)/\(export ?? "\(iqn)/\(lun)")"
+    }
 
     /// `iscsi://HOST:PORT/IQN/LUN`.
     func url(lun: Int, via: Endpoint? = nil, target: String? = nil) -> String {
@@ -294,11 +314,11 @@ struct RunningTarget {
 /// Starts a daemon with one target (tid 1) holding `luns` as LUN 1, 2, ..., bound to ALL initiators,
 /// runs `body`, and always stops the daemon afterwards, also when `body` throws.
 func withTarget<R>(cores: Int = 1, luns: [LUNSpec], portals: [PortalSpec] = [.ipv4Loopback],
-                   _ body: (RunningTarget) throws -> R) throws -> R {
+                   nbdPortals: [PortalSpec] = [], _ body: (RunningTarget) throws -> R) throws -> R {
     let peer = Peer.current
     let scratch = try Scratch()
     defer { scratch.remove() }
-    let daemon = try TargetDaemon(peer: peer, cores: cores, portals: portals, scratch: scratch)
+    let daemon = try TargetDaemon(peer: peer, cores: cores, portals: portals, nbdPortals: nbdPortals, scratch: scratch)
     defer { daemon.stop() }
 
     let iqn = "\(RunningTarget.iqnPrefix):t1"

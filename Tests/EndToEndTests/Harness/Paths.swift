@@ -63,7 +63,7 @@ enum Tools {
     static let packageForTool: [String: String] = [
         "iscsi-ls": "libiscsi-bin", "iscsi-inq": "libiscsi-bin", "iscsi-readcapacity16": "libiscsi-bin",
         "iscsi-test-cu": "libiscsi-bin", "qemu-img": "qemu-utils", "qemu-io": "qemu-utils",
-        "tgtd": "tgt", "tgtadm": "tgt",
+        "tgtd": "tgt", "tgtadm": "tgt", "nbdinfo": "libnbd-bin", "nbdcopy": "libnbd-bin", "fio": "fio",
     ]
 
     static func require(_ name: String) throws -> URL {

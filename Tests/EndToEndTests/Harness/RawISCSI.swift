@@ -112,6 +112,22 @@ final class RawConnection {
         return .pdu(bhs)
     }
 
+    /// Exactly `count` bytes, or nil on EOF, reset or the time limit.
+    func receive(exactly count: Int) -> [UInt8]? {
+        var buf = [UInt8](repeating: 0, count: count)
+        var got = 0
+        while got < count {
+            let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + got, count - got, 0) }
+            if n == 0 { return nil }
+            if n < 0 {
+                if errno == EINTR { continue }
+                return nil
+            }
+            got += n
+        }
+        return buf
+    }
+
     /// After an answer, the connection must end too when the target rejected the login; reads data
     /// until EOF (bounded). Returns false if the target kept the connection open past the time limit.
     func drainUntilClosed(maxBytes: Int = 1 << 20) -> Bool {

@@ -122,10 +122,10 @@ func withSheep<R>(_ kind: SheepKind, options: SheepServerOptions = SheepServerOp
 
 /// Starts a daemon (tid 1, no LUNs yet) against an already running sheep, creates `vdis` and serves each
 /// as LUN 1, 2, ... (unix socket, working VDI). The daemon is always stopped afterwards.
-func withSheepTarget<R>(_ sheep: SheepService, cores: Int = 2, vdis: [SheepVDI] = [],
+func withSheepTarget<R>(_ sheep: SheepService, cores: Int = 2, vdis: [SheepVDI] = [], nbdPortals: [PortalSpec] = [],
                         _ body: (SheepTarget) throws -> R) throws -> R {
     for v in vdis { try sheep.createVDI(v.name, bytes: v.bytes) }
-    return try withTarget(cores: cores, luns: []) { t in
+    return try withTarget(cores: cores, luns: [], nbdPortals: nbdPortals) { t in
         let st = SheepTarget(target: t, sheep: sheep)
         for (i, v) in vdis.enumerated() { try st.addLUN(i + 1, backingStore: sheep.backingStore(v.name)) }
         let result = try body(st)
@@ -136,9 +136,10 @@ func withSheepTarget<R>(_ sheep: SheepService, cores: Int = 2, vdis: [SheepVDI] 
 
 /// Both at once: a sheep of `kind` and a daemon serving `vdis` from it.
 func withSheepTarget<R>(_ kind: SheepKind, cores: Int = 2, options: SheepServerOptions = SheepServerOptions(),
-                        vdis: [SheepVDI] = [], _ body: (SheepTarget) throws -> R) throws -> R {
+                        vdis: [SheepVDI] = [], nbdPortals: [PortalSpec] = [],
+                        _ body: (SheepTarget) throws -> R) throws -> R {
     try withSheep(kind, options: options) { sheep in
-        try withSheepTarget(sheep, cores: cores, vdis: vdis, body)
+        try withSheepTarget(sheep, cores: cores, vdis: vdis, nbdPortals: nbdPortals, body)
     }
 }
 

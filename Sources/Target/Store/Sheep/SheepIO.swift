@@ -118,15 +118,15 @@ extension Reactor {
 
     // MARK: - Store operations on a sheep LUN
 
-    /// Starts a store operation on a sheepdog VDI for task `t`. Returns the SCSI layer's next action when it
-    /// completed at once (unallocated reads, mapping queries), nil when requests are in flight.
-    func submitSheep(_ c: Connection, _ t: Int, _ op: StoreOp, _ vol: SheepVolume) -> SCSIAction? {
+    /// Starts a store operation on a sheepdog VDI for task `t`. Returns the result when it completed at once
+    /// (unallocated reads, mapping queries, refusals), nil when requests are in flight.
+    func submitSheep(_ c: Connection, _ t: Int, _ op: StoreOp, _ vol: SheepVolume) -> StoreResult? {
         let buffer = pool.buffer(Int(c.tasks[t].slot))
         let base = buffer.baseAddress!
         switch op {
         case .read(_, let offset, let length, let bo):
             guard offset &+ UInt64(length) <= vol.byteCount else {
-                return c.tasks[t].scsi.storeCompleted(.failed(.outOfRange), buffer: buffer)
+                return .failed(.outOfRange)
             }
             beginSheepTask(c, t, length: length)
             let ch = sheepChannel(vol)
@@ -142,35 +142,34 @@ extension Reactor {
                                                       offset: UInt32(objOff), length: UInt32(len))
                 addPiece(c, t, ch, h, payload: nil, payloadLength: 0, dest: dest, destCapacity: len)
             }
-            return finishSubmit(c, t, buffer)
+            return finishSubmit(c, t)
         case .write(_, let offset, let length, let bo, _):
-            if vol.readOnly { return c.tasks[t].scsi.storeCompleted(.failed(.writeProtected), buffer: buffer) }
+            if vol.readOnly { return .failed(.writeProtected) }
             guard offset &+ UInt64(length) <= vol.byteCount else {
-                return c.tasks[t].scsi.storeCompleted(.failed(.outOfRange), buffer: buffer)
+                return .failed(.outOfRange)
             }
             beginSheepTask(c, t, length: length)
             writePieces(c, t, vol, offset: offset, length: length, data: UnsafeRawPointer(base + bo))
-            return finishSubmit(c, t, buffer)
+            return finishSubmit(c, t)
         case .discard(_, let offset, let length):
-            if vol.readOnly { return c.tasks[t].scsi.storeCompleted(.failed(.writeProtected), buffer: buffer) }
+            if vol.readOnly { return .failed(.writeProtected) }
             guard offset &+ length <= vol.byteCount else {
-                return c.tasks[t].scsi.storeCompleted(.failed(.outOfRange), buffer: buffer)
+                return .failed(.outOfRange)
             }
             beginSheepTask(c, t, length: 0)
             discardPieces(c, t, vol, offset: offset, length: length)
-            return finishSubmit(c, t, buffer)
+            return finishSubmit(c, t)
         case .flush:
             // v1.0+ sheep writes replicas with O_DSYNC before answering and answers FLUSH_VDI with
             // INVALID_PARMS; older sheep with an object cache flushes it. Either answer is success.
             beginSheepTask(c, t, length: 0)
             addPiece(c, t, sheepChannel(vol), .flushVDI(id: 0, vid: vol.vid), payload: nil, payloadLength: 0,
                      dest: nil, destCapacity: 0)
-            return finishSubmit(c, t, buffer)
+            return finishSubmit(c, t)
         case .mapStatus(_, let offset, let maxLength):
-            return c.tasks[t].scsi.storeCompleted(sheepMapStatus(vol, offset: offset, maxLength: maxLength),
-                                                  buffer: buffer)
+            return sheepMapStatus(vol, offset: offset, maxLength: maxLength)
         case .prefetch:
-            return c.tasks[t].scsi.storeCompleted(.ok(0), buffer: buffer)
+            return .ok(0)
         }
     }
 
@@ -198,12 +197,11 @@ extension Reactor {
         c.storeInFlight += 1
     }
 
-    private func finishSubmit(_ c: Connection, _ t: Int, _ buffer: UnsafeMutableRawBufferPointer) -> SCSIAction? {
+    private func finishSubmit(_ c: Connection, _ t: Int) -> StoreResult? {
         c.tasks[t].sheepPending -= 1
         if c.tasks[t].sheepPending > 0 { return nil }
         c.storeInFlight -= 1
-        let result: StoreResult = c.tasks[t].sheepFailure ?? .ok(c.tasks[t].sheepLength)
-        return c.tasks[t].scsi.storeCompleted(result, buffer: buffer)
+        return c.tasks[t].sheepFailure ?? .ok(c.tasks[t].sheepLength)
     }
 
     private func addPiece(_ c: Connection, _ t: Int, _ ch: SheepChannel, _ h: SheepRequestHeader,

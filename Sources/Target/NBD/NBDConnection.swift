@@ -1,0 +1,534 @@
+import CURing
+import Glibc
+
+/// Receive stages of an NBD connection. Each tracks how much it has in the connection's `stageHave`.
+enum NBDRxStage: UInt8 {
+    /// The greeting is out; the client's 4 flag bytes come next.
+    case clientFlags
+    /// A 16-byte option header (IHAVEOPT, option, length).
+    case optionHeader
+    /// Option data into the control buffer.
+    case optionData
+    /// Option data too large to keep, read and dropped.
+    case optionSkip
+    /// A 28-byte request header.
+    case request
+    /// A write's payload, straight into the request's buffer slot.
+    case payload
+    /// The payload of a write that is refused (answered after it is read past).
+    case payloadSkip
+    /// NBD_CMD_DISC arrived: nothing more is read; the socket closes once every reply is out.
+    case draining
+}
+
+/// The protocol half of one transmission request, beside the IOTask (slot, LUN, store progress) with the
+/// same index.
+struct NBDRequestState {
+    var cookie: UInt64 = 0
+    var command: UInt16 = 0
+    var flags: UInt16 = 0
+    var offset: UInt64 = 0
+    var length: UInt32 = 0
+    /// WRITE_ZEROES written as data (one zeroed slot written repeatedly), and the bytes done so far.
+    var zerosAsData = false
+    var done: UInt32 = 0
+    /// A FUA TRIM or WRITE_ZEROES that went to the store as a discard: flush before answering.
+    var flushAfter = false
+}
+
+struct NBDConnectionState {
+    var stage: NBDRxStage = .clientFlags
+    var handshake = NBDHandshake()
+    var option: UInt32 = 0
+    var skipLeft = 0
+    var skipCookie: UInt64 = 0
+    var skipError: UInt32 = 0
+    var payloadTask: Int32 = -1
+    var payloadSinceTick: UInt64 = 0
+    /// The export chosen in the handshake; the LUN is looked up by number in the connection's current target
+    /// for every request, so a configuration change is seen at once.
+    var lunNumber: UInt64 = 0
+    var limits = NBDExportLimits(sizeBytes: 0, readOnly: true, maxPayloadBytes: 0, minimumBlockBytes: 1)
+    var stalledOnSendQueue = false
+    /// Per-task request state, allocated when the transmission phase starts.
+    var requests: UnsafeMutablePointer<NBDRequestState>? = nil
+    var requestCapacity = 0
+
+    mutating func deallocate() {
+        requests?.deallocate()
+        requests = nil
+    }
+}
+
+/// The NBD front end of a connection: handshake, then transmission requests carried out on the same store
+/// path as SCSI commands (Reactor.submitStore), without SCSI in between.
+extension Connection {
+
+    // MARK: - Start
+
+    /// Called once at accept: the server speaks first.
+    func nbdStart() {
+        nbd.stage = .clientFlags
+        stage = .bhs
+        stageHave = 0
+        stageNeed = NBDWire.clientFlagsBytes
+        nbdSendHandshake(NBDEncode.greeting(), closeAfter: false)
+    }
+
+    // MARK: - Receive
+
+    func nbdParse() {
+        while phase != .closing && !stalled {
+            let avail = rxEnd - rxStart
+            switch nbd.stage {
+            case .clientFlags, .optionHeader, .request:
+                if avail == 0 { return }
+                let n = min(avail, stageNeed - stageHave)
+                memcpy(hdr + stageHave, rx + rxStart, n)
+                rxStart += n
+                stageHave += n
+                if stageHave < stageNeed { return }
+                nbdHeaderDone()
+            case .optionData:
+                if stageHave < dataLength {
+                    if avail == 0 { return }
+                    let n = min(avail, dataLength - stageHave)
+                    memcpy(sinkPtr! + stageHave, rx + rxStart, n)
+                    rxStart += n
+                    stageHave += n
+                    if stageHave < dataLength { return }
+                }
+                nbdOptionComplete()
+            case .optionSkip, .payloadSkip:
+                if nbd.skipLeft > 0 {
+                    if avail == 0 { return }
+                    let n = min(avail, nbd.skipLeft)
+                    rxStart += n
+                    nbd.skipLeft -= n
+                    if nbd.skipLeft > 0 { return }
+                }
+                nbdSkipComplete()
+            case .payload:
+                if stageHave < dataLength {
+                    if avail == 0 { return }
+                    let n = min(avail, dataLength - stageHave)
+                    memcpy(sinkPtr! + stageHave, rx + rxStart, n)
+                    rxStart += n
+                    stageHave += n
+                    if stageHave < dataLength { return }
+                }
+                nbdPayloadComplete()
+            case .draining:
+                // proto.md: the client sends nothing after NBD_CMD_DISC; whatever comes is ignored.
+                rxStart = rxEnd
+                return
+            }
+        }
+    }
+
+    private func nbdHeaderDone() {
+        switch nbd.stage {
+        case .clientFlags:
+            let step = nbd.handshake.clientFlags(nbdLoad32(hdr, 0))
+            nbdApply(step)
+            if phase == .closing { return }
+            nbdExpectOption()
+        case .optionHeader:
+            guard nbdLoad64(hdr, 0) == NBDWire.optionMagic else {
+                reactor.closeConnection(self, reason: "bad NBD option magic")
+                return
+            }
+            nbd.option = nbdLoad32(hdr, 8)
+            let length = Int(nbdLoad32(hdr, 12))
+            stageHave = 0
+            if length > NBDHandshake.maxOptionDataBytes {
+                nbd.stage = .optionSkip
+                nbd.skipLeft = length
+                return
+            }
+            if controlData.count < length { controlData = [UInt8](repeating: 0, count: length) }
+            dataLength = length
+            sinkPtr = controlData.withUnsafeMutableBytes { $0.baseAddress }
+            nbd.stage = .optionData
+        case .request:
+            nbdRequestReady()
+        default:
+            break
+        }
+    }
+
+    private func nbdExpectOption() {
+        nbd.stage = .optionHeader
+        stageHave = 0
+        stageNeed = NBDWire.optionHeaderBytes
+        sinkPtr = nil
+    }
+
+    private func nbdOptionComplete() {
+        let data = Array(controlData[0..<dataLength])
+        sinkPtr = nil
+        let catalog = NBDExportCatalog(snapshot: reactor.snapshot, peerAddress: peer,
+                                       maxPayloadBytes: reactor.config.slotBytes)
+        let step = nbd.handshake.option(nbd.option, data: data, catalog: catalog)
+        nbdApply(step)
+        if phase == .login && nbd.stage != .draining { nbdExpectOption() }
+    }
+
+    private func nbdSkipComplete() {
+        if nbd.stage == .optionSkip {
+            nbdApply(nbd.handshake.oversizedOption(nbd.option))
+            if phase == .login && nbd.stage != .draining { nbdExpectOption() }
+            return
+        }
+        // A refused write: its payload is behind us, so the error can be answered.
+        nbdQueueReply(error: nbd.skipError, cookie: nbd.skipCookie)
+        nbdExpectRequest()
+    }
+
+    /// Carries out one handshake step.
+    private func nbdApply(_ step: NBDHandshake.Step) {
+        switch step.next {
+        case .proceed:
+            if !step.reply.isEmpty { nbdSendHandshake(step.reply, closeAfter: false) }
+        case .close(let reason):
+            if step.reply.isEmpty {
+                reactor.closeConnection(self, reason: reason)
+            } else {
+                reactor.logger.debug("\(peer): \(reason)")
+                nbdSendHandshake(step.reply, closeAfter: true)
+                // Nothing more is read; the socket closes when the reply is out.
+                nbd.stage = .draining
+                stalled = true
+            }
+        case .transmission(let export):
+            if !step.reply.isEmpty { nbdSendHandshake(step.reply, closeAfter: false) }
+            if phase == .closing { return }
+            nbdEnterTransmission(export)
+        }
+    }
+
+    private func nbdEnterTransmission(_ export: NBDExport) {
+        guard let t = reactor.snapshot.target(tid: export.tid) else {
+            reactor.closeConnection(self, reason: "NBD export's target went away")
+            return
+        }
+        target = t
+        nbd.lunNumber = export.lunNumber
+        nbd.limits = export.limits
+        if nbd.requests == nil {
+            nbd.requests = .allocate(capacity: taskCapacity)
+            nbd.requests!.initialize(repeating: NBDRequestState(), count: taskCapacity)
+            nbd.requestCapacity = taskCapacity
+        }
+        phase = .fullFeature
+        reactor.logger.debug("\(peer): NBD export \(export.name)")
+        nbdExpectRequest()
+    }
+
+    private func nbdExpectRequest() {
+        nbd.stage = .request
+        stage = .bhs
+        stageHave = 0
+        stageNeed = NBDWire.requestBytes
+        dataLength = 0
+        sinkPtr = nil
+    }
+
+    /// Handshake bytes go out from the send queue's arena, or from a buffer slot when they do not fit
+    /// (a long NBD_OPT_LIST). A client that does not read its option replies is cut off.
+    private func nbdSendHandshake(_ bytes: [UInt8], closeAfter: Bool) {
+        guard out.free >= 2 else {
+            reactor.closeConnection(self, reason: "NBD client does not read its option replies")
+            return
+        }
+        let n = bytes.count
+        if n <= OutQueue.arenaEntryBytes {
+            let i = out.nextIndex()
+            bytes.withUnsafeBytes { memcpy(out.header(i), $0.baseAddress!, n) }
+            out.commitRaw(i, headerLength: n, data: nil, dataLength: 0, token: closeAfter ? .closeAfter : .none)
+        } else {
+            let slot = reactor.pool.take()
+            guard slot >= 0, n <= reactor.config.slotBytes else {
+                reactor.closeConnection(self, reason: "NBD option reply of \(n) bytes does not fit a buffer")
+                if slot >= 0 { reactor.releaseSlot(slot) }
+                return
+            }
+            let p = reactor.pool.data(slot)
+            bytes.withUnsafeBytes { _ = memcpy(p, $0.baseAddress!, n) }
+            var i = out.nextIndex()
+            out.commitRaw(i, headerLength: 0, data: UnsafeRawPointer(p), dataLength: n, token: .freeSlot(Int32(slot)))
+            if closeAfter {
+                i = out.nextIndex()
+                out.commitRaw(i, headerLength: 0, data: nil, dataLength: 0, token: .closeAfter)
+            }
+        }
+        markDirty()
+    }
+
+    // MARK: - Transmission: requests
+
+    /// The 28-byte request header is in `hdr`. Also re-run when a stall (no buffer slot, no task entry, no
+    /// send-queue room) ends.
+    private func nbdRequestReady() {
+        let r = NBDRequestHeader(decoding: hdr)
+        guard r.magic == NBDWire.requestMagic else {
+            reactor.closeConnection(self, reason: "bad NBD request magic 0x\(String(r.magic, radix: 16))")
+            return
+        }
+        if r.type == NBDWire.cmdDisc {
+            nbd.stage = .draining
+            stalled = true
+            nbdCheckDrained()
+            return
+        }
+        // Every task will need one reply record: a reply queued now must leave room for theirs.
+        guard out.free > activeTasks + 1 else {
+            stalled = true
+            nbd.stalledOnSendQueue = true
+            return
+        }
+        let lun = target?.lun(nbd.lunNumber)
+        if let lun {
+            // The LUN may have been replaced since the handshake: judge against the one that serves now.
+            nbd.limits.sizeBytes = lun.byteCount
+            nbd.limits.readOnly = lun.capabilities.readOnly
+        }
+        var check = nbd.limits.check(r)
+        if check == .accept && lun == nil {
+            check = r.type == NBDWire.cmdWrite && Int(r.length) > NBDWire.maxSkippedPayloadBytes
+                ? .disconnect : .refuse(NBDWire.errIO)
+        }
+        switch check {
+        case .disconnect:
+            reactor.closeConnection(self, reason: "NBD write of \(r.length) bytes beyond every limit")
+            return
+        case .refuse(let e):
+            if r.type == NBDWire.cmdWrite && r.length > 0 {
+                nbd.stage = .payloadSkip
+                nbd.skipLeft = Int(r.length)
+                nbd.skipCookie = r.cookie
+                nbd.skipError = e
+                nbd.payloadSinceTick = reactor.tick
+                return
+            }
+            nbdQueueReply(error: e, cookie: r.cookie)
+            nbdExpectRequest()
+            return
+        case .accept:
+            break
+        }
+        if slotsHeld >= reactor.config.maxSlotsPerConnection || (freeTask < 0 && tasksInitialized == taskCapacity) {
+            // This connection holds its share of the core's buffers: wait for one of its own to come back.
+            stalled = true
+            stalledOnCap = true
+            return
+        }
+        if reactor.pool.freeCount == 0 {
+            stall()
+            return
+        }
+        let t: Int
+        if freeTask >= 0 {
+            t = Int(freeTask)
+            freeTask = tasks[t].nextFree
+        } else {
+            // Task entries are initialised on first use (an idle connection touches only what it used).
+            t = tasksInitialized
+            (tasks + t).initialize(to: IOTask())
+            tasksInitialized += 1
+        }
+        activeTasks += 1
+        let slot = reactor.pool.take()
+        slotsHeld += 1
+        tasks[t] = IOTask()
+        tasks[t].slot = Int32(slot)
+        tasks[t].state = .storeIO
+        tasks[t].lun = lun
+        nbd.requests![t] = NBDRequestState(cookie: r.cookie, command: r.type, flags: r.flags, offset: r.offset,
+                                           length: r.length)
+        if r.type == NBDWire.cmdWrite && r.length > 0 {
+            // The payload lands in the slot; a large one is received into it directly (Connection.armRecv).
+            nbd.stage = .payload
+            nbd.payloadTask = Int32(t)
+            nbd.payloadSinceTick = reactor.tick
+            stage = .data
+            stageHave = 0
+            dataLength = Int(r.length)
+            sinkPtr = reactor.pool.data(slot)
+            return
+        }
+        nbdExpectRequest()
+        nbdRun(t, nbdFirstOp(t))
+    }
+
+    /// A write's payload is complete (parsed from the staging buffer or received directly).
+    func nbdPayloadComplete() {
+        let t = Int(nbd.payloadTask)
+        nbd.payloadTask = -1
+        nbdExpectRequest()
+        nbdRun(t, nbdFirstOp(t))
+    }
+
+    /// A stall ended (a buffer slot, a task entry or send-queue room came free).
+    func nbdResume() {
+        if nbd.stage == .draining { return }
+        stalled = false
+        nbd.stalledOnSendQueue = false
+        if nbd.stage == .request && stageHave == NBDWire.requestBytes { nbdRequestReady() }
+        if stalled || phase == .closing { return }
+        nbdParse()
+        armRecv()
+    }
+
+    // MARK: - Transmission: store operations
+
+    private func nbdFirstOp(_ t: Int) -> StoreOp {
+        let rq = nbd.requests![t]
+        let fua = rq.flags & NBDWire.cmdFlagFUA != 0
+        switch rq.command {
+        case NBDWire.cmdRead:
+            return .read(target: .own, offset: rq.offset, length: Int(rq.length), bufferOffset: 0)
+        case NBDWire.cmdWrite:
+            return .write(target: .own, offset: rq.offset, length: Int(rq.length), bufferOffset: 0, fua: fua)
+        case NBDWire.cmdTrim:
+            nbd.requests![t].flushAfter = fua
+            return .discard(target: .own, offset: rq.offset, length: UInt64(rq.length))
+        case NBDWire.cmdWriteZeroes:
+            let caps = tasks[t].lun!.capabilities
+            if rq.flags & NBDWire.cmdFlagNoHole == 0 && caps.canDiscard && caps.discardZeroes {
+                // A hole reads back as zeros on this store: deallocating is writing zeros.
+                nbd.requests![t].flushAfter = fua
+                return .discard(target: .own, offset: rq.offset, length: UInt64(rq.length))
+            }
+            // Zeros as data, one slot at a time from the same zeroed slot.
+            let piece = min(Int(rq.length), reactor.config.slotBytes)
+            nbd.requests![t].zerosAsData = true
+            memset(reactor.pool.data(Int(tasks[t].slot)), 0, piece)
+            return .write(target: .own, offset: rq.offset, length: piece, bufferOffset: 0, fua: fua)
+        default:
+            return .flush(target: .own)
+        }
+    }
+
+    /// Runs store operations for task `t` until one is in flight or the request is answered.
+    private func nbdRun(_ t: Int, _ first: StoreOp) {
+        var op = first
+        while true {
+            guard let result = reactor.submitStore(self, t, op) else { return }
+            guard let next = nbdAdvance(t, result) else { return }
+            op = next
+        }
+    }
+
+    /// A store operation of task `t` finished on the ring (or in a sheep reply).
+    func nbdStoreDone(_ t: Int, _ result: StoreResult) {
+        tasks[t].state = .storeIO
+        if let next = nbdAdvance(t, result) { nbdRun(t, next) }
+    }
+
+    /// Takes one store result: returns the next operation, or nil once the reply is queued.
+    private func nbdAdvance(_ t: Int, _ result: StoreResult) -> StoreOp? {
+        let rq = nbd.requests! + t
+        if case .failed(let e) = result {
+            // TRIM is a hint: a store that cannot deallocate has done nothing wrong.
+            if rq.pointee.command == NBDWire.cmdTrim && e == .notSupported && !rq.pointee.flushAfter {
+                nbdFinish(t, error: 0)
+                return nil
+            }
+            nbdFinish(t, error: nbdError(e, command: rq.pointee.command))
+            return nil
+        }
+        if rq.pointee.zerosAsData && rq.pointee.done < rq.pointee.length {
+            let piece = UInt32(min(Int(rq.pointee.length - rq.pointee.done), reactor.config.slotBytes))
+            rq.pointee.done += piece
+            if rq.pointee.done < rq.pointee.length {
+                let next = min(Int(rq.pointee.length - rq.pointee.done), reactor.config.slotBytes)
+                return .write(target: .own, offset: rq.pointee.offset + UInt64(rq.pointee.done), length: next,
+                              bufferOffset: 0, fua: rq.pointee.flags & NBDWire.cmdFlagFUA != 0)
+            }
+        }
+        if rq.pointee.flushAfter {
+            rq.pointee.flushAfter = false
+            return .flush(target: .own)
+        }
+        nbdFinish(t, error: 0)
+        return nil
+    }
+
+    private func nbdError(_ e: StoreError, command: UInt16) -> UInt32 {
+        switch e {
+        case .writeProtected: return NBDWire.errPerm
+        case .noSpace: return NBDWire.errNoSpace
+        case .outOfRange:
+            return command == NBDWire.cmdWrite || command == NBDWire.cmdWriteZeroes ? NBDWire.errNoSpace : NBDWire.errInvalid
+        case .notSupported: return NBDWire.errInvalid
+        case .mediumError, .unavailable: return NBDWire.errIO
+        }
+    }
+
+    /// Queues the simple reply; a successful READ carries the slot's data. The task (and its slot) is released
+    /// when the reply is out.
+    private func nbdFinish(_ t: Int, error: UInt32) {
+        let rq = nbd.requests![t]
+        tasks[t].state = .finishing
+        if error == 0 && rq.command == NBDWire.cmdRead {
+            nbdQueueReply(error: 0, cookie: rq.cookie, data: UnsafeRawPointer(reactor.pool.data(Int(tasks[t].slot))),
+                          dataLength: Int(rq.length), token: .taskDone(task: Int32(t)))
+        } else {
+            nbdQueueReply(error: error, cookie: rq.cookie, token: .taskDone(task: Int32(t)))
+        }
+    }
+
+    /// One simple reply record: 16 bytes in the arena, then the data (if any) straight from its slot.
+    @inline(__always)
+    private func nbdQueueReply(error: UInt32, cookie: UInt64, data: UnsafeRawPointer? = nil, dataLength: Int = 0,
+                               token: SendToken = .none) {
+        // Room is guaranteed: a request is admitted only while the queue has room for every active task's reply.
+        precondition(out.free > 0, "NBD send queue overrun")
+        let i = out.nextIndex()
+        nbdSimpleReply(out.header(i), error: error, cookie: cookie)
+        out.commitRaw(i, headerLength: NBDWire.simpleReplyBytes, data: data, dataLength: dataLength, token: token)
+        markDirty()
+    }
+
+    // MARK: - Send progress, disconnect, liveness
+
+    /// A send completed (called from Connection.onSend after the records' tokens fired).
+    func nbdSent() {
+        if nbd.stage == .draining {
+            nbdCheckDrained()
+            if phase == .closing { return }
+        } else if stalled && (nbd.stalledOnSendQueue || reactor.pool.freeCount > 0) {
+            resumeParser()
+            if phase == .closing { return }
+        }
+        if out.count > 0 { flush() }
+    }
+
+    /// After NBD_CMD_DISC: "handle all outstanding requests", then close.
+    private func nbdCheckDrained() {
+        if activeTasks == 0 && out.count == 0 && phase != .closing {
+            reactor.closeConnection(self, reason: "NBD disconnect")
+        }
+    }
+
+    /// Once a second from the reactor: a write payload that stops arriving must not pin its buffer slot.
+    func nbdTick(_ tick: UInt64) {
+        if (nbd.stage == .payload || nbd.stage == .payloadSkip)
+            && tick &- nbd.payloadSinceTick > reactor.config.dataOutTimeoutSeconds {
+            reactor.closeConnection(self, reason: "NBD write payload stalled")
+        }
+    }
+}
+
+extension OutQueue {
+    /// A record that is not an iSCSI PDU (NBD): `headerLength` bytes of the arena entry (at most
+    /// `arenaEntryBytes`), then optional data elsewhere; no digests, no padding.
+    @inline(__always)
+    mutating func commitRaw(_ i: Int, headerLength: Int, data: UnsafeRawPointer?, dataLength: Int, token: SendToken) {
+        assert(headerLength <= OutQueue.arenaEntryBytes)
+        records[i] = OutRecord(headerLength: Int32(headerLength), data: data, dataLength: Int32(dataLength),
+                               trailerLength: 0, token: token)
+        count += 1
+    }
+}

@@ -1,0 +1,342 @@
+// The NBD server through real NBD clients (libnbd's nbdinfo and nbdcopy, QEMU's qemu-img and qemu-io, fio's
+// nbd engine) and a raw socket for what no client sends. Every daemon listens for NBD on 127.0.0.1 port 0; the
+// port comes from `ringtgtadm --lld nbd --op show --mode portal`.
+//
+// Run:   swift test --filter EndToEndTests.EndToEnd/NBD
+
+import Foundation
+import Testing
+
+extension EndToEnd {
+    @Suite("NBD")
+    struct NBD {
+        static let imageBytes = 64 * mebibyte
+        static let toolTimeoutSeconds = 300.0
+
+        /// NBD is ringtgtd's own: the suite does not run against tgt.
+        static func requireRingtgt() throws {
+            if Peer.current != .ringtgt {
+                try Test.cancel(Comment(rawValue: "NBD is ringtgtd's (RINGTGT_E2E_PEER=\(Peer.current.rawValue))"))
+            }
+        }
+
+        static func withNBDTarget<R>(cores: Int = 1, luns: [LUNSpec], _ body: (RunningTarget) throws -> R) throws -> R {
+            try requireRingtgt()
+            return try withTarget(cores: cores, luns: luns, nbdPortals: [.ipv4Loopback], body)
+        }
+
+        /// `nbdinfo --json` (or `--list --json`): the exports it reports.
+        static func nbdinfo(_ t: RunningTarget, _ args: [String]) throws -> [[String: Any]] {
+            let r = try t.tool("nbdinfo", ["--json"] + args)
+            try #require(r.succeeded, "\(r)")
+            let json = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]
+            return try #require(json?["exports"] as? [[String: Any]], "nbdinfo output: \(r.stdout)")
+        }
+
+        /// nbdinfo reports the LUN's size, the transmission flags we advertise and our block size limits.
+        @Test func nbdinfoShowsSizeFlagsAndBlockSizes() throws {
+            try NBD.withNBDTarget(luns: [.file(bytes: NBD.imageBytes)]) { t in
+                let e = try #require(try NBD.nbdinfo(t, [t.nbdURL(lun: 1)]).first)
+                #expect(e["export-name"] as? String == "\(t.iqn)/1")
+                #expect((e["export-size"] as? NSNumber)?.int64Value == NBD.imageBytes)
+                for flag in ["can_flush", "can_fua", "can_trim", "can_zero", "can_multi_conn"] {
+                    #expect(e[flag] as? Bool == true, "\(flag): \(e)")
+                }
+                #expect(e["is_read_only"] as? Bool == false)
+                #expect((e["block_size_minimum"] as? NSNumber)?.intValue == 1)
+                #expect((e["block_size_preferred"] as? NSNumber)?.intValue == 4096)
+                #expect((e["block_size_maximum"] as? NSNumber)?.intValue == 262_144)
+            }
+        }
+
+        /// `nbdinfo --list` names every LUN as IQN/LUN; the empty name is LUN 1 of the first target.
+        @Test func listNamesEveryLUNAndTheEmptyNameIsTheFirst() throws {
+            try NBD.withNBDTarget(luns: [.file(bytes: 8 * mebibyte), .null(bytes: 16 * mebibyte)]) { t in
+                let all = try NBD.nbdinfo(t, ["--list", "nbd://\(t.nbdEndpoint.host):\(t.nbdEndpoint.port)"])
+                #expect(all.compactMap { $0["export-name"] as? String } == ["\(t.iqn)/1", "\(t.iqn)/2"])
+                let first = try #require(try NBD.nbdinfo(t, [t.nbdURL(export: "")]).first)
+                #expect((first["export-size"] as? NSNumber)?.int64Value == 8 * mebibyte)
+                let second = try #require(try NBD.nbdinfo(t, [t.nbdURL(lun: 2)]).first)
+                #expect((second["export-size"] as? NSNumber)?.int64Value == 16 * mebibyte)
+                let missing = try t.tool("nbdinfo", [t.nbdURL(lun: 9)])
+                #expect(!missing.succeeded)
+            }
+        }
+
+        /// nbdcopy puts 64 MiB of random data on a LUN and takes it back out, byte-exact, on one and two cores.
+        @Test(arguments: [1, 2])
+        func nbdcopyRoundTripIsByteExact(cores: Int) throws {
+            try NBD.withNBDTarget(cores: cores, luns: [.file(bytes: NBD.imageBytes)]) { t in
+                let seed = UInt64(0xDB_0000 + cores)
+                let source = try t.scratch.makeRandomFile("source.img", bytes: Int(NBD.imageBytes), seed: seed)
+                let back = t.scratch.path("back.img")
+                let put = try t.tool("nbdcopy", [source.path, t.nbdURL()], timeoutSeconds: NBD.toolTimeoutSeconds)
+                try #require(put.succeeded, "\(put)")
+                let get = try t.tool("nbdcopy", [t.nbdURL(), back.path], timeoutSeconds: NBD.toolTimeoutSeconds)
+                try #require(get.succeeded, "\(get)")
+                let viaNBD = try firstDifference(source, back)
+                #expect(viaNBD == nil, "read back through NBD (seed \(seed)): \(viaNBD ?? "")")
+                let onDisk = try firstDifference(source, try #require(t.lunFiles[1]))
+                #expect(onDisk == nil, "backing file (seed \(seed)): \(onDisk ?? "")")
+            }
+        }
+
+        /// qemu-img convert in and out through the default export (`nbd://HOST:PORT`, as qemu-nbd serves it).
+        @Test func qemuImgConvertThroughTheDefaultExportIsByteExact() throws {
+            try NBD.withNBDTarget(cores: 2, luns: [.file(bytes: NBD.imageBytes)]) { t in
+                let seed: UInt64 = 0xDB_1111
+                let source = try t.scratch.makeRandomFile("source.img", bytes: Int(NBD.imageBytes), seed: seed)
+                let back = t.scratch.path("back.img")
+                let url = "nbd://\(t.nbdEndpoint.host):\(t.nbdEndpoint.port)"
+                let put = try t.tool("qemu-img", ["convert", "-n", "-f", "raw", "-O", "raw", source.path, url],
+                                     timeoutSeconds: NBD.toolTimeoutSeconds)
+                try #require(put.succeeded, "\(put)")
+                let get = try t.tool("qemu-img", ["convert", "-f", "raw", "-O", "raw", url, back.path],
+                                     timeoutSeconds: NBD.toolTimeoutSeconds)
+                try #require(get.succeeded, "\(get)")
+                let diff = try firstDifference(source, back)
+                #expect(diff == nil, "qemu-img through NBD (seed \(seed)): \(diff ?? "")")
+            }
+        }
+
+        /// qemu-io writes patterns at queue depth (unaligned ones too), zeroes and discards ranges, flushes, and reads
+        /// everything back; the backing file holds exactly that.
+        @Test func qemuIOWritesZeroesAndDiscardsThenReadsBack() throws {
+            try NBD.withNBDTarget(luns: [.file(bytes: 16 * mebibyte)]) { t in
+                let lengths = [4096, 65536, 262_144, 3000]
+                var regions: [PatternRegion] = []
+                for k in 0..<24 {
+                    let offset = Int64(k) * 512 * 1024 + Int64(k % 3) * 1000
+                    regions.append(PatternRegion(offset: offset, length: lengths[k % 4], pattern: UInt8(1 + k)))
+                }
+                var args = QemuIOScript.writeThenVerify(regions)
+                // Overwrite two regions with zeros (one as a hole, one allocated) and discard a third.
+                args += ["-c", "write -z \(regions[1].offset) \(regions[1].length)",
+                         "-c", "write -z -u \(regions[5].offset) \(regions[5].length)",
+                         "-c", "discard \(regions[9].offset) \(regions[9].length)",
+                         "-c", "read -P 0 \(regions[1].offset) \(regions[1].length)",
+                         "-c", "read -P 0 \(regions[5].offset) \(regions[5].length)",
+                         "-c", "flush"]
+                let r = try t.tool("qemu-io", ["-f", "raw"] + args + [t.nbdURL()], timeoutSeconds: NBD.toolTimeoutSeconds)
+                #expect(r.succeeded, "\(r)")
+                let report = QemuIOReport(r.stdout + r.stderr)
+                #expect(report.errorLines.isEmpty, "\(report.errorLines)")
+                #expect(report.wroteOffsets.count >= regions.count)
+                let kept = regions.enumerated().filter { ![1, 5, 9].contains($0.offset) }.map(\.element)
+                let problems = try verifyBackingFile(try #require(t.lunFiles[1]), regions: kept, fileBytes: 16 * mebibyte)
+                #expect(problems.isEmpty, "\(problems)")
+            }
+        }
+
+        /// fio's nbd engine (libnbd) writes with crc32c headers at queue depth 16 and verifies every block.
+        @Test func fioVerifyJobPasses() throws {
+            try NBD.withNBDTarget(cores: 2, luns: [.file(bytes: 32 * mebibyte)]) { t in
+                let r = try t.tool("fio", ["--name=nbd-verify", "--ioengine=nbd", "--uri=\(t.nbdURL())", "--rw=randwrite",
+                                           "--bs=4k", "--size=16m", "--iodepth=16", "--verify=crc32c",
+                                           "--do_verify=1", "--verify_fatal=1",
+                                           "--verify_state_save=0"],
+                                   timeoutSeconds: NBD.toolTimeoutSeconds)
+                #expect(r.succeeded, "\(r)")
+                #expect(r.stdout.contains("err= 0"), "\(r)")
+            }
+        }
+
+        /// A read-only LUN is advertised READ_ONLY and a write sent anyway is refused with EPERM; reads work.
+        @Test func readOnlyLUNRefusesWritesWithEPERM() throws {
+            try NBD.withNBDTarget(luns: []) { t in
+                let image = try t.scratch.makeSparseFile("ro.img", bytes: 8 * mebibyte)
+                try t.admin.must(["--lld", "iscsi", "--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1",
+                                  "--backing-store", image.path, "--params", "readonly=1"])
+                let e = try #require(try NBD.nbdinfo(t, [t.nbdURL()]).first)
+                #expect(e["is_read_only"] as? Bool == true)
+                let c = try RawNBDClient(t.nbdEndpoint)
+                try c.attach(export: "\(t.iqn)/1")
+                #expect(c.transmissionFlags & 0x2 != 0)
+                c.request(type: 1, cookie: 11, offset: 0, length: 4096, payload: [UInt8](repeating: 0xAB, count: 4096))
+                #expect(c.reply()?.error == 1)
+                c.request(type: 4, cookie: 12, offset: 0, length: 4096)
+                #expect(c.reply()?.error == 1)
+                c.request(type: 0, cookie: 13, offset: 0, length: 4096)
+                let read = c.reply(dataBytes: 4096)
+                #expect(read?.error == 0 && read?.cookie == 13 && read?.data == [UInt8](repeating: 0, count: 4096))
+                #expect(try firstDifference(image, t.scratch.makeSparseFile("zero.img", bytes: 8 * mebibyte)) == nil)
+            }
+        }
+
+        /// A target whose ACL admits another address is neither listed nor served; the client is told so.
+        @Test func aclRefusesOtherAddresses() throws {
+            try NBD.withNBDTarget(luns: [.null(bytes: 8 * mebibyte)]) { t in
+                let other = "\(RunningTarget.iqnPrefix):private"
+                try t.admin.newTarget(tid: 2, name: other)
+                try t.admin.newNullLUN(tid: 2, lun: 1, bytes: 8 * mebibyte, peer: t.peer)
+                try t.admin.bind(tid: 2, initiatorAddress: "192.0.2.1")
+                let all = try NBD.nbdinfo(t, ["--list", "nbd://\(t.nbdEndpoint.host):\(t.nbdEndpoint.port)"])
+                #expect(all.compactMap { $0["export-name"] as? String } == ["\(t.iqn)/1"])
+                let refused = try t.tool("nbdinfo", [t.nbdURL(export: "\(other)/1")])
+                #expect(!refused.succeeded, "\(refused)")
+                let c = try RawNBDClient(t.nbdEndpoint)
+                #expect(throws: E2EError.self) { try c.attach(export: "\(other)/1") }
+            }
+        }
+
+        /// Bad request magic, garbage in the handshake, an oversized write and unknown commands: only the offending
+        /// connection is closed (or gets an error), and a client on another connection carries on.
+        @Test func badInputClosesOnlyThatConnection() throws {
+            try NBD.withNBDTarget(cores: 1, luns: [.file(bytes: 8 * mebibyte)]) { t in
+                let good = try RawNBDClient(t.nbdEndpoint)
+                try good.attach(export: "\(t.iqn)/1")
+                good.request(type: 1, cookie: 1, offset: 4096, length: 512, payload: [UInt8](repeating: 0x5A, count: 512))
+                #expect(good.reply()?.error == 0)
+
+                let badMagic = try RawNBDClient(t.nbdEndpoint)
+                try badMagic.attach(export: "\(t.iqn)/1")
+                badMagic.connection.send([UInt8](repeating: 0xEE, count: 28))
+                #expect(badMagic.reply() == nil, "a bad request magic must close the connection")
+
+                let garbage = try RawNBDClient(t.nbdEndpoint)
+                garbage.connection.send(Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+                #expect(garbage.connection.drainUntilClosed(), "garbage in the handshake must close the connection")
+
+                // Errors that keep the connection: oversized write (payload skipped), read past the end, unknown command.
+                good.request(type: 1, cookie: 2, offset: 0, length: 300_000, payload: [UInt8](repeating: 1, count: 300_000))
+                #expect(good.reply()?.error == 75)
+                good.request(type: 0, cookie: 3, offset: 8 * 1 << 20, length: 512)
+                #expect(good.reply()?.error == 22)
+                good.request(type: 42, cookie: 4, offset: 0, length: 0)
+                #expect(good.reply()?.error == 22)
+                good.request(type: 0, cookie: 5, offset: 4096, length: 512)
+                let r = good.reply(dataBytes: 512)
+                #expect(r?.cookie == 5 && r?.data == [UInt8](repeating: 0x5A, count: 512))
+                let info = try t.tool("nbdinfo", [t.nbdURL()])
+                #expect(info.succeeded, "\(info)")
+                try t.requireAlive("after bad NBD input")
+            }
+        }
+
+        /// A client that pipelines far more requests than the server admits, without reading its replies, is held
+        /// back by TCP (the server stops parsing at its per-connection bounds) while another client is served;
+        /// once it reads, every request gets exactly one reply, in whatever order.
+        @Test func pipelinedRequestsWithoutReadingAreBoundedAndAllAnswered() throws {
+            try NBD.withNBDTarget(cores: 1, luns: [.null(bytes: 64 * mebibyte)]) { t in
+                let greedy = try RawNBDClient(t.nbdEndpoint)
+                try greedy.attach(export: "\(t.iqn)/1")
+                let requests = 1500
+                let readBytes = 65536
+                // Even cookies: 64 KiB reads; odd cookies: an unknown command (EINVAL, no buffer, still a reply).
+                for k in 0..<requests {
+                    if k % 2 == 0 {
+                        greedy.request(type: 0, cookie: UInt64(k), offset: UInt64(k % 512) * UInt64(readBytes),
+                                       length: UInt32(readBytes))
+                    } else {
+                        greedy.request(type: 77, cookie: UInt64(k), offset: 0, length: 0)
+                    }
+                }
+                let other = try RawNBDClient(t.nbdEndpoint)
+                try other.attach(export: "\(t.iqn)/1")
+                other.request(type: 0, cookie: 99, offset: 0, length: 4096)
+                let served = other.reply(dataBytes: 4096)
+                #expect(served?.error == 0 && served?.cookie == 99, "another client must be served meanwhile")
+
+                var seen = Set<UInt64>()
+                for _ in 0..<requests {
+                    guard let h = greedy.connection.receive(exactly: 16) else { break }
+                    let error = h[4..<8].reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+                    let cookie = h[8..<16].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+                    if cookie % 2 == 0 {
+                        #expect(error == 0)
+                        guard greedy.connection.receive(exactly: readBytes) != nil else { break }
+                    } else {
+                        #expect(error == 22)
+                    }
+                    #expect(seen.insert(cookie).inserted, "cookie \(cookie) answered twice")
+                }
+                #expect(seen.count == requests, "\(seen.count) of \(requests) requests answered")
+                try t.requireAlive("after a pipelining client")
+            }
+        }
+
+        /// Handshakes that never finish are closed at the login timeout (15 s, as for iSCSI logins): silent after
+        /// the greeting, inside the client flags, inside an option header, inside option data. nbdinfo is served
+        /// meanwhile.
+        @Test func unfinishedHandshakesAreClosedAtTheLoginTimeout() throws {
+            try NBD.withNBDTarget(luns: [.null(bytes: 8 * mebibyte)]) { t in
+                let loginTimeoutSeconds = 15.0, tickSlackSeconds = 1.5
+                let flags: [UInt8] = [0, 0, 0, 3]
+                let option = Array("IHAVEOPT".utf8) + [0, 0, 0, 7, 0, 0, 0, 100]
+                let cases: [(String, [UInt8])] = [
+                    ("nothing", []),
+                    ("half the client flags", [0, 0]),
+                    ("part of an option header", flags + Array(option.prefix(10))),
+                    ("part of the option data", flags + option + [0, 0, 0, 0, 1, 2]),
+                ]
+                let opened = monotonicSeconds()
+                let sockets = try cases.map { _ in try RawSocket(t.nbdEndpoint) }
+                for (i, c) in cases.enumerated() where !c.1.isEmpty { try sockets[i].send(c.1) }
+                let info = try t.tool("nbdinfo", [t.nbdURL()])
+                #expect(info.succeeded, "nbdinfo during unfinished handshakes: \(info)")
+                let limit = opened + loginTimeoutSeconds + 3 * tickSlackSeconds
+                for (i, c) in cases.enumerated() {
+                    let closed = sockets[i].awaitClose(deadline: limit)
+                    let after = monotonicSeconds() - opened
+                    #expect(closed, "\(c.0): still open \(after) s after connecting")
+                    if i == 0 {
+                        #expect(after >= loginTimeoutSeconds - tickSlackSeconds, "\(c.0): closed after only \(after) s")
+                    }
+                }
+                try t.requireAlive("after unfinished handshakes")
+            }
+        }
+
+        /// A sheepdog VDI served as a LUN goes over NBD like any other: nbdcopy in and out matches `dog vdi read`.
+        @Test(arguments: SheepKind.allCases)
+        func sheepdogLUNOverNBDMatchesDogRead(kind: SheepKind) throws {
+            try NBD.requireRingtgt()
+            let bytes = 32 * mebibyte
+            try withSheepTarget(kind, vdis: [SheepVDI(name: "nbd", bytes: bytes)], nbdPortals: [.ipv4Loopback]) { st in
+                let t = st.target
+                let seed: UInt64 = 0xDB_5EE9
+                let source = try t.scratch.makeRandomFile("source.img", bytes: Int(bytes), seed: seed)
+                let put = try t.tool("nbdcopy", [source.path, t.nbdURL()], timeoutSeconds: NBD.toolTimeoutSeconds)
+                try #require(put.succeeded, "\(put)")
+                let back = t.scratch.path("back.img")
+                let get = try t.tool("nbdcopy", [t.nbdURL(), back.path], timeoutSeconds: NBD.toolTimeoutSeconds)
+                try #require(get.succeeded, "\(get)")
+                #expect(try firstDifference(source, back) == nil, "through NBD (seed \(seed))")
+                let dumped = t.scratch.path("dog.img")
+                try st.sheep.readVDI("nbd", to: dumped)
+                #expect(try firstDifference(source, dumped) == nil, "dog vdi read (seed \(seed))")
+            }
+        }
+
+        /// `ringtgtd --export NAME=sheepdog+unix:///VDI?socket=PATH`, no configuration: the VDI is the default export
+        /// and the export NAME, as with `qemu-nbd -x NAME sheepdog:...`.
+        @Test func exportOptionServesASheepdogVDIWithoutConfiguration() throws {
+            try NBD.requireRingtgt()
+            try withSheep(.testServer) { sheep in
+                let bytes = 16 * mebibyte
+                try sheep.createVDI("dropin", bytes: bytes)
+                let scratch = try Scratch()
+                defer { scratch.remove() }
+                let uri = "sheepdog+unix:///dropin?socket=\(sheep.socketPath)"
+                let daemon = try TargetDaemon(peer: .ringtgt, cores: 1, portals: [.ipv4Loopback],
+                                              nbdPortals: [.ipv4Loopback], extraArgs: ["--export", "disk=\(uri)"],
+                                              scratch: scratch)
+                defer { daemon.stop() }
+                let ep = daemon.nbdEndpoints[0]
+                let byName = try runTool(try Tools.require("nbdinfo"), ["nbd://\(ep.host):\(ep.port)/disk"],
+                                         logDir: scratch.url, timeoutSeconds: 60)
+                #expect(byName.succeeded && byName.stdout.contains("\(bytes)"), "\(byName)")
+                let seed: UInt64 = 0xD0_0D1E
+                let source = try scratch.makeRandomFile("source.img", bytes: Int(bytes), seed: seed)
+                let put = try runTool(try Tools.require("qemu-img"),
+                                      ["convert", "-n", "-f", "raw", "-O", "raw", source.path, "nbd://\(ep.host):\(ep.port)"],
+                                      logDir: scratch.url, timeoutSeconds: NBD.toolTimeoutSeconds)
+                try #require(put.succeeded, "\(put)")
+                let dumped = scratch.path("dog.img")
+                try sheep.readVDI("dropin", to: dumped)
+                #expect(try firstDifference(source, dumped) == nil, "dog vdi read after qemu-img (seed \(seed))")
+                #expect(daemon.isAlive)
+            }
+        }
+    }
+}
