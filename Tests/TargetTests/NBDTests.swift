@@ -158,6 +158,21 @@ import Testing
         #expect(f.tid == 1)
     }
 
+    @Test func targetsThatRequireCHAPAreNotExported() {
+        let chap = CHAPCredentials(incoming: [CHAPAccount(user: "alice", password: "secret12345")])
+        let snap = ConfigSnapshot(version: 1, targets: [
+            TargetRuntime(tid: 1, name: "iqn.2026-01.org.ringtgt:locked", luns: [Self.lun(1)], acl: [.all],
+                          params: [:], lunGeneration: 1, chap: chap),
+            TargetRuntime(tid: 2, name: "iqn.2026-01.org.ringtgt:open", luns: [Self.lun(1)], acl: [.all],
+                          params: [:], lunGeneration: 1),
+        ])
+        let c = NBDExportCatalog(snapshot: snap, peerAddress: "127.0.0.1", maxPayloadBytes: Self.maxPayload)
+        #expect(c.lookup("iqn.2026-01.org.ringtgt:locked/1") == .denied)
+        guard case .found(let e) = c.lookup("") else { Issue.record("no default export"); return }
+        #expect(e.name == "iqn.2026-01.org.ringtgt:open/1")
+        #expect(c.visible.map(\.name) == ["iqn.2026-01.org.ringtgt:open/1"])
+    }
+
     @Test func aclDeniesByPeerAddressAndListShowsOnlyAllowedExports() {
         #expect(Self.catalog().lookup("iqn.2026-01.org.ringtgt:b/1") == .denied)
         #expect(Self.catalog().lookup("disk") == .denied)

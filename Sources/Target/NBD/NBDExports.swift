@@ -62,8 +62,10 @@ public struct NBDExportCatalog: Sendable {
         self.maxPayloadBytes = maxPayloadBytes
     }
 
+    /// The target's address ACL admits the client, and the target does not require CHAP: NBD has no
+    /// authentication of its own (and no TLS here), so a target that requires CHAP is never exported.
     func allowed(_ t: TargetRuntime) -> Bool {
-        ACLCheck.allows(t.acl, address: peerAddress, initiatorName: "")
+        !t.chap.required && ACLCheck.allows(t.acl, address: peerAddress, initiatorName: "")
     }
 
     public func export(_ t: TargetRuntime, _ lun: LogicalUnit) -> NBDExport {
