@@ -364,3 +364,17 @@ private let newLUN1 = "--lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -
         #expect(h.run("\(account) --op show").stdout == "Account list:\n    bob\n")
     }
 }
+
+@Suite struct ControlPollTests {
+    @Test func pollWindowIsSetAtRunTimeAndPublished() {
+        let h = ControlHarness()
+        #expect(h.registry.currentSnapshot.pollNanos == nil)
+        #expect(h.run("--lld iscsi --op update --mode sys --name poll_us --value 200").exitCode == 0)
+        #expect(h.fabric.published.last?.pollNanos == 200_000)
+        let bad = h.run("--lld iscsi --op update --mode sys --name poll_us --value -1")
+        #expect(bad.exitCode == 22)
+        #expect(h.run("--lld iscsi --op update --mode sys --name poll_us --value 2000000").exitCode == 22)
+        #expect(h.run("--lld iscsi --op update --mode sys --name poll_us --value 0").exitCode == 0)
+        #expect(h.fabric.published.last?.pollNanos == 0)
+    }
+}

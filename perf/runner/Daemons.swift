@@ -141,6 +141,14 @@ final class Daemon {
         try configure()
     }
 
+    /// ringtgt only: the cores' busy-poll window (`--op update --mode sys --name poll_us`); true when set.
+    @discardableResult
+    func setPoll(microseconds: Int) -> Bool {
+        guard spec.peer == .ringtgt, let r = try? admin(["--op", "update", "--mode", "sys", "--name", "poll_us",
+                                                         "--value", "\(microseconds)"]) else { return false }
+        return r.status == 0
+    }
+
     private func admin(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
         let exe = spec.peer == .ringtgt ? bins.ringtgtadm : bins.tgtadm
         return try runTool(exe, controlArgs + ["--lld", "iscsi"] + args, logDir: logDir, label: "\(name)-admin",

@@ -6,11 +6,13 @@ import Glibc
 
 /// ringtgt-echo at the scenario queue depths: server pinned to CPU 0 like a one-core target, client placed by
 /// the kernel like the load generator, so the limit and the targets are measured in the same placement.
-func loopbackLimit(bins: Binaries, logDir: URL, depths: [Int], seconds: Double, warmup: Double) -> [[String: Any]] {
+func loopbackLimit(bins: Binaries, logDir: URL, depths: [Int], seconds: Double, warmup: Double,
+                   poll: Bool = false) -> [[String: Any]] {
     var out: [[String: Any]] = []
     for qd in depths {
         do {
-            let server = try Child(bins.taskset, ["-c", "0", bins.echo, "server"], logDir: logDir, label: "echo-server")
+            let server = try Child(bins.taskset, ["-c", "0", bins.echo, "server"] + (poll ? ["--poll"] : []),
+                                   logDir: logDir, label: "echo-server")
             var port = 0
             for _ in 0..<500 {
                 if let line = server.stdout.split(separator: "\n").first(where: { $0.hasPrefix("PORT ") }),
@@ -20,15 +22,15 @@ func loopbackLimit(bins: Binaries, logDir: URL, depths: [Int], seconds: Double, 
             }
             guard port > 0 else { server.stop(); throw RunnerError("echo server did not report its port") }
             let r = try runTool(bins.echo, ["client", "--port", "\(port)", "--qd", "\(qd)", "--duration", "\(seconds)",
-                                            "--warmup", "\(warmup)", "--json"],
+                                            "--warmup", "\(warmup)", "--json"] + (poll ? ["--poll"] : []),
                                 logDir: logDir, label: "echo-client", timeoutSeconds: seconds + warmup + 30)
             server.stop(signal: SIGTERM, graceSeconds: 5)
             guard r.status == 0, let obj = try? JSONSerialization.jsonObject(with: Data(r.out.utf8)) as? [String: Any] else {
                 throw RunnerError("echo client failed: \(r.err)")
             }
             let rate = (obj["roundTripsPerSecond"] as? NSNumber)?.doubleValue ?? 0
-            log("  loopback echo QD\(qd): \(Int(rate)) round trips/s")
-            out.append(["queueDepth": qd, "roundTripsPerSecond": rate])
+            log("  loopback echo QD\(qd)\(poll ? ", both sides polling" : ""): \(Int(rate)) round trips/s")
+            out.append(["queueDepth": qd, "roundTripsPerSecond": rate, "poll": poll])
         } catch {
             log("  loopback echo QD\(qd): \(error)")
             out.append(["queueDepth": qd, "error": "\(error)"])

@@ -9,6 +9,9 @@ struct Workload {
     var bs: String
     var qd: Int
     var sessions: Int = 1
+    /// Latency mode: the load generator busy-polls its ring (for every daemon, so the initiator's own wake-up
+    /// leaves the measurement) and ringtgt's cores poll too (`poll_us`, set for the run only).
+    var poll = false
 
     var ioBytes: Int { bs.hasSuffix("k") ? (Int(bs.dropLast()) ?? 4) * 1024 : Int(bs) ?? 4096 }
 }
@@ -26,6 +29,7 @@ func fullMatrix() -> [Scenario] {
         Workload(id: "randread-4k-qd1", title: "4K rand read QD1", rw: "randread", bs: "4k", qd: 1),
         Workload(id: "randread-4k-qd32", title: "4K rand read QD32", rw: "randread", bs: "4k", qd: 32),
         Workload(id: "randread-4k-qd128", title: "4K rand read QD128", rw: "randread", bs: "4k", qd: 128),
+        Workload(id: "randread-4k-qd1-poll", title: "4K rand read QD1, polling", rw: "randread", bs: "4k", qd: 1, poll: true),
         Workload(id: "randwrite-4k-qd1", title: "4K rand write QD1", rw: "randwrite", bs: "4k", qd: 1),
         Workload(id: "randwrite-4k-qd32", title: "4K rand write QD32", rw: "randwrite", bs: "4k", qd: 32),
         Workload(id: "randwrite-4k-qd128", title: "4K rand write QD128", rw: "randwrite", bs: "4k", qd: 128),
@@ -41,7 +45,7 @@ func fullMatrix() -> [Scenario] {
     // Sheepdog LUNs: 4 KiB random read and write at QD1/32/128 (the sheep rows), on the test server
     // and on real sheep.
     for lun in [LUNKind.sheepTS, .sheep] {
-        for x in w where x.bs == "4k" && x.sessions == 1 { out.append(Scenario(lun: lun, workload: x)) }
+        for x in w where x.bs == "4k" && x.sessions == 1 && !x.poll { out.append(Scenario(lun: lun, workload: x)) }
     }
     return out
 }
@@ -155,6 +159,8 @@ enum RunLimits {
     static let disturbedCores = 0.3
     /// Re-runs of disturbed runs in one suite run at most (keeps the suite's time bounded).
     static let retryBudget = Budget(24)
+    /// ringtgt's busy-poll window in the latency (polling) scenarios.
+    static let pollMicroseconds = 1000
 }
 
 final class Budget: @unchecked Sendable {
@@ -186,6 +192,11 @@ func runLoadOnce(_ d: Daemon, _ s: Scenario, _ o: LoadOptions, bins: Binaries, l
     if o.headerDigest { args.append("--header-digest") }
     if o.dataDigest { args.append("--data-digest") }
     if o.idleSessions > 0 { args += ["--idle-sessions", "\(o.idleSessions)"] }
+    if s.workload.poll {
+        args.append("--poll")
+        d.setPoll(microseconds: RunLimits.pollMicroseconds)
+    }
+    defer { if s.workload.poll { d.setPoll(microseconds: 0) } }
     args += o.extra
     let budget = (o.ios == nil ? o.durationSeconds + o.warmupSeconds : 60) + 60
     let r: (status: Int32, out: String, err: String)

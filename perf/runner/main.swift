@@ -205,12 +205,12 @@ struct PerfRunner: ParsableCommand {
         // runs at that depth (the same minute of a shared machine); the higher of the two is the limit.
         let echoDepths = [1, 32, 128]
         var loopback: [[String: Any]] = []
-        func echoPair(_ qd: Int, around body: () -> Void) {
-            let a = loopbackLimit(bins: bins, logDir: logDir, depths: [qd], seconds: duration, warmup: warmup)
+        func echoPair(_ qd: Int, poll: Bool = false, around body: () -> Void) {
+            let a = loopbackLimit(bins: bins, logDir: logDir, depths: [qd], seconds: duration, warmup: warmup, poll: poll)
             body()
-            let b = loopbackLimit(bins: bins, logDir: logDir, depths: [qd], seconds: duration, warmup: warmup)
+            let b = loopbackLimit(bins: bins, logDir: logDir, depths: [qd], seconds: duration, warmup: warmup, poll: poll)
             let samples = (a + b).compactMap { $0["roundTripsPerSecond"] as? Double }
-            var e: [String: Any] = ["queueDepth": qd, "samples": samples]
+            var e: [String: Any] = ["queueDepth": qd, "samples": samples, "poll": poll]
             if let m = samples.max() { e["roundTripsPerSecond"] = m } else { e["error"] = "echo failed" }
             loopback.append(e)
         }
@@ -244,7 +244,7 @@ struct PerfRunner: ParsableCommand {
                 }
                 if parts.contains("echo") && s.lun == .null && s.workload.rw == "randread" && s.workload.bs == "4k"
                     && s.workload.sessions == 1 && echoDepths.contains(s.workload.qd) {
-                    echoPair(s.workload.qd, around: runAll)
+                    echoPair(s.workload.qd, poll: s.workload.poll, around: runAll)
                 } else if let b = backends[s.lun] {
                     ceilingAround(b, s, around: runAll)
                 } else {

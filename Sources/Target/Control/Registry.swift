@@ -76,6 +76,8 @@ public final class Registry: @unchecked Sendable {
     /// Registry-wide, so a target deleted and created again never repeats a generation.
     private var generationCounter: UInt64 = 0
     private var systemState: State = .ready
+    /// Set by `--op update --mode sys --name poll_us`; nil until then.
+    private var pollNanos: UInt64?
     private var debug = false
     private var published: ConfigSnapshot = .empty
 
@@ -172,6 +174,13 @@ public final class Registry: @unchecked Sendable {
             case "state":
                 guard let state = State(rawValue: value) else { throw AdminError(.invalidRequest) }
                 systemState = state
+            case "poll_us":
+                // ringtgt's own: the cores' busy-poll window (ringtgtd --poll-us), changed at run time.
+                guard let us = UInt64(value), us <= 1_000_000 else {
+                    throw AdminError(.invalidRequest, "poll_us must be 0...1000000")
+                }
+                pollNanos = us * 1000
+                publish()
             default:
                 throw AdminError(.invalidRequest)
             }
@@ -557,7 +566,7 @@ public final class Registry: @unchecked Sendable {
                           acl: t.addressACL + t.nameACL, params: t.params, lunGeneration: t.lunGeneration,
                           chap: credentials(t))
         }
-        let snapshot = ConfigSnapshot(version: snapshotVersion, targets: runtimes)
+        let snapshot = ConfigSnapshot(version: snapshotVersion, targets: runtimes, pollNanos: pollNanos)
         fabric.publish(snapshot)
         published = snapshot
     }

@@ -126,10 +126,13 @@ public final class TargetRuntime: @unchecked Sendable {
 public final class ConfigSnapshot: @unchecked Sendable {
     public let version: UInt64
     public let targets: [TargetRuntime]   // sorted by tid
+    /// `--op update --mode sys --name poll_us`: each core's busy-poll window, nil = the `--poll-us` option.
+    public let pollNanos: UInt64?
 
-    public init(version: UInt64, targets: [TargetRuntime]) {
+    public init(version: UInt64, targets: [TargetRuntime], pollNanos: UInt64? = nil) {
         self.version = version
         self.targets = targets.sorted { $0.tid < $1.tid }
+        self.pollNanos = pollNanos
     }
 
     public func target(named name: String) -> TargetRuntime? {

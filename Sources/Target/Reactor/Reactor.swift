@@ -62,6 +62,8 @@ public final class Reactor {
     var dirtyConnections: [Int32] = []
     var slotWaiters: [Int32] = []
     var closingConnections = 0
+    /// The busy-poll window (ReactorConfig.pollNanos, or the admin's `poll_us`).
+    var pollNanos: UInt64 = 0
 
     // R2T permits: at most half the slots wait for solicited data at once, so the other half always drains
     // (reads and writes in progress complete without needing the network), and stalled parsers make progress.
@@ -121,7 +123,7 @@ public final class Reactor {
         for (i, fd) in listeners.enumerated() { armAccept(i, fd) }
         armTick()
         armMailbox()
-        let pollNanos = config.pollNanos
+        pollNanos = config.pollNanos
         var lastWork: UInt64 = 0
         while running {
             if pollNanos > 0 && monotonicNanos() &- lastWork < pollNanos {
@@ -556,6 +558,7 @@ public final class Reactor {
 
     func applySnapshot(_ snap: ConfigSnapshot) {
         snapshot = snap
+        if let p = snap.pollNanos { pollNanos = p }
         for c in connections {
             guard let c, let old = c.target else { continue }
             if let new = snap.target(tid: old.tid), new.name == old.name {
