@@ -18,6 +18,7 @@ struct Binaries {
     var tgtd = "/usr/sbin/tgtd"
     var tgtadm = "/usr/sbin/tgtadm"
     var iscsiPerf = "/usr/bin/iscsi-perf"
+    var fio = "/usr/bin/fio"
     var taskset = "/usr/bin/taskset"
     var valgrind = "/usr/bin/valgrind"
 }
@@ -139,6 +140,20 @@ final class Daemon {
         }
         try waitReady()
         try configure()
+    }
+
+    /// ringtgt only: the NBD listener's port (`--lld nbd --op show --mode portal`), when it has one.
+    func nbdPort() -> Int? {
+        guard spec.peer == .ringtgt,
+              let r = try? runTool(bins.ringtgtadm, controlArgs + ["--lld", "nbd", "--op", "show", "--mode", "portal"],
+                                   logDir: logDir, label: "\(name)-admin", timeoutSeconds: 15), r.status == 0 else { return nil }
+        for line in r.out.split(separator: "\n") where line.hasPrefix("Portal:") {
+            // "Portal: 127.0.0.1:PORT,1"
+            let v = line.dropFirst("Portal:".count).trimmingCharacters(in: .whitespaces)
+            if let colon = v.lastIndex(of: ":"), let comma = v.lastIndex(of: ","),
+               let p = Int(v[v.index(after: colon)..<comma]), p > 0 { return p }
+        }
+        return nil
     }
 
     /// ringtgt only: the cores' busy-poll window (`--op update --mode sys --name poll_us`); true when set.

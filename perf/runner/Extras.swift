@@ -86,3 +86,36 @@ func idleSessionRun(bins: Binaries, logDir: URL, daemon d: Daemon, idle: Int, se
             "iopsWithoutIdle": alone.iops, "otherCoresWithoutIdle": alone.otherCores ?? 0, "otherCoresWithIdle": r.otherCores ?? 0,
             "rssBeforeKiB": before.rss, "rssWithIdleKiB": withIdle, "bytesPerIdleSession": perSession, "run": r.json]
 }
+
+/// fio's nbd engine (libnbd) against ringtgt's NBD export of a LUN: 4 KiB random I/O at a queue depth, the
+/// workloads of perf/fio/nbd.fio. tgt has no NBD server, so this row has no peer; it shows that fio runs.
+func fioNBDRun(bins: Binaries, logDir: URL, daemon d: Daemon, lun: LUNKind, rw: String, qd: Int,
+               seconds: Double, warmup: Double) -> [String: Any] {
+    var rec: [String: Any] = ["daemon": d.name, "lun": lun.rawValue, "rw": rw, "bs": "4k", "qd": qd]
+    guard let port = d.nbdPort() else {
+        rec["error"] = "no NBD listener"
+        log("  fio nbd \(lun.rawValue) \(rw): no NBD listener")
+        return rec
+    }
+    let uri = "nbd://127.0.0.1:\(port)/\(DaemonLimits.iqn)/\(lun.lun)"
+    let args = ["--name=\(lun.rawValue)-\(rw)", "--ioengine=nbd", "--uri=\(uri)", "--rw=\(rw)", "--bs=4k",
+                "--iodepth=\(qd)", "--size=1g", "--time_based=1", "--runtime=\(Int(max(1, seconds.rounded())))",
+                "--ramp_time=\(Int(max(0, warmup.rounded())))", "--output-format=json"]
+    guard let r = try? runTool(bins.fio, args, logDir: logDir, label: "fio-nbd", timeoutSeconds: seconds + warmup + 60),
+          r.status == 0, let start = r.out.firstIndex(of: "{"),
+          let obj = try? JSONSerialization.jsonObject(with: Data(r.out[start...].utf8)) as? [String: Any],
+          let job = (obj["jobs"] as? [[String: Any]])?.first,
+          let side = job[rw == "randread" ? "read" : "write"] as? [String: Any],
+          let iops = (side["iops"] as? NSNumber)?.doubleValue else {
+        rec["error"] = "fio failed"
+        log("  fio nbd \(lun.rawValue) \(rw): failed")
+        return rec
+    }
+    rec["iops"] = iops
+    if let lat = side["clat_ns"] as? [String: Any], let pct = lat["percentile"] as? [String: Any],
+       let p50 = (pct["50.000000"] as? NSNumber)?.doubleValue {
+        rec["p50us"] = p50 / 1000
+    }
+    log("  fio nbd \(lun.rawValue) \(rw) QD\(qd): \(Int(iops)) IOPS\((rec["p50us"] as? Double).map { String(format: ", p50 %.0f us", $0) } ?? "")")
+    return rec
+}

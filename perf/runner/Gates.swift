@@ -14,6 +14,8 @@ struct GateWorkload {
     var bs: String
     var qd: Int
     var ios: Int
+    /// Driven through the NBD server by fio's nbd engine instead of the iSCSI load generator.
+    var nbd = false
 }
 
 let allocationWorkloads: [GateWorkload] = [
@@ -21,7 +23,15 @@ let allocationWorkloads: [GateWorkload] = [
     GateWorkload(id: "null-randwrite-4k-qd32", lun: .null, rw: "randwrite", bs: "4k", qd: 32, ios: 20000),
     GateWorkload(id: "null-write-128k-qd32", lun: .null, rw: "write", bs: "128k", qd: 32, ios: 2000),
     GateWorkload(id: "file-randrw-4k-qd32", lun: .file, rw: "randrw", bs: "4k", qd: 32, ios: 20000),
+    GateWorkload(id: "nbd-file-randrw-4k-qd32", lun: .file, rw: "randrw", bs: "4k", qd: 32, ios: 20000, nbd: true),
 ]
+
+/// fio's nbd engine (libnbd) for `ios` I/Os against the LUN's NBD export, `IQN/LUN`.
+func fioNBDArgs(port: Int, _ w: GateWorkload, ios: Int) -> [String] {
+    ["--name=gate", "--ioengine=nbd", "--uri=nbd://127.0.0.1:\(port)/\(DaemonLimits.iqn)/\(w.lun.lun)",
+     "--rw=\(w.rw)", "--bs=\(w.bs)", "--iodepth=\(w.qd)", "--size=1g", "--number_ios=\(ios)",
+     "--randrepeat=0", "--output-format=terse"]
+}
 
 let instructionWorkloads: [GateWorkload] = [
     GateWorkload(id: "null-randread-4k-qd32", lun: .null, rw: "randread", bs: "4k", qd: 32, ios: 10000),
@@ -74,9 +84,10 @@ func loadgenArgs(_ d: Daemon, _ w: GateWorkload, ios: Int) -> [String] {
 /// Runs the allocation gate. Returns per-workload records and whether every workload passed.
 func allocationGate(bins: Binaries, logDir: URL, fileLUN: String) -> (records: [[String: Any]], pass: Bool, error: String?) {
     let countsFile = logDir.appendingPathComponent("malloccount.txt").path
-    let spec = DaemonSpec(peer: .ringtgt, cores: 1,
+    var spec = DaemonSpec(peer: .ringtgt, cores: 1,
                           environment: ["LD_PRELOAD": bins.mallocCount, "MALLOCCOUNT_OUT": countsFile,
                                         "MALLOCCOUNT_SIGNAL": "\(SIGUSR2)"])
+    spec.extraArgs += ["--nbd", "portal=127.0.0.1:0"]
     let d = Daemon(spec: spec, bins: bins, logDir: logDir, fileLUN: fileLUN)
     defer { d.stop() }
     do { try d.start() } catch { return ([], false, "ringtgtd under the allocation counter did not start: \(error)") }
@@ -103,6 +114,12 @@ func allocationGate(bins: Binaries, logDir: URL, fileLUN: String) -> (records: [
     var pass = true
     for w in allocationWorkloads {
         func load(_ n: Int) -> Bool {
+            if w.nbd {
+                guard let port = d.nbdPort(),
+                      let r = try? runTool(bins.fio, fioNBDArgs(port: port, w, ios: n), logDir: logDir, label: "gate-fio",
+                                           timeoutSeconds: 150) else { return false }
+                return r.status == 0
+            }
             guard let r = try? runTool(bins.loadgen, loadgenArgs(d, w, ios: n), logDir: logDir, label: "gate-loadgen",
                                        timeoutSeconds: 150) else { return false }
             return r.status == 0

@@ -31,7 +31,7 @@ struct PerfRunner: ParsableCommand {
     var warmup: Double = 1
 
     @Option(help: "Parts to run: scenarios,echo,crosscheck,idle,gates (comma-separated).")
-    var only: String = "scenarios,echo,crosscheck,idle,gates"
+    var only: String = "scenarios,echo,crosscheck,idle,fio,gates"
 
     @Option(help: "Scenario ids containing this text only.")
     var filter: String?
@@ -144,7 +144,12 @@ struct PerfRunner: ParsableCommand {
         let coreSet = cores.split(separator: ",").compactMap { Int($0) }
         var specs: [DaemonSpec] = []
         for c in coreSet {
-            if peerSet.contains("ringtgt") { specs.append(DaemonSpec(peer: .ringtgt, cores: c)) }
+            if peerSet.contains("ringtgt") {
+                // An NBD listener too, for the fio runs (fio's nbd engine).
+                var spec = DaemonSpec(peer: .ringtgt, cores: c)
+                spec.extraArgs += ["--nbd", "portal=127.0.0.1:0"]
+                specs.append(spec)
+            }
             if peerSet.contains("tgt") { specs.append(DaemonSpec(peer: .tgt, cores: c)) }
         }
         var report: [String: Any] = ["timestamp": stamp, "host": hostInfo(),
@@ -152,8 +157,8 @@ struct PerfRunner: ParsableCommand {
         var scenarios = fullMatrix()
         if let f = filter {
             // Comma-separated alternatives: a scenario runs when its id contains any of them.
-            let parts = f.split(separator: ",").map(String.init)
-            scenarios = scenarios.filter { s in parts.contains { s.id.contains($0) } }
+            let alternatives = f.split(separator: ",").map(String.init)
+            scenarios = scenarios.filter { s in alternatives.contains { s.id.contains($0) } }
         }
         if !parts.contains("scenarios") { scenarios = [] }
 
@@ -187,7 +192,7 @@ struct PerfRunner: ParsableCommand {
 
         var daemons: [Daemon] = []
         defer { for d in daemons { d.stop() } }
-        let needDaemons = !parts.isDisjoint(with: ["scenarios", "crosscheck", "idle"])
+        let needDaemons = !parts.isDisjoint(with: ["scenarios", "crosscheck", "idle", "fio"])
         if needDaemons {
             for s in specs {
                 let d = Daemon(spec: s, bins: bins, logDir: logDir, fileLUN: fileLUN)
@@ -287,6 +292,18 @@ struct PerfRunner: ParsableCommand {
         }
         report["idle"] = idle
 
+        var fioRuns: [[String: Any]] = []
+        if parts.contains("fio"), let d = daemon("ringtgt-1c") {
+            log("fio through NBD (fio's nbd engine, perf/fio/nbd.fio's workloads)")
+            for lun in [LUNKind.null, .file] {
+                for rw in ["randread", "randwrite"] {
+                    fioRuns.append(fioNBDRun(bins: bins, logDir: logDir, daemon: d, lun: lun, rw: rw, qd: 32,
+                                             seconds: duration, warmup: warmup))
+                }
+            }
+        }
+        report["fio"] = fioRuns
+
         var gates: [String: Any] = [:]
         var allocPass: Bool? = nil
         var instructions: [[String: Any]] = []
@@ -311,7 +328,7 @@ struct PerfRunner: ParsableCommand {
 
         let rs = ratios(runs, scenarios: scenarios, ceilings: ceilings)
         report["ratios"] = rs.map { $0.json }
-        let gs = goals(runs: runs, ratios: rs, loopback: loopback, allocPass: allocPass, idle: idle, sheep: sheepInfo)
+        let gs = goals(runs: runs, ratios: rs, loopback: loopback, allocPass: allocPass, idle: idle, fio: fioRuns, sheep: sheepInfo)
         report["goals"] = gs.map { $0.json }
         let tol = tolerance ?? Tolerance.iopsGeomean
         let itol = instructionTolerance ?? Tolerance.instructions

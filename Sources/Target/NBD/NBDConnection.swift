@@ -89,7 +89,7 @@ extension Connection {
                 stageHave += n
                 if stageHave < stageNeed { return }
                 nbdHeaderDone()
-            case .optionData:
+            case .optionData, .payload:
                 if stageHave < dataLength {
                     if avail == 0 { return }
                     let n = min(avail, dataLength - stageHave)
@@ -98,7 +98,7 @@ extension Connection {
                     stageHave += n
                     if stageHave < dataLength { return }
                 }
-                nbdOptionComplete()
+                if nbd.stage == .payload { nbdPayloadComplete() } else { nbdOptionComplete() }
             case .optionSkip, .payloadSkip:
                 if nbd.skipLeft > 0 {
                     if avail == 0 { return }
@@ -108,16 +108,6 @@ extension Connection {
                     if nbd.skipLeft > 0 { return }
                 }
                 nbdSkipComplete()
-            case .payload:
-                if stageHave < dataLength {
-                    if avail == 0 { return }
-                    let n = min(avail, dataLength - stageHave)
-                    memcpy(sinkPtr! + stageHave, rx + rxStart, n)
-                    rxStart += n
-                    stageHave += n
-                    if stageHave < dataLength { return }
-                }
-                nbdPayloadComplete()
             case .draining:
                 // proto.md: the client sends nothing after NBD_CMD_DISC; whatever comes is ignored.
                 rxStart = rxEnd
@@ -129,17 +119,17 @@ extension Connection {
     private func nbdHeaderDone() {
         switch nbd.stage {
         case .clientFlags:
-            let step = nbd.handshake.clientFlags(nbdLoad32(hdr, 0))
+            let step = nbd.handshake.clientFlags(be32(hdr, 0))
             nbdApply(step)
             if phase == .closing { return }
             nbdExpectOption()
         case .optionHeader:
-            guard nbdLoad64(hdr, 0) == NBDWire.optionMagic else {
+            guard be64(hdr, 0) == NBDWire.optionMagic else {
                 reactor.closeConnection(self, reason: "bad NBD option magic")
                 return
             }
-            nbd.option = nbdLoad32(hdr, 8)
-            let length = Int(nbdLoad32(hdr, 12))
+            nbd.option = be32(hdr, 8)
+            let length = Int(be32(hdr, 12))
             stageHave = 0
             if length > NBDHandshake.maxOptionDataBytes {
                 nbd.stage = .optionSkip

@@ -109,21 +109,21 @@ public struct NBDRequestHeader: Equatable, Sendable {
     /// Reads the 28 bytes at `p`.
     @inline(__always)
     public init(decoding p: UnsafeRawPointer) {
-        magic = nbdLoad32(p, 0)
-        flags = nbdLoad16(p, 4)
-        type = nbdLoad16(p, 6)
-        cookie = nbdLoad64(p, 8)
-        offset = nbdLoad64(p, 16)
-        length = nbdLoad32(p, 24)
+        magic = be32(p, 0)
+        flags = be16(p, 4)
+        type = be16(p, 6)
+        cookie = be64(p, 8)
+        offset = be64(p, 16)
+        length = be32(p, 24)
     }
 
     public func encode(to p: UnsafeMutableRawPointer) {
-        nbdStore32(p, 0, magic)
-        nbdStore16(p, 4, flags)
-        nbdStore16(p, 6, type)
-        nbdStore64(p, 8, cookie)
-        nbdStore64(p, 16, offset)
-        nbdStore32(p, 24, length)
+        put32(p, 0, magic)
+        put16(p, 4, flags)
+        put16(p, 6, type)
+        put64(p, 8, cookie)
+        put64(p, 16, offset)
+        put32(p, 24, length)
     }
 }
 
@@ -267,26 +267,8 @@ public enum NBDEncode {
 /// Writes a simple reply (magic, error, cookie) at `p`: 16 bytes.
 @inline(__always)
 public func nbdSimpleReply(_ p: UnsafeMutableRawPointer, error: UInt32, cookie: UInt64) {
-    nbdStore32(p, 0, NBDWire.simpleReplyMagic)
-    nbdStore32(p, 4, error)
-    nbdStore64(p, 8, cookie)
+    put32(p, 0, NBDWire.simpleReplyMagic)
+    put32(p, 4, error)
+    put64(p, 8, cookie)
 }
 
-@inline(__always) func nbdLoad16(_ p: UnsafeRawPointer, _ o: Int) -> UInt16 {
-    UInt16(bigEndian: p.loadUnaligned(fromByteOffset: o, as: UInt16.self))
-}
-@inline(__always) func nbdLoad32(_ p: UnsafeRawPointer, _ o: Int) -> UInt32 {
-    UInt32(bigEndian: p.loadUnaligned(fromByteOffset: o, as: UInt32.self))
-}
-@inline(__always) func nbdLoad64(_ p: UnsafeRawPointer, _ o: Int) -> UInt64 {
-    UInt64(bigEndian: p.loadUnaligned(fromByteOffset: o, as: UInt64.self))
-}
-@inline(__always) func nbdStore16(_ p: UnsafeMutableRawPointer, _ o: Int, _ v: UInt16) {
-    p.storeBytes(of: v.bigEndian, toByteOffset: o, as: UInt16.self)
-}
-@inline(__always) func nbdStore32(_ p: UnsafeMutableRawPointer, _ o: Int, _ v: UInt32) {
-    p.storeBytes(of: v.bigEndian, toByteOffset: o, as: UInt32.self)
-}
-@inline(__always) func nbdStore64(_ p: UnsafeMutableRawPointer, _ o: Int, _ v: UInt64) {
-    p.storeBytes(of: v.bigEndian, toByteOffset: o, as: UInt64.self)
-}
