@@ -47,6 +47,32 @@ struct Endpoint: Equatable, CustomStringConvertible {
     /// `iscsi://HOST:PORT`, the form iscsi-ls takes.
     var portalURL: String { "iscsi://\(host):\(port)" }
 
+    /// connect(2) for a stream socket `fd` of the endpoint's family (AF_INET6 when `isIPv6`); returns its
+    /// result (0, or -1 with errno set).
+    func connect(_ fd: Int32) -> Int32 {
+        let bare = host.trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+        if isIPv6 {
+            var a = sockaddr_in6()
+            a.sin6_family = sa_family_t(AF_INET6)
+            a.sin6_port = in_port_t(UInt16(port).bigEndian)
+            inet_pton(AF_INET6, bare, &a.sin6_addr)
+            return withUnsafePointer(to: &a) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size))
+                }
+            }
+        }
+        var a = sockaddr_in()
+        a.sin_family = sa_family_t(AF_INET)
+        a.sin_port = in_port_t(UInt16(port).bigEndian)
+        inet_pton(AF_INET, bare, &a.sin_addr)
+        return withUnsafePointer(to: &a) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+    }
+
     /// Parses every `Portal: HOST:PORT,TPGT` line (IPv6 hosts are bracketed).
     static func parsePortals(_ text: String) -> [Endpoint] {
         var result: [Endpoint] = []

@@ -53,8 +53,7 @@ final class RawSocket {
     /// Connects to `endpoint`. `receiveBufferBytes` shrinks SO_RCVBUF (set before connect so the
     /// window the target sees is small from the start).
     init(_ endpoint: Endpoint, receiveBufferBytes: Int? = nil) throws {
-        let v6 = endpoint.isIPv6
-        fd = socket(v6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        fd = socket(endpoint.isIPv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw E2EError("socket: errno \(errno)") }
         var tv = timeval(tv_sec: RawSessionLimits.sendTimeoutSeconds, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
@@ -63,29 +62,7 @@ final class RawSocket {
         if var rcv = receiveBufferBytes.map(Int32.init) {
             setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, socklen_t(MemoryLayout<Int32>.size))
         }
-        let host = endpoint.host.trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
-        let rc: Int32
-        if v6 {
-            var a = sockaddr_in6()
-            a.sin6_family = sa_family_t(AF_INET6)
-            a.sin6_port = in_port_t(UInt16(endpoint.port).bigEndian)
-            inet_pton(AF_INET6, host, &a.sin6_addr)
-            rc = withUnsafePointer(to: &a) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size))
-                }
-            }
-        } else {
-            var a = sockaddr_in()
-            a.sin_family = sa_family_t(AF_INET)
-            a.sin_port = in_port_t(UInt16(endpoint.port).bigEndian)
-            inet_pton(AF_INET, host, &a.sin_addr)
-            rc = withUnsafePointer(to: &a) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-                }
-            }
-        }
+        let rc = endpoint.connect(fd)
         guard rc == 0 else {
             let e = errno
             Glibc.close(fd)
