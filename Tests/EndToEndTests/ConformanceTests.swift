@@ -32,9 +32,12 @@ extension EndToEnd {
                 try #require(report.consistencyProblem() == nil, "\(report.consistencyProblem()!)\n\(tail(r.stdout))")
 
                 let unlisted = report.skipped.filter { skipList.reasons[$0.name] == nil }
-                try writeResults(report, seconds: r.seconds, peer: t.peer, log: r.stdout + r.stderr,
-                                 unlisted: unlisted.map(\.name), listedButRan: skipList.reasons.keys
-                                     .filter { name in report.passedNotSkipped.contains { $0.name == name } }.sorted())
+                let listedButRan = skipList.reasons.keys
+                    .filter { name in report.passedNotSkipped.contains { $0.name == name } }.sorted()
+                try report.writeResults(name: t.peer.rawValue, peer: t.peer.rawValue,
+                                        command: "iscsi-test-cu -d -t ALL URL URL (file LUN, 1 GiB)",
+                                        seconds: r.seconds, log: r.stdout + r.stderr,
+                                        extra: ["skippedButNotListed": unlisted.map(\.name), "listedButPassed": listedButRan])
 
                 let failedNames = report.failed.map(\.name)
                 #expect(failedNames.isEmpty, "\(failedNames.count) failed (log: \(Paths.resultsDir.path))")
@@ -45,30 +48,6 @@ extension EndToEnd {
                 #expect(unlistedSkips.isEmpty,
                         "skipped tests missing from docs/CONFORMANCE.md: add them with a true reason, or make them pass")
             }
-        }
-
-        /// Counts and lists for the lead's report: .build/e2e-results/conformance.json and the raw log.
-        private func writeResults(_ report: CUnitReport, seconds: Double, peer: Peer, log: String,
-                                  unlisted: [String], listedButRan: [String]) throws {
-            let dir = Paths.resultsDir
-            try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-            let result: [String: Any] = [
-                "peer": peer.rawValue,
-                "command": "iscsi-test-cu -d -t ALL URL URL (file LUN, 1 GiB)",
-                "total": report.tests.count,
-                "passedNotSkipped": report.passedNotSkipped.count,
-                "skipped": report.skipped.count,
-                "failed": report.failed.count,
-                "seconds": (seconds * 10).rounded() / 10,
-                "failedTests": report.failed.map(\.name),
-                "skippedTests": report.skipped.map { "\($0.name): \($0.skipReason ?? "")" },
-                "skippedButNotListed": unlisted,
-                "listedButPassed": listedButRan,
-            ]
-            let json = try JSONSerialization.data(withJSONObject: result, options: [.prettyPrinted, .sortedKeys])
-            try json.write(to: dir.appendingPathComponent("conformance-\(peer.rawValue).json"))
-            try log.write(to: dir.appendingPathComponent("iscsi-test-cu-\(peer.rawValue).log"),
-                          atomically: true, encoding: .utf8)
         }
     }
 }

@@ -26,7 +26,10 @@ extension EndToEnd {
                 try #require(report.consistencyProblem() == nil, "\(report.consistencyProblem()!)\n\(tail(r.stdout))")
 
                 let unlisted = report.skipped.filter { skipList.reasons[$0.name] == nil }
-                try writeResults(report, kind: kind, seconds: r.seconds, log: r.stdout + r.stderr, unlisted: unlisted.map(\.name))
+                try report.writeResults(name: "sheepdog-\(kind.rawValue)", peer: "ringtgt",
+                                        command: "iscsi-test-cu -d -t ALL URL URL (sheepdog LUN, 1 GiB VDI, \(kind))",
+                                        seconds: r.seconds, log: r.stdout + r.stderr,
+                                        extra: ["skippedButNotListed": unlisted.map(\.name)])
 
                 let failed = report.failed.map(\.name)
                 #expect(failed.isEmpty, "\(failed.count) failed: \(failed) (log: \(Paths.resultsDir.path))")
@@ -35,29 +38,6 @@ extension EndToEnd {
                 let unlistedSkips = unlisted.map { "\($0.name) [\($0.skipReason ?? "")]" }
                 #expect(unlistedSkips.isEmpty, "skipped tests missing from docs/CONFORMANCE.md: \(unlistedSkips)")
             }
-        }
-
-        /// Counts for the lead's report: .build/e2e-results/conformance-sheepdog-KIND.json and the raw log.
-        private func writeResults(_ report: CUnitReport, kind: SheepKind, seconds: Double, log: String,
-                                  unlisted: [String]) throws {
-            let dir = Paths.resultsDir
-            try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-            let result: [String: Any] = [
-                "peer": "ringtgt",
-                "command": "iscsi-test-cu -d -t ALL URL URL (sheepdog LUN, 1 GiB VDI, \(kind))",
-                "total": report.tests.count,
-                "passedNotSkipped": report.passedNotSkipped.count,
-                "skipped": report.skipped.count,
-                "failed": report.failed.count,
-                "seconds": (seconds * 10).rounded() / 10,
-                "failedTests": report.failed.map(\.name),
-                "skippedTests": report.skipped.map { "\($0.name): \($0.skipReason ?? "")" },
-                "skippedButNotListed": unlisted,
-            ]
-            let json = try JSONSerialization.data(withJSONObject: result, options: [.prettyPrinted, .sortedKeys])
-            try json.write(to: dir.appendingPathComponent("conformance-sheepdog-\(kind.rawValue).json"))
-            try log.write(to: dir.appendingPathComponent("iscsi-test-cu-sheepdog-\(kind.rawValue).log"),
-                          atomically: true, encoding: .utf8)
         }
     }
 }

@@ -132,3 +132,28 @@ struct ConformanceSkipList {
 }
 
 import Foundation
+
+extension CUnitReport {
+    /// Counts and lists for the lead's report: `.build/e2e-results/conformance-NAME.json` and the raw log
+    /// `iscsi-test-cu-NAME.log`. `extra` adds keys (the skip-list checks).
+    func writeResults(name: String, peer: String, command: String, seconds: Double, log: String,
+                      extra: [String: Any]) throws {
+        let dir = Paths.resultsDir
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        var result: [String: Any] = [
+            "peer": peer,
+            "command": command,
+            "total": tests.count,
+            "passedNotSkipped": passedNotSkipped.count,
+            "skipped": skipped.count,
+            "failed": failed.count,
+            "seconds": (seconds * 10).rounded() / 10,
+            "failedTests": failed.map(\.name),
+            "skippedTests": skipped.map { "\($0.name): \($0.skipReason ?? "")" },
+        ]
+        result.merge(extra) { $1 }
+        let json = try JSONSerialization.data(withJSONObject: result, options: [.prettyPrinted, .sortedKeys])
+        try json.write(to: dir.appendingPathComponent("conformance-\(name).json"))
+        try log.write(to: dir.appendingPathComponent("iscsi-test-cu-\(name).log"), atomically: true, encoding: .utf8)
+    }
+}
