@@ -136,10 +136,7 @@ struct OutQueue: ~Copyable {
 
     @inline(__always)
     private func addIov(_ v: Int, _ p: UnsafeMutableRawPointer, _ len: Int, _ skip: inout Int) -> Int {
-        if skip >= len { skip -= len; return v }
-        iov[v] = iovec(iov_base: p + skip, iov_len: len - skip)
-        skip = 0
-        return v + 1
+        appendIovec(iov, v, p, len, &skip)
     }
 
     /// Accounts `sent` bytes of the in-flight batch. The tokens of records fully sent, oldest first, are left in
@@ -174,4 +171,16 @@ struct OutQueue: ~Copyable {
         inFlight = 0
         sentInFirst = 0
     }
+}
+
+/// Puts `p[skip..<len]` at `iov[v]` for a gathered send, skipping bytes an earlier partial send already
+/// took: returns the next free index (unchanged when the whole piece was already sent) and consumes `skip`.
+/// The send queues of iSCSI connections and of sheep channels share it.
+@inline(__always)
+func appendIovec(_ iov: UnsafeMutablePointer<iovec>, _ v: Int, _ p: UnsafeMutableRawPointer, _ len: Int,
+                 _ skip: inout Int) -> Int {
+    if skip >= len { skip -= len; return v }
+    iov[v] = iovec(iov_base: p + skip, iov_len: len - skip)
+    skip = 0
+    return v + 1
 }

@@ -368,10 +368,7 @@ final class SheepChannel {
 
     @inline(__always)
     private func addIov(_ v: Int, _ p: UnsafeMutableRawPointer, _ len: Int, _ skip: inout Int) -> Int {
-        if skip >= len { skip -= len; return v }
-        iov[v] = iovec(iov_base: p + skip, iov_len: len - skip)
-        skip = 0
-        return v + 1
+        appendIovec(iov, v, p, len, &skip)
     }
 
     func onSend(_ res: Int32) {
