@@ -61,8 +61,12 @@ def iops_by_qd(report, outdir):
                 ax.set_xlabel("queue depth (one session)")
             ax.legend(fontsize=8)
     fig.suptitle("IOPS by queue depth: ringtgt vs tgt (same run)")
+    return save(fig, outdir, "iops_by_qd.png")
+
+
+def save(fig, outdir, name):
+    """Lays the figure out, writes OUTDIR/NAME and returns NAME."""
     fig.tight_layout()
-    name = "iops_by_qd.png"
     fig.savefig(f"{outdir}/{name}", dpi=110)
     plt.close(fig)
     return name
@@ -96,11 +100,7 @@ def latency(report, outdir):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("Latency distribution (HdrHistogram from ringtgt-loadgen)")
-    fig.tight_layout()
-    name = "latency.png"
-    fig.savefig(f"{outdir}/{name}", dpi=110)
-    plt.close(fig)
-    return name
+    return save(fig, outdir, "latency.png")
 
 
 def cpu_per_io(report, outdir):
@@ -132,11 +132,7 @@ def cpu_per_io(report, outdir):
     ax.grid(True, axis="x", which="both", alpha=0.3)
     ax.legend()
     ax.set_title("Target CPU per I/O, 1 target core (lower is better)")
-    fig.tight_layout()
-    name = "cpu_per_io.png"
-    fig.savefig(f"{outdir}/{name}", dpi=110)
-    plt.close(fig)
-    return name
+    return save(fig, outdir, "cpu_per_io.png")
 
 
 def main():
