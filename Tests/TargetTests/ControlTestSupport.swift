@@ -18,6 +18,9 @@ final class FakeFabric: ControlFabric, @unchecked Sendable {
     }
     func sessions() -> [SessionInfo] { sessionList }
     func portals() -> [PortalInfo] { portalList }
+    /// What `commandsInFlight` answers (the same count for any units).
+    var inFlight = 0
+    func commandsInFlight(on units: [LogicalUnit]) -> Int { inFlight }
 }
 
 final class FakeOpener: BackingOpener, @unchecked Sendable {

@@ -59,6 +59,10 @@ public protocol ControlFabric: AnyObject {
     func publish(_ snapshot: ConfigSnapshot)
     /// Sessions that are logged in now (full-feature phase), on every core.
     func sessions() -> [SessionInfo]
+    /// Commands in flight on any of these logical units, on every core. tgt refuses to delete a LUN that has
+    /// commands queued; after a forced delete the control plane waits for this to reach 0 before it closes
+    /// what the store holds outside the process (a sheepdog VDI lock).
+    func commandsInFlight(on units: [LogicalUnit]) -> Int
     /// The portals the daemon listens on.
     func portals() -> [PortalInfo]
     /// The NBD listeners (`--nbd portal=`), shown by `--lld nbd --op show --mode portal`.

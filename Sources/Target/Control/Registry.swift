@@ -240,7 +240,7 @@ public final class Registry: @unchecked Sendable {
         if !r.force && fabric.sessions().contains(where: { $0.tid == tid }) { throw AdminError(.targetActive) }
         guard let removed = targets.removeValue(forKey: tid) else { throw AdminError(.noTarget) }
         publish()
-        for record in removed.luns.values { opener.release(record.unit.backing) }
+        releaseWhenIdle(removed.luns.values.map(\.unit))
     }
 
     private func bind(_ r: AdminRequest, add: Bool) throws {
@@ -318,7 +318,7 @@ public final class Registry: @unchecked Sendable {
         guard let lun = r.lun else { throw AdminError(.invalidRequest, "--lun is required") }
         switch r.op {
         case .new: try newLogicalUnit(r, tid: tid, lun: lun)
-        case .delete: try deleteLogicalUnit(tid: tid, lun: lun)
+        case .delete: try deleteLogicalUnit(tid: tid, lun: lun, force: r.force)
         case .update: try updateLogicalUnit(r, tid: tid, lun: lun)
         default: throw AdminError(.unsupportedOperation)
         }
@@ -388,14 +388,38 @@ public final class Registry: @unchecked Sendable {
         publish()
     }
 
-    private func deleteLogicalUnit(tid: Int, lun: UInt64) throws {
+    private func deleteLogicalUnit(tid: Int, lun: UInt64, force: Bool) throws {
         // tgt_device_destroy refuses LUN 0 (its controller) before looking anything up.
         if lun == 0 && options.controllerLUN0 { throw AdminError(.invalidRequest) }
-        guard var target = targets[tid], let record = target.luns.removeValue(forKey: lun) else { throw AdminError(.noLUN) }
+        guard var target = targets[tid], let record = target.luns[lun] else { throw AdminError(.noLUN) }
+        // tgt refuses to delete a LUN with commands queued; --force takes it from new commands at once.
+        if !force && fabric.commandsInFlight(on: [record.unit]) > 0 { throw AdminError(.lunActive) }
+        target.luns.removeValue(forKey: lun)
         target.lunGeneration = nextGeneration()
         targets[tid] = target
         publish()
-        opener.release(record.unit.backing)
+        releaseWhenIdle([record.unit])
+    }
+
+    /// How often a forced delete looks again for commands still in flight on what it removed.
+    static let drainPollMicroseconds: UInt32 = 10_000
+
+    /// `units` are no longer in the published configuration, so no command can start on them. Commands
+    /// already in flight finish against the store as it is: their session pins the target they started under,
+    /// and with it the LUN and its file descriptor, which closes with the last of them (TargetPins). What a
+    /// store holds outside the process (a sheepdog VDI lock) is given back once no command is left; a command
+    /// may wait as long as sheep's own retry bound, so that wait runs off the control thread.
+    private func releaseWhenIdle(_ units: [LogicalUnit]) {
+        if units.isEmpty { return }
+        let fabric = self.fabric, opener = self.opener
+        if fabric.commandsInFlight(on: units) == 0 {
+            for u in units { opener.release(u.backing) }
+            return
+        }
+        Thread.detachNewThread {
+            while fabric.commandsInFlight(on: units) > 0 { usleep(Registry.drainPollMicroseconds) }
+            for u in units { opener.release(u.backing) }
+        }
     }
 
     /// `--op update --mode logicalunit --params ...`. LogicalUnit is immutable, so a changed identity

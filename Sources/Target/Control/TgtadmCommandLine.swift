@@ -318,7 +318,10 @@ public enum TgtadmCommandLine {
             case .new:
                 // tgt's list plus P: ringtgt takes --params when creating a LUN too.
                 if let f = notAllowed("logicalunit mode: ", "LmofytlbEYCSP") { return f }
-            case .delete, .stat:
+            case .delete:
+                // tgt's list plus F: ringtgt deletes a LUN with commands in flight when forced (they finish first).
+                if let f = notAllowed("logicalunit mode: ", "LmotlCF") { return f }
+            case .stat:
                 if let f = notAllowed("logicalunit mode: ", "LmotlC") { return f }
             case .update:
                 if let c = disallowed(o, "LmofytlPC") { return eprint("option '-\(c)' not supported in logicalunit mode") }
@@ -383,9 +386,10 @@ public enum TgtadmCommandLine {
         --lld <driver> --mode logicalunit --op update --tid <id> --lun <lun> --params <key=value,...>
         \tset vendor_id, product_id, product_rev, scsi_id, scsi_sn, readonly,
         \tthin_provisioning, optimal_xfer_len or the caching mode_page.
-        --lld <driver> --mode logicalunit --op delete --tid <id> --lun <lun>
+        --lld <driver> --mode logicalunit --op delete [--force] --tid <id> --lun <lun>
         \tdelete the specific logical unit with <lun> that
-        \tthe target with <id> has.
+        \tthe target with <id> has. With force option, a logical
+        \tunit with commands in flight is deleted once they end.
         --lld <driver> --mode portal --op show
         \tshow the portals the daemon listens on.
         --lld <driver> --mode system --op show

@@ -113,7 +113,12 @@ public final class Connection {
     var isDiscovery = false
     var isid: UInt64 = 0
     var tsih: UInt16 = 0
-    var target: TargetRuntime? = nil
+    /// The session's target; assigning one keeps the previous alive for tasks still in flight (TargetPins).
+    var target: TargetRuntime? {
+        get { targetPins.current }
+        set { targetPins.replace(newValue) }
+    }
+    var targetPins = TargetPins()
     var nexus: Nexus? = nil
     var initiatorName = ""
     var text = TextExchange()

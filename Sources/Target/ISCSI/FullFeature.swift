@@ -275,6 +275,12 @@ extension Connection {
     private func startTask(_ t: Int, cdb: UnsafeRawBufferPointer) {
         guard let target, let nexus else { releaseTask(t); return }
         let lun = target.lun(tasks[t].lunNumber)
+        if tasks[t].holdsCompareAndWriteGate && tasks[t].lun !== lun {
+            // The LUN was replaced while this COMPARE AND WRITE waited: the gate it holds is the old unit's.
+            tasks[t].holdsCompareAndWriteGate = false
+            tasks[t].lun?.leaveCompareAndWrite()
+        }
+        pinTarget(t)
         tasks[t].lun = lun
         if cdb.count > 0 && cdb[0] == 0x89, let lun, !tasks[t].holdsCompareAndWriteGate {
             if !lun.tryEnterCompareAndWrite() {
@@ -606,12 +612,26 @@ extension Connection {
         withUnsafeBytes(of: &cdb) { c in startTask(t, cdb: UnsafeRawBufferPointer(start: c.baseAddress, count: n)) }
     }
 
+    /// The task is about to reference the session's current target and one of its LUNs: keep them alive until
+    /// `releaseTask` (TargetPins). A task that starts again (after waiting for a gate) moves to the current epoch.
+    @inline(__always)
+    func pinTarget(_ t: Int) {
+        if tasks[t].pinsTarget { targetPins.unpin(tasks[t].targetEpoch) }
+        tasks[t].targetEpoch = targetPins.pin()
+        tasks[t].pinsTarget = true
+    }
+
     /// Gives back the task entry and its buffer slot.
     func releaseTask(_ t: Int) {
         guard tasks[t].state != .free else { return }
         if tasks[t].holdsCompareAndWriteGate {
             tasks[t].holdsCompareAndWriteGate = false
             tasks[t].lun?.leaveCompareAndWrite()
+        }
+        if tasks[t].pinsTarget {
+            // Last: the gate above still used the LUN this pin keeps alive.
+            tasks[t].pinsTarget = false
+            targetPins.unpin(tasks[t].targetEpoch)
         }
         if tasks[t].holdsPermit {
             tasks[t].holdsPermit = false

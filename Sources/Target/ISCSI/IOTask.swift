@@ -33,7 +33,12 @@ struct IOTask {
     var nextFree: Int32 = -1
     /// Intrusive link for the core's permit queue and the connection's order/out-space waits.
     var nextWait: Int32 = -1
+    /// The LUN this task runs on. Kept alive by the connection's target pin (`Connection.pinTarget`): the task
+    /// holds the target it started under, and that target holds its LUNs, until `releaseTask`.
     unowned(unsafe) var lun: LogicalUnit? = nil
+    /// The connection's target epoch this task pinned (valid while `pinsTarget`).
+    var targetEpoch: UInt32 = 0
+    var pinsTarget = false
 
     // Data-out stream (writes)
     var immediateBytes: Int = 0     // stream bytes [0, immediateBytes) arrived with the command

@@ -95,9 +95,21 @@ extension Connection {
         params = ConnectionParams(sessionParameters: p, slotBytes: reactor.pool.slotBytes)
         isDiscovery = p.sessionType == .discovery
         initiatorName = p.initiatorName
-        target = login.target
+        // The login found its target in the snapshot of its first PDU; the session serves the one this core
+        // applies now (a LUN deleted meanwhile is not served). The login machine lets go of the old one, so a
+        // deleted LUN's store closes once its last command ends, not when this session does.
+        let found = login.target
+        login = LoginStateMachine()
         phase = .fullFeature
         self.tsih = tsih
+        if let found {
+            if let now = reactor.snapshot.target(tid: found.tid), now.name == found.name {
+                target = now
+            } else {
+                reactor.closeConnection(self, reason: "target \(found.name) removed during login")
+                return
+            }
+        }
         if let target, !isDiscovery {
             nexus = Nexus(initiatorName: initiatorName, isid: isid, targetName: target.name,
                           portalGroupTag: target.portalGroupTag, relativeTargetPortID: target.relativeTargetPortID)

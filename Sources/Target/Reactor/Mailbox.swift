@@ -11,6 +11,8 @@ enum CoreMessage: @unchecked Sendable {
     case closeSession(tsih: UInt16)
     /// Report the sessions this core serves.
     case sessions(SessionQuery)
+    /// Count this core's commands in flight on some logical units.
+    case commandsInFlight(InFlightQuery)
     /// Stop the loop.
     case shutdown
     /// Home-core work for a sheepdog VDI (allocation, copy-on-write, deallocation, reload).
@@ -32,6 +34,13 @@ public final class SessionQuery: @unchecked Sendable {
     public let reply = CoreReply()
     public var result: [SessionInfo] = []
     public init() {}
+}
+
+public final class InFlightQuery: @unchecked Sendable {
+    public let reply = CoreReply()
+    public let units: [ObjectIdentifier]
+    public var result = 0
+    public init(units: [ObjectIdentifier]) { self.units = units }
 }
 
 /// Multi-producer mailbox, single consumer (the owning core).

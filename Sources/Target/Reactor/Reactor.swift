@@ -340,7 +340,9 @@ public final class Reactor {
              .mapStatus(let tg, _, _), .prefetch(let tg, _, _):
             storeTarget = tg
         }
-        if case .other(let n) = storeTarget { lun = c.target?.lun(n) }
+        // Another LUN of the task's own target (EXTENDED COPY): that target is pinned while the task lives, the
+        // session's current one may have been replaced since.
+        if case .other(let n) = storeTarget { lun = c.tasks[t].scsi.target?.lun(n) }
         guard let lun else {
             return .failed(.unavailable)
         }
@@ -543,6 +545,9 @@ public final class Reactor {
             case .sessions(let q):
                 q.result = sessionInfo()
                 q.reply.signal()
+            case .commandsInFlight(let q):
+                q.result = commandsInFlight(on: q.units)
+                q.reply.signal()
             case .shutdown:
                 running = false
             case .sheepHome(let req):
@@ -567,6 +572,19 @@ public final class Reactor {
                 closeConnection(c, reason: "target removed")
             }
         }
+    }
+
+    /// Tasks on this core, on any connection (closing ones too), that reference one of these units.
+    func commandsInFlight(on units: [ObjectIdentifier]) -> Int {
+        var n = 0
+        for c in connections {
+            guard let c else { continue }
+            for t in 0..<c.tasksInitialized where c.tasks[t].state != .free {
+                if let lun = c.tasks[t].lun, units.contains(ObjectIdentifier(lun)) { n += 1 }
+                else if c.tasks[t].scsi.copyTouches(units) { n += 1 }
+            }
+        }
+        return n
     }
 
     func sessionInfo() -> [SessionInfo] {
@@ -598,6 +616,7 @@ public final class Reactor {
                     }
                 case .config(_, let reply): reply.signal()
                 case .sessions(let q): q.reply.signal()
+                case .commandsInFlight(let q): q.result = commandsInFlight(on: q.units); q.reply.signal()
                 case .closeSession, .shutdown: break
                 }
             }

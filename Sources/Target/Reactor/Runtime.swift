@@ -145,6 +145,18 @@ public final class Runtime: @unchecked Sendable {
         return all
     }
 
+    public func commandsInFlight(on units: [LogicalUnit]) -> Int {
+        let ids = units.map(ObjectIdentifier.init)
+        var total = 0
+        for r in reactors {
+            let q = InFlightQuery(units: ids)
+            r.mailbox.post(.commandsInFlight(q))
+            q.reply.wait()
+            total += q.result
+        }
+        return total
+    }
+
     /// Closes every session of a target (admin delete with --force).
     public func closeSessions(tid: Int) {
         for s in sessions() where s.tid == tid {

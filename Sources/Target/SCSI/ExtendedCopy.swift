@@ -293,3 +293,15 @@ extension SCSITask {
         }
     }
 }
+
+extension SCSITask {
+    /// Whether an EXTENDED COPY in progress reads or writes one of `units` (LUNs of its target other than
+    /// the one it was sent to): the control plane counts it as a command on those LUNs too.
+    func copyTouches(_ units: [ObjectIdentifier]) -> Bool {
+        guard phase == .xcopyRead || phase == .xcopyWrite, let target else { return false }
+        for n in [xcopy.sourceLUN, xcopy.destinationLUN] {
+            if let lu = target.lun(n), units.contains(ObjectIdentifier(lu)) { return true }
+        }
+        return false
+    }
+}
