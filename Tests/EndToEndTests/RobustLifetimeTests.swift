@@ -203,5 +203,29 @@ extension EndToEnd {
                 }
             }
         }
+
+        /// Paths of the files the daemon has open (/proc/PID/fd).
+        static func openFiles(pid: Int32) -> [String] {
+            let dir = "/proc/\(pid)/fd"
+            let fds = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+            return fds.compactMap { try? FileManager.default.destinationOfSymbolicLink(atPath: "\(dir)/\($0)") }
+        }
+
+        /// A LUN deleted while sessions that logged in before are still there, with no command in flight, has
+        /// its file closed at once: nothing but commands in flight keeps a deleted LUN's store open.
+        @Test func aDeletedLUNsFileClosesWhileOlderSessionsLive() throws {
+            try withTarget(luns: [.file(bytes: RobustLifetime.lunBytes), .file(bytes: RobustLifetime.lunBytes)]) { t in
+                try RobustLifetime.requireRingtgt(t)
+                let s = try RawSession(t.endpoint, target: t.iqn, options: RawLoginOptions(initiatorName: RobustLifetime.initiator,
+                                                                                          clearUnitAttentionLUNs: [1, 2]))
+                let file2 = try #require(t.lunFiles[2]).resolvingSymlinksInPath().path
+                let pid = t.daemon.process.pid
+                try #require(RobustLifetime.openFiles(pid: pid).contains(file2), "LUN 2's file is not open to begin with")
+                try #require(try RobustLifetime.deleteLUN(t, 2, force: false).succeeded)
+                #expect(!RobustLifetime.openFiles(pid: pid).contains(file2), "LUN 2's file is still open after its delete")
+                _ = try RobustLifetime.runPastUnitAttention(s, RawCDB.testUnitReady, lun: 1, edtl: 0)
+                try s.writeReadVerify(lba: 0, data: patternBytes(4096, seed: 11))
+            }
+        }
     }
 }
