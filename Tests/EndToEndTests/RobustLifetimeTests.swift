@@ -227,5 +227,110 @@ extension EndToEnd {
                 try s.writeReadVerify(lba: 0, data: patternBytes(4096, seed: 11))
             }
         }
+
+        /// Rounds of the delete/re-add race; RINGTGT_E2E_LIFETIME_ROUNDS raises it for sanitizer runs.
+        static var raceRounds: Int {
+            Int(ProcessInfo.processInfo.environment["RINGTGT_E2E_LIFETIME_ROUNDS"] ?? "") ?? 12
+        }
+        static let raceRegionBytes = 2 * 1024 * 1024
+
+        /// Reads and writes from two sessions on two cores while the admin deletes LUN 2 (forced), adds a LUN 3
+        /// with a third pattern on a new file, changes the ACL (a publish), deletes LUN 3 and adds LUN 2 again on
+        /// its own file, round after round. Every LUN holds its own pattern, and writes rewrite that same
+        /// pattern: a GOOD read of other bytes, or a file that ends up holding another LUN's bytes, is a command
+        /// that reached the wrong store.
+        @Test func deleteAndReAddRacesNeverCrossLUNs() throws {
+            try withTarget(cores: 2, luns: [.file(bytes: RobustLifetime.lunBytes), .file(bytes: RobustLifetime.lunBytes)]) { t in
+                try RobustLifetime.requireRingtgt(t)
+                let region = RobustLifetime.raceRegionBytes
+                let patterns: [UInt64: [UInt8]] = [1: patternBytes(region, seed: 21), 2: patternBytes(region, seed: 22),
+                                                   3: patternBytes(region, seed: 23)]
+                let setup = try RawSession(t.endpoint, target: t.iqn, options: RawLoginOptions(initiatorName: RobustLifetime.initiator,
+                                                                                              clearUnitAttentionLUNs: [1, 2]))
+                try RobustLifetime.fill(setup, lun: 1, patterns[1]!)
+                try RobustLifetime.fill(setup, lun: 2, patterns[2]!)
+                setup.close()
+                let file2 = try #require(t.lunFiles[2])
+
+                final class Tally: @unchecked Sendable {
+                    let lock = NSLock()
+                    var good: [UInt64: Int] = [:], errors = 0, wrong: [String] = [], failures: [String] = []
+                    var stopping = false
+                    func add(_ f: (Tally) -> Void) { lock.lock(); f(self); lock.unlock() }
+                    var shouldStop: Bool { lock.lock(); defer { lock.unlock() }; return stopping }
+                }
+                let tally = Tally()
+                let finished = DispatchSemaphore(value: 0)
+
+                let workers = (0..<2).map { w -> Thread in
+                    Thread {
+                        defer { finished.signal() }
+                        do {
+                            var options = RawLoginOptions(initiatorName: "\(RobustLifetime.initiator)-\(w)", clearUnitAttentionLUNs: [1])
+                            options.isid = 0x4000_0000_0100 + UInt64(w)
+                            let s = try RawSession(t.endpoint, target: t.iqn, options: options)
+                            var rng = SplitMix64(seed: 0x11FE + UInt64(w))
+                            while !tally.shouldStop {
+                                let lun = UInt64(1 + rng.next() % 3)
+                                let chunk = 65536 << Int(rng.next() % 3)
+                                let offset = Int(rng.next() % UInt64(region / chunk)) * chunk
+                                let lba = UInt64(offset / RobustLifetime.blockBytes), blocks = UInt32(chunk / RobustLifetime.blockBytes)
+                                let expected = Array(patterns[lun]![offset..<(offset + chunk)])
+                                let write = rng.next() % 4 == 0
+                                let r = write
+                                    ? try s.run(RawCDB.write16(lba: lba, blocks: blocks), lun: lun, writeData: expected)
+                                    : try s.run(RawCDB.read16(lba: lba, blocks: blocks), lun: lun, read: true, edtl: chunk)
+                                tally.add { tl in
+                                    if r.status == RawCodes.good {
+                                        tl.good[lun, default: 0] += 1
+                                        if !write && r.data != expected {
+                                            let owner = patterns.first { $0.value[offset..<(offset + chunk)].elementsEqual(r.data) }?.key
+                                            tl.wrong.append("READ of LUN \(lun) at \(offset) returned \(owner.map { "LUN \($0)'s" } ?? "unknown") bytes")
+                                        }
+                                    } else if r.status == RawCodes.checkCondition {
+                                        tl.errors += 1
+                                    } else {
+                                        tl.failures.append("LUN \(lun): \(r)")
+                                    }
+                                }
+                            }
+                            s.close()
+                        } catch {
+                            tally.add { $0.failures.append("worker \(w): \(error)") }
+                        }
+                    }
+                }
+                workers.forEach { $0.start() }
+                defer { tally.add { $0.stopping = true } }
+                var file3: URL? = nil
+                for round in 0..<RobustLifetime.raceRounds {
+                    try #require(try RobustLifetime.deleteLUN(t, 2, force: true).succeeded, "round \(round): delete LUN 2")
+                    if file3 == nil { file3 = try RobustLifetime.addFileLUN(t, 3, patterns[3]!) }
+                    else {
+                        try t.admin.must(["--lld", "iscsi", "--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "3",
+                                          "--backing-store", file3!.path])
+                    }
+                    try t.admin.must(["--lld", "iscsi", "--op", "bind", "--mode", "target", "--tid", "1", "-I", "10.9.9.9"])
+                    try t.admin.must(["--lld", "iscsi", "--op", "unbind", "--mode", "target", "--tid", "1", "-I", "10.9.9.9"])
+                    try #require(try RobustLifetime.deleteLUN(t, 3, force: true).succeeded, "round \(round): delete LUN 3")
+                    try t.admin.must(["--lld", "iscsi", "--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "2",
+                                      "--backing-store", file2.path])
+                }
+                tally.add { $0.stopping = true }
+                for _ in workers { finished.wait() }
+                tally.add { tl in
+                    #expect(tl.failures.isEmpty, "\(tl.failures.prefix(5))")
+                    #expect(tl.wrong.isEmpty, "\(tl.wrong.count) reads crossed LUNs: \(tl.wrong.prefix(5))")
+                    print("lifetime race: \(RobustLifetime.raceRounds) rounds, GOOD per LUN \(tl.good.sorted { $0.key < $1.key }), " +
+                          "\(tl.errors) CHECK CONDITIONs")
+                    #expect((tl.good[2] ?? 0) > 0 && (tl.good[3] ?? 0) > 0, "the race never reached LUN 2 or 3: it tested nothing")
+                }
+                for (lun, file) in [(UInt64(1), t.lunFiles[1]!), (2, file2), (3, file3!)] {
+                    let bytes = try Data(contentsOf: file).prefix(region)
+                    #expect(bytes == Data(patterns[lun]!), "LUN \(lun)'s file holds other bytes after the race")
+                }
+                try t.requireAlive("after the race")
+            }
+        }
     }
 }
