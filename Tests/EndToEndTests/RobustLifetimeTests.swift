@@ -57,6 +57,15 @@ extension EndToEnd {
             return r
         }
 
+        /// Deletes LUN `lun` and adds it again on the same file: the unit the session's login looked up is then
+        /// not the one that serves (an older runtime must not be what keeps the store open).
+        static func recreate(_ t: RunningTarget, _ lun: Int) throws {
+            let file = try #require(t.lunFiles[lun])
+            try #require(try deleteLUN(t, lun, force: false).succeeded)
+            try t.admin.must(["--lld", "iscsi", "--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "\(lun)",
+                              "--backing-store", file.path])
+        }
+
         static func expectActiveRefusal(_ r: ToolResult) {
             #expect(!r.succeeded, "deleting a LUN with a command in flight succeeded without --force")
             #expect((r.stdout + r.stderr).contains("this logical unit is still active"), "\(r)")
@@ -71,6 +80,8 @@ extension EndToEnd {
                 let s = try RawSession(t.endpoint, target: t.iqn, options: RawLoginOptions(initiatorName: RobustLifetime.initiator,
                                                                                           clearUnitAttentionLUNs: [1, 2]))
                 let one = patternBytes(RobustLifetime.transferBytes, seed: 1)
+                try RobustLifetime.recreate(t, 1)
+                _ = try RobustLifetime.runPastUnitAttention(s, RawCDB.testUnitReady, lun: 1, edtl: 0)
                 try RobustLifetime.fill(s, lun: 1, one)
                 let blocks = UInt32(RobustLifetime.transferBytes / RobustLifetime.blockBytes)
                 let itt = try s.sendCommand(RawCDB.read16(lba: 0, blocks: blocks), lun: 1, read: true,
@@ -107,6 +118,8 @@ extension EndToEnd {
                                                                                           clearUnitAttentionLUNs: [1, 2]))
                 let two = patternBytes(RobustLifetime.writeChunkBytes, seed: 2)
                 try RobustLifetime.fill(s, lun: 2, two)
+                try RobustLifetime.recreate(t, 1)
+                _ = try RobustLifetime.runPastUnitAttention(s, RawCDB.testUnitReady, lun: 1, edtl: 0)
                 let data = patternBytes(RobustLifetime.transferBytes, seed: 9)
                 let blocks = UInt32(RobustLifetime.transferBytes / RobustLifetime.blockBytes)
                 let itt = try s.sendCommand(RawCDB.write16(lba: 0, blocks: blocks), lun: 1, writeData: data, immediateBytes: 0)
