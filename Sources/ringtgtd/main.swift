@@ -159,7 +159,17 @@ struct RingTgtd: ParsableCommand {
                 throw ExitCode(1)
             }
         }
-        // The control socket opens last: a test or script that polls it sees the configured targets and exports.
+        // The portals accept only now: a login during start-up would meet a half-applied configuration
+        // (an ACL already bound, its CHAP account not yet).
+        do {
+            try runtime.startAccepting()
+        } catch {
+            logger.critical("cannot open the portals: \(error)")
+            runtime.stop()
+            throw ExitCode(1)
+        }
+        // The control socket opens last: a test or script that polls it sees the configured targets and exports,
+        // and portals that accept.
         let server = ControlServer(path: socketPath, registry: registry)
         do {
             try server.start()

@@ -11,6 +11,8 @@ enum CoreMessage: @unchecked Sendable {
     case closeSession(tsih: UInt16)
     /// Report the sessions this core serves.
     case sessions(SessionQuery)
+    /// The portals listen now (Runtime.startAccepting): arm the accepts.
+    case startAccepting
     /// Stop the loop.
     case shutdown
     /// Home-core work for a sheepdog VDI (allocation, copy-on-write, deallocation, reload).

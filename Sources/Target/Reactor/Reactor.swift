@@ -120,7 +120,7 @@ public final class Reactor {
     // MARK: - Loop
 
     func run() {
-        for (i, fd) in listeners.enumerated() { armAccept(i, fd) }
+        // Accepts are armed by the `.startAccepting` message, once the configuration is applied.
         armTick()
         armMailbox()
         pollNanos = config.pollNanos
@@ -543,6 +543,8 @@ public final class Reactor {
             case .sessions(let q):
                 q.result = sessionInfo()
                 q.reply.signal()
+            case .startAccepting:
+                for (i, fd) in listeners.enumerated() { armAccept(i, fd) }
             case .shutdown:
                 running = false
             case .sheepHome(let req):
@@ -598,7 +600,7 @@ public final class Reactor {
                     }
                 case .config(_, let reply): reply.signal()
                 case .sessions(let q): q.reply.signal()
-                case .closeSession, .shutdown: break
+                case .closeSession, .startAccepting, .shutdown: break
                 }
             }
             _ = ring.submitAndWait(timeoutNanos: 10_000_000)
