@@ -141,6 +141,9 @@ public struct CHAPExchange {
     public enum State: Equatable { case idle, challenged, done }
     public private(set) var state: State = .idle
     public private(set) var authenticatedUser: String?
+    /// The incoming account the initiator proved it knows (a session keeps it, to be re-checked when the
+    /// target's accounts change).
+    public private(set) var authenticatedAccount: CHAPAccount?
     private var identifier: UInt8 = 0
     private var challenge: [UInt8] = []
     private let credentials: CHAPCredentials
@@ -198,6 +201,7 @@ public struct CHAPExchange {
                 throw CHAPFailure(authentication: true, reason: "CHAP: wrong name or response for '\(name)'")
             }
             authenticatedUser = name
+            authenticatedAccount = account
             state = .done
             guard let idText = mutualID, let cText = mutualChallenge else { return [] }
             guard let id = UInt8(idText) else {

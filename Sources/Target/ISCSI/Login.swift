@@ -162,6 +162,8 @@ public struct LoginStateMachine {
     public var cid: UInt16 { firstCid }
     /// Values negotiated so far.
     public var parameters: SessionParameters? { negotiator?.params }
+    /// The account the initiator proved it knows; nil when the login used no authentication.
+    public var chapAccount: CHAPAccount? { chap?.authenticatedAccount }
 
     public init() {}
 

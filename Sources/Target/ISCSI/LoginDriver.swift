@@ -96,6 +96,7 @@ extension Connection {
         isDiscovery = p.sessionType == .discovery
         initiatorName = p.initiatorName
         target = login.target
+        chapAccount = login.chapAccount
         phase = .fullFeature
         self.tsih = tsih
         if let target, !isDiscovery {

@@ -569,6 +569,33 @@ public final class Reactor {
                 closeConnection(c, reason: "target removed")
             }
         }
+        closeSessionsNoLongerAdmitted()
+    }
+
+    /// After a configuration change, ends the sessions their target would no longer admit: the ACL dropped
+    /// them, or the target now requires CHAP and they did not authenticate as an account still bound to it.
+    /// Logins still in progress that a change to the target's ACL or accounts concerns end too: their CHAP
+    /// exchange was set up from the old accounts; the initiator logs in again under the new ones.
+    func closeSessionsNoLongerAdmitted() {
+        for c in connections {
+            guard let c else { continue }
+            let refusal: String?
+            switch c.phase {
+            case .fullFeature:
+                guard let t = c.target else { continue }   // discovery sessions use no target
+                refusal = SessionAdmission.refusal(target: t, peerAddress: c.peer, initiatorName: c.initiatorName,
+                                                   chapAccount: c.chapAccount)
+            case .login:
+                guard let old = c.login.target, let t = snapshot.target(tid: old.tid) else { continue }
+                if t.chap != old.chap || t.acl != old.acl { refusal = "the target's ACL or CHAP accounts changed during login" }
+                else { refusal = nil }
+            case .loggingOut, .closing:
+                continue
+            }
+            guard let refusal else { continue }
+            logger.info("core \(core): closing the session of \(c.initiatorName.isEmpty ? "?" : c.initiatorName) from \(c.peer): \(refusal)")
+            closeConnection(c, reason: refusal)
+        }
     }
 
     func sessionInfo() -> [SessionInfo] {
