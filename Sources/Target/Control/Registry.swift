@@ -97,8 +97,8 @@ public final class Registry: @unchecked Sendable {
         return published
     }
 
-    /// `--op update --mode sys --name State --value offline|ready`. The registry only records it; the
-    /// runtime may consult it to refuse new logins.
+    /// `--op update --mode sys --name State --value offline|ready`; published to the cores, which refuse
+    /// new logins while it is offline.
     public var isSystemReady: Bool {
         lock.lock(); defer { lock.unlock() }
         return systemState == .ready
@@ -174,6 +174,7 @@ public final class Registry: @unchecked Sendable {
             case "state":
                 guard let state = State(rawValue: value) else { throw AdminError(.invalidRequest) }
                 systemState = state
+                publish()
             case "poll_us":
                 // ringtgt's own: the cores' busy-poll window (ringtgtd --poll-us), changed at run time.
                 guard let us = UInt64(value), us <= 1_000_000 else {
@@ -291,6 +292,7 @@ public final class Registry: @unchecked Sendable {
             guard let state = State(rawValue: value) else { throw AdminError(.invalidRequest) }
             target.state = state
             targets[tid] = target
+            publish()
             return
         }
         if name.lowercased() == ISCSITargetKeys.aliasKey.lowercased() {
@@ -564,9 +566,10 @@ public final class Registry: @unchecked Sendable {
         let runtimes = targets.values.map { t in
             TargetRuntime(tid: t.tid, name: t.name, alias: t.alias, luns: t.luns.values.map(\.unit),
                           acl: t.addressACL + t.nameACL, params: t.params, lunGeneration: t.lunGeneration,
-                          chap: credentials(t))
+                          chap: credentials(t), offline: t.state == .offline)
         }
-        let snapshot = ConfigSnapshot(version: snapshotVersion, targets: runtimes, pollNanos: pollNanos)
+        let snapshot = ConfigSnapshot(version: snapshotVersion, targets: runtimes, pollNanos: pollNanos,
+                                      systemOffline: systemState == .offline)
         fabric.publish(snapshot)
         published = snapshot
     }

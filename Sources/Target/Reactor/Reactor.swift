@@ -661,7 +661,8 @@ public final class Reactor {
             targetLookup: { name in snap.target(named: name) },
             isAllowed: { target, initiator in ACLCheck.allows(target.acl, address: peer, initiatorName: initiator) },
             defaults: { target in self.runtime.keyDefaults(for: target) },
-            portalGroupTag: 1)
+            portalGroupTag: 1,
+            systemOffline: snap.systemOffline)
     }
 
     func sendTargetsListing(for c: Connection, request: String) -> [UInt8] {
