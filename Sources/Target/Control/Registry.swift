@@ -486,6 +486,10 @@ public final class Registry: @unchecked Sendable {
             guard user.utf8.count <= CHAP.maxNameBytes, password.utf8.count <= CHAP.maxNameBytes else {
                 throw AdminError(.invalidRequest, "user and password are at most \(CHAP.maxNameBytes) bytes")
             }
+            guard password.utf8.count >= CHAP.minSecretBytes else {
+                throw AdminError(.invalidRequest,
+                                 "a CHAP secret must be at least \(CHAP.minSecretBytes) bytes (RFC 7143 12.1.3)")
+            }
             if accounts.contains(where: { $0.user == user }) { throw AdminError(.userExists) }
             if accounts.count >= Self.maxAccounts { throw AdminError(.tooManyUsers) }
             accounts.insert((user, password), at: 0)
@@ -510,9 +514,11 @@ public final class Registry: @unchecked Sendable {
             var t = targets[tid]!
             if r.outgoing {
                 if t.outgoingUser != nil { throw AdminError(.outgoingAccountExists) }
+                try requireDistinctSecrets(outgoing: user, incoming: t.incomingUsers)
                 t.outgoingUser = user
             } else {
                 if t.incomingUsers.contains(user) { throw AdminError(.userExists) }
+                if let out = t.outgoingUser { try requireDistinctSecrets(outgoing: out, incoming: [user]) }
                 t.incomingUsers.append(user)
             }
             targets[tid] = t
@@ -534,6 +540,16 @@ public final class Registry: @unchecked Sendable {
             return ""
         default:
             throw AdminError(.invalidRequest)
+        }
+    }
+
+    /// RFC 7143 §12.1.3: a secret used to authenticate initiators must not authenticate the target.
+    private func requireDistinctSecrets(outgoing: String, incoming: [String]) throws {
+        func password(_ user: String) -> String? { accounts.first { $0.user == user }?.password }
+        let out = password(outgoing)
+        if let same = incoming.first(where: { password($0) == out }) {
+            throw AdminError(.invalidRequest, "the outgoing account \(outgoing) has the same secret as the incoming "
+                             + "account \(same); a target's secrets must differ in each direction (RFC 7143 12.1.3)")
         }
     }
 

@@ -38,6 +38,9 @@ public enum CHAP {
     /// The longest challenge we accept from an initiator (RFC 7143 §12.1.3: at most 1024 bytes).
     public static let maxChallengeBytes = 1024
     public static let maxNameBytes = 255
+    /// RFC 7143 §12.1.3: CHAP secrets of at least 96 bits, or a recorded exchange lets an offline search
+    /// find them. Shorter secrets are refused when the account is made.
+    public static let minSecretBytes = 12
 
     /// MD5(id || secret || challenge), RFC 1994 §4.1.
     public static func response(identifier: UInt8, secret: [UInt8], challenge: [UInt8]) -> [UInt8] {
@@ -216,6 +219,11 @@ public struct CHAPExchange {
             }
             guard let out = credentials.outgoing else {
                 throw CHAPFailure(authentication: true, reason: "mutual CHAP asked for, but the target has no outgoing account")
+            }
+            // RFC 7143 §12.1.3: a secret must not authenticate both ends. Binding refuses this; a check here
+            // too, because answering would prove to anyone who knows the initiator's secret that it is ours.
+            if out.secret == account.secret {
+                throw CHAPFailure(authentication: true, reason: "mutual CHAP: the target's secret equals the initiator's")
             }
             return [TextKeyValue("CHAP_N", out.user),
                     TextKeyValue("CHAP_R", CHAP.encodeHex(CHAP.response(identifier: id, secret: out.secret, challenge: c)))]
