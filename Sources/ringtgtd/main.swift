@@ -140,34 +140,30 @@ struct RingTgtd: ParsableCommand {
             throw ExitCode(1)
         }
         let registry = Registry(fabric: runtime, opener: StoreOpener(runtime: runtime))
-        if let configFile {
+        /// A start-up step that failed: log why, stop the cores, exit 1.
+        func orExit(_ what: String, _ step: () throws -> Void) throws {
             do {
-                try ConfigFile.load(path: configFile, into: registry)
+                try step()
             } catch {
-                // The error names the line (ConfigFile.Failure: "FILE line N: message: content").
-                logger.critical("\(configFile): \(error)")
+                logger.critical("\(what): \(error)")
                 runtime.stop()
                 throw ExitCode(1)
             }
+        }
+        if let configFile {
+            // The error names the line (ConfigFile.Failure: "FILE line N: message: content").
+            try orExit(configFile) { try ConfigFile.load(path: configFile, into: registry) }
         }
         if !exportOptions.isEmpty {
-            do {
-                try NBDExports.add(exportOptions, to: registry)
-            } catch {
-                logger.critical("--export: \(error)")
-                runtime.stop()
-                throw ExitCode(1)
-            }
+            try orExit("--export") { try NBDExports.add(exportOptions, to: registry) }
         }
-        // The control socket opens last: a test or script that polls it sees the configured targets and exports.
+        // The portals accept only now: a login during start-up would meet a half-applied configuration
+        // (an ACL already bound, its CHAP account not yet).
+        try orExit("cannot open the portals") { try runtime.startAccepting() }
+        // The control socket opens last: a test or script that polls it sees the configured targets and exports,
+        // and portals that accept.
         let server = ControlServer(path: socketPath, registry: registry)
-        do {
-            try server.start()
-        } catch {
-            logger.critical("cannot start the control socket: \(error)")
-            runtime.stop()
-            throw ExitCode(1)
-        }
+        try orExit("cannot start the control socket") { try server.start() }
         let where_ = runtime.boundPortals.isEmpty ? "none"
             : runtime.boundPortals.map { $0.description }.joined(separator: " ")
         let nbdWhere = runtime.boundNBDPortals.isEmpty ? ""

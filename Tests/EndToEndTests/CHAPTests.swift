@@ -8,7 +8,7 @@ extension EndToEnd {
     @Suite("CHAP")
     struct CHAPLogins {
         static let user = "alice"
-        static let secret = "secret12345"
+        static let secret = "secret123456"
         static let targetUser = "tgt0"
         static let targetSecret = "targetsecret99"
 

@@ -8,17 +8,17 @@ import Testing
     static let initiator = "iqn.2026-01.org.example:host"
     /// Identifier 7, then challenge bytes 1...16.
     static let fixedRandom: () -> [UInt8] = { [7] + Array(1...16) }
-    static let alice = CHAPAccount(user: "alice", password: "secret12345")
+    static let alice = CHAPAccount(user: "alice", password: "secret123456")
     static let target = CHAPAccount(user: "tgt0", password: "targetsecret99")
-    /// hashlib.md5(bytes([7]) + b"secret12345" + bytes(range(1, 17)))
-    static let aliceResponse = "0x917cb9cda56a5de0e200e7ac0c3c743a"
+    /// hashlib.md5(bytes([7]) + b"secret123456" + bytes(range(1, 17)))
+    static let aliceResponse = "0x3bd368dde929a1905c971f6f7923ae3e"
     /// hashlib.md5(bytes([9]) + b"targetsecret99" + bytes([0xaa] * 16))
     static let targetResponse = "0x38aaad667d19554b0edd11fe42321254"
 
     // MARK: codec
 
     @Test func md5ResponseMatchesRFC1994() {
-        let r = CHAP.response(identifier: 7, secret: Array("secret12345".utf8), challenge: Array(1...16))
+        let r = CHAP.response(identifier: 7, secret: Array("secret123456".utf8), challenge: Array(1...16))
         #expect(CHAP.encodeHex(r) == Self.aliceResponse)
     }
 

@@ -144,24 +144,24 @@ import Testing
         let h = ControlHarness()
         let text = """
             <target iqn.2026-01.test:a>
-                incominguser alice secret12345
+                incominguser alice secret123456
                 outgoinguser tgt0 targetsecret99
             </target>
             <target iqn.2026-01.test:b>
-                incominguser alice secret12345
+                incominguser alice secret123456
             </target>
             """
         try ConfigFile.apply(text, to: h.registry)
         let a = try #require(h.registry.currentSnapshot.targets.first { $0.name == "iqn.2026-01.test:a" })
-        #expect(a.chap == CHAPCredentials(incoming: [CHAPAccount(user: "alice", password: "secret12345")],
+        #expect(a.chap == CHAPCredentials(incoming: [CHAPAccount(user: "alice", password: "secret123456")],
                                           outgoing: CHAPAccount(user: "tgt0", password: "targetsecret99")))
         let b = try #require(h.registry.currentSnapshot.targets.first { $0.name == "iqn.2026-01.test:b" })
         #expect(b.chap.incoming.map(\.user) == ["alice"])
 
         // The same user with another password, and a line without a password, name their lines.
         let h2 = ControlHarness()
-        let clash = "<target iqn.2026-01.test:a>\n  incominguser u p1\n</target>\n<target iqn.2026-01.test:b>\n  incominguser u p2\n</target>\n"
-        #expect(throws: ConfigFile.Failure(line: 5, content: "incominguser u p2", message: "this account already exists")) {
+        let clash = "<target iqn.2026-01.test:a>\n  incominguser u usersecret001\n</target>\n<target iqn.2026-01.test:b>\n  incominguser u usersecret002\n</target>\n"
+        #expect(throws: ConfigFile.Failure(line: 5, content: "incominguser u usersecret002", message: "this account already exists")) {
             try ConfigFile.apply(clash, to: h2.registry)
         }
         let h3 = ControlHarness()

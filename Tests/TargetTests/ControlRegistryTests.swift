@@ -335,9 +335,9 @@ private let newLUN1 = "--lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -
         let h = ControlHarness()
         h.run(newTarget)
         #expect(h.run("\(account) --op show").stdout == "")
-        #expect(h.run("\(account) --op new --user alice --password secret12345").exitCode == 0)
-        #expect(h.run("\(account) --op new --user bob --password pw2").exitCode == 0)
-        let dup = h.run("\(account) --op new --user alice --password x")
+        #expect(h.run("\(account) --op new --user alice --password secret123456").exitCode == 0)
+        #expect(h.run("\(account) --op new --user bob --password bobsecret0002").exitCode == 0)
+        let dup = h.run("\(account) --op new --user alice --password alicesecret02")
         #expect(dup.exitCode == 22 && dup.stderr == "ringtgtadm: this account already exists\n")
         #expect(h.run("\(account) --op show").stdout == "Account list:\n    bob\n    alice\n")
 
@@ -349,8 +349,8 @@ private let newLUN1 = "--lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -
         #expect(h.run("\(account) --op bind --tid 7 --user alice").stderr == "ringtgtadm: can't find the target\n")
 
         let chap = try #require(h.registry.currentSnapshot.target(tid: 1)?.chap)
-        #expect(chap.incoming == [CHAPAccount(user: "alice", password: "secret12345")])
-        #expect(chap.outgoing == CHAPAccount(user: "bob", password: "pw2"))
+        #expect(chap.incoming == [CHAPAccount(user: "alice", password: "secret123456")])
+        #expect(chap.outgoing == CHAPAccount(user: "bob", password: "bobsecret0002"))
         let show = h.run("--lld iscsi --op show --mode target").stdout
         #expect(show.contains("    Account information:\n        alice\n        bob (outgoing)\n    ACL information:\n"))
 

@@ -159,7 +159,7 @@ import Testing
     }
 
     @Test func targetsThatRequireCHAPAreNotExported() {
-        let chap = CHAPCredentials(incoming: [CHAPAccount(user: "alice", password: "secret12345")])
+        let chap = CHAPCredentials(incoming: [CHAPAccount(user: "alice", password: "secret123456")])
         let snap = ConfigSnapshot(version: 1, targets: [
             TargetRuntime(tid: 1, name: "iqn.2026-01.org.ringtgt:locked", luns: [Self.lun(1)], acl: [.all],
                           params: [:], lunGeneration: 1, chap: chap),

@@ -14,8 +14,8 @@
 //       initiator-name iqn.2026-01.example:host1
 //       MaxRecvDataSegmentLength 65536  # any key `--op update --mode target` takes
 //       vendor_id ACME                # LUN parameters apply to every LUN of the target unless a LUN sets them
-//       incominguser alice secret     # CHAP: the account is created unless it exists, then bound (tgt-admin)
-//       outgoinguser tgt0 secret2     # mutual CHAP: the target's own account
+//       incominguser alice alicesecret1 # CHAP: the account is created unless it exists, then bound (tgt-admin)
+//       outgoinguser tgt0 tgt0secret12  # mutual CHAP: the target's own account
 //   </target>
 //
 // Differences from tgt-admin: `lun N` may also stand at target level, numbering the next backing-store

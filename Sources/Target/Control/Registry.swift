@@ -97,8 +97,8 @@ public final class Registry: @unchecked Sendable {
         return published
     }
 
-    /// `--op update --mode sys --name State --value offline|ready`. The registry only records it; the
-    /// runtime may consult it to refuse new logins.
+    /// `--op update --mode sys --name State --value offline|ready`; published to the cores, which refuse
+    /// new logins while it is offline.
     public var isSystemReady: Bool {
         lock.lock(); defer { lock.unlock() }
         return systemState == .ready
@@ -174,6 +174,7 @@ public final class Registry: @unchecked Sendable {
             case "state":
                 guard let state = State(rawValue: value) else { throw AdminError(.invalidRequest) }
                 systemState = state
+                publish()
             case "poll_us":
                 // ringtgt's own: the cores' busy-poll window (ringtgtd --poll-us), changed at run time.
                 guard let us = UInt64(value), us <= 1_000_000 else {
@@ -291,6 +292,7 @@ public final class Registry: @unchecked Sendable {
             guard let state = State(rawValue: value) else { throw AdminError(.invalidRequest) }
             target.state = state
             targets[tid] = target
+            publish()
             return
         }
         if name.lowercased() == ISCSITargetKeys.aliasKey.lowercased() {
@@ -508,6 +510,10 @@ public final class Registry: @unchecked Sendable {
             guard user.utf8.count <= CHAP.maxNameBytes, password.utf8.count <= CHAP.maxNameBytes else {
                 throw AdminError(.invalidRequest, "user and password are at most \(CHAP.maxNameBytes) bytes")
             }
+            guard password.utf8.count >= CHAP.minSecretBytes else {
+                throw AdminError(.invalidRequest,
+                                 "a CHAP secret must be at least \(CHAP.minSecretBytes) bytes (RFC 7143 12.1.3)")
+            }
             if accounts.contains(where: { $0.user == user }) { throw AdminError(.userExists) }
             if accounts.count >= Self.maxAccounts { throw AdminError(.tooManyUsers) }
             accounts.insert((user, password), at: 0)
@@ -532,9 +538,11 @@ public final class Registry: @unchecked Sendable {
             var t = targets[tid]!
             if r.outgoing {
                 if t.outgoingUser != nil { throw AdminError(.outgoingAccountExists) }
+                try requireDistinctSecrets(outgoing: user, incoming: t.incomingUsers)
                 t.outgoingUser = user
             } else {
                 if t.incomingUsers.contains(user) { throw AdminError(.userExists) }
+                if let out = t.outgoingUser { try requireDistinctSecrets(outgoing: out, incoming: [user]) }
                 t.incomingUsers.append(user)
             }
             targets[tid] = t
@@ -556,6 +564,16 @@ public final class Registry: @unchecked Sendable {
             return ""
         default:
             throw AdminError(.invalidRequest)
+        }
+    }
+
+    /// RFC 7143 §12.1.3: a secret used to authenticate initiators must not authenticate the target.
+    private func requireDistinctSecrets(outgoing: String, incoming: [String]) throws {
+        func password(_ user: String) -> String? { accounts.first { $0.user == user }?.password }
+        let out = password(outgoing)
+        if let same = incoming.first(where: { password($0) == out }) {
+            throw AdminError(.invalidRequest, "the outgoing account \(outgoing) has the same secret as the incoming "
+                             + "account \(same); a target's secrets must differ in each direction (RFC 7143 12.1.3)")
         }
     }
 
@@ -588,9 +606,10 @@ public final class Registry: @unchecked Sendable {
         let runtimes = targets.values.map { t in
             TargetRuntime(tid: t.tid, name: t.name, alias: t.alias, luns: t.luns.values.map(\.unit),
                           acl: t.addressACL + t.nameACL, params: t.params, lunGeneration: t.lunGeneration,
-                          chap: credentials(t))
+                          chap: credentials(t), offline: t.state == .offline)
         }
-        let snapshot = ConfigSnapshot(version: snapshotVersion, targets: runtimes, pollNanos: pollNanos)
+        let snapshot = ConfigSnapshot(version: snapshotVersion, targets: runtimes, pollNanos: pollNanos,
+                                      systemOffline: systemState == .offline)
         fabric.publish(snapshot)
         published = snapshot
     }

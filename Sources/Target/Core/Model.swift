@@ -90,10 +90,14 @@ public final class TargetRuntime: @unchecked Sendable {
     public let nopCount: UInt64?
     /// CHAP accounts bound to the target (`tgtadm --op bind --mode account`).
     public let chap: CHAPCredentials
+    /// `--op update --mode target --name state --value offline`: new logins are refused (tgt's
+    /// SCSI_TARGET_OFFLINE); sessions already logged in go on.
+    public let offline: Bool
 
     public init(tid: Int, name: String, alias: String? = nil, portalGroupTag: UInt16 = 1,
                 relativeTargetPortID: UInt16 = 1, luns: [LogicalUnit], acl: [ACLRule],
-                params: [String: String], lunGeneration: UInt64, chap: CHAPCredentials = CHAPCredentials()) {
+                params: [String: String], lunGeneration: UInt64, chap: CHAPCredentials = CHAPCredentials(),
+                offline: Bool = false) {
         self.tid = tid
         self.name = name
         self.alias = alias
@@ -104,6 +108,7 @@ public final class TargetRuntime: @unchecked Sendable {
         self.params = params
         self.lunGeneration = lunGeneration
         self.chap = chap
+        self.offline = offline
         nopIntervalSeconds = params["nop_interval"].flatMap { UInt64($0) }
         nopCount = params["nop_count"].flatMap { UInt64($0) }.flatMap { $0 == 0 ? nil : $0 }
     }
@@ -128,11 +133,15 @@ public final class ConfigSnapshot: @unchecked Sendable {
     public let targets: [TargetRuntime]   // sorted by tid
     /// `--op update --mode sys --name poll_us`: each core's busy-poll window, nil = the `--poll-us` option.
     public let pollNanos: UInt64?
+    /// `--op update --mode sys --name State --value offline`: every new login is refused, discovery too
+    /// (tgt turns connections away at accept); sessions already logged in go on.
+    public let systemOffline: Bool
 
-    public init(version: UInt64, targets: [TargetRuntime], pollNanos: UInt64? = nil) {
+    public init(version: UInt64, targets: [TargetRuntime], pollNanos: UInt64? = nil, systemOffline: Bool = false) {
         self.version = version
         self.targets = targets.sorted { $0.tid < $1.tid }
         self.pollNanos = pollNanos
+        self.systemOffline = systemOffline
     }
 
     public func target(named name: String) -> TargetRuntime? {

@@ -38,6 +38,9 @@ public enum CHAP {
     /// The longest challenge we accept from an initiator (RFC 7143 §12.1.3: at most 1024 bytes).
     public static let maxChallengeBytes = 1024
     public static let maxNameBytes = 255
+    /// RFC 7143 §12.1.3: CHAP secrets of at least 96 bits, or a recorded exchange lets an offline search
+    /// find them. Shorter secrets are refused when the account is made.
+    public static let minSecretBytes = 12
 
     /// MD5(id || secret || challenge), RFC 1994 §4.1.
     public static func response(identifier: UInt8, secret: [UInt8], challenge: [UInt8]) -> [UInt8] {
@@ -141,6 +144,9 @@ public struct CHAPExchange {
     public enum State: Equatable { case idle, challenged, done }
     public private(set) var state: State = .idle
     public private(set) var authenticatedUser: String?
+    /// The incoming account the initiator proved it knows (a session keeps it, to be re-checked when the
+    /// target's accounts change).
+    public private(set) var authenticatedAccount: CHAPAccount?
     private var identifier: UInt8 = 0
     private var challenge: [UInt8] = []
     private let credentials: CHAPCredentials
@@ -198,6 +204,7 @@ public struct CHAPExchange {
                 throw CHAPFailure(authentication: true, reason: "CHAP: wrong name or response for '\(name)'")
             }
             authenticatedUser = name
+            authenticatedAccount = account
             state = .done
             guard let idText = mutualID, let cText = mutualChallenge else { return [] }
             guard let id = UInt8(idText) else {
@@ -212,6 +219,11 @@ public struct CHAPExchange {
             }
             guard let out = credentials.outgoing else {
                 throw CHAPFailure(authentication: true, reason: "mutual CHAP asked for, but the target has no outgoing account")
+            }
+            // RFC 7143 §12.1.3: a secret must not authenticate both ends. Binding refuses this; a check here
+            // too, because answering would prove to anyone who knows the initiator's secret that it is ours.
+            if out.secret == account.secret {
+                throw CHAPFailure(authentication: true, reason: "mutual CHAP: the target's secret equals the initiator's")
             }
             return [TextKeyValue("CHAP_N", out.user),
                     TextKeyValue("CHAP_R", CHAP.encodeHex(CHAP.response(identifier: id, secret: out.secret, challenge: c)))]

@@ -121,6 +121,9 @@ public final class Connection {
     var targetPins = TargetPins()
     var nexus: Nexus? = nil
     var initiatorName = ""
+    /// How the session authenticated: the CHAP account it proved it knows, nil for none. Re-checked against
+    /// the target's accounts whenever a configuration is published.
+    var chapAccount: CHAPAccount? = nil
     var text = TextExchange()
 
     // Tasks

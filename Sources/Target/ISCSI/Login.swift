@@ -100,6 +100,8 @@ public struct LoginEnvironment {
     public var defaults: (TargetRuntime?) -> TargetKeyDefaults
     /// Returned as TargetPortalGroupTag.
     public var portalGroupTag: UInt16
+    /// The system State is offline (`--op update --mode sys --name State`): every login is refused.
+    public var systemOffline: Bool
     /// For a login with a non-zero TSIH (adding or reinstating a connection): whether that session exists for
     /// this initiator and ISID. If it does not, the login is rejected with 0x020A (Session does not exist).
     public var sessionExists: (_ tsih: UInt16, _ isid: UInt64, _ initiatorName: String) -> Bool
@@ -108,12 +110,14 @@ public struct LoginEnvironment {
                 isAllowed: @escaping (TargetRuntime, String) -> Bool,
                 defaults: @escaping (TargetRuntime?) -> TargetKeyDefaults,
                 portalGroupTag: UInt16,
-                sessionExists: @escaping (UInt16, UInt64, String) -> Bool = { _, _, _ in false }) {
+                sessionExists: @escaping (UInt16, UInt64, String) -> Bool = { _, _, _ in false },
+                systemOffline: Bool = false) {
         self.targetLookup = targetLookup
         self.isAllowed = isAllowed
         self.defaults = defaults
         self.portalGroupTag = portalGroupTag
         self.sessionExists = sessionExists
+        self.systemOffline = systemOffline
     }
 }
 
@@ -162,6 +166,8 @@ public struct LoginStateMachine {
     public var cid: UInt16 { firstCid }
     /// Values negotiated so far.
     public var parameters: SessionParameters? { negotiator?.params }
+    /// The account the initiator proved it knows; nil when the login used no authentication.
+    public var chapAccount: CHAPAccount? { chap?.authenticatedAccount }
 
     public init() {}
 
@@ -379,6 +385,11 @@ public struct LoginStateMachine {
     private mutating func takeIdentity(_ pairs: [TextKeyValue], req: LoginRequest,
                                        env: LoginEnvironment) -> (LoginResponse, LoginOutcome)? {
         func value(_ k: String) -> String? { pairs.first(where: { $0.key == k })?.value }
+        // tgt closes every new connection while the system is offline; "service unavailable" tells the
+        // initiator the same thing and that a later attempt may succeed (RFC 7143 §11.13.5).
+        if env.systemOffline {
+            return reject(req, .serviceUnavailable, "the target system is offline")
+        }
         switch value("SessionType") {
         case nil, "Normal": sessionType = .normal
         case "Discovery": sessionType = .discovery
@@ -401,6 +412,10 @@ public struct LoginStateMachine {
             }
             guard tn.utf8.count <= ISCSILimits.maxNameBytes, let t = env.targetLookup(tn) else {
                 return reject(req, .notFound, "no target \(tn)")
+            }
+            // tgt's login_start: a target not in the ready state answers Target Error.
+            if t.offline {
+                return reject(req, .targetError, "target \(t.name) is offline")
             }
             guard env.isAllowed(t, name) else {
                 return reject(req, .authorizationFailure, "initiator \(name) not allowed on \(t.name)")

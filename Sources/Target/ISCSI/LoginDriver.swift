@@ -99,6 +99,7 @@ extension Connection {
         // applies now (a LUN deleted meanwhile is not served). The login machine lets go of the old one, so a
         // deleted LUN's store closes once its last command ends, not when this session does.
         let found = login.target
+        chapAccount = login.chapAccount
         login = LoginStateMachine()
         phase = .fullFeature
         self.tsih = tsih

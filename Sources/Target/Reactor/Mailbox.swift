@@ -13,6 +13,8 @@ enum CoreMessage: @unchecked Sendable {
     case sessions(SessionQuery)
     /// Count this core's commands in flight on some logical units.
     case commandsInFlight(InFlightQuery)
+    /// The portals listen now (Runtime.startAccepting): arm the accepts.
+    case startAccepting
     /// Stop the loop.
     case shutdown
     /// Home-core work for a sheepdog VDI (allocation, copy-on-write, deallocation, reload).

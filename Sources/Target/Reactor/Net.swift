@@ -41,8 +41,13 @@ public struct Portal: Sendable, Equatable, CustomStringConvertible {
 }
 
 public enum SocketAddress {
-    /// Creates a listening socket with SO_REUSEPORT so every core can bind the same address.
-    public static func listen(_ portal: Portal) throws(NetError) -> Int32 {
+    /// Backlog of a listening socket: connections the kernel completes before a core accepts them.
+    static let listenBacklogConnections: Int32 = 1024
+
+    /// Creates a socket bound to the portal with SO_REUSEPORT so every core can bind the same address. It
+    /// does not listen yet (`listen(_:portal:)`): a bound port reserves the address and resolves port 0, while
+    /// connections are refused until the daemon is configured.
+    public static func bound(_ portal: Portal) throws(NetError) -> Int32 {
         let family = portal.isIPv6 ? AF_INET6 : AF_INET
         let fd = socket(family, RT_SOCK_STREAM | RT_SOCK_CLOEXEC, 0)
         if fd < 0 { throw .system("socket", errno) }
@@ -67,8 +72,12 @@ public enum SocketAddress {
                 bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
         }
         if rc != 0 { let e = errno; close(fd); throw .system("bind \(portal)", e) }
-        if Glibc.listen(fd, 1024) != 0 { let e = errno; close(fd); throw .system("listen \(portal)", e) }
         return fd
+    }
+
+    /// Starts accepting connections on a socket from `bound(_:)`.
+    public static func listen(_ fd: Int32, portal: Portal) throws(NetError) {
+        if Glibc.listen(fd, listenBacklogConnections) != 0 { throw .system("listen \(portal)", errno) }
     }
 
     /// The port a socket is bound to (learns the kernel's choice for port 0).

@@ -120,7 +120,7 @@ public final class Reactor {
     // MARK: - Loop
 
     func run() {
-        for (i, fd) in listeners.enumerated() { armAccept(i, fd) }
+        // Accepts are armed by the `.startAccepting` message, once the configuration is applied.
         armTick()
         armMailbox()
         pollNanos = config.pollNanos
@@ -548,6 +548,8 @@ public final class Reactor {
             case .commandsInFlight(let q):
                 q.result = commandsInFlight(on: q.units)
                 q.reply.signal()
+            case .startAccepting:
+                for (i, fd) in listeners.enumerated() { armAccept(i, fd) }
             case .shutdown:
                 running = false
             case .sheepHome(let req):
@@ -571,6 +573,33 @@ public final class Reactor {
             } else if c.phase != .closing {
                 closeConnection(c, reason: "target removed")
             }
+        }
+        closeSessionsNoLongerAdmitted()
+    }
+
+    /// After a configuration change, ends the sessions their target would no longer admit: the ACL dropped
+    /// them, or the target now requires CHAP and they did not authenticate as an account still bound to it.
+    /// Logins still in progress that a change to the target's ACL or accounts concerns end too: their CHAP
+    /// exchange was set up from the old accounts; the initiator logs in again under the new ones.
+    func closeSessionsNoLongerAdmitted() {
+        for c in connections {
+            guard let c else { continue }
+            let refusal: String?
+            switch c.phase {
+            case .fullFeature:
+                guard let t = c.target else { continue }   // discovery sessions use no target
+                refusal = SessionAdmission.refusal(target: t, peerAddress: c.peer, initiatorName: c.initiatorName,
+                                                   chapAccount: c.chapAccount)
+            case .login:
+                guard let old = c.login.target, let t = snapshot.target(tid: old.tid) else { continue }
+                if t.chap != old.chap || t.acl != old.acl { refusal = "the target's ACL or CHAP accounts changed during login" }
+                else { refusal = nil }
+            case .loggingOut, .closing:
+                continue
+            }
+            guard let refusal else { continue }
+            logger.info("core \(core): closing the session of \(c.initiatorName.isEmpty ? "?" : c.initiatorName) from \(c.peer): \(refusal)")
+            closeConnection(c, reason: refusal)
         }
     }
 
@@ -617,7 +646,7 @@ public final class Reactor {
                 case .config(_, let reply): reply.signal()
                 case .sessions(let q): q.reply.signal()
                 case .commandsInFlight(let q): q.result = commandsInFlight(on: q.units); q.reply.signal()
-                case .closeSession, .shutdown: break
+                case .closeSession, .startAccepting, .shutdown: break
                 }
             }
             _ = ring.submitAndWait(timeoutNanos: 10_000_000)
@@ -651,7 +680,8 @@ public final class Reactor {
             targetLookup: { name in snap.target(named: name) },
             isAllowed: { target, initiator in ACLCheck.allows(target.acl, address: peer, initiatorName: initiator) },
             defaults: { target in self.runtime.keyDefaults(for: target) },
-            portalGroupTag: 1)
+            portalGroupTag: 1,
+            systemOffline: snap.systemOffline)
     }
 
     func sendTargetsListing(for c: Connection, request: String) -> [UInt8] {

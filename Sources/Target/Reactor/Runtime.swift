@@ -21,6 +21,8 @@ public final class Runtime: @unchecked Sendable {
     /// Listening ports after binding (a portal asked with port 0 gets the kernel's choice).
     public private(set) var boundPortals: [Portal] = []
     public private(set) var boundNBDPortals: [Portal] = []
+    /// Sockets bound by `start` that `startAccepting` makes listen (the cores own and close them).
+    private var boundSockets: [(fd: Int32, portal: Portal)] = []
     let defaultKeys: TargetKeyDefaults
 
     struct SessionKey: Hashable {
@@ -46,7 +48,8 @@ public final class Runtime: @unchecked Sendable {
 
     var currentSnapshot: ConfigSnapshot { snapshotBox.withLock { $0 } }
 
-    /// Binds every portal once per core (SO_REUSEPORT) and starts one pinned thread per core.
+    /// Binds every portal once per core (SO_REUSEPORT) and starts one pinned thread per core. The portals
+    /// refuse connections until `startAccepting`: a login must never meet a half-applied configuration.
     public func start(cores: Int) throws {
         precondition(cores >= 1)
         var perCore: [[Int32]] = Array(repeating: [], count: cores)
@@ -56,9 +59,10 @@ public final class Runtime: @unchecked Sendable {
             for p in requested {
                 var portal = p
                 for core in 0..<cores {
-                    let fd = try SocketAddress.listen(portal)
+                    let fd = try SocketAddress.bound(portal)
                     if portal.port == 0 { portal.port = SocketAddress.boundPort(fd) }
                     perCore[core].append(fd)
+                    boundSockets.append((fd, portal))
                 }
                 kinds.append(kind)
                 bound.append(portal)
@@ -105,6 +109,14 @@ public final class Runtime: @unchecked Sendable {
             stop()
             throw failure
         }
+    }
+
+    /// Opens the portals: every bound socket listens and every core arms its accepts. Called once the
+    /// configuration and exports are applied.
+    public func startAccepting() throws {
+        for s in boundSockets { try SocketAddress.listen(s.fd, portal: s.portal) }
+        boundSockets = []
+        for r in reactors { r.mailbox.post(.startAccepting) }
     }
 
     /// Stops every core and waits for their threads.

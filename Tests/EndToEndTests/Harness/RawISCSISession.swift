@@ -296,6 +296,8 @@ struct RawLoginOptions {
     var maxBurstLength = 262_144
     /// Shrinks the socket's receive buffer (slow-client tests).
     var receiveBufferBytes: Int? = nil
+    /// One-way CHAP (MD5) in a security stage before the operational one; nil logs in without one.
+    var chap: (user: String, secret: String)? = nil
     /// After login, TEST UNIT READY on these LUNs until the power-on UNIT ATTENTION every new I_T nexus
     /// starts with has been reported, as real initiators do, so tests see only the effects they cause.
     var clearUnitAttentionLUNs: [UInt64] = [1]
@@ -383,14 +385,14 @@ final class RawSession {
         ]
     }
 
-    /// A Login Request from the operational stage straight to full feature phase (no security stage).
-    func loginRequest(keys: [TextKeyValue]) -> [UInt8] {
+    /// A Login Request, by default from the operational stage straight to full feature phase (no security stage).
+    func loginRequest(keys: [TextKeyValue], csg: UInt8 = 1, nsg: UInt8 = 3) -> [UInt8] {
         var data = TextKeys.encode(keys)
         let n = data.count
         while data.count % 4 != 0 { data.append(0) }
         var h = [UInt8](repeating: 0, count: 48)
         h[0] = 0x40 | 0x03
-        h[1] = 0x80 | (1 << 2) | 3
+        h[1] = 0x80 | (csg << 2) | nsg
         rawPutBE24(&h, 5, n)
         h[8] = UInt8(truncatingIfNeeded: options.isid >> 40); h[9] = UInt8(truncatingIfNeeded: options.isid >> 32)
         rawPutBE32(&h, 10, UInt32(truncatingIfNeeded: options.isid))
@@ -400,8 +402,43 @@ final class RawSession {
         return h + data
     }
 
+    /// One security-stage exchange (CSG 0, transit to 1 asked): the target's keys and whether it transited.
+    private func securityStep(_ keys: [TextKeyValue]) throws -> (keys: [String: String], transit: Bool) {
+        try socket.send(loginRequest(keys: keys, csg: 0, nsg: 1))
+        let event = try receive(timeoutSeconds: RawSessionLimits.answerTimeoutSeconds, answerPings: false)
+        guard case .pdu(let r) = event, r.opcode == RawCodes.loginResponse else {
+            throw E2EError("CHAP login: no Login Response (\(event))")
+        }
+        guard r.header[36] == 0 else {
+            throw E2EError(String(format: "login refused: status class 0x%02x detail 0x%02x", r.header[36], r.header[37]))
+        }
+        var answer: [String: String] = [:]
+        for kv in (try? TextKeys.parse(r.data)) ?? [] { answer[kv.key] = kv.value }
+        return (answer, r.flags & 0x80 != 0)
+    }
+
+    /// RFC 7143 §12.1.3 as open-iscsi does it: AuthMethod=CHAP, CHAP_A=5, then CHAP_N and CHAP_R.
+    private func authenticate(target: String, user: String, secret: String) throws {
+        let identity = loginKeys(target: target).filter { ["InitiatorName", "SessionType", "TargetName"].contains($0.key) }
+        let offer = try securityStep(identity + [TextKeyValue("AuthMethod", "CHAP")])
+        guard offer.keys["AuthMethod"] == "CHAP" else { throw E2EError("CHAP login: target answered \(offer.keys)") }
+        let challenge = try securityStep([TextKeyValue("CHAP_A", CHAP.md5Algorithm)])
+        guard let idText = challenge.keys["CHAP_I"], let id = UInt8(idText),
+              let c = challenge.keys["CHAP_C"].flatMap(CHAP.decodeBinary) else {
+            throw E2EError("CHAP login: no challenge in \(challenge.keys)")
+        }
+        let response = CHAP.response(identifier: id, secret: Array(secret.utf8), challenge: c)
+        let done = try securityStep([TextKeyValue("CHAP_N", user), TextKeyValue("CHAP_R", CHAP.encodeHex(response))])
+        guard done.transit else { throw E2EError("CHAP login: the target did not leave the security stage") }
+    }
+
     private func login(target: String) throws {
+        if let chap = options.chap { try authenticate(target: target, user: chap.user, secret: chap.secret) }
         var keys = loginKeys(target: target)
+        if options.chap != nil {
+            // Named in the security stage already.
+            keys.removeAll { ["InitiatorName", "SessionType", "TargetName"].contains($0.key) }
+        }
         for _ in 0..<RawSessionLimits.maxLoginSteps {
             try socket.send(loginRequest(keys: keys))
             // Login PDUs never carry digests.
