@@ -74,9 +74,10 @@ extension Connection {
         activeTasks += 1
         let slot = reactor.pool.take()
         slotsHeld += 1
+        assert(slot >= 0 && slotsHeld <= reactor.config.maxSlotsPerConnection)
         tasks[t] = IOTask()
         tasks[t].slot = Int32(slot)
-        tasks[t].state = .storeIO   // provisional until dispatch decides
+        tasks[t].state = .arriving
         sinkTask = Int32(t)
         if dataLength > 0 {
             sink = .taskBuffer
@@ -194,30 +195,29 @@ extension Connection {
             releaseTask(t)
             return
         }
+        // Filled in place, never replaced: the entry holds a buffer slot from prepareCommand, and only a
+        // non-free state lets releaseTask (and teardown) give it back.
         let flags = bhs.byte1
-        var task = IOTask()
-        task.slot = tasks[t].slot
-        task.itt = bhs.itt
-        task.cmdSN = cmdSN
-        task.lunField = bhs.lunField
-        task.lunNumber = decodeLUN(bhs.lunField)
-        task.edtl = bhs.expectedDataTransferLength
-        task.immediateBytes = dataLength
-        task.flags = bhs.byte1
+        let task = tasks + t
+        task.pointee.itt = bhs.itt
+        task.pointee.cmdSN = cmdSN
+        task.pointee.lunField = bhs.lunField
+        task.pointee.lunNumber = decodeLUN(bhs.lunField)
+        task.pointee.edtl = bhs.expectedDataTransferLength
+        task.pointee.immediateBytes = dataLength
+        task.pointee.flags = flags
         let cdbLength = cdbBytes()
         if cdbLength > 32 && !(bhs.immediate || cmdSN == expCmdSN) {
             // Extended CDBs run only in order: they are not kept while waiting for a CmdSN gap.
-            tasks[t] = task
             queueReject(reason: RejectReason.outOfResources)
             releaseTask(t)
             return
         }
-        task.cdbLength = cdbLength
-        withUnsafeMutableBytes(of: &task.cdb) { d in _ = memcpy(d.baseAddress!, hdr + 32, min(cdbLength, 32)) }
-        tasks[t] = task
+        task.pointee.cdbLength = cdbLength
+        withUnsafeMutableBytes(of: &task.pointee.cdb) { d in _ = memcpy(d.baseAddress!, hdr + 32, min(cdbLength, 32)) }
         let writeBit = flags & 0x20 != 0
         if dataLength > 0 && (!params.immediateData || !writeBit || dataLength > params.firstBurst
-                              || dataLength > Int(task.edtl)) {
+                              || dataLength > Int(task.pointee.edtl)) {
             // Immediate data where none was negotiated or allowed: reject the command (RFC 7143 §10.3).
             queueReject(reason: RejectReason.protocolError)
             releaseTask(t)
@@ -608,7 +608,11 @@ extension Connection {
 
     /// Gives back the task entry and its buffer slot.
     func releaseTask(_ t: Int) {
-        guard tasks[t].state != .free else { return }
+        guard tasks[t].state != .free else {
+            // A free entry is skipped by teardown too: a slot it still held would be lost until restart.
+            assert(tasks[t].slot < 0, "free task entry \(t) holds buffer slot \(tasks[t].slot)")
+            return
+        }
         if tasks[t].holdsCompareAndWriteGate {
             tasks[t].holdsCompareAndWriteGate = false
             tasks[t].lun?.leaveCompareAndWrite()
@@ -634,6 +638,7 @@ extension Connection {
         tasks[t].nextFree = freeTask
         freeTask = Int32(t)
         activeTasks -= 1
+        assert(activeTasks >= 0 && slotsHeld >= 0, "task \(activeTasks) / slot \(slotsHeld) counts below zero")
     }
 
     // MARK: - NOP
@@ -791,7 +796,7 @@ extension Connection {
     private func abortTask(_ t: Int) {
         switch tasks[t].state {
         case .free: return
-        case .waitingOrder, .receivingData, .waitingPermit, .waitingGate:
+        case .arriving, .waitingOrder, .receivingData, .waitingPermit, .waitingGate:
             if tasks[t].state == .waitingPermit { reactor.cancelPermitWait(connection: index, task: t) }
             releaseTask(t)
         case .waitingOutSpace:

@@ -1,8 +1,10 @@
 /// One outstanding SCSI command on a connection, in preallocated per-connection storage.
 /// Each state has one meaning:
 enum TaskState: UInt8 {
-    /// Unused entry, on the free list.
+    /// Unused entry, on the free list. Never holds a buffer slot: teardown skips free entries.
     case free
+    /// Header received, its data segment (immediate data) still arriving; dispatch decides what follows.
+    case arriving
     /// Received with CmdSN ahead of ExpCmdSN: waits for the gap to fill (RFC 7143 §3.2.2.1).
     case waitingOrder
     /// Needs R2T data but the core's R2T permits are used up: waits in the core's permit queue.

@@ -273,6 +273,8 @@ public final class Reactor {
             if c.tasks[t].state == .waitingPermit { cancelPermitWait(connection: c.index, task: t) }
             c.releaseTask(t)
         }
+        assert(c.slotsHeld == 0 && c.activeTasks == 0,
+               "connection \(c.index) torn down holding \(c.slotsHeld) buffer slot(s), \(c.activeTasks) task(s)")
         close(c.fd)
         c.fd = -1
         connections[c.index] = nil
