@@ -1,5 +1,6 @@
 // Buffer slots and task entries are a core's scarcest resource: a session must not be able to keep them.
-// Refused commands give back what their header took.
+// Refused commands give back what their header took, and commands parked behind a CmdSN gap (RFC 7143
+// §3.2.2.1) hold no buffer unless they carry immediate data.
 
 import Foundation
 import Testing
@@ -13,6 +14,8 @@ extension EndToEnd {
         static let refusedCommandCount = 10_000
         /// Refused commands in flight at once (each is answered by its own Reject).
         static let refusedBatchCount = 100
+        /// The daemon's bound (ReactorConfig): WRITEs with immediate data one session may park behind a gap.
+        static let parkedDataCommandsPerSession = 4
 
         /// Sends a SCSI Command whose fields the test chooses, ahead of or at the session's next CmdSN; an
         /// `extendedCDBBytes` > 0 adds an extended CDB AHS (type 1) of that many bytes beyond the first 16.
@@ -114,6 +117,115 @@ extension EndToEnd {
                 try b.writeReadVerify(lba: 8200, data: patternBytes(64 * 1024, seed: 13))
                 #expect(a.others.isEmpty && b.others.isEmpty && c.others.isEmpty,
                         "\(a.others.prefix(3)) \(b.others.prefix(3)) \(c.others.prefix(3))")
+            }
+        }
+
+        /// A CmdSN skipped on purpose ("lost"), then `count` READs of 64 KiB after it: they park behind the gap.
+        /// Returns the lost CmdSN and the READs' ITTs.
+        static func parkReadsBehindAGap(_ s: RawSession, count: Int) throws -> (lost: UInt32, itts: [UInt32]) {
+            let lost = s.cmdSN
+            s.cmdSN &+= 1
+            let itts = try (0..<count).map { i in
+                try s.sendCommand(RawCDB.read10(lba: UInt32(i) * 128, blocks: 128), read: true, edtl: 65536)
+            }
+            return (lost, itts)
+        }
+
+        /// Three sessions on one core each park 127 READs behind a missing CmdSN and keep answering pings:
+        /// 381 commands, more than the core's 256 buffers. Parked commands hold no buffer, so a new session
+        /// on that core logs in and a burst of its READs completes while the three are still there. Then
+        /// the three fill their gaps at once: every parked READ gets a buffer in turn and completes.
+        @Test func commandsParkedBehindAGapHoldNoBuffers() throws {
+            try withTarget(daemonOptions: [], luns: [.file(bytes: 64 * mebibyte)]) { t in
+                var pinning: [(RawSession, UInt32, [UInt32])] = []
+                for i in 0..<3 {
+                    let s = try RawSession(t.endpoint, target: t.iqn, options: RawLoginOptions(
+                        initiatorName: "\(RobustResources.initiator)-pin\(i)", isid: 0x4000_0000_0010 + UInt64(i)))
+                    try s.ping()
+                    let window = Int(Int32(bitPattern: s.windowMaxCmdSN &- s.cmdSN))
+                    try #require(window >= 127, "window \(window)")
+                    let (lost, itts) = try RobustResources.parkReadsBehindAGap(s, count: 127)
+                    let early = try s.ping()
+                    #expect(early.isEmpty, "READs behind a CmdSN gap were answered: \(early.prefix(3))")
+                    pinning.append((s, lost, itts))
+                }
+
+                let fresh = try RawSession(t.endpoint, target: t.iqn, options: RawLoginOptions(
+                    initiatorName: "\(RobustResources.initiator)-fresh", isid: 0x4000_0000_0020))
+                let burst = try (0..<120).map { i in
+                    try fresh.sendCommand(RawCDB.read10(lba: UInt32(i) * 128, blocks: 128), read: true, edtl: 65536)
+                }
+                let results = try fresh.collect(burst)
+                #expect(results.values.allSatisfy { $0.status == RawCodes.good && $0.data.count == 65536 },
+                        "\(results.values.filter { $0.status != RawCodes.good }.prefix(3))")
+                try fresh.writeReadVerify(lba: 0, data: patternBytes(64 * 1024, seed: 21))
+
+                // The three are still logged in, their READs still parked.
+                for (s, _, _) in pinning {
+                    let quiet = try s.ping()
+                    #expect(quiet.isEmpty, "\(s.options.initiatorName): \(quiet.prefix(3))")
+                }
+                // Each sends its missing command now; all 381 parked READs want a buffer at the same time.
+                var missing: [UInt32] = []
+                for (s, lost, _) in pinning {
+                    missing.append(try s.sendCommand(RawCDB.testUnitReady, cmdSN: lost))
+                }
+                for (i, (s, _, itts)) in pinning.enumerated() {
+                    let done = try s.collect(itts + [missing[i]])
+                    let bad = done.values.filter { $0.status != RawCodes.good }
+                    #expect(bad.isEmpty, "\(s.options.initiatorName): \(bad.count) failed, \(bad.prefix(3))")
+                    #expect(itts.allSatisfy { done[$0]?.data.count == 65536 })
+                    try s.ping()
+                    #expect(s.targetExpCmdSN == s.cmdSN, "ExpCmdSN \(s.targetExpCmdSN), next CmdSN \(s.cmdSN)")
+                    #expect(s.others.isEmpty, "\(s.others.prefix(3))")
+                }
+            }
+        }
+
+        /// WRITEs carrying immediate data park with their data behind a gap, up to the bound; the ones past
+        /// it are answered TASK SET FULL at once and hold nothing. A READ parked behind the gap is aborted
+        /// (ABORT TASK). The refused and the aborted commands' CmdSNs still count as received: once the gap
+        /// fills, the parked WRITEs run and the session goes on at the CmdSN it expects.
+        @Test func parkedImmediateDataIsBoundedAndRefusedCmdSNsAreNotGaps() throws {
+            try withTarget(daemonOptions: [], luns: [.file(bytes: 16 * mebibyte)]) { t in
+                let s = try RawSession(t.endpoint, target: t.iqn, options: RawLoginOptions(
+                    initiatorName: "\(RobustResources.initiator)-parkdata"))
+                try s.ping()
+                let lost = s.cmdSN
+                s.cmdSN &+= 1
+                let bytes = 4096
+                let writeCount = RobustResources.parkedDataCommandsPerSession * 2
+                let data = patternBytes(writeCount * bytes, seed: 31)
+                let writes = try (0..<writeCount).map { i in
+                    try s.sendCommand(RawCDB.write10(lba: UInt32(i * bytes / RawSessionLimits.blockBytes), blocks: 8),
+                                      writeData: Array(data[(i * bytes)..<((i + 1) * bytes)]), serveR2T: false)
+                }
+                let abortedCmdSN = s.cmdSN
+                let aborted = try s.sendCommand(RawCDB.read10(lba: 0, blocks: 8), read: true, edtl: bytes)
+                let tmf = try s.sendTMF(function: RawCodes.TMF.abortTask, referencedITT: aborted, refCmdSN: abortedCmdSN)
+                let early = try s.ping()
+                let kept = RobustResources.parkedDataCommandsPerSession
+                let refused = early.filter { $0.opcode == RawCodes.scsiResponse }
+                #expect(refused.map(\.itt) == Array(writes[kept...]) && refused.allSatisfy { $0.status == RawCodes.taskSetFull },
+                        "answers before the gap filled: \(early)")
+                #expect(early.contains { $0.opcode == RawCodes.tmfResponse && $0.itt == tmf && $0.byte2 == RawCodes.TMF.functionComplete },
+                        "ABORT TASK of a parked READ: \(early)")
+                _ = try s.collect(Array(writes[kept...]))
+
+                let filler = try s.sendCommand(RawCDB.testUnitReady, cmdSN: lost)
+                let after = try s.sendCommand(RawCDB.testUnitReady)
+                let done = try s.collect(Array(writes[..<kept]) + [filler, after])
+                #expect(done.values.allSatisfy { $0.status == RawCodes.good }, "\(done.values.filter { $0.status != 0 })")
+                let quiet = try s.ping()
+                #expect(!quiet.contains { $0.itt == aborted }, "the aborted READ was answered: \(quiet)")
+                #expect(s.targetExpCmdSN == s.cmdSN, "ExpCmdSN \(s.targetExpCmdSN), next CmdSN \(s.cmdSN)")
+
+                // The kept WRITEs wrote their data; the refused ones wrote nothing.
+                let back = try s.run(RawCDB.read10(lba: 0, blocks: UInt16(data.count / RawSessionLimits.blockBytes)),
+                                     read: true, edtl: data.count)
+                let keptBytes = kept * bytes
+                #expect(back.status == RawCodes.good && Array(back.data.prefix(keptBytes)) == Array(data.prefix(keptBytes))
+                        && back.data.dropFirst(keptBytes).allSatisfy { $0 == 0 }, "read back: \(back)")
             }
         }
     }

@@ -32,6 +32,11 @@ public struct ReactorConfig: Sendable {
     /// Buffer slots one connection may hold at once: half a core's pool, plus room for immediate commands
     /// (which must be answered even when the CmdSN window is full of commands waiting for data).
     public var maxSlotsPerConnection: Int { max(2, slotCount / 2) + immediateCommandAllowance }
+    /// Commands with immediate data one connection may keep parked behind a CmdSN gap: each keeps its buffer
+    /// slot (the data cannot be asked for again). More are answered TASK SET FULL.
+    public var parkedDataCommandsPerConnection = 4
+    /// The same bound for all connections of a core, so parked data never holds more than a quarter of it.
+    public var parkedDataSlotsPerCore: Int { max(1, slotCount / 4) }
 
     public init() {}
 }
@@ -61,6 +66,8 @@ public final class Reactor {
     var generationCounter: UInt32 = 1
     var dirtyConnections: [Int32] = []
     var slotWaiters: [Int32] = []
+    /// Buffer slots kept by commands parked behind CmdSN gaps with their immediate data (all connections).
+    var parkedDataSlots = 0
     var closingConnections = 0
     /// The busy-poll window (ReactorConfig.pollNanos, or the admin's `poll_us`).
     var pollNanos: UInt64 = 0
