@@ -1,6 +1,6 @@
 // Buffer slots and task entries are a core's scarcest resource: a session must not be able to keep them.
 // Refused commands give back what their header took, and commands parked behind a CmdSN gap (RFC 7143
-// §3.2.2.1) hold no buffer unless they carry immediate data.
+// §3.2.2.1) hold no buffer unless they carry immediate data, and not for ever.
 
 import Foundation
 import Testing
@@ -14,8 +14,10 @@ extension EndToEnd {
         static let refusedCommandCount = 10_000
         /// Refused commands in flight at once (each is answered by its own Reject).
         static let refusedBatchCount = 100
-        /// The daemon's bound (ReactorConfig): WRITEs with immediate data one session may park behind a gap.
+        /// The daemon's bounds (ReactorConfig): WRITEs with immediate data one session may park behind a
+        /// CmdSN gap, and how long a gap may last before the session is closed.
         static let parkedDataCommandsPerSession = 4
+        static let cmdSNGapTimeoutSeconds = 20.0
 
         /// Sends a SCSI Command whose fields the test chooses, ahead of or at the session's next CmdSN; an
         /// `extendedCDBBytes` > 0 adds an extended CDB AHS (type 1) of that many bytes beyond the first 16.
@@ -226,6 +228,34 @@ extension EndToEnd {
                 let keptBytes = kept * bytes
                 #expect(back.status == RawCodes.good && Array(back.data.prefix(keptBytes)) == Array(data.prefix(keptBytes))
                         && back.data.dropFirst(keptBytes).allSatisfy { $0 == 0 }, "read back: \(back)")
+            }
+        }
+
+        /// A gap that lasts: the session is closed once it is older than the bound, although it answers
+        /// every ping, and the daemon says why. A session beside it goes on.
+        @Test func aCmdSNGapThatLastsEndsTheSession() throws {
+            try withTarget(daemonOptions: [], luns: [.file(bytes: 16 * mebibyte)]) { t in
+                let s = try RawSession(t.endpoint, target: t.iqn, options: RawLoginOptions(
+                    initiatorName: "\(RobustResources.initiator)-gap"))
+                let bystander = try RawSession(t.endpoint, target: t.iqn, options: RawLoginOptions(
+                    initiatorName: "\(RobustResources.initiator)-bystander", isid: 0x4000_0000_0002))
+                let limit = RobustResources.cmdSNGapTimeoutSeconds
+                let start = monotonicSeconds()
+                _ = try RobustResources.parkReadsBehindAGap(s, count: 4)
+                var closedAfter: Double? = nil
+                var answers: [TargetPDU] = []
+                while closedAfter == nil && monotonicSeconds() - start < limit + 10 {
+                    switch try s.receive(timeoutSeconds: 1) {   // answers the target's pings meanwhile
+                    case .closed: closedAfter = monotonicSeconds() - start
+                    case .pdu(let p): answers.append(p)
+                    case .timeout: #expect(try bystander.run(RawCDB.testUnitReady).status == RawCodes.good)
+                    }
+                }
+                #expect(answers.allSatisfy { $0.opcode == RawCodes.nopIn }, "answers while the gap lasted: \(answers)")
+                let after = try #require(closedAfter, "the session was still open \(limit + 10) s after its gap formed")
+                #expect(after >= limit - 1, "closed \(after) s after the gap formed, before the \(limit) s bound")
+                #expect(t.process.stderrText.contains("CmdSN gap"), "the daemon did not log why: \(tail(t.process.stderrText))")
+                try bystander.writeReadVerify(lba: 0, data: patternBytes(64 * 1024, seed: 41))
             }
         }
     }

@@ -1,7 +1,8 @@
 import Testing
 @testable import Target
 
-/// Where an arriving SCSI Command goes (RFC 7143 §3.2.2.1, §10.3) and the task queues, without a socket.
+/// Where an arriving SCSI Command goes (RFC 7143 §3.2.2.1, §10.3), how long a CmdSN gap may last, and the
+/// task queues, without a socket.
 @Suite struct CommandOrderTests {
     private func arrival(immediate: Bool = false, cmdSN: UInt32 = 10, dataLength: Int = 0, writeBit: Bool = false,
                          edtl: UInt32 = 4096, cdbLength: Int = 16) -> CommandArrival {
@@ -58,6 +59,24 @@ import Testing
         #expect(arrival(cmdSN: 12, dataLength: 512, writeBit: true).needsSlotOnArrival(expCmdSN: 10))
         #expect(!arrival(cmdSN: 12).needsSlotOnArrival(expCmdSN: 10))
         #expect(!arrival(cmdSN: 9).needsSlotOnArrival(expCmdSN: 10))
+    }
+
+    /// Feeds (commands waiting, ExpCmdSN, tick) to a new watch with a 20 s limit; returns its answers.
+    private func watch(_ ticks: [(Int, UInt32, UInt64)]) -> [Bool] {
+        var w = CmdSNGapWatch()
+        return ticks.map { w.expired(waiting: $0.0, expCmdSN: $0.1, tick: $0.2, limitSeconds: 20) }
+    }
+
+    @Test func aGapExpiresOnlyWhenItLastsBeyondTheLimit() {
+        // Seen at tick 101: still allowed 20 s later, expired the tick after.
+        #expect(watch([(0, 5, 100), (3, 5, 101), (3, 5, 121), (3, 5, 122)]) == [false, false, false, true])
+    }
+
+    @Test func progressOrAnEmptyGapRestartsTheClock() {
+        // ExpCmdSN moved: a new gap (or the same commands behind a later missing CmdSN) starts its own clock.
+        #expect(watch([(3, 5, 0), (2, 6, 15), (2, 6, 35), (2, 6, 36)]) == [false, false, false, true])
+        // Nothing waited in between: no gap, whatever ExpCmdSN is.
+        #expect(watch([(3, 6, 0), (0, 6, 10), (1, 6, 11), (1, 6, 31), (1, 6, 32)]) == [false, false, false, false, true])
     }
 
     @Test func taskQueuesKeepOrderAndUnlinkAnywhere() {

@@ -46,3 +46,28 @@ struct CommandArrival {
         return mayParkData ? .parkWithData : .refuseParkedData
     }
 }
+
+/// How long the gap at ExpCmdSN has lasted: commands wait behind a CmdSN that has not arrived. RFC 7143
+/// §3.2.2.1 lets a target wait for it, but on a session of one connection (MaxConnections=1) only a lost or
+/// aborted command leaves one, and it does not fill by itself: like LIO, end the session when it lasts.
+struct CmdSNGapWatch {
+    private enum State: Equatable {
+        case none
+        case open(expCmdSN: UInt32, sinceTick: UInt64)
+    }
+    private var state = State.none
+
+    /// Called once a tick with the number of commands waiting behind the gap. True when the same gap (no
+    /// progress of ExpCmdSN) has lasted more than `limitSeconds`.
+    mutating func expired(waiting: Int, expCmdSN: UInt32, tick: UInt64, limitSeconds: UInt64) -> Bool {
+        guard waiting > 0 else {
+            state = .none
+            return false
+        }
+        if case .open(let sn, let since) = state, sn == expCmdSN {
+            return tick &- since > limitSeconds
+        }
+        state = .open(expCmdSN: expCmdSN, sinceTick: tick)
+        return false
+    }
+}

@@ -130,6 +130,7 @@ public final class Connection {
     var parkedWithData = 0             // of those, .waitingOrder ones keeping immediate data (and its slot)
     var outWaiters = TaskQueue()       // tasks in .waitingOutSpace
     var slotQueue = TaskQueue()        // tasks in .waitingSlot, in CmdSN order
+    var cmdSNGap = CmdSNGapWatch()
     var storeInFlight = 0
 
     // Liveness

@@ -37,6 +37,8 @@ public struct ReactorConfig: Sendable {
     public var parkedDataCommandsPerConnection = 4
     /// The same bound for all connections of a core, so parked data never holds more than a quarter of it.
     public var parkedDataSlotsPerCore: Int { max(1, slotCount / 4) }
+    /// Commands waiting behind a missing CmdSN for longer than this end the session.
+    public var cmdSNGapTimeoutSeconds: UInt64 = 20
 
     public init() {}
 }
@@ -515,6 +517,12 @@ public final class Reactor {
                         c.dataOutTimedOut(t)
                     }
                 }
+            }
+            if c.phase == .fullFeature && c.cmdSNGap.expired(waiting: c.orderWaiting, expCmdSN: c.expCmdSN, tick: tick,
+                                                             limitSeconds: config.cmdSNGapTimeoutSeconds) {
+                logger.warning("\(c.peer): CmdSN gap: CmdSN \(c.expCmdSN) missing for more than \(config.cmdSNGapTimeoutSeconds)s with \(c.orderWaiting) command(s) waiting behind it; closing the session")
+                closeConnection(c, reason: "CmdSN gap")
+                continue
             }
             // A target's own nop_interval/nop_count (tgtadm --op update) win over the daemon's --iscsi values.
             let interval = c.target?.nopIntervalSeconds ?? config.nopIntervalSeconds
