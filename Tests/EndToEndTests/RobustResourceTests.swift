@@ -107,12 +107,7 @@ extension EndToEnd {
                 // A new session: every one of the 16 buffers is there for it.
                 let c = try RawSession(t.endpoint, target: t.iqn, options: RawLoginOptions(
                     initiatorName: "\(RobustResources.initiator)-after", isid: 0x4000_0000_0003))
-                let reads = try (0..<64).map { i in
-                    try c.sendCommand(RawCDB.read10(lba: UInt32(i) * 128, blocks: 128), read: true, edtl: 65536)
-                }
-                let results = try c.collect(reads)
-                #expect(results.values.allSatisfy { $0.status == RawCodes.good && $0.data.count == 65536 },
-                        "\(results.values.filter { $0.status != RawCodes.good }.prefix(3))")
+                try RobustResources.readBurst(c, count: 64)
                 try c.writeReadVerify(lba: 4096, data: patternBytes(128 * 1024, seed: 11))
                 // And the sessions that sent them carry on.
                 try a.writeReadVerify(lba: 8192, data: patternBytes(first, seed: 12))
@@ -122,15 +117,28 @@ extension EndToEnd {
             }
         }
 
+        static let readBytes = 65536
+
+        /// Sends `count` READs of 64 KiB at the session's next CmdSNs; returns their ITTs.
+        static func sendReads(_ s: RawSession, count: Int) throws -> [UInt32] {
+            try (0..<count).map { i in
+                try s.sendCommand(RawCDB.read10(lba: UInt32(i) * 128, blocks: 128), read: true, edtl: readBytes)
+            }
+        }
+
+        /// `count` READs of 64 KiB at once: every one must complete GOOD with its data.
+        static func readBurst(_ s: RawSession, count: Int) throws {
+            let results = try s.collect(try sendReads(s, count: count))
+            let bad = results.values.filter { $0.status != RawCodes.good || $0.data.count != readBytes }
+            #expect(bad.isEmpty, "\(s.options.initiatorName): \(bad.count) of \(count) READs failed: \(bad.prefix(3))")
+        }
+
         /// A CmdSN skipped on purpose ("lost"), then `count` READs of 64 KiB after it: they park behind the gap.
         /// Returns the lost CmdSN and the READs' ITTs.
         static func parkReadsBehindAGap(_ s: RawSession, count: Int) throws -> (lost: UInt32, itts: [UInt32]) {
             let lost = s.cmdSN
             s.cmdSN &+= 1
-            let itts = try (0..<count).map { i in
-                try s.sendCommand(RawCDB.read10(lba: UInt32(i) * 128, blocks: 128), read: true, edtl: 65536)
-            }
-            return (lost, itts)
+            return (lost, try sendReads(s, count: count))
         }
 
         /// Three sessions on one core each park 127 READs behind a missing CmdSN and keep answering pings:
@@ -154,12 +162,7 @@ extension EndToEnd {
 
                 let fresh = try RawSession(t.endpoint, target: t.iqn, options: RawLoginOptions(
                     initiatorName: "\(RobustResources.initiator)-fresh", isid: 0x4000_0000_0020))
-                let burst = try (0..<120).map { i in
-                    try fresh.sendCommand(RawCDB.read10(lba: UInt32(i) * 128, blocks: 128), read: true, edtl: 65536)
-                }
-                let results = try fresh.collect(burst)
-                #expect(results.values.allSatisfy { $0.status == RawCodes.good && $0.data.count == 65536 },
-                        "\(results.values.filter { $0.status != RawCodes.good }.prefix(3))")
+                try RobustResources.readBurst(fresh, count: 120)
                 try fresh.writeReadVerify(lba: 0, data: patternBytes(64 * 1024, seed: 21))
 
                 // The three are still logged in, their READs still parked.
@@ -176,7 +179,7 @@ extension EndToEnd {
                     let done = try s.collect(itts + [missing[i]])
                     let bad = done.values.filter { $0.status != RawCodes.good }
                     #expect(bad.isEmpty, "\(s.options.initiatorName): \(bad.count) failed, \(bad.prefix(3))")
-                    #expect(itts.allSatisfy { done[$0]?.data.count == 65536 })
+                    #expect(itts.allSatisfy { done[$0]?.data.count == RobustResources.readBytes })
                     try s.ping()
                     #expect(s.targetExpCmdSN == s.cmdSN, "ExpCmdSN \(s.targetExpCmdSN), next CmdSN \(s.cmdSN)")
                     #expect(s.others.isEmpty, "\(s.others.prefix(3))")
