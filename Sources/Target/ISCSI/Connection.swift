@@ -134,9 +134,11 @@ public final class Connection {
     var tasksInitialized = 0
     var freeTask: Int32 = -1
     var activeTasks = 0
-    var orderWaiting = 0               // tasks parked in .waitingOrder
-    var outWaitHead: Int32 = -1        // tasks parked in .waitingOutSpace (FIFO)
-    var outWaitTail: Int32 = -1
+    var orderWaiting = 0               // tasks in .waitingOrder or .orderMarker: behind a CmdSN gap
+    var parkedWithData = 0             // of those, .waitingOrder ones keeping immediate data (and its slot)
+    var outWaiters = TaskQueue()       // tasks in .waitingOutSpace
+    var slotQueue = TaskQueue()        // tasks in .waitingSlot, in CmdSN order
+    var cmdSNGap = CmdSNGapWatch()
     var storeInFlight = 0
 
     // Liveness

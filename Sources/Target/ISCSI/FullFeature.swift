@@ -42,21 +42,20 @@ extension Connection {
         return true
     }
 
-    /// Allocates a task (and its buffer slot) for a SCSI Command. Immediate data lands in the slot.
+    /// Allocates a task (and, when it needs one now, its buffer slot) for a SCSI Command. Immediate data lands
+    /// in the slot.
     private func prepareCommand(_ bhs: BHS) -> Bool {
         if isDiscovery {
             sink = .discard
             return true   // rejected in dispatch
         }
-        if slotsHeld >= reactor.config.maxSlotsPerConnection {
-            // One session never holds more than its share of the core's buffers; it waits for its own to free.
-            stalled = true
-            stalledOnCap = true
-            return false
-        }
-        if reactor.pool.freeCount == 0 {
-            stall()
-            return false
+        let needsSlot = bhs.immediate || dataLength > 0 || bhs.cmdSN == expCmdSN
+        if needsSlot {
+            // Commands whose turn came earlier and wait for a slot go first; their wake-up restarts the parser.
+            if !slotQueue.isEmpty || !maySlot() {
+                stalled = true
+                return false
+            }
         }
         let t: Int
         if freeTask >= 0 {
@@ -72,19 +71,50 @@ extension Connection {
             return true
         }
         activeTasks += 1
-        let slot = reactor.pool.take()
-        slotsHeld += 1
         tasks[t] = IOTask()
-        tasks[t].slot = Int32(slot)
-        tasks[t].state = .storeIO   // provisional until dispatch decides
+        if needsSlot { takeSlot(t) }
+        tasks[t].state = .arriving
         sinkTask = Int32(t)
         if dataLength > 0 {
             sink = .taskBuffer
-            sinkPtr = reactor.pool.data(slot)
+            sinkPtr = reactor.pool.data(Int(tasks[t].slot))
         } else {
             sink = .discard
         }
         return true
+    }
+
+    /// Whether this connection may take a buffer slot now. If not, it is woken when it may: by the release of
+    /// one of its own when it holds its share of the core's buffers, else by the core when one is given back.
+    private func maySlot() -> Bool {
+        if slotsHeld >= reactor.config.maxSlotsPerConnection {
+            stalledOnCap = true
+            return false
+        }
+        if reactor.pool.freeCount == 0 {
+            waitForPool()
+            return false
+        }
+        return true
+    }
+
+    /// Call only after maySlot() said yes.
+    private func takeSlot(_ t: Int) {
+        let slot = reactor.pool.take()
+        slotsHeld += 1
+        assert(slot >= 0 && slotsHeld <= reactor.config.maxSlotsPerConnection)
+        tasks[t].slot = Int32(slot)
+    }
+
+    /// Gives a slot back to the core, queueing this connection first when it waits for one of its own.
+    private func returnSlot(_ slot: Int) {
+        slotsHeld -= 1
+        if stalledOnCap && phase != .closing {
+            // Queue behind this slot before giving it back, so the release wakes this connection.
+            stalledOnCap = false
+            waitForPool()
+        }
+        reactor.releaseSlot(slot)
     }
 
     /// Data-Out goes straight to its place in the task's buffer, if everything about it checks out.
@@ -124,16 +154,30 @@ extension Connection {
 
     func stall() {
         stalled = true
+        waitForPool()
+    }
+
+    /// Asks the core for a wake-up when it has a buffer slot again.
+    private func waitForPool() {
         if !onSlotWaitList {
             onSlotWaitList = true
             reactor.slotWaiters.append(Int32(index))
         }
     }
 
-    /// A buffer slot or send-queue room became available: re-run the header that stalled, then keep parsing.
+    /// A buffer slot or send-queue room became available: start the commands waiting for a slot, then re-run
+    /// the header that stalled and keep parsing.
     func resumeParser() {
-        guard stalled, phase != .closing else { return }
-        if frontEnd == .nbd { nbdResume(); return }
+        guard phase != .closing else { return }
+        if frontEnd == .nbd {
+            if stalled { nbdResume() }
+            return
+        }
+        if !slotQueue.isEmpty {
+            serveSlotQueue()
+            if !slotQueue.isEmpty || phase == .closing { return }
+        }
+        guard stalled else { return }
         stalled = false
         headerReady()
         if stalled || phase == .closing { return }
@@ -148,6 +192,12 @@ extension Connection {
         if phase == .login {
             handleLogin(bhs)
             return
+        }
+        let expBefore = expCmdSN
+        defer {
+            // Whatever took ExpCmdSN (a command, or a non-immediate NOP-Out, Text, Task Management or Logout)
+            // may have filled a gap: the commands parked behind it run now, after it, as their CmdSNs say.
+            if expCmdSN != expBefore && orderWaiting > 0 && phase != .closing { releaseOrdered() }
         }
         switch bhs.opcode {
         case ISCSIOpcode.scsiCommand: handleCommand(bhs)
@@ -190,47 +240,52 @@ extension Connection {
             respondNoTask(bhs, status: SCSIStatus.taskSetFull)
             return
         }
-        if !bhs.immediate && !cmdSNInWindow(cmdSN) {
-            releaseTask(t)
-            return
-        }
+        // Filled in place, never replaced: the entry may hold a buffer slot from prepareCommand, and only a
+        // non-free state lets releaseTask (and teardown) give it back.
         let flags = bhs.byte1
-        var task = IOTask()
-        task.slot = tasks[t].slot
-        task.itt = bhs.itt
-        task.cmdSN = cmdSN
-        task.lunField = bhs.lunField
-        task.lunNumber = decodeLUN(bhs.lunField)
-        task.edtl = bhs.expectedDataTransferLength
-        task.immediateBytes = dataLength
-        task.flags = bhs.byte1
+        let task = tasks + t
+        task.pointee.itt = bhs.itt
+        task.pointee.cmdSN = cmdSN
+        task.pointee.lunField = bhs.lunField
+        task.pointee.lunNumber = decodeLUN(bhs.lunField)
+        task.pointee.edtl = bhs.expectedDataTransferLength
+        task.pointee.immediateBytes = dataLength
+        task.pointee.flags = flags
         let cdbLength = cdbBytes()
-        if cdbLength > 32 && !(bhs.immediate || cmdSN == expCmdSN) {
-            // Extended CDBs run only in order: they are not kept while waiting for a CmdSN gap.
-            tasks[t] = task
+        task.pointee.cdbLength = cdbLength
+        withUnsafeMutableBytes(of: &task.pointee.cdb) { d in _ = memcpy(d.baseAddress!, hdr + 32, min(cdbLength, 32)) }
+        let arrival = CommandArrival(immediate: bhs.immediate, cmdSN: cmdSN, dataLength: dataLength,
+                                     writeBit: flags & 0x20 != 0, edtl: task.pointee.edtl, cdbLength: cdbLength)
+        let mayParkData = parkedWithData < reactor.config.parkedDataCommandsPerConnection
+            && reactor.parkedDataSlots < reactor.config.parkedDataSlotsPerCore
+        switch arrival.verdict(expCmdSN: expCmdSN, inWindow: cmdSNInWindow(cmdSN), immediateData: params.immediateData,
+                               firstBurst: params.firstBurst, mayParkData: mayParkData) {
+        case .drop:
+            releaseTask(t)
+        case .rejectExtendedCDB:
             queueReject(reason: RejectReason.outOfResources)
             releaseTask(t)
-            return
-        }
-        task.cdbLength = cdbLength
-        withUnsafeMutableBytes(of: &task.cdb) { d in _ = memcpy(d.baseAddress!, hdr + 32, min(cdbLength, 32)) }
-        tasks[t] = task
-        let writeBit = flags & 0x20 != 0
-        if dataLength > 0 && (!params.immediateData || !writeBit || dataLength > params.firstBurst
-                              || dataLength > Int(task.edtl)) {
+        case .rejectImmediateData:
             // Immediate data where none was negotiated or allowed: reject the command (RFC 7143 §10.3).
             queueReject(reason: RejectReason.protocolError)
             releaseTask(t)
             if !bhs.immediate && cmdSN == expCmdSN { expCmdSN &+= 1 }
-            return
-        }
-        if bhs.immediate || cmdSN == expCmdSN {
+        case .run:
+            assert(task.pointee.slot >= 0 && slotQueue.isEmpty)
             if !bhs.immediate { expCmdSN &+= 1 }
             startTask(t, cdb: UnsafeRawBufferPointer(start: hdr + 32, count: cdbLength))
-            if orderWaiting > 0 { releaseOrdered() }
-        } else {
-            tasks[t].state = .waitingOrder
+        case .park:
+            assert(task.pointee.slot < 0)
+            task.pointee.state = .waitingOrder
             orderWaiting += 1
+        case .parkWithData:
+            task.pointee.state = .waitingOrder
+            orderWaiting += 1
+            parkedWithData += 1
+            reactor.parkedDataSlots += 1
+        case .refuseParkedData:
+            respondNoTask(bhs, status: SCSIStatus.taskSetFull)
+            keepOnlyCmdSN(t)
         }
     }
 
@@ -244,24 +299,71 @@ extension Connection {
         return ahead >= 0 && ahead <= span
     }
 
-    /// Runs parked commands whose turn has come.
+    /// Runs parked commands whose turn has come, in CmdSN order. One without a buffer slot takes one now; when
+    /// the connection may take none, it and every one after it wait on the slot queue.
     private func releaseOrdered() {
         var progressed = true
-        while progressed && orderWaiting > 0 {
+        while progressed && orderWaiting > 0 && phase != .closing {
             progressed = false
-            for t in 0..<tasksInitialized where tasks[t].state == .waitingOrder && tasks[t].cmdSN == expCmdSN {
-                orderWaiting -= 1
+            for t in 0..<tasksInitialized where tasks[t].cmdSN == expCmdSN
+                && (tasks[t].state == .waitingOrder || tasks[t].state == .orderMarker) {
                 expCmdSN &+= 1
-                tasks[t].state = .storeIO
-                var cdb = tasks[t].cdb
-                let n = tasks[t].cdbLength
-                withUnsafeBytes(of: &cdb) { c in
-                    startTask(t, cdb: UnsafeRawBufferPointer(start: c.baseAddress, count: n))
+                if tasks[t].state == .orderMarker {
+                    releaseTask(t)
+                } else {
+                    leaveOrderWait(t)
+                    if slotQueue.isEmpty && (tasks[t].slot >= 0 || maySlot()) {
+                        if tasks[t].slot < 0 { takeSlot(t) }
+                        startStored(t)
+                    } else {
+                        tasks[t].state = .waitingSlot
+                        slotQueue.push(t, tasks)
+                    }
                 }
                 progressed = true
                 break
             }
         }
+    }
+
+    /// Starts the commands waiting for a buffer slot, in CmdSN order, as far as slots may be taken.
+    private func serveSlotQueue() {
+        while !slotQueue.isEmpty && phase != .closing {
+            let t = Int(slotQueue.head)
+            if tasks[t].slot < 0 {
+                guard maySlot() else { return }
+                takeSlot(t)
+            }
+            _ = slotQueue.pop(tasks)
+            startStored(t)
+        }
+    }
+
+    /// Bookkeeping of a task that leaves .waitingOrder or .orderMarker.
+    private func leaveOrderWait(_ t: Int) {
+        orderWaiting -= 1
+        if tasks[t].state == .waitingOrder && tasks[t].slot >= 0 {
+            parkedWithData -= 1
+            reactor.parkedDataSlots -= 1
+        }
+        assert(orderWaiting >= 0 && parkedWithData >= 0 && reactor.parkedDataSlots >= 0)
+    }
+
+    /// A command refused or aborted before its turn keeps only its CmdSN (received, RFC 7143 §3.2.2.1), so
+    /// ExpCmdSN passes it when the gap before it fills. Its slot goes back now.
+    private func keepOnlyCmdSN(_ t: Int) {
+        if tasks[t].state == .waitingOrder {
+            if tasks[t].slot >= 0 {
+                parkedWithData -= 1
+                reactor.parkedDataSlots -= 1
+            }
+        } else {
+            orderWaiting += 1
+        }
+        tasks[t].state = .orderMarker
+        let slot = Int(tasks[t].slot)
+        tasks[t].slot = -1
+        if slot >= 0 { returnSlot(slot) }
     }
 
     private func respondNoTask(_ bhs: BHS, status: UInt8) {
@@ -573,17 +675,12 @@ extension Connection {
 
     private func parkForOutSpace(_ t: Int) {
         tasks[t].state = .waitingOutSpace
-        tasks[t].nextWait = -1
-        if outWaitTail >= 0 { tasks[Int(outWaitTail)].nextWait = Int32(t) } else { outWaitHead = Int32(t) }
-        outWaitTail = Int32(t)
+        outWaiters.push(t, tasks)
     }
 
     func resumeOutWaiters() {
-        while outWaitHead >= 0 && out.free >= 2 {
-            let t = Int(outWaitHead)
-            outWaitHead = tasks[t].nextWait
-            if outWaitHead < 0 { outWaitTail = -1 }
-            tasks[t].nextWait = -1
+        while !outWaiters.isEmpty && out.free >= 2 {
+            let t = outWaiters.pop(tasks)
             emitDataIn(t)
             if tasks[t].state == .waitingOutSpace { return }   // parked again
         }
@@ -607,6 +704,12 @@ extension Connection {
     func gateOpened(_ t: Int) {
         guard tasks[t].state == .waitingGate else { return }
         tasks[t].holdsCompareAndWriteGate = true
+        startStored(t)
+    }
+
+    /// Starts a command that waited (for its turn, a slot or a gate) from the CDB kept in its task entry.
+    private func startStored(_ t: Int) {
+        tasks[t].state = .storeIO
         var cdb = tasks[t].cdb
         let n = tasks[t].cdbLength
         withUnsafeBytes(of: &cdb) { c in startTask(t, cdb: UnsafeRawBufferPointer(start: c.baseAddress, count: n)) }
@@ -623,7 +726,11 @@ extension Connection {
 
     /// Gives back the task entry and its buffer slot.
     func releaseTask(_ t: Int) {
-        guard tasks[t].state != .free else { return }
+        guard tasks[t].state != .free else {
+            // A free entry is skipped by teardown too: a slot it still held would be lost until restart.
+            assert(tasks[t].slot < 0, "free task entry \(t) holds buffer slot \(tasks[t].slot)")
+            return
+        }
         if tasks[t].holdsCompareAndWriteGate {
             tasks[t].holdsCompareAndWriteGate = false
             tasks[t].lun?.leaveCompareAndWrite()
@@ -637,16 +744,13 @@ extension Connection {
             tasks[t].holdsPermit = false
             reactor.returnR2TPermit()
         }
-        if tasks[t].state == .waitingOrder { orderWaiting -= 1 }
-        if tasks[t].slot >= 0 {
-            slotsHeld -= 1
-            if stalledOnCap && phase != .closing {
-                // Queue the parser behind this slot before giving it back, so the release wakes it.
-                stalledOnCap = false
-                if !onSlotWaitList { onSlotWaitList = true; reactor.slotWaiters.append(Int32(index)) }
-            }
-            reactor.releaseSlot(Int(tasks[t].slot))
+        switch tasks[t].state {
+        case .waitingOrder, .orderMarker: leaveOrderWait(t)
+        case .waitingSlot: slotQueue.remove(t, tasks)
+        case .waitingOutSpace: outWaiters.remove(t, tasks)
+        default: break
         }
+        let slot = Int(tasks[t].slot)
         tasks[t].slot = -1
         tasks[t].state = .free
         tasks[t].ttt = reservedTag
@@ -654,6 +758,9 @@ extension Connection {
         tasks[t].nextFree = freeTask
         freeTask = Int32(t)
         activeTasks -= 1
+        // Last: giving the slot back may run other parsers, which must find this entry consistent.
+        if slot >= 0 { returnSlot(slot) }
+        assert(activeTasks >= 0 && slotsHeld >= 0, "task \(activeTasks) / slot \(slotsHeld) counts below zero")
     }
 
     // MARK: - NOP
@@ -761,7 +868,8 @@ extension Connection {
             let ref = bhs.u32(20)
             let refCmdSN = bhs.u32(32)
             var found = false
-            for t in 0..<tasksInitialized where tasks[t].state != .free && tasks[t].itt == ref {
+            for t in 0..<tasksInitialized where tasks[t].state != .free && tasks[t].state != .orderMarker
+                && tasks[t].itt == ref {
                 found = true
                 abortTask(t)
             }
@@ -774,10 +882,7 @@ extension Connection {
                 let inWindow = ahead >= 0 && ahead <= Int32(bitPattern: advertisedMaxCmdSN &- expCmdSN)
                 if inWindow && Int32(bitPattern: refCmdSN &- bhs.cmdSN) < 0 {
                     response = 0
-                    if refCmdSN == expCmdSN {
-                        expCmdSN &+= 1
-                        if orderWaiting > 0 { releaseOrdered() }
-                    }
+                    if refCmdSN == expCmdSN { expCmdSN &+= 1 }   // parked commands behind it run after this PDU
                 } else {
                     response = 1
                 }
@@ -810,32 +915,16 @@ extension Connection {
     /// Stops a task: parked ones are released at once; ones with I/O in flight are released when it returns.
     private func abortTask(_ t: Int) {
         switch tasks[t].state {
-        case .free: return
-        case .waitingOrder, .receivingData, .waitingPermit, .waitingGate:
+        case .free, .orderMarker: return
+        case .waitingOrder:
+            // Its CmdSN was received: the commands after it must not wait for it again.
+            keepOnlyCmdSN(t)
+        case .arriving, .waitingSlot, .receivingData, .waitingPermit, .waitingGate, .waitingOutSpace:
             if tasks[t].state == .waitingPermit { reactor.cancelPermitWait(connection: index, task: t) }
-            releaseTask(t)
-        case .waitingOutSpace:
-            removeOutWaiter(t)
             releaseTask(t)
         case .storeIO, .sendingData, .finishing:
             // Its buffer is in use by the ring or the socket; drive() releases it when that ends.
             tasks[t].aborted = true
-        }
-    }
-
-    private func removeOutWaiter(_ t: Int) {
-        var prev: Int32 = -1
-        var cur = outWaitHead
-        while cur >= 0 {
-            if cur == Int32(t) {
-                let next = tasks[Int(cur)].nextWait
-                if prev >= 0 { tasks[Int(prev)].nextWait = next } else { outWaitHead = next }
-                if outWaitTail == cur { outWaitTail = prev }
-                tasks[t].nextWait = -1
-                return
-            }
-            prev = cur
-            cur = tasks[Int(cur)].nextWait
         }
     }
 

@@ -1,10 +1,19 @@
 /// One outstanding SCSI command on a connection, in preallocated per-connection storage.
 /// Each state has one meaning:
 enum TaskState: UInt8 {
-    /// Unused entry, on the free list.
+    /// Unused entry, on the free list. Never holds a buffer slot: teardown skips free entries.
     case free
-    /// Received with CmdSN ahead of ExpCmdSN: waits for the gap to fill (RFC 7143 §3.2.2.1).
+    /// Header received, its data segment (immediate data) still arriving; dispatch decides what follows.
+    case arriving
+    /// Received with CmdSN ahead of ExpCmdSN: waits for the gap to fill (RFC 7143 §3.2.2.1). Holds a buffer
+    /// slot only when it carries immediate data.
     case waitingOrder
+    /// Answered (TASK SET FULL) or aborted before its CmdSN turn: keeps nothing but its CmdSN, so ExpCmdSN
+    /// passes it once the gap before it fills.
+    case orderMarker
+    /// Its CmdSN turn came while this connection could take no buffer slot: waits on the connection's slot
+    /// queue, in CmdSN order.
+    case waitingSlot
     /// Needs R2T data but the core's R2T permits are used up: waits in the core's permit queue.
     case waitingPermit
     /// A COMPARE AND WRITE waiting for its LUN's gate (another one is running on some core).
@@ -31,7 +40,7 @@ struct IOTask {
     var edtl: UInt32 = 0
     var slot: Int32 = -1
     var nextFree: Int32 = -1
-    /// Intrusive link for the core's permit queue and the connection's order/out-space waits.
+    /// Link of the connection's TaskQueue the task is on (slot or out-space wait).
     var nextWait: Int32 = -1
     /// The LUN this task runs on. Kept alive by the connection's target pin (`Connection.pinTarget`): the task
     /// holds the target it started under, and that target holds its LUNs, until `releaseTask`.
@@ -87,4 +96,44 @@ struct IOTask {
     var sheepLength: Int = 0
 
     var scsi = SCSITask()
+}
+
+/// A FIFO of a connection's task entries, linked through `IOTask.nextWait`: no allocation, bounded by the
+/// task table. A task is on at most one queue.
+struct TaskQueue {
+    private(set) var head: Int32 = -1
+    private var tail: Int32 = -1
+
+    var isEmpty: Bool { head < 0 }
+
+    mutating func push(_ t: Int, _ tasks: UnsafeMutablePointer<IOTask>) {
+        tasks[t].nextWait = -1
+        if tail >= 0 { tasks[Int(tail)].nextWait = Int32(t) } else { head = Int32(t) }
+        tail = Int32(t)
+    }
+
+    mutating func pop(_ tasks: UnsafeMutablePointer<IOTask>) -> Int {
+        let t = Int(head)
+        head = tasks[t].nextWait
+        if head < 0 { tail = -1 }
+        tasks[t].nextWait = -1
+        return t
+    }
+
+    /// Unlinks `t` wherever it is (task management and teardown; linear, they are rare).
+    mutating func remove(_ t: Int, _ tasks: UnsafeMutablePointer<IOTask>) {
+        var prev: Int32 = -1
+        var cur = head
+        while cur >= 0 {
+            if cur == Int32(t) {
+                let next = tasks[Int(cur)].nextWait
+                if prev >= 0 { tasks[Int(prev)].nextWait = next } else { head = next }
+                if tail == cur { tail = prev }
+                tasks[t].nextWait = -1
+                return
+            }
+            prev = cur
+            cur = tasks[Int(cur)].nextWait
+        }
+    }
 }

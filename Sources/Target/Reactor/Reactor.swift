@@ -32,6 +32,13 @@ public struct ReactorConfig: Sendable {
     /// Buffer slots one connection may hold at once: half a core's pool, plus room for immediate commands
     /// (which must be answered even when the CmdSN window is full of commands waiting for data).
     public var maxSlotsPerConnection: Int { max(2, slotCount / 2) + immediateCommandAllowance }
+    /// Commands with immediate data one connection may keep parked behind a CmdSN gap: each keeps its buffer
+    /// slot (the data cannot be asked for again). More are answered TASK SET FULL.
+    public var parkedDataCommandsPerConnection = 4
+    /// The same bound for all connections of a core, so parked data never holds more than a quarter of it.
+    public var parkedDataSlotsPerCore: Int { max(1, slotCount / 4) }
+    /// Commands waiting behind a missing CmdSN for longer than this end the session.
+    public var cmdSNGapTimeoutSeconds: UInt64 = 20
 
     public init() {}
 }
@@ -61,6 +68,8 @@ public final class Reactor {
     var generationCounter: UInt32 = 1
     var dirtyConnections: [Int32] = []
     var slotWaiters: [Int32] = []
+    /// Buffer slots kept by commands parked behind CmdSN gaps with their immediate data (all connections).
+    var parkedDataSlots = 0
     var closingConnections = 0
     /// The busy-poll window (ReactorConfig.pollNanos, or the admin's `poll_us`).
     var pollNanos: UInt64 = 0
@@ -273,6 +282,8 @@ public final class Reactor {
             if c.tasks[t].state == .waitingPermit { cancelPermitWait(connection: c.index, task: t) }
             c.releaseTask(t)
         }
+        assert(c.slotsHeld == 0 && c.activeTasks == 0,
+               "connection \(c.index) torn down holding \(c.slotsHeld) buffer slot(s), \(c.activeTasks) task(s)")
         close(c.fd)
         c.fd = -1
         connections[c.index] = nil
@@ -508,6 +519,12 @@ public final class Reactor {
                         c.dataOutTimedOut(t)
                     }
                 }
+            }
+            if c.phase == .fullFeature && c.cmdSNGap.expired(waiting: c.orderWaiting, expCmdSN: c.expCmdSN, tick: tick,
+                                                             limitSeconds: config.cmdSNGapTimeoutSeconds) {
+                logger.warning("\(c.peer): CmdSN gap: CmdSN \(c.expCmdSN) missing for more than \(config.cmdSNGapTimeoutSeconds)s with \(c.orderWaiting) command(s) waiting behind it; closing the session")
+                closeConnection(c, reason: "CmdSN gap")
+                continue
             }
             // A target's own nop_interval/nop_count (tgtadm --op update) win over the daemon's --iscsi values.
             let interval = c.target?.nopIntervalSeconds ?? config.nopIntervalSeconds
