@@ -25,10 +25,10 @@ extension EndToEnd {
         static let loginCapPerAddress = 64
         static let floodTableConnections = 100
         /// Churn test: rounds of this many logins, then closes.
-        static let churnRounds = 8
-        static let churnConnections = 150
+        static let churnRounds = 10
+        static let churnConnections = 300
         /// RSS after the last round may exceed RSS after the first by this share at most.
-        static let maxRSSGrowth = 0.2
+        static let maxRSSGrowth = 0.1
 
         /// CPU time (user + system) of a process in seconds, from /proc/PID/stat.
         static func cpuSeconds(pid: Int32) -> Double? {

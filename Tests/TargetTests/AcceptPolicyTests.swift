@@ -1,4 +1,5 @@
 import Glibc
+import Logging
 import Testing
 @testable import Target
 
@@ -25,6 +26,22 @@ import Testing
         #expect(a.allocate() == nil, "all 65,535 TSIHs are live")
         a.release(40_000)
         #expect(a.allocate() == 40_000)
+    }
+
+    /// The daemon's allocator itself: with every session kept alive, no TSIH is handed out twice (the old
+    /// 16-bit counter wrapped onto live sessions).
+    @Test func runtimeNeverHandsOutALiveTSIH() {
+        let runtime = Runtime(config: ReactorConfig(), portals: [], logger: Logger(label: "tsih-test"))
+        var live: Set<UInt16> = []
+        var duplicates = 0
+        for _ in 0..<Int(UInt16.max) + 1 {
+            let v: UInt16? = runtime.allocateTSIH()
+            if let v, v == 0 || !live.insert(v).inserted { duplicates += 1 }
+        }
+        #expect(duplicates == 0, "\(duplicates) TSIHs were 0 or already held by a live session")
+        #expect(live.count == Int(UInt16.max))
+        runtime.releaseTSIH(7)
+        #expect(runtime.allocateTSIH() == 7, "a released TSIH is available again")
     }
 
     @Test func acceptErrorsAreClassified() {
