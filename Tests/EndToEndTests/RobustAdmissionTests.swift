@@ -50,7 +50,7 @@ extension EndToEnd {
         @Test func descriptorExhaustionBacksOffInsteadOfSpinning() throws {
             let limit = RobustAdmission.lowDescriptorLimit
             try withTarget(daemonOptions: ["--max-connections", "200"],
-                           launcher: ["/usr/bin/prlimit", "--nofile=\(limit):\(limit)", "--"],
+                           launcher: [try Tools.require("prlimit").path, "--nofile=\(limit):\(limit)", "--"],
                            luns: [.null(bytes: gibibyte)]) { t in
                 var sockets: [RawSocket] = []
                 for _ in 0..<RobustAdmission.exhaustingConnections { sockets.append(try RawSocket(t.endpoint)) }
