@@ -50,6 +50,10 @@ struct RingTgtd: ParsableCommand {
     @Option(name: .customLong("max-connections"), help: "Connections per core.")
     var maxConnections: Int = 4096
 
+    @Option(name: .customLong("max-login-per-address"), help: ArgumentHelp(
+        "Connections not yet logged in that one source address may hold per core (up to cores times this in all)."))
+    var maxLoginPerAddress: Int = 64
+
     @Option(name: .customLong("config"), help: "A targets.conf-style file applied at start.")
     var configFile: String?
 
@@ -64,6 +68,7 @@ struct RingTgtd: ParsableCommand {
         if bufferSize < 65536 || bufferSize % 4096 != 0 { throw ValidationError("--buffer-size must be a multiple of 4096, at least 65536") }
         if buffers < 8 { throw ValidationError("--buffers must be at least 8") }
         if maxConnections < 1 || maxConnections > 16384 { throw ValidationError("--max-connections must be 1...16384") }
+        if maxLoginPerAddress < 1 { throw ValidationError("--max-login-per-address must be at least 1") }
         if pollMicroseconds < 0 || pollMicroseconds > 1_000_000 { throw ValidationError("--poll-us must be 0...1000000") }
     }
 
@@ -81,6 +86,7 @@ struct RingTgtd: ParsableCommand {
         config.slotBytes = bufferSize
         config.slotCount = buffers
         config.maxConnections = maxConnections
+        config.maxLoginConnectionsPerAddress = maxLoginPerAddress
         config.pollNanos = UInt64(pollMicroseconds) * 1000
         // nop_count is a number of intervals: applied after the loop, so the order of the options does not matter.
         var nopCount: UInt64? = nil
@@ -132,6 +138,7 @@ struct RingTgtd: ParsableCommand {
 
         let socketPath = controlSocket ?? ControlEndpoint.path(controlPort: controlPort)
         let coreCount = cores ?? Int(cpuCount())
+        raiseDescriptorLimit(cores: coreCount, logger: logger)
         let runtime = Runtime(config: config, portals: portals, nbdPortals: nbdPortals, logger: logger)
         do {
             try runtime.start(cores: coreCount)
@@ -186,6 +193,30 @@ struct RingTgtd: ParsableCommand {
         // Sheepdog locks are the sheep node's, not the connection's: release them, or the VDI stays locked.
         for target in registry.currentSnapshot.targets {
             for lun in target.luns { if case .sheep(let vol) = lun.backing { vol.releaseLock() } }
+        }
+    }
+
+    /// Descriptors beyond the connections: stores, listeners, sheep channels, rings, eventfds, the control socket.
+    static let descriptorMarginCount = 1024
+
+    /// Like tgtd (nr_file_adjust), raise RLIMIT_NOFILE at start: every core may hold maxConnections sockets
+    /// (plus the ones waiting for an evicted connection's slot). Only up to the hard limit; short of what is
+    /// needed, accept backs off when descriptors run out, and this says so once.
+    func raiseDescriptorLimit(cores: Int, logger: Logger) {
+        let need = rlim_t(cores * (maxConnections + Reactor.pendingAcceptCapacity) + RingTgtd.descriptorMarginCount)
+        var rl = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &rl) == 0 else { return }
+        if rl.rlim_cur >= need { return }
+        let want = min(need, rl.rlim_max)   // RLIM_INFINITY is the largest rlim_t
+        if want > rl.rlim_cur {
+            var raised = rl
+            raised.rlim_cur = want
+            if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised) == 0 { rl.rlim_cur = want }
+        }
+        if rl.rlim_cur < need {
+            let line = "open file limit is \(rl.rlim_cur) (hard limit \(rl.rlim_max)); \(cores) core(s) x "
+                + "\(maxConnections) connections need \(need): raise LimitNOFILE= or ulimit -n"
+            logger.warning("\(line)")
         }
     }
 

@@ -147,7 +147,9 @@ import Testing
 /// The send queue: digests, padding, batching and partial sends.
 @Suite struct OutQueueTests {
     @Test func partialSendsFireTokensOnlyWhenARecordIsFullyOut() {
-        var q = OutQueue(capacity: 8)
+        let memory = UnsafeMutableRawPointer.allocate(byteCount: OutQueue.memoryBytes(capacity: 8), alignment: 64)
+        defer { memory.deallocate() }
+        var q = OutQueue(capacity: 8, memory: memory)
         let data = [UInt8](repeating: 0xAB, count: 10)
         data.withUnsafeBytes { d in
             for t in 0..<3 {
@@ -179,7 +181,9 @@ import Testing
     }
 
     @Test func digestsCoverHeaderAndPaddedData() {
-        var q = OutQueue(capacity: 2)
+        let memory = UnsafeMutableRawPointer.allocate(byteCount: OutQueue.memoryBytes(capacity: 2), alignment: 64)
+        defer { memory.deallocate() }
+        var q = OutQueue(capacity: 2, memory: memory)
         let data: [UInt8] = [1, 2, 3, 4, 5]
         let i = q.nextIndex()
         PDUBuild.nopIn(q.header(i), itt: 1, ttt: reservedTag, lunField: 0, dataLength: 5)

@@ -69,6 +69,10 @@ public final class Connection {
     var peer: String
     var local: String
     var cid: UInt16 = 0
+    /// Order of admission on this core: the oldest connection still in login is evicted first.
+    var admission: UInt64 = 0
+    /// Counted in the reactor's per-address tally of connections not logged in.
+    var countedAsLogin = false
 
     // Receive state
     let rx: UnsafeMutableRawPointer
@@ -160,23 +164,30 @@ public final class Connection {
         self.fd = fd
         self.peer = peer
         self.local = local
-        rx = .allocate(byteCount: Connection.rxBytes, alignment: 64)
-        hdr = .allocate(byteCount: Connection.headerAreaBytes, alignment: 64)
-        out = OutQueue(capacity: reactor.config.sendQueueRecords)
+        // Fixed-size memory comes from this index's region of the core's ConnectionMemory, not the heap.
+        let memory = reactor.connectionMemory.region(index)
+        let layout = reactor.connectionMemory.layout
+        rx = memory + layout.rx
+        hdr = memory + layout.header
+        out = OutQueue(capacity: reactor.config.sendQueueRecords, memory: memory + layout.out)
         cmdWindow = reactor.config.commandWindow
-        taskCapacity = reactor.config.commandWindow + reactor.config.immediateCommandAllowance
-        tasks = .allocate(capacity: taskCapacity)
+        taskCapacity = reactor.taskCapacity
+        tasks = (memory + layout.tasks).bindMemory(to: IOTask.self, capacity: taskCapacity)
+        nbd.requestMemory = memory + layout.nbdRequests
         lastRxTick = reactor.tick
         createdTick = reactor.tick
         lastSendProgressTick = reactor.tick
     }
 
     deinit {
-        rx.deallocate()
-        hdr.deallocate()
+        releaseMemory()
+    }
+
+    /// Ends the lifetimes of the values in the connection's region (the reactor then returns its pages).
+    func releaseMemory() {
         tasks.deinitialize(count: tasksInitialized)
-        tasks.deallocate()
-        nbd.deallocate()
+        tasksInitialized = 0
+        nbd.deinitializeRequests()
     }
 
     // MARK: - Receive

@@ -42,7 +42,14 @@ extension Connection {
         }
         // The final Login Response still belongs to the login phase and goes out without digests: the negotiated
         // digests apply to full feature phase PDUs only (RFC 7143 §13.1). So the session begins once it is queued.
-        let tsihOut: UInt16 = finalParams != nil ? reactor.runtime.allocateTSIH() : 0
+        var tsihOut: UInt16 = 0
+        if finalParams != nil {
+            guard let t = reactor.runtime.allocateTSIH() else {
+                sendLoginFailure(req, statusClass: 3, statusDetail: 2)   // out of resources
+                return
+            }
+            tsihOut = t
+        }
         let text = response.text
         let n = text.count
         let isid = req.isid
@@ -102,6 +109,7 @@ extension Connection {
         chapAccount = login.chapAccount
         login = LoginStateMachine()
         phase = .fullFeature
+        reactor.leftLogin(self)
         self.tsih = tsih
         if let found {
             if let now = reactor.snapshot.target(tid: found.tid), now.name == found.name {

@@ -46,23 +46,39 @@ struct OutQueue: ~Copyable {
     var inFlight = 0       // records covered by the SENDMSG in flight
     var sentInFirst = 0    // bytes of records[head] already sent by an earlier partial send
 
-    init(capacity: Int) {
-        self.capacity = capacity
-        records = .allocate(capacity: capacity)
-        arena = .allocate(byteCount: capacity * OutQueue.arenaEntryBytes, alignment: 64)
-        iov = .allocate(capacity: OutQueue.batchRecords * 3)
-        msg = .allocate(capacity: 1)
-        msg.initialize(to: msghdr())
-        fired = .allocate(capacity: OutQueue.batchRecords)
-        fired.initialize(repeating: .none, count: OutQueue.batchRecords)
+    /// Bytes `init(capacity:memory:)` lays the queue out in: bookkeeping first, the header arena last (its
+    /// entries are touched only as the queue fills).
+    static func memoryBytes(capacity: Int) -> Int { Parts(capacity: capacity).total }
+
+    private struct Parts {
+        let msg = 0
+        let fired: Int
+        let iov: Int
+        let records: Int
+        let arena: Int
+        let total: Int
+        init(capacity: Int) {
+            func align(_ n: Int) -> Int { (n + 63) / 64 * 64 }
+            fired = align(MemoryLayout<msghdr>.stride)
+            iov = align(fired + OutQueue.batchRecords * MemoryLayout<SendToken>.stride)
+            records = align(iov + OutQueue.batchRecords * 3 * MemoryLayout<iovec>.stride)
+            arena = align(records + capacity * MemoryLayout<OutRecord>.stride)
+            total = arena + capacity * OutQueue.arenaEntryBytes
+        }
     }
 
-    deinit {
-        records.deallocate()
-        arena.deallocate()
-        iov.deallocate()
-        msg.deallocate()
-        fired.deallocate()
+    /// Lays the queue out in `memory` (`memoryBytes(capacity:)` bytes, 64-byte aligned), which the caller
+    /// owns (the core's ConnectionMemory).
+    init(capacity: Int, memory: UnsafeMutableRawPointer) {
+        self.capacity = capacity
+        let parts = Parts(capacity: capacity)
+        msg = (memory + parts.msg).bindMemory(to: msghdr.self, capacity: 1)
+        msg.initialize(to: msghdr())
+        fired = (memory + parts.fired).bindMemory(to: SendToken.self, capacity: OutQueue.batchRecords)
+        fired.initialize(repeating: .none, count: OutQueue.batchRecords)
+        iov = (memory + parts.iov).bindMemory(to: iovec.self, capacity: OutQueue.batchRecords * 3)
+        records = (memory + parts.records).bindMemory(to: OutRecord.self, capacity: capacity)
+        arena = memory + parts.arena
     }
 
     var free: Int { capacity - count }

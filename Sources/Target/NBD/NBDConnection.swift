@@ -50,12 +50,14 @@ struct NBDConnectionState {
     var lunNumber: UInt64 = 0
     var limits = NBDExportLimits(sizeBytes: 0, readOnly: true, maxPayloadBytes: 0, minimumBlockBytes: 1)
     var stalledOnSendQueue = false
-    /// Per-task request state, allocated when the transmission phase starts.
+    /// Per-task request state, set up when the transmission phase starts in `requestMemory` (the connection's
+    /// region of the core's ConnectionMemory).
     var requests: UnsafeMutablePointer<NBDRequestState>? = nil
     var requestCapacity = 0
+    var requestMemory: UnsafeMutableRawPointer? = nil
 
-    mutating func deallocate() {
-        requests?.deallocate()
+    mutating func deinitializeRequests() {
+        requests?.deinitialize(count: requestCapacity)
         requests = nil
     }
 }
@@ -206,11 +208,12 @@ extension Connection {
         nbd.lunNumber = export.lunNumber
         nbd.limits = export.limits
         if nbd.requests == nil {
-            nbd.requests = .allocate(capacity: taskCapacity)
+            nbd.requests = nbd.requestMemory!.bindMemory(to: NBDRequestState.self, capacity: taskCapacity)
             nbd.requests!.initialize(repeating: NBDRequestState(), count: taskCapacity)
             nbd.requestCapacity = taskCapacity
         }
         phase = .fullFeature
+        reactor.leftLogin(self)
         reactor.logger.debug("\(peer): NBD export \(export.name)")
         nbdExpectRequest()
     }

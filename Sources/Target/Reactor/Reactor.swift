@@ -8,8 +8,12 @@ public struct ReactorConfig: Sendable {
     public var slotBytes = 262_144
     /// Buffer slots per core (registered once at start).
     public var slotCount = 256
-    /// Connections one core holds at most; more are refused at accept.
+    /// Connections one core holds at most. When the table is full, a new connection evicts the oldest one
+    /// that has not logged in yet; with none to evict it is refused.
     public var maxConnections = 4096
+    /// Connections not yet logged in that one source address may hold on one core; more from that address
+    /// are refused at accept. Per core: with N cores an address may hold up to N times this.
+    public var maxLoginConnectionsPerAddress = 64
     /// Commands in flight per session (the MaxCmdSN window).
     public var commandWindow = 128
     /// Extra task entries for immediate commands, which do not consume CmdSN.
@@ -55,6 +59,10 @@ public final class Reactor {
     let config: ReactorConfig
     let ring: Ring
     var pool: BufferPool
+    /// Each connection index's fixed-size memory (see ConnectionMemory).
+    let connectionMemory: ConnectionMemory
+    /// Task entries per connection: the CmdSN window plus immediate commands.
+    let taskCapacity: Int
     unowned(unsafe) let runtime: Runtime
     let mailbox = Mailbox()
     let logger: Logger
@@ -91,6 +99,25 @@ public final class Reactor {
     /// COMPARE AND WRITEs waiting for their LUN's gate; retried every loop pass (they are rare).
     var gateWaiters: [GateWaiter] = []
 
+    /// Per listener: the pause before accepting again after running out of descriptors or memory, and the
+    /// timeout that ends it.
+    var acceptBackoff: [AcceptBackoff]
+    let acceptRetrySpecs: UnsafeMutablePointer<__kernel_timespec>
+    var acceptLog = RateLimitedLog(intervalSeconds: Reactor.admissionLogIntervalSeconds)
+    var refusalLog = RateLimitedLog(intervalSeconds: Reactor.admissionLogIntervalSeconds)
+    /// Connections still in login (or the NBD handshake) per source address, for maxLoginConnectionsPerAddress.
+    var loginConnectionsByAddress: [String: Int] = [:]
+    /// Accepted sockets waiting for the slot of the connection evicted for them (which is released once its
+    /// operations on the ring complete).
+    var pendingAccepts: [PendingAccept] = []
+    var admissionCounter: UInt64 = 0
+
+    /// Accept failures and refused connections are logged at most once per this interval.
+    static let admissionLogIntervalSeconds: UInt64 = 10
+    /// Accepted sockets that may wait for an evicted connection's slot at once; more are refused. An evicted
+    /// connection's slot frees in the next loop pass, so one completion batch of accepts must fit.
+    public static let pendingAcceptCapacity = Ring.completionBatch
+
     var tick: UInt64 = 0
     var running = true
     let tickSpec: UnsafeMutablePointer<__kernel_timespec>
@@ -109,9 +136,16 @@ public final class Reactor {
         pool = BufferPool(slotBytes: config.slotBytes, slotCount: config.slotCount)
         try ring.registerBuffer(pool.base, bytes: pool.totalBytes)
         r2tPermits = max(1, config.slotCount / 2)
+        taskCapacity = config.commandWindow + config.immediateCommandAllowance
+        connectionMemory = ConnectionMemory(count: config.maxConnections, taskCapacity: taskCapacity,
+                                            sendQueueRecords: config.sendQueueRecords)
         connections = [Connection?](repeating: nil, count: config.maxConnections)
         freeConnections = (0..<config.maxConnections).reversed().map { Int32($0) }
         snapshot = runtime.currentSnapshot
+        acceptBackoff = Array(repeating: AcceptBackoff(), count: listeners.count)
+        acceptRetrySpecs = .allocate(capacity: max(1, listeners.count))
+        acceptRetrySpecs.initialize(repeating: __kernel_timespec(tv_sec: 0, tv_nsec: 0), count: max(1, listeners.count))
+        pendingAccepts.reserveCapacity(Reactor.pendingAcceptCapacity)
         tickSpec = .allocate(capacity: 1)
         tickSpec.initialize(to: __kernel_timespec(tv_sec: 1, tv_nsec: 0))
         mailboxBuffer = .allocate(capacity: 1)
@@ -122,6 +156,9 @@ public final class Reactor {
     }
 
     deinit {
+        // Connections end their values' lifetimes in connectionMemory, which goes away after this body.
+        for i in connections.indices { connections[i] = nil }
+        acceptRetrySpecs.deallocate()
         tickSpec.deallocate()
         mailboxBuffer.deallocate()
     }
@@ -175,6 +212,8 @@ public final class Reactor {
             if let c = connection(conn, tag) { storeCompletion(c, task, res) }
         case .accept:
             onAccept(index, res, flags)
+        case .acceptRetry:
+            if running { armAccept(index, listeners[index]) }
         case .tick:
             onTick()
         case .mailbox:
@@ -228,31 +267,110 @@ public final class Reactor {
     }
 
     func onAccept(_ listenerIndex: Int, _ res: Int32, _ flags: UInt32) {
-        if flags & RT_CQE_F_MORE == 0 && running {
-            // Multishot ended (error or kernel limit): re-arm.
-            armAccept(listenerIndex, listeners[listenerIndex])
-        }
-        guard res >= 0 else {
-            if res != -ECANCELED { logger.warning("accept failed: \(String(cString: strerror(-res)))") }
+        // A multishot accept ends with an error or a kernel limit; it goes on while F_MORE is set.
+        let ended = flags & RT_CQE_F_MORE == 0
+        if res >= 0 {
+            acceptBackoff[listenerIndex].succeeded()
+            if ended && running { armAccept(listenerIndex, listeners[listenerIndex]) }
+            admit(res, listenerIndex)
             return
         }
-        let fd = res
-        guard let slot = freeConnections.popLast() else {
-            logger.warning("core \(core): connection limit \(config.maxConnections) reached; refusing")
-            close(fd)
+        let e = -res
+        switch AcceptFailure.classify(errno: e) {
+        case .shutdown:
+            return
+        case .perConnection:
+            if ended && running { armAccept(listenerIndex, listeners[listenerIndex]) }
+        case .backOff:
+            // Accepting again at once would fail again at once: wait, doubling the wait while it lasts.
+            let delay = acceptBackoff[listenerIndex].failed()
+            if let suppressed = acceptLog.admit(nowNanos: monotonicNanos()) {
+                let line = "core \(core): accept failed: \(String(cString: strerror(e))) (\(AcceptFailure.errnoName(e))); "
+                    + "accepting again in \(delay) ms\(RateLimitedLog.suffix(suppressed))"
+                logger.warning("\(line)")
+            }
+            if ended && running { armAcceptRetry(listenerIndex, afterMilliseconds: delay) }
+        }
+    }
+
+    func armAcceptRetry(_ i: Int, afterMilliseconds ms: UInt64) {
+        acceptRetrySpecs[i] = __kernel_timespec(tv_sec: Int64(ms / 1000), tv_nsec: Int64(ms % 1000) * 1_000_000)
+        let sqe = ring.sqe()
+        io_uring_prep_timeout(sqe, acceptRetrySpecs + i, 0, 0)
+        sqe.pointee.user_data = packUserData(.acceptRetry, index: i, tag: 0)
+    }
+
+    /// Takes an accepted socket into the connection table, subject to the per-address login cap; a full table
+    /// makes room by evicting the oldest connection that has not logged in (logged-in sessions stay).
+    func admit(_ fd: Int32, _ listenerIndex: Int) {
+        let peer = SocketAddress.peerName(fd)
+        if loginConnectionsByAddress[peer, default: 0] >= config.maxLoginConnectionsPerAddress {
+            refuse(fd, "\(peer) already has \(config.maxLoginConnectionsPerAddress) connections not logged in")
             return
         }
+        if let slot = freeConnections.popLast() {
+            startConnection(PendingAccept(fd: fd, listenerIndex: listenerIndex, peer: peer), slot: slot)
+            return
+        }
+        guard pendingAccepts.count < Reactor.pendingAcceptCapacity, let victim = oldestLoginConnection() else {
+            refuse(fd, "connection limit \(config.maxConnections) reached, none waiting for login to evict")
+            return
+        }
+        loginConnectionsByAddress[peer, default: 0] += 1
+        pendingAccepts.append(PendingAccept(fd: fd, listenerIndex: listenerIndex, peer: peer))
+        if let suppressed = refusalLog.admit(nowNanos: monotonicNanos()) {
+            let line = "core \(core): connection limit \(config.maxConnections) reached; closing the oldest "
+                + "connection not logged in (from \(victim.peer))\(RateLimitedLog.suffix(suppressed))"
+            logger.warning("\(line)")
+        }
+        closeConnection(victim, reason: "evicted for a new connection (table full)")
+    }
+
+    private func refuse(_ fd: Int32, _ why: String) {
+        close(fd)
+        if let suppressed = refusalLog.admit(nowNanos: monotonicNanos()) {
+            logger.warning("core \(core): refusing connection: \(why)\(RateLimitedLog.suffix(suppressed))")
+        }
+    }
+
+    private func oldestLoginConnection() -> Connection? {
+        var oldest: Connection? = nil
+        for c in connections {
+            guard let c, c.phase == .login else { continue }
+            if oldest == nil || c.admission < oldest!.admission { oldest = c }
+        }
+        return oldest
+    }
+
+    /// `p` was already counted against its address when it was parked in pendingAccepts.
+    private func startConnection(_ p: PendingAccept, slot: Int32, counted: Bool = false) {
         var one: Int32 = 1
-        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        setsockopt(p.fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
         generationCounter &+= 1
         if generationCounter == 0 { generationCounter = 1 }
-        let kind = listenerKinds[listenerIndex]
-        let c = Connection(reactor: self, index: Int(slot), generation: generationCounter, fd: fd,
-                           peer: SocketAddress.peerName(fd), local: SocketAddress.localName(fd), frontEnd: kind)
+        admissionCounter &+= 1
+        let kind = listenerKinds[p.listenerIndex]
+        let c = Connection(reactor: self, index: Int(slot), generation: generationCounter, fd: p.fd,
+                           peer: p.peer, local: SocketAddress.localName(p.fd), frontEnd: kind)
+        c.admission = admissionCounter
+        c.countedAsLogin = true
+        if !counted { loginConnectionsByAddress[p.peer, default: 0] += 1 }
         connections[Int(slot)] = c
         logger.debug("core \(core): connection from \(c.peer)")
         if kind == .nbd { c.nbdStart() }
         c.armRecv()
+    }
+
+    /// The connection logged in (or finished the NBD handshake), or is closing: it no longer counts against
+    /// its address's login cap.
+    func leftLogin(_ c: Connection) {
+        guard c.countedAsLogin else { return }
+        c.countedAsLogin = false
+        if let n = loginConnectionsByAddress[c.peer], n > 1 {
+            loginConnectionsByAddress[c.peer] = n - 1
+        } else {
+            loginConnectionsByAddress.removeValue(forKey: c.peer)
+        }
     }
 
     // MARK: - Closing
@@ -262,13 +380,18 @@ public final class Reactor {
         guard c.phase != .closing else { return }
         logger.debug("core \(core): closing connection from \(c.peer): \(reason)")
         c.phase = .closing
+        leftLogin(c)
         shutdown(c.fd, Int32(SHUT_RDWR))
         if c.stalled {
             c.stalled = false
         }
         if let nexus = c.nexus, let target = c.target {
             SCSITask.nexusLost(nexus, target: target)
-            runtime.unregisterSession(tsih: c.tsih)
+            runtime.unregisterSession(initiator: c.initiatorName, isid: c.isid, targetName: target.name, tsih: c.tsih)
+        }
+        if c.tsih != 0 {
+            runtime.releaseTSIH(c.tsih)
+            c.tsih = 0
         }
         maybeRelease(c)
     }
@@ -286,8 +409,14 @@ public final class Reactor {
                "connection \(c.index) torn down holding \(c.slotsHeld) buffer slot(s), \(c.activeTasks) task(s)")
         close(c.fd)
         c.fd = -1
+        c.releaseMemory()
+        connectionMemory.release(c.index)
         connections[c.index] = nil
-        freeConnections.append(Int32(c.index))
+        if pendingAccepts.isEmpty {
+            freeConnections.append(Int32(c.index))
+        } else {
+            startConnection(pendingAccepts.removeFirst(), slot: Int32(c.index), counted: true)
+        }
     }
 
     // MARK: - Buffers and permits
@@ -646,6 +775,8 @@ public final class Reactor {
     }
 
     private func shutdownAll() {
+        for p in pendingAccepts { close(p.fd) }
+        pendingAccepts.removeAll()
         for c in connections { if let c { closeConnection(c, reason: "shutdown") } }
         // Sheep requests would never be answered from here on: fail them, so their tasks let go of buffers.
         for ch in sheepChannels { ch?.abandon() }
@@ -717,4 +848,11 @@ func monotonicNanos() -> UInt64 {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
+}
+
+/// An accepted socket not yet in the connection table.
+struct PendingAccept {
+    var fd: Int32
+    var listenerIndex: Int
+    var peer: String
 }

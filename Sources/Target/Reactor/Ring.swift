@@ -110,6 +110,8 @@ public enum OpKind: UInt8 {
     case cancel = 7
     case close = 8
     case sheep = 9
+    /// The end of an accept back-off: arm the listener's accept again.
+    case acceptRetry = 10
 }
 
 @inline(__always)

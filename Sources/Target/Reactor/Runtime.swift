@@ -17,7 +17,7 @@ public final class Runtime: @unchecked Sendable {
     private var threads: [pthread_t] = []
     private let snapshotBox = Mutex<ConfigSnapshot>(.empty)
     private let sessionsBox = Mutex<[SessionKey: (core: Int, tsih: UInt16)]>([:])
-    private let tsihCounter = Atomic<UInt32>(0)
+    private let tsihs = Mutex(TSIHAllocator())
     /// Listening ports after binding (a portal asked with port 0 gets the kernel's choice).
     public private(set) var boundPortals: [Portal] = []
     public private(set) var boundNBDPortals: [Portal] = []
@@ -178,11 +178,13 @@ public final class Runtime: @unchecked Sendable {
 
     // MARK: - Sessions
 
-    func allocateTSIH() -> UInt16 {
-        while true {
-            let v = UInt16(truncatingIfNeeded: tsihCounter.wrappingAdd(1, ordering: .relaxed).newValue)
-            if v != 0 { return v }
-        }
+    /// A TSIH no live session holds (nil when all are held); `releaseTSIH` returns it when the session ends.
+    func allocateTSIH() -> UInt16? {
+        tsihs.withLock { $0.allocate() }
+    }
+
+    func releaseTSIH(_ tsih: UInt16) {
+        tsihs.withLock { $0.release(tsih) }
     }
 
     /// Registers a new session; an older one with the same initiator port and target is closed (reinstatement).
@@ -198,9 +200,11 @@ public final class Runtime: @unchecked Sendable {
         }
     }
 
-    func unregisterSession(tsih: UInt16) {
+    /// Forgets a session that ended, unless a newer session with the same initiator port already took its place.
+    func unregisterSession(initiator: String, isid: UInt64, targetName: String, tsih: UInt16) {
+        let key = SessionKey(initiator: initiator.lowercased(), isid: isid, target: targetName.lowercased())
         sessionsBox.withLock { m in
-            if let k = m.first(where: { $0.value.tsih == tsih })?.key { m.removeValue(forKey: k) }
+            if m[key]?.tsih == tsih { m.removeValue(forKey: key) }
         }
     }
 

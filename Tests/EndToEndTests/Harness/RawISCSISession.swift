@@ -51,8 +51,9 @@ final class RawSocket {
     }
 
     /// Connects to `endpoint`. `receiveBufferBytes` shrinks SO_RCVBUF (set before connect so the
-    /// window the target sees is small from the start).
-    init(_ endpoint: Endpoint, receiveBufferBytes: Int? = nil) throws {
+    /// window the target sees is small from the start). `sourceAddress` (IPv4, e.g. "127.0.0.2") binds the
+    /// local end first, so tests can appear as many initiators over loopback.
+    init(_ endpoint: Endpoint, receiveBufferBytes: Int? = nil, sourceAddress: String? = nil) throws {
         fd = socket(endpoint.isIPv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw E2EError("socket: errno \(errno)") }
         var tv = timeval(tv_sec: RawSessionLimits.sendTimeoutSeconds, tv_usec: 0)
@@ -61,6 +62,22 @@ final class RawSocket {
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
         if var rcv = receiveBufferBytes.map(Int32.init) {
             setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, socklen_t(MemoryLayout<Int32>.size))
+        }
+        if let sourceAddress {
+            var a = sockaddr_in()
+            a.sin_family = sa_family_t(AF_INET)
+            inet_pton(AF_INET, sourceAddress, &a.sin_addr)
+            let bound = withUnsafePointer(to: &a) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
+            }
+            guard bound == 0 else {
+                let e = errno
+                Glibc.close(fd)
+                fd = -1
+                throw E2EError("bind to \(sourceAddress): errno \(e)")
+            }
         }
         let rc = endpoint.connect(fd)
         guard rc == 0 else {
@@ -301,6 +318,8 @@ struct RawLoginOptions {
     /// After login, TEST UNIT READY on these LUNs until the power-on UNIT ATTENTION every new I_T nexus
     /// starts with has been reported, as real initiators do, so tests see only the effects they cause.
     var clearUnitAttentionLUNs: [UInt64] = [1]
+    /// Connect from this local IPv4 address (see RawSocket).
+    var sourceAddress: String? = nil
 }
 
 /// One event on the connection.
@@ -351,7 +370,8 @@ final class RawSession {
     /// Connects and logs in to `target`; throws unless the target lets the session into full feature phase.
     init(_ endpoint: Endpoint, target: String, options: RawLoginOptions = RawLoginOptions()) throws {
         self.options = options
-        socket = try RawSocket(endpoint, receiveBufferBytes: options.receiveBufferBytes)
+        socket = try RawSocket(endpoint, receiveBufferBytes: options.receiveBufferBytes,
+                               sourceAddress: options.sourceAddress)
         try login(target: target)
         for lun in options.clearUnitAttentionLUNs {
             var r = try run(RawCDB.testUnitReady, lun: lun)

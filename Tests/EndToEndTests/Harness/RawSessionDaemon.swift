@@ -34,8 +34,10 @@ struct OptionedTarget {
 }
 
 /// Starts ringtgtd with `daemonOptions` added to its command line, creates tid 1 with `luns` (null or
-/// file LUNs, numbered from 1), runs `body` and stops the daemon (SIGTERM; it must exit 0).
-func withTarget<R>(daemonOptions: [String], luns: [LUNSpec], _ body: (OptionedTarget) throws -> R) throws -> R {
+/// file LUNs, numbered from 1), runs `body` and stops the daemon (SIGTERM; it must exit 0). `launcher`
+/// (e.g. `prlimit --nofile=64:64 --`) runs the daemon through a program that execs it, keeping the pid.
+func withTarget<R>(daemonOptions: [String], launcher: [String] = [], luns: [LUNSpec],
+                   _ body: (OptionedTarget) throws -> R) throws -> R {
     guard Peer.current == .ringtgt else {
         throw E2EError("withTarget(daemonOptions:) starts ringtgtd only")
     }
@@ -46,7 +48,11 @@ func withTarget<R>(daemonOptions: [String], luns: [LUNSpec], _ body: (OptionedTa
                       logDir: scratch.url)
     let args = ["-f", "--iscsi", PortalSpec.ipv4Loopback.option, "--control-socket", socket, "--cores", "1"]
         + daemonOptions
-    let process = try ToolProcess(try Paths.packageBinary("ringtgtd"), args, logDir: scratch.url, label: "daemon")
+    let daemon = try Paths.packageBinary("ringtgtd")
+    let process = launcher.isEmpty
+        ? try ToolProcess(daemon, args, logDir: scratch.url, label: "daemon")
+        : try ToolProcess(URL(fileURLWithPath: launcher[0]), Array(launcher.dropFirst()) + [daemon.path] + args,
+                          logDir: scratch.url, label: "daemon")
     var stopped = false
     func stop() {
         if stopped { return }
