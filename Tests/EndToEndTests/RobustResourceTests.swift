@@ -133,6 +133,14 @@ extension EndToEnd {
             #expect(bad.isEmpty, "\(s.options.initiatorName): \(bad.count) of \(count) READs failed: \(bad.prefix(3))")
         }
 
+        /// READs per second over `rounds` bursts of 120 (paced by the raw client itself: for comparing a session's
+        /// rate with and without hostile sessions beside it, not a figure of the target's speed).
+        static func burstRate(_ s: RawSession, rounds: Int) throws -> Double {
+            let start = monotonicSeconds()
+            for _ in 0..<rounds { try readBurst(s, count: 120) }
+            return Double(rounds * 120) / (monotonicSeconds() - start)
+        }
+
         /// A CmdSN skipped on purpose ("lost"), then `count` READs of 64 KiB after it: they park behind the gap.
         /// Returns the lost CmdSN and the READs' ITTs.
         static func parkReadsBehindAGap(_ s: RawSession, count: Int) throws -> (lost: UInt32, itts: [UInt32]) {
@@ -147,6 +155,10 @@ extension EndToEnd {
         /// the three fill their gaps at once: every parked READ gets a buffer in turn and completes.
         @Test func commandsParkedBehindAGapHoldNoBuffers() throws {
             try withTarget(daemonOptions: [], luns: [.file(bytes: 64 * mebibyte)]) { t in
+                let before = try RawSession(t.endpoint, target: t.iqn, options: RawLoginOptions(
+                    initiatorName: "\(RobustResources.initiator)-before", isid: 0x4000_0000_0021))
+                let quietRate = try RobustResources.burstRate(before, rounds: 10)
+                before.close()
                 var pinning: [(RawSession, UInt32, [UInt32])] = []
                 for i in 0..<3 {
                     let s = try RawSession(t.endpoint, target: t.iqn, options: RawLoginOptions(
@@ -162,7 +174,9 @@ extension EndToEnd {
 
                 let fresh = try RawSession(t.endpoint, target: t.iqn, options: RawLoginOptions(
                     initiatorName: "\(RobustResources.initiator)-fresh", isid: 0x4000_0000_0020))
-                try RobustResources.readBurst(fresh, count: 120)
+                let pinnedRate = try RobustResources.burstRate(fresh, rounds: 10)
+                print(String(format: "a fresh session's 64 KiB READs: %.0f/s with 3 sessions pinning 381 commands, %.0f/s before (%.0f%%)",
+                             pinnedRate, quietRate, 100 * pinnedRate / quietRate))
                 try fresh.writeReadVerify(lba: 0, data: patternBytes(64 * 1024, seed: 21))
 
                 // The three are still logged in, their READs still parked.
