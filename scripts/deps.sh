@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian packages ringtgt needs (build: liburing-dev; tests: the user-space initiators and tgt
-# as the peer to compare with). Only what is missing is installed.
+# as the peer to compare with; --release/--deb: what scripts/build-release and build-deb use). Only what is
+# missing is installed.
 set -euo pipefail
 want=(liburing-dev pkg-config)
-if [ "${1:-}" = "--test" ]; then
-    want+=(libiscsi-bin qemu-utils libnbd-bin fio sg3-utils tgt iproute2 procps)
-fi
+case "${1:-}" in
+    --test) want+=(libiscsi-bin qemu-utils libnbd-bin fio sg3-utils tgt iproute2 procps) ;;
+    --release) want+=(binutils) ;;                       # strip
+    --deb) want+=(binutils dpkg-dev gzip) ;;              # strip, dpkg-shlibdeps, man pages
+esac
 missing=()
 for p in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -63,7 +63,12 @@ struct RingTgtd: ParsableCommand {
     @Option(name: [.short, .long], help: "Debug level (0 = info, 1 = debug).")
     var debug: Int = 0
 
+    @Flag(name: [.customShort("V"), .long], help: "Print the version and exit.")
+    var version = false
+
     mutating func validate() throws {
+        // Before the value checks: like tgtd -V, just the version, even beside a bad --cores.
+        if version { throw CleanExit.message(RingtgtVersion.string) }
         if let c = cores, c < 1 || c > 256 { throw ValidationError("--cores must be between 1 and 256") }
         if bufferSize < 65536 || bufferSize % 4096 != 0 { throw ValidationError("--buffer-size must be a multiple of 4096, at least 65536") }
         if buffers < 8 { throw ValidationError("--buffers must be at least 8") }

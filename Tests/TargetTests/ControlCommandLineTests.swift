@@ -109,6 +109,21 @@ private func request(_ line: String) -> AdminRequest? {
         guard case .print(let help) = parse("--help") else { Issue.record("no help"); return }
         #expect(help.contains("--mode target --op new --tid <id> --targetname <name>"))
         #expect(parse("-h") == .print(help))
-        #expect(parse("-V") == .print("\(TgtadmCommandLine.version)\n"))
+        #expect(parse("-V") == .print("\(RingtgtVersion.string)\n"))
+    }
+
+    @Test func completionScriptOffersTgtadmOptionsAndValues() {
+        for line in ["--generate-completion-script zsh", "--generate-completion-script=zsh"] {
+            guard case .print(let script) = parse(line) else { Issue.record("no script for \(line)"); continue }
+            for word in ["--backing-store", "logicalunit", "sheepdog", "--control-socket"] {
+                #expect(script.contains(word), "\(line): no \(word)")
+            }
+        }
+        let hint = "Try `ringtgtadm --help' for more information.\n"
+        let refusal = "ringtgtadm: --generate-completion-script takes one of: zsh, bash, fish\n" + hint
+        for line in ["--generate-completion-script", "--generate-completion-script tcsh",
+                     "--generate-completion-script bash --op show"] {
+            #expect(parse(line) == .usageError(refusal, exitCode: 22), "\(line)")
+        }
     }
 }

@@ -24,17 +24,21 @@ public enum ControlEndpoint {
 public struct TgtadmOptions: ParsableArguments {
     @Flag(name: [.customShort("d"), .customLong("debug")]) public var debug = false
     @Flag(name: [.customShort("V"), .customLong("version")]) public var version = false
-    @Option(name: [.customShort("L"), .customLong("lld")]) public var lld: String?
-    @Option(name: [.customShort("o"), .customLong("op")]) public var op: String?
-    @Option(name: [.customShort("m"), .customLong("mode")]) public var mode: String?
+    @Option(name: [.customShort("L"), .customLong("lld")], completion: .list(["iscsi", Registry.nbdDriverName]))
+    public var lld: String?
+    @Option(name: [.customShort("o"), .customLong("op")], completion: .list(AdminOperation.allCases.map(\.rawValue)))
+    public var op: String?
+    @Option(name: [.customShort("m"), .customLong("mode")], completion: .list(AdminMode.allCases.map(\.rawValue)))
+    public var mode: String?
     @Option(name: [.customShort("t"), .customLong("tid")]) public var tid: String?
     @Option(name: [.customShort("s"), .customLong("sid")]) public var sid: String?
     @Option(name: [.customShort("c"), .customLong("cid")]) public var cid: String?
     @Option(name: [.customShort("l"), .customLong("lun")]) public var lun: String?
     @Option(name: [.customShort("n"), .customLong("name")]) public var name: String?
     @Option(name: [.customShort("v"), .customLong("value")]) public var value: String?
-    @Option(name: [.customShort("b"), .customLong("backing-store")]) public var backingStore: String?
-    @Option(name: [.customShort("E"), .customLong("bstype")]) public var bstype: String?
+    @Option(name: [.customShort("b"), .customLong("backing-store")], completion: .file()) public var backingStore: String?
+    @Option(name: [.customShort("E"), .customLong("bstype")], completion: .list(["rdwr", "null", "sheepdog"]))
+    public var bstype: String?
     @Option(name: [.customShort("S"), .customLong("bsopts")]) public var bsopts: String?
     @Option(name: [.customShort("f"), .customLong("bsoflags")]) public var bsoflags: String?
     @Option(name: [.customShort("y"), .customLong("blocksize")]) public var blocksize: String?
@@ -51,7 +55,7 @@ public struct TgtadmOptions: ParsableArguments {
     @Flag(name: [.customShort("O"), .customLong("outgoing")]) public var outgoing = false
     @Option(name: [.customShort("C"), .customLong("control-port")]) public var controlPort: String?
     /// ringtgt's own: the control socket's full path (tests use temporary directories).
-    @Option(name: .customLong("control-socket")) public var controlSocket: String?
+    @Option(name: .customLong("control-socket"), completion: .file()) public var controlSocket: String?
 
     public init() {}
 
@@ -81,10 +85,9 @@ public enum TgtadmInvocation: Equatable {
 }
 
 public enum TgtadmCommandLine {
-    public static let version = "1.0.85-ringtgt"
-
     /// Parses `arguments` (without the program name) the way tgtadm does.
     public static func parse(_ arguments: [String], environment: [String: String] = [:]) -> TgtadmInvocation {
+        if let script = completion(arguments) { return script }
         let canonical: [String]
         switch normalize(arguments) {
         case .success(let list): canonical = list
@@ -197,7 +200,7 @@ public enum TgtadmCommandLine {
     }
 
     static func interpret(_ o: TgtadmOptions, environment: [String: String]) -> TgtadmInvocation {
-        if o.version { return .print("\(version)\n") }
+        if o.version { return .print("\(RingtgtVersion.string)\n") }
 
         // Numbers, checked as tgtadm's str_to_int* do (tid and control port must be >= 0).
         var tid: Int?
@@ -354,7 +357,7 @@ public enum TgtadmCommandLine {
 
     /// tgtadm's --help text, for the options ringtgt implements.
     public static let usage = """
-        ringtgt administration utility (tgtadm compatible), version \(version)
+        ringtgt administration utility (tgtadm \(RingtgtVersion.tgtCompatible) compatible), version \(RingtgtVersion.string)
 
         Usage: \(AdminProgram.name) [OPTION]
         --lld <driver> --mode target --op new --tid <id> --targetname <name>

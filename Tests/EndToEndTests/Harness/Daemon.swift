@@ -163,6 +163,19 @@ private final class ControlPortCounter: @unchecked Sendable {
     func take() -> Int { lock.lock(); defer { lock.unlock() }; next += 1; return next }
 }
 
+/// How the harness starts ringtgtd and ringtgtadm: the package's build, or the binaries in `binDir`, run
+/// through `wrapper` (a command that execs the binary path and arguments appended to it).
+struct RingtgtLauncher {
+    var binDir: URL? = nil
+    var wrapper: [String] = []
+
+    func command(_ name: String) throws -> (executable: URL, leadingArgs: [String]) {
+        let binary = try binDir.map { $0.appendingPathComponent(name) } ?? Paths.packageBinary(name)
+        guard let first = wrapper.first else { return (binary, []) }
+        return (URL(fileURLWithPath: first), Array(wrapper.dropFirst()) + [binary.path])
+    }
+}
+
 /// A running target daemon.
 final class TargetDaemon {
     let peer: Peer
@@ -176,7 +189,7 @@ final class TargetDaemon {
 
     /// Starts the daemon in the foreground and waits (bounded) until its control endpoint answers.
     init(peer: Peer, cores: Int, portals: [PortalSpec], nbdPortals: [PortalSpec] = [], extraArgs: [String] = [],
-         scratch: Scratch) throws {
+         scratch: Scratch, launcher: RingtgtLauncher = RingtgtLauncher()) throws {
         self.peer = peer
         var args = ["-f"]
         for p in portals { args += ["--iscsi", p.option] }
@@ -185,11 +198,13 @@ final class TargetDaemon {
         let daemonExe: URL
         switch peer {
         case .ringtgt:
-            daemonExe = try Paths.packageBinary("ringtgtd")
+            let daemonCommand = try launcher.command("ringtgtd")
+            daemonExe = daemonCommand.executable
             let socket = scratch.path("ctl").path
-            args += ["--control-socket", socket, "--cores", "\(cores)"]
-            admin = Admin(executable: try Paths.packageBinary("ringtgtadm"),
-                          controlArgs: ["--control-socket", socket], logDir: scratch.url)
+            args = daemonCommand.leadingArgs + args + ["--control-socket", socket, "--cores", "\(cores)"]
+            let adminCommand = try launcher.command("ringtgtadm")
+            admin = Admin(executable: adminCommand.executable,
+                          controlArgs: adminCommand.leadingArgs + ["--control-socket", socket], logDir: scratch.url)
             tgtControlPort = nil
         case .tgt:
             daemonExe = try Tools.require("tgtd")
