@@ -33,6 +33,21 @@ public enum UserData {
         UInt64(kind.rawValue) << UInt64(payloadBits) | (payload & mask(payloadBits))
     }
 
+    /// Payload of an operation that names an index, a sub-index and a generation:
+    /// (major << minorBits | minor) << generationBits | generation.
+    @inline(__always)
+    static func pack(_ kind: OpKind, major: Int, minor: Int, minorBits: Int, generation: UInt32) -> UInt64 {
+        let index = UInt64(major) << UInt64(minorBits) | UInt64(minor)
+        return pack(kind, index << UInt64(generationBits) | UInt64(generation))
+    }
+
+    @inline(__always)
+    static func unpack(_ u: UInt64, majorBits: Int, minorBits: Int) -> (major: Int, minor: Int, generation: UInt32) {
+        let index = u >> UInt64(generationBits)
+        return (Int((index >> UInt64(minorBits)) & mask(majorBits)), Int(index & mask(minorBits)),
+                UInt32(truncatingIfNeeded: u))
+    }
+
     /// Why these table sizes cannot be encoded in user_data, or nil when they fit.
     public static func check(maxConnections: Int, taskCapacity: Int, listeners: Int) -> String? {
         if maxConnections > ConnectionOp.connectionLimit || maxConnections > TaskOp.connectionLimit {
@@ -57,20 +72,14 @@ public struct ConnectionOp: Equatable {
     public var generation: UInt32
 
     @inline(__always)
-    public init(connection: Int, generation: UInt32) {
-        self.connection = connection
-        self.generation = generation
-    }
-
-    @inline(__always)
     public func encode(_ kind: OpKind) -> UInt64 {
-        UserData.pack(kind, UInt64(connection) << UInt64(UserData.generationBits) | UInt64(generation))
+        UserData.pack(kind, major: connection, minor: 0, minorBits: 0, generation: generation)
     }
 
     @inline(__always)
     public static func decode(_ u: UInt64) -> ConnectionOp {
-        ConnectionOp(connection: Int((u >> UInt64(UserData.generationBits)) & UserData.mask(connectionBits)),
-                     generation: UInt32(truncatingIfNeeded: u))
+        let f = UserData.unpack(u, majorBits: connectionBits, minorBits: 0)
+        return ConnectionOp(connection: f.major, generation: f.generation)
     }
 }
 
@@ -85,23 +94,14 @@ public struct TaskOp: Equatable {
     public var generation: UInt32
 
     @inline(__always)
-    public init(connection: Int, task: Int, generation: UInt32) {
-        self.connection = connection
-        self.task = task
-        self.generation = generation
-    }
-
-    @inline(__always)
     public func encode() -> UInt64 {
-        let index = UInt64(connection) << UInt64(TaskOp.taskBits) | UInt64(task)
-        return UserData.pack(.storeIO, index << UInt64(UserData.generationBits) | UInt64(generation))
+        UserData.pack(.storeIO, major: connection, minor: task, minorBits: TaskOp.taskBits, generation: generation)
     }
 
     @inline(__always)
     public static func decode(_ u: UInt64) -> TaskOp {
-        let index = u >> UInt64(UserData.generationBits)
-        return TaskOp(connection: Int((index >> UInt64(taskBits)) & UserData.mask(connectionBits)),
-                      task: Int(index & UserData.mask(taskBits)), generation: UInt32(truncatingIfNeeded: u))
+        let f = UserData.unpack(u, majorBits: connectionBits, minorBits: taskBits)
+        return TaskOp(connection: f.major, task: f.minor, generation: f.generation)
     }
 }
 
@@ -116,25 +116,16 @@ public struct ChannelOp: Equatable {
     public var generation: UInt32
 
     @inline(__always)
-    public init(endpoint: Int, op: Op, generation: UInt32) {
-        self.endpoint = endpoint
-        self.op = op
-        self.generation = generation
-    }
-
-    @inline(__always)
     public func encode() -> UInt64 {
-        let index = UInt64(endpoint) << UInt64(ChannelOp.opBits) | UInt64(op.rawValue)
-        return UserData.pack(.sheep, index << UInt64(UserData.generationBits) | UInt64(generation))
+        UserData.pack(.sheep, major: endpoint, minor: Int(op.rawValue), minorBits: ChannelOp.opBits, generation: generation)
     }
 
     /// nil for an operation code no channel issues.
     @inline(__always)
     public static func decode(_ u: UInt64) -> ChannelOp? {
-        let index = u >> UInt64(UserData.generationBits)
-        guard let op = Op(rawValue: UInt8(index & UserData.mask(opBits))) else { return nil }
-        return ChannelOp(endpoint: Int((index >> UInt64(opBits)) & UserData.mask(endpointBits)), op: op,
-                         generation: UInt32(truncatingIfNeeded: u))
+        let f = UserData.unpack(u, majorBits: endpointBits, minorBits: opBits)
+        guard let op = Op(rawValue: UInt8(f.minor)) else { return nil }
+        return ChannelOp(endpoint: f.major, op: op, generation: f.generation)
     }
 }
 
@@ -145,15 +136,12 @@ public struct ListenerOp: Equatable {
     public var listener: Int
 
     @inline(__always)
-    public init(listener: Int) { self.listener = listener }
-
-    @inline(__always)
     public func encode(_ kind: OpKind) -> UInt64 {
-        UserData.pack(kind, UInt64(listener) << UInt64(UserData.generationBits))
+        UserData.pack(kind, major: listener, minor: 0, minorBits: 0, generation: 0)
     }
 
     @inline(__always)
     public static func decode(_ u: UInt64) -> ListenerOp {
-        ListenerOp(listener: Int((u >> UInt64(UserData.generationBits)) & UserData.mask(listenerBits)))
+        ListenerOp(listener: UserData.unpack(u, majorBits: listenerBits, minorBits: 0).major)
     }
 }
