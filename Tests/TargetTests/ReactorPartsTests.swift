@@ -80,15 +80,20 @@ import Testing
         ring.spillState.pointee.count = 2
         nop(ring.sqe(), 5)
         #expect(ring.spilled == 0)
+        // The queue has room again, but spilled SQEs are still older than any new one.
+        nop(ring.spill, 6)
+        nop(ring.spill + 1, 7)
+        ring.spillState.pointee.count = 2
+        nop(ring.sqe(), 8)
         var seen: [UInt64] = []
         let deadline = monotonicNanos() + 5_000_000_000
-        while seen.count < 5 && monotonicNanos() < deadline {
+        while seen.count < 8 && monotonicNanos() < deadline {
             let rc = ring.submitAndWait(timeoutNanos: 100_000_000)
             #expect(rc >= 0 || rc == -ETIME)
             let n = ring.peekBatch()
             for i in 0..<n { seen.append(ring.cqe(i).pointee.user_data) }
             ring.advance(n)
         }
-        #expect(seen == [1, 2, 3, 4, 5])
+        #expect(seen == [1, 2, 3, 4, 5, 6, 7, 8])
     }
 }
