@@ -249,20 +249,22 @@ public final class Reactor {
 
     private func ringFailed(_ e: Int32) {
         switch RingWaitOutcome.classify(errno: e) {
-        case .fine, .retry:
+        case .fine:
             return
+        case .retry:
+            break
         case .unexpected:
             if !ringErrorsLogged.contains(e) {
                 ringErrorsLogged.append(e)
                 logger.error("core \(core): io_uring_enter failed: \(String(cString: strerror(e))) (errno \(e)); retrying")
             }
-            // Whatever the kernel refused, it would refuse again at once: do not spin on it.
-            var pause = timespec(tv_sec: 0, tv_nsec: Reactor.ringErrorPauseNanos)
-            nanosleep(&pause, nil)
         }
+        // The wait returned without waiting: trying again at once would spin while the kernel refuses.
+        var pause = timespec(tv_sec: 0, tv_nsec: Reactor.ringErrorPauseNanos)
+        nanosleep(&pause, nil)
     }
 
-    /// After an unexpected io_uring_enter error the loop pauses this long before trying again.
+    /// After a failed io_uring_enter the loop pauses this long before trying again.
     static let ringErrorPauseNanos = 1_000_000
 
     @inline(__always)

@@ -184,9 +184,10 @@ public struct Ring: ~Copyable {
 public enum RingWaitOutcome: Equatable {
     /// Nothing wrong: the wait ended by its timeout or a signal; the loop goes on.
     case fine
-    /// The kernel could not take the submissions now; they stay queued and go in at the next pass.
+    /// The kernel could not take the submissions now; they stay queued and go in at the next pass, after a
+    /// pause so the loop cannot spin.
     case retry
-    /// Not expected from a correct caller: logged once, and the loop pauses briefly so it cannot spin on it.
+    /// Not expected from a correct caller: logged once per errno, then retried like `retry`.
     case unexpected
 
     public static func classify(errno e: Int32) -> RingWaitOutcome {
