@@ -121,7 +121,7 @@ struct Worker: ~Copyable {
             }
             if !stopping && config.countMode && allQuotasDone() { beginStopping(); continue }
             if liveCount == 0 { break }
-            if config.poll { ring.submitAndPoll() } else { _ = ring.submitAndWait(timeoutNanos: WorkerLimits.waitSliceNanos) }
+            if config.poll { _ = ring.submitAndPoll() } else { _ = ring.submitAndWait(timeoutNanos: WorkerLimits.waitSliceNanos) }
             while true {
                 let n = ring.peekBatch()
                 if n == 0 { break }

@@ -212,16 +212,19 @@ public final class Connection {
             }
             io_uring_prep_recv(sqe, fd, rx + rxEnd, Connection.rxBytes - rxEnd, 0)
         }
-        sqe.pointee.user_data = packUserData(.recv, index: index, tag: generation)
+        sqe.pointee.user_data = ConnectionOp(connection: index, generation: generation).encode(.recv)
         recvInFlight = true
     }
 
     func onRecv(_ res: Int32) {
         recvInFlight = false
         if phase == .closing { reactor.maybeRelease(self); return }
-        if res <= 0 {
-            // 0: orderly shutdown by the initiator; <0: reset or error. Either way this connection ends.
-            reactor.closeConnection(self, reason: res == 0 ? "peer closed" : "recv: \(String(cString: strerror(-res)))")
+        if res == 0 {
+            reactor.closeConnection(self, reason: "peer closed")
+            return
+        }
+        if res < 0 {
+            socketFailed("recv", -res) { $0.armRecv() }
             return
         }
         lastRxTick = reactor.tick
@@ -393,10 +396,29 @@ public final class Connection {
         dirty = false
         guard !sendInFlight, phase != .closing else { return }
         if !out.prepareSend() { return }
+        armSend()
+    }
+
+    /// Sends the message `out.prepareSend` built.
+    private func armSend() {
         let sqe = reactor.ring.sqe()
         io_uring_prep_sendmsg(sqe, fd, out.msg, UInt32(MSG_NOSIGNAL))
-        sqe.pointee.user_data = packUserData(.send, index: index, tag: generation)
+        sqe.pointee.user_data = ConnectionOp(connection: index, generation: generation).encode(.send)
         sendInFlight = true
+    }
+
+    /// A recv or send failed with `e`: issued again when it was only interrupted (`again`), else the connection
+    /// ends.
+    private func socketFailed(_ op: String, _ e: Int32, again: (Connection) -> Void) {
+        switch SocketErrno.classify(errno: e) {
+        case .retry:
+            again(self)
+        case .peerGone:
+            reactor.closeConnection(self, reason: "\(op): \(String(cString: strerror(e)))")
+        case .failed:
+            reactor.logger.warning("\(peer): \(op) failed: \(String(cString: strerror(e))) (errno \(e)); closing the connection")
+            reactor.closeConnection(self, reason: "\(op): \(String(cString: strerror(e)))")
+        }
     }
 
     func onSend(_ res: Int32) {
@@ -406,7 +428,8 @@ public final class Connection {
             return
         }
         if res < 0 {
-            reactor.closeConnection(self, reason: "send: \(String(cString: strerror(-res)))")
+            // The same message again: nothing of it was sent.
+            socketFailed("send", -res) { $0.armSend() }
             return
         }
         lastSendProgressTick = reactor.tick

@@ -118,6 +118,9 @@ public final class Reactor {
     /// connection's slot frees in the next loop pass, so one completion batch of accepts must fit.
     public static let pendingAcceptCapacity = Ring.completionBatch
 
+    /// io_uring_enter errnos already logged (each is logged once).
+    var ringErrorsLogged: [Int32] = []
+
     var tick: UInt64 = 0
     var running = true
     let tickSpec: UnsafeMutablePointer<__kernel_timespec>
@@ -132,11 +135,15 @@ public final class Reactor {
         self.runtime = runtime
         self.logger = logger
         self.listeners = listeners
+        taskCapacity = config.commandWindow + config.immediateCommandAllowance
+        if let why = UserData.check(maxConnections: config.maxConnections, taskCapacity: taskCapacity,
+                                    listeners: listeners.count) {
+            throw ReactorSetupError(description: why)
+        }
         ring = try Ring(entries: config.submissionEntries)
         pool = BufferPool(slotBytes: config.slotBytes, slotCount: config.slotCount)
         try ring.registerBuffer(pool.base, bytes: pool.totalBytes)
         r2tPermits = max(1, config.slotCount / 2)
-        taskCapacity = config.commandWindow + config.immediateCommandAllowance
         connectionMemory = ConnectionMemory(count: config.maxConnections, taskCapacity: taskCapacity,
                                             sendQueueRecords: config.sendQueueRecords)
         connections = [Connection?](repeating: nil, count: config.maxConnections)
@@ -173,12 +180,13 @@ public final class Reactor {
         var lastWork: UInt64 = 0
         while running {
             if pollNanos > 0 && monotonicNanos() &- lastWork < pollNanos {
-                ring.submitAndPoll()
+                ringResult(ring.submitAndPoll())
             } else {
                 // With a COMPARE AND WRITE waiting for a gate another core holds, wake up soon to try again.
-                _ = ring.submitAndWait(timeoutNanos: gateWaiters.isEmpty ? -1 : Reactor.gatePollNanos)
+                ringResult(ring.submitAndWait(timeoutNanos: gateWaiters.isEmpty ? -1 : Reactor.gatePollNanos))
             }
             if !gateWaiters.isEmpty { retryGates() }
+            runReady()
             // Completions are handled in batches; sends and recvs queued meanwhile go out in the next submit.
             while true {
                 let n = ring.peekBatch()
@@ -188,42 +196,76 @@ public final class Reactor {
                     dispatch(c.pointee.user_data, c.pointee.res, c.pointee.flags)
                 }
                 ring.advance(n)
+                runReady()
                 flushDirty()
                 flushSheep()
                 if pollNanos > 0 { lastWork = monotonicNanos() }
             }
             flushDirty()
             flushSheep()
+            // What the flushes gave back (a sheep request failing at once frees its slot) wakes its waiters now,
+            // not after the next completion.
+            runReady()
+            flushDirty()
         }
         shutdownAll()
     }
 
     @inline(__always)
     func dispatch(_ userData: UInt64, _ res: Int32, _ flags: UInt32) {
-        let (kind, index, tag) = unpackUserData(userData)
-        switch OpKind(rawValue: kind) {
+        switch OpKind(rawValue: UserData.kind(userData)) {
         case .recv:
-            if let c = connection(index, tag) { c.onRecv(res) }
+            let op = ConnectionOp.decode(userData)
+            if let c = connection(op.connection, op.generation) { c.onRecv(res) }
         case .send:
-            if let c = connection(index, tag) { c.onSend(res) }
+            let op = ConnectionOp.decode(userData)
+            if let c = connection(op.connection, op.generation) { c.onSend(res) }
         case .storeIO:
-            let conn = index >> 10
-            let task = index & 0x3FF
-            if let c = connection(conn, tag) { storeCompletion(c, task, res) }
+            let op = TaskOp.decode(userData)
+            if let c = connection(op.connection, op.generation) { storeCompletion(c, op.task, res) }
         case .accept:
-            onAccept(index, res, flags)
+            onAccept(ListenerOp.decode(userData).listener, res, flags)
         case .acceptRetry:
-            if running { armAccept(index, listeners[index]) }
+            let i = ListenerOp.decode(userData).listener
+            if running { armAccept(i, listeners[i]) }
         case .tick:
             onTick()
         case .mailbox:
             onMailbox()
         case .sheep:
-            sheepCompletion(index: index, tag: tag, res: res)
+            if let op = ChannelOp.decode(userData) { sheepCompletion(op, res: res) }
         case .cancel, .close, .none:
             break
         }
     }
+
+    /// Acts on the result of a submit or wait, and on a submit error `ring.sqe()` retried past.
+    @inline(__always)
+    func ringResult(_ rc: Int32) {
+        if rc < 0 { ringFailed(-rc) }
+        let e = ring.takeSubmitErrno()
+        if e != 0 { ringFailed(e) }
+    }
+
+    private func ringFailed(_ e: Int32) {
+        switch RingWaitOutcome.classify(errno: e) {
+        case .fine:
+            return
+        case .retry:
+            break
+        case .unexpected:
+            if !ringErrorsLogged.contains(e) {
+                ringErrorsLogged.append(e)
+                logger.error("core \(core): io_uring_enter failed: \(String(cString: strerror(e))) (errno \(e)); retrying")
+            }
+        }
+        // The wait returned without waiting: trying again at once would spin while the kernel refuses.
+        var pause = timespec(tv_sec: 0, tv_nsec: Reactor.ringErrorPauseNanos)
+        nanosleep(&pause, nil)
+    }
+
+    /// After a failed io_uring_enter the loop pauses this long before trying again.
+    static let ringErrorPauseNanos = 1_000_000
 
     @inline(__always)
     func connection(_ index: Int, _ tag: UInt32) -> Connection? {
@@ -263,7 +305,7 @@ public final class Reactor {
     func armAccept(_ i: Int, _ fd: Int32) {
         let sqe = ring.sqe()
         io_uring_prep_multishot_accept(sqe, fd, nil, nil, RT_SOCK_CLOEXEC)
-        sqe.pointee.user_data = packUserData(.accept, index: i, tag: 0)
+        sqe.pointee.user_data = ListenerOp(listener: i).encode(.accept)
     }
 
     func onAccept(_ listenerIndex: Int, _ res: Int32, _ flags: UInt32) {
@@ -297,7 +339,7 @@ public final class Reactor {
         acceptRetrySpecs[i] = __kernel_timespec(tv_sec: Int64(ms / 1000), tv_nsec: Int64(ms % 1000) * 1_000_000)
         let sqe = ring.sqe()
         io_uring_prep_timeout(sqe, acceptRetrySpecs + i, 0, 0)
-        sqe.pointee.user_data = packUserData(.acceptRetry, index: i, tag: 0)
+        sqe.pointee.user_data = ListenerOp(listener: i).encode(.acceptRetry)
     }
 
     /// Takes an accepted socket into the connection table, subject to the per-address login cap; a full table
@@ -421,10 +463,24 @@ public final class Reactor {
 
     // MARK: - Buffers and permits
 
+    /// A slot given back wakes no one here: the connections waiting for one resume from the loop (`runReady`),
+    /// so a completion never runs another connection's code.
     @inline(__always)
     func releaseSlot(_ s: Int) {
         pool.give(s)
-        if !slotWaiters.isEmpty { wakeSlotWaiters() }
+    }
+
+    /// Wake-ups of this pass: R2T permits and buffer slots given back go to the connections waiting for them, in
+    /// the order they started waiting. Runs from the loop after a completion batch, before sends are flushed.
+    @inline(__always)
+    func runReady() {
+        // A woken connection may give back slots or permits itself: go on while anyone waiting can be served.
+        // Each turn shortens a queue (a granted task does not queue again; a resumed parser queues again only
+        // when the pool is empty), so this ends.
+        while (r2tPermits > 0 && permitQueueHead < permitQueue.count) || (pool.freeCount > 0 && !slotWaiters.isEmpty) {
+            grantPermits()
+            wakeSlotWaiters()
+        }
     }
 
     private func wakeSlotWaiters() {
@@ -436,26 +492,32 @@ public final class Reactor {
         }
     }
 
+    /// Tasks waiting for a permit get them first (FIFO): a new burst takes one only when nobody waits.
     @inline(__always)
     func takeR2TPermit() -> Bool {
-        if r2tPermits == 0 { return false }
+        if r2tPermits == 0 || permitQueueHead < permitQueue.count { return false }
         r2tPermits -= 1
         return true
     }
 
+    /// The waiting task that gets this permit is started by `runReady`, from the loop.
+    @inline(__always)
     func returnR2TPermit() {
-        while permitQueueHead < permitQueue.count {
+        r2tPermits += 1
+    }
+
+    private func grantPermits() {
+        while r2tPermits > 0 && permitQueueHead < permitQueue.count {
             let e = permitQueue[permitQueueHead]
             permitQueueHead += 1
             if permitQueueHead == permitQueue.count { permitQueue.removeAll(keepingCapacity: true); permitQueueHead = 0 }
             if e == UInt64.max { continue }   // cancelled entry
             let ci = Int(e >> 32), t = Int(e & 0xFFFF_FFFF)
             if let c = connections[ci], c.phase != .closing, c.tasks[t].state == .waitingPermit {
+                r2tPermits -= 1
                 c.permitGranted(t)
-                return
             }
         }
-        r2tPermits += 1
     }
 
     func waitForPermit(connection: Int, task: Int) {
@@ -515,7 +577,7 @@ public final class Reactor {
             case .flush:
                 let sqe = ring.sqe()
                 io_uring_prep_fsync(sqe, f.fd, UInt32(IORING_FSYNC_DATASYNC))
-                sqe.pointee.user_data = packUserData(.storeIO, index: c.index << 10 | t, tag: c.generation)
+                sqe.pointee.user_data = TaskOp(connection: c.index, task: t, generation: c.generation).encode()
                 c.tasks[t].opLength = 0
                 c.tasks[t].opIsWrite = false
                 c.tasks[t].opLUNFD = -2   // marks a non-data op
@@ -526,7 +588,7 @@ public final class Reactor {
                 let sqe = ring.sqe()
                 io_uring_prep_fallocate(sqe, f.fd, RT_FALLOC_PUNCH_HOLE | RT_FALLOC_KEEP_SIZE,
                                         off_t(offset), off_t(length))
-                sqe.pointee.user_data = packUserData(.storeIO, index: c.index << 10 | t, tag: c.generation)
+                sqe.pointee.user_data = TaskOp(connection: c.index, task: t, generation: c.generation).encode()
                 c.tasks[t].opLUNFD = -2
             case .mapStatus(_, let offset, let maxLength):
                 return f.mapStatus(offset: offset, maxLength: maxLength)
@@ -564,7 +626,7 @@ public final class Reactor {
         } else {
             io_uring_prep_read_fixed(sqe, tp.pointee.opLUNFD, p, len, off, 0)
         }
-        sqe.pointee.user_data = packUserData(.storeIO, index: c.index << 10 | t, tag: c.generation)
+        sqe.pointee.user_data = TaskOp(connection: c.index, task: t, generation: c.generation).encode()
     }
 
     private func storeCompletion(_ c: Connection, _ t: Int, _ res: Int32) {
@@ -579,12 +641,13 @@ public final class Reactor {
             return
         }
         if res < 0 {
-            if res == -EAGAIN || res == -EINTR {
+            switch StoreErrno.classify(errno: -res) {
+            case .retry:
                 c.storeInFlight += 1
                 submitFileIO(c, t)
-                return
+            case .fail(let e):
+                c.storeDone(t, .failed(e))
             }
-            c.storeDone(t, .failed(storeError(-res)))
             return
         }
         if res == 0 && !tp.pointee.opIsWrite {
@@ -603,13 +666,11 @@ public final class Reactor {
         c.storeDone(t, .ok(tp.pointee.opLength))
     }
 
+    /// A failed fsync or fallocate is not issued again (its task marks no data to resume): EINTR and EAGAIN,
+    /// which it does not return in practice, fail it as a medium error.
     func storeError(_ e: Int32) -> StoreError {
-        switch e {
-        case ENOSPC, EDQUOT: return .noSpace
-        case EROFS, EPERM, EACCES, EBADF: return .writeProtected
-        case EOPNOTSUPP, EINVAL: return .notSupported
-        default: return .mediumError
-        }
+        if case .fail(let error) = StoreErrno.classify(errno: e) { return error }
+        return .mediumError
     }
 
     // MARK: - Timers
@@ -617,7 +678,7 @@ public final class Reactor {
     func armTick() {
         let sqe = ring.sqe()
         io_uring_prep_timeout(sqe, tickSpec, 0, 0)
-        sqe.pointee.user_data = packUserData(.tick, index: 0, tag: 0)
+        sqe.pointee.user_data = ListenerOp(listener: 0).encode(.tick)
     }
 
     /// Once a second: login timeouts, NOP-In pings, dead and stalled initiators.
@@ -675,7 +736,7 @@ public final class Reactor {
     func armMailbox() {
         let sqe = ring.sqe()
         io_uring_prep_read(sqe, mailbox.eventFD, mailboxBuffer, 8, 0)
-        sqe.pointee.user_data = packUserData(.mailbox, index: 0, tag: 0)
+        sqe.pointee.user_data = ListenerOp(listener: 0).encode(.mailbox)
     }
 
     func onMailbox() {
@@ -797,19 +858,24 @@ public final class Reactor {
                 case .closeSession, .startAccepting, .shutdown: break
                 }
             }
-            _ = ring.submitAndWait(timeoutNanos: 10_000_000)
+            ringResult(ring.submitAndWait(timeoutNanos: 10_000_000))
             let n = ring.peekBatch()
             for i in 0..<n {
                 let c = ring.cqe(i)
-                let (kind, index, tag) = unpackUserData(c.pointee.user_data)
-                guard let conn = connection(index >> (kind == OpKind.storeIO.rawValue ? 10 : 0), tag) else { continue }
-                switch OpKind(rawValue: kind) {
-                case .recv: conn.recvInFlight = false
-                case .send: conn.sendInFlight = false
-                case .storeIO: conn.storeInFlight -= 1
+                let u = c.pointee.user_data
+                switch OpKind(rawValue: UserData.kind(u)) {
+                case .recv, .send:
+                    let op = ConnectionOp.decode(u)
+                    guard let conn = connection(op.connection, op.generation) else { continue }
+                    if UserData.kind(u) == OpKind.recv.rawValue { conn.recvInFlight = false } else { conn.sendInFlight = false }
+                    maybeRelease(conn)
+                case .storeIO:
+                    let op = TaskOp.decode(u)
+                    guard let conn = connection(op.connection, op.generation) else { continue }
+                    conn.storeInFlight -= 1
+                    maybeRelease(conn)
                 default: break
                 }
-                maybeRelease(conn)
             }
             ring.advance(n)
             spins += 1
@@ -848,6 +914,11 @@ func monotonicNanos() -> UInt64 {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
+}
+
+/// A configuration the reactor cannot run with.
+struct ReactorSetupError: Error, CustomStringConvertible {
+    var description: String
 }
 
 /// An accepted socket not yet in the connection table.

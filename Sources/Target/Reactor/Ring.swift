@@ -8,6 +8,19 @@ public struct Ring: ~Copyable {
     /// Completions copied out per batch.
     public static let completionBatch = 256
     let cqes: UnsafeMutablePointer<UnsafeMutablePointer<io_uring_cqe>?>
+    /// SQEs prepared while the submission queue was full and the kernel took none of it (it refused the submit:
+    /// out of memory, or busy). They go into the queue, in order, before anything newer, at the next submit.
+    let spill: UnsafeMutablePointer<io_uring_sqe>
+    /// Entries of `spill`: as many as the submission queue, so a full queue can be prepared twice over before
+    /// `sqe()` has to wait for the kernel.
+    public let spillCapacity: Int
+    let spillState: UnsafeMutablePointer<SpillState>
+
+    struct SpillState {
+        var count = 0
+        /// The last submit error `sqe()` saw, for the reactor to report (0 = none).
+        var submitErrno: Int32 = 0
+    }
 
     public enum SetupError: Error, CustomStringConvertible {
         case setup(errno: Int32)
@@ -30,6 +43,10 @@ public struct Ring: ~Copyable {
         ring = .allocate(capacity: 1)
         ring.initialize(to: io_uring())
         cqes = .allocate(capacity: Ring.completionBatch)
+        spillCapacity = Int(max(1, entries))
+        spill = .allocate(capacity: spillCapacity)
+        spillState = .allocate(capacity: 1)
+        spillState.initialize(to: SpillState())
         var params = io_uring_params()
         params.flags = RT_SETUP_SINGLE_ISSUER | RT_SETUP_DEFER_TASKRUN | RT_SETUP_SUBMIT_ALL
         params.flags |= UInt32(IORING_SETUP_CQSIZE)
@@ -44,6 +61,8 @@ public struct Ring: ~Copyable {
         }
         if rc < 0 {
             cqes.deallocate()
+            spill.deallocate()
+            spillState.deallocate()
             ring.deallocate()
             throw .setup(errno: -rc)
         }
@@ -52,6 +71,8 @@ public struct Ring: ~Copyable {
     deinit {
         io_uring_queue_exit(ring)
         cqes.deallocate()
+        spill.deallocate()
+        spillState.deallocate()
         ring.deallocate()
     }
 
@@ -61,29 +82,89 @@ public struct Ring: ~Copyable {
         if rc < 0 { throw .registerBuffers(errno: -rc, bytes: bytes) }
     }
 
-    /// A free SQE; submits pending ones to make room when the queue is full.
+    /// A free SQE. When the queue is full it submits to make room; when the kernel takes nothing, the SQE comes
+    /// from the spill area and enters the queue at the next submit.
     @inline(__always)
     public func sqe() -> UnsafeMutablePointer<io_uring_sqe> {
-        if let s = io_uring_get_sqe(ring) { return s }
-        _ = io_uring_submit(ring)
-        if let s = io_uring_get_sqe(ring) { return s }
-        // The SQ was just flushed, so this cannot fail unless the kernel refuses submissions entirely.
-        fatalError("io_uring: no SQE available after submit")
+        if spillState.pointee.count == 0, let s = io_uring_get_sqe(ring) { return s }
+        return sqeWhenFull()
     }
 
-    /// Submits and waits for at least one completion or the timeout (nanoseconds; <0 = forever).
+    @inline(never)
+    func sqeWhenFull() -> UnsafeMutablePointer<io_uring_sqe> {
+        while true {
+            let rc = submitPending()
+            if rc < 0 { spillState.pointee.submitErrno = -rc }
+            // Spilled SQEs go first: operations on one socket must reach the kernel in the order prepared.
+            if spillState.pointee.count == 0, let s = io_uring_get_sqe(ring) { return s }
+            if spillState.pointee.count < spillCapacity {
+                defer { spillState.pointee.count += 1 }
+                return spill + spillState.pointee.count
+            }
+            // Queue and spill area full, and the kernel refuses submissions: wait for it to recover (never drop
+            // an operation: a lost recv or store completion would hang its connection for good).
+            var pause = timespec(tv_sec: 0, tv_nsec: 1_000_000)
+            nanosleep(&pause, nil)
+        }
+    }
+
+    /// Moves spilled SQEs into the submission queue, as many as it has room for.
+    func moveSpill() {
+        let n = spillState.pointee.count
+        var moved = 0
+        while moved < n, let s = io_uring_get_sqe(ring) {
+            s.pointee = spill[moved]
+            moved += 1
+        }
+        if moved == 0 { return }
+        spill.update(from: spill + moved, count: n - moved)
+        spillState.pointee.count = n - moved
+    }
+
+    /// Submits the queue and the spill area behind it; the result of the last io_uring_submit.
+    func submitPending() -> Int32 {
+        var rc: Int32 = 0
+        repeat {
+            moveSpill()
+            rc = io_uring_submit(ring)
+        } while rc > 0 && spillState.pointee.count > 0
+        return rc
+    }
+
+    /// The last submit error `sqe()` met and retried past, once (0 = none).
+    public func takeSubmitErrno() -> Int32 {
+        defer { spillState.pointee.submitErrno = 0 }
+        return spillState.pointee.submitErrno
+    }
+
+    /// SQEs waiting in the spill area.
+    public var spilled: Int { spillState.pointee.count }
+
+    /// Submits and waits for at least one completion or the timeout (nanoseconds; <0 = forever). The result of
+    /// io_uring_submit_and_wait(_timeout): SQEs submitted, or -errno (-ETIME when the timeout passed).
     @inline(__always)
     public func submitAndWait(timeoutNanos: Int64) -> Int32 {
-        rt_wait(ring, 1, timeoutNanos)
+        if spillState.pointee.count > 0 {
+            let rc = submitPending()
+            if rc < 0 { return rc }
+        }
+        return rt_wait(ring, 1, timeoutNanos)
     }
 
+    /// Submits without waiting: SQEs submitted, or -errno.
     @inline(__always)
-    public func submit() { _ = io_uring_submit(ring) }
+    public func submit() -> Int32 { submitPending() }
 
     /// Submits and reaps whatever has completed, without waiting (busy polling). With DEFER_TASKRUN this is
-    /// what runs the ring's pending task work.
+    /// what runs the ring's pending task work. SQEs submitted, or -errno.
     @inline(__always)
-    public func submitAndPoll() { _ = io_uring_submit_and_get_events(ring) }
+    public func submitAndPoll() -> Int32 {
+        if spillState.pointee.count > 0 {
+            let rc = submitPending()
+            if rc < 0 { return rc }
+        }
+        return io_uring_submit_and_get_events(ring)
+    }
 
     /// Copies out ready completions; the caller must call `advance(n)` after processing them.
     @inline(__always)
@@ -98,28 +179,26 @@ public struct Ring: ~Copyable {
     public func advance(_ n: Int) { io_uring_cq_advance(ring, UInt32(n)) }
 }
 
-/// user_data layout: kind (8 bits) | index (24 bits) | tag (32 bits). Completions dispatch by switch on kind;
-/// the tag guards against a completion for a slot that was reused (generation counter).
-public enum OpKind: UInt8 {
-    case accept = 1
-    case recv = 2
-    case send = 3
-    case storeIO = 4
-    case tick = 5
-    case mailbox = 6
-    case cancel = 7
-    case close = 8
-    case sheep = 9
-    /// The end of an accept back-off: arm the listener's accept again.
-    case acceptRetry = 10
-}
 
-@inline(__always)
-public func packUserData(_ kind: OpKind, index: Int, tag: UInt32) -> UInt64 {
-    (UInt64(kind.rawValue) << 56) | (UInt64(UInt32(truncatingIfNeeded: index) & 0xFF_FFFF) << 32) | UInt64(tag)
-}
+/// What a failed submit or wait means for the loop (the errno of io_uring_enter).
+public enum RingWaitOutcome: Equatable {
+    /// Nothing wrong: the wait ended by its timeout or a signal; the loop goes on.
+    case fine
+    /// The kernel could not take the submissions now; they stay queued and go in at the next pass, after a
+    /// pause so the loop cannot spin.
+    case retry
+    /// Not expected from a correct caller: logged once per errno, then retried like `retry`.
+    case unexpected
 
-@inline(__always)
-public func unpackUserData(_ u: UInt64) -> (kind: UInt8, index: Int, tag: UInt32) {
-    (UInt8(truncatingIfNeeded: u >> 56), Int((u >> 32) & 0xFF_FFFF), UInt32(truncatingIfNeeded: u))
+    public static func classify(errno e: Int32) -> RingWaitOutcome {
+        switch e {
+        case ETIME: return .fine        // the wait's timeout passed
+        case EINTR: return .fine        // a signal interrupted the wait
+        case EAGAIN: return .retry      // no memory for the requests right now
+        case EBUSY: return .retry       // completion queue overflowed: reap completions first
+        case ENOMEM: return .retry      // as EAGAIN, on some kernels
+        case EBADF, EBADFD, EFAULT, EINVAL, ENXIO, EOPNOTSUPP, EEXIST: return .unexpected
+        default: return .unexpected
+        }
+    }
 }

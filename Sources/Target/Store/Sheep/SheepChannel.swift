@@ -197,7 +197,7 @@ final class SheepChannel {
         generation &+= 1
         let sqe = reactor.ring.sqe()
         io_uring_prep_connect(sqe, fd, sockaddrBuf.assumingMemoryBound(to: sockaddr.self), sockaddrLen)
-        sqe.pointee.user_data = packUserData(.sheep, index: endpointIndex << 2 | 0, tag: generation)
+        sqe.pointee.user_data = ChannelOp(endpoint: endpointIndex, op: .connect, generation: generation).encode()
     }
 
     func onConnect(_ res: Int32) {
@@ -362,7 +362,7 @@ final class SheepChannel {
         msg.pointee.msg_iovlen = v
         let sqe = reactor.ring.sqe()
         io_uring_prep_sendmsg(sqe, fd, msg, UInt32(MSG_NOSIGNAL))
-        sqe.pointee.user_data = packUserData(.sheep, index: endpointIndex << 2 | 1, tag: generation)
+        sqe.pointee.user_data = ChannelOp(endpoint: endpointIndex, op: .send, generation: generation).encode()
         sendInFlight = true
     }
 
@@ -411,7 +411,7 @@ final class SheepChannel {
             }
             io_uring_prep_recv(sqe, fd, rx + rxEnd, SheepChannel.rxBytes - rxEnd, 0)
         }
-        sqe.pointee.user_data = packUserData(.sheep, index: endpointIndex << 2 | 2, tag: generation)
+        sqe.pointee.user_data = ChannelOp(endpoint: endpointIndex, op: .recv, generation: generation).encode()
         recvInFlight = true
     }
 

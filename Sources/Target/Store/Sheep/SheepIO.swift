@@ -90,6 +90,8 @@ extension Reactor {
     func sheepChannel(_ volume: SheepVolume) -> SheepChannel {
         let i = volume.endpointIndex
         if i < sheepChannels.count, let ch = sheepChannels[i] { return ch }
+        // Endpoints are numbered per daemon and few; the bound only guards the user_data layout.
+        precondition(i < ChannelOp.endpointLimit, "sheep endpoint \(i) beyond user_data's \(ChannelOp.endpointBits) bits")
         if i >= sheepChannels.count { sheepChannels += Array(repeating: nil, count: i + 1 - sheepChannels.count) }
         let ch = SheepChannel(reactor: self, endpointIndex: i, endpoint: volume.spec.endpoint)
         sheepChannels[i] = ch
@@ -106,13 +108,12 @@ extension Reactor {
         sheepDirty.removeAll(keepingCapacity: true)
     }
 
-    func sheepCompletion(index: Int, tag: UInt32, res: Int32) {
-        let ep = index >> 2
-        guard ep < sheepChannels.count, let ch = sheepChannels[ep] else { return }
-        switch index & 3 {
-        case 0: if tag == ch.generation { ch.onConnect(res) }
-        case 1: ch.onSend(res)
-        default: ch.onRecv(res)
+    func sheepCompletion(_ op: ChannelOp, res: Int32) {
+        guard op.endpoint < sheepChannels.count, let ch = sheepChannels[op.endpoint] else { return }
+        switch op.op {
+        case .connect: if op.generation == ch.generation { ch.onConnect(res) }
+        case .send: ch.onSend(res)
+        case .recv: ch.onRecv(res)
         }
     }
 
