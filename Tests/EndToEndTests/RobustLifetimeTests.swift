@@ -66,6 +66,17 @@ extension EndToEnd {
                               "--backing-store", file.path])
         }
 
+        /// A session logged in while LUNs 1 and 2 exist, then LUN 1 re-created under it (past the unit
+        /// attentions that raises): only a command can keep the LUN 1 it uses alive.
+        static func sessionOnRecreatedLUN1(_ t: RunningTarget) throws -> RawSession {
+            try requireRingtgt(t)
+            let s = try RawSession(t.endpoint, target: t.iqn, options: RawLoginOptions(initiatorName: initiator,
+                                                                                      clearUnitAttentionLUNs: [1, 2]))
+            try recreate(t, 1)
+            for lun: UInt64 in [1, 2] { _ = try runPastUnitAttention(s, RawCDB.testUnitReady, lun: lun, edtl: 0) }
+            return s
+        }
+
         static func expectActiveRefusal(_ r: ToolResult) {
             #expect(!r.succeeded, "deleting a LUN with a command in flight succeeded without --force")
             #expect((r.stdout + r.stderr).contains("this logical unit is still active"), "\(r)")
@@ -76,12 +87,8 @@ extension EndToEnd {
         /// with the new LUN's; LUN 1 is then gone for new commands.
         @Test func aReadOfADeletedLUNNeverReturnsAnotherLUNsData() throws {
             try withTarget(luns: [.file(bytes: RobustLifetime.lunBytes), .file(bytes: RobustLifetime.lunBytes)]) { t in
-                try RobustLifetime.requireRingtgt(t)
-                let s = try RawSession(t.endpoint, target: t.iqn, options: RawLoginOptions(initiatorName: RobustLifetime.initiator,
-                                                                                          clearUnitAttentionLUNs: [1, 2]))
+                let s = try RobustLifetime.sessionOnRecreatedLUN1(t)
                 let one = patternBytes(RobustLifetime.transferBytes, seed: 1)
-                try RobustLifetime.recreate(t, 1)
-                _ = try RobustLifetime.runPastUnitAttention(s, RawCDB.testUnitReady, lun: 1, edtl: 0)
                 try RobustLifetime.fill(s, lun: 1, one)
                 let blocks = UInt32(RobustLifetime.transferBytes / RobustLifetime.blockBytes)
                 let itt = try s.sendCommand(RawCDB.read16(lba: 0, blocks: blocks), lun: 1, read: true,
@@ -113,13 +120,9 @@ extension EndToEnd {
         /// and LUN 2 keep their bytes.
         @Test func aWriteToADeletedLUNNeverLandsInAnotherLUN() throws {
             try withTarget(luns: [.file(bytes: RobustLifetime.lunBytes), .file(bytes: RobustLifetime.lunBytes)]) { t in
-                try RobustLifetime.requireRingtgt(t)
-                let s = try RawSession(t.endpoint, target: t.iqn, options: RawLoginOptions(initiatorName: RobustLifetime.initiator,
-                                                                                          clearUnitAttentionLUNs: [1, 2]))
+                let s = try RobustLifetime.sessionOnRecreatedLUN1(t)
                 let two = patternBytes(RobustLifetime.writeChunkBytes, seed: 2)
                 try RobustLifetime.fill(s, lun: 2, two)
-                try RobustLifetime.recreate(t, 1)
-                _ = try RobustLifetime.runPastUnitAttention(s, RawCDB.testUnitReady, lun: 1, edtl: 0)
                 let data = patternBytes(RobustLifetime.transferBytes, seed: 9)
                 let blocks = UInt32(RobustLifetime.transferBytes / RobustLifetime.blockBytes)
                 let itt = try s.sendCommand(RawCDB.write16(lba: 0, blocks: blocks), lun: 1, writeData: data, immediateBytes: 0)
