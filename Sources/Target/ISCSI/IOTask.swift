@@ -71,14 +71,8 @@ struct IOTask {
     var finalStatus: UInt8 = 0
     var finalResidual: Residual = .none
 
-    // Store operation progress (files can complete short)
-    var opOffset: UInt64 = 0
-    var opLength: Int = 0
-    var opDone: Int = 0
-    var opBufferOffset: Int = 0
-    var opIsWrite = false
-    var opFUA = false
-    var opLUNFD: Int32 = -1
+    /// The file store's progress on this task's current operation (the store's own record; see FileStore).
+    var store = StoreRequest()
 
     /// The CDB, kept for commands that wait for their CmdSN turn (the header area is reused meanwhile).
     var cdb: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)

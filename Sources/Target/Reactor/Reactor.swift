@@ -548,85 +548,26 @@ public final class Reactor {
         guard let lun else {
             return .failed(.unavailable)
         }
-        let buffer = pool.buffer(Int(c.tasks[t].slot))
         switch lun.backing {
         case .sheep(let vol):
             return submitSheep(c, t, op, vol)
         case .null:
-            let result: StoreResult
-            switch op {
-            case .read(_, _, let length, let bo):
-                memset(buffer.baseAddress! + bo, 0, length)
-                result = .ok(length)
-            case .write(_, _, let length, _, _): result = .ok(length)
-            case .mapStatus(_, let offset, let maxLength):
-                result = .extent(mapped: true, length: min(maxLength, lun.byteCount &- offset))
-            default: result = .ok(0)
+            return NullStore.run(op, data: pool.data(Int(c.tasks[t].slot)), byteCount: lun.byteCount)
+        case .file(let f):
+            let result = FileStore.start(op, on: f, &c.tasks[t].store, storeBuffer(c, t), ring: ring)
+            if result == nil {
+                c.tasks[t].state = .storeIO
+                c.storeInFlight += 1
             }
             return result
-        case .file(let f):
-            switch op {
-            case .read(_, let offset, let length, let bo):
-                beginFileIO(c, t, fd: f.fd, write: false, fua: false, offset: offset, length: length, bufferOffset: bo)
-            case .write(_, let offset, let length, let bo, let fua):
-                if f.readOnly {
-                    return .failed(.writeProtected)
-                }
-                beginFileIO(c, t, fd: f.fd, write: true, fua: fua && !f.directIO, offset: offset, length: length,
-                            bufferOffset: bo)
-            case .flush:
-                let sqe = ring.sqe()
-                io_uring_prep_fsync(sqe, f.fd, UInt32(IORING_FSYNC_DATASYNC))
-                sqe.pointee.user_data = TaskOp(connection: c.index, task: t, generation: c.generation).encode()
-                c.tasks[t].opLength = 0
-                c.tasks[t].opIsWrite = false
-                c.tasks[t].opLUNFD = -2   // marks a non-data op
-            case .discard(_, let offset, let length):
-                if f.readOnly {
-                    return .failed(.writeProtected)
-                }
-                let sqe = ring.sqe()
-                io_uring_prep_fallocate(sqe, f.fd, RT_FALLOC_PUNCH_HOLE | RT_FALLOC_KEEP_SIZE,
-                                        off_t(offset), off_t(length))
-                sqe.pointee.user_data = TaskOp(connection: c.index, task: t, generation: c.generation).encode()
-                c.tasks[t].opLUNFD = -2
-            case .mapStatus(_, let offset, let maxLength):
-                return f.mapStatus(offset: offset, maxLength: maxLength)
-            case .prefetch(_, let offset, let length):
-                _ = posix_fadvise(f.fd, off_t(offset), off_t(length), POSIX_FADV_WILLNEED)
-                return .ok(0)
-            }
-            c.tasks[t].state = .storeIO
-            c.storeInFlight += 1
-            return nil
         }
     }
 
-    private func beginFileIO(_ c: Connection, _ t: Int, fd: Int32, write: Bool, fua: Bool, offset: UInt64, length: Int,
-                             bufferOffset: Int) {
-        c.tasks[t].opOffset = offset
-        c.tasks[t].opLength = length
-        c.tasks[t].opDone = 0
-        c.tasks[t].opBufferOffset = bufferOffset
-        c.tasks[t].opIsWrite = write
-        c.tasks[t].opFUA = fua
-        c.tasks[t].opLUNFD = fd
-        submitFileIO(c, t)
-    }
-
-    private func submitFileIO(_ c: Connection, _ t: Int) {
-        let tp = c.tasks + t   // through the pointer: no copy of the task
-        let sqe = ring.sqe()
-        let p = pool.data(Int(tp.pointee.slot)) + tp.pointee.opBufferOffset + tp.pointee.opDone
-        let len = UInt32(tp.pointee.opLength - tp.pointee.opDone)
-        let off = tp.pointee.opOffset + UInt64(tp.pointee.opDone)
-        if tp.pointee.opIsWrite {
-            io_uring_prep_write_fixed(sqe, tp.pointee.opLUNFD, p, len, off, 0)
-            if tp.pointee.opFUA { sqe.pointee.rw_flags = Int32(RWF_DSYNC) }
-        } else {
-            io_uring_prep_read_fixed(sqe, tp.pointee.opLUNFD, p, len, off, 0)
-        }
-        sqe.pointee.user_data = TaskOp(connection: c.index, task: t, generation: c.generation).encode()
+    /// The task's buffer and the tag its store operations carry back to `storeCompletion`.
+    @inline(__always)
+    private func storeBuffer(_ c: Connection, _ t: Int) -> StoreBuffer {
+        StoreBuffer(data: pool.data(Int(c.tasks[t].slot)),
+                    tag: TaskOp(connection: c.index, task: t, generation: c.generation).encode())
     }
 
     private func storeCompletion(_ c: Connection, _ t: Int, _ res: Int32) {
@@ -635,42 +576,11 @@ public final class Reactor {
             maybeRelease(c)
             return
         }
-        let tp = c.tasks + t   // through the pointer: no copy of the task
-        if tp.pointee.opLUNFD == -2 {
-            c.storeDone(t, res < 0 ? .failed(storeError(-res)) : .ok(0))
+        guard let result = FileStore.complete(&c.tasks[t].store, result: res, storeBuffer(c, t), ring: ring) else {
+            c.storeInFlight += 1   // the rest was submitted again
             return
         }
-        if res < 0 {
-            switch StoreErrno.classify(errno: -res) {
-            case .retry:
-                c.storeInFlight += 1
-                submitFileIO(c, t)
-            case .fail(let e):
-                c.storeDone(t, .failed(e))
-            }
-            return
-        }
-        if res == 0 && !tp.pointee.opIsWrite {
-            // Past the end of the file: the rest reads as zeros (a file shrunk under us).
-            memset(pool.data(Int(tp.pointee.slot)) + tp.pointee.opBufferOffset + tp.pointee.opDone, 0, tp.pointee.opLength - tp.pointee.opDone)
-            c.storeDone(t, .ok(tp.pointee.opLength))
-            return
-        }
-        c.tasks[t].opDone += Int(res)
-        if c.tasks[t].opDone < tp.pointee.opLength && res > 0 {
-            // Short read or write: continue where it stopped.
-            c.storeInFlight += 1
-            submitFileIO(c, t)
-            return
-        }
-        c.storeDone(t, .ok(tp.pointee.opLength))
-    }
-
-    /// A failed fsync or fallocate is not issued again (its task marks no data to resume): EINTR and EAGAIN,
-    /// which it does not return in practice, fail it as a medium error.
-    func storeError(_ e: Int32) -> StoreError {
-        if case .fail(let error) = StoreErrno.classify(errno: e) { return error }
-        return .mediumError
+        c.storeDone(t, result)
     }
 
     // MARK: - Timers
