@@ -175,6 +175,45 @@ extension EndToEnd {
                 Issue.record(Comment(rawValue: "LUN \(lun) read through iSCSI: \(problems)"), sourceLocation: sourceLocation)
             }
         }
+
+        /// An EXTENDED COPY sent to LUN 1 writes into LUN 2's VDI, which was snapshotted after its object was
+        /// allocated: sheep answers the copy's write READONLY, and the redo must go to LUN 2's new working VDI,
+        /// not to the VDI of the LUN that received the command (which the reply's requester is).
+        @Test func anExtendedCopyIntoASnapshottedVDILandsInItsNewWorkingVDI() throws {
+            try withSheepTarget(.testServer, cores: 1, vdis: [SheepVDI(name: "src", bytes: 16 * mebibyte),
+                                                             SheepVDI(name: "dst", bytes: 16 * mebibyte)]) { t in
+                let s = try RawSession(t.target.endpoint, target: t.target.iqn,
+                                       options: RawLoginOptions(initiatorName: RobustLifetime.initiator,
+                                                                clearUnitAttentionLUNs: [1, 2]))
+                let bytes = 1024 * 1024
+                let blocks = bytes / RobustLifetime.blockBytes
+                let source = patternBytes(bytes, seed: 41)
+                let old = patternBytes(bytes, seed: 42)
+                try #require(try s.run(RawCDB.write16(lba: 0, blocks: UInt32(blocks)), lun: 1, writeData: source).status
+                             == RawCodes.good)
+                try #require(try s.run(RawCDB.write16(lba: 0, blocks: UInt32(blocks)), lun: 2, writeData: old).status
+                             == RawCodes.good)
+                // The LUN still writes to the VID it knows; sheep now answers that VID READONLY.
+                try t.sheep.snapshotVDI("dst", tag: "before-copy")
+                let list = RobustLifetime.copyList(from: try RobustLifetime.naa(s, lun: 1),
+                                                   to: try RobustLifetime.naa(s, lun: 2), blocks: blocks)
+                let cdb: [UInt8] = [0x83, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, UInt8(list.count >> 8),
+                                    UInt8(list.count & 0xFF), 0, 0]
+                let copy = try s.run(cdb, lun: 1, writeData: list)
+                #expect(copy.status == RawCodes.good, "\(copy)")
+                let dst = try s.run(RawCDB.read16(lba: 0, blocks: UInt32(blocks)), lun: 2, read: true, edtl: bytes)
+                #expect(dst.status == RawCodes.good && dst.data == source, "LUN 2 does not hold the copy")
+                let src = try s.run(RawCDB.read16(lba: 0, blocks: UInt32(blocks)), lun: 1, read: true, edtl: bytes)
+                #expect(src.status == RawCodes.good && src.data == source, "LUN 1 changed")
+                for (vdi, snapshot, want) in [("dst", "before-copy", old), ("dst", nil, source), ("src", nil, source)] {
+                    let dump = t.scratch.path("\(vdi)-\(snapshot ?? "working").img")
+                    try t.sheep.readVDI(vdi, snapshot: snapshot, to: dump)
+                    #expect(try Data(contentsOf: dump).prefix(bytes) == Data(want),
+                            "dog vdi read \(vdi) \(snapshot ?? "") differs")
+                }
+            }
+        }
+
     }
 }
 

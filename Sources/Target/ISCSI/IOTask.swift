@@ -73,6 +73,8 @@ struct IOTask {
 
     /// The file store's progress on this task's current operation (the store's own record; see FileStore).
     var store = StoreRequest()
+    /// Which LUN the current store operation addresses (EXTENDED COPY's other LUN), for the store's lookups.
+    var storeTarget: StoreTarget = .own
 
     /// The CDB, kept for commands that wait for their CmdSN turn (the header area is reused meanwhile).
     var cdb: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
@@ -83,11 +85,6 @@ struct IOTask {
     var waitSinceTick: UInt64 = 0
     /// Sense produced by the transport itself (data-phase errors).
     var transportSense: SenseData? = nil
-
-    // Sheepdog pieces in flight for the current store operation
-    var sheepPending: Int32 = 0
-    var sheepFailure: StoreResult? = nil
-    var sheepLength: Int = 0
 
     var scsi = SCSITask()
 }

@@ -90,11 +90,7 @@ public final class Reactor {
     var tttSequence: UInt32 = 0
 
     // Sheepdog: one channel per sheep endpoint, home-core state per VDI homed here.
-    var sheepChannels: [SheepChannel?] = []
-    var sheepDirty: [SheepChannel] = []
-    var sheepHomes: [ObjectIdentifier: SheepHome] = [:]
-    var sheepHomeOps: [Int32: SheepHomeOp] = [:]
-    var sheepHomeOpCounter: Int32 = 0
+    private(set) var sheep: SheepStore<Reactor>!
 
     /// COMPARE AND WRITEs waiting for their LUN's gate; retried every loop pass (they are rare).
     var gateWaiters: [GateWaiter] = []
@@ -160,6 +156,7 @@ public final class Reactor {
         dirtyConnections.reserveCapacity(config.maxConnections)
         slotWaiters.reserveCapacity(config.maxConnections)
         permitQueue.reserveCapacity(config.slotCount * 2)
+        sheep = SheepStore(host: self, core: core)
     }
 
     deinit {
@@ -198,11 +195,11 @@ public final class Reactor {
                 ring.advance(n)
                 runReady()
                 flushDirty()
-                flushSheep()
+                sheep.flush()
                 if pollNanos > 0 { lastWork = monotonicNanos() }
             }
             flushDirty()
-            flushSheep()
+            sheep.flush()
             // What the flushes gave back (a sheep request failing at once frees its slot) wakes its waiters now,
             // not after the next completion.
             runReady()
@@ -233,7 +230,7 @@ public final class Reactor {
         case .mailbox:
             onMailbox()
         case .sheep:
-            if let op = ChannelOp.decode(userData) { sheepCompletion(op, res: res) }
+            if let op = ChannelOp.decode(userData) { sheep.completion(op, res: res) }
         case .cancel, .close, .none:
             break
         }
@@ -550,7 +547,15 @@ public final class Reactor {
         }
         switch lun.backing {
         case .sheep(let vol):
-            return submitSheep(c, t, op, vol)
+            let tp = c.tasks + t
+            tp.pointee.storeTarget = storeTarget
+            let result = sheep.start(op, on: vol, &tp.pointee.store, data: pool.data(Int(tp.pointee.slot)),
+                                     tag: TaskOp(connection: c.index, task: t, generation: c.generation).encode())
+            if result == nil {
+                tp.pointee.state = .storeIO
+                c.storeInFlight += 1
+            }
+            return result
         case .null:
             return NullStore.run(op, data: pool.data(Int(c.tasks[t].slot)), byteCount: lun.byteCount)
         case .file(let f):
@@ -595,8 +600,8 @@ public final class Reactor {
     func onTick() {
         tick += 1
         if running { armTick() }
-        for ch in sheepChannels { ch?.onTick(tick) }
-        flushSheep()
+        sheep.onTick(tick)
+        sheep.flush()
         for c in connections {
             guard let c, c.phase != .closing else { continue }
             if c.phase == .login && tick &- c.createdTick > config.loginTimeoutSeconds {
@@ -670,11 +675,9 @@ public final class Reactor {
             case .shutdown:
                 running = false
             case .sheepHome(let req):
-                homeHandle(req)
+                sheep.homeHandle(req)
             case .sheepHomeDone(let waiter, let failure):
-                if case .taskPiece(let ci, let gen, let t) = waiter {
-                    pieceDone(Int(ci), gen, Int(t), failure: failure, result: .success)
-                }
+                sheep.homeAnswered(waiter, failure: failure)
             }
         }
         if running { armMailbox() }
@@ -750,18 +753,15 @@ public final class Reactor {
         pendingAccepts.removeAll()
         for c in connections { if let c { closeConnection(c, reason: "shutdown") } }
         // Sheep requests would never be answered from here on: fail them, so their tasks let go of buffers.
-        for ch in sheepChannels { ch?.abandon() }
+        sheep.abandon()
         // Wait for in-flight operations to finish so no buffer is referenced after the ring goes away.
         var spins = 0
         while closingConnectionsLeft() && spins < 1000 {
             // Answers from other cores' home-core work still arrive through the mailbox.
             for m in mailbox.drain() {
                 switch m {
-                case .sheepHome(let req): homeDone(req, failure: .unavailable)
-                case .sheepHomeDone(let waiter, let failure):
-                    if case .taskPiece(let ci, let gen, let t) = waiter {
-                        pieceDone(Int(ci), gen, Int(t), failure: failure, result: .success)
-                    }
+                case .sheepHome(let req): sheep.homeDone(req, failure: .unavailable)
+                case .sheepHomeDone(let waiter, let failure): sheep.homeAnswered(waiter, failure: failure)
                 case .config(_, let reply): reply.signal()
                 case .sessions(let q): q.reply.signal()
                 case .commandsInFlight(let q): q.result = commandsInFlight(on: q.units); q.reply.signal()
@@ -836,4 +836,47 @@ struct PendingAccept {
     var fd: Int32
     var listenerIndex: Int
     var peer: String
+}
+
+extension Reactor: SheepStoreHost {
+    var isRunning: Bool { running }
+    var coreCount: Int { runtime.coreCount }
+
+    @inline(__always)
+    func sqe() -> UnsafeMutablePointer<io_uring_sqe> { ring.sqe() }
+
+    /// The task `tag` names, if its connection is still the one that started it.
+    @inline(__always)
+    private func storeTask(_ tag: UInt64) -> (Connection, Int)? {
+        let op = TaskOp.decode(tag)
+        guard let c = connection(op.connection, op.generation) else { return nil }
+        return (c, op.task)
+    }
+
+    func storeRequest(_ tag: UInt64) -> UnsafeMutablePointer<StoreRequest>? {
+        guard let (c, t) = storeTask(tag) else { return nil }
+        return UnsafeMutableRawPointer(c.tasks + t).advanced(by: MemoryLayout<IOTask>.offset(of: \.store)!)
+            .assumingMemoryBound(to: StoreRequest.self)
+    }
+
+    func storeVolume(_ tag: UInt64) -> SheepVolume? {
+        guard let (c, t) = storeTask(tag) else { return nil }
+        var lun = c.tasks[t].lun
+        if case .other(let n) = c.tasks[t].storeTarget { lun = c.tasks[t].scsi.target?.lun(n) }
+        guard let lun, case .sheep(let vol) = lun.backing else { return nil }
+        return vol
+    }
+
+    func storeFinished(_ tag: UInt64, _ result: StoreResult) {
+        guard let (c, t) = storeTask(tag) else { return }
+        c.storeInFlight -= 1
+        if c.phase == .closing { maybeRelease(c); return }
+        c.storeDone(t, result)
+    }
+
+    func postHome(core: Int, _ request: SheepHomeRequest) { runtime.post(core: core, .sheepHome(request)) }
+
+    func postHomeDone(core: Int, _ waiter: SheepWaiter, _ failure: StoreError?) {
+        runtime.post(core: core, .sheepHomeDone(waiter, failure))
+    }
 }

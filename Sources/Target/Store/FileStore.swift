@@ -1,7 +1,7 @@
 import CURing
 import Glibc
 
-// The file and null stores. A store sees one request at a time: the operation, the request's data buffer, its
+// The file and null stores, and the progress record every store keeps per request. A store sees one request at a time: the operation, the request's data buffer, its
 // own progress record and a completion tag. It never sees who asked (an iSCSI command, an NBD request) nor
 // their task tables: the caller keeps the record (`StoreRequest`) beside its own task state, as a block driver
 // keeps its per-request data inside the block layer's request, and routes the completion by the tag.
@@ -15,6 +15,8 @@ struct StoreRequest {
         case transfer
         /// fsync or fallocate: one completion, no data.
         case control
+        /// A sheepdog request split into object pieces; finished when `pending` reaches 0.
+        case sheep
     }
 
     var kind: Kind = .none
@@ -25,6 +27,9 @@ struct StoreRequest {
     var isWrite = false
     var fua = false
     var fd: Int32 = -1
+    /// Sheepdog: pieces without a reply, and the first failure among them.
+    var pending: Int32 = 0
+    var failure: StoreError? = nil
 }
 
 /// Where the store's data lives and whom the kernel's completion names.

@@ -5,10 +5,24 @@ import SheepProtocol
 /// Who waits for a sheep reply.
 enum SheepWaiter: Equatable {
     case none
-    /// One object piece of a SCSI task's store operation.
-    case taskPiece(connection: Int32, generation: UInt32, task: Int32)
+    /// One object piece of a store request, named by the tag its requester gave (SheepStore.start).
+    case request(tag: UInt64)
     /// A step of the home core's metadata work (allocation, index update, reload).
     case home(op: Int32)
+}
+
+/// A sheep channel's bounds and timeouts (outside the generic class, which cannot hold static stored properties).
+enum SheepChannelLimits {
+    static let maxRequests = 2048
+    static let rxBytes = 65_536
+    static let batchRequests = 64
+    /// A request without a reply for this long means the connection is stuck: reconnect and resend.
+    static let replyTimeoutSeconds: UInt64 = 30
+    /// After this long without a working connection, requests fail (sense: LOGICAL UNIT COMMUNICATION FAILURE).
+    static let giveUpSeconds: UInt64 = 120
+    static let maxBackoffSeconds: UInt64 = 4
+    /// Transient results (WAIT_FOR_JOIN, HALT, ...) are retried this many times, a second apart.
+    static let maxTransientRetries = 60
 }
 
 /// One request in flight (or queued) on a channel. Kept until its reply arrives, so it can be re-sent
@@ -36,21 +50,19 @@ struct SheepRequest {
 /// - `connecting`: an IORING_OP_CONNECT is in flight.
 /// - `ready`: requests flow.
 /// - `backoff`: the last attempt failed; the tick retries at `retryTick`.
-final class SheepChannel {
+final class SheepChannel<Host: SheepStoreHost> {
     enum State { case idle, connecting, ready, backoff }
 
-    static let maxRequests = 2048
-    static let rxBytes = 65_536
-    static let batchRequests = 64
-    /// A request without a reply for this long means the connection is stuck: reconnect and resend.
-    static let replyTimeoutSeconds: UInt64 = 30
-    /// After this long without a working connection, requests fail (sense: LOGICAL UNIT COMMUNICATION FAILURE).
-    static let giveUpSeconds: UInt64 = 120
-    static let maxBackoffSeconds: UInt64 = 4
-    /// Transient results (WAIT_FOR_JOIN, HALT, ...) are retried this many times, a second apart.
-    static let maxTransientRetries = 60
+    static var maxRequests: Int { SheepChannelLimits.maxRequests }
+    static var rxBytes: Int { SheepChannelLimits.rxBytes }
+    static var batchRequests: Int { SheepChannelLimits.batchRequests }
+    static var replyTimeoutSeconds: UInt64 { SheepChannelLimits.replyTimeoutSeconds }
+    static var giveUpSeconds: UInt64 { SheepChannelLimits.giveUpSeconds }
+    static var maxBackoffSeconds: UInt64 { SheepChannelLimits.maxBackoffSeconds }
+    static var maxTransientRetries: Int { SheepChannelLimits.maxTransientRetries }
 
-    unowned(unsafe) let reactor: Reactor
+    /// The store owns its channels and outlives them.
+    unowned(unsafe) let store: SheepStore<Host>
     let endpointIndex: Int
     let endpoint: SheepBackingSpec.Endpoint
     var state: State = .idle
@@ -94,8 +106,8 @@ final class SheepChannel {
     let sockaddrBuf: UnsafeMutableRawPointer
     var sockaddrLen: socklen_t = 0
 
-    init(reactor: Reactor, endpointIndex: Int, endpoint: SheepBackingSpec.Endpoint) {
-        self.reactor = reactor
+    init(store: SheepStore<Host>, endpointIndex: Int, endpoint: SheepBackingSpec.Endpoint) {
+        self.store = store
         self.endpointIndex = endpointIndex
         self.endpoint = endpoint
         reqs = .allocate(capacity: SheepChannel.maxRequests)
@@ -157,7 +169,7 @@ final class SheepChannel {
         switch state {
         case .idle: startConnect()
         case .connecting, .backoff: break
-        case .ready: if !sendInFlight && queueHead >= 0 { reactor.markSheepDirty(self) }
+        case .ready: if !sendInFlight && queueHead >= 0 { store.markDirty(self) }
         }
     }
 
@@ -195,7 +207,7 @@ final class SheepChannel {
         if fd < 0 { connectFailed(errno); return }
         state = .connecting
         generation &+= 1
-        let sqe = reactor.ring.sqe()
+        let sqe = store.host.sqe()
         io_uring_prep_connect(sqe, fd, sockaddrBuf.assumingMemoryBound(to: sockaddr.self), sockaddrLen)
         sqe.pointee.user_data = ChannelOp(endpoint: endpointIndex, op: .connect, generation: generation).encode()
     }
@@ -212,7 +224,7 @@ final class SheepChannel {
             var one: Int32 = 1
             setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(4))
         }
-        if everConnected { reactor.logger.info("sheep \(endpoint): reconnected") }
+        if everConnected { store.logger.info("sheep \(endpoint): reconnected") }
         everConnected = true
         state = .ready
         backoffSeconds = 1
@@ -224,20 +236,20 @@ final class SheepChannel {
 
     private func connectFailed(_ e: Int32) {
         state = .backoff
-        if downSinceTick == 0 { downSinceTick = reactor.tick }
-        retryTick = reactor.tick + backoffSeconds
-        reactor.logger.warning("sheep \(endpoint): connect failed (\(String(cString: strerror(e)))); retrying in \(backoffSeconds)s")
+        if downSinceTick == 0 { downSinceTick = store.host.tick }
+        retryTick = store.host.tick + backoffSeconds
+        store.logger.warning("sheep \(endpoint): connect failed (\(String(cString: strerror(e)))); retrying in \(backoffSeconds)s")
         backoffSeconds = min(SheepChannel.maxBackoffSeconds, backoffSeconds * 2)
     }
 
     /// The connection broke: close it, put every unanswered request back in the queue, and reconnect.
     func broken(_ why: String) {
         guard state == .ready || state == .connecting else { return }
-        reactor.logger.warning("sheep \(endpoint): connection lost (\(why)); resending \(inFlightCount) request(s)")
+        store.logger.warning("sheep \(endpoint): connection lost (\(why)); resending \(inFlightCount) request(s)")
         if fd >= 0 { shutdown(fd, Int32(SHUT_RDWR)) }
         state = .backoff
-        if downSinceTick == 0 { downSinceTick = reactor.tick }
-        retryTick = reactor.tick   // next tick reconnects
+        if downSinceTick == 0 { downSinceTick = store.host.tick }
+        retryTick = store.host.tick   // next tick reconnects
         requeueSent()
         closeWhenIdle()
     }
@@ -324,9 +336,9 @@ final class SheepChannel {
         sendBatch.removeAll(keepingCapacity: true)
         sendSkip = 0
         let n = waiters.count
-        for w in waiters { reactor.sheepReply(w, result: .eio, bytes: 0, failure: e) }
-        if n > 0 { reactor.logger.error("sheep \(endpoint): unreachable for \(SheepChannel.giveUpSeconds)s; failed \(n) request(s)") }
-        downSinceTick = reactor.tick
+        for w in waiters { store.reply(w, result: .eio, bytes: 0, failure: e) }
+        if n > 0 { store.logger.error("sheep \(endpoint): unreachable for \(SheepChannel.giveUpSeconds)s; failed \(n) request(s)") }
+        downSinceTick = store.host.tick
     }
 
     private func release(_ slot: Int32) {
@@ -360,7 +372,7 @@ final class SheepChannel {
         }
         msg.pointee.msg_iov = iov
         msg.pointee.msg_iovlen = v
-        let sqe = reactor.ring.sqe()
+        let sqe = store.host.sqe()
         io_uring_prep_sendmsg(sqe, fd, msg, UInt32(MSG_NOSIGNAL))
         sqe.pointee.user_data = ChannelOp(endpoint: endpointIndex, op: .send, generation: generation).encode()
         sendInFlight = true
@@ -383,7 +395,7 @@ final class SheepChannel {
             if left < bytes { break }
             left -= bytes
             reqs[i].sent = true
-            reqs[i].sentTick = reactor.tick
+            reqs[i].sentTick = store.host.tick
             inFlightCount += 1
             done += 1
         }
@@ -396,7 +408,7 @@ final class SheepChannel {
 
     private func armRecv() {
         guard state == .ready, !recvInFlight, fd >= 0 else { return }
-        let sqe = reactor.ring.sqe()
+        let sqe = store.host.sqe()
         if current >= 0, rxStart == rxEnd, payloadLeft >= 16_384, let d = reqs[Int(current)].dest {
             // A large reply payload goes straight to its buffer.
             recvDirect = true
@@ -487,14 +499,14 @@ final class SheepChannel {
             // WAIT_FOR_JOIN, HALT, ...: the cluster is busy; try the same request again in a second.
             reqs[i].retries += 1
             reqs[i].sent = false
-            reqs[i].retryAtTick = reactor.tick + 1
+            reqs[i].retryAtTick = store.host.tick + 1
             return
         }
         let w = reqs[i].waiter
         let bytes = payloadDone
-        if result == .readonly, case .taskPiece = w {
+        if result == .readonly, case .request = w {
             let h = SheepRequestHeader(from: UnsafeRawPointer(headers + i * 48))
-            if h.opcode == .writeObj && reactor.sheepReadonlyWrite(w, oid: h.oid, objectOffset: Int(h.objOffset),
+            if h.opcode == .writeObj && store.readonlyWrite(w, oid: h.oid, objectOffset: Int(h.objOffset),
                                                                   length: reqs[i].payloadLength,
                                                                   data: reqs[i].payload) {
                 release(slot)
@@ -502,6 +514,6 @@ final class SheepChannel {
             }
         }
         release(slot)
-        reactor.sheepReply(w, result: result, bytes: bytes, failure: nil, vdiID: replyVDI)
+        store.reply(w, result: result, bytes: bytes, failure: nil, vdiID: replyVDI)
     }
 }

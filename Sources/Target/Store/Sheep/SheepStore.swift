@@ -1,5 +1,6 @@
 import CURing
 import Glibc
+import Logging
 import SheepProtocol
 
 /// A write that needs the home core: the object is unallocated, owned by a parent snapshot (copy-on-write),
@@ -83,33 +84,89 @@ enum ZeroPages {
     }()
 }
 
-extension Reactor {
+/// What the sheep store needs from the loop that runs it. The reactor is the one implementation; the store is
+/// generic over it, so these are direct calls, not calls through an existential.
+protocol SheepStoreHost: AnyObject {
+    /// Seconds-resolution clock of the loop (reply timeouts, reconnect backoff).
+    var tick: UInt64 { get }
+    var logger: Logger { get }
+    /// Cores of the daemon (a VDI's home core is one of them).
+    var coreCount: Int { get }
+    /// False once the loop is stopping: nothing new goes to sheep.
+    var isRunning: Bool { get }
+    /// A free submission queue entry of the loop's ring.
+    func sqe() -> UnsafeMutablePointer<io_uring_sqe>
+    /// The progress record of the request `tag` names, nil when its requester has gone (connection closed).
+    func storeRequest(_ tag: UInt64) -> UnsafeMutablePointer<StoreRequest>?
+    /// The VDI the request `tag` addresses (the command's own LUN, or another LUN for EXTENDED COPY).
+    func storeVolume(_ tag: UInt64) -> SheepVolume?
+    /// The request `tag` finished with `result` (after `start` returned nil).
+    func storeFinished(_ tag: UInt64, _ result: StoreResult)
+    /// Hands allocation work to the VDI's home core.
+    func postHome(core: Int, _ request: SheepHomeRequest)
+    /// Hands the home core's answer back to the core the request came from.
+    func postHomeDone(core: Int, _ waiter: SheepWaiter, _ failure: StoreError?)
+}
+
+/// The sheepdog store of one core: a channel per sheep endpoint, and the home-core state of the VDIs homed
+/// here. Requests are (operation, buffer, progress record, tag); completions go back by tag.
+final class SheepStore<Host: SheepStoreHost> {
+    unowned(unsafe) let host: Host
+    let core: Int
+    var channels: [SheepChannel<Host>?] = []
+    var dirty: [SheepChannel<Host>] = []
+    var homes: [ObjectIdentifier: SheepHome] = [:]
+    var homeOps: [Int32: SheepHomeOp] = [:]
+    var homeOpCounter: Int32 = 0
+
+    /// `host` owns this store and outlives it.
+    init(host: Host, core: Int) {
+        self.host = host
+        self.core = core
+    }
+
+    var logger: Logger { host.logger }
+    var coreCount: Int { host.coreCount }
+
+    /// Whether the VDI's home is this core (or a core that does not exist: then this one does the work).
+    @inline(__always)
+    func isHome(_ vol: SheepVolume) -> Bool { vol.homeCore == core || vol.homeCore >= coreCount }
 
     // MARK: - Channels
 
-    func sheepChannel(_ volume: SheepVolume) -> SheepChannel {
+    func channel(_ volume: SheepVolume) -> SheepChannel<Host> {
         let i = volume.endpointIndex
-        if i < sheepChannels.count, let ch = sheepChannels[i] { return ch }
+        if i < channels.count, let ch = channels[i] { return ch }
         // Endpoints are numbered per daemon and few; the bound only guards the user_data layout.
         precondition(i < ChannelOp.endpointLimit, "sheep endpoint \(i) beyond user_data's \(ChannelOp.endpointBits) bits")
-        if i >= sheepChannels.count { sheepChannels += Array(repeating: nil, count: i + 1 - sheepChannels.count) }
-        let ch = SheepChannel(reactor: self, endpointIndex: i, endpoint: volume.spec.endpoint)
-        sheepChannels[i] = ch
+        if i >= channels.count { channels += Array(repeating: nil, count: i + 1 - channels.count) }
+        let ch = SheepChannel(store: self, endpointIndex: i, endpoint: volume.spec.endpoint)
+        channels[i] = ch
         return ch
     }
 
-    func markSheepDirty(_ ch: SheepChannel) {
-        if !sheepDirty.contains(where: { $0 === ch }) { sheepDirty.append(ch) }
+    func markDirty(_ ch: SheepChannel<Host>) {
+        if !dirty.contains(where: { $0 === ch }) { dirty.append(ch) }
     }
 
-    func flushSheep() {
-        if sheepDirty.isEmpty { return }
-        for ch in sheepDirty { ch.flush() }
-        sheepDirty.removeAll(keepingCapacity: true)
+    /// Sends what the channels queued since the last flush (once per loop pass, so requests go out in batches).
+    func flush() {
+        if dirty.isEmpty { return }
+        for ch in dirty { ch.flush() }
+        dirty.removeAll(keepingCapacity: true)
     }
 
-    func sheepCompletion(_ op: ChannelOp, res: Int32) {
-        guard op.endpoint < sheepChannels.count, let ch = sheepChannels[op.endpoint] else { return }
+    func onTick(_ tick: UInt64) {
+        for ch in channels { ch?.onTick(tick) }
+    }
+
+    /// Stopping: fails every request still waiting for sheep.
+    func abandon() {
+        for ch in channels { ch?.abandon() }
+    }
+
+    func completion(_ op: ChannelOp, res: Int32) {
+        guard op.endpoint < channels.count, let ch = channels[op.endpoint] else { return }
         switch op.op {
         case .connect: if op.generation == ch.generation { ch.onConnect(res) }
         case .send: ch.onSend(res)
@@ -119,18 +176,18 @@ extension Reactor {
 
     // MARK: - Store operations on a sheep LUN
 
-    /// Starts a store operation on a sheepdog VDI for task `t`. Returns the result when it completed at once
-    /// (unallocated reads, mapping queries, refusals), nil when requests are in flight.
-    func submitSheep(_ c: Connection, _ t: Int, _ op: StoreOp, _ vol: SheepVolume) -> StoreResult? {
-        let buffer = pool.buffer(Int(c.tasks[t].slot))
-        let base = buffer.baseAddress!
+    /// Starts `op` on `vol` for the request `tag`, whose progress record is `r` (the caller keeps it until the
+    /// request finishes). Returns the result when it is known at once (unallocated reads, mapping queries,
+    /// refusals), nil when requests are in flight; then `host.storeFinished(tag, result)` follows.
+    func start(_ op: StoreOp, on vol: SheepVolume, _ r: UnsafeMutablePointer<StoreRequest>,
+               data base: UnsafeMutableRawPointer, tag: UInt64) -> StoreResult? {
         switch op {
         case .read(_, let offset, let length, let bo):
             guard offset &+ UInt64(length) <= vol.byteCount else {
                 return .failed(.outOfRange)
             }
-            beginSheepTask(c, t, length: length)
-            let ch = sheepChannel(vol)
+            begin(r, length: length)
+            let ch = channel(vol)
             forEachPiece(vol, offset, length) { idx, objOff, len, done in
                 let owner = vol.owner(idx)
                 let dest = base + bo + done
@@ -141,34 +198,34 @@ extension Reactor {
                 }
                 let h = SheepRequestHeader.readObject(id: 0, oid: SheepOID.data(vid: owner, index: UInt32(idx)),
                                                       offset: UInt32(objOff), length: UInt32(len))
-                addPiece(c, t, ch, h, payload: nil, payloadLength: 0, dest: dest, destCapacity: len)
+                addPiece(r, tag, ch, h, payload: nil, payloadLength: 0, dest: dest, destCapacity: len)
             }
-            return finishSubmit(c, t)
+            return finishSubmit(r)
         case .write(_, let offset, let length, let bo, _):
             if vol.readOnly { return .failed(.writeProtected) }
             guard offset &+ UInt64(length) <= vol.byteCount else {
                 return .failed(.outOfRange)
             }
-            beginSheepTask(c, t, length: length)
-            writePieces(c, t, vol, offset: offset, length: length, data: UnsafeRawPointer(base + bo))
-            return finishSubmit(c, t)
+            begin(r, length: length)
+            writePieces(r, tag, vol, offset: offset, length: length, data: UnsafeRawPointer(base + bo))
+            return finishSubmit(r)
         case .discard(_, let offset, let length):
             if vol.readOnly { return .failed(.writeProtected) }
             guard offset &+ length <= vol.byteCount else {
                 return .failed(.outOfRange)
             }
-            beginSheepTask(c, t, length: 0)
-            discardPieces(c, t, vol, offset: offset, length: length)
-            return finishSubmit(c, t)
+            begin(r, length: 0)
+            discardPieces(r, tag, vol, offset: offset, length: length)
+            return finishSubmit(r)
         case .flush:
             // v1.0+ sheep writes replicas with O_DSYNC before answering and answers FLUSH_VDI with
             // INVALID_PARMS; older sheep with an object cache flushes it. Either answer is success.
-            beginSheepTask(c, t, length: 0)
-            addPiece(c, t, sheepChannel(vol), .flushVDI(id: 0, vid: vol.vid), payload: nil, payloadLength: 0,
+            begin(r, length: 0)
+            addPiece(r, tag, channel(vol), .flushVDI(id: 0, vid: vol.vid), payload: nil, payloadLength: 0,
                      dest: nil, destCapacity: 0)
-            return finishSubmit(c, t)
+            return finishSubmit(r)
         case .mapStatus(_, let offset, let maxLength):
-            return sheepMapStatus(vol, offset: offset, maxLength: maxLength)
+            return mapStatus(vol, offset: offset, maxLength: maxLength)
         case .prefetch:
             return .ok(0)
         }
@@ -190,37 +247,32 @@ extension Reactor {
         }
     }
 
-    private func beginSheepTask(_ c: Connection, _ t: Int, length: Int) {
-        c.tasks[t].sheepPending = 1   // a guard piece, dropped by finishSubmit, so no early completion
-        c.tasks[t].sheepFailure = nil
-        c.tasks[t].sheepLength = length
-        c.tasks[t].state = .storeIO
-        c.storeInFlight += 1
+    private func begin(_ r: UnsafeMutablePointer<StoreRequest>, length: Int) {
+        // A guard piece, dropped by finishSubmit, so that no piece completes the request while it is being split.
+        r.pointee = StoreRequest(kind: .sheep, length: length, pending: 1)
     }
 
-    private func finishSubmit(_ c: Connection, _ t: Int) -> StoreResult? {
-        c.tasks[t].sheepPending -= 1
-        if c.tasks[t].sheepPending > 0 { return nil }
-        c.storeInFlight -= 1
-        return c.tasks[t].sheepFailure ?? .ok(c.tasks[t].sheepLength)
+    private func finishSubmit(_ r: UnsafeMutablePointer<StoreRequest>) -> StoreResult? {
+        r.pointee.pending -= 1
+        if r.pointee.pending > 0 { return nil }
+        return r.pointee.failure.map { .failed($0) } ?? .ok(r.pointee.length)
     }
 
-    private func addPiece(_ c: Connection, _ t: Int, _ ch: SheepChannel, _ h: SheepRequestHeader,
-                          payload: UnsafeRawPointer?, payloadLength: Int, dest: UnsafeMutableRawPointer?,
-                          destCapacity: Int) {
-        let waiter = SheepWaiter.taskPiece(connection: Int32(c.index), generation: c.generation, task: Int32(t))
+    private func addPiece(_ r: UnsafeMutablePointer<StoreRequest>, _ tag: UInt64, _ ch: SheepChannel<Host>,
+                          _ h: SheepRequestHeader, payload: UnsafeRawPointer?, payloadLength: Int,
+                          dest: UnsafeMutableRawPointer?, destCapacity: Int) {
         if ch.submit(h, payload: payload, payloadLength: payloadLength, dest: dest, destCapacity: destCapacity,
-                     waiter: waiter) {
-            c.tasks[t].sheepPending += 1
+                     waiter: .request(tag: tag)) {
+            r.pointee.pending += 1
         } else {
             // The channel's request table is full: fail this piece (the initiator retries on BUSY-like sense).
-            c.tasks[t].sheepFailure = .failed(.unavailable)
+            r.pointee.failure = .unavailable
         }
     }
 
-    private func writePieces(_ c: Connection, _ t: Int, _ vol: SheepVolume, offset: UInt64, length: Int,
-                             data: UnsafeRawPointer) {
-        let ch = sheepChannel(vol)
+    private func writePieces(_ r: UnsafeMutablePointer<StoreRequest>, _ tag: UInt64, _ vol: SheepVolume,
+                             offset: UInt64, length: Int, data: UnsafeRawPointer) {
+        let ch = channel(vol)
         let cur = vol.vid
         forEachPiece(vol, offset, length) { idx, objOff, len, done in
             let owner = vol.owner(idx)
@@ -228,16 +280,17 @@ extension Reactor {
                 // Allocated and ours: straight to sheep from this core.
                 let h = SheepRequestHeader.writeObject(id: 0, oid: SheepOID.data(vid: cur, index: UInt32(idx)),
                                                        offset: UInt32(objOff), length: UInt32(len), copies: vol.copies)
-                addPiece(c, t, ch, h, payload: data + done, payloadLength: len, dest: nil, destCapacity: 0)
+                addPiece(r, tag, ch, h, payload: data + done, payloadLength: len, dest: nil, destCapacity: 0)
             } else {
-                sendHome(c, t, SheepHomeRequest(volume: vol, kind: .write(index: idx, objectOffset: objOff,
-                                                                           length: len, data: data + done),
-                                                originCore: core, waiter: pieceWaiter(c, t)))
+                sendHome(r, SheepHomeRequest(volume: vol, kind: .write(index: idx, objectOffset: objOff,
+                                                                       length: len, data: data + done),
+                                             originCore: core, waiter: .request(tag: tag)))
             }
         }
     }
 
-    private func discardPieces(_ c: Connection, _ t: Int, _ vol: SheepVolume, offset: UInt64, length: UInt64) {
+    private func discardPieces(_ r: UnsafeMutablePointer<StoreRequest>, _ tag: UInt64, _ vol: SheepVolume,
+                               offset: UInt64, length: UInt64) {
         var at = offset
         let end = offset + length
         let objBytes = UInt64(vol.objectBytes)
@@ -249,33 +302,28 @@ extension Reactor {
             let owner = vol.owner(idx)
             if owner != 0 {
                 if objOff == 0 && len == objBytes && owner == cur {
-                    sendHome(c, t, SheepHomeRequest(volume: vol, kind: .deallocate(index: idx), originCore: core,
-                                                    waiter: pieceWaiter(c, t)))
+                    sendHome(r, SheepHomeRequest(volume: vol, kind: .deallocate(index: idx), originCore: core,
+                                                 waiter: .request(tag: tag)))
                 } else {
                     // Part of an object, or one a snapshot shares with us: write zeros (copy-on-write when the
                     // snapshot owns it), so reads return zeros and the snapshot keeps its data.
-                    writePieces(c, t, vol, offset: at, length: Int(len), data: ZeroPages.base)
+                    writePieces(r, tag, vol, offset: at, length: Int(len), data: ZeroPages.base)
                 }
             }
             at += len
         }
     }
 
-    @inline(__always)
-    private func pieceWaiter(_ c: Connection, _ t: Int) -> SheepWaiter {
-        .taskPiece(connection: Int32(c.index), generation: c.generation, task: Int32(t))
-    }
-
-    private func sendHome(_ c: Connection, _ t: Int, _ req: SheepHomeRequest) {
-        c.tasks[t].sheepPending += 1
-        if req.volume.homeCore == core || req.volume.homeCore >= runtime.coreCount {
+    private func sendHome(_ r: UnsafeMutablePointer<StoreRequest>, _ req: SheepHomeRequest) {
+        r.pointee.pending += 1
+        if isHome(req.volume) {
             homeHandle(req)
         } else {
-            runtime.post(core: req.volume.homeCore, .sheepHome(req))
+            host.postHome(core: req.volume.homeCore, req)
         }
     }
 
-    func sheepMapStatus(_ vol: SheepVolume, offset: UInt64, maxLength: UInt64) -> StoreResult {
+    func mapStatus(_ vol: SheepVolume, offset: UInt64, maxLength: UInt64) -> StoreResult {
         guard offset < vol.byteCount else { return .extent(mapped: false, length: 0) }
         let objBytes = UInt64(vol.objectBytes)
         let end = min(vol.byteCount, offset &+ maxLength)
@@ -292,10 +340,10 @@ extension Reactor {
     // MARK: - Replies
 
     /// A sheep reply (or a failure) for whoever waits on it.
-    func sheepReply(_ waiter: SheepWaiter, result: SheepResult, bytes: Int, failure: StoreError?, vdiID: UInt32 = 0) {
+    func reply(_ waiter: SheepWaiter, result: SheepResult, bytes: Int, failure: StoreError?, vdiID: UInt32 = 0) {
         switch waiter {
         case .none: break
-        case .taskPiece(let ci, let gen, let t):
+        case .request(let tag):
             var outcome: StoreError? = failure
             if outcome == nil {
                 switch result {
@@ -305,7 +353,7 @@ extension Reactor {
                 default: outcome = .mediumError
                 }
             }
-            pieceDone(Int(ci), gen, Int(t), failure: outcome, result: result)
+            pieceDone(tag, failure: outcome, result: result)
         case .home(let op):
             homeReply(op, result: result, failure: failure, vdiID: vdiID)
         }
@@ -313,43 +361,42 @@ extension Reactor {
 
     /// A data write went to a VDI that has become a snapshot: the home core reloads and redoes it as
     /// copy-on-write into the new working VDI. The piece stays pending until the home core answers.
-    func sheepReadonlyWrite(_ waiter: SheepWaiter, oid: UInt64, objectOffset: Int, length: Int,
-                            data: UnsafeRawPointer?) -> Bool {
-        guard case .taskPiece(let ci, let gen, let t) = waiter, let c = connection(Int(ci), gen), let data,
-              let lun = c.tasks[Int(t)].lun, case .sheep(let vol) = lun.backing else { return false }
+    func readonlyWrite(_ waiter: SheepWaiter, oid: UInt64, objectOffset: Int, length: Int,
+                       data: UnsafeRawPointer?) -> Bool {
+        // The volume the piece was written to: for EXTENDED COPY that is not the command's own LUN.
+        guard case .request(let tag) = waiter, let data, let vol = host.storeVolume(tag) else { return false }
         let req = SheepHomeRequest(volume: vol, kind: .write(index: Int(SheepOID.dataIndex(of: oid)),
                                                              objectOffset: objectOffset, length: length, data: data),
                                    originCore: core, waiter: waiter, readonlyVID: SheepOID.vid(of: oid))
-        if vol.homeCore == core || vol.homeCore >= runtime.coreCount { homeHandle(req) }
-        else { runtime.post(core: vol.homeCore, .sheepHome(req)) }
+        if isHome(vol) { homeHandle(req) } else { host.postHome(core: vol.homeCore, req) }
         return true
     }
 
-    /// One piece of a task finished; the last one completes the store operation.
-    func pieceDone(_ ci: Int, _ gen: UInt32, _ t: Int, failure: StoreError?, result: SheepResult) {
-        guard let c = connection(ci, gen) else { return }
-        guard c.tasks[t].sheepPending > 0 else { return }
-        if let failure, c.tasks[t].sheepFailure == nil {
+    /// One piece of a request finished; the last one finishes the request.
+    func pieceDone(_ tag: UInt64, failure: StoreError?, result: SheepResult) {
+        guard let r = host.storeRequest(tag), r.pointee.kind == .sheep, r.pointee.pending > 0 else { return }
+        if let failure, r.pointee.failure == nil {
             // A FLUSH_VDI answered INVALID_PARMS means there is nothing to flush (no object cache).
-            if !(result == .invalidParms && c.tasks[t].sheepLength == 0 && failure == .mediumError) {
-                c.tasks[t].sheepFailure = .failed(failure)
+            if !(result == .invalidParms && r.pointee.length == 0 && failure == .mediumError) {
+                r.pointee.failure = failure
             }
         }
-        c.tasks[t].sheepPending -= 1
-        if c.tasks[t].sheepPending > 0 { return }
-        c.storeInFlight -= 1
-        if c.phase == .closing { maybeRelease(c); return }
-        c.storeDone(t, c.tasks[t].sheepFailure ?? .ok(c.tasks[t].sheepLength))
+        r.pointee.pending -= 1
+        if r.pointee.pending > 0 { return }
+        host.storeFinished(tag, r.pointee.failure.map { .failed($0) } ?? .ok(r.pointee.length))
+    }
+
+    /// The home core's answer for a piece that this core waits for (from the mailbox).
+    func homeAnswered(_ waiter: SheepWaiter, failure: StoreError?) {
+        if case .request(let tag) = waiter { pieceDone(tag, failure: failure, result: .success) }
     }
 
     /// A home-core answer for a piece that another core (or this one) waits for.
     func homeDone(_ req: SheepHomeRequest, failure: StoreError?) {
-        if req.originCore == core || req.originCore >= runtime.coreCount {
-            if case .taskPiece(let ci, let gen, let t) = req.waiter {
-                pieceDone(Int(ci), gen, Int(t), failure: failure, result: .success)
-            }
+        if req.originCore == core || req.originCore >= coreCount {
+            homeAnswered(req.waiter, failure: failure)
         } else {
-            runtime.post(core: req.originCore, .sheepHomeDone(req.waiter, failure))
+            host.postHomeDone(core: req.originCore, req.waiter, failure)
         }
     }
 
@@ -357,14 +404,14 @@ extension Reactor {
 
     func home(_ vol: SheepVolume) -> SheepHome {
         let key = ObjectIdentifier(vol)
-        if let h = sheepHomes[key] { return h }
+        if let h = homes[key] { return h }
         let h = SheepHome()
-        sheepHomes[key] = h
+        homes[key] = h
         return h
     }
 
     func homeHandle(_ req: SheepHomeRequest) {
-        if !running {
+        if !host.isRunning {
             // Stopping: nothing new goes to sheep.
             homeDone(req, failure: .unavailable)
             return
@@ -389,7 +436,7 @@ extension Reactor {
         }
         let cur = vol.vid
         let owner = vol.owner(idx)
-        let ch = sheepChannel(vol)
+        let ch = channel(vol)
         switch req.kind {
         case .write(_, let objOff, let len, let data):
             if owner == cur {
@@ -416,10 +463,10 @@ extension Reactor {
         }
     }
 
-    private func submitHome(_ ch: SheepChannel, _ hdr: SheepRequestHeader, payload: UnsafeRawPointer?, length: Int,
+    private func submitHome(_ ch: SheepChannel<Host>, _ hdr: SheepRequestHeader, payload: UnsafeRawPointer?, length: Int,
                             op: Int32, req: SheepHomeRequest?) {
         if !ch.submit(hdr, payload: payload, payloadLength: length, dest: nil, destCapacity: 0, waiter: .home(op: op)) {
-            sheepHomeOps[op] = nil
+            homeOps[op] = nil
             if let req { finishHome(req, failure: .unavailable) }
         }
     }
@@ -434,18 +481,18 @@ extension Reactor {
                                                  offset: SheepInodeLayout.slotOffset(UInt32(idx)), length: 4,
                                                  copies: vol.copies)
         let p = op.payload.withUnsafeBytes { $0.baseAddress! }   // the array lives in the op until the reply
-        submitHome(sheepChannel(vol), hdr, payload: p, length: 4, op: id, req: req)
+        submitHome(channel(vol), hdr, payload: p, length: 4, op: id, req: req)
     }
 
     private func newHomeOp(_ op: SheepHomeOp) -> Int32 {
-        sheepHomeOpCounter &+= 1
-        if sheepHomeOpCounter < 0 { sheepHomeOpCounter = 1 }
-        sheepHomeOps[sheepHomeOpCounter] = op
-        return sheepHomeOpCounter
+        homeOpCounter &+= 1
+        if homeOpCounter < 0 { homeOpCounter = 1 }
+        homeOps[homeOpCounter] = op
+        return homeOpCounter
     }
 
     func homeReply(_ id: Int32, result: SheepResult, failure: StoreError?, vdiID: UInt32) {
-        guard let op = sheepHomeOps.removeValue(forKey: id) else { return }
+        guard let op = homeOps.removeValue(forKey: id) else { return }
         let vol = op.volume
         if let failure {
             if let req = op.request { finishHome(req, failure: failure) }
@@ -540,9 +587,9 @@ extension Reactor {
         // answers LOCK_VDI like GET_VDI_INFO.
         let hdr = SheepRequestHeader.vdiLookup(vol.lockedVID != 0 ? .lockVDI : .getVDIInfo, id: 0, snapID: 0)
         let p = op.payload.withUnsafeBytes { $0.baseAddress! }
-        if !sheepChannel(vol).submit(hdr, payload: p, payloadLength: op.payload.count, dest: nil, destCapacity: 0,
+        if !channel(vol).submit(hdr, payload: p, payloadLength: op.payload.count, dest: nil, destCapacity: 0,
                                      waiter: .home(op: id)) {
-            sheepHomeOps[id] = nil
+            homeOps[id] = nil
             reloadFinished(vol, newVID: nil)
         }
     }
@@ -555,9 +602,9 @@ extension Reactor {
         let id = newHomeOp(op)
         let hdr = SheepRequestHeader.readObject(id: 0, oid: SheepOID.inode(vid: newVID),
                                                 offset: UInt32(SheepInodeLayout.headerSizeBytes), length: UInt32(bytes))
-        if !sheepChannel(vol).submit(hdr, payload: nil, payloadLength: 0, dest: op.buffer, destCapacity: bytes,
+        if !channel(vol).submit(hdr, payload: nil, payloadLength: 0, dest: op.buffer, destCapacity: bytes,
                                      waiter: .home(op: id)) {
-            sheepHomeOps[id] = nil
+            homeOps[id] = nil
             reloadFinished(vol, newVID: newVID)
         }
     }
@@ -586,9 +633,9 @@ extension Reactor {
                                                      offset: SheepInodeLayout.slotOffset(UInt32(idx)), length: 4,
                                                      copies: vol.copies)
             let p = op.payload.withUnsafeBytes { $0.baseAddress! }
-            if !sheepChannel(vol).submit(hdr, payload: p, payloadLength: 4, dest: nil, destCapacity: 0,
+            if !channel(vol).submit(hdr, payload: p, payloadLength: 4, dest: nil, destCapacity: 0,
                                          waiter: .home(op: id)) {
-                sheepHomeOps[id] = nil
+                homeOps[id] = nil
                 reconcileStep(vol)
             }
         }
