@@ -146,6 +146,11 @@ import Testing
         #expect(h.run(Self.startStop(start: false, loadEject: true), nexus: n).isGood)
         #expect(!state.isOnline)
         #expect(h.run(Self.testUnitReady, nexus: n).hasSense(SenseKey.notReady, 0x3A, 0x00))
+        // Loading is held off as well while removal is prevented (libiscsi's PreventAllow.Eject).
+        #expect(h.run(Self.preventAllow(true), nexus: n).isGood)
+        #expect(h.run(Self.startStop(start: true, loadEject: true), nexus: n)
+                .hasSense(SenseKey.illegalRequest, 0x53, 0x02))
+        #expect(h.run(Self.preventAllow(false), nexus: n).isGood)
         #expect(h.run(Self.startStop(start: true, loadEject: true), nexus: n).isGood)
         #expect(h.run(Self.testUnitReady, nexus: n).isGood)
     }

@@ -95,8 +95,9 @@ extension SCSITask {
     }
 
     /// START STOP UNIT: nothing to spin. LOEJ ejects or loads a removable LU's medium as tgt's
-    /// spc_start_stop does (an eject is refused while a nexus prevents removal). A stop flushes (unless
-    /// NO_FLUSH) so an initiator that powers down after it finds its data durable.
+    /// spc_start_stop does. While a nexus prevents removal both are refused (tgt refuses only the eject;
+    /// libiscsi's PreventAllow.Eject expects the load refused too). A stop flushes (unless NO_FLUSH) so
+    /// an initiator that powers down after it finds its data durable.
     mutating func startStopUnit() -> SCSIAction {
         let b4 = cdb[4]
         let start = b4 & 0x01 != 0
@@ -104,6 +105,7 @@ extension SCSITask {
         let noFlush = b4 & 0x04 != 0
         let powerCondition = b4 >> 4
         if loadEject, powerCondition == 0, let lun, lun.presentation.removable {
+            if start && lun.state.isRemovalPrevented { return fail(SenseKey.illegalRequest, .mediumRemovalPrevented) }
             if !lun.state.setOnline(start) {
                 let present = lun.state.isOnline
                 return fail(present ? SenseKey.illegalRequest : SenseKey.notReady, .mediumRemovalPrevented)
