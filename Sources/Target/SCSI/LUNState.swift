@@ -306,8 +306,8 @@ public final class LUNState: @unchecked Sendable {
     public var isOnline: Bool { shared.withLock { $0.online } }
     public var isRemovalPrevented: Bool { shared.withLock { $0.removalPrevented } }
 
-    /// PREVENT ALLOW MEDIUM REMOVAL from `nexus`. A nexus beyond maxNexusRecords has no record to keep
-    /// it in, so its PREVENT is not remembered (it could not have been admitted with a UA either).
+    /// PREVENT ALLOW MEDIUM REMOVAL from `nexus`. Beyond maxNexusRecords a nexus is served without a
+    /// record (and without unit attentions), so its PREVENT is not remembered: the bound wins.
     func setPreventsRemoval(_ prevent: Bool, nexusID: UInt64) {
         shared.withLock { s in
             if s.nexuses[nexusID] != nil { s.nexuses[nexusID]!.preventsRemoval = prevent }
