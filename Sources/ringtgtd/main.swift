@@ -60,6 +60,11 @@ struct RingTgtd: ParsableCommand {
     @Option(name: .customLong("poll-us"), help: "Busy-poll each core's ring for this many microseconds after its last completion before sleeping (0 = never; lowers latency, costs CPU).")
     var pollMicroseconds: Int = 0
 
+    @Flag(name: .customLong("tgt-defaults"), help: ArgumentHelp(
+        "New LUNs start with tgt's values: vendor IET, no thin provisioning, LBPPBE from the backing file, "
+            + "no optimal transfer granularity (migration from tgt; --params still override)."))
+    var tgtDefaults = false
+
     @Option(name: [.short, .long], help: "Debug level (0 = info, 1 = debug).")
     var debug: Int = 0
 
@@ -151,7 +156,9 @@ struct RingTgtd: ParsableCommand {
             logger.critical("cannot start: \(error)")
             throw ExitCode(1)
         }
-        let registry = Registry(fabric: runtime, opener: StoreOpener(runtime: runtime))
+        var registryOptions = Registry.Options()
+        if tgtDefaults { registryOptions.lunDefaults = .tgt }
+        let registry = Registry(fabric: runtime, opener: StoreOpener(runtime: runtime), options: registryOptions)
         /// A start-up step that failed: log why, stop the cores, exit 1.
         func orExit(_ what: String, _ step: () throws -> Void) throws {
             do {

@@ -38,7 +38,8 @@ public enum ConfigFile {
 
     /// LUN parameters, applied through `--op update --mode logicalunit --params` (tgt-admin's add_params).
     static let lunParameterKeys: Set<String> = ["vendor_id", "product_id", "product_rev", "scsi_id", "scsi_sn",
-                                                "readonly", "thin_provisioning", "optimal_xfer_len", "mode_page"]
+                                                "readonly", "thin_provisioning", "optimal_xfer_len", "mode_page",
+                                                "lbppbe", "la_lba", "optimal_xfer_gran", "removable", "online", "sense_format"]
     /// Store settings that may stand at target level or inside a <backing-store> block.
     static let storeKeys: Set<String> = ["bs-type", "bsopts", "bsoflags", "block-size"]
 

@@ -2,6 +2,13 @@
 // usr/spc.c), and the defaults tgt gives a new LUN, so that a LUN moved from tgt to ringtgt keeps its
 // SCSI ID, serial number and NAA designator (multipath and udev key on them).
 
+/// The defaults a new LUN starts with: ringtgt's own, or tgt's (`ringtgtd --tgt-defaults`), so that
+/// LUNs moved from tgt look the same to initiators without a `--params` on each.
+public enum LUNDefaults: String, Sendable {
+    case ringtgt
+    case tgt
+}
+
 public struct LUNIdentity: Equatable, Sendable {
     /// INQUIRY field widths (SPC-4 §6.6.2) and tgt's SCSI_ID_LEN / SCSI_SN_LEN.
     public static let vendorBytes = 8
@@ -23,15 +30,41 @@ public struct LUNIdentity: Equatable, Sendable {
     public var writeCacheEnabled: Bool?
     /// tgt's optimal_xfer_len, in blocks (VPD B0 OPTIMAL TRANSFER LENGTH).
     public var optimalTransferBlocks: Int?
+    /// tgt's lbppbe, la_lba, optimal_xfer_gran, removable, online and sense_format.
+    public var presentation = LUNPresentation()
+    /// tgt's !no_auto_lbppbe: take LBPPBE from the backing file's preferred I/O size when the LUN is
+    /// created (tgt's update_lbppbe), unless `lbppbe` is given.
+    public var lbppbeFromBacking = false
 
     /// tgt's spc_lu_init defaults: scsi_id "IET     %04x%04x" (tid, lun), scsi_sn "beaf%d%d" (tid, lun).
-    /// Vendor, product and revision stay LogicalUnit's defaults (ringtgt's own INQUIRY identity).
-    public static func tgtDefaults(tid: Int, lun: UInt64) -> LUNIdentity {
+    /// With `.ringtgt` defaults, vendor, product and revision stay LogicalUnit's defaults (ringtgt's own
+    /// INQUIRY identity); with `.tgt`, the rest of what tgt's sbc_lu_init gives a disk too: vendor
+    /// "IET", no thin provisioning, LBPPBE from the backing file and no optimal transfer granularity.
+    public static func tgtDefaults(tid: Int, lun: UInt64, defaults: LUNDefaults = .ringtgt) -> LUNIdentity {
         let tidHex = hex(UInt64(UInt32(truncatingIfNeeded: tid)), width: 4)
         let lunHex = hex(lun, width: 4)
-        return LUNIdentity(vendor: "RINGTGT", product: "VIRTUAL-DISK", revision: "0001",
-                           scsiID: "IET     \(tidHex)\(lunHex)", serial: "beaf\(tid)\(lun)", readOnly: false,
-                           thinProvisioning: nil, writeCacheEnabled: nil, optimalTransferBlocks: nil)
+        var identity = LUNIdentity(vendor: "RINGTGT", product: "VIRTUAL-DISK", revision: "0001",
+                                   scsiID: "IET     \(tidHex)\(lunHex)", serial: "beaf\(tid)\(lun)", readOnly: false,
+                                   thinProvisioning: nil, writeCacheEnabled: nil, optimalTransferBlocks: nil)
+        if defaults == .tgt {
+            identity.vendor = "IET"
+            identity.thinProvisioning = false
+            identity.lbppbeFromBacking = true
+            identity.presentation.optimalTransferGranularityBlocks = 0
+        }
+        return identity
+    }
+
+    /// tgt's update_lbppbe: the exponent that makes a physical block the backing file's preferred I/O
+    /// size (st_blksize; tgt leaves it 0 for a block device).
+    public static func lbppbe(preferredIOBytes: Int, blockSize: Int) -> UInt8 {
+        var exponent: UInt8 = 0
+        var size = preferredIOBytes
+        while size > blockSize && exponent < LUNPresentation.maxLBPPBE {
+            exponent += 1
+            size >>= 1
+        }
+        return exponent
     }
 
     /// Applies tgt's `--params` text ("key=value,key=value"). Unknown keys are "invalid request" as in
@@ -63,6 +96,16 @@ public struct LUNIdentity: Equatable, Sendable {
             optimalTransferBlocks = Int(n)
         case "mode_page":
             writeCacheEnabled = try Self.cachingPageWCE(value)
+        case "lbppbe":
+            presentation.lbppbe = UInt8(try Self.number(value, key: key, max: UInt64(LUNPresentation.maxLBPPBE)))
+            lbppbeFromBacking = false
+        case "la_lba":
+            presentation.lowestAlignedLBA = UInt16(try Self.number(value, key: key, max: UInt64(LUNPresentation.maxLowestAlignedLBA)))
+        case "optimal_xfer_gran":
+            presentation.optimalTransferGranularityBlocks = UInt16(try Self.number(value, key: key, max: UInt64(UInt16.max)))
+        case "removable": presentation.removable = try Self.flag(value, key: key)
+        case "online": presentation.online = try Self.flag(value, key: key)
+        case "sense_format": presentation.descriptorSense = try Self.flag(value, key: key)
         default:
             throw AdminError(.invalidRequest, "unsupported logical unit parameter '\(key)'")
         }
@@ -74,6 +117,14 @@ public struct LUNIdentity: Equatable, Sendable {
             throw AdminError(.invalidRequest, "\(key) must be printable ASCII")
         }
         return String(decoding: value.utf8.prefix(width), as: UTF8.self)
+    }
+
+    /// A number that must fit its SCSI field (tgt's atoi would silently truncate it).
+    static func number(_ value: String, key: String, max: UInt64) throws -> UInt64 {
+        guard let n = ISCSITargetKeys.parseUnsigned(value), n <= max else {
+            throw AdminError(.invalidRequest, "\(key) must be a number from 0 to \(max)")
+        }
+        return n
     }
 
     /// tgt reads these with atoi: "0" is off, any other number on.

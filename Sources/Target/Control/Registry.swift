@@ -13,6 +13,8 @@ public final class Registry: @unchecked Sendable {
         public var controllerLUN0: Bool
         /// The backing store type used when `--bstype` is absent (tgt's iSCSI default_bst).
         public var defaultBackingStoreType: String
+        /// What a new LUN looks like before its `--params` (`ringtgtd --tgt-defaults`: tgt's values).
+        public var lunDefaults: LUNDefaults = .ringtgt
 
         public init(controllerLUN0: Bool = false, defaultBackingStoreType: String = "rdwr") {
             self.controllerLUN0 = controllerLUN0
@@ -352,8 +354,11 @@ public final class Registry: @unchecked Sendable {
             }
             blockSize = Int(n)
         }
-        var identity = LUNIdentity.tgtDefaults(tid: tid, lun: lun)
+        var identity = LUNIdentity.tgtDefaults(tid: tid, lun: lun, defaults: self.options.lunDefaults)
         if let params = r.params { try identity.apply(params: params) }
+        if identity.lbppbeFromBacking {
+            identity.presentation.lbppbe = Self.backingLBPPBE(bstype: bstype, path: path, blockSize: blockSize)
+        }
 
         var options: [String: String] = [:]
         if let raw = r.bsopts {
@@ -427,13 +432,29 @@ public final class Registry: @unchecked Sendable {
     /// `--op update --mode logicalunit --params ...`. LogicalUnit is immutable, so a changed identity
     /// means a new LogicalUnit over the same backing: the LUN's SCSI state (reservations, unit
     /// attentions) starts afresh, as after a LUN reset. tgt-admin sends these right after `--op new`.
+    /// `online` alone is the medium state of the LU as it is (tgt's lu_online / lu_offline), refused
+    /// while an initiator prevents removal.
     private func updateLogicalUnit(_ r: AdminRequest, tid: Int, lun: UInt64) throws {
         guard var target = targets[tid] else { throw AdminError(.noTarget) }
         guard var record = target.luns[lun] else { throw AdminError(.noLUN) }
         guard let params = r.params else { throw AdminError(.invalidRequest, "--params is required") }
         var identity = record.identity
         try identity.apply(params: params)
-        if identity == record.identity { return }
+        let setsOnline = params.split(separator: ",").contains { $0.hasPrefix("online=") }
+        // An eject (START STOP UNIT) may have taken the medium away since: a new LogicalUnit keeps that.
+        if !setsOnline { identity.presentation.online = record.unit.state.isOnline }
+        if setsOnline && !identity.presentation.online && record.unit.state.isRemovalPrevented {
+            throw AdminError(.preventRemoval)
+        }
+        var unchanged = identity
+        unchanged.presentation.online = record.identity.presentation.online
+        if unchanged == record.identity {
+            if setsOnline, !record.unit.state.setOnline(identity.presentation.online) { throw AdminError(.preventRemoval) }
+            record.identity = identity
+            target.luns[lun] = record
+            targets[tid] = target
+            return
+        }
         let old = record.unit
         record.unit = try Self.makeUnit(number: lun, blockSize: old.blockSize, byteCount: old.byteCount,
                                         storeCapabilities: record.storeCapabilities, identity: identity,
@@ -470,7 +491,16 @@ public final class Registry: @unchecked Sendable {
                            capabilities: caps, vendor: identity.vendor, product: identity.product,
                            revision: identity.revision, serial: identity.serial,
                            naa: LUNIdentity.naaDesignator(scsiID: identity.scsiID),
-                           backing: backing, bstype: bstype, path: path)
+                           backing: backing, bstype: bstype, path: path, presentation: identity.presentation)
+    }
+
+    /// tgt's bs_rdwr/bs_aio set LBPPBE from the backing file's st_blksize; a block device (blksize 0
+    /// there) and its other stores leave it 0.
+    static func backingLBPPBE(bstype: String, path: String, blockSize: Int) -> UInt8 {
+        guard bstype == "rdwr" || bstype == "aio" else { return 0 }
+        var st = stat()
+        guard stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { return 0 }
+        return LUNIdentity.lbppbe(preferredIOBytes: Int(st.st_blksize), blockSize: blockSize)
     }
 
     // MARK: portal, lld, account, connection

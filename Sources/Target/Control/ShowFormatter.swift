@@ -54,15 +54,16 @@ enum ShowFormatter {
     }
 
     private static func lunBlock(number: UInt64, type: String, scsiID: String, serial: String, size: String, blockSize: Int,
-                                 readOnly: Bool, thin: Bool, bstype: String, path: String, flags: String) -> String {
+                                 readOnly: Bool, thin: Bool, bstype: String, path: String, flags: String,
+                                 medium: (online: Bool, removable: Bool, prevented: Bool) = (true, false, false)) -> String {
         "\(tab2)LUN: \(number)\n"
             + "\(tab3)Type: \(type)\n"
             + "\(tab3)SCSI ID: \(scsiID)\n"
             + "\(tab3)SCSI SN: \(serial)\n"
             + "\(tab3)Size: \(size), Block size: \(blockSize)\n"
-            + "\(tab3)Online: Yes\n"
-            + "\(tab3)Removable media: No\n"
-            + "\(tab3)Prevent removal: No\n"
+            + "\(tab3)Online: \(medium.online ? "Yes" : "No")\n"
+            + "\(tab3)Removable media: \(medium.removable ? "Yes" : "No")\n"
+            + "\(tab3)Prevent removal: \(medium.prevented ? "Yes" : "No")\n"
             + "\(tab3)Readonly: \(readOnly ? "Yes" : "No")\n"
             + "\(tab3)SWP: No\n"
             + "\(tab3)Thin-provisioning: \(thin ? "Yes" : "No")\n"
@@ -75,7 +76,8 @@ enum ShowFormatter {
         let u = r.unit
         return lunBlock(number: u.number, type: "disk", scsiID: r.identity.scsiID, serial: r.identity.serial,
                         size: diskSize(u.byteCount), blockSize: u.blockSize, readOnly: u.capabilities.readOnly,
-                        thin: u.capabilities.canDiscard, bstype: u.bstype, path: u.path, flags: r.openFlags.text)
+                        thin: u.capabilities.canDiscard, bstype: u.bstype, path: u.path, flags: r.openFlags.text,
+                        medium: (u.state.isOnline, u.presentation.removable, u.state.isRemovalPrevented))
     }
 
     /// The LUN 0 tgt creates with every target (tgt_device_create(tid, TYPE_RAID, 0, NULL, 0)).

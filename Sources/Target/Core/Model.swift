@@ -24,10 +24,13 @@ public final class LogicalUnit: @unchecked Sendable {
     /// Backing-store type and path as the admin gave them (shown by `--op show`).
     public let bstype: String
     public let path: String
+    /// tgt's lbppbe, la_lba, optimal_xfer_gran, removable, online and sense_format.
+    public let presentation: LUNPresentation
 
     public init(number: UInt64, blockSize: Int, blockCount: UInt64, capabilities: StoreCapabilities,
                 vendor: String = "RINGTGT", product: String = "VIRTUAL-DISK", revision: String = "0001",
-                serial: String, naa: [UInt8], backing: Backing, bstype: String, path: String) {
+                serial: String, naa: [UInt8], backing: Backing, bstype: String, path: String,
+                presentation: LUNPresentation = LUNPresentation()) {
         precondition(blockSize == 512 || blockSize == 4096, "block size must be 512 or 4096")
         precondition(naa.count == 16, "NAA designator is 16 bytes")
         self.number = number
@@ -42,7 +45,9 @@ public final class LogicalUnit: @unchecked Sendable {
         self.backing = backing
         self.bstype = bstype
         self.path = path
-        self.state = LUNState(blockSize: blockSize, blockCount: blockCount, capabilities: capabilities)
+        self.presentation = presentation
+        self.state = LUNState(blockSize: blockSize, blockCount: blockCount, capabilities: capabilities,
+                              removable: presentation.removable, online: presentation.online)
     }
 
     public var byteCount: UInt64 { blockCount &* UInt64(blockSize) }

@@ -39,6 +39,10 @@ extension SCSITask {
     }
 
     mutating func dispatch(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        // One bit of the flags already loaded: the hot path pays a predicted branch for removable media.
+        if _slowPath(lunFlags & LUNState.flagMediumNotPresent != 0), accessesMedium {
+            return fail(SenseKey.notReady, .mediumNotPresent)
+        }
         switch opcode {
         // Hot path first.
         case Opcode.read10, Opcode.read16, Opcode.read12, Opcode.read6: return startRead(buffer: buffer)
@@ -80,6 +84,23 @@ extension SCSITask {
         case Opcode.receiveCopyResults: return receiveCopyResults(buffer: buffer)
         case Opcode.readDefectData10, Opcode.readDefectData12: return readDefectData(buffer: buffer)
         default: return invalidOpcode()
+        }
+    }
+
+    /// The commands tgt's sbc.c refuses with MEDIUM NOT PRESENT while a removable LU is offline: those
+    /// that read, write or size the medium.
+    var accessesMedium: Bool {
+        switch opcode {
+        case Opcode.read6, Opcode.read10, Opcode.read12, Opcode.read16,
+             Opcode.write6, Opcode.write10, Opcode.write12, Opcode.write16,
+             Opcode.writeAndVerify10, Opcode.writeAndVerify12, Opcode.writeAndVerify16,
+             Opcode.verify10, Opcode.verify12, Opcode.verify16, Opcode.orWrite16, Opcode.compareAndWrite,
+             Opcode.writeSame10, Opcode.writeSame16, Opcode.unmap, Opcode.prefetch10, Opcode.prefetch16,
+             Opcode.synchronizeCache10, Opcode.synchronizeCache16, Opcode.readCapacity10,
+             Opcode.serviceActionIn16, Opcode.extendedCopy:
+            return true
+        default:
+            return false
         }
     }
 }

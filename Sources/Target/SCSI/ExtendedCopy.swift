@@ -267,7 +267,7 @@ extension SCSITask {
             b.put32(16, ExtendedCopyLimits.maxSegmentBytes)
             b.put16(34, 1)                                   // total concurrent copies
             b.put8(36, 1)                                    // maximum concurrent copies
-            b.put8(37, UInt8(BlockLimits.lbppbe(blockSize: lun.blockSize) + 9))   // segment granularity, log2 bytes
+            b.put8(37, UInt8(lun.presentation.lbppbe + 9))   // segment granularity, log2 bytes
             b.put8(43, UInt8(implemented.count))
             for (i, t) in implemented.enumerated() { b.put8(44 + i, t) }
             return completeDataIn(generated: n, allocationLength: allocation)

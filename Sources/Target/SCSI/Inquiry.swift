@@ -54,7 +54,7 @@ extension SCSITask {
             return n
         }
         b.put8(0, 0x00)                        // connected, direct access block device
-        b.put8(1, 0x00)                        // not removable
+        b.put8(1, lun.presentation.removable ? 0x80 : 0x00)                 // RMB
         b.put8(2, InquiryData.versionSPC4)
         b.put8(3, 0x12)                        // HISUP, response data format 2
         b.put8(4, UInt8(n - 5))
@@ -152,10 +152,10 @@ extension SCSITask {
         b.zero(0, 4 + pageLength)
         vpdHeader(b, page: 0xB0, length: pageLength)
         let bs = UInt64(lun.blockSize)
-        let physical = UInt16(1) << UInt16(BlockLimits.lbppbe(blockSize: lun.blockSize))
+        let physical = UInt16(1) << UInt16(lun.presentation.lbppbe)
         b.put8(4, 0x00)                                                      // WSNZ = 0
         b.put8(5, UInt8(maxCompareAndWriteBlocks(bufferBytes: b.count)))
-        b.put16(6, physical)                                                 // optimal granularity
+        b.put16(6, lun.presentation.optimalTransferGranularityBlocks ?? physical)
         b.put32(8, UInt32(BlockLimits.maxTransferBytes / bs))
         let optimal = UInt32(truncatingIfNeeded: max(0, lun.capabilities.optimalTransferBytes) / lun.blockSize)
         b.put32(12, optimal)

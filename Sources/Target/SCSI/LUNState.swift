@@ -55,6 +55,8 @@ struct NexusRecord {
     let isid: UInt64
     let relativeTargetPortID: UInt16
     var unitAttentions = UnitAttentionQueue()
+    /// PREVENT ALLOW MEDIUM REMOVAL's PREVENT field from this nexus (SPC-4 §6.13).
+    var preventsRemoval = false
 }
 
 /// Identity of an I_T nexus as persistent reservations see it: initiator port (name + ISID) and the
@@ -150,6 +152,11 @@ struct LUNSharedState {
     var mode: ModeParameters
     /// EXTENDED COPY results held for RECEIVE COPY RESULTS (bounded by ExtendedCopyLimits.maxHeldResults).
     var copyResults: [CopyResult] = []
+    /// tgt's online: the medium is present. START STOP UNIT ejects and loads a removable LU's medium.
+    var online = true
+
+    /// tgt's lu_prevent_removal: some nexus has prevented medium removal.
+    var removalPrevented: Bool { nexuses.values.contains { $0.preventsRemoval } }
 }
 
 public final class LUNState: @unchecked Sendable {
@@ -161,25 +168,34 @@ public final class LUNState: @unchecked Sendable {
     static let flagReservationHeld: UInt64 = 1 << 0
     static let flagSoftwareWriteProtect: UInt64 = 1 << 1
     static let flagWriteCacheDisabled: UInt64 = 1 << 2
+    /// The LU is offline (tgt's online=0): TEST UNIT READY answers NOT READY.
+    static let flagOffline: UInt64 = 1 << 3
+    /// Offline and removable: commands that touch the medium get MEDIUM NOT PRESENT.
+    static let flagMediumNotPresent: UInt64 = 1 << 4
 
     let blockSize: Int
     let blockCount: UInt64
     let capabilities: StoreCapabilities
+    let removable: Bool
 
     let fastFlags: Atomic<UInt64>
     let knownGeneration: Atomic<UInt64>
     let admitted: InlineArray<256, Atomic<UInt64>>
     let shared: Mutex<LUNSharedState>
 
-    public init(blockSize: Int, blockCount: UInt64, capabilities: StoreCapabilities) {
+    public init(blockSize: Int, blockCount: UInt64, capabilities: StoreCapabilities, removable: Bool = false,
+                online: Bool = true) {
         self.blockSize = blockSize
         self.blockCount = blockCount
         self.capabilities = capabilities
+        self.removable = removable
         let mode = ModeParameters(capabilities: capabilities)
-        fastFlags = Atomic(mode.writeCacheEnabled ? 0 : LUNState.flagWriteCacheDisabled)
+        var initial = LUNSharedState(mode: mode)
+        initial.online = online
+        fastFlags = Atomic(LUNState.flags(of: initial, removable: removable))
         knownGeneration = Atomic(LUNSharedState.unknownGeneration)
         admitted = InlineArray { _ in Atomic<UInt64>(0) }
-        shared = Mutex(LUNSharedState(mode: mode))
+        shared = Mutex(initial)
         precondition(admitted.count == LUNState.admissionCacheSlots, "admission cache size and constant disagree")
     }
 
@@ -216,11 +232,19 @@ public final class LUNState: @unchecked Sendable {
     }
 
     func publishFlags(_ s: LUNSharedState) {
+        fastFlags.store(LUNState.flags(of: s, removable: removable), ordering: .releasing)
+    }
+
+    static func flags(of s: LUNSharedState, removable: Bool) -> UInt64 {
         var f: UInt64 = 0
         if s.spc2Holder != nil || s.pr.reserved { f |= LUNState.flagReservationHeld }
         if s.mode.softwareWriteProtect { f |= LUNState.flagSoftwareWriteProtect }
         if !s.mode.writeCacheEnabled { f |= LUNState.flagWriteCacheDisabled }
-        fastFlags.store(f, ordering: .releasing)
+        if !s.online {
+            f |= LUNState.flagOffline
+            if removable { f |= LUNState.flagMediumNotPresent }
+        }
+        return f
     }
 
     /// Unit-attention bookkeeping for a command from `nexus`. Returns the condition to report, already
@@ -263,15 +287,42 @@ public final class LUNState: @unchecked Sendable {
     }
 
     /// LOGICAL UNIT RESET / target reset: release the SPC-2 reservation, restore default mode
-    /// parameters and raise `asc` for every known nexus (SAM-5 §6.3.3). PR state persists.
+    /// parameters, end every prevention of medium removal (SPC-4 §6.13) and raise `asc` for every known
+    /// nexus (SAM-5 §6.3.3). PR state persists.
     func reset(raising asc: ASC) {
         shared.withLock { s in
             s.spc2Holder = nil
             s.mode = ModeParameters(capabilities: capabilities)
+            for id in Array(s.nexuses.keys) { s.nexuses[id]!.preventsRemoval = false }
             queueUAForAll(&s, except: nil, asc)
             publishFlags(s)
         }
     }
 
     var modeParameters: ModeParameters { shared.withLock { $0.mode } }
+
+    // MARK: Medium (tgt's online, removable and prevent removal)
+
+    public var isOnline: Bool { shared.withLock { $0.online } }
+    public var isRemovalPrevented: Bool { shared.withLock { $0.removalPrevented } }
+
+    /// PREVENT ALLOW MEDIUM REMOVAL from `nexus`. Beyond maxNexusRecords a nexus is served without a
+    /// record (and without unit attentions), so its PREVENT is not remembered: the bound wins.
+    func setPreventsRemoval(_ prevent: Bool, nexusID: UInt64) {
+        shared.withLock { s in
+            if s.nexuses[nexusID] != nil { s.nexuses[nexusID]!.preventsRemoval = prevent }
+        }
+    }
+
+    /// Brings the medium online or takes it offline, as tgt's spc_lu_online / spc_lu_offline: going
+    /// offline is refused while some nexus prevents removal. Returns false when refused.
+    @discardableResult
+    public func setOnline(_ online: Bool) -> Bool {
+        shared.withLock { s in
+            if !online && s.removalPrevented { return false }
+            s.online = online
+            publishFlags(s)
+            return true
+        }
+    }
 }

@@ -16,13 +16,12 @@ enum BlockLimits {
     static let maxUnmapBytes: UInt64 = 256 * 1024 * 1024
     /// MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT.
     static let maxUnmapDescriptors = 256
-    /// Logical blocks per physical block exponent (READ CAPACITY 16). Zero: provisioning and GET LBA STATUS
+    /// Logical blocks per physical block exponent (READ CAPACITY 16) unless the LUN's lbppbe parameter
+    /// says otherwise (LUNPresentation). Zero: provisioning and GET LBA STATUS
     /// work per logical block, and reporting 4 KiB physical blocks would make GET LBA STATUS descriptors
     /// disagree with initiators that assume one logical block per physical block (libiscsi's
     /// GetLBAStatus.UnmapSingle).
     static let logicalBlocksPerPhysicalBlockExponent: UInt8 = 0
-
-    static func lbppbe(blockSize: Int) -> UInt8 { logicalBlocksPerPhysicalBlockExponent }
 }
 
 extension SCSITask {

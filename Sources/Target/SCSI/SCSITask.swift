@@ -215,7 +215,7 @@ public struct SCSITask {
         }
     }
 
-    public var senseLength: Int { hasSense ? SenseData.fixedLengthBytes : 0 }
+    public var senseLength: Int { hasSense ? sense.length : 0 }
 
     public func copySense(to p: UnsafeMutableRawPointer) {
         guard hasSense else { return }
@@ -251,7 +251,8 @@ public struct SCSITask {
     /// Complete with CHECK CONDITION and the given sense.
     mutating func fail(_ key: UInt8, _ asc: ASC, field: (UInt8, UInt8, UInt8)? = nil,
                        information: UInt64? = nil) -> SCSIAction {
-        sense = SenseData(key: key, asc: asc, information: information, senseKeySpecific: field)
+        sense = SenseData(key: key, asc: asc, information: information, senseKeySpecific: field,
+                          descriptorFormat: lun?.presentation.descriptorSense ?? false)
         hasSense = true
         phase = .idle
         return .complete(status: SCSIStatus.checkCondition, dataInLength: 0, residual: .none)

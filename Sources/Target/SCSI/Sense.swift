@@ -1,6 +1,7 @@
-// Sense data as the SCSI layer reports it: fixed format (response code 0x70), SPC-4 §4.5.3.
-// The task keeps the few fields that vary and renders the 18 bytes only when the transport asks, so
-// failing a command costs a handful of stores and no buffer.
+// Sense data as the SCSI layer reports it: fixed format (response code 0x70, SPC-4 §4.5.3) or, for a
+// LU with tgt's `sense_format=1`, descriptor format (0x72, SPC-4 §4.5.2). The task keeps the few fields
+// that vary and renders the bytes only when the transport asks, so failing a command costs a handful of
+// stores and no buffer.
 
 /// Sense keys (SPC-4 table 49).
 enum SenseKey {
@@ -25,6 +26,9 @@ struct ASC: Equatable {
     static let none = ASC(0x00, 0x00)
     /// LOGICAL UNIT NOT READY, CAUSE NOT REPORTABLE: the backing store is unreachable.
     static let logicalUnitNotReady = ASC(0x04, 0x00)
+    /// LOGICAL UNIT IS IN PROCESS OF BECOMING READY: tgt's answer to TEST UNIT READY on an offline,
+    /// non-removable LU.
+    static let becomingReady = ASC(0x04, 0x01)
     static let writeError = ASC(0x0C, 0x00)
     static let unrecoveredReadError = ASC(0x11, 0x00)
     static let miscompareDuringVerify = ASC(0x1D, 0x00)
@@ -49,14 +53,24 @@ struct ASC: Equatable {
     static let savingParametersNotSupported = ASC(0x39, 0x00)
     static let reportedLUNsDataChanged = ASC(0x3F, 0x0E)
     static let internalTargetFailure = ASC(0x44, 0x00)
+    static let mediumNotPresent = ASC(0x3A, 0x00)
+    static let mediumRemovalPrevented = ASC(0x53, 0x02)
     static let copyTargetDeviceNotReachable = ASC(0x0D, 0x02)
     static let insufficientRegistrationResources = ASC(0x55, 0x04)
 }
 
-/// The variable part of one fixed-format sense buffer.
+/// The variable part of one sense buffer.
 struct SenseData: Equatable {
     /// Bytes of fixed-format sense with additional length 10 (SPC-4 §4.5.3).
     static let fixedLengthBytes = 18
+    /// Descriptor-format header (SPC-4 §4.5.2.1).
+    static let descriptorHeaderBytes = 8
+    /// Information descriptor (type 00h, SPC-4 §4.5.2.2): 64-bit INFORMATION.
+    static let informationDescriptorBytes = 12
+    /// Sense key specific descriptor (type 02h, SPC-4 §4.5.2.3).
+    static let senseKeySpecificDescriptorBytes = 8
+    /// The longest sense this device server renders: a descriptor header with both descriptors.
+    static let maxLengthBytes = descriptorHeaderBytes + informationDescriptorBytes + senseKeySpecificDescriptorBytes
 
     var key: UInt8 = 0
     var asc: ASC = .none
@@ -64,9 +78,11 @@ struct SenseData: Equatable {
     var information: UInt64? = nil
     /// Sense-key-specific bytes 15..17 with SKSV set, or nil.
     var senseKeySpecific: (UInt8, UInt8, UInt8)? = nil
+    /// Descriptor format (response code 72h) instead of fixed (70h).
+    var descriptorFormat = false
 
     static func == (a: SenseData, b: SenseData) -> Bool {
-        a.key == b.key && a.asc == b.asc && a.information == b.information
+        a.key == b.key && a.asc == b.asc && a.information == b.information && a.descriptorFormat == b.descriptorFormat
             && a.senseKeySpecific?.0 == b.senseKeySpecific?.0 && a.senseKeySpecific?.1 == b.senseKeySpecific?.1
             && a.senseKeySpecific?.2 == b.senseKeySpecific?.2
     }
@@ -80,8 +96,18 @@ struct SenseData: Equatable {
         return (b0, UInt8(p >> 8), UInt8(p & 0xFF))
     }
 
-    /// Writes the 18 sense bytes at `to`.
+    /// Bytes `render(to:)` writes.
+    var length: Int {
+        guard descriptorFormat else { return SenseData.fixedLengthBytes }
+        var n = SenseData.descriptorHeaderBytes
+        if information != nil { n += SenseData.informationDescriptorBytes }
+        if senseKeySpecific != nil { n += SenseData.senseKeySpecificDescriptorBytes }
+        return n
+    }
+
+    /// Writes `length` sense bytes at `to`.
     func render(to p: UnsafeMutableRawPointer) {
+        if descriptorFormat { return renderDescriptor(to: p) }
         let b = p.assumingMemoryBound(to: UInt8.self)
         for i in 0..<SenseData.fixedLengthBytes { b[i] = 0 }
         b[0] = 0x70
@@ -100,6 +126,34 @@ struct SenseData: Equatable {
             b[15] = s.0 | 0x80
             b[16] = s.1
             b[17] = s.2
+        }
+    }
+
+    /// Descriptor format: the header, then an information descriptor (the full 64 bits, unlike the fixed
+    /// format's 32) and a sense key specific descriptor when those fields are set.
+    private func renderDescriptor(to p: UnsafeMutableRawPointer) {
+        let b = p.assumingMemoryBound(to: UInt8.self)
+        let n = length
+        for i in 0..<n { b[i] = 0 }
+        b[0] = 0x72
+        b[1] = key & 0x0F
+        b[2] = asc.code
+        b[3] = asc.qualifier
+        b[7] = UInt8(n - SenseData.descriptorHeaderBytes)
+        var d = SenseData.descriptorHeaderBytes
+        if let info = information {
+            b[d] = 0x00
+            b[d + 1] = UInt8(SenseData.informationDescriptorBytes - 2)
+            b[d + 2] = 0x80                                          // VALID
+            for i in 0..<8 { b[d + 4 + i] = UInt8(truncatingIfNeeded: info >> (56 - 8 * UInt64(i))) }
+            d += SenseData.informationDescriptorBytes
+        }
+        if let s = senseKeySpecific {
+            b[d] = 0x02
+            b[d + 1] = UInt8(SenseData.senseKeySpecificDescriptorBytes - 2)
+            b[d + 4] = s.0 | 0x80
+            b[d + 5] = s.1
+            b[d + 6] = s.2
         }
     }
 }

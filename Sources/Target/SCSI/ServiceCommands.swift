@@ -2,15 +2,19 @@
 // START STOP UNIT, PREVENT ALLOW MEDIUM REMOVAL, READ DEFECT DATA, PRE-FETCH.
 
 extension SCSITask {
-    mutating func testUnitReady() -> SCSIAction { completeGood() }
+    /// tgt's spc_test_unit: an offline LU is NOT READY, its medium absent if removable.
+    mutating func testUnitReady() -> SCSIAction {
+        if lunFlags & LUNState.flagOffline == 0 { return completeGood() }
+        return fail(SenseKey.notReady, lunFlags & LUNState.flagMediumNotPresent != 0 ? .mediumNotPresent : .becomingReady)
+    }
 
     /// REQUEST SENSE (SPC-4 §6.29). iSCSI delivers sense with the failing status (autosense), so the only
     /// thing left to report here is a pending unit attention or, for a missing LU, LOGICAL UNIT NOT
-    /// SUPPORTED.
+    /// SUPPORTED. The DESC bit chooses the format, as SPC-4 says, whatever the LU's sense_format.
     mutating func requestSense(buffer: UnsafeMutableRawBufferPointer, pending: ASC?, lunMissing: Bool) -> SCSIAction {
-        if cdb[1] & 0x01 != 0 { return invalidField(byte: 1, bit: 0) }      // DESC: fixed format only
         let allocation = Int(cdb[4])
         var data = SenseData()
+        data.descriptorFormat = cdb[1] & 0x01 != 0
         if lunMissing {
             data.key = SenseKey.illegalRequest
             data.asc = .logicalUnitNotSupported
@@ -18,9 +22,9 @@ extension SCSITask {
             data.key = SenseKey.unitAttention
             data.asc = pending
         }
-        guard let base = buffer.baseAddress, buffer.count >= SenseData.fixedLengthBytes else { return internalError() }
+        guard let base = buffer.baseAddress, buffer.count >= data.length else { return internalError() }
         data.render(to: base)
-        return completeDataIn(generated: SenseData.fixedLengthBytes, allocationLength: allocation)
+        return completeDataIn(generated: data.length, allocationLength: allocation)
     }
 
     mutating func readCapacity10(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
@@ -40,8 +44,9 @@ extension SCSITask {
         buffer.zero(0, n)
         buffer.put64(0, lun.blockCount == 0 ? 0 : lun.blockCount - 1)
         buffer.put32(8, UInt32(lun.blockSize))
-        buffer.put8(13, BlockLimits.lbppbe(blockSize: lun.blockSize) & 0x0F)
-        var b14: UInt8 = 0
+        buffer.put8(13, lun.presentation.lbppbe & 0x0F)
+        var b14 = UInt8(truncatingIfNeeded: lun.presentation.lowestAlignedLBA >> 8) & 0x3F
+        buffer.put8(15, UInt8(truncatingIfNeeded: lun.presentation.lowestAlignedLBA))
         if lun.capabilities.canDiscard {
             b14 |= 0x80                                        // LBPME
             if lun.capabilities.discardZeroes { b14 |= 0x40 }  // LBPRZ
@@ -89,13 +94,23 @@ extension SCSITask {
         return .store(.flush(target: .own))
     }
 
-    /// START STOP UNIT on a fixed disk: nothing to spin or eject. A stop flushes (unless NO_FLUSH) so an
-    /// initiator that powers down after it finds its data durable.
+    /// START STOP UNIT: nothing to spin. LOEJ ejects or loads a removable LU's medium as tgt's
+    /// spc_start_stop does. While a nexus prevents removal both are refused (tgt refuses only the eject;
+    /// libiscsi's PreventAllow.Eject expects the load refused too). A stop flushes (unless NO_FLUSH) so
+    /// an initiator that powers down after it finds its data durable.
     mutating func startStopUnit() -> SCSIAction {
         let b4 = cdb[4]
         let start = b4 & 0x01 != 0
+        let loadEject = b4 & 0x02 != 0
         let noFlush = b4 & 0x04 != 0
         let powerCondition = b4 >> 4
+        if loadEject, powerCondition == 0, let lun, lun.presentation.removable {
+            if start && lun.state.isRemovalPrevented { return fail(SenseKey.illegalRequest, .mediumRemovalPrevented) }
+            if !lun.state.setOnline(start) {
+                let present = lun.state.isOnline
+                return fail(present ? SenseKey.illegalRequest : SenseKey.notReady, .mediumRemovalPrevented)
+            }
+        }
         if !start && !noFlush && powerCondition == 0 {
             auxFlag = false
             auxByte = SCSIStatus.good
@@ -105,8 +120,13 @@ extension SCSITask {
         return completeGood()
     }
 
-    /// PREVENT ALLOW MEDIUM REMOVAL: the medium is not removable, so both settings are trivially honoured.
-    mutating func preventAllowMediumRemoval() -> SCSIAction { completeGood() }
+    /// PREVENT ALLOW MEDIUM REMOVAL: remembered per I_T nexus, as tgt does; while any nexus prevents
+    /// removal, an eject and the admin's online=0 are refused.
+    mutating func preventAllowMediumRemoval() -> SCSIAction {
+        guard let lun, let nexus else { return internalError() }
+        lun.state.setPreventsRemoval(cdb[4] & 0x03 != 0, nexusID: nexus.id)
+        return completeGood()
+    }
 
     /// READ DEFECT DATA: a virtual disk has no defects; report an empty list in the requested format.
     mutating func readDefectData(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
