@@ -3,77 +3,6 @@ import Glibc
 import Logging
 import SheepProtocol
 
-/// A write that needs the home core: the object is unallocated, owned by a parent snapshot (copy-on-write),
-/// or sheep answered READONLY because a snapshot was taken under us. It carries a pointer into the
-/// requester's buffer slot, which stays untouched until the reply. (Allocation path only: steady-state I/O to
-/// allocated objects never builds one.)
-final class SheepHomeRequest: @unchecked Sendable {
-    enum Kind {
-        case write(index: Int, objectOffset: Int, length: Int, data: UnsafeRawPointer)
-        /// Deallocate a whole object this VDI owns (UNMAP): its index slot becomes 0.
-        case deallocate(index: Int)
-    }
-    let volume: SheepVolume
-    let kind: Kind
-    let originCore: Int
-    let waiter: SheepWaiter
-    /// The VID a data write went to when sheep answered READONLY (0 otherwise).
-    var readonlyVID: UInt32
-
-    init(volume: SheepVolume, kind: Kind, originCore: Int, waiter: SheepWaiter, readonlyVID: UInt32 = 0) {
-        self.volume = volume
-        self.kind = kind
-        self.originCore = originCore
-        self.waiter = waiter
-        self.readonlyVID = readonlyVID
-    }
-
-    var index: Int {
-        switch kind {
-        case .write(let i, _, _, _): return i
-        case .deallocate(let i): return i
-        }
-    }
-}
-
-/// The home core's bookkeeping for one VDI: objects being created (later requests for them wait), and the
-/// reload after a snapshot.
-final class SheepHome {
-    var creating: [Int: [SheepHomeRequest]] = [:]
-    var reloading = false
-    var waitingReload: [SheepHomeRequest] = []
-    var reconcileLeft = 0
-}
-
-/// One step of home-core work waiting for a sheep reply.
-final class SheepHomeOp {
-    enum Stage {
-        case create(vid: UInt32)
-        case slotWrite(vid: UInt32, value: UInt32)
-        case plainWrite(vid: UInt32)
-        case reloadLookup
-        /// Reading the new working VDI's index, to add slots a snapshot copied before our write reached it.
-        case reloadIndex(newVID: UInt32)
-        /// Writing one such slot; the last one ends the reload.
-        case reconcileSlot
-    }
-    let request: SheepHomeRequest?
-    let volume: SheepVolume
-    var stage: Stage
-    /// Payload that must outlive the send: the 4-byte slot value, or name+tag for a lookup.
-    var payload: [UInt8] = []
-    /// The new inode's index while reconciling (allocation path only).
-    var buffer: UnsafeMutableRawPointer? = nil
-
-    deinit { buffer?.deallocate() }
-
-    init(request: SheepHomeRequest?, volume: SheepVolume, stage: Stage) {
-        self.request = request
-        self.volume = volume
-        self.stage = stage
-    }
-}
-
 /// All-zero memory for zeroing writes (UNMAP of partial objects): anonymous pages, never written.
 enum ZeroPages {
     static let bytes = 1 << 31
@@ -115,9 +44,9 @@ final class SheepStore<Host: SheepStoreHost> {
     let core: Int
     var channels: [SheepChannel<Host>?] = []
     var dirty: [SheepChannel<Host>] = []
-    var homes: [ObjectIdentifier: SheepHome] = [:]
-    var homeOps: [Int32: SheepHomeOp] = [:]
-    var homeOpCounter: Int32 = 0
+    /// Allocation, copy-on-write and reloads of the VDIs homed on this core; this store carries out its actions.
+    var home = SheepHomeMachine()
+    private var runningHome = false
 
     /// `host` owns this store and outlives it.
     init(host: Host, core: Int) {
@@ -400,266 +329,37 @@ final class SheepStore<Host: SheepStoreHost> {
         }
     }
 
-    // MARK: - Home core: allocation, copy-on-write, index updates, reload after a snapshot
-
-    func home(_ vol: SheepVolume) -> SheepHome {
-        let key = ObjectIdentifier(vol)
-        if let h = homes[key] { return h }
-        let h = SheepHome()
-        homes[key] = h
-        return h
-    }
+    // MARK: - Home core (the decisions are SheepHomeMachine's)
 
     func homeHandle(_ req: SheepHomeRequest) {
-        if !host.isRunning {
-            // Stopping: nothing new goes to sheep.
-            homeDone(req, failure: .unavailable)
-            return
-        }
-        let vol = req.volume
-        let h = home(vol)
-        if h.reloading { h.waitingReload.append(req); return }
-        if req.readonlyVID != 0 {
-            if req.readonlyVID == vol.vid {
-                h.waitingReload.append(req)
-                startReload(vol)
-                return
-            }
-            req.readonlyVID = 0   // already reloaded since: redo against the new working VDI
-        }
-        let idx = req.index
-        if h.creating[idx] != nil {
-            // Another request is creating or changing this object: wait for it (sheep loses data when two
-            // creates of one object overlap, §7.6).
-            h.creating[idx]!.append(req)
-            return
-        }
-        let cur = vol.vid
-        let owner = vol.owner(idx)
-        let ch = channel(vol)
-        switch req.kind {
-        case .write(_, let objOff, let len, let data):
-            if owner == cur {
-                let op = newHomeOp(SheepHomeOp(request: req, volume: vol, stage: .plainWrite(vid: cur)))
-                let hdr = SheepRequestHeader.writeObject(id: 0, oid: SheepOID.data(vid: cur, index: UInt32(idx)),
-                                                         offset: UInt32(objOff), length: UInt32(len), copies: vol.copies)
-                submitHome(ch, hdr, payload: data, length: len, op: op, req: req)
-                return
-            }
-            h.creating[idx] = []
-            let cow: UInt64 = owner == 0 ? 0 : SheepOID.data(vid: owner, index: UInt32(idx))
-            let op = newHomeOp(SheepHomeOp(request: req, volume: vol, stage: .create(vid: cur)))
-            let hdr = SheepRequestHeader.createAndWrite(id: 0, oid: SheepOID.data(vid: cur, index: UInt32(idx)),
-                                                        cowOid: cow, offset: UInt32(objOff), length: UInt32(len),
-                                                        copies: vol.copies)
-            submitHome(ch, hdr, payload: data, length: len, op: op, req: req)
-        case .deallocate:
-            if owner != cur {
-                homeDone(req, failure: nil)   // nothing of ours to deallocate any more
-                return
-            }
-            h.creating[idx] = []
-            writeSlot(vol, idx: idx, value: 0, vid: cur, req: req)
-        }
-    }
-
-    private func submitHome(_ ch: SheepChannel<Host>, _ hdr: SheepRequestHeader, payload: UnsafeRawPointer?, length: Int,
-                            op: Int32, req: SheepHomeRequest?) {
-        if !ch.submit(hdr, payload: payload, payloadLength: length, dest: nil, destCapacity: 0, waiter: .home(op: op)) {
-            homeOps[op] = nil
-            if let req { finishHome(req, failure: .unavailable) }
-        }
-    }
-
-    /// Persists one index slot: WRITE_OBJ of 4 bytes at 4664 + 4*idx of the working inode (only the slot that
-    /// changed, so sheep resets no other slot's refcount, §7.5).
-    private func writeSlot(_ vol: SheepVolume, idx: Int, value: UInt32, vid: UInt32, req: SheepHomeRequest) {
-        let op = SheepHomeOp(request: req, volume: vol, stage: .slotWrite(vid: vid, value: value))
-        op.payload = withUnsafeBytes(of: value.littleEndian) { Array($0) }
-        let id = newHomeOp(op)
-        let hdr = SheepRequestHeader.writeObject(id: 0, oid: SheepOID.inode(vid: vid),
-                                                 offset: SheepInodeLayout.slotOffset(UInt32(idx)), length: 4,
-                                                 copies: vol.copies)
-        let p = op.payload.withUnsafeBytes { $0.baseAddress! }   // the array lives in the op until the reply
-        submitHome(channel(vol), hdr, payload: p, length: 4, op: id, req: req)
-    }
-
-    private func newHomeOp(_ op: SheepHomeOp) -> Int32 {
-        homeOpCounter &+= 1
-        if homeOpCounter < 0 { homeOpCounter = 1 }
-        homeOps[homeOpCounter] = op
-        return homeOpCounter
+        home.stopping = !host.isRunning
+        home.request(req)
+        runHome()
     }
 
     func homeReply(_ id: Int32, result: SheepResult, failure: StoreError?, vdiID: UInt32) {
-        guard let op = homeOps.removeValue(forKey: id) else { return }
-        let vol = op.volume
-        if let failure {
-            if let req = op.request { finishHome(req, failure: failure) }
-            switch op.stage {
-            case .reloadLookup: reloadFinished(vol, newVID: nil)
-            case .reloadIndex(let v): reloadFinished(vol, newVID: v)   // no reconcile possible; carry on
-            case .reconcileSlot: reconcileStep(vol)
-            default: break
-            }
-            return
-        }
-        switch op.stage {
-        case .plainWrite(let vid):
-            guard let req = op.request else { return }
-            if result == .readonly { req.readonlyVID = vid; homeHandle(req); return }
-            finishHome(req, failure: result == .success ? nil : mapResult(result))
-        case .create(let vid):
-            guard let req = op.request else { return }
-            if result == .readonly {
-                // A snapshot was taken: the create went to what is now a snapshot. Reload, then redo.
-                releaseCreating(vol, req.index, requeueTo: true)
-                req.readonlyVID = vid
-                homeHandle(req)
-                return
-            }
-            guard result == .success else {
-                finishHome(req, failure: mapResult(result))
-                return
-            }
-            // The data is in place: now, and only now, record it in the index (tgt d4622d1).
-            writeSlot(vol, idx: req.index, value: vid, vid: vid, req: req)
-        case .slotWrite(_, let value):
-            guard let req = op.request else { return }
-            if result == .success { vol.setOwner(req.index, value) }
-            finishHome(req, failure: result == .success ? nil : mapResult(result))
-        case .reloadLookup:
-            guard result == .success, vdiID != 0, vdiID != vol.vid else {
-                if result == .vdiLocked {
-                    logger.error("sheep VDI '\(vol.name)': the new working VDI is locked by another client")
+        home.reply(id, result: result, failure: failure, vdiID: vdiID)
+        runHome()
+    }
+
+    /// Carries out the machine's actions in order. An answer can lead back here (a finished request starts the
+    /// next one on this core): then the loop already running picks the new actions up, so no call nests.
+    private func runHome() {
+        if runningHome { return }
+        runningHome = true
+        defer { runningHome = false }
+        while let action = home.nextAction() {
+            switch action {
+            case .send(let op, let vol, let header, let payload, let payloadLength, let dest, let destCapacity):
+                if !channel(vol).submit(header, payload: payload, payloadLength: payloadLength, dest: dest,
+                                        destCapacity: destCapacity, waiter: .home(op: op)) {
+                    home.reply(op, result: .eio, failure: .unavailable, vdiID: 0)
                 }
-                reloadFinished(vol, newVID: nil)
-                return
-            }
-            if vol.lockedVID != 0 { vol.addLock(vdiID) }
-            readNewIndex(vol, newVID: vdiID)
-        case .reloadIndex(let newVID):
-            if result == .success, let buf = op.buffer {
-                reconcile(vol, newVID: newVID, newIndex: buf)
-            } else {
-                reloadFinished(vol, newVID: newVID)
-            }
-        case .reconcileSlot:
-            if result != .success {
-                logger.error("sheep VDI '\(vol.name)': writing an index slot to the new working VDI failed: \(result.name)")
-            }
-            reconcileStep(vol)
-        }
-    }
-
-    private func mapResult(_ r: SheepResult) -> StoreError {
-        switch r {
-        case .noSpace: return .noSpace
-        case .readonly: return .writeProtected
-        default: return .mediumError
-        }
-    }
-
-    /// Answers the request and lets waiters for the same object proceed.
-    private func finishHome(_ req: SheepHomeRequest, failure: StoreError?) {
-        homeDone(req, failure: failure)
-        releaseCreating(req.volume, req.index, requeueTo: false)
-    }
-
-    private func releaseCreating(_ vol: SheepVolume, _ idx: Int, requeueTo: Bool) {
-        let h = home(vol)
-        guard let waiting = h.creating.removeValue(forKey: idx) else { return }
-        for w in waiting { homeHandle(w) }
-    }
-
-    /// READONLY: a snapshot turned our working VDI into a snapshot. Find the new working VDI (same name,
-    /// snapid 0) and carry on writing copy-on-write to it; our index stays valid because the new working VDI
-    /// starts with a copy of it (§7.9).
-    private func startReload(_ vol: SheepVolume) {
-        let h = home(vol)
-        guard !h.reloading else { return }
-        h.reloading = true
-        let op = SheepHomeOp(request: nil, volume: vol, stage: .reloadLookup)
-        op.payload = (try? SheepVDIName.payload(name: vol.name, tag: "")) ?? []
-        let id = newHomeOp(op)
-        logger.info("sheep VDI '\(vol.name)': a snapshot was taken (READONLY); reloading the working VDI")
-        // The new working VDI is locked as the old one was (tgt does the same); a cluster without locking
-        // answers LOCK_VDI like GET_VDI_INFO.
-        let hdr = SheepRequestHeader.vdiLookup(vol.lockedVID != 0 ? .lockVDI : .getVDIInfo, id: 0, snapID: 0)
-        let p = op.payload.withUnsafeBytes { $0.baseAddress! }
-        if !channel(vol).submit(hdr, payload: p, payloadLength: op.payload.count, dest: nil, destCapacity: 0,
-                                     waiter: .home(op: id)) {
-            homeOps[id] = nil
-            reloadFinished(vol, newVID: nil)
-        }
-    }
-
-    /// Reads the new working VDI's index (4 MiB; snapshots are rare).
-    private func readNewIndex(_ vol: SheepVolume, newVID: UInt32) {
-        let op = SheepHomeOp(request: nil, volume: vol, stage: .reloadIndex(newVID: newVID))
-        let bytes = SheepInodeLayout.dataIndexSizeBytes
-        op.buffer = .allocate(byteCount: bytes, alignment: 64)
-        let id = newHomeOp(op)
-        let hdr = SheepRequestHeader.readObject(id: 0, oid: SheepOID.inode(vid: newVID),
-                                                offset: UInt32(SheepInodeLayout.headerSizeBytes), length: UInt32(bytes))
-        if !channel(vol).submit(hdr, payload: nil, payloadLength: 0, dest: op.buffer, destCapacity: bytes,
-                                     waiter: .home(op: id)) {
-            homeOps[id] = nil
-            reloadFinished(vol, newVID: newVID)
-        }
-    }
-
-    /// A data object created just before the snapshot can have its index slot written to the old inode after
-    /// sheep copied that index into the new working VDI (§7.9, sheepdog#331). Every slot we know of that the new
-    /// index lacks is written to it before any write continues, so nothing acknowledged is lost.
-    private func reconcile(_ vol: SheepVolume, newVID: UInt32, newIndex: UnsafeMutableRawPointer) {
-        vol.setVID(newVID)
-        let h = home(vol)
-        var missing: [(Int, UInt32)] = []
-        for idx in 0..<vol.indexSlots {
-            let mine = vol.owner(idx)
-            if mine == 0 { continue }
-            let theirs = UInt32(littleEndian: newIndex.load(fromByteOffset: idx * 4, as: UInt32.self))
-            if theirs != mine { missing.append((idx, mine)) }
-        }
-        h.reconcileLeft = missing.count
-        if missing.isEmpty { reloadFinished(vol, newVID: newVID); return }
-        logger.warning("sheep VDI '\(vol.name)': \(missing.count) index slot(s) missing from the new working VDI; writing them")
-        for (idx, value) in missing {
-            let op = SheepHomeOp(request: nil, volume: vol, stage: .reconcileSlot)
-            op.payload = withUnsafeBytes(of: value.littleEndian) { Array($0) }
-            let id = newHomeOp(op)
-            let hdr = SheepRequestHeader.writeObject(id: 0, oid: SheepOID.inode(vid: newVID),
-                                                     offset: SheepInodeLayout.slotOffset(UInt32(idx)), length: 4,
-                                                     copies: vol.copies)
-            let p = op.payload.withUnsafeBytes { $0.baseAddress! }
-            if !channel(vol).submit(hdr, payload: p, payloadLength: 4, dest: nil, destCapacity: 0,
-                                         waiter: .home(op: id)) {
-                homeOps[id] = nil
-                reconcileStep(vol)
+            case .answer(let req, let failure):
+                homeDone(req, failure: failure)
+            case .log(let level, let message):
+                logger.log(level: level, "\(message)")
             }
         }
-    }
-
-    private func reconcileStep(_ vol: SheepVolume) {
-        let h = home(vol)
-        h.reconcileLeft -= 1
-        if h.reconcileLeft <= 0 { reloadFinished(vol, newVID: vol.vid) }
-    }
-
-    private func reloadFinished(_ vol: SheepVolume, newVID: UInt32?) {
-        let h = home(vol)
-        h.reloading = false
-        let waiting = h.waitingReload
-        h.waitingReload = []
-        guard let newVID, newVID != 0 else {
-            // No new working VDI (deleted, or the lookup failed): the writes cannot go anywhere safe.
-            logger.error("sheep VDI '\(vol.name)': no working VDI after READONLY; failing writes")
-            for r in waiting { homeDone(r, failure: .writeProtected) }
-            return
-        }
-        logger.info("sheep VDI '\(vol.name)': working VDI is now \(String(newVID, radix: 16))")
-        vol.setVID(newVID)
-        for r in waiting { r.readonlyVID = 0; homeHandle(r) }
     }
 }

@@ -1,0 +1,362 @@
+import Logging
+import SheepProtocol
+
+/// A write that needs the home core: the object is unallocated, owned by a parent snapshot (copy-on-write),
+/// or sheep answered READONLY because a snapshot was taken under us. It carries a pointer into the
+/// requester's buffer slot, which stays untouched until the reply. (Allocation path only: steady-state I/O to
+/// allocated objects never builds one.)
+final class SheepHomeRequest: @unchecked Sendable {
+    enum Kind {
+        case write(index: Int, objectOffset: Int, length: Int, data: UnsafeRawPointer)
+        /// Deallocate a whole object this VDI owns (UNMAP): its index slot becomes 0.
+        case deallocate(index: Int)
+    }
+    let volume: SheepVolume
+    let kind: Kind
+    let originCore: Int
+    let waiter: SheepWaiter
+    /// The VID a data write went to when sheep answered READONLY (0 otherwise).
+    var readonlyVID: UInt32
+
+    init(volume: SheepVolume, kind: Kind, originCore: Int, waiter: SheepWaiter, readonlyVID: UInt32 = 0) {
+        self.volume = volume
+        self.kind = kind
+        self.originCore = originCore
+        self.waiter = waiter
+        self.readonlyVID = readonlyVID
+    }
+
+    var index: Int {
+        switch kind {
+        case .write(let i, _, _, _): return i
+        case .deallocate(let i): return i
+        }
+    }
+}
+
+/// The home core's bookkeeping for one VDI: objects being created (later requests for them wait), and the
+/// reload after a snapshot.
+final class SheepHome {
+    var creating: [Int: [SheepHomeRequest]] = [:]
+    var reloading = false
+    var waitingReload: [SheepHomeRequest] = []
+    var reconcileLeft = 0
+}
+
+/// One step of home-core work waiting for a sheep reply.
+final class SheepHomeOp {
+    enum Stage {
+        case create(vid: UInt32)
+        case slotWrite(vid: UInt32, value: UInt32)
+        case plainWrite(vid: UInt32)
+        case reloadLookup
+        /// Reading the new working VDI's index, to add slots a snapshot copied before our write reached it.
+        case reloadIndex(newVID: UInt32)
+        /// Writing one such slot; the last one ends the reload.
+        case reconcileSlot
+    }
+    let request: SheepHomeRequest?
+    let volume: SheepVolume
+    var stage: Stage
+    /// Payload that must outlive the send: the 4-byte slot value, or name+tag for a lookup.
+    var payload: [UInt8] = []
+    /// The new inode's index while reconciling (allocation path only).
+    var buffer: UnsafeMutableRawPointer? = nil
+
+    deinit { buffer?.deallocate() }
+
+    init(request: SheepHomeRequest?, volume: SheepVolume, stage: Stage) {
+        self.request = request
+        self.volume = volume
+        self.stage = stage
+    }
+}
+
+/// The home core's decisions for the VDIs homed on it: allocation and copy-on-write of data objects, index
+/// updates, and the reload after a snapshot (SHEEPDOG-PROTOCOL.md §7.6-§7.9). Requests and sheep replies go
+/// in; what to send, whom to answer and what to log come out, in order, through `nextAction()`. It touches no
+/// socket, ring or other core, so it is tested with tables of reply sequences (SheepHomeMachineTests).
+/// It is the only writer of its volumes' object index and VID, which it updates as replies confirm them.
+/// Allocation path only: steady-state I/O to allocated objects never reaches it.
+struct SheepHomeMachine {
+    enum Action {
+        /// Send `header` (with its payload, or into `dest`) to the volume's sheep; its answer comes back through
+        /// `reply(op, ...)`, and a send that cannot be made is answered with a failure.
+        case send(op: Int32, volume: SheepVolume, header: SheepRequestHeader, payload: UnsafeRawPointer?,
+                  payloadLength: Int, dest: UnsafeMutableRawPointer?, destCapacity: Int)
+        /// The request is done: nil is success.
+        case answer(SheepHomeRequest, StoreError?)
+        case log(Logger.Level, String)
+    }
+
+    private var homes: [ObjectIdentifier: SheepHome] = [:]
+    private var ops: [Int32: SheepHomeOp] = [:]
+    private var opCounter: Int32 = 0
+    private var actions: [Action] = []
+    private var actionHead = 0
+    /// Set when the core stops: requests are answered `.unavailable` without going to sheep.
+    var stopping = false
+
+    /// The next thing to do, in the order decided; nil when there is nothing left.
+    mutating func nextAction() -> Action? {
+        guard actionHead < actions.count else {
+            if actionHead > 0 { actions.removeAll(keepingCapacity: true); actionHead = 0 }
+            return nil
+        }
+        defer { actionHead += 1 }
+        return actions[actionHead]
+    }
+
+    /// Steps waiting for a reply (for tests and leak checks).
+    var stepsInFlight: Int { ops.count }
+
+    private mutating func home(_ vol: SheepVolume) -> SheepHome {
+        let key = ObjectIdentifier(vol)
+        if let h = homes[key] { return h }
+        let h = SheepHome()
+        homes[key] = h
+        return h
+    }
+
+    /// A write or deallocation that needs the home core.
+    mutating func request(_ req: SheepHomeRequest) {
+        if stopping {
+            // Stopping: nothing new goes to sheep.
+            actions.append(.answer(req, .unavailable))
+            return
+        }
+        let vol = req.volume
+        let h = home(vol)
+        if h.reloading { h.waitingReload.append(req); return }
+        if req.readonlyVID != 0 {
+            if req.readonlyVID == vol.vid {
+                h.waitingReload.append(req)
+                startReload(vol)
+                return
+            }
+            req.readonlyVID = 0   // already reloaded since: redo against the new working VDI
+        }
+        let idx = req.index
+        if h.creating[idx] != nil {
+            // Another request is creating or changing this object: wait for it (sheep loses data when two
+            // creates of one object overlap, §7.6).
+            h.creating[idx]!.append(req)
+            return
+        }
+        let cur = vol.vid
+        let owner = vol.owner(idx)
+        switch req.kind {
+        case .write(_, let objOff, let len, let data):
+            if owner == cur {
+                let op = newHomeOp(SheepHomeOp(request: req, volume: vol, stage: .plainWrite(vid: cur)))
+                let hdr = SheepRequestHeader.writeObject(id: 0, oid: SheepOID.data(vid: cur, index: UInt32(idx)),
+                                                         offset: UInt32(objOff), length: UInt32(len), copies: vol.copies)
+                send(op, vol, hdr, payload: data, length: len)
+                return
+            }
+            h.creating[idx] = []
+            let cow: UInt64 = owner == 0 ? 0 : SheepOID.data(vid: owner, index: UInt32(idx))
+            let op = newHomeOp(SheepHomeOp(request: req, volume: vol, stage: .create(vid: cur)))
+            let hdr = SheepRequestHeader.createAndWrite(id: 0, oid: SheepOID.data(vid: cur, index: UInt32(idx)),
+                                                        cowOid: cow, offset: UInt32(objOff), length: UInt32(len),
+                                                        copies: vol.copies)
+            send(op, vol, hdr, payload: data, length: len)
+        case .deallocate:
+            if owner != cur {
+                actions.append(.answer(req, nil))   // nothing of ours to deallocate any more
+                return
+            }
+            h.creating[idx] = []
+            writeSlot(vol, idx: idx, value: 0, vid: cur, req: req)
+        }
+    }
+
+    /// Asks the shell to send `hdr` for step `op`. When the channel cannot take it, the shell answers the step
+    /// with a failure, as a lost connection would.
+    private mutating func send(_ op: Int32, _ vol: SheepVolume, _ hdr: SheepRequestHeader, payload: UnsafeRawPointer?,
+                               length: Int, dest: UnsafeMutableRawPointer? = nil, destCapacity: Int = 0) {
+        actions.append(.send(op: op, volume: vol, header: hdr, payload: payload, payloadLength: length, dest: dest,
+                             destCapacity: destCapacity))
+    }
+
+    /// Persists one index slot: WRITE_OBJ of 4 bytes at 4664 + 4*idx of the working inode (only the slot that
+    /// changed, so sheep resets no other slot's refcount, §7.5).
+    private mutating func writeSlot(_ vol: SheepVolume, idx: Int, value: UInt32, vid: UInt32, req: SheepHomeRequest) {
+        let op = SheepHomeOp(request: req, volume: vol, stage: .slotWrite(vid: vid, value: value))
+        op.payload = withUnsafeBytes(of: value.littleEndian) { Array($0) }
+        let id = newHomeOp(op)
+        let hdr = SheepRequestHeader.writeObject(id: 0, oid: SheepOID.inode(vid: vid),
+                                                 offset: SheepInodeLayout.slotOffset(UInt32(idx)), length: 4,
+                                                 copies: vol.copies)
+        let p = op.payload.withUnsafeBytes { $0.baseAddress! }   // the array lives in the op until the reply
+        send(id, vol, hdr, payload: p, length: 4)
+    }
+
+    private mutating func newHomeOp(_ op: SheepHomeOp) -> Int32 {
+        opCounter &+= 1
+        if opCounter < 0 { opCounter = 1 }
+        ops[opCounter] = op
+        return opCounter
+    }
+
+    /// Sheep's answer to step `id` (`failure` when there was none: connection lost for good, or not sent).
+    mutating func reply(_ id: Int32, result: SheepResult, failure: StoreError?, vdiID: UInt32) {
+        guard let op = ops.removeValue(forKey: id) else { return }
+        let vol = op.volume
+        if let failure {
+            if let req = op.request { finishHome(req, failure: failure) }
+            switch op.stage {
+            case .reloadLookup: reloadFinished(vol, newVID: nil)
+            case .reloadIndex(let v): reloadFinished(vol, newVID: v)   // no reconcile possible; carry on
+            case .reconcileSlot: reconcileStep(vol)
+            default: break
+            }
+            return
+        }
+        switch op.stage {
+        case .plainWrite(let vid):
+            guard let req = op.request else { return }
+            if result == .readonly { req.readonlyVID = vid; request(req); return }
+            finishHome(req, failure: result == .success ? nil : SheepHomeMachine.mapResult(result))
+        case .create(let vid):
+            guard let req = op.request else { return }
+            if result == .readonly {
+                // A snapshot was taken: the create went to what is now a snapshot. Reload, then redo.
+                releaseCreating(vol, req.index, requeueTo: true)
+                req.readonlyVID = vid
+                request(req)
+                return
+            }
+            guard result == .success else {
+                finishHome(req, failure: SheepHomeMachine.mapResult(result))
+                return
+            }
+            // The data is in place: now, and only now, record it in the index (tgt d4622d1).
+            writeSlot(vol, idx: req.index, value: vid, vid: vid, req: req)
+        case .slotWrite(_, let value):
+            guard let req = op.request else { return }
+            if result == .success { vol.setOwner(req.index, value) }
+            finishHome(req, failure: result == .success ? nil : SheepHomeMachine.mapResult(result))
+        case .reloadLookup:
+            guard result == .success, vdiID != 0, vdiID != vol.vid else {
+                if result == .vdiLocked {
+                    actions.append(.log(.error, "sheep VDI '\(vol.name)': the new working VDI is locked by another client"))
+                }
+                reloadFinished(vol, newVID: nil)
+                return
+            }
+            if vol.lockedVID != 0 { vol.addLock(vdiID) }
+            readNewIndex(vol, newVID: vdiID)
+        case .reloadIndex(let newVID):
+            if result == .success, let buf = op.buffer {
+                reconcile(vol, newVID: newVID, newIndex: buf)
+            } else {
+                reloadFinished(vol, newVID: newVID)
+            }
+        case .reconcileSlot:
+            if result != .success {
+                actions.append(.log(.error, "sheep VDI '\(vol.name)': writing an index slot to the new working VDI failed: \(result.name)"))
+            }
+            reconcileStep(vol)
+        }
+    }
+
+    private static func mapResult(_ r: SheepResult) -> StoreError {
+        switch r {
+        case .noSpace: return .noSpace
+        case .readonly: return .writeProtected
+        default: return .mediumError
+        }
+    }
+
+    /// Answers the request and lets waiters for the same object proceed.
+    private mutating func finishHome(_ req: SheepHomeRequest, failure: StoreError?) {
+        actions.append(.answer(req, failure))
+        releaseCreating(req.volume, req.index, requeueTo: false)
+    }
+
+    private mutating func releaseCreating(_ vol: SheepVolume, _ idx: Int, requeueTo: Bool) {
+        let h = home(vol)
+        guard let waiting = h.creating.removeValue(forKey: idx) else { return }
+        for w in waiting { request(w) }
+    }
+
+    /// READONLY: a snapshot turned our working VDI into a snapshot. Find the new working VDI (same name,
+    /// snapid 0) and carry on writing copy-on-write to it; our index stays valid because the new working VDI
+    /// starts with a copy of it (§7.9).
+    private mutating func startReload(_ vol: SheepVolume) {
+        let h = home(vol)
+        guard !h.reloading else { return }
+        h.reloading = true
+        let op = SheepHomeOp(request: nil, volume: vol, stage: .reloadLookup)
+        op.payload = (try? SheepVDIName.payload(name: vol.name, tag: "")) ?? []
+        let id = newHomeOp(op)
+        actions.append(.log(.info, "sheep VDI '\(vol.name)': a snapshot was taken (READONLY); reloading the working VDI"))
+        // The new working VDI is locked as the old one was (tgt does the same); a cluster without locking
+        // answers LOCK_VDI like GET_VDI_INFO.
+        let hdr = SheepRequestHeader.vdiLookup(vol.lockedVID != 0 ? .lockVDI : .getVDIInfo, id: 0, snapID: 0)
+        let p = op.payload.withUnsafeBytes { $0.baseAddress! }
+        send(id, vol, hdr, payload: p, length: op.payload.count)
+    }
+
+    /// Reads the new working VDI's index (4 MiB; snapshots are rare).
+    private mutating func readNewIndex(_ vol: SheepVolume, newVID: UInt32) {
+        let op = SheepHomeOp(request: nil, volume: vol, stage: .reloadIndex(newVID: newVID))
+        let bytes = SheepInodeLayout.dataIndexSizeBytes
+        op.buffer = .allocate(byteCount: bytes, alignment: 64)
+        let id = newHomeOp(op)
+        let hdr = SheepRequestHeader.readObject(id: 0, oid: SheepOID.inode(vid: newVID),
+                                                offset: UInt32(SheepInodeLayout.headerSizeBytes), length: UInt32(bytes))
+        send(id, vol, hdr, payload: nil, length: 0, dest: op.buffer, destCapacity: bytes)
+    }
+
+    /// A data object created just before the snapshot can have its index slot written to the old inode after
+    /// sheep copied that index into the new working VDI (§7.9, sheepdog#331). Every slot we know of that the new
+    /// index lacks is written to it before any write continues, so nothing acknowledged is lost.
+    private mutating func reconcile(_ vol: SheepVolume, newVID: UInt32, newIndex: UnsafeMutableRawPointer) {
+        vol.setVID(newVID)
+        let h = home(vol)
+        var missing: [(Int, UInt32)] = []
+        for idx in 0..<vol.indexSlots {
+            let mine = vol.owner(idx)
+            if mine == 0 { continue }
+            let theirs = UInt32(littleEndian: newIndex.load(fromByteOffset: idx * 4, as: UInt32.self))
+            if theirs != mine { missing.append((idx, mine)) }
+        }
+        h.reconcileLeft = missing.count
+        if missing.isEmpty { reloadFinished(vol, newVID: newVID); return }
+        actions.append(.log(.warning, "sheep VDI '\(vol.name)': \(missing.count) index slot(s) missing from the new working VDI; writing them"))
+        for (idx, value) in missing {
+            let op = SheepHomeOp(request: nil, volume: vol, stage: .reconcileSlot)
+            op.payload = withUnsafeBytes(of: value.littleEndian) { Array($0) }
+            let id = newHomeOp(op)
+            let hdr = SheepRequestHeader.writeObject(id: 0, oid: SheepOID.inode(vid: newVID),
+                                                     offset: SheepInodeLayout.slotOffset(UInt32(idx)), length: 4,
+                                                     copies: vol.copies)
+            let p = op.payload.withUnsafeBytes { $0.baseAddress! }
+            send(id, vol, hdr, payload: p, length: 4)
+        }
+    }
+
+    private mutating func reconcileStep(_ vol: SheepVolume) {
+        let h = home(vol)
+        h.reconcileLeft -= 1
+        if h.reconcileLeft <= 0 { reloadFinished(vol, newVID: vol.vid) }
+    }
+
+    private mutating func reloadFinished(_ vol: SheepVolume, newVID: UInt32?) {
+        let h = home(vol)
+        h.reloading = false
+        let waiting = h.waitingReload
+        h.waitingReload = []
+        guard let newVID, newVID != 0 else {
+            // No new working VDI (deleted, or the lookup failed): the writes cannot go anywhere safe.
+            actions.append(.log(.error, "sheep VDI '\(vol.name)': no working VDI after READONLY; failing writes"))
+            for r in waiting { actions.append(.answer(r, .writeProtected)) }
+            return
+        }
+        actions.append(.log(.info, "sheep VDI '\(vol.name)': working VDI is now \(String(newVID, radix: 16))"))
+        vol.setVID(newVID)
+        for r in waiting { r.readonlyVID = 0; request(r) }
+    }
+}
