@@ -261,8 +261,8 @@ import Testing
         #expect(report.errors.isEmpty && report.applied, "\(report.errors)")
         #expect(report.changes == ["deleted target iqn.2026-01.test:two (tid 2)",
                                    "target iqn.2026-01.test:one: added LUN 2 (/dev/zero)",
-                                   "target iqn.2026-01.test:one: removed initiator-address 10.0.0.0/24",
                                    "target iqn.2026-01.test:one: allowed initiator-address 10.0.1.0/24",
+                                   "target iqn.2026-01.test:one: removed initiator-address 10.0.0.0/24",
                                    "target iqn.2026-01.test:one: MaxRecvDataSegmentLength = 65536"])
         let snapshot = h.registry.currentSnapshot
         #expect(snapshot.targets.map(\.tid) == [1])

@@ -336,19 +336,21 @@ public enum ConfigUpdate {
         func rule(_ text: String) -> String { InitiatorAddressParser.parse(text).map { "\($0)" } ?? text }
         let runningRules = Set(r.addresses.map { rule($0.value) })
         let wantedRules = Set(wantedAddresses.map { rule($0.value) })
-        for item in r.addresses where !wantedRules.contains(rule(item.value)) {
-            p.steps.append(bind(d, tid: tid, address: ConfigFile.Item(value: item.value, source: d.source), add: false))
-        }
+        // New rules first: sessions are checked against every published ACL, and one that is briefly empty
+        // would close a session that the new rules admit.
+        let runningNames = Set(r.initiatorNames.map { $0.value.lowercased() })
+        let wantedNames = Set(d.initiatorNames.map { $0.value.lowercased() })
         for item in wantedAddresses where !runningRules.contains(rule(item.value)) {
             p.steps.append(bind(d, tid: tid, address: item, add: true))
         }
-        let runningNames = Set(r.initiatorNames.map { $0.value.lowercased() })
-        let wantedNames = Set(d.initiatorNames.map { $0.value.lowercased() })
-        for item in r.initiatorNames where !wantedNames.contains(item.value.lowercased()) {
-            p.steps.append(bind(d, tid: tid, name: ConfigFile.Item(value: item.value, source: d.source), add: false))
-        }
         for item in d.initiatorNames where !runningNames.contains(item.value.lowercased()) {
             p.steps.append(bind(d, tid: tid, name: item, add: true))
+        }
+        for item in r.addresses where !wantedRules.contains(rule(item.value)) {
+            p.steps.append(bind(d, tid: tid, address: ConfigFile.Item(value: item.value, source: d.source), add: false))
+        }
+        for item in r.initiatorNames where !wantedNames.contains(item.value.lowercased()) {
+            p.steps.append(bind(d, tid: tid, name: ConfigFile.Item(value: item.value, source: d.source), add: false))
         }
 
         func unbindAccount(_ user: String, outgoing: Bool) {
