@@ -63,8 +63,10 @@ public enum RingtgtAdmin {
         let options: RingtgtAdminOptions
         do {
             // A command, so that --help and --generate-completion-script come from swift-argument-parser.
+            // parseAsRoot answers --help with swift-argument-parser's help command rather than an error.
             guard let command = try RingtgtAdminCommand.parseAsRoot(arguments) as? RingtgtAdminCommand else {
-                throw ValidationError("unexpected subcommand")
+                out.stdout = RingtgtAdminCommand.helpMessage() + "\n"
+                return out
             }
             options = command.options
         } catch {
