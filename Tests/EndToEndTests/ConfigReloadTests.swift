@@ -115,6 +115,15 @@ extension EndToEnd {
                 #expect(refused.stderr.contains("line 5: invalid request: 'not-an-address'"), "\(refused)")
                 #expect(try show() == before)
                 try verifyWrites()
+
+                // A missing file is not fatal either: the reload says so and changes nothing.
+                try FileManager.default.removeItem(at: conf)
+                #expect(kill(t.pid, SIGHUP) == 0)
+                try waitFor("the reload of a missing file") {
+                    t.process.stderrText.contains("\(conf.path): no such configuration file; nothing was changed")
+                }
+                #expect(try show() == before)
+                try verifyWrites()
                 s.close()
             }
         }

@@ -131,8 +131,9 @@ public enum ConfigFile {
     /// Includes nest at most this deep, and one configuration reads at most this many files.
     public static let maxIncludeDepth = 8
     public static let maxIncludedFiles = 1024
-    /// Where tgt-admin reads its configuration.
-    public static let defaultPath = "/etc/tgt/targets.conf"
+    /// ringtgt-admin's file when -c is not given: the one ringtgt.service gives ringtgtd (--config), so that
+    /// ringtgt-admin --update and `systemctl reload` apply the same file (tgt-admin's is /etc/tgt/targets.conf).
+    public static let defaultPath = "/etc/ringtgt/targets.conf"
 
     /// LUN parameters, applied through `--op update --mode logicalunit --params` (tgt-admin's add_params).
     static let lunParameterKeys: Set<String> = ["vendor_id", "product_id", "product_rev", "scsi_id", "scsi_sn",

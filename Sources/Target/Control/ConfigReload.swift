@@ -16,7 +16,13 @@ public enum ConfigReload {
         }
         let report = ConfigUpdate.run(parsed, mode: .execute, force: false, executor: registry.execute)
         log(report, path: path, logger: logger)
-        if !report.errors.isEmpty && !parsed.configuration.ignoreErrors { throw ConfigFile.Failures(report.errors) }
+        if !report.errors.isEmpty && !parsed.configuration.ignoreErrors { throw NotApplied(errorCount: report.errors.count) }
+    }
+
+    /// The start-up file had errors; each was logged with its line.
+    public struct NotApplied: Error, CustomStringConvertible {
+        public var errorCount: Int
+        public var description: String { "\(errorCount) error(s), each logged above with its line" }
     }
 
     /// SIGHUP. Never throws: a file with errors, or a missing one, changes nothing.
