@@ -316,6 +316,17 @@ import Testing
         #expect(update(h, onlyOne, force: true).changes == ["deleted target iqn.2026-01.test:two (tid 2)"])
     }
 
+    @Test func sheepdogLUNsAreAppliedLikeAnyOther() throws {
+        // tgt-admin skips a backing store that is not a file ("-e $backing_store"); a VDI is not one.
+        let h = ControlHarness()
+        let text = "<target iqn.2026-01.test:vdi>\n  <backing-store unix:/nonexistent/sock:vdi0>\n    bs-type sheepdog\n"
+            + "  </backing-store>\n</target>\n"
+        let report = ConfigUpdate.run(ConfigFile.parse(text), mode: .update(.all), force: false, executor: h.registry.execute)
+        #expect(report.errors.isEmpty && report.applied, "\(report.errors)")
+        #expect(h.registry.currentSnapshot.target(tid: 1)?.lun(1)?.bstype == "sheepdog")
+        #expect(update(h, text).changes.isEmpty)
+    }
+
     @Test func dumpRoundTrips() throws {
         let h = ControlHarness()
         let text = """

@@ -46,8 +46,10 @@ public enum ConfigFile {
         }
 
         public var description: String {
-            let place = file.isEmpty ? "line \(line)" : "\(file) line \(line)"
-            return content.isEmpty ? "\(place): \(message)" : "\(place): \(message): \(content)"
+            // Line 0: about the whole file, or about no line at all (the running configuration).
+            let place = line == 0 ? file : file.isEmpty ? "line \(line)" : "\(file) line \(line)"
+            let text = place.isEmpty ? message : "\(place): \(message)"
+            return content.isEmpty ? text : "\(text): \(content)"
         }
     }
 
