@@ -7,6 +7,7 @@ let package = Package(
     products: [
         .executable(name: "ringtgtd", targets: ["ringtgtd"]),
         .executable(name: "ringtgtadm", targets: ["ringtgtadm"]),
+        .executable(name: "ringtgt-admin", targets: ["ringtgt-admin"]),
         .library(name: "Target", targets: ["Target"]),
         .library(name: "SheepProtocol", targets: ["SheepProtocol"]),
         .executable(name: "ringtgt-sheep-testserver", targets: ["SheepTestServer"]),
@@ -46,6 +47,11 @@ let package = Package(
         .executableTarget(
             name: "ringtgtadm",
             dependencies: ["Target", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: [.swiftLanguageMode(.v5)]
+        ),
+        .executableTarget(
+            name: "ringtgt-admin",
+            dependencies: ["Target"],
             swiftSettings: [.swiftLanguageMode(.v5)]
         ),
         // Sheepdog wire codec, shared by the sheepdog store and the sheep-protocol test server. No dependencies.

@@ -54,7 +54,7 @@ struct RingTgtd: ParsableCommand {
         "Connections not yet logged in that one source address may hold per core (up to cores times this in all)."))
     var maxLoginPerAddress: Int = 64
 
-    @Option(name: .customLong("config"), help: "A targets.conf-style file applied at start.")
+    @Option(name: .customLong("config"), help: "A targets.conf-style file applied at start and again, as a difference, on SIGHUP.")
     var configFile: String?
 
     @Option(name: .customLong("poll-us"), help: "Busy-poll each core's ring for this many microseconds after its last completion before sleeping (0 = never; lowers latency, costs CPU).")
@@ -170,8 +170,8 @@ struct RingTgtd: ParsableCommand {
             }
         }
         if let configFile {
-            // The error names the line (ConfigFile.Failure: "FILE line N: message: content").
-            try orExit(configFile) { try ConfigFile.load(path: configFile, into: registry) }
+            // Every error names its file and line; a missing file is not fatal (ConfigReload).
+            try orExit(configFile) { try ConfigReload.start(path: configFile, registry: registry, logger: logger) }
         }
         if !exportOptions.isEmpty {
             try orExit("--export") { try NBDExports.add(exportOptions, to: registry) }
@@ -195,9 +195,15 @@ struct RingTgtd: ParsableCommand {
         sigemptyset(&set)
         sigaddset(&set, SIGTERM)
         sigaddset(&set, SIGINT)
+        sigaddset(&set, SIGHUP)
         pthread_sigmask(SIG_BLOCK, &set, nil)
         var sig: Int32 = 0
         sigwait(&set, &sig)
+        // SIGHUP (systemctl reload): apply the difference to --config, as ringtgt-admin --update ALL does.
+        while sig == SIGHUP {
+            ConfigReload.reload(path: configFile, registry: registry, logger: logger)
+            sigwait(&set, &sig)
+        }
         logger.info("signal \(sig): shutting down")
         SystemdNotify.send("STOPPING=1")
         server.stop()
@@ -243,6 +249,7 @@ var blockSet = sigset_t()
 sigemptyset(&blockSet)
 sigaddset(&blockSet, SIGTERM)
 sigaddset(&blockSet, SIGINT)
+sigaddset(&blockSet, SIGHUP)
 pthread_sigmask(SIG_BLOCK, &blockSet, nil)
 signal(SIGPIPE, SIG_IGN)
 RingTgtd.main()

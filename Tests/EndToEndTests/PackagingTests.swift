@@ -17,7 +17,7 @@ extension EndToEnd {
 
         @Test func versionIsJustTheVersion() throws {
             try withScratch { scratch in
-                for program in ["ringtgtd", "ringtgtadm"] {
+                for program in ["ringtgtd", "ringtgtadm", "ringtgt-admin"] {
                     for flag in ["-V", "--version"] {
                         let r = try runTool(try Paths.packageBinary(program), [flag], logDir: scratch.url,
                                             timeoutSeconds: Self.toolTimeoutSeconds)
@@ -33,7 +33,8 @@ extension EndToEnd {
                 // Options only that program has (fish names them without dashes), and (ringtgtadm) a value
                 // offered for --mode.
                 let expected = ["ringtgtd": ["control-socket", "max-connections"],
-                                "ringtgtadm": ["backing-store", "logicalunit"]]
+                                "ringtgtadm": ["backing-store", "logicalunit"],
+                                "ringtgt-admin": ["ignore-errors", "control-socket"]]
                 for (program, words) in expected {
                     let r = try runTool(try Paths.packageBinary(program), ["--generate-completion-script", shell],
                                         logDir: scratch.url, timeoutSeconds: Self.toolTimeoutSeconds)
@@ -55,7 +56,7 @@ extension EndToEnd {
         @Test func manPagesNameEveryOption() throws {
             let option = try Regex("--[a-z][a-z-]+")
             try withScratch { scratch in
-                for program in ["ringtgtd", "ringtgtadm"] {
+                for program in ["ringtgtd", "ringtgtadm", "ringtgt-admin"] {
                     let help = try runTool(try Paths.packageBinary(program), ["--help"], logDir: scratch.url,
                                            timeoutSeconds: Self.toolTimeoutSeconds)
                     #expect(help.succeeded, "\(help)")

@@ -45,17 +45,17 @@ import Testing
 
     @Test func configFileNamesTheLineOfAShortOrRepeatedSecret() {
         let h = ControlHarness()
-        #expect(throws: ConfigFile.Failure(line: 3, content: "incominguser alice short",
-                                           message: "invalid request: a CHAP secret must be at least 12 bytes (RFC 7143 12.1.3)")) {
+        #expect(throws: ConfigFile.Failures([ConfigFile.Failure(line: 3, content: "incominguser alice short",
+                                           message: "invalid request: a CHAP secret must be at least 12 bytes (RFC 7143 12.1.3)")])) {
             try ConfigFile.apply("<target iqn.2026-01.test:a>\n  initiator-address ALL\n  incominguser alice short\n</target>\n",
                                  to: h.registry)
         }
         let h2 = ControlHarness()
         let repeated = "<target iqn.2026-01.test:a>\n  incominguser alice samesecret123\n  outgoinguser tgt0 samesecret123\n</target>\n"
-        #expect(throws: ConfigFile.Failure(line: 3, content: "outgoinguser tgt0 samesecret123",
+        #expect(throws: ConfigFile.Failures([ConfigFile.Failure(line: 3, content: "outgoinguser tgt0 samesecret123",
                                            message: "invalid request: the outgoing account tgt0 has the same secret as "
                                                + "the incoming account alice; a target's secrets must differ in each "
-                                               + "direction (RFC 7143 12.1.3)")) {
+                                               + "direction (RFC 7143 12.1.3)")])) {
             try ConfigFile.apply(repeated, to: h2.registry)
         }
     }

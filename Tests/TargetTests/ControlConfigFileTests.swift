@@ -81,7 +81,7 @@ import Testing
         ]
         for (text, expected) in cases {
             let h = ControlHarness()
-            #expect(throws: expected) { try ConfigFile.apply(text, to: h.registry) }
+            #expect(throws: ConfigFile.Failures([expected])) { try ConfigFile.apply(text, to: h.registry) }
             #expect(h.fabric.published.isEmpty, "a syntax error must change nothing: \(expected)")
         }
     }
@@ -95,28 +95,29 @@ import Testing
                 backing-store /missing.img
             </target>
             """
-        #expect(throws: ConfigFile.Failure(line: 3, content: "backing-store /missing.img",
-                                           message: "invalid request: open /missing.img: No such file or directory")) {
+        #expect(throws: ConfigFile.Failures([ConfigFile.Failure(line: 3, content: "backing-store /missing.img",
+                                           message: "invalid request: open /missing.img: No such file or directory")])) {
             try ConfigFile.apply(text, to: h.registry)
         }
 
         let h2 = ControlHarness()
         let keys = "<target iqn.2026-01.test:a>\n  MaxRecvDataSegmentLength 100\n</target>\n"
-        #expect(throws: ConfigFile.Failure(line: 2, content: "MaxRecvDataSegmentLength 100", message: "invalid request")) {
+        #expect(throws: ConfigFile.Failures([ConfigFile.Failure(line: 2, content: "MaxRecvDataSegmentLength 100", message: "invalid request")])) {
             try ConfigFile.apply(keys, to: h2.registry)
         }
 
         let h3 = ControlHarness()
         let params = "<target iqn.2026-01.test:a>\n  backing-store /tmp/x\n  vendor_id Ünïcode\n</target>\n"
-        #expect(throws: ConfigFile.Failure(line: 3, content: "vendor_id Ünïcode", message: "invalid request: vendor_id must be printable ASCII")) {
+        #expect(throws: ConfigFile.Failures([ConfigFile.Failure(line: 3, content: "vendor_id Ünïcode", message: "invalid request: vendor_id must be printable ASCII")])) {
             try ConfigFile.apply(params, to: h3.registry)
         }
 
+        // As tgt-admin -e: a target that exists already is left as it is.
         let h4 = ControlHarness()
         h4.run("--lld iscsi --op new --mode target --tid 1 --targetname iqn.2026-01.test:a")
-        #expect(throws: ConfigFile.Failure(line: 1, content: "<target iqn.2026-01.test:a>", message: "this target already exists")) {
-            try ConfigFile.apply("<target iqn.2026-01.test:a>\n</target>\n", to: h4.registry)
-        }
+        let report = try? ConfigFile.apply("<target iqn.2026-01.test:a>\n  backing-store /tmp/a\n</target>\n", to: h4.registry)
+        #expect(report?.notes == ["target iqn.2026-01.test:a already exists"])
+        #expect(h4.registry.currentSnapshot.target(tid: 1)?.luns.isEmpty == true)
     }
 
     @Test func crlfLinesAreAccepted() throws {
@@ -129,13 +130,15 @@ import Testing
         let dir = makeTemporaryDirectory()
         defer { _ = try? FileManager.default.removeItem(atPath: dir) }
         let path = dir + "/targets.conf"
-        try "<target iqn.2026-01.test:file>\n backing-store /tmp/f.img\n</target>\n".write(toFile: path, atomically: true, encoding: .utf8)
+        try "<target iqn.2026-01.test:file>\n backing-store \(dir)/f.img\n</target>\n".write(toFile: path, atomically: true, encoding: .utf8)
         let h = ControlHarness()
+        // The dry run checks that a file store exists.
+        #expect(throws: ConfigFile.Failures.self) { try ConfigFile.load(path: path, into: h.registry) }
+        #expect(h.fabric.published.isEmpty)
+        FileManager.default.createFile(atPath: dir + "/f.img", contents: nil)
         try ConfigFile.load(path: path, into: h.registry)
-        #expect(h.registry.currentSnapshot.target(tid: 1)?.lun(1)?.path == "/tmp/f.img")
-        #expect(throws: ConfigFile.Failure(line: 0, content: dir + "/nope.conf", message: "cannot read the configuration file")) {
-            try ConfigFile.load(path: dir + "/nope.conf", into: h.registry)
-        }
+        #expect(h.registry.currentSnapshot.target(tid: 1)?.lun(1)?.path == dir + "/f.img")
+        #expect(throws: ConfigFile.Missing.self) { try ConfigFile.load(path: dir + "/nope.conf", into: h.registry) }
     }
 }
 
@@ -161,12 +164,13 @@ import Testing
         // The same user with another password, and a line without a password, name their lines.
         let h2 = ControlHarness()
         let clash = "<target iqn.2026-01.test:a>\n  incominguser u usersecret001\n</target>\n<target iqn.2026-01.test:b>\n  incominguser u usersecret002\n</target>\n"
-        #expect(throws: ConfigFile.Failure(line: 5, content: "incominguser u usersecret002", message: "this account already exists")) {
+        #expect(throws: ConfigFile.Failures([ConfigFile.Failure(line: 5, content: "incominguser u usersecret002",
+                                                                message: "account u already exists with another password")])) {
             try ConfigFile.apply(clash, to: h2.registry)
         }
         let h3 = ControlHarness()
-        #expect(throws: ConfigFile.Failure(line: 2, content: "outgoinguser lonely",
-                                           message: "outgoinguser takes a user and a password")) {
+        #expect(throws: ConfigFile.Failures([ConfigFile.Failure(line: 2, content: "outgoinguser lonely",
+                                           message: "outgoinguser takes a user and a password")])) {
             try ConfigFile.apply("<target iqn.2026-01.test:a>\n  outgoinguser lonely\n</target>\n", to: h3.registry)
         }
     }

@@ -27,6 +27,9 @@ public final class Registry: @unchecked Sendable {
         case ready, offline
     }
 
+    /// `--op show --mode system --name targets.conf`: the running configuration in targets.conf syntax
+    /// (ringtgt-admin --dump, and the base of every config reload's difference).
+    public static let configDumpName = "targets.conf"
     /// The iSCSI driver is the only one ringtgt has (tgt's "iscsi" lld).
     public static let driverName = "iscsi"
     /// Accepted only by `--op show --mode portal` (the NBD server has no other admin objects).
@@ -45,6 +48,8 @@ public final class Registry: @unchecked Sendable {
         var openFlags: BackingOpenFlags
         /// What the store itself offers, before `--params` narrowed it.
         var storeCapabilities: StoreCapabilities
+        /// `--bsopts` as given (ringtgt-admin --dump prints it).
+        var bsopts: String? = nil
     }
 
     struct TargetRecord {
@@ -165,6 +170,7 @@ public final class Registry: @unchecked Sendable {
     private func systemMode(_ r: AdminRequest) throws -> String {
         switch r.op {
         case .show:
+            if r.name == Self.configDumpName { return ConfigUpdate.dump(targets: Array(targets.values), accounts: accounts) }
             return ShowFormatter.system(state: systemState, debug: debug, driverState: "ready",
                                         backingStores: opener.backingStoreDescriptions)
         case .update:
@@ -389,7 +395,8 @@ public final class Registry: @unchecked Sendable {
             opener.release(opened.backing)
             throw error
         }
-        target.luns[lun] = LUNRecord(unit: unit, identity: identity, openFlags: flags, storeCapabilities: opened.capabilities)
+        target.luns[lun] = LUNRecord(unit: unit, identity: identity, openFlags: flags, storeCapabilities: opened.capabilities,
+                                     bsopts: r.bsopts)
         target.lunGeneration = nextGeneration()
         targets[tid] = target
         publish()

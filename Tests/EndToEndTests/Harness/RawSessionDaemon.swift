@@ -36,7 +36,8 @@ struct OptionedTarget {
 /// Starts ringtgtd with `daemonOptions` added to its command line, creates tid 1 with `luns` (null or
 /// file LUNs, numbered from 1), runs `body` and stops the daemon (SIGTERM; it must exit 0). `launcher`
 /// (e.g. `prlimit --nofile=64:64 --`) runs the daemon through a program that execs it, keeping the pid.
-func withTarget<R>(daemonOptions: [String], launcher: [String] = [], luns: [LUNSpec],
+/// With `createsTarget` false the daemon's own options (e.g. `--config`) make every target.
+func withTarget<R>(daemonOptions: [String], launcher: [String] = [], luns: [LUNSpec], createsTarget: Bool = true,
                    _ body: (OptionedTarget) throws -> R) throws -> R {
     guard Peer.current == .ringtgt else {
         throw E2EError("withTarget(daemonOptions:) starts ringtgtd only")
@@ -84,8 +85,8 @@ func withTarget<R>(daemonOptions: [String], launcher: [String] = [], luns: [LUNS
     }
 
     let iqn = "\(RunningTarget.iqnPrefix):t1"
-    try admin.newTarget(tid: 1, name: iqn)
-    for (i, spec) in luns.enumerated() {
+    if createsTarget { try admin.newTarget(tid: 1, name: iqn) }
+    for (i, spec) in luns.enumerated() where createsTarget {
         switch spec {
         case .file(let bytes):
             let f = try scratch.makeSparseFile("lun\(i + 1).img", bytes: bytes)
@@ -94,7 +95,7 @@ func withTarget<R>(daemonOptions: [String], launcher: [String] = [], luns: [LUNS
             try admin.newNullLUN(tid: 1, lun: i + 1, bytes: bytes, peer: .ringtgt)
         }
     }
-    try admin.bind(tid: 1)
+    if createsTarget { try admin.bind(tid: 1) }
     let target = OptionedTarget(process: process, admin: admin, scratch: scratch, endpoint: endpoint, iqn: iqn)
     let result = try body(target)
     try target.requireAlive("during the test")
