@@ -85,6 +85,8 @@ public final class Reactor {
     // R2T permits: at most half the slots wait for solicited data at once, so the other half always drains
     // (reads and writes in progress complete without needing the network), and stalled parsers make progress.
     var r2tPermits: Int
+    /// The permits there are: taken ones plus free ones always add up to this.
+    let r2tPermitCount: Int
     var permitQueue: [UInt64] = []
     var permitQueueHead = 0
     var tttSequence: UInt32 = 0
@@ -139,7 +141,8 @@ public final class Reactor {
         ring = try Ring(entries: config.submissionEntries)
         pool = BufferPool(slotBytes: config.slotBytes, slotCount: config.slotCount)
         try ring.registerBuffer(pool.base, bytes: pool.totalBytes)
-        r2tPermits = max(1, config.slotCount / 2)
+        r2tPermitCount = max(1, config.slotCount / 2)
+        r2tPermits = r2tPermitCount
         connectionMemory = ConnectionMemory(count: config.maxConnections, taskCapacity: taskCapacity,
                                             sendQueueRecords: config.sendQueueRecords)
         connections = [Connection?](repeating: nil, count: config.maxConnections)
@@ -464,7 +467,7 @@ public final class Reactor {
     /// so a completion never runs another connection's code.
     @inline(__always)
     func releaseSlot(_ s: Int) {
-        pool.give(s)
+        pool.give(s)   // asserts the slot count stays within the pool
     }
 
     /// Wake-ups of this pass: R2T permits and buffer slots given back go to the connections waiting for them, in
@@ -501,6 +504,7 @@ public final class Reactor {
     @inline(__always)
     func returnR2TPermit() {
         r2tPermits += 1
+        assert(r2tPermits <= r2tPermitCount, "an R2T permit was returned twice")
     }
 
     private func grantPermits() {
@@ -577,6 +581,7 @@ public final class Reactor {
 
     private func storeCompletion(_ c: Connection, _ t: Int, _ res: Int32) {
         c.storeInFlight -= 1
+        assert(c.storeInFlight >= 0, "a store completion without a store operation in flight")
         if c.phase == .closing {
             maybeRelease(c)
             return
@@ -870,6 +875,7 @@ extension Reactor: SheepStoreHost {
     func storeFinished(_ tag: UInt64, _ result: StoreResult) {
         guard let (c, t) = storeTask(tag) else { return }
         c.storeInFlight -= 1
+        assert(c.storeInFlight >= 0, "a store request finished twice")
         if c.phase == .closing { maybeRelease(c); return }
         c.storeDone(t, result)
     }
