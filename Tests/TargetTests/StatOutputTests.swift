@@ -14,10 +14,10 @@ import Testing
 
     @Test func lunTableUsesTgtsHeaderAndColumnWidths() {
         let l = Self.line { s in
-            s.counters.readSubmittedBytes = 40960; s.counters.readSubmittedCommands = 10
-            s.counters.readDoneBytes = 40960; s.counters.readDoneCommands = 10
-            s.counters.writeSubmittedBytes = 16384; s.counters.writeSubmittedCommands = 4
-            s.counters.writeDoneBytes = 16384; s.counters.writeDoneCommands = 4
+            s.counters.read.submittedBytes = 40960; s.counters.read.submittedCommands = 10
+            s.counters.read.doneBytes = 40960; s.counters.read.doneCommands = 10
+            s.counters.write.submittedBytes = 16384; s.counters.write.submittedCommands = 4
+            s.counters.write.doneBytes = 16384; s.counters.write.doneCommands = 4
             s.counters.errors = 1; s.counters.doneCommands = 15; s.counters.aborts = 2
             s.counters.latencySumNanos = 15 * 25_000; s.counters.latencyMaxNanos = 30_000
             s.latencyBuckets[LatencyHistogram.bucket(nanos: 25_000)] = 14
@@ -81,7 +81,7 @@ import Testing
 
     @Test func prometheusPageIsValidAndHistogramsAreCumulative() {
         let l = Self.line { s in
-            s.counters.readDoneCommands = 3; s.counters.readDoneBytes = 12288; s.counters.doneCommands = 3
+            s.counters.read.doneCommands = 3; s.counters.read.doneBytes = 12288; s.counters.doneCommands = 3
             s.counters.latencySumNanos = 3_000_000
             for n: UInt64 in [5_000, 100_000, 2_895_000] { s.latencyBuckets[LatencyHistogram.bucket(nanos: n)] += 1 }
         }

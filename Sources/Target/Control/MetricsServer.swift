@@ -21,10 +21,7 @@ public final class MetricsServer: @unchecked Sendable {
     /// The address bound (the kernel's port when `requested` asked for port 0); valid after `start`.
     public private(set) var bound: Portal
     private let page: () -> String
-    private var listenFD: Int32 = -1
-    private var wakePipe: [Int32] = [-1, -1]
-    private var thread: Thread?
-    private let finished = DispatchSemaphore(value: 0)
+    private var loop: AcceptLoop?
 
     public init(portal: Portal, page: @escaping () -> String) {
         requested = portal
@@ -33,57 +30,24 @@ public final class MetricsServer: @unchecked Sendable {
     }
 
     public func start() throws {
-        precondition(thread == nil, "MetricsServer started twice")
+        precondition(loop == nil, "MetricsServer started twice")
         let fd = try SocketAddress.bound(requested)
-        do { try SocketAddress.listen(fd, portal: requested) } catch { close(fd); throw error }
-        bound.port = SocketAddress.boundPort(fd)
-        var fds: [Int32] = [-1, -1]
-        if pipe(&fds) != 0 { let e = errno; close(fd); throw NetError.system("pipe", e) }
-        _ = fcntl(fds[0], F_SETFD, FD_CLOEXEC)
-        _ = fcntl(fds[1], F_SETFD, FD_CLOEXEC)
-        listenFD = fd
-        wakePipe = fds
-        let t = Thread { [self] in
-            serve()
-            finished.signal()
+        do {
+            try SocketAddress.listen(fd, portal: requested)
+            bound.port = SocketAddress.boundPort(fd)
+            loop = try AcceptLoop(listenFD: fd, name: "ringtgt-metrics") { [unowned self] in handle($0) }
+        } catch {
+            close(fd)
+            throw error
         }
-        t.name = "ringtgt-metrics"
-        thread = t
-        t.start()
     }
 
     public func stop() {
-        guard thread != nil else { return }
-        var byte: UInt8 = 1
-        _ = write(wakePipe[1], &byte, 1)
-        finished.wait()
-        thread = nil
-        close(listenFD)
-        close(wakePipe[0])
-        close(wakePipe[1])
-        listenFD = -1
+        loop?.stop()
+        loop = nil
     }
 
     deinit { stop() }
-
-    private func serve() {
-        while true {
-            var pfds = [pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0),
-                        pollfd(fd: wakePipe[0], events: Int16(POLLIN), revents: 0)]
-            let n = poll(&pfds, 2, -1)
-            if n < 0 {
-                if errno == EINTR { continue }
-                return
-            }
-            if pfds[1].revents != 0 { return }
-            if pfds[0].revents & Int16(POLLIN) == 0 { continue }
-            let client = accept(listenFD, nil, nil)
-            if client < 0 { continue }   // ECONNABORTED, EMFILE...: keep serving
-            _ = fcntl(client, F_SETFD, FD_CLOEXEC)
-            handle(client)
-            close(client)
-        }
-    }
 
     private func handle(_ fd: Int32) {
         ControlWire.setTimeouts(fd, seconds: Self.ioTimeoutSeconds)

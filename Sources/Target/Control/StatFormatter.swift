@@ -10,13 +10,6 @@ public struct LUNStatLine: Equatable, Sendable {
     public var targetName: String
     public var lun: UInt64
     public var statistics: LUNStatistics
-
-    public init(tid: Int, targetName: String, lun: UInt64, statistics: LUNStatistics) {
-        self.tid = tid
-        self.targetName = targetName
-        self.lun = lun
-        self.statistics = statistics
-    }
 }
 
 public enum StatFormatter {
@@ -38,10 +31,10 @@ public enum StatFormatter {
     static func lunLine(_ l: LUNStatLine) -> String {
         let c = l.statistics.counters
         return [pad(l.tid, 3), pad(l.lun, 3), pad(0, 3),
-                pad(c.readSubmittedBytes, 12), pad(c.readSubmittedCommands, 6),
-                pad(c.readDoneBytes, 12), pad(c.readDoneCommands, 6),
-                pad(c.writeSubmittedBytes, 12), pad(c.writeSubmittedCommands, 6),
-                pad(c.writeDoneBytes, 12), pad(c.writeDoneCommands, 6),
+                pad(c.read.submittedBytes, 12), pad(c.read.submittedCommands, 6),
+                pad(c.read.doneBytes, 12), pad(c.read.doneCommands, 6),
+                pad(c.write.submittedBytes, 12), pad(c.write.submittedCommands, 6),
+                pad(c.write.doneBytes, 12), pad(c.write.doneCommands, 6),
                 pad(c.errors, 4)].joined(separator: " ") + "\n"
     }
 
@@ -131,13 +124,13 @@ public enum StatFormatter {
         }
         let lunCounters: [(String, String, (LUNCounters) -> UInt64)] = [
             ("ringtgt_lun_read_commands_total", "READ-direction commands completed (tgt rd_done cmds).",
-             { $0.readDoneCommands }),
+             { $0.read.doneCommands }),
             ("ringtgt_lun_read_bytes_total", "Bytes read by completed commands (tgt rd_done bytes).",
-             { $0.readDoneBytes }),
+             { $0.read.doneBytes }),
             ("ringtgt_lun_write_commands_total", "WRITE-direction commands completed (tgt wr_done cmds).",
-             { $0.writeDoneCommands }),
+             { $0.write.doneCommands }),
             ("ringtgt_lun_write_bytes_total", "Bytes written by completed commands (tgt wr_done bytes).",
-             { $0.writeDoneBytes }),
+             { $0.write.doneBytes }),
             ("ringtgt_lun_commands_total", "SCSI commands of any kind completed.", { $0.doneCommands }),
             ("ringtgt_lun_errors_total", "Commands that ended with a status other than GOOD (tgt errs).",
              { $0.errors }),

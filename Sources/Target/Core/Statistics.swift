@@ -59,17 +59,38 @@ public enum LatencyHistogram {
 /// submitted and done per direction, commands that ended in anything but GOOD; plus aborts and latency.
 /// Plain words: a core adds to them in place, in its own memory.
 public struct LUNCounters: Equatable, Sendable {
+    /// One data direction: tgt's rd_subm/rd_done or wr_subm/wr_done, bytes and commands.
+    public struct Direction: Equatable, Sendable {
+        public var submittedBytes: UInt64 = 0
+        public var submittedCommands: UInt64 = 0
+        public var doneBytes: UInt64 = 0
+        public var doneCommands: UInt64 = 0
+
+        @inline(__always)
+        mutating func submitted(_ bytes: UInt64) {
+            submittedCommands &+= 1
+            submittedBytes &+= bytes
+        }
+
+        @inline(__always)
+        mutating func done(_ bytes: UInt64) {
+            doneCommands &+= 1
+            doneBytes &+= bytes
+        }
+
+        mutating func add(_ o: Direction) {
+            submittedBytes &+= o.submittedBytes
+            submittedCommands &+= o.submittedCommands
+            doneBytes &+= o.doneBytes
+            doneCommands &+= o.doneCommands
+        }
+    }
+
     /// Which LUN the words belong to (LogicalUnit.statisticsID); 0 = none yet. A core finding another owner
     /// in a slot starts it afresh, so a slot given to a new LUN never shows its predecessor's counts.
     var owner: UInt64 = 0
-    public var readSubmittedBytes: UInt64 = 0
-    public var readSubmittedCommands: UInt64 = 0
-    public var readDoneBytes: UInt64 = 0
-    public var readDoneCommands: UInt64 = 0
-    public var writeSubmittedBytes: UInt64 = 0
-    public var writeSubmittedCommands: UInt64 = 0
-    public var writeDoneBytes: UInt64 = 0
-    public var writeDoneCommands: UInt64 = 0
+    public var read = Direction()
+    public var write = Direction()
     /// Commands of any kind that started on the LUN, and those that ended.
     public var commands: UInt64 = 0
     public var doneCommands: UInt64 = 0
@@ -83,14 +104,8 @@ public struct LUNCounters: Equatable, Sendable {
     public init() {}
 
     mutating func add(_ o: LUNCounters) {
-        readSubmittedBytes &+= o.readSubmittedBytes
-        readSubmittedCommands &+= o.readSubmittedCommands
-        readDoneBytes &+= o.readDoneBytes
-        readDoneCommands &+= o.readDoneCommands
-        writeSubmittedBytes &+= o.writeSubmittedBytes
-        writeSubmittedCommands &+= o.writeSubmittedCommands
-        writeDoneBytes &+= o.writeDoneBytes
-        writeDoneCommands &+= o.writeDoneCommands
+        read.add(o.read)
+        write.add(o.write)
         commands &+= o.commands
         doneCommands &+= o.doneCommands
         errors &+= o.errors
@@ -148,17 +163,6 @@ public struct ConnectionStatistics: Equatable, Sendable {
     public var initiatorName: String
     public var peerAddress: String
     public var counters: ConnectionCounters
-
-    public init(tid: Int, targetName: String, sid: UInt64, cid: UInt32, initiatorName: String, peerAddress: String,
-                counters: ConnectionCounters) {
-        self.tid = tid
-        self.targetName = targetName
-        self.sid = sid
-        self.cid = cid
-        self.initiatorName = initiatorName
-        self.peerAddress = peerAddress
-        self.counters = counters
-    }
 }
 
 /// What the cores reported for one `statistics` call.
@@ -166,11 +170,6 @@ public struct StatisticsSample: Sendable {
     /// In the order of the units asked about.
     public var luns: [LUNStatistics]
     public var connections: [ConnectionStatistics]
-
-    public init(luns: [LUNStatistics], connections: [ConnectionStatistics]) {
-        self.luns = luns
-        self.connections = connections
-    }
 }
 
 /// Hands out the slots of the cores' LUN statistics tables. A LUN keeps its slot while it exists (an

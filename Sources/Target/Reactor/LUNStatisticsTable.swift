@@ -52,13 +52,7 @@ struct LUNStatisticsTable: ~Copyable {
     func started(_ lun: LogicalUnit, read: Bool, write: Bool, bytes: UInt64) {
         guard let c = entry(lun) else { return }
         c.pointee.commands &+= 1
-        if write {
-            c.pointee.writeSubmittedCommands &+= 1
-            c.pointee.writeSubmittedBytes &+= bytes
-        } else if read {
-            c.pointee.readSubmittedCommands &+= 1
-            c.pointee.readSubmittedBytes &+= bytes
-        }
+        if write { c.pointee.write.submitted(bytes) } else if read { c.pointee.read.submitted(bytes) }
     }
 
     /// A command on `lun` ended with `good` (or not) after `nanos`, having moved `bytes`.
@@ -66,13 +60,7 @@ struct LUNStatisticsTable: ~Copyable {
     func done(_ lun: LogicalUnit, read: Bool, write: Bool, bytes: UInt64, good: Bool, nanos: UInt64) {
         guard let c = entry(lun) else { return }
         c.pointee.doneCommands &+= 1
-        if write {
-            c.pointee.writeDoneCommands &+= 1
-            c.pointee.writeDoneBytes &+= bytes
-        } else if read {
-            c.pointee.readDoneCommands &+= 1
-            c.pointee.readDoneBytes &+= bytes
-        }
+        if write { c.pointee.write.done(bytes) } else if read { c.pointee.read.done(bytes) }
         assert(c.pointee.doneCommands <= c.pointee.commands, "a command ended on \(lun.number) that never started")
         if !good { c.pointee.errors &+= 1 }
         c.pointee.latencySumNanos &+= nanos
