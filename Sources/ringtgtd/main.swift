@@ -26,6 +26,11 @@ struct RingTgtd: ParsableCommand {
         valueName: "[NAME=]SPEC"))
     var exports: [String] = []
 
+    @Option(name: .customLong("metrics"), help: ArgumentHelp(
+        "Serve Prometheus metrics (the --op stat counters) over HTTP at /metrics: portal=HOST:PORT (port 0 = any; "
+            + "the ready line names the bound port). Off unless given.", valueName: "portal=HOST:PORT"))
+    var metrics: String?
+
     @Option(name: .customLong("bstype"), help: "Backing store type for --export paths (rdwr, null, sheepdog).")
     var exportBSType: String = "rdwr"
 
@@ -145,6 +150,13 @@ struct RingTgtd: ParsableCommand {
         }
         // The iSCSI default portal only when no listener at all was asked for (an NBD-only daemon opens none).
         if portals.isEmpty && nbdPortals.isEmpty { portals = [Portal(host: "0.0.0.0", port: 3260)] }
+        var metricsPortal: Portal? = nil
+        if let metrics {
+            let kv = metrics.split(separator: "=", maxSplits: 1).map(String.init)
+            guard kv.count == 2, kv[0] == "portal" else { throw ValidationError("bad --metrics option '\(metrics)'") }
+            guard let p = Portal.parse(kv[1]) else { throw ValidationError("bad metrics portal '\(kv[1])'") }
+            metricsPortal = p
+        }
 
         let socketPath = controlSocket ?? ControlEndpoint.path(controlPort: controlPort)
         let coreCount = cores ?? Int(cpuCount())
@@ -179,6 +191,9 @@ struct RingTgtd: ParsableCommand {
         // The portals accept only now: a login during start-up would meet a half-applied configuration
         // (an ACL already bound, its CHAP account not yet).
         try orExit("cannot open the portals") { try runtime.startAccepting() }
+        // Before the control socket, so the ready line can name its port.
+        let metricsServer = metricsPortal.map { MetricsServer(portal: $0) { registry.metricsText() } }
+        if let metricsServer { try orExit("cannot start the metrics endpoint") { try metricsServer.start() } }
         // The control socket opens last: a test or script that polls it sees the configured targets and exports,
         // and portals that accept.
         let server = ControlServer(path: socketPath, registry: registry)
@@ -187,7 +202,9 @@ struct RingTgtd: ParsableCommand {
             : runtime.boundPortals.map { $0.description }.joined(separator: " ")
         let nbdWhere = runtime.boundNBDPortals.isEmpty ? ""
             : ", NBD " + runtime.boundNBDPortals.map { $0.description }.joined(separator: " ")
-        logger.info("ringtgtd ready: \(coreCount) core(s), portals \(where_)\(nbdWhere), control \(socketPath)")
+        let metricsWhere = metricsServer.map { ", metrics \($0.bound)" } ?? ""
+        let ready = "ringtgtd ready: \(coreCount) core(s), portals \(where_)\(nbdWhere), control \(socketPath)"
+        logger.info("\(ready)\(metricsWhere)")
         SystemdNotify.send("READY=1\nSTATUS=serving")
 
         // Wait for SIGTERM/SIGINT, then stop the cores (they close their sessions) and the control socket.
@@ -207,6 +224,7 @@ struct RingTgtd: ParsableCommand {
         logger.info("signal \(sig): shutting down")
         SystemdNotify.send("STOPPING=1")
         server.stop()
+        metricsServer?.stop()
         runtime.stop()
         // Sheepdog locks are the sheep node's, not the connection's: release them, or the VDI stays locked.
         for target in registry.currentSnapshot.targets {

@@ -61,6 +61,8 @@ public final class Reactor {
     var pool: BufferPool
     /// Each connection index's fixed-size memory (see ConnectionMemory).
     let connectionMemory: ConnectionMemory
+    /// This core's counters per LUN (`--op stat`, metrics).
+    let lunStatistics = LUNStatisticsTable()
     /// Task entries per connection: the CmdSN window plus immediate commands.
     let taskCapacity: Int
     unowned(unsafe) let runtime: Runtime
@@ -675,6 +677,8 @@ public final class Reactor {
             case .commandsInFlight(let q):
                 q.result = commandsInFlight(on: q.units)
                 q.reply.signal()
+            case .statistics(let q):
+                answer(q)
             case .startAccepting:
                 for (i, fd) in listeners.enumerated() { armAccept(i, fd) }
             case .shutdown:
@@ -741,6 +745,20 @@ public final class Reactor {
         return n
     }
 
+    /// This core's part of `--op stat` and the metrics: the LUNs asked about, and its logged-in iSCSI connections.
+    func answer(_ q: StatisticsQuery) {
+        q.luns = q.units.map { lunStatistics.read(slot: $0.slot, id: $0.id) }
+        for c in connections {
+            guard let c, c.phase == .fullFeature, c.frontEnd == .iscsi, !c.isDiscovery, let target = c.target else {
+                continue
+            }
+            q.connections.append(ConnectionStatistics(tid: target.tid, targetName: target.name, sid: UInt64(c.tsih),
+                                                      cid: UInt32(c.cid), initiatorName: c.initiatorName,
+                                                      peerAddress: c.peer, counters: c.counters))
+        }
+        q.reply.signal()
+    }
+
     func sessionInfo() -> [SessionInfo] {
         var out: [SessionInfo] = []
         for c in connections {
@@ -770,6 +788,7 @@ public final class Reactor {
                 case .config(_, let reply): reply.signal()
                 case .sessions(let q): q.reply.signal()
                 case .commandsInFlight(let q): q.result = commandsInFlight(on: q.units); q.reply.signal()
+                case .statistics(let q): answer(q)
                 case .closeSession, .startAccepting, .shutdown: break
                 }
             }
