@@ -34,6 +34,8 @@ public final class ControlServer: @unchecked Sendable {
     /// Written to by stop() so that poll() in the server thread wakes up.
     private var wakePipe: [Int32] = [-1, -1]
     private var thread: Thread?
+    /// The socket's name is ours to remove.
+    private var socketPresent = false
     private let finished = DispatchSemaphore(value: 0)
 
     public init(path: String, handler: @escaping (AdminRequest) -> AdminResponse) {
@@ -47,7 +49,15 @@ public final class ControlServer: @unchecked Sendable {
 
     /// Creates the socket (removing a stale one left by a dead daemon) and starts serving.
     public func start() throws {
-        precondition(thread == nil, "ControlServer started twice")
+        try listen()
+        serve()
+    }
+
+    /// Creates the socket without serving it yet: a client connects into the backlog and its request waits
+    /// until `serve()`. The daemon listens first thing and serves once it is ready, so `ringtgtd -f &
+    /// ringtgtadm ...` never races the start-up.
+    public func listen() throws {
+        precondition(thread == nil && listenFD < 0, "ControlServer started twice")
         // The socket is bound under this name first; it must fit sun_path as well as the final one.
         let temporary = "\(path).tmp-\(getpid())"
         guard ControlWire.address(path) != nil, var tmpAddr = ControlWire.address(temporary) else {
@@ -69,17 +79,23 @@ public final class ControlServer: @unchecked Sendable {
         }
         if bound != 0 { let e = errno; close(fd); throw StartError.system("bind \(temporary)", e) }
         if chmod(temporary, 0o600) != 0 { let e = errno; close(fd); unlink(temporary); throw StartError.system("chmod", e) }
-        if listen(fd, Self.listenBacklog) != 0 { let e = errno; close(fd); unlink(temporary); throw StartError.system("listen", e) }
+        if Glibc.listen(fd, Self.listenBacklog) != 0 { let e = errno; close(fd); unlink(temporary); throw StartError.system("listen", e) }
         if rename(temporary, path) != 0 { let e = errno; close(fd); unlink(temporary); throw StartError.system("rename", e) }
+        socketPresent = true
 
         var fds: [Int32] = [-1, -1]
-        if pipe(&fds) != 0 { let e = errno; close(fd); unlink(path); throw StartError.system("pipe", e) }
+        if pipe(&fds) != 0 { let e = errno; close(fd); unlink(path); socketPresent = false; throw StartError.system("pipe", e) }
         _ = fcntl(fds[0], F_SETFD, FD_CLOEXEC)
         _ = fcntl(fds[1], F_SETFD, FD_CLOEXEC)
         listenFD = fd
         wakePipe = fds
+    }
+
+    /// Starts the thread that answers requests (after `listen()`).
+    public func serve() {
+        precondition(thread == nil && listenFD >= 0, "ControlServer.serve() without listen()")
         let t = Thread { [self] in
-            serve()
+            serveLoop()
             finished.signal()
         }
         t.name = "ringtgt-control"
@@ -89,16 +105,28 @@ public final class ControlServer: @unchecked Sendable {
 
     /// Stops serving, waits for the thread, removes the socket.
     public func stop() {
-        guard thread != nil else { return }
-        var byte: UInt8 = 1
-        _ = write(wakePipe[1], &byte, 1)
-        finished.wait()
-        thread = nil
+        stopServing()
+        if socketPresent {
+            socketPresent = false
+            unlink(path)
+        }
+    }
+
+    /// Stops answering and closes the socket, but leaves its name until `stop()`: a client connecting now
+    /// is refused, and `ringtgtadm --op delete --mode system`, which waits for the name to go, returns only
+    /// once the daemon has finished shutting down.
+    public func stopServing() {
+        if thread != nil {
+            var byte: UInt8 = 1
+            _ = write(wakePipe[1], &byte, 1)
+            finished.wait()
+            thread = nil
+        }
+        guard listenFD >= 0 else { return }
         close(listenFD)
         close(wakePipe[0])
         close(wakePipe[1])
         listenFD = -1
-        unlink(path)
     }
 
     deinit { stop() }
@@ -117,7 +145,7 @@ public final class ControlServer: @unchecked Sendable {
         unlink(path)
     }
 
-    private func serve() {
+    private func serveLoop() {
         while true {
             var pfds = [pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0),
                         pollfd(fd: wakePipe[0], events: Int16(POLLIN), revents: 0)]
