@@ -117,32 +117,57 @@ extension EndToEnd {
             #expect(!FileManager.default.fileExists(atPath: scratch.path("ctl").path), "a failed start left its socket")
         }
 
-        /// `ringtgtd -f & ringtgtadm ...` with no wait in between: the request waits for the daemon to be
-        /// ready instead of failing, and the portal it lists accepts.
-        @Test func foregroundDaemonAnswersAnAdminStartedRightAway() throws {
-            let scratch = try Scratch()
-            defer { scratch.remove() }
-            let socket = scratch.path("ctl").path
-            let daemon = try ToolProcess(try Paths.packageBinary("ringtgtd"),
-                                         ["-f", "--iscsi", PortalSpec.ipv4Loopback.option, "--control-socket", socket,
-                                          "--cores", "1", "--buffers", "16"],
-                                         logDir: scratch.url, label: "daemon")
-            defer { daemon.terminate() }
-            let admin = Admin(executable: try Paths.packageBinary("ringtgtadm"),
-                              controlArgs: ["--control-socket", socket], logDir: scratch.url)
-            let shown = try admin.run(["--op", "show", "--mode", "portal"])
-            #expect(shown.succeeded, "ringtgtadm right after ringtgtd -f: \(shown)\n\(daemon.stderrText)")
-            if let endpoint = Endpoint.parsePortals(shown.stdout).first {
-                let fd = Glibc.socket(endpoint.isIPv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-                defer { close(fd) }
-                #expect(endpoint.connect(fd) == 0, "the listed portal does not accept")
+        /// `ringtgtd -f & ringtgtadm ...`: a request made while the daemon is still starting waits until it is
+        /// ready instead of failing. The start-up is held deterministically: the --config file's sheepdog LUN
+        /// is opened while the sheep test server is stopped (SIGSTOP), and resumed only after ringtgtadm ran.
+        @Test func foregroundDaemonAnswersAnAdminStartedDuringStartUp() throws {
+            try withSheep(.testServer) { sheep in
+                try sheep.createVDI("tgt0", bytes: 16 * mebibyte)
+                let scratch = try Scratch()
+                defer { scratch.remove() }
+                let socketPath = scratch.path("ctl").path
+                let conf = scratch.path("targets.conf")
+                try """
+                    <target \(Self.iqn)>
+                        bs-type sheepdog
+                        backing-store unix:\(sheep.socketPath):tgt0
+                    </target>
+
+                    """.write(to: conf, atomically: true, encoding: .utf8)
+                sheep.pause()
+                var paused = true
+                defer { if paused { sheep.resume() } }
+                let daemon = try ToolProcess(try Paths.packageBinary("ringtgtd"),
+                                             ["-f", "--iscsi", PortalSpec.ipv4Loopback.option, "--control-socket", socketPath,
+                                              "--cores", "1", "--buffers", "16", "--config", conf.path],
+                                             logDir: scratch.url, label: "daemon")
+                defer { daemon.terminate() }
+                // The socket exists while start-up is held (the old order created it last).
+                try waitUntil("the control socket during start-up", timeoutSeconds: OpsDaemonLimits.detachSeconds) {
+                    FileManager.default.fileExists(atPath: socketPath) || !daemon.isRunning
+                }
+                let admin = try ToolProcess(try Paths.packageBinary("ringtgtadm"),
+                                            ["--control-socket", socketPath, "--op", "show", "--mode", "target"],
+                                            logDir: scratch.url, label: "admin")
+                // A bounded look: a ringtgtadm that ends while the daemon is held was not made to wait.
+                try? waitUntil("ringtgtadm to end early (it must not)", timeoutSeconds: 1) { !admin.isRunning }
+                #expect(admin.isRunning, "ringtgtadm did not wait for the daemon: \(admin.wait(timeoutSeconds: 1))")
+                sheep.resume()
+                paused = false
+                let shown = admin.wait(timeoutSeconds: OpsDaemonLimits.detachSeconds)
+                #expect(shown.succeeded, "ringtgtadm during start-up: \(shown)\n\(daemon.stderrText)")
+                // Its answer came once the config file was applied: the target and its LUN are listed.
+                #expect(shown.stdout.contains(Self.iqn) && shown.stdout.contains("LUN: 1"), "\(shown.stdout)")
+
+                // No session: --force stops it, and it exits 0.
+                let deleted = try runTool(try Paths.packageBinary("ringtgtadm"),
+                                          ["--control-socket", socketPath, "--op", "delete", "--mode", "system", "--force"],
+                                          logDir: scratch.url, timeoutSeconds: OpsDaemonLimits.exitSeconds * 2)
+                #expect(deleted.succeeded, "\(deleted)")
+                let r = daemon.wait(timeoutSeconds: OpsDaemonLimits.exitSeconds)
+                #expect(r.succeeded, "ringtgtd after --op delete --mode system: \(r)")
+                #expect(!FileManager.default.fileExists(atPath: socketPath))
             }
-            // No targets: system delete stops it, and it exits 0.
-            let deleted = try admin.run(["--op", "delete", "--mode", "system"])
-            #expect(deleted.succeeded, "\(deleted)")
-            let r = daemon.wait(timeoutSeconds: OpsDaemonLimits.exitSeconds)
-            #expect(r.succeeded, "ringtgtd after --op delete --mode system: \(r)")
-            #expect(!FileManager.default.fileExists(atPath: socket))
         }
 
         /// tgtadm's words and status with no daemon; compared with the real tgtadm when it is installed.
