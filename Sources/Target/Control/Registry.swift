@@ -202,7 +202,12 @@ public final class Registry: @unchecked Sendable {
             }
             return ""
         case .delete:
-            guard targets.isEmpty else { throw AdminError(.invalidRequest) }
+            // tgt's rule (is_system_inactive): not while a target exists. --force, ringtgt's, stops anyway; the
+            // sessions end and the sheep locks are released as on SIGTERM.
+            guard targets.isEmpty || r.force else {
+                let tids = targets.keys.sorted().map(String.init).joined(separator: ", ")
+                throw AdminError(.invalidRequest, "target(s) \(tids) still exist; delete them first or use --force")
+            }
             guard let shutdownHandler else { throw AdminError(.unsupportedOperation) }
             shutdownHandler()
             return ""

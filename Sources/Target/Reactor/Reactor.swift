@@ -105,6 +105,7 @@ public final class Reactor {
     let acceptRetrySpecs: UnsafeMutablePointer<__kernel_timespec>
     var acceptLog = RateLimitedLog(intervalSeconds: Reactor.admissionLogIntervalSeconds)
     var refusalLog = RateLimitedLog(intervalSeconds: Reactor.admissionLogIntervalSeconds)
+    var loginFailureLog = RateLimitedLog(intervalSeconds: LoginLog.failureIntervalSeconds, burst: LoginLog.failureBurstLines)
     /// Connections still in login (or the NBD handshake) per source address, for maxLoginConnectionsPerAddress.
     var loginConnectionsByAddress: [String: Int] = [:]
     /// Accepted sockets waiting for the slot of the connection evicted for them (which is released once its
@@ -434,6 +435,9 @@ public final class Reactor {
             runtime.unregisterSession(initiator: c.initiatorName, isid: c.isid, targetName: target.name, tsih: c.tsih)
         }
         if c.tsih != 0 {
+            let ended = LoginLog.sessionEnded(initiatorName: c.initiatorName, peer: c.peer, targetName: c.target?.name,
+                                              reason: reason)
+            if c.isDiscovery { logger.debug("\(ended)") } else if c.target != nil { logger.info("\(ended)") }
             runtime.releaseTSIH(c.tsih)
             c.tsih = 0
         }

@@ -293,5 +293,5 @@ extension Runtime: ControlFabric {
 
 extension StoreOpener {
     /// Sheepdog home cores are dealt out over the runtime's cores.
-    public convenience init(runtime: Runtime) { self.init(coreCount: runtime.coreCount) }
+    public convenience init(runtime: Runtime) { self.init(coreCount: { [unowned runtime] in runtime.coreCount }) }
 }
