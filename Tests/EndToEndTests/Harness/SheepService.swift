@@ -203,6 +203,9 @@ final class SheepService {
         case .localCluster:
             guard let sheep = findOnPath("sheep"), !nodeArgs.isEmpty else { throw E2EError("no node 0 to restart") }
             if nodes[0].isRunning { throw E2EError("restart() while node 0 still runs") }
+            // Real sheep panics (node_insert: "insert duplicate") when a node rejoins before the others saw it
+            // leave: wait until node 1 lists the cluster without it.
+            try waitForSurvivors(SheepLimits.clusterNodes - 1)
             nodes[0] = try ToolProcess(sheep, nodeArgs[0], logDir: scratch.url, label: "sheep0-restarted")
             try waitForNodes(SheepLimits.clusterNodes)
         }
@@ -346,6 +349,23 @@ final class SheepService {
             s.stopped = true
             throw error
         }
+    }
+
+    /// Polls `dog node list` on node 1 (bounded, with backoff) until it lists exactly `count` nodes.
+    private func waitForSurvivors(_ count: Int) throws {
+        guard let dog = findOnPath("dog"), nodeArgs.count > 1, let i = nodeArgs[1].firstIndex(of: "-p"),
+              i + 1 < nodeArgs[1].count else { throw E2EError("no node 1 to ask") }
+        var backoff = SheepLimits.clusterFirstBackoffSeconds
+        var last = ""
+        for _ in 0..<SheepLimits.clusterReadyAttempts {
+            let r = try runTool(dog, ["node", "list", "-r", "-a", "127.0.0.1", "-p", nodeArgs[1][i + 1]],
+                                logDir: scratch.url, timeoutSeconds: SheepLimits.dogTimeoutSeconds, label: "dog")
+            last = r.output
+            if r.succeeded && r.stdout.split(whereSeparator: \.isNewline).count == count { return }
+            usleep(useconds_t(backoff * 1_000_000))
+            backoff = min(backoff * 1.5, SheepLimits.clusterMaxBackoffSeconds)
+        }
+        throw E2EError("node 1 still lists node 0 after it died; last `dog node list`: \(last)")
     }
 
     /// Polls `dog node list` (bounded, with backoff) until it lists `count` nodes.
