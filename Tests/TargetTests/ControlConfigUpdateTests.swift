@@ -135,7 +135,7 @@ import Testing
         let text = """
             default-driver iser
             iSNSServerIP 10.0.0.1
-            incomingdiscoveryuser disc discoverysecret
+            incomingdiscoveryuser onlyuser
             <target iqn.2026-01.test:a>
                 backing-store /tmp/a
                 frobnicate 1
@@ -157,7 +157,7 @@ import Testing
         #expect(parsed.errors.map(\.message) == [
             "only the iscsi driver is supported",
             "iSNS is not supported",
-            "CHAP on discovery sessions is not supported; discovery stays open",
+            "incomingdiscoveryuser takes a user and a password",
             "unknown setting 'frobnicate'",
             "device type tape is not supported; ringtgt serves disks",
             "write-cache must be on or off",
@@ -368,6 +368,55 @@ import Testing
         // Updating to the dump changes nothing.
         #expect(update(h, dump).changes.isEmpty)
     }
+
+    func dump(_ h: ControlHarness) -> String {
+        h.registry.execute(AdminRequest(mode: .system, op: .show, name: Registry.configDumpName)).stdout
+    }
+
+    /// tgt-admin's incomingdiscoveryuser / outgoingdiscoveryuser: accounts made and bound without a tid,
+    /// dumped, and changed by a reload as a difference.
+    @Test func discoveryUsersAreBoundDumpedAndUpdated() throws {
+        let h = ControlHarness()
+        let text = """
+            incomingdiscoveryuser disc discsecret12
+            outgoingdiscoveryuser dout doutsecret12
+            <target iqn.2026-01.test:one>
+                backing-store /dev/null
+                bs-type null
+                incominguser disc discsecret12
+            </target>
+            """
+        try ConfigFile.apply(text, to: h.registry)
+        let disc = CHAPAccount(user: "disc", password: "discsecret12")
+        let bound = CHAPCredentials(incoming: [disc], outgoing: CHAPAccount(user: "dout", password: "doutsecret12"))
+        #expect(h.registry.currentSnapshot.discoveryCHAP == bound)
+        #expect(h.registry.currentSnapshot.target(tid: 1)?.chap == CHAPCredentials(incoming: [disc]))
+        let dumped = dump(h)
+        #expect(dumped.contains("\nincomingdiscoveryuser disc discsecret12\noutgoingdiscoveryuser dout doutsecret12\n"), "\(dumped)")
+        let h2 = ControlHarness()
+        try ConfigFile.apply(dumped, to: h2.registry)
+        #expect(h2.registry.currentSnapshot.discoveryCHAP == bound && dump(h2) == dumped)
+        #expect(update(h, dumped).changes.isEmpty)
+        #expect(update(h, text).changes.isEmpty)
+
+        // The new incoming account is bound before the old one goes: discovery is never open in between.
+        let swapped = text.replacingOccurrences(of: "incomingdiscoveryuser disc discsecret12", with: "incomingdiscoveryuser disc2 disc2secret12")
+            .replacingOccurrences(of: "outgoingdiscoveryuser dout doutsecret12\n", with: "")
+        let report = update(h, swapped)
+        #expect(report.changes == ["added account disc2", "discovery: bound account disc2", "discovery: unbound account disc",
+                                   "discovery: unbound outgoing account dout"], "\(report.changes) \(report.errors)")
+        #expect(h.registry.currentSnapshot.discoveryCHAP == CHAPCredentials(incoming: [CHAPAccount(user: "disc2", password: "disc2secret12")]))
+        // A change of one target leaves discovery alone.
+        let scoped = ConfigUpdate.run(ConfigFile.parse(text), mode: .update(.tid(1)), force: false, checkStores: false,
+                                      executor: h.registry.execute)
+        #expect(scoped.changes.isEmpty && scoped.errors.isEmpty)
+
+        // Errors name their lines, and nothing changes.
+        let bad = update(h, swapped + "\nincomingdiscoveryuser short short\nincomingdiscoveryuser disc otherpassword1\noutgoingdiscoveryuser a\n")
+        #expect(!bad.applied && bad.errors.map(\.line) == [7, 8, 9], "\(bad.errors)")
+        #expect(bad.errors.first?.message.contains("at least 12 bytes") == true, "\(bad.errors)")
+        #expect(h.registry.currentSnapshot.discoveryCHAP.incoming.map(\.user) == ["disc2"])
+    }
 }
 
 /// ringtgt-admin's command line against a registry.
@@ -416,3 +465,4 @@ import Testing
         #expect(broken.exitCode == 1 && broken.stderr.contains("there is no target with tid 9"), "\(broken)")
     }
 }
+
