@@ -373,6 +373,51 @@ import Testing
         h.registry.execute(AdminRequest(mode: .system, op: .show, name: Registry.configDumpName)).stdout
     }
 
+    /// tgt's LUN parameters of issue 10 part C in the dump: set, dumped, loaded elsewhere and dumped again, the
+    /// same. Changing only a knob updates the LUN in place (its store stays open, nothing is deleted and added).
+    @Test func lunKnobsRoundTripAndUpdateInPlace() throws {
+        let h = ControlHarness()
+        let text = """
+            <target iqn.2026-01.test:knobs>
+                <backing-store /dev/null>
+                    bs-type null
+                    lbppbe 3
+                    la_lba 7
+                    optimal_xfer_gran 16
+                    online 0
+                    removable 1
+                    sense_format 1
+                </backing-store>
+            </target>
+            """
+        try ConfigFile.apply(text, to: h.registry)
+        let dumped = dump(h)
+        for line in ["lbppbe 3", "la_lba 7", "optimal_xfer_gran 16", "online 0", "removable 1", "sense_format 1"] {
+            #expect(dumped.contains("        \(line)\n"), "\(line) is not in\n\(dumped)")
+        }
+        let h2 = ControlHarness()
+        try ConfigFile.apply(dumped, to: h2.registry)
+        #expect(dump(h2) == dumped)
+        let presentation = h.registry.currentSnapshot.target(tid: 1)?.lun(1)?.presentation
+        #expect(presentation != LUNPresentation() && h2.registry.currentSnapshot.target(tid: 1)?.lun(1)?.presentation == presentation)
+        #expect(update(h, dumped).changes.isEmpty)
+        #expect(update(h, text).changes.isEmpty)
+
+        let opened = h.opener.opened.count
+        let knob = update(h, text.replacingOccurrences(of: "lbppbe 3", with: "lbppbe 2")
+                                 .replacingOccurrences(of: "sense_format 1", with: ""))
+        #expect(knob.changes == ["target iqn.2026-01.test:knobs: updated LUN 1 parameters"], "\(knob.changes) \(knob.errors)")
+        #expect(h.opener.opened.count == opened, "the LUN was made again")
+        let now = try #require(h.registry.currentSnapshot.target(tid: 1)?.lun(1)?.presentation)
+        #expect(now.lbppbe == 2 && !now.descriptorSense && now.lowestAlignedLBA == 7 && now.removable)
+        // `online` alone loads the medium of the LUN as it is.
+        let unit = h.registry.currentSnapshot.target(tid: 1)?.lun(1)
+        let online = update(h, text.replacingOccurrences(of: "lbppbe 3", with: "lbppbe 2")
+                                   .replacingOccurrences(of: "sense_format 1", with: "").replacingOccurrences(of: "online 0", with: ""))
+        #expect(online.changes == ["target iqn.2026-01.test:knobs: updated LUN 1 parameters"], "\(online.changes) \(online.errors)")
+        #expect(unit?.state.isOnline == true && h.registry.currentSnapshot.target(tid: 1)?.lun(1) === unit)
+    }
+
     /// tgt-admin's incomingdiscoveryuser / outgoingdiscoveryuser: accounts made and bound without a tid,
     /// dumped, and changed by a reload as a difference.
     @Test func discoveryUsersAreBoundDumpedAndUpdated() throws {

@@ -371,12 +371,23 @@ public enum ConfigUpdate {
             let wanted = identity(lun, tid: tid), current = identity(old, tid: tid)
             if sameStore(lun, old) {
                 if wanted == current { continue }
-                var textOnly = current
-                textOnly.vendor = wanted.vendor; textOnly.product = wanted.product; textOnly.revision = wanted.revision
-                textOnly.scsiID = wanted.scsiID; textOnly.serial = wanted.serial
-                if textOnly == wanted {
-                    let params = "vendor_id=\(wanted.vendor),product_id=\(wanted.product),product_rev=\(wanted.revision),"
+                // What `--op update --params` can change on the LUN as it is: its identity text and what
+                // LUNPresentation holds (only the knobs that change are sent: `online` alone loads or ejects).
+                var updatable = current
+                updatable.vendor = wanted.vendor; updatable.product = wanted.product; updatable.revision = wanted.revision
+                updatable.scsiID = wanted.scsiID; updatable.serial = wanted.serial
+                updatable.presentation = wanted.presentation
+                // No parameter takes optimal_xfer_gran back to unset (one physical block): that needs a new LUN.
+                if wanted.presentation.optimalTransferGranularityBlocks == nil {
+                    updatable.presentation.optimalTransferGranularityBlocks = current.presentation.optimalTransferGranularityBlocks
+                }
+                if updatable == wanted {
+                    let was = presentationParameters(current.presentation)
+                    var params = "vendor_id=\(wanted.vendor),product_id=\(wanted.product),product_rev=\(wanted.revision),"
                         + "scsi_id=\(wanted.scsiID),scsi_sn=\(wanted.serial)"
+                    for (i, item) in presentationParameters(wanted.presentation).enumerated() where item.value != was[i].value {
+                        if let value = item.value { params += ",\(item.key)=\(value)" }
+                    }
                     p.steps.append(Step(request: AdminRequest(mode: .logicalUnit, op: .update, tid: tid, lun: lun.number, params: params),
                                         source: lun.params.last?.source ?? lun.source,
                                         summary: "target \(d.name): updated LUN \(lun.number) parameters", group: group))
@@ -460,6 +471,14 @@ public enum ConfigUpdate {
         return id
     }
 
+    /// tgt's LUN parameters that LUNPresentation holds, in `--params` order and form (nil: not set).
+    static func presentationParameters(_ p: LUNPresentation) -> [(key: String, value: String?)] {
+        func flag(_ on: Bool) -> String { on ? "1" : "0" }
+        return [("lbppbe", String(p.lbppbe)), ("la_lba", String(p.lowestAlignedLBA)),
+                ("optimal_xfer_gran", p.optimalTransferGranularityBlocks.map { String($0) }),
+                ("removable", flag(p.removable)), ("online", flag(p.online)), ("sense_format", flag(p.descriptorSense))]
+    }
+
     /// Whether the running LUN's store is the one the file asks for (an unset setting matches what runs).
     static func sameStore(_ a: ConfigFile.LUN, _ running: ConfigFile.LUN) -> Bool {
         func flags(_ item: ConfigFile.Item?) -> BackingOpenFlags? { item.map { BackingOpenFlags.parse($0.value) } ?? [] }
@@ -499,6 +518,10 @@ public enum ConfigUpdate {
                 if let thin = id.thinProvisioning { out += "        thin_provisioning \(thin ? 1 : 0)\n" }
                 if let wce = id.writeCacheEnabled { out += "        write-cache \(wce ? "on" : "off")\n" }
                 if let n = id.optimalTransferBlocks { out += "        optimal_xfer_len \(n)\n" }
+                let defaults = presentationParameters(base.presentation)
+                for (i, item) in presentationParameters(id.presentation).enumerated() where item.value != defaults[i].value {
+                    if let value = item.value { out += "        \(item.key) \(value)\n" }
+                }
                 out += "    </backing-store>\n"
             }
             for rule in t.addressACL { out += "    initiator-address \(rule)\n" }
