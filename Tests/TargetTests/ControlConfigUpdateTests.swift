@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import Testing
 @testable import Target
 
@@ -511,3 +512,30 @@ import Testing
     }
 }
 
+/// systemd (sd_notify(3)): a SIGHUP reload says RELOADING=1 before it applies anything and READY=1 after,
+/// whether the file applied or not.
+@Suite struct ConfigReloadNotifyTests {
+    @Test func reloadIsBracketedByReloadingAndReady() throws {
+        let h = ControlHarness()
+        let dir = makeTemporaryDirectory()
+        defer { _ = try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/targets.conf"
+        try "<target iqn.2026-01.test:r>\n  backing-store /dev/null\n  bs-type null\n</target>\n"
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        let logger = Logger(label: "reload-test")
+        var sent: [String] = []
+        var publishedWhenReloading = -1
+        ConfigReload.reload(path: path, registry: h.registry, logger: logger) { state in
+            if state == "RELOADING=1" { publishedWhenReloading = h.fabric.published.count }
+            sent.append(state)
+        }
+        #expect(sent == ["RELOADING=1", "READY=1\nSTATUS=serving"])
+        #expect(publishedWhenReloading == 0 && h.registry.currentSnapshot.targets.count == 1)
+
+        sent = []
+        try "frobnicate 1\n".write(toFile: path, atomically: true, encoding: .utf8)
+        ConfigReload.reload(path: path, registry: h.registry, logger: logger) { sent.append($0) }
+        #expect(sent == ["RELOADING=1", "READY=1\nSTATUS=serving"])
+        #expect(h.registry.currentSnapshot.targets.count == 1)
+    }
+}
