@@ -11,10 +11,9 @@ import Glibc
 extension EndToEnd {
     @Suite("CHAP: discovery")
     struct DiscoveryCHAP {
-        static let user = "disc"
-        static let secret = "discsecret12"
-        static let targetUser = "dout"
-        static let targetSecret = "doutsecret12"
+        /// The discovery accounts: incoming (the initiator's) and outgoing (the target's, for mutual CHAP).
+        static let (user, secret) = ("disc", "discsecret12")
+        static let (targetUser, targetSecret) = ("dout", "doutsecret12")
         static let account = ["--lld", "iscsi", "--mode", "account"]
         /// How long a SIGHUP reload may take to show.
         static let reloadTimeoutSeconds = 15.0
@@ -24,11 +23,7 @@ extension EndToEnd {
         /// for mutual CHAP.
         static func url(_ e: Endpoint, user: String? = nil, secret: String? = nil,
                         targetUser: String? = nil, targetSecret: String? = nil) -> String {
-            var u = "iscsi://"
-            if let user, let secret { u += "\(user)%\(secret)@" }
-            u += "\(e.host):\(e.port)"
-            if let targetUser, let targetSecret { u += "?target_user=\(targetUser)&target_password=\(targetSecret)" }
-            return u
+            CHAPLogins.url(e, path: "", user: user, secret: secret, targetUser: targetUser, targetSecret: targetSecret)
         }
 
         /// A discovery login straight from the operational stage to full feature phase (no security stage):

@@ -369,9 +369,9 @@ private let newLUN1 = "--lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -
     @Test func accountsBoundWithoutATidAreForDiscovery() throws {
         let h = ControlHarness()
         h.run(newTarget)
-        #expect(h.run("\(account) --op new --user disc --password discsecret12").exitCode == 0)
-        #expect(h.run("\(account) --op new --user dout --password doutsecret12").exitCode == 0)
-        #expect(h.run("\(account) --op bind --user disc").exitCode == 0)
+        for op in ["new --user disc --password discsecret12", "new --user dout --password doutsecret12", "bind --user disc"] {
+            #expect(h.run("\(account) --op \(op)").exitCode == 0, "\(op)")
+        }
         let twice = h.run("\(account) --op bind --user disc")
         #expect(twice.exitCode == 22 && twice.stderr == "ringtgtadm: this account already exists\n")
         #expect(h.run("\(account) --op bind --user dout --outgoing").exitCode == 0)
