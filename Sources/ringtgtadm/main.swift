@@ -30,6 +30,13 @@ case .send(let request, let path):
     case .success(let response):
         emit(response.stdout, to: stdout)
         emit(response.stderr, to: stderr)
+        // Like tgtadm, `--op delete --mode system` returns once the daemon is gone, not when it agreed to go.
+        if response.exitCode == 0 && request.mode == .system && request.op == .delete
+            && !ControlClient.waitUntilGone(path) {
+            emit("\(AdminProgram.name): ringtgtd still runs \(ControlClient.shutdownWaitSeconds) s after "
+                 + "--op delete --mode system\n", to: stderr)
+            exit(ETIMEDOUT)
+        }
         exit(response.exitCode)
     case .failure(let failure):
         emit("\(AdminProgram.name): \(failure.message)\n", to: stderr)

@@ -26,11 +26,19 @@ struct RingTgtd: ParsableCommand {
         valueName: "[NAME=]SPEC"))
     var exports: [String] = []
 
+    @Option(name: .customLong("metrics"), help: ArgumentHelp(
+        "Serve Prometheus metrics (the --op stat counters) over HTTP at /metrics: portal=HOST:PORT (port 0 = any; "
+            + "the ready line names the bound port). Off unless given.", valueName: "portal=HOST:PORT"))
+    var metrics: String?
+
     @Option(name: .customLong("bstype"), help: "Backing store type for --export paths (rdwr, null, sheepdog).")
     var exportBSType: String = "rdwr"
 
-    @Flag(name: [.short, .long], help: "Stay in the foreground (ringtgtd never forks; accepted for tgtd compatibility).")
+    @Flag(name: [.short, .long], help: "Stay in the foreground, logging to stderr (the journal under systemd). Without it ringtgtd detaches like tgtd, logs to syslog, and returns once its portals and control socket answer.")
     var foreground = false
+
+    @Option(name: [.customShort("p"), .customLong("pid-file")], help: "Write the daemon's pid to this file once it serves (removed when it stops); none by default, as tgtd.")
+    var pidFile: String?
 
     @Option(name: [.customShort("C"), .customLong("control-port")], help: "Control port N: socket /run/ringtgt/socket.N.")
     var controlPort: Int = 0
@@ -83,11 +91,12 @@ struct RingTgtd: ParsableCommand {
     }
 
     func run() throws {
-        LoggingSystem.bootstrap { label in
-            var h = StreamLogHandler.standardError(label: label)
-            h.logLevel = .info
-            return h
-        }
+        // Started by a `ringtgtd` without -f to be the detached daemon: report to it on this pipe.
+        let readiness = ReadinessPipe.inherited()
+        readiness?.detachFromTerminal()
+        let sink: LogSink = readiness != nil ? .syslog : DaemonLogFormat.foregroundSink()
+        if sink == .syslog { DaemonLogHandler.openSyslog() }
+        LoggingSystem.bootstrap { _ in DaemonLogHandler(sink: sink) }
         var logger = Logger(label: "ringtgtd")
         logger.logLevel = debug > 0 ? .debug : .info
 
@@ -145,29 +154,49 @@ struct RingTgtd: ParsableCommand {
         }
         // The iSCSI default portal only when no listener at all was asked for (an NBD-only daemon opens none).
         if portals.isEmpty && nbdPortals.isEmpty { portals = [Portal(host: "0.0.0.0", port: 3260)] }
+        var metricsPortal: Portal? = nil
+        if let metrics {
+            let kv = metrics.split(separator: "=", maxSplits: 1).map(String.init)
+            guard kv.count == 2, kv[0] == "portal" else { throw ValidationError("bad --metrics option '\(metrics)'") }
+            guard let p = Portal.parse(kv[1]) else { throw ValidationError("bad metrics portal '\(kv[1])'") }
+            metricsPortal = p
+        }
+
+        if !foreground && readiness == nil {
+            // The options are valid: start the detached daemon and return once it serves (or say why not).
+            throw ExitCode(Detach.runDetached(arguments: Array(CommandLine.arguments.dropFirst())))
+        }
 
         let socketPath = controlSocket ?? ControlEndpoint.path(controlPort: controlPort)
         let coreCount = cores ?? Int(cpuCount())
         raiseDescriptorLimit(cores: coreCount, logger: logger)
         let runtime = Runtime(config: config, portals: portals, nbdPortals: nbdPortals, logger: logger)
-        do {
-            try runtime.start(cores: coreCount)
-        } catch {
-            logger.critical("cannot start: \(error)")
-            throw ExitCode(1)
-        }
         var registryOptions = Registry.Options()
         if tgtDefaults { registryOptions.lunDefaults = .tgt }
         let registry = Registry(fabric: runtime, opener: StoreOpener(runtime: runtime), options: registryOptions)
-        /// A start-up step that failed: log why, stop the cores, exit 1.
+        let server = ControlServer(path: socketPath, registry: registry)
+        var metricsServer: MetricsServer? = nil
+        /// A start-up step that failed: log why (and tell a waiting parent), stop what started, exit 1.
         func orExit(_ what: String, _ step: () throws -> Void) throws {
             do {
                 try step()
             } catch {
                 logger.critical("\(what): \(error)")
+                readiness?.failed("\(what): \(error)")
+                metricsServer?.stop()
+                server.stop()
                 runtime.stop()
                 throw ExitCode(1)
             }
+        }
+        // The control socket listens before anything else starts and answers once all is up: `ringtgtd -f &
+        // ringtgtadm ...` finds the socket at once, and its request waits until the daemon is ready.
+        try orExit("cannot start the control socket") { try server.listen() }
+        try orExit("cannot start") { try runtime.start(cores: coreCount) }
+        // `--op delete --mode system` stops the daemon as SIGTERM does (tgtd's system_active = 0).
+        registry.shutdownHandler = {
+            logger.info("--op delete --mode system: shutting down")
+            kill(getpid(), SIGTERM)
         }
         if let configFile {
             // Every error names its file and line; a missing file is not fatal (ConfigReload).
@@ -179,16 +208,28 @@ struct RingTgtd: ParsableCommand {
         // The portals accept only now: a login during start-up would meet a half-applied configuration
         // (an ACL already bound, its CHAP account not yet).
         try orExit("cannot open the portals") { try runtime.startAccepting() }
-        // The control socket opens last: a test or script that polls it sees the configured targets and exports,
-        // and portals that accept.
-        let server = ControlServer(path: socketPath, registry: registry)
-        try orExit("cannot start the control socket") { try server.start() }
+        // Before the control socket answers, so the ready line can name its port.
+        if let metricsPortal {
+            let m = MetricsServer(portal: metricsPortal) { registry.metricsText() }
+            try orExit("cannot start the metrics endpoint") { try m.start() }
+            metricsServer = m
+        }
+        // The control socket answers last: a test or script that polls it sees the configured targets and
+        // exports, and portals that accept.
+        try orExit("cannot start the control socket") { try server.serve() }
+        if let pidFile {
+            // As tgtd's create_pid_file: a pid file that cannot be written is logged, not fatal.
+            do { try PidFile.write(pidFile) } catch { logger.error("\(error)") }
+        }
         let where_ = runtime.boundPortals.isEmpty ? "none"
             : runtime.boundPortals.map { $0.description }.joined(separator: " ")
         let nbdWhere = runtime.boundNBDPortals.isEmpty ? ""
             : ", NBD " + runtime.boundNBDPortals.map { $0.description }.joined(separator: " ")
-        logger.info("ringtgtd ready: \(coreCount) core(s), portals \(where_)\(nbdWhere), control \(socketPath)")
+        let metricsWhere = metricsServer.map { ", metrics \($0.bound)" } ?? ""
+        let ready = "ringtgtd ready: \(coreCount) core(s), portals \(where_)\(nbdWhere), control \(socketPath)"
+        logger.info("\(ready)\(metricsWhere)")
         SystemdNotify.send("READY=1\nSTATUS=serving")
+        readiness?.ready()
 
         // Wait for SIGTERM/SIGINT, then stop the cores (they close their sessions) and the control socket.
         var set = sigset_t()
@@ -206,12 +247,17 @@ struct RingTgtd: ParsableCommand {
         }
         logger.info("signal \(sig): shutting down")
         SystemdNotify.send("STOPPING=1")
-        server.stop()
+        server.stopServing()
+        metricsServer?.stop()
         runtime.stop()
         // Sheepdog locks are the sheep node's, not the connection's: release them, or the VDI stays locked.
         for target in registry.currentSnapshot.targets {
             for lun in target.luns { if case .sheep(let vol) = lun.backing { vol.releaseLock() } }
         }
+        if let pidFile { PidFile.remove(pidFile) }
+        // Last: `ringtgtadm --op delete --mode system` returns when the socket's name is gone.
+        server.stop()
+        logger.info("stopped")
     }
 
     /// Descriptors beyond the connections: stores, listeners, sheep channels, rings, eventfds, the control socket.
@@ -252,4 +298,13 @@ sigaddset(&blockSet, SIGINT)
 sigaddset(&blockSet, SIGHUP)
 pthread_sigmask(SIG_BLOCK, &blockSet, nil)
 signal(SIGPIPE, SIG_IGN)
-RingTgtd.main()
+// tgtd's exit statuses: 0, or 1 for anything that keeps it from serving, a bad option included
+// (ArgumentParser's own status for those is 64).
+do {
+    var command = try RingTgtd.parseAsRoot()
+    try command.run()
+} catch {
+    if error is ExitCode || RingTgtd.exitCode(for: error) == .success { RingTgtd.exit(withError: error) }
+    fputs(RingTgtd.fullMessage(for: error) + "\n", stderr)
+    exit(1)
+}

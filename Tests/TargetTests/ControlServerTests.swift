@@ -125,10 +125,48 @@ private func withServer(_ body: (String, ControlHarness, ControlServer) throws -
         #expect(FileManager.default.contents(atPath: path) == Data("keep".utf8))
     }
 
-    @Test func clientReportsTheConnectErrno() {
-        let result = ControlClient.send(AdminRequest(mode: .target, op: .show), to: "/tmp/ringtgt-no-such-dir/socket.0")
-        guard case .failure(let failure) = result else { Issue.record("connected to nothing"); return }
-        #expect(failure.errorNumber == ENOENT)
-        #expect(failure.message.hasPrefix("can't connect to ringtgtd"))
+    /// `ringtgtd -f & ringtgtadm ...`: the daemon listens first thing and serves once ready, so a client that
+    /// connects during start-up waits in the backlog and gets its answer instead of "not connected".
+    @Test func requestDuringStartUpIsAnsweredOnceServing() throws {
+        let dir = makeTemporaryDirectory()
+        defer { _ = try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/socket.0"
+        let server = ControlServer(path: path, registry: ControlHarness().registry)
+        try server.listen()
+        defer { server.stop() }
+        let answered = DispatchSemaphore(value: 0)
+        final class Box: @unchecked Sendable { var result: Result<AdminResponse, ControlClient.Failure>? }
+        let box = Box()
+        let client = Thread {
+            box.result = ControlClient.send(AdminRequest(mode: .target, op: .show), to: path)
+            answered.signal()
+        }
+        client.start()
+        // Not served yet: no answer may come (a bounded look, not synchronisation; an answer would be a bug).
+        #expect(answered.wait(timeout: .now() + 0.3) == .timedOut)
+        try server.serve()
+        #expect(answered.wait(timeout: .now() + 30) == .success)
+        #expect(box.result == .success(AdminResponse(exitCode: 0)))
+    }
+
+    /// tgtadm with no daemon: "failed to send request hdr to tgt daemon, Transport endpoint is not connected",
+    /// exit 107, both for a missing socket and for a dead daemon's socket that refuses connections.
+    @Test func clientWithNoDaemonAnswersLikeTgtadm() throws {
+        let missing = ControlClient.send(AdminRequest(mode: .target, op: .show), to: "/tmp/ringtgt-no-such-dir/socket.0")
+        #expect(missing == .failure(ControlClient.daemonDown))
+        #expect(ControlClient.daemonDown.errorNumber == 107)
+        #expect(ControlClient.daemonDown.message == "failed to send request hdr to tgt daemon, Transport endpoint is not connected")
+
+        let dir = makeTemporaryDirectory()
+        defer { _ = try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/socket.0"
+        let server = ControlServer(path: path, registry: ControlHarness().registry)
+        try server.listen()
+        server.stopServing()   // the name stays, nobody listens: connect() is refused
+        #expect(FileManager.default.fileExists(atPath: path))
+        let refused = ControlClient.send(AdminRequest(mode: .target, op: .show), to: path)
+        #expect(refused == .failure(ControlClient.daemonDown))
+        server.stop()
+        #expect(!FileManager.default.fileExists(atPath: path))
     }
 }

@@ -67,10 +67,15 @@ public protocol ControlFabric: AnyObject {
     func portals() -> [PortalInfo]
     /// The NBD listeners (`--nbd portal=`), shown by `--lld nbd --op show --mode portal`.
     func nbdPortals() -> [PortalInfo]
+    /// Every core's counters for `units` (summed per LUN, in that order) and for each logged-in connection.
+    func statistics(of units: [LogicalUnit]) -> StatisticsSample
 }
 
 extension ControlFabric {
     public func nbdPortals() -> [PortalInfo] { [] }
+    public func statistics(of units: [LogicalUnit]) -> StatisticsSample {
+        StatisticsSample(luns: units.map { _ in LUNStatistics() }, connections: [])
+    }
 }
 
 /// tgt's `--bsoflags`: "sync", "direct" or "sync:direct".

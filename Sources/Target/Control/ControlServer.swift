@@ -30,11 +30,11 @@ public final class ControlServer: @unchecked Sendable {
 
     public let path: String
     private let handler: (AdminRequest) -> AdminResponse
+    /// Listening, not yet served (after `listen()`); the loop owns it once serving.
     private var listenFD: Int32 = -1
-    /// Written to by stop() so that poll() in the server thread wakes up.
-    private var wakePipe: [Int32] = [-1, -1]
-    private var thread: Thread?
-    private let finished = DispatchSemaphore(value: 0)
+    private var loop: AcceptLoop?
+    /// The socket's name is ours to remove.
+    private var socketPresent = false
 
     public init(path: String, handler: @escaping (AdminRequest) -> AdminResponse) {
         self.path = path
@@ -47,7 +47,15 @@ public final class ControlServer: @unchecked Sendable {
 
     /// Creates the socket (removing a stale one left by a dead daemon) and starts serving.
     public func start() throws {
-        precondition(thread == nil, "ControlServer started twice")
+        try listen()
+        try serve()
+    }
+
+    /// Creates the socket without serving it yet: a client connects into the backlog and its request waits
+    /// until `serve()`. The daemon listens first thing and serves once it is ready, so `ringtgtd -f &
+    /// ringtgtadm ...` never races the start-up.
+    public func listen() throws {
+        precondition(loop == nil && listenFD < 0, "ControlServer started twice")
         // The socket is bound under this name first; it must fit sun_path as well as the final one.
         let temporary = "\(path).tmp-\(getpid())"
         guard ControlWire.address(path) != nil, var tmpAddr = ControlWire.address(temporary) else {
@@ -69,36 +77,45 @@ public final class ControlServer: @unchecked Sendable {
         }
         if bound != 0 { let e = errno; close(fd); throw StartError.system("bind \(temporary)", e) }
         if chmod(temporary, 0o600) != 0 { let e = errno; close(fd); unlink(temporary); throw StartError.system("chmod", e) }
-        if listen(fd, Self.listenBacklog) != 0 { let e = errno; close(fd); unlink(temporary); throw StartError.system("listen", e) }
+        if Glibc.listen(fd, Self.listenBacklog) != 0 { let e = errno; close(fd); unlink(temporary); throw StartError.system("listen", e) }
         if rename(temporary, path) != 0 { let e = errno; close(fd); unlink(temporary); throw StartError.system("rename", e) }
-
-        var fds: [Int32] = [-1, -1]
-        if pipe(&fds) != 0 { let e = errno; close(fd); unlink(path); throw StartError.system("pipe", e) }
-        _ = fcntl(fds[0], F_SETFD, FD_CLOEXEC)
-        _ = fcntl(fds[1], F_SETFD, FD_CLOEXEC)
+        socketPresent = true
         listenFD = fd
-        wakePipe = fds
-        let t = Thread { [self] in
-            serve()
-            finished.signal()
+    }
+
+    /// Starts the thread that answers requests (after `listen()`).
+    public func serve() throws {
+        precondition(loop == nil && listenFD >= 0, "ControlServer.serve() without listen()")
+        do {
+            loop = try AcceptLoop(listenFD: listenFD, name: "ringtgt-control") { [unowned self] in handle($0) }
+        } catch {
+            if case .system(let call, let e) = error { throw StartError.system(call, e) }
+            throw StartError.system("pipe", EINVAL)
         }
-        t.name = "ringtgt-control"
-        thread = t
-        t.start()
+        listenFD = -1   // the loop's now
     }
 
     /// Stops serving, waits for the thread, removes the socket.
     public func stop() {
-        guard thread != nil else { return }
-        var byte: UInt8 = 1
-        _ = write(wakePipe[1], &byte, 1)
-        finished.wait()
-        thread = nil
-        close(listenFD)
-        close(wakePipe[0])
-        close(wakePipe[1])
-        listenFD = -1
-        unlink(path)
+        stopServing()
+        if socketPresent {
+            socketPresent = false
+            unlink(path)
+        }
+    }
+
+    /// Stops answering and closes the socket, but leaves its name until `stop()`: a client connecting now
+    /// is refused, and `ringtgtadm --op delete --mode system`, which waits for the name to go, returns only
+    /// once the daemon has finished shutting down.
+    public func stopServing() {
+        if let loop {
+            loop.stop()   // closes the socket
+            self.loop = nil
+        }
+        if listenFD >= 0 {
+            close(listenFD)
+            listenFD = -1
+        }
     }
 
     deinit { stop() }
@@ -115,25 +132,6 @@ public final class ControlServer: @unchecked Sendable {
         defer { close(probe) }
         if ControlWire.connect(probe, addr) == 0 { throw StartError.inUse(path) }
         unlink(path)
-    }
-
-    private func serve() {
-        while true {
-            var pfds = [pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0),
-                        pollfd(fd: wakePipe[0], events: Int16(POLLIN), revents: 0)]
-            let n = poll(&pfds, 2, -1)
-            if n < 0 {
-                if errno == EINTR { continue }
-                return
-            }
-            if pfds[1].revents != 0 { return }
-            if pfds[0].revents & Int16(POLLIN) == 0 { continue }
-            let client = accept(listenFD, nil, nil)
-            if client < 0 { continue }   // ECONNABORTED, EMFILE...: keep serving
-            _ = fcntl(client, F_SETFD, FD_CLOEXEC)
-            handle(client)
-            close(client)
-        }
     }
 
     private func peerAllowed(_ fd: Int32) -> Bool {

@@ -113,8 +113,9 @@ public enum ControlClient {
         if fd < 0 { return .failure(Failure(errorNumber: errno, message: "can't create a socket, \(errorText(errno))")) }
         defer { close(fd) }
         if ControlWire.connect(fd, addr) != 0 {
-            let e = errno
-            return .failure(Failure(errorNumber: e, message: "can't connect to ringtgtd (\(path)), \(errorText(e))"))
+            // tgtadm ignores the failed connect and reports the write that follows on the unconnected socket:
+            // whatever the cause (no socket file, a dead daemon's socket), the words and exit status are these.
+            return .failure(daemonDown)
         }
         ControlWire.setTimeouts(fd, seconds: ControlWire.ioTimeoutSeconds * 6)
         do {
@@ -134,4 +135,23 @@ public enum ControlClient {
     }
 
     static func errorText(_ e: Int32) -> String { String(cString: strerror(e)) }
+
+    /// tgtadm's answer when no daemon listens: exit status 107 (ENOTCONN) and this line.
+    public static let daemonDown = Failure(
+        errorNumber: ENOTCONN, message: "failed to send request hdr to tgt daemon, \(errorText(ENOTCONN))")
+
+    /// Polling interval and bound for `--op delete --mode system`, which returns once the daemon is gone.
+    public static let shutdownPollMilliseconds: UInt32 = 100
+    public static let shutdownWaitSeconds = 60
+
+    /// After a successful `--op delete --mode system`: waits (bounded) until the daemon has removed its
+    /// socket, the last step of its shutdown (tgtadm waits until connecting is refused). Returns whether it did.
+    public static func waitUntilGone(_ path: String, timeoutSeconds: Int = shutdownWaitSeconds) -> Bool {
+        let attempts = timeoutSeconds * 1000 / Int(shutdownPollMilliseconds)
+        for _ in 0..<max(1, attempts) {
+            if access(path, F_OK) != 0 && errno == ENOENT { return true }
+            usleep(shutdownPollMilliseconds * 1000)
+        }
+        return false
+    }
 }

@@ -95,6 +95,8 @@ public final class Registry: @unchecked Sendable {
     private var pollNanos: UInt64?
     private var debug = false
     private var published: ConfigSnapshot = .empty
+    /// Each LUN's place in the cores' statistics tables.
+    private let statisticsSlots = StatisticsSlots()
 
     /// Called for `--op delete --mode system` (tgt's "stop the daemon") once no target is left.
     /// When nil, that request is refused.
@@ -158,7 +160,10 @@ public final class Registry: @unchecked Sendable {
         case .lld: return try lldMode(r)
         case .account: return try accountMode(r)
         case .connection: return try connectionMode(r)
-        case .session: throw AdminError(.invalidRequest)   // tgt's session_mgmt answers so for everything but stat
+        case .session:
+            // tgt's session_mgmt answers "invalid request" for everything but stat.
+            guard r.op == .stat else { throw AdminError(.invalidRequest) }
+            return try connectionStat(r)
         }
     }
 
@@ -183,6 +188,8 @@ public final class Registry: @unchecked Sendable {
             }
             return ShowFormatter.system(state: systemState, debug: debug, driverState: "ready",
                                         backingStores: opener.backingStoreDescriptions, discovery: discovery)
+        case .stat:
+            return StatFormatter.luns(lunStatLines(targets.values.sorted { $0.tid < $1.tid }))
         case .update:
             guard let name = r.name, let value = r.value else { throw AdminError(.invalidRequest) }
             switch name.lowercased() {
@@ -205,7 +212,12 @@ public final class Registry: @unchecked Sendable {
             }
             return ""
         case .delete:
-            guard targets.isEmpty else { throw AdminError(.invalidRequest) }
+            // tgt's rule (is_system_inactive): not while a target exists. --force, ringtgt's, stops anyway; the
+            // sessions end and the sheep locks are released as on SIGTERM.
+            guard targets.isEmpty || r.force else {
+                let tids = targets.keys.sorted().map(String.init).joined(separator: ", ")
+                throw AdminError(.invalidRequest, "target(s) \(tids) still exist; delete them first or use --force")
+            }
             guard let shutdownHandler else { throw AdminError(.unsupportedOperation) }
             shutdownHandler()
             return ""
@@ -230,7 +242,9 @@ public final class Registry: @unchecked Sendable {
             }
             guard let target = targets[tid] else { throw AdminError(.noTarget) }
             return ShowFormatter.targetParameters(target)
-        case .stat: throw AdminError(.unsupportedOperation)
+        case .stat:
+            guard let target = targets[try requireTID(r)] else { throw AdminError(.noTarget) }
+            return StatFormatter.luns(lunStatLines([target]))
         default: throw AdminError(.invalidRequest)
         }
     }
@@ -340,6 +354,11 @@ public final class Registry: @unchecked Sendable {
         case .new: try newLogicalUnit(r, tid: tid, lun: lun)
         case .delete: try deleteLogicalUnit(tid: tid, lun: lun, force: r.force)
         case .update: try updateLogicalUnit(r, tid: tid, lun: lun)
+        case .stat:
+            // tgt_stat_device_by_id: the target first, then the LUN.
+            guard let target = targets[tid] else { throw AdminError(.noTarget) }
+            guard target.luns[lun] != nil else { throw AdminError(.noLUN) }
+            return StatFormatter.luns(lunStatLines([target], only: lun))
         default: throw AdminError(.unsupportedOperation)
         }
         return ""
@@ -397,11 +416,17 @@ public final class Registry: @unchecked Sendable {
             throw AdminError(.invalidRequest, String(describing: error))
         }
         let unit: LogicalUnit
+        guard let statistics = statisticsSlots.take() else {
+            opener.release(opened.backing)
+            throw AdminError(.invalidRequest, "too many logical units (at most \(StatisticsSlots.capacity))")
+        }
         do {
             unit = try Self.makeUnit(number: lun, blockSize: blockSize, byteCount: opened.byteCount,
                                      storeCapabilities: opened.capabilities, identity: identity,
-                                     backing: opened.backing, bstype: bstype, path: path)
+                                     backing: opened.backing, bstype: bstype, path: path,
+                                     statisticsSlot: statistics.slot, statisticsID: statistics.id)
         } catch {
+            statisticsSlots.give(statistics.slot)
             opener.release(opened.backing)
             throw error
         }
@@ -435,14 +460,15 @@ public final class Registry: @unchecked Sendable {
     /// may wait as long as sheep's own retry bound, so that wait runs off the control thread.
     private func releaseWhenIdle(_ units: [LogicalUnit]) {
         if units.isEmpty { return }
-        let fabric = self.fabric, opener = self.opener
+        let fabric = self.fabric, opener = self.opener, slots = self.statisticsSlots
+        // The statistics slots go back last too: a command still running would count into the next LUN's.
         if fabric.commandsInFlight(on: units) == 0 {
-            for u in units { opener.release(u.backing) }
+            for u in units { opener.release(u.backing); slots.give(u.statisticsSlot) }
             return
         }
         Thread.detachNewThread {
             while fabric.commandsInFlight(on: units) > 0 { usleep(Registry.drainPollMicroseconds) }
-            for u in units { opener.release(u.backing) }
+            for u in units { opener.release(u.backing); slots.give(u.statisticsSlot) }
         }
     }
 
@@ -475,7 +501,8 @@ public final class Registry: @unchecked Sendable {
         let old = record.unit
         record.unit = try Self.makeUnit(number: lun, blockSize: old.blockSize, byteCount: old.byteCount,
                                         storeCapabilities: record.storeCapabilities, identity: identity,
-                                        backing: old.backing, bstype: old.bstype, path: old.path)
+                                        backing: old.backing, bstype: old.bstype, path: old.path,
+                                        statisticsSlot: old.statisticsSlot, statisticsID: old.statisticsID)
         record.identity = identity
         target.luns[lun] = record
         targets[tid] = target
@@ -483,7 +510,8 @@ public final class Registry: @unchecked Sendable {
     }
 
     static func makeUnit(number: UInt64, blockSize: Int, byteCount: UInt64, storeCapabilities: StoreCapabilities,
-                         identity: LUNIdentity, backing: Backing, bstype: String, path: String) throws -> LogicalUnit {
+                         identity: LUNIdentity, backing: Backing, bstype: String, path: String,
+                         statisticsSlot: Int32 = -1, statisticsID: UInt64 = 0) throws -> LogicalUnit {
         var caps = storeCapabilities
         if identity.readOnly { caps.readOnly = true }
         switch identity.thinProvisioning {
@@ -508,7 +536,8 @@ public final class Registry: @unchecked Sendable {
                            capabilities: caps, vendor: identity.vendor, product: identity.product,
                            revision: identity.revision, serial: identity.serial,
                            naa: LUNIdentity.naaDesignator(scsiID: identity.scsiID),
-                           backing: backing, bstype: bstype, path: path, presentation: identity.presentation)
+                           backing: backing, bstype: bstype, path: path, presentation: identity.presentation,
+                           statisticsSlot: statisticsSlot, statisticsID: statisticsID)
     }
 
     /// tgt's bs_rdwr/bs_aio set LBPPBE from the backing file's st_blksize; a block device (blksize 0
@@ -634,12 +663,54 @@ public final class Registry: @unchecked Sendable {
 
     private func connectionMode(_ r: AdminRequest) throws -> String {
         switch r.op {
+        case .stat: return try connectionStat(r)
         case .show:
             let tid = try requireTarget(r)
             return ShowFormatter.connections(fabric.sessions().filter { $0.tid == tid })
         case .delete: throw AdminError(.unsupportedOperation)
         default: throw AdminError(.invalidRequest)
         }
+    }
+
+    // MARK: - Statistics
+
+    /// One line per LUN of `targets` (or only LUN `only`), with every core's counters summed.
+    private func lunStatLines(_ targets: [TargetRecord], only: UInt64? = nil) -> [LUNStatLine] {
+        var places: [(tid: Int, name: String, lun: UInt64)] = []
+        var units: [LogicalUnit] = []
+        for t in targets {
+            for number in t.luns.keys.sorted() where only == nil || only == number {
+                places.append((t.tid, t.name, number))
+                units.append(t.luns[number]!.unit)
+            }
+        }
+        let sample = fabric.statistics(of: units)
+        return places.indices.map { i in
+            LUNStatLine(tid: places[i].tid, targetName: places[i].name, lun: places[i].lun, statistics: sample.luns[i])
+        }
+    }
+
+    /// `--op stat --mode session|connection`: tgt's iscsi_stat looks the session up by TSIH (`--sid`), and the
+    /// connection by `--cid`. Without `--sid`, every connection of the target (ringtgt's addition).
+    private func connectionStat(_ r: AdminRequest) throws -> String {
+        let tid = try requireTarget(r)
+        var list = fabric.statistics(of: []).connections.filter { $0.tid == tid }
+        if let sid = r.sid {
+            list = list.filter { $0.sid == sid }
+            guard !list.isEmpty else { throw AdminError(.noSession) }
+            if r.mode == .connection, let cid = r.cid {
+                list = list.filter { $0.cid == cid }
+                guard !list.isEmpty else { throw AdminError(.noConnection) }
+            }
+        }
+        return StatFormatter.connections(list)
+    }
+
+    /// The metrics endpoint's page: every LUN and every logged-in connection, as `--op stat` counts them.
+    public func metricsText() -> String {
+        lock.lock(); defer { lock.unlock() }
+        let lines = lunStatLines(targets.values.sorted { $0.tid < $1.tid })
+        return StatFormatter.prometheus(luns: lines, connections: fabric.statistics(of: []).connections)
     }
 
     // MARK: - Snapshots

@@ -26,11 +26,16 @@ public final class LogicalUnit: @unchecked Sendable {
     public let path: String
     /// tgt's lbppbe, la_lba, optimal_xfer_gran, removable, online and sense_format.
     public let presentation: LUNPresentation
+    /// Where each core counts this LUN's statistics (LUNStatisticsTable), -1 = not counted; and the id that
+    /// tells this LUN's counts from those of an earlier LUN in the same slot. Kept by `--op update`.
+    public let statisticsSlot: Int32
+    public let statisticsID: UInt64
 
     public init(number: UInt64, blockSize: Int, blockCount: UInt64, capabilities: StoreCapabilities,
                 vendor: String = "RINGTGT", product: String = "VIRTUAL-DISK", revision: String = "0001",
                 serial: String, naa: [UInt8], backing: Backing, bstype: String, path: String,
-                presentation: LUNPresentation = LUNPresentation()) {
+                presentation: LUNPresentation = LUNPresentation(),
+                statisticsSlot: Int32 = -1, statisticsID: UInt64 = 0) {
         precondition(blockSize == 512 || blockSize == 4096, "block size must be 512 or 4096")
         precondition(naa.count == 16, "NAA designator is 16 bytes")
         self.number = number
@@ -46,6 +51,8 @@ public final class LogicalUnit: @unchecked Sendable {
         self.bstype = bstype
         self.path = path
         self.presentation = presentation
+        self.statisticsSlot = statisticsSlot
+        self.statisticsID = statisticsID
         self.state = LUNState(blockSize: blockSize, blockCount: blockCount, capabilities: capabilities,
                               removable: presentation.removable, online: presentation.online)
     }

@@ -98,6 +98,9 @@ public final class Connection {
     var slotsHeld = 0
     var controlData: [UInt8] = []
 
+    /// `--op stat --mode conn` and the metrics; this core alone writes them.
+    var counters = ConnectionCounters()
+
     // Send state
     var out: OutQueue
     var sendInFlight = false
@@ -229,6 +232,7 @@ public final class Connection {
         }
         lastRxTick = reactor.tick
         pingTTT = reservedTag
+        counters.rxBytes &+= UInt64(res)
         if recvDirect {
             stageHave += Int(res)
             if stageHave == dataLength {
@@ -433,6 +437,7 @@ public final class Connection {
             return
         }
         lastSendProgressTick = reactor.tick
+        counters.txBytes &+= UInt64(res)
         let n = out.completed(sent: Int(res))
         for i in 0..<n { fire(out.fired[i]) }
         if phase == .closing { return }

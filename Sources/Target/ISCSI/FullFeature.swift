@@ -200,8 +200,12 @@ extension Connection {
             if expCmdSN != expBefore && orderWaiting > 0 && phase != .closing { releaseOrdered() }
         }
         switch bhs.opcode {
-        case ISCSIOpcode.scsiCommand: handleCommand(bhs)
-        case ISCSIOpcode.dataOut: handleDataOut(bhs)
+        case ISCSIOpcode.scsiCommand:
+            counters.commandPDUs &+= 1
+            handleCommand(bhs)
+        case ISCSIOpcode.dataOut:
+            counters.dataOutPDUs &+= 1
+            handleDataOut(bhs)
         case ISCSIOpcode.nopOut: handleNopOut(bhs)
         case ISCSIOpcode.textRequest: handleText(bhs)
         case ISCSIOpcode.taskManagement: handleTaskManagement(bhs)
@@ -368,6 +372,8 @@ extension Connection {
 
     private func respondNoTask(_ bhs: BHS, status: UInt8) {
         let itt = bhs.itt
+        counters.responsePDUs &+= 1
+        counters.errors &+= 1
         queueControl { h, _ in
             PDUBuild.scsiResponse(h, itt: itt, status: status, residual: .none, dataLength: 0)
             self.stamp(h, advance: true)
@@ -395,11 +401,50 @@ extension Connection {
         tasks[t].state = .storeIO
         let buffer = reactor.pool.buffer(Int(tasks[t].slot))
         let flags = tasks[t].flags
+        countStart(t, lun: lun)
         let action = tasks[t].scsi.start(
             cdb: cdb,
             expectedLength: tasks[t].edtl, readBit: flags & 0x40 != 0, writeBit: flags & 0x20 != 0,
             lunNumber: tasks[t].lunNumber, lun: lun, target: target, nexus: nexus, buffer: buffer)
         drive(t, action)
+    }
+
+    /// Statistics of a command that starts: tgt counts it as a read or a write by its data direction (the
+    /// header's R and W bits), with the length it expects.
+    @inline(__always)
+    private func countStart(_ t: Int, lun: LogicalUnit?) {
+        tasks[t].startNanos = monotonicNanos()
+        let flags = tasks[t].flags
+        let write = flags & 0x20 != 0, read = flags & 0x40 != 0
+        let bytes = UInt64(tasks[t].edtl)
+        if write {
+            counters.writeCommands &+= 1
+            counters.writeBytes &+= bytes
+        } else if read {
+            counters.readCommands &+= 1
+            counters.readBytes &+= bytes
+        }
+        if let lun { reactor.lunStatistics.started(lun, read: read, write: write, bytes: bytes) }
+    }
+
+    /// Statistics of a command whose status is ready: its latency, the bytes it moved, and whether it failed.
+    @inline(__always)
+    private func countDone(_ t: Int, status: UInt8, dataInLength: Int, residual: Residual) {
+        let good = status == SCSIStatus.good
+        if !good { counters.errors &+= 1 }
+        guard let lun = tasks[t].lun else { return }
+        let flags = tasks[t].flags
+        let write = flags & 0x20 != 0, read = flags & 0x40 != 0
+        var bytes: UInt64
+        if write {
+            bytes = UInt64(tasks[t].edtl)
+            if case .underflow(let n) = residual { bytes -= min(bytes, UInt64(n)) }
+        } else {
+            bytes = UInt64(tasks[t].dataInOffset) &+ UInt64(dataInLength)
+        }
+        let start = tasks[t].startNanos
+        let nanos = start == 0 ? 0 : monotonicNanos() &- start
+        reactor.lunStatistics.done(lun, read: read, write: write, bytes: bytes, good: good, nanos: nanos)
     }
 
     /// 16 bytes from the BHS, or 16 + the extended CDB AHS (type 1) when present.
@@ -588,6 +633,7 @@ extension Connection {
     // MARK: Data-In and status
 
     private func complete(_ t: Int, status: UInt8, dataInLength: Int, residual: Residual) {
+        countDone(t, status: status, dataInLength: dataInLength, residual: residual)
         tasks[t].finalStatus = status
         tasks[t].finalResidual = residual
         if dataInLength > 0 {
@@ -633,6 +679,7 @@ extension Connection {
             // Built in place (no closure): this is the hot path of every read.
             let i = out.nextIndex()
             let h = out.header(i)
+            counters.dataInPDUs &+= 1
             PDUBuild.dataIn(h, itt: itt, lunField: lunField, dataSN: sn, bufferOffset: off, length: n,
                             final: withStatus || (last && tasks[t].pieceFinal),
                             status: withStatus ? status : nil, residual: residual)
@@ -659,6 +706,7 @@ extension Connection {
         let status = tasks[t].finalStatus
         let residual = tasks[t].finalResidual
         let dataLen = senseLength > 0 ? senseLength + 2 : 0
+        counters.responsePDUs &+= 1
         queueControl(dataLength: dataLen, token: .taskDone(task: Int32(t))) { h, d in
             PDUBuild.scsiResponse(h, itt: itt, status: status, residual: residual, dataLength: dataLen)
             if senseLength > 0 {
@@ -914,6 +962,10 @@ extension Connection {
 
     /// Stops a task: parked ones are released at once; ones with I/O in flight are released when it returns.
     private func abortTask(_ t: Int) {
+        if tasks[t].state != .free && tasks[t].state != .orderMarker {
+            counters.aborts &+= 1
+            if let lun = tasks[t].lun ?? target?.lun(tasks[t].lunNumber) { reactor.lunStatistics.aborted(lun) }
+        }
         switch tasks[t].state {
         case .free, .orderMarker: return
         case .waitingOrder:

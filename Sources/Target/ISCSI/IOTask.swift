@@ -81,6 +81,8 @@ struct IOTask {
     var cdbLength: Int = 0
     var flags: UInt8 = 0
     var holdsCompareAndWriteGate = false
+    /// CLOCK_MONOTONIC when the command started (its latency ends when its status is ready).
+    var startNanos: UInt64 = 0
     /// When the task started waiting for Data-Out (or an R2T permit), for the Data-Out timeout.
     var waitSinceTick: UInt64 = 0
     /// Sense produced by the transport itself (data-phase errors).

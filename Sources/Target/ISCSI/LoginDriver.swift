@@ -31,10 +31,13 @@ extension Connection {
         var closeAfter = false
         switch outcome {
         case .respondAndContinue: break
-        case .respondAndClose: closeAfter = true
+        case .respondAndClose:
+            closeAfter = true
+            logLoginFailure(status: response.status, reason: login.failureReason)
         case .respondAndEnterFullFeature(let p):
             if req.tsih != 0 {
                 // Adding a connection to an existing session: MaxConnections is 1, so there is nothing to join.
+                logLoginFailure(status: LoginStatus.sessionDoesNotExist.rawValue, reason: "MaxConnections is 1")
                 sendLoginFailure(req, statusClass: 2, statusDetail: 0x0A)   // session does not exist
                 return
             }
@@ -45,6 +48,7 @@ extension Connection {
         var tsihOut: UInt16 = 0
         if finalParams != nil {
             guard let t = reactor.runtime.allocateTSIH() else {
+                logLoginFailure(status: LoginStatus.outOfResources.rawValue, reason: "all TSIHs in use")
                 sendLoginFailure(req, statusClass: 3, statusDetail: 2)   // out of resources
                 return
             }
@@ -97,6 +101,14 @@ extension Connection {
         }
     }
 
+    /// Who was refused, from where, and why; a flood of failures is summarised (LoginLog's burst per interval).
+    private func logLoginFailure(status: UInt16, reason: String?) {
+        guard let suppressed = reactor.loginFailureLog.admit(nowNanos: monotonicNanos()) else { return }
+        let line = LoginLog.failure(status: status, reason: reason, initiatorName: login.initiatorName, peer: peer,
+                                    targetName: login.target?.name)
+        reactor.logger.warning("\(line)\(RateLimitedLog.suffix(suppressed))")
+    }
+
     /// The login succeeded: apply the negotiated parameters and register the session.
     private func becomeSession(_ p: SessionParameters, tsih: UInt16) {
         params = ConnectionParams(sessionParameters: p, slotBytes: reactor.pool.slotBytes)
@@ -126,6 +138,8 @@ extension Connection {
             reactor.runtime.registerSession(initiator: initiatorName, isid: isid, targetName: target.name,
                                             core: reactor.core, tsih: tsih)
         }
+        let started = LoginLog.sessionStarted(initiatorName: initiatorName, peer: peer, targetName: target?.name, tsih: tsih)
+        if isDiscovery { reactor.logger.debug("\(started)") } else { reactor.logger.info("\(started)") }
     }
 }
 

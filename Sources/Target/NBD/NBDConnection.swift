@@ -340,6 +340,12 @@ extension Connection {
         tasks[t].lun = lun
         nbd.requests![t] = NBDRequestState(cookie: r.cookie, command: r.type, flags: r.flags, offset: r.offset,
                                            length: r.length)
+        // The LUN's statistics count NBD requests as `--op stat` counts SCSI commands (reads, writes, the rest).
+        tasks[t].startNanos = monotonicNanos()
+        if let lun {
+            reactor.lunStatistics.started(lun, read: r.type == NBDWire.cmdRead, write: r.type == NBDWire.cmdWrite,
+                                          bytes: UInt64(r.length))
+        }
         if r.type == NBDWire.cmdWrite && r.length > 0 {
             // The payload lands in the slot; a large one is received into it directly (Connection.armRecv).
             nbd.stage = .payload
@@ -464,6 +470,11 @@ extension Connection {
     /// when the reply is out.
     private func nbdFinish(_ t: Int, error: UInt32) {
         let rq = nbd.requests![t]
+        if let lun = tasks[t].lun {
+            reactor.lunStatistics.done(lun, read: rq.command == NBDWire.cmdRead, write: rq.command == NBDWire.cmdWrite,
+                                       bytes: error == 0 ? UInt64(rq.length) : 0, good: error == 0,
+                                       nanos: monotonicNanos() &- tasks[t].startNanos)
+        }
         tasks[t].state = .finishing
         if error == 0 && rq.command == NBDWire.cmdRead {
             nbdQueueReply(error: 0, cookie: rq.cookie, data: UnsafeRawPointer(reactor.pool.data(Int(tasks[t].slot))),

@@ -13,6 +13,8 @@ enum CoreMessage: @unchecked Sendable {
     case sessions(SessionQuery)
     /// Count this core's commands in flight on some logical units.
     case commandsInFlight(InFlightQuery)
+    /// Report this core's statistics: some LUNs' counters and every logged-in connection's.
+    case statistics(StatisticsQuery)
     /// The portals listen now (Runtime.startAccepting): arm the accepts.
     case startAccepting
     /// Stop the loop.
@@ -43,6 +45,15 @@ public final class InFlightQuery: @unchecked Sendable {
     public let units: [ObjectIdentifier]
     public var result = 0
     public init(units: [ObjectIdentifier]) { self.units = units }
+}
+
+public final class StatisticsQuery: @unchecked Sendable {
+    public let reply = CoreReply()
+    /// (LogicalUnit.statisticsSlot, statisticsID) of each LUN asked about.
+    public let units: [(slot: Int32, id: UInt64)]
+    public var luns: [LUNStatistics] = []
+    public var connections: [ConnectionStatistics] = []
+    public init(units: [(slot: Int32, id: UInt64)]) { self.units = units }
 }
 
 /// Multi-producer mailbox, single consumer (the owning core).

@@ -61,6 +61,8 @@ public final class Reactor {
     var pool: BufferPool
     /// Each connection index's fixed-size memory (see ConnectionMemory).
     let connectionMemory: ConnectionMemory
+    /// This core's counters per LUN (`--op stat`, metrics).
+    let lunStatistics = LUNStatisticsTable()
     /// Task entries per connection: the CmdSN window plus immediate commands.
     let taskCapacity: Int
     unowned(unsafe) let runtime: Runtime
@@ -85,6 +87,8 @@ public final class Reactor {
     // R2T permits: at most half the slots wait for solicited data at once, so the other half always drains
     // (reads and writes in progress complete without needing the network), and stalled parsers make progress.
     var r2tPermits: Int
+    /// The permits there are: taken ones plus free ones always add up to this.
+    let r2tPermitCount: Int
     var permitQueue: [UInt64] = []
     var permitQueueHead = 0
     var tttSequence: UInt32 = 0
@@ -101,6 +105,7 @@ public final class Reactor {
     let acceptRetrySpecs: UnsafeMutablePointer<__kernel_timespec>
     var acceptLog = RateLimitedLog(intervalSeconds: Reactor.admissionLogIntervalSeconds)
     var refusalLog = RateLimitedLog(intervalSeconds: Reactor.admissionLogIntervalSeconds)
+    var loginFailureLog = RateLimitedLog(intervalSeconds: LoginLog.failureIntervalSeconds, burst: LoginLog.failureBurstLines)
     /// Connections still in login (or the NBD handshake) per source address, for maxLoginConnectionsPerAddress.
     var loginConnectionsByAddress: [String: Int] = [:]
     /// Accepted sockets waiting for the slot of the connection evicted for them (which is released once its
@@ -139,7 +144,8 @@ public final class Reactor {
         ring = try Ring(entries: config.submissionEntries)
         pool = BufferPool(slotBytes: config.slotBytes, slotCount: config.slotCount)
         try ring.registerBuffer(pool.base, bytes: pool.totalBytes)
-        r2tPermits = max(1, config.slotCount / 2)
+        r2tPermitCount = max(1, config.slotCount / 2)
+        r2tPermits = r2tPermitCount
         connectionMemory = ConnectionMemory(count: config.maxConnections, taskCapacity: taskCapacity,
                                             sendQueueRecords: config.sendQueueRecords)
         connections = [Connection?](repeating: nil, count: config.maxConnections)
@@ -429,6 +435,9 @@ public final class Reactor {
             runtime.unregisterSession(initiator: c.initiatorName, isid: c.isid, targetName: target.name, tsih: c.tsih)
         }
         if c.tsih != 0 {
+            let ended = LoginLog.sessionEnded(initiatorName: c.initiatorName, peer: c.peer, targetName: c.target?.name,
+                                              reason: reason)
+            if c.isDiscovery { logger.debug("\(ended)") } else if c.target != nil { logger.info("\(ended)") }
             runtime.releaseTSIH(c.tsih)
             c.tsih = 0
         }
@@ -464,7 +473,7 @@ public final class Reactor {
     /// so a completion never runs another connection's code.
     @inline(__always)
     func releaseSlot(_ s: Int) {
-        pool.give(s)
+        pool.give(s)   // asserts the slot count stays within the pool
     }
 
     /// Wake-ups of this pass: R2T permits and buffer slots given back go to the connections waiting for them, in
@@ -501,6 +510,7 @@ public final class Reactor {
     @inline(__always)
     func returnR2TPermit() {
         r2tPermits += 1
+        assert(r2tPermits <= r2tPermitCount, "an R2T permit was returned twice")
     }
 
     private func grantPermits() {
@@ -577,6 +587,7 @@ public final class Reactor {
 
     private func storeCompletion(_ c: Connection, _ t: Int, _ res: Int32) {
         c.storeInFlight -= 1
+        assert(c.storeInFlight >= 0, "a store completion without a store operation in flight")
         if c.phase == .closing {
             maybeRelease(c)
             return
@@ -670,6 +681,8 @@ public final class Reactor {
             case .commandsInFlight(let q):
                 q.result = commandsInFlight(on: q.units)
                 q.reply.signal()
+            case .statistics(let q):
+                answer(q)
             case .startAccepting:
                 for (i, fd) in listeners.enumerated() { armAccept(i, fd) }
             case .shutdown:
@@ -746,6 +759,20 @@ public final class Reactor {
         return n
     }
 
+    /// This core's part of `--op stat` and the metrics: the LUNs asked about, and its logged-in iSCSI connections.
+    func answer(_ q: StatisticsQuery) {
+        q.luns = q.units.map { lunStatistics.read(slot: $0.slot, id: $0.id) }
+        for c in connections {
+            guard let c, c.phase == .fullFeature, c.frontEnd == .iscsi, !c.isDiscovery, let target = c.target else {
+                continue
+            }
+            q.connections.append(ConnectionStatistics(tid: target.tid, targetName: target.name, sid: UInt64(c.tsih),
+                                                      cid: UInt32(c.cid), initiatorName: c.initiatorName,
+                                                      peerAddress: c.peer, counters: c.counters))
+        }
+        q.reply.signal()
+    }
+
     func sessionInfo() -> [SessionInfo] {
         var out: [SessionInfo] = []
         for c in connections {
@@ -775,6 +802,7 @@ public final class Reactor {
                 case .config(_, let reply): reply.signal()
                 case .sessions(let q): q.reply.signal()
                 case .commandsInFlight(let q): q.result = commandsInFlight(on: q.units); q.reply.signal()
+                case .statistics(let q): answer(q)
                 case .closeSession, .startAccepting, .shutdown: break
                 }
             }
@@ -881,6 +909,7 @@ extension Reactor: SheepStoreHost {
     func storeFinished(_ tag: UInt64, _ result: StoreResult) {
         guard let (c, t) = storeTask(tag) else { return }
         c.storeInFlight -= 1
+        assert(c.storeInFlight >= 0, "a store request finished twice")
         if c.phase == .closing { maybeRelease(c); return }
         c.storeDone(t, result)
     }

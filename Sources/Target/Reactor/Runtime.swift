@@ -169,6 +169,20 @@ public final class Runtime: @unchecked Sendable {
         return total
     }
 
+    /// Every core's counters for `units` and its connections, summed per LUN.
+    public func statistics(of units: [LogicalUnit]) -> StatisticsSample {
+        let keys = units.map { (slot: $0.statisticsSlot, id: $0.statisticsID) }
+        var sample = StatisticsSample(luns: Array(repeating: LUNStatistics(), count: units.count), connections: [])
+        for r in reactors {
+            let q = StatisticsQuery(units: keys)
+            r.mailbox.post(.statistics(q))
+            q.reply.wait()
+            for i in q.luns.indices { sample.luns[i].add(q.luns[i]) }
+            sample.connections += q.connections
+        }
+        return sample
+    }
+
     /// Closes every session of a target (admin delete with --force).
     public func closeSessions(tid: Int) {
         for s in sessions() where s.tid == tid {
@@ -279,5 +293,5 @@ extension Runtime: ControlFabric {
 
 extension StoreOpener {
     /// Sheepdog home cores are dealt out over the runtime's cores.
-    public convenience init(runtime: Runtime) { self.init(coreCount: runtime.coreCount) }
+    public convenience init(runtime: Runtime) { self.init(coreCount: { [unowned runtime] in runtime.coreCount }) }
 }

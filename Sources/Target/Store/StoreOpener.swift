@@ -4,12 +4,12 @@ import Synchronization
 
 /// Opens file, null and sheepdog stores for the control plane.
 public final class StoreOpener: BackingOpener {
-    /// Cores a VDI's home may be placed on.
-    let coreCount: Int
+    /// Cores a VDI's home may be placed on (asked at each open: the opener may exist before the cores start).
+    let coreCount: @Sendable () -> Int
     private var nextHome = 0
     private let endpoints = Mutex<[SheepBackingSpec.Endpoint]>([])
 
-    public init(coreCount: Int) { self.coreCount = coreCount }
+    public init(coreCount: @escaping @Sendable () -> Int) { self.coreCount = coreCount }
 
     /// Each distinct sheep endpoint gets a number; every core keeps one channel per number.
     func endpointIndex(_ e: SheepBackingSpec.Endpoint) -> Int {
@@ -23,7 +23,7 @@ public final class StoreOpener: BackingOpener {
     public func open(_ spec: BackingSpec) throws -> OpenedBacking {
         if spec.bstype == "sheepdog" {
             // Home cores are dealt out round-robin, so several VDIs spread their metadata work.
-            let home = nextHome % max(1, coreCount)
+            let home = nextHome % max(1, coreCount())
             nextHome += 1
             do {
                 let vol = try SheepVolume.open(spec.path, homeCore: home, endpointIndex: endpointIndex)

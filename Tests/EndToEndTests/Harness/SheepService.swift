@@ -208,6 +208,11 @@ final class SheepService {
         }
     }
 
+    /// SIGSTOP / SIGCONT of the test server: its sockets stay open and nothing is answered until it resumes
+    /// (holds a daemon's start-up in the middle of opening a LUN).
+    func pause() { if let server, server.isRunning { Glibc.kill(server.pid, SIGSTOP) } }
+    func resume() { if let server, server.isRunning { Glibc.kill(server.pid, SIGCONT) } }
+
     // MARK: Backing-store specs
 
     /// `unix:SOCKET:VDI[:SNAP]` or `tcp:HOST:PORT:VDI[:SNAP]`.
