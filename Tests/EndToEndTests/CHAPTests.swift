@@ -16,9 +16,15 @@ extension EndToEnd {
         /// `?target_user=U&target_password=P`.
         static func url(_ t: RunningTarget, user: String? = nil, secret: String? = nil,
                         targetUser: String? = nil, targetSecret: String? = nil) -> String {
+            url(t.endpoint, path: "/\(t.iqn)/1", user: user, secret: secret, targetUser: targetUser, targetSecret: targetSecret)
+        }
+
+        /// `path` "" is a discovery session's URL.
+        static func url(_ e: Endpoint, path: String, user: String?, secret: String?,
+                        targetUser: String?, targetSecret: String?) -> String {
             var u = "iscsi://"
             if let user, let secret { u += "\(user)%\(secret)@" }
-            u += "\(t.endpoint.host):\(t.endpoint.port)/\(t.iqn)/1"
+            u += "\(e.host):\(e.port)\(path)"
             if let targetUser, let targetSecret { u += "?target_user=\(targetUser)&target_password=\(targetSecret)" }
             return u
         }

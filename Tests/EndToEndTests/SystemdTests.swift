@@ -1,5 +1,5 @@
 // systemd integration: with NOTIFY_SOCKET set (a `Type=notify` unit, like tgt's), ringtgtd reports READY=1
-// once it serves and STOPPING=1 when it shuts down.
+// once it serves, RELOADING=1 and READY=1 around a SIGHUP reload, and STOPPING=1 when it shuts down.
 
 import Foundation
 import Testing
@@ -57,6 +57,31 @@ extension EndToEnd {
             #expect(daemon.terminate(), "ringtgtd did not stop on SIGTERM")
             let stopping = listener.receive(timeoutSeconds: 10)
             #expect(stopping?.contains("STOPPING=1") == true, "no STOPPING=1: \(String(describing: stopping))")
+        }
+
+        /// sd_notify(3): a SIGHUP reload (ExecReload=) says RELOADING=1 before it applies the file and READY=1 once
+        /// it did, so the service manager knows when the new configuration serves.
+        @Test func reloadIsNotifiedAsReloadingThenReady() throws {
+            let scratch = try Scratch()
+            defer { scratch.remove() }
+            let notifyPath = scratch.path("notify").path
+            let listener = try NotifyListener(path: notifyPath)
+            let config = scratch.path("targets.conf")
+            try "<target iqn.2026-01.org.ringtgt:reload>\n  backing-store /dev/null\n  bs-type null\n</target>\n"
+                .write(to: config, atomically: true, encoding: .utf8)
+            let daemon = try ToolProcess(try Paths.packageBinary("ringtgtd"),
+                                         ["-f", "--cores", "1", "--buffers", "16", "--iscsi", "portal=127.0.0.1:0",
+                                          "--control-socket", scratch.path("ctl").path, "--config", config.path],
+                                         logDir: scratch.url, label: "daemon", environment: ["NOTIFY_SOCKET": notifyPath])
+            defer { daemon.terminate() }
+            let ready = listener.receive(timeoutSeconds: 60)
+            #expect(ready?.contains("READY=1") == true, "no READY=1 from ringtgtd: \(String(describing: ready)); \(daemon.stderrText)")
+            #expect(kill(daemon.pid, SIGHUP) == 0)
+            let reloading = listener.receive(timeoutSeconds: 30)
+            #expect(reloading?.contains("RELOADING=1") == true, "no RELOADING=1: \(String(describing: reloading))")
+            let readyAgain = listener.receive(timeoutSeconds: 30)
+            #expect(readyAgain?.contains("READY=1") == true, "no READY=1 after the reload: \(String(describing: readyAgain))")
+            #expect(daemon.terminate(), "ringtgtd did not stop on SIGTERM")
         }
     }
 }

@@ -183,4 +183,59 @@ import Testing
                                                   ("CHAP_I", "1"), ("CHAP_C", "0xaabbccddeeff")])
         #expect(r.status == 0x0201)
     }
+
+    // MARK: discovery
+
+    private func discoveryEnv(_ creds: CHAPCredentials) -> LoginEnvironment {
+        LoginEnvironment(targetLookup: { _ in nil }, isAllowed: { _, _ in true }, defaults: { _ in TargetKeyDefaults() },
+                         portalGroupTag: 1, discoveryCHAP: creds)
+    }
+
+    private static let discovery: [(String, String)] = [("InitiatorName", initiator), ("SessionType", "Discovery")]
+
+    /// tgt's GLOBAL_TID accounts (bound without --tid): a discovery session must authenticate with them, by
+    /// the same rules as a normal session, mutual CHAP included.
+    @Test func discoveryWithAccountsRequiresCHAP() throws {
+        let e = discoveryEnv(CHAPCredentials(incoming: [Self.alice], outgoing: Self.target))
+        // libiscsi without credentials goes straight to the operational stage; open-iscsi offers None.
+        var m = LoginStateMachine()
+        #expect(send(&m, e, csg: 1, nsg: 3, Self.discovery + [("HeaderDigest", "None")]).0.status == 0x0201)
+        m = LoginStateMachine()
+        #expect(send(&m, e, csg: 0, nsg: 1, Self.discovery + [("AuthMethod", "None")]).0.status == 0x0201)
+        m = LoginStateMachine()
+        m.chapRandom = Self.fixedRandom
+        _ = send(&m, e, csg: 0, nsg: 1, Self.discovery + [("AuthMethod", "CHAP")])
+        _ = send(&m, e, csg: 0, nsg: 1, [("CHAP_A", "5")])
+        let wrong = send(&m, e, csg: 0, nsg: 1, [("CHAP_N", "alice"), ("CHAP_R", "0x" + String(repeating: "11", count: 16))])
+        #expect(wrong.0.status == 0x0201 && wrong.1 == .respondAndClose)
+
+        m = LoginStateMachine()
+        m.chapRandom = Self.fixedRandom
+        let (r1, _) = send(&m, e, csg: 0, nsg: 1, Self.discovery + [("AuthMethod", "CHAP,None")])
+        #expect(r1.status == 0 && !r1.transit && keys(r1)["AuthMethod"] == "CHAP")
+        _ = send(&m, e, csg: 0, nsg: 1, [("CHAP_A", "5")])
+        let (r3, _) = send(&m, e, csg: 0, nsg: 1, [("CHAP_N", "alice"), ("CHAP_R", Self.aliceResponse),
+                                                   ("CHAP_I", "9"), ("CHAP_C", "0x" + String(repeating: "aa", count: 16))])
+        #expect(r3.status == 0 && r3.transit && keys(r3)["CHAP_R"] == Self.targetResponse)
+        let (_, o4) = send(&m, e, csg: 1, nsg: 3, [("HeaderDigest", "None")])
+        guard case .respondAndEnterFullFeature(let p) = o4 else { Issue.record("no full feature phase: \(o4)"); return }
+        #expect(p.sessionType == .discovery && m.chapAccount == Self.alice)
+
+        // Without discovery accounts, discovery stays open (tgt's default), whatever a target has bound.
+        m = LoginStateMachine()
+        let (r, o) = send(&m, discoveryEnv(CHAPCredentials()), csg: 1, nsg: 3, Self.discovery + [("HeaderDigest", "None")])
+        #expect(r.status == 0 && r.transit)
+        if case .respondAndEnterFullFeature = o {} else { Issue.record("open discovery refused: \(o)") }
+    }
+
+    /// A discovery session answers to the discovery accounts as they change, as a normal session does to its target's.
+    @Test func discoverySessionsAreRecheckedWhenTheAccountsChange() {
+        let bound = CHAPCredentials(incoming: [Self.alice])
+        #expect(SessionAdmission.discoveryRefusal(CHAPCredentials(), chapAccount: nil) == nil)
+        #expect(SessionAdmission.discoveryRefusal(bound, chapAccount: Self.alice) == nil)
+        #expect(SessionAdmission.discoveryRefusal(bound, chapAccount: nil)
+                == "discovery now requires CHAP and the session did not authenticate")
+        #expect(SessionAdmission.discoveryRefusal(CHAPCredentials(incoming: [Self.target]), chapAccount: Self.alice)
+                == "CHAP account 'alice' is no longer bound to discovery")
+    }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import Testing
 @testable import Target
 
@@ -135,7 +136,7 @@ import Testing
         let text = """
             default-driver iser
             iSNSServerIP 10.0.0.1
-            incomingdiscoveryuser disc discoverysecret
+            incomingdiscoveryuser onlyuser
             <target iqn.2026-01.test:a>
                 backing-store /tmp/a
                 frobnicate 1
@@ -157,7 +158,7 @@ import Testing
         #expect(parsed.errors.map(\.message) == [
             "only the iscsi driver is supported",
             "iSNS is not supported",
-            "CHAP on discovery sessions is not supported; discovery stays open",
+            "incomingdiscoveryuser takes a user and a password",
             "unknown setting 'frobnicate'",
             "device type tape is not supported; ringtgt serves disks",
             "write-cache must be on or off",
@@ -368,6 +369,100 @@ import Testing
         // Updating to the dump changes nothing.
         #expect(update(h, dump).changes.isEmpty)
     }
+
+    func dump(_ h: ControlHarness) -> String {
+        h.registry.execute(AdminRequest(mode: .system, op: .show, name: Registry.configDumpName)).stdout
+    }
+
+    /// tgt's LUN parameters of issue 10 part C in the dump: set, dumped, loaded elsewhere and dumped again, the
+    /// same. Changing only a knob updates the LUN in place (its store stays open, nothing is deleted and added).
+    @Test func lunKnobsRoundTripAndUpdateInPlace() throws {
+        let h = ControlHarness()
+        let text = """
+            <target iqn.2026-01.test:knobs>
+                <backing-store /dev/null>
+                    bs-type null
+                    lbppbe 3
+                    la_lba 7
+                    optimal_xfer_gran 16
+                    online 0
+                    removable 1
+                    sense_format 1
+                </backing-store>
+            </target>
+            """
+        try ConfigFile.apply(text, to: h.registry)
+        let dumped = dump(h)
+        for line in ["lbppbe 3", "la_lba 7", "optimal_xfer_gran 16", "online 0", "removable 1", "sense_format 1"] {
+            #expect(dumped.contains("        \(line)\n"), "\(line) is not in\n\(dumped)")
+        }
+        let h2 = ControlHarness()
+        try ConfigFile.apply(dumped, to: h2.registry)
+        #expect(dump(h2) == dumped)
+        let presentation = h.registry.currentSnapshot.target(tid: 1)?.lun(1)?.presentation
+        #expect(presentation != LUNPresentation() && h2.registry.currentSnapshot.target(tid: 1)?.lun(1)?.presentation == presentation)
+        #expect(update(h, dumped).changes.isEmpty)
+        #expect(update(h, text).changes.isEmpty)
+
+        let opened = h.opener.opened.count
+        let knob = update(h, text.replacingOccurrences(of: "lbppbe 3", with: "lbppbe 2")
+                                 .replacingOccurrences(of: "sense_format 1", with: ""))
+        #expect(knob.changes == ["target iqn.2026-01.test:knobs: updated LUN 1 parameters"], "\(knob.changes) \(knob.errors)")
+        #expect(h.opener.opened.count == opened, "the LUN was made again")
+        let now = try #require(h.registry.currentSnapshot.target(tid: 1)?.lun(1)?.presentation)
+        #expect(now.lbppbe == 2 && !now.descriptorSense && now.lowestAlignedLBA == 7 && now.removable)
+        // `online` alone loads the medium of the LUN as it is.
+        let unit = h.registry.currentSnapshot.target(tid: 1)?.lun(1)
+        let online = update(h, text.replacingOccurrences(of: "lbppbe 3", with: "lbppbe 2")
+                                   .replacingOccurrences(of: "sense_format 1", with: "").replacingOccurrences(of: "online 0", with: ""))
+        #expect(online.changes == ["target iqn.2026-01.test:knobs: updated LUN 1 parameters"], "\(online.changes) \(online.errors)")
+        #expect(unit?.state.isOnline == true && h.registry.currentSnapshot.target(tid: 1)?.lun(1) === unit)
+    }
+
+    /// tgt-admin's incomingdiscoveryuser / outgoingdiscoveryuser: accounts made and bound without a tid,
+    /// dumped, and changed by a reload as a difference.
+    @Test func discoveryUsersAreBoundDumpedAndUpdated() throws {
+        let h = ControlHarness()
+        let text = """
+            incomingdiscoveryuser disc discsecret12
+            outgoingdiscoveryuser dout doutsecret12
+            <target iqn.2026-01.test:one>
+                backing-store /dev/null
+                bs-type null
+                incominguser disc discsecret12
+            </target>
+            """
+        try ConfigFile.apply(text, to: h.registry)
+        let disc = CHAPAccount(user: "disc", password: "discsecret12")
+        let bound = CHAPCredentials(incoming: [disc], outgoing: CHAPAccount(user: "dout", password: "doutsecret12"))
+        #expect(h.registry.currentSnapshot.discoveryCHAP == bound)
+        #expect(h.registry.currentSnapshot.target(tid: 1)?.chap == CHAPCredentials(incoming: [disc]))
+        let dumped = dump(h)
+        #expect(dumped.contains("\nincomingdiscoveryuser disc discsecret12\noutgoingdiscoveryuser dout doutsecret12\n"), "\(dumped)")
+        let h2 = ControlHarness()
+        try ConfigFile.apply(dumped, to: h2.registry)
+        #expect(h2.registry.currentSnapshot.discoveryCHAP == bound && dump(h2) == dumped)
+        #expect(update(h, dumped).changes.isEmpty)
+        #expect(update(h, text).changes.isEmpty)
+
+        // The new incoming account is bound before the old one goes: discovery is never open in between.
+        let swapped = text.replacingOccurrences(of: "incomingdiscoveryuser disc discsecret12", with: "incomingdiscoveryuser disc2 disc2secret12")
+            .replacingOccurrences(of: "outgoingdiscoveryuser dout doutsecret12\n", with: "")
+        let report = update(h, swapped)
+        #expect(report.changes == ["added account disc2", "discovery: bound account disc2", "discovery: unbound account disc",
+                                   "discovery: unbound outgoing account dout"], "\(report.changes) \(report.errors)")
+        #expect(h.registry.currentSnapshot.discoveryCHAP == CHAPCredentials(incoming: [CHAPAccount(user: "disc2", password: "disc2secret12")]))
+        // A change of one target leaves discovery alone.
+        let scoped = ConfigUpdate.run(ConfigFile.parse(text), mode: .update(.tid(1)), force: false, checkStores: false,
+                                      executor: h.registry.execute)
+        #expect(scoped.changes.isEmpty && scoped.errors.isEmpty)
+
+        // Errors name their lines, and nothing changes.
+        let bad = update(h, swapped + "\nincomingdiscoveryuser short short\nincomingdiscoveryuser disc otherpassword1\noutgoingdiscoveryuser a\n")
+        #expect(!bad.applied && bad.errors.map(\.line) == [7, 8, 9], "\(bad.errors)")
+        #expect(bad.errors.first?.message.contains("at least 12 bytes") == true, "\(bad.errors)")
+        #expect(h.registry.currentSnapshot.discoveryCHAP.incoming.map(\.user) == ["disc2"])
+    }
 }
 
 /// ringtgt-admin's command line against a registry.
@@ -414,5 +509,33 @@ import Testing
         #expect(missing.exitCode == 1 && missing.stderr == "Config file \(dir)/nope.conf not found. Exiting...\n")
         let broken = admin(h, ["--control-socket", "/tmp/sock", "-c", "/dev/null", "--update", "tid=9"])
         #expect(broken.exitCode == 1 && broken.stderr.contains("there is no target with tid 9"), "\(broken)")
+    }
+}
+
+/// systemd (sd_notify(3)): a SIGHUP reload says RELOADING=1 before it applies anything and READY=1 after,
+/// whether the file applied or not.
+@Suite struct ConfigReloadNotifyTests {
+    @Test func reloadIsBracketedByReloadingAndReady() throws {
+        let h = ControlHarness()
+        let dir = makeTemporaryDirectory()
+        defer { _ = try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/targets.conf"
+        try "<target iqn.2026-01.test:r>\n  backing-store /dev/null\n  bs-type null\n</target>\n"
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        let logger = Logger(label: "reload-test")
+        var sent: [String] = []
+        var publishedWhenReloading = -1
+        ConfigReload.reload(path: path, registry: h.registry, logger: logger) { state in
+            if state == "RELOADING=1" { publishedWhenReloading = h.fabric.published.count }
+            sent.append(state)
+        }
+        #expect(sent == ["RELOADING=1", "READY=1\nSTATUS=serving"])
+        #expect(publishedWhenReloading == 0 && h.registry.currentSnapshot.targets.count == 1)
+
+        sent = []
+        try "frobnicate 1\n".write(toFile: path, atomically: true, encoding: .utf8)
+        ConfigReload.reload(path: path, registry: h.registry, logger: logger) { sent.append($0) }
+        #expect(sent == ["RELOADING=1", "READY=1\nSTATUS=serving"])
+        #expect(h.registry.currentSnapshot.targets.count == 1)
     }
 }

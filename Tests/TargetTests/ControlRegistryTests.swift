@@ -363,6 +363,46 @@ private let newLUN1 = "--lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -
         #expect(h.run("\(account) --op delete --user nobody").stderr == "ringtgtadm: can't find the account\n")
         #expect(h.run("\(account) --op show").stdout == "Account list:\n    bob\n")
     }
+
+    /// tgtadm's GLOBAL_TID: an account bound without --tid is for discovery sessions, listed at the end of
+    /// `--op show --mode system` as tgt lists it (its blank line too); errors in tgt's words (tgtd 1.0.85).
+    @Test func accountsBoundWithoutATidAreForDiscovery() throws {
+        let h = ControlHarness()
+        h.run(newTarget)
+        for op in ["new --user disc --password discsecret12", "new --user dout --password doutsecret12", "bind --user disc"] {
+            #expect(h.run("\(account) --op \(op)").exitCode == 0, "\(op)")
+        }
+        let twice = h.run("\(account) --op bind --user disc")
+        #expect(twice.exitCode == 22 && twice.stderr == "ringtgtadm: this account already exists\n")
+        #expect(h.run("\(account) --op bind --user dout --outgoing").exitCode == 0)
+        #expect(h.run("\(account) --op bind --user disc --outgoing").stderr
+                == "ringtgtadm: this target already has an outgoing account\n")
+        #expect(h.run("\(account) --op bind --user nosuch").stderr == "ringtgtadm: can't find the account\n")
+        #expect(h.run("\(account) --op bind --tid 0 --user disc").stderr == "ringtgtadm: can't find the target\n")
+
+        let snapshot = h.registry.currentSnapshot
+        #expect(snapshot.discoveryCHAP == CHAPCredentials(incoming: [CHAPAccount(user: "disc", password: "discsecret12")],
+                                                          outgoing: CHAPAccount(user: "dout", password: "doutsecret12")))
+        #expect(snapshot.target(tid: 1)?.chap == CHAPCredentials(), "a target keeps its own accounts")
+        let sys = h.run("--lld iscsi --op show --mode sys").stdout
+        #expect(sys.hasSuffix("Device types:\n    disk\n    Account information:\n\n    disc\n    dout (outgoing)\n"), "\(sys)")
+        #expect(!h.run("--lld iscsi --op show --mode target").stdout.contains("disc"))
+        #expect(h.run("\(account) --op show").stdout == "Account list:\n    dout\n    disc\n")
+
+        // Unbinding needs the right direction, as for a target; deleting an account unbinds it here too.
+        #expect(h.run("\(account) --op unbind --user dout").stderr == "ringtgtadm: can't find the account\n")
+        #expect(h.run("\(account) --op unbind --user disc").exitCode == 0)
+        #expect(h.run("\(account) --op unbind --user disc").stderr == "ringtgtadm: can't find the account\n")
+        #expect(h.run("--lld iscsi --op show --mode sys").stdout.hasSuffix("    disk\n    Account information:\n\n    dout (outgoing)\n"))
+        #expect(h.run("\(account) --op delete --user dout").exitCode == 0)
+        #expect(h.registry.currentSnapshot.discoveryCHAP == CHAPCredentials())
+        #expect(h.run("--lld iscsi --op show --mode sys").stdout.hasSuffix("Device types:\n    disk\n"))
+
+        // RFC 7143 12.1.3 as for a target: one secret may not authenticate both ends.
+        #expect(h.run("\(account) --op new --user same --password discsecret12").exitCode == 0)
+        #expect(h.run("\(account) --op bind --user disc").exitCode == 0)
+        #expect(h.run("\(account) --op bind --user same --outgoing").exitCode == 22)
+    }
 }
 
 @Suite struct ControlPollTests {

@@ -5,6 +5,7 @@
 //
 //   default-driver iscsi
 //   include /etc/tgt/conf.d/*.conf
+//   incomingdiscoveryuser disc discsecret12 # discovery sessions need CHAP (outgoingdiscoveryuser: mutual)
 //   <target iqn.2026-01.example:disk1>
 //       backing-store /var/lib/ringtgt/disk1.img      # LUN 1 (next free number from 1)
 //       <backing-store /dev/null>                      # a LUN with its own settings
@@ -118,6 +119,10 @@ public enum ConfigFile {
         public var ignoreErrors = false
         /// tgt-admin's `control-port N` (ringtgt-admin talks to that daemon unless -C says otherwise).
         public var controlPort: Int?
+        /// tgt-admin's top-level `incomingdiscoveryuser` / `outgoingdiscoveryuser`: accounts bound without a
+        /// target, which discovery sessions must authenticate with.
+        public var discoveryIncoming: [Account] = []
+        public var discoveryOutgoing: Account?
         public init() {}
     }
 
@@ -149,8 +154,6 @@ public enum ConfigFile {
         "path": "the 'path' LUN parameter (moving a LUN to another file) is not supported",
         "iSNS": "iSNS is not supported", "iSNSServerIP": "iSNS is not supported",
         "iSNSServerPort": "iSNS is not supported", "iSNSAccessControl": "iSNS is not supported",
-        "incomingdiscoveryuser": "CHAP on discovery sessions is not supported; discovery stays open",
-        "outgoingdiscoveryuser": "CHAP on discovery sessions is not supported; discovery stays open",
     ]
 
     // MARK: - Reading
@@ -398,6 +401,15 @@ public enum ConfigFile {
                         guard let port = Int(value), port >= 0 else { fail("control-port must be a number"); continue }
                         config.controlPort = port
                     }
+                case "incomingdiscoveryuser", "outgoingdiscoveryuser":
+                    guard let account = account(key, value, source, &errors) else { continue }
+                    if key == "incomingdiscoveryuser" {
+                        config.discoveryIncoming.append(account)
+                    } else if config.discoveryOutgoing != nil {
+                        fail("only one outgoingdiscoveryuser is allowed")
+                    } else {
+                        config.discoveryOutgoing = account
+                    }
                 default:
                     fail(key == "lun" || storeKeys.contains(key) || lunParameterKeys.contains(key)
                          || key == "backing-store" || key == "direct-store" || key == "initiator-address"
@@ -419,9 +431,7 @@ public enum ConfigFile {
                 guard ISCSITargetKeys.parseUnsigned(value) != nil else { fail("lun must be a number"); continue }
                 target!.pendingLUN = item
             case "incominguser", "outgoinguser":
-                let parts = value.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
-                guard parts.count == 2 else { fail("\(key) takes a user and a password"); continue }
-                let account = Account(user: parts[0], password: parts[1], source: source)
+                guard let account = account(key, value, source, &errors) else { continue }
                 if key == "incominguser" {
                     target!.target.incoming.append(account)
                 } else if target!.target.outgoing != nil {
@@ -466,6 +476,16 @@ public enum ConfigFile {
         checkUnique(config, &errors)
         errors.sort { ($0.file, $0.line) < ($1.file, $1.line) }
         return Parsed(configuration: config, errors: errors, warnings: warnings)
+    }
+
+    /// `incominguser USER PASSWORD` and the like.
+    static func account(_ key: String, _ value: String, _ source: Source, _ errors: inout [Failure]) -> Account? {
+        let parts = value.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
+        guard parts.count == 2 else {
+            errors.append(source.failure("\(key) takes a user and a password"))
+            return nil
+        }
+        return Account(user: parts[0], password: parts[1], source: source)
     }
 
     @discardableResult

@@ -26,11 +26,16 @@ public enum ConfigReload {
     }
 
     /// SIGHUP. Never throws: a file with errors, or a missing one, changes nothing.
-    public static func reload(path: String?, registry: Registry, logger: Logger) {
+    /// `notify`: the service manager (sd_notify(3)), told RELOADING=1 while the file is applied and READY=1
+    /// once it is, whatever the outcome: the daemon serves on either way.
+    public static func reload(path: String?, registry: Registry, logger: Logger,
+                              notify: (String) -> Void = { SystemdNotify.send($0) }) {
         guard let path else {
             logger.warning("reload: ringtgtd was started without --config; nothing to reload")
             return
         }
+        notify("RELOADING=1")
+        defer { notify("READY=1\nSTATUS=serving") }
         let parsed: ConfigFile.Parsed
         do {
             parsed = try ConfigFile.parse(path: path)

@@ -80,8 +80,8 @@ public enum ConfigUpdate {
         let scratch = Registry(fabric: DryRunFabric(), opener: dryOpener)
         let seed = plan(desired: running.configuration, running: ConfigFile.Configuration(), connected: [],
                         accounts: [], mode: .execute, force: true)
-        for user in accounts where !running.configuration.targets.contains(where: { t in
-            t.incoming.contains { $0.user == user } || t.outgoing?.user == user }) {
+        let runningPasswords = passwords(running.configuration)
+        for user in accounts where runningPasswords[user] == nil {
             _ = scratch.execute(AdminRequest(mode: .account, op: .new, user: user, password: DryRunOpener.placeholderSecret))
         }
         _ = execute(seed.steps, scratch.execute)
@@ -155,12 +155,14 @@ public enum ConfigUpdate {
         var byName: [String: ConfigFile.Target] = [:]
         for r in running.targets { byName[r.name.lowercased()] = r }
         let wanted = Set(desired.targets.map { $0.name.lowercased() })
-        var passwords: [String: String] = [:]
-        for r in running.targets {
-            for a in r.incoming + (r.outgoing.map { [$0] } ?? []) { passwords[a.user] = a.password }
-        }
-        var ctx = Context(knownAccounts: accounts.union(passwords.keys), passwords: passwords, force: force)
+        let known = passwords(running)
+        var ctx = Context(knownAccounts: accounts.union(known.keys), passwords: known, force: force)
         func inUse(_ name: String) -> Bool { !force && connected.contains(name.lowercased()) }
+        switch mode {
+        case .execute: discoveryAccounts(desired, running, unbind: false, &ctx, &p)
+        case .update(.all): discoveryAccounts(desired, running, unbind: true, &ctx, &p)
+        case .update: break   // a scope names targets; the discovery accounts are no target's
+        }
 
         var scopedOut: (String, Int?) -> Bool = { _, _ in false }
         if case .update(let scope) = mode {
@@ -223,6 +225,52 @@ public enum ConfigUpdate {
         return p
     }
 
+    /// The password of every account the configuration binds (the running one prints them all).
+    static func passwords(_ c: ConfigFile.Configuration) -> [String: String] {
+        var result: [String: String] = [:]
+        for t in c.targets {
+            for a in t.incoming + (t.outgoing.map { [$0] } ?? []) { result[a.user] = a.password }
+        }
+        for a in c.discoveryIncoming + (c.discoveryOutgoing.map { [$0] } ?? []) { result[a.user] = a.password }
+        return result
+    }
+
+    /// tgt-admin's incomingdiscoveryuser / outgoingdiscoveryuser: accounts bound without a tid. New bindings
+    /// go first, so discovery is never open for a moment while one account replaces another.
+    static func discoveryAccounts(_ desired: ConfigFile.Configuration, _ running: ConfigFile.Configuration, unbind: Bool,
+                                  _ ctx: inout Context, _ p: inout Plan) {
+        let group = "discovery"
+        for a in desired.discoveryIncoming where !running.discoveryIncoming.contains(where: { $0.user == a.user }) {
+            bindAccount(a, tid: nil, outgoing: false, what: "discovery", group: group, &ctx, &p)
+        }
+        if unbind {
+            for a in running.discoveryIncoming where !desired.discoveryIncoming.contains(where: { $0.user == a.user }) {
+                p.steps.append(unbindAccount(a.user, tid: nil, outgoing: false, what: "discovery", group: group,
+                                             source: ConfigFile.Source(file: "", line: 0, content: "incomingdiscoveryuser \(a.user)")))
+            }
+            if let old = running.discoveryOutgoing, desired.discoveryOutgoing?.user != old.user {
+                let source = ConfigFile.Source(file: "", line: 0, content: "outgoingdiscoveryuser \(old.user)")
+                p.steps.append(unbindAccount(old.user, tid: nil, outgoing: true, what: "discovery", group: group,
+                                             source: desired.discoveryOutgoing?.source ?? source))
+            }
+        }
+        if let a = desired.discoveryOutgoing, running.discoveryOutgoing?.user != a.user,
+           unbind || running.discoveryOutgoing == nil {
+            bindAccount(a, tid: nil, outgoing: true, what: "discovery", group: group, &ctx, &p)
+        }
+        checkPasswords(desired.discoveryIncoming + (desired.discoveryOutgoing.map { [$0] } ?? []), ctx, &p)
+    }
+
+    /// An account the file names with another password than the one it exists with.
+    static func checkPasswords(_ wanted: [ConfigFile.Account], _ ctx: Context, _ p: inout Plan) {
+        for a in wanted {
+            if let known = ctx.passwords[a.user], known != a.password,
+               !p.errors.contains(where: { $0.line == a.source.line && $0.file == a.source.file }) {
+                p.errors.append(a.source.failure("account \(a.user) already exists with another password"))
+            }
+        }
+    }
+
     /// Accounts known so far, and whether LUNs may be taken from a connected target.
     struct Context {
         var knownAccounts: Set<String>
@@ -245,8 +293,8 @@ public enum ConfigUpdate {
             p.steps.append(bind(d, tid: tid, address: item, add: true))
         }
         for item in d.initiatorNames { p.steps.append(bind(d, tid: tid, name: item, add: true)) }
-        for a in d.incoming { bindAccount(a, d, tid: tid, outgoing: false, &ctx, &p) }
-        if let a = d.outgoing { bindAccount(a, d, tid: tid, outgoing: true, &ctx, &p) }
+        for a in d.incoming { bindAccount(a, tid: tid, outgoing: false, what: "target \(d.name)", group: group, &ctx, &p) }
+        if let a = d.outgoing { bindAccount(a, tid: tid, outgoing: true, what: "target \(d.name)", group: group, &ctx, &p) }
         for (name, item) in d.keys { p.steps.append(setKey(d, tid: tid, name: name, value: item.value, source: item.source)) }
     }
 
@@ -269,9 +317,9 @@ public enum ConfigUpdate {
                     group: d.name.lowercased())
     }
 
-    static func bindAccount(_ a: ConfigFile.Account, _ d: ConfigFile.Target, tid: Int, outgoing: Bool,
+    /// `tid` nil: a discovery account.
+    static func bindAccount(_ a: ConfigFile.Account, tid: Int?, outgoing: Bool, what: String, group: String,
                             _ ctx: inout Context, _ p: inout Plan) {
-        let group = d.name.lowercased()
         if let known = ctx.passwords[a.user], known != a.password {
             p.errors.append(a.source.failure("account \(a.user) already exists with another password"))
             return
@@ -285,8 +333,14 @@ public enum ConfigUpdate {
             ctx.passwords[a.user] = a.password
         }
         p.steps.append(Step(request: AdminRequest(mode: .account, op: .bind, tid: tid, user: a.user, outgoing: outgoing),
-                            source: a.source, summary: "target \(d.name): bound \(outgoing ? "outgoing " : "")account \(a.user)",
+                            source: a.source, summary: "\(what): bound \(outgoing ? "outgoing " : "")account \(a.user)",
                             group: group, needs: "account \(a.user)"))
+    }
+
+    static func unbindAccount(_ user: String, tid: Int?, outgoing: Bool, what: String, group: String,
+                              source: ConfigFile.Source) -> Step {
+        Step(request: AdminRequest(mode: .account, op: .unbind, tid: tid, user: user, outgoing: outgoing),
+             source: source, summary: "\(what): unbound \(outgoing ? "outgoing " : "")account \(user)", group: group)
     }
 
     static func setKey(_ d: ConfigFile.Target, tid: Int, name: String, value: String, source: ConfigFile.Source) -> Step {
@@ -317,12 +371,23 @@ public enum ConfigUpdate {
             let wanted = identity(lun, tid: tid), current = identity(old, tid: tid)
             if sameStore(lun, old) {
                 if wanted == current { continue }
-                var textOnly = current
-                textOnly.vendor = wanted.vendor; textOnly.product = wanted.product; textOnly.revision = wanted.revision
-                textOnly.scsiID = wanted.scsiID; textOnly.serial = wanted.serial
-                if textOnly == wanted {
-                    let params = "vendor_id=\(wanted.vendor),product_id=\(wanted.product),product_rev=\(wanted.revision),"
+                // What `--op update --params` can change on the LUN as it is: its identity text and what
+                // LUNPresentation holds (only the knobs that change are sent: `online` alone loads or ejects).
+                var updatable = current
+                updatable.vendor = wanted.vendor; updatable.product = wanted.product; updatable.revision = wanted.revision
+                updatable.scsiID = wanted.scsiID; updatable.serial = wanted.serial
+                updatable.presentation = wanted.presentation
+                // No parameter takes optimal_xfer_gran back to unset (one physical block): that needs a new LUN.
+                if wanted.presentation.optimalTransferGranularityBlocks == nil {
+                    updatable.presentation.optimalTransferGranularityBlocks = current.presentation.optimalTransferGranularityBlocks
+                }
+                if updatable == wanted {
+                    let was = presentationParameters(current.presentation)
+                    var params = "vendor_id=\(wanted.vendor),product_id=\(wanted.product),product_rev=\(wanted.revision),"
                         + "scsi_id=\(wanted.scsiID),scsi_sn=\(wanted.serial)"
+                    for (i, item) in presentationParameters(wanted.presentation).enumerated() where item.value != was[i].value {
+                        if let value = item.value { params += ",\(item.key)=\(value)" }
+                    }
                     p.steps.append(Step(request: AdminRequest(mode: .logicalUnit, op: .update, tid: tid, lun: lun.number, params: params),
                                         source: lun.params.last?.source ?? lun.source,
                                         summary: "target \(d.name): updated LUN \(lun.number) parameters", group: group))
@@ -353,23 +418,20 @@ public enum ConfigUpdate {
             p.steps.append(bind(d, tid: tid, name: ConfigFile.Item(value: item.value, source: d.source), add: false))
         }
 
-        func unbindAccount(_ user: String, outgoing: Bool) {
-            p.steps.append(Step(request: AdminRequest(mode: .account, op: .unbind, tid: tid, user: user, outgoing: outgoing),
-                                source: d.source, summary: "target \(d.name): unbound \(outgoing ? "outgoing " : "")account \(user)",
-                                group: group))
+        let what = "target \(d.name)"
+        for a in r.incoming where !d.incoming.contains(where: { $0.user == a.user }) {
+            p.steps.append(unbindAccount(a.user, tid: tid, outgoing: false, what: what, group: group, source: d.source))
         }
-        for a in r.incoming where !d.incoming.contains(where: { $0.user == a.user }) { unbindAccount(a.user, outgoing: false) }
-        if let old = r.outgoing, d.outgoing?.user != old.user { unbindAccount(old.user, outgoing: true) }
+        if let old = r.outgoing, d.outgoing?.user != old.user {
+            p.steps.append(unbindAccount(old.user, tid: tid, outgoing: true, what: what, group: group, source: d.source))
+        }
         for a in d.incoming where !r.incoming.contains(where: { $0.user == a.user }) {
-            bindAccount(a, d, tid: tid, outgoing: false, &ctx, &p)
+            bindAccount(a, tid: tid, outgoing: false, what: what, group: group, &ctx, &p)
         }
-        if let a = d.outgoing, r.outgoing?.user != a.user { bindAccount(a, d, tid: tid, outgoing: true, &ctx, &p) }
-        for a in d.incoming + (d.outgoing.map { [$0] } ?? []) {
-            if let known = ctx.passwords[a.user], known != a.password,
-               !p.errors.contains(where: { $0.line == a.source.line && $0.file == a.source.file }) {
-                p.errors.append(a.source.failure("account \(a.user) already exists with another password"))
-            }
+        if let a = d.outgoing, r.outgoing?.user != a.user {
+            bindAccount(a, tid: tid, outgoing: true, what: what, group: group, &ctx, &p)
         }
+        checkPasswords(d.incoming + (d.outgoing.map { [$0] } ?? []), ctx, &p)
 
         var current: [String: String] = [:]
         for (name, item) in r.keys { current[canonicalKey(name)] = item.value }
@@ -409,6 +471,14 @@ public enum ConfigUpdate {
         return id
     }
 
+    /// tgt's LUN parameters that LUNPresentation holds, in `--params` order and form (nil: not set).
+    static func presentationParameters(_ p: LUNPresentation) -> [(key: String, value: String?)] {
+        func flag(_ on: Bool) -> String { on ? "1" : "0" }
+        return [("lbppbe", String(p.lbppbe)), ("la_lba", String(p.lowestAlignedLBA)),
+                ("optimal_xfer_gran", p.optimalTransferGranularityBlocks.map { String($0) }),
+                ("removable", flag(p.removable)), ("online", flag(p.online)), ("sense_format", flag(p.descriptorSense))]
+    }
+
     /// Whether the running LUN's store is the one the file asks for (an unset setting matches what runs).
     static func sameStore(_ a: ConfigFile.LUN, _ running: ConfigFile.LUN) -> Bool {
         func flags(_ item: ConfigFile.Item?) -> BackingOpenFlags? { item.map { BackingOpenFlags.parse($0.value) } ?? [] }
@@ -422,10 +492,13 @@ public enum ConfigUpdate {
 
     /// The running configuration in targets.conf syntax, so that loading it gives the same state (the
     /// CHAP passwords included: the control socket is root's only, and root could set them anyway).
-    static func dump(targets: [Registry.TargetRecord], accounts: [(user: String, password: String)]) -> String {
+    static func dump(targets: [Registry.TargetRecord], accounts: [(user: String, password: String)],
+                     discovery: Registry.AccountBindings = Registry.AccountBindings()) -> String {
         func quoted(_ s: String) -> String { s.contains(where: { $0 == " " || $0 == "\t" || $0 == "#" }) ? "\"\(s)\"" : s }
         func password(_ user: String) -> String { accounts.first { $0.user == user }?.password ?? "" }
         var out = "# ringtgt's running configuration (ringtgt-admin --dump)\ndefault-driver \(Registry.driverName)\n"
+        for user in discovery.incoming { out += "incomingdiscoveryuser \(user) \(password(user))\n" }
+        if let user = discovery.outgoing { out += "outgoingdiscoveryuser \(user) \(password(user))\n" }
         for t in targets.sorted(by: { $0.tid < $1.tid }) {
             out += "\n<target \(t.name)>\n    tid \(t.tid)\n"
             for number in t.luns.keys.sorted() {
@@ -445,6 +518,10 @@ public enum ConfigUpdate {
                 if let thin = id.thinProvisioning { out += "        thin_provisioning \(thin ? 1 : 0)\n" }
                 if let wce = id.writeCacheEnabled { out += "        write-cache \(wce ? "on" : "off")\n" }
                 if let n = id.optimalTransferBlocks { out += "        optimal_xfer_len \(n)\n" }
+                let defaults = presentationParameters(base.presentation)
+                for (i, item) in presentationParameters(id.presentation).enumerated() where item.value != defaults[i].value {
+                    if let value = item.value { out += "        \(item.key) \(value)\n" }
+                }
                 out += "    </backing-store>\n"
             }
             for rule in t.addressACL { out += "    initiator-address \(rule)\n" }

@@ -64,8 +64,14 @@ public final class Registry: @unchecked Sendable {
         var state: State = .ready
         var lunGeneration: UInt64
         /// CHAP accounts bound to the target, in bind order; at most one outgoing account.
-        var incomingUsers: [String] = []
-        var outgoingUser: String?
+        var accounts = AccountBindings()
+        var incomingUsers: [String] { accounts.incoming }
+        var outgoingUser: String? { accounts.outgoing }
+    }
+
+    struct AccountBindings: Equatable {
+        var incoming: [String] = []
+        var outgoing: String?
     }
 
     public let options: Options
@@ -77,6 +83,8 @@ public final class Registry: @unchecked Sendable {
     private var targets: [Int: TargetRecord] = [:]
     /// CHAP accounts (`--mode account`), newest first as tgt lists them.
     private var accounts: [(user: String, password: String)] = []
+    /// Accounts bound without `--tid`: tgt's global target, whose accounts discovery sessions use.
+    private var discovery = AccountBindings()
     /// tgt's limit on accounts (usr/target.c: a fixed table).
     static let maxAccounts = 1024
     private var snapshotVersion: UInt64 = 0
@@ -175,9 +183,11 @@ public final class Registry: @unchecked Sendable {
     private func systemMode(_ r: AdminRequest) throws -> String {
         switch r.op {
         case .show:
-            if r.name == Self.configDumpName { return ConfigUpdate.dump(targets: Array(targets.values), accounts: accounts) }
+            if r.name == Self.configDumpName {
+                return ConfigUpdate.dump(targets: Array(targets.values), accounts: accounts, discovery: discovery)
+            }
             return ShowFormatter.system(state: systemState, debug: debug, driverState: "ready",
-                                        backingStores: opener.backingStoreDescriptions)
+                                        backingStores: opener.backingStoreDescriptions, discovery: discovery)
         case .stat:
             return StatFormatter.luns(lunStatLines(targets.values.sorted { $0.tid < $1.tid }))
         case .update:
@@ -589,43 +599,44 @@ public final class Registry: @unchecked Sendable {
                 throw AdminError(.noUser)
             }
             accounts.remove(at: i)
-            var changed = false
-            for (tid, var t) in targets where t.incomingUsers.contains(user) || t.outgoingUser == user {
-                t.incomingUsers.removeAll { $0 == user }
-                if t.outgoingUser == user { t.outgoingUser = nil }
+            var changed = discovery.remove(user)
+            for (tid, var t) in targets where t.accounts.remove(user) {
                 targets[tid] = t
                 changed = true
             }
             if changed { publish() }
             return ""
-        case .bind:
-            let tid = try requireTarget(r)
-            guard let user = r.user, accounts.contains(where: { $0.user == user }) else { throw AdminError(.noUser) }
-            var t = targets[tid]!
-            if r.outgoing {
-                if t.outgoingUser != nil { throw AdminError(.outgoingAccountExists) }
-                try requireDistinctSecrets(outgoing: user, incoming: t.incomingUsers)
-                t.outgoingUser = user
+        case .bind, .unbind:
+            // tgtadm sends GLOBAL_TID when --tid is absent: the accounts of discovery sessions.
+            var bindings: AccountBindings
+            if let tid = r.tid {
+                guard let t = targets[tid] else { throw AdminError(.noTarget) }
+                bindings = t.accounts
             } else {
-                if t.incomingUsers.contains(user) { throw AdminError(.userExists) }
-                if let out = t.outgoingUser { try requireDistinctSecrets(outgoing: out, incoming: [user]) }
-                t.incomingUsers.append(user)
+                bindings = discovery
             }
-            targets[tid] = t
-            publish()
-            return ""
-        case .unbind:
-            let tid = try requireTarget(r)
-            guard let user = r.user else { throw AdminError(.noUser) }
-            var t = targets[tid]!
-            if r.outgoing {
-                guard t.outgoingUser == user else { throw AdminError(.noUser) }
-                t.outgoingUser = nil
+            if r.op == .bind {
+                guard let user = r.user, accounts.contains(where: { $0.user == user }) else { throw AdminError(.noUser) }
+                if r.outgoing {
+                    if bindings.outgoing != nil { throw AdminError(.outgoingAccountExists) }
+                    try requireDistinctSecrets(outgoing: user, incoming: bindings.incoming)
+                    bindings.outgoing = user
+                } else {
+                    if bindings.incoming.contains(user) { throw AdminError(.userExists) }
+                    if let out = bindings.outgoing { try requireDistinctSecrets(outgoing: out, incoming: [user]) }
+                    bindings.incoming.append(user)
+                }
             } else {
-                guard let i = t.incomingUsers.firstIndex(of: user) else { throw AdminError(.noUser) }
-                t.incomingUsers.remove(at: i)
+                guard let user = r.user else { throw AdminError(.noUser) }
+                if r.outgoing {
+                    guard bindings.outgoing == user else { throw AdminError(.noUser) }
+                    bindings.outgoing = nil
+                } else {
+                    guard let i = bindings.incoming.firstIndex(of: user) else { throw AdminError(.noUser) }
+                    bindings.incoming.remove(at: i)
+                }
             }
-            targets[tid] = t
+            if let tid = r.tid { targets[tid]!.accounts = bindings } else { discovery = bindings }
             publish()
             return ""
         default:
@@ -643,11 +654,11 @@ public final class Registry: @unchecked Sendable {
         }
     }
 
-    private func credentials(_ t: TargetRecord) -> CHAPCredentials {
+    private func credentials(_ bindings: AccountBindings) -> CHAPCredentials {
         func account(_ user: String) -> CHAPAccount? {
             accounts.first { $0.user == user }.map { CHAPAccount(user: $0.user, password: $0.password) }
         }
-        return CHAPCredentials(incoming: t.incomingUsers.compactMap(account), outgoing: t.outgoingUser.flatMap(account))
+        return CHAPCredentials(incoming: bindings.incoming.compactMap(account), outgoing: bindings.outgoing.flatMap(account))
     }
 
     private func connectionMode(_ r: AdminRequest) throws -> String {
@@ -714,11 +725,21 @@ public final class Registry: @unchecked Sendable {
         let runtimes = targets.values.map { t in
             TargetRuntime(tid: t.tid, name: t.name, alias: t.alias, luns: t.luns.values.map(\.unit),
                           acl: t.addressACL + t.nameACL, params: t.params, lunGeneration: t.lunGeneration,
-                          chap: credentials(t), offline: t.state == .offline)
+                          chap: credentials(t.accounts), offline: t.state == .offline)
         }
         let snapshot = ConfigSnapshot(version: snapshotVersion, targets: runtimes, pollNanos: pollNanos,
-                                      systemOffline: systemState == .offline)
+                                      systemOffline: systemState == .offline, discoveryCHAP: credentials(discovery))
         fabric.publish(snapshot)
         published = snapshot
+    }
+}
+
+extension Registry.AccountBindings {
+    /// Unbinds `user` in both directions (tgt's account_del); whether it was bound.
+    mutating func remove(_ user: String) -> Bool {
+        let wasBound = incoming.contains(user) || outgoing == user
+        incoming.removeAll { $0 == user }
+        if outgoing == user { outgoing = nil }
+        return wasBound
     }
 }

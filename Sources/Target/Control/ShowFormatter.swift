@@ -124,7 +124,8 @@ enum ShowFormatter {
         return out
     }
 
-    static func system(state: Registry.State, debug: Bool, driverState: String, backingStores: [String]) -> String {
+    static func system(state: Registry.State, debug: Bool, driverState: String, backingStores: [String],
+                       discovery: Registry.AccountBindings = Registry.AccountBindings()) -> String {
         var out = "System:\n"
         out += "\(tab1)State: \(state.rawValue)\n"
         out += "\(tab1)debug: \(debug ? "on" : "off")\n"
@@ -134,6 +135,13 @@ enum ShowFormatter {
         for b in backingStores { out += "\(tab1)\(b)\n" }
         out += "Device types:\n"
         out += "\(tab1)disk\n"
+        // tgt's system_show lists the discovery accounts here, in these words, its blank line included. It
+        // shows the outgoing one only while an incoming one is bound too; ringtgt shows it whenever it is bound.
+        if !discovery.incoming.isEmpty || discovery.outgoing != nil {
+            out += "\(tab1)Account information:\n\n"
+            for user in discovery.incoming { out += "\(tab1)\(user)\n" }
+            if let user = discovery.outgoing { out += "\(tab1)\(user) (outgoing)\n" }
+        }
         return out
     }
 

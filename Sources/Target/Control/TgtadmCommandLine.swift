@@ -393,6 +393,21 @@ public enum TgtadmCommandLine {
         \tdelete the specific logical unit with <lun> that
         \tthe target with <id> has. With force option, a logical
         \tunit with commands in flight is deleted once they end.
+        --lld <driver> --mode account --op new --user <name> --password <pass>
+        \tadd a new account with <name> and <pass> (at least 12 bytes).
+        --lld <driver> --mode account --op delete --user <name>
+        \tdelete the specific account having <name>.
+        --lld <driver> --mode account --op bind [--tid <id>] --user <name> [--outgoing]
+        \tadd the specific account having <name> to the specific
+        \ttarget with <id>, or without --tid to discovery sessions.
+        \tIf you use --outgoing option, the account will
+        \tbe added as an outgoing account.
+        --lld <driver> --mode account --op unbind [--tid <id>] --user <name> [--outgoing]
+        \tdelete the specific account having <name> from specific
+        \ttarget (or discovery). The --outgoing option must be added if you
+        \tdelete an outgoing account.
+        --lld <driver> --mode account --op show
+        \tshow all the accounts.
         --lld <driver> --mode portal --op show
         \tshow the portals the daemon listens on.
         --lld <driver> --mode system --op show

@@ -148,12 +148,17 @@ public final class ConfigSnapshot: @unchecked Sendable {
     /// `--op update --mode sys --name State --value offline`: every new login is refused, discovery too
     /// (tgt turns connections away at accept); sessions already logged in go on.
     public let systemOffline: Bool
+    /// Accounts bound without a target (`tgtadm --op bind --mode account --user U`): tgt's global target,
+    /// whose accounts discovery sessions authenticate with.
+    public let discoveryCHAP: CHAPCredentials
 
-    public init(version: UInt64, targets: [TargetRuntime], pollNanos: UInt64? = nil, systemOffline: Bool = false) {
+    public init(version: UInt64, targets: [TargetRuntime], pollNanos: UInt64? = nil, systemOffline: Bool = false,
+                discoveryCHAP: CHAPCredentials = CHAPCredentials()) {
         self.version = version
         self.targets = targets.sorted { $0.tid < $1.tid }
         self.pollNanos = pollNanos
         self.systemOffline = systemOffline
+        self.discoveryCHAP = discoveryCHAP
     }
 
     public func target(named name: String) -> TargetRuntime? {

@@ -105,19 +105,23 @@ public struct LoginEnvironment {
     /// For a login with a non-zero TSIH (adding or reinstating a connection): whether that session exists for
     /// this initiator and ISID. If it does not, the login is rejected with 0x020A (Session does not exist).
     public var sessionExists: (_ tsih: UInt16, _ isid: UInt64, _ initiatorName: String) -> Bool
+    /// The accounts a discovery session authenticates with (tgt's global target); none: discovery is open.
+    public var discoveryCHAP: CHAPCredentials
 
     public init(targetLookup: @escaping (String) -> TargetRuntime?,
                 isAllowed: @escaping (TargetRuntime, String) -> Bool,
                 defaults: @escaping (TargetRuntime?) -> TargetKeyDefaults,
                 portalGroupTag: UInt16,
                 sessionExists: @escaping (UInt16, UInt64, String) -> Bool = { _, _, _ in false },
-                systemOffline: Bool = false) {
+                systemOffline: Bool = false,
+                discoveryCHAP: CHAPCredentials = CHAPCredentials()) {
         self.targetLookup = targetLookup
         self.isAllowed = isAllowed
         self.defaults = defaults
         self.portalGroupTag = portalGroupTag
         self.sessionExists = sessionExists
         self.systemOffline = systemOffline
+        self.discoveryCHAP = discoveryCHAP
     }
 }
 
@@ -424,9 +428,11 @@ public struct LoginStateMachine {
             targetName = t.name
         }
         var neg = KeyNegotiator(defaults: env.defaults(target))
-        if let t = target, t.chap.required {
+        // tgt's login_start: a discovery session authenticates against the accounts bound without a tid.
+        let credentials = target?.chap ?? env.discoveryCHAP
+        if credentials.required {
             neg.chapRequired = true
-            chap = CHAPExchange(credentials: t.chap, random: chapRandom)
+            chap = CHAPExchange(credentials: credentials, random: chapRandom)
         }
         neg.setIdentity(sessionType: sessionType, initiatorName: name, initiatorAlias: value("InitiatorAlias"),
                         targetName: targetName, portalGroupTag: env.portalGroupTag)

@@ -10,12 +10,22 @@ public enum SessionAdmission {
         if !ACLCheck.allows(target.acl, address: peerAddress, initiatorName: initiatorName) {
             return "the ACL of \(target.name) no longer admits it"
         }
-        guard target.chap.required else { return nil }
+        return chapRefusal(target.chap, chapAccount: chapAccount, boundTo: target.name)
+    }
+
+    /// The same for a discovery session: `discovery` are the accounts bound without a target (tgt's global
+    /// target), which a new discovery login must authenticate with.
+    public static func discoveryRefusal(_ discovery: CHAPCredentials, chapAccount: CHAPAccount?) -> String? {
+        chapRefusal(discovery, chapAccount: chapAccount, boundTo: "discovery")
+    }
+
+    private static func chapRefusal(_ credentials: CHAPCredentials, chapAccount: CHAPAccount?, boundTo name: String) -> String? {
+        guard credentials.required else { return nil }
         guard let account = chapAccount else {
-            return "\(target.name) now requires CHAP and the session did not authenticate"
+            return "\(name) now requires CHAP and the session did not authenticate"
         }
-        if !target.chap.incoming.contains(account) {
-            return "CHAP account '\(account.user)' is no longer bound to \(target.name)"
+        if !credentials.incoming.contains(account) {
+            return "CHAP account '\(account.user)' is no longer bound to \(name)"
         }
         return nil
     }

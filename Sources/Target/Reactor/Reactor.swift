@@ -697,6 +697,7 @@ public final class Reactor {
     }
 
     func applySnapshot(_ snap: ConfigSnapshot) {
+        let discoveryCHAPChanged = snap.discoveryCHAP != snapshot.discoveryCHAP
         snapshot = snap
         if let p = snap.pollNanos { pollNanos = p }
         for c in connections {
@@ -707,23 +708,32 @@ public final class Reactor {
                 closeConnection(c, reason: "target removed")
             }
         }
-        closeSessionsNoLongerAdmitted()
+        closeSessionsNoLongerAdmitted(discoveryCHAPChanged: discoveryCHAPChanged)
     }
 
     /// After a configuration change, ends the sessions their target would no longer admit: the ACL dropped
     /// them, or the target now requires CHAP and they did not authenticate as an account still bound to it.
     /// Logins still in progress that a change to the target's ACL or accounts concerns end too: their CHAP
     /// exchange was set up from the old accounts; the initiator logs in again under the new ones.
-    func closeSessionsNoLongerAdmitted() {
+    /// Discovery sessions answer to the accounts bound without a target in the same way.
+    func closeSessionsNoLongerAdmitted(discoveryCHAPChanged: Bool = false) {
         for c in connections {
             guard let c else { continue }
             let refusal: String?
             switch c.phase {
             case .fullFeature:
-                guard let t = c.target else { continue }   // discovery sessions use no target
+                if c.isDiscovery {
+                    refusal = SessionAdmission.discoveryRefusal(snapshot.discoveryCHAP, chapAccount: c.chapAccount)
+                    break
+                }
+                guard let t = c.target else { continue }
                 refusal = SessionAdmission.refusal(target: t, peerAddress: c.peer, initiatorName: c.initiatorName,
                                                    chapAccount: c.chapAccount)
             case .login:
+                if discoveryCHAPChanged && c.login.sessionType == .discovery && c.login.initiatorName != nil {
+                    refusal = "the discovery CHAP accounts changed during login"
+                    break
+                }
                 guard let old = c.login.target, let t = snapshot.target(tid: old.tid) else { continue }
                 if t.chap != old.chap || t.acl != old.acl { refusal = "the target's ACL or CHAP accounts changed during login" }
                 else { refusal = nil }
@@ -833,7 +843,8 @@ public final class Reactor {
             isAllowed: { target, initiator in ACLCheck.allows(target.acl, address: peer, initiatorName: initiator) },
             defaults: { target in self.runtime.keyDefaults(for: target) },
             portalGroupTag: 1,
-            systemOffline: snap.systemOffline)
+            systemOffline: snap.systemOffline,
+            discoveryCHAP: snap.discoveryCHAP)
     }
 
     func sendTargetsListing(for c: Connection, request: String) -> [UInt8] {

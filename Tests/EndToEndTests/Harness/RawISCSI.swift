@@ -125,10 +125,12 @@ final class RawConnection {
 
 /// Login Request PDUs (RFC 7143 §11.12), for building good and bad ones.
 enum LoginPDU {
-    /// A Login Request with Transit to Full Feature phase from operational negotiation.
-    static func request(initiator: String, target: String, versionMax: UInt8 = 0, versionMin: UInt8 = 0,
+    /// A Login Request with Transit to Full Feature phase from operational negotiation. `target` nil: a
+    /// discovery session.
+    static func request(initiator: String, target: String?, versionMax: UInt8 = 0, versionMin: UInt8 = 0,
                         declaredDataSegmentLength: Int? = nil) -> [UInt8] {
-        let text = "InitiatorName=\(initiator)\0SessionType=Normal\0TargetName=\(target)\0"
+        let text = target.map { "InitiatorName=\(initiator)\0SessionType=Normal\0TargetName=\($0)\0" }
+            ?? "InitiatorName=\(initiator)\0SessionType=Discovery\0"
         var data = Array(text.utf8)
         let dsl = declaredDataSegmentLength ?? data.count
         var bhs = [UInt8](repeating: 0, count: 48)
