@@ -121,10 +121,10 @@ import Testing
         #expect(two.path == "/dev/sdz")
         #expect(three.path == "/tmp/with space.img" && three.bstype?.value == "rdwr" && three.bsoflags?.value == "direct")
         #expect(three.params.map(\.value).last == "vendor_id=OTHER")
-        let id = ConfigUpdate.identity(one, tid: 7)
+        let id = ConfigUpdate.identity(one, tid: 7, defaults: .ringtgt)
         #expect(id.vendor == "ACME" && id.product == "Disk" && id.revision == "0043" && id.scsiID == "my-id" && id.serial == "sn-1")
         #expect(id.thinProvisioning == false && id.optimalTransferBlocks == 64 && id.writeCacheEnabled == true)
-        #expect(ConfigUpdate.identity(three, tid: 7).vendor == "OTHER")
+        #expect(ConfigUpdate.identity(three, tid: 7, defaults: .ringtgt).vendor == "OTHER")
         #expect(t.addresses.map(\.value) == ["10.0.0.0/24", "192.168.1.5"])
         #expect(t.initiatorNames.map(\.value) == ["iqn.2026-01.test:host"])
         #expect(t.incoming.map(\.user) == ["alice", "bob"] && t.outgoing?.password == "targetsecret1")
@@ -240,6 +240,33 @@ import Testing
 
     func update(_ h: ControlHarness, _ text: String, force: Bool = false) -> ConfigUpdate.Report {
         ConfigUpdate.run(ConfigFile.parse(text), mode: .update(.all), force: force, checkStores: false, executor: h.registry.execute)
+    }
+
+    /// On a daemon started with --tgt-defaults, LUNs without parameters have tgt's identity (vendor IET, thin
+    /// provisioning off, LBPPBE from the file): reloading the unchanged file must leave them alone, not delete
+    /// and re-create them on every reload. The dump names the defaults it was written under.
+    @Test func withTgtDefaultsAnUnchangedFileChangesNothing() throws {
+        let h = ControlHarness(lunDefaults: .tgt)
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("ringtgt-tgtdefaults-\(getpid()).img").path
+        #expect(FileManager.default.createFile(atPath: path, contents: Data(count: 1 << 20)))
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let text = """
+            <target iqn.2026-01.test:tgt-defaults>
+                backing-store \(path)
+            </target>
+            """
+        let first = update(h, text)
+        #expect(first.errors.isEmpty && first.applied, "\(first.errors)")
+        let lun = try #require(h.registry.currentSnapshot.targets.first?.lun(1))
+        #expect(lun.vendor == "IET")
+        for round in 0..<2 {
+            let again = update(h, text)
+            #expect(again.errors.isEmpty && again.changes.isEmpty, "reload \(round): \(again.changes)")
+            #expect(h.registry.currentSnapshot.targets.first?.lun(1) === lun, "reload \(round) re-created the LUN")
+        }
+        let dump = h.run(["--lld", "iscsi", "--op", "show", "--mode", "system", "--name", "targets.conf"]).stdout
+        #expect(dump.contains("lun-defaults tgt\n") && !dump.contains("vendor_id") && !dump.contains("lbppbe"), "\(dump)")
+        #expect(ConfigFile.parse(dump).configuration.lunDefaults == .tgt)
     }
 
     @Test func updateAppliesOnlyTheDifference() throws {

@@ -60,9 +60,11 @@ struct ControlHarness {
     let opener = FakeOpener()
     let registry: Registry
 
-    init(controllerLUN0: Bool = false) {
+    init(controllerLUN0: Bool = false, lunDefaults: LUNDefaults = .ringtgt) {
         opener.fabric = fabric
-        registry = Registry(fabric: fabric, opener: opener, options: .init(controllerLUN0: controllerLUN0))
+        var options = Registry.Options(controllerLUN0: controllerLUN0)
+        options.lunDefaults = lunDefaults
+        registry = Registry(fabric: fabric, opener: opener, options: options)
     }
 
     /// Runs a tgtadm command line (split on spaces) through the real parser and the registry.

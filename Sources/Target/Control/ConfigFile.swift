@@ -123,6 +123,9 @@ public enum ConfigFile {
         /// target, which discovery sessions must authenticate with.
         public var discoveryIncoming: [Account] = []
         public var discoveryOutgoing: Account?
+        /// ringtgt's own `lun-defaults tgt`, written by `--dump` of a daemon started with --tgt-defaults: what a
+        /// LUN without parameters looks like there, so an update compares against that and not ringtgt's own.
+        public var lunDefaults: LUNDefaults = .ringtgt
         public init() {}
     }
 
@@ -390,11 +393,14 @@ public enum ConfigFile {
             }
             guard target != nil else {
                 switch key {
-                case "default-driver", "ignore-errors", "control-port":
+                case "default-driver", "ignore-errors", "control-port", "lun-defaults":
                     guard seenTopLevel.insert(key).inserted else { fail("multiple \(key) definitions are not allowed"); continue }
                     switch key {
                     case "default-driver":
                         if value != Registry.driverName { fail("only the iscsi driver is supported") }
+                    case "lun-defaults":
+                        guard let d = LUNDefaults(rawValue: value) else { fail("lun-defaults is tgt or ringtgt"); continue }
+                        config.lunDefaults = d
                     case "ignore-errors":
                         if checkYesNo(item, &errors) { config.ignoreErrors = value == "yes" }
                     default:

@@ -156,7 +156,8 @@ public enum ConfigUpdate {
         for r in running.targets { byName[r.name.lowercased()] = r }
         let wanted = Set(desired.targets.map { $0.name.lowercased() })
         let known = passwords(running)
-        var ctx = Context(knownAccounts: accounts.union(known.keys), passwords: known, force: force)
+        var ctx = Context(knownAccounts: accounts.union(known.keys), passwords: known, force: force,
+                          lunDefaults: running.lunDefaults)
         func inUse(_ name: String) -> Bool { !force && connected.contains(name.lowercased()) }
         switch mode {
         case .execute: discoveryAccounts(desired, running, unbind: false, &ctx, &p)
@@ -276,6 +277,8 @@ public enum ConfigUpdate {
         var knownAccounts: Set<String>
         var passwords: [String: String]
         var force: Bool
+        /// What a LUN without parameters looks like on the running daemon (its dump says so).
+        var lunDefaults: LUNDefaults = .ringtgt
     }
 
     static func deleteTarget(_ r: ConfigFile.Target, force: Bool) -> Step {
@@ -368,7 +371,8 @@ public enum ConfigUpdate {
                 p.steps.append(newLUN(lun, tid: tid, target: d.name))
                 continue
             }
-            let wanted = identity(lun, tid: tid), current = identity(old, tid: tid)
+            let wanted = identity(lun, tid: tid, defaults: ctx.lunDefaults)
+            let current = identity(old, tid: tid, defaults: ctx.lunDefaults)
             if sameStore(lun, old) {
                 if wanted == current { continue }
                 // What `--op update --params` can change on the LUN as it is: its identity text and what
@@ -464,11 +468,20 @@ public enum ConfigUpdate {
         return ISCSITargetKeys.normalize(value, for: k) ?? value
     }
 
-    /// The identity a LUN gets from its parameters.
-    static func identity(_ lun: ConfigFile.LUN, tid: Int) -> LUNIdentity {
-        var id = LUNIdentity.tgtDefaults(tid: tid, lun: lun.number)
+    /// The identity a LUN gets from its parameters on a daemon whose LUNs start from `defaults`.
+    static func identity(_ lun: ConfigFile.LUN, tid: Int, defaults: LUNDefaults) -> LUNIdentity {
+        var id = LUNIdentity.tgtDefaults(tid: tid, lun: lun.number, defaults: defaults)
         for item in lun.params { try? id.apply(params: item.value) }
+        settleLBPPBE(&id, bstype: lun.bstype?.value ?? "rdwr", path: lun.path,
+                     blockSize: lun.blockSize.flatMap { Int($0.value) } ?? Registry.defaultBlockSize)
         return id
+    }
+
+    /// With tgt's defaults LBPPBE comes from the backing file, as the registry computes it at creation.
+    static func settleLBPPBE(_ id: inout LUNIdentity, bstype: String, path: String, blockSize: Int) {
+        guard id.lbppbeFromBacking else { return }
+        id.presentation.lbppbe = Registry.backingLBPPBE(bstype: bstype, path: path, blockSize: blockSize)
+        id.lbppbeFromBacking = false
     }
 
     /// tgt's LUN parameters that LUNPresentation holds, in `--params` order and form (nil: not set).
@@ -493,10 +506,12 @@ public enum ConfigUpdate {
     /// The running configuration in targets.conf syntax, so that loading it gives the same state (the
     /// CHAP passwords included: the control socket is root's only, and root could set them anyway).
     static func dump(targets: [Registry.TargetRecord], accounts: [(user: String, password: String)],
-                     discovery: Registry.AccountBindings = Registry.AccountBindings()) -> String {
+                     discovery: Registry.AccountBindings = Registry.AccountBindings(),
+                     lunDefaults: LUNDefaults = .ringtgt) -> String {
         func quoted(_ s: String) -> String { s.contains(where: { $0 == " " || $0 == "\t" || $0 == "#" }) ? "\"\(s)\"" : s }
         func password(_ user: String) -> String { accounts.first { $0.user == user }?.password ?? "" }
         var out = "# ringtgt's running configuration (ringtgt-admin --dump)\ndefault-driver \(Registry.driverName)\n"
+        if lunDefaults == .tgt { out += "lun-defaults tgt\n" }
         for user in discovery.incoming { out += "incomingdiscoveryuser \(user) \(password(user))\n" }
         if let user = discovery.outgoing { out += "outgoingdiscoveryuser \(user) \(password(user))\n" }
         for t in targets.sorted(by: { $0.tid < $1.tid }) {
@@ -508,7 +523,9 @@ public enum ConfigUpdate {
                 if let bsopts = r.bsopts { out += "        bsopts \(quoted(bsopts))\n" }
                 if !r.openFlags.isEmpty { out += "        bsoflags \(r.openFlags.text)\n" }
                 if u.blockSize != Registry.defaultBlockSize { out += "        block-size \(u.blockSize)\n" }
-                let base = LUNIdentity.tgtDefaults(tid: t.tid, lun: number), id = r.identity
+                var base = LUNIdentity.tgtDefaults(tid: t.tid, lun: number, defaults: lunDefaults)
+                settleLBPPBE(&base, bstype: u.bstype, path: u.path, blockSize: u.blockSize)
+                let id = r.identity
                 for (key, value, def) in [("vendor_id", id.vendor, base.vendor), ("product_id", id.product, base.product),
                                           ("product_rev", id.revision, base.revision), ("scsi_id", id.scsiID, base.scsiID),
                                           ("scsi_sn", id.serial, base.serial)] where value != def {

@@ -184,7 +184,8 @@ public final class Registry: @unchecked Sendable {
         switch r.op {
         case .show:
             if r.name == Self.configDumpName {
-                return ConfigUpdate.dump(targets: Array(targets.values), accounts: accounts, discovery: discovery)
+                return ConfigUpdate.dump(targets: Array(targets.values), accounts: accounts, discovery: discovery,
+                                         lunDefaults: options.lunDefaults)
             }
             return ShowFormatter.system(state: systemState, debug: debug, driverState: "ready",
                                         backingStores: opener.backingStoreDescriptions, discovery: discovery)
