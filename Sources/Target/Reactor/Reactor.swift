@@ -555,27 +555,21 @@ public final class Reactor {
         guard let lun else {
             return .failed(.unavailable)
         }
+        let result: StoreResult?
         switch lun.backing {
-        case .sheep(let vol):
-            let tp = c.tasks + t
-            tp.pointee.storeTarget = storeTarget
-            let result = sheep.start(op, on: vol, &tp.pointee.store, data: pool.data(Int(tp.pointee.slot)),
-                                     tag: TaskOp(connection: c.index, task: t, generation: c.generation).encode())
-            if result == nil {
-                tp.pointee.state = .storeIO
-                c.storeInFlight += 1
-            }
-            return result
         case .null:
             return NullStore.run(op, data: pool.data(Int(c.tasks[t].slot)), byteCount: lun.byteCount)
+        case .sheep(let vol):
+            c.tasks[t].storeTarget = storeTarget
+            result = sheep.start(op, on: vol, &c.tasks[t].store, storeBuffer(c, t))
         case .file(let f):
-            let result = FileStore.start(op, on: f, &c.tasks[t].store, storeBuffer(c, t), ring: ring)
-            if result == nil {
-                c.tasks[t].state = .storeIO
-                c.storeInFlight += 1
-            }
-            return result
+            result = FileStore.start(op, on: f, &c.tasks[t].store, storeBuffer(c, t), ring: ring)
         }
+        if result == nil {
+            c.tasks[t].state = .storeIO
+            c.storeInFlight += 1
+        }
+        return result
     }
 
     /// The task's buffer and the tag its store operations carry back to `storeCompletion`.
@@ -586,16 +580,22 @@ public final class Reactor {
     }
 
     private func storeCompletion(_ c: Connection, _ t: Int, _ res: Int32) {
-        c.storeInFlight -= 1
-        assert(c.storeInFlight >= 0, "a store completion without a store operation in flight")
         if c.phase == .closing {
+            c.storeInFlight -= 1
+            assert(c.storeInFlight >= 0, "a store completion without a store operation in flight")
             maybeRelease(c)
             return
         }
-        guard let result = FileStore.complete(&c.tasks[t].store, result: res, storeBuffer(c, t), ring: ring) else {
-            c.storeInFlight += 1   // the rest was submitted again
-            return
-        }
+        // nil: the rest was submitted again, the operation is still in flight.
+        guard let result = FileStore.complete(&c.tasks[t].store, result: res, storeBuffer(c, t), ring: ring) else { return }
+        storeFinished(c, t, result)
+    }
+
+    /// A store operation of task `t` ended (file or sheepdog): its connection goes on, or finishes closing.
+    private func storeFinished(_ c: Connection, _ t: Int, _ result: StoreResult) {
+        c.storeInFlight -= 1
+        assert(c.storeInFlight >= 0, "a store request finished twice")
+        if c.phase == .closing { maybeRelease(c); return }
         c.storeDone(t, result)
     }
 
@@ -908,10 +908,7 @@ extension Reactor: SheepStoreHost {
 
     func storeFinished(_ tag: UInt64, _ result: StoreResult) {
         guard let (c, t) = storeTask(tag) else { return }
-        c.storeInFlight -= 1
-        assert(c.storeInFlight >= 0, "a store request finished twice")
-        if c.phase == .closing { maybeRelease(c); return }
-        c.storeDone(t, result)
+        storeFinished(c, t, result)
     }
 
     func postHome(core: Int, _ request: SheepHomeRequest) { runtime.post(core: core, .sheepHome(request)) }

@@ -105,11 +105,12 @@ final class SheepStore<Host: SheepStoreHost> {
 
     // MARK: - Store operations on a sheep LUN
 
-    /// Starts `op` on `vol` for the request `tag`, whose progress record is `r` (the caller keeps it until the
+    /// Starts `op` on `vol` for the request `buffer.tag`, whose progress record is `r` (the caller keeps it until the
     /// request finishes). Returns the result when it is known at once (unallocated reads, mapping queries,
     /// refusals), nil when requests are in flight; then `host.storeFinished(tag, result)` follows.
     func start(_ op: StoreOp, on vol: SheepVolume, _ r: UnsafeMutablePointer<StoreRequest>,
-               data base: UnsafeMutableRawPointer, tag: UInt64) -> StoreResult? {
+               _ buffer: StoreBuffer) -> StoreResult? {
+        let base = buffer.data, tag = buffer.tag
         switch op {
         case .read(_, let offset, let length, let bo):
             guard offset &+ UInt64(length) <= vol.byteCount else {
