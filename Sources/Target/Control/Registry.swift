@@ -455,8 +455,8 @@ public final class Registry: @unchecked Sendable {
     static let drainPollMicroseconds: UInt32 = 10_000
 
     /// `units` are no longer in the published configuration, so no command can start on them. Commands
-    /// already in flight finish against the store as it is: their session pins the target they started under,
-    /// and with it the LUN and its file descriptor, which closes with the last of them (TargetPins). What a
+    /// already in flight finish against the store as it is: each holds its LUN and the target it started under,
+    /// and the LUN's file descriptor closes with the last reference to it (FileBacking.deinit). What a
     /// store holds outside the process (a sheepdog VDI lock) is given back once no command is left; a command
     /// may wait as long as sheep's own retry bound, so that wait runs off the control thread.
     private func releaseWhenIdle(_ units: [LogicalUnit]) {

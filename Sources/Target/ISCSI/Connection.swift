@@ -60,6 +60,7 @@ public final class Connection {
     static let maxControlDataBytes = 65_536
     static let maxTextResponseBytes = 65_536
 
+    /// The reactor owns its connections and outlives them; the control plane only posts to it, never ends it.
     unowned(unsafe) let reactor: Reactor
     let frontEnd: FrontEnd
     let index: Int
@@ -120,12 +121,8 @@ public final class Connection {
     var isDiscovery = false
     var isid: UInt64 = 0
     var tsih: UInt16 = 0
-    /// The session's target; assigning one keeps the previous alive for tasks still in flight (TargetPins).
-    var target: TargetRuntime? {
-        get { targetPins.current }
-        set { targetPins.replace(newValue) }
-    }
-    var targetPins = TargetPins()
+    /// The session's target. A configuration change replaces it; tasks in flight hold the one they started under.
+    var target: TargetRuntime? = nil
     var nexus: Nexus? = nil
     var initiatorName = ""
     /// How the session authenticated: the CHAP account it proved it knows, nil for none. Re-checked against

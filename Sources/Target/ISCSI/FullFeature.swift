@@ -388,7 +388,6 @@ extension Connection {
             tasks[t].holdsCompareAndWriteGate = false
             tasks[t].lun?.leaveCompareAndWrite()
         }
-        pinTarget(t)
         tasks[t].lun = lun
         if cdb.count > 0 && cdb[0] == 0x89, let lun, !tasks[t].holdsCompareAndWriteGate {
             if !lun.tryEnterCompareAndWrite() {
@@ -763,15 +762,6 @@ extension Connection {
         withUnsafeBytes(of: &cdb) { c in startTask(t, cdb: UnsafeRawBufferPointer(start: c.baseAddress, count: n)) }
     }
 
-    /// The task is about to reference the session's current target and one of its LUNs: keep them alive until
-    /// `releaseTask` (TargetPins). A task that starts again (after waiting for a gate) moves to the current epoch.
-    @inline(__always)
-    func pinTarget(_ t: Int) {
-        if tasks[t].pinsTarget { targetPins.unpin(tasks[t].targetEpoch) }
-        tasks[t].targetEpoch = targetPins.pin()
-        tasks[t].pinsTarget = true
-    }
-
     /// Gives back the task entry and its buffer slot.
     func releaseTask(_ t: Int) {
         guard tasks[t].state != .free else {
@@ -782,11 +772,6 @@ extension Connection {
         if tasks[t].holdsCompareAndWriteGate {
             tasks[t].holdsCompareAndWriteGate = false
             tasks[t].lun?.leaveCompareAndWrite()
-        }
-        if tasks[t].pinsTarget {
-            // Last: the gate above still used the LUN this pin keeps alive.
-            tasks[t].pinsTarget = false
-            targetPins.unpin(tasks[t].targetEpoch)
         }
         if tasks[t].holdsPermit {
             tasks[t].holdsPermit = false
@@ -802,7 +787,10 @@ extension Connection {
         tasks[t].slot = -1
         tasks[t].state = .free
         tasks[t].ttt = reservedTag
+        // After the gate above, which still used the LUN: this may be the last reference to a deleted LUN, and
+        // its store closes now rather than when the entry is next used.
         tasks[t].lun = nil
+        tasks[t].scsi.endCommand()
         tasks[t].nextFree = freeTask
         freeTask = Int32(t)
         activeTasks -= 1

@@ -42,12 +42,9 @@ struct IOTask {
     var nextFree: Int32 = -1
     /// Link of the connection's TaskQueue the task is on (slot or out-space wait).
     var nextWait: Int32 = -1
-    /// The LUN this task runs on. Kept alive by the connection's target pin (`Connection.pinTarget`): the task
-    /// holds the target it started under, and that target holds its LUNs, until `releaseTask`.
-    unowned(unsafe) var lun: LogicalUnit? = nil
-    /// The connection's target epoch this task pinned (valid while `pinsTarget`).
-    var targetEpoch: UInt32 = 0
-    var pinsTarget = false
+    /// The LUN this task runs on, held until `releaseTask`: a forced delete can take the LUN out of the
+    /// configuration while the task is in flight, and its store must stay open until the task ends.
+    var lun: LogicalUnit? = nil
 
     // Data-out stream (writes)
     var immediateBytes: Int = 0     // stream bytes [0, immediateBytes) arrived with the command

@@ -336,7 +336,6 @@ extension Connection {
         tasks[t] = IOTask()
         tasks[t].slot = Int32(slot)
         tasks[t].state = .storeIO
-        pinTarget(t)
         tasks[t].lun = lun
         nbd.requests![t] = NBDRequestState(cookie: r.cookie, command: r.type, flags: r.flags, offset: r.offset,
                                            length: r.length)

@@ -65,6 +65,7 @@ public final class Reactor {
     let lunStatistics = LUNStatisticsTable()
     /// Task entries per connection: the CmdSN window plus immediate commands.
     let taskCapacity: Int
+    /// The daemon holds the runtime until `Runtime.stop` has joined every reactor thread; no admin command ends it.
     unowned(unsafe) let runtime: Runtime
     let mailbox = Mailbox()
     let logger: Logger

@@ -13,6 +13,7 @@
 //     or any data for a command that completes at once) must be received and discarded by the transport.
 //   - `buffer` is the command's own data slot, at least `minimumBufferBytes` long, and the same slot (or
 //     one of the same size) on every call for one command.
+//   - `endCommand()` is called once the command is over (completed, aborted, or its session torn down).
 
 public enum Residual: Equatable, Sendable {
     case none
@@ -87,9 +88,12 @@ public struct SCSITask {
     // Command identity.
     var cdb = CDBBytes()
     var opcode: UInt8 = 0
-    unowned(unsafe) var lun: LogicalUnit? = nil
-    unowned(unsafe) var target: TargetRuntime? = nil
-    unowned(unsafe) var nexus: Nexus? = nil
+    /// Strong: the control plane can delete the LUN, replace the target and end the session while the command
+    /// is in flight, and the command must go on against what it started on (the LUN lifetime rule,
+    /// docs/DESIGN.md). The transport drops them with `endCommand` when the command ends.
+    var lun: LogicalUnit? = nil
+    var target: TargetRuntime? = nil
+    var nexus: Nexus? = nil
     var lunNumber: UInt64 = 0
     var expectedLength: UInt32 = 0
     var readBit = false
@@ -155,8 +159,8 @@ public struct SCSITask {
             return fail(SenseKey.illegalRequest, .invalidFieldInCDB, field: SenseData.fieldPointer(byte: 0))
         }
         guard lun != nil else { return startWithoutLUN(buffer: buffer) }
-        // Hot path: READ/WRITE with nothing pending on this LU go straight to the handler. The snapshot is
-        // taken by a helper so no strong reference to the LU is held across the dispatch (no ARC traffic).
+        // Hot path: READ/WRITE with nothing pending on this LU go straight to the handler, which reads the
+        // snapshot's plain fields and not the LU.
         if _fastPath(takeSnapshot(lun.unsafelyUnwrapped, nexusID: nexus.id, lunGeneration: target.lunGeneration)) {
             return dispatch(buffer: buffer)
         }
@@ -174,6 +178,14 @@ public struct SCSITask {
         lunFlags = state.flags
         return state.isAdmitted(nexusID: nexusID, lunGeneration: lunGeneration)
             && lunFlags & LUNState.flagReservationHeld == 0
+    }
+
+    /// The command ended (completed, aborted or torn down): lets go of its LUN, target and nexus now, so a
+    /// deleted LUN's store closes with its last command, not when the task entry is next used.
+    public mutating func endCommand() {
+        lun = nil
+        target = nil
+        nexus = nil
     }
 
     public mutating func dataOutReceived(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {

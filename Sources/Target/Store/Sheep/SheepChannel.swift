@@ -61,7 +61,7 @@ final class SheepChannel<Host: SheepStoreHost> {
     static var maxBackoffSeconds: UInt64 { SheepChannelLimits.maxBackoffSeconds }
     static var maxTransientRetries: Int { SheepChannelLimits.maxTransientRetries }
 
-    /// The store owns its channels and outlives them.
+    /// The store owns its channels and outlives them; it lives as long as its reactor, whatever the admin does.
     unowned(unsafe) let store: SheepStore<Host>
     let endpointIndex: Int
     let endpoint: SheepBackingSpec.Endpoint

@@ -40,6 +40,7 @@ protocol SheepStoreHost: AnyObject {
 /// The sheepdog store of one core: a channel per sheep endpoint, and the home-core state of the VDIs homed
 /// here. Requests are (operation, buffer, progress record, tag); completions go back by tag.
 final class SheepStore<Host: SheepStoreHost> {
+    /// The reactor that owns this store (`Reactor.sheep`) and outlives it; no admin command ends either.
     unowned(unsafe) let host: Host
     let core: Int
     var channels: [SheepChannel<Host>?] = []
