@@ -228,7 +228,9 @@ extension EndToEnd {
         }
 
         /// A LUN deleted while sessions that logged in before are still there, with no command in flight, has
-        /// its file closed at once: nothing but commands in flight keeps a deleted LUN's store open.
+        /// its file closed at once: nothing but commands in flight keeps a deleted LUN's store open. One deleted
+        /// with --force under a command keeps its file open for that command, and closes it when the command
+        /// ends, not when its task entry is next used.
         @Test func aDeletedLUNsFileClosesWhileOlderSessionsLive() throws {
             try withTarget(luns: [.file(bytes: RobustLifetime.lunBytes), .file(bytes: RobustLifetime.lunBytes)]) { t in
                 try RobustLifetime.requireRingtgt(t)
@@ -241,6 +243,21 @@ extension EndToEnd {
                 #expect(!RobustLifetime.openFiles(pid: pid).contains(file2), "LUN 2's file is still open after its delete")
                 _ = try RobustLifetime.runPastUnitAttention(s, RawCDB.testUnitReady, lun: 1, edtl: 0)
                 try s.writeReadVerify(lba: 0, data: patternBytes(4096, seed: 11))
+
+                let file1 = try #require(t.lunFiles[1]).resolvingSymlinksInPath().path
+                let data = patternBytes(65536, seed: 12)
+                let itt = try s.sendCommand(RawCDB.write16(lba: 0, blocks: UInt32(data.count / RobustLifetime.blockBytes)),
+                                            lun: 1, writeData: data, immediateBytes: 0)
+                // The echo comes after the target took the write (it answers in order): the write is in flight,
+                // waiting for its data, when the delete arrives.
+                try s.ping()
+                try #require(try RobustLifetime.deleteLUN(t, 1, force: true).succeeded)
+                #expect(RobustLifetime.openFiles(pid: pid).contains(file1), "LUN 1's file closed under a command in flight")
+                let w = try #require(try s.collect([itt])[itt])
+                #expect(w.status == RawCodes.good, "the write in flight on the deleted LUN 1: \(w)")
+                try waitUntil("LUN 1's file to close once its last command ended") {
+                    !RobustLifetime.openFiles(pid: pid).contains(file1)
+                }
             }
         }
 
