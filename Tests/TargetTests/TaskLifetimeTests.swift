@@ -31,4 +31,27 @@ import Testing
         task.endCommand()
         #expect(lun == nil && target == nil && nexus == nil, "kept after the command ended")
     }
+
+    /// The control plane counts an EXTENDED COPY whose parameter list has not arrived as a command on every LUN
+    /// of its target (the list may name any), and not on a LUN of another target.
+    @Test func anExtendedCopyWaitingForItsListCountsOnEveryLUNOfItsTarget() {
+        let caps = StoreCapabilities(canDiscard: true, discardZeroes: true, canReportMapping: true)
+        let h = Harness(luns: [(0, 512, 2048, caps), (1, 512, 2048, caps)])
+        let stranger = Harness().lun()
+        let n = h.nexus()
+        h.clearUAs(n)
+        var task = SCSITask()
+        let listBytes: UInt8 = 64
+        let cdb: [UInt8] = [0x83, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, listBytes, 0, 0]
+        let action = cdb.withUnsafeBytes { raw in
+            task.start(cdb: raw, expectedLength: UInt32(listBytes), readBit: false, writeBit: true, lunNumber: 0,
+                       lun: h.lun(0), target: h.target, nexus: n, buffer: h.buffer)
+        }
+        guard case .dataOut = action else {
+            Issue.record("an EXTENDED COPY should ask for its parameter list, got \(action)")
+            return
+        }
+        #expect(task.copyTouches([ObjectIdentifier(h.lun(1))]), "not counted on the other LUN of its target")
+        #expect(!task.copyTouches([ObjectIdentifier(stranger)]), "counted on a LUN of another target")
+    }
 }

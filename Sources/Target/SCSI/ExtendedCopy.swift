@@ -298,10 +298,19 @@ extension SCSITask {
     /// Whether an EXTENDED COPY in progress reads or writes one of `units` (LUNs of its target other than
     /// the one it was sent to): the control plane counts it as a command on those LUNs too.
     func copyTouches(_ units: [ObjectIdentifier]) -> Bool {
-        guard phase == .xcopyRead || phase == .xcopyWrite, let target else { return false }
-        for n in [xcopy.sourceLUN, xcopy.destinationLUN] {
-            if let lu = target.lun(n), units.contains(ObjectIdentifier(lu)) { return true }
+        guard opcode == Opcode.extendedCopy, let target else { return false }
+        switch phase {
+        case .xcopyRead, .xcopyWrite:
+            for n in [xcopy.sourceLUN, xcopy.destinationLUN] {
+                if let lu = target.lun(n), units.contains(ObjectIdentifier(lu)) { return true }
+            }
+            return false
+        case .parameterData:
+            // Its list has not arrived yet and may name any LUN of the target it started under: a forced delete
+            // must not give back a store's outside hold (a sheepdog VDI lock) before this copy is done with it.
+            return target.luns.contains { units.contains(ObjectIdentifier($0)) }
+        default:
+            return false
         }
-        return false
     }
 }
