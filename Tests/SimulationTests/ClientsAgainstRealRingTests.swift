@@ -15,8 +15,8 @@ final class RealRingTarget {
     static let lun: UInt64 = 1
     static let blockSize = 512
     static let lunBytes = 8 << 20
-    /// Small slots, so that commands are larger than a burst: R2Ts, several Data-In, multi-piece transfers.
-    static let slotBytes = 16_384
+    /// The smallest slot the reactor takes, so that commands of more than 64 KiB need R2Ts and pieces.
+    static let slotBytes = 65_536
     static let slotCount = 64
 
     let runtime: Runtime
@@ -129,7 +129,7 @@ func runToCompletion(_ clients: [SimClientBase & SimClient], seed: UInt64,
 @Suite(.serialized) struct ClientsAgainstRealRingTests {
     static let commandsPerClient = 400
     static let queueDepth = 8
-    static let maxBlocksPerCommand = 64
+    static let maxBlocksPerCommand = 256
     /// Each client's own 2 MiB of the LUN.
     static let blocksPerClient: UInt64 = 4096
 

@@ -33,7 +33,7 @@ final class SimNBDClient: SimClientBase, SimClient {
                                    maxBlocksPerCommand: maxBlocksPerCommand, commands: commands,
                                    queueDepth: queueDepth, verify: verify)
         let maxCommandBytes = maxBlocksPerCommand * blockSize
-        let optionBytes = NBDWire.clientFlagsBytes + NBDWire.optionHeaderBytes + 6 + NBDWire.maxStringBytes
+        let optionBytes = NBDWire.clientFlagsBytes + NBDWire.optionHeaderBytes + 8 + NBDWire.maxStringBytes
         let txBytes = queueDepth * NBDWire.requestBytes + 2 * max(NBDWire.requestBytes + maxCommandBytes, optionBytes)
         let largestIn = max(NBDWire.simpleReplyBytes + maxCommandBytes,
                             NBDWire.optionReplyHeaderBytes + SimNBDClient.maxOptionReplyDataBytes)
@@ -66,7 +66,8 @@ final class SimNBDClient: SimClientBase, SimClient {
         }
         rx.consume(NBDWire.greetingBytes)
         let name = Array(export.utf8)
-        let optionData = 4 + name.count + 2
+        // One information request: NBD_INFO_BLOCK_SIZE, whose maximum payload bounds every command.
+        let optionData = 4 + name.count + 2 + 2
         guard let h = tx.reserve(NBDWire.clientFlagsBytes + NBDWire.optionHeaderBytes + optionData) else {
             preconditionFailure("the send buffer is empty after connecting and sized for the option")
         }
@@ -78,7 +79,8 @@ final class SimNBDClient: SimClientBase, SimClient {
         put32(o, 12, UInt32(optionData))
         put32(o, 16, UInt32(name.count))
         name.withUnsafeBytes { (o + 20).copyMemory(from: $0.baseAddress!, byteCount: name.count) }
-        put16(o, 20 + name.count, 0)  // no information requests: NBD_INFO_EXPORT comes anyway
+        put16(o, 20 + name.count, 1)
+        put16(o, 22 + name.count, NBDWire.infoBlockSize)
         tx.commit(NBDWire.clientFlagsBytes + NBDWire.optionHeaderBytes + optionData)
         phase = .options
         return true
@@ -102,6 +104,13 @@ final class SimNBDClient: SimClientBase, SimClient {
             if length >= 12 && be16(data, 0) == NBDWire.infoExport {
                 exportBytes = be64(data, 2)
                 transmissionFlags = be16(data, 10)
+            } else if length >= 14 && be16(data, 0) == NBDWire.infoBlockSize {
+                let minimum = Int(be32(data, 2)), maximum = Int(be32(data, 10))
+                guard minimum > 0, blockSize % minimum == 0, maximum >= blockSize else {
+                    abandon("block sizes minimum \(minimum), maximum payload \(maximum) do not fit \(blockSize)-byte blocks")
+                    return true
+                }
+                workload.limitBlocksPerCommand(maximum / blockSize)
             }
         case NBDWire.repAck:
             let needed = workload.range.upperBound * UInt64(blockSize)

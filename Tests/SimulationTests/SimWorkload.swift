@@ -48,7 +48,7 @@ final class SimWorkload {
     let name: String
     let range: Range<UInt64>
     let blockSize: Int
-    let maxBlocksPerCommand: Int
+    private(set) var maxBlocksPerCommand: Int
     let commands: Int
     let verify: Bool
 
@@ -86,6 +86,12 @@ final class SimWorkload {
         readers = [UInt16](repeating: 0, count: count)
         readBackNext = range.lowerBound
         readBackAgain.reserveCapacity(queueDepth)
+    }
+
+    /// A protocol's own limit (an NBD server's maximum payload) lowers the command size of the plan.
+    func limitBlocksPerCommand(_ n: Int) {
+        precondition(n >= 1)
+        maxBlocksPerCommand = min(maxBlocksPerCommand, n)
     }
 
     /// Planned commands all ended and, with verification, every block was read back.
@@ -213,12 +219,12 @@ final class SimWorkload {
             for k in 0..<width { got |= UInt64(src.load(fromByteOffset: at + k, as: UInt8.self)) << (8 * k) }
             let mask: UInt64 = width == 8 ? .max : (1 << (8 * width)) - 1
             if got == word & mask { return true }
-            let byte = offset + at
+            let byte = offset + at + ((got ^ word) & mask).trailingZeroBitCount / 8
             let block = c.lba + UInt64(byte / blockSize)
             let seed = shadow[i0 + byte / blockSize]
             let what = seed == SimPattern.zeros ? "zeros (never written)" : "the acknowledged write of seed \(hex(seed))"
             fail("READ of \(c.blocks) block(s) at LBA \(c.lba)\(c.isReadBack ? " (read-back)" : ""): block \(block) "
-                 + "byte \(byte % blockSize)+ reads \(hex(got)), expected \(hex(word & mask)) from \(what)")
+                 + "byte \(byte % blockSize): the word there reads \(hex(got)), expected \(hex(word & mask)) from \(what)")
             return false
         }
     }

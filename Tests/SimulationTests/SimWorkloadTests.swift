@@ -31,7 +31,7 @@ import Testing
         data[bytes - 1] ^= 0x40
         data.withUnsafeBytes { p in #expect(!w.check(read, offset: 0, count: bytes, from: p.baseAddress!)) }
         #expect(w.failures.count == 1)
-        #expect(w.failures.first?.contains("block \(c.lba + UInt64(c.blocks) - 1) byte 511") == true)
+        #expect(w.failures.first?.contains("block \(c.lba + UInt64(c.blocks) - 1) byte 511:") == true)
     }
 
     @Test func neverWrittenBlocksMustReadZerosAndLostWritesAreNotJudged() {
