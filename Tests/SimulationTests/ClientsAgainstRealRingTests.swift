@@ -169,6 +169,39 @@ func runToCompletion(_ clients: [SimClientBase & SimClient], seed: UInt64,
         Self.expectAllEnded(clients, seed: seed)
         // Nothing was reset: every command was answered, none lost.
         for c in clients { #expect(c.workload.lost == 0 && c.workload.reconnects == 0, "seed \(hex(seed)): \(c.summary)") }
+        // Commands beyond FirstBurstLength went through R2T and Data-Out; READs beyond 8 KiB came in pieces.
+        for case let c as SimISCSIClient in clients {
+            #expect(c.logins == 1 && c.r2ts > 0 && c.dataOutPDUs >= c.r2ts && c.dataInPDUs > c.workload.reads,
+                    "seed \(hex(seed)): \(c.summary)")
+        }
+    }
+
+    /// The oracle is live against the real target: a block changed in the file behind the clients' back,
+    /// after their plans ended and before their read-backs, fails the read-back of every client.
+    @Test(arguments: [UInt64(0x5EED_0003)])
+    func aBlockChangedBehindTheClientsBackFailsTheirReadBack(seed: UInt64) throws {
+        let target = try RealRingTarget()
+        defer { target.stop() }
+        let clients = Self.clients(target)
+        let file = open(target.path, O_WRONLY)
+        try #require(file >= 0)
+        defer { close(file) }
+        var corrupted = [UInt64?](repeating: nil, count: clients.count)
+        let junk = [UInt8](repeating: 0xA5, count: RealRingTarget.blockSize)
+        let failures = runToCompletion(clients, seed: seed) { _ in
+            // The plan's last command has ended and the read-back is not issued before the client's next step.
+            for (i, c) in clients.enumerated() where corrupted[i] == nil && c.workload.ended == Self.commandsPerClient {
+                let block = c.workload.range.upperBound - 1
+                let n = junk.withUnsafeBytes { pwrite(file, $0.baseAddress!, $0.count, off_t(block) * off_t(RealRingTarget.blockSize)) }
+                precondition(n == RealRingTarget.blockSize, "pwrite: \(n)")
+                corrupted[i] = block
+            }
+        }
+        for (i, c) in clients.enumerated() {
+            let block = try #require(corrupted[i])
+            let caught = failures.filter { $0.contains("\(c.name): READ") && $0.contains("(read-back): block \(block) ") }
+            #expect(caught.count == 1 && failures.count == clients.count, "seed \(hex(seed)): \(failures)")
+        }
     }
 
     @Test(arguments: [UInt64(0x5EED_0002)])

@@ -11,6 +11,8 @@ final class SimISCSIClient: SimClientBase, SimClient {
     static let maxLoginExchanges = 8
     /// The largest login text the target sends in one PDU (it continues the rest, RFC 7143 §6.4).
     static let loginTextChunkBytes = 8192
+    /// Login text reassembled over continued responses, at most.
+    static let maxLoginTextBytes = 65_536
     /// The largest login text this client sends (its keys are well under it).
     static let ourLoginTextBytes = 2048
     /// Re-issues of one command answered UNIT ATTENTION before another one counts as a failure.
@@ -79,6 +81,8 @@ final class SimISCSIClient: SimClientBase, SimClient {
     private var pingTTTs: [UInt32]
     private var pingLUNs: [UInt64]
     private var pendingPings = 0
+    /// What the transfers were made of, to show which paths a run went through.
+    private(set) var r2ts = 0, dataOutPDUs = 0, dataInPDUs = 0, pingsAnswered = 0, logins = 0
 
     init(name: String, targetName: String, lun: UInt64, blocks: Range<UInt64>, blockSize: Int, queueDepth: Int,
          commands: Int, maxBlocksPerCommand: Int, verify: Bool, connect: @escaping () -> Int32) {
@@ -173,6 +177,11 @@ final class SimISCSIClient: SimClientBase, SimClient {
             abandon("login refused: status class \(hex(statusClass)) detail \(hex(detail))")
             return
         }
+        guard loginText.count + length <= SimISCSIClient.maxLoginTextBytes else {
+            workload.fail("login text beyond \(SimISCSIClient.maxLoginTextBytes) bytes")
+            drop("protocol error")
+            return
+        }
         loginText.append(contentsOf: UnsafeRawBufferPointer(start: data, count: length))
         expStatSN = bhs.u32(24) &+ 1
         cmdSN = bhs.u32(28)
@@ -180,6 +189,7 @@ final class SimISCSIClient: SimClientBase, SimClient {
         let transit = bhs.byte1 & 0x80 != 0, cont = bhs.byte1 & 0x40 != 0
         if transit && !cont && bhs.byte1 & 3 == LoginStage.fullFeature.rawValue {
             negotiate()
+            logins += 1
             return
         }
         guard exchanges + 1 < SimISCSIClient.maxLoginExchanges else {
@@ -217,6 +227,11 @@ final class SimISCSIClient: SimClientBase, SimClient {
         phase = .fullFeature
     }
 
+    override var summary: String {
+        workload.summary + "; \(logins) logins, \(r2ts) R2Ts, \(dataOutPDUs) Data-Out, \(dataInPDUs) Data-In, "
+            + "\(pingsAnswered) pings answered"
+    }
+
     // MARK: Sending
 
     override var idle: Bool {
@@ -231,6 +246,7 @@ final class SimISCSIClient: SimClientBase, SimClient {
             InitiatorPDUBuild.nopOutReply(h, lunField: pingLUNs[0], ttt: pingTTTs[0], cmdSN: cmdSN, expStatSN: expStatSN)
             tx.commit(bhsBytes)
             pendingPings -= 1
+            pingsAnswered += 1
             for i in 0..<pendingPings { pingTTTs[i] = pingTTTs[i + 1]; pingLUNs[i] = pingLUNs[i + 1] }
             did = true
         }
@@ -312,6 +328,7 @@ final class SimISCSIClient: SimClientBase, SimClient {
         workload.fill(c, offset: offset, count: n, into: h + bhsBytes)
         zeroPad(h + bhsBytes, n)
         tx.commit(bhsBytes + padded4(n))
+        dataOutPDUs += 1
         return n
     }
 
@@ -440,6 +457,7 @@ final class SimISCSIClient: SimClientBase, SimClient {
         workload.check(c, offset: offset, count: length, from: data)
         t.received += length
         t.nextDataSN &+= 1
+        dataInPDUs += 1
         transfers[s] = t
         guard bhs.byte1 & 0x01 != 0 else { return }
         checkStatSN(bhs)
@@ -468,6 +486,7 @@ final class SimISCSIClient: SimClientBase, SimClient {
         t.r2tDataSN = 0
         t.nextR2TSN &+= 1
         transfers[s] = t
+        r2ts += 1
     }
 
     private func handleNopIn(_ bhs: BHS) {

@@ -284,34 +284,38 @@ public enum PDUBuild {
 /// speak this file's vocabulary instead of keeping their own. Same contract as `PDUBuild`: the 48 bytes at
 /// `h` are zeroed and written in place.
 enum InitiatorPDUBuild {
+    /// The fields every initiator PDU here shares: opcode (with the I bit), flags, data segment length, the
+    /// LUN or ISID field at 8, ITT, the field at 20 (TTT or expected length), CmdSN (or the reserved field of
+    /// Data-Out) and ExpStatSN.
+    private static func header(_ h: UnsafeMutableRawPointer, opcode: UInt8, immediate: Bool, flags: UInt8,
+                               dataLength: Int, field8: UInt64, itt: UInt32, field20: UInt32, cmdSN: UInt32,
+                               expStatSN: UInt32) {
+        PDUBuild.zero(h)
+        h.storeBytes(of: (immediate ? 0x40 : 0) | opcode, as: UInt8.self)
+        h.storeBytes(of: flags, toByteOffset: 1, as: UInt8.self)
+        PDUBuild.setDataLength(h, dataLength)
+        put64(h, 8, field8)
+        put32(h, 16, itt)
+        put32(h, 20, field20)
+        put32(h, 24, cmdSN)
+        put32(h, 28, expStatSN)
+    }
+
     /// SCSI Command (§11.3), task attribute SIMPLE. `final` is false only when unsolicited Data-Out follows.
     /// The CDB (at most 16 bytes) is written by the caller at offset 32.
     static func scsiCommand(_ h: UnsafeMutableRawPointer, read: Bool, write: Bool, final: Bool, lunField: UInt64,
                             itt: UInt32, expectedLength: UInt32, cmdSN: UInt32, expStatSN: UInt32,
                             immediateLength: Int) {
-        PDUBuild.zero(h)
-        h.storeBytes(of: ISCSIOpcode.scsiCommand, as: UInt8.self)
         let flags: UInt8 = (final ? 0x80 : 0) | (read ? 0x40 : 0) | (write ? 0x20 : 0) | 0x01
-        h.storeBytes(of: flags, toByteOffset: 1, as: UInt8.self)
-        PDUBuild.setDataLength(h, immediateLength)
-        put64(h, 8, lunField)
-        put32(h, 16, itt)
-        put32(h, 20, expectedLength)
-        put32(h, 24, cmdSN)
-        put32(h, 28, expStatSN)
+        header(h, opcode: ISCSIOpcode.scsiCommand, immediate: false, flags: flags, dataLength: immediateLength,
+               field8: lunField, itt: itt, field20: expectedLength, cmdSN: cmdSN, expStatSN: expStatSN)
     }
 
     /// SCSI Data-Out (§11.7); `ttt` is `reservedTag` for unsolicited data.
     static func dataOut(_ h: UnsafeMutableRawPointer, final: Bool, lunField: UInt64, itt: UInt32, ttt: UInt32,
                         expStatSN: UInt32, dataSN: UInt32, bufferOffset: UInt32, length: Int) {
-        PDUBuild.zero(h)
-        h.storeBytes(of: ISCSIOpcode.dataOut, as: UInt8.self)
-        h.storeBytes(of: final ? 0x80 : 0 as UInt8, toByteOffset: 1, as: UInt8.self)
-        PDUBuild.setDataLength(h, length)
-        put64(h, 8, lunField)
-        put32(h, 16, itt)
-        put32(h, 20, ttt)
-        put32(h, 28, expStatSN)
+        header(h, opcode: ISCSIOpcode.dataOut, immediate: false, flags: final ? 0x80 : 0, dataLength: length,
+               field8: lunField, itt: itt, field20: ttt, cmdSN: 0, expStatSN: expStatSN)
         put32(h, 36, dataSN)
         put32(h, 40, bufferOffset)
     }
@@ -319,28 +323,16 @@ enum InitiatorPDUBuild {
     /// NOP-Out (§11.18) answering a NOP-In ping: immediate, ITT reserved, the ping's TTT and LUN echoed.
     static func nopOutReply(_ h: UnsafeMutableRawPointer, lunField: UInt64, ttt: UInt32, cmdSN: UInt32,
                             expStatSN: UInt32) {
-        PDUBuild.zero(h)
-        h.storeBytes(of: 0x40 | ISCSIOpcode.nopOut, as: UInt8.self)
-        h.storeBytes(of: 0x80 as UInt8, toByteOffset: 1, as: UInt8.self)
-        put64(h, 8, lunField)
-        put32(h, 16, reservedTag)
-        put32(h, 20, ttt)
-        put32(h, 24, cmdSN)
-        put32(h, 28, expStatSN)
+        header(h, opcode: ISCSIOpcode.nopOut, immediate: true, flags: 0x80, dataLength: 0, field8: lunField,
+               itt: reservedTag, field20: ttt, cmdSN: cmdSN, expStatSN: expStatSN)
     }
 
     /// Login Request (§11.12): immediate, CID 0, TSIH 0 (a new session, or the reinstatement of one).
     static func loginRequest(_ h: UnsafeMutableRawPointer, transit: Bool, csg: UInt8, nsg: UInt8, isid: UInt64,
                              itt: UInt32, cmdSN: UInt32, expStatSN: UInt32, dataLength: Int) {
-        PDUBuild.zero(h)
-        h.storeBytes(of: 0x40 | ISCSIOpcode.loginRequest, as: UInt8.self)
         let flags: UInt8 = (transit ? 0x80 : 0) | (csg & 3) << 2 | (transit ? nsg & 3 : 0)
-        h.storeBytes(of: flags, toByteOffset: 1, as: UInt8.self)
-        PDUBuild.setDataLength(h, dataLength)
-        put16(h, 8, UInt16(truncatingIfNeeded: isid >> 32))
-        put32(h, 10, UInt32(truncatingIfNeeded: isid))
-        put32(h, 16, itt)
-        put32(h, 24, cmdSN)
-        put32(h, 28, expStatSN)
+        // ISID in bytes 8-13, TSIH 0 in 14-15.
+        header(h, opcode: ISCSIOpcode.loginRequest, immediate: true, flags: flags, dataLength: dataLength,
+               field8: (isid & 0xFFFF_FFFF_FFFF) << 16, itt: itt, field20: 0, cmdSN: cmdSN, expStatSN: expStatSN)
     }
 }
