@@ -25,7 +25,7 @@ final class RealRingTarget {
     var nbdPort: Int { runtime.boundNBDPortals[0].port }
     var nbdExport: String { "\(RealRingTarget.targetName)/\(RealRingTarget.lun)" }
 
-    init() throws {
+    init(nopIntervalSeconds: UInt64 = ReactorConfig().nopIntervalSeconds) throws {
         var template = Array("/tmp/ringtgt-sim-XXXXXX".utf8CString)
         let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
         guard fd >= 0 else { throw SimTestError("mkstemp: \(String(cString: strerror(errno)))") }
@@ -37,6 +37,7 @@ final class RealRingTarget {
         var config = ReactorConfig()
         config.slotBytes = RealRingTarget.slotBytes
         config.slotCount = RealRingTarget.slotCount
+        config.nopIntervalSeconds = nopIntervalSeconds
         runtime = Runtime(config: config, portals: [Portal(host: "127.0.0.1", port: 0)],
                           nbdPortals: [Portal(host: "127.0.0.1", port: 0)], logger: Logger(label: "sim-real-ring"))
         do {
@@ -96,9 +97,9 @@ func connectNonBlocking(port: Int) -> Int32 {
     return s
 }
 
-/// Steps the clients until all finish. When none made progress, waits in poll() for their sockets (the
-/// reactor runs on its own thread). `between` runs after every round (a test's fault injection).
-func runToCompletion(_ clients: [SimClientBase & SimClient], seed: UInt64,
+/// Steps the clients until all finish (or `until` holds). When none made progress, waits in poll() for their
+/// sockets (the reactor runs on its own thread). `between` runs after every round (a test's fault injection).
+func runToCompletion(_ clients: [SimClientBase & SimClient], seed: UInt64, until: (() -> Bool)? = nil,
                      between: (_ round: Int) -> Void = { _ in }) -> [String] {
     let pollWaitMillis: Int32 = 100
     /// Consecutive idle waits after which the run is declared stuck (30 s of a target that answers nothing).
@@ -107,7 +108,7 @@ func runToCompletion(_ clients: [SimClientBase & SimClient], seed: UInt64,
     var idleWaits = 0
     var round = 0
     var fds = [pollfd](repeating: pollfd(), count: clients.count)
-    while !clients.allSatisfy({ $0.isFinished }) {
+    while !(until?() ?? clients.allSatisfy({ $0.isFinished })) {
         round += 1
         var progress = false
         for c in clients where !c.isFinished && c.step(&rng) { progress = true }
@@ -133,17 +134,17 @@ func runToCompletion(_ clients: [SimClientBase & SimClient], seed: UInt64,
     /// Each client's own 2 MiB of the LUN.
     static let blocksPerClient: UInt64 = 4096
 
-    static func clients(_ t: RealRingTarget) -> [SimClientBase & SimClient] {
+    static func clients(_ t: RealRingTarget, commands: Int = commandsPerClient) -> [SimClientBase & SimClient] {
         let iscsiPort = t.iscsiPort, nbdPort = t.nbdPort
         let n = blocksPerClient
         func iscsi(_ name: String, _ index: UInt64) -> SimISCSIClient {
             SimISCSIClient(name: name, targetName: RealRingTarget.targetName, lun: RealRingTarget.lun,
                            blocks: index * n ..< (index + 1) * n, blockSize: RealRingTarget.blockSize,
-                           queueDepth: queueDepth, commands: commandsPerClient, maxBlocksPerCommand: maxBlocksPerCommand,
+                           queueDepth: queueDepth, commands: commands, maxBlocksPerCommand: maxBlocksPerCommand,
                            verify: true, connect: { connectNonBlocking(port: iscsiPort) })
         }
         let nbd = SimNBDClient(name: "nbd0", export: t.nbdExport, blocks: 2 * n ..< 3 * n,
-                               blockSize: RealRingTarget.blockSize, queueDepth: queueDepth, commands: commandsPerClient,
+                               blockSize: RealRingTarget.blockSize, queueDepth: queueDepth, commands: commands,
                                maxBlocksPerCommand: maxBlocksPerCommand, verify: true,
                                connect: { connectNonBlocking(port: nbdPort) })
         return [iscsi("iscsi0", 0), iscsi("iscsi1", 1), nbd]
@@ -202,6 +203,22 @@ func runToCompletion(_ clients: [SimClientBase & SimClient], seed: UInt64,
             let caught = failures.filter { $0.contains("\(c.name): READ") && $0.contains("(read-back): block \(block) ") }
             #expect(caught.count == 1 && failures.count == clients.count, "seed \(hex(seed)): \(failures)")
         }
+    }
+
+    @Test(arguments: [UInt64(0x5EED_0004)])
+    func anIdleISCSIClientAnswersTheTargetsNOPInPing(seed: UInt64) throws {
+        let pingWaitMillis: Int32 = 5000
+        let target = try RealRingTarget(nopIntervalSeconds: 1)
+        defer { target.stop() }
+        let client = try #require(Self.clients(target, commands: 40).first as? SimISCSIClient)
+        // Log in, then stay silent: with nothing in flight, what arrives next is the target's ping.
+        var failures = runToCompletion([client], seed: seed, until: { client.logins == 1 })
+        var pfd = pollfd(fd: client.fd, events: Int16(POLLIN), revents: 0)
+        #expect(poll(&pfd, 1, pingWaitMillis) == 1, "seed \(hex(seed)): no NOP-In within \(pingWaitMillis) ms")
+        failures += runToCompletion([client], seed: seed &+ 1)
+        #expect(failures.isEmpty, "\(failures.joined(separator: "\n"))")
+        #expect(client.pingsAnswered >= 1 && client.workload.reconnects == 0 && client.workload.ended == 40,
+                "seed \(hex(seed)): \(client.summary)")
     }
 
     @Test(arguments: [UInt64(0x5EED_0002)])
