@@ -191,7 +191,7 @@ class SimClientBase {
     var inFlight: Int { slotsInUse }
     var isFinished: Bool { finished }
     var failures: [String] { workload.failures }
-    var summary: String { workload.summary }
+    var summary: String { workload.summary + (lastLoss.map { " (last connection lost: \($0))" } ?? "") }
 
     func step(_ rng: inout SimRandom) -> Bool {
         if finished { return false }
@@ -284,6 +284,6 @@ class SimClientBase {
         lastLoss = reason
     }
 
-    /// Why the last connection ended (for a test's log).
+    /// Why the last connection ended, shown in the summary.
     private(set) var lastLoss: String? = nil
 }

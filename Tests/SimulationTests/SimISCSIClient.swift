@@ -228,7 +228,7 @@ final class SimISCSIClient: SimClientBase, SimClient {
     }
 
     override var summary: String {
-        workload.summary + "; \(logins) logins, \(r2ts) R2Ts, \(dataOutPDUs) Data-Out, \(dataInPDUs) Data-In, "
+        super.summary + "; \(logins) logins, \(r2ts) R2Ts, \(dataOutPDUs) Data-Out, \(dataInPDUs) Data-In, "
             + "\(pingsAnswered) pings answered"
     }
 
