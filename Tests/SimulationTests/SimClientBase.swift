@@ -2,6 +2,8 @@
 // fixed send and receive buffers, the command slots and their tags, and the step loop. A subclass speaks its
 // protocol through its hooks: sessionStarted, produce, issue, consume and idle.
 
+@testable import Target
+
 import Glibc
 
 /// A byte queue over memory allocated once: appended at the tail, consumed at the head, compacted on demand.

@@ -2,6 +2,8 @@
 // shadow of every block (what an acknowledged write put there), and the final read-back. Shared by the iSCSI
 // and NBD clients, which only carry the commands over their protocol.
 
+@testable import Target
+
 enum SimOp: Equatable { case read, write, flush }
 
 struct SimCommand {
@@ -143,6 +145,20 @@ final class SimWorkload {
         return c
     }
 
+    /// The last writes lost with a connection, to name the culprit when stale data turns up.
+    static let lostWritesKept = 64
+    private var lostWrites: [SimCommand] = []
+
+    /// " = the data of a write lost with its connection..." when `got` is what such a write put at `lba`.
+    private func staleWrite(_ got: UInt64, lba: UInt64, index: Int, mask: UInt64) -> String {
+        for w in lostWrites.reversed() where lba >= w.lba && lba < w.lba + UInt64(w.blocks) {
+            if SimPattern.word(w.seed, lba: lba, index: index) & mask == got {
+                return " = the data of the write of seed \(hex(w.seed)) lost with its connection, landing after a newer acknowledged write"
+            }
+        }
+        return ""
+    }
+
     private func isFree(_ first: UInt64, _ n: Int, forWrite: Bool) -> Bool {
         let i0 = Int(first - range.lowerBound)
         for i in i0..<(i0 + n) where writers[i] != 0 || (forWrite && readers[i] != 0) { return false }
@@ -169,6 +185,10 @@ final class SimWorkload {
                 precondition(writers[i] == 1, "\(name): write ended twice")
                 writers[i] = 0
                 if case .good = outcome { shadow[i] = c.seed } else { shadow[i] = SimPattern.unknown }
+                if case .lost = outcome, i == i0 {
+                    if lostWrites.count == SimWorkload.lostWritesKept { lostWrites.removeFirst() }
+                    lostWrites.append(c)
+                }
             case .read:
                 precondition(readers[i] > 0, "\(name): read ended twice")
                 readers[i] -= 1
@@ -224,7 +244,8 @@ final class SimWorkload {
             let seed = shadow[i0 + byte / blockSize]
             let what = seed == SimPattern.zeros ? "zeros (never written)" : "the acknowledged write of seed \(hex(seed))"
             fail("READ of \(c.blocks) block(s) at LBA \(c.lba)\(c.isReadBack ? " (read-back)" : ""): block \(block) "
-                 + "byte \(byte % blockSize): the word there reads \(hex(got)), expected \(hex(word & mask)) from \(what)")
+                 + "byte \(byte % blockSize): the word there reads \(hex(got)), expected \(hex(word & mask)) from \(what)"
+                 + staleWrite(got, lba: block, index: (byte % blockSize) >> 3, mask: mask))
             return false
         }
     }

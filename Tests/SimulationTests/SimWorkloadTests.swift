@@ -1,6 +1,8 @@
 // The clients' oracle on its own: a read that differs from the shadow is caught, unknown blocks are not
 // judged, and the PRNG is a pure function of its seed.
 
+@testable import Target
+
 import Testing
 
 @Suite struct SimWorkloadTests {

@@ -128,7 +128,7 @@ public final class Reactor {
     let mailboxBuffer: UnsafeMutablePointer<UInt64>
 
     init(core: Int, config: ReactorConfig, runtime: Runtime, listeners: [Int32], listenerKinds: [FrontEnd],
-         logger: Logger) throws {
+         logger: Logger, simulated: SimulatedRing? = nil) throws {
         precondition(listeners.count == listenerKinds.count)
         self.core = core
         self.listenerKinds = listenerKinds
@@ -141,7 +141,7 @@ public final class Reactor {
                                     listeners: listeners.count) {
             throw ReactorSetupError(description: why)
         }
-        ring = try Ring(entries: config.submissionEntries)
+        if let simulated { ring = Ring(simulated: simulated) } else { ring = try Ring(entries: config.submissionEntries) }
         pool = BufferPool(slotBytes: config.slotBytes, slotCount: config.slotCount)
         try ring.registerBuffer(pool.base, bytes: pool.totalBytes)
         r2tPermitCount = max(1, config.slotCount / 2)
@@ -176,42 +176,53 @@ public final class Reactor {
     // MARK: - Loop
 
     func run() {
-        // Accepts are armed by the `.startAccepting` message, once the configuration is applied.
+        start()
+        while running { turn() }
+        shutdownAll()
+    }
+
+    /// Arms what the loop always has in flight. Accepts are armed by the `.startAccepting` message, once the
+    /// configuration is applied.
+    func start() {
         armTick()
         armMailbox()
         pollNanos = config.pollNanos
-        var lastWork: UInt64 = 0
-        while running {
-            if pollNanos > 0 && monotonicNanos() &- lastWork < pollNanos {
-                ringResult(ring.submitAndPoll())
-            } else {
-                // With a COMPARE AND WRITE waiting for a gate another core holds, wake up soon to try again.
-                ringResult(ring.submitAndWait(timeoutNanos: gateWaiters.isEmpty ? -1 : Reactor.gatePollNanos))
+    }
+
+    /// When the last completion was handled, for the busy-poll window.
+    private var lastWorkNanos: UInt64 = 0
+
+    /// One pass of the loop: submit and wait (or poll), then handle completions in batches. The simulation
+    /// drives the reactor by calling this.
+    func turn() {
+        if pollNanos > 0 && monotonicNanos() &- lastWorkNanos < pollNanos {
+            ringResult(ring.submitAndPoll())
+        } else {
+            // With a COMPARE AND WRITE waiting for a gate another core holds, wake up soon to try again.
+            ringResult(ring.submitAndWait(timeoutNanos: gateWaiters.isEmpty ? -1 : Reactor.gatePollNanos))
+        }
+        if !gateWaiters.isEmpty { retryGates() }
+        runReady()
+        // Completions are handled in batches; sends and recvs queued meanwhile go out in the next submit.
+        while true {
+            let n = ring.peekBatch()
+            if n == 0 { break }
+            for i in 0..<n {
+                let c = ring.cqe(i)
+                dispatch(c.pointee.user_data, c.pointee.res, c.pointee.flags)
             }
-            if !gateWaiters.isEmpty { retryGates() }
+            ring.advance(n)
             runReady()
-            // Completions are handled in batches; sends and recvs queued meanwhile go out in the next submit.
-            while true {
-                let n = ring.peekBatch()
-                if n == 0 { break }
-                for i in 0..<n {
-                    let c = ring.cqe(i)
-                    dispatch(c.pointee.user_data, c.pointee.res, c.pointee.flags)
-                }
-                ring.advance(n)
-                runReady()
-                flushDirty()
-                sheep.flush()
-                if pollNanos > 0 { lastWork = monotonicNanos() }
-            }
             flushDirty()
             sheep.flush()
-            // What the flushes gave back (a sheep request failing at once frees its slot) wakes its waiters now,
-            // not after the next completion.
-            runReady()
-            flushDirty()
+            if pollNanos > 0 { lastWorkNanos = monotonicNanos() }
         }
-        shutdownAll()
+        flushDirty()
+        sheep.flush()
+        // What the flushes gave back (a sheep request failing at once frees its slot) wakes its waiters now,
+        // not after the next completion.
+        runReady()
+        flushDirty()
     }
 
     @inline(__always)
@@ -785,7 +796,7 @@ public final class Reactor {
         return out
     }
 
-    private func shutdownAll() {
+    func shutdownAll() {
         for p in pendingAccepts { close(p.fd) }
         pendingAccepts.removeAll()
         for c in connections { if let c { closeConnection(c, reason: "shutdown") } }

@@ -111,6 +111,39 @@ public final class Runtime: @unchecked Sendable {
         }
     }
 
+    /// The simulation's runtime: one core, whose reactor runs on the calling thread over `ring`, turned by the
+    /// caller (`Reactor.turn`). Each requested portal gets a listening descriptor that only names it: its
+    /// connections come from `SimulatedRing.connect(_:toListener:)`. Replies the control plane waits for are
+    /// awaited by turning the reactor, so the whole run stays on one thread.
+    public func startSimulated(_ ring: SimulatedRing) throws -> SimulatedCore {
+        var fds: [Int32] = []
+        var kinds: [FrontEnd] = []
+        for (portals, kind) in [(requestedPortals, FrontEnd.iscsi), (requestedNBDPortals, .nbd)] {
+            for p in portals {
+                fds.append(socket(AF_UNIX, Int32(RT_SOCK_STREAM | RT_SOCK_CLOEXEC), 0))
+                kinds.append(kind)
+                if kind == .iscsi { boundPortals.append(p) } else { boundNBDPortals.append(p) }
+            }
+        }
+        let r = try Reactor(core: 0, config: config, runtime: self, listeners: fds, listenerKinds: kinds,
+                            logger: logger, simulated: ring)
+        reactors = [r]
+        simulationTurn = { [unowned r] in r.turn() }
+        r.start()
+        for (i, fd) in fds.enumerated() { r.armAccept(i, fd) }
+        return SimulatedCore(reactor: r, listeners: fds, kinds: kinds)
+    }
+
+    /// Set for a simulated runtime: one pass of its reactor.
+    private var simulationTurn: (() -> Void)?
+
+    /// Waits for a core's reply: blocks (a control-plane thread), or in a simulation turns the reactor until
+    /// it has answered.
+    private func awaitReply(_ reply: CoreReply) {
+        guard let simulationTurn else { reply.wait(); return }
+        while !reply.tryWait() { simulationTurn() }
+    }
+
     /// Opens the portals: every bound socket listens and every core arms its accepts. Called once the
     /// configuration and exports are applied.
     public func startAccepting() throws {
@@ -143,7 +176,7 @@ public final class Runtime: @unchecked Sendable {
             r.mailbox.post(.config(snapshot, reply))
             return reply
         }
-        for r in replies { r.wait() }
+        for r in replies { awaitReply(r) }
     }
 
     public func sessions() -> [SessionInfo] {
@@ -151,7 +184,7 @@ public final class Runtime: @unchecked Sendable {
         for r in reactors {
             let q = SessionQuery()
             r.mailbox.post(.sessions(q))
-            q.reply.wait()
+            awaitReply(q.reply)
             all += q.result
         }
         return all
@@ -163,7 +196,7 @@ public final class Runtime: @unchecked Sendable {
         for r in reactors {
             let q = InFlightQuery(units: ids)
             r.mailbox.post(.commandsInFlight(q))
-            q.reply.wait()
+            awaitReply(q.reply)
             total += q.result
         }
         return total
@@ -176,7 +209,7 @@ public final class Runtime: @unchecked Sendable {
         for r in reactors {
             let q = StatisticsQuery(units: keys)
             r.mailbox.post(.statistics(q))
-            q.reply.wait()
+            awaitReply(q.reply)
             for i in q.luns.indices { sample.luns[i].add(q.luns[i]) }
             sample.connections += q.connections
         }
@@ -294,4 +327,38 @@ extension Runtime: ControlFabric {
 extension StoreOpener {
     /// Sheepdog home cores are dealt out over the runtime's cores.
     public convenience init(runtime: Runtime) { self.init(coreCount: { [unowned runtime] in runtime.coreCount }) }
+}
+
+/// The one core of a simulated runtime, for the driver: turn it, hand it connections, stop it.
+public final class SimulatedCore {
+    let reactor: Reactor
+    /// The listening descriptor of each portal, iSCSI ones first, in the order they were requested.
+    public let listeners: [Int32]
+    let kinds: [FrontEnd]
+
+    init(reactor: Reactor, listeners: [Int32], kinds: [FrontEnd]) {
+        self.reactor = reactor
+        self.listeners = listeners
+        self.kinds = kinds
+    }
+
+    /// One pass of the reactor's loop.
+    public func turn() { reactor.turn() }
+
+    /// Connections open (any phase).
+    public var connectionCount: Int { reactor.connections.reduce(0) { $0 + ($1 == nil ? 0 : 1) } }
+    /// Buffer slots in use (held by commands or queued sends).
+    public var slotsInUse: Int { reactor.pool.slotCount - reactor.pool.freeCount }
+    /// R2T permits taken.
+    public var permitsTaken: Int { reactor.r2tPermitCount - reactor.r2tPermits }
+    /// Tasks active over all connections.
+    public var activeTasks: Int { reactor.connections.reduce(0) { $0 + ($1?.activeTasks ?? 0) } }
+    /// Store operations in flight over all connections.
+    public var storeOperationsInFlight: Int { reactor.connections.reduce(0) { $0 + ($1?.storeInFlight ?? 0) } }
+
+    /// Stops the loop and tears every connection down, as a shutdown does.
+    public func stop() {
+        reactor.running = false
+        reactor.shutdownAll()
+    }
 }
