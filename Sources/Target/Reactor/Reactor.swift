@@ -435,6 +435,10 @@ public final class Reactor {
     func closeConnection(_ c: Connection, reason: String) {
         guard c.phase != .closing else { return }
         logger.debug("core \(core): closing connection from \(c.peer): \(reason)")
+        if c.frontEnd == .nbd && c.phase == .fullFeature && c.storeInFlight > 0, let t = c.target {
+            c.drainingExport = (t.tid, c.nbd.lunNumber)
+            runtime.exportDraining(tid: t.tid, lun: c.nbd.lunNumber, ended: false)
+        }
         c.phase = .closing
         leftLogin(c)
         shutdown(c.fd, Int32(SHUT_RDWR))
@@ -443,7 +447,10 @@ public final class Reactor {
         }
         if let nexus = c.nexus, let target = c.target {
             SCSITask.nexusLost(nexus, target: target)
-            runtime.unregisterSession(initiator: c.initiatorName, isid: c.isid, targetName: target.name, tsih: c.tsih)
+            // Commands still at a store hold back the next session of this initiator port until they end.
+            c.drainingNexus = c.storeInFlight > 0 ? nexus : nil
+            runtime.unregisterSession(initiator: c.initiatorName, isid: c.isid, targetName: target.name, tsih: c.tsih,
+                                      stillRunning: c.drainingNexus != nil)
         }
         if c.tsih != 0 {
             let ended = LoginLog.sessionEnded(initiatorName: c.initiatorName, peer: c.peer, targetName: c.target?.name,
@@ -466,6 +473,14 @@ public final class Reactor {
         }
         assert(c.slotsHeld == 0 && c.activeTasks == 0,
                "connection \(c.index) torn down holding \(c.slotsHeld) buffer slot(s), \(c.activeTasks) task(s)")
+        if let e = c.drainingExport {
+            runtime.exportDraining(tid: e.tid, lun: e.lun, ended: true)
+            c.drainingExport = nil
+        }
+        if let n = c.drainingNexus {
+            runtime.endDraining(initiator: n.initiatorName, isid: n.isid, targetName: n.targetName)
+            c.drainingNexus = nil
+        }
         close(c.fd)
         c.fd = -1
         c.releaseMemory()
@@ -628,6 +643,10 @@ public final class Reactor {
             guard let c, c.phase != .closing else { continue }
             if c.phase == .login && tick &- c.createdTick > config.loginTimeoutSeconds {
                 closeConnection(c, reason: "login timeout")
+                continue
+            }
+            if c.phase == .login && c.parkedLogin != nil {
+                c.resumeParkedLogin()
                 continue
             }
             if c.out.count > 0 && tick &- c.lastSendProgressTick > config.sendStallSeconds {

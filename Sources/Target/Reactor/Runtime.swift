@@ -16,7 +16,7 @@ public final class Runtime: @unchecked Sendable {
     private(set) var reactors: [Reactor] = []
     private var threads: [pthread_t] = []
     private let snapshotBox = Mutex<ConfigSnapshot>(.empty)
-    private let sessionsBox = Mutex<[SessionKey: (core: Int, tsih: UInt16)]>([:])
+    private let sessionsBox = Mutex(SessionTable())
     private let tsihs = Mutex(TSIHAllocator())
     /// Listening ports after binding (a portal asked with port 0 gets the kernel's choice).
     public private(set) var boundPortals: [Portal] = []
@@ -24,6 +24,22 @@ public final class Runtime: @unchecked Sendable {
     /// Sockets bound by `start` that `startAccepting` makes listen (the cores own and close them).
     private var boundSockets: [(fd: Int32, portal: Portal)] = []
     let defaultKeys: TargetKeyDefaults
+
+    /// Per initiator port and target (the I_T nexus): the live session, and how many connections of ended
+    /// sessions still have commands running at a store. A new session of that nexus starts only once both are
+    /// gone (`sessionMayStart`): otherwise a write of the dead session could land after a newer write of the
+    /// new one (found by the ring simulation: seed 0x5eed, sheep store).
+    struct SessionTable {
+        var live: [SessionKey: (core: Int, tsih: UInt16)] = [:]
+        var draining: [SessionKey: Int] = [:]
+        /// NBD has no session identity: per export (tid, LUN), closed connections with commands still at a store.
+        var exportsDraining: [ExportKey: Int] = [:]
+    }
+
+    struct ExportKey: Hashable {
+        var tid: Int
+        var lun: UInt64
+    }
 
     struct SessionKey: Hashable {
         var initiator: String
@@ -238,8 +254,8 @@ public final class Runtime: @unchecked Sendable {
     func registerSession(initiator: String, isid: UInt64, targetName: String, core: Int, tsih: UInt16) {
         let key = SessionKey(initiator: initiator.lowercased(), isid: isid, target: targetName.lowercased())
         let old = sessionsBox.withLock { m -> (core: Int, tsih: UInt16)? in
-            let o = m[key]
-            m[key] = (core, tsih)
+            let o = m.live[key]
+            m.live[key] = (core, tsih)
             return o
         }
         if let old, old.core < reactors.count {
@@ -248,11 +264,46 @@ public final class Runtime: @unchecked Sendable {
     }
 
     /// Forgets a session that ended, unless a newer session with the same initiator port already took its place.
-    func unregisterSession(initiator: String, isid: UInt64, targetName: String, tsih: UInt16) {
+    /// `stillRunning`: its connection still has commands at a store; `endDraining` follows when they ended.
+    func unregisterSession(initiator: String, isid: UInt64, targetName: String, tsih: UInt16, stillRunning: Bool = false) {
         let key = SessionKey(initiator: initiator.lowercased(), isid: isid, target: targetName.lowercased())
         sessionsBox.withLock { m in
-            if m[key]?.tsih == tsih { m.removeValue(forKey: key) }
+            if m.live[key]?.tsih == tsih { m.live.removeValue(forKey: key) }
+            if stillRunning { m.draining[key, default: 0] += 1 }
         }
+    }
+
+    /// The commands of an ended session's connection (`unregisterSession(stillRunning: true)`) have all ended.
+    func endDraining(initiator: String, isid: UInt64, targetName: String) {
+        let key = SessionKey(initiator: initiator.lowercased(), isid: isid, target: targetName.lowercased())
+        sessionsBox.withLock { m in
+            if let n = m.draining[key], n > 1 { m.draining[key] = n - 1 } else { m.draining.removeValue(forKey: key) }
+        }
+    }
+
+    /// Whether a new session of this initiator port may start now (RFC 7143 §6.3.5: the old session's tasks
+    /// are terminated before the new one goes on). An old session still live is asked to close; the login
+    /// waits (LoginDriver parks it) while that session or the commands of an ended one are still running.
+    func sessionMayStart(initiator: String, isid: UInt64, targetName: String) -> Bool {
+        let key = SessionKey(initiator: initiator.lowercased(), isid: isid, target: targetName.lowercased())
+        let (old, draining) = sessionsBox.withLock { m in (m.live[key], m.draining[key] ?? 0) }
+        if let old, old.core < reactors.count { reactors[old.core].mailbox.post(.closeSession(tsih: old.tsih)) }
+        return old == nil && draining == 0
+    }
+
+    /// An NBD connection closed with commands still at a store (`ended: false`), or they have all ended.
+    func exportDraining(tid: Int, lun: UInt64, ended: Bool) {
+        let key = ExportKey(tid: tid, lun: lun)
+        sessionsBox.withLock { m in
+            if !ended { m.exportsDraining[key, default: 0] += 1; return }
+            if let n = m.exportsDraining[key], n > 1 { m.exportsDraining[key] = n - 1 } else { m.exportsDraining.removeValue(forKey: key) }
+        }
+    }
+
+    /// Whether an NBD connection may begin transmission on an export: not while a closed connection's commands
+    /// on it still run.
+    func exportMayStart(tid: Int, lun: UInt64) -> Bool {
+        sessionsBox.withLock { $0.exportsDraining[ExportKey(tid: tid, lun: lun)] == nil }
     }
 
     // MARK: - Login support
