@@ -11,14 +11,14 @@ import Testing
 
     @Test func aSessionWaitsForTheOldOneAndForItsCommandsStillRunning() {
         let i = "iqn.1994-05.com.redhat:host", t = "iqn.2026-12.org.ringtgt:disk"
-        #expect(runtime.sessionMayStart(initiator: i, isid: 1, targetName: t))
+        #expect(runtime.sessionMayStart(initiator: i, isid: 1, targetName: t, closeOld: false))
         runtime.registerSession(initiator: i, isid: 1, targetName: t, core: 0, tsih: 5)
-        #expect(!runtime.sessionMayStart(initiator: i, isid: 1, targetName: t), "the old session is still live")
-        #expect(runtime.sessionMayStart(initiator: i, isid: 2, targetName: t), "another initiator port is not held")
+        #expect(!runtime.sessionMayStart(initiator: i, isid: 1, targetName: t, closeOld: false), "the old session is still live")
+        #expect(runtime.sessionMayStart(initiator: i, isid: 2, targetName: t, closeOld: false), "another initiator port is not held")
         runtime.unregisterSession(initiator: i, isid: 1, targetName: t, tsih: 5, stillRunning: true)
-        #expect(!runtime.sessionMayStart(initiator: i.uppercased(), isid: 1, targetName: t), "its commands still run")
+        #expect(!runtime.sessionMayStart(initiator: i.uppercased(), isid: 1, targetName: t, closeOld: false), "its commands still run")
         runtime.endDraining(initiator: i, isid: 1, targetName: t)
-        #expect(runtime.sessionMayStart(initiator: i, isid: 1, targetName: t))
+        #expect(runtime.sessionMayStart(initiator: i, isid: 1, targetName: t, closeOld: false))
     }
 
     @Test func anNBDConnectionWaitsForClosedConnectionsOnItsExport() {

@@ -42,9 +42,11 @@ extension Connection {
                 return
             }
             if p.sessionType == .normal, let target = login.target,
-               !reactor.runtime.sessionMayStart(initiator: p.initiatorName, isid: req.isid, targetName: target.name) {
+               !reactor.runtime.sessionMayStart(initiator: p.initiatorName, isid: req.isid, targetName: target.name,
+                                                closeOld: true) {
                 reactor.logger.info("login of \(p.initiatorName) (ISID 0x\(String(req.isid, radix: 16))) to \(target.name) waits for the commands of its previous session to end")
                 parkedLogin = ParkedLogin(request: req, response: response, parameters: p)
+                reactor.parkedLogins += 1
                 return
             }
             finalParams = p
@@ -52,12 +54,14 @@ extension Connection {
         finishLogin(req, response, finalParams: finalParams, closeAfter: closeAfter)
     }
 
-    /// Each tick: a parked login goes on once the previous session of its initiator port has ended.
+    /// After each loop pass while logins are parked, and each tick (an old session on another core): a parked
+    /// login goes on once the previous session of its initiator port has ended.
     func resumeParkedLogin() {
         guard let parked = parkedLogin, let target = login.target else { return }
         guard reactor.runtime.sessionMayStart(initiator: parked.parameters.initiatorName, isid: parked.request.isid,
-                                              targetName: target.name) else { return }
+                                              targetName: target.name, closeOld: false) else { return }
         parkedLogin = nil
+        reactor.parkedLogins -= 1
         finishLogin(parked.request, parked.response, finalParams: parked.parameters, closeAfter: false)
         reactor.flushDirty()
     }

@@ -199,8 +199,9 @@ extension Connection {
             // A client that reconnects after losing its connection resends what it had in flight; the writes
             // of the dead connection must end before the new one's begin, or one could land after a newer
             // write (no NBD session identity says whose they were: any closed connection to the export counts).
-            if !reactor.runtime.exportMayStart(tid: export.tid, lun: export.lunNumber) {
+            if nbd.parked == nil && !reactor.runtime.exportMayStart(tid: export.tid, lun: export.lunNumber) {
                 nbd.parked = step
+                reactor.parkedLogins += 1
                 return
             }
             if !step.reply.isEmpty { nbdSendHandshake(step.reply, closeAfter: false) }
@@ -527,14 +528,19 @@ extension Connection {
         }
     }
 
+    /// An NBD_OPT_GO answer held back (nbd.parked) goes out once the export's closed connections are done.
+    func nbdResumeParked() {
+        guard let step = nbd.parked, phase == .login, case .transmission(let export) = step.next,
+              reactor.runtime.exportMayStart(tid: export.tid, lun: export.lunNumber) else { return }
+        nbd.parked = nil
+        reactor.parkedLogins -= 1
+        nbdApply(step)
+        reactor.flushDirty()
+    }
+
     /// Once a second from the reactor: a write payload that stops arriving must not pin its buffer slot.
     func nbdTick(_ tick: UInt64) {
-        if let step = nbd.parked, phase == .login {
-            nbd.parked = nil
-            nbdApply(step)
-            reactor.flushDirty()
-            return
-        }
+        if nbd.parked != nil { nbdResumeParked(); return }
         if (nbd.stage == .payload || nbd.stage == .payloadSkip)
             && tick &- nbd.payloadSinceTick > reactor.config.dataOutTimeoutSeconds {
             reactor.closeConnection(self, reason: "NBD write payload stalled")

@@ -223,6 +223,18 @@ public final class Reactor {
         // not after the next completion.
         runReady()
         flushDirty()
+        if parkedLogins > 0 { resumeParkedLogins() }
+    }
+
+    /// Logins (and NBD_OPT_GO answers) waiting for an old session's commands to end (Connection.parkedLogin).
+    var parkedLogins = 0
+
+    /// Lets parked logins go on whose old session has ended (rare: a reconnect after a lost connection).
+    func resumeParkedLogins() {
+        for c in connections {
+            guard let c, c.phase == .login else { continue }
+            if c.parkedLogin != nil { c.resumeParkedLogin() } else if c.nbd.parked != nil { c.nbdResumeParked() }
+        }
     }
 
     @inline(__always)
@@ -473,6 +485,11 @@ public final class Reactor {
         }
         assert(c.slotsHeld == 0 && c.activeTasks == 0,
                "connection \(c.index) torn down holding \(c.slotsHeld) buffer slot(s), \(c.activeTasks) task(s)")
+        if c.parkedLogin != nil || c.nbd.parked != nil {
+            c.parkedLogin = nil
+            c.nbd.parked = nil
+            parkedLogins -= 1
+        }
         if let e = c.drainingExport {
             runtime.exportDraining(tid: e.tid, lun: e.lun, ended: true)
             c.drainingExport = nil

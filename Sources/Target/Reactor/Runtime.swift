@@ -284,10 +284,11 @@ public final class Runtime: @unchecked Sendable {
     /// Whether a new session of this initiator port may start now (RFC 7143 §6.3.5: the old session's tasks
     /// are terminated before the new one goes on). An old session still live is asked to close; the login
     /// waits (LoginDriver parks it) while that session or the commands of an ended one are still running.
-    func sessionMayStart(initiator: String, isid: UInt64, targetName: String) -> Bool {
+    /// `closeOld`: ask a live old session to close (the first time only; a parked login asks again without).
+    func sessionMayStart(initiator: String, isid: UInt64, targetName: String, closeOld: Bool) -> Bool {
         let key = SessionKey(initiator: initiator.lowercased(), isid: isid, target: targetName.lowercased())
         let (old, draining) = sessionsBox.withLock { m in (m.live[key], m.draining[key] ?? 0) }
-        if let old, old.core < reactors.count { reactors[old.core].mailbox.post(.closeSession(tsih: old.tsih)) }
+        if closeOld, let old, old.core < reactors.count { reactors[old.core].mailbox.post(.closeSession(tsih: old.tsih)) }
         return old == nil && draining == 0
     }
 
