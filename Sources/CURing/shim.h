@@ -61,6 +61,10 @@ static inline unsigned rt_peek_batch(struct io_uring *ring, struct io_uring_cqe 
 }
 
 static inline int rt_errno(void) { return errno; }
+// fallocate(2) without _GNU_SOURCE (the ring simulation carries out IORING_OP_FALLOCATE with it).
+static inline int rt_fallocate(int fd, int mode, long long offset, long long length) {
+    return (int)syscall(SYS_fallocate, fd, mode, (off_t)offset, (off_t)length);
+}
 
 // A relative timeout for submit_and_wait_timeout.
 static inline int rt_wait(struct io_uring *ring, unsigned waitNr, long long nanos) {

@@ -85,9 +85,23 @@ final class ClientConnection: @unchecked Sendable {
         closed = true
     }
 
+    /// One pass that never waits, for a caller driving this connection from its own loop (the ring simulation
+    /// in the tests): reads what arrived, runs it, writes what the socket takes. False when the connection is over.
+    func serveAvailable() -> Bool {
+        if !drivenFromOutside {
+            setNonBlocking(fd)
+            drivenFromOutside = true
+        }
+        if closed { return false }
+        if !pollOnce(wait: false) { closed = true }
+        return !closed
+    }
+
+    private var drivenFromOutside = false
+
     // MARK: - Loop
 
-    private func pollOnce() -> Bool {
+    private func pollOnce(wait: Bool = true) -> Bool {
         let now = monotonicNanoseconds()
         var timeoutMs: Int32 = -1
         if let due = delayed.map(\.notBefore).min() {
@@ -101,7 +115,7 @@ final class ClientConnection: @unchecked Sendable {
         let backlogged = out.pendingBytes >= Self.maxOutputBacklogBytes
         var pfd = pollfd(fd: fd, events: Int16(backlogged ? 0 : POLLIN), revents: 0)
         if !out.isEmpty { pfd.events |= Int16(POLLOUT) }
-        let rc = poll(&pfd, 1, timeoutMs)
+        let rc = poll(&pfd, 1, wait ? timeoutMs : 0)
         if rc < 0 {
             return errno == EINTR
         }

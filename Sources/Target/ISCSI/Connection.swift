@@ -124,6 +124,13 @@ public final class Connection {
     /// The session's target. A configuration change replaces it; tasks in flight hold the one they started under.
     var target: TargetRuntime? = nil
     var nexus: Nexus? = nil
+    /// Set when the session ended with commands still at a store: the nexus whose next session waits for them.
+    var drainingNexus: Nexus? = nil
+    /// The same for an NBD connection: the export whose next connections wait.
+    var drainingExport: (tid: Int, lun: UInt64)? = nil
+    /// A login that succeeded while an older session of its initiator port was still running (see
+    /// `Runtime.sessionMayStart`): its final response waits, retried each tick within the login timeout.
+    var parkedLogin: ParkedLogin? = nil
     var initiatorName = ""
     /// How the session authenticated: the CHAP account it proved it knows, nil for none. Re-checked against
     /// the target's accounts whenever a configuration is published.

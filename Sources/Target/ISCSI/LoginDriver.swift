@@ -41,8 +41,34 @@ extension Connection {
                 sendLoginFailure(req, statusClass: 2, statusDetail: 0x0A)   // session does not exist
                 return
             }
+            if p.sessionType == .normal, let target = login.target,
+               !reactor.runtime.sessionMayStart(initiator: p.initiatorName, isid: req.isid, targetName: target.name,
+                                                closeOld: true) {
+                reactor.logger.info("login of \(p.initiatorName) (ISID 0x\(String(req.isid, radix: 16))) to \(target.name) waits for the commands of its previous session to end")
+                parkedLogin = ParkedLogin(request: req, response: response, parameters: p)
+                reactor.parkedLogins += 1
+                return
+            }
             finalParams = p
         }
+        finishLogin(req, response, finalParams: finalParams, closeAfter: closeAfter)
+    }
+
+    /// After each loop pass while logins are parked, and each tick (an old session on another core): a parked
+    /// login goes on once the previous session of its initiator port has ended.
+    func resumeParkedLogin() {
+        guard let parked = parkedLogin, let target = login.target else { return }
+        guard reactor.runtime.sessionMayStart(initiator: parked.parameters.initiatorName, isid: parked.request.isid,
+                                              targetName: target.name, closeOld: false) else { return }
+        parkedLogin = nil
+        reactor.parkedLogins -= 1
+        finishLogin(parked.request, parked.response, finalParams: parked.parameters, closeAfter: false)
+        reactor.flushDirty()
+    }
+
+    /// Sends the login response; a final one turns the connection into a session.
+    private func finishLogin(_ req: LoginRequest, _ response: LoginResponse, finalParams: SessionParameters?,
+                             closeAfter: Bool) {
         // The final Login Response still belongs to the login phase and goes out without digests: the negotiated
         // digests apply to full feature phase PDUs only (RFC 7143 §13.1). So the session begins once it is queued.
         var tsihOut: UInt16 = 0
@@ -141,6 +167,13 @@ extension Connection {
         let started = LoginLog.sessionStarted(initiatorName: initiatorName, peer: peer, targetName: target?.name, tsih: tsih)
         if isDiscovery { reactor.logger.debug("\(started)") } else { reactor.logger.info("\(started)") }
     }
+}
+
+/// A successful login waiting for the previous session of its initiator port (Connection.parkedLogin).
+struct ParkedLogin {
+    let request: LoginRequest
+    let response: LoginResponse
+    let parameters: SessionParameters
 }
 
 extension ConnectionParams {

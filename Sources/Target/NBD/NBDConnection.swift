@@ -50,6 +50,9 @@ struct NBDConnectionState {
     var lunNumber: UInt64 = 0
     var limits = NBDExportLimits(sizeBytes: 0, readOnly: true, maxPayloadBytes: 0, minimumBlockBytes: 1)
     var stalledOnSendQueue = false
+    /// NBD_OPT_GO's answer, held while a closed connection's commands on the export still run (see
+    /// `Runtime.exportMayStart`); retried each tick within the login timeout.
+    var parked: NBDHandshake.Step? = nil
     /// Per-task request state, set up when the transmission phase starts in `requestMemory` (the connection's
     /// region of the core's ConnectionMemory).
     var requests: UnsafeMutablePointer<NBDRequestState>? = nil
@@ -193,6 +196,14 @@ extension Connection {
                 stalled = true
             }
         case .transmission(let export):
+            // A client that reconnects after losing its connection resends what it had in flight; the writes
+            // of the dead connection must end before the new one's begin, or one could land after a newer
+            // write (no NBD session identity says whose they were: any closed connection to the export counts).
+            if nbd.parked == nil && !reactor.runtime.exportMayStart(tid: export.tid, lun: export.lunNumber) {
+                nbd.parked = step
+                reactor.parkedLogins += 1
+                return
+            }
             if !step.reply.isEmpty { nbdSendHandshake(step.reply, closeAfter: false) }
             if phase == .closing { return }
             nbdEnterTransmission(export)
@@ -516,8 +527,19 @@ extension Connection {
         }
     }
 
+    /// An NBD_OPT_GO answer held back (nbd.parked) goes out once the export's closed connections are done.
+    func nbdResumeParked() {
+        guard let step = nbd.parked, phase == .login, case .transmission(let export) = step.next,
+              reactor.runtime.exportMayStart(tid: export.tid, lun: export.lunNumber) else { return }
+        nbd.parked = nil
+        reactor.parkedLogins -= 1
+        nbdApply(step)
+        reactor.flushDirty()
+    }
+
     /// Once a second from the reactor: a write payload that stops arriving must not pin its buffer slot.
     func nbdTick(_ tick: UInt64) {
+        if nbd.parked != nil { nbdResumeParked(); return }
         if (nbd.stage == .payload || nbd.stage == .payloadSkip)
             && tick &- nbd.payloadSinceTick > reactor.config.dataOutTimeoutSeconds {
             reactor.closeConnection(self, reason: "NBD write payload stalled")

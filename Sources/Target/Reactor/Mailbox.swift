@@ -32,6 +32,8 @@ public final class CoreReply: @unchecked Sendable {
     deinit { sem_destroy(&sem) }
     public func signal() { sem_post(&sem) }
     public func wait() { while sem_wait(&sem) != 0 && errno == EINTR {} }
+    /// True (and consumed) when signalled already.
+    public func tryWait() -> Bool { sem_trywait(&sem) == 0 }
 }
 
 public final class SessionQuery: @unchecked Sendable {

@@ -129,7 +129,7 @@ public final class Reactor {
     let mailboxBuffer: UnsafeMutablePointer<UInt64>
 
     init(core: Int, config: ReactorConfig, runtime: Runtime, listeners: [Int32], listenerKinds: [FrontEnd],
-         logger: Logger) throws {
+         logger: Logger, simulated: SimulatedRing? = nil) throws {
         precondition(listeners.count == listenerKinds.count)
         self.core = core
         self.listenerKinds = listenerKinds
@@ -142,7 +142,7 @@ public final class Reactor {
                                     listeners: listeners.count) {
             throw ReactorSetupError(description: why)
         }
-        ring = try Ring(entries: config.submissionEntries)
+        if let simulated { ring = Ring(simulated: simulated) } else { ring = try Ring(entries: config.submissionEntries) }
         pool = BufferPool(slotBytes: config.slotBytes, slotCount: config.slotCount)
         try ring.registerBuffer(pool.base, bytes: pool.totalBytes)
         r2tPermitCount = max(1, config.slotCount / 2)
@@ -177,42 +177,65 @@ public final class Reactor {
     // MARK: - Loop
 
     func run() {
-        // Accepts are armed by the `.startAccepting` message, once the configuration is applied.
+        start()
+        while running { turn() }
+        shutdownAll()
+    }
+
+    /// Arms what the loop always has in flight. Accepts are armed by the `.startAccepting` message, once the
+    /// configuration is applied.
+    func start() {
         armTick()
         armMailbox()
         pollNanos = config.pollNanos
-        var lastWork: UInt64 = 0
-        while running {
-            if pollNanos > 0 && monotonicNanos() &- lastWork < pollNanos {
-                ringResult(ring.submitAndPoll())
-            } else {
-                // With a COMPARE AND WRITE waiting for a gate another core holds, wake up soon to try again.
-                ringResult(ring.submitAndWait(timeoutNanos: gateWaiters.isEmpty ? -1 : Reactor.gatePollNanos))
+    }
+
+    /// When the last completion was handled, for the busy-poll window.
+    private var lastWorkNanos: UInt64 = 0
+
+    /// One pass of the loop: submit and wait (or poll), then handle completions in batches. The simulation
+    /// drives the reactor by calling this.
+    func turn() {
+        if pollNanos > 0 && monotonicNanos() &- lastWorkNanos < pollNanos {
+            ringResult(ring.submitAndPoll())
+        } else {
+            // With a COMPARE AND WRITE waiting for a gate another core holds, wake up soon to try again.
+            ringResult(ring.submitAndWait(timeoutNanos: gateWaiters.isEmpty ? -1 : Reactor.gatePollNanos))
+        }
+        if !gateWaiters.isEmpty { retryGates() }
+        runReady()
+        // Completions are handled in batches; sends and recvs queued meanwhile go out in the next submit.
+        while true {
+            let n = ring.peekBatch()
+            if n == 0 { break }
+            for i in 0..<n {
+                let c = ring.cqe(i)
+                dispatch(c.pointee.user_data, c.pointee.res, c.pointee.flags)
             }
-            if !gateWaiters.isEmpty { retryGates() }
+            ring.advance(n)
             runReady()
-            // Completions are handled in batches; sends and recvs queued meanwhile go out in the next submit.
-            while true {
-                let n = ring.peekBatch()
-                if n == 0 { break }
-                for i in 0..<n {
-                    let c = ring.cqe(i)
-                    dispatch(c.pointee.user_data, c.pointee.res, c.pointee.flags)
-                }
-                ring.advance(n)
-                runReady()
-                flushDirty()
-                sheep.flush()
-                if pollNanos > 0 { lastWork = monotonicNanos() }
-            }
             flushDirty()
             sheep.flush()
-            // What the flushes gave back (a sheep request failing at once frees its slot) wakes its waiters now,
-            // not after the next completion.
-            runReady()
-            flushDirty()
+            if pollNanos > 0 { lastWorkNanos = monotonicNanos() }
         }
-        shutdownAll()
+        flushDirty()
+        sheep.flush()
+        // What the flushes gave back (a sheep request failing at once frees its slot) wakes its waiters now,
+        // not after the next completion.
+        runReady()
+        flushDirty()
+        if parkedLogins > 0 { resumeParkedLogins() }
+    }
+
+    /// Logins (and NBD_OPT_GO answers) waiting for an old session's commands to end (Connection.parkedLogin).
+    var parkedLogins = 0
+
+    /// Lets parked logins go on whose old session has ended (rare: a reconnect after a lost connection).
+    func resumeParkedLogins() {
+        for c in connections {
+            guard let c, c.phase == .login else { continue }
+            if c.parkedLogin != nil { c.resumeParkedLogin() } else if c.nbd.parked != nil { c.nbdResumeParked() }
+        }
     }
 
     @inline(__always)
@@ -425,6 +448,10 @@ public final class Reactor {
     func closeConnection(_ c: Connection, reason: String) {
         guard c.phase != .closing else { return }
         logger.debug("core \(core): closing connection from \(c.peer): \(reason)")
+        if c.frontEnd == .nbd && c.phase == .fullFeature && c.storeInFlight > 0, let t = c.target {
+            c.drainingExport = (t.tid, c.nbd.lunNumber)
+            runtime.exportDraining(tid: t.tid, lun: c.nbd.lunNumber, ended: false)
+        }
         c.phase = .closing
         leftLogin(c)
         shutdown(c.fd, Int32(SHUT_RDWR))
@@ -433,7 +460,10 @@ public final class Reactor {
         }
         if let nexus = c.nexus, let target = c.target {
             SCSITask.nexusLost(nexus, target: target)
-            runtime.unregisterSession(initiator: c.initiatorName, isid: c.isid, targetName: target.name, tsih: c.tsih)
+            // Commands still at a store hold back the next session of this initiator port until they end.
+            c.drainingNexus = c.storeInFlight > 0 ? nexus : nil
+            runtime.unregisterSession(initiator: c.initiatorName, isid: c.isid, targetName: target.name, tsih: c.tsih,
+                                      stillRunning: c.drainingNexus != nil)
         }
         if c.tsih != 0 {
             let ended = LoginLog.sessionEnded(initiatorName: c.initiatorName, peer: c.peer, targetName: c.target?.name,
@@ -456,6 +486,19 @@ public final class Reactor {
         }
         assert(c.slotsHeld == 0 && c.activeTasks == 0,
                "connection \(c.index) torn down holding \(c.slotsHeld) buffer slot(s), \(c.activeTasks) task(s)")
+        if c.parkedLogin != nil || c.nbd.parked != nil {
+            c.parkedLogin = nil
+            c.nbd.parked = nil
+            parkedLogins -= 1
+        }
+        if let e = c.drainingExport {
+            runtime.exportDraining(tid: e.tid, lun: e.lun, ended: true)
+            c.drainingExport = nil
+        }
+        if let n = c.drainingNexus {
+            runtime.endDraining(initiator: n.initiatorName, isid: n.isid, targetName: n.targetName)
+            c.drainingNexus = nil
+        }
         close(c.fd)
         c.fd = -1
         c.releaseMemory()
@@ -618,6 +661,10 @@ public final class Reactor {
             guard let c, c.phase != .closing else { continue }
             if c.phase == .login && tick &- c.createdTick > config.loginTimeoutSeconds {
                 closeConnection(c, reason: "login timeout")
+                continue
+            }
+            if c.phase == .login && c.parkedLogin != nil {
+                c.resumeParkedLogin()
                 continue
             }
             if c.out.count > 0 && tick &- c.lastSendProgressTick > config.sendStallSeconds {
@@ -786,7 +833,7 @@ public final class Reactor {
         return out
     }
 
-    private func shutdownAll() {
+    func shutdownAll() {
         for p in pendingAccepts { close(p.fd) }
         pendingAccepts.removeAll()
         for c in connections { if let c { closeConnection(c, reason: "shutdown") } }

@@ -15,6 +15,9 @@ public struct Ring: ~Copyable {
     /// `sqe()` has to wait for the kernel.
     public let spillCapacity: Int
     let spillState: UnsafeMutablePointer<SpillState>
+    /// The simulated ring behind this one, or nil for the kernel's (see SimulatedRing). Every call below tests
+    /// it first: one predictable branch, no existential and no generic in the engine.
+    let simulated: SimulatedRing?
 
     struct SpillState {
         var count = 0
@@ -47,6 +50,7 @@ public struct Ring: ~Copyable {
         spill = .allocate(capacity: spillCapacity)
         spillState = .allocate(capacity: 1)
         spillState.initialize(to: SpillState())
+        simulated = nil
         var params = io_uring_params()
         params.flags = RT_SETUP_SINGLE_ISSUER | RT_SETUP_DEFER_TASKRUN | RT_SETUP_SUBMIT_ALL
         params.flags |= UInt32(IORING_SETUP_CQSIZE)
@@ -68,8 +72,20 @@ public struct Ring: ~Copyable {
         }
     }
 
+    /// A ring whose operations the simulation carries out (tests).
+    public init(simulated: SimulatedRing) {
+        ring = .allocate(capacity: 1)
+        ring.initialize(to: io_uring())
+        cqes = .allocate(capacity: Ring.completionBatch)
+        spillCapacity = 1
+        spill = .allocate(capacity: spillCapacity)
+        spillState = .allocate(capacity: 1)
+        spillState.initialize(to: SpillState())
+        self.simulated = simulated
+    }
+
     deinit {
-        io_uring_queue_exit(ring)
+        if simulated == nil { io_uring_queue_exit(ring) }
         cqes.deallocate()
         spill.deallocate()
         spillState.deallocate()
@@ -77,6 +93,7 @@ public struct Ring: ~Copyable {
     }
 
     public func registerBuffer(_ base: UnsafeMutableRawPointer, bytes: Int) throws(SetupError) {
+        if simulated != nil { return }
         var iov = iovec(iov_base: base, iov_len: bytes)
         let rc = io_uring_register_buffers(ring, &iov, 1)
         if rc < 0 { throw .registerBuffers(errno: -rc, bytes: bytes) }
@@ -86,6 +103,7 @@ public struct Ring: ~Copyable {
     /// from the spill area and enters the queue at the next submit.
     @inline(__always)
     public func sqe() -> UnsafeMutablePointer<io_uring_sqe> {
+        if let simulated { return simulated.sqe() }
         if spillState.pointee.count == 0, let s = io_uring_get_sqe(ring) { return s }
         return sqeWhenFull()
     }
@@ -144,6 +162,7 @@ public struct Ring: ~Copyable {
     /// io_uring_submit_and_wait(_timeout): SQEs submitted, or -errno (-ETIME when the timeout passed).
     @inline(__always)
     public func submitAndWait(timeoutNanos: Int64) -> Int32 {
+        if let simulated { return simulated.submitAndTurn() }
         if spillState.pointee.count > 0 {
             let rc = submitPending()
             if rc < 0 { return rc }
@@ -153,12 +172,16 @@ public struct Ring: ~Copyable {
 
     /// Submits without waiting: SQEs submitted, or -errno.
     @inline(__always)
-    public func submit() -> Int32 { submitPending() }
+    public func submit() -> Int32 {
+        if let simulated { return simulated.submit() }
+        return submitPending()
+    }
 
     /// Submits and reaps whatever has completed, without waiting (busy polling). With DEFER_TASKRUN this is
     /// what runs the ring's pending task work. SQEs submitted, or -errno.
     @inline(__always)
     public func submitAndPoll() -> Int32 {
+        if let simulated { return simulated.submitAndTurn() }
         if spillState.pointee.count > 0 {
             let rc = submitPending()
             if rc < 0 { return rc }
@@ -169,14 +192,22 @@ public struct Ring: ~Copyable {
     /// Copies out ready completions; the caller must call `advance(n)` after processing them.
     @inline(__always)
     public func peekBatch() -> Int {
-        Int(rt_peek_batch(ring, cqes, UInt32(Ring.completionBatch)))
+        if let simulated {
+            let n = simulated.peekBatch()
+            for i in 0..<n { cqes[i] = simulated.batch + i }
+            return n
+        }
+        return Int(rt_peek_batch(ring, cqes, UInt32(Ring.completionBatch)))
     }
 
     @inline(__always)
     public func cqe(_ i: Int) -> UnsafeMutablePointer<io_uring_cqe> { cqes[i]! }
 
     @inline(__always)
-    public func advance(_ n: Int) { io_uring_cq_advance(ring, UInt32(n)) }
+    public func advance(_ n: Int) {
+        if let simulated { simulated.advance(n); return }
+        io_uring_cq_advance(ring, UInt32(n))
+    }
 }
 
 

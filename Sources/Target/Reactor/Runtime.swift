@@ -16,7 +16,7 @@ public final class Runtime: @unchecked Sendable {
     private(set) var reactors: [Reactor] = []
     private var threads: [pthread_t] = []
     private let snapshotBox = Mutex<ConfigSnapshot>(.empty)
-    private let sessionsBox = Mutex<[SessionKey: (core: Int, tsih: UInt16)]>([:])
+    private let sessionsBox = Mutex(SessionTable())
     private let tsihs = Mutex(TSIHAllocator())
     /// Listening ports after binding (a portal asked with port 0 gets the kernel's choice).
     public private(set) var boundPortals: [Portal] = []
@@ -24,6 +24,22 @@ public final class Runtime: @unchecked Sendable {
     /// Sockets bound by `start` that `startAccepting` makes listen (the cores own and close them).
     private var boundSockets: [(fd: Int32, portal: Portal)] = []
     let defaultKeys: TargetKeyDefaults
+
+    /// Per initiator port and target (the I_T nexus): the live session, and how many connections of ended
+    /// sessions still have commands running at a store. A new session of that nexus starts only once both are
+    /// gone (`sessionMayStart`): otherwise a write of the dead session could land after a newer write of the
+    /// new one (found by the ring simulation: seed 0x5eed, sheep store).
+    struct SessionTable {
+        var live: [SessionKey: (core: Int, tsih: UInt16)] = [:]
+        var draining: [SessionKey: Int] = [:]
+        /// NBD has no session identity: per export (tid, LUN), closed connections with commands still at a store.
+        var exportsDraining: [ExportKey: Int] = [:]
+    }
+
+    struct ExportKey: Hashable {
+        var tid: Int
+        var lun: UInt64
+    }
 
     struct SessionKey: Hashable {
         var initiator: String
@@ -111,6 +127,39 @@ public final class Runtime: @unchecked Sendable {
         }
     }
 
+    /// The simulation's runtime: one core, whose reactor runs on the calling thread over `ring`, turned by the
+    /// caller (`Reactor.turn`). Each requested portal gets a listening descriptor that only names it: its
+    /// connections come from `SimulatedRing.connect(_:toListener:)`. Replies the control plane waits for are
+    /// awaited by turning the reactor, so the whole run stays on one thread.
+    public func startSimulated(_ ring: SimulatedRing) throws -> SimulatedCore {
+        var fds: [Int32] = []
+        var kinds: [FrontEnd] = []
+        for (portals, kind) in [(requestedPortals, FrontEnd.iscsi), (requestedNBDPortals, .nbd)] {
+            for p in portals {
+                fds.append(socket(AF_UNIX, Int32(RT_SOCK_STREAM | RT_SOCK_CLOEXEC), 0))
+                kinds.append(kind)
+                if kind == .iscsi { boundPortals.append(p) } else { boundNBDPortals.append(p) }
+            }
+        }
+        let r = try Reactor(core: 0, config: config, runtime: self, listeners: fds, listenerKinds: kinds,
+                            logger: logger, simulated: ring)
+        reactors = [r]
+        simulationTurn = { [unowned r] in r.turn() }
+        r.start()
+        for (i, fd) in fds.enumerated() { r.armAccept(i, fd) }
+        return SimulatedCore(reactor: r, listeners: fds, kinds: kinds)
+    }
+
+    /// Set for a simulated runtime: one pass of its reactor.
+    private var simulationTurn: (() -> Void)?
+
+    /// Waits for a core's reply: blocks (a control-plane thread), or in a simulation turns the reactor until
+    /// it has answered.
+    private func awaitReply(_ reply: CoreReply) {
+        guard let simulationTurn else { reply.wait(); return }
+        while !reply.tryWait() { simulationTurn() }
+    }
+
     /// Opens the portals: every bound socket listens and every core arms its accepts. Called once the
     /// configuration and exports are applied.
     public func startAccepting() throws {
@@ -143,7 +192,7 @@ public final class Runtime: @unchecked Sendable {
             r.mailbox.post(.config(snapshot, reply))
             return reply
         }
-        for r in replies { r.wait() }
+        for r in replies { awaitReply(r) }
     }
 
     public func sessions() -> [SessionInfo] {
@@ -151,7 +200,7 @@ public final class Runtime: @unchecked Sendable {
         for r in reactors {
             let q = SessionQuery()
             r.mailbox.post(.sessions(q))
-            q.reply.wait()
+            awaitReply(q.reply)
             all += q.result
         }
         return all
@@ -163,7 +212,7 @@ public final class Runtime: @unchecked Sendable {
         for r in reactors {
             let q = InFlightQuery(units: ids)
             r.mailbox.post(.commandsInFlight(q))
-            q.reply.wait()
+            awaitReply(q.reply)
             total += q.result
         }
         return total
@@ -176,7 +225,7 @@ public final class Runtime: @unchecked Sendable {
         for r in reactors {
             let q = StatisticsQuery(units: keys)
             r.mailbox.post(.statistics(q))
-            q.reply.wait()
+            awaitReply(q.reply)
             for i in q.luns.indices { sample.luns[i].add(q.luns[i]) }
             sample.connections += q.connections
         }
@@ -205,8 +254,8 @@ public final class Runtime: @unchecked Sendable {
     func registerSession(initiator: String, isid: UInt64, targetName: String, core: Int, tsih: UInt16) {
         let key = SessionKey(initiator: initiator.lowercased(), isid: isid, target: targetName.lowercased())
         let old = sessionsBox.withLock { m -> (core: Int, tsih: UInt16)? in
-            let o = m[key]
-            m[key] = (core, tsih)
+            let o = m.live[key]
+            m.live[key] = (core, tsih)
             return o
         }
         if let old, old.core < reactors.count {
@@ -215,11 +264,47 @@ public final class Runtime: @unchecked Sendable {
     }
 
     /// Forgets a session that ended, unless a newer session with the same initiator port already took its place.
-    func unregisterSession(initiator: String, isid: UInt64, targetName: String, tsih: UInt16) {
+    /// `stillRunning`: its connection still has commands at a store; `endDraining` follows when they ended.
+    func unregisterSession(initiator: String, isid: UInt64, targetName: String, tsih: UInt16, stillRunning: Bool = false) {
         let key = SessionKey(initiator: initiator.lowercased(), isid: isid, target: targetName.lowercased())
         sessionsBox.withLock { m in
-            if m[key]?.tsih == tsih { m.removeValue(forKey: key) }
+            if m.live[key]?.tsih == tsih { m.live.removeValue(forKey: key) }
+            if stillRunning { m.draining[key, default: 0] += 1 }
         }
+    }
+
+    /// The commands of an ended session's connection (`unregisterSession(stillRunning: true)`) have all ended.
+    func endDraining(initiator: String, isid: UInt64, targetName: String) {
+        let key = SessionKey(initiator: initiator.lowercased(), isid: isid, target: targetName.lowercased())
+        sessionsBox.withLock { m in
+            if let n = m.draining[key], n > 1 { m.draining[key] = n - 1 } else { m.draining.removeValue(forKey: key) }
+        }
+    }
+
+    /// Whether a new session of this initiator port may start now (RFC 7143 §6.3.5: the old session's tasks
+    /// are terminated before the new one goes on). An old session still live is asked to close; the login
+    /// waits (LoginDriver parks it) while that session or the commands of an ended one are still running.
+    /// `closeOld`: ask a live old session to close (the first time only; a parked login asks again without).
+    func sessionMayStart(initiator: String, isid: UInt64, targetName: String, closeOld: Bool) -> Bool {
+        let key = SessionKey(initiator: initiator.lowercased(), isid: isid, target: targetName.lowercased())
+        let (old, draining) = sessionsBox.withLock { m in (m.live[key], m.draining[key] ?? 0) }
+        if closeOld, let old, old.core < reactors.count { reactors[old.core].mailbox.post(.closeSession(tsih: old.tsih)) }
+        return old == nil && draining == 0
+    }
+
+    /// An NBD connection closed with commands still at a store (`ended: false`), or they have all ended.
+    func exportDraining(tid: Int, lun: UInt64, ended: Bool) {
+        let key = ExportKey(tid: tid, lun: lun)
+        sessionsBox.withLock { m in
+            if !ended { m.exportsDraining[key, default: 0] += 1; return }
+            if let n = m.exportsDraining[key], n > 1 { m.exportsDraining[key] = n - 1 } else { m.exportsDraining.removeValue(forKey: key) }
+        }
+    }
+
+    /// Whether an NBD connection may begin transmission on an export: not while a closed connection's commands
+    /// on it still run.
+    func exportMayStart(tid: Int, lun: UInt64) -> Bool {
+        sessionsBox.withLock { $0.exportsDraining[ExportKey(tid: tid, lun: lun)] == nil }
     }
 
     // MARK: - Login support
@@ -294,4 +379,38 @@ extension Runtime: ControlFabric {
 extension StoreOpener {
     /// Sheepdog home cores are dealt out over the runtime's cores.
     public convenience init(runtime: Runtime) { self.init(coreCount: { [unowned runtime] in runtime.coreCount }) }
+}
+
+/// The one core of a simulated runtime, for the driver: turn it, hand it connections, stop it.
+public final class SimulatedCore {
+    let reactor: Reactor
+    /// The listening descriptor of each portal, iSCSI ones first, in the order they were requested.
+    public let listeners: [Int32]
+    let kinds: [FrontEnd]
+
+    init(reactor: Reactor, listeners: [Int32], kinds: [FrontEnd]) {
+        self.reactor = reactor
+        self.listeners = listeners
+        self.kinds = kinds
+    }
+
+    /// One pass of the reactor's loop.
+    public func turn() { reactor.turn() }
+
+    /// Connections open (any phase).
+    public var connectionCount: Int { reactor.connections.reduce(0) { $0 + ($1 == nil ? 0 : 1) } }
+    /// Buffer slots in use (held by commands or queued sends).
+    public var slotsInUse: Int { reactor.pool.slotCount - reactor.pool.freeCount }
+    /// R2T permits taken.
+    public var permitsTaken: Int { reactor.r2tPermitCount - reactor.r2tPermits }
+    /// Tasks active over all connections.
+    public var activeTasks: Int { reactor.connections.reduce(0) { $0 + ($1?.activeTasks ?? 0) } }
+    /// Store operations in flight over all connections.
+    public var storeOperationsInFlight: Int { reactor.connections.reduce(0) { $0 + ($1?.storeInFlight ?? 0) } }
+
+    /// Stops the loop and tears every connection down, as a shutdown does.
+    public func stop() {
+        reactor.running = false
+        reactor.shutdownAll()
+    }
 }

@@ -53,14 +53,6 @@ struct SheepRequest {
 final class SheepChannel<Host: SheepStoreHost> {
     enum State { case idle, connecting, ready, backoff }
 
-    static var maxRequests: Int { SheepChannelLimits.maxRequests }
-    static var rxBytes: Int { SheepChannelLimits.rxBytes }
-    static var batchRequests: Int { SheepChannelLimits.batchRequests }
-    static var replyTimeoutSeconds: UInt64 { SheepChannelLimits.replyTimeoutSeconds }
-    static var giveUpSeconds: UInt64 { SheepChannelLimits.giveUpSeconds }
-    static var maxBackoffSeconds: UInt64 { SheepChannelLimits.maxBackoffSeconds }
-    static var maxTransientRetries: Int { SheepChannelLimits.maxTransientRetries }
-
     /// The store owns its channels and outlives them; it lives as long as its reactor, whatever the admin does.
     unowned(unsafe) let store: SheepStore<Host>
     let endpointIndex: Int
@@ -110,17 +102,17 @@ final class SheepChannel<Host: SheepStoreHost> {
         self.store = store
         self.endpointIndex = endpointIndex
         self.endpoint = endpoint
-        reqs = .allocate(capacity: SheepChannel.maxRequests)
-        reqs.initialize(repeating: SheepRequest(), count: SheepChannel.maxRequests)
-        headers = .allocate(byteCount: SheepChannel.maxRequests * 48, alignment: 64)
-        freeList = (0..<SheepChannel.maxRequests).reversed().map { Int32($0) }
-        iov = .allocate(capacity: SheepChannel.batchRequests * 2)
+        reqs = .allocate(capacity: SheepChannelLimits.maxRequests)
+        reqs.initialize(repeating: SheepRequest(), count: SheepChannelLimits.maxRequests)
+        headers = .allocate(byteCount: SheepChannelLimits.maxRequests * 48, alignment: 64)
+        freeList = (0..<SheepChannelLimits.maxRequests).reversed().map { Int32($0) }
+        iov = .allocate(capacity: SheepChannelLimits.batchRequests * 2)
         msg = .allocate(capacity: 1)
         msg.initialize(to: msghdr())
-        rx = .allocate(byteCount: SheepChannel.rxBytes, alignment: 64)
+        rx = .allocate(byteCount: SheepChannelLimits.rxBytes, alignment: 64)
         replyHeader = .allocate(byteCount: 48, alignment: 8)
         sockaddrBuf = .allocate(byteCount: MemoryLayout<sockaddr_storage>.size, alignment: 8)
-        sendBatch.reserveCapacity(SheepChannel.batchRequests)
+        sendBatch.reserveCapacity(SheepChannelLimits.batchRequests)
     }
 
     deinit {
@@ -239,7 +231,7 @@ final class SheepChannel<Host: SheepStoreHost> {
         if downSinceTick == 0 { downSinceTick = store.host.tick }
         retryTick = store.host.tick + backoffSeconds
         store.logger.warning("sheep \(endpoint): connect failed (\(String(cString: strerror(e)))); retrying in \(backoffSeconds)s")
-        backoffSeconds = min(SheepChannel.maxBackoffSeconds, backoffSeconds * 2)
+        backoffSeconds = min(SheepChannelLimits.maxBackoffSeconds, backoffSeconds * 2)
     }
 
     /// The connection broke: close it, put every unanswered request back in the queue, and reconnect.
@@ -258,7 +250,7 @@ final class SheepChannel<Host: SheepStoreHost> {
         // Requests already sent go back to the front, in slot order (sheep executes them again; each is
         // idempotent: reads, writes of the same bytes, creates serialised by the home core, slot writes).
         var resend: [Int32] = []
-        for i in 0..<SheepChannel.maxRequests where reqs[i].inUse && reqs[i].sent {
+        for i in 0..<SheepChannelLimits.maxRequests where reqs[i].inUse && reqs[i].sent {
             reqs[i].sent = false
             resend.append(Int32(i))
         }
@@ -294,20 +286,20 @@ final class SheepChannel<Host: SheepStoreHost> {
         case .backoff:
             if fd >= 0 { closeWhenIdle() }
             if fd < 0 && tick >= retryTick { startConnect() }
-            if downSinceTick > 0 && tick &- downSinceTick >= SheepChannel.giveUpSeconds { failAll(.unavailable) }
+            if downSinceTick > 0 && tick &- downSinceTick >= SheepChannelLimits.giveUpSeconds { failAll(.unavailable) }
         case .ready:
             var oldest: UInt64 = tick
-            for i in 0..<SheepChannel.maxRequests where reqs[i].inUse {
+            for i in 0..<SheepChannelLimits.maxRequests where reqs[i].inUse {
                 if reqs[i].sent && reqs[i].sentTick < oldest { oldest = reqs[i].sentTick }
                 if !reqs[i].sent && reqs[i].retryAtTick != 0 && tick >= reqs[i].retryAtTick {
                     reqs[i].retryAtTick = 0
                     enqueue(Int32(i))
                 }
             }
-            if tick &- oldest > SheepChannel.replyTimeoutSeconds { broken("no reply for \(tick &- oldest)s") }
+            if tick &- oldest > SheepChannelLimits.replyTimeoutSeconds { broken("no reply for \(tick &- oldest)s") }
             kick()
         case .idle, .connecting:
-            if state == .connecting && downSinceTick > 0 && tick &- downSinceTick >= SheepChannel.giveUpSeconds {
+            if state == .connecting && downSinceTick > 0 && tick &- downSinceTick >= SheepChannelLimits.giveUpSeconds {
                 failAll(.unavailable)
             }
         }
@@ -326,7 +318,7 @@ final class SheepChannel<Host: SheepStoreHost> {
     private func failAll(_ e: StoreError) {
         // Empty the table first: answering a waiter may submit new requests to this channel.
         var waiters: [SheepWaiter] = []
-        for i in 0..<SheepChannel.maxRequests where reqs[i].inUse {
+        for i in 0..<SheepChannelLimits.maxRequests where reqs[i].inUse {
             waiters.append(reqs[i].waiter)
             release(Int32(i))
         }
@@ -337,7 +329,7 @@ final class SheepChannel<Host: SheepStoreHost> {
         sendSkip = 0
         let n = waiters.count
         for w in waiters { store.reply(w, result: .eio, bytes: 0, failure: e) }
-        if n > 0 { store.logger.error("sheep \(endpoint): unreachable for \(SheepChannel.giveUpSeconds)s; failed \(n) request(s)") }
+        if n > 0 { store.logger.error("sheep \(endpoint): unreachable for \(SheepChannelLimits.giveUpSeconds)s; failed \(n) request(s)") }
         downSinceTick = store.host.tick
     }
 
@@ -353,7 +345,7 @@ final class SheepChannel<Host: SheepStoreHost> {
     func flush() {
         guard state == .ready, !sendInFlight, fd >= 0 else { return }
         if sendBatch.isEmpty {
-            while queueHead >= 0 && sendBatch.count < SheepChannel.batchRequests {
+            while queueHead >= 0 && sendBatch.count < SheepChannelLimits.batchRequests {
                 let s = queueHead
                 queueHead = reqs[Int(s)].nextQueued
                 if queueHead < 0 { queueTail = -1 }
@@ -416,12 +408,12 @@ final class SheepChannel<Host: SheepStoreHost> {
         } else {
             recvDirect = false
             if rxStart == rxEnd { rxStart = 0; rxEnd = 0 }
-            if rxEnd == SheepChannel.rxBytes {
+            if rxEnd == SheepChannelLimits.rxBytes {
                 memmove(rx, rx + rxStart, rxEnd - rxStart)
                 rxEnd -= rxStart
                 rxStart = 0
             }
-            io_uring_prep_recv(sqe, fd, rx + rxEnd, SheepChannel.rxBytes - rxEnd, 0)
+            io_uring_prep_recv(sqe, fd, rx + rxEnd, SheepChannelLimits.rxBytes - rxEnd, 0)
         }
         sqe.pointee.user_data = ChannelOp(endpoint: endpointIndex, op: .recv, generation: generation).encode()
         recvInFlight = true
@@ -470,7 +462,7 @@ final class SheepChannel<Host: SheepStoreHost> {
         let slot = Int32(rsp.id >> 16)
         let gen = UInt16(truncatingIfNeeded: rsp.id)
         let length = Int(rsp.dataLength)
-        guard slot < SheepChannel.maxRequests, reqs[Int(slot)].inUse, reqs[Int(slot)].sent,
+        guard slot < SheepChannelLimits.maxRequests, reqs[Int(slot)].inUse, reqs[Int(slot)].sent,
               reqs[Int(slot)].generation == gen else {
             // A reply matching nothing we sent: the stream cannot be trusted (sheepdog#39).
             broken("reply with unknown id \(rsp.id)")
@@ -495,7 +487,7 @@ final class SheepChannel<Host: SheepStoreHost> {
         let i = Int(slot)
         inFlightCount -= 1
         let result = replyResult
-        if result.isTransient && reqs[i].retries < SheepChannel.maxTransientRetries {
+        if result.isTransient && reqs[i].retries < SheepChannelLimits.maxTransientRetries {
             // WAIT_FOR_JOIN, HALT, ...: the cluster is busy; try the same request again in a second.
             reqs[i].retries += 1
             reqs[i].sent = false

@@ -60,7 +60,12 @@ final class SheepStore<Host: SheepStoreHost> {
 
     /// Whether the VDI's home is this core (or a core that does not exist: then this one does the work).
     @inline(__always)
-    func isHome(_ vol: SheepVolume) -> Bool { vol.homeCore == core || vol.homeCore >= coreCount }
+    func isHome(_ vol: SheepVolume) -> Bool { isThisCore(vol.homeCore) }
+
+    /// Work for a core that is this one, or that does not exist (fewer cores than when the volume was opened),
+    /// is done here.
+    @inline(__always)
+    private func isThisCore(_ c: Int) -> Bool { c == core || c >= coreCount }
 
     // MARK: - Channels
 
@@ -324,7 +329,7 @@ final class SheepStore<Host: SheepStoreHost> {
 
     /// A home-core answer for a piece that another core (or this one) waits for.
     func homeDone(_ req: SheepHomeRequest, failure: StoreError?) {
-        if req.originCore == core || req.originCore >= coreCount {
+        if isThisCore(req.originCore) {
             homeAnswered(req.waiter, failure: failure)
         } else {
             host.postHomeDone(core: req.originCore, req.waiter, failure)
