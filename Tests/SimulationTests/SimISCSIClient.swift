@@ -256,6 +256,13 @@ final class SimISCSIClient: SimClientBase, SimClient {
         return did || issued
     }
 
+    /// A slot's next command starts with no UNIT ATTENTION retries of its own (each new session's first command
+    /// gets one: 29/00 for the new I_T nexus).
+    override func end(_ slot: Int, _ outcome: SimOutcome) {
+        transfers[slot].unitAttentions = 0
+        super.end(slot, outcome)
+    }
+
     override func issue(_ s: Int) -> Bool {
         guard let c = slots[s] else { preconditionFailure() }
         let bytes = c.blocks * blockSize

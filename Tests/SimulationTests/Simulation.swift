@@ -28,9 +28,9 @@ struct SimulationOptions: Sendable, CustomStringConvertible {
     var nbdClients = 1
     var commandsPerClient = 200
     var queueDepth = 8
-    var maxBlocksPerCommand = 128
+    var maxBlocksPerCommand = 256
     /// Blocks each client owns on the shared LUN (disjoint ranges).
-    var blocksPerClient: UInt64 = 512
+    var blocksPerClient: UInt64 = 4096
     /// A run that has not finished after this many turns has a command that never ends.
     var turnBudget = 400_000
     /// Virtual time that passes per turn (ticks, login and Data-Out timeouts run on it).
@@ -88,11 +88,14 @@ final class Simulation {
         scratch = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
         var config = ReactorConfig()
         config.slotCount = 32
+        // The smallest slots: writes over 64 KiB go through R2T and Data-Out, commands over a slot in pieces.
+        config.slotBytes = 65_536
         config.maxConnections = 16
         config.submissionEntries = 64
         connectionCap = config.maxConnections
         var log = Logger(label: "sim")
-        log.logLevel = .critical
+        // RINGTGT_SIM_LOG=debug shows the daemon's log lines (why a connection closed, ...).
+        log.logLevel = getenv("RINGTGT_SIM_LOG").flatMap { Logger.Level(rawValue: String(cString: $0)) } ?? .critical
         runtime = Runtime(config: config, portals: [Portal(host: "127.0.0.1", port: 3260)],
                           nbdPortals: [Portal(host: "127.0.0.1", port: 10809)], logger: log)
         core = try runtime.startSimulated(ring)
