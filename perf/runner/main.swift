@@ -115,7 +115,10 @@ struct PerfRunner: ParsableCommand {
         _ = FileManager.default.createFile(atPath: pidFile.path, contents: nil)
         Children.shared.pidFile = pidFile
 
-        let bins = Binaries(ringtgtd: "\(bin)/ringtgtd", ringtgtadm: "\(bin)/ringtgtadm", loadgen: "\(bin)/ringtgt-loadgen",
+        let stripped = "\(gatesDir)/ringtgtd-callgrind"
+        let bins = Binaries(ringtgtd: "\(bin)/ringtgtd",
+                            ringtgtdUnderValgrind: FileManager.default.fileExists(atPath: stripped) ? stripped : "\(bin)/ringtgtd",
+                            ringtgtadm: "\(bin)/ringtgtadm", loadgen: "\(bin)/ringtgt-loadgen",
                             echo: "\(bin)/ringtgt-echo", mallocCount: "\(gatesDir)/malloccount.so", uringWait: "\(gatesDir)/uringwait.so",
                             sheepTestServer: "\(bin)/ringtgt-sheep-testserver")
         let shm = URL(fileURLWithPath: "/dev/shm/ringtgt-perf-\(getpid())")
