@@ -54,7 +54,7 @@ struct PerfRunner: ParsableCommand {
     @Option(name: .customLong("cpu-tolerance"), help: "Allowed rise of the geometric-mean CPU-per-I/O ratio (default: the baseline's, else 0.15).")
     var cpuTolerance: Double?
 
-    @Option(name: .customLong("instruction-tolerance"), help: "Allowed rise of instructions per I/O.")
+    @Option(name: .customLong("instruction-tolerance"), help: "Allowed rise of instructions per I/O (default: the baseline's, else 0.05).")
     var instructionTolerance: Double?
 
     @Option(name: .customLong("write-baseline"), help: "Write this run's ratios and instruction counts as a baseline file.")
