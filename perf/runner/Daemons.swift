@@ -9,6 +9,8 @@ import Glibc
 /// Paths of everything the runner starts.
 struct Binaries {
     var ringtgtd: String
+    /// What valgrind runs for the instruction gate: ringtgtd without its debug sections (see perf/run).
+    var ringtgtdUnderValgrind: String
     var ringtgtadm: String
     var loadgen: String
     var echo: String
@@ -115,7 +117,8 @@ final class Daemon {
         case .ringtgt:
             let sock = logDir.appendingPathComponent("\(name)-\(starts).ctl").path
             controlArgs = ["--control-socket", sock]
-            var args = [bins.ringtgtd, "-f", "--iscsi", "portal=127.0.0.1:0", "--control-socket", sock,
+            let program = spec.valgrindArgs != nil ? bins.ringtgtdUnderValgrind : bins.ringtgtd
+            var args = [program, "-f", "--iscsi", "portal=127.0.0.1:0", "--control-socket", sock,
                         "--cores", "\(spec.cores)"] + spec.extraArgs
             var exe = bins.ringtgtd
             if let v = spec.valgrindArgs {

@@ -190,6 +190,7 @@ func instructionGate(bins: Binaries, logDir: URL, fileLUN: String, scale: Double
                 profiles.append(out)
             } catch {
                 d.stop()
+                log("  ! instructions \(w.id): \(tail("\(error)", lines: 3))")
                 records.append(["workload": w.id, "error": "\(error)"])
                 break
             }

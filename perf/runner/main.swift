@@ -54,7 +54,7 @@ struct PerfRunner: ParsableCommand {
     @Option(name: .customLong("cpu-tolerance"), help: "Allowed rise of the geometric-mean CPU-per-I/O ratio (default: the baseline's, else 0.15).")
     var cpuTolerance: Double?
 
-    @Option(name: .customLong("instruction-tolerance"), help: "Allowed rise of instructions per I/O.")
+    @Option(name: .customLong("instruction-tolerance"), help: "Allowed rise of instructions per I/O (default: the baseline's, else 0.05).")
     var instructionTolerance: Double?
 
     @Option(name: .customLong("write-baseline"), help: "Write this run's ratios and instruction counts as a baseline file.")
@@ -115,7 +115,10 @@ struct PerfRunner: ParsableCommand {
         _ = FileManager.default.createFile(atPath: pidFile.path, contents: nil)
         Children.shared.pidFile = pidFile
 
-        let bins = Binaries(ringtgtd: "\(bin)/ringtgtd", ringtgtadm: "\(bin)/ringtgtadm", loadgen: "\(bin)/ringtgt-loadgen",
+        let stripped = "\(gatesDir)/ringtgtd-callgrind"
+        let bins = Binaries(ringtgtd: "\(bin)/ringtgtd",
+                            ringtgtdUnderValgrind: FileManager.default.fileExists(atPath: stripped) ? stripped : "\(bin)/ringtgtd",
+                            ringtgtadm: "\(bin)/ringtgtadm", loadgen: "\(bin)/ringtgt-loadgen",
                             echo: "\(bin)/ringtgt-echo", mallocCount: "\(gatesDir)/malloccount.so", uringWait: "\(gatesDir)/uringwait.so",
                             sheepTestServer: "\(bin)/ringtgt-sheep-testserver")
         let shm = URL(fileURLWithPath: "/dev/shm/ringtgt-perf-\(getpid())")
