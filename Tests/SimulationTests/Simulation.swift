@@ -243,12 +243,12 @@ final class Simulation {
         }
         // Every client has ended its commands: nothing may still be held for them.
         if failures.isEmpty {
-            let busy = (0..<64).contains { _ in
+            let settled = (0..<64).contains { _ in
                 _ = pumpSheep()
                 core.turn()
                 return core.activeTasks == 0 && core.storeOperationsInFlight == 0
             }
-            if !busy || core.activeTasks != 0 {
+            if !settled {
                 fail("\(core.activeTasks) task(s), \(core.storeOperationsInFlight) store operation(s) still active after every command ended")
             }
         }

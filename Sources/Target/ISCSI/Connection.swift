@@ -129,7 +129,7 @@ public final class Connection {
     /// The same for an NBD connection: the export whose next connections wait.
     var drainingExport: (tid: Int, lun: UInt64)? = nil
     /// A login that succeeded while an older session of its initiator port was still running (see
-    /// `Runtime.sessionMayStart`): its final response waits, retried each tick within the login timeout.
+    /// `Runtime.sessionMayStart`): its final response waits, retried from the loop within the login timeout.
     var parkedLogin: ParkedLogin? = nil
     var initiatorName = ""
     /// How the session authenticated: the CHAP account it proved it knows, nil for none. Re-checked against

@@ -54,8 +54,8 @@ extension Connection {
         finishLogin(req, response, finalParams: finalParams, closeAfter: closeAfter)
     }
 
-    /// After each loop pass while logins are parked, and each tick (an old session on another core): a parked
-    /// login goes on once the previous session of its initiator port has ended.
+    /// From the loop (`Reactor.resumeParkedLogins`): a parked login goes on once the previous session of its
+    /// initiator port has ended.
     func resumeParkedLogin() {
         guard let parked = parkedLogin, let target = login.target else { return }
         guard reactor.runtime.sessionMayStart(initiator: parked.parameters.initiatorName, isid: parked.request.isid,
@@ -63,7 +63,6 @@ extension Connection {
         parkedLogin = nil
         reactor.parkedLogins -= 1
         finishLogin(parked.request, parked.response, finalParams: parked.parameters, closeAfter: false)
-        reactor.flushDirty()
     }
 
     /// Sends the login response; a final one turns the connection into a session.

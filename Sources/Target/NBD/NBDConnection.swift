@@ -51,7 +51,7 @@ struct NBDConnectionState {
     var limits = NBDExportLimits(sizeBytes: 0, readOnly: true, maxPayloadBytes: 0, minimumBlockBytes: 1)
     var stalledOnSendQueue = false
     /// NBD_OPT_GO's answer, held while a closed connection's commands on the export still run (see
-    /// `Runtime.exportMayStart`); retried each tick within the login timeout.
+    /// `Runtime.exportMayStart`); retried from the loop (`Reactor.resumeParkedLogins`) within the login timeout.
     var parked: NBDHandshake.Step? = nil
     /// Per-task request state, set up when the transmission phase starts in `requestMemory` (the connection's
     /// region of the core's ConnectionMemory).
@@ -534,12 +534,10 @@ extension Connection {
         nbd.parked = nil
         reactor.parkedLogins -= 1
         nbdApply(step)
-        reactor.flushDirty()
     }
 
     /// Once a second from the reactor: a write payload that stops arriving must not pin its buffer slot.
     func nbdTick(_ tick: UInt64) {
-        if nbd.parked != nil { nbdResumeParked(); return }
         if (nbd.stage == .payload || nbd.stage == .payloadSkip)
             && tick &- nbd.payloadSinceTick > reactor.config.dataOutTimeoutSeconds {
             reactor.closeConnection(self, reason: "NBD write payload stalled")

@@ -223,14 +223,15 @@ public final class Reactor {
         // What the flushes gave back (a sheep request failing at once frees its slot) wakes its waiters now,
         // not after the next completion.
         runReady()
-        flushDirty()
         if parkedLogins > 0 { resumeParkedLogins() }
+        flushDirty()
     }
 
     /// Logins (and NBD_OPT_GO answers) waiting for an old session's commands to end (Connection.parkedLogin).
     var parkedLogins = 0
 
-    /// Lets parked logins go on whose old session has ended (rare: a reconnect after a lost connection).
+    /// Lets parked logins go on whose old session has ended (rare: a reconnect after a lost connection). Every
+    /// pass while any is parked; the tick wakes the loop when the old session ended on another core.
     func resumeParkedLogins() {
         for c in connections {
             guard let c, c.phase == .login else { continue }
@@ -661,10 +662,6 @@ public final class Reactor {
             guard let c, c.phase != .closing else { continue }
             if c.phase == .login && tick &- c.createdTick > config.loginTimeoutSeconds {
                 closeConnection(c, reason: "login timeout")
-                continue
-            }
-            if c.phase == .login && c.parkedLogin != nil {
-                c.resumeParkedLogin()
                 continue
             }
             if c.out.count > 0 && tick &- c.lastSendProgressTick > config.sendStallSeconds {

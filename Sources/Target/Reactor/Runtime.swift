@@ -31,9 +31,19 @@ public final class Runtime: @unchecked Sendable {
     /// new one (found by the ring simulation: seed 0x5eed, sheep store).
     struct SessionTable {
         var live: [SessionKey: (core: Int, tsih: UInt16)] = [:]
-        var draining: [SessionKey: Int] = [:]
+        var draining = DrainingCounts<SessionKey>()
         /// NBD has no session identity: per export (tid, LUN), closed connections with commands still at a store.
-        var exportsDraining: [ExportKey: Int] = [:]
+        var exportsDraining = DrainingCounts<ExportKey>()
+    }
+
+    /// Closed connections per key whose commands are still at a store.
+    struct DrainingCounts<Key: Hashable> {
+        private var counts: [Key: Int] = [:]
+        mutating func add(_ key: Key) { counts[key, default: 0] += 1 }
+        mutating func remove(_ key: Key) {
+            if let n = counts[key], n > 1 { counts[key] = n - 1 } else { counts.removeValue(forKey: key) }
+        }
+        func contains(_ key: Key) -> Bool { counts[key] != nil }
     }
 
     struct ExportKey: Hashable {
@@ -147,7 +157,7 @@ public final class Runtime: @unchecked Sendable {
         simulationTurn = { [unowned r] in r.turn() }
         r.start()
         for (i, fd) in fds.enumerated() { r.armAccept(i, fd) }
-        return SimulatedCore(reactor: r, listeners: fds, kinds: kinds)
+        return SimulatedCore(reactor: r, listeners: fds)
     }
 
     /// Set for a simulated runtime: one pass of its reactor.
@@ -269,16 +279,14 @@ public final class Runtime: @unchecked Sendable {
         let key = SessionKey(initiator: initiator.lowercased(), isid: isid, target: targetName.lowercased())
         sessionsBox.withLock { m in
             if m.live[key]?.tsih == tsih { m.live.removeValue(forKey: key) }
-            if stillRunning { m.draining[key, default: 0] += 1 }
+            if stillRunning { m.draining.add(key) }
         }
     }
 
     /// The commands of an ended session's connection (`unregisterSession(stillRunning: true)`) have all ended.
     func endDraining(initiator: String, isid: UInt64, targetName: String) {
         let key = SessionKey(initiator: initiator.lowercased(), isid: isid, target: targetName.lowercased())
-        sessionsBox.withLock { m in
-            if let n = m.draining[key], n > 1 { m.draining[key] = n - 1 } else { m.draining.removeValue(forKey: key) }
-        }
+        sessionsBox.withLock { $0.draining.remove(key) }
     }
 
     /// Whether a new session of this initiator port may start now (RFC 7143 §6.3.5: the old session's tasks
@@ -287,24 +295,21 @@ public final class Runtime: @unchecked Sendable {
     /// `closeOld`: ask a live old session to close (the first time only; a parked login asks again without).
     func sessionMayStart(initiator: String, isid: UInt64, targetName: String, closeOld: Bool) -> Bool {
         let key = SessionKey(initiator: initiator.lowercased(), isid: isid, target: targetName.lowercased())
-        let (old, draining) = sessionsBox.withLock { m in (m.live[key], m.draining[key] ?? 0) }
+        let (old, draining) = sessionsBox.withLock { m in (m.live[key], m.draining.contains(key)) }
         if closeOld, let old, old.core < reactors.count { reactors[old.core].mailbox.post(.closeSession(tsih: old.tsih)) }
-        return old == nil && draining == 0
+        return old == nil && !draining
     }
 
     /// An NBD connection closed with commands still at a store (`ended: false`), or they have all ended.
     func exportDraining(tid: Int, lun: UInt64, ended: Bool) {
         let key = ExportKey(tid: tid, lun: lun)
-        sessionsBox.withLock { m in
-            if !ended { m.exportsDraining[key, default: 0] += 1; return }
-            if let n = m.exportsDraining[key], n > 1 { m.exportsDraining[key] = n - 1 } else { m.exportsDraining.removeValue(forKey: key) }
-        }
+        sessionsBox.withLock { m in if ended { m.exportsDraining.remove(key) } else { m.exportsDraining.add(key) } }
     }
 
     /// Whether an NBD connection may begin transmission on an export: not while a closed connection's commands
     /// on it still run.
     func exportMayStart(tid: Int, lun: UInt64) -> Bool {
-        sessionsBox.withLock { $0.exportsDraining[ExportKey(tid: tid, lun: lun)] == nil }
+        sessionsBox.withLock { !$0.exportsDraining.contains(ExportKey(tid: tid, lun: lun)) }
     }
 
     // MARK: - Login support
@@ -386,12 +391,10 @@ public final class SimulatedCore {
     let reactor: Reactor
     /// The listening descriptor of each portal, iSCSI ones first, in the order they were requested.
     public let listeners: [Int32]
-    let kinds: [FrontEnd]
 
-    init(reactor: Reactor, listeners: [Int32], kinds: [FrontEnd]) {
+    init(reactor: Reactor, listeners: [Int32]) {
         self.reactor = reactor
         self.listeners = listeners
-        self.kinds = kinds
     }
 
     /// One pass of the reactor's loop.
