@@ -10,7 +10,7 @@ import Testing
         var task = SCSITask()
         var action = cdb.withUnsafeBytes {
             task.start(cdb: $0, expectedLength: UInt32(edtl), readBit: read, writeBit: write, lunNumber: lun.number,
-                       lun: lun, target: target, nexus: nexus, buffer: buffer)
+                       lun: lun, session: SessionBinding(target: target, nexus: nexus), buffer: buffer)
         }
         for _ in 0 ..< 10_000 {
             switch action {

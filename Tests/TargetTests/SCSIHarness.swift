@@ -110,7 +110,7 @@ final class Harness {
         var pieces = 0
         var action = cdb.withUnsafeBytes { raw in
             task.start(cdb: raw, expectedLength: UInt32(edtlValue), readBit: read, writeBit: write,
-                       lunNumber: lunNumber, lun: target.lun(lunNumber), target: target, nexus: nexus, buffer: buffer)
+                       lunNumber: lunNumber, lun: target.lun(lunNumber), session: SessionBinding(target: target, nexus: nexus), buffer: buffer)
         }
         for _ in 0 ..< maxSteps {
             switch action {

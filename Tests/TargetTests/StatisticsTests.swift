@@ -61,7 +61,7 @@ import Testing
 
     @Test func countsPerDirectionAndStartsAfreshForANewOwnerOfTheSlot() {
         let table = LUNStatisticsTable()
-        let a = Self.unit(slot: 7, id: 1)
+        let a = LUNStatisticsKey(Self.unit(slot: 7, id: 1))
         table.started(a, read: true, write: false, bytes: 4096)
         table.done(a, read: true, write: false, bytes: 4096, good: true, nanos: 20_000)
         table.started(a, read: false, write: true, bytes: 8192)
@@ -78,12 +78,12 @@ import Testing
         #expect(s.latencyBuckets.reduce(0, +) == 3)
         // Another id asking about the slot sees nothing of it; a new LUN in the slot starts from zero.
         #expect(table.read(slot: 7, id: 2) == LUNStatistics())
-        let b = Self.unit(slot: 7, id: 2)
+        let b = LUNStatisticsKey(Self.unit(slot: 7, id: 2))
         table.started(b, read: true, write: false, bytes: 512)
         #expect(table.read(slot: 7, id: 2).counters.read.submittedBytes == 512)
         #expect(table.read(slot: 7, id: 2).counters.write.submittedBytes == 0)
         #expect(table.read(slot: 7, id: 1) == LUNStatistics())
         // A LUN without a slot is not counted, and costs nothing.
-        table.started(Self.unit(slot: -1, id: 0), read: true, write: false, bytes: 1)
+        table.started(LUNStatisticsKey(Self.unit(slot: -1, id: 0)), read: true, write: false, bytes: 1)
     }
 }

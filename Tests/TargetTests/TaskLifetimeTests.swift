@@ -20,7 +20,7 @@ import Testing
             let read10: [UInt8] = [0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0]
             let action = read10.withUnsafeBytes { raw in
                 task.start(cdb: raw, expectedLength: 4096, readBit: true, writeBit: false, lunNumber: 0, lun: h.lun(),
-                           target: h.target, nexus: n, buffer: h.buffer)
+                           session: SessionBinding(target: h.target, nexus: n), buffer: h.buffer)
             }
             guard case .store = action else {
                 Issue.record("a READ should wait for its store read, got \(action)")
@@ -45,7 +45,7 @@ import Testing
         let cdb: [UInt8] = [0x83, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, listBytes, 0, 0]
         let action = cdb.withUnsafeBytes { raw in
             task.start(cdb: raw, expectedLength: UInt32(listBytes), readBit: false, writeBit: true, lunNumber: 0,
-                       lun: h.lun(0), target: h.target, nexus: n, buffer: h.buffer)
+                       lun: h.lun(0), session: SessionBinding(target: h.target, nexus: n), buffer: h.buffer)
         }
         guard case .dataOut = action else {
             Issue.record("an EXTENDED COPY should ask for its parameter list, got \(action)")

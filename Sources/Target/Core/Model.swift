@@ -171,6 +171,19 @@ public final class ConfigSnapshot: @unchecked Sendable {
     public static let empty = ConfigSnapshot(version: 0, targets: [])
 }
 
+/// What a session's commands run against: the target as the session last saw it, and its I_T nexus. One
+/// object per session, made again only when a reload replaces the target, so a command in flight holds both
+/// with one reference. Through the target's LUN list that reference also keeps the command's LUN alive.
+public final class SessionBinding: @unchecked Sendable {
+    public let target: TargetRuntime
+    public let nexus: Nexus
+
+    public init(target: TargetRuntime, nexus: Nexus) {
+        self.target = target
+        self.nexus = nexus
+    }
+}
+
 /// An I_T nexus: one iSCSI session's initiator port and target port. Reservations, persistent
 /// reservation registrations and unit attentions are kept per nexus.
 public final class Nexus: @unchecked Sendable {

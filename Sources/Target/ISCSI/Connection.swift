@@ -61,7 +61,10 @@ public final class Connection {
     static let maxTextResponseBytes = 65_536
 
     /// The reactor owns its connections and outlives them; the control plane only posts to it, never ends it.
-    unowned(unsafe) let reactor: Reactor
+    /// Strong, and immutable: the compiler then borrows it for every call without a retain and a release (an
+    /// unowned(unsafe) reference is retained around each use). The cycle ends when the reactor lets go of the
+    /// connection: on close, and at the end of `Reactor.shutdownAll` for any still there.
+    let reactor: Reactor
     let frontEnd: FrontEnd
     let index: Int
     var generation: UInt32
@@ -122,8 +125,24 @@ public final class Connection {
     var isid: UInt64 = 0
     var tsih: UInt16 = 0
     /// The session's target. A configuration change replaces it; tasks in flight hold the one they started under.
-    var target: TargetRuntime? = nil
-    var nexus: Nexus? = nil
+    var target: TargetRuntime? = nil { didSet { if target !== oldValue { binding = nil } } }
+    var nexus: Nexus? = nil { didSet { if nexus !== oldValue { binding = nil } } }
+    /// `target` and `nexus` as one object that each command holds while in flight; made on first use after
+    /// either changes, so a command costs one reference count and not two.
+    private var binding: SessionBinding? = nil
+
+    @inline(__always)
+    func sessionBinding() -> SessionBinding? {
+        if let binding { return binding }
+        return makeSessionBinding()
+    }
+
+    private func makeSessionBinding() -> SessionBinding? {
+        guard let target, let nexus else { return nil }
+        let made = SessionBinding(target: target, nexus: nexus)
+        binding = made
+        return made
+    }
     /// Set when the session ended with commands still at a store: the nexus whose next session waits for them.
     var drainingNexus: Nexus? = nil
     /// The same for an NBD connection: the export whose next connections wait.

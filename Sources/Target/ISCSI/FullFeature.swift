@@ -381,16 +381,17 @@ extension Connection {
     }
 
     private func startTask(_ t: Int, cdb: UnsafeRawBufferPointer) {
-        guard let target, let nexus else { releaseTask(t); return }
-        let lun = target.lun(tasks[t].lunNumber)
+        guard let session = sessionBinding() else { releaseTask(t); return }
+        let lun = session.target.lun(tasks[t].lunNumber)
         if tasks[t].holdsCompareAndWriteGate && tasks[t].lun !== lun {
             // The LUN was replaced while this COMPARE AND WRITE waited: the gate it holds is the old unit's.
             tasks[t].holdsCompareAndWriteGate = false
             tasks[t].lun?.leaveCompareAndWrite()
         }
-        tasks[t].lun = lun
         if cdb.count > 0 && cdb[0] == 0x89, let lun, !tasks[t].holdsCompareAndWriteGate {
             if !lun.tryEnterCompareAndWrite() {
+                // Held while waiting: the gate retry asks this LUN, and the gate is released on it.
+                tasks[t].lun = lun
                 tasks[t].state = .waitingGate
                 reactor.gateWaiters.append(GateWaiter(connection: Int32(index), generation: generation, task: Int32(t)))
                 return
@@ -404,7 +405,7 @@ extension Connection {
         let action = tasks[t].scsi.start(
             cdb: cdb,
             expectedLength: tasks[t].edtl, readBit: flags & 0x40 != 0, writeBit: flags & 0x20 != 0,
-            lunNumber: tasks[t].lunNumber, lun: lun, target: target, nexus: nexus, buffer: buffer)
+            lunNumber: tasks[t].lunNumber, lun: consume lun, session: consume session, buffer: buffer)
         drive(t, action)
     }
 
@@ -423,7 +424,9 @@ extension Connection {
             counters.readCommands &+= 1
             counters.readBytes &+= bytes
         }
-        if let lun { reactor.lunStatistics.started(lun, read: read, write: write, bytes: bytes) }
+        guard let lun else { return }
+        tasks[t].statistics = LUNStatisticsKey(lun)
+        reactor.lunStatistics.started(tasks[t].statistics, read: read, write: write, bytes: bytes)
     }
 
     /// Statistics of a command whose status is ready: its latency, the bytes it moved, and whether it failed.
@@ -431,7 +434,8 @@ extension Connection {
     private func countDone(_ t: Int, status: UInt8, dataInLength: Int, residual: Residual) {
         let good = status == SCSIStatus.good
         if !good { counters.errors &+= 1 }
-        guard let lun = tasks[t].lun else { return }
+        let key = tasks[t].statistics
+        guard key.slot >= 0 else { return }
         let flags = tasks[t].flags
         let write = flags & 0x20 != 0, read = flags & 0x40 != 0
         var bytes: UInt64
@@ -443,7 +447,7 @@ extension Connection {
         }
         let start = tasks[t].startNanos
         let nanos = start == 0 ? 0 : monotonicNanos() &- start
-        reactor.lunStatistics.done(lun, read: read, write: write, bytes: bytes, good: good, nanos: nanos)
+        reactor.lunStatistics.done(key, read: read, write: write, bytes: bytes, good: good, nanos: nanos)
     }
 
     /// 16 bytes from the BHS, or 16 + the extended CDB AHS (type 1) when present.
@@ -789,7 +793,6 @@ extension Connection {
         tasks[t].ttt = reservedTag
         // After the gate above, which still used the LUN: this may be the last reference to a deleted LUN, and
         // its store closes now rather than when the entry is next used.
-        tasks[t].lun = nil
         tasks[t].scsi.endCommand()
         tasks[t].nextFree = freeTask
         freeTask = Int32(t)
@@ -952,7 +955,7 @@ extension Connection {
     private func abortTask(_ t: Int) {
         if tasks[t].state != .free && tasks[t].state != .orderMarker {
             counters.aborts &+= 1
-            if let lun = tasks[t].lun ?? target?.lun(tasks[t].lunNumber) { reactor.lunStatistics.aborted(lun) }
+            if let lun = tasks[t].lun ?? target?.lun(tasks[t].lunNumber) { reactor.lunStatistics.aborted(LUNStatisticsKey(lun)) }
         }
         switch tasks[t].state {
         case .free, .orderMarker: return

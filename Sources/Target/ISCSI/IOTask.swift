@@ -43,8 +43,12 @@ struct IOTask {
     /// Link of the connection's TaskQueue the task is on (slot or out-space wait).
     var nextWait: Int32 = -1
     /// The LUN this task runs on, held until `releaseTask`: a forced delete can take the LUN out of the
-    /// configuration while the task is in flight, and its store must stay open until the task ends.
-    var lun: LogicalUnit? = nil
+    /// configuration while the task is in flight, and its store must stay open until the task ends. One
+    /// reference serves both layers: it is the SCSI task's own (an NBD request keeps it there too).
+    var lun: LogicalUnit? {
+        get { scsi.lun }
+        set { scsi.lun = newValue }
+    }
 
     // Data-out stream (writes)
     var immediateBytes: Int = 0     // stream bytes [0, immediateBytes) arrived with the command
@@ -80,6 +84,8 @@ struct IOTask {
     var holdsCompareAndWriteGate = false
     /// CLOCK_MONOTONIC when the command started (its latency ends when its status is ready).
     var startNanos: UInt64 = 0
+    /// The counters the command is counted in (none when it names no LUN).
+    var statistics = LUNStatisticsKey()
     /// When the task started waiting for Data-Out (or an R2T permit), for the Data-Out timeout.
     var waitSinceTick: UInt64 = 0
     /// Sense produced by the transport itself (data-phase errors).

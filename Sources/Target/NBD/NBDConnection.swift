@@ -353,7 +353,8 @@ extension Connection {
         // The LUN's statistics count NBD requests as `--op stat` counts SCSI commands (reads, writes, the rest).
         tasks[t].startNanos = monotonicNanos()
         if let lun {
-            reactor.lunStatistics.started(lun, read: r.type == NBDWire.cmdRead, write: r.type == NBDWire.cmdWrite,
+            tasks[t].statistics = LUNStatisticsKey(lun)
+            reactor.lunStatistics.started(tasks[t].statistics, read: r.type == NBDWire.cmdRead, write: r.type == NBDWire.cmdWrite,
                                           bytes: UInt64(r.length))
         }
         if r.type == NBDWire.cmdWrite && r.length > 0 {
@@ -480,8 +481,8 @@ extension Connection {
     /// when the reply is out.
     private func nbdFinish(_ t: Int, error: UInt32) {
         let rq = nbd.requests![t]
-        if let lun = tasks[t].lun {
-            reactor.lunStatistics.done(lun, read: rq.command == NBDWire.cmdRead, write: rq.command == NBDWire.cmdWrite,
+        if tasks[t].statistics.slot >= 0 {
+            reactor.lunStatistics.done(tasks[t].statistics, read: rq.command == NBDWire.cmdRead, write: rq.command == NBDWire.cmdWrite,
                                        bytes: error == 0 ? UInt64(rq.length) : 0, good: error == 0,
                                        nanos: monotonicNanos() &- tasks[t].startNanos)
         }

@@ -4,6 +4,21 @@ import Glibc
 /// LUNCounters followed by its latency histogram. Only the owning core writes it, so plain adds suffice; the
 /// control plane reads sums through the mailbox. Reserved once at start with MAP_NORESERVE: a slot costs
 /// memory only once a LUN in it saw a command on this core.
+/// Where a LUN's counters live on every core (`LogicalUnit.statisticsSlot` and `statisticsID`). A command
+/// copies it when it starts, so counting its end reads no field of the LUN and takes no reference to it.
+struct LUNStatisticsKey {
+    var slot: Int32 = -1
+    var id: UInt64 = 0
+
+    init() {}
+
+    @inline(__always)
+    init(_ lun: LogicalUnit) {
+        slot = lun.statisticsSlot
+        id = lun.statisticsID
+    }
+}
+
 struct LUNStatisticsTable: ~Copyable {
     static let slotCount = StatisticsSlots.capacity
     static let countersBytes = (MemoryLayout<LUNCounters>.stride + 63) / 64 * 64
@@ -34,14 +49,14 @@ struct LUNStatisticsTable: ~Copyable {
 
     /// The entry of `lun`, started afresh if the slot last counted another LUN; nil for a LUN without a slot.
     @inline(__always)
-    private func entry(_ lun: LogicalUnit) -> UnsafeMutablePointer<LUNCounters>? {
-        let slot = lun.statisticsSlot
+    private func entry(_ lun: LUNStatisticsKey) -> UnsafeMutablePointer<LUNCounters>? {
+        let slot = lun.slot
         guard slot >= 0 && Int(slot) < LUNStatisticsTable.slotCount else { return nil }
         let c = counters(slot)
-        if c.pointee.owner != lun.statisticsID {
+        if c.pointee.owner != lun.id {
             // Zeroed memory is a valid LUNCounters (all words 0), so a fresh page needs no initialisation.
             c.pointee = LUNCounters()
-            c.pointee.owner = lun.statisticsID
+            c.pointee.owner = lun.id
             buckets(slot).update(repeating: 0, count: LatencyHistogram.bucketCount)
         }
         return c
@@ -49,7 +64,7 @@ struct LUNStatisticsTable: ~Copyable {
 
     /// A command starts on `lun`: `bytes` is what it expects to transfer (tgt counts the submitted length).
     @inline(__always)
-    func started(_ lun: LogicalUnit, read: Bool, write: Bool, bytes: UInt64) {
+    func started(_ lun: LUNStatisticsKey, read: Bool, write: Bool, bytes: UInt64) {
         guard let c = entry(lun) else { return }
         c.pointee.commands &+= 1
         if write { c.pointee.write.submitted(bytes) } else if read { c.pointee.read.submitted(bytes) }
@@ -57,18 +72,18 @@ struct LUNStatisticsTable: ~Copyable {
 
     /// A command on `lun` ended with `good` (or not) after `nanos`, having moved `bytes`.
     @inline(__always)
-    func done(_ lun: LogicalUnit, read: Bool, write: Bool, bytes: UInt64, good: Bool, nanos: UInt64) {
+    func done(_ lun: LUNStatisticsKey, read: Bool, write: Bool, bytes: UInt64, good: Bool, nanos: UInt64) {
         guard let c = entry(lun) else { return }
         c.pointee.doneCommands &+= 1
         if write { c.pointee.write.done(bytes) } else if read { c.pointee.read.done(bytes) }
-        assert(c.pointee.doneCommands <= c.pointee.commands, "a command ended on \(lun.number) that never started")
+        assert(c.pointee.doneCommands <= c.pointee.commands, "a command ended on slot \(lun.slot) that never started")
         if !good { c.pointee.errors &+= 1 }
         c.pointee.latencySumNanos &+= nanos
         if nanos > c.pointee.latencyMaxNanos { c.pointee.latencyMaxNanos = nanos }
-        buckets(lun.statisticsSlot)[LatencyHistogram.bucket(nanos: nanos)] &+= 1
+        buckets(lun.slot)[LatencyHistogram.bucket(nanos: nanos)] &+= 1
     }
 
-    func aborted(_ lun: LogicalUnit) {
+    func aborted(_ lun: LUNStatisticsKey) {
         guard let c = entry(lun) else { return }
         c.pointee.aborts &+= 1
     }

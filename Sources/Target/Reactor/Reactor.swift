@@ -874,6 +874,8 @@ public final class Reactor {
             spins += 1
         }
         for fd in listeners { close(fd) }
+        // Connections hold the reactor (Connection.reactor): letting go of any still here lets both be freed.
+        for i in connections.indices { connections[i] = nil }
     }
 
     private func closingConnectionsLeft() -> Bool { connections.contains { $0 != nil } }

@@ -92,8 +92,9 @@ public struct SCSITask {
     /// is in flight, and the command must go on against what it started on (the LUN lifetime rule,
     /// docs/DESIGN.md). The transport drops them with `endCommand` when the command ends.
     var lun: LogicalUnit? = nil
-    var target: TargetRuntime? = nil
-    var nexus: Nexus? = nil
+    var session: SessionBinding? = nil
+    var target: TargetRuntime? { session?.target }
+    var nexus: Nexus? { session?.nexus }
     var lunNumber: UInt64 = 0
     var expectedLength: UInt32 = 0
     var readBit = false
@@ -133,14 +134,16 @@ public struct SCSITask {
 
     // MARK: Public API
 
+    /// `lun` and `session` are consumed: the caller's references move into the task, which holds them until
+    /// `endCommand`, so starting a command costs no retain beyond the caller's own.
     public mutating func start(cdb raw: UnsafeRawBufferPointer, expectedLength: UInt32, readBit: Bool,
-                               writeBit: Bool, lunNumber: UInt64, lun: LogicalUnit?, target: TargetRuntime,
-                               nexus: Nexus, buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+                               writeBit: Bool, lunNumber: UInt64, lun: consuming LogicalUnit?,
+                               session: consuming SessionBinding, buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
         self.cdb = CDBBytes(raw)
         self.opcode = cdb[0]
-        self.lun = lun
-        self.target = target
-        self.nexus = nexus
+        let nexusID = session.nexus.id
+        let lunGeneration = session.target.lunGeneration
+        self.session = consume session
         self.lunNumber = lunNumber
         self.expectedLength = expectedLength
         self.readBit = readBit
@@ -153,18 +156,27 @@ public struct SCSITask {
         self.wantedBytes = 0
         self.chunkBytes = 0
 
-        // 6..16 bytes in the BHS, up to 260 with an extended-CDB AHS. Only the first 32 are kept: no
-        // command this device server implements is longer, and the opcode alone rejects the rest.
-        if raw.count < 6 || raw.count > SCSITask.maxCDBBytes {
-            return fail(SenseKey.illegalRequest, .invalidFieldInCDB, field: SenseData.fieldPointer(byte: 0))
+        guard let unit = consume lun else {
+            self.lun = nil
+            return cdbLengthIsValid(raw.count) ? startWithoutLUN(buffer: buffer) : invalidCDBLength()
         }
-        guard lun != nil else { return startWithoutLUN(buffer: buffer) }
         // Hot path: READ/WRITE with nothing pending on this LU go straight to the handler, which reads the
         // snapshot's plain fields and not the LU.
-        if _fastPath(takeSnapshot(lun.unsafelyUnwrapped, nexusID: nexus.id, lunGeneration: target.lunGeneration)) {
-            return dispatch(buffer: buffer)
-        }
+        let admitted = takeSnapshot(unit, nexusID: nexusID, lunGeneration: lunGeneration)
+        // A COMPARE AND WRITE that waited for its LUN's gate comes back with the LUN already held here.
+        self.lun = consume unit
+        if !cdbLengthIsValid(raw.count) { return invalidCDBLength() }
+        if _fastPath(admitted) { return dispatch(buffer: buffer) }
         return startSlow(buffer: buffer)
+    }
+
+    /// 6..16 bytes in the BHS, up to 260 with an extended-CDB AHS. Only the first 32 are kept: no command this
+    /// device server implements is longer, and the opcode alone rejects the rest.
+    @inline(__always)
+    private func cdbLengthIsValid(_ count: Int) -> Bool { count >= 6 && count <= SCSITask.maxCDBBytes }
+
+    private mutating func invalidCDBLength() -> SCSIAction {
+        fail(SenseKey.illegalRequest, .invalidFieldInCDB, field: SenseData.fieldPointer(byte: 0))
     }
 
     /// Takes the flag snapshot; true when this nexus has no pending unit attention and no reservation is
@@ -184,8 +196,7 @@ public struct SCSITask {
     /// deleted LUN's store closes with its last command, not when the task entry is next used.
     public mutating func endCommand() {
         lun = nil
-        target = nil
-        nexus = nil
+        session = nil
     }
 
     public mutating func dataOutReceived(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {

@@ -85,8 +85,12 @@ final class SheepStore<Host: SheepStoreHost> {
     }
 
     /// Sends what the channels queued since the last flush (once per loop pass, so requests go out in batches).
+    @inline(__always)
     func flush() {
-        if dirty.isEmpty { return }
+        if !dirty.isEmpty { flushDirtyChannels() }
+    }
+
+    private func flushDirtyChannels() {
         for ch in dirty { ch.flush() }
         dirty.removeAll(keepingCapacity: true)
     }
