@@ -174,7 +174,7 @@ struct RingTgtd: ParsableCommand {
         var registryOptions = Registry.Options()
         if tgtDefaults { registryOptions.lunDefaults = .tgt }
         let registry = Registry(fabric: runtime, opener: StoreOpener(runtime: runtime), options: registryOptions)
-        let server = ControlServer(path: socketPath, registry: registry)
+        let server = ControlServer(path: socketPath, registry: registry, logger: logger)
         var metricsServer: MetricsServer? = nil
         /// A start-up step that failed: log why (and tell a waiting parent), stop what started, exit 1.
         func orExit(_ what: String, _ step: () throws -> Void) throws {

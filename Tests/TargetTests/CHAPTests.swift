@@ -90,6 +90,40 @@ import Testing
         #expect(failure(&y, ["CHAP_R": Self.aliceResponse])?.authentication == false)
     }
 
+    /// RFC 7143 §12.1.3: challenges must be unpredictable and not repeat. The default generator is the
+    /// system's CSPRNG (getrandom); 10,000 challenges of 16 bytes from it are all different.
+    @Test func challengesFromTheSystemGeneratorNeverRepeat() throws {
+        var seen = Set<String>()
+        var identifiers = Set<String>()
+        for _ in 0..<10_000 {
+            var x = CHAPExchange(credentials: CHAPCredentials(incoming: [Self.alice]))
+            let keys = Dictionary(uniqueKeysWithValues: try x.receive(["CHAP_A": "5"]).map { ($0.key, $0.value) })
+            let c = try #require(keys["CHAP_C"])
+            #expect(CHAP.decodeBinary(c)?.count == CHAP.challengeBytes)
+            #expect(seen.insert(c).inserted, "challenge \(c) repeated")
+            identifiers.insert(try #require(keys["CHAP_I"]))
+        }
+        #expect(identifiers.count > 200, "CHAP_I takes many values: \(identifiers.count)")
+    }
+
+    /// Mutual CHAP with the real generator: an initiator that knows alice's secret but sends the target's own
+    /// challenge back (to have the target compute its answer for it) is refused, and nothing is answered.
+    @Test func reflectedChallengeIsRefused() throws {
+        var x = CHAPExchange(credentials: CHAPCredentials(incoming: [Self.alice], outgoing: Self.target))
+        let keys = Dictionary(uniqueKeysWithValues: try x.receive(["CHAP_A": "5"]).map { ($0.key, $0.value) })
+        let id = try #require(keys["CHAP_I"].flatMap { UInt8($0) })
+        let challengeText = try #require(keys["CHAP_C"])
+        let challenge = try #require(CHAP.decodeBinary(challengeText))
+        let right = CHAP.encodeHex(CHAP.response(identifier: id, secret: Self.alice.secret, challenge: challenge))
+        do {
+            let answer = try x.receive(["CHAP_N": "alice", "CHAP_R": right, "CHAP_I": String(id), "CHAP_C": challengeText])
+            Issue.record("a reflected challenge was answered: \(answer)")
+        } catch {
+            #expect(error.authentication && error.reason.contains("repeats the target's challenge"), "\(error)")
+        }
+        #expect(x.attemptedUser == "alice")
+    }
+
     // MARK: login
 
     private func env(_ creds: CHAPCredentials) -> LoginEnvironment {

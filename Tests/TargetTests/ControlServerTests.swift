@@ -2,8 +2,30 @@
 // its own server thread.
 
 import Foundation
+import Logging
 import Testing
 @testable import Target
+
+/// Keeps the lines logged through it, for tests that check what the daemon says.
+private final class CapturedLog: @unchecked Sendable {
+    private let lock = NSLock()
+    private var lines: [String] = []
+    func append(_ line: String) { lock.lock(); lines.append(line); lock.unlock() }
+    var all: [String] { lock.lock(); defer { lock.unlock() }; return lines }
+
+    var logger: Logger { Logger(label: "test") { _ in Handler(log: self) } }
+
+    struct Handler: LogHandler {
+        let log: CapturedLog
+        var logLevel: Logger.Level = .trace
+        var metadata = Logger.Metadata()
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { metadata[key] }
+            set { metadata[key] = newValue }
+        }
+        func log(event: LogEvent) { log.append("\(event.level): \(event.message)") }
+    }
+}
 
 private func rawExchange(_ path: String, _ bytes: [UInt8]) throws -> AdminResponse {
     let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
@@ -147,6 +169,50 @@ private func withServer(_ body: (String, ControlHarness, ControlServer) throws -
         try server.serve()
         #expect(answered.wait(timeout: .now() + 30) == .success)
         #expect(box.result == .success(AdminResponse(exitCode: 0)))
+    }
+
+    @Test func onlyRootAndTheDaemonsUserMayAdminister() {
+        typealias C = ControlPeerPolicy.Credentials
+        #expect(ControlPeerPolicy.allows(C(pid: 1, uid: 0, gid: 0), daemonUID: 0))
+        #expect(ControlPeerPolicy.allows(C(pid: 1, uid: 0, gid: 100), daemonUID: 1000))   // root, whatever its group
+        #expect(ControlPeerPolicy.allows(C(pid: 1, uid: 1000, gid: 1000), daemonUID: 1000))
+        #expect(!ControlPeerPolicy.allows(C(pid: 1, uid: 1000, gid: 0), daemonUID: 0))     // group root is not enough
+        #expect(!ControlPeerPolicy.allows(C(pid: 1, uid: 65534, gid: 65534), daemonUID: 1000))
+    }
+
+    /// The real SO_PEERCRED of a connection from this process is this process's.
+    @Test func peerCredentialsAreTheConnectingProcesss() throws {
+        var fds: [Int32] = [-1, -1]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+        defer { close(fds[0]); close(fds[1]) }
+        let cred = try #require(ControlPeerPolicy.credentials(fds[0]))
+        #expect(cred == ControlPeerPolicy.Credentials(pid: getpid(), uid: geteuid(), gid: getegid()))
+        #expect(ControlPeerPolicy.credentials(-1) == nil)
+    }
+
+    /// A peer the rule refuses gets tgtadm's "invalid request" with the reason, its request is never run,
+    /// and the refusal is logged with who it was, at most `refusalLogBurstLines` lines per interval.
+    @Test func aRefusedPeerGetsAnErrorAndIsLogged() throws {
+        let dir = makeTemporaryDirectory()
+        defer { _ = try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/socket.0"
+        let log = CapturedLog()
+        let h = ControlHarness()
+        let stranger = ControlPeerPolicy.Credentials(pid: 4242, uid: 65534, gid: 65534)
+        let server = ControlServer(path: path, logger: log.logger, peerCredentials: { _ in stranger }) {
+            h.registry.execute($0)
+        }
+        try server.start()
+        defer { server.stop() }
+        let attempts = ControlServer.refusalLogBurstLines + 3
+        for _ in 0..<attempts {
+            let r = ControlClient.send(AdminRequest(mode: .target, op: .new, tid: 1, targetName: "iqn.2026-01.test:t1"), to: path)
+            #expect(r == .success(AdminResponse(exitCode: 22, stderr: "ringtgtadm: invalid request: permission denied\n")), "\(r)")
+        }
+        #expect(h.fabric.latest?.target(tid: 1) == nil, "a refused request must not run")
+        let lines = log.all
+        #expect(lines.count == ControlServer.refusalLogBurstLines, "\(lines)")
+        #expect(lines.first?.contains("refused uid 65534, gid 65534, pid 4242") == true, "\(lines)")
     }
 
     /// tgtadm with no daemon: "failed to send request hdr to tgt daemon, Transport endpoint is not connected",

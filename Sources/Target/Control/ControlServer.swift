@@ -1,12 +1,39 @@
 // The daemon's control socket: a unix stream socket served by one thread of its own (never a reactor
 // core). One request per connection, bounded in size and time; a malformed request gets an error reply.
 // Only the daemon's own user (normally root, as tgtd requires) may connect: the socket is mode 0600 and
-// the peer's credentials are checked as tgt's ipc_perm does.
+// the peer's credentials (SO_PEERCRED) are checked on every connection, as tgt's ipc_perm does, so a
+// socket made reachable by mistake (a looser mode, a bind mount) is still no way in.
 
 #if canImport(Glibc)
 import Glibc
 #endif
 import Foundation
+import Logging
+
+/// Who may use the control socket. tgtd's ipc_perm admits uid 0 with gid 0 only; ringtgtd admits root and
+/// the user it runs as (a daemon run unprivileged, as the tests do, can still be administered by its owner).
+public enum ControlPeerPolicy {
+    /// A connected peer's SO_PEERCRED (struct ucred).
+    public struct Credentials: Equatable, Sendable {
+        public var pid: Int32
+        public var uid: UInt32
+        public var gid: UInt32
+    }
+
+    /// The one rule: root, or the daemon's own (effective) user.
+    public static func allows(_ peer: Credentials, daemonUID: UInt32) -> Bool {
+        peer.uid == 0 || peer.uid == daemonUID
+    }
+
+    /// The kernel's record of who connected (nil when it cannot be read: refused).
+    public static func credentials(_ fd: Int32) -> Credentials? {
+        // struct ucred { pid_t pid; uid_t uid; gid_t gid; } (Glibc hides it behind _GNU_SOURCE).
+        var cred: (pid: Int32, uid: UInt32, gid: UInt32) = (0, 0, 0)
+        var length = socklen_t(MemoryLayout.size(ofValue: cred))
+        guard getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &length) == 0 else { return nil }
+        return Credentials(pid: cred.pid, uid: cred.uid, gid: cred.gid)
+    }
+}
 
 public final class ControlServer: @unchecked Sendable {
     public enum StartError: Error, Equatable, CustomStringConvertible {
@@ -28,21 +55,35 @@ public final class ControlServer: @unchecked Sendable {
     /// Pending connections the kernel queues for us.
     static let listenBacklog: Int32 = 16
 
+    /// Refused control connections logged per interval; a local user looping on connect cannot fill the log.
+    static let refusalLogBurstLines = 5
+    static let refusalLogIntervalSeconds: UInt64 = 10
+
     public let path: String
     private let handler: (AdminRequest) -> AdminResponse
+    private let logger: Logger?
+    /// Test hook: who the peer of an accepted connection is (SO_PEERCRED by default).
+    private let peerCredentials: (Int32) -> ControlPeerPolicy.Credentials?
+    /// Only the accept loop's thread touches it.
+    private var refusalLog = RateLimitedLog(intervalSeconds: ControlServer.refusalLogIntervalSeconds,
+                                            burst: ControlServer.refusalLogBurstLines)
     /// Listening, not yet served (after `listen()`); the loop owns it once serving.
     private var listenFD: Int32 = -1
     private var loop: AcceptLoop?
     /// The socket's name is ours to remove.
     private var socketPresent = false
 
-    public init(path: String, handler: @escaping (AdminRequest) -> AdminResponse) {
+    public init(path: String, logger: Logger? = nil,
+                peerCredentials: @escaping (Int32) -> ControlPeerPolicy.Credentials? = ControlPeerPolicy.credentials,
+                handler: @escaping (AdminRequest) -> AdminResponse) {
         self.path = path
+        self.logger = logger
+        self.peerCredentials = peerCredentials
         self.handler = handler
     }
 
-    public convenience init(path: String, registry: Registry) {
-        self.init(path: path) { registry.execute($0) }
+    public convenience init(path: String, registry: Registry, logger: Logger? = nil) {
+        self.init(path: path, logger: logger) { registry.execute($0) }
     }
 
     /// Creates the socket (removing a stale one left by a dead daemon) and starts serving.
@@ -134,32 +175,37 @@ public final class ControlServer: @unchecked Sendable {
         unlink(path)
     }
 
+    /// Checks the peer; a refused one is logged (rate-limited) with who it was.
     private func peerAllowed(_ fd: Int32) -> Bool {
-        // struct ucred { pid_t pid; uid_t uid; gid_t gid; } (Glibc hides it behind _GNU_SOURCE).
-        var cred: (pid: Int32, uid: UInt32, gid: UInt32) = (0, 0, 0)
-        var length = socklen_t(MemoryLayout.size(ofValue: cred))
-        guard getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &length) == 0 else { return false }
-        return cred.uid == 0 || cred.uid == geteuid()
+        let peer = peerCredentials(fd)
+        if let peer, ControlPeerPolicy.allows(peer, daemonUID: geteuid()) { return true }
+        if let logger, let suppressed = refusalLog.admit(nowNanos: monotonicNanos()) {
+            let who = peer.map { "uid \($0.uid), gid \($0.gid), pid \($0.pid)" } ?? "a peer whose credentials cannot be read"
+            logger.warning("control socket \(path): refused \(who): only root or uid \(geteuid()) may administer this daemon\(RateLimitedLog.suffix(suppressed))")
+        }
+        return false
     }
 
     private func handle(_ fd: Int32) {
         ControlWire.setTimeouts(fd, seconds: ControlWire.ioTimeoutSeconds)
+        let allowed = peerAllowed(fd)
+        let denied = AdminResponse.failure(AdminError(.invalidRequest, "permission denied"))
         let response: AdminResponse
-        if !peerAllowed(fd) {
-            response = .failure(AdminError(.invalidRequest, "permission denied"))
-        } else {
-            do {
-                let bytes = try ControlWire.readMessage(fd, limit: ControlWire.maxRequestBytes)
-                if let request = try? JSONDecoder().decode(AdminRequest.self, from: Data(bytes)) {
-                    response = handler(request)
-                } else {
-                    response = .failure(AdminError(.invalidRequest, "malformed request"))
-                }
-            } catch .tooLarge(let n) {
-                response = .failure(AdminError(.invalidRequest, "request of \(n) bytes exceeds \(ControlWire.maxRequestBytes)"))
-            } catch {
-                return   // the peer went away or stalled: nobody to answer
+        // A refused peer's request is read too (and dropped): closing a socket with unread bytes resets it,
+        // and the peer would see a broken pipe instead of the reason.
+        do {
+            let bytes = try ControlWire.readMessage(fd, limit: ControlWire.maxRequestBytes)
+            if !allowed {
+                response = denied
+            } else if let request = try? JSONDecoder().decode(AdminRequest.self, from: Data(bytes)) {
+                response = handler(request)
+            } else {
+                response = .failure(AdminError(.invalidRequest, "malformed request"))
             }
+        } catch .tooLarge(let n) {
+            response = allowed ? .failure(AdminError(.invalidRequest, "request of \(n) bytes exceeds \(ControlWire.maxRequestBytes)")) : denied
+        } catch {
+            return   // the peer went away or stalled: nobody to answer
         }
         guard let payload = try? JSONEncoder().encode(response) else { return }
         try? ControlWire.writeMessage(fd, Array(payload))

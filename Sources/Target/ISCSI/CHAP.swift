@@ -147,6 +147,9 @@ public struct CHAPExchange {
     /// The incoming account the initiator proved it knows (a session keeps it, to be re-checked when the
     /// target's accounts change).
     public private(set) var authenticatedAccount: CHAPAccount?
+    /// The CHAP_N of a response that was checked against the accounts (right or wrong): the login throttle
+    /// counts guesses per account with it.
+    public private(set) var attemptedUser: String?
     private var identifier: UInt8 = 0
     private var challenge: [UInt8] = []
     private let credentials: CHAPCredentials
@@ -198,6 +201,7 @@ public struct CHAPExchange {
             if (mutualID == nil) != (mutualChallenge == nil) {
                 throw CHAPFailure(authentication: false, reason: "CHAP_I and CHAP_C must come together")
             }
+            attemptedUser = name
             guard let account = credentials.incoming.first(where: { $0.user == name }),
                   constantTimeEqual(response, CHAP.response(identifier: identifier, secret: account.secret,
                                                             challenge: challenge)) else {

@@ -150,6 +150,8 @@ public final class Connection {
     /// A login that succeeded while an older session of its initiator port was still running (see
     /// `Runtime.sessionMayStart`): its final response waits, retried from the loop within the login timeout.
     var parkedLogin: ParkedLogin? = nil
+    /// The answer to a checked CHAP response, held by the login throttle (LoginThrottle) until its turn.
+    var heldLogin: HeldLogin? = nil
     var initiatorName = ""
     /// How the session authenticated: the CHAP account it proved it knows, nil for none. Re-checked against
     /// the target's accounts whenever a configuration is published.

@@ -172,6 +172,10 @@ public struct LoginStateMachine {
     public var parameters: SessionParameters? { negotiator?.params }
     /// The account the initiator proved it knows; nil when the login used no authentication.
     public var chapAccount: CHAPAccount? { chap?.authenticatedAccount }
+    /// The next text may carry the CHAP response (the challenge is out, no response checked yet).
+    public var chapAwaitingResponse: Bool { chap?.state == .challenged && chap?.attemptedUser == nil }
+    /// The CHAP_N of the response that was checked, right or wrong.
+    public var chapAttemptedUser: String? { chap?.attemptedUser }
 
     public init() {}
 

@@ -6,6 +6,11 @@ import Glibc
 extension Connection {
 
     func handleLogin(_ bhs: BHS) {
+        if heldLogin != nil {
+            // An initiator waits for each Login Response; one that does not is not worth answering.
+            reactor.closeConnection(self, reason: "Login Request while the previous one is unanswered")
+            return
+        }
         let flags = bhs.byte1
         let req = LoginRequest(
             transit: flags & 0x80 != 0, continueFlag: flags & 0x40 != 0,
@@ -24,9 +29,50 @@ extension Connection {
             cid = req.cid
         }
         let env = reactor.loginEnvironment(for: self)
+        let checksCHAPResponse = login.chapAwaitingResponse
         let (response, outcome) = controlData.withUnsafeBytes { raw in
             login.receive(req, data: UnsafeRawBufferPointer(rebasing: raw[0..<dataLength]), env: env)
         }
+        if checksCHAPResponse && login.chapAttemptedUser != nil {
+            let now = monotonicNanos()
+            var refusal: String? = nil
+            var due = now + LoginThrottle.maxHoldNanos
+            switch reactor.loginThrottle.turn(address: peer, nowNanos: now) {
+            case .refuse:
+                // Refused unchecked, and only after the longest hold, so a guesser that keeps reconnecting
+                // costs little and learns nothing.
+                let failures = reactor.loginThrottle.failures(address: peer, nowNanos: now)
+                refusal = "CHAP response not checked: \(failures) failed logins from \(peer) recently"
+            case .at(let turn):
+                due = turn
+                if response.statusClass != 0 {
+                    due = reactor.loginThrottle.failed(address: peer, account: login.chapAttemptedUser, turn: turn,
+                                                       nowNanos: now)
+                }
+            }
+            if due > now {
+                heldLogin = HeldLogin(request: req, response: response, outcome: outcome, refusal: refusal, dueNanos: due)
+                reactor.holdLogin(dueNanos: due)
+                return
+            }
+        }
+        answerLogin(req, response, outcome)
+    }
+
+    /// From the loop (`Reactor.answerHeldLogins`): the answer the login throttle held is due.
+    func answerHeldLogin() {
+        guard let held = heldLogin else { return }
+        heldLogin = nil
+        reactor.heldLogins -= 1
+        if let refusal = held.refusal {
+            logLoginFailure(status: LoginStatus.serviceUnavailable.rawValue, reason: refusal)
+            sendLoginFailure(held.request, statusClass: 3, statusDetail: 1)   // service unavailable: try later
+            return
+        }
+        answerLogin(held.request, held.response, held.outcome)
+    }
+
+    private func answerLogin(_ req: LoginRequest, _ response: LoginResponse, _ outcome: LoginOutcome) {
         var finalParams: SessionParameters? = nil
         var closeAfter = false
         switch outcome {
@@ -166,6 +212,16 @@ extension Connection {
         let started = LoginLog.sessionStarted(initiatorName: initiatorName, peer: peer, targetName: target?.name, tsih: tsih)
         if isDiscovery { reactor.logger.debug("\(started)") } else { reactor.logger.info("\(started)") }
     }
+}
+
+/// A Login Response the login throttle holds back until `dueNanos` (Connection.heldLogin).
+struct HeldLogin {
+    let request: LoginRequest
+    let response: LoginResponse
+    let outcome: LoginOutcome
+    /// Set when the throttle refused to reveal the verdict: Service Unavailable goes out instead, and why.
+    let refusal: String?
+    let dueNanos: UInt64
 }
 
 /// A successful login waiting for the previous session of its initiator port (Connection.parkedLogin).

@@ -200,7 +200,14 @@ public final class Reactor {
             ringResult(ring.submitAndPoll())
         } else {
             // With a COMPARE AND WRITE waiting for a gate another core holds, wake up soon to try again.
-            ringResult(ring.submitAndWait(timeoutNanos: gateWaiters.isEmpty ? -1 : Reactor.gatePollNanos))
+            var wait: Int64 = gateWaiters.isEmpty ? -1 : Reactor.gatePollNanos
+            if heldLogins > 0 {
+                // A held login answer falls due: wake for it, as nothing else may complete before then.
+                let now = monotonicNanos()
+                let untilDue = nextHeldLoginNanos > now ? Int64(clamping: nextHeldLoginNanos - now) : 0
+                wait = wait < 0 ? untilDue : min(wait, untilDue)
+            }
+            ringResult(ring.submitAndWait(timeoutNanos: wait))
         }
         if !gateWaiters.isEmpty { retryGates() }
         runReady()
@@ -224,7 +231,33 @@ public final class Reactor {
         // not after the next completion.
         runReady()
         if parkedLogins > 0 { resumeParkedLogins() }
+        if heldLogins > 0 { answerHeldLogins() }
         flushDirty()
+    }
+
+    /// Brute-force brake on CHAP: this core's memory of failed logins per address and account.
+    var loginThrottle = LoginThrottle()
+    /// Connections whose login answer the throttle holds (Connection.heldLogin), and the earliest due time
+    /// among them (it may be a closed connection's: then the next scan only finds nothing due).
+    var heldLogins = 0
+    var nextHeldLoginNanos: UInt64 = .max
+
+    func holdLogin(dueNanos: UInt64) {
+        heldLogins += 1
+        nextHeldLoginNanos = min(nextHeldLoginNanos, dueNanos)
+    }
+
+    /// Sends the held login answers that are due. Scans only when one is: under attack that is a few times a
+    /// second at most, each answer spaced by the throttle.
+    func answerHeldLogins() {
+        let now = monotonicNanos()
+        guard now >= nextHeldLoginNanos else { return }
+        var next = UInt64.max
+        for c in connections {
+            guard let c, c.phase == .login, let held = c.heldLogin else { continue }
+            if held.dueNanos <= now { c.answerHeldLogin() } else { next = min(next, held.dueNanos) }
+        }
+        nextHeldLoginNanos = next
     }
 
     /// Logins (and NBD_OPT_GO answers) waiting for an old session's commands to end (Connection.parkedLogin).
@@ -491,6 +524,10 @@ public final class Reactor {
             c.parkedLogin = nil
             c.nbd.parked = nil
             parkedLogins -= 1
+        }
+        if c.heldLogin != nil {
+            c.heldLogin = nil
+            heldLogins -= 1
         }
         if let e = c.drainingExport {
             runtime.exportDraining(tid: e.tid, lun: e.lun, ended: true)
