@@ -1,5 +1,5 @@
 import Testing
-@testable import Target
+@testable import ISCSIWire
 
 @Suite struct CRC32CTests {
     // RFC 3720 Appendix B.4 / RFC 7143 test vectors.
