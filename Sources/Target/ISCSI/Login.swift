@@ -425,7 +425,7 @@ public struct LoginStateMachine {
         responseText = []
         responseOffset = 0
         let r = LoginResponse(transit: false, continueFlag: false, csg: req.csg & 3, nsg: 0,
-                              statusClass: UInt8(status.rawValue >> 8), statusDetail: UInt8(status.rawValue & 0xFF),
+                              statusClass: status.statusClass, statusDetail: status.statusDetail,
                               isid: req.isid, tsih: req.tsih, itt: req.itt, text: [])
         return (r, .respondAndClose)
     }
