@@ -27,9 +27,9 @@ public enum InitiatorPDUBuild {
     @inlinable
     public static func scsiCommand(_ h: UnsafeMutableRawPointer, read: Bool, write: Bool, final: Bool, lunField: UInt64,
                                    itt: UInt32, expectedLength: UInt32, cmdSN: UInt32, expStatSN: UInt32,
-                                   immediateLength: Int) {
+                                   immediateLength: Int, immediate: Bool = false) {
         let flags: UInt8 = (final ? 0x80 : 0) | (read ? 0x40 : 0) | (write ? 0x20 : 0) | 0x01
-        header(h, opcode: ISCSIOpcode.scsiCommand, immediate: false, flags: flags, dataLength: immediateLength,
+        header(h, opcode: ISCSIOpcode.scsiCommand, immediate: immediate, flags: flags, dataLength: immediateLength,
                field8: lunField, itt: itt, field20: expectedLength, cmdSN: cmdSN, expStatSN: expStatSN)
     }
 
@@ -43,12 +43,32 @@ public enum InitiatorPDUBuild {
         put32(h, 40, bufferOffset)
     }
 
-    /// NOP-Out (§11.18) answering a NOP-In ping: immediate, ITT reserved, the ping's TTT and LUN echoed.
+    /// NOP-Out (§11.18), immediate. A ping of the initiator's own has an ITT and TTT `reservedTag`.
+    @inlinable
+    public static func nopOut(_ h: UnsafeMutableRawPointer, lunField: UInt64 = 0, itt: UInt32, ttt: UInt32,
+                              cmdSN: UInt32, expStatSN: UInt32, dataLength: Int = 0) {
+        header(h, opcode: ISCSIOpcode.nopOut, immediate: true, flags: 0x80, dataLength: dataLength, field8: lunField,
+               itt: itt, field20: ttt, cmdSN: cmdSN, expStatSN: expStatSN)
+    }
+
+    /// NOP-Out answering a NOP-In ping: ITT reserved, the ping's TTT and LUN echoed.
     @inlinable
     public static func nopOutReply(_ h: UnsafeMutableRawPointer, lunField: UInt64, ttt: UInt32, cmdSN: UInt32,
                                    expStatSN: UInt32, dataLength: Int = 0) {
-        header(h, opcode: ISCSIOpcode.nopOut, immediate: true, flags: 0x80, dataLength: dataLength, field8: lunField,
-               itt: reservedTag, field20: ttt, cmdSN: cmdSN, expStatSN: expStatSN)
+        nopOut(h, lunField: lunField, itt: reservedTag, ttt: ttt, cmdSN: cmdSN, expStatSN: expStatSN,
+               dataLength: dataLength)
+    }
+
+    /// Task Management Function Request (§11.5.1), immediate. `referencedTaskTag` is `reservedTag` unless the
+    /// function is ABORT TASK.
+    @inlinable
+    public static func taskManagementRequest(_ h: UnsafeMutableRawPointer, function: UInt8, lunField: UInt64,
+                                             itt: UInt32, referencedTaskTag: UInt32, cmdSN: UInt32,
+                                             expStatSN: UInt32, refCmdSN: UInt32) {
+        header(h, opcode: ISCSIOpcode.taskManagement, immediate: true, flags: 0x80 | (function & TMFunction.mask),
+               dataLength: 0, field8: lunField, itt: itt, field20: referencedTaskTag, cmdSN: cmdSN,
+               expStatSN: expStatSN)
+        put32(h, 32, refCmdSN)
     }
 
     /// Login Request (§11.12): immediate, CID 0, TSIH 0 (a new session, or the reinstatement of one).
@@ -65,7 +85,7 @@ public enum InitiatorPDUBuild {
     @inlinable
     public static func logoutRequest(_ h: UnsafeMutableRawPointer, reason: UInt8 = LogoutReason.closeSession,
                                      itt: UInt32, cmdSN: UInt32, expStatSN: UInt32) {
-        header(h, opcode: ISCSIOpcode.logoutRequest, immediate: true, flags: 0x80 | reason, dataLength: 0,
-               field8: 0, itt: itt, field20: 0, cmdSN: cmdSN, expStatSN: expStatSN)
+        header(h, opcode: ISCSIOpcode.logoutRequest, immediate: true, flags: 0x80 | (reason & LogoutReason.mask),
+               dataLength: 0, field8: 0, itt: itt, field20: 0, cmdSN: cmdSN, expStatSN: expStatSN)
     }
 }

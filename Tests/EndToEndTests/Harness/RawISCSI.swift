@@ -2,6 +2,7 @@
 // by a receive timeout, so a daemon that neither answers nor closes shows up as `.silent`.
 
 import Foundation
+import Target
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -26,13 +27,10 @@ enum RawOutcome: CustomStringConvertible, Equatable {
         }
     }
 
-    /// iSCSI opcodes a target sends here: Login Response and Reject.
-    static let loginResponseOpcode: UInt8 = 0x23
-    static let rejectOpcode: UInt8 = 0x3F
-    var opcode: UInt8? { if case .pdu(let b) = self { return b[0] & 0x3F } else { return nil } }
+    var opcode: UInt8? { if case .pdu(let b) = self { return b.withUnsafeBytes { BHS($0.baseAddress!).opcode } } else { return nil } }
     /// Login Response status class and detail (bytes 36 and 37).
     var loginStatus: (cls: UInt8, detail: UInt8)? {
-        if case .pdu(let b) = self, b[0] & 0x3F == RawOutcome.loginResponseOpcode { return (b[36], b[37]) }
+        if case .pdu(let b) = self, opcode == ISCSIOpcode.loginResponse { return (b[36], b[37]) }
         return nil
     }
     static func == (a: RawOutcome, b: RawOutcome) -> Bool { a.description == b.description }
@@ -133,15 +131,13 @@ enum LoginPDU {
             ?? "InitiatorName=\(initiator)\0SessionType=Discovery\0"
         var data = Array(text.utf8)
         let dsl = declaredDataSegmentLength ?? data.count
-        var bhs = [UInt8](repeating: 0, count: 48)
-        bhs[0] = 0x40 | 0x03            // immediate, Login Request
-        bhs[1] = 0x80 | (1 << 2) | 3    // Transit, CSG = operational, NSG = full feature
+        // Transit from the operational stage to full feature phase; ISID: random-qualifier format, qualifier 1.
+        var bhs = rawHeader {
+            InitiatorPDUBuild.loginRequest($0, transit: true, csg: 1, nsg: 3, isid: 0x4000_0000_0001, itt: 1, cmdSN: 1,
+                                           expStatSN: 0, dataLength: dsl)
+        }
         bhs[2] = versionMax
         bhs[3] = versionMin
-        bhs[5] = UInt8((dsl >> 16) & 0xFF); bhs[6] = UInt8((dsl >> 8) & 0xFF); bhs[7] = UInt8(dsl & 0xFF)
-        bhs[8] = 0x40; bhs[13] = 0x01   // ISID: random-qualifier format, qualifier 1
-        bhs[19] = 1                     // ITT 1
-        bhs[27] = 1                     // CmdSN 1
         while data.count % 4 != 0 { data.append(0) }
         return bhs + data
     }
