@@ -15,6 +15,16 @@ public enum PDUBuild {
         h.initializeMemory(as: UInt64.self, repeating: 0, count: 6)
     }
 
+    /// The O (overflow) or U (underflow) flag bit and the Residual Count, shared by SCSI Response and Data-In.
+    @inlinable @inline(__always)
+    static func residualField(_ residual: Residual) -> (flags: UInt8, count: UInt32) {
+        switch residual {
+        case .none: return (0, 0)
+        case .overflow(let n): return (0x04, n)
+        case .underflow(let n): return (0x02, n)
+        }
+    }
+
     @inlinable @inline(__always)
     static func setDataLength(_ h: UnsafeMutableRawPointer, _ n: Int) { put24(h, 5, UInt32(truncatingIfNeeded: n)) }
 
@@ -32,14 +42,8 @@ public enum PDUBuild {
                                     residual: Residual, dataLength: Int) {
         zero(h)
         h.storeBytes(of: ISCSIOpcode.scsiResponse, as: UInt8.self)
-        var flags: UInt8 = 0x80
-        var count: UInt32 = 0
-        switch residual {
-        case .none: break
-        case .overflow(let n): flags |= 0x04; count = n
-        case .underflow(let n): flags |= 0x02; count = n
-        }
-        h.storeBytes(of: flags, toByteOffset: 1, as: UInt8.self)
+        let (residualFlags, count) = residualField(residual)
+        h.storeBytes(of: 0x80 | residualFlags, toByteOffset: 1, as: UInt8.self)
         h.storeBytes(of: response, toByteOffset: 2, as: UInt8.self)
         h.storeBytes(of: status, toByteOffset: 3, as: UInt8.self)
         setDataLength(h, dataLength)
@@ -58,11 +62,9 @@ public enum PDUBuild {
         if let status {
             flags |= 0x01
             h.storeBytes(of: status, toByteOffset: 3, as: UInt8.self)
-            switch residual {
-            case .none: break
-            case .overflow(let n): flags |= 0x04; count = n
-            case .underflow(let n): flags |= 0x02; count = n
-            }
+            let (residualFlags, n) = residualField(residual)
+            flags |= residualFlags
+            count = n
         }
         h.storeBytes(of: flags, toByteOffset: 1, as: UInt8.self)
         setDataLength(h, length)
