@@ -10,6 +10,7 @@ let package = Package(
         .executable(name: "ringtgt-admin", targets: ["ringtgt-admin"]),
         .library(name: "Target", targets: ["Target"]),
         .library(name: "SheepProtocol", targets: ["SheepProtocol"]),
+        .library(name: "ISCSIWire", targets: ["ISCSIWire"]),
         .executable(name: "ringtgt-sheep-testserver", targets: ["SheepTestServer"]),
     ],
     dependencies: [
@@ -22,10 +23,17 @@ let package = Package(
     targets: [
         // liburing through a module map and a header-only shim (pkg-config liburing, Debian liburing-dev).
         .systemLibrary(name: "CURing", pkgConfig: "liburing", providers: [.apt(["liburing-dev"])]),
+        // The SSE4.2 CRC32C instruction, header-only (links nothing): ISCSIWire's one C piece.
+        .systemLibrary(name: "CCRC32C"),
+        // The iSCSI wire vocabulary (RFC 7143 §11): BHS view, codes, serial numbers, CRC32C, framing and PDU
+        // builders for both directions, for the target, the load generator and the test initiators. No package
+        // dependencies. Everything a PDU goes through is @inlinable, so it inlines across this boundary.
+        .target(name: "ISCSIWire", dependencies: ["CCRC32C"], swiftSettings: [.swiftLanguageMode(.v5)]),
         .target(
             name: "Target",
             dependencies: [
                 "CURing",
+                "ISCSIWire",
                 "SheepProtocol",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -67,7 +75,8 @@ let package = Package(
         // and the scenario runner (ringtgt beside Debian's tgt, reports, regression gates).
         .executableTarget(
             name: "ringtgt-loadgen",
-            dependencies: ["Target", "CURing", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            dependencies: ["Target", "ISCSIWire", "CURing",
+                           .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Histogram", package: "hdrhistogram-swift")],
             path: "perf/loadgen",
             swiftSettings: [.swiftLanguageMode(.v5)]
@@ -88,8 +97,9 @@ let package = Package(
                     swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "SheepTestServerTests", dependencies: ["SheepTestServer", "SheepProtocol"],
                     swiftSettings: [.swiftLanguageMode(.v5)]),
+        .testTarget(name: "ISCSIWireTests", dependencies: ["ISCSIWire"], swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "TargetTests", dependencies: ["Target"], swiftSettings: [.swiftLanguageMode(.v5)]),
-        .testTarget(name: "EndToEndTests", dependencies: ["Target"], swiftSettings: [.swiftLanguageMode(.v5)]),
+        .testTarget(name: "EndToEndTests", dependencies: ["Target", "ISCSIWire"], swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "SimulationTests", dependencies: ["Target", "SheepTestServer", "SheepProtocol"], swiftSettings: [.swiftLanguageMode(.v5)]),
     ]
 )

@@ -80,23 +80,6 @@ static inline int rt_wait(struct io_uring *ring, unsigned waitNr, long long nano
 static inline uint32_t rt_load_acquire_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void rt_store_release_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 
-// CRC32C (Castagnoli) with SSE4.2 when the CPU has it; the table fallback lives in Swift.
-#if defined(__x86_64__)
-__attribute__((target("sse4.2")))
-static inline uint32_t rt_crc32c_hw(uint32_t crc, const void *data, size_t len) {
-    const unsigned char *p = (const unsigned char *)data;
-    uint64_t c = crc;
-    while (len >= 8) { uint64_t v; memcpy(&v, p, 8); c = __builtin_ia32_crc32di(c, v); p += 8; len -= 8; }
-    uint32_t c32 = (uint32_t)c;
-    while (len > 0) { c32 = __builtin_ia32_crc32qi(c32, *p); p++; len--; }
-    return c32;
-}
-static inline int rt_cpu_has_sse42(void) { return __builtin_cpu_supports("sse4.2"); }
-#else
-static inline uint32_t rt_crc32c_hw(uint32_t crc, const void *data, size_t len) { (void)data; (void)len; return crc; }
-static inline int rt_cpu_has_sse42(void) { return 0; }
-#endif
-
 // Pins the calling thread to one CPU (raw syscall: cpu_set_t needs _GNU_SOURCE, which would make this
 // module's libc types differ from SwiftGlibc's).
 static inline int rt_pin_to_cpu(int cpu) {

@@ -2,6 +2,7 @@
 // answer with a Login reject / Reject, and go on serving everyone else.
 
 import Foundation
+import ISCSIWire
 import Testing
 
 extension EndToEnd {
@@ -15,7 +16,7 @@ extension EndToEnd {
             case .closed: return true
             case .silent: return false
             case .pdu:
-                if o.opcode == RawOutcome.rejectOpcode { return true }
+                if o.opcode == ISCSIOpcode.reject { return true }
                 if let s = o.loginStatus { return s.cls != 0 }
                 return false
             }
@@ -65,7 +66,7 @@ extension EndToEnd {
                 try BadInput.expectStillServing(t, after: "a truncated BHS (connection still open)")
                 c.shutdownWrite()
                 let o = c.awaitOutcome()
-                #expect(o == .closed || o.opcode == RawOutcome.rejectOpcode,
+                #expect(o == .closed || o.opcode == ISCSIOpcode.reject,
                         "truncated BHS then EOF: \(o) within \(RawConnection.answerTimeoutSeconds) s")
                 try BadInput.expectStillServing(t, after: "a truncated BHS")
             }

@@ -3,6 +3,7 @@
 // advertises never lets an initiator have more commands outstanding than the target has task entries.
 
 import Foundation
+import ISCSIWire
 import Testing
 
 extension EndToEnd {
@@ -80,7 +81,7 @@ extension EndToEnd {
                 var r2ts: [UInt32: TargetPDU] = [:]
                 while r2ts.count < window {
                     let p = try s.expectPDU("R2T \(r2ts.count + 1) of \(window)")
-                    try #require(p.opcode == RawCodes.r2t, "instead of an R2T: \(p)")
+                    try #require(p.opcode == ISCSIOpcode.r2t, "instead of an R2T: \(p)")
                     r2ts[p.itt] = p
                 }
                 #expect(Set(r2ts.keys) == Set(itts))

@@ -3,6 +3,7 @@
 // it never hangs, and no other session notices.
 
 import Foundation
+import ISCSIWire
 import Testing
 
 extension EndToEnd {
@@ -50,7 +51,7 @@ extension EndToEnd {
                     let itt = try s.sendCommand(RawCDB.write10(lba: lba, blocks: RobustDataOut.writeBlocks),
                                                 writeData: data, immediateBytes: 0, serveR2T: false)
                     let r2t = try s.expectPDU("the R2T for \(v)")
-                    try #require(r2t.opcode == RawCodes.r2t && r2t.itt == itt && r2t.bufferOffset == 0 && Int(r2t.u44) == n,
+                    try #require(r2t.opcode == ISCSIOpcode.r2t && r2t.itt == itt && r2t.bufferOffset == 0 && Int(r2t.u44) == n,
                                  "\(v): expected an R2T for the whole \(n) bytes, got \(r2t)")
                     let half = n / 2
                     switch v {
@@ -62,7 +63,7 @@ extension EndToEnd {
                         try s.sendDataOut(itt: itt, ttt: r2t.ttt, offset: 0, dataSN: 0, final: true,
                                           data: data + patternBytes(4096, seed: 1))
                     case .unsolicited:
-                        try s.sendDataOut(itt: itt, ttt: RawCodes.reservedTag, offset: 0, dataSN: 0, final: true, data: data)
+                        try s.sendDataOut(itt: itt, ttt: reservedTag, offset: 0, dataSN: 0, final: true, data: data)
                     case .dataSNGap:
                         try s.sendDataOut(itt: itt, ttt: r2t.ttt, offset: 0, dataSN: 0, final: false, data: Array(data[..<half]))
                         try s.sendDataOut(itt: itt, ttt: r2t.ttt, offset: half, dataSN: 2, final: true, data: Array(data[half...]))
@@ -71,7 +72,7 @@ extension EndToEnd {
                     }
                     let (reason, endsCommand) = RobustDataOut.expectedReject(v)
                     let reject = try s.expectPDU("the Reject for \(v)")
-                    #expect(reject.opcode == RawCodes.reject && reject.byte2 == reason,
+                    #expect(reject.opcode == ISCSIOpcode.reject && reject.byte2 == reason,
                             "\(v): expected Reject reason 0x\(String(reason, radix: 16)), got \(reject)")
                     // A Reject carries the rejected header: a Data-Out of this command.
                     #expect(reject.data.count >= 48 && reject.data[0] & 0x3F == 0x05 && rawBE32(reject.data, 16) == itt,
@@ -112,7 +113,7 @@ extension EndToEnd {
                 let itt = try s.sendCommand(RawCDB.write10(lba: 0, blocks: blocks), writeData: data, immediateBytes: 0,
                                             serveR2T: false)
                 let r2t = try s.expectPDU("R2T")
-                try #require(r2t.opcode == RawCodes.r2t && r2t.itt == itt, "\(r2t)")
+                try #require(r2t.opcode == ISCSIOpcode.r2t && r2t.itt == itt, "\(r2t)")
                 let desired = Int(r2t.u44)
                 // One PDU for the whole burst, which is more than one PDU may carry.
                 s.socket.sendIgnoringErrors(s.dataOutPDU(itt: itt, ttt: r2t.ttt, offset: 0, dataSN: 0, final: true,

@@ -4,6 +4,7 @@
 // the session carries on.
 
 import Foundation
+import ISCSIWire
 import Testing
 
 extension EndToEnd {
@@ -46,18 +47,18 @@ extension EndToEnd {
                 let itt = try s.sendCommand(RawCDB.write10(lba: 30000, blocks: 16), writeData: data, immediateBytes: 0,
                                             serveR2T: false)
                 let r2t = try s.expectPDU("R2T")
-                try #require(r2t.opcode == RawCodes.r2t && r2t.itt == itt, "\(r2t)")
+                try #require(r2t.opcode == ISCSIOpcode.r2t && r2t.itt == itt, "\(r2t)")
                 var garbled = data
                 garbled[100] ^= 0xFF
                 try s.sendDataOut(itt: itt, ttt: r2t.ttt, offset: 0, dataSN: 0, final: true, data: garbled,
                                   corruptDataDigest: true)
                 let reject = try s.expectPDU("the Reject for a bad data digest")
-                #expect(reject.opcode == RawCodes.reject && reject.byte2 == 0x02, "expected Reject reason 0x02: \(reject)")
+                #expect(reject.opcode == ISCSIOpcode.reject && reject.byte2 == 0x02, "expected Reject reason 0x02: \(reject)")
                 // ERL 0 gives the initiator no way to resend, but the command must not hang: either the
                 // target ended it, or it still accepts the burst's data (as ringtgt does).
                 let pending = try s.ping()
                 if let end = pending.first(where: { $0.itt == itt }) {
-                    #expect(end.opcode == RawCodes.scsiResponse && end.status == RawCodes.checkCondition,
+                    #expect(end.opcode == ISCSIOpcode.scsiResponse && end.status == RawCodes.checkCondition,
                             "the command ended otherwise than with CHECK CONDITION: \(end)")
                 } else {
                     #expect(pending.isEmpty, "after the Reject: \(pending)")

@@ -5,6 +5,7 @@
 // descriptor number is handed to a LUN added at once.
 
 import Foundation
+import ISCSIWire
 import Testing
 
 extension EndToEnd {
@@ -127,7 +128,7 @@ extension EndToEnd {
                 let blocks = UInt32(RobustLifetime.transferBytes / RobustLifetime.blockBytes)
                 let itt = try s.sendCommand(RawCDB.write16(lba: 0, blocks: blocks), lun: 1, writeData: data, immediateBytes: 0)
                 let r2t = try s.expectPDU("the first R2T")
-                try #require(r2t.opcode == RawCodes.r2t && r2t.itt == itt, "\(r2t)")
+                try #require(r2t.opcode == ISCSIOpcode.r2t && r2t.itt == itt, "\(r2t)")
                 s.keep(r2t)
 
                 RobustLifetime.expectActiveRefusal(try RobustLifetime.deleteLUN(t, 1, force: false))

@@ -2,6 +2,7 @@
 // never finishes its login is closed at the login timeout. Neither may disturb the sessions that work.
 
 import Foundation
+import ISCSIWire
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -45,7 +46,7 @@ extension EndToEnd {
                 while closedAt == nil && monotonicSeconds() < deadline {
                     switch try silent.receive(timeoutSeconds: 0.1, answerPings: false) {
                     case .pdu(let p):
-                        if p.opcode == RawCodes.nopIn && p.ttt != RawCodes.reservedTag {
+                        if p.opcode == ISCSIOpcode.nopIn && p.ttt != reservedTag {
                             if pingAt == nil { pingAt = monotonicSeconds(); pingPDU = p }
                         } else {
                             unexpected.append(p)
@@ -64,7 +65,7 @@ extension EndToEnd {
                 }
 
                 let ping = try #require(pingPDU, "the silent session never received a NOP-In ping")
-                #expect(ping.itt == RawCodes.reservedTag, "a target ping carries ITT 0xffffffff: \(ping)")
+                #expect(ping.itt == reservedTag, "a target ping carries ITT 0xffffffff: \(ping)")
                 let firstPing = try #require(pingAt) - loginDone
                 #expect(firstPing <= RobustLiveness.nopIntervalSeconds + 2 * RobustLiveness.tickSlackSeconds,
                         "first ping \(firstPing) s after login; nop_interval is 1 s")
@@ -111,7 +112,7 @@ extension EndToEnd {
                 while closedAt == nil && monotonicSeconds() < deadline {
                     switch try silent.receive(timeoutSeconds: 0.1, answerPings: false) {
                     case .pdu(let p):
-                        if p.opcode == RawCodes.nopIn && p.ttt != RawCodes.reservedTag && pingAt == nil {
+                        if p.opcode == ISCSIOpcode.nopIn && p.ttt != reservedTag && pingAt == nil {
                             pingAt = monotonicSeconds()
                         }
                     case .closed: closedAt = monotonicSeconds()

@@ -3,6 +3,7 @@
 // §3.2.2.1) hold no buffer unless they carry immediate data, and not for ever.
 
 import Foundation
+import ISCSIWire
 import Testing
 
 extension EndToEnd {
@@ -42,7 +43,7 @@ extension EndToEnd {
         /// Reads the Reject of the command `itt` with `reason`; throws on anything else.
         static func expectReject(_ s: RawSession, itt: UInt32, reason: UInt8, _ what: String) throws {
             let p = try s.expectPDU("the Reject of \(what)")
-            guard p.opcode == RawCodes.reject, p.byte2 == reason, p.data.count >= 48, rawBE32(p.data, 16) == itt else {
+            guard p.opcode == ISCSIOpcode.reject, p.byte2 == reason, p.data.count >= 48, rawBE32(p.data, 16) == itt else {
                 throw E2EError("\(what) (ITT 0x\(String(itt, radix: 16))): expected Reject reason \(reason), got \(p)")
             }
         }
@@ -224,13 +225,13 @@ extension EndToEnd {
                 }
                 let abortedCmdSN = s.cmdSN
                 let aborted = try s.sendCommand(RawCDB.read10(lba: 0, blocks: 8), read: true, edtl: bytes)
-                let tmf = try s.sendTMF(function: RawCodes.TMF.abortTask, referencedITT: aborted, refCmdSN: abortedCmdSN)
+                let tmf = try s.sendTMF(function: TMFunction.abortTask, referencedITT: aborted, refCmdSN: abortedCmdSN)
                 let early = try s.ping()
                 let kept = RobustResources.parkedDataCommandsPerSession
-                let refused = early.filter { $0.opcode == RawCodes.scsiResponse }
+                let refused = early.filter { $0.opcode == ISCSIOpcode.scsiResponse }
                 #expect(refused.map(\.itt) == Array(writes[kept...]) && refused.allSatisfy { $0.status == RawCodes.taskSetFull },
                         "answers before the gap filled: \(early)")
-                #expect(early.contains { $0.opcode == RawCodes.tmfResponse && $0.itt == tmf && $0.byte2 == RawCodes.TMF.functionComplete },
+                #expect(early.contains { $0.opcode == ISCSIOpcode.taskManagementResponse && $0.itt == tmf && $0.byte2 == TMResponse.functionComplete },
                         "ABORT TASK of a parked READ: \(early)")
                 _ = try s.collect(Array(writes[kept...]))
 
@@ -271,7 +272,7 @@ extension EndToEnd {
                     case .timeout: #expect(try bystander.run(RawCDB.testUnitReady).status == RawCodes.good)
                     }
                 }
-                #expect(answers.allSatisfy { $0.opcode == RawCodes.nopIn }, "answers while the gap lasted: \(answers)")
+                #expect(answers.allSatisfy { $0.opcode == ISCSIOpcode.nopIn }, "answers while the gap lasted: \(answers)")
                 let after = try #require(closedAfter, "the session was still open \(limit + 10) s after its gap formed")
                 #expect(after >= limit - 1, "closed \(after) s after the gap formed, before the \(limit) s bound")
                 #expect(t.process.stderrText.contains("CmdSN gap"), "the daemon did not log why: \(tail(t.process.stderrText))")

@@ -2,6 +2,7 @@
 // idle sessions held at once beside one that works.
 
 import Foundation
+import ISCSIWire
 import Testing
 
 extension EndToEnd {
@@ -22,14 +23,14 @@ extension EndToEnd {
 
                 let recovery = try s.sendLogout(reason: 2)
                 let r2 = try s.expectPDU("the Logout Response to reason 2")
-                #expect(r2.opcode == RawCodes.logoutResponse && r2.itt == recovery && r2.byte2 == 2,
+                #expect(r2.opcode == ISCSIOpcode.logoutResponse && r2.itt == recovery && r2.byte2 == 2,
                         "Logout for recovery at ERL 0: \(r2)")
                 #expect(try s.run(RawCDB.testUnitReady).status == RawCodes.good, "the session after a refused logout")
 
                 let nextStatSN = s.expStatSN
                 let itt = try s.sendLogout(reason: 0)
                 let r = try s.expectPDU("the Logout Response")
-                #expect(r.opcode == RawCodes.logoutResponse && r.itt == itt && r.byte2 == 0, "Logout: \(r)")
+                #expect(r.opcode == ISCSIOpcode.logoutResponse && r.itt == itt && r.byte2 == 0, "Logout: \(r)")
                 #expect(r.statSN == nextStatSN, "Logout Response StatSN \(r.statSN), expected \(nextStatSN)")
                 #expect(s.awaitClose(timeoutSeconds: RawSessionLimits.answerTimeoutSeconds),
                         "the target kept the connection open after the Logout Response")

@@ -4,6 +4,7 @@
 // stuck socket itself and checks that the daemon lets go of the session and all it held.)
 
 import Foundation
+import ISCSIWire
 import Testing
 
 extension EndToEnd {
@@ -82,7 +83,7 @@ extension EndToEnd {
                 var r2ts = 0
                 while r2ts < window {
                     let p = try holder.expectPDU("R2T \(r2ts + 1) of \(window)")
-                    try #require(p.opcode == RawCodes.r2t, "\(p)")
+                    try #require(p.opcode == ISCSIOpcode.r2t, "\(p)")
                     r2ts += 1
                     holder.keep(p)
                 }

@@ -2,6 +2,7 @@
 // the responses to the other functions, including the ones ErrorRecoveryLevel 0 does not support.
 
 import Foundation
+import ISCSIWire
 import Testing
 
 extension EndToEnd {
@@ -12,7 +13,7 @@ extension EndToEnd {
         /// Reads the TMF Response for `itt`; throws on anything else.
         static func tmfResponse(_ s: RawSession, _ itt: UInt32, _ what: String) throws -> UInt8 {
             let p = try s.expectPDU("the TMF Response to \(what)")
-            guard p.opcode == RawCodes.tmfResponse, p.itt == itt else {
+            guard p.opcode == ISCSIOpcode.taskManagementResponse, p.itt == itt else {
                 throw E2EError("\(what): expected the TMF Response, got \(p)")
             }
             return p.byte2
@@ -39,18 +40,18 @@ extension EndToEnd {
                 let itt = try s.sendCommand(RawCDB.write10(lba: 64, blocks: 16), writeData: data, immediateBytes: 0,
                                             serveR2T: false)
                 let r2t = try s.expectPDU("R2T")
-                try #require(r2t.opcode == RawCodes.r2t && r2t.itt == itt, "\(r2t)")
+                try #require(r2t.opcode == ISCSIOpcode.r2t && r2t.itt == itt, "\(r2t)")
 
-                let tmf = try s.sendTMF(function: RawCodes.TMF.abortTask, referencedITT: itt, refCmdSN: writeCmdSN)
+                let tmf = try s.sendTMF(function: TMFunction.abortTask, referencedITT: itt, refCmdSN: writeCmdSN)
                 let response = try RobustTaskManagement.tmfResponse(s, tmf, "ABORT TASK")
-                #expect(response == RawCodes.TMF.functionComplete, "ABORT TASK of a waiting WRITE: response \(response)")
+                #expect(response == TMResponse.functionComplete, "ABORT TASK of a waiting WRITE: response \(response)")
                 let after = try s.ping()
                 #expect(after.isEmpty, "after ABORT TASK the target sent \(after)")
 
                 // Data for the aborted command: its TTT is no longer valid.
                 try s.sendDataOut(itt: itt, ttt: r2t.ttt, offset: 0, dataSN: 0, final: true, data: data)
                 let reject = try s.expectPDU("the Reject of Data-Out for an aborted task")
-                #expect(reject.opcode == RawCodes.reject && reject.byte2 == 0x09, "\(reject)")
+                #expect(reject.opcode == ISCSIOpcode.reject && reject.byte2 == 0x09, "\(reject)")
                 let quiet = try s.ping()
                 #expect(!quiet.contains { $0.itt == itt }, "the aborted WRITE was answered: \(quiet)")
 
@@ -73,15 +74,15 @@ extension EndToEnd {
                 let doneCmdSN = s.cmdSN
                 let doneITT = try s.sendCommand(RawCDB.testUnitReady)
                 #expect(try s.collect([doneITT])[doneITT]!.status == RawCodes.good)
-                let a = try s.sendTMF(function: RawCodes.TMF.abortTask, referencedITT: doneITT, refCmdSN: doneCmdSN)
+                let a = try s.sendTMF(function: TMFunction.abortTask, referencedITT: doneITT, refCmdSN: doneCmdSN)
                 let ra = try RobustTaskManagement.tmfResponse(s, a, "ABORT TASK of a completed task")
-                #expect(ra == RawCodes.TMF.taskDoesNotExist,
+                #expect(ra == TMResponse.taskDoesNotExist,
                         "ABORT TASK of a task that completed (RefCmdSN \(doneCmdSN) below ExpCmdSN): response \(ra)")
 
-                let b = try s.sendTMF(function: RawCodes.TMF.abortTask, referencedITT: 0x00AB_CDEF,
+                let b = try s.sendTMF(function: TMFunction.abortTask, referencedITT: 0x00AB_CDEF,
                                       refCmdSN: s.cmdSN &+ 0x1000_0000)
                 let rb = try RobustTaskManagement.tmfResponse(s, b, "ABORT TASK with a RefCmdSN outside the window")
-                #expect(rb == RawCodes.TMF.taskDoesNotExist, "ABORT TASK with a RefCmdSN outside the window: response \(rb)")
+                #expect(rb == TMResponse.taskDoesNotExist, "ABORT TASK with a RefCmdSN outside the window: response \(rb)")
 
                 // A "lost" command: its CmdSN is taken but it is never sent. The next one waits for it.
                 let lostCmdSN = s.cmdSN
@@ -90,12 +91,12 @@ extension EndToEnd {
                 let parked = try s.sendCommand(RawCDB.testUnitReady)
                 let waiting = try s.ping()
                 #expect(waiting.isEmpty, "a command behind a CmdSN gap was answered: \(waiting)")
-                let c = try s.sendTMF(function: RawCodes.TMF.abortTask, referencedITT: lostITT, refCmdSN: lostCmdSN)
+                let c = try s.sendTMF(function: TMFunction.abortTask, referencedITT: lostITT, refCmdSN: lostCmdSN)
                 let parkedResult = try s.collect([parked])[parked]!
                 #expect(parkedResult.status == RawCodes.good, "the parked command after the gap was aborted: \(parkedResult)")
                 var tmf = s.others.first { $0.itt == c }
                 if tmf == nil { tmf = try s.expectPDU("the TMF Response to ABORT TASK of a lost command") }
-                #expect(tmf?.opcode == RawCodes.tmfResponse && tmf?.byte2 == RawCodes.TMF.functionComplete,
+                #expect(tmf?.opcode == ISCSIOpcode.taskManagementResponse && tmf?.byte2 == TMResponse.functionComplete,
                         "ABORT TASK of a command never received (RefCmdSN in the window): \(String(describing: tmf))")
                 s.clearOthers()
                 #expect(try s.run(RawCDB.testUnitReady).status == RawCodes.good)
@@ -111,19 +112,20 @@ extension EndToEnd {
                 let bystander = try RawSession(t.endpoint, target: t.iqn,
                                                options: RawLoginOptions(initiatorName: "\(RobustTaskManagement.initiator)-bystander",
                                                                         isid: 0x4000_0000_0002))
-                typealias F = RawCodes.TMF
+                typealias F = TMFunction
+                typealias R = TMResponse
                 // (function, LUN, acceptable responses, name)
                 let cases: [(UInt8, UInt64, Set<UInt8>, String)] = [
-                    (F.abortTaskSet, 1, [F.functionComplete], "ABORT TASK SET"),
-                    (F.clearTaskSet, 1, [F.functionComplete, F.notSupported], "CLEAR TASK SET"),
-                    (F.logicalUnitReset, 1, [F.functionComplete], "LOGICAL UNIT RESET"),
-                    (F.logicalUnitReset, 9, [F.lunDoesNotExist], "LOGICAL UNIT RESET of a missing LUN"),
-                    (F.targetWarmReset, 0, [F.functionComplete], "TARGET WARM RESET"),
-                    (F.clearACA, 1, [F.notSupported, F.functionRejected], "CLEAR ACA"),
-                    // ErrorRecoveryLevel 0: no reassignment (4 "allegiance reassignment not supported" or 5).
-                    (F.taskReassign, 1, [4, F.notSupported], "TASK REASSIGN"),
-                    (20, 1, [F.functionRejected], "function 20"),
-                    (0x7F, 1, [F.functionRejected], "function 127"),
+                    (F.abortTaskSet, 1, [R.functionComplete], "ABORT TASK SET"),
+                    (F.clearTaskSet, 1, [R.functionComplete, R.functionNotSupported], "CLEAR TASK SET"),
+                    (F.logicalUnitReset, 1, [R.functionComplete], "LOGICAL UNIT RESET"),
+                    (F.logicalUnitReset, 9, [R.lunDoesNotExist], "LOGICAL UNIT RESET of a missing LUN"),
+                    (F.targetWarmReset, 0, [R.functionComplete], "TARGET WARM RESET"),
+                    (F.clearACA, 1, [R.functionNotSupported, R.functionRejected], "CLEAR ACA"),
+                    // ErrorRecoveryLevel 0: no reassignment.
+                    (F.taskReassign, 1, [R.reassignmentNotSupported, R.functionNotSupported], "TASK REASSIGN"),
+                    (20, 1, [R.functionRejected], "function 20"),
+                    (0x7F, 1, [R.functionRejected], "function 127"),
                 ]
                 for (function, lun, accepted, name) in cases {
                     let itt = try s.sendTMF(function: function, lun: lun)
@@ -143,7 +145,7 @@ extension EndToEnd {
                 // the target drop every other session too, so the bystander is not checked afterwards).
                 let cold = try s.sendTMF(function: F.targetColdReset, lun: 0)
                 let rc = try RobustTaskManagement.tmfResponse(s, cold, "TARGET COLD RESET")
-                #expect(rc == F.functionComplete, "TARGET COLD RESET: response \(rc)")
+                #expect(rc == TMResponse.functionComplete, "TARGET COLD RESET: response \(rc)")
                 #expect(s.awaitClose(timeoutSeconds: RawSessionLimits.answerTimeoutSeconds),
                         "the connection stayed open after TARGET COLD RESET")
                 #expect(s.others.isEmpty, "\(s.others)")

@@ -252,7 +252,7 @@ final class SimISCSIClient: SimClientBase, SimClient {
         }
         for s in 0..<queueDepth where slots[s]?.op == .write && queueDataOut(s) { did = true }
         // CmdSN ≤ MaxCmdSN: a command beyond the window would be dropped by the target (RFC 7143 §4.2.2.1).
-        let issued = issueCommands(&rng, flushAllowed: true) { Int32(bitPattern: maxCmdSN &- cmdSN) >= 0 }
+        let issued = issueCommands(&rng, flushAllowed: true) { Serial.atLeast(maxCmdSN, cmdSN) }
         return did || issued
     }
 
@@ -398,8 +398,8 @@ final class SimISCSIClient: SimClientBase, SimClient {
     /// MaxCmdSN moves forward only, and only when consistent with ExpCmdSN (RFC 7143 §4.2.2.1).
     private func updateWindow(_ bhs: BHS) {
         let exp = bhs.u32(28), max = bhs.u32(32)
-        if Int32(bitPattern: max &- (exp &- 1)) >= 0 && Int32(bitPattern: max &- maxCmdSN) > 0 { maxCmdSN = max }
-        if Int32(bitPattern: cmdSN &- exp) < 0 {
+        if Serial.atLeast(max, exp &- 1) && Serial.greaterThan(max, maxCmdSN) { maxCmdSN = max }
+        if Serial.lessThan(cmdSN, exp) {
             workload.fail("ExpCmdSN \(exp) is past the next CmdSN \(cmdSN)")
         }
     }

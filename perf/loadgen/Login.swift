@@ -194,7 +194,7 @@ final class SetupSocket {
     /// Receives one PDU: its BHS and its data segment (unpadded). Digests are checked when negotiated.
     /// `probeDigests` is for the last Login Response: digests there are a target bug, detected and tolerated.
     func recvPDU(probeDigests: (header: Bool, data: Bool) = (false, false)) throws -> (bhs: [UInt8], data: [UInt8]) {
-        let bhs = try recvExact(Wire.bhsBytes)
+        let bhs = try recvExact(bhsBytes)
         let ahs = Int(bhs[4]) * 4
         if ahs > 0 { _ = try recvExact(ahs) }
         var probedHeader = false
@@ -213,7 +213,7 @@ final class SetupSocket {
         guard dsl <= SetupLimits.maxSetupDataBytes else { throw SetupError("setup PDU data segment of \(dsl) bytes") }
         var data: [UInt8] = []
         if dsl > 0 {
-            let padded = try recvExact(Wire.padded(dsl))
+            let padded = try recvExact(Framing.padded(dsl))
             if dataDigest {
                 let d = try recvExact(4)
                 let want = CRC32C.checksum(padded)
@@ -277,15 +277,15 @@ func login(_ sock: SetupSocket, url: TargetURL, offer: LoginOffer, isid: UInt64)
                 TextKeys.append("OFMarker", "No", to: &text)
             }
         }
-        var bhs = [UInt8](repeating: 0, count: Wire.bhsBytes)
+        var bhs = [UInt8](repeating: 0, count: bhsBytes)
         bhs.withUnsafeMutableBytes {
-            Wire.loginRequest($0.baseAddress!, transit: true, csg: stage, nsg: nsg, isid: isid, itt: itt,
-                              cmdSN: cmdSN, expStatSN: expStatSN, length: text.count)
+            InitiatorPDUBuild.loginRequest($0.baseAddress!, transit: true, csg: stage, nsg: nsg, isid: isid, itt: itt,
+                                           cmdSN: cmdSN, expStatSN: expStatSN, dataLength: text.count)
         }
         try sock.sendPDU(bhs, data: text)
         let probe = stage == 1 ? (offer.headerDigest, offer.dataDigest) : (false, false)
         let (rb, rdata) = try sock.recvPDU(probeDigests: probe)
-        guard rb[0] & 0x3f == Wire.opLoginResponse else {
+        guard rb[0] & 0x3f == ISCSIOpcode.loginResponse else {
             throw SetupError("expected a Login Response, got opcode \(hex(rb[0] & 0x3f))")
         }
         let statusClass = rb[36], statusDetail = rb[37]
@@ -297,10 +297,10 @@ func login(_ sock: SetupSocket, url: TargetURL, offer: LoginOffer, isid: UInt64)
         for p in pairs { answered[p.key] = p.value }
         rb.withUnsafeBytes { p in
             let b = p.baseAddress!
-            expStatSN = Wire.be32(b, 24) &+ 1
-            neg.cmdSN = Wire.be32(b, 28)
-            neg.maxCmdSN = Wire.be32(b, 32)
-            neg.tsih = Wire.be16(b, 14)
+            expStatSN = be32(b, 24) &+ 1
+            neg.cmdSN = be32(b, 28)
+            neg.maxCmdSN = be32(b, 32)
+            neg.tsih = be16(b, 14)
         }
         cmdSN = neg.cmdSN
         let transit = rb[1] & 0x80 != 0
@@ -335,15 +335,16 @@ func login(_ sock: SetupSocket, url: TargetURL, offer: LoginOffer, isid: UInt64)
 func readCapacity(_ sock: SetupSocket, lun: UInt64, neg: inout Negotiated) throws -> (blockBytes: Int, blocks: UInt64) {
     let allocation: UInt32 = 32
     for attempt in 0..<SetupLimits.readCapacityAttempts {
-        var bhs = [UInt8](repeating: 0, count: Wire.bhsBytes)
+        var bhs = [UInt8](repeating: 0, count: bhsBytes)
         let itt = UInt32(0x1000 + attempt)
         bhs.withUnsafeMutableBytes { p in
             let h = p.baseAddress!
-            Wire.scsiCommand(h, read: true, write: false, final: true, lunField: encodeLUN(lun), itt: itt,
-                             expectedBytes: allocation, cmdSN: neg.cmdSN, expStatSN: neg.expStatSN, immediateBytes: 0)
-            Wire.put8(h, 32, Wire.scsiServiceActionIn16)
-            Wire.put8(h, 33, Wire.readCapacity16ServiceAction)
-            Wire.put32(h, 42, allocation)
+            InitiatorPDUBuild.scsiCommand(h, read: true, write: false, final: true, lunField: encodeLUN(lun), itt: itt,
+                                          expectedLength: allocation, cmdSN: neg.cmdSN, expStatSN: neg.expStatSN,
+                                          immediateLength: 0)
+            h.storeBytes(of: Wire.scsiServiceActionIn16, toByteOffset: 32, as: UInt8.self)
+            h.storeBytes(of: Wire.readCapacity16ServiceAction, toByteOffset: 33, as: UInt8.self)
+            put32(h, 42, allocation)
         }
         neg.cmdSN &+= 1
         try sock.sendPDU(bhs, data: [])
@@ -355,21 +356,21 @@ func readCapacity(_ sock: SetupSocket, lun: UInt64, neg: inout Negotiated) throw
             let op = rb[0] & 0x3f
             rb.withUnsafeBytes { p in
                 let b = p.baseAddress!
-                if Wire.be32(b, 32) != 0 { neg.maxCmdSN = Wire.be32(b, 32) }
+                if be32(b, 32) != 0 { neg.maxCmdSN = be32(b, 32) }
             }
             switch op {
-            case Wire.opDataIn:
+            case ISCSIOpcode.dataIn:
                 payload += data
                 if rb[1] & 0x01 != 0 {
                     status = rb[3]
-                    rb.withUnsafeBytes { neg.expStatSN = Wire.be32($0.baseAddress!, 24) &+ 1 }
+                    rb.withUnsafeBytes { neg.expStatSN = be32($0.baseAddress!, 24) &+ 1 }
                 }
-            case Wire.opSCSIResponse:
+            case ISCSIOpcode.scsiResponse:
                 status = rb[3]
                 if rb[2] != 0 { throw SetupError("READ CAPACITY(16): iSCSI response 0x\(String(rb[2], radix: 16))") }
-                rb.withUnsafeBytes { neg.expStatSN = Wire.be32($0.baseAddress!, 24) &+ 1 }
+                rb.withUnsafeBytes { neg.expStatSN = be32($0.baseAddress!, 24) &+ 1 }
                 if data.count >= 2 { sense = Array(data[2...]) }
-            case Wire.opNopIn:
+            case ISCSIOpcode.nopIn:
                 continue
             default:
                 throw SetupError("READ CAPACITY(16): unexpected opcode \(hex(op))")
@@ -377,8 +378,8 @@ func readCapacity(_ sock: SetupSocket, lun: UInt64, neg: inout Negotiated) throw
         }
         if status == 0 {
             guard payload.count >= 12 else { throw SetupError("READ CAPACITY(16) returned \(payload.count) bytes") }
-            let last = payload.withUnsafeBytes { Wire.be64($0.baseAddress!, 0) }
-            let bs = payload.withUnsafeBytes { Int(Wire.be32($0.baseAddress!, 8)) }
+            let last = payload.withUnsafeBytes { be64($0.baseAddress!, 0) }
+            let bs = payload.withUnsafeBytes { Int(be32($0.baseAddress!, 8)) }
             guard bs >= 512, bs <= 65536 else { throw SetupError("READ CAPACITY(16): block size \(bs)") }
             return (bs, last &+ 1)
         }
@@ -391,8 +392,8 @@ func readCapacity(_ sock: SetupSocket, lun: UInt64, neg: inout Negotiated) throw
 
 /// Sends a Logout Request and waits (bounded) for its response. Used for idle sessions at the end.
 func logout(_ sock: SetupSocket, neg: Negotiated) {
-    var bhs = [UInt8](repeating: 0, count: Wire.bhsBytes)
-    bhs.withUnsafeMutableBytes { Wire.logoutRequest($0.baseAddress!, itt: 0x7fff_0000, cmdSN: neg.cmdSN, expStatSN: neg.expStatSN) }
+    var bhs = [UInt8](repeating: 0, count: bhsBytes)
+    bhs.withUnsafeMutableBytes { InitiatorPDUBuild.logoutRequest($0.baseAddress!, itt: 0x7fff_0000, cmdSN: neg.cmdSN, expStatSN: neg.expStatSN) }
     try? sock.sendPDU(bhs, data: [])
 }
 

@@ -129,11 +129,11 @@ func allocateSession(_ s: UnsafeMutablePointer<SessionState>, queueDepth: Int, i
         s.pointee.freeTasks = free
         s.pointee.freeCount = q
     }
-    let maxPDU = Wire.bhsBytes + SessionLimits.maxAHSBytes + Wire.digestBytes + LoginOffer.ourMaxRecvDataSegmentBytes
-        + 3 + Wire.digestBytes
+    let maxPDU = bhsBytes + SessionLimits.maxAHSBytes + Framing.digestBytes + LoginOffer.ourMaxRecvDataSegmentBytes
+        + 3 + Framing.digestBytes
     s.pointee.maxPDUBytes = maxPDU
     s.pointee.rxCapacity = q > 0 ? max(SessionLimits.minActiveReceiveBytes, 4 * maxPDU)
-                                 : max(SessionLimits.idleReceiveBytes, 2 * Wire.bhsBytes + 2 * SessionLimits.nopEchoBytes)
+                                 : max(SessionLimits.idleReceiveBytes, 2 * bhsBytes + 2 * SessionLimits.nopEchoBytes)
     // An idle session never needs more than one large PDU in its buffer; a PDU larger than that fails it.
     if q == 0 { s.pointee.maxPDUBytes = s.pointee.rxCapacity / 2 }
     s.pointee.rx = .allocate(byteCount: s.pointee.rxCapacity, alignment: 4096)

@@ -185,27 +185,27 @@ struct Worker: ~Copyable {
         let dd = s.pointee.dataDigest
         while s.pointee.alive {
             let avail = s.pointee.rxTail - s.pointee.rxHead
-            if avail < Wire.bhsBytes { break }
+            if avail < bhsBytes { break }
             let h = rx + s.pointee.rxHead
-            let ahs = Int(Wire.u8(h, 4)) * 4
-            let dsl = Wire.be24(h, 5)
-            let headerTotal = Wire.bhsBytes + ahs + (hd ? Wire.digestBytes : 0)
-            let dataTotal = dsl > 0 ? Wire.padded(dsl) + (dd ? Wire.digestBytes : 0) : 0
+            let ahs = BHS(h).ahsBytes
+            let dsl = BHS(h).dataSegmentLength
+            let headerTotal = bhsBytes + ahs + (hd ? Framing.digestBytes : 0)
+            let dataTotal = dsl > 0 ? Framing.padded(dsl) + (dd ? Framing.digestBytes : 0) : 0
             let total = headerTotal + dataTotal
             if total > s.pointee.maxPDUBytes {
-                fail(s, "target sent a PDU of \(total) bytes (opcode \(hex(Wire.u8(h, 0) & 0x3f))), beyond what we negotiated")
+                fail(s, "target sent a PDU of \(total) bytes (opcode \(hex(BHS(h).opcode))), beyond what we negotiated")
                 return
             }
             if avail < total { break }
             if hd {
-                let want = CRC32C.checksum(UnsafeRawPointer(h), count: Wire.bhsBytes + ahs)
-                let got = UInt32(littleEndian: h.loadUnaligned(fromByteOffset: Wire.bhsBytes + ahs, as: UInt32.self))
+                let want = CRC32C.checksum(UnsafeRawPointer(h), count: bhsBytes + ahs)
+                let got = UInt32(littleEndian: h.loadUnaligned(fromByteOffset: bhsBytes + ahs, as: UInt32.self))
                 if want != got { fail(s, "header digest mismatch"); return }
             }
             let data = h + headerTotal
             if dd && dsl > 0 {
-                let want = CRC32C.checksum(UnsafeRawPointer(data), count: Wire.padded(dsl))
-                let got = UInt32(littleEndian: data.loadUnaligned(fromByteOffset: Wire.padded(dsl), as: UInt32.self))
+                let want = CRC32C.checksum(UnsafeRawPointer(data), count: Framing.padded(dsl))
+                let got = UInt32(littleEndian: data.loadUnaligned(fromByteOffset: Framing.padded(dsl), as: UInt32.self))
                 if want != got { fail(s, "data digest mismatch"); return }
             }
             s.pointee.rxHead += total
@@ -229,10 +229,10 @@ struct Worker: ~Copyable {
     /// Every target PDU that has them carries ExpCmdSN at 28 and MaxCmdSN at 32 (RFC 7143 §11).
     @inline(__always)
     func updateWindow(_ s: UnsafeMutablePointer<SessionState>, _ h: UnsafeRawPointer) {
-        let exp = Wire.be32(h, 28)
-        let maxSN = Wire.be32(h, 32)
+        let exp = be32(h, 28)
+        let maxSN = be32(h, 32)
         // §4.2.2.1: MaxCmdSN is only valid if MaxCmdSN - ExpCmdSN >= -1 (serial), and never moves back.
-        if Int32(bitPattern: maxSN &- exp) >= -1 && Int32(bitPattern: maxSN &- s.pointee.maxCmdSN) > 0 {
+        if Serial.atLeast(maxSN, exp &- 1) && Serial.greaterThan(maxSN, s.pointee.maxCmdSN) {
             s.pointee.maxCmdSN = maxSN
         }
     }
@@ -248,24 +248,24 @@ struct Worker: ~Copyable {
 
     mutating func handlePDU(_ s: UnsafeMutablePointer<SessionState>, _ h: UnsafeMutableRawPointer,
                             data: UnsafeMutableRawPointer, dataLength: Int, now: UInt64) {
-        let op = Wire.u8(h, 0) & 0x3f
+        let op = BHS(h).opcode
         switch op {
-        case Wire.opDataIn:
+        case ISCSIOpcode.dataIn:
             updateWindow(s, h)
-            guard let t = task(s, itt: Wire.be32(h, 16)), !t.pointee.write else {
-                fail(s, "Data-In for an unknown task \(hex(Wire.be32(h, 16)))"); return
+            guard let t = task(s, itt: be32(h, 16)), !t.pointee.write else {
+                fail(s, "Data-In for an unknown task \(hex(be32(h, 16)))"); return
             }
-            let offset = Int(Wire.be32(h, 40))
+            let offset = Int(be32(h, 40))
             if offset &+ dataLength > config.ioBytes || offset != t.pointee.receivedBytes {
                 fail(s, "Data-In at offset \(offset) length \(dataLength) for a \(config.ioBytes)-byte read"); return
             }
             if config.verify && dataLength > 0 { verifyRead(s, t, data: data, offset: offset, length: dataLength) }
             t.pointee.receivedBytes += dataLength
-            let flags = Wire.u8(h, 1)
+            let flags = BHS(h).byte(1)
             if flags & 0x01 != 0 {
                 // Status collapsed into the last Data-In (phase collapse, §11.7.4).
-                s.pointee.expStatSN = Wire.be32(h, 24) &+ 1
-                let status = Wire.u8(h, 3)
+                s.pointee.expStatSN = be32(h, 24) &+ 1
+                let status = BHS(h).byte(3)
                 let residual = flags & 0x06 != 0
                 let ok = status == 0 && !residual && t.pointee.receivedBytes == config.ioBytes
                 if !ok {
@@ -273,65 +273,65 @@ struct Worker: ~Copyable {
                 }
                 complete(s, t, ok: ok, now: now)
             }
-        case Wire.opSCSIResponse:
+        case ISCSIOpcode.scsiResponse:
             updateWindow(s, h)
-            guard let t = task(s, itt: Wire.be32(h, 16)) else {
-                fail(s, "SCSI Response for an unknown task \(hex(Wire.be32(h, 16)))"); return
+            guard let t = task(s, itt: be32(h, 16)) else {
+                fail(s, "SCSI Response for an unknown task \(hex(be32(h, 16)))"); return
             }
-            s.pointee.expStatSN = Wire.be32(h, 24) &+ 1
-            let response = Wire.u8(h, 2)
-            let status = Wire.u8(h, 3)
-            let flags = Wire.u8(h, 1)
+            s.pointee.expStatSN = be32(h, 24) &+ 1
+            let response = BHS(h).byte(2)
+            let status = BHS(h).byte(3)
+            let flags = BHS(h).byte(1)
             var ok = response == 0 && status == 0 && flags & 0x06 == 0
             if !t.pointee.write && t.pointee.receivedBytes != config.ioBytes { ok = false }
             if !ok {
                 var sense: [UInt8] = []
                 if dataLength >= 2 {
-                    let n = min(Int(Wire.be16(data, 0)), dataLength - 2)
+                    let n = min(Int(be16(data, 0)), dataLength - 2)
                     sense = Array(UnsafeRawBufferPointer(start: data + 2, count: max(0, n)))
                 }
                 note("\(t.pointee.write ? "write" : "read") LBA \(t.pointee.lba): response \(hex(response)) status \(hex(status)) \(describeSense(sense))")
             }
             complete(s, t, ok: ok, now: now)
-        case Wire.opR2T:
+        case ISCSIOpcode.r2t:
             updateWindow(s, h)
-            guard let t = task(s, itt: Wire.be32(h, 16)), t.pointee.write else {
-                fail(s, "R2T for an unknown task \(hex(Wire.be32(h, 16)))"); return
+            guard let t = task(s, itt: be32(h, 16)), t.pointee.write else {
+                fail(s, "R2T for an unknown task \(hex(be32(h, 16)))"); return
             }
-            let ttt = Wire.be32(h, 20)
-            let offset = Int(Wire.be32(h, 40))
-            let length = Int(Wire.be32(h, 44))
+            let ttt = be32(h, 20)
+            let offset = Int(be32(h, 40))
+            let length = Int(be32(h, 44))
             guard length > 0, offset &+ length <= config.ioBytes else {
                 fail(s, "R2T for offset \(offset) length \(length) of a \(config.ioBytes)-byte write"); return
             }
             queueDataOut(s, t, ttt: ttt, offset: offset, end: offset + length)
-        case Wire.opNopIn:
+        case ISCSIOpcode.nopIn:
             updateWindow(s, h)
-            let ttt = Wire.be32(h, 20)
-            if ttt != Wire.reservedTag {
+            let ttt = be32(h, 20)
+            if ttt != reservedTag {
                 // A ping from the target: answer with the same TTT, LUN and data (§11.19).
                 let n = min(dataLength, SessionLimits.nopEchoBytes)
                 if let echo = s.pointee.nopEcho, n > 0 { echo.copyMemory(from: data, byteCount: n) }
                 guard let (slot, seq) = allocSlot(s) else { return }
-                Wire.nopOutReply(slot, lunField: Wire.be64(h, 8), ttt: ttt, cmdSN: s.pointee.cmdSN,
-                                 expStatSN: s.pointee.expStatSN, length: n)
+                InitiatorPDUBuild.nopOutReply(slot, lunField: BHS(h).lunField, ttt: ttt, cmdSN: s.pointee.cmdSN,
+                                              expStatSN: s.pointee.expStatSN, dataLength: n)
                 appendHeader(s, slot, seq)
                 if n > 0, let echo = s.pointee.nopEcho { appendData(s, echo, n, slot: slot, seq: seq) }
                 stats.nopPingsAnswered += 1
             }
-        case Wire.opReject:
+        case ISCSIOpcode.reject:
             updateWindow(s, h)
             stats.errors += 1
-            note("target rejected a PDU: reason \(hex(Wire.u8(h, 2)))")
-            if dataLength >= Wire.bhsBytes, let t = task(s, itt: Wire.be32(data, 16)) {
+            note("target rejected a PDU: reason \(hex(BHS(h).byte(2)))")
+            if dataLength >= bhsBytes, let t = task(s, itt: be32(data, 16)) {
                 complete(s, t, ok: false, now: now)
             }
-        case Wire.opAsyncMessage:
+        case ISCSIOpcode.asyncMessage:
             updateWindow(s, h)
-            let event = Wire.u8(h, 36)
+            let event = BHS(h).byte(36)
             note("async message event \(event)")
             if event >= 1 && event <= 3 { s.pointee.draining = true }
-        case Wire.opLogoutResponse:
+        case ISCSIOpcode.logoutResponse:
             s.pointee.draining = true
         default:
             fail(s, "unexpected opcode \(hex(op)) from the target")
@@ -382,7 +382,7 @@ struct Worker: ~Copyable {
     /// Starts commands until the queue depth, the MaxCmdSN window or the quota says stop.
     mutating func issue(_ s: UnsafeMutablePointer<SessionState>, now: UInt64) {
         while !s.pointee.draining && s.pointee.alive && s.pointee.freeCount > 0 && s.pointee.issued < s.pointee.quota
-            && Wire.serialAtLeast(s.pointee.maxCmdSN, s.pointee.cmdSN) {
+            && Serial.atLeast(s.pointee.maxCmdSN, s.pointee.cmdSN) {
             let write: Bool
             switch config.readPercent {
             case 100: write = false
@@ -497,10 +497,10 @@ struct Worker: ~Copyable {
     @inline(__always)
     func appendHeader(_ s: UnsafeMutablePointer<SessionState>, _ slot: UnsafeMutableRawPointer, _ seq: UInt32) {
         if s.pointee.headerDigest {
-            Wire.storeHeaderDigest(slot)
-            appendIovec(s, slot, Wire.bhsBytes + Wire.digestBytes, seq)
+            Framing.storeHeaderDigest(slot)
+            appendIovec(s, slot, bhsBytes + Framing.digestBytes, seq)
         } else {
-            appendIovec(s, slot, Wire.bhsBytes, seq)
+            appendIovec(s, slot, bhsBytes, seq)
         }
     }
 
@@ -509,7 +509,7 @@ struct Worker: ~Copyable {
     func appendData(_ s: UnsafeMutablePointer<SessionState>, _ data: UnsafeMutableRawPointer, _ length: Int,
                     slot: UnsafeMutableRawPointer, seq: UInt32) {
         appendIovec(s, data, length, seq)
-        let pad = Wire.padded(length) - length
+        let pad = Framing.padded(length) - length
         if pad == 0 && !s.pointee.dataDigest { return }
         let tail = slot + SessionLimits.dataDigestOffsetInSlot
         tail.storeBytes(of: 0, as: UInt64.self)
@@ -519,7 +519,7 @@ struct Worker: ~Copyable {
             acc.update(UnsafeRawPointer(data), count: length)
             acc.updateZeros(count: pad)
             tail.storeBytes(of: acc.value.littleEndian, toByteOffset: pad, as: UInt32.self)
-            tailBytes += Wire.digestBytes
+            tailBytes += Framing.digestBytes
         }
         appendIovec(s, tail, tailBytes, seq)
     }
@@ -534,15 +534,16 @@ struct Worker: ~Copyable {
             if s.pointee.immediateData { immediate = min(n, s.pointee.firstBurstBytes, s.pointee.maxSendSegmentBytes) }
             unsolicitedEnd = s.pointee.initialR2T ? immediate : min(n, s.pointee.firstBurstBytes)
         }
-        Wire.scsiCommand(slot, read: !t.pointee.write, write: t.pointee.write, final: unsolicitedEnd == immediate,
-                         lunField: s.pointee.lunField, itt: itt, expectedBytes: UInt32(n), cmdSN: s.pointee.cmdSN,
-                         expStatSN: s.pointee.expStatSN, immediateBytes: immediate)
+        InitiatorPDUBuild.scsiCommand(slot, read: !t.pointee.write, write: t.pointee.write,
+                                      final: unsolicitedEnd == immediate, lunField: s.pointee.lunField, itt: itt,
+                                      expectedLength: UInt32(n), cmdSN: s.pointee.cmdSN,
+                                      expStatSN: s.pointee.expStatSN, immediateLength: immediate)
         Wire.rw16CDB(slot, write: t.pointee.write, lba: t.pointee.lba, blocks: blocks)
         s.pointee.cmdSN &+= 1
         appendHeader(s, slot, seq)
         if immediate > 0 { appendData(s, t.pointee.data!, immediate, slot: slot, seq: seq) }
         if unsolicitedEnd > immediate {
-            queueDataOut(s, t, ttt: Wire.reservedTag, offset: immediate, end: unsolicitedEnd)
+            queueDataOut(s, t, ttt: reservedTag, offset: immediate, end: unsolicitedEnd)
         }
     }
 
@@ -555,8 +556,9 @@ struct Worker: ~Copyable {
         while off < end {
             let n = min(s.pointee.maxSendSegmentBytes, end - off)
             guard let (slot, seq) = allocSlot(s) else { return }
-            Wire.dataOut(slot, final: off + n == end, lunField: s.pointee.lunField, itt: itt, ttt: ttt,
-                         expStatSN: s.pointee.expStatSN, dataSN: dataSN, bufferOffset: UInt32(off), length: n)
+            InitiatorPDUBuild.dataOut(slot, final: off + n == end, lunField: s.pointee.lunField, itt: itt, ttt: ttt,
+                                      expStatSN: s.pointee.expStatSN, dataSN: dataSN, bufferOffset: UInt32(off),
+                                      length: n)
             appendHeader(s, slot, seq)
             appendData(s, t.pointee.data! + off, n, slot: slot, seq: seq)
             dataSN &+= 1

@@ -351,7 +351,7 @@ public final class Connection {
     func headerReady() {
         let bhs = BHS(hdr)
         dataLength = bhs.dataSegmentLength
-        padLength = (4 - dataLength & 3) & 3
+        padLength = Framing.padLength(dataLength)
         sinkPtr = nil
         sinkTask = -1
         sink = .discard
@@ -537,7 +537,7 @@ public final class Connection {
     @inline(__always)
     func stamp(_ h: UnsafeMutableRawPointer, advance: Bool) {
         let max = maxCmdSN
-        if Int32(bitPattern: max &- advertisedMaxCmdSN) > 0 { advertisedMaxCmdSN = max }
+        if Serial.greaterThan(max, advertisedMaxCmdSN) { advertisedMaxCmdSN = max }
         PDUBuild.setSequence(h, statSN: statSN, expCmdSN: expCmdSN, maxCmdSN: max)
         if advance { statSN &+= 1 }
     }

@@ -102,12 +102,11 @@ public struct TextEnvironment {
 /// - `sending`: our answer is longer than one PDU; the initiator fetches the rest with empty requests quoting our TTT.
 /// - `open`: the initiator sent F=0 (more negotiation to come); we answered with a TTT and wait for it.
 public struct TextExchange {
-    public static let reservedTag: UInt32 = 0xFFFF_FFFF
+    public static var reservedTag: UInt32 { ISCSIWire.reservedTag }
     /// Bound on a request text reassembled from C=1 PDUs.
     public static let maxRequestTextBytes = 65_536
-    /// Reject reasons (RFC 7143 §11.17.1).
-    public static let rejectProtocolError: UInt8 = 0x04
-    public static let rejectInvalidPDUField: UInt8 = 0x09
+    public static var rejectProtocolError: UInt8 { RejectReason.protocolError }
+    public static var rejectInvalidPDUField: UInt8 { RejectReason.invalidPDUField }
 
     private enum State: Equatable {
         case idle

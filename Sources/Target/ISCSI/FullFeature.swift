@@ -298,9 +298,7 @@ extension Connection {
     /// so a command sent at the edge of the advertised window would be dropped and never answered.
     @inline(__always)
     func cmdSNInWindow(_ sn: UInt32) -> Bool {
-        let ahead = Int32(bitPattern: sn &- expCmdSN)
-        let span = Int32(bitPattern: advertisedMaxCmdSN &- expCmdSN)
-        return ahead >= 0 && ahead <= span
+        Serial.inWindow(sn, low: expCmdSN, high: advertisedMaxCmdSN)
     }
 
     /// Runs parked commands whose turn has come, in CmdSN order. One without a buffer slot takes one now; when
@@ -388,7 +386,7 @@ extension Connection {
             tasks[t].holdsCompareAndWriteGate = false
             tasks[t].lun?.leaveCompareAndWrite()
         }
-        if cdb.count > 0 && cdb[0] == 0x89, let lun, !tasks[t].holdsCompareAndWriteGate {
+        if cdb.count > 0 && cdb[0] == Opcode.compareAndWrite, let lun, !tasks[t].holdsCompareAndWriteGate {
             if !lun.tryEnterCompareAndWrite() {
                 // Held while waiting: the gate retry asks this LUN, and the gate is released on it.
                 tasks[t].lun = lun
@@ -898,12 +896,12 @@ extension Connection {
 
     private func handleTaskManagement(_ bhs: BHS) {
         acceptCmdSN(bhs)
-        let function = bhs.byte1 & 0x7F
+        let function = bhs.byte1 & TMFunction.mask
         let itt = bhs.itt
-        var response: UInt8 = 0
+        var response = TMResponse.functionComplete
         let lunNumber = decodeLUN(bhs.lunField)
         switch function {
-        case 1: // ABORT TASK
+        case TMFunction.abortTask:
             let ref = bhs.u32(20)
             let refCmdSN = bhs.u32(32)
             var found = false
@@ -917,34 +915,34 @@ extension Connection {
                 // that never arrived (on our one ordered connection it never will): consider that CmdSN received, so
                 // commands parked behind it run, and answer "function complete". Any other RefCmdSN (a command that
                 // already completed, or one outside the window) is "task does not exist".
-                let ahead = Int32(bitPattern: refCmdSN &- expCmdSN)
-                let inWindow = ahead >= 0 && ahead <= Int32(bitPattern: advertisedMaxCmdSN &- expCmdSN)
-                if inWindow && Int32(bitPattern: refCmdSN &- bhs.cmdSN) < 0 {
-                    response = 0
+                if cmdSNInWindow(refCmdSN) && Serial.lessThan(refCmdSN, bhs.cmdSN) {
+                    response = TMResponse.functionComplete
                     if refCmdSN == expCmdSN { expCmdSN &+= 1 }   // parked commands behind it run after this PDU
                 } else {
-                    response = 1
+                    response = TMResponse.taskDoesNotExist
                 }
             }
-        case 2, 3: // ABORT TASK SET, CLEAR TASK SET
-            if target?.lun(lunNumber) == nil { response = 2; break }
+        case TMFunction.abortTaskSet, TMFunction.clearTaskSet:
+            if target?.lun(lunNumber) == nil { response = TMResponse.lunDoesNotExist; break }
             for t in 0..<tasksInitialized where tasks[t].state != .free && tasks[t].lunNumber == lunNumber { abortTask(t) }
-        case 4: // CLEAR ACA: NACA is not supported
-            response = 5
-        case 5: // LOGICAL UNIT RESET
-            guard let target, let nexus, let lun = target.lun(lunNumber) else { response = 2; break }
+        case TMFunction.clearACA: // NACA is not supported
+            response = TMResponse.functionNotSupported
+        case TMFunction.logicalUnitReset:
+            guard let target, let nexus, let lun = target.lun(lunNumber) else {
+                response = TMResponse.lunDoesNotExist; break
+            }
             for t in 0..<tasksInitialized where tasks[t].state != .free && tasks[t].lunNumber == lunNumber { abortTask(t) }
             SCSITask.logicalUnitReset(lun, by: nexus)
-        case 6, 7: // TARGET WARM RESET, TARGET COLD RESET
-            guard let target, let nexus else { response = 6; break }
+        case TMFunction.targetWarmReset, TMFunction.targetColdReset:
+            guard let target, let nexus else { response = TMResponse.authorizationFailed; break }
             for t in 0..<tasksInitialized where tasks[t].state != .free { abortTask(t) }
             SCSITask.targetReset(target, by: nexus)
-        case 8: // TASK REASSIGN: needs ErrorRecoveryLevel 2
-            response = 5
+        case TMFunction.taskReassign: // needs ErrorRecoveryLevel 2
+            response = TMResponse.functionNotSupported
         default:
-            response = 255
+            response = TMResponse.functionRejected
         }
-        let cold = function == 7 && response == 0
+        let cold = function == TMFunction.targetColdReset && response == TMResponse.functionComplete
         queueControl(token: cold ? .closeAfter : .none) { h, _ in
             PDUBuild.taskManagementResponse(h, itt: itt, response: response)
             self.stamp(h, advance: true)
@@ -975,15 +973,17 @@ extension Connection {
 
     private func handleLogout(_ bhs: BHS) {
         acceptCmdSN(bhs)
-        let reason = bhs.byte1 & 0x7F
+        let reason = bhs.byte1 & LogoutReason.mask
         let itt = bhs.itt
-        // 0 close session, 1 close connection: both end this (single-connection) session.
-        // 2 remove connection for recovery: needs ErrorRecoveryLevel 2.
-        let response: UInt8 = reason == 2 ? 2 : 0
+        // Close session and close connection both end this (single-connection) session; remove connection for
+        // recovery needs ErrorRecoveryLevel 2.
+        let response = reason == LogoutReason.removeConnectionForRecovery
+            ? LogoutResponse.recoveryNotSupported : LogoutResponse.closedSuccessfully
         let t2w = params.defaultTime2Wait
         let t2r = params.defaultTime2Retain
-        if response == 0 { phase = .loggingOut }
-        queueControl(token: response == 0 ? .closeAfter : .none) { h, _ in
+        let closes = response == LogoutResponse.closedSuccessfully
+        if closes { phase = .loggingOut }
+        queueControl(token: closes ? .closeAfter : .none) { h, _ in
             PDUBuild.logoutResponse(h, itt: itt, response: response, time2Wait: t2w, time2Retain: t2r)
             self.stamp(h, advance: true)
         }

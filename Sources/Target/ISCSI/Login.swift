@@ -59,28 +59,6 @@ public struct LoginResponse: Sendable, Equatable {
     public var status: UInt16 { UInt16(statusClass) << 8 | UInt16(statusDetail) }
 }
 
-/// Login status codes, class << 8 | detail (RFC 7143 §11.13.5).
-public enum LoginStatus: UInt16, Sendable, Equatable {
-    case success = 0x0000
-    case targetMovedTemporarily = 0x0101
-    case targetMovedPermanently = 0x0102
-    case initiatorError = 0x0200
-    case authenticationFailure = 0x0201
-    case authorizationFailure = 0x0202
-    case notFound = 0x0203
-    case targetRemoved = 0x0204
-    case unsupportedVersion = 0x0205
-    case tooManyConnections = 0x0206
-    case missingParameter = 0x0207
-    case cannotIncludeInSession = 0x0208
-    case sessionTypeNotSupported = 0x0209
-    case sessionDoesNotExist = 0x020A
-    case invalidDuringLogin = 0x020B
-    case targetError = 0x0300
-    case serviceUnavailable = 0x0301
-    case outOfResources = 0x0302
-}
-
 public enum LoginOutcome: Sendable, Equatable {
     /// Send the response and wait for the next Login Request.
     case respondAndContinue
@@ -451,7 +429,7 @@ public struct LoginStateMachine {
         responseText = []
         responseOffset = 0
         let r = LoginResponse(transit: false, continueFlag: false, csg: req.csg & 3, nsg: 0,
-                              statusClass: UInt8(status.rawValue >> 8), statusDetail: UInt8(status.rawValue & 0xFF),
+                              statusClass: status.statusClass, statusDetail: status.statusDetail,
                               isid: req.isid, tsih: req.tsih, itt: req.itt, text: [])
         return (r, .respondAndClose)
     }

@@ -66,7 +66,7 @@ extension Connection {
         reactor.heldLogins -= 1
         if let refusal = held.refusal {
             logLoginFailure(status: LoginStatus.serviceUnavailable.rawValue, reason: refusal)
-            sendLoginFailure(held.request, statusClass: 3, statusDetail: 1)   // service unavailable: try later
+            sendLoginFailure(held.request, .serviceUnavailable)   // try later
             return
         }
         answerLogin(held.request, held.response, held.outcome)
@@ -84,7 +84,7 @@ extension Connection {
             if req.tsih != 0 {
                 // Adding a connection to an existing session: MaxConnections is 1, so there is nothing to join.
                 logLoginFailure(status: LoginStatus.sessionDoesNotExist.rawValue, reason: "MaxConnections is 1")
-                sendLoginFailure(req, statusClass: 2, statusDetail: 0x0A)   // session does not exist
+                sendLoginFailure(req, .sessionDoesNotExist)
                 return
             }
             if p.sessionType == .normal, let target = login.target,
@@ -120,7 +120,7 @@ extension Connection {
         if finalParams != nil {
             guard let t = reactor.runtime.allocateTSIH() else {
                 logLoginFailure(status: LoginStatus.outOfResources.rawValue, reason: "all TSIHs in use")
-                sendLoginFailure(req, statusClass: 3, statusDetail: 2)   // out of resources
+                sendLoginFailure(req, .outOfResources)
                 return
             }
             tsihOut = t
@@ -160,14 +160,14 @@ extension Connection {
         if let p = finalParams { becomeSession(p, tsih: tsihOut) }
     }
 
-    private func sendLoginFailure(_ req: LoginRequest, statusClass: UInt8, statusDetail: UInt8) {
+    private func sendLoginFailure(_ req: LoginRequest, _ status: LoginStatus) {
         let isid = req.isid
         let itt = req.itt
         phase = .loggingOut
         queueControl(token: .closeAfter) { h, _ in
             PDUBuild.loginResponse(h, transit: false, cont: false, csg: req.csg, nsg: 0, versionMax: 0,
                                    versionActive: 0, isid: isid, tsih: 0, itt: itt,
-                                   statusClass: statusClass, statusDetail: statusDetail, dataLength: 0)
+                                   statusClass: status.statusClass, statusDetail: status.statusDetail, dataLength: 0)
             self.stamp(h, advance: false)
         }
     }

@@ -233,6 +233,12 @@ public struct NegotiationFailure: Error, Equatable, Sendable {
     public var reason: String
 }
 
+extension NegotiationFailure {
+    init(_ status: LoginStatus, reason: String) {
+        self.init(statusClass: status.statusClass, statusDetail: status.statusDetail, reason: reason)
+    }
+}
+
 /// Value syntax helpers (RFC 7143 §6.1: decimal or 0x-hex numbers; Yes/No booleans).
 enum KeyValueSyntax {
     /// Decimal or 0x-prefixed hex, no sign, no overflow; at most 2^63-1.
@@ -362,7 +368,7 @@ public struct KeyNegotiator: Sendable {
                 continue
             }
             if seen.contains(pair.key) {
-                throw NegotiationFailure(statusClass: 2, statusDetail: 0,
+                throw NegotiationFailure(.initiatorError,
                                          reason: "key \(pair.key) negotiated twice in one login")
             }
             seen.append(pair.key)
@@ -413,7 +419,7 @@ public struct KeyNegotiator: Sendable {
 
     private mutating func takeAnswerToTargetOffer(_ pair: TextKeyValue) throws(NegotiationFailure) {
         func fail(_ why: String) -> NegotiationFailure {
-            NegotiationFailure(statusClass: 2, statusDetail: 0, reason: "answer \(pair.key)=\(pair.value) to the target's offer: \(why)")
+            NegotiationFailure(.initiatorError, reason: "answer \(pair.key)=\(pair.value) to the target's offer: \(why)")
         }
         switch pair.key {
         case "HeaderDigest", "DataDigest":
@@ -449,12 +455,12 @@ public struct KeyNegotiator: Sendable {
             params.firstBurstLength = min(params.firstBurstLength, params.maxBurstLength)
         }
         if !defaults.headerDigest.contains(params.headerDigest) {
-            throw NegotiationFailure(statusClass: 2, statusDetail: 0,
+            throw NegotiationFailure(.initiatorError,
                                      reason: "HeaderDigest \(params.headerDigest.rawValue) not allowed by target"
                                          + (headerDigestOffered ? "" : " (key not offered)"))
         }
         if !defaults.dataDigest.contains(params.dataDigest) {
-            throw NegotiationFailure(statusClass: 2, statusDetail: 0,
+            throw NegotiationFailure(.initiatorError,
                                      reason: "DataDigest \(params.dataDigest.rawValue) not allowed by target"
                                          + (dataDigestOffered ? "" : " (key not offered)"))
         }

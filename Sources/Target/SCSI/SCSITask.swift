@@ -15,12 +15,6 @@
 //     one of the same size) on every call for one command.
 //   - `endCommand()` is called once the command is over (completed, aborted, or its session torn down).
 
-public enum Residual: Equatable, Sendable {
-    case none
-    case underflow(UInt32)   // fewer bytes transferred than the Expected Data Transfer Length
-    case overflow(UInt32)    // the command wanted more than the Expected Data Transfer Length
-}
-
 public enum SCSIAction: Equatable, Sendable {
     /// Put bytes [offset, offset+length) of the command's data-out stream into buffer[0 ..< length],
     /// then call dataOutReceived(). length <= buffer.count.

@@ -1,7 +1,8 @@
-// A raw TCP client for feeding the target bytes no real initiator would send. Every read is bounded
-// by a receive timeout, so a daemon that neither answers nor closes shows up as `.silent`.
+// Feeding the target bytes no real initiator would send, over the raw session's socket (RawISCSISession.swift).
+// Every read is bounded by a deadline, so a daemon that neither answers nor closes shows up as `.silent`.
 
 import Foundation
+import Target
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -26,101 +27,50 @@ enum RawOutcome: CustomStringConvertible, Equatable {
         }
     }
 
-    /// iSCSI opcodes a target sends here: Login Response and Reject.
-    static let loginResponseOpcode: UInt8 = 0x23
-    static let rejectOpcode: UInt8 = 0x3F
-    var opcode: UInt8? { if case .pdu(let b) = self { return b[0] & 0x3F } else { return nil } }
+    var opcode: UInt8? { if case .pdu(let b) = self { return b.withUnsafeBytes { BHS($0.baseAddress!).opcode } } else { return nil } }
     /// Login Response status class and detail (bytes 36 and 37).
     var loginStatus: (cls: UInt8, detail: UInt8)? {
-        if case .pdu(let b) = self, b[0] & 0x3F == RawOutcome.loginResponseOpcode { return (b[36], b[37]) }
+        if case .pdu(let b) = self, opcode == ISCSIOpcode.loginResponse { return (b[36], b[37]) }
         return nil
     }
     static func == (a: RawOutcome, b: RawOutcome) -> Bool { a.description == b.description }
 }
 
+/// `RawSocket` seen as a test that feeds the target bad bytes sees it: sends that never fail, and one outcome
+/// per wait, each bounded by `answerTimeoutSeconds`.
 final class RawConnection {
-    private var fd: Int32
+    let socket: RawSocket
     /// How long the target gets to answer or close.
     static let answerTimeoutSeconds = 10
 
-    init(_ endpoint: Endpoint) throws {
-        fd = socket(endpoint.isIPv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw E2EError("socket: errno \(errno)") }
-        var tv = timeval(tv_sec: RawConnection.answerTimeoutSeconds, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        let rc = endpoint.connect(fd)
-        guard rc == 0 else {
-            let e = errno
-            close(fd)
-            throw E2EError("connect to \(endpoint): errno \(e)")
-        }
-    }
+    init(_ endpoint: Endpoint) throws { socket = try RawSocket(endpoint) }
 
-    deinit { if fd >= 0 { close(fd) } }
+    private var deadline: Double { monotonicSeconds() + Double(RawConnection.answerTimeoutSeconds) }
 
     /// Sends all bytes. A target that already closed may reset the connection; that is not an error here.
-    func send(_ bytes: [UInt8]) {
-        var sent = 0
-        while sent < bytes.count {
-            let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + sent, bytes.count - sent, Int32(MSG_NOSIGNAL)) }
-            if n <= 0 { return }
-            sent += n
-        }
-    }
+    func send(_ bytes: [UInt8]) { socket.sendIgnoringErrors(bytes) }
 
     /// Closes our sending side, as a client that gave up mid-PDU would.
-    func shutdownWrite() { shutdown(fd, Int32(SHUT_WR)) }
+    func shutdownWrite() { shutdown(socket.fd, Int32(SHUT_WR)) }
 
     /// Waits (bounded) for a 48-byte BHS, EOF or reset.
     func awaitOutcome() -> RawOutcome {
-        var bhs = [UInt8](repeating: 0, count: 48)
-        var got = 0
-        while got < 48 {
-            let n = bhs.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + got, 48 - got, 0) }
-            if n == 0 { return .closed }
-            if n < 0 {
-                if errno == EINTR { continue }
-                if errno == EAGAIN || errno == EWOULDBLOCK { return got > 0 ? .pdu(bhs) : .silent }
-                return .closed   // ECONNRESET and friends: the target dropped us
-            }
-            got += n
+        switch socket.read(bhsBytes, deadline: deadline) {
+        case .bytes(let b): return .pdu(b)
+        case .closed: return .closed
+        case .timeout: return .silent
         }
-        return .pdu(bhs)
     }
 
     /// Exactly `count` bytes, or nil on EOF, reset or the time limit.
     func receive(exactly count: Int) -> [UInt8]? {
-        var buf = [UInt8](repeating: 0, count: count)
-        var got = 0
-        while got < count {
-            let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + got, count - got, 0) }
-            if n == 0 { return nil }
-            if n < 0 {
-                if errno == EINTR { continue }
-                return nil
-            }
-            got += n
-        }
-        return buf
+        if case .bytes(let b) = socket.read(count, deadline: deadline) { return b }
+        return nil
     }
 
     /// After an answer, the connection must end too when the target rejected the login; reads data
     /// until EOF (bounded). Returns false if the target kept the connection open past the time limit.
-    func drainUntilClosed(maxBytes: Int = 1 << 20) -> Bool {
-        var buf = [UInt8](repeating: 0, count: 4096)
-        var total = 0
-        while total < maxBytes {
-            let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, 4096, 0) }
-            if n == 0 { return true }
-            if n < 0 {
-                if errno == EINTR { continue }
-                return !(errno == EAGAIN || errno == EWOULDBLOCK)
-            }
-            total += n
-        }
-        return false
-    }
+    func drainUntilClosed() -> Bool { socket.awaitClose(deadline: deadline) }
 }
 
 /// Login Request PDUs (RFC 7143 §11.12), for building good and bad ones.
@@ -133,15 +83,13 @@ enum LoginPDU {
             ?? "InitiatorName=\(initiator)\0SessionType=Discovery\0"
         var data = Array(text.utf8)
         let dsl = declaredDataSegmentLength ?? data.count
-        var bhs = [UInt8](repeating: 0, count: 48)
-        bhs[0] = 0x40 | 0x03            // immediate, Login Request
-        bhs[1] = 0x80 | (1 << 2) | 3    // Transit, CSG = operational, NSG = full feature
+        // Transit from the operational stage to full feature phase; ISID: random-qualifier format, qualifier 1.
+        var bhs = rawHeader {
+            InitiatorPDUBuild.loginRequest($0, transit: true, csg: 1, nsg: 3, isid: 0x4000_0000_0001, itt: 1, cmdSN: 1,
+                                           expStatSN: 0, dataLength: dsl)
+        }
         bhs[2] = versionMax
         bhs[3] = versionMin
-        bhs[5] = UInt8((dsl >> 16) & 0xFF); bhs[6] = UInt8((dsl >> 8) & 0xFF); bhs[7] = UInt8(dsl & 0xFF)
-        bhs[8] = 0x40; bhs[13] = 0x01   // ISID: random-qualifier format, qualifier 1
-        bhs[19] = 1                     // ITT 1
-        bhs[27] = 1                     // CmdSN 1
         while data.count % 4 != 0 { data.append(0) }
         return bhs + data
     }

@@ -150,38 +150,22 @@ final class RawSocket {
 
 // MARK: - PDUs
 
-func rawBE32(_ b: [UInt8], _ o: Int) -> UInt32 {
-    UInt32(b[o]) << 24 | UInt32(b[o + 1]) << 16 | UInt32(b[o + 2]) << 8 | UInt32(b[o + 3])
-}
-func rawBE24(_ b: [UInt8], _ o: Int) -> Int { Int(b[o]) << 16 | Int(b[o + 1]) << 8 | Int(b[o + 2]) }
-func rawPutBE32(_ b: inout [UInt8], _ o: Int, _ v: UInt32) {
-    b[o] = UInt8(truncatingIfNeeded: v >> 24); b[o + 1] = UInt8(truncatingIfNeeded: v >> 16)
-    b[o + 2] = UInt8(truncatingIfNeeded: v >> 8); b[o + 3] = UInt8(truncatingIfNeeded: v)
-}
-func rawPutBE24(_ b: inout [UInt8], _ o: Int, _ v: Int) {
-    b[o] = UInt8(truncatingIfNeeded: v >> 16); b[o + 1] = UInt8(truncatingIfNeeded: v >> 8)
-    b[o + 2] = UInt8(truncatingIfNeeded: v)
-}
-func rawPutBE64(_ b: inout [UInt8], _ o: Int, _ v: UInt64) {
-    rawPutBE32(&b, o, UInt32(truncatingIfNeeded: v >> 32)); rawPutBE32(&b, o + 4, UInt32(truncatingIfNeeded: v))
+/// A field of a header or data segment held in an array, read through ISCSIWire.
+func rawBE32(_ b: [UInt8], _ o: Int) -> UInt32 { b.withUnsafeBytes { be32($0.baseAddress!, o) } }
+func rawBE16(_ b: [UInt8], _ o: Int) -> UInt16 { b.withUnsafeBytes { be16($0.baseAddress!, o) } }
+
+/// A digest as it arrives (little-endian, see CRC32C).
+func rawDigest(_ b: [UInt8]) -> UInt32 { b.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self)) } }
+
+/// A 48-byte BHS written by one of ISCSIWire's builders.
+func rawHeader(_ build: (UnsafeMutableRawPointer) -> Void) -> [UInt8] {
+    var h = [UInt8](repeating: 0, count: bhsBytes)
+    h.withUnsafeMutableBytes { build($0.baseAddress!) }
+    return h
 }
 
-/// Opcodes and codes as the tests name them (RFC 7143 §11).
+/// The codes the tests check that are SCSI's, not iSCSI's (those come from ISCSIWire).
 enum RawCodes {
-    static let nopIn: UInt8 = 0x20, scsiResponse: UInt8 = 0x21, tmfResponse: UInt8 = 0x22
-    static let loginResponse: UInt8 = 0x23, textResponse: UInt8 = 0x24, dataIn: UInt8 = 0x25
-    static let logoutResponse: UInt8 = 0x26, r2t: UInt8 = 0x31, asyncMessage: UInt8 = 0x32, reject: UInt8 = 0x3F
-    static let reservedTag: UInt32 = 0xFFFF_FFFF
-
-    /// Task management functions (§11.5.1) and responses (§11.6.1).
-    enum TMF {
-        static let abortTask: UInt8 = 1, abortTaskSet: UInt8 = 2, clearTaskSet: UInt8 = 3, clearACA: UInt8 = 4
-        static let logicalUnitReset: UInt8 = 5, targetWarmReset: UInt8 = 6, targetColdReset: UInt8 = 7
-        static let taskReassign: UInt8 = 8
-        static let functionComplete: UInt8 = 0, taskDoesNotExist: UInt8 = 1, lunDoesNotExist: UInt8 = 2
-        static let notSupported: UInt8 = 5, functionRejected: UInt8 = 255
-    }
-
     /// SCSI status bytes.
     static let good: UInt8 = 0x00, checkCondition: UInt8 = 0x02, taskSetFull: UInt8 = 0x28
 }
@@ -191,7 +175,7 @@ struct TargetPDU: CustomStringConvertible {
     let header: [UInt8]
     let data: [UInt8]
 
-    var opcode: UInt8 { header[0] & 0x3F }
+    var opcode: UInt8 { header.withUnsafeBytes { BHS($0.baseAddress!).opcode } }
     var flags: UInt8 { header[1] }
     var final: Bool { flags & 0x80 != 0 }
     var itt: UInt32 { rawBE32(header, 16) }
@@ -204,7 +188,7 @@ struct TargetPDU: CustomStringConvertible {
     /// SCSI Response and Data-In with S: the SCSI status.
     var status: UInt8 { header[3] }
     /// Data-In: the S bit (status collapsed into this PDU).
-    var hasStatus: Bool { opcode == RawCodes.dataIn && flags & 0x01 != 0 }
+    var hasStatus: Bool { opcode == ISCSIOpcode.dataIn && flags & 0x01 != 0 }
     /// R2T: R2TSN, buffer offset, desired length. Data-In: DataSN, buffer offset, residual.
     var u36: UInt32 { rawBE32(header, 36) }
     var bufferOffset: UInt32 { rawBE32(header, 40) }
@@ -212,18 +196,18 @@ struct TargetPDU: CustomStringConvertible {
 
     /// Fixed-format sense of a SCSI Response: (key, ASC, ASCQ), or nil without sense data.
     var sense: (key: UInt8, asc: UInt8, ascq: UInt8)? {
-        guard opcode == RawCodes.scsiResponse, data.count >= 2 + 14 else { return nil }
+        guard opcode == ISCSIOpcode.scsiResponse, data.count >= 2 + 14 else { return nil }
         return (data[4] & 0x0F, data[14], data[15])
     }
 
     /// Whether this PDU carries a StatSN the initiator must acknowledge.
     var consumesStatSN: Bool {
         switch opcode {
-        case RawCodes.scsiResponse, RawCodes.tmfResponse, RawCodes.textResponse, RawCodes.logoutResponse, RawCodes.reject,
-             RawCodes.loginResponse:
+        case ISCSIOpcode.scsiResponse, ISCSIOpcode.taskManagementResponse, ISCSIOpcode.textResponse, ISCSIOpcode.logoutResponse, ISCSIOpcode.reject,
+             ISCSIOpcode.loginResponse:
             return true
-        case RawCodes.nopIn: return itt != RawCodes.reservedTag
-        case RawCodes.dataIn: return hasStatus
+        case ISCSIOpcode.nopIn: return itt != reservedTag
+        case ISCSIOpcode.dataIn: return hasStatus
         default: return false
         }
     }
@@ -231,15 +215,15 @@ struct TargetPDU: CustomStringConvertible {
     var description: String {
         var s = String(format: "opcode 0x%02x flags 0x%02x ITT 0x%08x", opcode, flags, itt)
         switch opcode {
-        case RawCodes.scsiResponse:
+        case ISCSIOpcode.scsiResponse:
             s += String(format: " SCSI Response status 0x%02x response 0x%02x", status, byte2)
             if let k = sense { s += String(format: " sense %x/%02x/%02x", k.key, k.asc, k.ascq) }
-        case RawCodes.dataIn: s += " Data-In \(data.count) bytes at \(bufferOffset)" + (hasStatus ? String(format: " status 0x%02x", status) : "")
-        case RawCodes.r2t: s += " R2T TTT \(String(ttt, radix: 16)) offset \(bufferOffset) length \(u44)"
-        case RawCodes.reject: s += String(format: " Reject reason 0x%02x", byte2)
-        case RawCodes.tmfResponse: s += " TMF Response \(byte2)"
-        case RawCodes.nopIn: s += " NOP-In TTT \(String(ttt, radix: 16))"
-        case RawCodes.logoutResponse: s += " Logout Response \(byte2)"
+        case ISCSIOpcode.dataIn: s += " Data-In \(data.count) bytes at \(bufferOffset)" + (hasStatus ? String(format: " status 0x%02x", status) : "")
+        case ISCSIOpcode.r2t: s += " R2T TTT \(String(ttt, radix: 16)) offset \(bufferOffset) length \(u44)"
+        case ISCSIOpcode.reject: s += String(format: " Reject reason 0x%02x", byte2)
+        case ISCSIOpcode.taskManagementResponse: s += " TMF Response \(byte2)"
+        case ISCSIOpcode.nopIn: s += " NOP-In TTT \(String(ttt, radix: 16))"
+        case ISCSIOpcode.logoutResponse: s += " Logout Response \(byte2)"
         default: break
         }
         return s + " StatSN \(statSN) ExpCmdSN \(expCmdSN) MaxCmdSN \(maxCmdSN)"
@@ -258,16 +242,14 @@ enum RawCDB {
     private static func rw10(_ op: UInt8, lba: UInt32, blocks: UInt16) -> [UInt8] {
         var c = [UInt8](repeating: 0, count: 10)
         c[0] = op
-        rawPutBE32(&c, 2, lba)
-        c[7] = UInt8(blocks >> 8); c[8] = UInt8(blocks & 0xFF)
+        c.withUnsafeMutableBytes { put32($0.baseAddress!, 2, lba); put16($0.baseAddress!, 7, blocks) }
         return c
     }
 
     private static func rw16(_ op: UInt8, lba: UInt64, blocks: UInt32) -> [UInt8] {
         var c = [UInt8](repeating: 0, count: 16)
         c[0] = op
-        rawPutBE64(&c, 2, lba)
-        rawPutBE32(&c, 10, blocks)
+        c.withUnsafeMutableBytes { put64($0.baseAddress!, 2, lba); put32($0.baseAddress!, 10, blocks) }
         return c
     }
 }
@@ -382,7 +364,7 @@ final class RawSession {
 
     func takeITT() -> UInt32 {
         nextITT &+= 1
-        if nextITT == RawCodes.reservedTag { nextITT = 1 }
+        if nextITT == reservedTag { nextITT = 1 }
         return nextITT
     }
 
@@ -410,15 +392,10 @@ final class RawSession {
         var data = TextKeys.encode(keys)
         let n = data.count
         while data.count % 4 != 0 { data.append(0) }
-        var h = [UInt8](repeating: 0, count: 48)
-        h[0] = 0x40 | 0x03
-        h[1] = 0x80 | (csg << 2) | nsg
-        rawPutBE24(&h, 5, n)
-        h[8] = UInt8(truncatingIfNeeded: options.isid >> 40); h[9] = UInt8(truncatingIfNeeded: options.isid >> 32)
-        rawPutBE32(&h, 10, UInt32(truncatingIfNeeded: options.isid))
-        rawPutBE32(&h, 16, 0)                 // ITT 0 for login
-        rawPutBE32(&h, 24, cmdSN)
-        rawPutBE32(&h, 28, expStatSN)
+        let h = rawHeader {
+            InitiatorPDUBuild.loginRequest($0, transit: true, csg: csg, nsg: nsg, isid: options.isid, itt: 0,
+                                           cmdSN: cmdSN, expStatSN: expStatSN, dataLength: n)
+        }
         return h + data
     }
 
@@ -426,7 +403,7 @@ final class RawSession {
     private func securityStep(_ keys: [TextKeyValue]) throws -> (keys: [String: String], transit: Bool) {
         try socket.send(loginRequest(keys: keys, csg: 0, nsg: 1))
         let event = try receive(timeoutSeconds: RawSessionLimits.answerTimeoutSeconds, answerPings: false)
-        guard case .pdu(let r) = event, r.opcode == RawCodes.loginResponse else {
+        guard case .pdu(let r) = event, r.opcode == ISCSIOpcode.loginResponse else {
             throw E2EError("CHAP login: no Login Response (\(event))")
         }
         guard r.header[36] == 0 else {
@@ -464,7 +441,7 @@ final class RawSession {
             // Login PDUs never carry digests.
             let event = try receive(timeoutSeconds: RawSessionLimits.answerTimeoutSeconds, answerPings: false)
             guard case .pdu(let r) = event else { throw E2EError("login: no Login Response (\(event))") }
-            guard r.opcode == RawCodes.loginResponse else { throw E2EError("login: got \(r)") }
+            guard r.opcode == ISCSIOpcode.loginResponse else { throw E2EError("login: got \(r)") }
             guard r.header[36] == 0 else {
                 throw E2EError(String(format: "login refused: status class 0x%02x detail 0x%02x", r.header[36], r.header[37]))
             }
@@ -472,7 +449,7 @@ final class RawSession {
             keys = []
             let transit = r.flags & 0x80 != 0
             if transit && r.flags & 0x03 == 3 {
-                tsih = UInt16(r.header[14]) << 8 | UInt16(r.header[15])
+                tsih = rawBE16(r.header, 14)
                 cmdSN = r.expCmdSN
                 headerDigest = negotiated["HeaderDigest"] == "CRC32C"
                 dataDigest = negotiated["DataDigest"] == "CRC32C"
@@ -513,15 +490,11 @@ final class RawSession {
     /// The BHS of a SCSI Command (§11.3). CmdSN and ITT are whatever the test says.
     func commandHeader(cdb: [UInt8], lun: UInt64, itt: UInt32, cmdSN: UInt32, edtl: Int, read: Bool, write: Bool,
                        immediate: Bool, final: Bool, dataLength: Int) -> [UInt8] {
-        var h = [UInt8](repeating: 0, count: 48)
-        h[0] = 0x01 | (immediate ? 0x40 : 0)
-        h[1] = (final ? 0x80 : 0) | (read ? 0x40 : 0) | (write ? 0x20 : 0) | 0x01   // SIMPLE task attribute
-        rawPutBE24(&h, 5, dataLength)
-        rawPutBE64(&h, 8, lun << 48)      // peripheral addressing, LUN < 256
-        rawPutBE32(&h, 16, itt)
-        rawPutBE32(&h, 20, UInt32(edtl))
-        rawPutBE32(&h, 24, cmdSN)
-        rawPutBE32(&h, 28, expStatSN)
+        var h = rawHeader {
+            InitiatorPDUBuild.scsiCommand($0, read: read, write: write, final: final, lunField: encodeLUN(lun),
+                                          itt: itt, expectedLength: UInt32(edtl), cmdSN: cmdSN,
+                                          expStatSN: expStatSN, immediateLength: dataLength, immediate: immediate)
+        }
         for (i, b) in cdb.prefix(16).enumerated() { h[32 + i] = b }
         return h
     }
@@ -532,7 +505,7 @@ final class RawSession {
     func sendCommand(_ cdb: [UInt8], lun: UInt64 = 1, read: Bool = false, edtl: Int = 0, writeData: [UInt8]? = nil,
                      itt: UInt32? = nil, cmdSN: UInt32? = nil, immediate: Bool = false,
                      immediateBytes: Int? = nil, serveR2T: Bool = true) throws -> UInt32 {
-        if cmdSN == nil && !immediate && Int32(bitPattern: self.cmdSN &- windowMaxCmdSN) > 0 {
+        if cmdSN == nil && !immediate && Serial.greaterThan(self.cmdSN, windowMaxCmdSN) {
             throw E2EError("the test would send CmdSN \(self.cmdSN) beyond the target's MaxCmdSN \(windowMaxCmdSN); " +
                            "ping first to learn the current window, or choose the CmdSN explicitly")
         }
@@ -556,16 +529,11 @@ final class RawSession {
     /// A Data-Out PDU (§11.7) with every field chosen by the caller.
     func dataOutPDU(itt: UInt32, ttt: UInt32, offset: Int, dataSN: UInt32, final: Bool, data: [UInt8],
                     lun: UInt64 = 1, corruptDataDigest: Bool = false) -> [UInt8] {
-        var h = [UInt8](repeating: 0, count: 48)
-        h[0] = 0x05
-        h[1] = final ? 0x80 : 0
-        rawPutBE24(&h, 5, data.count)
-        rawPutBE64(&h, 8, lun << 48)
-        rawPutBE32(&h, 16, itt)
-        rawPutBE32(&h, 20, ttt)
-        rawPutBE32(&h, 28, expStatSN)
-        rawPutBE32(&h, 36, dataSN)
-        rawPutBE32(&h, 40, UInt32(offset))
+        let h = rawHeader {
+            InitiatorPDUBuild.dataOut($0, final: final, lunField: encodeLUN(lun), itt: itt, ttt: ttt,
+                                      expStatSN: expStatSN, dataSN: dataSN, bufferOffset: UInt32(offset),
+                                      length: data.count)
+        }
         return frame(h, data: data, corruptDataDigest: corruptDataDigest)
     }
 
@@ -594,30 +562,21 @@ final class RawSession {
     /// NOP-Out (§11.18). A ping of our own has an ITT and TTT 0xffffffff; an answer to the target's ping
     /// carries its TTT and ITT 0xffffffff.
     func nopOutPDU(itt: UInt32, ttt: UInt32, data: [UInt8] = []) -> [UInt8] {
-        var h = [UInt8](repeating: 0, count: 48)
-        h[0] = 0x40 | 0x00
-        h[1] = 0x80
-        rawPutBE24(&h, 5, data.count)
-        rawPutBE32(&h, 16, itt)
-        rawPutBE32(&h, 20, ttt)
-        rawPutBE32(&h, 24, cmdSN)
-        rawPutBE32(&h, 28, expStatSN)
+        let h = rawHeader {
+            InitiatorPDUBuild.nopOut($0, itt: itt, ttt: ttt, cmdSN: cmdSN, expStatSN: expStatSN, dataLength: data.count)
+        }
         return frame(h, data: data)
     }
 
     /// A Task Management Function Request (§11.5), sent immediate.
-    func sendTMF(function: UInt8, lun: UInt64 = 1, referencedITT: UInt32 = RawCodes.reservedTag,
+    func sendTMF(function: UInt8, lun: UInt64 = 1, referencedITT: UInt32 = reservedTag,
                  refCmdSN: UInt32 = 0) throws -> UInt32 {
         let itt = takeITT()
-        var h = [UInt8](repeating: 0, count: 48)
-        h[0] = 0x40 | 0x02
-        h[1] = 0x80 | (function & 0x7F)
-        rawPutBE64(&h, 8, lun << 48)
-        rawPutBE32(&h, 16, itt)
-        rawPutBE32(&h, 20, referencedITT)
-        rawPutBE32(&h, 24, cmdSN)
-        rawPutBE32(&h, 28, expStatSN)
-        rawPutBE32(&h, 32, refCmdSN)
+        let h = rawHeader {
+            InitiatorPDUBuild.taskManagementRequest($0, function: function, lunField: encodeLUN(lun), itt: itt,
+                                                    referencedTaskTag: referencedITT, cmdSN: cmdSN,
+                                                    expStatSN: expStatSN, refCmdSN: refCmdSN)
+        }
         try socket.send(frame(h))
         return itt
     }
@@ -625,12 +584,9 @@ final class RawSession {
     /// A Logout Request (§11.14), immediate. Reason 0 closes the session, 1 the connection, 2 asks for recovery.
     func sendLogout(reason: UInt8 = 0) throws -> UInt32 {
         let itt = takeITT()
-        var h = [UInt8](repeating: 0, count: 48)
-        h[0] = 0x40 | 0x06
-        h[1] = 0x80 | (reason & 0x7F)
-        rawPutBE32(&h, 16, itt)
-        rawPutBE32(&h, 24, cmdSN)
-        rawPutBE32(&h, 28, expStatSN)
+        let h = rawHeader {
+            InitiatorPDUBuild.logoutRequest($0, reason: reason, itt: itt, cmdSN: cmdSN, expStatSN: expStatSN)
+        }
         try socket.send(frame(h))
         return itt
     }
@@ -644,11 +600,11 @@ final class RawSession {
         while true {
             let event = try readPDU(deadline: deadline)
             guard case .pdu(let p) = event else { return event }
-            if p.opcode == RawCodes.nopIn && p.ttt != RawCodes.reservedTag {
+            if p.opcode == ISCSIOpcode.nopIn && p.ttt != reservedTag {
                 pingsSeen += 1
                 if answerPings {
                     // Answer the target's ping: ITT reserved, its TTT, immediate, no CmdSN consumed.
-                    try socket.send(nopOutPDU(itt: RawCodes.reservedTag, ttt: p.ttt))
+                    try socket.send(nopOutPDU(itt: reservedTag, ttt: p.ttt))
                     pingsAnswered += 1
                     continue
                 }
@@ -665,7 +621,10 @@ final class RawSession {
         case .bytes(let b): first = b
         }
         var header = first
-        let ahs = Int(first[4]) * 4
+        let (opcode, ahs, dsl) = first.withUnsafeBytes { p -> (UInt8, Int, Int) in
+            let b = BHS(p.baseAddress!)
+            return (b.opcode, b.ahsBytes, b.dataSegmentLength)
+        }
         if ahs > 0 {
             guard case .bytes(let b) = socket.read(ahs, deadline: deadline) else {
                 throw E2EError("the target stopped inside a PDU's AHS")
@@ -673,35 +632,34 @@ final class RawSession {
             header += b
         }
         if headerDigest {
-            guard case .bytes(let d) = socket.read(4, deadline: deadline) else {
+            guard case .bytes(let d) = socket.read(Framing.digestBytes, deadline: deadline) else {
                 throw E2EError("the target stopped before a header digest")
             }
-            let got = UInt32(d[0]) | UInt32(d[1]) << 8 | UInt32(d[2]) << 16 | UInt32(d[3]) << 24
+            let got = rawDigest(d)
             let want = CRC32C.checksum(header)
             if got != want {
                 throw E2EError(String(format: "the target sent a wrong header digest 0x%08x (want 0x%08x) on opcode 0x%02x",
-                                      got, want, first[0] & 0x3F))
+                                      got, want, opcode))
             }
         }
-        let dsl = rawBE24(first, 5)
         if dsl > options.maxRecvDataSegmentLength {
             throw E2EError("the target sent \(dsl) data bytes in one PDU; we declared \(options.maxRecvDataSegmentLength)")
         }
         var data: [UInt8] = []
         if dsl > 0 {
-            let padded = (dsl + 3) & ~3
+            let padded = Framing.padded(dsl)
             guard case .bytes(let d) = socket.read(padded, deadline: deadline) else {
                 throw E2EError("the target stopped inside a \(dsl)-byte data segment")
             }
             if dataDigest {
-                guard case .bytes(let dd) = socket.read(4, deadline: deadline) else {
+                guard case .bytes(let dd) = socket.read(Framing.digestBytes, deadline: deadline) else {
                     throw E2EError("the target stopped before a data digest")
                 }
-                let got = UInt32(dd[0]) | UInt32(dd[1]) << 8 | UInt32(dd[2]) << 16 | UInt32(dd[3]) << 24
+                let got = rawDigest(dd)
                 let want = CRC32C.checksum(d)
                 if got != want {
                     throw E2EError(String(format: "the target sent a wrong data digest 0x%08x (want 0x%08x) on opcode 0x%02x",
-                                          got, want, first[0] & 0x3F))
+                                          got, want, opcode))
                 }
             }
             data = Array(d[0..<dsl])
@@ -713,11 +671,11 @@ final class RawSession {
 
     /// Follows StatSN and the command window the target advertises.
     private func track(_ p: TargetPDU) {
-        if p.consumesStatSN && Int32(bitPattern: p.statSN &+ 1 &- expStatSN) > 0 { expStatSN = p.statSN &+ 1 }
-        if p.opcode != RawCodes.loginResponse || p.header[36] == 0 {
+        if p.consumesStatSN && Serial.greaterThan(p.statSN &+ 1, expStatSN) { expStatSN = p.statSN &+ 1 }
+        if p.opcode != ISCSIOpcode.loginResponse || p.header[36] == 0 {
             targetExpCmdSN = p.expCmdSN
             targetMaxCmdSN = p.maxCmdSN
-            if Int32(bitPattern: p.maxCmdSN &- windowMaxCmdSN) > 0 || windowMaxCmdSN == 0 { windowMaxCmdSN = p.maxCmdSN }
+            if Serial.greaterThan(p.maxCmdSN, windowMaxCmdSN) || windowMaxCmdSN == 0 { windowMaxCmdSN = p.maxCmdSN }
         }
     }
 
@@ -751,7 +709,7 @@ final class RawSession {
                                "\(timeoutSeconds) s (ITT \(some); window \(targetExpCmdSN)...\(targetMaxCmdSN), next CmdSN \(cmdSN))")
             case .pdu(let p):
                 absorb(p)
-                if p.opcode == RawCodes.r2t, let data = pendingWrites[p.itt] { try serve(p, from: data) }
+                if p.opcode == ISCSIOpcode.r2t, let data = pendingWrites[p.itt] { try serve(p, from: data) }
                 if done.contains(p.itt) { wanted.remove(p.itt) }
             }
         }
@@ -767,21 +725,21 @@ final class RawSession {
     /// Files a PDU under its command, or in `others`.
     private func absorb(_ p: TargetPDU) {
         switch p.opcode {
-        case RawCodes.dataIn:
+        case ISCSIOpcode.dataIn:
             var r = results[p.itt] ?? CommandResult()
             let end = Int(p.bufferOffset) + p.data.count
             if r.data.count < end { r.data += [UInt8](repeating: 0, count: end - r.data.count) }
             r.data.replaceSubrange(Int(p.bufferOffset)..<end, with: p.data)
             if p.hasStatus { r.status = p.status; done.insert(p.itt) }
             results[p.itt] = r
-        case RawCodes.scsiResponse:
+        case ISCSIOpcode.scsiResponse:
             var r = results[p.itt] ?? CommandResult()
             r.status = p.status
             r.response = p.byte2
             r.sense = p.sense
             results[p.itt] = r
             done.insert(p.itt)
-        case RawCodes.r2t:
+        case ISCSIOpcode.r2t:
             if pendingWrites[p.itt] == nil { others.append(p) }
         default:
             others.append(p)
@@ -813,7 +771,7 @@ final class RawSession {
     func ping(timeoutSeconds: Double = RawSessionLimits.answerTimeoutSeconds) throws -> [TargetPDU] {
         let itt = takeITT()
         let payload = Array("ping \(itt)".utf8)
-        try socket.send(nopOutPDU(itt: itt, ttt: RawCodes.reservedTag, data: payload))
+        try socket.send(nopOutPDU(itt: itt, ttt: reservedTag, data: payload))
         var before: [TargetPDU] = []
         let deadline = monotonicSeconds() + timeoutSeconds
         while true {
@@ -822,12 +780,12 @@ final class RawSession {
             case .closed: throw E2EError("ping: the target closed the connection")
             case .timeout: throw E2EError("ping: no NOP-In echo within \(timeoutSeconds) s")
             case .pdu(let p):
-                if p.opcode == RawCodes.nopIn && p.itt == itt {
+                if p.opcode == ISCSIOpcode.nopIn && p.itt == itt {
                     guard p.data == payload else { throw E2EError("ping: the echo carries other data: \(p)") }
                     return before
                 }
-                if p.opcode == RawCodes.r2t && pendingWrites[p.itt] != nil { keptR2Ts.append(p); continue }
-                if p.opcode == RawCodes.dataIn || p.opcode == RawCodes.scsiResponse { absorb(p) }
+                if p.opcode == ISCSIOpcode.r2t && pendingWrites[p.itt] != nil { keptR2Ts.append(p); continue }
+                if p.opcode == ISCSIOpcode.dataIn || p.opcode == ISCSIOpcode.scsiResponse { absorb(p) }
                 before.append(p)
             }
         }

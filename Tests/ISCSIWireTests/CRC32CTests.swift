@@ -1,5 +1,5 @@
 import Testing
-@testable import Target
+@testable import ISCSIWire
 
 @Suite struct CRC32CTests {
     // RFC 3720 Appendix B.4 / RFC 7143 test vectors.
@@ -38,8 +38,7 @@ import Testing
     }
 
     @Test func softwareAndHardwareAgreeOnEveryLengthAndAlignment() {
-        var rng = SplitMix(seed: 7)
-        let buf = (0..<1200).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+        let buf = pseudoRandomBytes(1200, seed: 7)
         buf.withUnsafeBytes { raw in
             guard let base = raw.baseAddress else { return }
             for offset in 0..<8 {
@@ -57,8 +56,7 @@ import Testing
     }
 
     @Test func accumulatorOverPiecesEqualsOneShot() {
-        var rng = SplitMix(seed: 99)
-        let data = (0..<777).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+        let data = pseudoRandomBytes(777, seed: 99)
         let padded = data + [0, 0, 0]   // 777 + 3 pad bytes = 780, a multiple of 4
         var acc = CRC32C.Accumulator()
         data.withUnsafeBytes { raw in
@@ -72,6 +70,11 @@ import Testing
         #expect(acc.value != CRC32C.checksum(data))
     }
 
+    /// Bytes no table lines up with, the same on every run (a multiplicative hash of the index).
+    private func pseudoRandomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
+        (0..<UInt64(count)).map { UInt8(truncatingIfNeeded: ($0 &+ seed) &* 0x9E37_79B9_7F4A_7C15 >> 56) }
+    }
+
     /// Bit-at-a-time reference, independent of the tables.
     private func bitwise(_ state: UInt32, _ p: UnsafeRawPointer, count: Int) -> UInt32 {
         var c = state
@@ -80,17 +83,5 @@ import Testing
             for _ in 0..<8 { c = (c & 1) != 0 ? (c >> 1) ^ 0x82F6_3B78 : c >> 1 }
         }
         return c
-    }
-}
-
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

@@ -5,18 +5,17 @@
 // Byte order on the wire: iSCSI sends the final (complemented) value so that a LITTLE-ENDIAN store of the
 // UInt32 returned by `checksum` produces the wire bytes (32 zero bytes -> 0x8A9136AA -> aa 36 91 8a).
 // Callers store it with `withUnsafeBytes(of: digest.littleEndian)` / `storeBytes(of: digest.littleEndian, ...)`.
-import CURing
-import Glibc
+import CCRC32C
 
 public enum CRC32C {
     /// Initial running state; the RFC's "preset to ones".
-    public static let initialState: UInt32 = 0xFFFF_FFFF
+    @inlinable public static var initialState: UInt32 { 0xFFFF_FFFF }
 
     /// Checked once: whether `rt_crc32c_hw` runs the SSE4.2 instruction on this CPU.
     public static let hardwareAvailable: Bool = rt_cpu_has_sse42() != 0
 
     /// The digest of one contiguous buffer, final complement applied: store it little-endian.
-    @inline(__always)
+    @inlinable @inline(__always)
     public static func checksum(_ p: UnsafeRawPointer, count: Int, seed: UInt32 = 0xFFFF_FFFF) -> UInt32 {
         ~update(seed, p, count: count)
     }
@@ -30,7 +29,7 @@ public enum CRC32C {
     }
 
     /// Advances a running (not complemented) state over `count` bytes. Start from `initialState`, finish with `~`.
-    @inline(__always)
+    @inlinable @inline(__always)
     public static func update(_ state: UInt32, _ p: UnsafeRawPointer, count: Int) -> UInt32 {
         if count <= 0 { return state }
         if hardwareAvailable { return rt_crc32c_hw(state, p, count) }
@@ -67,25 +66,27 @@ public enum CRC32C {
 
     /// A digest computed over several pieces (BHS then AHS; data segment then its pad bytes).
     public struct Accumulator: Sendable {
-        public private(set) var state: UInt32
-        @inline(__always) public init(seed: UInt32 = CRC32C.initialState) { state = seed }
-        @inline(__always) public mutating func update(_ p: UnsafeRawPointer, count: Int) {
-            state = CRC32C.update(state, p, count: count)
+        // Settable only here; `@usableFromInline` so the inlined updates can write it.
+        @usableFromInline var running: UInt32
+        public var state: UInt32 { running }
+        @inlinable @inline(__always) public init(seed: UInt32 = CRC32C.initialState) { running = seed }
+        @inlinable @inline(__always) public mutating func update(_ p: UnsafeRawPointer, count: Int) {
+            running = CRC32C.update(running, p, count: count)
         }
         /// Feeds `count` zero bytes (the 0-3 pad bytes of a data segment) without a buffer.
-        @inline(__always) public mutating func updateZeros(count: Int) {
+        @inlinable @inline(__always) public mutating func updateZeros(count: Int) {
             let zeros: UInt32 = 0
             var left = count
             while left > 0 {
                 let n = Swift.min(left, 4)
                 withUnsafeBytes(of: zeros) { buf in
-                    if let base = buf.baseAddress { state = CRC32C.update(state, base, count: n) }
+                    if let base = buf.baseAddress { running = CRC32C.update(running, base, count: n) }
                 }
                 left -= n
             }
         }
         /// The digest as iSCSI sends it: store little-endian.
-        @inline(__always) public var value: UInt32 { ~state }
+        @inlinable @inline(__always) public var value: UInt32 { ~running }
     }
 
     /// Table k maps a byte that sits k bytes before the end of an 8-byte block (slicing-by-8).
