@@ -55,7 +55,7 @@ public struct TextRequest: Sendable, Equatable {
     public var itt: UInt32
     public var ttt: UInt32
 
-    public init(isFinal: Bool, continueFlag: Bool = false, itt: UInt32, ttt: UInt32 = TextExchange.reservedTag) {
+    public init(isFinal: Bool, continueFlag: Bool = false, itt: UInt32, ttt: UInt32 = reservedTag) {
         self.isFinal = isFinal
         self.continueFlag = continueFlag
         self.itt = itt
@@ -102,11 +102,8 @@ public struct TextEnvironment {
 /// - `sending`: our answer is longer than one PDU; the initiator fetches the rest with empty requests quoting our TTT.
 /// - `open`: the initiator sent F=0 (more negotiation to come); we answered with a TTT and wait for it.
 public struct TextExchange {
-    public static var reservedTag: UInt32 { ISCSIWire.reservedTag }
     /// Bound on a request text reassembled from C=1 PDUs.
     public static let maxRequestTextBytes = 65_536
-    public static var rejectProtocolError: UInt8 { RejectReason.protocolError }
-    public static var rejectInvalidPDUField: UInt8 { RejectReason.invalidPDUField }
 
     private enum State: Equatable {
         case idle
@@ -128,8 +125,8 @@ public struct TextExchange {
     public init() {}
 
     public mutating func receive(_ req: TextRequest, data: UnsafeRawBufferPointer, env: TextEnvironment) -> TextOutcome {
-        if req.isFinal && req.continueFlag { return .reject(reason: TextExchange.rejectProtocolError) }
-        if req.ttt == TextExchange.reservedTag {
+        if req.isFinal && req.continueFlag { return .reject(reason: RejectReason.protocolError) }
+        if req.ttt == reservedTag {
             // A new exchange; one still pending is abandoned (RFC 7143 §11.10.4: a TTT of 0xffffffff resets).
             state = .idle
             requestText = []
@@ -138,19 +135,19 @@ public struct TextExchange {
         } else {
             switch state {
             case .receiving(let itt, let ttt), .open(let itt, let ttt):
-                if req.ttt != ttt || req.itt != itt { return .reject(reason: TextExchange.rejectInvalidPDUField) }
+                if req.ttt != ttt || req.itt != itt { return .reject(reason: RejectReason.invalidPDUField) }
             case .sending(let itt, let ttt):
-                if req.ttt != ttt || req.itt != itt { return .reject(reason: TextExchange.rejectInvalidPDUField) }
-                if data.count != 0 || req.continueFlag { return .reject(reason: TextExchange.rejectProtocolError) }
+                if req.ttt != ttt || req.itt != itt { return .reject(reason: RejectReason.invalidPDUField) }
+                if data.count != 0 || req.continueFlag { return .reject(reason: RejectReason.protocolError) }
                 return .respond(nextChunk(req, env: env))
             case .idle:
-                return .reject(reason: TextExchange.rejectInvalidPDUField)
+                return .reject(reason: RejectReason.invalidPDUField)
             }
         }
         if requestText.count + data.count > TextExchange.maxRequestTextBytes {
             state = .idle
             requestText = []
-            return .reject(reason: TextExchange.rejectProtocolError)
+            return .reject(reason: RejectReason.protocolError)
         }
         requestText.append(contentsOf: data)
         if req.continueFlag {
@@ -163,7 +160,7 @@ public struct TextExchange {
         let pairs: [TextKeyValue]
         do { pairs = try TextKeys.parse(text) } catch {
             state = .idle
-            return .reject(reason: TextExchange.rejectProtocolError)
+            return .reject(reason: RejectReason.protocolError)
         }
         var out: [UInt8] = []
         var negotiator = KeyNegotiator(defaults: TargetKeyDefaults())
@@ -202,7 +199,7 @@ public struct TextExchange {
         responseOffset = 0
         if responseIsFinal {
             state = .idle
-            return TextResponse(isFinal: true, continueFlag: false, itt: req.itt, ttt: TextExchange.reservedTag, text: chunk)
+            return TextResponse(isFinal: true, continueFlag: false, itt: req.itt, ttt: reservedTag, text: chunk)
         }
         // The initiator said F=0: the exchange stays open for its next request, which quotes this tag.
         let tag = allocateTag()
@@ -213,7 +210,7 @@ public struct TextExchange {
     private mutating func allocateTag() -> UInt32 {
         let t = nextTag
         nextTag = nextTag &+ 1
-        if nextTag == TextExchange.reservedTag || nextTag == 0 { nextTag = 1 }
+        if nextTag == reservedTag || nextTag == 0 { nextTag = 1 }
         return t
     }
 }

@@ -150,27 +150,23 @@ public struct SCSITask {
         self.wantedBytes = 0
         self.chunkBytes = 0
 
+        // 6..16 bytes in the BHS, up to 260 with an extended-CDB AHS. Only the first 32 are kept: no
+        // command this device server implements is longer, and the opcode alone rejects the rest.
+        if raw.count < 6 || raw.count > SCSITask.maxCDBBytes {
+            self.lun = consume lun
+            return fail(SenseKey.illegalRequest, .invalidFieldInCDB, field: SenseData.fieldPointer(byte: 0))
+        }
         guard let unit = consume lun else {
             self.lun = nil
-            return cdbLengthIsValid(raw.count) ? startWithoutLUN(buffer: buffer) : invalidCDBLength()
+            return startWithoutLUN(buffer: buffer)
         }
         // Hot path: READ/WRITE with nothing pending on this LU go straight to the handler, which reads the
         // snapshot's plain fields and not the LU.
         let admitted = takeSnapshot(unit, nexusID: nexusID, lunGeneration: lunGeneration)
         // A COMPARE AND WRITE that waited for its LUN's gate comes back with the LUN already held here.
         self.lun = consume unit
-        if !cdbLengthIsValid(raw.count) { return invalidCDBLength() }
         if _fastPath(admitted) { return dispatch(buffer: buffer) }
         return startSlow(buffer: buffer)
-    }
-
-    /// 6..16 bytes in the BHS, up to 260 with an extended-CDB AHS. Only the first 32 are kept: no command this
-    /// device server implements is longer, and the opcode alone rejects the rest.
-    @inline(__always)
-    private func cdbLengthIsValid(_ count: Int) -> Bool { count >= 6 && count <= SCSITask.maxCDBBytes }
-
-    private mutating func invalidCDBLength() -> SCSIAction {
-        fail(SenseKey.illegalRequest, .invalidFieldInCDB, field: SenseData.fieldPointer(byte: 0))
     }
 
     /// Takes the flag snapshot; true when this nexus has no pending unit attention and no reservation is
