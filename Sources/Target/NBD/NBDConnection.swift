@@ -21,21 +21,6 @@ enum NBDRxStage: UInt8 {
     case draining
 }
 
-/// The protocol half of one transmission request, beside the IOTask (slot, LUN, store progress) with the
-/// same index.
-struct NBDRequestState {
-    var cookie: UInt64 = 0
-    var command: UInt16 = 0
-    var flags: UInt16 = 0
-    var offset: UInt64 = 0
-    var length: UInt32 = 0
-    /// WRITE_ZEROES written as data (one zeroed slot written repeatedly), and the bytes done so far.
-    var zerosAsData = false
-    var done: UInt32 = 0
-    /// A FUA TRIM or WRITE_ZEROES that went to the store as a discard: flush before answering.
-    var flushAfter = false
-}
-
 struct NBDConnectionState {
     var stage: NBDRxStage = .clientFlags
     var handshake = NBDHandshake()
@@ -55,7 +40,7 @@ struct NBDConnectionState {
     var parked: NBDHandshake.Step? = nil
     /// Per-task request state, set up when the transmission phase starts in `requestMemory` (the connection's
     /// region of the core's ConnectionMemory).
-    var requests: UnsafeMutablePointer<NBDRequestState>? = nil
+    var requests: UnsafeMutablePointer<NBDRequest>? = nil
     var requestCapacity = 0
     var requestMemory: UnsafeMutableRawPointer? = nil
 
@@ -219,8 +204,8 @@ extension Connection {
         nbd.lunNumber = export.lunNumber
         nbd.limits = export.limits
         if nbd.requests == nil {
-            nbd.requests = nbd.requestMemory!.bindMemory(to: NBDRequestState.self, capacity: taskCapacity)
-            nbd.requests!.initialize(repeating: NBDRequestState(), count: taskCapacity)
+            nbd.requests = nbd.requestMemory!.bindMemory(to: NBDRequest.self, capacity: taskCapacity)
+            nbd.requests!.initialize(repeating: NBDRequest(), count: taskCapacity)
             nbd.requestCapacity = taskCapacity
         }
         phase = .fullFeature
@@ -348,8 +333,7 @@ extension Connection {
         tasks[t].slot = Int32(slot)
         tasks[t].state = .storeIO
         tasks[t].lun = lun
-        nbd.requests![t] = NBDRequestState(cookie: r.cookie, command: r.type, flags: r.flags, offset: r.offset,
-                                           length: r.length)
+        nbd.requests![t] = NBDRequest(r)
         // The LUN's statistics count NBD requests as `--op stat` counts SCSI commands (reads, writes, the rest).
         tasks[t].startNanos = monotonicNanos()
         if let lun {
@@ -369,7 +353,7 @@ extension Connection {
             return
         }
         nbdExpectRequest()
-        nbdRun(t, nbdFirstOp(t))
+        nbdStart(t)
     }
 
     /// A write's payload is complete (parsed from the staging buffer or received directly).
@@ -377,7 +361,7 @@ extension Connection {
         let t = Int(nbd.payloadTask)
         nbd.payloadTask = -1
         nbdExpectRequest()
-        nbdRun(t, nbdFirstOp(t))
+        nbdStart(t)
     }
 
     /// A stall ended (a buffer slot, a task entry or send-queue room came free).
@@ -393,88 +377,34 @@ extension Connection {
 
     // MARK: - Transmission: store operations
 
-    private func nbdFirstOp(_ t: Int) -> StoreOp {
-        let rq = nbd.requests![t]
-        let fua = rq.flags & NBDWire.cmdFlagFUA != 0
-        switch rq.command {
-        case NBDWire.cmdRead:
-            return .read(target: .own, offset: rq.offset, length: Int(rq.length), bufferOffset: 0)
-        case NBDWire.cmdWrite:
-            return .write(target: .own, offset: rq.offset, length: Int(rq.length), bufferOffset: 0, fua: fua)
-        case NBDWire.cmdTrim:
-            nbd.requests![t].flushAfter = fua
-            return .discard(target: .own, offset: rq.offset, length: UInt64(rq.length))
-        case NBDWire.cmdWriteZeroes:
-            let caps = tasks[t].lun!.capabilities
-            if rq.flags & NBDWire.cmdFlagNoHole == 0 && caps.canDiscard && caps.discardZeroes {
-                // A hole reads back as zeros on this store: deallocating is writing zeros.
-                nbd.requests![t].flushAfter = fua
-                return .discard(target: .own, offset: rq.offset, length: UInt64(rq.length))
-            }
-            // Zeros as data, one slot at a time from the same zeroed slot.
-            let piece = min(Int(rq.length), reactor.config.slotBytes)
-            nbd.requests![t].zerosAsData = true
-            memset(reactor.pool.data(Int(tasks[t].slot)), 0, piece)
-            return .write(target: .own, offset: rq.offset, length: piece, bufferOffset: 0, fua: fua)
-        default:
-            return .flush(target: .own)
-        }
+    private func nbdStart(_ t: Int) {
+        nbdRun(t, nbd.requests![t].start(capabilities: tasks[t].lun!.capabilities, slotBytes: reactor.config.slotBytes))
     }
 
-    /// Runs store operations for task `t` until one is in flight or the request is answered.
-    private func nbdRun(_ t: Int, _ first: StoreOp) {
-        var op = first
+    /// Carries out task `t`'s actions until a store operation is in flight or the request is answered.
+    private func nbdRun(_ t: Int, _ first: NBDRequest.Action) {
+        var action = first
         while true {
+            let op: StoreOp
+            switch action {
+            case .reply(let error):
+                nbdFinish(t, error: error)
+                return
+            case .submit(let next):
+                op = next
+            case .zeroSlotAndSubmit(let bytes, let next):
+                memset(reactor.pool.data(Int(tasks[t].slot)), 0, bytes)
+                op = next
+            }
             guard let result = reactor.submitStore(self, t, op) else { return }
-            guard let next = nbdAdvance(t, result) else { return }
-            op = next
+            action = nbd.requests![t].storeDone(result, slotBytes: reactor.config.slotBytes)
         }
     }
 
     /// A store operation of task `t` finished on the ring (or in a sheep reply).
     func nbdStoreDone(_ t: Int, _ result: StoreResult) {
         tasks[t].state = .storeIO
-        if let next = nbdAdvance(t, result) { nbdRun(t, next) }
-    }
-
-    /// Takes one store result: returns the next operation, or nil once the reply is queued.
-    private func nbdAdvance(_ t: Int, _ result: StoreResult) -> StoreOp? {
-        let rq = nbd.requests! + t
-        if case .failed(let e) = result {
-            // TRIM is a hint: a store that cannot deallocate has done nothing wrong.
-            if rq.pointee.command == NBDWire.cmdTrim && e == .notSupported && !rq.pointee.flushAfter {
-                nbdFinish(t, error: 0)
-                return nil
-            }
-            nbdFinish(t, error: nbdError(e, command: rq.pointee.command))
-            return nil
-        }
-        if rq.pointee.zerosAsData && rq.pointee.done < rq.pointee.length {
-            let piece = UInt32(min(Int(rq.pointee.length - rq.pointee.done), reactor.config.slotBytes))
-            rq.pointee.done += piece
-            if rq.pointee.done < rq.pointee.length {
-                let next = min(Int(rq.pointee.length - rq.pointee.done), reactor.config.slotBytes)
-                return .write(target: .own, offset: rq.pointee.offset + UInt64(rq.pointee.done), length: next,
-                              bufferOffset: 0, fua: rq.pointee.flags & NBDWire.cmdFlagFUA != 0)
-            }
-        }
-        if rq.pointee.flushAfter {
-            rq.pointee.flushAfter = false
-            return .flush(target: .own)
-        }
-        nbdFinish(t, error: 0)
-        return nil
-    }
-
-    private func nbdError(_ e: StoreError, command: UInt16) -> UInt32 {
-        switch e {
-        case .writeProtected: return NBDWire.errPerm
-        case .noSpace: return NBDWire.errNoSpace
-        case .outOfRange:
-            return command == NBDWire.cmdWrite || command == NBDWire.cmdWriteZeroes ? NBDWire.errNoSpace : NBDWire.errInvalid
-        case .notSupported: return NBDWire.errInvalid
-        case .mediumError, .unavailable: return NBDWire.errIO
-        }
+        nbdRun(t, nbd.requests![t].storeDone(result, slotBytes: reactor.config.slotBytes))
     }
 
     /// Queues the simple reply; a successful READ carries the slot's data. The task (and its slot) is released

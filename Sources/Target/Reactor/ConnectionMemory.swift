@@ -20,7 +20,7 @@ struct ConnectionMemoryLayout {
         rx = align(out + OutQueue.memoryBytes(capacity: sendQueueRecords), page)
         tasks = align(rx + Connection.rxBytes, 64)
         nbdRequests = align(tasks + taskCapacity * MemoryLayout<IOTask>.stride, 64)
-        stride = align(nbdRequests + taskCapacity * MemoryLayout<NBDRequestState>.stride, page)
+        stride = align(nbdRequests + taskCapacity * MemoryLayout<NBDRequest>.stride, page)
     }
 }
 

@@ -1,0 +1,133 @@
+/// One NBD transmission request, from admission to its reply (proto.md, "Transmission phase"): which store
+/// operations carry it out and in what order, and the error its reply carries. Pure: the connection keeps one
+/// per task entry, carries out each action and feeds back the store's results. Admission itself (flags, range,
+/// payload size, read-only) is `NBDExportLimits.check`.
+struct NBDRequest {
+    /// What the connection does next for this request.
+    enum Action: Equatable {
+        /// Submit the operation to the store; its result comes back through `storeDone`.
+        case submit(StoreOp)
+        /// Zero the first `bytes` of the request's buffer slot, then submit the operation. WRITE_ZEROES written
+        /// as data writes the same zeroed slot once per piece, so the slot is zeroed only before the first.
+        case zeroSlotAndSubmit(bytes: Int, StoreOp)
+        /// Queue the simple reply with this NBD error (0 for success; a successful READ carries the slot).
+        case reply(error: UInt32)
+    }
+
+    private enum State: Equatable {
+        /// Admitted; `start` has not run.
+        case admitted
+        /// One read, write or flush in flight; its result is the answer.
+        case single
+        /// A TRIM, or a WRITE_ZEROES the store deallocates, in flight. `flushAfter`: it carried FUA, and a
+        /// discard has no FUA of its own, so a flush follows before the answer.
+        case discarding(flushAfter: Bool)
+        /// WRITE_ZEROES as data: the piece ending at `end` (bytes into the request) is in flight.
+        case zeroing(end: UInt32)
+        /// The flush after a FUA discard is in flight.
+        case flushing
+        /// The reply is decided; the request has no more events.
+        case answered
+    }
+
+    let cookie: UInt64
+    let command: UInt16
+    let flags: UInt16
+    let offset: UInt64
+    let length: UInt32
+    private var state = State.admitted
+
+    init(_ r: NBDRequestHeader) {
+        cookie = r.cookie
+        command = r.type
+        flags = r.flags
+        offset = r.offset
+        length = r.length
+    }
+
+    /// An empty entry, for task entries that never carried a request.
+    init() {
+        self.init(NBDRequestHeader(flags: 0, type: NBDWire.cmdFlush, cookie: 0, offset: 0, length: 0))
+    }
+
+    private var fua: Bool { flags & NBDWire.cmdFlagFUA != 0 }
+
+    /// The first action of an admitted request. `capabilities` are those of the LUN that serves it now;
+    /// `slotBytes` is the size of the request's buffer slot.
+    mutating func start(capabilities: StoreCapabilities, slotBytes: Int) -> Action {
+        guard state == .admitted else { preconditionFailure("NBD request started twice") }
+        switch command {
+        case NBDWire.cmdRead:
+            state = .single
+            return .submit(.read(target: .own, offset: offset, length: Int(length), bufferOffset: 0))
+        case NBDWire.cmdWrite:
+            state = .single
+            return .submit(.write(target: .own, offset: offset, length: Int(length), bufferOffset: 0, fua: fua))
+        case NBDWire.cmdTrim:
+            state = .discarding(flushAfter: fua)
+            return .submit(.discard(target: .own, offset: offset, length: UInt64(length)))
+        case NBDWire.cmdWriteZeroes:
+            if flags & NBDWire.cmdFlagNoHole == 0 && capabilities.canDiscard && capabilities.discardZeroes {
+                // A hole reads back as zeros on this store: deallocating is writing zeros.
+                state = .discarding(flushAfter: fua)
+                return .submit(.discard(target: .own, offset: offset, length: UInt64(length)))
+            }
+            let piece = min(Int(length), slotBytes)
+            state = .zeroing(end: UInt32(piece))
+            return .zeroSlotAndSubmit(bytes: piece, .write(target: .own, offset: offset, length: piece,
+                                                            bufferOffset: 0, fua: fua))
+        default:
+            // Admission lets through only the commands above and FLUSH.
+            state = .single
+            return .submit(.flush(target: .own))
+        }
+    }
+
+    /// The store finished the operation in flight.
+    mutating func storeDone(_ result: StoreResult, slotBytes: Int) -> Action {
+        let current = state
+        switch current {
+        case .admitted, .answered:
+            preconditionFailure("NBD request got a store result with nothing in flight")
+        case .single, .flushing:
+            return answer(result)
+        case .discarding(let flushAfter):
+            // TRIM is a hint: a store that cannot deallocate has done nothing wrong. With FUA the client asked
+            // for durability too, which an unsupported discard cannot give.
+            if case .failed(.notSupported) = result, command == NBDWire.cmdTrim, !flushAfter {
+                return answer(.ok(0))
+            }
+            if case .failed = result { return answer(result) }
+            if flushAfter {
+                state = .flushing
+                return .submit(.flush(target: .own))
+            }
+            return answer(result)
+        case .zeroing(let end):
+            if case .failed = result { return answer(result) }
+            if end >= length { return answer(result) }
+            let piece = min(Int(length - end), slotBytes)
+            state = .zeroing(end: end + UInt32(piece))
+            return .submit(.write(target: .own, offset: offset + UInt64(end), length: piece, bufferOffset: 0,
+                                  fua: fua))
+        }
+    }
+
+    private mutating func answer(_ result: StoreResult) -> Action {
+        state = .answered
+        if case .failed(let e) = result { return .reply(error: NBDRequest.error(e, command: command)) }
+        return .reply(error: 0)
+    }
+
+    /// The NBD error a store failure answers with (proto.md, "Error values").
+    static func error(_ e: StoreError, command: UInt16) -> UInt32 {
+        switch e {
+        case .writeProtected: return NBDWire.errPerm
+        case .noSpace: return NBDWire.errNoSpace
+        case .outOfRange:
+            return command == NBDWire.cmdWrite || command == NBDWire.cmdWriteZeroes ? NBDWire.errNoSpace : NBDWire.errInvalid
+        case .notSupported: return NBDWire.errInvalid
+        case .mediumError, .unavailable: return NBDWire.errIO
+        }
+    }
+}
