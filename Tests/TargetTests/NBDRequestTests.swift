@@ -32,6 +32,9 @@ import Testing
                 zeroed.append(bytes)
                 ops.append(op)
                 action = r.storeDone(answer(op), slotBytes: slot)
+            case .describeAndSubmit, .describeAndReply:
+                Issue.record("only BLOCK_STATUS describes extents")
+                return (ops, zeroed, .max)
             }
             #expect(ops.count < 100, "a request must end")
             if ops.count >= 100 { return (ops, zeroed, .max) }
@@ -142,5 +145,106 @@ import Testing
             let length: UInt32 = command == NBDWire.cmdFlush ? 0 : 4096
             #expect(Self.run(Self.request(command, length: length)) { _ in .failed(e) }.error == nbd)
         }
+    }
+
+    // MARK: BLOCK_STATUS
+
+    /// Runs a BLOCK_STATUS request over a store whose map is `extents` (mapped, bytes) from offset 0; returns the
+    /// map operations and the descriptors (length, status) the reply carries, or the error.
+    static func blockStatus(offset: UInt64 = 0, length: UInt32, flags: UInt16 = 0, slotBytes: Int = slot,
+                            extents: [(Bool, UInt64)], failWith: StoreError? = nil)
+        -> (maps: [StoreOp], descriptors: [(UInt32, UInt32)], error: UInt32) {
+        var r = request(NBDWire.cmdBlockStatus, flags: flags, offset: offset, length: length)
+        var maps: [StoreOp] = []
+        var descriptors: [(UInt32, UInt32)] = []
+        func answer(_ op: StoreOp) -> StoreResult {
+            maps.append(op)
+            if let failWith { return .failed(failWith) }
+            guard case .mapStatus(_, let at, let maxLength) = op else { return .failed(.mediumError) }
+            var start: UInt64 = 0
+            for (mapped, bytes) in extents {
+                if at < start + bytes || (bytes == 0 && at == start) {
+                    return .extent(mapped: mapped, length: min(start + bytes - at, maxLength))
+                }
+                start += bytes
+            }
+            return .failed(.outOfRange)
+        }
+        func describe(_ index: Int, _ length: UInt32, _ status: UInt32) {
+            #expect(index <= descriptors.count, "descriptors are written in order")
+            if index == descriptors.count { descriptors.append((length, status)) } else { descriptors[index] = (length, status) }
+        }
+        var action = r.start(capabilities: plain, slotBytes: slotBytes)
+        while maps.count < 1000 {
+            switch action {
+            case .submit(let op):
+                action = r.storeDone(answer(op), slotBytes: slotBytes)
+            case .describeAndSubmit(let index, let length, let status, let op):
+                describe(index, length, status)
+                action = r.storeDone(answer(op), slotBytes: slotBytes)
+            case .describeAndReply(let index, let length, let status):
+                describe(index, length, status)
+                return (maps, descriptors, 0)
+            case .reply(let error):
+                return (maps, descriptors, error)
+            case .zeroSlotAndSubmit:
+                Issue.record("BLOCK_STATUS writes nothing")
+                return (maps, descriptors, .max)
+            }
+        }
+        Issue.record("BLOCK_STATUS did not end")
+        return (maps, descriptors, .max)
+    }
+
+    static let hole = NBDWire.stateHole | NBDWire.stateZero
+
+    @Test func blockStatusDescribesHolesAndDataAndMergesRuns() {
+        // hole 4 KiB, data 8 KiB + 4 KiB (two store answers, one run), hole to the end.
+        let (maps, d, error) = Self.blockStatus(length: 65_536, extents: [(false, 4096), (true, 8192), (true, 4096),
+                                                                           (false, 1 << 20)])
+        #expect(error == 0)
+        #expect(maps.count == 4)
+        #expect(d.map(\.0) == [4096, 12_288, 49_152])
+        #expect(d.map(\.1) == [Self.hole, 0, Self.hole])
+        #expect(d.reduce(0) { $0 + $1.0 } == 65_536, "the descriptors cover the request exactly")
+    }
+
+    @Test func blockStatusStartsAtTheRequestOffsetAndStopsAtItsEnd() {
+        let (maps, d, _) = Self.blockStatus(offset: 6144, length: 4096, extents: [(false, 4096), (true, 1 << 20)])
+        #expect(maps.first == .mapStatus(target: .own, offset: 6144, maxLength: 4096))
+        #expect(d.map(\.0) == [4096])
+        #expect(d.map(\.1) == [0])
+    }
+
+    @Test func reqOneAnswersWithOneDescriptor() {
+        let (maps, d, _) = Self.blockStatus(length: 65_536, flags: NBDWire.cmdFlagReqOne,
+                                            extents: [(false, 4096), (true, 1 << 20)])
+        #expect(maps.count == 1)
+        #expect(d.map(\.0) == [4096])
+    }
+
+    @Test func descriptorsStopAtWhatTheSlotHolds() {
+        // Alternating 512-byte runs; a 36-byte slot holds the context ID and 4 descriptors.
+        let extents = (0..<64).map { ($0 % 2 == 0, UInt64(512)) }
+        let (_, d, error) = Self.blockStatus(length: 32_768, slotBytes: 36, extents: extents)
+        #expect(error == 0)
+        #expect(d.count == 4)
+        #expect(d.map(\.0) == [512, 512, 512, 512])
+    }
+
+    @Test func aStoreThatCannotMapReportsData() {
+        let (_, d, error) = Self.blockStatus(length: 8192, extents: [], failWith: .notSupported)
+        #expect(error == 0)
+        #expect(d.map(\.0) == [8192])
+        #expect(d.map(\.1) == [0])
+        let failed = Self.blockStatus(length: 8192, extents: [], failWith: .unavailable)
+        #expect(failed.error == NBDWire.errIO)
+        #expect(failed.descriptors.isEmpty)
+    }
+
+    @Test func aStoreThatMapsNothingEndsTheRequestWithEIO() {
+        let (maps, _, error) = Self.blockStatus(length: 8192, extents: [(true, 0), (true, 1 << 20)])
+        #expect(maps.count == 1)
+        #expect(error == NBDWire.errIO)
     }
 }

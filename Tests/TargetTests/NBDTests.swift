@@ -260,13 +260,105 @@ import Testing
         #expect(Self.replies(withData.reply).map(\.type) == [NBDWire.repErrInvalid])
     }
 
-    @Test func tlsStructuredRepliesAndUnknownOptionsAreUnsupported() {
+    @Test func tlsAndUnknownOptionsAreUnsupported() {
         var h = Self.haggling()
-        for option in [NBDWire.optStartTLS, NBDWire.optStructuredReply, 10, 0x1234] {
+        for option in [NBDWire.optStartTLS, 11, 0x1234] {
             let step = h.option(option, data: [], catalog: Self.catalog())
             #expect(step.next == .proceed)
             #expect(Self.replies(step.reply).map(\.type) == [NBDWire.repErrUnsup])
         }
+    }
+
+    /// NBD_OPT_{LIST,SET}_META_CONTEXT data: export name, query count, queries.
+    static func metaData(_ name: String, _ queries: [String]) -> [UInt8] {
+        let n = Array(name.utf8)
+        return be32(n.count) + n + be32(queries.count) + queries.flatMap { be32($0.utf8.count) + Array($0.utf8) }
+    }
+
+    static let exportA2 = "iqn.2026-01.org.ringtgt:a/2"
+
+    @Test func metaContextsNeedStructuredRepliesFirst() {
+        var h = Self.haggling()
+        for option in [NBDWire.optListMetaContext, NBDWire.optSetMetaContext] {
+            let step = h.option(option, data: Self.metaData(Self.exportA2, []), catalog: Self.catalog())
+            #expect(Self.replies(step.reply).map(\.type) == [NBDWire.repErrInvalid])
+        }
+        let withData = h.option(NBDWire.optStructuredReply, data: [0], catalog: Self.catalog())
+        #expect(Self.replies(withData.reply).map(\.type) == [NBDWire.repErrInvalid])
+        let ack = h.option(NBDWire.optStructuredReply, data: [], catalog: Self.catalog())
+        #expect(Self.replies(ack.reply).map(\.type) == [NBDWire.repAck])
+        #expect(h.structuredReplies)
+    }
+
+    @Test func listMetaContextOffersBaseAllocationByNamespaceOrName() {
+        var h = Self.haggling()
+        _ = h.option(NBDWire.optStructuredReply, data: [], catalog: Self.catalog())
+        for queries in [[], ["base:"], ["base:allocation"]] {
+            let r = Self.replies(h.option(NBDWire.optListMetaContext, data: Self.metaData(Self.exportA2, queries),
+                                          catalog: Self.catalog()).reply)
+            #expect(r.map(\.type) == [NBDWire.repMetaContext, NBDWire.repAck], "\(queries)")
+            // LIST's context ID is reserved: 0.
+            #expect(r.first?.data == Self.be32(0) + Array("base:allocation".utf8))
+        }
+        let none = h.option(NBDWire.optListMetaContext, data: Self.metaData(Self.exportA2, ["qemu:dirty-bitmap:x"]),
+                            catalog: Self.catalog())
+        #expect(Self.replies(none.reply).map(\.type) == [NBDWire.repAck])
+        let unknown = h.option(NBDWire.optListMetaContext, data: Self.metaData("nope", []), catalog: Self.catalog())
+        #expect(Self.replies(unknown.reply).map(\.type) == [NBDWire.repErrUnknown])
+        let truncated = h.option(NBDWire.optListMetaContext, data: Array(Self.metaData(Self.exportA2, ["base:"]).dropLast()),
+                                 catalog: Self.catalog())
+        #expect(Self.replies(truncated.reply).map(\.type) == [NBDWire.repErrInvalid])
+    }
+
+    @Test func setMetaContextEnablesBlockStatusOnThatExportOnly() throws {
+        var h = Self.haggling()
+        _ = h.option(NBDWire.optStructuredReply, data: [], catalog: Self.catalog())
+        let r = Self.replies(h.option(NBDWire.optSetMetaContext, data: Self.metaData(Self.exportA2, ["base:allocation"]),
+                                      catalog: Self.catalog()).reply)
+        #expect(r.map(\.type) == [NBDWire.repMetaContext, NBDWire.repAck])
+        #expect(r.first?.data == Self.be32(Int(NBDWire.baseAllocationID)) + Array("base:allocation".utf8))
+        let go = h.option(NBDWire.optGo, data: Self.goData(Self.exportA2), catalog: Self.catalog())
+        guard case .transmission(let export) = go.next else { Issue.record("GO did not enter transmission"); return }
+        let limits = h.limits(for: export)
+        #expect(limits.structuredReplies && limits.blockStatus)
+        let info = try #require(Self.replies(go.reply).first { $0.type == NBDWire.repInfo })
+        // NBD_INFO_EXPORT: type, size, then the transmission flags.
+        let flags = UInt16(info.data[10]) << 8 | UInt16(info.data[11])
+        #expect(flags & NBDWire.transSendDF != 0)
+        // Selected for another export: not carried over.
+        if case .found(let other) = Self.catalog().lookup("iqn.2026-01.org.ringtgt:a/0") {
+            #expect(!h.limits(for: other).blockStatus)
+        } else {
+            Issue.record("no export a/0")
+        }
+    }
+
+    @Test func setMetaContextWithoutAMatchClearsTheSelection() throws {
+        var h = Self.haggling()
+        _ = h.option(NBDWire.optStructuredReply, data: [], catalog: Self.catalog())
+        _ = h.option(NBDWire.optSetMetaContext, data: Self.metaData(Self.exportA2, ["base:allocation"]), catalog: Self.catalog())
+        let r = h.option(NBDWire.optSetMetaContext, data: Self.metaData(Self.exportA2, ["base:"]), catalog: Self.catalog())
+        #expect(Self.replies(r.reply).map(\.type) == [NBDWire.repAck])
+        guard case .found(let export) = Self.catalog().lookup(Self.exportA2) else { Issue.record("no export"); return }
+        #expect(!h.limits(for: export).blockStatus)
+    }
+
+    @Test func blockStatusAndDFAreCheckedAgainstWhatWasNegotiated() {
+        var limits = NBDExportLimits(sizeBytes: 1 << 20, readOnly: true, maxPayloadBytes: 65_536, minimumBlockBytes: 1)
+        func check(_ type: UInt16, flags: UInt16 = 0, offset: UInt64 = 0, length: UInt32 = 4096) -> NBDRequestCheck {
+            limits.check(NBDRequestHeader(flags: flags, type: type, cookie: 1, offset: offset, length: length))
+        }
+        #expect(check(NBDWire.cmdBlockStatus) == .refuse(NBDWire.errInvalid))
+        #expect(check(NBDWire.cmdRead, flags: NBDWire.cmdFlagDF) == .refuse(NBDWire.errInvalid))
+        limits.structuredReplies = true
+        limits.blockStatus = true
+        #expect(check(NBDWire.cmdRead, flags: NBDWire.cmdFlagDF) == .accept)
+        // Block status is a read: a read-only export answers it, and its length is not a payload.
+        #expect(check(NBDWire.cmdBlockStatus, length: 1 << 20) == .accept)
+        #expect(check(NBDWire.cmdBlockStatus, flags: NBDWire.cmdFlagReqOne) == .accept)
+        #expect(check(NBDWire.cmdBlockStatus, flags: NBDWire.cmdFlagFUA) == .refuse(NBDWire.errInvalid))
+        #expect(check(NBDWire.cmdBlockStatus, length: 0) == .refuse(NBDWire.errInvalid))
+        #expect(check(NBDWire.cmdBlockStatus, offset: 1 << 20, length: 1) == .refuse(NBDWire.errInvalid))
     }
 
     @Test func abortAcksThenCloses() {

@@ -202,7 +202,7 @@ extension Connection {
         }
         target = t
         nbd.lunNumber = export.lunNumber
-        nbd.limits = export.limits
+        nbd.limits = nbd.handshake.limits(for: export)
         if nbd.requests == nil {
             nbd.requests = nbd.requestMemory!.bindMemory(to: NBDRequest.self, capacity: taskCapacity)
             nbd.requests!.initialize(repeating: NBDRequest(), count: taskCapacity)
@@ -395,10 +395,25 @@ extension Connection {
             case .zeroSlotAndSubmit(let bytes, let next):
                 memset(reactor.pool.data(Int(tasks[t].slot)), 0, bytes)
                 op = next
+            case .describeAndSubmit(let index, let length, let status, let next):
+                nbdDescribe(t, index, length, status)
+                op = next
+            case .describeAndReply(let index, let length, let status):
+                nbdDescribe(t, index, length, status)
+                nbdFinish(t, error: 0, descriptors: index + 1)
+                return
             }
             guard let result = reactor.submitStore(self, t, op) else { return }
             action = nbd.requests![t].storeDone(result, slotBytes: reactor.config.slotBytes)
         }
+    }
+
+    /// BLOCK_STATUS keeps its reply's payload in its slot: the context ID, then the descriptors.
+    private func nbdDescribe(_ t: Int, _ index: Int, _ length: UInt32, _ status: UInt32) {
+        let p = UnsafeMutableRawPointer(reactor.pool.data(Int(tasks[t].slot))) + NBDWire.blockStatusContextBytes
+            + index * NBDWire.blockDescriptorBytes
+        put32(p, 0, length)
+        put32(p, 4, status)
     }
 
     /// A store operation of task `t` finished on the ring (or in a sheep reply).
@@ -407,9 +422,11 @@ extension Connection {
         nbdRun(t, nbd.requests![t].storeDone(result, slotBytes: reactor.config.slotBytes))
     }
 
-    /// Queues the simple reply; a successful READ carries the slot's data. The task (and its slot) is released
-    /// when the reply is out.
-    private func nbdFinish(_ t: Int, error: UInt32) {
+    /// Queues the reply; a successful READ carries the slot's data, a BLOCK_STATUS the `descriptors` in its
+    /// slot. The task (and its slot) is released when the reply is out. With structured replies, READ and
+    /// BLOCK_STATUS answer in one chunk flagged DONE (so NBD_CMD_FLAG_DF always holds); other commands keep
+    /// simple replies, which proto.md allows.
+    private func nbdFinish(_ t: Int, error: UInt32, descriptors: Int = 0) {
         let rq = nbd.requests![t]
         if tasks[t].statistics.slot >= 0 {
             reactor.lunStatistics.done(tasks[t].statistics, read: rq.command == NBDWire.cmdRead, write: rq.command == NBDWire.cmdWrite,
@@ -417,12 +434,47 @@ extension Connection {
                                        nanos: monotonicNanos() &- tasks[t].startNanos)
         }
         tasks[t].state = .finishing
-        if error == 0 && rq.command == NBDWire.cmdRead {
-            nbdQueueReply(error: 0, cookie: rq.cookie, data: UnsafeRawPointer(reactor.pool.data(Int(tasks[t].slot))),
-                          dataLength: Int(rq.length), token: .taskDone(task: Int32(t)))
-        } else {
-            nbdQueueReply(error: error, cookie: rq.cookie, token: .taskDone(task: Int32(t)))
+        let token = SendToken.taskDone(task: Int32(t))
+        let slot = reactor.pool.data(Int(tasks[t].slot))
+        let structured = nbd.limits.structuredReplies
+            && (rq.command == NBDWire.cmdRead || rq.command == NBDWire.cmdBlockStatus)
+        if !structured {
+            if error == 0 && rq.command == NBDWire.cmdRead {
+                nbdQueueReply(error: 0, cookie: rq.cookie, data: UnsafeRawPointer(slot), dataLength: Int(rq.length),
+                              token: token)
+            } else {
+                nbdQueueReply(error: error, cookie: rq.cookie, token: token)
+            }
+            return
         }
+        precondition(out.free > 0, "NBD send queue overrun")
+        let i = out.nextIndex()
+        let h = out.header(i)
+        let header = NBDWire.structuredReplyHeaderBytes
+        let done = NBDWire.replyFlagDone
+        if error != 0 {
+            nbdStructuredReplyHeader(h, flags: done, type: NBDWire.replyTypeError, cookie: rq.cookie,
+                                     length: UInt32(NBDWire.errorChunkPayloadBytes))
+            put32(h, header, error)
+            put16(h, header + 4, 0)
+            out.commitRaw(i, headerLength: header + NBDWire.errorChunkPayloadBytes, data: nil, dataLength: 0, token: token)
+        } else if rq.command == NBDWire.cmdBlockStatus {
+            let bytes = NBDWire.blockStatusContextBytes + descriptors * NBDWire.blockDescriptorBytes
+            put32(UnsafeMutableRawPointer(slot), 0, NBDWire.baseAllocationID)
+            nbdStructuredReplyHeader(h, flags: done, type: NBDWire.replyTypeBlockStatus, cookie: rq.cookie,
+                                     length: UInt32(bytes))
+            out.commitRaw(i, headerLength: header, data: UnsafeRawPointer(slot), dataLength: bytes, token: token)
+        } else if rq.length == 0 {
+            nbdStructuredReplyHeader(h, flags: done, type: NBDWire.replyTypeNone, cookie: rq.cookie, length: 0)
+            out.commitRaw(i, headerLength: header, data: nil, dataLength: 0, token: token)
+        } else {
+            nbdStructuredReplyHeader(h, flags: done, type: NBDWire.replyTypeOffsetData, cookie: rq.cookie,
+                                     length: UInt32(NBDWire.offsetDataPrefixBytes) + rq.length)
+            put64(h, header, rq.offset)
+            out.commitRaw(i, headerLength: header + NBDWire.offsetDataPrefixBytes, data: UnsafeRawPointer(slot),
+                          dataLength: Int(rq.length), token: token)
+        }
+        markDirty()
     }
 
     /// One simple reply record: 16 bytes in the arena, then the data (if any) straight from its slot.

@@ -38,10 +38,28 @@ public struct NBDHandshake: Sendable {
     var state: State = .awaitingClientFlags
     public private(set) var noZeroes = false
     var optionsSeen = 0
+    /// NBD_OPT_STRUCTURED_REPLY was acknowledged.
+    public private(set) var structuredReplies = false
+    /// The export the last NBD_OPT_SET_META_CONTEXT selected base:allocation on (nil: none selected).
+    var baseAllocationExport: NBDExport? = nil
 
     public init() {}
 
     public var isInTransmission: Bool { state == .transmission }
+
+    /// What the transmission phase on `export` allows, given what was negotiated.
+    public func limits(for export: NBDExport) -> NBDExportLimits {
+        var l = export.limits
+        l.structuredReplies = structuredReplies
+        // A context selected for another export does not carry over (proto.md: the client selects contexts
+        // for the export it then goes to).
+        l.blockStatus = baseAllocationExport == export
+        return l
+    }
+
+    private func transmissionFlags(_ export: NBDExport) -> UInt16 {
+        structuredReplies ? export.transmissionFlags | NBDWire.transSendDF : export.transmissionFlags
+    }
 
     /// The client's flags. Unknown bits mean a client we do not understand: proto.md says drop the connection.
     public mutating func clientFlags(_ flags: UInt32) -> Step {
@@ -78,7 +96,7 @@ public struct NBDHandshake: Sendable {
             switch catalog.lookup(name) {
             case .found(let e):
                 state = .transmission
-                return Step(reply: NBDEncode.exportNameReply(size: e.sizeBytes, flags: e.transmissionFlags,
+                return Step(reply: NBDEncode.exportNameReply(size: e.sizeBytes, flags: transmissionFlags(e),
                                                              noZeroes: noZeroes),
                             next: .transmission(e))
             case .denied:
@@ -106,13 +124,67 @@ public struct NBDHandshake: Sendable {
             return Step(reply: NBDEncode.optionError(option: option, type: NBDWire.repErrUnsup,
                                                      message: "TLS is not supported by this server"), next: .proceed)
         case NBDWire.optStructuredReply:
-            // Simple replies only: clients fall back to them (proto.md: "clients SHOULD be prepared to also handle
-            // NBD_REP_ERR_UNSUP").
-            return Step(reply: NBDEncode.optionError(option: option, type: NBDWire.repErrUnsup,
-                                                     message: "structured replies are not supported"), next: .proceed)
+            if !data.isEmpty {
+                return Step(reply: NBDEncode.optionError(option: option, type: NBDWire.repErrInvalid,
+                                                         message: "NBD_OPT_STRUCTURED_REPLY takes no data"), next: .proceed)
+            }
+            structuredReplies = true
+            return Step(reply: NBDEncode.optionReply(option: option, type: NBDWire.repAck), next: .proceed)
+        case NBDWire.optListMetaContext, NBDWire.optSetMetaContext:
+            return metaContext(option, data, catalog)
         default:
             return Step(reply: NBDEncode.optionReply(option: option, type: NBDWire.repErrUnsup), next: .proceed)
         }
+    }
+
+    /// NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT: 32-bit name length, name, 32-bit query count,
+    /// then each query as a 32-bit length and a string. The one context is base:allocation: LIST matches it by
+    /// its namespace ("base:") or its name, SET selects it by its name only.
+    private mutating func metaContext(_ option: UInt32, _ data: [UInt8], _ catalog: NBDExportCatalog) -> Step {
+        func reply(_ type: UInt32, _ why: String) -> Step {
+            Step(reply: NBDEncode.optionError(option: option, type: type, message: why), next: .proceed)
+        }
+        let set = option == NBDWire.optSetMetaContext
+        // SET replaces the selection even when it fails.
+        if set { baseAllocationExport = nil }
+        guard structuredReplies else { return reply(NBDWire.repErrInvalid, "negotiate structured replies first") }
+        func u32(_ at: Int) -> Int? {
+            guard at >= 0, at + 4 <= data.count else { return nil }
+            return Int(data[at]) << 24 | Int(data[at + 1]) << 16 | Int(data[at + 2]) << 8 | Int(data[at + 3])
+        }
+        guard let nameLength = u32(0), nameLength <= NBDWire.maxStringBytes, 4 + nameLength <= data.count,
+              let count = u32(4 + nameLength) else { return reply(NBDWire.repErrInvalid, "bad option data") }
+        let name = String(decoding: data[4..<(4 + nameLength)], as: UTF8.self)
+        var at = 8 + nameLength
+        var queries: [String] = []
+        for _ in 0..<min(count, data.count) {
+            guard let length = u32(at), length <= NBDWire.maxStringBytes, at + 4 + length <= data.count else {
+                return reply(NBDWire.repErrInvalid, "bad query")
+            }
+            queries.append(String(decoding: data[(at + 4)..<(at + 4 + length)], as: UTF8.self))
+            at += 4 + length
+        }
+        guard queries.count == count, at == data.count else { return reply(NBDWire.repErrInvalid, "bad query count") }
+        let export: NBDExport
+        switch catalog.lookup(name) {
+        case .found(let e): export = e
+        case .denied: return reply(NBDWire.repErrPolicy, "export '\(name)' is not available to this client")
+        case .unknown: return reply(NBDWire.repErrUnknown, "no export '\(name)'")
+        }
+        let matches = set
+            ? queries.contains(NBDWire.baseAllocation)
+            : queries.isEmpty || queries.contains { $0 == "base:" || $0 == NBDWire.baseAllocation }
+        var out: [UInt8] = []
+        if matches {
+            // LIST's context IDs are reserved (0); SET's are the IDs block status replies carry.
+            var d: [UInt8] = []
+            NBDEncode.append32(&d, set ? NBDWire.baseAllocationID : 0)
+            d += Array(NBDWire.baseAllocation.utf8)
+            out = NBDEncode.optionReply(option: option, type: NBDWire.repMetaContext, data: d)
+            if set { baseAllocationExport = export }
+        }
+        out += NBDEncode.optionReply(option: option, type: NBDWire.repAck)
+        return Step(reply: out, next: .proceed)
     }
 
     private mutating func countOption() -> Step? {
@@ -152,7 +224,7 @@ public struct NBDHandshake: Sendable {
             return Step(reply: NBDEncode.optionError(option: option, type: NBDWire.repErrUnknown,
                                                      message: "no export '\(name)'"), next: .proceed)
         }
-        var reply = NBDEncode.infoExport(option: option, size: export.sizeBytes, flags: export.transmissionFlags)
+        var reply = NBDEncode.infoExport(option: option, size: export.sizeBytes, flags: transmissionFlags(export))
         if requested.contains(NBDWire.infoName) {
             reply += NBDEncode.infoString(option: option, type: NBDWire.infoName, export.name)
         }

@@ -10,8 +10,13 @@ struct NBDRequest {
         /// Zero the first `bytes` of the request's buffer slot, then submit the operation. WRITE_ZEROES written
         /// as data writes the same zeroed slot once per piece, so the slot is zeroed only before the first.
         case zeroSlotAndSubmit(bytes: Int, StoreOp)
-        /// Queue the simple reply with this NBD error (0 for success; a successful READ carries the slot).
+        /// Queue the reply with this NBD error (0 for success; a successful READ carries the slot).
         case reply(error: UInt32)
+        /// BLOCK_STATUS: write extent descriptor `index` (length, base:allocation status) into the slot, then
+        /// submit the operation. A descriptor written again at the same index replaces it (a run continues).
+        case describeAndSubmit(index: Int, length: UInt32, status: UInt32, StoreOp)
+        /// BLOCK_STATUS: write extent descriptor `index`, then queue the reply carrying `index + 1` descriptors.
+        case describeAndReply(index: Int, length: UInt32, status: UInt32)
     }
 
     private enum State: Equatable {
@@ -26,6 +31,9 @@ struct NBDRequest {
         case zeroing(end: UInt32)
         /// The flush after a FUA discard is in flight.
         case flushing
+        /// BLOCK_STATUS: the map of the bytes from `done` is in flight; `descriptors` are written, the last of
+        /// them `lastLength` bytes with status `lastStatus`.
+        case mapping(done: UInt32, descriptors: Int, lastLength: UInt32, lastStatus: UInt32)
         /// The reply is decided; the request has no more events.
         case answered
     }
@@ -66,6 +74,9 @@ struct NBDRequest {
         case NBDWire.cmdTrim:
             state = .discarding(flushAfter: fua)
             return .submit(.discard(target: .own, offset: offset, length: UInt64(length)))
+        case NBDWire.cmdBlockStatus:
+            state = .mapping(done: 0, descriptors: 0, lastLength: 0, lastStatus: 0)
+            return .submit(.mapStatus(target: .own, offset: offset, maxLength: UInt64(length)))
         case NBDWire.cmdWriteZeroes:
             if flags & NBDWire.cmdFlagNoHole == 0 && capabilities.canDiscard && capabilities.discardZeroes {
                 // A hole reads back as zeros on this store: deallocating is writing zeros.
@@ -103,6 +114,37 @@ struct NBDRequest {
                 return .submit(.flush(target: .own))
             }
             return answer(result)
+        case .mapping(let done, let descriptors, let lastLength, let lastStatus):
+            let mapped: Bool
+            var run: UInt64
+            switch result {
+            case .extent(let m, let n):
+                mapped = m
+                run = n
+            case .failed(.notSupported), .ok:
+                // A store that cannot tell reports the rest as data, which is always correct.
+                mapped = true
+                run = UInt64(length - done)
+            case .failed:
+                return answer(result)
+            }
+            run = min(run, UInt64(length - done))
+            // A store that maps no bytes would never end the request.
+            if run == 0 { return answer(.failed(.mediumError)) }
+            let status = mapped ? 0 : NBDWire.stateHole | NBDWire.stateZero
+            let end = done + UInt32(run)
+            // Runs of one status are merged: a store reports at most one object or file extent per answer.
+            let (index, described) = descriptors > 0 && status == lastStatus
+                ? (descriptors - 1, lastLength + UInt32(run)) : (descriptors, UInt32(run))
+            let capacity = (slotBytes - NBDWire.blockStatusContextBytes) / NBDWire.blockDescriptorBytes
+            if end >= length || flags & NBDWire.cmdFlagReqOne != 0 || index + 1 >= capacity {
+                state = .answered
+                return .describeAndReply(index: index, length: described, status: status)
+            }
+            state = .mapping(done: end, descriptors: index + 1, lastLength: described, lastStatus: status)
+            return .describeAndSubmit(index: index, length: described, status: status,
+                                      .mapStatus(target: .own, offset: offset + UInt64(end),
+                                                 maxLength: UInt64(length - end)))
         case .zeroing(let end):
             if case .failed = result { return answer(result) }
             if end >= length { return answer(result) }

@@ -9,6 +9,7 @@ public enum NBDWire {
     public static let optionReplyMagic: UInt64 = 0x0003_E889_0455_65A9
     public static let requestMagic: UInt32 = 0x2560_9513
     public static let simpleReplyMagic: UInt32 = 0x6744_6698
+    public static let structuredReplyMagic: UInt32 = 0x668E_33EF
 
     // MARK: Sizes
     public static let greetingBytes = 18          // init magic, option magic, 16-bit handshake flags
@@ -17,6 +18,15 @@ public enum NBDWire {
     public static let optionReplyHeaderBytes = 20 // magic, option, reply type, length
     public static let requestBytes = 28           // magic, flags, type, cookie, offset, length
     public static let simpleReplyBytes = 16       // magic, error, cookie
+    /// A structured reply chunk's header: magic, flags, type, cookie, payload length.
+    public static let structuredReplyHeaderBytes = 20
+    /// NBD_REPLY_TYPE_OFFSET_DATA's payload before the data: the offset.
+    public static let offsetDataPrefixBytes = 8
+    /// NBD_REPLY_TYPE_ERROR's payload with an empty message: error, message length.
+    public static let errorChunkPayloadBytes = 6
+    /// NBD_REPLY_TYPE_BLOCK_STATUS: the context ID, then one descriptor (length, status flags) per extent.
+    public static let blockStatusContextBytes = 4
+    public static let blockDescriptorBytes = 8
     /// The answer to NBD_OPT_EXPORT_NAME: size, transmission flags, and 124 zeros unless NO_ZEROES.
     public static let exportNameReplyBytes = 10
     public static let exportNameReplyZeroBytes = 124
@@ -37,6 +47,8 @@ public enum NBDWire {
     public static let transRotational: UInt16 = 1 << 4
     public static let transSendTrim: UInt16 = 1 << 5
     public static let transSendWriteZeroes: UInt16 = 1 << 6
+    /// READ takes NBD_CMD_FLAG_DF: only with structured replies (a read is always one chunk here).
+    public static let transSendDF: UInt16 = 1 << 7
     public static let transCanMultiConn: UInt16 = 1 << 8
 
     // MARK: Options
@@ -47,11 +59,14 @@ public enum NBDWire {
     public static let optInfo: UInt32 = 6
     public static let optGo: UInt32 = 7
     public static let optStructuredReply: UInt32 = 8
+    public static let optListMetaContext: UInt32 = 9
+    public static let optSetMetaContext: UInt32 = 10
 
     // MARK: Option replies
     public static let repAck: UInt32 = 1
     public static let repServer: UInt32 = 2
     public static let repInfo: UInt32 = 3
+    public static let repMetaContext: UInt32 = 4
     public static let repErrUnsup: UInt32 = 0x8000_0001
     public static let repErrPolicy: UInt32 = 0x8000_0002
     public static let repErrInvalid: UInt32 = 0x8000_0003
@@ -71,8 +86,24 @@ public enum NBDWire {
     public static let cmdFlush: UInt16 = 3
     public static let cmdTrim: UInt16 = 4
     public static let cmdWriteZeroes: UInt16 = 6
+    public static let cmdBlockStatus: UInt16 = 7
     public static let cmdFlagFUA: UInt16 = 1 << 0
     public static let cmdFlagNoHole: UInt16 = 1 << 1
+    public static let cmdFlagDF: UInt16 = 1 << 2
+    public static let cmdFlagReqOne: UInt16 = 1 << 3
+    // MARK: Structured replies
+    public static let replyFlagDone: UInt16 = 1 << 0
+    public static let replyTypeNone: UInt16 = 0
+    public static let replyTypeOffsetData: UInt16 = 1
+    public static let replyTypeBlockStatus: UInt16 = 5
+    public static let replyTypeError: UInt16 = 1 << 15 | 1
+    // MARK: Metadata contexts
+    /// The one context served, and the ID its block status replies carry.
+    public static let baseAllocation = "base:allocation"
+    public static let baseAllocationID: UInt32 = 1
+    /// base:allocation's status flags: not allocated, and reads as zeros.
+    public static let stateHole: UInt32 = 1 << 0
+    public static let stateZero: UInt32 = 1 << 1
 
     // MARK: Errors (proto.md "Error values")
     public static let errPerm: UInt32 = 1
@@ -145,6 +176,10 @@ public struct NBDExportLimits: Equatable, Sendable {
     public var maxPayloadBytes: Int
     /// Offsets and lengths must be multiples of this (1, or the LUN's block size with O_DIRECT).
     public var minimumBlockBytes: Int
+    /// NBD_OPT_STRUCTURED_REPLY was acknowledged: READ may carry NBD_CMD_FLAG_DF.
+    public var structuredReplies = false
+    /// base:allocation was selected for this export: BLOCK_STATUS is allowed.
+    public var blockStatus = false
 
     public init(sizeBytes: UInt64, readOnly: Bool, maxPayloadBytes: Int, minimumBlockBytes: Int) {
         self.sizeBytes = sizeBytes
@@ -170,14 +205,19 @@ public struct NBDExportLimits: Equatable, Sendable {
         if r.type == NBDWire.cmdWrite && Int(r.length) > maxPayloadBytes { return NBDWire.errOverflow }
         var allowed: UInt16 = NBDWire.cmdFlagFUA
         switch r.type {
-        case NBDWire.cmdRead, NBDWire.cmdWrite, NBDWire.cmdTrim, NBDWire.cmdFlush: break
+        case NBDWire.cmdWrite, NBDWire.cmdTrim, NBDWire.cmdFlush: break
+        case NBDWire.cmdRead: if structuredReplies { allowed |= NBDWire.cmdFlagDF }
         case NBDWire.cmdWriteZeroes: allowed |= NBDWire.cmdFlagNoHole
+        case NBDWire.cmdBlockStatus:
+            // proto.md: a client that selected no metadata context SHOULD get EINVAL; a zero length is invalid.
+            guard blockStatus, r.length > 0 else { return NBDWire.errInvalid }
+            allowed = NBDWire.cmdFlagReqOne
         default: return NBDWire.errInvalid
         }
         if r.flags & ~allowed != 0 { return NBDWire.errInvalid }
         if r.type == NBDWire.cmdFlush { return 0 }
         if r.type == NBDWire.cmdRead && Int(r.length) > maxPayloadBytes { return NBDWire.errOverflow }
-        if r.type != NBDWire.cmdRead && readOnly { return NBDWire.errPerm }
+        if r.type != NBDWire.cmdRead && r.type != NBDWire.cmdBlockStatus && readOnly { return NBDWire.errPerm }
         let (end, overflow) = r.offset.addingReportingOverflow(UInt64(r.length))
         if overflow || end > sizeBytes {
             return r.type == NBDWire.cmdWrite || r.type == NBDWire.cmdWriteZeroes ? NBDWire.errNoSpace : NBDWire.errInvalid
@@ -262,6 +302,17 @@ public enum NBDEncode {
     static func append16(_ b: inout [UInt8], _ v: UInt16) { b.append(UInt8(v >> 8)); b.append(UInt8(v & 0xFF)) }
     static func append32(_ b: inout [UInt8], _ v: UInt32) { append16(&b, UInt16(v >> 16)); append16(&b, UInt16(v & 0xFFFF)) }
     static func append64(_ b: inout [UInt8], _ v: UInt64) { append32(&b, UInt32(v >> 32)); append32(&b, UInt32(v & 0xFFFF_FFFF)) }
+}
+
+/// Writes a structured reply chunk's header at `p`: 20 bytes, then `length` bytes of payload follow.
+@inline(__always)
+public func nbdStructuredReplyHeader(_ p: UnsafeMutableRawPointer, flags: UInt16, type: UInt16, cookie: UInt64,
+                                     length: UInt32) {
+    put32(p, 0, NBDWire.structuredReplyMagic)
+    put16(p, 4, flags)
+    put16(p, 6, type)
+    put64(p, 8, cookie)
+    put32(p, 16, length)
 }
 
 /// Writes a simple reply (magic, error, cookie) at `p`: 16 bytes.
