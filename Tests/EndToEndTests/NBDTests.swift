@@ -287,6 +287,82 @@ extension EndToEnd {
             }
         }
 
+        /// `nbdinfo --map --json`: the base:allocation extents as (offset, length, hole).
+        static func map(_ t: RunningTarget, _ url: String) throws -> [(offset: Int64, length: Int64, hole: Bool)] {
+            let r = try t.tool("nbdinfo", ["--map", "--json", url])
+            try #require(r.succeeded, "\(r)")
+            let json = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: Any]],
+                                    "nbdinfo --map output: \(r.stdout)")
+            return try json.map { e in
+                let offset = try #require((e["offset"] as? NSNumber)?.int64Value)
+                let length = try #require((e["length"] as? NSNumber)?.int64Value)
+                let type = try #require((e["type"] as? NSNumber)?.intValue)
+                return (offset, length, type & 1 != 0)
+            }
+        }
+
+        /// The data ranges of a map, adjacent extents merged.
+        static func dataRanges(_ m: [(offset: Int64, length: Int64, hole: Bool)]) -> [Range<Int64>] {
+            var out: [Range<Int64>] = []
+            for e in m where !e.hole {
+                if let last = out.last, last.upperBound == e.offset {
+                    out[out.count - 1] = last.lowerBound..<(e.offset + e.length)
+                } else {
+                    out.append(e.offset..<(e.offset + e.length))
+                }
+            }
+            return out
+        }
+
+        /// Block status from SEEK_DATA/SEEK_HOLE: nbdinfo and qemu-img map see exactly the file's data, and the
+        /// extents tile the export.
+        @Test func nbdinfoMapShowsTheDataAndHolesOfASparseFile() throws {
+            try NBD.withNBDTarget(luns: [.file(bytes: 32 * mebibyte)]) { t in
+                let file = try #require(t.lunFiles[1])
+                let h = try FileHandle(forWritingTo: file)
+                for (offset, length) in [(8 * mebibyte, Int(mebibyte)), (20 * mebibyte, 65_536)] {
+                    try h.seek(toOffset: UInt64(offset))
+                    try h.write(contentsOf: Data(repeating: 0xA5, count: length))
+                }
+                try h.synchronize()
+                try h.close()
+                let m = try NBD.map(t, t.nbdURL(lun: 1))
+                #expect(m.first?.offset == 0)
+                #expect(zip(m, m.dropFirst()).allSatisfy { $0.offset + $0.length == $1.offset }, "\(m)")
+                #expect(m.last.map { $0.offset + $0.length } == 32 * mebibyte, "\(m)")
+                let expected = [(8 * mebibyte)..<(9 * mebibyte), (20 * mebibyte)..<(20 * mebibyte + 65_536)]
+                #expect(NBD.dataRanges(m) == expected, "\(m)")
+                // qemu-img map (QEMU's NBD client, through base:allocation) agrees.
+                let q = try t.tool("qemu-img", ["map", "--output=json", "-f", "raw", t.nbdURL(lun: 1)])
+                try #require(q.succeeded, "\(q)")
+                let qm = try #require(try JSONSerialization.jsonObject(with: Data(q.stdout.utf8)) as? [[String: Any]])
+                let qdata = qm.compactMap { e -> (offset: Int64, length: Int64, hole: Bool)? in
+                    guard let o = (e["start"] as? NSNumber)?.int64Value, let l = (e["length"] as? NSNumber)?.int64Value,
+                          let d = e["data"] as? Bool else { return nil }
+                    return (o, l, !d)
+                }
+                #expect(NBD.dataRanges(qdata) == expected, "qemu-img map: \(q.stdout)")
+            }
+        }
+
+        /// Block status of a sheepdog VDI comes from its inode index: an object written through the target is data,
+        /// every object never written is a hole. (A write by another client, such as `dog vdi write`, is seen once
+        /// the inode is reloaded: without shared locks sheep does not tell the gateway.)
+        @Test(arguments: SheepKind.allCases)
+        func nbdinfoMapFollowsTheSheepdogIndex(kind: SheepKind) throws {
+            try NBD.requireRingtgt()
+            let bytes = 32 * mebibyte
+            try withSheepTarget(kind, vdis: [SheepVDI(name: "thin", bytes: bytes)], nbdPortals: [.ipv4Loopback]) { st in
+                let t = st.target
+                let w = try t.tool("qemu-io", ["-f", "raw", "-c", "write -P 90 9M 1M", t.nbdURL()])
+                try #require(w.succeeded, "\(w)")
+                let m = try NBD.map(t, t.nbdURL())
+                // Objects are 4 MiB: the write at 9 MiB allocates object 2, [8 MiB, 12 MiB).
+                #expect(NBD.dataRanges(m) == [(8 * mebibyte)..<(12 * mebibyte)], "\(m)")
+                #expect(m.last.map { $0.offset + $0.length } == bytes, "\(m)")
+            }
+        }
+
         /// A sheepdog VDI served as a LUN goes over NBD like any other: nbdcopy in and out matches `dog vdi read`.
         @Test(arguments: SheepKind.allCases)
         func sheepdogLUNOverNBDMatchesDogRead(kind: SheepKind) throws {
