@@ -34,6 +34,9 @@ struct RingTgtd: ParsableCommand {
     @Option(name: .customLong("bstype"), help: "Backing store type for --export paths (rdwr, null, sheepdog).")
     var exportBSType: String = "rdwr"
 
+    @Flag(name: [.customShort("r"), .customLong("read-only")], help: "Export the --export stores read-only (qemu-nbd's -r): writes get EPERM.")
+    var exportReadOnly = false
+
     @Flag(name: [.short, .long], help: "Stay in the foreground, logging to stderr (the journal under systemd). Without it ringtgtd detaches like tgtd, logs to syslog, and returns once its portals and control socket answer.")
     var foreground = false
 
@@ -146,8 +149,11 @@ struct RingTgtd: ParsableCommand {
         }
         var exportOptions: [NBDExportOption] = []
         for e in exports {
-            do { exportOptions.append(try NBDExportOption.parse(e, defaultBSType: exportBSType)) }
-            catch { throw ValidationError("\(error)") }
+            do {
+                var o = try NBDExportOption.parse(e, defaultBSType: exportBSType)
+                o.readOnly = exportReadOnly
+                exportOptions.append(o)
+            } catch { throw ValidationError("\(error)") }
         }
         if !exportOptions.isEmpty && nbdPortals.isEmpty {
             nbdPortals = [Portal(host: "0.0.0.0", port: Portal.nbdDefaultPort)]

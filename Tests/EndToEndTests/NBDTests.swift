@@ -384,6 +384,33 @@ extension EndToEnd {
             }
         }
 
+        /// `ringtgtd --read-only --export NAME=PATH` (qemu-nbd -r): the export is READ_ONLY and a write gets EPERM;
+        /// its description names the store type, not the server's path.
+        @Test func readOnlyExportOptionRefusesWritesAndHidesThePath() throws {
+            try NBD.requireRingtgt()
+            let scratch = try Scratch()
+            defer { scratch.remove() }
+            let image = try scratch.makeSparseFile("ro.img", bytes: 8 * mebibyte)
+            let daemon = try TargetDaemon(peer: .ringtgt, cores: 1, portals: [.ipv4Loopback],
+                                          nbdPortals: [.ipv4Loopback],
+                                          extraArgs: ["--read-only", "--export", "disk=\(image.path)"], scratch: scratch)
+            defer { daemon.stop() }
+            let ep = daemon.nbdEndpoints[0]
+            let url = "nbd://\(ep.host):\(ep.port)/disk"
+            let info = try runTool(try Tools.require("nbdinfo"), ["--json", url], logDir: scratch.url, timeoutSeconds: 60)
+            try #require(info.succeeded, "\(info)")
+            let json = try JSONSerialization.jsonObject(with: Data(info.stdout.utf8)) as? [String: Any]
+            let e = try #require((json?["exports"] as? [[String: Any]])?.first, "\(info.stdout)")
+            #expect(e["is_read_only"] as? Bool == true, "\(e)")
+            let description = try #require(e["description"] as? String, "\(e)")
+            #expect(!description.contains(image.path) && !description.contains(scratch.url.path), "\(description)")
+            let write = try runTool(try Tools.require("qemu-io"), ["-f", "raw", "-c", "write -P 1 0 4096", url],
+                                    logDir: scratch.url, timeoutSeconds: 60)
+            #expect(!write.succeeded || write.stdout.contains("Operation not permitted")
+                    || write.stderr.contains("Operation not permitted"), "\(write)")
+            #expect(daemon.isAlive)
+        }
+
         /// `ringtgtd --export NAME=sheepdog+unix:///VDI?socket=PATH`, no configuration: the VDI is the default export
         /// and the export NAME, as with `qemu-nbd -x NAME sheepdog:...`.
         @Test func exportOptionServesASheepdogVDIWithoutConfiguration() throws {

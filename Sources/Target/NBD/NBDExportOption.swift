@@ -15,6 +15,8 @@ public struct NBDExportOption: Equatable, Sendable {
     public var name: String?
     public var bstype: String
     public var backingStore: String
+    /// `ringtgtd --read-only` (qemu-nbd's -r): the LUN is made read-only, exported READ_ONLY, writes get EPERM.
+    public var readOnly = false
 
     public static let sheepdogDefaultHost = "127.0.0.1"
     public static let sheepdogDefaultPort: UInt16 = 7000
@@ -135,7 +137,8 @@ public enum NBDExports {
             let name = "\(targetNamePrefix)\(i + 1)"
             var requests = [
                 AdminRequest(mode: .target, op: .new, tid: tid, targetName: name),
-                AdminRequest(mode: .logicalUnit, op: .new, tid: tid, lun: 1, backingStore: o.backingStore, bstype: o.bstype),
+                AdminRequest(mode: .logicalUnit, op: .new, tid: tid, lun: 1, backingStore: o.backingStore, bstype: o.bstype,
+                             params: o.readOnly ? "readonly=1" : nil),
                 AdminRequest(mode: .target, op: .bind, tid: tid, initiatorAddress: "ALL"),
             ]
             if let alias = o.name {

@@ -16,7 +16,8 @@ public struct NBDExport: Equatable, Sendable {
     public var lunNumber: UInt64
     public var sizeBytes: UInt64
     public var readOnly: Bool
-    /// Shown by NBD_OPT_LIST and NBD_INFO_DESCRIPTION: the backing store as the admin gave it.
+    /// Shown by NBD_OPT_LIST and NBD_INFO_DESCRIPTION: the store type and the LUN, never a path on the server
+    /// (a client learns nothing of the server's file system or sheep endpoints).
     public var description: String
     /// 1, or the LUN's block size when the store is opened with O_DIRECT (unaligned I/O would fail there).
     public var minimumBlockBytes: Int
@@ -72,7 +73,7 @@ public struct NBDExportCatalog: Sendable {
         var direct = false
         if case .file(let f) = lun.backing { direct = f.directIO }
         return NBDExport(name: "\(t.name)/\(lun.number)", tid: t.tid, lunNumber: lun.number, sizeBytes: lun.byteCount,
-                         readOnly: lun.capabilities.readOnly, description: "\(lun.bstype) \(lun.path)",
+                         readOnly: lun.capabilities.readOnly, description: "\(lun.bstype) LUN \(lun.number) of \(t.alias ?? t.name)",
                          minimumBlockBytes: direct ? lun.blockSize : 1,
                          preferredBlockBytes: max(NBDExportCatalog.preferredBlockBytes, lun.blockSize),
                          maxPayloadBytes: maxPayloadBytes)
