@@ -39,7 +39,8 @@ extension EndToEnd {
                 let e = try #require(try NBD.nbdinfo(t, [t.nbdURL(lun: 1)]).first)
                 #expect(e["export-name"] as? String == "\(t.iqn)/1")
                 #expect((e["export-size"] as? NSNumber)?.int64Value == NBD.imageBytes)
-                for flag in ["can_flush", "can_fua", "can_trim", "can_zero", "can_multi_conn"] {
+                for flag in ["can_flush", "can_fua", "can_trim", "can_zero", "can_multi_conn", "can_cache",
+                             "can_fast_zero", "can_df"] {
                     #expect(e[flag] as? Bool == true, "\(flag): \(e)")
                 }
                 #expect(e["is_read_only"] as? Bool == false)

@@ -129,6 +129,27 @@ import Testing
         #expect(error == NBDWire.errIO)
     }
 
+    @Test func cacheIsAReadAheadHint() {
+        let (ops, _, error) = Self.run(Self.request(NBDWire.cmdCache, length: 1 << 20))
+        #expect(ops == [.prefetch(target: .own, offset: 8192, length: 1 << 20)])
+        #expect(error == 0)
+        #expect(Self.run(Self.request(NBDWire.cmdCache)) { _ in .failed(.notSupported) }.error == 0)
+        #expect(Self.run(Self.request(NBDWire.cmdCache)) { _ in .failed(.unavailable) }.error == NBDWire.errIO)
+    }
+
+    @Test func fastZeroFailsAtOnceWhereZerosWouldBeWritten() {
+        let slow = Self.run(Self.request(NBDWire.cmdWriteZeroes, flags: NBDWire.cmdFlagFastZero))
+        #expect(slow.ops.isEmpty && slow.zeroed.isEmpty)
+        #expect(slow.error == NBDWire.errNotSup)
+        let noHole = Self.run(Self.request(NBDWire.cmdWriteZeroes, flags: NBDWire.cmdFlagFastZero | NBDWire.cmdFlagNoHole),
+                              caps: Self.discarding)
+        #expect(noHole.ops.isEmpty && noHole.error == NBDWire.errNotSup)
+        // Deallocating is fast: FAST_ZERO goes ahead.
+        let fast = Self.run(Self.request(NBDWire.cmdWriteZeroes, flags: NBDWire.cmdFlagFastZero), caps: Self.discarding)
+        #expect(fast.ops == [.discard(target: .own, offset: 8192, length: 4096)])
+        #expect(fast.error == 0)
+    }
+
     @Test func storeErrorsMapToNBDErrors() {
         let cases: [(StoreError, UInt16, UInt32)] = [
             (.writeProtected, NBDWire.cmdWrite, NBDWire.errPerm),

@@ -187,7 +187,9 @@ import Testing
         guard case .found(let rw) = Self.catalog().lookup(""),
               case .found(let ro) = Self.catalog(peer: "10.0.0.1").lookup("disk") else { Issue.record("lookup"); return }
         let common = NBDWire.transHasFlags | NBDWire.transSendFlush | NBDWire.transSendFUA | NBDWire.transCanMultiConn
-        #expect(rw.transmissionFlags == common | NBDWire.transSendTrim | NBDWire.transSendWriteZeroes)
+            | NBDWire.transSendCache
+        #expect(rw.transmissionFlags
+                == common | NBDWire.transSendTrim | NBDWire.transSendWriteZeroes | NBDWire.transSendFastZero)
         #expect(ro.transmissionFlags == common | NBDWire.transReadOnly)
     }
 
@@ -341,6 +343,20 @@ import Testing
         #expect(Self.replies(r.reply).map(\.type) == [NBDWire.repAck])
         guard case .found(let export) = Self.catalog().lookup(Self.exportA2) else { Issue.record("no export"); return }
         #expect(!h.limits(for: export).blockStatus)
+    }
+
+    @Test func cacheAndFastZeroAreChecked() {
+        var limits = NBDExportLimits(sizeBytes: 1 << 20, readOnly: false, maxPayloadBytes: 65_536, minimumBlockBytes: 1)
+        func check(_ type: UInt16, flags: UInt16 = 0, length: UInt32 = 4096) -> NBDRequestCheck {
+            limits.check(NBDRequestHeader(flags: flags, type: type, cookie: 1, offset: 0, length: length))
+        }
+        // CACHE is not a payload: it may be longer than a buffer slot, but takes no flags.
+        #expect(check(NBDWire.cmdCache, length: 1 << 20) == .accept)
+        #expect(check(NBDWire.cmdCache, flags: NBDWire.cmdFlagFUA) == .refuse(NBDWire.errInvalid))
+        #expect(check(NBDWire.cmdWriteZeroes, flags: NBDWire.cmdFlagFastZero | NBDWire.cmdFlagNoHole) == .accept)
+        #expect(check(NBDWire.cmdWrite, flags: NBDWire.cmdFlagFastZero) == .refuse(NBDWire.errInvalid))
+        limits.readOnly = true
+        #expect(check(NBDWire.cmdCache) == .accept)
     }
 
     @Test func blockStatusAndDFAreCheckedAgainstWhatWasNegotiated() {

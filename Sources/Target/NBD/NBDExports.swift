@@ -34,10 +34,11 @@ public struct NBDExport: Equatable, Sendable {
     /// one covers writes acknowledged on another: CAN_MULTI_CONN holds.
     public var transmissionFlags: UInt16 {
         var f = NBDWire.transHasFlags | NBDWire.transSendFlush | NBDWire.transSendFUA | NBDWire.transCanMultiConn
+            | NBDWire.transSendCache
         if readOnly {
             f |= NBDWire.transReadOnly
         } else {
-            f |= NBDWire.transSendTrim | NBDWire.transSendWriteZeroes
+            f |= NBDWire.transSendTrim | NBDWire.transSendWriteZeroes | NBDWire.transSendFastZero
         }
         return f
     }

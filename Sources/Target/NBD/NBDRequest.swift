@@ -31,6 +31,8 @@ struct NBDRequest {
         case zeroing(end: UInt32)
         /// The flush after a FUA discard is in flight.
         case flushing
+        /// CACHE's read-ahead is in flight.
+        case caching
         /// BLOCK_STATUS: the map of the bytes from `done` is in flight; `descriptors` are written, the last of
         /// them `lastLength` bytes with status `lastStatus`.
         case mapping(done: UInt32, descriptors: Int, lastLength: UInt32, lastStatus: UInt32)
@@ -74,6 +76,10 @@ struct NBDRequest {
         case NBDWire.cmdTrim:
             state = .discarding(flushAfter: fua)
             return .submit(.discard(target: .own, offset: offset, length: UInt64(length)))
+        case NBDWire.cmdCache:
+            // A hint, like PRE-FETCH: the store reads ahead where it can.
+            state = .caching
+            return .submit(.prefetch(target: .own, offset: offset, length: UInt64(length)))
         case NBDWire.cmdBlockStatus:
             state = .mapping(done: 0, descriptors: 0, lastLength: 0, lastStatus: 0)
             return .submit(.mapStatus(target: .own, offset: offset, maxLength: UInt64(length)))
@@ -82,6 +88,11 @@ struct NBDRequest {
                 // A hole reads back as zeros on this store: deallocating is writing zeros.
                 state = .discarding(flushAfter: fua)
                 return .submit(.discard(target: .own, offset: offset, length: UInt64(length)))
+            }
+            if flags & NBDWire.cmdFlagFastZero != 0 {
+                // proto.md: FAST_ZERO asks to fail at once rather than zero as slowly as a write would.
+                state = .answered
+                return .reply(error: NBDWire.errNotSup)
             }
             let piece = min(Int(length), slotBytes)
             state = .zeroing(end: UInt32(piece))
@@ -101,6 +112,10 @@ struct NBDRequest {
         case .admitted, .answered:
             preconditionFailure("NBD request got a store result with nothing in flight")
         case .single, .flushing:
+            return answer(result)
+        case .caching:
+            // A store that cannot read ahead has still done what a hint asks.
+            if case .failed(.notSupported) = result { return answer(.ok(0)) }
             return answer(result)
         case .discarding(let flushAfter):
             // TRIM is a hint: a store that cannot deallocate has done nothing wrong. With FUA the client asked

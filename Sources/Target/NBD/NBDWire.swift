@@ -50,6 +50,8 @@ public enum NBDWire {
     /// READ takes NBD_CMD_FLAG_DF: only with structured replies (a read is always one chunk here).
     public static let transSendDF: UInt16 = 1 << 7
     public static let transCanMultiConn: UInt16 = 1 << 8
+    public static let transSendCache: UInt16 = 1 << 10
+    public static let transSendFastZero: UInt16 = 1 << 11
 
     // MARK: Options
     public static let optExportName: UInt32 = 1
@@ -85,12 +87,14 @@ public enum NBDWire {
     public static let cmdDisc: UInt16 = 2
     public static let cmdFlush: UInt16 = 3
     public static let cmdTrim: UInt16 = 4
+    public static let cmdCache: UInt16 = 5
     public static let cmdWriteZeroes: UInt16 = 6
     public static let cmdBlockStatus: UInt16 = 7
     public static let cmdFlagFUA: UInt16 = 1 << 0
     public static let cmdFlagNoHole: UInt16 = 1 << 1
     public static let cmdFlagDF: UInt16 = 1 << 2
     public static let cmdFlagReqOne: UInt16 = 1 << 3
+    public static let cmdFlagFastZero: UInt16 = 1 << 4
     // MARK: Structured replies
     public static let replyFlagDone: UInt16 = 1 << 0
     public static let replyTypeNone: UInt16 = 0
@@ -111,6 +115,8 @@ public enum NBDWire {
     public static let errInvalid: UInt32 = 22
     public static let errNoSpace: UInt32 = 28
     public static let errOverflow: UInt32 = 75
+    /// FAST_ZERO refused: zeroing would be as slow as writing.
+    public static let errNotSup: UInt32 = 95
     public static let errShutdown: UInt32 = 108
 
     /// A write payload larger than this is not skipped to answer EOVERFLOW: the connection is dropped instead
@@ -207,7 +213,8 @@ public struct NBDExportLimits: Equatable, Sendable {
         switch r.type {
         case NBDWire.cmdWrite, NBDWire.cmdTrim, NBDWire.cmdFlush: break
         case NBDWire.cmdRead: if structuredReplies { allowed |= NBDWire.cmdFlagDF }
-        case NBDWire.cmdWriteZeroes: allowed |= NBDWire.cmdFlagNoHole
+        case NBDWire.cmdWriteZeroes: allowed |= NBDWire.cmdFlagNoHole | NBDWire.cmdFlagFastZero
+        case NBDWire.cmdCache: allowed = 0
         case NBDWire.cmdBlockStatus:
             // proto.md: a client that selected no metadata context SHOULD get EINVAL; a zero length is invalid.
             guard blockStatus, r.length > 0 else { return NBDWire.errInvalid }
@@ -217,7 +224,8 @@ public struct NBDExportLimits: Equatable, Sendable {
         if r.flags & ~allowed != 0 { return NBDWire.errInvalid }
         if r.type == NBDWire.cmdFlush { return 0 }
         if r.type == NBDWire.cmdRead && Int(r.length) > maxPayloadBytes { return NBDWire.errOverflow }
-        if r.type != NBDWire.cmdRead && r.type != NBDWire.cmdBlockStatus && readOnly { return NBDWire.errPerm }
+        let reads = r.type == NBDWire.cmdRead || r.type == NBDWire.cmdBlockStatus || r.type == NBDWire.cmdCache
+        if !reads && readOnly { return NBDWire.errPerm }
         let (end, overflow) = r.offset.addingReportingOverflow(UInt64(r.length))
         if overflow || end > sizeBytes {
             return r.type == NBDWire.cmdWrite || r.type == NBDWire.cmdWriteZeroes ? NBDWire.errNoSpace : NBDWire.errInvalid
