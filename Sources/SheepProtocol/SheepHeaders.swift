@@ -2,13 +2,91 @@
 // that encoding and decoding are six unaligned loads or stores with no allocation: the target builds them in
 // place in registered buffers. The union part is exposed through named accessors for each shape.
 
-/// `struct sd_req`. Offsets: 0 proto_ver, 1 opcode, 2 flags, 4 epoch, 8 id, 12 data_length, 16..47 union.
-public struct SheepRequestHeader: Equatable, Sendable {
+/// What `struct sd_req` and `struct sd_rsp` have in common (§2): the same 48-byte size and the same first 16
+/// bytes (0 proto_ver, 1 opcode, 2 flags, 4 epoch, 8 id, 12 data_length). Both headers get their codec and
+/// those fields from here, so the two layouts cannot drift apart. Members are inlinable: the store's channels
+/// encode and decode a header per I/O, and a generic call across the module boundary would not specialize.
+public protocol SheepHeaderCore {
     /// Bytes 0..7: proto_ver, opcode, flags, epoch.
-    public var word0: UInt64
+    var word0: UInt64 { get set }
     /// Bytes 8..15: id, data_length.
+    var word1: UInt64 { get set }
+    /// Bytes 16..47: the opcode-specific part.
+    var word2: UInt64 { get set }
+    var word3: UInt64 { get set }
+    var word4: UInt64 { get set }
+    var word5: UInt64 { get set }
+    /// All zero.
+    init()
+}
+
+extension SheepHeaderCore {
+    /// Decodes `SheepWire.headerSizeBytes` bytes at `base` (no alignment needed).
+    @inlinable
+    public init(from base: UnsafeRawPointer) {
+        self.init()
+        word0 = sheepLoad(base, 0, as: UInt64.self)
+        word1 = sheepLoad(base, 8, as: UInt64.self)
+        word2 = sheepLoad(base, 16, as: UInt64.self)
+        word3 = sheepLoad(base, 24, as: UInt64.self)
+        word4 = sheepLoad(base, 32, as: UInt64.self)
+        word5 = sheepLoad(base, 40, as: UInt64.self)
+    }
+
+    /// Writes the `SheepWire.headerSizeBytes` bytes at `base` (no alignment needed).
+    @inlinable
+    public func encode(to base: UnsafeMutableRawPointer) {
+        sheepStore(base, 0, word0)
+        sheepStore(base, 8, word1)
+        sheepStore(base, 16, word2)
+        sheepStore(base, 24, word3)
+        sheepStore(base, 32, word4)
+        sheepStore(base, 40, word5)
+    }
+
+    public var bytes: [UInt8] {
+        var out = [UInt8](repeating: 0, count: SheepWire.headerSizeBytes)
+        out.withUnsafeMutableBytes { encode(to: $0.baseAddress!) }
+        return out
+    }
+
+    @inlinable
+    public var protoVersion: UInt8 {
+        get { sheepByte(word0, 0) }
+        set { word0 = sheepSettingByte(word0, 0, newValue) }
+    }
+    @inlinable
+    public var opcode: SheepOpcode {
+        get { SheepOpcode(rawValue: sheepByte(word0, 1)) }
+        set { word0 = sheepSettingByte(word0, 1, newValue.rawValue) }
+    }
+    @inlinable
+    public var flags: SheepFlags {
+        get { SheepFlags(rawValue: UInt16(truncatingIfNeeded: word0 >> 16)) }
+        set { word0 = (word0 & ~0xFFFF_0000) | (UInt64(newValue.rawValue) << 16) }
+    }
+    @inlinable
+    public var epoch: UInt32 {
+        get { sheepHalf(word0, 1) }
+        set { word0 = sheepSettingHalf(word0, 1, newValue) }
+    }
+    @inlinable
+    public var id: UInt32 {
+        get { sheepHalf(word1, 0) }
+        set { word1 = sheepSettingHalf(word1, 0, newValue) }
+    }
+    /// Payload bytes that follow this header (a request's payload, or what a read asks for back).
+    @inlinable
+    public var dataLength: UInt32 {
+        get { sheepHalf(word1, 1) }
+        set { word1 = sheepSettingHalf(word1, 1, newValue) }
+    }
+}
+
+/// `struct sd_req`. Offsets: 0 proto_ver, 1 opcode, 2 flags, 4 epoch, 8 id, 12 data_length, 16..47 union.
+public struct SheepRequestHeader: SheepHeaderCore, Equatable, Sendable {
+    public var word0: UInt64
     public var word1: UInt64
-    /// Bytes 16..47: the opcode-specific union.
     public var word2: UInt64
     public var word3: UInt64
     public var word4: UInt64
@@ -26,59 +104,6 @@ public struct SheepRequestHeader: Equatable, Sendable {
         self.flags = flags
         self.id = id
         self.dataLength = dataLength
-    }
-
-    /// Decodes 48 bytes at `base` (no alignment needed).
-    public init(from base: UnsafeRawPointer) {
-        word0 = sheepLoad(base, 0, as: UInt64.self)
-        word1 = sheepLoad(base, 8, as: UInt64.self)
-        word2 = sheepLoad(base, 16, as: UInt64.self)
-        word3 = sheepLoad(base, 24, as: UInt64.self)
-        word4 = sheepLoad(base, 32, as: UInt64.self)
-        word5 = sheepLoad(base, 40, as: UInt64.self)
-    }
-
-    /// Writes the 48 bytes at `base` (no alignment needed).
-    public func encode(to base: UnsafeMutableRawPointer) {
-        sheepStore(base, 0, word0)
-        sheepStore(base, 8, word1)
-        sheepStore(base, 16, word2)
-        sheepStore(base, 24, word3)
-        sheepStore(base, 32, word4)
-        sheepStore(base, 40, word5)
-    }
-
-    public var bytes: [UInt8] {
-        var out = [UInt8](repeating: 0, count: SheepWire.headerSizeBytes)
-        out.withUnsafeMutableBytes { encode(to: $0.baseAddress!) }
-        return out
-    }
-
-    // MARK: common part
-
-    public var protoVersion: UInt8 {
-        get { sheepByte(word0, 0) }
-        set { word0 = sheepSettingByte(word0, 0, newValue) }
-    }
-    public var opcode: SheepOpcode {
-        get { SheepOpcode(rawValue: sheepByte(word0, 1)) }
-        set { word0 = sheepSettingByte(word0, 1, newValue.rawValue) }
-    }
-    public var flags: SheepFlags {
-        get { SheepFlags(rawValue: UInt16(truncatingIfNeeded: word0 >> 16)) }
-        set { word0 = (word0 & ~0xFFFF_0000) | (UInt64(newValue.rawValue) << 16) }
-    }
-    public var epoch: UInt32 {
-        get { sheepHalf(word0, 1) }
-        set { word0 = sheepSettingHalf(word0, 1, newValue) }
-    }
-    public var id: UInt32 {
-        get { sheepHalf(word1, 0) }
-        set { word1 = sheepSettingHalf(word1, 0, newValue) }
-    }
-    public var dataLength: UInt32 {
-        get { sheepHalf(word1, 1) }
-        set { word1 = sheepSettingHalf(word1, 1, newValue) }
     }
 
     // MARK: `obj` shape (object I/O, DISCARD, FLUSH)
@@ -156,7 +181,7 @@ public struct SheepRequestHeader: Equatable, Sendable {
 
 /// `struct sd_rsp`. Offsets: 0 proto_ver, 1 opcode, 2 flags, 4 epoch, 8 id, 12 data_length, 16 result,
 /// 20..47 union.
-public struct SheepResponseHeader: Equatable, Sendable {
+public struct SheepResponseHeader: SheepHeaderCore, Equatable, Sendable {
     public var word0: UInt64
     public var word1: UInt64
     /// Bytes 16..23: result, then the first union word.
@@ -181,55 +206,6 @@ public struct SheepResponseHeader: Equatable, Sendable {
         self.result = result
     }
 
-    public init(from base: UnsafeRawPointer) {
-        word0 = sheepLoad(base, 0, as: UInt64.self)
-        word1 = sheepLoad(base, 8, as: UInt64.self)
-        word2 = sheepLoad(base, 16, as: UInt64.self)
-        word3 = sheepLoad(base, 24, as: UInt64.self)
-        word4 = sheepLoad(base, 32, as: UInt64.self)
-        word5 = sheepLoad(base, 40, as: UInt64.self)
-    }
-
-    public func encode(to base: UnsafeMutableRawPointer) {
-        sheepStore(base, 0, word0)
-        sheepStore(base, 8, word1)
-        sheepStore(base, 16, word2)
-        sheepStore(base, 24, word3)
-        sheepStore(base, 32, word4)
-        sheepStore(base, 40, word5)
-    }
-
-    public var bytes: [UInt8] {
-        var out = [UInt8](repeating: 0, count: SheepWire.headerSizeBytes)
-        out.withUnsafeMutableBytes { encode(to: $0.baseAddress!) }
-        return out
-    }
-
-    public var protoVersion: UInt8 {
-        get { sheepByte(word0, 0) }
-        set { word0 = sheepSettingByte(word0, 0, newValue) }
-    }
-    public var opcode: SheepOpcode {
-        get { SheepOpcode(rawValue: sheepByte(word0, 1)) }
-        set { word0 = sheepSettingByte(word0, 1, newValue.rawValue) }
-    }
-    public var flags: SheepFlags {
-        get { SheepFlags(rawValue: UInt16(truncatingIfNeeded: word0 >> 16)) }
-        set { word0 = (word0 & ~0xFFFF_0000) | (UInt64(newValue.rawValue) << 16) }
-    }
-    public var epoch: UInt32 {
-        get { sheepHalf(word0, 1) }
-        set { word0 = sheepSettingHalf(word0, 1, newValue) }
-    }
-    public var id: UInt32 {
-        get { sheepHalf(word1, 0) }
-        set { word1 = sheepSettingHalf(word1, 0, newValue) }
-    }
-    /// Payload bytes that follow this header.
-    public var dataLength: UInt32 {
-        get { sheepHalf(word1, 1) }
-        set { word1 = sheepSettingHalf(word1, 1, newValue) }
-    }
     /// Offset 16, common to every response shape.
     public var result: SheepResult {
         get { SheepResult(rawValue: sheepHalf(word2, 0)) }

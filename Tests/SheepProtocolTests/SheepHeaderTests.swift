@@ -74,7 +74,7 @@ import Testing
         h.objTargetEpoch = 77
         h.objECIndex = 5
         h.objCopyPolicy = 6
-        var buffer = [UInt8](repeating: 0xEE, count: 48 + 3)
+        var buffer = [UInt8](repeating: 0xEE, count: SheepWire.headerSizeBytes + 3)
         buffer.withUnsafeMutableBytes { raw in
             h.encode(to: raw.baseAddress! + 3)  // deliberately misaligned
             let back = SheepRequestHeader(from: UnsafeRawPointer(raw.baseAddress! + 3))
