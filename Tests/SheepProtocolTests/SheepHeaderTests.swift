@@ -104,7 +104,7 @@ import Testing
         h.opcode = SheepOpcode(rawValue: 0)
         h.epoch = 0
         #expect(h.flags.rawValue == 0xFFFF)
-        #expect(h.word0 == 0x0000_0000_FFFF_0000)
+        #expect(h.words.word0 == 0x0000_0000_FFFF_0000)
     }
 }
 
