@@ -10,14 +10,13 @@ import SheepProtocol
 
 @Suite struct SheepClientCalls {
     @Test func replyIntoAShortBufferDropsTheRestAndKeepsTheStreamInStep() throws {
+        let data = pattern(9, 200_000)
+        let dst = UnsafeMutableRawBufferPointer.allocate(byteCount: 100, alignment: 8)
+        defer { dst.deallocate() }
         try withServer { server in
             let c = try server.client()
-            let vid = try c.newVDI(name: "vol", size: 1 << 30).header.vdiID
-            let oid = SheepOID.data(vid: vid, index: 0)
-            let data = pattern(9, 200_000)
+            let oid = SheepOID.data(vid: try c.newVDI(name: "vol", size: 1 << 30).header.vdiID, index: 0)
             #expect(try c.writeObject(oid, offset: 0, data: data, create: true).result == .success)
-            let dst = UnsafeMutableRawBufferPointer.allocate(byteCount: 100, alignment: 8)
-            defer { dst.deallocate() }
             let (h, got) = try c.call(.readObject(id: 0, oid: oid, offset: 0, length: UInt32(data.count)), replyInto: dst)
             #expect(h.result == .success && h.dataLength == UInt32(data.count))
             #expect(got == 100 && Array(dst) == Array(data[0..<100]))
