@@ -1,6 +1,7 @@
 import Testing
 @testable import SheepTestServer
 import SheepProtocol
+import TestSupport
 
 @Suite struct VDITableBehaviour {
     @Test func createLandsOnTheNameHashAndRefusesADuplicate() throws {
