@@ -64,10 +64,14 @@ let package = Package(
         ),
         // Sheepdog wire codec, shared by the sheepdog store and the sheep-protocol test server. No dependencies.
         .target(name: "SheepProtocol", swiftSettings: [.swiftLanguageMode(.v5)]),
+        // Test support shared by the end-to-end harness, the perf runner and the sheep test server: the seeded
+        // PRNG, bounded child processes, free ports, and the sheep fixtures (test server, local cluster). A
+        // target, not a product: nothing outside this package links it.
+        .target(name: "TestSupport", swiftSettings: [.swiftLanguageMode(.v5)]),
         // Test support: a sheep-protocol server that behaves like a small sheep cluster, plus a dog-like CLI.
         .executableTarget(
             name: "SheepTestServer",
-            dependencies: ["SheepProtocol", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            dependencies: ["SheepProtocol", "TestSupport", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Logging", package: "swift-log")],
             swiftSettings: [.swiftLanguageMode(.v5)]
         ),
@@ -89,17 +93,17 @@ let package = Package(
         ),
         .executableTarget(
             name: "ringtgt-perf",
-            dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["TestSupport", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "perf/runner",
             swiftSettings: [.swiftLanguageMode(.v5)]
         ),
         .testTarget(name: "SheepProtocolTests", dependencies: ["SheepProtocol"],
                     swiftSettings: [.swiftLanguageMode(.v5)]),
-        .testTarget(name: "SheepTestServerTests", dependencies: ["SheepTestServer", "SheepProtocol"],
+        .testTarget(name: "SheepTestServerTests", dependencies: ["SheepTestServer", "SheepProtocol", "TestSupport"],
                     swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "ISCSIWireTests", dependencies: ["ISCSIWire"], swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "TargetTests", dependencies: ["Target"], swiftSettings: [.swiftLanguageMode(.v5)]),
-        .testTarget(name: "EndToEndTests", dependencies: ["Target", "ISCSIWire"], swiftSettings: [.swiftLanguageMode(.v5)]),
+        .testTarget(name: "EndToEndTests", dependencies: ["Target", "ISCSIWire", "TestSupport"], swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "SimulationTests", dependencies: ["Target", "SheepTestServer", "SheepProtocol"], swiftSettings: [.swiftLanguageMode(.v5)]),
     ]
 )

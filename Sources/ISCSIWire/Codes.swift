@@ -43,6 +43,16 @@ public enum LogoutResponse {
     @inlinable public static var cleanupFailed: UInt8 { 3 }
 }
 
+/// Login Request and Response byte 1 (§11.12.1, §11.13.1): T and C bits, then CSG in bits 2-3 and NSG in bits
+/// 0-1.
+public enum LoginFlags {
+    @inlinable public static var transit: UInt8 { 0x80 }
+    @inlinable public static var `continue`: UInt8 { 0x40 }
+    @inlinable public static var csgShift: UInt8 { 2 }
+    /// A stage (CSG or NSG) is two bits.
+    @inlinable public static var stageMask: UInt8 { 3 }
+}
+
 /// Login status codes, class << 8 | detail (RFC 7143 §11.13.5).
 public enum LoginStatus: UInt16, Sendable, Equatable {
     case success = 0x0000

@@ -75,7 +75,8 @@ public enum InitiatorPDUBuild {
     @inlinable
     public static func loginRequest(_ h: UnsafeMutableRawPointer, transit: Bool, csg: UInt8, nsg: UInt8, isid: UInt64,
                                     itt: UInt32, cmdSN: UInt32, expStatSN: UInt32, dataLength: Int) {
-        let flags: UInt8 = (transit ? 0x80 : 0) | (csg & 3) << 2 | (transit ? nsg & 3 : 0)
+        let flags: UInt8 = (transit ? LoginFlags.transit : 0) | (csg & LoginFlags.stageMask) << LoginFlags.csgShift
+            | (transit ? nsg & LoginFlags.stageMask : 0)
         // ISID in bytes 8-13, TSIH 0 in 14-15.
         header(h, opcode: ISCSIOpcode.loginRequest, immediate: true, flags: flags, dataLength: dataLength,
                field8: (isid & 0xFFFF_FFFF_FFFF) << 16, itt: itt, field20: 0, cmdSN: cmdSN, expStatSN: expStatSN)

@@ -167,9 +167,9 @@ public enum PDUBuild {
                                      statusClass: UInt8, statusDetail: UInt8, dataLength: Int) {
         zero(h)
         h.storeBytes(of: ISCSIOpcode.loginResponse, as: UInt8.self)
-        var flags: UInt8 = (transit ? 0x80 : 0) | (cont ? 0x40 : 0)
-        flags |= (csg & 3) << 2
-        if transit { flags |= nsg & 3 }
+        var flags: UInt8 = (transit ? LoginFlags.transit : 0) | (cont ? LoginFlags.continue : 0)
+        flags |= (csg & LoginFlags.stageMask) << LoginFlags.csgShift
+        if transit { flags |= nsg & LoginFlags.stageMask }
         h.storeBytes(of: flags, toByteOffset: 1, as: UInt8.self)
         h.storeBytes(of: versionMax, toByteOffset: 2, as: UInt8.self)
         h.storeBytes(of: versionActive, toByteOffset: 3, as: UInt8.self)

@@ -11,9 +11,17 @@
 // characters but ']'. Neither a socket path nor a VDI name nor a tag can contain ':'.
 
 public struct SheepBackingSpec: Equatable, Sendable, CustomStringConvertible {
-    public enum Endpoint: Equatable, Sendable {
+    public enum Endpoint: Equatable, Sendable, CustomStringConvertible {
         case unix(path: String)
         case tcp(host: String, port: UInt16)
+
+        /// The spec's own spelling: `unix:PATH`, `tcp:HOST:PORT`, `tcp:[V6]:PORT`.
+        public var description: String {
+            switch self {
+            case .unix(let path): return "unix:\(path)"
+            case .tcp(let host, let port): return host.contains(":") ? "tcp:[\(host)]:\(port)" : "tcp:\(host):\(port)"
+            }
+        }
     }
 
     public enum Snapshot: Equatable, Sendable {
@@ -50,13 +58,7 @@ public struct SheepBackingSpec: Equatable, Sendable, CustomStringConvertible {
     public var isSnapshot: Bool { snapshot != .working }
 
     public var description: String {
-        var s: String
-        switch endpoint {
-        case .unix(let path): s = "unix:\(path)"
-        case .tcp(let host, let port):
-            s = host.contains(":") ? "tcp:[\(host)]:\(port)" : "tcp:\(host):\(port)"
-        }
-        s += ":" + vdi
+        var s = endpoint.description + ":" + vdi
         switch snapshot {
         case .working: break
         case .tag(let t): s += ":" + t

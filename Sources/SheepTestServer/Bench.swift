@@ -19,6 +19,7 @@ import Glibc
 #endif
 import ArgumentParser
 import SheepProtocol
+import TestSupport
 
 enum BenchMode: String, ExpressibleByArgument { case read, write }
 

@@ -15,6 +15,7 @@
 import Glibc
 #endif
 import SheepProtocol
+import TestSupport
 
 enum ReplyOrder: String, Sendable, CaseIterable {
     case fifo, random, reorder

@@ -15,6 +15,7 @@
 //   none                  nothing (same as an empty SPEC)
 
 import SheepProtocol
+import TestSupport
 
 struct FaultPlan: Equatable, Sendable {
     struct ErrorRule: Equatable, Sendable {

@@ -303,7 +303,7 @@ extension EndToEnd {
                             var options = RawLoginOptions(initiatorName: "\(RobustLifetime.initiator)-\(w)", clearUnitAttentionLUNs: [1])
                             options.isid = 0x4000_0000_0100 + UInt64(w)
                             let s = try RawSession(t.endpoint, target: t.iqn, options: options)
-                            var rng = SplitMix64(seed: 0x11FE + UInt64(w))
+                            var rng = SeededRandom(seed: 0x11FE + UInt64(w))
                             while !tally.shouldStop {
                                 let lun = UInt64(1 + rng.next() % 3)
                                 let chunk = 65536 << Int(rng.next() % 3)

@@ -74,7 +74,7 @@ import Testing
         h.objTargetEpoch = 77
         h.objECIndex = 5
         h.objCopyPolicy = 6
-        var buffer = [UInt8](repeating: 0xEE, count: 48 + 3)
+        var buffer = [UInt8](repeating: 0xEE, count: SheepWire.headerSizeBytes + 3)
         buffer.withUnsafeMutableBytes { raw in
             h.encode(to: raw.baseAddress! + 3)  // deliberately misaligned
             let back = SheepRequestHeader(from: UnsafeRawPointer(raw.baseAddress! + 3))
@@ -104,7 +104,7 @@ import Testing
         h.opcode = SheepOpcode(rawValue: 0)
         h.epoch = 0
         #expect(h.flags.rawValue == 0xFFFF)
-        #expect(h.word0 == 0x0000_0000_FFFF_0000)
+        #expect(h.words.word0 == 0x0000_0000_FFFF_0000)
     }
 }
 

@@ -67,7 +67,7 @@ import SheepProtocol
             guard case .finished = stepB else { Issue.record("the second create should answer at once"); return }
             _ = server.cluster.resume(ha, phase: phase, out: out)
             #expect(out.pendingBytes == 96)
-            let replies = (0..<2).map { i in SheepResponseHeader(from: UnsafeRawPointer(out.base + out.start + 48 * i)) }
+            let replies = (0..<2).map { i in SheepResponseHeader(from: UnsafeRawPointer(out.base + out.start + SheepWire.headerSizeBytes * i)) }
             #expect(replies.map(\.id) == [2, 1])
             #expect(replies.allSatisfy { $0.result == .success })
             #expect(try c.readObject(oid, offset: 0, length: 4096).data == a)

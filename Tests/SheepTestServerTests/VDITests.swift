@@ -1,6 +1,7 @@
 import Testing
 @testable import SheepTestServer
 import SheepProtocol
+import TestSupport
 
 @Suite struct VDITableBehaviour {
     @Test func createLandsOnTheNameHashAndRefusesADuplicate() throws {
@@ -197,8 +198,8 @@ import SheepProtocol
             var results = Set<UInt32>()
             for _ in 0..<1500 {
                 var h = SheepRequestHeader()
-                h.word0 = rng.next(); h.word1 = rng.next(); h.word2 = rng.next()
-                h.word3 = rng.next(); h.word4 = rng.next(); h.word5 = rng.next()
+                h.words.word0 = rng.next(); h.words.word1 = rng.next(); h.words.word2 = rng.next()
+                h.words.word3 = rng.next(); h.words.word4 = rng.next(); h.words.word5 = rng.next()
                 h.opcode = SheepOpcode(rawValue: opcodes[rng.below(opcodes.count)])
                 h.protoVersion = UInt8(rng.below(4))
                 h.dataLength = UInt32(rng.below(3) == 0 ? rng.below(1 << 16) : rng.below(600))

@@ -69,7 +69,7 @@ import Testing
     // MARK: COMPARE AND WRITE
 
     func caw(lba: UInt64, blocks: UInt8, flags: UInt8 = 0) -> [UInt8] {
-        [0x89, flags] + CDB.be64(lba) + [0, 0, 0, blocks, 0, 0]
+        [Opcode.compareAndWrite, flags] + CDB.be64(lba) + [0, 0, 0, blocks, 0, 0]
     }
 
     @Test func compareAndWriteWritesOnMatchAndReportsMiscompareOffset() {

@@ -2,6 +2,7 @@
 // daemon serves the same LUNs (1: null, 2: a file on tmpfs) under the same IQN, is restarted if it dies
 // (the crash is recorded with the tail of its log), and is always stopped at the end.
 import Foundation
+import TestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -129,7 +130,7 @@ final class Daemon {
             }
             child = try Child(exe, args, logDir: logDir, label: label, environment: spec.environment)
         case .tgt:
-            port = freePort()
+            port = try freeTCPPorts(1)[0]
             // tgtd's control "port" names a socket file; keep it away from the numbers people use.
             let control = 20000 + Int(getpid() % 5000) * 2 + starts + (spec.cores == 1 ? 0 : 10000)
             controlArgs = ["-C", "\(control % 32768)"]
@@ -183,7 +184,7 @@ final class Daemon {
         var backoff = 0.02
         while Date() < deadline {
             guard let c = child, c.isRunning else {
-                throw RunnerError("\(name) exited during start: \(tail(child?.stderr ?? ""))")
+                throw RunnerError("\(name) exited during start: \(logExcerpt(child?.stderr ?? ""))")
             }
             let r = try admin(spec.peer == .ringtgt ? ["--op", "show", "--mode", "portal"] : ["--op", "show", "--mode", "target"])
             if r.status == 0 {
@@ -243,7 +244,7 @@ final class Daemon {
         if death == .killed {
             what = "\(name) was killed with SIGKILL by something outside the suite (not a crash)"
         } else {
-            what = "\(name) died (\(status)): \(symbolize(tail(child?.stderr ?? "", lines: 12), binary: bins.ringtgtd))"
+            what = "\(name) died (\(status)): \(symbolize(logExcerpt(child?.stderr ?? "", lines: 12), binary: bins.ringtgtd))"
         }
         crashes.append(what)
         log("  ! \(what)")
@@ -263,7 +264,7 @@ final class Daemon {
 }
 
 /// The last lines of a log, where a crash report or an error is.
-func tail(_ s: String, lines: Int = 6) -> String {
+func logExcerpt(_ s: String, lines: Int = 6) -> String {
     let all = s.split(separator: "\n", omittingEmptySubsequences: true)
     // A Swift crash report: keep the fatal message and the first frames, not the register dump.
     if let i = all.firstIndex(where: { $0.contains("Fatal") || $0.contains("Simultaneous accesses") || $0.contains("Crash") }) {

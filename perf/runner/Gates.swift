@@ -182,7 +182,7 @@ func instructionGate(bins: Binaries, logDir: URL, fileLUN: String, scale: Double
                 let r = try runTool(bins.loadgen, loadgenArgs(d, w, ios: ios), logDir: logDir, label: "callgrind-loadgen",
                                     timeoutSeconds: 300)
                 d.stop()
-                guard r.status == 0 else { throw RunnerError("load generator exit \(r.status): \(tail(r.err))") }
+                guard r.status == 0 else { throw RunnerError("load generator exit \(r.status): \(logExcerpt(r.err))") }
                 let text = (try? String(contentsOfFile: out, encoding: .utf8)) ?? ""
                 guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix("summary:") }),
                       let ir = Int(line.split(separator: " ").last ?? "") else { throw RunnerError("no summary in \(out)") }
@@ -190,7 +190,7 @@ func instructionGate(bins: Binaries, logDir: URL, fileLUN: String, scale: Double
                 profiles.append(out)
             } catch {
                 d.stop()
-                log("  ! instructions \(w.id): \(tail("\(error)", lines: 3))")
+                log("  ! instructions \(w.id): \(logExcerpt("\(error)", lines: 3))")
                 records.append(["workload": w.id, "error": "\(error)"])
                 break
             }

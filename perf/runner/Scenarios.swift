@@ -227,7 +227,7 @@ func runLoadOnce(_ d: Daemon, _ s: Scenario, _ o: LoadOptions, bins: Binaries, l
     rec.ok = r.status == 0 && rec.result != nil && !rec.crashed && !rec.killed
     if r.status != 0 && !rec.crashed {
         let msg = ((rec.result?["messages"] as? [String]) ?? []).prefix(2).joined(separator: "; ")
-        rec.note = (rec.note.isEmpty ? "" : rec.note + "; ") + "load generator exit \(r.status): " + (msg.isEmpty ? tail(r.err, lines: 2) : msg)
+        rec.note = (rec.note.isEmpty ? "" : rec.note + "; ") + "load generator exit \(r.status): " + (msg.isEmpty ? logExcerpt(r.err, lines: 2) : msg)
     }
     return rec
 }

@@ -1,12 +1,13 @@
 // The sheep behind the sheepdog LUNs: the project's sheep-protocol test server (always) and a real 3-node
-// local sheepdog cluster (when `sheep` and `dog` are on PATH), started the way the end-to-end harness
-// starts them (Tests/EndToEndTests/Harness/SheepService.swift), plus the raw ceiling: the test server's
+// local sheepdog cluster (when `sheep` and `dog` are on PATH), started by the fixtures the end-to-end
+// harness uses too (Sources/TestSupport/SheepFixtures.swift), plus the raw ceiling: the test server's
 // `bench` driving sheep alone with pipelined READ_OBJ / WRITE_OBJ over a preallocated VDI's objects.
 //
 // A VDI is locked by whoever opens it, so every daemon gets its own VDI ("perf-ringtgt-1c", ...), all of
 // the same size and preallocated over the measured region before anything is measured; the ceiling runs
 // over one more VDI of the same shape ("perf-ceiling").
 import Foundation
+import TestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -16,25 +17,10 @@ enum SheepLimits {
     /// than the null/file LUNs' 1 GiB because a real cluster keeps 2 copies of each of 5 VDIs in tmpfs.
     static let regionBytes: Int64 = 256 << 20
     static let region = "256m"
-    static let readySeconds = 20.0
-    static let dogTimeoutSeconds = 60.0
     static let prepareTimeoutSeconds = 180.0
-    static let clusterNodes = 3
-    static let clusterCopies = 2
-    static let clusterReadyAttempts = 80
     /// `dog cluster shutdown` makes every node exit; after this long the rest are killed.
     static let shutdownGraceSeconds = 10.0
     static let ceilingVDI = "perf-ceiling"
-}
-
-/// An executable on PATH, or nil.
-func findOnPath(_ name: String) -> String? {
-    let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
-    for dir in path.split(separator: ":").map(String.init) where !dir.isEmpty {
-        let c = dir + "/" + name
-        if FileManager.default.isExecutableFile(atPath: c) { return c }
-    }
-    return nil
 }
 
 /// A started sheep service that LUNs use through its unix socket.
@@ -47,21 +33,19 @@ final class SheepBackend {
     /// `unix:SOCKET:VDI` is what LUNs get.
     let socketPath: String
     private(set) var tcpPort = 0
-    private var server: Child?
-    private var nodes: [Child] = []
-    private let dogPath: String?
+    private var server: ToolProcess?
+    private var cluster: SheepLocalCluster?
 
-    private init(kind: Kind, bins: Binaries, logDir: URL, socketPath: String, dog: String?) {
+    private init(kind: Kind, bins: Binaries, logDir: URL, socketPath: String) {
         self.kind = kind
         lun = kind == .testServer ? .sheepTS : .sheep
         self.bins = bins
         self.logDir = logDir
         self.socketPath = socketPath
-        dogPath = dog
     }
 
     /// The processes serving requests (their CPU is the backend's, not "other load").
-    var pids: [Int32] { (server.map { [$0.pid] } ?? []) + nodes.map(\.pid) }
+    var pids: [Int32] { (server.map { [$0.pid] } ?? []) + (cluster?.nodes ?? []).map(\.pid) }
     var name: String { kind == .testServer ? "sheep test server" : "3-node sheep cluster" }
 
     /// The test server on a unix socket in `dir` (results directory, or tmpfs when that path is too long
@@ -69,62 +53,26 @@ final class SheepBackend {
     static func startTestServer(bins: Binaries, dir: URL, fallbackDir: URL, logDir: URL) throws -> SheepBackend {
         var sock = dir.appendingPathComponent("sheep-ts.sock").path
         if sock.utf8.count > 100 { sock = fallbackDir.appendingPathComponent("sheep-ts.sock").path }
-        let b = SheepBackend(kind: .testServer, bins: bins, logDir: logDir, socketPath: sock, dog: nil)
-        let c = try Child(bins.sheepTestServer, ["serve", "--unix", sock], logDir: logDir, label: "sheep-testserver")
-        b.server = c
-        let deadline = Date().addingTimeInterval(SheepLimits.readySeconds)
-        while !c.stdout.contains("listening unix ") {
-            if !c.isRunning || Date() > deadline {
-                c.stop()
-                throw RunnerError("the sheep test server did not start: \(tail(c.stderr))")
-            }
-            usleep(10_000)
-        }
+        let b = SheepBackend(kind: .testServer, bins: bins, logDir: logDir, socketPath: sock)
+        do {
+            b.server = try SheepTestServerFixture.start(URL(fileURLWithPath: bins.sheepTestServer), ["--unix", sock],
+                                                        logDir: logDir, readyPrefixes: ["listening unix "],
+                                                        uniqueLogNames: false).process
+        } catch { throw RunnerError("the sheep test server did not start: \(error)") }
+        b.server.map(Children.shared.add)
         return b
     }
 
-    /// Three `sheep -c local:SHM -z N -p PORT -f DIR` nodes in `dir` (tmpfs), one zone each, on free ports,
-    /// then `dog cluster format -c 2 -l`. Nodes are started one after another (each once its socket exists):
-    /// the local driver's nodes race on its lock directory when they start together.
-    static func startCluster(bins: Binaries, sheep: String, dog: String, dir: URL, logDir: URL) throws -> SheepBackend {
+    /// `SheepFixtureLimits.clusterNodes` real sheep in `dir` (tmpfs), one zone each, on free ports, formatted
+    /// with `SheepFixtureLimits.clusterCopies` copies.
+    static func startCluster(bins: Binaries, sheep: URL, dog: URL, dir: URL, logDir: URL) throws -> SheepBackend {
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        let b = SheepBackend(kind: .cluster, bins: bins, logDir: logDir, socketPath: dir.appendingPathComponent("n0/sock").path, dog: dog)
-        do {
-            let ports = (0..<SheepLimits.clusterNodes).map { _ in freePort() }
-            guard Set(ports).count == ports.count else { throw RunnerError("free port picked twice") }
-            b.tcpPort = ports[0]
-            let shm = dir.appendingPathComponent("sheepdog_shm").path
-            for (i, port) in ports.enumerated() {
-                let nd = dir.appendingPathComponent("n\(i)")
-                try FileManager.default.createDirectory(at: nd, withIntermediateDirectories: true)
-                let c = try Child(sheep, ["-c", "local:\(shm)", "-z", "\(i)", "-p", "\(port)", "-f", nd.path],
-                                  logDir: logDir, label: "sheep\(i)")
-                b.nodes.append(c)
-                let deadline = Date().addingTimeInterval(SheepLimits.readySeconds)
-                while !FileManager.default.fileExists(atPath: nd.appendingPathComponent("sock").path) {
-                    if !c.isRunning || Date() > deadline {
-                        let logText = (try? String(contentsOf: nd.appendingPathComponent("sheep.log"), encoding: .utf8)) ?? ""
-                        throw RunnerError("sheep node \(i) did not start: \(tail(c.stderr + logText))")
-                    }
-                    usleep(20_000)
-                }
-            }
-            var backoff = 0.05
-            var listed = false
-            for _ in 0..<SheepLimits.clusterReadyAttempts {
-                let r = try b.dog(["node", "list", "-r"])
-                if r.status == 0 && r.out.split(separator: "\n").count >= SheepLimits.clusterNodes { listed = true; break }
-                usleep(useconds_t(backoff * 1e6))
-                backoff = min(backoff * 1.5, 0.5)
-            }
-            guard listed else { throw RunnerError("the local sheep cluster did not list \(SheepLimits.clusterNodes) nodes") }
-            let f = try b.dog(["cluster", "format", "-c", "\(SheepLimits.clusterCopies)", "-l"])
-            guard f.status == 0 else { throw RunnerError("dog cluster format failed: \(f.err)\(f.out)") }
-            return b
-        } catch {
-            b.stop()
-            throw error
-        }
+        let c = try SheepLocalCluster.start(sheep: sheep, dog: dog, dir: dir, logDir: logDir, uniqueLogNames: false)
+        c.nodes.forEach(Children.shared.add)
+        let b = SheepBackend(kind: .cluster, bins: bins, logDir: logDir, socketPath: c.socketPath)
+        b.cluster = c
+        b.tcpPort = c.ports[0]
+        return b
     }
 
     /// dog (real) or the test server's dog-like client, pointed at this service.
@@ -132,10 +80,11 @@ final class SheepBackend {
         switch kind {
         case .testServer:
             return try runTool(bins.sheepTestServer, ["dog"] + args + ["--unix", socketPath], logDir: logDir, label: "dog",
-                               timeoutSeconds: SheepLimits.dogTimeoutSeconds)
+                               timeoutSeconds: SheepFixtureLimits.dogTimeoutSeconds)
         case .cluster:
-            return try runTool(dogPath ?? "dog", args + ["-a", "127.0.0.1", "-p", "\(tcpPort)"], logDir: logDir, label: "dog",
-                               timeoutSeconds: SheepLimits.dogTimeoutSeconds)
+            guard let cluster else { throw RunnerError("the cluster has stopped") }
+            let r = try cluster.dog(args)
+            return (r.timedOut ? -1 : r.exitStatus, r.stdout, r.stderr)
         }
     }
 
@@ -146,7 +95,7 @@ final class SheepBackend {
         let r = try runTool(bins.sheepTestServer, ["bench", "--unix", socketPath, "--vdi", vdi, "--region", SheepLimits.region,
                                                    "--prepare", "--duration", "0"],
                             logDir: logDir, label: "sheep-prepare", timeoutSeconds: SheepLimits.prepareTimeoutSeconds)
-        if r.status != 0 { throw RunnerError("preparing VDI \(vdi) on the \(name) failed: \(tail(r.err + r.out))") }
+        if r.status != 0 { throw RunnerError("preparing VDI \(vdi) on the \(name) failed: \(logExcerpt(r.err + r.out))") }
     }
 
     /// Releases a VDI's lock (a daemon that died, or a LUN re-added after a restart, held it).
@@ -170,7 +119,7 @@ final class SheepBackend {
                 for (k, v) in obj { out[k] = v }
             }
             if r.status != 0 || out["opsPerSecond"] == nil {
-                out["error"] = "bench exit \(r.status): \(tail(r.err + ((out["firstError"] as? String) ?? ""), lines: 2))"
+                out["error"] = "bench exit \(r.status): \(logExcerpt(r.err + ((out["firstError"] as? String) ?? ""), lines: 2))"
             }
         } catch {
             out["error"] = "\(error)"
@@ -181,14 +130,13 @@ final class SheepBackend {
     /// The cluster: `dog cluster shutdown`, a bounded wait, then SIGTERM/SIGKILL of the nodes this runner
     /// started (by pid). The test server: SIGTERM.
     func stop() {
-        if kind == .cluster && nodes.contains(where: { $0.isRunning }) {
-            _ = try? dog(["cluster", "shutdown"])
-            let deadline = Date().addingTimeInterval(SheepLimits.shutdownGraceSeconds)
-            while Date() < deadline && nodes.contains(where: { $0.isRunning }) { usleep(50_000) }
+        if let c = cluster {
+            if c.nodes.contains(where: { $0.isRunning }) { _ = try? dog(["cluster", "shutdown"]) }
+            for n in c.nodes { _ = n.waitForExit(seconds: SheepLimits.shutdownGraceSeconds); Children.shared.remove(n) }
+            c.stop(graceSeconds: 5)
         }
-        for n in nodes { n.stop(signal: SIGTERM, graceSeconds: 5) }
-        nodes = []
-        server?.stop(signal: SIGTERM, graceSeconds: 5)
+        cluster = nil
+        if let s = server { s.terminate(graceSeconds: 5); Children.shared.remove(s) }
         server = nil
     }
 }

@@ -3,6 +3,7 @@
 // a seconds-long functional pass for CI. perf/run and perf/smoke build everything and call this.
 import ArgumentParser
 import Foundation
+import TestSupport
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -208,7 +208,7 @@ public struct LoginStateMachine {
         if state == .awaitingFirst { state = .negotiating(csg) }
         if req.continueFlag {
             let r = LoginResponse(transit: false, continueFlag: false, csg: csg.rawValue, nsg: 0,
-                                  statusClass: 0, statusDetail: 0, isid: req.isid, tsih: req.tsih,
+                                  statusClass: LoginStatus.success.statusClass, statusDetail: LoginStatus.success.statusDetail, isid: req.isid, tsih: req.tsih,
                                   itt: req.itt, text: [])
             return (r, .respondAndContinue)
         }
@@ -306,7 +306,7 @@ public struct LoginStateMachine {
         let chunk = Array(responseText[responseOffset..<(responseOffset + n)])
         responseOffset += n
         var r = LoginResponse(transit: false, continueFlag: false, csg: csg.rawValue, nsg: 0,
-                              statusClass: 0, statusDetail: 0, isid: req.isid, tsih: req.tsih,
+                              statusClass: LoginStatus.success.statusClass, statusDetail: LoginStatus.success.statusDetail, isid: req.isid, tsih: req.tsih,
                               itt: req.itt, text: chunk)
         if responseOffset < responseText.count {
             // More to come: C=1 and T=0 (RFC 7143 §11.13.2); the initiator answers with an empty request.
@@ -428,7 +428,7 @@ public struct LoginStateMachine {
         requestText = []
         responseText = []
         responseOffset = 0
-        let r = LoginResponse(transit: false, continueFlag: false, csg: req.csg & 3, nsg: 0,
+        let r = LoginResponse(transit: false, continueFlag: false, csg: req.csg & LoginFlags.stageMask, nsg: 0,
                               statusClass: status.statusClass, statusDetail: status.statusDetail,
                               isid: req.isid, tsih: req.tsih, itt: req.itt, text: [])
         return (r, .respondAndClose)

@@ -13,8 +13,8 @@ extension Connection {
         }
         let flags = bhs.byte1
         let req = LoginRequest(
-            transit: flags & 0x80 != 0, continueFlag: flags & 0x40 != 0,
-            csg: (flags >> 2) & 3, nsg: flags & 3,
+            transit: flags & LoginFlags.transit != 0, continueFlag: flags & LoginFlags.continue != 0,
+            csg: (flags >> LoginFlags.csgShift) & LoginFlags.stageMask, nsg: flags & LoginFlags.stageMask,
             versionMax: bhs.byte(2), versionMin: bhs.byte(3),
             isid: UInt64(be16(hdr, 8)) << 32 | UInt64(be32(hdr, 10)),
             tsih: be16(hdr, 14), itt: bhs.itt, cid: bhs.u16(20),
@@ -45,7 +45,7 @@ extension Connection {
                 refusal = "CHAP response not checked: \(failures) failed logins from \(peer) recently"
             case .at(let turn):
                 due = turn
-                if response.statusClass != 0 {
+                if response.statusClass != LoginStatus.success.statusClass {
                     due = reactor.loginThrottle.failed(address: peer, account: login.chapAttemptedUser, turn: turn,
                                                        nowNanos: now)
                 }
@@ -141,7 +141,7 @@ extension Connection {
                                    statusClass: response.statusClass, statusDetail: response.statusDetail,
                                    dataLength: n)
             // StatSN advances with each Login Response; a failed login has no session to number.
-            self.stamp(h, advance: response.statusClass == 0)
+            self.stamp(h, advance: response.statusClass == LoginStatus.success.statusClass)
         }
         let token: SendToken = closeAfter ? .closeAfter : .none
         if slot >= 0 {

@@ -67,14 +67,7 @@ enum Tools {
     ]
 
     static func require(_ name: String) throws -> URL {
-        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
-        var dirs = path.split(separator: ":").map(String.init)
-        // tgtd lives in sbin, which a non-root PATH may lack.
-        dirs.append(contentsOf: ["/usr/sbin", "/sbin"])
-        for dir in dirs where !dir.isEmpty {
-            let candidate = URL(fileURLWithPath: dir).appendingPathComponent(name)
-            if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
-        }
+        if let found = findOnPath(name) { return found }
         let package = packageForTool[name].map { " (Debian package \($0))" } ?? ""
         throw E2EError("required tool \(name) is not on PATH\(package); install it: the end-to-end tests need it")
     }

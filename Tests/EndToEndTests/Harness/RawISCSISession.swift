@@ -270,7 +270,7 @@ struct CommandResult: CustomStringConvertible {
 
 /// Bytes from a seeded generator, so a mismatch can be reproduced.
 func patternBytes(_ count: Int, seed: UInt64) -> [UInt8] {
-    var g = SplitMix64(seed: seed)
+    var g = SeededRandom(seed: seed)
     var out = [UInt8](repeating: 0, count: count)
     var i = 0
     while i < count {

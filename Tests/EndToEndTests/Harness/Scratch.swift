@@ -41,7 +41,7 @@ final class Scratch {
     @discardableResult
     func makeRandomFile(_ name: String, bytes: Int, seed: UInt64) throws -> URL {
         let u = path(name)
-        var gen = SplitMix64(seed: seed)
+        var gen = SeededRandom(seed: seed)
         let chunkBytes = 1 << 20
         guard FileManager.default.createFile(atPath: u.path, contents: nil) else {
             throw E2EError("cannot create \(u.path)")
@@ -69,18 +69,6 @@ func withScratch<R>(_ body: (Scratch) throws -> R) throws -> R {
     let s = try Scratch()
     defer { s.remove() }
     return try body(s)
-}
-
-struct SplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
 }
 
 /// Compares two files chunk by chunk. Returns nil when they are byte-identical, else a sentence that

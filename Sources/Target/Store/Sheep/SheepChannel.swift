@@ -66,7 +66,7 @@ final class SheepChannel<Host: SheepStoreHost> {
     var everConnected = false
 
     let reqs: UnsafeMutablePointer<SheepRequest>
-    let headers: UnsafeMutableRawPointer      // 48 bytes per request, encoded once, kept for resends
+    let headers: UnsafeMutableRawPointer      // one sheep header per request, encoded once, kept for resends
     var freeList: [Int32]
     // FIFO of requests waiting to be sent (intrusive through nextQueued)
     var queueHead: Int32 = -1
@@ -104,13 +104,13 @@ final class SheepChannel<Host: SheepStoreHost> {
         self.endpoint = endpoint
         reqs = .allocate(capacity: SheepChannelLimits.maxRequests)
         reqs.initialize(repeating: SheepRequest(), count: SheepChannelLimits.maxRequests)
-        headers = .allocate(byteCount: SheepChannelLimits.maxRequests * 48, alignment: 64)
+        headers = .allocate(byteCount: SheepChannelLimits.maxRequests * SheepWire.headerSizeBytes, alignment: 64)
         freeList = (0..<SheepChannelLimits.maxRequests).reversed().map { Int32($0) }
         iov = .allocate(capacity: SheepChannelLimits.batchRequests * 2)
         msg = .allocate(capacity: 1)
         msg.initialize(to: msghdr())
         rx = .allocate(byteCount: SheepChannelLimits.rxBytes, alignment: 64)
-        replyHeader = .allocate(byteCount: 48, alignment: 8)
+        replyHeader = .allocate(byteCount: SheepWire.headerSizeBytes, alignment: 8)
         sockaddrBuf = .allocate(byteCount: MemoryLayout<sockaddr_storage>.size, alignment: 8)
         sendBatch.reserveCapacity(SheepChannelLimits.batchRequests)
     }
@@ -144,7 +144,7 @@ final class SheepChannel<Host: SheepStoreHost> {
         var h = header
         h.id = UInt32(slot) << 16 | UInt32(gen)
         h.protoVersion = SheepWire.clientProtoVersion
-        h.encode(to: headers + i * 48)
+        h.encode(to: headers + i * SheepWire.headerSizeBytes)
         enqueue(slot)
         kick()
         return true
@@ -168,33 +168,15 @@ final class SheepChannel<Host: SheepStoreHost> {
     // MARK: - Connecting
 
     private func startConnect() {
-        var family: Int32
-        switch endpoint {
-        case .unix(let path):
-            family = AF_UNIX
-            var a = sockaddr_un()
-            a.sun_family = sa_family_t(AF_UNIX)
-            let bytes = Array(path.utf8)
-            withUnsafeMutableBytes(of: &a.sun_path) { p in
-                for (i, b) in bytes.prefix(p.count - 1).enumerated() { p[i] = b }
-            }
-            withUnsafeBytes(of: &a) { memcpy(sockaddrBuf, $0.baseAddress!, $0.count) }
-            sockaddrLen = socklen_t(MemoryLayout<sockaddr_un>.size)
-        case .tcp(let host, let port):
-            // Resolution happens at LUN open time too, so a name that resolved then resolves now (cached by
-            // the resolver); numeric addresses never block.
-            var hints = addrinfo()
-            hints.ai_socktype = RT_SOCK_STREAM
-            var res: UnsafeMutablePointer<addrinfo>? = nil
-            guard getaddrinfo(host, String(port), &hints, &res) == 0, let ai = res else {
-                connectFailed(EHOSTUNREACH)
-                return
-            }
-            family = ai.pointee.ai_family
-            memcpy(sockaddrBuf, ai.pointee.ai_addr, Int(ai.pointee.ai_addrlen))
-            sockaddrLen = ai.pointee.ai_addrlen
-            freeaddrinfo(res)
+        // Resolution happens at LUN open time too, so a name that resolved then resolves now (cached by the
+        // resolver); numeric addresses and unix paths never block.
+        guard let address = try? SheepSocketAddress.resolve(endpoint).first else {
+            connectFailed(EHOSTUNREACH)
+            return
         }
+        let family = address.family
+        withUnsafeBytes(of: address.storage) { memcpy(sockaddrBuf, $0.baseAddress!, $0.count) }
+        sockaddrLen = address.length
         fd = socket(family, RT_SOCK_STREAM | RT_SOCK_CLOEXEC, 0)
         if fd < 0 { connectFailed(errno); return }
         state = .connecting
@@ -357,7 +339,7 @@ final class SheepChannel<Host: SheepStoreHost> {
         var skip = sendSkip
         for s in sendBatch {
             let i = Int(s)
-            v = addIov(v, headers + i * 48, 48, &skip)
+            v = addIov(v, headers + i * SheepWire.headerSizeBytes, SheepWire.headerSizeBytes, &skip)
             if reqs[i].payloadLength > 0, let p = reqs[i].payload {
                 v = addIov(v, UnsafeMutableRawPointer(mutating: p), reqs[i].payloadLength, &skip)
             }
@@ -383,7 +365,7 @@ final class SheepChannel<Host: SheepStoreHost> {
         var done = 0
         for s in sendBatch {
             let i = Int(s)
-            let bytes = 48 + reqs[i].payloadLength
+            let bytes = SheepWire.headerSizeBytes + reqs[i].payloadLength
             if left < bytes { break }
             left -= bytes
             reqs[i].sent = true
@@ -437,11 +419,11 @@ final class SheepChannel<Host: SheepStoreHost> {
     private func parse() {
         while state == .ready && rxStart < rxEnd {
             if current == -1 {
-                let n = min(48 - headerHave, rxEnd - rxStart)
+                let n = min(SheepWire.headerSizeBytes - headerHave, rxEnd - rxStart)
                 memcpy(replyHeader + headerHave, rx + rxStart, n)
                 headerHave += n
                 rxStart += n
-                if headerHave < 48 { return }
+                if headerHave < SheepWire.headerSizeBytes { return }
                 headerHave = 0
                 startReply()
                 continue
@@ -497,7 +479,7 @@ final class SheepChannel<Host: SheepStoreHost> {
         let w = reqs[i].waiter
         let bytes = payloadDone
         if result == .readonly, case .request = w {
-            let h = SheepRequestHeader(from: UnsafeRawPointer(headers + i * 48))
+            let h = SheepRequestHeader(from: UnsafeRawPointer(headers + i * SheepWire.headerSizeBytes))
             if h.opcode == .writeObj && store.readonlyWrite(w, oid: h.oid, objectOffset: Int(h.objOffset),
                                                                   length: reqs[i].payloadLength,
                                                                   data: reqs[i].payload) {

@@ -93,8 +93,8 @@ public final class SheepVolume: @unchecked Sendable {
     {
         let spec: SheepBackingSpec
         do { spec = try SheepBackingSpec.parse(specText) } catch { throw .spec("invalid sheepdog backing store '\(specText)': \(error)") }
-        let client: SheepControlClient
-        do { client = try SheepControlClient(endpoint: spec.endpoint) } catch { throw .sheep("VDI '\(spec.vdi)': \(error)") }
+        let client: SheepClient
+        do { client = try controlClient(spec.endpoint) } catch { throw .sheep("VDI '\(spec.vdi)': \(error)") }
         let payload: [UInt8]
         do { payload = try SheepVDIName.payload(name: spec.vdi, tag: spec.lookupTag) } catch {
             throw .spec("invalid VDI name or tag in '\(specText)': \(error)")
@@ -104,8 +104,8 @@ public final class SheepVolume: @unchecked Sendable {
         let opcode: SheepOpcode = spec.isSnapshot ? .getVDIInfo : .lockVDI
         let lookup: SheepResponseHeader
         do {
-            (lookup, _) = try client.call(.vdiLookup(opcode, id: 0, snapID: spec.lookupSnapID, lockType: .normal),
-                                          payload: payload)
+            lookup = try client.call(.vdiLookup(opcode, id: 0, snapID: spec.lookupSnapID, lockType: .normal),
+                                     payload: payload).header
         } catch { throw .sheep("\(error)") }
         switch lookup.result {
         case .success: break
@@ -124,7 +124,7 @@ public final class SheepVolume: @unchecked Sendable {
         let vid = lookup.vdiID
         let lockedVID = spec.isSnapshot ? 0 : vid
         func release() {
-            if lockedVID != 0 { _ = try? client.call(.releaseVDI(id: 0, vid: lockedVID)) }
+            if lockedVID != 0 { _ = try? client.release(vid: lockedVID) }
         }
         let inodeBytes = SheepInodeLayout.clientInodeSizeBytes
         let raw = UnsafeMutableRawBufferPointer.allocate(byteCount: inodeBytes, alignment: 64)
@@ -166,10 +166,20 @@ public final class SheepVolume: @unchecked Sendable {
     /// RELEASE_VDI for the lock taken at open (control plane). Errors are ignored: sheep answers SUCCESS on
     /// HEAD, and VDI_NOT_LOCKED on old versions means there is nothing to release.
     public func releaseLock() {
-        guard lockedVID != 0, let client = try? SheepControlClient(endpoint: spec.endpoint) else { return }
-        _ = try? client.call(.releaseVDI(id: 0, vid: lockedVID))
+        guard lockedVID != 0, let client = try? Self.controlClient(spec.endpoint) else { return }
+        _ = try? client.release(vid: lockedVID)
         for v in laterLocks.withLock({ l -> [UInt32] in let all = l; l.removeAll(); return all }) {
-            _ = try? client.call(.releaseVDI(id: 0, vid: v))
+            _ = try? client.release(vid: v)
         }
+    }
+
+    /// The control plane's blocking calls to sheep (never on a reactor core) give up after these, so a sheep
+    /// that stops answering fails a LUN open or release instead of hanging the control thread.
+    static let controlConnectTimeoutSeconds = 5
+    static let controlIOTimeoutSeconds = 10
+
+    private static func controlClient(_ endpoint: SheepBackingSpec.Endpoint) throws(SheepClientError) -> SheepClient {
+        try SheepClient(endpoint: endpoint, connectTimeoutSeconds: controlConnectTimeoutSeconds,
+                        ioTimeoutSeconds: controlIOTimeoutSeconds)
     }
 }

@@ -1,18 +1,19 @@
-// Deterministic pseudo-random numbers for the reorder scheduler and fault injection. SplitMix64: tiny, good
-// enough statistically, and its state is one word so a stream can be derived from (seed, connection, purpose).
+// Deterministic pseudo-random numbers for tests, fixtures and the sheep test server (its reorder scheduler
+// and fault injection). SplitMix64: tiny, good enough statistically, and its state is one word so a stream
+// can be derived from (seed, connection, purpose).
 
-struct SeededRandom {
+public struct SeededRandom: Sendable {
     private var state: UInt64
 
-    init(seed: UInt64) { state = seed }
+    public init(seed: UInt64) { state = seed }
 
     /// A stream for one purpose of one connection, independent of other streams from the same seed.
-    init(seed: UInt64, stream: UInt64, purpose: UInt64) {
+    public init(seed: UInt64, stream: UInt64, purpose: UInt64) {
         var mix = SeededRandom(seed: seed ^ (stream &* 0x9E37_79B9_7F4A_7C15) ^ (purpose &* 0xD1B5_4A32_D192_ED03))
         state = mix.next()
     }
 
-    mutating func next() -> UInt64 {
+    public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
@@ -21,13 +22,13 @@ struct SeededRandom {
     }
 
     /// Uniform in 0..<bound (bound > 0).
-    mutating func below(_ bound: Int) -> Int {
+    public mutating func below(_ bound: Int) -> Int {
         precondition(bound > 0)
         return Int(next() % UInt64(bound))
     }
 
     /// Uniform in [0, 1).
-    mutating func unit() -> Double {
+    public mutating func unit() -> Double {
         Double(next() >> 11) * (1.0 / Double(UInt64(1) << 53))
     }
 }
