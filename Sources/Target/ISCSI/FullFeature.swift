@@ -49,7 +49,7 @@ extension Connection {
             sink = .discard
             return true   // rejected in dispatch
         }
-        let needsSlot = bhs.immediate || dataLength > 0 || bhs.cmdSN == expCmdSN
+        let needsSlot = bhs.immediate || dataLength > 0 || cmdSNWindow.isNext(bhs.cmdSN)
         if needsSlot {
             // Commands whose turn came earlier and wait for a slot go first; their wake-up restarts the parser.
             if !slotQueue.isEmpty || !maySlot() {
@@ -193,11 +193,11 @@ extension Connection {
             handleLogin(bhs)
             return
         }
-        let expBefore = expCmdSN
+        let expBefore = cmdSNWindow.expCmdSN
         defer {
             // Whatever took ExpCmdSN (a command, or a non-immediate NOP-Out, Text, Task Management or Logout)
             // may have filled a gap: the commands parked behind it run now, after it, as their CmdSNs say.
-            if expCmdSN != expBefore && orderWaiting > 0 && phase != .closing { releaseOrdered() }
+            if cmdSNWindow.expCmdSN != expBefore && orderWaiting > 0 && phase != .closing { releaseOrdered() }
         }
         switch bhs.opcode {
         case ISCSIOpcode.scsiCommand:
@@ -223,7 +223,7 @@ extension Connection {
 
     /// CmdSN acceptance for non-command PDUs (RFC 7143 §3.2.2.1): immediate PDUs do not advance ExpCmdSN.
     private func acceptCmdSN(_ bhs: BHS) {
-        if !bhs.immediate && bhs.cmdSN == expCmdSN { expCmdSN &+= 1 }
+        cmdSNWindow.receivedNonCommand(bhs.cmdSN, immediate: bhs.immediate)
     }
 
     // MARK: - SCSI Command
@@ -236,11 +236,12 @@ extension Connection {
         let t = Int(sinkTask)
         sinkTask = -1
         let cmdSN = bhs.cmdSN
+        let position = cmdSNWindow.position(of: cmdSN, immediate: bhs.immediate)
         if t < 0 {
             // No task entry: the initiator exceeded the window. Out-of-window non-immediate CmdSN is silently
             // dropped (§3.2.2.1); otherwise the task set is full.
-            if !bhs.immediate && !cmdSNInWindow(cmdSN) { return }
-            if !bhs.immediate && cmdSN == expCmdSN { expCmdSN &+= 1 }
+            if position == .outside { return }
+            cmdSNWindow.received(position)
             respondNoTask(bhs, status: SCSIStatus.taskSetFull)
             return
         }
@@ -262,8 +263,8 @@ extension Connection {
                                      writeBit: flags & 0x20 != 0, edtl: task.pointee.edtl, cdbLength: cdbLength)
         let mayParkData = parkedWithData < reactor.config.parkedDataCommandsPerConnection
             && reactor.parkedDataSlots < reactor.config.parkedDataSlotsPerCore
-        switch arrival.verdict(expCmdSN: expCmdSN, inWindow: cmdSNInWindow(cmdSN), immediateData: params.immediateData,
-                               firstBurst: params.firstBurst, mayParkData: mayParkData) {
+        switch arrival.verdict(position: position, immediateData: params.immediateData, firstBurst: params.firstBurst,
+                               mayParkData: mayParkData) {
         case .drop:
             releaseTask(t)
         case .rejectExtendedCDB:
@@ -273,10 +274,10 @@ extension Connection {
             // Immediate data where none was negotiated or allowed: reject the command (RFC 7143 §10.3).
             queueReject(reason: RejectReason.protocolError)
             releaseTask(t)
-            if !bhs.immediate && cmdSN == expCmdSN { expCmdSN &+= 1 }
+            cmdSNWindow.received(position)
         case .run:
             assert(task.pointee.slot >= 0 && slotQueue.isEmpty)
-            if !bhs.immediate { expCmdSN &+= 1 }
+            cmdSNWindow.received(position)
             startTask(t, cdb: UnsafeRawBufferPointer(start: hdr + 32, count: cdbLength))
         case .park:
             assert(task.pointee.slot < 0)
@@ -293,23 +294,15 @@ extension Connection {
         }
     }
 
-    /// Judged against the window the initiator was given, not the one `maxCmdSN` would give now: that one
-    /// already counts the arriving command's own task entry, and shrinks while responses wait to be sent,
-    /// so a command sent at the edge of the advertised window would be dropped and never answered.
-    @inline(__always)
-    func cmdSNInWindow(_ sn: UInt32) -> Bool {
-        Serial.inWindow(sn, low: expCmdSN, high: advertisedMaxCmdSN)
-    }
-
     /// Runs parked commands whose turn has come, in CmdSN order. One without a buffer slot takes one now; when
     /// the connection may take none, it and every one after it wait on the slot queue.
     private func releaseOrdered() {
         var progressed = true
         while progressed && orderWaiting > 0 && phase != .closing {
             progressed = false
-            for t in 0..<tasksInitialized where tasks[t].cmdSN == expCmdSN
+            for t in 0..<tasksInitialized where cmdSNWindow.isNext(tasks[t].cmdSN)
                 && (tasks[t].state == .waitingOrder || tasks[t].state == .orderMarker) {
-                expCmdSN &+= 1
+                cmdSNWindow.advance()
                 if tasks[t].state == .orderMarker {
                     releaseTask(t)
                 } else {
@@ -911,16 +904,10 @@ extension Connection {
                 abortTask(t)
             }
             if !found {
-                // RFC 7143 §11.5.1: a RefCmdSN inside the window and before this request's own CmdSN names a command
-                // that never arrived (on our one ordered connection it never will): consider that CmdSN received, so
-                // commands parked behind it run, and answer "function complete". Any other RefCmdSN (a command that
-                // already completed, or one outside the window) is "task does not exist".
-                if cmdSNInWindow(refCmdSN) && Serial.lessThan(refCmdSN, bhs.cmdSN) {
-                    response = TMResponse.functionComplete
-                    if refCmdSN == expCmdSN { expCmdSN &+= 1 }   // parked commands behind it run after this PDU
-                } else {
-                    response = TMResponse.taskDoesNotExist
-                }
+                // A command that never arrived counts as received (parked commands behind it run after this
+                // PDU) and is "function complete"; one that already completed, or outside the window, does not exist.
+                response = cmdSNWindow.receivedInPlaceOfMissing(refCmdSN, before: bhs.cmdSN)
+                    ? TMResponse.functionComplete : TMResponse.taskDoesNotExist
             }
         case TMFunction.abortTaskSet, TMFunction.clearTaskSet:
             if target?.lun(lunNumber) == nil { response = TMResponse.lunDoesNotExist; break }

@@ -718,9 +718,9 @@ public final class Reactor {
                     }
                 }
             }
-            if c.phase == .fullFeature && c.cmdSNGap.expired(waiting: c.orderWaiting, expCmdSN: c.expCmdSN, tick: tick,
+            if c.phase == .fullFeature && c.cmdSNGap.expired(waiting: c.orderWaiting, expCmdSN: c.cmdSNWindow.expCmdSN, tick: tick,
                                                              limitSeconds: config.cmdSNGapTimeoutSeconds) {
-                logger.warning("\(c.peer): CmdSN gap: CmdSN \(c.expCmdSN) missing for more than \(config.cmdSNGapTimeoutSeconds)s with \(c.orderWaiting) command(s) waiting behind it; closing the session")
+                logger.warning("\(c.peer): CmdSN gap: CmdSN \(c.cmdSNWindow.expCmdSN) missing for more than \(config.cmdSNGapTimeoutSeconds)s with \(c.orderWaiting) command(s) waiting behind it; closing the session")
                 closeConnection(c, reason: "CmdSN gap")
                 continue
             }
