@@ -124,15 +124,12 @@ extension Connection {
         let t = taskForTTT(ttt)
         guard t >= 0 else { return }   // unknown TTT: rejected in dispatch
         let task = tasks + t
-        guard task.pointee.itt == bhs.itt, task.pointee.state == .receivingData else { return }
-        let offset = Int(bhs.bufferOffset)
-        guard offset == task.pointee.burstOffset + task.pointee.burstReceived,
-              dataLength <= task.pointee.burstLength - task.pointee.burstReceived,
-              offset >= task.pointee.chunkOffset, offset + dataLength <= task.pointee.chunkOffset + task.pointee.chunkLength
+        guard task.pointee.itt == bhs.itt, task.pointee.state == .receivingData,
+              let at = task.pointee.dataOut.placement(offset: Int(bhs.bufferOffset), length: dataLength)
         else { return }
         sink = .taskBuffer
         sinkTask = Int32(t)
-        sinkPtr = reactor.pool.data(Int(task.pointee.slot)) + (offset - task.pointee.chunkOffset)
+        sinkPtr = reactor.pool.data(Int(task.pointee.slot)) + at
     }
 
     /// TTT = task index | connection-local sequence << 16, so a Data-Out finds its task without a search.
@@ -140,7 +137,7 @@ extension Connection {
     func taskForTTT(_ ttt: UInt32) -> Int {
         if ttt == reservedTag { return -1 }
         let t = Int(ttt & 0xFFFF)
-        guard t < tasksInitialized, tasks[t].state == .receivingData, tasks[t].ttt == ttt else { return -1 }
+        guard t < tasksInitialized, tasks[t].state == .receivingData, tasks[t].dataOut.ttt == ttt else { return -1 }
         return t
     }
 
@@ -254,7 +251,7 @@ extension Connection {
         task.pointee.lunField = bhs.lunField
         task.pointee.lunNumber = decodeLUN(bhs.lunField)
         task.pointee.edtl = bhs.expectedDataTransferLength
-        task.pointee.immediateBytes = dataLength
+        task.pointee.dataOut = DataOutSequencer(immediateBytes: dataLength)
         task.pointee.flags = flags
         let cdbLength = cdbBytes()
         task.pointee.cdbLength = cdbLength
@@ -500,21 +497,12 @@ extension Connection {
     /// Sets up the next chunk of the data-out stream. Returns the next action when the bytes are already
     /// here (immediate data), nil when it must wait for R2T-solicited Data-Out.
     private func beginDataOut(_ t: Int, offset: Int, length: Int) -> SCSIAction? {
-        tasks[t].chunkOffset = offset
-        tasks[t].chunkLength = length
-        var have = 0
-        if offset < tasks[t].immediateBytes {
-            // Immediate data sits at buffer[0..<immediateBytes] = stream [0, immediateBytes).
-            if offset == 0 { have = min(length, tasks[t].immediateBytes) }
-            else {
-                let src = reactor.pool.data(Int(tasks[t].slot))
-                let n = min(length, tasks[t].immediateBytes - offset)
-                memmove(src, src + offset, n)
-                have = n
-            }
+        let start = tasks[t].dataOut.beginChunk(offset: offset, length: length)
+        if start.moveImmediateBytes > 0 {
+            let src = reactor.pool.data(Int(tasks[t].slot))
+            memmove(src, src + offset, start.moveImmediateBytes)
         }
-        tasks[t].chunkReceived = have
-        if have >= length {
+        if start.complete {
             let buffer = reactor.pool.buffer(Int(tasks[t].slot))
             return tasks[t].scsi.dataOutReceived(buffer: buffer)
         }
@@ -524,32 +512,24 @@ extension Connection {
 
     /// Sends the R2T for the next burst of the current chunk, if a permit is free; else queues for one.
     func requestBurst(_ t: Int) {
-        tasks[t].waitSinceTick = reactor.tick
         if !tasks[t].holdsPermit {
             if !reactor.takeR2TPermit() {
+                tasks[t].dataOut.awaitPermit(tick: reactor.tick)
                 tasks[t].state = .waitingPermit
                 reactor.waitForPermit(connection: index, task: t)
                 return
             }
             tasks[t].holdsPermit = true
         }
-        let offset = tasks[t].chunkOffset + tasks[t].chunkReceived
-        let length = min(params.maxBurst, tasks[t].chunkLength - tasks[t].chunkReceived)
-        let sn = tasks[t].r2tSN
-        tasks[t].r2tSN &+= 1
         reactor.tttSequence &+= 1
         let ttt = UInt32(t) | (UInt32(reactor.tttSequence & 0x7FFF) << 16)
-        tasks[t].ttt = ttt
-        tasks[t].burstOffset = offset
-        tasks[t].burstLength = length
-        tasks[t].burstReceived = 0
-        tasks[t].expectedDataSN = 0
+        let r2t = tasks[t].dataOut.issueR2T(ttt: ttt, maxBurstLength: params.maxBurst, tick: reactor.tick)
         tasks[t].state = .receivingData
         let itt = tasks[t].itt
         let lunField = tasks[t].lunField
         let queued = queueControl { h, _ in
-            PDUBuild.r2t(h, itt: itt, ttt: ttt, lunField: lunField, r2tSN: sn,
-                         bufferOffset: UInt32(offset), desiredLength: UInt32(length))
+            PDUBuild.r2t(h, itt: itt, ttt: ttt, lunField: lunField, r2tSN: r2t.r2tSN,
+                         bufferOffset: UInt32(r2t.bufferOffset), desiredLength: UInt32(r2t.desiredLength))
             self.stamp(h, advance: false)
         }
         if !queued {
@@ -569,32 +549,25 @@ extension Connection {
     private func handleDataOut(_ bhs: BHS) {
         let t = Int(sinkTask)
         sinkTask = -1
-        guard t >= 0 else {
-            // Unknown TTT/ITT, offset out of order or beyond the burst: Reject and discard (RFC 7143 §11.7).
+        // Unknown TTT/ITT, offset out of order or beyond the burst: Reject and discard (RFC 7143 §11.7). So is one
+        // whose task timed out while its data arrived: the task no longer expects it.
+        guard t >= 0, tasks[t].state == .receivingData else {
             queueReject(reason: RejectReason.invalidPDUField)
             return
         }
-        if bhs.dataSN != tasks[t].expectedDataSN {
-            // ERL 0 cannot recover a lost Data-Out: reject it; the command fails when its data never completes.
+        switch tasks[t].dataOut.received(dataSN: bhs.dataSN, length: dataLength, final: bhs.final) {
+        case .burstContinues:
+            return
+        case .wrongDataSN, .wrongFinalBit:
+            // ERL 0 cannot recover a lost Data-Out or a broken burst: reject it; the command fails.
             queueReject(reason: RejectReason.protocolError)
             abortDataOut(t)
             return
-        }
-        tasks[t].expectedDataSN &+= 1
-        tasks[t].burstReceived += dataLength
-        tasks[t].chunkReceived += dataLength
-        let burstDone = tasks[t].burstReceived == tasks[t].burstLength
-        if bhs.final != burstDone {
-            // F set before the burst is complete, or missing at its end.
-            queueReject(reason: RejectReason.protocolError)
-            abortDataOut(t)
-            return
-        }
-        if !burstDone { return }
-        tasks[t].ttt = reservedTag
-        if tasks[t].chunkReceived < tasks[t].chunkLength {
+        case .burstDone:
             requestBurst(t)
             return
+        case .chunkDone:
+            break
         }
         if tasks[t].holdsPermit {
             tasks[t].holdsPermit = false
@@ -619,7 +592,7 @@ extension Connection {
             tasks[t].holdsPermit = false
             reactor.returnR2TPermit()
         }
-        tasks[t].ttt = reservedTag
+        tasks[t].dataOut.abandon()
         tasks[t].state = .storeIO
         completeWithSense(t, key: 0x0B, asc: 0x4B, ascq: 0x00)
     }
@@ -781,7 +754,7 @@ extension Connection {
         let slot = Int(tasks[t].slot)
         tasks[t].slot = -1
         tasks[t].state = .free
-        tasks[t].ttt = reservedTag
+        tasks[t].dataOut.abandon()
         // After the gate above, which still used the LUN: this may be the last reference to a deleted LUN, and
         // its store closes now rather than when the entry is next used.
         tasks[t].scsi.endCommand()

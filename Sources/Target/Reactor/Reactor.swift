@@ -713,7 +713,7 @@ public final class Reactor {
                 for t in 0..<c.tasksInitialized {
                     let s = c.tasks[t].state
                     if (s == .receivingData || s == .waitingPermit)
-                        && tick &- c.tasks[t].waitSinceTick > config.dataOutTimeoutSeconds {
+                        && c.tasks[t].dataOut.expired(tick: tick, limitSeconds: config.dataOutTimeoutSeconds) {
                         c.dataOutTimedOut(t)
                     }
                 }
