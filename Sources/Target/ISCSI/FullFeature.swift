@@ -862,48 +862,32 @@ extension Connection {
 
     private func handleTaskManagement(_ bhs: BHS) {
         acceptCmdSN(bhs)
-        let function = bhs.byte1 & TMFunction.mask
         let itt = bhs.itt
-        var response = TMResponse.functionComplete
         let lunNumber = decodeLUN(bhs.lunField)
-        switch function {
-        case TMFunction.abortTask:
-            let ref = bhs.u32(20)
-            let refCmdSN = bhs.u32(32)
+        let plan = TaskManagement.plan(function: bhs.byte1 & TMFunction.mask, referencedTask: bhs.u32(20),
+                                       lunNumber: lunNumber, lunExists: target?.lun(lunNumber) != nil,
+                                       sessionBound: target != nil && nexus != nil)
+        var response = plan.response
+        if plan.scope != .none {
             var found = false
-            for t in 0..<tasksInitialized where tasks[t].state != .free && tasks[t].state != .orderMarker
-                && tasks[t].itt == ref {
+            for t in 0..<tasksInitialized
+            where TaskManagement.reaches(plan.scope, state: tasks[t].state, itt: tasks[t].itt, lunNumber: tasks[t].lunNumber) {
                 found = true
                 abortTask(t)
             }
-            if !found {
-                // A command that never arrived counts as received (parked commands behind it run after this
-                // PDU) and is "function complete"; one that already completed, or outside the window, does not exist.
-                response = cmdSNWindow.receivedInPlaceOfMissing(refCmdSN, before: bhs.cmdSN)
-                    ? TMResponse.functionComplete : TMResponse.taskDoesNotExist
+            if !found, case .task = plan.scope {
+                response = TaskManagement.responseForMissingTask(refCmdSN: bhs.u32(32), requestCmdSN: bhs.cmdSN,
+                                                                 window: &cmdSNWindow)
             }
-        case TMFunction.abortTaskSet, TMFunction.clearTaskSet:
-            if target?.lun(lunNumber) == nil { response = TMResponse.lunDoesNotExist; break }
-            for t in 0..<tasksInitialized where tasks[t].state != .free && tasks[t].lunNumber == lunNumber { abortTask(t) }
-        case TMFunction.clearACA: // NACA is not supported
-            response = TMResponse.functionNotSupported
-        case TMFunction.logicalUnitReset:
-            guard let target, let nexus, let lun = target.lun(lunNumber) else {
-                response = TMResponse.lunDoesNotExist; break
-            }
-            for t in 0..<tasksInitialized where tasks[t].state != .free && tasks[t].lunNumber == lunNumber { abortTask(t) }
-            SCSITask.logicalUnitReset(lun, by: nexus)
-        case TMFunction.targetWarmReset, TMFunction.targetColdReset:
-            guard let target, let nexus else { response = TMResponse.authorizationFailed; break }
-            for t in 0..<tasksInitialized where tasks[t].state != .free { abortTask(t) }
-            SCSITask.targetReset(target, by: nexus)
-        case TMFunction.taskReassign: // needs ErrorRecoveryLevel 2
-            response = TMResponse.functionNotSupported
-        default:
-            response = TMResponse.functionRejected
         }
-        let cold = function == TMFunction.targetColdReset && response == TMResponse.functionComplete
-        queueControl(token: cold ? .closeAfter : .none) { h, _ in
+        switch plan.reset {
+        case .none: break
+        case .logicalUnit(let n):
+            if let nexus, let lun = target?.lun(n) { SCSITask.logicalUnitReset(lun, by: nexus) }
+        case .target:
+            if let target, let nexus { SCSITask.targetReset(target, by: nexus) }
+        }
+        queueControl(token: plan.closesSession ? .closeAfter : .none) { h, _ in
             PDUBuild.taskManagementResponse(h, itt: itt, response: response)
             self.stamp(h, advance: true)
         }
@@ -911,19 +895,19 @@ extension Connection {
 
     /// Stops a task: parked ones are released at once; ones with I/O in flight are released when it returns.
     private func abortTask(_ t: Int) {
-        if tasks[t].state != .free && tasks[t].state != .orderMarker {
-            counters.aborts &+= 1
-            if let lun = tasks[t].lun ?? target?.lun(tasks[t].lunNumber) { reactor.lunStatistics.aborted(LUNStatisticsKey(lun)) }
-        }
-        switch tasks[t].state {
-        case .free, .orderMarker: return
-        case .waitingOrder:
-            // Its CmdSN was received: the commands after it must not wait for it again.
+        let effect = TaskManagement.abortEffect(of: tasks[t].state)
+        if effect == .none { return }
+        counters.aborts &+= 1
+        if let lun = tasks[t].lun ?? target?.lun(tasks[t].lunNumber) { reactor.lunStatistics.aborted(LUNStatisticsKey(lun)) }
+        switch effect {
+        case .none:
+            return
+        case .keepOnlyCmdSN:
             keepOnlyCmdSN(t)
-        case .arriving, .waitingSlot, .receivingData, .waitingPermit, .waitingGate, .waitingOutSpace:
-            if tasks[t].state == .waitingPermit { reactor.cancelPermitWait(connection: index, task: t) }
+        case .releaseNow(let leavePermitQueue):
+            if leavePermitQueue { reactor.cancelPermitWait(connection: index, task: t) }
             releaseTask(t)
-        case .storeIO, .sendingData, .finishing:
+        case .releaseWhenIOEnds:
             // Its buffer is in use by the ring or the socket; drive() releases it when that ends.
             tasks[t].aborted = true
         }
