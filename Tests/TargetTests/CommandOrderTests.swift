@@ -10,22 +10,25 @@ import Testing
                        cdbLength: cdbLength)
     }
 
-    private func verdict(_ a: CommandArrival, expCmdSN: UInt32 = 10, inWindow: Bool = true, immediateData: Bool = true,
-                         firstBurst: Int = 65536, mayParkData: Bool = true) -> CommandVerdict {
-        a.verdict(expCmdSN: expCmdSN, inWindow: inWindow, immediateData: immediateData, firstBurst: firstBurst,
-                  mayParkData: mayParkData)
+    /// ExpCmdSN 10, MaxCmdSN 41 advertised.
+    private let window = CmdSNWindow(expCmdSN: 10, advertisedMaxCmdSN: 41)
+
+    private func verdict(_ a: CommandArrival, immediateData: Bool = true, firstBurst: Int = 65536,
+                         mayParkData: Bool = true) -> CommandVerdict {
+        a.verdict(position: window.position(of: a.cmdSN, immediate: a.immediate), immediateData: immediateData,
+                  firstBurst: firstBurst, mayParkData: mayParkData)
     }
 
     @Test func inOrderAndImmediateCommandsRun() {
         #expect(verdict(arrival()) == .run)
-        #expect(verdict(arrival(immediate: true, cmdSN: 99), inWindow: false) == .run)
+        #expect(verdict(arrival(immediate: true, cmdSN: 99)) == .run)
         #expect(verdict(arrival(dataLength: 4096, writeBit: true)) == .run)
         #expect(verdict(arrival(cdbLength: 260)) == .run)
     }
 
     @Test func outOfWindowCommandsAreDropped() {
-        #expect(verdict(arrival(cmdSN: 9), inWindow: false) == .drop)
-        #expect(verdict(arrival(cmdSN: 500, dataLength: 4096, writeBit: true), inWindow: false) == .drop)
+        #expect(verdict(arrival(cmdSN: 9)) == .drop)
+        #expect(verdict(arrival(cmdSN: 500, dataLength: 4096, writeBit: true)) == .drop)
     }
 
     /// Each way immediate data can be refused, in order and ahead of the gap.
@@ -54,11 +57,11 @@ import Testing
 
     /// Only a command whose data lands in a buffer, or that may run at once, takes a slot as it arrives.
     @Test func onlyCommandsThatMayRunOrCarryDataTakeASlotOnArrival() {
-        #expect(arrival(cmdSN: 10).needsSlotOnArrival(expCmdSN: 10))
-        #expect(arrival(immediate: true, cmdSN: 12).needsSlotOnArrival(expCmdSN: 10))
-        #expect(arrival(cmdSN: 12, dataLength: 512, writeBit: true).needsSlotOnArrival(expCmdSN: 10))
-        #expect(!arrival(cmdSN: 12).needsSlotOnArrival(expCmdSN: 10))
-        #expect(!arrival(cmdSN: 9).needsSlotOnArrival(expCmdSN: 10))
+        #expect(arrival(cmdSN: 10).needsSlotOnArrival(window))
+        #expect(arrival(immediate: true, cmdSN: 12).needsSlotOnArrival(window))
+        #expect(arrival(cmdSN: 12, dataLength: 512, writeBit: true).needsSlotOnArrival(window))
+        #expect(!arrival(cmdSN: 12).needsSlotOnArrival(window))
+        #expect(!arrival(cmdSN: 9).needsSlotOnArrival(window))
     }
 
     /// Feeds (commands waiting, ExpCmdSN, tick) to a new watch with a 20 s limit; returns its answers.

@@ -29,14 +29,15 @@ struct CommandArrival {
     /// Whether the command takes a buffer slot as its header arrives: its data lands there, or it may run at
     /// once. A command without data that arrives ahead of its turn takes one only when its turn comes, so
     /// commands behind a CmdSN gap cannot hold a core's buffers.
-    func needsSlotOnArrival(expCmdSN: UInt32) -> Bool {
-        immediate || dataLength > 0 || cmdSN == expCmdSN
+    @inline(__always)
+    func needsSlotOnArrival(_ window: CmdSNWindow) -> Bool {
+        immediate || dataLength > 0 || window.isNext(cmdSN)
     }
 
-    func verdict(expCmdSN: UInt32, inWindow: Bool, immediateData: Bool, firstBurst: Int,
-                 mayParkData: Bool) -> CommandVerdict {
-        if !immediate && !inWindow { return .drop }
-        let now = immediate || cmdSN == expCmdSN
+    /// `position` is `CmdSNWindow.position(of: cmdSN, immediate: immediate)`.
+    func verdict(position: CmdSNPosition, immediateData: Bool, firstBurst: Int, mayParkData: Bool) -> CommandVerdict {
+        if position == .outside { return .drop }
+        let now = position != .ahead
         if cdbLength > 32 && !now { return .rejectExtendedCDB }
         if dataLength > 0 && (!immediateData || !writeBit || dataLength > firstBurst || dataLength > Int(edtl)) {
             return .rejectImmediateData

@@ -114,10 +114,7 @@ public final class Connection {
     // Session state
     var params = ConnectionParams()
     var statSN: UInt32 = 0
-    var expCmdSN: UInt32 = 0
-    /// The highest MaxCmdSN stamped into a PDU so far. Initiators never shrink their window (RFC 7143
-    /// §3.2.2.1: a lower MaxCmdSN is ignored), so every CmdSN up to this one must be accepted.
-    var advertisedMaxCmdSN: UInt32 = 0
+    var cmdSNWindow = CmdSNWindow()
     var cmdWindow: Int
     var login = LoginStateMachine()
     var loginStarted = false
@@ -525,20 +522,12 @@ public final class Connection {
         return true
     }
 
-    /// MaxCmdSN = ExpCmdSN + free command slots - 1: an initiator can never have more commands outstanding
-    /// than we have task entries (ExpCmdSN advances on receipt, not on completion).
-    @inline(__always)
-    var maxCmdSN: UInt32 {
-        let free = max(0, cmdWindow - (activeTasks - orderWaiting))
-        return expCmdSN &+ UInt32(free) &- 1
-    }
-
     /// Stamps StatSN/ExpCmdSN/MaxCmdSN; `advance` consumes a StatSN (responses and status-carrying Data-In).
+    /// Commands parked behind a CmdSN gap are inside the window already, so they leave their entries free.
     @inline(__always)
     func stamp(_ h: UnsafeMutableRawPointer, advance: Bool) {
-        let max = maxCmdSN
-        if Serial.greaterThan(max, advertisedMaxCmdSN) { advertisedMaxCmdSN = max }
-        PDUBuild.setSequence(h, statSN: statSN, expCmdSN: expCmdSN, maxCmdSN: max)
+        let max = cmdSNWindow.advertise(freeEntries: cmdWindow - (activeTasks - orderWaiting))
+        PDUBuild.setSequence(h, statSN: statSN, expCmdSN: cmdSNWindow.expCmdSN, maxCmdSN: max)
         if advance { statSN &+= 1 }
     }
 

@@ -49,7 +49,7 @@ extension Connection {
             sink = .discard
             return true   // rejected in dispatch
         }
-        let needsSlot = bhs.immediate || dataLength > 0 || bhs.cmdSN == expCmdSN
+        let needsSlot = bhs.immediate || dataLength > 0 || cmdSNWindow.isNext(bhs.cmdSN)
         if needsSlot {
             // Commands whose turn came earlier and wait for a slot go first; their wake-up restarts the parser.
             if !slotQueue.isEmpty || !maySlot() {
@@ -124,15 +124,12 @@ extension Connection {
         let t = taskForTTT(ttt)
         guard t >= 0 else { return }   // unknown TTT: rejected in dispatch
         let task = tasks + t
-        guard task.pointee.itt == bhs.itt, task.pointee.state == .receivingData else { return }
-        let offset = Int(bhs.bufferOffset)
-        guard offset == task.pointee.burstOffset + task.pointee.burstReceived,
-              dataLength <= task.pointee.burstLength - task.pointee.burstReceived,
-              offset >= task.pointee.chunkOffset, offset + dataLength <= task.pointee.chunkOffset + task.pointee.chunkLength
+        guard task.pointee.itt == bhs.itt, task.pointee.state == .receivingData,
+              let at = task.pointee.dataOut.placement(offset: Int(bhs.bufferOffset), length: dataLength)
         else { return }
         sink = .taskBuffer
         sinkTask = Int32(t)
-        sinkPtr = reactor.pool.data(Int(task.pointee.slot)) + (offset - task.pointee.chunkOffset)
+        sinkPtr = reactor.pool.data(Int(task.pointee.slot)) + at
     }
 
     /// TTT = task index | connection-local sequence << 16, so a Data-Out finds its task without a search.
@@ -140,7 +137,7 @@ extension Connection {
     func taskForTTT(_ ttt: UInt32) -> Int {
         if ttt == reservedTag { return -1 }
         let t = Int(ttt & 0xFFFF)
-        guard t < tasksInitialized, tasks[t].state == .receivingData, tasks[t].ttt == ttt else { return -1 }
+        guard t < tasksInitialized, tasks[t].state == .receivingData, tasks[t].dataOut.ttt == ttt else { return -1 }
         return t
     }
 
@@ -193,11 +190,11 @@ extension Connection {
             handleLogin(bhs)
             return
         }
-        let expBefore = expCmdSN
+        let expBefore = cmdSNWindow.expCmdSN
         defer {
             // Whatever took ExpCmdSN (a command, or a non-immediate NOP-Out, Text, Task Management or Logout)
             // may have filled a gap: the commands parked behind it run now, after it, as their CmdSNs say.
-            if expCmdSN != expBefore && orderWaiting > 0 && phase != .closing { releaseOrdered() }
+            if cmdSNWindow.expCmdSN != expBefore && orderWaiting > 0 && phase != .closing { releaseOrdered() }
         }
         switch bhs.opcode {
         case ISCSIOpcode.scsiCommand:
@@ -223,7 +220,7 @@ extension Connection {
 
     /// CmdSN acceptance for non-command PDUs (RFC 7143 §3.2.2.1): immediate PDUs do not advance ExpCmdSN.
     private func acceptCmdSN(_ bhs: BHS) {
-        if !bhs.immediate && bhs.cmdSN == expCmdSN { expCmdSN &+= 1 }
+        cmdSNWindow.receivedNonCommand(bhs.cmdSN, immediate: bhs.immediate)
     }
 
     // MARK: - SCSI Command
@@ -236,11 +233,12 @@ extension Connection {
         let t = Int(sinkTask)
         sinkTask = -1
         let cmdSN = bhs.cmdSN
+        let position = cmdSNWindow.position(of: cmdSN, immediate: bhs.immediate)
         if t < 0 {
             // No task entry: the initiator exceeded the window. Out-of-window non-immediate CmdSN is silently
             // dropped (§3.2.2.1); otherwise the task set is full.
-            if !bhs.immediate && !cmdSNInWindow(cmdSN) { return }
-            if !bhs.immediate && cmdSN == expCmdSN { expCmdSN &+= 1 }
+            if position == .outside { return }
+            cmdSNWindow.received(position)
             respondNoTask(bhs, status: SCSIStatus.taskSetFull)
             return
         }
@@ -253,7 +251,7 @@ extension Connection {
         task.pointee.lunField = bhs.lunField
         task.pointee.lunNumber = decodeLUN(bhs.lunField)
         task.pointee.edtl = bhs.expectedDataTransferLength
-        task.pointee.immediateBytes = dataLength
+        task.pointee.dataOut = DataOutSequencer(immediateBytes: dataLength)
         task.pointee.flags = flags
         let cdbLength = cdbBytes()
         task.pointee.cdbLength = cdbLength
@@ -262,8 +260,8 @@ extension Connection {
                                      writeBit: flags & 0x20 != 0, edtl: task.pointee.edtl, cdbLength: cdbLength)
         let mayParkData = parkedWithData < reactor.config.parkedDataCommandsPerConnection
             && reactor.parkedDataSlots < reactor.config.parkedDataSlotsPerCore
-        switch arrival.verdict(expCmdSN: expCmdSN, inWindow: cmdSNInWindow(cmdSN), immediateData: params.immediateData,
-                               firstBurst: params.firstBurst, mayParkData: mayParkData) {
+        switch arrival.verdict(position: position, immediateData: params.immediateData, firstBurst: params.firstBurst,
+                               mayParkData: mayParkData) {
         case .drop:
             releaseTask(t)
         case .rejectExtendedCDB:
@@ -273,10 +271,10 @@ extension Connection {
             // Immediate data where none was negotiated or allowed: reject the command (RFC 7143 §10.3).
             queueReject(reason: RejectReason.protocolError)
             releaseTask(t)
-            if !bhs.immediate && cmdSN == expCmdSN { expCmdSN &+= 1 }
+            cmdSNWindow.received(position)
         case .run:
             assert(task.pointee.slot >= 0 && slotQueue.isEmpty)
-            if !bhs.immediate { expCmdSN &+= 1 }
+            cmdSNWindow.received(position)
             startTask(t, cdb: UnsafeRawBufferPointer(start: hdr + 32, count: cdbLength))
         case .park:
             assert(task.pointee.slot < 0)
@@ -293,23 +291,15 @@ extension Connection {
         }
     }
 
-    /// Judged against the window the initiator was given, not the one `maxCmdSN` would give now: that one
-    /// already counts the arriving command's own task entry, and shrinks while responses wait to be sent,
-    /// so a command sent at the edge of the advertised window would be dropped and never answered.
-    @inline(__always)
-    func cmdSNInWindow(_ sn: UInt32) -> Bool {
-        Serial.inWindow(sn, low: expCmdSN, high: advertisedMaxCmdSN)
-    }
-
     /// Runs parked commands whose turn has come, in CmdSN order. One without a buffer slot takes one now; when
     /// the connection may take none, it and every one after it wait on the slot queue.
     private func releaseOrdered() {
         var progressed = true
         while progressed && orderWaiting > 0 && phase != .closing {
             progressed = false
-            for t in 0..<tasksInitialized where tasks[t].cmdSN == expCmdSN
+            for t in 0..<tasksInitialized where cmdSNWindow.isNext(tasks[t].cmdSN)
                 && (tasks[t].state == .waitingOrder || tasks[t].state == .orderMarker) {
-                expCmdSN &+= 1
+                cmdSNWindow.advance()
                 if tasks[t].state == .orderMarker {
                     releaseTask(t)
                 } else {
@@ -507,21 +497,12 @@ extension Connection {
     /// Sets up the next chunk of the data-out stream. Returns the next action when the bytes are already
     /// here (immediate data), nil when it must wait for R2T-solicited Data-Out.
     private func beginDataOut(_ t: Int, offset: Int, length: Int) -> SCSIAction? {
-        tasks[t].chunkOffset = offset
-        tasks[t].chunkLength = length
-        var have = 0
-        if offset < tasks[t].immediateBytes {
-            // Immediate data sits at buffer[0..<immediateBytes] = stream [0, immediateBytes).
-            if offset == 0 { have = min(length, tasks[t].immediateBytes) }
-            else {
-                let src = reactor.pool.data(Int(tasks[t].slot))
-                let n = min(length, tasks[t].immediateBytes - offset)
-                memmove(src, src + offset, n)
-                have = n
-            }
+        let start = tasks[t].dataOut.beginChunk(offset: offset, length: length)
+        if start.moveImmediateBytes > 0 {
+            let src = reactor.pool.data(Int(tasks[t].slot))
+            memmove(src, src + offset, start.moveImmediateBytes)
         }
-        tasks[t].chunkReceived = have
-        if have >= length {
+        if start.complete {
             let buffer = reactor.pool.buffer(Int(tasks[t].slot))
             return tasks[t].scsi.dataOutReceived(buffer: buffer)
         }
@@ -531,32 +512,24 @@ extension Connection {
 
     /// Sends the R2T for the next burst of the current chunk, if a permit is free; else queues for one.
     func requestBurst(_ t: Int) {
-        tasks[t].waitSinceTick = reactor.tick
         if !tasks[t].holdsPermit {
             if !reactor.takeR2TPermit() {
+                tasks[t].dataOut.awaitPermit(tick: reactor.tick)
                 tasks[t].state = .waitingPermit
                 reactor.waitForPermit(connection: index, task: t)
                 return
             }
             tasks[t].holdsPermit = true
         }
-        let offset = tasks[t].chunkOffset + tasks[t].chunkReceived
-        let length = min(params.maxBurst, tasks[t].chunkLength - tasks[t].chunkReceived)
-        let sn = tasks[t].r2tSN
-        tasks[t].r2tSN &+= 1
         reactor.tttSequence &+= 1
         let ttt = UInt32(t) | (UInt32(reactor.tttSequence & 0x7FFF) << 16)
-        tasks[t].ttt = ttt
-        tasks[t].burstOffset = offset
-        tasks[t].burstLength = length
-        tasks[t].burstReceived = 0
-        tasks[t].expectedDataSN = 0
+        let r2t = tasks[t].dataOut.issueR2T(ttt: ttt, maxBurstLength: params.maxBurst, tick: reactor.tick)
         tasks[t].state = .receivingData
         let itt = tasks[t].itt
         let lunField = tasks[t].lunField
         let queued = queueControl { h, _ in
-            PDUBuild.r2t(h, itt: itt, ttt: ttt, lunField: lunField, r2tSN: sn,
-                         bufferOffset: UInt32(offset), desiredLength: UInt32(length))
+            PDUBuild.r2t(h, itt: itt, ttt: ttt, lunField: lunField, r2tSN: r2t.r2tSN,
+                         bufferOffset: UInt32(r2t.bufferOffset), desiredLength: UInt32(r2t.desiredLength))
             self.stamp(h, advance: false)
         }
         if !queued {
@@ -576,32 +549,25 @@ extension Connection {
     private func handleDataOut(_ bhs: BHS) {
         let t = Int(sinkTask)
         sinkTask = -1
-        guard t >= 0 else {
-            // Unknown TTT/ITT, offset out of order or beyond the burst: Reject and discard (RFC 7143 §11.7).
+        // Unknown TTT/ITT, offset out of order or beyond the burst: Reject and discard (RFC 7143 §11.7). So is one
+        // whose task timed out while its data arrived: the task no longer expects it.
+        guard t >= 0, tasks[t].state == .receivingData else {
             queueReject(reason: RejectReason.invalidPDUField)
             return
         }
-        if bhs.dataSN != tasks[t].expectedDataSN {
-            // ERL 0 cannot recover a lost Data-Out: reject it; the command fails when its data never completes.
+        switch tasks[t].dataOut.received(dataSN: bhs.dataSN, length: dataLength, final: bhs.final) {
+        case .burstContinues:
+            return
+        case .wrongDataSN, .wrongFinalBit:
+            // ERL 0 cannot recover a lost Data-Out or a broken burst: reject it; the command fails.
             queueReject(reason: RejectReason.protocolError)
             abortDataOut(t)
             return
-        }
-        tasks[t].expectedDataSN &+= 1
-        tasks[t].burstReceived += dataLength
-        tasks[t].chunkReceived += dataLength
-        let burstDone = tasks[t].burstReceived == tasks[t].burstLength
-        if bhs.final != burstDone {
-            // F set before the burst is complete, or missing at its end.
-            queueReject(reason: RejectReason.protocolError)
-            abortDataOut(t)
-            return
-        }
-        if !burstDone { return }
-        tasks[t].ttt = reservedTag
-        if tasks[t].chunkReceived < tasks[t].chunkLength {
+        case .burstDone:
             requestBurst(t)
             return
+        case .chunkDone:
+            break
         }
         if tasks[t].holdsPermit {
             tasks[t].holdsPermit = false
@@ -626,7 +592,7 @@ extension Connection {
             tasks[t].holdsPermit = false
             reactor.returnR2TPermit()
         }
-        tasks[t].ttt = reservedTag
+        tasks[t].dataOut.abandon()
         tasks[t].state = .storeIO
         completeWithSense(t, key: 0x0B, asc: 0x4B, ascq: 0x00)
     }
@@ -788,7 +754,7 @@ extension Connection {
         let slot = Int(tasks[t].slot)
         tasks[t].slot = -1
         tasks[t].state = .free
-        tasks[t].ttt = reservedTag
+        tasks[t].dataOut.abandon()
         // After the gate above, which still used the LUN: this may be the last reference to a deleted LUN, and
         // its store closes now rather than when the entry is next used.
         tasks[t].scsi.endCommand()
@@ -896,54 +862,32 @@ extension Connection {
 
     private func handleTaskManagement(_ bhs: BHS) {
         acceptCmdSN(bhs)
-        let function = bhs.byte1 & TMFunction.mask
         let itt = bhs.itt
-        var response = TMResponse.functionComplete
         let lunNumber = decodeLUN(bhs.lunField)
-        switch function {
-        case TMFunction.abortTask:
-            let ref = bhs.u32(20)
-            let refCmdSN = bhs.u32(32)
+        let plan = TaskManagement.plan(function: bhs.byte1 & TMFunction.mask, referencedTask: bhs.u32(20),
+                                       lunNumber: lunNumber, lunExists: target?.lun(lunNumber) != nil,
+                                       sessionBound: target != nil && nexus != nil)
+        var response = plan.response
+        if plan.scope != .none {
             var found = false
-            for t in 0..<tasksInitialized where tasks[t].state != .free && tasks[t].state != .orderMarker
-                && tasks[t].itt == ref {
+            for t in 0..<tasksInitialized
+            where TaskManagement.reaches(plan.scope, state: tasks[t].state, itt: tasks[t].itt, lunNumber: tasks[t].lunNumber) {
                 found = true
                 abortTask(t)
             }
-            if !found {
-                // RFC 7143 §11.5.1: a RefCmdSN inside the window and before this request's own CmdSN names a command
-                // that never arrived (on our one ordered connection it never will): consider that CmdSN received, so
-                // commands parked behind it run, and answer "function complete". Any other RefCmdSN (a command that
-                // already completed, or one outside the window) is "task does not exist".
-                if cmdSNInWindow(refCmdSN) && Serial.lessThan(refCmdSN, bhs.cmdSN) {
-                    response = TMResponse.functionComplete
-                    if refCmdSN == expCmdSN { expCmdSN &+= 1 }   // parked commands behind it run after this PDU
-                } else {
-                    response = TMResponse.taskDoesNotExist
-                }
+            if !found, case .task = plan.scope {
+                response = TaskManagement.responseForMissingTask(refCmdSN: bhs.u32(32), requestCmdSN: bhs.cmdSN,
+                                                                 window: &cmdSNWindow)
             }
-        case TMFunction.abortTaskSet, TMFunction.clearTaskSet:
-            if target?.lun(lunNumber) == nil { response = TMResponse.lunDoesNotExist; break }
-            for t in 0..<tasksInitialized where tasks[t].state != .free && tasks[t].lunNumber == lunNumber { abortTask(t) }
-        case TMFunction.clearACA: // NACA is not supported
-            response = TMResponse.functionNotSupported
-        case TMFunction.logicalUnitReset:
-            guard let target, let nexus, let lun = target.lun(lunNumber) else {
-                response = TMResponse.lunDoesNotExist; break
-            }
-            for t in 0..<tasksInitialized where tasks[t].state != .free && tasks[t].lunNumber == lunNumber { abortTask(t) }
-            SCSITask.logicalUnitReset(lun, by: nexus)
-        case TMFunction.targetWarmReset, TMFunction.targetColdReset:
-            guard let target, let nexus else { response = TMResponse.authorizationFailed; break }
-            for t in 0..<tasksInitialized where tasks[t].state != .free { abortTask(t) }
-            SCSITask.targetReset(target, by: nexus)
-        case TMFunction.taskReassign: // needs ErrorRecoveryLevel 2
-            response = TMResponse.functionNotSupported
-        default:
-            response = TMResponse.functionRejected
         }
-        let cold = function == TMFunction.targetColdReset && response == TMResponse.functionComplete
-        queueControl(token: cold ? .closeAfter : .none) { h, _ in
+        switch plan.reset {
+        case .none: break
+        case .logicalUnit(let n):
+            if let nexus, let lun = target?.lun(n) { SCSITask.logicalUnitReset(lun, by: nexus) }
+        case .target:
+            if let target, let nexus { SCSITask.targetReset(target, by: nexus) }
+        }
+        queueControl(token: plan.closesSession ? .closeAfter : .none) { h, _ in
             PDUBuild.taskManagementResponse(h, itt: itt, response: response)
             self.stamp(h, advance: true)
         }
@@ -951,19 +895,19 @@ extension Connection {
 
     /// Stops a task: parked ones are released at once; ones with I/O in flight are released when it returns.
     private func abortTask(_ t: Int) {
-        if tasks[t].state != .free && tasks[t].state != .orderMarker {
-            counters.aborts &+= 1
-            if let lun = tasks[t].lun ?? target?.lun(tasks[t].lunNumber) { reactor.lunStatistics.aborted(LUNStatisticsKey(lun)) }
-        }
-        switch tasks[t].state {
-        case .free, .orderMarker: return
-        case .waitingOrder:
-            // Its CmdSN was received: the commands after it must not wait for it again.
+        let effect = TaskManagement.abortEffect(of: tasks[t].state)
+        if effect == .none { return }
+        counters.aborts &+= 1
+        if let lun = tasks[t].lun ?? target?.lun(tasks[t].lunNumber) { reactor.lunStatistics.aborted(LUNStatisticsKey(lun)) }
+        switch effect {
+        case .none:
+            return
+        case .keepOnlyCmdSN:
             keepOnlyCmdSN(t)
-        case .arriving, .waitingSlot, .receivingData, .waitingPermit, .waitingGate, .waitingOutSpace:
-            if tasks[t].state == .waitingPermit { reactor.cancelPermitWait(connection: index, task: t) }
+        case .releaseNow(let leavePermitQueue):
+            if leavePermitQueue { reactor.cancelPermitWait(connection: index, task: t) }
             releaseTask(t)
-        case .storeIO, .sendingData, .finishing:
+        case .releaseWhenIOEnds:
             // Its buffer is in use by the ring or the socket; drive() releases it when that ends.
             tasks[t].aborted = true
         }

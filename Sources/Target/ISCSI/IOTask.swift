@@ -51,17 +51,8 @@ struct IOTask {
     }
 
     // Data-out stream (writes)
-    var immediateBytes: Int = 0     // stream bytes [0, immediateBytes) arrived with the command
-    var chunkOffset: Int = 0        // stream offset held at buffer[0]
-    var chunkLength: Int = 0        // bytes of the stream the SCSI layer wants in this chunk
-    var chunkReceived: Int = 0      // in-order bytes received from chunkOffset
+    var dataOut = DataOutSequencer()
     var holdsPermit = false
-    var r2tSN: UInt32 = 0
-    var burstOffset: Int = 0        // stream offset of the outstanding R2T burst
-    var burstLength: Int = 0
-    var burstReceived: Int = 0
-    var expectedDataSN: UInt32 = 0
-    var ttt: UInt32 = reservedTag
 
     // Data-in stream (reads)
     var dataSN: UInt32 = 0
@@ -86,8 +77,6 @@ struct IOTask {
     var startNanos: UInt64 = 0
     /// The counters the command is counted in (none when it names no LUN).
     var statistics = LUNStatisticsKey()
-    /// When the task started waiting for Data-Out (or an R2T permit), for the Data-Out timeout.
-    var waitSinceTick: UInt64 = 0
     /// Sense produced by the transport itself (data-phase errors).
     var transportSense: SenseData? = nil
 

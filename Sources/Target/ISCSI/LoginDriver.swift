@@ -22,8 +22,7 @@ extension Connection {
         if !loginStarted {
             loginStarted = true
             // The first Login Request fixes the session's numbering (RFC 7143 §11.12.7-8).
-            expCmdSN = req.cmdSN
-            advertisedMaxCmdSN = req.cmdSN &- 1   // an empty window until a response advertises one
+            cmdSNWindow.begin(at: req.cmdSN)
             statSN = req.expStatSN
             isid = req.isid
             cid = req.cid

@@ -713,14 +713,14 @@ public final class Reactor {
                 for t in 0..<c.tasksInitialized {
                     let s = c.tasks[t].state
                     if (s == .receivingData || s == .waitingPermit)
-                        && tick &- c.tasks[t].waitSinceTick > config.dataOutTimeoutSeconds {
+                        && c.tasks[t].dataOut.expired(tick: tick, limitSeconds: config.dataOutTimeoutSeconds) {
                         c.dataOutTimedOut(t)
                     }
                 }
             }
-            if c.phase == .fullFeature && c.cmdSNGap.expired(waiting: c.orderWaiting, expCmdSN: c.expCmdSN, tick: tick,
+            if c.phase == .fullFeature && c.cmdSNGap.expired(waiting: c.orderWaiting, expCmdSN: c.cmdSNWindow.expCmdSN, tick: tick,
                                                              limitSeconds: config.cmdSNGapTimeoutSeconds) {
-                logger.warning("\(c.peer): CmdSN gap: CmdSN \(c.expCmdSN) missing for more than \(config.cmdSNGapTimeoutSeconds)s with \(c.orderWaiting) command(s) waiting behind it; closing the session")
+                logger.warning("\(c.peer): CmdSN gap: CmdSN \(c.cmdSNWindow.expCmdSN) missing for more than \(config.cmdSNGapTimeoutSeconds)s with \(c.orderWaiting) command(s) waiting behind it; closing the session")
                 closeConnection(c, reason: "CmdSN gap")
                 continue
             }
