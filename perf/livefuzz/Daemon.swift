@@ -63,7 +63,7 @@ final class TargetDaemon {
                     "--config", conf.path] + extraArgs
         if let limit = descriptorLimit {
             process.executableURL = URL(fileURLWithPath: "/bin/sh")
-            process.arguments = ["-c", "ulimit -Hn \(limit) && ulimit -Sn \(limit) && exec \"$0\" \"$@\"", ringtgtd] + args
+            process.arguments = ["-c", "ulimit -Sn \(limit) && ulimit -Hn \(limit) && exec \"$0\" \"$@\"", ringtgtd] + args
         } else {
             process.executableURL = URL(fileURLWithPath: ringtgtd)
             process.arguments = args

@@ -260,7 +260,8 @@ enum FuzzBounds {
 /// seconds taken, or throws what failed.
 func probe(iscsiPort: Int, nbdPort: Int, source: String = FuzzBounds.probeSource) throws -> Double {
     let t0 = Date()
-    var sess = try ISCSISession.login(port: iscsiPort, source: source, timeoutSeconds: FuzzBounds.probeSeconds)
+    var sess = try ISCSISession.login(port: iscsiPort, source: source, initiator: FuzzLimits.initiator + "-probe",
+                                      timeoutSeconds: FuzzBounds.probeSeconds)
     defer { sess.socket.close() }
     let inq = try sess.run(cdb: CDB.inquiry(), expectedLength: 96)
     guard inq.status == 0, inq.data.count >= 36 else { throw FuzzError("probe INQUIRY status \(inq.status), \(inq.data.count) bytes") }

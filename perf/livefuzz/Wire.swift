@@ -131,8 +131,8 @@ struct ISCSISession {
     static let isid: UInt64 = 0x8000_0000_0001
 
     /// The login PDUs a normal session sends: operational negotiation only, asking for full feature phase.
-    static func loginRequest(itt: UInt32 = 0, cmdSN: UInt32 = 1) -> [UInt8] {
-        let keys = textKeys([("InitiatorName", FuzzLimits.initiator), ("TargetName", FuzzLimits.iqn),
+    static func loginRequest(itt: UInt32 = 0, cmdSN: UInt32 = 1, initiator: String = FuzzLimits.initiator) -> [UInt8] {
+        let keys = textKeys([("InitiatorName", initiator), ("TargetName", FuzzLimits.iqn),
                              ("SessionType", "Normal"), ("HeaderDigest", "None"), ("DataDigest", "None"),
                              ("MaxRecvDataSegmentLength", "65536"), ("ImmediateData", "Yes"), ("InitialR2T", "Yes"),
                              ("MaxBurstLength", "262144"), ("FirstBurstLength", "65536")])
@@ -142,11 +142,13 @@ struct ISCSISession {
         }
     }
 
-    /// Logs in, bounded by the socket's timeout; throws unless the target reaches full feature phase.
-    static func login(port: Int, source: String? = nil, timeoutSeconds: Double) throws -> ISCSISession {
+    /// Logs in, bounded by the socket's timeout; throws unless the target reaches full feature phase. Sessions
+    /// that must coexist need different initiator names: the same name and ISID reinstate (close) the other.
+    static func login(port: Int, source: String? = nil, initiator: String = FuzzLimits.initiator,
+                      timeoutSeconds: Double) throws -> ISCSISession {
         let s = try TCPSocket.connect(port: port, source: source, timeoutSeconds: timeoutSeconds)
         do {
-            try s.send(loginRequest())
+            try s.send(loginRequest(initiator: initiator))
             var round = 0
             while true {
                 let r = try readPDU(s)

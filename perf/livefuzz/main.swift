@@ -12,7 +12,7 @@ struct LiveFuzz: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ringtgt-livefuzz",
         abstract: "Live-daemon fuzzer and hostile-load tool for ringtgtd.",
-        subcommands: [Fuzz.self])
+        subcommands: [Fuzz.self, Hostile.self])
 }
 
 /// ringtgtd and ringtgt-loadgen beside this binary unless given.
