@@ -8,16 +8,14 @@ import ISCSIWire
 import Glibc
 #endif
 
-/// SplitMix64: small, fast, and the same sequence everywhere for a seed.
-struct SplitMix {
+/// wyrand: one multiply per number, and the same sequence everywhere for a seed.
+struct FuzzRandom {
     var state: UInt64
     init(_ seed: UInt64) { state = seed }
     mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
+        state &+= 0xA076_1D64_78BD_642F
+        let (hi, lo) = state.multipliedFullWidth(by: state ^ 0xE703_7ED1_A0B4_28DB)
+        return hi ^ lo
     }
     mutating func below(_ n: Int) -> Int { n <= 1 ? 0 : Int(next() % UInt64(n)) }
     mutating func chance(_ percent: Int) -> Bool { below(100) < percent }
@@ -45,7 +43,7 @@ struct FuzzCase {
 
 enum Mutator {
     /// 1-4 mutations of a byte stream made of units (PDUs or requests) starting at `boundaries`.
-    static func mutate(_ s: inout [UInt8], boundaries: [Int], headerBytes: Int, rng: inout SplitMix, log: inout [String]) {
+    static func mutate(_ s: inout [UInt8], boundaries: [Int], headerBytes: Int, rng: inout FuzzRandom, log: inout [String]) {
         let n = 1 + rng.below(4)
         for _ in 0..<n {
             guard !s.isEmpty else { return }
@@ -92,7 +90,7 @@ enum Mutator {
 
 enum CaseMaker {
     /// iSCSI full-feature PDUs, numbered as a real session after login numbers them (CmdSN from 1).
-    static func iscsi(rng: inout SplitMix) -> (stream: [UInt8], boundaries: [Int], kinds: [String]) {
+    static func iscsi(rng: inout FuzzRandom) -> (stream: [UInt8], boundaries: [Int], kinds: [String]) {
         var sess = ISCSISessionNumbers()
         var out: [UInt8] = [], bounds: [Int] = [], kinds: [String] = []
         for _ in 0..<(1 + rng.below(8)) {
@@ -125,7 +123,7 @@ enum CaseMaker {
         return (out, bounds, kinds)
     }
 
-    static func nbd(rng: inout SplitMix) -> (stream: [UInt8], boundaries: [Int], kinds: [String]) {
+    static func nbd(rng: inout FuzzRandom) -> (stream: [UInt8], boundaries: [Int], kinds: [String]) {
         var out: [UInt8] = [], bounds: [Int] = [], kinds: [String] = []
         let size: UInt64 = 1 << 30
         for h in 0..<(1 + rng.below(8)) {
@@ -150,7 +148,7 @@ enum CaseMaker {
 
     /// Case `index` of `seed`: a fresh generator per case, so any case replays on its own.
     static func make(seed: UInt64, index: Int, protocols: [Protocol]) -> FuzzCase {
-        var rng = SplitMix(seed ^ (UInt64(index) &* 0xD6E8_FEB8_6659_FD93))
+        var rng = FuzzRandom(seed ^ (UInt64(index) &* 0xD6E8_FEB8_6659_FD93))
         let proto = protocols[rng.below(protocols.count)]
         var opening = proto == .iscsi ? ISCSISession.loginRequest() : NBD.clientFlags + NBD.exportNameOption()
         var log: [String] = []
