@@ -98,10 +98,11 @@ struct Fuzz: ParsableCommand {
         while let l = leaked, l > 0, Date() < leakDeadline { usleep(100_000); leaked = d.loggedInConnections() }
         let rssEnd = d.rssKiB
         let base = rssWarm ?? rssStart
-        let growth = base > 0 ? Double(rssEnd - base) / Double(base) : 0
+        // A dead daemon has no RSS: its growth is not judged (the death is the failure).
+        let growth = base > 0 && rssEnd > 0 ? Double(rssEnd - base) / Double(base) : 0
         print("livefuzz: seed \(seed), \(cases) cases in \(Int(Date().timeIntervalSince(t0))) s, \(probes) probes (slowest \(String(format: "%.3f", probeMax)) s)")
         print("livefuzz: mutated streams delivered after a valid opening: iSCSI \(delivered[.iscsi] ?? 0), NBD \(delivered[.nbd] ?? 0)")
-        print("livefuzz: RSS KiB start \(rssStart), after warm-up \(base), end \(rssEnd), max \(rssMax): \(String(format: "%+.1f", growth * 100))% (\(growth <= FuzzBounds.rssGrowthFraction ? "flat" : "GROWING"))")
+        print("livefuzz: RSS KiB start \(rssStart), after warm-up \(base), end \(rssEnd), max \(rssMax): \(String(format: "%+.1f", growth * 100))% (\(rssEnd == 0 ? "daemon gone" : growth <= FuzzBounds.rssGrowthFraction ? "flat" : "GROWING"))")
         print("livefuzz: sessions still logged in after the run: \(leaked.map(String.init) ?? "unknown (no metrics)")")
         if failure == nil && growth > FuzzBounds.rssGrowthFraction { failure = "RSS grew \(String(format: "%.1f", growth * 100))%" }
         if failure == nil, let l = leaked, l > 0 { failure = "\(l) sessions stayed logged in after their sockets closed" }
