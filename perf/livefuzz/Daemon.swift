@@ -72,7 +72,11 @@ final class TargetDaemon {
         process.standardOutput = try FileHandle(forWritingTo: stderrURL)
         process.standardError = try FileHandle(forWritingTo: stderrURL)
         try process.run()
-        try waitReady()
+        do { try waitReady() } catch {
+            // No caller holds this daemon yet to stop it.
+            stop()
+            throw error
+        }
     }
 
     var pid: Int32 { process.processIdentifier }
