@@ -97,6 +97,13 @@ let package = Package(
             path: "perf/runner",
             swiftSettings: [.swiftLanguageMode(.v5)]
         ),
+        // perf/livefuzz: the live-daemon fuzzer and hostile-load tool (issue 11); starts its own ringtgtd.
+        .executableTarget(
+            name: "ringtgt-livefuzz",
+            dependencies: ["ISCSIWire", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "perf/livefuzz",
+            swiftSettings: [.swiftLanguageMode(.v5)]
+        ),
         .testTarget(name: "SheepProtocolTests", dependencies: ["SheepProtocol"],
                     swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "SheepTestServerTests", dependencies: ["SheepTestServer", "SheepProtocol", "TestSupport"],

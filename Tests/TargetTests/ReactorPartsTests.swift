@@ -96,4 +96,12 @@ import Testing
         }
         #expect(seen == [1, 2, 3, 4, 5, 6, 7, 8])
     }
+
+    /// ringtgt-livefuzz hostile found it: 10,000 login PDUs at once kept a core busy for seconds, it reaped one
+    /// tick completion for all of them, and every login timeout came about 3 s late. Ticks follow the clock.
+    @Test func ticksCountElapsedSecondsNotTimerCompletions() {
+        #expect(Reactor.nextTick(previous: 4, elapsedNanos: 5_000_000_001) == 5, "an on-time tick")
+        #expect(Reactor.nextTick(previous: 4, elapsedNanos: 8_700_000_000) == 8, "a core busy for 3 s catches up")
+        #expect(Reactor.nextTick(previous: 4, elapsedNanos: 4_999_999_999) == 5, "an early timer still advances")
+    }
 }

@@ -124,6 +124,9 @@ public final class Reactor {
     var ringErrorsLogged: [Int32] = []
 
     var tick: UInt64 = 0
+    /// Ticks count seconds since this instant, not timer completions: a core busy for seconds (10,000 logins
+    /// at once) reaps one tick completion for all of them, and counting completions stretched every timeout.
+    let tickEpochNanos = monotonicNanos()
     var running = true
     let tickSpec: UnsafeMutablePointer<__kernel_timespec>
     let mailboxBuffer: UnsafeMutablePointer<UInt64>
@@ -689,9 +692,15 @@ public final class Reactor {
         sqe.pointee.user_data = ListenerOp(listener: 0).encode(.tick)
     }
 
+    /// The tick after `previous`: the whole seconds elapsed, and at least one more than before (the timer
+    /// may fire a little early).
+    static func nextTick(previous: UInt64, elapsedNanos: UInt64) -> UInt64 {
+        max(previous &+ 1, elapsedNanos / 1_000_000_000)
+    }
+
     /// Once a second: login timeouts, NOP-In pings, dead and stalled initiators.
     func onTick() {
-        tick += 1
+        tick = Reactor.nextTick(previous: tick, elapsedNanos: monotonicNanos() &- tickEpochNanos)
         if running { armTick() }
         sheep.onTick(tick)
         sheep.flush()
