@@ -15,11 +15,30 @@ func LLVMFuzzerRunDriver(_ argc: UnsafeMutablePointer<CInt>,
                          _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt) -> CInt
 
 nonisolated(unsafe) var selected: FuzzTarget! = nil
+
+// The same entry points for libFuzzer's own main: SwiftPM aliases `main` to this module's @main, and libFuzzer's
+// archive brings its own (linked with --allow-multiple-definition, see fuzz/run); whichever the linker keeps,
+// the selector is read here and the input runs below.
+@_cdecl("LLVMFuzzerInitialize")
+public func fuzzerInitialize(_ argc: UnsafeMutablePointer<CInt>,
+                             _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>) -> CInt {
+    if selected == nil, let list = argv.pointee {
+        let args = (0 ..< Int(argc.pointee)).compactMap { list[$0].map { String(cString: $0) } }
+        selected = FuzzMain.target(args)
+    }
+    return 0
+}
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzerTestOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+    selected.run(UnsafeRawBufferPointer(start: data, count: size))
+    return 0
+}
 #endif
 
 @main struct FuzzMain {
-    static func main() {
-        let args = CommandLine.arguments
+    /// The target `--target=NAME` names; exits with the usage when there is none.
+    static func target(_ args: [String]) -> FuzzTarget {
         guard let name = args.first(where: { $0.hasPrefix("--target=") })?.dropFirst("--target=".count),
               let target = FuzzTargets.named(String(name)) else {
             var usage = "usage: ringtgt-fuzz --target=NAME [libFuzzer flags | files and directories]\ntargets:\n"
@@ -27,14 +46,17 @@ nonisolated(unsafe) var selected: FuzzTarget! = nil
             fputs(usage, stderr)
             exit(2)
         }
+        return target
+    }
+
+    static func main() {
+        let args = CommandLine.arguments
+        let target = target(args)
 #if FUZZING
         selected = target
         var argc = CommandLine.argc
         var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
-        exit(LLVMFuzzerRunDriver(&argc, &argv) { data, size in
-            selected.run(UnsafeRawBufferPointer(start: data, count: size))
-            return 0
-        })
+        exit(LLVMFuzzerRunDriver(&argc, &argv) { data, size in fuzzerTestOneInput(data, size) })
 #else
         var count = 0
         for path in args.dropFirst() where !path.hasPrefix("-") {

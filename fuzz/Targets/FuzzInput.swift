@@ -36,6 +36,9 @@ public struct FuzzInput {
         return Array(data[offset ..< offset + n])
     }
 
+    /// Passes over up to `count` bytes (a payload the target only skips); copies nothing.
+    public mutating func skip(_ count: Int) { offset += min(max(0, count), remaining) }
+
     /// A length-prefixed chunk (16-bit length), so one input carries a sequence of messages the mutator can
     /// grow and shrink one at a time.
     public mutating func chunk(max: Int = 65_535) -> [UInt8] { bytes(Int(u16()) % (max + 1)) }
