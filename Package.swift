@@ -114,3 +114,14 @@ let package = Package(
         .testTarget(name: "SimulationTests", dependencies: ["Target", "SheepTestServer", "SheepProtocol"], swiftSettings: [.swiftLanguageMode(.v5)]),
     ]
 )
+
+// fuzz/: coverage-guided fuzz targets over the pure machines. `fuzz/run` builds ringtgt-fuzz with
+// -sanitize=fuzzer (libFuzzer); the plain build replays corpus files, and FuzzTests replays the committed corpus.
+package.products.append(.executable(name: "ringtgt-fuzz", targets: ["ringtgt-fuzz"]))
+package.targets += [
+    .target(name: "FuzzTargets", dependencies: ["Target", "ISCSIWire", "SheepProtocol"], path: "fuzz/Targets",
+            swiftSettings: [.swiftLanguageMode(.v5)]),
+    .executableTarget(name: "ringtgt-fuzz", dependencies: ["FuzzTargets"], path: "fuzz/Main",
+                      swiftSettings: [.swiftLanguageMode(.v5)]),
+    .testTarget(name: "FuzzTests", dependencies: ["FuzzTargets"], swiftSettings: [.swiftLanguageMode(.v5)]),
+]

@@ -203,8 +203,12 @@ struct SheepHomeMachine {
     mutating func reply(_ id: Int32, result: SheepResult, failure: StoreError?, vdiID: UInt32) {
         guard let op = ops.removeValue(forKey: id) else { return }
         let vol = op.volume
+        // A plain write never took its object's creation gate (request() sends it only when the object is ours and
+        // no creation is under way), so its end must not open the gate a creation of the same object holds.
+        var holdsGate = true
+        if case .plainWrite = op.stage { holdsGate = false }
         if let failure {
-            if let req = op.request { finishHome(req, failure: failure) }
+            if let req = op.request { finishHome(req, failure: failure, releasesGate: holdsGate) }
             switch op.stage {
             case .reloadLookup: reloadFinished(vol, newVID: nil)
             case .reloadIndex(let v): reloadFinished(vol, newVID: v)   // no reconcile possible; carry on
@@ -217,7 +221,7 @@ struct SheepHomeMachine {
         case .plainWrite(let vid):
             guard let req = op.request else { return }
             if result == .readonly { req.readonlyVID = vid; request(req); return }
-            finishHome(req, failure: result == .success ? nil : SheepHomeMachine.mapResult(result))
+            finishHome(req, failure: result == .success ? nil : SheepHomeMachine.mapResult(result), releasesGate: false)
         case .create(let vid):
             guard let req = op.request else { return }
             if result == .readonly {
@@ -270,9 +274,9 @@ struct SheepHomeMachine {
     }
 
     /// Answers the request and lets waiters for the same object proceed.
-    private mutating func finishHome(_ req: SheepHomeRequest, failure: StoreError?) {
+    private mutating func finishHome(_ req: SheepHomeRequest, failure: StoreError?, releasesGate: Bool = true) {
         actions.append(.answer(req, failure))
-        releaseCreating(req.volume, req.index, requeueTo: false)
+        if releasesGate { releaseCreating(req.volume, req.index, requeueTo: false) }
     }
 
     private mutating func releaseCreating(_ vol: SheepVolume, _ idx: Int, requeueTo: Bool) {

@@ -1,0 +1,105 @@
+// The control plane's text inputs: targets.conf (Control/ConfigFile.swift) and the tgtadm command line
+// (Control/TgtadmCommandLine.swift), each carried out against a dry-run registry (no cores, no stores). What
+// the registry then holds is dumped as targets.conf; loading the dump elsewhere and dumping again gives the
+// same text, so a configuration survives `ringtgt-admin --dump` and a reload.
+
+// The machines' internals are reachable only where Target is built for testing: debug, and fuzz/run's build.
+#if DEBUG || FUZZING
+@testable import Target
+import Foundation
+
+enum ControlRoundTrip {
+    static func registry() -> Registry { Registry(fabric: DryRunFabric(), opener: DryRunOpener()) }
+
+    static func dump(_ r: Registry) -> String {
+        r.execute(AdminRequest(mode: .system, op: .show, name: Registry.configDumpName)).stdout
+    }
+
+    /// The registry's state, dumped, loads without an error into a fresh registry that dumps the same text.
+    static func check(_ r: Registry, _ what: String) {
+        let first = dump(r)
+        let parsed = ConfigFile.parse(first)
+        FuzzCheck.expect(parsed.errors.isEmpty, "\(what): the dump does not parse: \(parsed.errors)\n\(first)")
+        let again = registry()
+        do { try ConfigFile.apply(parsed, to: again) } catch {
+            // OPEN (fuzz/findings/config): a backing store type the first load accepted (one with a space, or a
+            // strange one at target level) is dumped so that it does not load back.
+            FuzzCheck.expect("\(error)".contains("unknown backing store type"), "\(what): the dump does not load: \(error)\n\(first)")
+            return
+        }
+        let second = dump(again)
+        FuzzCheck.expect(first == second || first == withoutDefaultACL(second, like: first),
+                         "\(what): dump, load, dump differs:\n\(first)\n---\n\(second)")
+    }
+
+    /// OPEN (found by this fuzzer, fuzz/findings/config and tgtadm): a target with no initiator-address rule
+    /// (created and never bound, bound by name only, or its bindings removed) dumps with none, and loading that
+    /// dump binds ALL, as tgt-admin does for a target without one. Until the dump can say so, that one
+    /// difference is let through here.
+    static func withoutDefaultACL(_ second: String, like first: String) -> String {
+        let firstBlocks = first.components(separatedBy: "\n<target ")
+        var blocks = second.components(separatedBy: "\n<target ")
+        guard firstBlocks.count == blocks.count else { return second }
+        for i in 1 ..< blocks.count where !firstBlocks[i].contains("    initiator-address ") {
+            blocks[i] = blocks[i].replacingOccurrences(of: "    initiator-address ALL\n", with: "")
+        }
+        return blocks.joined(separator: "\n<target ")
+    }
+
+    /// `include` lines would read this machine's files; the fuzzer's text never names one.
+    static func withoutIncludes(_ bytes: [UInt8]) -> String {
+        var b = bytes
+        let word = Array("include".utf8)
+        if b.count >= word.count {
+            for i in 0 ... b.count - word.count where (0 ..< word.count).allSatisfy({ b[i + $0] | 0x20 == word[$0] }) {
+                b[i] = UInt8(ascii: "x")
+            }
+        }
+        return String(decoding: b, as: UTF8.self)
+    }
+}
+
+enum ConfigFuzz {
+    static func run(_ raw: UnsafeRawBufferPointer) {
+        var input = FuzzInput(raw)
+        let text = ControlRoundTrip.withoutIncludes(input.rest())
+        let parsed = ConfigFile.parse(text, file: "fuzz.conf", directory: "/nonexistent")
+        for line in text.split(separator: "\n").prefix(64) {
+            // The --nbd-export option and the sheepdog backing spec are text parsers of their own.
+            _ = try? NBDExportOption.parse(String(line))
+            _ = try? NBDExportOption.sheepdogSpec(String(line))
+        }
+        let r = ControlRoundTrip.registry()
+        do { try ConfigFile.apply(parsed, to: r) } catch { return }
+        ControlRoundTrip.check(r, "config")
+    }
+}
+
+enum TgtadmFuzz {
+    static let maxCommands = 32
+
+    /// Input: command lines separated by newlines, arguments by spaces (tgtadm's argv, as a shell splits it).
+    static func run(_ raw: UnsafeRawBufferPointer) {
+        var input = FuzzInput(raw)
+        let text = String(decoding: input.rest(), as: UTF8.self)
+        let r = ControlRoundTrip.registry()
+        var executed = 0
+        for line in text.split(separator: "\n", omittingEmptySubsequences: true).prefix(maxCommands) {
+            let args = line.split(separator: " ", omittingEmptySubsequences: true).map(String.init)
+            switch TgtadmCommandLine.parse(args, environment: [:]) {
+            case .send(let request, socketPath: let socket):
+                FuzzCheck.expect(!socket.isEmpty, "no control socket for \(args)")
+                let response = r.execute(request)
+                FuzzCheck.expect(response.exitCode == 0 || !response.stderr.isEmpty,
+                                 "\(args) failed with \(response.exitCode) and said nothing")
+                executed += 1
+            case .print(let out):
+                FuzzCheck.expect(!out.isEmpty, "\(args) printed nothing")
+            case .usageError(let message, exitCode: let code):
+                FuzzCheck.expect(code != 0 && !message.isEmpty, "usage error \(code) '\(message)' for \(args)")
+            }
+        }
+        if executed > 0 { ControlRoundTrip.check(r, "tgtadm") }
+    }
+}
+#endif
