@@ -397,6 +397,31 @@ import Testing
         #expect(update(h, dump).changes.isEmpty)
     }
 
+    /// A target that admits no address (never bound, or bound by initiator name only) dumps with
+    /// `initiator-address none`: loading the dump, or updating to it, keeps it closed instead of binding ALL
+    /// (found by the config fuzzer, fuzz/regressions/config).
+    @Test func aTargetThatAdmitsNoAddressStaysClosedThroughItsDump() throws {
+        let h = ControlHarness()
+        h.run("--lld iscsi --op new --mode target --tid 1 -T iqn.2026-01.test:closed")
+        h.run("--lld iscsi --op new --mode target --tid 2 -T iqn.2026-01.test:byname")
+        h.run("--lld iscsi --op bind --mode target --tid 2 -Q iqn.2026-01.test:host")
+        let first = dump(h)
+        #expect(first.components(separatedBy: "initiator-address none").count == 3, "\(first)")
+        let h2 = ControlHarness()
+        try ConfigFile.apply(first, to: h2.registry)
+        for tid in [1, 2] {
+            let acl = h2.registry.currentSnapshot.target(tid: tid)?.acl ?? [.all]
+            #expect(!acl.contains(.all), "tid \(tid): \(acl)")
+        }
+        #expect(ACLCheck.allows(h2.registry.currentSnapshot.target(tid: 1)!.acl, address: "10.1.1.1", initiatorName: "x") == false)
+        #expect(dump(h2) == first)
+        #expect(update(h, first).changes.isEmpty)
+        // Binding an address later, then updating back to the dump, removes it again.
+        h.run("--lld iscsi --op bind --mode target --tid 1 -I 10.0.0.0/8")
+        #expect(!update(h, first).changes.isEmpty)
+        #expect(dump(h) == first)
+    }
+
     func dump(_ h: ControlHarness) -> String {
         h.registry.execute(AdminRequest(mode: .system, op: .show, name: Registry.configDumpName)).stdout
     }

@@ -14,7 +14,8 @@
 //           lun 5
 //       </backing-store>
 //       bs-type rdwr                  # default for this target's LUNs (also bsopts, bsoflags, block-size)
-//       initiator-address 10.0.0.0/24 # repeatable; with none, ALL may log in (as tgt-admin does)
+//       initiator-address 10.0.0.0/24 # repeatable; with none, ALL may log in (as tgt-admin does);
+//                                     # "initiator-address none" (written by --dump) admits no address
 //       initiator-name iqn.2026-01.example:host1
 //       MaxRecvDataSegmentLength 65536  # any key `--op update --mode target` takes
 //       vendor_id ACME                # LUN parameters apply to every LUN of the target unless a LUN sets them

@@ -292,13 +292,26 @@ public enum ConfigUpdate {
         p.steps.append(Step(request: AdminRequest(mode: .target, op: .new, tid: tid, targetName: d.name), source: d.source,
                             summary: "added target \(d.name) (tid \(tid))", group: group, createsGroup: true))
         for lun in d.luns { p.steps.append(newLUN(lun, tid: tid, target: d.name)) }
-        for item in d.addresses.isEmpty ? [ConfigFile.Item(value: "ALL", source: d.source)] : d.addresses {
+        for item in wantedAddresses(d) {
             p.steps.append(bind(d, tid: tid, address: item, add: true))
         }
         for item in d.initiatorNames { p.steps.append(bind(d, tid: tid, name: item, add: true)) }
         for a in d.incoming { bindAccount(a, tid: tid, outgoing: false, what: "target \(d.name)", group: group, &ctx, &p) }
         if let a = d.outgoing { bindAccount(a, tid: tid, outgoing: true, what: "target \(d.name)", group: group, &ctx, &p) }
         for (name, item) in d.keys { p.steps.append(setKey(d, tid: tid, name: name, value: item.value, source: item.source)) }
+    }
+
+    /// `initiator-address none` is what `--dump` writes for a target that admits no address (never bound, or
+    /// bound by initiator name only): it binds no address rule. Without any initiator-address line a target
+    /// admits ALL, as tgt-admin does.
+    static let noAddressRule = "none"
+
+    static func isNoAddressRule(_ item: ConfigFile.Item) -> Bool { item.value.lowercased() == noAddressRule }
+
+    /// The address rules a target's block asks for.
+    static func wantedAddresses(_ d: ConfigFile.Target) -> [ConfigFile.Item] {
+        if d.addresses.isEmpty { return [ConfigFile.Item(value: "ALL", source: d.source)] }
+        return d.addresses.filter { !isNoAddressRule($0) }
     }
 
     static func newLUN(_ lun: ConfigFile.LUN, tid: Int, target: String) -> Step {
@@ -401,9 +414,10 @@ public enum ConfigUpdate {
             if removeLUN(old, replacedBy: lun) { p.steps.append(newLUN(lun, tid: tid, target: d.name)) }
         }
 
-        let wantedAddresses = d.addresses.isEmpty ? [ConfigFile.Item(value: "ALL", source: d.source)] : d.addresses
+        let wantedAddresses = wantedAddresses(d)
+        let runningAddresses = r.addresses.filter { !isNoAddressRule($0) }
         func rule(_ text: String) -> String { InitiatorAddressParser.parse(text).map { "\($0)" } ?? text }
-        let runningRules = Set(r.addresses.map { rule($0.value) })
+        let runningRules = Set(runningAddresses.map { rule($0.value) })
         let wantedRules = Set(wantedAddresses.map { rule($0.value) })
         // New rules first: sessions are checked against every published ACL, and one that is briefly empty
         // would close a session that the new rules admit.
@@ -415,7 +429,7 @@ public enum ConfigUpdate {
         for item in d.initiatorNames where !runningNames.contains(item.value.lowercased()) {
             p.steps.append(bind(d, tid: tid, name: item, add: true))
         }
-        for item in r.addresses where !wantedRules.contains(rule(item.value)) {
+        for item in runningAddresses where !wantedRules.contains(rule(item.value)) {
             p.steps.append(bind(d, tid: tid, address: ConfigFile.Item(value: item.value, source: d.source), add: false))
         }
         for item in r.initiatorNames where !wantedNames.contains(item.value.lowercased()) {
@@ -542,6 +556,8 @@ public enum ConfigUpdate {
                 out += "    </backing-store>\n"
             }
             for rule in t.addressACL { out += "    initiator-address \(rule)\n" }
+            // Without a line, loading the dump would admit ALL (tgt-admin's rule): say that none is admitted.
+            if t.addressACL.isEmpty { out += "    initiator-address \(noAddressRule)\n" }
             for rule in t.nameACL { out += "    initiator-name \(rule)\n" }
             for user in t.incomingUsers { out += "    incominguser \(user) \(password(user))\n" }
             if let user = t.outgoingUser { out += "    outgoinguser \(user) \(password(user))\n" }
