@@ -80,8 +80,9 @@ enum NBDFuzz {
             let check = limits.check(r)
             switch check {
             case .accept:
-                let known: Set<UInt16> = [NBDWire.cmdRead, NBDWire.cmdWrite, NBDWire.cmdFlush, NBDWire.cmdTrim,
-                                          NBDWire.cmdWriteZeroes]
+                var known: Set<UInt16> = [NBDWire.cmdRead, NBDWire.cmdWrite, NBDWire.cmdFlush, NBDWire.cmdTrim,
+                                          NBDWire.cmdWriteZeroes, NBDWire.cmdCache]
+                if limits.blockStatus { known.insert(NBDWire.cmdBlockStatus) }
                 FuzzCheck.expect(known.contains(r.type), "command \(r.type) accepted")
                 if r.type != NBDWire.cmdFlush {
                     let (end, overflow) = r.offset.addingReportingOverflow(UInt64(r.length))
@@ -93,7 +94,8 @@ enum NBDFuzz {
                     FuzzCheck.expect(Int(r.length) <= limits.maxPayloadBytes, "payload \(r.length) beyond one slot")
                 }
                 if limits.readOnly {
-                    FuzzCheck.expect(r.type == NBDWire.cmdRead || r.type == NBDWire.cmdFlush, "command \(r.type) on a read-only export")
+                    let reads: Set<UInt16> = [NBDWire.cmdRead, NBDWire.cmdFlush, NBDWire.cmdCache, NBDWire.cmdBlockStatus]
+                    FuzzCheck.expect(reads.contains(r.type), "command \(r.type) on a read-only export")
                 }
                 if r.type == NBDWire.cmdWrite { input.skip(Int(r.length)) }
             case .refuse(let e):
