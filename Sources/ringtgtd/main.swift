@@ -15,14 +15,14 @@ struct RingTgtd: ParsableCommand {
     var iscsi: [String] = []
 
     @Option(name: .customLong("nbd"), help: ArgumentHelp(
-        "NBD server options: portal=HOST:PORT (repeatable; port 10809 if omitted; port 0 = any). Exports are the "
-            + "LUNs, named IQN/LUN.", valueName: "key=value[,key=value]"))
+        "NBD server options: portal=HOST:PORT (repeatable; port 10809 if omitted; port 0 = any), unix=PATH (a "
+            + "unix-domain socket, as qemu-nbd -k). Exports are the LUNs, named IQN/LUN.", valueName: "key=value[,key=value]"))
     var nbd: [String] = []
 
     @Option(name: .customLong("export"), help: ArgumentHelp(
         "Serve a backing store over NBD without a configuration, like qemu-nbd (repeatable): a sheepdog URI "
             + "(sheepdog:VDI, sheepdog:HOST:PORT:VDI[:SNAP], sheepdog+unix:///VDI?socket=PATH) or a path; NAME= "
-            + "names the export. Listens on 0.0.0.0:10809 unless --nbd portal= says otherwise.",
+            + "names the export. Listens on 0.0.0.0:10809 unless --nbd portal= or unix= says otherwise.",
         valueName: "[NAME=]SPEC"))
     var exports: [String] = []
 
@@ -140,6 +140,13 @@ struct RingTgtd: ParsableCommand {
         for arg in nbd {
             for item in arg.split(separator: ",") {
                 let kv = item.split(separator: "=", maxSplits: 1).map(String.init)
+                if kv.count == 2, kv[0] == "unix" {
+                    guard !kv[1].isEmpty, kv[1].utf8.count <= Portal.unixPathCapacityBytes else {
+                        throw ValidationError("bad NBD unix socket path '\(kv[1])' (1 to \(Portal.unixPathCapacityBytes) bytes)")
+                    }
+                    nbdPortals.append(Portal(unixPath: kv[1]))
+                    continue
+                }
                 guard kv.count == 2, kv[0] == "portal" else { throw ValidationError("bad --nbd option '\(item)'") }
                 guard let p = Portal.parse(kv[1], defaultPort: Portal.nbdDefaultPort) else {
                     throw ValidationError("bad NBD portal '\(kv[1])'")

@@ -412,6 +412,36 @@ extension EndToEnd {
             #expect(daemon.isAlive)
         }
 
+        /// `ringtgtd --nbd unix=PATH` (qemu-nbd -k PATH): libnbd reaches the export through the socket, the portal
+        /// list names it, and the socket file goes with the daemon.
+        @Test func unixSocketListenerServesTheExportAndIsRemovedAtExit() throws {
+            try NBD.requireRingtgt()
+            let scratch = try Scratch()
+            defer { scratch.remove() }
+            let image = try scratch.makeRandomFile("unix.img", bytes: Int(4 * mebibyte), seed: 0x0_5EC7)
+            let socket = scratch.path("nbd.sock").path
+            let daemon = try TargetDaemon(peer: .ringtgt, cores: 2, portals: [.ipv4Loopback],
+                                          extraArgs: ["--nbd", "unix=\(socket)", "--export", "disk=\(image.path)"],
+                                          scratch: scratch)
+            var stopped = false
+            defer { if !stopped { daemon.stop() } }
+            let portals = try daemon.admin.must(["--lld", "nbd", "--op", "show", "--mode", "portal"])
+            #expect(portals.stdout.contains("Portal: unix:\(socket),1"), "\(portals.stdout)")
+            let url = "nbd+unix:///disk?socket=\(socket)"
+            let back = scratch.path("back.img")
+            // Two copies: with two cores each accepting on the socket, both must serve.
+            for _ in 0..<2 {
+                let get = try runTool(try Tools.require("nbdcopy"), [url, back.path], logDir: scratch.url,
+                                      timeoutSeconds: NBD.toolTimeoutSeconds)
+                try #require(get.succeeded, "\(get)")
+                #expect(try firstDifference(image, back) == nil)
+            }
+            #expect(FileManager.default.fileExists(atPath: socket))
+            daemon.stop()
+            stopped = true
+            #expect(!FileManager.default.fileExists(atPath: socket), "the socket file outlived the daemon")
+        }
+
         /// `ringtgtd --export NAME=sheepdog+unix:///VDI?socket=PATH`, no configuration: the VDI is the default export
         /// and the export NAME, as with `qemu-nbd -x NAME sheepdog:...`.
         @Test func exportOptionServesASheepdogVDIWithoutConfiguration() throws {

@@ -44,11 +44,14 @@ public struct PortalInfo: Equatable, Sendable {
     /// The bound port (the real one when the daemon was asked for port 0).
     public var port: Int
     public var portalGroupTag: UInt16
+    /// A unix-domain listener's path (`--nbd unix=PATH`), shown as `unix:PATH`.
+    public var unixPath: String?
 
-    public init(host: String, port: Int, portalGroupTag: UInt16) {
+    public init(host: String, port: Int, portalGroupTag: UInt16, unixPath: String? = nil) {
         self.host = host
         self.port = port
         self.portalGroupTag = portalGroupTag
+        self.unixPath = unixPath
     }
 }
 

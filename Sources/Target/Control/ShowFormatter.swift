@@ -104,6 +104,7 @@ enum ShowFormatter {
     static func portals(_ portals: [PortalInfo]) -> String {
         var out = ""
         for p in portals {
+            if let path = p.unixPath { out += "Portal: unix:\(path),\(p.portalGroupTag)\n"; continue }
             let host = p.host.contains(":") ? "[\(p.host)]" : p.host
             out += "Portal: \(host):\(p.port),\(p.portalGroupTag)\n"
         }

@@ -1,15 +1,27 @@
 import CURing
 import Glibc
 
-/// A listening address as given by `--iscsi portal=HOST:PORT` (IPv6 as `[ADDR]:PORT`).
+/// A listening address as given by `--iscsi portal=HOST:PORT` (IPv6 as `[ADDR]:PORT`), or a unix socket path
+/// (`--nbd unix=PATH`, as qemu-nbd's `-k PATH`).
 public struct Portal: Sendable, Equatable, CustomStringConvertible {
     public var host: String
     public var port: Int
+    /// Set for a unix-domain listener; `host` and `port` are then unused.
+    public var unixPath: String?
 
     public init(host: String, port: Int) {
         self.host = host
         self.port = port
     }
+
+    public init(unixPath: String) {
+        self.host = ""
+        self.port = 0
+        self.unixPath = unixPath
+    }
+
+    /// `sockaddr_un.sun_path` holds 108 bytes with its terminating NUL.
+    public static let unixPathCapacityBytes = 107
 
     /// The IANA port for NBD, the default of `--nbd portal=HOST`.
     public static let nbdDefaultPort = 10809
@@ -37,7 +49,10 @@ public struct Portal: Sendable, Equatable, CustomStringConvertible {
     }
 
     public var isIPv6: Bool { host.contains(":") }
-    public var description: String { isIPv6 ? "[\(host)]:\(port)" : "\(host):\(port)" }
+    public var description: String {
+        if let unixPath { return "unix:\(unixPath)" }
+        return isIPv6 ? "[\(host)]:\(port)" : "\(host):\(port)"
+    }
 }
 
 public enum SocketAddress {
@@ -48,6 +63,7 @@ public enum SocketAddress {
     /// does not listen yet (`listen(_:portal:)`): a bound port reserves the address and resolves port 0, while
     /// connections are refused until the daemon is configured.
     public static func bound(_ portal: Portal) throws(NetError) -> Int32 {
+        if let path = portal.unixPath { return try boundUnix(path) }
         let family = portal.isIPv6 ? AF_INET6 : AF_INET
         let fd = socket(family, RT_SOCK_STREAM | RT_SOCK_CLOEXEC, 0)
         if fd < 0 { throw .system("socket", errno) }
@@ -75,6 +91,31 @@ public enum SocketAddress {
         return fd
     }
 
+    /// A unix-domain socket bound to `path`. A socket file left by an earlier run is replaced, as qemu-nbd
+    /// does; any other file at the path is an error, never removed.
+    static func boundUnix(_ path: String) throws(NetError) -> Int32 {
+        let bytes = Array(path.utf8)
+        guard !bytes.isEmpty, bytes.count <= Portal.unixPathCapacityBytes, !bytes.contains(0) else {
+            throw .badAddress(path)
+        }
+        var st = stat()
+        if lstat(path, &st) == 0 {
+            guard st.st_mode & S_IFMT == S_IFSOCK else { throw .system("bind unix:\(path) (not a socket)", EEXIST) }
+            unlink(path)
+        }
+        let fd = socket(AF_UNIX, RT_SOCK_STREAM | RT_SOCK_CLOEXEC, 0)
+        if fd < 0 { throw .system("socket", errno) }
+        var a = sockaddr_un()
+        a.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &a.sun_path) { dst in
+            for (i, b) in bytes.enumerated() { dst[i] = b }
+        }
+        let rc = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        if rc != 0 { let e = errno; close(fd); throw .system("bind unix:\(path)", e) }
+        return fd
+    }
+
     /// Starts accepting connections on a socket from `bound(_:)`.
     public static func listen(_ fd: Int32, portal: Portal) throws(NetError) {
         if Glibc.listen(fd, listenBacklogConnections) != 0 { throw .system("listen \(portal)", errno) }
@@ -97,6 +138,9 @@ public enum SocketAddress {
             Int(UInt16(bigEndian: $0.pointee.sin6_port)) } }
     }
 
+    /// The peer name of every client of a unix-domain listener.
+    public static let unixPeerName = "unix"
+
     public static func peerName(_ fd: Int32) -> String { name(fd, peer: true) }
     public static func localName(_ fd: Int32) -> String { name(fd, peer: false) }
 
@@ -111,6 +155,8 @@ public enum SocketAddress {
     }
 
     static func addressText(_ ss: inout sockaddr_storage) -> String {
+        // Clients of a unix listener have no address: ACL address rules never match them, `ALL` does.
+        if Int32(ss.ss_family) == AF_UNIX { return unixPeerName }
         var buf = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)
         if Int32(ss.ss_family) == AF_INET {
             withUnsafePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { p in

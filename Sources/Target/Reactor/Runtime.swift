@@ -23,6 +23,8 @@ public final class Runtime: @unchecked Sendable {
     public private(set) var boundNBDPortals: [Portal] = []
     /// Sockets bound by `start` that `startAccepting` makes listen (the cores own and close them).
     private var boundSockets: [(fd: Int32, portal: Portal)] = []
+    /// Unix listeners' socket files, removed when the runtime stops.
+    private var unixSocketPaths: [String] = []
     let defaultKeys: TargetKeyDefaults
 
     /// Per initiator port and target (the I_T nexus): the live session, and how many connections of ended
@@ -85,11 +87,14 @@ public final class Runtime: @unchecked Sendable {
             for p in requested {
                 var portal = p
                 for core in 0..<cores {
-                    let fd = try SocketAddress.bound(portal)
-                    if portal.port == 0 { portal.port = SocketAddress.boundPort(fd) }
+                    // A unix socket has no SO_REUSEPORT: one socket, and each further core accepts on a duplicate.
+                    let fd = portal.unixPath != nil && core > 0 ? dup(perCore[0].last!) : try SocketAddress.bound(portal)
+                    if fd < 0 { throw NetError.system("dup", errno) }
+                    if portal.unixPath == nil && portal.port == 0 { portal.port = SocketAddress.boundPort(fd) }
                     perCore[core].append(fd)
                     boundSockets.append((fd, portal))
                 }
+                if let path = portal.unixPath { unixSocketPaths.append(path) }
                 kinds.append(kind)
                 bound.append(portal)
             }
@@ -183,6 +188,8 @@ public final class Runtime: @unchecked Sendable {
         for r in reactors { r.mailbox.post(.shutdown) }
         for t in threads { pthread_join(t, nil) }
         threads = []
+        for path in unixSocketPaths { unlink(path) }
+        unixSocketPaths = []
     }
 
     public var coreCount: Int { reactors.count }
@@ -377,7 +384,7 @@ extension Runtime: ControlFabric {
     }
 
     public func nbdPortals() -> [PortalInfo] {
-        boundNBDPortals.map { PortalInfo(host: $0.host, port: $0.port, portalGroupTag: 1) }
+        boundNBDPortals.map { PortalInfo(host: $0.host, port: $0.port, portalGroupTag: 1, unixPath: $0.unixPath) }
     }
 }
 
