@@ -110,7 +110,7 @@ let package = Package(
                     swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "ISCSIWireTests", dependencies: ["ISCSIWire"], swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "TargetTests", dependencies: ["Target"], swiftSettings: [.swiftLanguageMode(.v5)]),
-        .testTarget(name: "EndToEndTests", dependencies: ["Target", "ISCSIWire", "TestSupport"], swiftSettings: [.swiftLanguageMode(.v5)]),
+        .testTarget(name: "EndToEndTests", dependencies: ["Target", "ISCSIWire", "SheepProtocol", "TestSupport"], swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "SimulationTests", dependencies: ["Target", "SheepTestServer", "SheepProtocol"], swiftSettings: [.swiftLanguageMode(.v5)]),
     ]
 )

@@ -5,6 +5,7 @@
 // Run:   swift test --filter EndToEndTests.EndToEnd/NBD
 
 import Foundation
+import SheepProtocol
 import Testing
 
 extension EndToEnd {
@@ -361,6 +362,73 @@ extension EndToEnd {
                 // Objects are 4 MiB: the write at 9 MiB allocates object 2, [8 MiB, 12 MiB).
                 #expect(NBD.dataRanges(m) == [(8 * mebibyte)..<(12 * mebibyte)], "\(m)")
                 #expect(m.last.map { $0.offset + $0.length } == bytes, "\(m)")
+            }
+        }
+
+        /// Which VDI owns each data object of `vdi`: `dog vdi object map` where real dog runs, the inode index read
+        /// straight from sheep for the test server (whose dog has no `object` command).
+        static func objectMap(_ sheep: SheepService, _ vdi: String) throws -> [Int: UInt32] {
+            var owners: [Int: UInt32] = [:]
+            switch sheep.kind {
+            case .localCluster:
+                let r = try sheep.dogMust(["vdi", "object", "map", vdi])
+                for line in r.stdout.split(separator: "\n").dropFirst() {   // "Index       VID"
+                    let f = line.split(separator: " ", omittingEmptySubsequences: true)
+                    let idx = try #require(f.count == 2 ? Int(f[0]) : nil, "dog vdi object map: \(line)")
+                    owners[idx] = try #require(UInt32(f[1], radix: 16), "dog vdi object map: \(line)")
+                }
+            case .testServer:
+                let client = try SheepClient(endpoint: .unix(path: sheep.socketPath))
+                let inode = try client.readInode(vid: try client.findVDI(name: vdi), withIndex: true)
+                try #require(inode.result == .success && inode.data.count == SheepInodeLayout.clientInodeSizeBytes)
+                for idx in 0..<SheepInodeLayout.dataIndexSlots {
+                    let at = SheepInodeLayout.headerSizeBytes + 4 * idx
+                    let vid = UInt32(inode.data[at]) | UInt32(inode.data[at + 1]) << 8
+                        | UInt32(inode.data[at + 2]) << 16 | UInt32(inode.data[at + 3]) << 24
+                    if vid != 0 { owners[idx] = vid }
+                }
+            }
+            return owners
+        }
+
+        /// A clone of a snapshot: the objects it shares with the snapshot read as data (they are, through the clone)
+        /// and so do the ones written through the target; the rest are holes. nbdinfo, qemu-img map and the VDI's
+        /// object map (`dog vdi object map`, or the index read directly) agree.
+        @Test(arguments: SheepKind.allCases)
+        func nbdinfoMapOfACloneAgreesWithTheObjectMap(kind: SheepKind) throws {
+            try NBD.requireRingtgt()
+            let bytes = 32 * mebibyte
+            let objectBytes = 4 * mebibyte
+            try withSheep(kind) { sheep in
+                try sheep.createVDI("golden", bytes: bytes)
+                let chunk = try sheep.scratch.makeRandomFile("chunk.img", bytes: Int(mebibyte), seed: 0xC1_0E)
+                for object in [1, 5] { try sheep.writeVDI("golden", offset: Int64(object) * objectBytes, from: chunk) }
+                try sheep.snapshotVDI("golden", tag: "base")
+                try sheep.dogMust(["vdi", "clone", "-s", "base", "golden", "thinclone"])
+                try withSheepTarget(sheep, vdis: [], nbdPortals: [.ipv4Loopback]) { st in
+                    try st.addLUN(1, backingStore: sheep.backingStore("thinclone"))
+                    let t = st.target
+                    let w = try t.tool("qemu-io", ["-f", "raw", "-c", "write -P 7 13M 64k", t.nbdURL()])
+                    try #require(w.succeeded, "\(w)")
+                    // Objects 1 and 5 come from the snapshot, object 3 was written through the clone.
+                    let expected = [1, 3, 5].map { (Int64($0) * objectBytes)..<(Int64($0 + 1) * objectBytes) }
+                    let m = try NBD.map(t, t.nbdURL())
+                    #expect(NBD.dataRanges(m) == expected, "nbdinfo --map: \(m)")
+                    let q = try t.tool("qemu-img", ["map", "--output=json", "-f", "raw", t.nbdURL()])
+                    try #require(q.succeeded, "\(q)")
+                    let qm = try #require(try JSONSerialization.jsonObject(with: Data(q.stdout.utf8)) as? [[String: Any]])
+                    let qdata = qm.compactMap { e -> (offset: Int64, length: Int64, hole: Bool)? in
+                        guard let o = (e["start"] as? NSNumber)?.int64Value, let l = (e["length"] as? NSNumber)?.int64Value,
+                              let d = e["data"] as? Bool else { return nil }
+                        return (o, l, !d)
+                    }
+                    #expect(NBD.dataRanges(qdata) == expected, "qemu-img map: \(q.stdout)")
+                    let owners = try NBD.objectMap(sheep, "thinclone")
+                    let fromIndex = owners.keys.sorted().map { (Int64($0) * objectBytes)..<(Int64($0 + 1) * objectBytes) }
+                    #expect(fromIndex == expected, "object map: \(owners)")
+                    // The clone owns what was written through it; the snapshot still owns the rest.
+                    #expect(owners[3] != owners[1] && owners[1] == owners[5], "object map: \(owners)")
+                }
             }
         }
 
