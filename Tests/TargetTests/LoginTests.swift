@@ -394,4 +394,45 @@ import Testing
         let p = try #require(params(o))
         #expect(p.sessionType == .discovery && p.targetMaxRecvDataSegmentLength == 8192)
     }
+
+    // Found by the login fuzzer (fuzz/regressions/login/duplicate-maxrecvdsl-in-response).
+    @Test func aMalformedMaxRecvDataSegmentLengthIsAnsweredOnceWithoutOurDeclarationBesideIt() throws {
+        let env = Env()
+        var m = LoginStateMachine()
+        var pairs = Self.libiscsiNormal.filter { $0.0 != "MaxRecvDataSegmentLength" }
+        pairs.append(("MaxRecvDataSegmentLength", "2621Int"))
+        let (r, o) = send(&m, env, csg: 1, nsg: 3, text(pairs))
+        let all = try TextKeys.parse(r.text)
+        #expect(all.filter { $0.key == "MaxRecvDataSegmentLength" }.map(\.value) == ["Reject"], "\(all)")
+        // Never declared, so the RFC default governs what the target receives.
+        let p = try #require(params(o))
+        #expect(p.targetMaxRecvDataSegmentLength == ISCSILimits.defaultMaxRecvDataSegmentBytes)
+    }
+
+    /// A target whose limits are below the RFC defaults (here a 64 KiB burst) must offer them before full feature
+    /// phase. A login that leaves the security stage straight for full feature phase gives it no chance, and one
+    /// whose MaxBurstLength was rejected has used the key up: both are refused rather than run above the limit.
+    /// Found by the login fuzzer (fuzz/regressions/login/security-to-full-feature-skips-burst-offers and
+    /// burst-above-target-limit-after-operational-stage).
+    @Test func aSessionNeverEndsAboveTheTargetsBurstLimits() throws {
+        let env = Env()
+        env.defaults = TargetKeyDefaults(maxBurstLength: 65536, firstBurstLength: 65536)
+        var skip = LoginStateMachine()
+        let identity = [("InitiatorName", Self.initiator), ("TargetName", Self.targetName), ("AuthMethod", "None")]
+        let (r1, o1) = send(&skip, env, csg: 0, nsg: 3, text(identity))
+        #expect(o1 == .respondAndClose && r1.status == 0x0200, "\(r1) \(o1)")
+
+        var rejected = LoginStateMachine()
+        var pairs = Self.libiscsiNormal.filter { $0.0 != "MaxBurstLength" }
+        pairs.append(("MaxBurstLength", "262144x"))
+        let (r2, o2) = send(&rejected, env, csg: 1, nsg: 3, text(pairs))
+        #expect(o2 == .respondAndClose && r2.status == 0x0200, "\(r2) \(o2)")
+
+        // The same target with a well-behaved initiator: the burst is negotiated down and the login succeeds.
+        var good = LoginStateMachine()
+        let (r3, o3) = send(&good, env, csg: 1, nsg: 3, text(Self.libiscsiNormal))
+        #expect(r3.status == 0 && keys(r3)["MaxBurstLength"] == "65536")
+        let p = try #require(params(o3))
+        #expect(p.maxBurstLength == 65536 && p.firstBurstLength <= 65536)
+    }
 }

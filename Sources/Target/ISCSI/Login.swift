@@ -282,7 +282,11 @@ public struct LoginStateMachine {
             }
         }
         if let alias = pairs.first(where: { $0.key == "InitiatorAlias" })?.value { initiatorAlias = alias }
-        if csg == .operational && !declaredMaxRecv {
+        // Not in a response that already answers the initiator's MaxRecvDataSegmentLength (a Reject): the key
+        // must appear once per text. The declaration then goes in a later response, or, if this one ends the
+        // login, never, and the RFC default 8192 governs what we receive.
+        if csg == .operational && !declaredMaxRecv
+            && !TextKeys.containsKey("MaxRecvDataSegmentLength", in: out) {
             // Declarative: our receive limit; the initiator may send PDUs up to it after login.
             TextKeys.append("MaxRecvDataSegmentLength", String(neg.defaults.maxRecvDataSegmentLength), to: &out)
             neg.declaredTargetMaxRecvDataSegmentLength()

@@ -448,11 +448,29 @@ public struct KeyNegotiator: Sendable {
     }
 
     /// Final relations once the login reaches full feature phase. Throws if a digest the admin forbids
-    /// (typically None) is what the session would end up with.
+    /// (typically None) is what the session would end up with, or a burst limit or ImmediateData above what
+    /// the admin set: that happens only when the target could not offer its own value (the login went from
+    /// the security stage straight to full feature phase, or the initiator's value for the key was rejected,
+    /// which uses the key up), and a session must never run above the admin's limits.
     public mutating func finish() throws(NegotiationFailure) -> SessionParameters {
         if params.sessionType == .normal {
             if let fb = firstBurstOffered { params.firstBurstLength = min(fb, defaults.firstBurstLength) }
             params.firstBurstLength = min(params.firstBurstLength, params.maxBurstLength)
+            func above(_ key: String, _ value: String, _ limit: String) -> NegotiationFailure {
+                NegotiationFailure(.initiatorError, reason: "\(key) would be \(value), above the target's \(limit): "
+                                       + "it must be negotiated in the operational stage")
+            }
+            if params.maxBurstLength > defaults.maxBurstLength {
+                throw above("MaxBurstLength", String(params.maxBurstLength), String(defaults.maxBurstLength))
+            }
+            let firstLimit = min(defaults.firstBurstLength, defaults.maxBurstLength)
+            let unsolicited = !params.initialR2T || params.immediateData
+            if unsolicited && params.firstBurstLength > firstLimit {
+                throw above("FirstBurstLength", String(params.firstBurstLength), String(firstLimit))
+            }
+            // Without unsolicited data FirstBurstLength is irrelevant (RFC 7143 §13.14); recorded within the limit.
+            params.firstBurstLength = min(params.firstBurstLength, firstLimit)
+            if params.immediateData && !defaults.immediateData { throw above("ImmediateData", "Yes", "No") }
         }
         if !defaults.headerDigest.contains(params.headerDigest) {
             throw NegotiationFailure(.initiatorError,

@@ -110,6 +110,12 @@ public enum TextKeys {
         out.append(0)
     }
 
+    /// Whether the encoded text (pairs as `append` writes them) already holds `key`.
+    public static func containsKey(_ key: String, in text: [UInt8]) -> Bool {
+        let prefix = Array(key.utf8) + [UInt8(ascii: "=")]
+        return text.split(separator: 0).contains { $0.starts(with: prefix) }
+    }
+
     public static func encode(_ pairs: [TextKeyValue]) -> [UInt8] {
         var out: [UInt8] = []
         for p in pairs { append(p.key, p.value, to: &out) }
