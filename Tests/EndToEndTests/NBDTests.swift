@@ -291,7 +291,13 @@ extension EndToEnd {
 
         /// `nbdinfo --map --json`: the base:allocation extents as (offset, length, hole).
         static func map(_ t: RunningTarget, _ url: String) throws -> [(offset: Int64, length: Int64, hole: Bool)] {
-            let r = try t.tool("nbdinfo", ["--map", "--json", url])
+            try contextMap(t, url).map { ($0.offset, $0.length, $0.type & 1 != 0) }
+        }
+
+        /// `nbdinfo --map=CONTEXT --json`: the extents of one metadata context as (offset, length, status).
+        static func contextMap(_ t: RunningTarget, _ url: String, _ context: String = "base:allocation") throws
+            -> [(offset: Int64, length: Int64, type: Int)] {
+            let r = try t.tool("nbdinfo", ["--map=\(context)", "--json", url])
             try #require(r.succeeded, "\(r)")
             let json = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: Any]],
                                     "nbdinfo --map output: \(r.stdout)")
@@ -299,8 +305,17 @@ extension EndToEnd {
                 let offset = try #require((e["offset"] as? NSNumber)?.int64Value)
                 let length = try #require((e["length"] as? NSNumber)?.int64Value)
                 let type = try #require((e["type"] as? NSNumber)?.intValue)
-                return (offset, length, type & 1 != 0)
+                return (offset, length, type)
             }
+        }
+
+        /// The status of every `unit`-byte piece of a map (the map must tile it).
+        static func statusPerUnit(_ m: [(offset: Int64, length: Int64, type: Int)], unit: Int64) -> [Int] {
+            var out: [Int] = []
+            for e in m {
+                for _ in 0..<(e.length / unit) { out.append(e.type) }
+            }
+            return out
         }
 
         /// The data ranges of a map, adjacent extents merged.
@@ -334,6 +349,9 @@ extension EndToEnd {
                 #expect(m.last.map { $0.offset + $0.length } == 32 * mebibyte, "\(m)")
                 let expected = [(8 * mebibyte)..<(9 * mebibyte), (20 * mebibyte)..<(20 * mebibyte + 65_536)]
                 #expect(NBD.dataRanges(m) == expected, "\(m)")
+                // A file is one layer, holes too (qemu-nbd -A says the same of a raw image).
+                let depth = try NBD.contextMap(t, t.nbdURL(lun: 1), "qemu:allocation-depth")
+                #expect(depth.map(\.type) == [1] && depth.first?.length == 32 * mebibyte, "\(depth)")
                 // qemu-img map (QEMU's NBD client, through base:allocation) agrees.
                 let q = try t.tool("qemu-img", ["map", "--output=json", "-f", "raw", t.nbdURL(lun: 1)])
                 try #require(q.succeeded, "\(q)")
@@ -375,7 +393,9 @@ extension EndToEnd {
                 for line in r.stdout.split(separator: "\n").dropFirst() {   // "Index       VID"
                     let f = line.split(separator: " ", omittingEmptySubsequences: true)
                     let idx = try #require(f.count == 2 ? Int(f[0]) : nil, "dog vdi object map: \(line)")
-                    owners[idx] = try #require(UInt32(f[1], radix: 16), "dog vdi object map: \(line)")
+                    let vid = UInt32(String(f[1]), radix: 16)
+                    try #require(vid != nil, "dog vdi object map: \(line)")
+                    owners[idx] = vid
                 }
             case .testServer:
                 let client = try SheepClient(endpoint: .unix(path: sheep.socketPath))
@@ -428,6 +448,11 @@ extension EndToEnd {
                     #expect(fromIndex == expected, "object map: \(owners)")
                     // The clone owns what was written through it; the snapshot still owns the rest.
                     #expect(owners[3] != owners[1] && owners[1] == owners[5], "object map: \(owners)")
+                    // qemu:allocation-depth tells them apart: the clone's own object is depth 1 ("local"), the
+                    // snapshot's depth 2 (one layer down), the holes 0.
+                    let depth = NBD.statusPerUnit(try NBD.contextMap(t, t.nbdURL(), "qemu:allocation-depth"),
+                                                  unit: objectBytes)
+                    #expect(depth == [0, 2, 0, 1, 0, 2, 0, 0], "qemu:allocation-depth per object: \(depth)")
                 }
             }
         }

@@ -170,58 +170,69 @@ import Testing
 
     // MARK: BLOCK_STATUS
 
-    /// Runs a BLOCK_STATUS request over a store whose map is `extents` (mapped, bytes) from offset 0; returns the
-    /// map operations and the descriptors (length, status) the reply carries, or the error.
+    /// Runs a BLOCK_STATUS request over a store whose map is `extents` (mapped, bytes) from offset 0, with
+    /// allocation depth 1 where no `depths` are given; returns the map operations and the descriptors (length,
+    /// status) of the first context's chunk (base:allocation unless only qemu:allocation-depth is selected), and
+    /// of the second's when two are selected, or the error.
     static func blockStatus(offset: UInt64 = 0, length: UInt32, flags: UInt16 = 0, slotBytes: Int = slot,
-                            extents: [(Bool, UInt64)], failWith: StoreError? = nil)
-        -> (maps: [StoreOp], descriptors: [(UInt32, UInt32)], error: UInt32) {
-        var r = request(NBDWire.cmdBlockStatus, flags: flags, offset: offset, length: length)
+                            contexts: NBDMetaContexts = .baseAllocation,
+                            extents: [(Bool, UInt64)], depths: [UInt8]? = nil, failWith: StoreError? = nil)
+        -> (maps: [StoreOp], descriptors: [(UInt32, UInt32)], error: UInt32, second: [(UInt32, UInt32)]) {
+        let header = NBDRequestHeader(flags: flags, type: NBDWire.cmdBlockStatus, cookie: 7, offset: offset,
+                                      length: length)
+        var r = NBDRequest(header, contexts: contexts)
         var maps: [StoreOp] = []
         var descriptors: [(UInt32, UInt32)] = []
+        var second: [(UInt32, UInt32)] = []
         func answer(_ op: StoreOp) -> StoreResult {
             maps.append(op)
             if let failWith { return .failed(failWith) }
             guard case .mapStatus(_, let at, let maxLength) = op else { return .failed(.mediumError) }
             var start: UInt64 = 0
-            for (mapped, bytes) in extents {
+            for (k, (mapped, bytes)) in extents.enumerated() {
                 if at < start + bytes || (bytes == 0 && at == start) {
-                    return .extent(mapped: mapped, length: min(start + bytes - at, maxLength))
+                    return .extent(mapped: mapped, length: min(start + bytes - at, maxLength), depth: depths?[k] ?? 1)
                 }
                 start += bytes
             }
             return .failed(.outOfRange)
         }
-        func describe(_ index: Int, _ length: UInt32, _ status: UInt32) {
-            #expect(index <= descriptors.count, "descriptors are written in order")
-            if index == descriptors.count { descriptors.append((length, status)) } else { descriptors[index] = (length, status) }
+        func put(_ d: NBDBlockDescriptor, _ into: inout [(UInt32, UInt32)]) {
+            #expect(d.index <= into.count, "descriptors are written in order")
+            if d.index == into.count { into.append((d.length, d.status)) } else { into[d.index] = (d.length, d.status) }
+        }
+        func describe(_ d: NBDBlockDescriptors) {
+            put(d.first, &descriptors)
+            if let s = d.second { put(s, &second) }
+            #expect((d.second != nil) == (contexts.count == 2), "one descriptor per selected context")
         }
         var action = r.start(capabilities: plain, slotBytes: slotBytes)
         while maps.count < 1000 {
             switch action {
             case .submit(let op):
                 action = r.storeDone(answer(op), slotBytes: slotBytes)
-            case .describeAndSubmit(let index, let length, let status, let op):
-                describe(index, length, status)
+            case .describeAndSubmit(let d, let op):
+                describe(d)
                 action = r.storeDone(answer(op), slotBytes: slotBytes)
-            case .describeAndReply(let index, let length, let status):
-                describe(index, length, status)
-                return (maps, descriptors, 0)
+            case .describeAndReply(let d):
+                describe(d)
+                return (maps, descriptors, 0, second)
             case .reply(let error):
-                return (maps, descriptors, error)
+                return (maps, descriptors, error, second)
             case .zeroSlotAndSubmit:
                 Issue.record("BLOCK_STATUS writes nothing")
-                return (maps, descriptors, .max)
+                return (maps, descriptors, .max, second)
             }
         }
         Issue.record("BLOCK_STATUS did not end")
-        return (maps, descriptors, .max)
+        return (maps, descriptors, .max, second)
     }
 
     static let hole = NBDWire.stateHole | NBDWire.stateZero
 
     @Test func blockStatusDescribesHolesAndDataAndMergesRuns() {
         // hole 4 KiB, data 8 KiB + 4 KiB (two store answers, one run), hole to the end.
-        let (maps, d, error) = Self.blockStatus(length: 65_536, extents: [(false, 4096), (true, 8192), (true, 4096),
+        let (maps, d, error, _) = Self.blockStatus(length: 65_536, extents: [(false, 4096), (true, 8192), (true, 4096),
                                                                            (false, 1 << 20)])
         #expect(error == 0)
         #expect(maps.count == 4)
@@ -231,30 +242,55 @@ import Testing
     }
 
     @Test func blockStatusStartsAtTheRequestOffsetAndStopsAtItsEnd() {
-        let (maps, d, _) = Self.blockStatus(offset: 6144, length: 4096, extents: [(false, 4096), (true, 1 << 20)])
+        let (maps, d, _, _) = Self.blockStatus(offset: 6144, length: 4096, extents: [(false, 4096), (true, 1 << 20)])
         #expect(maps.first == .mapStatus(target: .own, offset: 6144, maxLength: 4096))
         #expect(d.map(\.0) == [4096])
         #expect(d.map(\.1) == [0])
     }
 
     @Test func reqOneAnswersWithOneDescriptor() {
-        let (maps, d, _) = Self.blockStatus(length: 65_536, flags: NBDWire.cmdFlagReqOne,
+        let (maps, d, _, _) = Self.blockStatus(length: 65_536, flags: NBDWire.cmdFlagReqOne,
                                             extents: [(false, 4096), (true, 1 << 20)])
         #expect(maps.count == 1)
         #expect(d.map(\.0) == [4096])
     }
 
     @Test func descriptorsStopAtWhatTheSlotHolds() {
-        // Alternating 512-byte runs; a 36-byte slot holds the context ID and 4 descriptors.
+        // Alternating 512-byte runs; a 56-byte slot holds the chunk header, the context ID and 4 descriptors.
         let extents = (0..<64).map { ($0 % 2 == 0, UInt64(512)) }
-        let (_, d, error) = Self.blockStatus(length: 32_768, slotBytes: 36, extents: extents)
+        let (_, d, error, _) = Self.blockStatus(length: 32_768, slotBytes: 56, extents: extents)
         #expect(error == 0)
         #expect(d.count == 4)
         #expect(d.map(\.0) == [512, 512, 512, 512])
+        // Two contexts split the slot: 112 bytes hold 4 descriptors for each.
+        let (_, b, e2, depth) = Self.blockStatus(length: 32_768, slotBytes: 112,
+                                                 contexts: [.baseAllocation, .allocationDepth], extents: extents)
+        #expect(e2 == 0 && b.count == 4 && depth.count == 1 && depth.first?.0 == 2048, "\(b) \(depth)")
+    }
+
+    /// qemu:allocation-depth beside base:allocation: each context merges its own runs, and both chunks tile the
+    /// request. Here a clone's map: its own object (depth 1), a hole (0), two objects of its parent (2), then
+    /// one of the grandparent (3).
+    @Test func allocationDepthIsItsOwnChunkWithItsOwnRuns() {
+        let extents: [(Bool, UInt64)] = [(true, 4096), (false, 4096), (true, 4096), (true, 4096), (true, 4096)]
+        let both: NBDMetaContexts = [.baseAllocation, .allocationDepth]
+        let (maps, base, error, depth) = Self.blockStatus(length: 20_480, contexts: both, extents: extents,
+                                                          depths: [1, 0, 2, 2, 3])
+        #expect(error == 0 && maps.count == 5)
+        #expect(base.map(\.0) == [4096, 4096, 12_288] && base.map(\.1) == [0, Self.hole, 0])
+        #expect(depth.map(\.0) == [4096, 4096, 8192, 4096] && depth.map(\.1) == [1, 0, 2, 3])
+        // Only qemu:allocation-depth selected: it is the first (and only) chunk.
+        let (_, only, _, none) = Self.blockStatus(length: 20_480, contexts: .allocationDepth, extents: extents,
+                                                  depths: [1, 0, 2, 2, 3])
+        #expect(only.map(\.1) == [1, 0, 2, 3] && none.isEmpty)
+        // A store that cannot map reports this layer's data.
+        let (_, unknown, _, unknownDepth) = Self.blockStatus(length: 8192, contexts: both, extents: [],
+                                                             failWith: .notSupported)
+        #expect(unknown.map(\.1) == [0] && unknownDepth.map(\.1) == [1])
     }
 
     @Test func aStoreThatCannotMapReportsData() {
-        let (_, d, error) = Self.blockStatus(length: 8192, extents: [], failWith: .notSupported)
+        let (_, d, error, _) = Self.blockStatus(length: 8192, extents: [], failWith: .notSupported)
         #expect(error == 0)
         #expect(d.map(\.0) == [8192])
         #expect(d.map(\.1) == [0])
@@ -264,7 +300,7 @@ import Testing
     }
 
     @Test func aStoreThatMapsNothingEndsTheRequestWithEIO() {
-        let (maps, _, error) = Self.blockStatus(length: 8192, extents: [(true, 0), (true, 1 << 20)])
+        let (maps, _, error, _) = Self.blockStatus(length: 8192, extents: [(true, 0), (true, 1 << 20)])
         #expect(maps.count == 1)
         #expect(error == NBDWire.errIO)
     }

@@ -295,12 +295,23 @@ import Testing
     @Test func listMetaContextOffersBaseAllocationByNamespaceOrName() {
         var h = Self.haggling()
         _ = h.option(NBDWire.optStructuredReply, data: [], catalog: Self.catalog())
-        for queries in [[], ["base:"], ["base:allocation"]] {
+        for queries in [["base:"], ["base:allocation"]] {
             let r = Self.replies(h.option(NBDWire.optListMetaContext, data: Self.metaData(Self.exportA2, queries),
                                           catalog: Self.catalog()).reply)
             #expect(r.map(\.type) == [NBDWire.repMetaContext, NBDWire.repAck], "\(queries)")
             // LIST's context ID is reserved: 0.
             #expect(r.first?.data == Self.be32(0) + Array("base:allocation".utf8))
+        }
+        // No query lists every context; "qemu:" and the name list qemu:allocation-depth.
+        let all = Self.replies(h.option(NBDWire.optListMetaContext, data: Self.metaData(Self.exportA2, []),
+                                        catalog: Self.catalog()).reply)
+        #expect(all.map(\.type) == [NBDWire.repMetaContext, NBDWire.repMetaContext, NBDWire.repAck])
+        #expect(all.dropLast().map(\.data) == [Self.be32(0) + Array("base:allocation".utf8),
+                                               Self.be32(0) + Array("qemu:allocation-depth".utf8)])
+        for queries in [["qemu:"], ["qemu:allocation-depth"]] {
+            let r = Self.replies(h.option(NBDWire.optListMetaContext, data: Self.metaData(Self.exportA2, queries),
+                                          catalog: Self.catalog()).reply)
+            #expect(r.first?.data == Self.be32(0) + Array("qemu:allocation-depth".utf8), "\(queries)")
         }
         let none = h.option(NBDWire.optListMetaContext, data: Self.metaData(Self.exportA2, ["qemu:dirty-bitmap:x"]),
                             catalog: Self.catalog())
@@ -322,7 +333,7 @@ import Testing
         let go = h.option(NBDWire.optGo, data: Self.goData(Self.exportA2), catalog: Self.catalog())
         guard case .transmission(let export) = go.next else { Issue.record("GO did not enter transmission"); return }
         let limits = h.limits(for: export)
-        #expect(limits.structuredReplies && limits.blockStatus)
+        #expect(limits.structuredReplies && limits.blockStatus && limits.metaContexts == .baseAllocation)
         let info = try #require(Self.replies(go.reply).first { $0.type == NBDWire.repInfo })
         // NBD_INFO_EXPORT: type, size, then the transmission flags.
         let flags = UInt16(info.data[10]) << 8 | UInt16(info.data[11])
@@ -333,6 +344,22 @@ import Testing
         } else {
             Issue.record("no export a/0")
         }
+    }
+
+    @Test func setMetaContextSelectsBothContextsWithTheirIDs() throws {
+        var h = Self.haggling()
+        _ = h.option(NBDWire.optStructuredReply, data: [], catalog: Self.catalog())
+        let r = Self.replies(h.option(NBDWire.optSetMetaContext,
+                                      data: Self.metaData(Self.exportA2, ["qemu:allocation-depth", "base:allocation"]),
+                                      catalog: Self.catalog()).reply)
+        #expect(r.map(\.type) == [NBDWire.repMetaContext, NBDWire.repMetaContext, NBDWire.repAck])
+        #expect(r.dropLast().map(\.data) == [Self.be32(Int(NBDWire.baseAllocationID)) + Array("base:allocation".utf8),
+                                             Self.be32(Int(NBDWire.allocationDepthID)) + Array("qemu:allocation-depth".utf8)])
+        guard case .found(let export) = Self.catalog().lookup(Self.exportA2) else { Issue.record("no export"); return }
+        let contexts = h.limits(for: export).metaContexts
+        #expect(contexts == [.baseAllocation, .allocationDepth])
+        #expect(contexts.id(lane: 0) == NBDWire.baseAllocationID && contexts.id(lane: 1) == NBDWire.allocationDepthID)
+        #expect(NBDMetaContexts.allocationDepth.id(lane: 0) == NBDWire.allocationDepthID)
     }
 
     @Test func setMetaContextWithoutAMatchClearsTheSelection() throws {
@@ -367,7 +394,7 @@ import Testing
         #expect(check(NBDWire.cmdBlockStatus) == .refuse(NBDWire.errInvalid))
         #expect(check(NBDWire.cmdRead, flags: NBDWire.cmdFlagDF) == .refuse(NBDWire.errInvalid))
         limits.structuredReplies = true
-        limits.blockStatus = true
+        limits.metaContexts = .baseAllocation
         #expect(check(NBDWire.cmdRead, flags: NBDWire.cmdFlagDF) == .accept)
         // Block status is a read: a read-only export answers it, and its length is not a payload.
         #expect(check(NBDWire.cmdBlockStatus, length: 1 << 20) == .accept)

@@ -31,8 +31,10 @@ public enum StoreOp: Equatable, Sendable {
 public enum StoreResult: Equatable, Sendable {
     /// Success; the value is the byte count for read/write, 0 otherwise.
     case ok(Int)
-    /// mapStatus answer.
-    case extent(mapped: Bool, length: UInt64)
+    /// mapStatus answer. `depth`, as qemu:allocation-depth counts it: 0 = allocated in no layer, 1 = in this
+    /// volume itself, n = in the (n-1)th volume below it (a sheepdog snapshot or clone parent). A file is
+    /// one layer: all of it, holes too, is depth 1, as qemu reports a raw image.
+    case extent(mapped: Bool, length: UInt64, depth: UInt8 = 1)
     /// Failure with a classified cause, mapped to sense data by the SCSI layer.
     case failed(StoreError)
 }

@@ -333,7 +333,7 @@ extension Connection {
         tasks[t].slot = Int32(slot)
         tasks[t].state = .storeIO
         tasks[t].lun = lun
-        nbd.requests![t] = NBDRequest(r)
+        nbd.requests![t] = NBDRequest(r, contexts: nbd.limits.metaContexts)
         // The LUN's statistics count NBD requests as `--op stat` counts SCSI commands (reads, writes, the rest).
         tasks[t].startNanos = monotonicNanos()
         if let lun {
@@ -395,12 +395,12 @@ extension Connection {
             case .zeroSlotAndSubmit(let bytes, let next):
                 memset(reactor.pool.data(Int(tasks[t].slot)), 0, bytes)
                 op = next
-            case .describeAndSubmit(let index, let length, let status, let next):
-                nbdDescribe(t, index, length, status)
+            case .describeAndSubmit(let described, let next):
+                nbdDescribe(t, described)
                 op = next
-            case .describeAndReply(let index, let length, let status):
-                nbdDescribe(t, index, length, status)
-                nbdFinish(t, error: 0, descriptors: index + 1)
+            case .describeAndReply(let described):
+                nbdDescribe(t, described)
+                nbdFinish(t, error: 0, descriptors: (described.first.index + 1, (described.second?.index ?? -1) + 1))
                 return
             }
             guard let result = reactor.submitStore(self, t, op) else { return }
@@ -408,12 +408,19 @@ extension Connection {
         }
     }
 
-    /// BLOCK_STATUS keeps its reply's payload in its slot: the context ID, then the descriptors.
-    private func nbdDescribe(_ t: Int, _ index: Int, _ length: UInt32, _ status: UInt32) {
-        let p = UnsafeMutableRawPointer(reactor.pool.data(Int(tasks[t].slot))) + NBDWire.blockStatusContextBytes
-            + index * NBDWire.blockDescriptorBytes
-        put32(p, 0, length)
-        put32(p, 4, status)
+    /// BLOCK_STATUS builds its reply in its slot, one region per selected context (chunk header, context ID,
+    /// descriptors: `NBDMetaContexts.laneOffset`).
+    private func nbdDescribe(_ t: Int, _ described: NBDBlockDescriptors) {
+        let slot = UnsafeMutableRawPointer(reactor.pool.data(Int(tasks[t].slot)))
+        let contexts = nbd.requests![t].contexts
+        func put(_ lane: Int, _ d: NBDBlockDescriptor) {
+            let p = slot + contexts.laneOffset(lane, slotBytes: reactor.config.slotBytes)
+                + NBDWire.structuredReplyHeaderBytes + NBDWire.blockStatusContextBytes + d.index * NBDWire.blockDescriptorBytes
+            put32(p, 0, d.length)
+            put32(p, 4, d.status)
+        }
+        put(0, described.first)
+        if let second = described.second { put(1, second) }
     }
 
     /// A store operation of task `t` finished on the ring (or in a sheep reply).
@@ -426,7 +433,7 @@ extension Connection {
     /// slot. The task (and its slot) is released when the reply is out. With structured replies, READ and
     /// BLOCK_STATUS answer in one chunk flagged DONE (so NBD_CMD_FLAG_DF always holds); other commands keep
     /// simple replies, which proto.md allows.
-    private func nbdFinish(_ t: Int, error: UInt32, descriptors: Int = 0) {
+    private func nbdFinish(_ t: Int, error: UInt32, descriptors: (Int, Int) = (0, 0)) {
         let rq = nbd.requests![t]
         if tasks[t].statistics.slot >= 0 {
             reactor.lunStatistics.done(tasks[t].statistics, read: rq.command == NBDWire.cmdRead, write: rq.command == NBDWire.cmdWrite,
@@ -459,11 +466,25 @@ extension Connection {
             put16(h, header + 4, 0)
             out.commitRaw(i, headerLength: header + NBDWire.errorChunkPayloadBytes, data: nil, dataLength: 0, token: token)
         } else if rq.command == NBDWire.cmdBlockStatus {
-            let bytes = NBDWire.blockStatusContextBytes + descriptors * NBDWire.blockDescriptorBytes
-            put32(UnsafeMutableRawPointer(slot), 0, NBDWire.baseAllocationID)
-            nbdStructuredReplyHeader(h, flags: done, type: NBDWire.replyTypeBlockStatus, cookie: rq.cookie,
-                                     length: UInt32(bytes))
-            out.commitRaw(i, headerLength: header, data: UnsafeRawPointer(slot), dataLength: bytes, token: token)
+            // One chunk per context; the second is moved down to follow the first, so the slot goes out whole.
+            let base = UnsafeMutableRawPointer(slot)
+            let lanes = rq.contexts.count
+            var at = 0
+            for lane in 0..<lanes {
+                let n = lane == 0 ? descriptors.0 : descriptors.1
+                let payload = NBDWire.blockStatusContextBytes + n * NBDWire.blockDescriptorBytes
+                let from = rq.contexts.laneOffset(lane, slotBytes: reactor.config.slotBytes) + header
+                    + NBDWire.blockStatusContextBytes
+                if from != at + header + NBDWire.blockStatusContextBytes {
+                    memmove(base + at + header + NBDWire.blockStatusContextBytes, base + from,
+                            n * NBDWire.blockDescriptorBytes)
+                }
+                nbdStructuredReplyHeader(base + at, flags: lane == lanes - 1 ? done : 0,
+                                         type: NBDWire.replyTypeBlockStatus, cookie: rq.cookie, length: UInt32(payload))
+                put32(base + at, header, rq.contexts.id(lane: lane))
+                at += header + payload
+            }
+            out.commitRaw(i, headerLength: 0, data: UnsafeRawPointer(base), dataLength: at, token: token)
         } else if rq.length == 0 {
             nbdStructuredReplyHeader(h, flags: done, type: NBDWire.replyTypeNone, cookie: rq.cookie, length: 0)
             out.commitRaw(i, headerLength: header, data: nil, dataLength: 0, token: token)

@@ -40,8 +40,9 @@ public struct NBDHandshake: Sendable {
     var optionsSeen = 0
     /// NBD_OPT_STRUCTURED_REPLY was acknowledged.
     public private(set) var structuredReplies = false
-    /// The export the last NBD_OPT_SET_META_CONTEXT selected base:allocation on (nil: none selected).
-    var baseAllocationExport: NBDExport? = nil
+    /// The export the last NBD_OPT_SET_META_CONTEXT selected `selectedContexts` on (nil: none selected).
+    var metaContextExport: NBDExport? = nil
+    var selectedContexts: NBDMetaContexts = []
 
     public init() {}
 
@@ -53,7 +54,7 @@ public struct NBDHandshake: Sendable {
         l.structuredReplies = structuredReplies
         // A context selected for another export does not carry over (proto.md: the client selects contexts
         // for the export it then goes to).
-        l.blockStatus = baseAllocationExport == export
+        l.metaContexts = metaContextExport == export ? selectedContexts : []
         return l
     }
 
@@ -138,15 +139,16 @@ public struct NBDHandshake: Sendable {
     }
 
     /// NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT: 32-bit name length, name, 32-bit query count,
-    /// then each query as a 32-bit length and a string. The one context is base:allocation: LIST matches it by
-    /// its namespace ("base:") or its name, SET selects it by its name only.
+    /// then each query as a 32-bit length and a string. The contexts are base:allocation and
+    /// qemu:allocation-depth: LIST matches each by its namespace ("base:", "qemu:") or its name (no query lists
+    /// both), SET selects them by their names only.
     private mutating func metaContext(_ option: UInt32, _ data: [UInt8], _ catalog: NBDExportCatalog) -> Step {
         func reply(_ type: UInt32, _ why: String) -> Step {
             Step(reply: NBDEncode.optionError(option: option, type: type, message: why), next: .proceed)
         }
         let set = option == NBDWire.optSetMetaContext
         // SET replaces the selection even when it fails.
-        if set { baseAllocationExport = nil }
+        if set { metaContextExport = nil; selectedContexts = [] }
         guard structuredReplies else { return reply(NBDWire.repErrInvalid, "negotiate structured replies first") }
         func u32(_ at: Int) -> Int? {
             guard at >= 0, at + 4 <= data.count else { return nil }
@@ -171,17 +173,24 @@ public struct NBDHandshake: Sendable {
         case .denied: return reply(NBDWire.repErrPolicy, "export '\(name)' is not available to this client")
         case .unknown: return reply(NBDWire.repErrUnknown, "no export '\(name)'")
         }
-        let matches = set
-            ? queries.contains(NBDWire.baseAllocation)
-            : queries.isEmpty || queries.contains { $0 == "base:" || $0 == NBDWire.baseAllocation }
         var out: [UInt8] = []
-        if matches {
+        var selected: NBDMetaContexts = []
+        for s in NBDMetaContexts.served {
+            let namespace = s.name.prefix { $0 != ":" } + ":"
+            let matches = set
+                ? queries.contains(s.name)
+                : queries.isEmpty || queries.contains { $0 == namespace || $0 == s.name }
+            guard matches else { continue }
             // LIST's context IDs are reserved (0); SET's are the IDs block status replies carry.
             var d: [UInt8] = []
-            NBDEncode.append32(&d, set ? NBDWire.baseAllocationID : 0)
-            d += Array(NBDWire.baseAllocation.utf8)
-            out = NBDEncode.optionReply(option: option, type: NBDWire.repMetaContext, data: d)
-            if set { baseAllocationExport = export }
+            NBDEncode.append32(&d, set ? s.id : 0)
+            d += Array(s.name.utf8)
+            out += NBDEncode.optionReply(option: option, type: NBDWire.repMetaContext, data: d)
+            selected.insert(s.context)
+        }
+        if set && !selected.isEmpty {
+            metaContextExport = export
+            selectedContexts = selected
         }
         out += NBDEncode.optionReply(option: option, type: NBDWire.repAck)
         return Step(reply: out, next: .proceed)

@@ -12,11 +12,32 @@ struct NBDRequest {
         case zeroSlotAndSubmit(bytes: Int, StoreOp)
         /// Queue the reply with this NBD error (0 for success; a successful READ carries the slot).
         case reply(error: UInt32)
-        /// BLOCK_STATUS: write extent descriptor `index` (length, base:allocation status) into the slot, then
-        /// submit the operation. A descriptor written again at the same index replaces it (a run continues).
-        case describeAndSubmit(index: Int, length: UInt32, status: UInt32, StoreOp)
-        /// BLOCK_STATUS: write extent descriptor `index`, then queue the reply carrying `index + 1` descriptors.
-        case describeAndReply(index: Int, length: UInt32, status: UInt32)
+        /// BLOCK_STATUS: write the extent descriptors into the slot (one per selected context, in its region),
+        /// then submit the operation. A descriptor written again at the same index replaces it (a run continues).
+        case describeAndSubmit(NBDBlockDescriptors, StoreOp)
+        /// BLOCK_STATUS: write the descriptors, then queue the reply; each context's chunk carries its
+        /// descriptors up to and including the one just written.
+        case describeAndReply(NBDBlockDescriptors)
+    }
+
+    /// One context's run of descriptors while BLOCK_STATUS maps: how many are written, and the last one.
+    struct Lane: Equatable {
+        var count = 0
+        var lastLength: UInt32 = 0
+        var lastStatus: UInt32 = 0
+
+        /// Takes a run of `length` bytes with `status`: it extends the last descriptor if the status is the same
+        /// (runs of one status are merged; a store reports at most one object or file extent per answer).
+        mutating func take(_ length: UInt32, _ status: UInt32) -> NBDBlockDescriptor {
+            if count > 0 && status == lastStatus {
+                lastLength += length
+            } else {
+                count += 1
+                lastLength = length
+                lastStatus = status
+            }
+            return NBDBlockDescriptor(index: count - 1, length: lastLength, status: status)
+        }
     }
 
     private enum State: Equatable {
@@ -33,9 +54,9 @@ struct NBDRequest {
         case flushing
         /// CACHE's read-ahead is in flight.
         case caching
-        /// BLOCK_STATUS: the map of the bytes from `done` is in flight; `descriptors` are written, the last of
-        /// them `lastLength` bytes with status `lastStatus`.
-        case mapping(done: UInt32, descriptors: Int, lastLength: UInt32, lastStatus: UInt32)
+        /// BLOCK_STATUS: the map of the bytes from `done` is in flight; each selected context's descriptors so
+        /// far are in its lane (at most two contexts are served).
+        case mapping(done: UInt32, first: Lane, second: Lane)
         /// The reply is decided; the request has no more events.
         case answered
     }
@@ -45,14 +66,17 @@ struct NBDRequest {
     let flags: UInt16
     let offset: UInt64
     let length: UInt32
+    /// The metadata contexts a BLOCK_STATUS answers.
+    let contexts: NBDMetaContexts
     private var state = State.admitted
 
-    init(_ r: NBDRequestHeader) {
+    init(_ r: NBDRequestHeader, contexts: NBDMetaContexts = []) {
         cookie = r.cookie
         command = r.type
         flags = r.flags
         offset = r.offset
         length = r.length
+        self.contexts = contexts
     }
 
     /// An empty entry, for task entries that never carried a request.
@@ -81,7 +105,8 @@ struct NBDRequest {
             state = .caching
             return .submit(.prefetch(target: .own, offset: offset, length: UInt64(length)))
         case NBDWire.cmdBlockStatus:
-            state = .mapping(done: 0, descriptors: 0, lastLength: 0, lastStatus: 0)
+            precondition(!contexts.isEmpty, "BLOCK_STATUS admitted without a metadata context")
+            state = .mapping(done: 0, first: Lane(), second: Lane())
             return .submit(.mapStatus(target: .own, offset: offset, maxLength: UInt64(length)))
         case NBDWire.cmdWriteZeroes:
             if flags & NBDWire.cmdFlagNoHole == 0 && capabilities.canDiscard && capabilities.discardZeroes {
@@ -129,16 +154,19 @@ struct NBDRequest {
                 return .submit(.flush(target: .own))
             }
             return answer(result)
-        case .mapping(let done, let descriptors, let lastLength, let lastStatus):
+        case .mapping(let done, var first, var second):
             let mapped: Bool
+            let depth: UInt8
             var run: UInt64
             switch result {
-            case .extent(let m, let n):
+            case .extent(let m, let n, let d):
                 mapped = m
                 run = n
+                depth = d
             case .failed(.notSupported), .ok:
-                // A store that cannot tell reports the rest as data, which is always correct.
+                // A store that cannot tell reports the rest as data of this layer, which is always correct.
                 mapped = true
+                depth = 1
                 run = UInt64(length - done)
             case .failed:
                 return answer(result)
@@ -146,20 +174,22 @@ struct NBDRequest {
             run = min(run, UInt64(length - done))
             // A store that maps no bytes would never end the request.
             if run == 0 { return answer(.failed(.mediumError)) }
-            let status = mapped ? 0 : NBDWire.stateHole | NBDWire.stateZero
             let end = done + UInt32(run)
-            // Runs of one status are merged: a store reports at most one object or file extent per answer.
-            let (index, described) = descriptors > 0 && status == lastStatus
-                ? (descriptors - 1, lastLength + UInt32(run)) : (descriptors, UInt32(run))
-            let capacity = (slotBytes - NBDWire.blockStatusContextBytes) / NBDWire.blockDescriptorBytes
-            if end >= length || flags & NBDWire.cmdFlagReqOne != 0 || index + 1 >= capacity {
+            // Each selected context, in ID order (base:allocation, then qemu:allocation-depth), gets the run in
+            // its own lane.
+            let baseStatus = mapped ? 0 : NBDWire.stateHole | NBDWire.stateZero
+            let depthStatus = UInt32(depth)
+            let described = NBDBlockDescriptors(
+                first: first.take(UInt32(run), contexts.contains(.baseAllocation) ? baseStatus : depthStatus),
+                second: contexts.count == 2 ? second.take(UInt32(run), depthStatus) : nil)
+            let capacity = contexts.laneCapacity(slotBytes: slotBytes)
+            if end >= length || flags & NBDWire.cmdFlagReqOne != 0 || max(first.count, second.count) >= capacity {
                 state = .answered
-                return .describeAndReply(index: index, length: described, status: status)
+                return .describeAndReply(described)
             }
-            state = .mapping(done: end, descriptors: index + 1, lastLength: described, lastStatus: status)
-            return .describeAndSubmit(index: index, length: described, status: status,
-                                      .mapStatus(target: .own, offset: offset + UInt64(end),
-                                                 maxLength: UInt64(length - end)))
+            state = .mapping(done: end, first: first, second: second)
+            return .describeAndSubmit(described, .mapStatus(target: .own, offset: offset + UInt64(end),
+                                                            maxLength: UInt64(length - end)))
         case .zeroing(let end):
             if case .failed = result { return answer(result) }
             if end >= length { return answer(result) }
@@ -187,4 +217,17 @@ struct NBDRequest {
         case .mediumError, .unavailable: return NBDWire.errIO
         }
     }
+}
+
+/// One extent descriptor of a BLOCK_STATUS reply: descriptor `index` of its context's chunk.
+struct NBDBlockDescriptor: Equatable {
+    var index: Int
+    var length: UInt32
+    var status: UInt32
+}
+
+/// The descriptors one store answer writes: one per selected context (at most two are served), in ID order.
+struct NBDBlockDescriptors: Equatable {
+    var first: NBDBlockDescriptor
+    var second: NBDBlockDescriptor?
 }

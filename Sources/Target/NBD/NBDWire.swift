@@ -102,9 +102,13 @@ public enum NBDWire {
     public static let replyTypeBlockStatus: UInt16 = 5
     public static let replyTypeError: UInt16 = 1 << 15 | 1
     // MARK: Metadata contexts
-    /// The one context served, and the ID its block status replies carry.
+    /// The contexts served, and the IDs their block status replies carry.
     public static let baseAllocation = "base:allocation"
     public static let baseAllocationID: UInt32 = 1
+    /// QEMU's (docs/interop/nbd.rst): the status is the layer the data lives in, 0 = none, 1 = this image,
+    /// n = the (n-1)th backing layer: on sheepdog, how far down the snapshot chain an object's owner is.
+    public static let allocationDepth = "qemu:allocation-depth"
+    public static let allocationDepthID: UInt32 = 2
     /// base:allocation's status flags: not allocated, and reads as zeros.
     public static let stateHole: UInt32 = 1 << 0
     public static let stateZero: UInt32 = 1 << 1
@@ -184,8 +188,9 @@ public struct NBDExportLimits: Equatable, Sendable {
     public var minimumBlockBytes: Int
     /// NBD_OPT_STRUCTURED_REPLY was acknowledged: READ may carry NBD_CMD_FLAG_DF.
     public var structuredReplies = false
-    /// base:allocation was selected for this export: BLOCK_STATUS is allowed.
-    public var blockStatus = false
+    /// The metadata contexts selected for this export; with any, BLOCK_STATUS is allowed.
+    public var metaContexts: NBDMetaContexts = []
+    public var blockStatus: Bool { !metaContexts.isEmpty }
 
     public init(sizeBytes: UInt64, readOnly: Bool, maxPayloadBytes: Int, minimumBlockBytes: Int) {
         self.sizeBytes = sizeBytes
@@ -331,3 +336,43 @@ public func nbdSimpleReply(_ p: UnsafeMutableRawPointer, error: UInt32, cookie: 
     put64(p, 8, cookie)
 }
 
+
+/// The metadata contexts a client selected with NBD_OPT_SET_META_CONTEXT. A BLOCK_STATUS reply carries one
+/// chunk per selected context, in the order of their IDs.
+public struct NBDMetaContexts: OptionSet, Equatable, Sendable {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    public static let baseAllocation = NBDMetaContexts(rawValue: 1 << 0)
+    public static let allocationDepth = NBDMetaContexts(rawValue: 1 << 1)
+
+    /// Every context served, in ID order, with its name and ID.
+    public static let served: [(context: NBDMetaContexts, name: String, id: UInt32)] = [
+        (.baseAllocation, NBDWire.baseAllocation, NBDWire.baseAllocationID),
+        (.allocationDepth, NBDWire.allocationDepth, NBDWire.allocationDepthID),
+    ]
+
+    /// How many chunks a BLOCK_STATUS reply carries.
+    public var count: Int { rawValue.nonzeroBitCount }
+
+    /// The ID of the `lane`th selected context (0-based, ID order).
+    public func id(lane: Int) -> UInt32 {
+        var k = 0
+        for s in NBDMetaContexts.served where contains(s.context) {
+            if k == lane { return s.id }
+            k += 1
+        }
+        preconditionFailure("no metadata context lane \(lane) in \(rawValue)")
+    }
+
+    /// A BLOCK_STATUS reply is built in its buffer slot, one region per selected context: the chunk header, the
+    /// context ID, then the descriptors. Where region `lane` starts (8-byte aligned).
+    public func laneOffset(_ lane: Int, slotBytes: Int) -> Int { lane * laneBytes(slotBytes: slotBytes) }
+
+    public func laneBytes(slotBytes: Int) -> Int { slotBytes / Swift.max(1, count) & ~7 }
+
+    /// Descriptors one region holds.
+    public func laneCapacity(slotBytes: Int) -> Int {
+        (laneBytes(slotBytes: slotBytes) - NBDWire.structuredReplyHeaderBytes - NBDWire.blockStatusContextBytes)
+            / NBDWire.blockDescriptorBytes
+    }
+}

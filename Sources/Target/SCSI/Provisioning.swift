@@ -105,7 +105,7 @@ extension SCSITask {
         var mapped = true
         var blocks = remainingBlocks
         switch r {
-        case .extent(let m, let length):
+        case .extent(let m, let length, _):
             mapped = m
             // A partial block counts as one block of that state; every answer advances at least one block.
             blocks = min(remainingBlocks, max(1, length / bs))

@@ -263,18 +263,20 @@ final class SheepStore<Host: SheepStoreHost> {
         }
     }
 
+    /// The run of objects from `offset` that share one allocation depth (so one mapped state too): an object
+    /// no VDI in the chain owns is a hole; one a snapshot owns reads as data but lies a layer down.
     func mapStatus(_ vol: SheepVolume, offset: UInt64, maxLength: UInt64) -> StoreResult {
-        guard offset < vol.byteCount else { return .extent(mapped: false, length: 0) }
+        guard offset < vol.byteCount else { return .extent(mapped: false, length: 0, depth: 0) }
         let objBytes = UInt64(vol.objectBytes)
         let end = min(vol.byteCount, offset &+ maxLength)
         var at = offset
-        let mapped = vol.owner(Int(offset / objBytes)) != 0
+        let depth = vol.allocationDepth(ofOwner: vol.owner(Int(offset / objBytes)))
         while at < end {
             let idx = Int(at / objBytes)
-            if (vol.owner(idx) != 0) != mapped { break }
+            if vol.allocationDepth(ofOwner: vol.owner(idx)) != depth { break }
             at = UInt64(idx + 1) * objBytes
         }
-        return .extent(mapped: mapped, length: min(at, end) - offset)
+        return .extent(mapped: depth != 0, length: min(at, end) - offset, depth: depth)
     }
 
     // MARK: - Replies

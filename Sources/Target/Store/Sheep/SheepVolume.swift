@@ -28,6 +28,12 @@ public final class SheepVolume: @unchecked Sendable {
     /// data_vdi_id[]: owner VID per object index, 0 = unallocated.
     let index: UnsafeMutablePointer<UInt32>
     let indexSlots: Int
+    /// The VID opened, then its snapshot or clone ancestors, nearest first (parent_vdi_id, read at open):
+    /// the layers `allocationDepth` counts. Never changed after open.
+    private(set) var layers: [UInt32] = []
+    /// The parent chain is read this far at open (sheep keeps no bound on it; a deeper owner counts as
+    /// the deepest layer).
+    static let maxLayers = 255
 
     init(spec: SheepBackingSpec, name: String, byteCount: UInt64, objectShift: Int, copies: UInt8, readOnly: Bool,
          lockedVID: UInt32, vid: UInt32, homeCore: Int, endpointIndex: Int, index: UnsafeMutablePointer<UInt32>,
@@ -67,6 +73,33 @@ public final class SheepVolume: @unchecked Sendable {
     func setOwner(_ idx: Int, _ v: UInt32) {
         guard idx >= 0 && idx < indexSlots else { return }
         rt_store_release_u32(index + idx, v)
+    }
+
+    /// qemu:allocation-depth of an object that `owner` owns: 0 unallocated, 1 this VDI's own, n the
+    /// (n-1)th layer below. A snapshot taken while the VDI is served makes the opened VID the working VDI's
+    /// parent (one layer down); an owner outside the layers read at open (a snapshot in between) is counted
+    /// one layer below the working VDI.
+    func allocationDepth(ofOwner owner: UInt32) -> UInt8 {
+        if owner == 0 { return 0 }
+        let current = vid
+        if owner == current { return 1 }
+        let opened = layers.first ?? current
+        let base = opened == current ? 1 : 2
+        guard let i = layers.firstIndex(of: owner) else { return 2 }
+        return UInt8(min(Self.maxLayers, base + i))
+    }
+
+    /// Reads the parent chain of `header` (control plane, at open); a failed read ends it where it got to.
+    fileprivate func readLayers(_ client: SheepClient, opened: UInt32, parent: UInt32) {
+        var chain = [opened]
+        var next = parent
+        while next != 0 && chain.count < Self.maxLayers && !chain.contains(next) {
+            guard let r = try? client.readInode(vid: next, withIndex: false), r.result == .success,
+                  r.data.count >= SheepInodeHeader.encodedSizeBytes else { break }
+            chain.append(next)
+            next = r.data.withUnsafeBytes { SheepInodeHeader(from: $0.baseAddress!).parentVDIID }
+        }
+        layers = chain
     }
 
     public var capabilities: StoreCapabilities {
@@ -157,10 +190,12 @@ public final class SheepVolume: @unchecked Sendable {
         // The wire is little-endian; so is every host we run on, but do not assume it.
         for i in 0..<slots { index[i] = UInt32(littleEndian: index[i]) }
         let readOnly = spec.isSnapshot || header.snapCTime != 0
-        return SheepVolume(spec: spec, name: spec.vdi, byteCount: header.vdiSize,
-                           objectShift: Int(header.blockSizeShift), copies: header.nrCopies, readOnly: readOnly,
-                           lockedVID: lockedVID, vid: vid, homeCore: homeCore,
-                           endpointIndex: endpointIndex(spec.endpoint), index: index, indexSlots: slots)
+        let volume = SheepVolume(spec: spec, name: spec.vdi, byteCount: header.vdiSize,
+                                 objectShift: Int(header.blockSizeShift), copies: header.nrCopies, readOnly: readOnly,
+                                 lockedVID: lockedVID, vid: vid, homeCore: homeCore,
+                                 endpointIndex: endpointIndex(spec.endpoint), index: index, indexSlots: slots)
+        volume.readLayers(client, opened: vid, parent: header.parentVDIID)
+        return volume
     }
 
     /// RELEASE_VDI for the lock taken at open (control plane). Errors are ignored: sheep answers SUCCESS on
