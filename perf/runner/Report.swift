@@ -267,6 +267,7 @@ func markdown(_ rep: [String: Any], runs: [RunRecord], ratios: [Ratio], goals: [
             md += "| \(c["daemon"] ?? ""), \(c["lun"] ?? "") | \(kIOPS(c["loadgenMean"] as? Double ?? 0)) | \(kIOPS(c["iscsiPerfMean"] as? Double ?? 0)) | \(String(format: "%+.1f%%", (c["difference"] as? Double ?? 0) * 100)) | \((c["agreeWithin10Percent"] as? Bool ?? false) ? "yes" : "**no**") |\n"
         }
     }
+    if let tp = rep["thirdParty"] as? [String: Any] { md += thirdPartyMarkdown(tp) }
     if let idle = rep["idle"] as? [[String: Any]], !idle.isEmpty {
         md += "\n## Idle sessions (one active session, 4K random read QD32, null LUN, 1 core)\n\n| Target | idle sessions | active IOPS without → with them | RSS before → with idle (KiB) | bytes per idle session | note |\n|---|---|---|---|---|---|\n"
         for i in idle {

@@ -31,8 +31,8 @@ struct PerfRunner: ParsableCommand {
     @Option(help: "Warm-up seconds per run.")
     var warmup: Double = 1
 
-    @Option(help: "Parts to run: scenarios,echo,crosscheck,idle,gates (comma-separated).")
-    var only: String = "scenarios,echo,crosscheck,idle,fio,gates"
+    @Option(help: "Parts to run: scenarios,echo,crosscheck,thirdparty,idle,fio,gates (comma-separated).")
+    var only: String = "scenarios,echo,crosscheck,thirdparty,idle,fio,gates"
 
     @Option(help: "Scenario ids containing this text only.")
     var filter: String?
@@ -196,7 +196,7 @@ struct PerfRunner: ParsableCommand {
 
         var daemons: [Daemon] = []
         defer { for d in daemons { d.stop() } }
-        let needDaemons = !parts.isDisjoint(with: ["scenarios", "crosscheck", "idle", "fio"])
+        let needDaemons = !parts.isDisjoint(with: ["scenarios", "crosscheck", "thirdparty", "idle", "fio"])
         if needDaemons {
             for s in specs {
                 let d = Daemon(spec: s, bins: bins, logDir: logDir, fileLUN: fileLUN)
@@ -283,6 +283,13 @@ struct PerfRunner: ParsableCommand {
                 cc.append(x)
             }
             report["crossCheck"] = cc
+        }
+
+        if parts.contains("thirdparty") {
+            log("third-party initiators (iscsi-perf, qemu-img bench, fio nbd) against each target, and the echo floor")
+            let ds = ["tgt-1c", "ringtgt-1c"].compactMap { daemon($0) }
+            report["thirdParty"] = thirdPartySection(bins: bins, logDir: logDir, daemons: ds,
+                                                     seconds: max(3, Int(duration.rounded())))
         }
 
         var idle: [[String: Any]] = []

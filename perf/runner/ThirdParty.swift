@@ -1,0 +1,196 @@
+// The initiators people run, against each target in turn (issue 13): libiscsi's iscsi-perf at QD1, 8 and 32,
+// 16 iscsi-perf processes at QD2 (a storage node serving many shallow guests), QEMU's own libiscsi client
+// through `qemu-img bench`, and fio's nbd engine (ringtgt only: tgt has no NBD server). Each row gives the
+// IOPS and the target's CPU per I/O; the loopback echo's server CPU per round trip at the same depths is the
+// floor no target can go below. Initiators run on CPU 1, a one-core target on CPU 0.
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// utime+stime of every thread of `pid`, in seconds (/proc/PID/stat, fields 14 and 15).
+func processCPUSeconds(_ pid: Int32) -> Double? {
+    guard pid > 0, let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+          let close = stat.lastIndex(of: ")") else { return nil }
+    let fields = stat[stat.index(after: close)...].split(separator: " ")
+    // After the command: state is field 3, so utime (14) and stime (15) are at 11 and 12.
+    guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
+    return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+}
+
+/// One third-party initiator configuration.
+struct ThirdPartyLoad {
+    /// "iscsi-perf", "qemu-img bench", "fio nbd".
+    let initiator: String
+    let queueDepth: Int
+    let processes: Int
+
+    var id: String { "\(initiator) QD\(queueDepth)" + (processes > 1 ? " x\(processes)" : "") }
+
+    static let all: [ThirdPartyLoad] = [1, 8, 32].map { ThirdPartyLoad(initiator: "iscsi-perf", queueDepth: $0, processes: 1) }
+        + [ThirdPartyLoad(initiator: "iscsi-perf", queueDepth: 2, processes: 16)]
+        + [1, 8, 32].map { ThirdPartyLoad(initiator: "qemu-img bench", queueDepth: $0, processes: 1) }
+        + [1, 32].map { ThirdPartyLoad(initiator: "fio nbd", queueDepth: $0, processes: 1) }
+}
+
+enum ThirdPartyLimits {
+    /// qemu-img bench runs a request count, not a time: this many per second it is expected to last.
+    static let qemuBenchRequestsPerSecond = 20_000
+    /// Slack past a run's duration before its tools are killed.
+    static let toolSlackSeconds = 60.0
+}
+
+/// Runs `load` against `d`'s null LUN for about `seconds`; the IOPS the initiator reports and the target CPU
+/// used over the same interval.
+func thirdPartyRun(bins: Binaries, logDir: URL, daemon d: Daemon, load: ThirdPartyLoad, seconds: Int) -> [String: Any] {
+    var rec: [String: Any] = ["daemon": d.name, "initiator": load.initiator, "queueDepth": load.queueDepth,
+                              "processes": load.processes, "id": load.id]
+    if load.initiator == "fio nbd" && d.peer != .ringtgt { rec["error"] = "no NBD server"; return rec }
+    _ = try? d.ensureRunning()
+    let url = d.url(.null)
+    let cpuBefore = processCPUSeconds(d.pid)
+    let start = Date()
+    var ios = 0.0
+    var failure: String? = nil
+    switch load.initiator {
+    case "iscsi-perf":
+        // Each process its own initiator name: sessions of one name and ISID would reinstate each other.
+        var children: [Child] = []
+        for k in 0..<load.processes {
+            let args = ["-c", "1", bins.iscsiPerf, "-i", "iqn.2026-01.org.ringtgt.perf:p\(k)", "-t", "\(seconds)",
+                        "-m", "\(load.queueDepth)", "-b", "8", "-r", url]
+            if let c = try? Child(bins.taskset, args, logDir: logDir, label: "iscsi-perf-\(k)") { children.append(c) }
+        }
+        for (k, c) in children.enumerated() {
+            let status = c.wait(seconds: Double(seconds) + ThirdPartyLimits.toolSlackSeconds)
+            if status == nil { c.stop() }
+            if status == 0, let iops = iscsiPerfAverage(c.stdout) { ios += iops * Double(seconds) }
+            else { failure = "iscsi-perf \(k): \(logExcerpt(c.stderr + c.stdout, lines: 2))" }
+        }
+        if children.count < load.processes { failure = "iscsi-perf did not start" }
+    case "qemu-img bench":
+        let count = ThirdPartyLimits.qemuBenchRequestsPerSecond * seconds
+        let args = ["-c", "1", "qemu-img", "bench", "-f", "raw", "-c", "\(count)", "-d", "\(load.queueDepth)",
+                    "-s", "4k", url]
+        if let r = try? runTool(bins.taskset, args, logDir: logDir, label: "qemu-img-bench",
+                                timeoutSeconds: Double(seconds) * 10 + ThirdPartyLimits.toolSlackSeconds), r.status == 0 {
+            ios = Double(count)
+        } else {
+            failure = "qemu-img bench failed"
+        }
+    default:
+        guard let port = d.nbdPort() else { failure = "no NBD listener"; break }
+        let uri = "nbd://127.0.0.1:\(port)/\(DaemonLimits.iqn)/\(LUNKind.null.lun)"
+        let args = ["-c", "1", bins.fio, "--name=tp", "--ioengine=nbd", "--uri=\(uri)", "--rw=randread", "--bs=4k",
+                    "--iodepth=\(load.queueDepth)", "--size=1g", "--time_based=1", "--runtime=\(seconds)",
+                    "--output-format=json"]
+        if let r = try? runTool(bins.taskset, args, logDir: logDir, label: "fio-nbd-tp",
+                                timeoutSeconds: Double(seconds) + ThirdPartyLimits.toolSlackSeconds),
+           r.status == 0, let brace = r.out.firstIndex(of: "{"),
+           let obj = try? JSONSerialization.jsonObject(with: Data(r.out[brace...].utf8)) as? [String: Any],
+           let job = (obj["jobs"] as? [[String: Any]])?.first, let read = job["read"] as? [String: Any],
+           let n = (read["total_ios"] as? NSNumber)?.doubleValue {
+            ios = n
+        } else {
+            failure = "fio failed"
+        }
+    }
+    let wall = Date().timeIntervalSince(start)
+    let cpu = cpuBefore.flatMap { b in processCPUSeconds(d.pid).map { $0 - b } }
+    if let failure { rec["error"] = failure }
+    guard failure == nil, ios > 0, let cpu else {
+        log("  \(d.name) \(load.id): \(failure ?? "no I/O measured")")
+        return rec
+    }
+    // Wall time includes logins and tool start-up, which the I/O count does not: IOPS is the initiator's own
+    // figure where it reports one (iscsi-perf, fio), else I/Os over wall time.
+    let iops = ios / (load.initiator == "qemu-img bench" ? wall : Double(seconds))
+    let cpuPerIO = cpu / ios * 1e6
+    rec["iops"] = iops
+    rec["targetCPUSeconds"] = cpu
+    rec["targetCPUMicrosPerIO"] = cpuPerIO
+    log("  \(d.name) \(load.id): \(Int(iops)) IOPS, target CPU \(String(format: "%.2f", cpuPerIO)) us/IO")
+    return rec
+}
+
+/// The average IOPS iscsi-perf prints last ("... iops average N").
+func iscsiPerfAverage(_ out: String) -> Double? {
+    let text = out.replacingOccurrences(of: "\r", with: "\n")
+    guard let line = text.split(separator: "\n").last(where: { $0.contains("iops average") }),
+          let range = line.range(of: "iops average ") else { return nil }
+    return Double(line[range.upperBound...].prefix(while: { $0.isNumber }))
+}
+
+/// The loopback echo server's CPU per round trip at `qd` (server on CPU 0, client on CPU 1): the cost of
+/// waking up, receiving and sending that any target pays per request at this pacing.
+func echoServerCPU(bins: Binaries, logDir: URL, qd: Int, seconds: Double) -> [String: Any] {
+    var rec: [String: Any] = ["queueDepth": qd]
+    do {
+        let server = try Child(bins.taskset, ["-c", "0", bins.echo, "server"], logDir: logDir, label: "echo-server-cpu")
+        defer { server.stop(signal: SIGTERM, graceSeconds: 5) }
+        var port = 0
+        for _ in 0..<500 {
+            if let line = server.stdout.split(separator: "\n").first(where: { $0.hasPrefix("PORT ") }),
+               let p = Int(line.dropFirst(5)) { port = p; break }
+            if !server.isRunning { break }
+            usleep(10_000)
+        }
+        guard port > 0 else { throw RunnerError("echo server did not report its port") }
+        let before = processCPUSeconds(server.pid)
+        let r = try runTool(bins.taskset, ["-c", "1", bins.echo, "client", "--port", "\(port)", "--qd", "\(qd)",
+                                           "--duration", "\(seconds)", "--warmup", "0", "--json"],
+                            logDir: logDir, label: "echo-client-cpu", timeoutSeconds: seconds + 30)
+        guard r.status == 0, let obj = try? JSONSerialization.jsonObject(with: Data(r.out.utf8)) as? [String: Any],
+              let rate = (obj["roundTripsPerSecond"] as? NSNumber)?.doubleValue, rate > 0,
+              let b = before, let after = processCPUSeconds(server.pid) else {
+            throw RunnerError("echo client failed: \(r.err)")
+        }
+        let perRoundTrip = (after - b) / (rate * seconds) * 1e6
+        rec["roundTripsPerSecond"] = rate
+        rec["serverCPUMicrosPerRoundTrip"] = perRoundTrip
+        log("  echo QD\(qd): \(Int(rate)) round trips/s, server CPU \(String(format: "%.2f", perRoundTrip)) us/round trip")
+    } catch {
+        rec["error"] = "\(error)"
+        log("  echo QD\(qd): \(error)")
+    }
+    return rec
+}
+
+/// Every load against every daemon given (alternating, so each pair is measured minutes apart at most), then
+/// the echo floor at each depth.
+func thirdPartySection(bins: Binaries, logDir: URL, daemons: [Daemon], seconds: Int) -> [String: Any] {
+    var runs: [[String: Any]] = []
+    for load in ThirdPartyLoad.all {
+        for d in daemons { runs.append(thirdPartyRun(bins: bins, logDir: logDir, daemon: d, load: load, seconds: seconds)) }
+    }
+    let echo = Set(ThirdPartyLoad.all.map(\.queueDepth)).sorted().map {
+        echoServerCPU(bins: bins, logDir: logDir, qd: $0, seconds: Double(seconds))
+    }
+    return ["runs": runs, "echo": echo]
+}
+
+/// The report's table: per load, each target's IOPS and CPU per I/O, ringtgt's CPU as a fraction of tgt's, and
+/// the echo floor at the same depth.
+func thirdPartyMarkdown(_ section: [String: Any]) -> String {
+    guard let runs = section["runs"] as? [[String: Any]], !runs.isEmpty else { return "" }
+    let echo = section["echo"] as? [[String: Any]] ?? []
+    func cell(_ r: [String: Any]?) -> String {
+        guard let r else { return "—" }
+        if let e = r["error"] { return "\(e)" }
+        return String(format: "%.1fK, %.2f us", (r["iops"] as? Double ?? 0) / 1000, r["targetCPUMicrosPerIO"] as? Double ?? 0)
+    }
+    var md = "\n## Third-party initiators (null LUN, 4K random read, 1 target core on CPU 0, initiators on CPU 1)\n\n"
+    md += "| Initiator | tgt IOPS, CPU/IO | ringtgt IOPS, CPU/IO | CPU ratio | echo server CPU/round trip | ringtgt ÷ echo |\n|---|---|---|---|---|---|\n"
+    for load in ThirdPartyLoad.all {
+        let t = runs.first { ($0["id"] as? String) == load.id && ($0["daemon"] as? String)?.hasPrefix("tgt") == true }
+        let r = runs.first { ($0["id"] as? String) == load.id && ($0["daemon"] as? String)?.hasPrefix("ringtgt") == true }
+        let tc = t?["targetCPUMicrosPerIO"] as? Double, rc = r?["targetCPUMicrosPerIO"] as? Double
+        let e = echo.first { ($0["queueDepth"] as? Int) == load.queueDepth }?["serverCPUMicrosPerRoundTrip"] as? Double
+        let ratio = (tc != nil && rc != nil && tc! > 0) ? String(format: "%.2f", rc! / tc!) : "—"
+        let floor = e.map { String(format: "%.2f us", $0) } ?? "—"
+        let overFloor = (rc != nil && e != nil && e! > 0) ? String(format: "%.2f", rc! / e!) : "—"
+        md += "| \(load.id) | \(cell(t)) | \(cell(r)) | \(ratio) | \(floor) | \(overFloor) |\n"
+    }
+    md += "\nCPU/IO = the target's utime+stime (all threads, /proc/PID/stat) over the run ÷ I/Os completed. The echo is ringtgt-echo's server (io_uring, one 4 KiB read's message sizes, no iSCSI) at the same queue depth: the floor for one wake-up per request.\n"
+    return md
+}
