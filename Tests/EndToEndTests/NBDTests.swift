@@ -318,6 +318,19 @@ extension EndToEnd {
             return out
         }
 
+        /// `qemu-img map --output=json` (QEMU's NBD client, through base:allocation) as (offset, length, hole).
+        static func qemuImgMap(_ t: RunningTarget, _ url: String) throws -> [(offset: Int64, length: Int64, hole: Bool)] {
+            let q = try t.tool("qemu-img", ["map", "--output=json", "-f", "raw", url])
+            try #require(q.succeeded, "\(q)")
+            let json = try #require(try JSONSerialization.jsonObject(with: Data(q.stdout.utf8)) as? [[String: Any]],
+                                    "qemu-img map output: \(q.stdout)")
+            return json.compactMap { e in
+                guard let o = (e["start"] as? NSNumber)?.int64Value, let l = (e["length"] as? NSNumber)?.int64Value,
+                      let d = e["data"] as? Bool else { return nil }
+                return (o, l, !d)
+            }
+        }
+
         /// The data ranges of a map, adjacent extents merged.
         static func dataRanges(_ m: [(offset: Int64, length: Int64, hole: Bool)]) -> [Range<Int64>] {
             var out: [Range<Int64>] = []
@@ -353,15 +366,8 @@ extension EndToEnd {
                 let depth = try NBD.contextMap(t, t.nbdURL(lun: 1), "qemu:allocation-depth")
                 #expect(depth.map(\.type) == [1] && depth.first?.length == 32 * mebibyte, "\(depth)")
                 // qemu-img map (QEMU's NBD client, through base:allocation) agrees.
-                let q = try t.tool("qemu-img", ["map", "--output=json", "-f", "raw", t.nbdURL(lun: 1)])
-                try #require(q.succeeded, "\(q)")
-                let qm = try #require(try JSONSerialization.jsonObject(with: Data(q.stdout.utf8)) as? [[String: Any]])
-                let qdata = qm.compactMap { e -> (offset: Int64, length: Int64, hole: Bool)? in
-                    guard let o = (e["start"] as? NSNumber)?.int64Value, let l = (e["length"] as? NSNumber)?.int64Value,
-                          let d = e["data"] as? Bool else { return nil }
-                    return (o, l, !d)
-                }
-                #expect(NBD.dataRanges(qdata) == expected, "qemu-img map: \(q.stdout)")
+                let q = try NBD.qemuImgMap(t, t.nbdURL(lun: 1))
+                #expect(NBD.dataRanges(q) == expected, "qemu-img map: \(q)")
             }
         }
 
@@ -434,15 +440,8 @@ extension EndToEnd {
                     let expected = [1, 3, 5].map { (Int64($0) * objectBytes)..<(Int64($0 + 1) * objectBytes) }
                     let m = try NBD.map(t, t.nbdURL())
                     #expect(NBD.dataRanges(m) == expected, "nbdinfo --map: \(m)")
-                    let q = try t.tool("qemu-img", ["map", "--output=json", "-f", "raw", t.nbdURL()])
-                    try #require(q.succeeded, "\(q)")
-                    let qm = try #require(try JSONSerialization.jsonObject(with: Data(q.stdout.utf8)) as? [[String: Any]])
-                    let qdata = qm.compactMap { e -> (offset: Int64, length: Int64, hole: Bool)? in
-                        guard let o = (e["start"] as? NSNumber)?.int64Value, let l = (e["length"] as? NSNumber)?.int64Value,
-                              let d = e["data"] as? Bool else { return nil }
-                        return (o, l, !d)
-                    }
-                    #expect(NBD.dataRanges(qdata) == expected, "qemu-img map: \(q.stdout)")
+                    let q = try NBD.qemuImgMap(t, t.nbdURL())
+                    #expect(NBD.dataRanges(q) == expected, "qemu-img map: \(q)")
                     let owners = try NBD.objectMap(sheep, "thinclone")
                     let fromIndex = owners.keys.sorted().map { (Int64($0) * objectBytes)..<(Int64($0 + 1) * objectBytes) }
                     #expect(fromIndex == expected, "object map: \(owners)")

@@ -178,6 +178,26 @@ import Testing
         #expect(q.count == 0)
         let third = q.prepareSend()
         #expect(!third)
+        // Emptied, the queue starts again at its first record and arena entry.
+        let next = q.nextIndex()
+        #expect(next == 0)
+    }
+
+    /// An idle session's periodic PDU (a NOP-In each interval) always lands in record 0, so only the first
+    /// pages of its send queue are ever resident, however long it stays idle.
+    @Test func anIdleQueueReusesItsFirstRecord() {
+        let memory = UnsafeMutableRawPointer.allocate(byteCount: OutQueue.memoryBytes(capacity: 8), alignment: 64)
+        defer { memory.deallocate() }
+        var q = OutQueue(capacity: 8, memory: memory)
+        for t in 0..<20 {
+            let i = q.nextIndex()
+            #expect(i == 0, "ping \(t) went to record \(i)")
+            PDUBuild.nopIn(q.header(i), itt: reservedTag, ttt: UInt32(t), lunField: 0, dataLength: 0)
+            q.commit(i, data: nil, dataLength: 0, headerDigest: false, dataDigest: false, token: .none)
+            let sending = q.prepareSend()
+            #expect(sending)
+            _ = q.completed(sent: 48)
+        }
     }
 
     @Test func digestsCoverHeaderAndPaddedData() {

@@ -173,6 +173,9 @@ struct OutQueue: ~Copyable {
             if r.token != .none { fired[n] = r.token; n += 1 }
         }
         inFlight = 0
+        // An empty queue starts again at record 0: an idle session's NOP-Ins then reuse the same record and
+        // arena entry instead of walking all of them, so its resident memory stays at the pages it first used.
+        if count == 0 && sentInFirst == 0 { head = 0 }
         return n
     }
 
