@@ -75,6 +75,22 @@ extension EndToEnd {
                     let expected = objects(SheepHyperVolumes.dogOffset, SheepHyperVolumes.dogBytes)
                         + objects(SheepHyperVolumes.iscsiOffset, SheepHyperVolumes.iscsiBytes)
                     #expect(listed == expected, "dog vdi object map:\n\(map)")
+
+                    // GET LBA STATUS answers from the same owners: qemu-img map shows data exactly there.
+                    let qmap = try t.target.tool("qemu-img", ["map", "--output=json", "-f", "raw", t.url(lun: 1)],
+                                                 timeoutSeconds: SheepE2ELimits.toolTimeoutSeconds)
+                    #expect(qmap.succeeded, "qemu-img map: \(qmap)")
+                    let extents = (try? JSONSerialization.jsonObject(with: Data(qmap.stdout.utf8))) as? [[String: Any]] ?? []
+                    var dataRanges: [(Int64, Int64)] = []
+                    for e in extents where (e["data"] as? Bool) == true {
+                        guard let start = (e["start"] as? NSNumber)?.int64Value, let len = (e["length"] as? NSNumber)?.int64Value
+                        else { continue }
+                        if let last = dataRanges.last, last.1 == start { dataRanges[dataRanges.count - 1].1 = start + len }
+                        else { dataRanges.append((start, start + len)) }
+                    }
+                    let want = [expected.prefix(3), expected.suffix(3)].map { ($0.first! * o, ($0.last! + 1) * o) }
+                    #expect(dataRanges.map(\.0) == want.map(\.0) && dataRanges.map(\.1) == want.map(\.1),
+                            "qemu-img map data extents \(dataRanges), expected \(want)")
                 }
             }
         }
