@@ -55,4 +55,38 @@ extension SheepHomeMachineTests {
         #expect(b.reply(w2.op, .success).answers.map(\.tag) == [3])
         #expect(b.volume.owner(2) == Self.vid)
     }
+
+    /// At depth 2 the changed leaf is written first (up to its last entry), and the root, whose key for that
+    /// leaf grew, only once the leaf is in place.
+    @Test func atDepthTwoTheLeafIsWrittenBeforeTheRoot() throws {
+        let tree = try #require(SheepHyperIndex())
+        let leafOID = SheepBTree.nodeOID(vid: Self.vid, number: 0)
+        let leaf = try #require(tree.adopt(leafOID))
+        SheepBTree.initNode(leaf, depth: 1)
+        leaf.storeBytes(of: UInt32(1).littleEndian, toByteOffset: 4, as: UInt32.self)
+        leaf.storeBytes(of: UInt32(1).littleEndian, toByteOffset: 8, as: UInt32.self)
+        leaf.storeBytes(of: Self.vid.littleEndian, toByteOffset: 12, as: UInt32.self)
+        SheepBTree.initNode(tree.root, depth: 2)
+        tree.root.storeBytes(of: UInt32(1).littleEndian, toByteOffset: 4, as: UInt32.self)
+        tree.root.storeBytes(of: UInt32(1).littleEndian, toByteOffset: 8, as: UInt32.self)
+        tree.root.storeBytes(of: leafOID.littleEndian, toByteOffset: 16, as: UInt64.self)
+        tree.btreeCounter = 1
+        let b = Bench(owners: [1: Self.vid], hyper: tree)
+
+        let c = Self.expectCreate(b.write(3), index: 3, vid: Self.vid, cow: 0)
+        let leafWrite = b.reply(c, .success)
+        let lw = try #require(leafWrite.sends.first)
+        #expect(leafWrite.sends.count == 1)
+        #expect(lw.header.opcode == .writeObj && lw.header.oid == leafOID && lw.header.objOffset == 0)
+        #expect(lw.payload == [0x74, 0x62, 1, 0, 2, 0, 0, 0] + Self.le(1) + Self.le(Self.vid) + Self.le(3) + Self.le(Self.vid))
+        let rootWrite = b.reply(lw.op, .success)
+        let rw = try #require(rootWrite.sends.first)
+        #expect(rw.header.oid == SheepOID.inode(vid: Self.vid) && rw.header.objOffset == Self.rootWriteOffset)
+        #expect(Array(rw.payload.prefix(4)) == Self.le(1), "btree_counter")
+        #expect(Self.root(rw.payload) == [0x74, 0x62, 2, 0, 1, 0, 0, 0] + Self.le(3) + [0, 0, 0, 0]
+                + withUnsafeBytes(of: leafOID.littleEndian) { Array($0) })
+        #expect(b.volume.owner(3) == 0)
+        #expect(b.reply(rw.op, .success).answers.map(\.tag) == [1])
+        #expect(b.volume.owner(3) == Self.vid && b.machine.stepsInFlight == 0)
+    }
 }
