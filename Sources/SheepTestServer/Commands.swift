@@ -166,7 +166,8 @@ func parseSizeArgument(_ s: String, _ what: String) throws -> UInt64 {
 
 struct Vdi: ParsableCommand {
     static let configuration = CommandConfiguration(
-        subcommands: [Create.self, Snapshot.self, Clone.self, Delete.self, List.self, Read.self, Write.self, Lock.self])
+        subcommands: [Create.self, Snapshot.self, Clone.self, Delete.self, List.self, Read.self, Write.self, Lock.self,
+                      Object.self])
 
     struct Create: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "dog vdi create NAME SIZE")
@@ -292,6 +293,30 @@ struct Vdi: ParsableCommand {
             }
             // Like dog: a short stdin ends the write after what was read.
             try dogRun { try connection.connect().write(name: name, offset: off, data: data) }
+        }
+    }
+
+    struct Object: ParsableCommand {
+        static let configuration = CommandConfiguration(subcommands: [Map.self])
+        struct Map: ParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "dog vdi object map [-i INDEX] [-s SNAP] NAME")
+            @Option(name: [.customShort("i"), .long], help: "One object index.") var index: UInt32?
+            @Option(name: [.customShort("s"), .long], help: "Snapshot id or tag.") var snapshot: String?
+            @Argument var name: String
+            @OptionGroup var connection: DogConnectionOptions
+            func run() throws {
+                try dogRun {
+                    let map = try connection.connect().objectMap(name: name, snapshot: parseDogSnapshot(snapshot),
+                                                                 index: index)
+                    // dog's format: "%08" PRIu64 " %8" PRIx32.
+                    print("Index       VID")
+                    for (idx, vid) in map {
+                        let i = String(idx), v = hex(vid)
+                        print(String(repeating: "0", count: max(0, 8 - i.count)) + i + " "
+                              + String(repeating: " ", count: max(0, 8 - v.count)) + v)
+                    }
+                }
+            }
         }
     }
 

@@ -93,6 +93,23 @@ struct DogOperations {
         return (h, r.data)
     }
 
+    private func index(_ vid: UInt32) throws -> DogIndex {
+        let (h, image) = try inode(vid, withIndex: true)
+        return DogIndex(client: client, vid: vid, header: h, image: image)
+    }
+
+    /// `dog vdi object map [-i INDEX] [-s SNAP] NAME`: (index, owning VID) of every allocated object, or of one.
+    func objectMap(name: String, snapshot: SheepBackingSpec.Snapshot = .working, index only: UInt32?) throws
+        -> [(UInt32, UInt32)]
+    {
+        let index = try self.index(try vid(name, snapshot))
+        if let only { return [(only, index.owner(only))] }
+        guard let objSize = index.header.objectSizeBytes else { return [] }
+        var out: [(UInt32, UInt32)] = []
+        index.forEachAllocated(count: dataObjectCount(index.header.vdiSize, objSize)) { out.append(($0, $1)) }
+        return out
+    }
+
     private static func slot(_ image: [UInt8], _ idx: UInt32) -> UInt32 {
         image.withUnsafeBytes { SheepInodeLayout.loadSlot($0.baseAddress!, idx) }
     }
@@ -187,16 +204,12 @@ struct DogOperations {
                 let r = try client.readInode(vid: vid, withIndex: true)
                 guard r.result == .success, let h = SheepInodeHeader(bytes: r.data), !h.isDeleted else { continue }
                 var mine: UInt64 = 0, shared: UInt64 = 0
-                if h.storePolicy == 0, let objSize = h.objectSizeBytes {
-                    let count = min(UInt64(SheepInodeLayout.dataIndexSlots), dataObjectCount(h.vdiSize, objSize))
-                    r.data.withUnsafeBytes { raw in
-                        var i: UInt32 = 0
-                        while UInt64(i) < count {
-                            let owner = SheepInodeLayout.loadSlot(raw.baseAddress!, i)
-                            if owner == h.vdiID { mine += objSize } else if owner != 0 { shared += objSize }
-                            i += 1
+                if let objSize = h.objectSizeBytes {
+                    // sd_inode_stat: the flat index or, for a hyper volume, a walk of the B-tree.
+                    DogIndex(client: client, vid: vid, header: h, image: r.data)
+                        .forEachAllocated(count: dataObjectCount(h.vdiSize, objSize)) { _, owner in
+                            if owner == h.vdiID { mine += objSize } else { shared += objSize }
                         }
-                    }
                 }
                 out.append(VDIListEntry(isSnapshot: h.isSnapshot, isClone: h.snapID == 1 && h.parentVDIID != 0,
                                         name: h.name, snapID: h.isSnapshot ? h.snapID : 0, size: h.vdiSize,
@@ -212,10 +225,10 @@ struct DogOperations {
     /// in order, one object piece at a time.
     func read(name: String, snapshot: SheepBackingSpec.Snapshot = .working, offset: UInt64, length: UInt64?,
               sink: ([UInt8]) throws -> Void) throws {
-        let v = try vid(name, snapshot)
-        let (h, image) = try inode(v, withIndex: true)
-        guard let objSize = h.objectSizeBytes, h.storePolicy == 0 else {
-            throw SheepClientError.failed(.invalidParms, "VDI \(name) has an index this tool cannot read")
+        let index = try self.index(try vid(name, snapshot))
+        let h = index.header
+        guard let objSize = h.objectSizeBytes else {
+            throw SheepClientError.failed(.invalidParms, "VDI \(name) has an object size this tool cannot read")
         }
         guard offset <= h.vdiSize else { throw SheepClientError.failed(.invalidParms, "Read offset is beyond the end of the VDI") }
         let total = min(length ?? (h.vdiSize - offset), h.vdiSize - offset)
@@ -224,7 +237,7 @@ struct DogOperations {
             let pos = offset + done
             let idx = UInt32(pos / objSize), objOff = pos % objSize
             let len = min(total - done, objSize - objOff)
-            let owner = Self.slot(image, idx)
+            let owner = index.owner(idx)
             if owner == 0 {
                 try sink([UInt8](repeating: 0, count: Int(len)))
             } else {
@@ -241,9 +254,10 @@ struct DogOperations {
     /// write, and after a create point the index slot at this VDI.
     func write(name: String, offset: UInt64, data: [UInt8]) throws {
         let v = try client.findVDI(name: name)
-        let (h, image) = try inode(v, withIndex: true)
-        guard let objSize = h.objectSizeBytes, h.storePolicy == 0 else {
-            throw SheepClientError.failed(.invalidParms, "VDI \(name) has an index this tool cannot write")
+        let index = try self.index(v)
+        let h = index.header
+        guard let objSize = h.objectSizeBytes else {
+            throw SheepClientError.failed(.invalidParms, "VDI \(name) has an object size this tool cannot write")
         }
         guard offset <= h.vdiSize else { throw SheepClientError.failed(.invalidParms, "Write offset is beyond the end of the VDI") }
         let total = min(UInt64(data.count), h.vdiSize - offset)
@@ -252,19 +266,14 @@ struct DogOperations {
             let pos = offset + done
             let idx = UInt32(pos / objSize), objOff = pos % objSize
             let len = min(total - done, objSize - objOff)
-            let owner = Self.slot(image, idx)
+            let owner = index.owner(idx)
             let create = owner != v
             let cow = (owner != 0 && owner != v) ? SheepOID.data(vid: owner, index: idx) : 0
             let piece = Array(data[Int(done)..<Int(done + len)])
             let r = try client.writeObject(SheepOID.data(vid: v, index: idx), offset: UInt32(objOff), data: piece,
                                            create: create, cowOid: cow)
             guard r.result == .success else { throw SheepClientError.failed(r.result, "Failed to write VDI") }
-            if create {
-                var slot = v.littleEndian
-                let bytes = withUnsafeBytes(of: &slot) { Array($0) }
-                let w = try client.writeObject(SheepOID.inode(vid: v), offset: SheepInodeLayout.slotOffset(idx), data: bytes)
-                guard w.result == .success else { throw SheepClientError.failed(w.result, "Failed to update the inode") }
-            }
+            if create { try index.setOwner(idx, to: v) }
             done += len
         }
     }

@@ -28,15 +28,16 @@ extension EndToEnd {
                 let sock = t.sheep.socketPath
                 let absent = t.scratch.path("absent.sock").path
                 let closedPort = try freeTCPPorts(1)[0]
-                try t.sheep.dogMust(["vdi", "create", "-y", "hyper", "\(SheepErrors.vdiBytes)"])
+                // Hyper volumes are served, up to SheepHyperIndex.objectsMax objects (64 TiB at 4 MiB objects).
+                try t.sheep.dogMust(["vdi", "create", "-y", "hyper", "128T"])
                 let refusals = [
                     Refusal(what: "unknown VDI", spec: "unix:\(sock):nosuch", mentions: ["nosuch"]),
                     Refusal(what: "VDI locked by LUN 1", spec: "unix:\(sock):good", mentions: ["good", "locked"]),
                     Refusal(what: "unknown snapshot tag", spec: "unix:\(sock):good:nosnap", mentions: ["good", "nosnap"]),
                     Refusal(what: "unknown snapshot id", spec: "unix:\(sock):good:77", mentions: ["good", "77"]),
-                    Refusal(what: "hyper volume", spec: "unix:\(sock):hyper", mentions: ["hyper"]),
+                    Refusal(what: "hyper volume too large", spec: "unix:\(sock):hyper", mentions: ["hyper"]),
                     // Again: the first refusal released the lock it had taken, so this is not "locked".
-                    Refusal(what: "hyper volume, again", spec: "unix:\(sock):hyper", mentions: ["hyper", "hyper volume"]),
+                    Refusal(what: "hyper volume too large, again", spec: "unix:\(sock):hyper", mentions: ["hyper", "hyper volume"]),
                     Refusal(what: "missing VDI", spec: "unix:\(sock)", mentions: ["VDI"]),
                     Refusal(what: "port not a number", spec: "tcp:127.0.0.1:notaport:good", mentions: ["notaport"]),
                     Refusal(what: "unknown transport", spec: "nfs:/srv:good", mentions: ["nfs"]),

@@ -1,3 +1,4 @@
+import Glibc
 import SheepProtocol
 import Testing
 @testable import Target
@@ -22,14 +23,20 @@ import Testing
         var machine = SheepHomeMachine()
         let volume: SheepVolume
 
-        init(owners: [Int: UInt32] = [:], locked: Bool = false) {
-            let index = UnsafeMutablePointer<UInt32>.allocate(capacity: SheepHomeMachineTests.slots)
-            index.initialize(repeating: 0, count: SheepHomeMachineTests.slots)
+        /// `hyper`: a hyper volume with an empty B-tree (its owner array is calloc'd, as open does).
+        init(owners: [Int: UInt32] = [:], locked: Bool = false, hyper: SheepHyperIndex? = nil) {
+            let index: UnsafeMutablePointer<UInt32>
+            if hyper != nil {
+                index = calloc(SheepHomeMachineTests.slots, 4)!.bindMemory(to: UInt32.self, capacity: SheepHomeMachineTests.slots)
+            } else {
+                index = .allocate(capacity: SheepHomeMachineTests.slots)
+                index.initialize(repeating: 0, count: SheepHomeMachineTests.slots)
+            }
             volume = SheepVolume(spec: SheepBackingSpec(endpoint: .unix(path: "/nonexistent"), vdi: "vol"), name: "vol",
                                  byteCount: UInt64(SheepHomeMachineTests.slots) << 22, objectShift: 22, copies: 2,
                                  readOnly: false, lockedVID: locked ? SheepHomeMachineTests.vid : 0,
                                  vid: SheepHomeMachineTests.vid, homeCore: 0, endpointIndex: 0, index: index,
-                                 indexSlots: SheepHomeMachineTests.slots)
+                                 indexSlots: SheepHomeMachineTests.slots, hyper: hyper)
             for (i, v) in owners { volume.setOwner(i, v) }
         }
 

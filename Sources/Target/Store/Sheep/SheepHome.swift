@@ -41,6 +41,14 @@ final class SheepHome {
     var reloading = false
     var waitingReload: [SheepHomeRequest] = []
     var reconcileLeft = 0
+    /// Hyper volumes: index changes waiting for the B-tree write in flight. One batch is written at a time,
+    /// because sheep runs one connection's requests concurrently and an older root must not land last.
+    var treePending: [(SheepHomeRequest, UInt32)] = []
+    /// The changes the write in flight persists, the leaves it writes, steps left and the first failure.
+    var treeBatch: [(SheepHomeRequest, UInt32)] = []
+    var treeLeaves: [(leaf: Int, created: Bool)] = []
+    var treeStepsLeft = 0
+    var treeFailure: StoreError? = nil
 }
 
 /// One step of home-core work waiting for a sheep reply.
@@ -54,6 +62,9 @@ final class SheepHomeOp {
         case reloadIndex(newVID: UInt32)
         /// Writing one such slot; the last one ends the reload.
         case reconcileSlot
+        /// Hyper volume: writing a changed B-tree leaf, then the inode root and btree_counter.
+        case treeLeaf
+        case treeRoot
     }
     let request: SheepHomeRequest?
     let volume: SheepVolume
@@ -128,6 +139,12 @@ struct SheepHomeMachine {
         let vol = req.volume
         let h = home(vol)
         if h.reloading { h.waitingReload.append(req); return }
+        if req.readonlyVID != 0 && vol.isHyper {
+            // dog refuses to snapshot a hyper volume, and a new working VDI's tree is not ours to follow.
+            actions.append(.log(.error, "sheep VDI '\(vol.name)': hyper volume became read-only (READONLY); failing writes"))
+            actions.append(.answer(req, .writeProtected))
+            return
+        }
         if req.readonlyVID != 0 {
             if req.readonlyVID == vol.vid {
                 h.waitingReload.append(req)
@@ -167,7 +184,7 @@ struct SheepHomeMachine {
                 return
             }
             h.creating[idx] = []
-            writeSlot(vol, idx: idx, value: 0, vid: cur, req: req)
+            if vol.isHyper { treeSet(vol, req, value: 0) } else { writeSlot(vol, idx: idx, value: 0, vid: cur, req: req) }
         }
     }
 
@@ -213,6 +230,7 @@ struct SheepHomeMachine {
             case .reloadLookup: reloadFinished(vol, newVID: nil)
             case .reloadIndex(let v): reloadFinished(vol, newVID: v)   // no reconcile possible; carry on
             case .reconcileSlot: reconcileStep(vol)
+            case .treeLeaf, .treeRoot: treeStep(vol, op.stage, failure: failure)
             default: break
             }
             return
@@ -236,7 +254,7 @@ struct SheepHomeMachine {
                 return
             }
             // The data is in place: now, and only now, record it in the index (tgt d4622d1).
-            writeSlot(vol, idx: req.index, value: vid, vid: vid, req: req)
+            if vol.isHyper { treeSet(vol, req, value: vid) } else { writeSlot(vol, idx: req.index, value: vid, vid: vid, req: req) }
         case .slotWrite(_, let value):
             guard let req = op.request else { return }
             if result == .success { vol.setOwner(req.index, value) }
@@ -262,7 +280,84 @@ struct SheepHomeMachine {
                 actions.append(.log(.error, "sheep VDI '\(vol.name)': writing an index slot to the new working VDI failed: \(result.name)"))
             }
             reconcileStep(vol)
+        case .treeLeaf, .treeRoot:
+            treeStep(vol, op.stage, failure: result == .success ? nil : SheepHomeMachine.mapResult(result))
         }
+    }
+
+    // MARK: - Hyper volumes (B-tree index)
+
+    /// Records object `req.index` → `value` in the hyper volume's B-tree; the request is answered once the
+    /// changed leaves and root are written.
+    private mutating func treeSet(_ vol: SheepVolume, _ req: SheepHomeRequest, value: UInt32) {
+        let h = home(vol)
+        h.treePending.append((req, value))
+        if h.treeStepsLeft == 0 { startTreeBatch(vol) }
+    }
+
+    /// Applies every waiting change to the tree (sd_inode_set_vid), then writes the leaves they changed: new
+    /// ones with CREATE_AND_WRITE, others in place, each up to its last entry. The root follows once all
+    /// leaves are written, so the root never names a leaf sheep does not have.
+    private mutating func startTreeBatch(_ vol: SheepVolume) {
+        let h = home(vol)
+        guard let tree = vol.hyper, h.treeStepsLeft == 0, !h.treePending.isEmpty else { return }
+        let pending = h.treePending
+        h.treePending = []
+        h.treeBatch = []
+        h.treeLeaves = []
+        h.treeFailure = nil
+        for (req, value) in pending {
+            let r = tree.set(UInt32(req.index), to: value, vdiID: vol.vid)
+            if r == .ok { h.treeBatch.append((req, value)); continue }
+            actions.append(.log(.error, "sheep VDI '\(vol.name)': B-tree cannot record object \(req.index): \(r)"))
+            finishHome(req, failure: r == .full ? .noSpace : .mediumError)
+        }
+        guard !h.treeBatch.isEmpty else { return }
+        while let change = tree.takeChange() {
+            h.treeLeaves.append(change)
+            let leaf = tree.leafBuffer(change.leaf), oid = tree.oid(ofLeaf: change.leaf)
+            let len = SheepBTree.usedBytes(leaf)
+            let hdr = change.created
+                ? SheepRequestHeader.createAndWrite(id: 0, oid: oid, cowOid: 0, offset: 0, length: UInt32(len), copies: vol.copies)
+                : SheepRequestHeader.writeObject(id: 0, oid: oid, offset: 0, length: UInt32(len), copies: vol.copies)
+            h.treeStepsLeft += 1
+            send(newHomeOp(SheepHomeOp(request: nil, volume: vol, stage: .treeLeaf)), vol, hdr, payload: leaf, length: len)
+        }
+        if h.treeStepsLeft == 0 { writeTreeRoot(vol) }
+    }
+
+    /// The inode from btree_counter to the root's last entry (`SheepHyperIndex.rootWrite`).
+    private mutating func writeTreeRoot(_ vol: SheepVolume) {
+        guard let tree = vol.hyper else { return }
+        let h = home(vol)
+        let (offset, length) = tree.rootWrite
+        h.treeStepsLeft = 1
+        let hdr = SheepRequestHeader.writeObject(id: 0, oid: SheepOID.inode(vid: vol.vid), offset: UInt32(offset),
+                                                 length: UInt32(length), copies: vol.copies)
+        send(newHomeOp(SheepHomeOp(request: nil, volume: vol, stage: .treeRoot)), vol, hdr,
+             payload: UnsafeRawPointer(tree.image + offset), length: length)
+    }
+
+    private mutating func treeStep(_ vol: SheepVolume, _ stage: SheepHomeOp.Stage, failure: StoreError?) {
+        let h = home(vol)
+        if h.treeFailure == nil { h.treeFailure = failure }
+        h.treeStepsLeft -= 1
+        guard h.treeStepsLeft == 0 else { return }
+        if case .treeLeaf = stage, h.treeFailure == nil { writeTreeRoot(vol); return }
+        let batch = h.treeBatch, failed = h.treeFailure
+        h.treeBatch = []
+        if failed != nil {
+            // The tree in memory is ahead of sheep: the next change rewrites (or creates) these leaves and the
+            // root, and a write retried to these objects re-records them.
+            for change in h.treeLeaves { vol.hyper?.retake(change.leaf, created: change.created) }
+            actions.append(.log(.error, "sheep VDI '\(vol.name)': writing the B-tree failed"))
+        }
+        h.treeLeaves = []
+        for (req, value) in batch {
+            if failed == nil { vol.setOwner(req.index, value) }
+            finishHome(req, failure: failed)
+        }
+        startTreeBatch(vol)
     }
 
     private static func mapResult(_ r: SheepResult) -> StoreError {

@@ -241,7 +241,8 @@ final class SheepStore<Host: SheepStoreHost> {
             let len = min(end - at, objBytes - objOff)
             let owner = vol.owner(idx)
             if owner != 0 {
-                if objOff == 0 && len == objBytes && owner == cur {
+                // A hyper volume keeps its objects: nothing in sheep drops an object whose B-tree entry is cleared.
+                if objOff == 0 && len == objBytes && owner == cur && !vol.isHyper {
                     sendHome(r, SheepHomeRequest(volume: vol, kind: .deallocate(index: idx), originCore: core,
                                                  waiter: .request(tag: tag)))
                 } else {

@@ -25,7 +25,8 @@ public final class SheepVolume: @unchecked Sendable {
     private let currentVID: Atomic<UInt32>
     /// Working VDIs locked after a snapshot moved the working VDI (released at close with `lockedVID`).
     private let laterLocks = Mutex<[UInt32]>([])
-    /// data_vdi_id[]: owner VID per object index, 0 = unallocated.
+    /// data_vdi_id[]: owner VID per object index, 0 = unallocated. For a hyper volume, the B-tree's content
+    /// flattened (one slot per object of the volume, calloc'd), so that reads look up owners the same way.
     let index: UnsafeMutablePointer<UInt32>
     let indexSlots: Int
     /// The VID opened, then its snapshot or clone ancestors, nearest first (parent_vdi_id, read at open):
@@ -34,10 +35,12 @@ public final class SheepVolume: @unchecked Sendable {
     /// The parent chain is read this far at open (sheep keeps no bound on it; a deeper owner counts as
     /// the deepest layer).
     static let maxLayers = 255
+    /// A hyper volume's B-tree (home core only); nil for a flat index.
+    let hyper: SheepHyperIndex?
 
     init(spec: SheepBackingSpec, name: String, byteCount: UInt64, objectShift: Int, copies: UInt8, readOnly: Bool,
          lockedVID: UInt32, vid: UInt32, homeCore: Int, endpointIndex: Int, index: UnsafeMutablePointer<UInt32>,
-         indexSlots: Int) {
+         indexSlots: Int, hyper: SheepHyperIndex? = nil) {
         self.spec = spec
         self.name = name
         self.byteCount = byteCount
@@ -50,9 +53,12 @@ public final class SheepVolume: @unchecked Sendable {
         self.currentVID = Atomic(vid)
         self.index = index
         self.indexSlots = indexSlots
+        self.hyper = hyper
     }
 
-    deinit { index.deallocate() }
+    deinit {
+        if hyper != nil { free(index) } else { index.deallocate() }
+    }
 
     public var objectBytes: Int { 1 << objectShift }
 
@@ -101,6 +107,7 @@ public final class SheepVolume: @unchecked Sendable {
         }
         layers = chain
     }
+    public var isHyper: Bool { hyper != nil }
 
     public var capabilities: StoreCapabilities {
         StoreCapabilities(canDiscard: !readOnly, discardZeroes: true, canReportMapping: true, readOnly: readOnly,
@@ -174,28 +181,88 @@ public final class SheepVolume: @unchecked Sendable {
         }
         if got < inodeBytes { memset(raw.baseAddress! + got, 0, inodeBytes - got) }
         let header = SheepInodeHeader(from: raw.baseAddress!)
-        if header.storePolicy != 0 {
-            // Hyper volumes index objects through a B-tree; reading its root as a flat array would misread it.
-            release()
-            throw .sheep("VDI '\(spec.vdi)' is a hyper volume (store_policy \(header.storePolicy)); its B-tree index is not supported")
-        }
         guard header.blockSizeShift >= SheepWire.minBlockSizeShift && header.blockSizeShift <= SheepWire.maxBlockSizeShift
         else {
             release()
             throw .sheep("VDI '\(spec.vdi)' has an unsupported object size shift \(header.blockSizeShift)")
+        }
+        let readOnly = spec.isSnapshot || header.snapCTime != 0
+        if header.storePolicy != 0 {
+            let hyper: (SheepHyperIndex, UnsafeMutablePointer<UInt32>, Int)
+            do { hyper = try openHyper(client, spec: spec, header: header, inode: UnsafeRawBufferPointer(raw)) } catch {
+                release()
+                throw .sheep("\(error)")
+            }
+            let volume = SheepVolume(spec: spec, name: spec.vdi, byteCount: header.vdiSize,
+                                     objectShift: Int(header.blockSizeShift), copies: header.nrCopies,
+                                     readOnly: readOnly, lockedVID: lockedVID, vid: vid, homeCore: homeCore,
+                                     endpointIndex: endpointIndex(spec.endpoint), index: hyper.1,
+                                     indexSlots: hyper.2, hyper: hyper.0)
+            volume.readLayers(client, opened: vid, parent: header.parentVDIID)
+            return volume
         }
         let slots = SheepInodeLayout.dataIndexSlots
         let index = UnsafeMutablePointer<UInt32>.allocate(capacity: slots)
         memcpy(index, raw.baseAddress! + SheepInodeLayout.headerSizeBytes, slots * 4)
         // The wire is little-endian; so is every host we run on, but do not assume it.
         for i in 0..<slots { index[i] = UInt32(littleEndian: index[i]) }
-        let readOnly = spec.isSnapshot || header.snapCTime != 0
         let volume = SheepVolume(spec: spec, name: spec.vdi, byteCount: header.vdiSize,
                                  objectShift: Int(header.blockSizeShift), copies: header.nrCopies, readOnly: readOnly,
                                  lockedVID: lockedVID, vid: vid, homeCore: homeCore,
                                  endpointIndex: endpointIndex(spec.endpoint), index: index, indexSlots: slots)
         volume.readLayers(client, opened: vid, parent: header.parentVDIID)
         return volume
+    }
+
+    /// A hyper volume's B-tree: the root from the inode just read, then every leaf it names (header first, then
+    /// only the entries, so untouched leaf pages stay uncommitted), flattened into an owner array.
+    private static func openHyper(_ client: SheepClient, spec: SheepBackingSpec, header: SheepInodeHeader,
+                                  inode: UnsafeRawBufferPointer) throws(OpenError)
+        -> (SheepHyperIndex, UnsafeMutablePointer<UInt32>, Int)
+    {
+        let objects = (header.vdiSize + (UInt64(1) << UInt64(header.blockSizeShift)) - 1) >> UInt64(header.blockSizeShift)
+        guard objects <= UInt64(SheepHyperIndex.objectsMax) else {
+            throw .sheep("VDI '\(spec.vdi)' is a hyper volume of \(objects) objects; ringtgt serves hyper volumes of up to \(SheepHyperIndex.objectsMax) objects")
+        }
+        guard let tree = SheepHyperIndex() else { throw .sheep("VDI '\(spec.vdi)': no memory for its B-tree") }
+        tree.image.copyMemory(from: inode.baseAddress!, byteCount: min(inode.count, SheepHyperIndex.imageBytes))
+        let root = tree.root
+        if SheepBTree.isInitialised(root) {
+            guard SheepBTree.nodeMagic(root) == SheepBTree.magic, SheepBTree.depth(root) == 1 || SheepBTree.depth(root) == 2
+            else { throw .sheep("VDI '\(spec.vdi)' is a hyper volume whose B-tree root is corrupt") }
+        }
+        if SheepBTree.isInitialised(root) && SheepBTree.depth(root) == 2 {
+            for q in 0..<SheepBTree.entries(root) {
+                let oid = SheepBTree.indirectOID(root, q)
+                guard let leaf = tree.adopt(oid) else {
+                    throw .sheep("VDI '\(spec.vdi)' is a hyper volume with more than \(SheepHyperIndex.leafNodesMax) B-tree leaves")
+                }
+                try readNode(client, spec: spec, oid: oid, into: leaf, length: SheepBTree.headerBytes)
+                let used = SheepBTree.usedBytes(leaf)
+                guard SheepBTree.nodeMagic(leaf) == SheepBTree.magic, used <= SheepBTree.nodeBytes else {
+                    throw .sheep("VDI '\(spec.vdi)': B-tree leaf \(String(oid, radix: 16)) is corrupt")
+                }
+                try readNode(client, spec: spec, oid: oid, into: leaf, length: used)
+            }
+        }
+        guard let owners = calloc(Int(objects), 4)?.bindMemory(to: UInt32.self, capacity: Int(objects)) else {
+            throw .sheep("VDI '\(spec.vdi)': no memory for its object index")
+        }
+        tree.forEach { idx, v in if UInt64(idx) < objects { owners[Int(idx)] = v } }
+        return (tree, owners, Int(objects))
+    }
+
+    private static func readNode(_ client: SheepClient, spec: SheepBackingSpec, oid: UInt64,
+                                 into buffer: UnsafeMutableRawPointer, length: Int) throws(OpenError) {
+        let read: SheepResponseHeader
+        let got: Int
+        do {
+            (read, got) = try client.call(.readObject(id: 0, oid: oid, offset: 0, length: UInt32(length)),
+                                          replyInto: UnsafeMutableRawBufferPointer(start: buffer, count: length))
+        } catch { throw .sheep("\(error)") }
+        guard read.result == .success, got == length else {
+            throw .sheep("reading B-tree leaf \(String(oid, radix: 16)) of '\(spec.vdi)' failed: \(read.result.name)")
+        }
     }
 
     /// RELEASE_VDI for the lock taken at open (control plane). Errors are ignored: sheep answers SUCCESS on
