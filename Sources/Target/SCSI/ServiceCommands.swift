@@ -21,6 +21,8 @@ extension SCSITask {
         } else if let pending {
             data.key = SenseKey.unitAttention
             data.asc = pending
+        } else {
+            sanitizeSense(into: &data)
         }
         guard let base = buffer.baseAddress, buffer.count >= data.length else { return internalError() }
         data.render(to: base)
