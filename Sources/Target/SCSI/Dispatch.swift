@@ -7,6 +7,7 @@ extension SCSITask {
     /// peripheral qualifier 011b, REPORT LUNS and REQUEST SENSE work, everything else gets LOGICAL UNIT
     /// NOT SUPPORTED.
     mutating func startWithoutLUN(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        if addressesControllerLUN { return startOnControllerLUN(buffer: buffer) }
         switch opcode {
         case Opcode.inquiry: return inquiry(buffer: buffer)
         case Opcode.reportLUNs: return reportLUNs(buffer: buffer)
