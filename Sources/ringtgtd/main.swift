@@ -76,6 +76,11 @@ struct RingTgtd: ParsableCommand {
             + "no optimal transfer granularity (migration from tgt; --params still override)."))
     var tgtDefaults = false
 
+    @Flag(name: .customLong("lun0-controller"), help: ArgumentHelp(
+        "Every target has a LUN 0 that is a storage array controller (device type 0x0c), as tgt creates it: "
+            + "the admin cannot add or delete LUN 0, and initiators see tgt's LUN map."))
+    var lun0Controller = false
+
     @Option(name: [.short, .long], help: "Debug level (0 = info, 1 = debug).")
     var debug: Int = 0
 
@@ -186,6 +191,7 @@ struct RingTgtd: ParsableCommand {
         let runtime = Runtime(config: config, portals: portals, nbdPortals: nbdPortals, logger: logger)
         var registryOptions = Registry.Options()
         if tgtDefaults { registryOptions.lunDefaults = .tgt }
+        registryOptions.controllerLUN0 = lun0Controller
         let registry = Registry(fabric: runtime, opener: StoreOpener(runtime: runtime), options: registryOptions)
         let server = ControlServer(path: socketPath, registry: registry, logger: logger)
         var metricsServer: MetricsServer? = nil

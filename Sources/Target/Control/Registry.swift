@@ -726,7 +726,8 @@ public final class Registry: @unchecked Sendable {
         let runtimes = targets.values.map { t in
             TargetRuntime(tid: t.tid, name: t.name, alias: t.alias, luns: t.luns.values.map(\.unit),
                           acl: t.addressACL + t.nameACL, params: t.params, lunGeneration: t.lunGeneration,
-                          chap: credentials(t.accounts), offline: t.state == .offline)
+                          chap: credentials(t.accounts), offline: t.state == .offline,
+                          controllerLUN0: options.controllerLUN0)
         }
         let snapshot = ConfigSnapshot(version: snapshotVersion, targets: runtimes, pollNanos: pollNanos,
                                       systemOffline: systemState == .offline, discoveryCHAP: credentials(discovery))

@@ -105,11 +105,14 @@ public final class TargetRuntime: @unchecked Sendable {
     /// `--op update --mode target --name state --value offline`: new logins are refused (tgt's
     /// SCSI_TARGET_OFFLINE); sessions already logged in go on.
     public let offline: Bool
+    /// `ringtgtd --lun0-controller`: LUN 0, unless an LU is configured there, answers as tgt's storage
+    /// array controller (SCSI/ControllerLUN.swift).
+    public let controllerLUN0: Bool
 
     public init(tid: Int, name: String, alias: String? = nil, portalGroupTag: UInt16 = 1,
                 relativeTargetPortID: UInt16 = 1, luns: [LogicalUnit], acl: [ACLRule],
                 params: [String: String], lunGeneration: UInt64, chap: CHAPCredentials = CHAPCredentials(),
-                offline: Bool = false) {
+                offline: Bool = false, controllerLUN0: Bool = false) {
         self.tid = tid
         self.name = name
         self.alias = alias
@@ -118,6 +121,7 @@ public final class TargetRuntime: @unchecked Sendable {
         self.luns = luns.sorted { $0.number < $1.number }
         self.acl = acl
         self.params = params
+        self.controllerLUN0 = controllerLUN0
         self.lunGeneration = lunGeneration
         self.chap = chap
         self.offline = offline

@@ -7,6 +7,7 @@ extension SCSITask {
     /// peripheral qualifier 011b, REPORT LUNS and REQUEST SENSE work, everything else gets LOGICAL UNIT
     /// NOT SUPPORTED.
     mutating func startWithoutLUN(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        if addressesControllerLUN { return startOnControllerLUN(buffer: buffer) }
         switch opcode {
         case Opcode.inquiry: return inquiry(buffer: buffer)
         case Opcode.reportLUNs: return reportLUNs(buffer: buffer)
@@ -39,9 +40,10 @@ extension SCSITask {
     }
 
     mutating func dispatch(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
-        // One bit of the flags already loaded: the hot path pays a predicted branch for removable media.
-        if _slowPath(lunFlags & LUNState.flagMediumNotPresent != 0), accessesMedium {
-            return fail(SenseKey.notReady, .mediumNotPresent)
+        // Bits of the flags already loaded: the hot path pays one predicted branch for removable media and
+        // sanitize.
+        if _slowPath(lunFlags & LUNState.flagsRefusingCommands != 0), let refusal = mediumRefusal() {
+            return refusal
         }
         switch opcode {
         // Hot path first.
@@ -83,8 +85,19 @@ extension SCSITask {
         case Opcode.extendedCopy: return startExtendedCopy(buffer: buffer)
         case Opcode.receiveCopyResults: return receiveCopyResults(buffer: buffer)
         case Opcode.readDefectData10, Opcode.readDefectData12: return readDefectData(buffer: buffer)
+        case Opcode.sanitize: return startSanitize()
         default: return invalidOpcode()
         }
+    }
+
+    /// A removable LU without its medium, or a sanitize running or failed: what this command gets instead
+    /// of running, or nil when it runs.
+    mutating func mediumRefusal() -> SCSIAction? {
+        if lunFlags & (LUNState.flagSanitizing | LUNState.flagSanitizeFailed) != 0, let refusal = sanitizeRefusal() {
+            return refusal
+        }
+        if lunFlags & LUNState.flagMediumNotPresent != 0, accessesMedium { return fail(SenseKey.notReady, .mediumNotPresent) }
+        return nil
     }
 
     /// The commands tgt's sbc.c refuses with MEDIUM NOT PRESENT while a removable LU is offline: those

@@ -179,6 +179,8 @@ extension SCSITask {
         b.zero(0, 4 + pageLength)
         vpdHeader(b, page: 0xB1, length: pageLength)
         b.put16(4, 0x0001)                                                   // non-rotating medium
+        // WABEREQ and WACEREQ 01b: after a block or cryptographic erase, reads succeed (and return zeros).
+        if SCSITask.offersSanitize(lun) { b.put8(7, 0x50) }
         return 4 + pageLength
     }
 

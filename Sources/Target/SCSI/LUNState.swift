@@ -154,6 +154,8 @@ struct LUNSharedState {
     var copyResults: [CopyResult] = []
     /// tgt's online: the medium is present. START STOP UNIT ejects and loads a removable LU's medium.
     var online = true
+    /// SANITIZE progress and failure mode (Sanitize.swift).
+    var sanitize = SanitizeState()
 
     /// tgt's lu_prevent_removal: some nexus has prevented medium removal.
     var removalPrevented: Bool { nexuses.values.contains { $0.preventsRemoval } }
@@ -172,6 +174,13 @@ public final class LUNState: @unchecked Sendable {
     static let flagOffline: UInt64 = 1 << 3
     /// Offline and removable: commands that touch the medium get MEDIUM NOT PRESENT.
     static let flagMediumNotPresent: UInt64 = 1 << 4
+    /// A SANITIZE is erasing the medium: only INQUIRY, REPORT LUNS and REQUEST SENSE are served.
+    static let flagSanitizing: UInt64 = 1 << 5
+    /// The last SANITIZE did not finish (SBC-4 sanitize failure mode): the medium holds neither the old
+    /// data nor the erased state until a SANITIZE completes or EXIT FAILURE MODE is allowed.
+    static let flagSanitizeFailed: UInt64 = 1 << 6
+    /// The flags under which `dispatch` looks before running a command.
+    static let flagsRefusingCommands = flagMediumNotPresent | flagSanitizing | flagSanitizeFailed
 
     let blockSize: Int
     let blockCount: UInt64
@@ -244,6 +253,8 @@ public final class LUNState: @unchecked Sendable {
             f |= LUNState.flagOffline
             if removable { f |= LUNState.flagMediumNotPresent }
         }
+        if s.sanitize.running { f |= LUNState.flagSanitizing }
+        if s.sanitize.failed { f |= LUNState.flagSanitizeFailed }
         return f
     }
 

@@ -71,6 +71,8 @@ enum TaskPhase: UInt8 {
     case lbaStatus
     /// EXTENDED COPY: reading from the source, then writing to the destination.
     case xcopyRead, xcopyWrite
+    /// SANITIZE: discarding the piece ending at `auxOffset`, then flushing the erase durable.
+    case sanitizeErase, sanitizeFlush
 }
 
 public struct SCSITask {
@@ -185,6 +187,7 @@ public struct SCSITask {
     /// The command ended (completed, aborted or torn down): lets go of its LUN, target and nexus now, so a
     /// deleted LUN's store closes with its last command, not when the task entry is next used.
     public mutating func endCommand() {
+        if _slowPath(phase == .sanitizeErase || phase == .sanitizeFlush) { sanitizeInterrupted() }
         lun = nil
         session = nil
     }
@@ -217,6 +220,7 @@ public struct SCSITask {
         case .lbaStatus: return lbaStatusCompleted(result, buffer: buffer)
         case .xcopyRead: return extendedCopyReadCompleted(result, buffer: buffer)
         case .xcopyWrite: return extendedCopyWriteCompleted(result, buffer: buffer)
+        case .sanitizeErase, .sanitizeFlush: return sanitizeStoreCompleted(result)
         default: return internalError()
         }
     }

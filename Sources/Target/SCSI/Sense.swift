@@ -29,6 +29,7 @@ struct ASC: Equatable {
     /// LOGICAL UNIT IS IN PROCESS OF BECOMING READY: tgt's answer to TEST UNIT READY on an offline,
     /// non-removable LU.
     static let becomingReady = ASC(0x04, 0x01)
+    static let sanitizeInProgress = ASC(0x04, 0x1B)
     static let writeError = ASC(0x0C, 0x00)
     static let unrecoveredReadError = ASC(0x11, 0x00)
     static let miscompareDuringVerify = ASC(0x1D, 0x00)
@@ -54,6 +55,7 @@ struct ASC: Equatable {
     static let reportedLUNsDataChanged = ASC(0x3F, 0x0E)
     static let internalTargetFailure = ASC(0x44, 0x00)
     static let mediumNotPresent = ASC(0x3A, 0x00)
+    static let sanitizeCommandFailed = ASC(0x31, 0x03)
     static let mediumRemovalPrevented = ASC(0x53, 0x02)
     static let copyTargetDeviceNotReachable = ASC(0x0D, 0x02)
     static let insufficientRegistrationResources = ASC(0x55, 0x04)

@@ -21,6 +21,8 @@ extension SCSITask {
         } else if let pending {
             data.key = SenseKey.unitAttention
             data.asc = pending
+        } else {
+            sanitizeSense(into: &data)
         }
         guard let base = buffer.baseAddress, buffer.count >= data.length else { return internalError() }
         data.render(to: base)
@@ -68,6 +70,11 @@ extension SCSITask {
         let fit = (buffer.count - 8) / 8
         var count = 0
         if select != 1 {
+            // The emulated controller is LUN 0, listed first (it exists only where no LU is LUN 0).
+            if target.controllerLUN0, target.luns.first?.number != 0, count < fit {
+                buffer.put64(8, 0)
+                count += 1
+            }
             for l in target.luns where count < fit {
                 let n = l.number
                 // Peripheral addressing below 256, flat space addressing up to 16383.

@@ -78,6 +78,11 @@ enum SupportedOpcodes {
         t.append(SupportedCommand(opcode: Opcode.extendedCopy, serviceAction: UInt16(ServiceAction.extendedCopyLID1),
                                   usage: [Opcode.extendedCopy, ServiceAction.extendedCopyLID1]
                                       + [UInt8](repeating: 0, count: 8) + [0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x07]))
+        for sa in [SanitizeServiceAction.blockErase, SanitizeServiceAction.cryptographicErase,
+                   SanitizeServiceAction.exitFailureMode] {
+            t.append(SupportedCommand(opcode: Opcode.sanitize, serviceAction: UInt16(sa),
+                                      usage: [Opcode.sanitize, 0x20 | sa, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0x07]))
+        }
         for sa in [ServiceAction.receiveCopyStatusLID1, ServiceAction.receiveCopyOperatingParameters] {
             t.append(SupportedCommand(opcode: Opcode.receiveCopyResults, serviceAction: UInt16(sa),
                                       usage: [Opcode.receiveCopyResults, sa, 0xFF]
@@ -120,6 +125,9 @@ enum SupportedOpcodes {
 }
 
 extension SCSITask {
+    /// Commands that depend on what the LU's store can do.
+    func isOffered(_ c: SupportedCommand) -> Bool { c.opcode != Opcode.sanitize || SCSITask.offersSanitize(lun) }
+
     mutating func reportSupportedOperationCodes(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
         let rctd = cdb[2] & 0x80 != 0
         let options = cdb[2] & 0x07
@@ -137,7 +145,7 @@ extension SCSITask {
         switch options {
         case 0:
             var p = 4
-            for c in SupportedOpcodes.all {
+            for c in SupportedOpcodes.all where isOffered(c) {
                 if p + 8 + timeoutBytes > b.count { break }
                 b.zero(p, 8)
                 b.put8(p, c.opcode)
@@ -156,7 +164,7 @@ extension SCSITask {
                 return invalidField(byte: 2, bit: 2)
             }
             let match = SupportedOpcodes.all.first {
-                $0.opcode == requestedOpcode && (options == 1 || $0.serviceAction == requestedSA)
+                $0.opcode == requestedOpcode && (options == 1 || $0.serviceAction == requestedSA) && isOffered($0)
             }
             b.zero(0, 4)
             guard let c = match else {

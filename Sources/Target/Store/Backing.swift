@@ -123,7 +123,9 @@ public enum BackingFactory {
             }
             let fb = FileBacking(fd: fd, byteCount: bytes, isBlockDevice: isBlock, directIO: direct,
                                  readOnly: readOnly, path: path)
-            let caps = StoreCapabilities(canDiscard: !readOnly, discardZeroes: true, canReportMapping: !isBlock,
+            // Read-only still deallocates in principle: UNMAP and SANITIZE reach the write-protect check and
+            // are refused with DATA PROTECT, as SBC-4 says, instead of looking unimplemented.
+            let caps = StoreCapabilities(canDiscard: true, discardZeroes: true, canReportMapping: !isBlock,
                                          readOnly: readOnly, hasVolatileCache: !direct,
                                          unmapGranularityBytes: 4096)
             return (.file(fb), bytes, caps)

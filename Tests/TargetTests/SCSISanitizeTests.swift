@@ -1,0 +1,149 @@
+import Testing
+@testable import Target
+
+/// SANITIZE: BLOCK ERASE / CRYPTOGRAPHIC ERASE through the store, the sanitize-in-progress state other
+/// commands see, failure mode and EXIT FAILURE MODE, and the CDB checks libiscsi's Sanitize.* make.
+@Suite struct SCSISanitizeTests {
+    static let blockErase: UInt8 = 0x02
+    static let cryptoErase: UInt8 = 0x03
+    static let exitFailureMode: UInt8 = 0x1F
+
+    func ready(_ h: Harness, _ name: String = "iqn.2026-01.test:init") -> Nexus {
+        let n = h.nexus(name)
+        h.clearUAs(n)
+        return n
+    }
+
+    func sanitize(_ action: UInt8, immed: Bool = false, ause: Bool = false, paramLength: UInt16 = 0) -> [UInt8] {
+        [Opcode.sanitize, (immed ? 0x80 : 0) | (ause ? 0x20 : 0) | action, 0, 0, 0, 0, 0,
+         UInt8(paramLength >> 8), UInt8(paramLength & 0xFF), 0]
+    }
+
+    static let tur: [UInt8] = [0, 0, 0, 0, 0, 0]
+    static let read10: [UInt8] = [Opcode.read10, 0, 0, 0, 0, 0, 0, 0, 1, 0]
+
+    /// Starts a SANITIZE and stops at its first store op, leaving it in flight.
+    func startInFlight(_ h: Harness, _ n: Nexus, _ cdb: [UInt8], task: inout SCSITask) -> SCSIAction {
+        cdb.withUnsafeBytes { raw in
+            task.start(cdb: raw, expectedLength: 0, readBit: false, writeBit: false, lunNumber: 0, lun: h.lun(),
+                       session: SessionBinding(target: h.target, nexus: n), buffer: h.buffer)
+        }
+    }
+
+    @Test(arguments: [blockErase, cryptoErase])
+    func eraseDeallocatesTheWholeLUInPiecesThenFlushes(action: UInt8) {
+        // Two and a half pieces: the last one short.
+        let blocks = SanitizeLimits.erasePieceBytes * 5 / 2 / 512
+        let h = Harness(luns: [(0, 512, blocks, StoreCapabilities(canDiscard: true, discardZeroes: true, canReportMapping: true))])
+        let n = ready(h)
+        let w = h.run([Opcode.write10, 0, 0, 0, 0, 0, 0, 0, 1, 0], nexus: n, write: true,
+                      dataOut: [UInt8](repeating: 0x61, count: 512))
+        #expect(w.isGood)
+        let o = h.run(sanitize(action), nexus: n)
+        #expect(o.isGood)
+        let discards = h.disk().ops.compactMap { op -> (UInt64, UInt64)? in
+            if case .discard(_, let off, let len) = op { return (off, len) }
+            return nil
+        }
+        #expect(discards.count == 3)
+        #expect(discards.map(\.1).reduce(0, +) == blocks * 512)
+        #expect(discards.allSatisfy { $0.1 <= SanitizeLimits.erasePieceBytes })
+        #expect(h.disk().ops.last == .flush(target: .own))
+        #expect(h.disk().isUnmapped(0) && h.disk().isUnmapped(blocks * 512 - 1))
+        #expect(h.run(Self.read10, nexus: n, edtl: 512, read: true).isGood)
+    }
+
+    @Test func otherCommandsSeeSanitizeInProgressWithProgress() {
+        let blocks = SanitizeLimits.erasePieceBytes * 4 / 512
+        let h = Harness(luns: [(0, 512, blocks, StoreCapabilities(canDiscard: true, discardZeroes: true, canReportMapping: true))])
+        let n = ready(h)
+        let other = ready(h, "iqn.2026-01.test:other")
+        var task = SCSITask()
+        var action = startInFlight(h, n, sanitize(Self.blockErase), task: &task)
+        guard case .store(let first) = action else { Issue.record("no store op: \(action)"); return }
+        action = task.storeCompleted(h.execute(first, own: 0), buffer: h.buffer)
+        guard case .store = action else { Issue.record("no second piece: \(action)"); return }
+
+        let t = h.run(Self.tur, nexus: other)
+        #expect(t.hasSense(SenseKey.notReady, 0x04, 0x1B))
+        #expect(h.run(Self.read10, nexus: other, edtl: 512, read: true).hasSense(SenseKey.notReady, 0x04, 0x1B))
+        #expect(h.run(sanitize(Self.blockErase), nexus: other).hasSense(SenseKey.notReady, 0x04, 0x1B))
+        #expect(h.run([Opcode.inquiry, 0, 0, 0, 96, 0], nexus: other, edtl: 96, read: true).isGood)
+        let rs = h.run([Opcode.requestSense, 0, 0, 0, 18, 0], nexus: other, edtl: 18, read: true)
+        #expect(rs.isGood && rs.dataIn.count == 18)
+        #expect(rs.dataIn[2] & 0x0F == SenseKey.notReady && rs.dataIn[12] == 0x04 && rs.dataIn[13] == 0x1B)
+        let progress = Int(rs.dataIn[16]) << 8 | Int(rs.dataIn[17])
+        #expect(rs.dataIn[15] & 0x80 != 0 && progress > 0x3000 && progress < 0x5000)   // one piece of four
+
+        while case .store(let op) = action { action = task.storeCompleted(h.execute(op, own: 0), buffer: h.buffer) }
+        #expect(action == .complete(status: SCSIStatus.good, dataInLength: 0, residual: .none))
+        task.endCommand()
+        #expect(h.run(Self.tur, nexus: other).isGood)
+    }
+
+    @Test func anInterruptedEraseLeavesFailureModeUntilExitIsAllowedOrAnEraseCompletes() {
+        let h = Harness()
+        let n = ready(h)
+        var task = SCSITask()
+        guard case .store = startInFlight(h, n, sanitize(Self.blockErase, ause: false), task: &task) else {
+            Issue.record("no store op"); return
+        }
+        task.endCommand()      // aborted with its discard outstanding
+        #expect(h.run(Self.read10, nexus: n, edtl: 512, read: true).hasSense(SenseKey.mediumError, 0x31, 0x03))
+        #expect(h.run(Self.tur, nexus: n).hasSense(SenseKey.mediumError, 0x31, 0x03))
+        // AUSE was zero: only a completed sanitize ends the failure mode.
+        #expect(h.run(sanitize(Self.exitFailureMode), nexus: n).hasSense(SenseKey.illegalRequest, 0x24, 0x00))
+        #expect(h.run(sanitize(Self.cryptoErase), nexus: n).isGood)
+        #expect(h.run(Self.tur, nexus: n).isGood)
+
+        var again = SCSITask()
+        guard case .store = startInFlight(h, n, sanitize(Self.blockErase, ause: true), task: &again) else {
+            Issue.record("no store op"); return
+        }
+        again.endCommand()
+        #expect(h.run(sanitize(Self.exitFailureMode), nexus: n).isGood)
+        #expect(h.run(Self.read10, nexus: n, edtl: 512, read: true).isGood)
+    }
+
+    @Test func cdbChecksAsLibiscsiExpects() {
+        let h = Harness()
+        let n = ready(h)
+        for sa: UInt8 in 0 ... 0x1F where ![Self.blockErase, Self.cryptoErase, Self.exitFailureMode].contains(sa) {
+            #expect(h.run(sanitize(sa), nexus: n).hasSense(SenseKey.illegalRequest, 0x24, 0x00), "service action \(sa)")
+        }
+        for sa in [Self.blockErase, Self.cryptoErase, Self.exitFailureMode] {
+            #expect(h.run(sanitize(sa, paramLength: 8), nexus: n, write: true, dataOut: [UInt8](repeating: 0, count: 8))
+                .hasSense(SenseKey.illegalRequest, 0x24, 0x00))
+            var reservedBit = sanitize(sa)
+            reservedBit[1] |= 0x40
+            #expect(h.run(reservedBit, nexus: n).hasSense(SenseKey.illegalRequest, 0x24, 0x00))
+            for byte in 2 ... 6 {
+                var reserved = sanitize(sa)
+                reserved[byte] = UInt8(byte)
+                #expect(h.run(reserved, nexus: n).hasSense(SenseKey.illegalRequest, 0x24, 0x00))
+            }
+        }
+        #expect(h.run(sanitize(Self.blockErase, immed: true), nexus: n).hasSense(SenseKey.illegalRequest, 0x24, 0x00))
+        #expect(h.disk().ops.isEmpty)
+    }
+
+    @Test func writeProtectionAndStoresThatCannotDeallocate() {
+        let h = Harness(luns: [(0, 512, 2048, StoreCapabilities(canDiscard: true, discardZeroes: true, readOnly: true)),
+                               (1, 512, 2048, StoreCapabilities(canDiscard: false))])
+        let n = h.nexus()
+        h.clearUAs(n)
+        h.clearUAs(n, lun: 1)
+        #expect(h.run(sanitize(Self.blockErase), lun: 0, nexus: n).hasSense(SenseKey.dataProtect, 0x27, 0x00))
+        #expect(h.run(sanitize(Self.blockErase), lun: 1, nexus: n).hasSense(SenseKey.illegalRequest, 0x20, 0x00))
+        // REPORT SUPPORTED OPERATION CODES, one command: offered on LUN 0 only.
+        let one: (UInt64) -> Outcome = { lun in
+            h.run([Opcode.maintenanceIn, 0x0C, 0x02, Opcode.sanitize, 0, Self.blockErase, 0, 0, 1, 0, 0, 0],
+                  lun: lun, nexus: n, edtl: 256, read: true)
+        }
+        #expect(one(0).dataIn[1] & 0x07 == 0x03 && one(1).dataIn[1] & 0x07 == 0x01)
+        let bdc: (UInt64) -> UInt8 = { lun in
+            h.run([Opcode.inquiry, 1, 0xB1, 0, 64, 0], lun: lun, nexus: n, edtl: 64, read: true).dataIn[7]
+        }
+        #expect(bdc(0) == 0x50 && bdc(1) == 0)
+    }
+}
