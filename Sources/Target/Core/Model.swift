@@ -105,11 +105,15 @@ public final class TargetRuntime: @unchecked Sendable {
     /// `--op update --mode target --name state --value offline`: new logins are refused (tgt's
     /// SCSI_TARGET_OFFLINE); sessions already logged in go on.
     public let offline: Bool
+    /// The target port group this target's port is in, and every port and group of the daemon (SCSI/ALUA.swift).
+    public let portGroup: TargetPortGroup
+    public let alua: ALUATable
 
+    /// Without `portGroup`, the target is alone in a group of its own (id 1, active/optimized).
     public init(tid: Int, name: String, alias: String? = nil, portalGroupTag: UInt16 = 1,
                 relativeTargetPortID: UInt16 = 1, luns: [LogicalUnit], acl: [ACLRule],
                 params: [String: String], lunGeneration: UInt64, chap: CHAPCredentials = CHAPCredentials(),
-                offline: Bool = false) {
+                offline: Bool = false, portGroup: TargetPortGroup? = nil, alua: ALUATable? = nil) {
         self.tid = tid
         self.name = name
         self.alias = alias
@@ -121,6 +125,10 @@ public final class TargetRuntime: @unchecked Sendable {
         self.lunGeneration = lunGeneration
         self.chap = chap
         self.offline = offline
+        let group = portGroup ?? TargetPortGroup(id: 1)
+        self.portGroup = group
+        self.alua = alua ?? ALUATable(ports: [ALUAPort(relativeTargetPortID: relativeTargetPortID, group: group,
+                                                       luns: luns)])
         nopIntervalSeconds = params["nop_interval"].flatMap { UInt64($0) }
         nopCount = params["nop_count"].flatMap { UInt64($0) }.flatMap { $0 == 0 ? nil : $0 }
     }

@@ -154,6 +154,8 @@ struct LUNSharedState {
     var copyResults: [CopyResult] = []
     /// tgt's online: the medium is present. START STOP UNIT ejects and loads a removable LU's medium.
     var online = true
+    /// The ALUA state of the LU's target port is active (SCSI/ALUA.swift keeps it in step with the group).
+    var portActive = true
 
     /// tgt's lu_prevent_removal: some nexus has prevented medium removal.
     var removalPrevented: Bool { nexuses.values.contains { $0.preventsRemoval } }
@@ -172,6 +174,9 @@ public final class LUNState: @unchecked Sendable {
     static let flagOffline: UInt64 = 1 << 3
     /// Offline and removable: commands that touch the medium get MEDIUM NOT PRESENT.
     static let flagMediumNotPresent: UInt64 = 1 << 4
+    /// The LU's target port is in a target port group that is not active: commands take the locked path,
+    /// where the ALUA state decides (SCSI/ALUA.swift).
+    static let flagPortInactive: UInt64 = 1 << 5
 
     let blockSize: Int
     let blockCount: UInt64
@@ -244,6 +249,7 @@ public final class LUNState: @unchecked Sendable {
             f |= LUNState.flagOffline
             if removable { f |= LUNState.flagMediumNotPresent }
         }
+        if !s.portActive { f |= LUNState.flagPortInactive }
         return f
     }
 
