@@ -463,7 +463,7 @@ public enum ConfigFile {
                 || ["write-cache", "params", "device-type"].contains(key):
                 target!.settings.append((key, item))
             case _ where ISCSITargetKeys.key(named: key) != nil || key == ISCSITargetKeys.aliasKey || key == "state"
-                || key == ISCSITargetKeys.nopIntervalKey || key == ISCSITargetKeys.nopCountKey:
+                || key == ISCSITargetKeys.nopIntervalKey || key == ISCSITargetKeys.nopCountKey || ALUAKeys.all.contains(key):
                 if let first = target!.target.keys.first(where: { $0.name.lowercased() == key.lowercased() }) {
                     // tgt-admin: "only one $option is allowed. Will only use the first one."
                     warnings.append(source.failure("only one \(key) is allowed; line \(first.item.source.line) is used"))
@@ -481,6 +481,7 @@ public enum ConfigFile {
         }
         config.targets = blocks.map { finish($0, errors: &errors) }
         checkUnique(config, &errors)
+        checkPortGroupStates(config, &errors)
         errors.sort { ($0.file, $0.line) < ($1.file, $1.line) }
         return Parsed(configuration: config, errors: errors, warnings: warnings)
     }

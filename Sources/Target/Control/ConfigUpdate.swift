@@ -298,7 +298,7 @@ public enum ConfigUpdate {
         for item in d.initiatorNames { p.steps.append(bind(d, tid: tid, name: item, add: true)) }
         for a in d.incoming { bindAccount(a, tid: tid, outgoing: false, what: "target \(d.name)", group: group, &ctx, &p) }
         if let a = d.outgoing { bindAccount(a, tid: tid, outgoing: true, what: "target \(d.name)", group: group, &ctx, &p) }
-        for (name, item) in d.keys { p.steps.append(setKey(d, tid: tid, name: name, value: item.value, source: item.source)) }
+        for (name, item) in d.keysInApplyOrder { p.steps.append(setKey(d, tid: tid, name: name, value: item.value, source: item.source)) }
     }
 
     /// `initiator-address none` is what `--dump` writes for a target that admits no address (never bound, or
@@ -454,11 +454,12 @@ public enum ConfigUpdate {
         var current: [String: String] = [:]
         for (name, item) in r.keys { current[canonicalKey(name)] = item.value }
         var named: Set<String> = []
-        for (name, item) in d.keys {
+        for (name, item) in d.keysInApplyOrder {
             let key = canonicalKey(name)
             named.insert(key)
             if let now = current[key], now == normalized(key, item.value) { continue }
             if key == "state" && current[key] == nil && item.value == Registry.State.ready.rawValue { continue }
+            if key == ALUAKeys.state && current[key] == nil && ALUAState.parse(item.value) == .activeOptimized { continue }
             p.steps.append(setKey(d, tid: tid, name: name, value: item.value, source: item.source))
         }
         // A key the file no longer sets goes back to its default (state stays as --offline/--ready left it).
@@ -466,6 +467,8 @@ public enum ConfigUpdate {
             let value: String
             if key == ISCSITargetKeys.aliasKey { value = "" }
             else if key == ISCSITargetKeys.nopIntervalKey || key == ISCSITargetKeys.nopCountKey { value = "0" }
+            else if key == ALUAKeys.group { value = String(ALUAKeys.defaultGroupID) }
+            else if key == ALUAKeys.relativePort { value = String(ALUAKeys.defaultRelativePortID) }
             else if let k = ISCSITargetKeys.key(named: key), k.kind != .fixed { value = k.defaultText }
             else { continue }
             p.steps.append(setKey(d, tid: tid, name: key, value: value, source: d.source))
@@ -521,7 +524,8 @@ public enum ConfigUpdate {
     /// CHAP passwords included: the control socket is root's only, and root could set them anyway).
     static func dump(targets: [Registry.TargetRecord], accounts: [(user: String, password: String)],
                      discovery: Registry.AccountBindings = Registry.AccountBindings(),
-                     lunDefaults: LUNDefaults = .ringtgt) -> String {
+                     lunDefaults: LUNDefaults = .ringtgt,
+                     portGroupState: (UInt16) -> ALUAState = { _ in .activeOptimized }) -> String {
         func quoted(_ s: String) -> String { s.contains(where: { $0 == " " || $0 == "\t" || $0 == "#" }) ? "\"\(s)\"" : s }
         func password(_ user: String) -> String { accounts.first { $0.user == user }?.password ?? "" }
         var out = "# ringtgt's running configuration (ringtgt-admin --dump)\ndefault-driver \(Registry.driverName)\n"
@@ -564,6 +568,8 @@ public enum ConfigUpdate {
             if let alias = t.alias { out += "    \(ISCSITargetKeys.aliasKey) \(quoted(alias))\n" }
             for key in t.params.keys.sorted() { out += "    \(key) \(t.params[key]!)\n" }
             if t.state == .offline { out += "    state offline\n" }
+            out += ALUAKeys.dumpLines(groupID: t.portGroupID, relativePortID: t.relativeTargetPortID,
+                                      state: portGroupState(t.portGroupID))
             out += "</target>\n"
         }
         return out

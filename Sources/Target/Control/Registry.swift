@@ -65,6 +65,9 @@ public final class Registry: @unchecked Sendable {
         var lunGeneration: UInt64
         /// CHAP accounts bound to the target, in bind order; at most one outgoing account.
         var accounts = AccountBindings()
+        /// ALUA (Control/PortGroups.swift).
+        var portGroupID = ALUAKeys.defaultGroupID
+        var relativeTargetPortID = ALUAKeys.defaultRelativePortID
         var incomingUsers: [String] { accounts.incoming }
         var outgoingUser: String? { accounts.outgoing }
     }
@@ -95,6 +98,7 @@ public final class Registry: @unchecked Sendable {
     private var pollNanos: UInt64?
     private var debug = false
     private var published: ConfigSnapshot = .empty
+    private var portGroups = PortGroupDirectory()
     /// Each LUN's place in the cores' statistics tables.
     private let statisticsSlots = StatisticsSlots()
 
@@ -185,7 +189,8 @@ public final class Registry: @unchecked Sendable {
         case .show:
             if r.name == Self.configDumpName {
                 return ConfigUpdate.dump(targets: Array(targets.values), accounts: accounts, discovery: discovery,
-                                         lunDefaults: options.lunDefaults)
+                                         lunDefaults: options.lunDefaults,
+                                         portGroupState: { self.portGroups.state($0) })
             }
             return ShowFormatter.system(state: systemState, debug: debug, driverState: "ready",
                                         backingStores: opener.backingStoreDescriptions, discovery: discovery)
@@ -243,6 +248,8 @@ public final class Registry: @unchecked Sendable {
             }
             guard let target = targets[tid] else { throw AdminError(.noTarget) }
             return ShowFormatter.targetParameters(target)
+                + ALUAKeys.showLines(groupID: target.portGroupID, relativePortID: target.relativeTargetPortID,
+                                     state: portGroups.state(target.portGroupID))
         case .stat:
             guard let target = targets[try requireTID(r)] else { throw AdminError(.noTarget) }
             return StatFormatter.luns(lunStatLines([target]))
@@ -321,6 +328,13 @@ public final class Registry: @unchecked Sendable {
         let tid = try requireTarget(r)
         guard let name = r.name, let value = r.value else { throw AdminError(.invalidRequest) }
         var target = targets[tid]!
+        if ALUAKeys.all.contains(name) {
+            let changed = try portGroups.update(&target, name: name, value: value)
+            targets[tid] = target
+            publish()
+            if let changed { portGroups.table.announce(changed: changed) }
+            return
+        }
         if name == "state" {
             guard let state = State(rawValue: value) else { throw AdminError(.invalidRequest) }
             target.state = state
@@ -723,11 +737,12 @@ public final class Registry: @unchecked Sendable {
 
     private func publish() {
         snapshotVersion &+= 1
+        let alua = portGroups.publish(Array(targets.values))
         let runtimes = targets.values.map { t in
-            TargetRuntime(tid: t.tid, name: t.name, alias: t.alias, luns: t.luns.values.map(\.unit),
-                          acl: t.addressACL + t.nameACL, params: t.params, lunGeneration: t.lunGeneration,
-                          chap: credentials(t.accounts), offline: t.state == .offline,
-                          controllerLUN0: options.controllerLUN0)
+            TargetRuntime(tid: t.tid, name: t.name, alias: t.alias, relativeTargetPortID: t.relativeTargetPortID,
+                          luns: t.luns.values.map(\.unit), acl: t.addressACL + t.nameACL, params: t.params,
+                          lunGeneration: t.lunGeneration, chap: credentials(t.accounts), offline: t.state == .offline,
+                          controllerLUN0: options.controllerLUN0, portGroup: portGroups.group(t.portGroupID), alua: alua)
         }
         let snapshot = ConfigSnapshot(version: snapshotVersion, targets: runtimes, pollNanos: pollNanos,
                                       systemOffline: systemState == .offline, discoveryCHAP: credentials(discovery))

@@ -108,11 +108,16 @@ public final class TargetRuntime: @unchecked Sendable {
     /// `ringtgtd --lun0-controller`: LUN 0, unless an LU is configured there, answers as tgt's storage
     /// array controller (SCSI/ControllerLUN.swift).
     public let controllerLUN0: Bool
+    /// The target port group this target's port is in, and every port and group of the daemon (SCSI/ALUA.swift).
+    public let portGroup: TargetPortGroup
+    public let alua: ALUATable
 
+    /// Without `portGroup`, the target is alone in a group of its own (id 1, active/optimized).
     public init(tid: Int, name: String, alias: String? = nil, portalGroupTag: UInt16 = 1,
                 relativeTargetPortID: UInt16 = 1, luns: [LogicalUnit], acl: [ACLRule],
                 params: [String: String], lunGeneration: UInt64, chap: CHAPCredentials = CHAPCredentials(),
-                offline: Bool = false, controllerLUN0: Bool = false) {
+                offline: Bool = false, controllerLUN0: Bool = false, portGroup: TargetPortGroup? = nil,
+                alua: ALUATable? = nil) {
         self.tid = tid
         self.name = name
         self.alias = alias
@@ -125,6 +130,10 @@ public final class TargetRuntime: @unchecked Sendable {
         self.lunGeneration = lunGeneration
         self.chap = chap
         self.offline = offline
+        let group = portGroup ?? TargetPortGroup(id: 1)
+        self.portGroup = group
+        self.alua = alua ?? ALUATable(ports: [ALUAPort(relativeTargetPortID: relativeTargetPortID, group: group,
+                                                       luns: luns)])
         nopIntervalSeconds = params["nop_interval"].flatMap { UInt64($0) }
         nopCount = params["nop_count"].flatMap { UInt64($0) }.flatMap { $0 == 0 ? nil : $0 }
     }

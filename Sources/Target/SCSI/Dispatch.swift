@@ -33,6 +33,7 @@ extension SCSITask {
             if opcode == Opcode.requestSense { return requestSense(buffer: buffer, pending: ua, lunMissing: false) }
             return fail(SenseKey.unitAttention, ua)
         }
+        if state.flags & LUNState.flagPortInactive != 0, let asc = aluaRefusal() { return fail(SenseKey.notReady, asc) }
         if state.flags & LUNState.flagReservationHeld != 0, reservationConflicts(state: state, nexus: nexus) {
             return reservationConflict()
         }
@@ -77,6 +78,10 @@ extension SCSITask {
             if cdb[1] & 0x1F == ServiceAction.reportSupportedOperationCodes {
                 return reportSupportedOperationCodes(buffer: buffer)
             }
+            if cdb[1] & 0x1F == ServiceAction.reportTargetPortGroups { return reportTargetPortGroups(buffer: buffer) }
+            return invalidField(byte: 1, bit: 4)
+        case Opcode.maintenanceOut:
+            if cdb[1] & 0x1F == ServiceAction.setTargetPortGroups { return startSetTargetPortGroups() }
             return invalidField(byte: 1, bit: 4)
         case Opcode.reserve6, Opcode.reserve10: return reserve()
         case Opcode.release6, Opcode.release10: return release()

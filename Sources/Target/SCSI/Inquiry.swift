@@ -58,7 +58,7 @@ extension SCSITask {
         b.put8(2, InquiryData.versionSPC4)
         b.put8(3, 0x12)                        // HISUP, response data format 2
         b.put8(4, UInt8(n - 5))
-        b.put8(5, 0x08)                        // 3PC: EXTENDED COPY is supported
+        b.put8(5, 0x08 | 0x30)                 // 3PC: EXTENDED COPY; TPGS 11b: implicit and explicit ALUA
         b.put8(6, 0x00)
         b.put8(7, 0x02)                        // CMDQUE
         b.putASCII(8, lun.vendor, width: 8)
@@ -109,7 +109,7 @@ extension SCSITask {
         p += 8
         // Target port group, type 5.
         b.put8(p, 0x51); b.put8(p + 1, 0x95); b.put8(p + 2, 0); b.put8(p + 3, 4)
-        b.put16(p + 4, 0); b.put16(p + 6, target.portalGroupTag)
+        b.put16(p + 4, 0); b.put16(p + 6, target.portGroup.id)
         p += 8
         // SCSI name string of the target port ("<iqn>,t,0x<tpgt>") and of the target device ("<iqn>").
         let tpgt = String(target.portalGroupTag, radix: 16)

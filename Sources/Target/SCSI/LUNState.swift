@@ -156,6 +156,8 @@ struct LUNSharedState {
     var online = true
     /// SANITIZE progress and failure mode (Sanitize.swift).
     var sanitize = SanitizeState()
+    /// The ALUA state of the LU's target port is active (SCSI/ALUA.swift keeps it in step with the group).
+    var portActive = true
 
     /// tgt's lu_prevent_removal: some nexus has prevented medium removal.
     var removalPrevented: Bool { nexuses.values.contains { $0.preventsRemoval } }
@@ -181,6 +183,9 @@ public final class LUNState: @unchecked Sendable {
     static let flagSanitizeFailed: UInt64 = 1 << 6
     /// The flags under which `dispatch` looks before running a command.
     static let flagsRefusingCommands = flagMediumNotPresent | flagSanitizing | flagSanitizeFailed
+    /// The LU's target port is in a target port group that is not active: commands take the locked path,
+    /// where the ALUA state decides (SCSI/ALUA.swift).
+    static let flagPortInactive: UInt64 = 1 << 7
 
     let blockSize: Int
     let blockCount: UInt64
@@ -255,6 +260,7 @@ public final class LUNState: @unchecked Sendable {
         }
         if s.sanitize.running { f |= LUNState.flagSanitizing }
         if s.sanitize.failed { f |= LUNState.flagSanitizeFailed }
+        if !s.portActive { f |= LUNState.flagPortInactive }
         return f
     }
 

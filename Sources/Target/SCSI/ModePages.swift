@@ -152,6 +152,7 @@ extension SCSITask {
         case Opcode.persistentReserveOut: return persistentReserveOut(list)
         case Opcode.unmap: return unmapListReceived(list, buffer: buffer)
         case Opcode.extendedCopy: return extendedCopyListReceived(list, buffer: buffer)
+        case Opcode.maintenanceOut: return setTargetPortGroups(list)
         default: return internalError()
         }
     }

@@ -181,7 +181,7 @@ public struct SCSITask {
         let state = lun.state
         lunFlags = state.flags
         return state.isAdmitted(nexusID: nexusID, lunGeneration: lunGeneration)
-            && lunFlags & LUNState.flagReservationHeld == 0
+            && lunFlags & (LUNState.flagReservationHeld | LUNState.flagPortInactive) == 0
     }
 
     /// The command ended (completed, aborted or torn down): lets go of its LUN, target and nexus now, so a

@@ -1,0 +1,289 @@
+// Asymmetric logical unit access (SPC-4 §5.15): target port groups, their access states, and the
+// commands that report and set them (REPORT / SET TARGET PORT GROUPS).
+//
+// A target is one SCSI target port (its relative target port identifier) in one target port group. LUs
+// are one device across ports when their NAA designators agree (the same `scsi_id`, as tgt's multipath
+// setups make them), so the ports of a LU are every port whose target has a LUN with its NAA; that is
+// also how gateways that share a VDI will become ports of one LU (docs/ALUA.md).
+//
+// A group's state is an atomic that STPG (on any core) and the control plane both write. READ and WRITE
+// never read it: each LUN's `fastFlags` carries one bit, "this LUN's port is not active", set under the LU
+// lock from the group's state, and that bit sends a command down the locked path (as a reservation does),
+// where the state decides which commands run.
+
+import Synchronization
+
+/// SPC-4 table 307 (ASYMMETRIC ACCESS STATE), with the names sg_rtpg and multipath print.
+public enum ALUAState: UInt8, Sendable, CaseIterable {
+    case activeOptimized = 0x0
+    case activeNonOptimized = 0x1
+    case standby = 0x2
+    case unavailable = 0x3
+    case offline = 0xE
+    case transitioning = 0xF
+
+    public var name: String {
+        switch self {
+        case .activeOptimized: return "active/optimized"
+        case .activeNonOptimized: return "active/non-optimized"
+        case .standby: return "standby"
+        case .unavailable: return "unavailable"
+        case .offline: return "offline"
+        case .transitioning: return "transitioning"
+        }
+    }
+
+    /// The names above, LIO's `alua_access_state` numbers (0, 1, 2, 3, 14, 15) and the short forms
+    /// multipath's and LIO's users write (ao, ano, an).
+    public static func parse(_ text: String) -> ALUAState? {
+        let t = text.lowercased()
+        if let n = UInt8(t) { return ALUAState(rawValue: n) }
+        switch t {
+        case "ao", "active_optimized", "optimized": return .activeOptimized
+        case "ano", "an", "active/non_optimized", "active/nonoptimized", "active_non_optimized", "non-optimized":
+            return .activeNonOptimized
+        default: return allCases.first { $0.name == t }
+        }
+    }
+
+    public var isActive: Bool { self == .activeOptimized || self == .activeNonOptimized }
+
+    /// States SET TARGET PORT GROUPS may ask for: the primary states (offline and transitioning are the
+    /// device's to enter, SPC-4 §6.45).
+    var settableByInitiator: Bool { rawValue <= ALUAState.unavailable.rawValue }
+
+    /// RTPG's supported-states byte: T_SUP, O_SUP, U_SUP, S_SUP, AN_SUP, AO_SUP (no LBA-dependent state).
+    static let supportedStatesBits: UInt8 = 0x80 | 0x40 | 0x08 | 0x04 | 0x02 | 0x01
+
+    /// The NOT READY additional sense a command gets through a port in this state, or nil when the
+    /// state allows it (SPC-4 §5.15.2.4; LIO's target_core_alua.c lists the same commands, and lets
+    /// READ CAPACITY through standby ports, which Linux needs to size the device of a standby path).
+    func refusal(opcode: UInt8, serviceAction: UInt8) -> ASC? {
+        let reportsGroups = opcode == Opcode.maintenanceIn && serviceAction == ServiceAction.reportTargetPortGroups
+        let setsGroups = opcode == Opcode.maintenanceOut && serviceAction == ServiceAction.setTargetPortGroups
+        let always = opcode == Opcode.inquiry || opcode == Opcode.reportLUNs || opcode == Opcode.requestSense
+            || reportsGroups
+        switch self {
+        case .activeOptimized, .activeNonOptimized:
+            return nil
+        case .standby:
+            switch opcode {
+            case _ where always || setsGroups: return nil
+            case Opcode.modeSense6, Opcode.modeSense10, Opcode.modeSelect6, Opcode.modeSelect10,
+                 Opcode.persistentReserveIn, Opcode.persistentReserveOut, Opcode.readCapacity10:
+                return nil
+            case Opcode.serviceActionIn16 where serviceAction == ServiceAction.readCapacity16: return nil
+            default: return .targetPortInStandbyState
+            }
+        case .unavailable:
+            return always || setsGroups ? nil : .targetPortInUnavailableState
+        case .transitioning:
+            return always ? nil : .asymmetricAccessStateTransition
+        case .offline:
+            return always ? nil : .targetPortInOfflineState
+        }
+    }
+}
+
+extension ASC {
+    static let asymmetricAccessStateTransition = ASC(0x04, 0x0A)
+    static let targetPortInStandbyState = ASC(0x04, 0x0B)
+    static let targetPortInUnavailableState = ASC(0x04, 0x0C)
+    static let targetPortInOfflineState = ASC(0x04, 0x12)
+    static let asymmetricAccessStateChanged = ASC(0x2A, 0x06)
+}
+
+extension Opcode {
+    static let maintenanceOut: UInt8 = 0xA4
+}
+
+extension ServiceAction {
+    /// MAINTENANCE IN / MAINTENANCE OUT service actions.
+    static let reportTargetPortGroups: UInt8 = 0x0A
+    static let setTargetPortGroups: UInt8 = 0x0A
+}
+
+/// RTPG's STATUS CODE (SPC-4 table 308).
+enum ALUAStatus {
+    static let none: UInt8 = 0x00
+    static let alteredBySetTargetPortGroups: UInt8 = 0x01
+    static let alteredImplicitly: UInt8 = 0x02
+}
+
+enum ALUALimits {
+    /// RTPG's TARGET PORT COUNT is one byte.
+    static let maxPortsPerGroupDescriptor = 255
+    /// Longest SET TARGET PORT GROUPS parameter list accepted: the header and this many descriptors.
+    static let maxSetDescriptors = 1024
+    static let setDescriptorBytes = 4
+    static let setHeaderBytes = 4
+}
+
+/// One target port group. Its id is fixed; its state is shared by every core and by the control plane,
+/// and outlives configuration snapshots (the registry keeps the object while a target names the group).
+public final class TargetPortGroup: Sendable {
+    public let id: UInt16
+    private let stateCode: Atomic<UInt8>
+    private let statusCode = Atomic<UInt8>(ALUAStatus.none)
+
+    public init(id: UInt16, state: ALUAState = .activeOptimized) {
+        self.id = id
+        stateCode = Atomic(state.rawValue)
+    }
+
+    public var state: ALUAState {
+        ALUAState(rawValue: stateCode.load(ordering: .acquiring)) ?? .activeOptimized
+    }
+
+    var status: UInt8 { statusCode.load(ordering: .relaxed) }
+
+    /// Sets the state; whether it changed. `explicit`: by SET TARGET PORT GROUPS (else by the device).
+    @discardableResult
+    func setState(_ s: ALUAState, explicit: Bool) -> Bool {
+        let old = stateCode.exchange(s.rawValue, ordering: .acquiringAndReleasing)
+        if old != s.rawValue {
+            statusCode.store(explicit ? ALUAStatus.alteredBySetTargetPortGroups : ALUAStatus.alteredImplicitly,
+                             ordering: .relaxed)
+        }
+        return old != s.rawValue
+    }
+}
+
+/// One target port: the target's relative target port identifier, its group and its LUNs.
+public struct ALUAPort: Sendable {
+    public let relativeTargetPortID: UInt16
+    public let group: TargetPortGroup
+    public let luns: [LogicalUnit]
+
+    public init(relativeTargetPortID: UInt16, group: TargetPortGroup, luns: [LogicalUnit]) {
+        self.relativeTargetPortID = relativeTargetPortID
+        self.group = group
+        self.luns = luns
+    }
+
+    /// Whether this port leads to the same LU as `lun` (the same LUN object, or the same NAA).
+    func reaches(_ lun: LogicalUnit) -> Bool { luns.contains { $0 === lun || $0.naa == lun.naa } }
+}
+
+/// Every port and group of the daemon at one configuration snapshot. Immutable: the states live in the
+/// groups.
+public final class ALUATable: Sendable {
+    public let ports: [ALUAPort]
+    /// Distinct groups of `ports`, by id.
+    public let groups: [TargetPortGroup]
+
+    public init(ports: [ALUAPort]) {
+        self.ports = ports
+        var seen: [TargetPortGroup] = []
+        for p in ports where !seen.contains(where: { $0 === p.group }) { seen.append(p.group) }
+        groups = seen.sorted { $0.id < $1.id }
+    }
+
+    public func group(id: UInt16) -> TargetPortGroup? { groups.first { $0.id == id } }
+
+    /// Brings every LUN's "port not active" bit in line with its group, raising no unit attention (a new
+    /// snapshot: new LUNs, or targets moved between groups).
+    public func refreshAll() {
+        for p in ports { for lun in p.luns { lun.state.refreshAccess(p.group, raising: false, except: nil) } }
+    }
+
+    /// `group` changed state: every LU with a port in it gets ASYMMETRIC ACCESS STATE CHANGED on every
+    /// I_T nexus (through all its ports), except `except`, the nexus whose SET TARGET PORT GROUPS did it
+    /// (SPC-4 §5.15.2.5). Walks the table without allocating: STPG runs this on a core.
+    public func announce(changed group: TargetPortGroup, except: UInt64? = nil) {
+        for p in ports {
+            for lun in p.luns {
+                let affected = p.group === group
+                    || ports.contains { q in q.group === group && q.reaches(lun) }
+                if affected { lun.state.refreshAccess(p.group, raising: true, except: except) }
+            }
+        }
+    }
+}
+
+extension LUNState {
+    /// Re-reads `group`'s state into the fast flags (under the LU lock, so the last writer's state wins
+    /// whatever order concurrent changes reach the LUN in) and raises ASYMMETRIC ACCESS STATE CHANGED.
+    func refreshAccess(_ group: TargetPortGroup, raising: Bool, except: UInt64?) {
+        shared.withLock { s in
+            s.portActive = group.state.isActive
+            if raising { queueUAForAll(&s, except: except, .asymmetricAccessStateChanged) }
+            publishFlags(s)
+        }
+    }
+}
+
+extension SCSITask {
+    /// The NOT READY sense for this command through a port that is not active, nil if it may run.
+    func aluaRefusal() -> ASC? {
+        guard let target else { return nil }
+        return target.portGroup.state.refusal(opcode: opcode, serviceAction: cdb[1] & 0x1F)
+    }
+
+    /// REPORT TARGET PORT GROUPS (SPC-4 §6.37): every group with a port to this LU, in the length-only
+    /// or the extended-header format.
+    mutating func reportTargetPortGroups(buffer b: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        guard let lun, let target else { return internalError() }
+        let format = cdb[1] >> 5
+        if format > 1 { return invalidField(byte: 1, bit: 7) }
+        let allocation = Int(cdb.u32(6))
+        let table = target.alua
+        let header = format == 1 ? 8 : 4
+        b.zero(0, header)
+        var p = header
+        for g in table.groups {
+            var count = 0
+            for port in table.ports where port.group === g && port.reaches(lun) { count += 1 }
+            count = min(count, ALUALimits.maxPortsPerGroupDescriptor)
+            if count == 0 || p + 8 + 4 * count > b.count { continue }
+            b.zero(p, 8 + 4 * count)
+            b.put8(p, g.state.rawValue)
+            b.put8(p + 1, ALUAState.supportedStatesBits)
+            b.put16(p + 2, g.id)
+            b.put8(p + 5, g.status)
+            b.put8(p + 7, UInt8(count))
+            p += 8
+            var written = 0
+            for port in table.ports where written < count && port.group === g && port.reaches(lun) {
+                b.put16(p + 2, port.relativeTargetPortID)
+                p += 4
+                written += 1
+            }
+        }
+        b.put32(0, UInt32(p - 4))
+        if format == 1 { b.put8(4, 0x10) }          // FORMAT TYPE 001b; implicit transition time 0: none given
+        return completeDataIn(generated: p, allocationLength: allocation)
+    }
+
+    /// SET TARGET PORT GROUPS (SPC-4 §6.45): the parameter list follows.
+    mutating func startSetTargetPortGroups() -> SCSIAction {
+        let length = Int(cdb.u32(6))
+        if length == 0 { return completeGood() }
+        if length < ALUALimits.setHeaderBytes
+            || length > ALUALimits.setHeaderBytes + ALUALimits.maxSetDescriptors * ALUALimits.setDescriptorBytes {
+            return fail(SenseKey.illegalRequest, .parameterListLengthError)
+        }
+        return requestParameterList(length: length)
+    }
+
+    /// Every descriptor is checked before any group changes, so a bad list changes nothing.
+    mutating func setTargetPortGroups(_ list: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        guard let target, let nexus else { return internalError() }
+        let table = target.alua
+        if list.count < ALUALimits.setHeaderBytes { return fail(SenseKey.illegalRequest, .parameterListLengthError) }
+        let count = (list.count - ALUALimits.setHeaderBytes) / ALUALimits.setDescriptorBytes
+        for i in 0 ..< count {
+            let p = ALUALimits.setHeaderBytes + i * ALUALimits.setDescriptorBytes
+            guard let s = ALUAState(rawValue: list.get8(p) & 0x0F), s.settableByInitiator else {
+                return invalidParameter(byte: p, bit: 3)
+            }
+            if table.group(id: list.get16(p + 2)) == nil { return invalidParameter(byte: p + 2) }
+        }
+        for i in 0 ..< count {
+            let p = ALUALimits.setHeaderBytes + i * ALUALimits.setDescriptorBytes
+            guard let s = ALUAState(rawValue: list.get8(p) & 0x0F), let g = table.group(id: list.get16(p + 2)) else { continue }
+            if g.setState(s, explicit: true) { table.announce(changed: g, except: nexus.id) }
+        }
+        return completeGood()
+    }
+}
