@@ -136,16 +136,18 @@ func echoServerCPU(bins: Binaries, logDir: URL, qd: Int, seconds: Double) -> [St
             usleep(10_000)
         }
         guard port > 0 else { throw RunnerError("echo server did not report its port") }
-        let before = processCPUSeconds(server.pid)
         let r = try runTool(bins.taskset, ["-c", "1", bins.echo, "client", "--port", "\(port)", "--qd", "\(qd)",
                                            "--duration", "\(seconds)", "--warmup", "0", "--json"],
                             logDir: logDir, label: "echo-client-cpu", timeoutSeconds: seconds + 30)
         guard r.status == 0, let obj = try? JSONSerialization.jsonObject(with: Data(r.out.utf8)) as? [String: Any],
-              let rate = (obj["roundTripsPerSecond"] as? NSNumber)?.doubleValue, rate > 0,
-              let b = before, let after = processCPUSeconds(server.pid) else {
+              let rate = (obj["roundTripsPerSecond"] as? NSNumber)?.doubleValue, rate > 0 else {
             throw RunnerError("echo client failed: \(r.err)")
         }
-        let perRoundTrip = (after - b) / (rate * seconds) * 1e6
+        // The server serves one connection, then prints its CPU time and exits.
+        _ = server.wait(seconds: ThirdPartyLimits.toolSlackSeconds)
+        guard let line = server.stdout.split(separator: "\n").last(where: { $0.hasPrefix("CPU ") }),
+              let cpu = Double(line.dropFirst(4)) else { throw RunnerError("echo server reported no CPU time") }
+        let perRoundTrip = cpu / (rate * seconds) * 1e6
         rec["roundTripsPerSecond"] = rate
         rec["serverCPUMicrosPerRoundTrip"] = perRoundTrip
         log("  echo QD\(qd): \(Int(rate)) round trips/s, server CPU \(String(format: "%.2f", perRoundTrip)) us/round trip")
