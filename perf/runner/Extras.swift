@@ -4,6 +4,20 @@ import Foundation
 import Glibc
 #endif
 
+/// Starts ringtgt-echo's server on CPU 0 (where a one-core target runs) and waits for the port it reports.
+func startEchoServer(bins: Binaries, logDir: URL, label: String, poll: Bool = false) throws -> (Child, Int) {
+    let server = try Child(bins.taskset, ["-c", "0", bins.echo, "server"] + (poll ? ["--poll"] : []),
+                           logDir: logDir, label: label)
+    for _ in 0..<500 {
+        if let line = server.stdout.split(separator: "\n").first(where: { $0.hasPrefix("PORT ") }),
+           let p = Int(line.dropFirst(5)) { return (server, p) }
+        if !server.isRunning { break }
+        usleep(10_000)
+    }
+    server.stop()
+    throw RunnerError("echo server did not report its port")
+}
+
 /// ringtgt-echo at the scenario queue depths: server pinned to CPU 0 like a one-core target, client placed by
 /// the kernel like the load generator, so the limit and the targets are measured in the same placement.
 func loopbackLimit(bins: Binaries, logDir: URL, depths: [Int], seconds: Double, warmup: Double,
@@ -11,16 +25,7 @@ func loopbackLimit(bins: Binaries, logDir: URL, depths: [Int], seconds: Double, 
     var out: [[String: Any]] = []
     for qd in depths {
         do {
-            let server = try Child(bins.taskset, ["-c", "0", bins.echo, "server"] + (poll ? ["--poll"] : []),
-                                   logDir: logDir, label: "echo-server")
-            var port = 0
-            for _ in 0..<500 {
-                if let line = server.stdout.split(separator: "\n").first(where: { $0.hasPrefix("PORT ") }),
-                   let p = Int(line.dropFirst(5)) { port = p; break }
-                if !server.isRunning { break }
-                usleep(10_000)
-            }
-            guard port > 0 else { server.stop(); throw RunnerError("echo server did not report its port") }
+            let (server, port) = try startEchoServer(bins: bins, logDir: logDir, label: "echo-server", poll: poll)
             let r = try runTool(bins.echo, ["client", "--port", "\(port)", "--qd", "\(qd)", "--duration", "\(seconds)",
                                             "--warmup", "\(warmup)", "--json"] + (poll ? ["--poll"] : []),
                                 logDir: logDir, label: "echo-client", timeoutSeconds: seconds + warmup + 30)

@@ -126,16 +126,8 @@ func iscsiPerfAverage(_ out: String) -> Double? {
 func echoServerCPU(bins: Binaries, logDir: URL, qd: Int, seconds: Double) -> [String: Any] {
     var rec: [String: Any] = ["queueDepth": qd]
     do {
-        let server = try Child(bins.taskset, ["-c", "0", bins.echo, "server"], logDir: logDir, label: "echo-server-cpu")
+        let (server, port) = try startEchoServer(bins: bins, logDir: logDir, label: "echo-server-cpu")
         defer { server.stop(signal: SIGTERM, graceSeconds: 5) }
-        var port = 0
-        for _ in 0..<500 {
-            if let line = server.stdout.split(separator: "\n").first(where: { $0.hasPrefix("PORT ") }),
-               let p = Int(line.dropFirst(5)) { port = p; break }
-            if !server.isRunning { break }
-            usleep(10_000)
-        }
-        guard port > 0 else { throw RunnerError("echo server did not report its port") }
         let r = try runTool(bins.taskset, ["-c", "1", bins.echo, "client", "--port", "\(port)", "--qd", "\(qd)",
                                            "--duration", "\(seconds)", "--warmup", "0", "--json"],
                             logDir: logDir, label: "echo-client-cpu", timeoutSeconds: seconds + 30)
