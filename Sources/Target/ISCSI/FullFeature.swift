@@ -426,7 +426,7 @@ extension Connection {
             bytes = UInt64(tasks[t].edtl)
             if case .underflow(let n) = residual { bytes -= min(bytes, UInt64(n)) }
         } else {
-            bytes = UInt64(tasks[t].dataInOffset) &+ UInt64(dataInLength)
+            bytes = UInt64(tasks[t].dataIn.streamOffset) &+ UInt64(dataInLength)
         }
         let start = tasks[t].startNanos
         let nanos = start == 0 ? 0 : monotonicNanos() &- start
@@ -467,9 +467,7 @@ extension Connection {
                 guard let next = beginDataOut(t, offset: offset, length: length) else { return }
                 action = next
             case .dataIn(let length):
-                tasks[t].pieceLength = length
-                tasks[t].pieceSent = 0
-                tasks[t].pieceFinal = false
+                tasks[t].dataIn.beginPiece(length: length)
                 emitDataIn(t)
                 return
             case .complete(let status, let dataInLength, let residual):
@@ -599,66 +597,49 @@ extension Connection {
         countDone(t, status: status, dataInLength: dataInLength, residual: residual)
         tasks[t].finalStatus = status
         tasks[t].finalResidual = residual
-        if dataInLength > 0 {
-            tasks[t].pieceLength = dataInLength
-            tasks[t].pieceSent = 0
-            tasks[t].pieceFinal = true
-            emitDataIn(t)
-        } else {
-            tasks[t].pieceFinal = true
-            tasks[t].pieceLength = 0
-            tasks[t].pieceSent = 0
-            emitDataIn(t)
-        }
+        let collapse = status == SCSIStatus.good && tasks[t].scsi.senseLength == 0 && tasks[t].transportSense == nil
+        tasks[t].dataIn.beginFinalPiece(length: dataInLength, collapseStatus: collapse)
+        emitDataIn(t)
     }
 
-    /// Queues Data-In PDUs for the current piece as far as the send queue allows. The last PDU of the final
-    /// piece carries the status when it is GOOD (phase collapse); otherwise a SCSI Response follows.
+    /// Queues Data-In PDUs for the current piece as far as the send queue allows (DataInEmitter cuts them). The
+    /// last PDU of the final piece carries the status when it is GOOD (phase collapse); otherwise a SCSI
+    /// Response follows.
     func emitDataIn(_ t: Int) {
         let base = reactor.pool.data(Int(tasks[t].slot))
         let maxSeg = params.maxSendDataSegment
+        let maxBurst = params.maxBurst
         let itt = tasks[t].itt
         let lunField = tasks[t].lunField
-        let collapse = tasks[t].pieceFinal && tasks[t].finalStatus == SCSIStatus.good
-            && tasks[t].scsi.senseLength == 0 && tasks[t].transportSense == nil
-        while tasks[t].pieceSent < tasks[t].pieceLength {
+        while !tasks[t].dataIn.pieceQueuedFully {
             if out.free < 2 {
                 parkForOutSpace(t)
                 return
             }
-            let n = min(maxSeg, tasks[t].pieceLength - tasks[t].pieceSent)
-            let last = tasks[t].pieceSent + n == tasks[t].pieceLength
-            let withStatus = last && collapse
-            let sn = tasks[t].dataSN
-            tasks[t].dataSN &+= 1
-            let off = tasks[t].dataInOffset
-            tasks[t].dataInOffset &+= UInt32(n)
+            let pdu = tasks[t].dataIn.next(maxSegmentBytes: maxSeg, maxBurstBytes: maxBurst)
             let token: SendToken
-            if last && !tasks[t].pieceFinal { token = .dataInSent(task: Int32(t)) }
-            else if withStatus { token = .taskDone(task: Int32(t)) }
+            if pdu.endsPiece && !tasks[t].dataIn.pieceFinal { token = .dataInSent(task: Int32(t)) }
+            else if pdu.carriesStatus { token = .taskDone(task: Int32(t)) }
             else { token = .none }
-            let status = tasks[t].finalStatus
-            let residual = tasks[t].finalResidual
             // Built in place (no closure): this is the hot path of every read.
             let i = out.nextIndex()
             let h = out.header(i)
             counters.dataInPDUs &+= 1
-            PDUBuild.dataIn(h, itt: itt, lunField: lunField, dataSN: sn, bufferOffset: off, length: n,
-                            final: withStatus || (last && tasks[t].pieceFinal),
-                            status: withStatus ? status : nil, residual: residual)
-            stamp(h, advance: withStatus)
-            out.commit(i, data: UnsafeRawPointer(base + tasks[t].pieceSent), dataLength: n,
+            PDUBuild.dataIn(h, itt: itt, lunField: lunField, dataSN: pdu.dataSN, bufferOffset: pdu.bufferOffset,
+                            length: pdu.length, final: pdu.final,
+                            status: pdu.carriesStatus ? tasks[t].finalStatus : nil, residual: tasks[t].finalResidual)
+            stamp(h, advance: pdu.carriesStatus)
+            out.commit(i, data: UnsafeRawPointer(base + pdu.pieceOffset), dataLength: pdu.length,
                        headerDigest: params.headerDigest, dataDigest: params.dataDigest, token: token)
             markDirty()
-            tasks[t].pieceSent += n
         }
-        if !tasks[t].pieceFinal {
+        if !tasks[t].dataIn.pieceFinal {
             tasks[t].state = .sendingData
-            if tasks[t].pieceLength == 0 { dataInPieceSent(t) }
+            if tasks[t].dataIn.pieceEmpty { dataInPieceSent(t) }
             return
         }
         tasks[t].state = .finishing
-        if collapse && tasks[t].pieceLength > 0 { return }
+        if !tasks[t].dataIn.needsResponse { return }
         // Separate SCSI Response (no data, or CHECK CONDITION with sense).
         if out.free < 1 {
             parkForOutSpace(t)
