@@ -99,7 +99,6 @@ public final class Connection {
     var out: OutQueue
     var sendInFlight = false
     var dirty = false
-    var lastSendProgressTick: UInt64 = 0
 
     // Session state
     var params = ConnectionParams()
@@ -160,12 +159,8 @@ public final class Connection {
     var cmdSNGap = CmdSNGapWatch()
     var storeInFlight = 0
 
-    // Liveness
-    var lastRxTick: UInt64 = 0
-    var createdTick: UInt64 = 0
-    var pingTTT: UInt32 = reservedTag
-    var pingSentTick: UInt64 = 0
-    var nextPingTTT: UInt32 = 1
+    /// Login timeout, send stall, NOP-In ping and Data-Out timeout, fed by the reactor's tick.
+    var liveness: ConnectionLiveness
 
     /// NBD front end state (unused on iSCSI connections).
     var nbd = NBDConnectionState()
@@ -190,9 +185,7 @@ public final class Connection {
         taskCapacity = reactor.taskCapacity
         tasks = (memory + layout.tasks).bindMemory(to: IOTask.self, capacity: taskCapacity)
         nbd.requestMemory = memory + layout.nbdRequests
-        lastRxTick = reactor.tick
-        createdTick = reactor.tick
-        lastSendProgressTick = reactor.tick
+        liveness = ConnectionLiveness(tick: reactor.tick)
     }
 
     deinit {
@@ -250,8 +243,7 @@ public final class Connection {
             socketFailed("recv", -res) { $0.armRecv() }
             return
         }
-        lastRxTick = reactor.tick
-        pingTTT = reservedTag
+        liveness.received(tick: reactor.tick)
         counters.rxBytes &+= UInt64(res)
         if recvDirect {
             if frontEnd == .iscsi {
@@ -365,7 +357,7 @@ public final class Connection {
             socketFailed("send", -res) { $0.armSend() }
             return
         }
-        lastSendProgressTick = reactor.tick
+        liveness.sent(tick: reactor.tick)
         counters.txBytes &+= UInt64(res)
         let n = out.completed(sent: Int(res))
         for i in 0..<n { fire(out.fired[i]) }

@@ -780,11 +780,7 @@ extension Connection {
     }
 
     /// Pings an idle initiator (NOP-In with a TTT it must answer).
-    func sendPing() {
-        let ttt = nextPingTTT
-        nextPingTTT = nextPingTTT == 0x7FFF_FFFF ? 1 : nextPingTTT + 1
-        pingTTT = ttt
-        pingSentTick = reactor.tick
+    func sendPing(ttt: UInt32) {
         queueControl { h, _ in
             PDUBuild.nopIn(h, itt: reservedTag, ttt: ttt, lunField: 0, dataLength: 0)
             self.stamp(h, advance: false)
