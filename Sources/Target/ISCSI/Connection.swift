@@ -36,27 +36,18 @@ enum FrontEnd: UInt8 {
     case nbd
 }
 
-/// Receive stages: a PDU arrives as BHS, AHS, header digest, data segment, padding, data digest. Each stage
-/// tracks how much it already has, because TCP delivers partial reads.
+/// NBD's receive stage as the shared receive path sees it (iSCSI's framing is `PDUReceiver`): in `.data` a
+/// recv may land straight in `sinkPtr`.
 enum RxStage: UInt8 {
-    case bhs, ahs, headerDigest, data, pad, dataDigest
-}
-
-/// Where the current PDU's data segment goes.
-enum RxSink: UInt8 {
-    /// A task's buffer slot (immediate data, Data-Out).
-    case taskBuffer
-    /// The connection's control buffer (login, text, NOP-Out ping data).
-    case control
-    /// Discarded after being read (data we reject but must skip to stay in step).
-    case discard
+    case bhs, data
 }
 
 public final class Connection {
     static let rxBytes = 16_384
-    static let headerAreaBytes = 48 + 255 * 4 + 4   // BHS + largest AHS + header digest
-    /// Largest data segment accepted during login and on control PDUs (login is limited to 8192 by RFC 7143).
-    static let loginDataBytes = 8192
+    static let headerAreaBytes = PDUReceiver.headerAreaBytes
+    /// A data segment with at least this much still to come is received straight into its sink, not staged.
+    static let directRecvMinBytes = 4096
+    /// Largest data segment accepted on control PDUs.
     static let maxControlDataBytes = 65_536
     static let maxTextResponseBytes = 65_536
 
@@ -84,18 +75,17 @@ public final class Connection {
     var rxEnd = 0
     var recvInFlight = false
     var recvDirect = false             // the recv in flight writes straight into the data sink
+    /// iSCSI PDU framing; `hdr` is its header area.
+    var receiver: PDUReceiver
+    let hdr: UnsafeMutableRawPointer
+    /// The task whose buffer slot the current SCSI Command's or Data-Out's data segment goes to.
+    var sinkTask: Int32 = -1
+    // NBD's receive state (NBD/NBDConnection.swift).
     var stage: RxStage = .bhs
     var stageHave = 0
     var stageNeed = 48
-    let hdr: UnsafeMutableRawPointer
-    var ahsBytes = 0
     var dataLength = 0
-    var padLength = 0
-    var sink: RxSink = .discard
     var sinkPtr: UnsafeMutableRawPointer? = nil
-    var sinkTask: Int32 = -1
-    var padBytes: UInt32 = 0
-    var digestBytes: UInt32 = 0
     var stalled = false                // parser waits for a buffer slot or send-queue room
     var onSlotWaitList = false
     var stalledOnCap = false           // stalled because this connection holds its share of buffers
@@ -109,7 +99,6 @@ public final class Connection {
     var out: OutQueue
     var sendInFlight = false
     var dirty = false
-    var lastSendProgressTick: UInt64 = 0
 
     // Session state
     var params = ConnectionParams()
@@ -170,12 +159,8 @@ public final class Connection {
     var cmdSNGap = CmdSNGapWatch()
     var storeInFlight = 0
 
-    // Liveness
-    var lastRxTick: UInt64 = 0
-    var createdTick: UInt64 = 0
-    var pingTTT: UInt32 = reservedTag
-    var pingSentTick: UInt64 = 0
-    var nextPingTTT: UInt32 = 1
+    /// Login timeout, send stall, NOP-In ping and Data-Out timeout, fed by the reactor's tick.
+    var liveness: ConnectionLiveness
 
     /// NBD front end state (unused on iSCSI connections).
     var nbd = NBDConnectionState()
@@ -194,14 +179,13 @@ public final class Connection {
         let layout = reactor.connectionMemory.layout
         rx = memory + layout.rx
         hdr = memory + layout.header
+        receiver = PDUReceiver(header: hdr)
         out = OutQueue(capacity: reactor.config.sendQueueRecords, memory: memory + layout.out)
         cmdWindow = reactor.config.commandWindow
         taskCapacity = reactor.taskCapacity
         tasks = (memory + layout.tasks).bindMemory(to: IOTask.self, capacity: taskCapacity)
         nbd.requestMemory = memory + layout.nbdRequests
-        lastRxTick = reactor.tick
-        createdTick = reactor.tick
-        lastSendProgressTick = reactor.tick
+        liveness = ConnectionLiveness(tick: reactor.tick)
     }
 
     deinit {
@@ -222,9 +206,9 @@ public final class Connection {
     func armRecv() {
         guard !recvInFlight, phase != .closing, !stalled else { return }
         let sqe = reactor.ring.sqe()
-        if stage == .data, rxStart == rxEnd, let p = sinkPtr, dataLength - stageHave >= 4096 {
+        if rxStart == rxEnd, let (p, n) = directRecvSpace() {
             recvDirect = true
-            io_uring_prep_recv(sqe, fd, p + stageHave, dataLength - stageHave, 0)
+            io_uring_prep_recv(sqe, fd, p, n, 0)
         } else {
             recvDirect = false
             if rxStart == rxEnd { rxStart = 0; rxEnd = 0 }
@@ -241,6 +225,13 @@ public final class Connection {
         recvInFlight = true
     }
 
+    @inline(__always)
+    private func directRecvSpace() -> (UnsafeMutableRawPointer, Int)? {
+        if frontEnd == .iscsi { return receiver.directSpace(minBytes: Connection.directRecvMinBytes) }
+        guard stage == .data, let p = sinkPtr, dataLength - stageHave >= Connection.directRecvMinBytes else { return nil }
+        return (p + stageHave, dataLength - stageHave)
+    }
+
     func onRecv(_ res: Int32) {
         recvInFlight = false
         if phase == .closing { reactor.maybeRelease(self); return }
@@ -252,13 +243,14 @@ public final class Connection {
             socketFailed("recv", -res) { $0.armRecv() }
             return
         }
-        lastRxTick = reactor.tick
-        pingTTT = reservedTag
+        liveness.received(tick: reactor.tick)
         counters.rxBytes &+= UInt64(res)
         if recvDirect {
-            stageHave += Int(res)
-            if stageHave == dataLength {
-                if frontEnd == .nbd { nbdPayloadComplete() } else { finishDataStage() }
+            if frontEnd == .iscsi {
+                receiver.receivedDirectly(Int(res))
+            } else {
+                stageHave += Int(res)
+                if stageHave == dataLength { nbdPayloadComplete() }
             }
         } else {
             rxEnd += Int(res)
@@ -267,138 +259,45 @@ public final class Connection {
         armRecv()
     }
 
-    /// Consumes staged bytes through the receive stages, dispatching complete headers and PDUs.
+    /// Consumes staged bytes through the receiver, carrying out what it asks for.
     func parse() {
         if frontEnd == .nbd { nbdParse(); return }
         while phase != .closing && !stalled {
-            let avail = rxEnd - rxStart
-            switch stage {
-            case .bhs, .ahs, .headerDigest:
-                if avail == 0 { return }
-                let base = stage == .bhs ? 0 : (stage == .ahs ? 48 : 48 + ahsBytes)
-                let n = min(avail, stageNeed - stageHave)
-                memcpy(hdr + base + stageHave, rx + rxStart, n)
-                rxStart += n
-                stageHave += n
-                if stageHave < stageNeed { return }
-                headerStageDone()
-            case .data:
-                if stageHave == dataLength { finishDataStage(); continue }
-                if avail == 0 { return }
-                let n = min(avail, dataLength - stageHave)
-                if let p = sinkPtr { memcpy(p + stageHave, rx + rxStart, n) }
-                rxStart += n
-                stageHave += n
-                if stageHave == dataLength { finishDataStage() }
-            case .pad:
-                if avail == 0 { return }
-                let n = min(avail, padLength - stageHave)
-                rxStart += n
-                stageHave += n
-                if stageHave == padLength { afterPad() }
-            case .dataDigest:
-                if avail == 0 { return }
-                let n = min(avail, 4 - stageHave)
-                withUnsafeMutableBytes(of: &digestBytes) { d in
-                    memcpy(d.baseAddress! + stageHave, rx + rxStart, n)
-                }
-                rxStart += n
-                stageHave += n
-                if stageHave == 4 { dataDigestDone() }
+            switch receiver.receive(rx, from: &rxStart, to: rxEnd, framing: rxFraming) {
+            case .needBytes: return
+            case .header: headerReady()
+            case .pdu(let dataDigestOK): pduComplete(dataDigestOK: dataDigestOK)
+            case .failed(let error): reactor.closeConnection(self, reason: Connection.describe(error))
             }
         }
     }
 
-    private func headerStageDone() {
-        let bhs = BHS(hdr)
-        switch stage {
-        case .bhs:
-            ahsBytes = bhs.ahsBytes
-            // Judge the header before waiting for more bytes: garbage must not make us wait for an AHS
-            // or a data segment that its length fields invent.
-            if phase == .login && bhs.opcode != ISCSIOpcode.loginRequest {
-                reactor.closeConnection(self, reason: "not a Login Request before login")
-                return
-            }
-            if ahsBytes > 0 && bhs.opcode != ISCSIOpcode.scsiCommand {
-                // Only SCSI Command PDUs carry AHSs (RFC 7143 §11.2.2).
-                reactor.closeConnection(self, reason: "AHS on opcode 0x\(String(bhs.opcode, radix: 16))")
-                return
-            }
-            if ahsBytes > 0 { stage = .ahs; stageHave = 0; stageNeed = ahsBytes; return }
-            fallthrough
-        case .ahs:
-            if params.headerDigest && phase != .login {
-                stage = .headerDigest; stageHave = 0; stageNeed = 4; return
-            }
-        case .headerDigest:
-            let want = CRC32C.checksum(UnsafeRawPointer(hdr), count: 48 + ahsBytes)
-            let got = UInt32(littleEndian: (hdr + 48 + ahsBytes).loadUnaligned(as: UInt32.self))
-            if want != got {
-                // RFC 7143 §7.8: a header digest error cannot be trusted for framing: drop the connection.
-                reactor.closeConnection(self, reason: "header digest error")
-                return
-            }
-        default: break
-        }
-        headerReady()
+    /// The framing the next bytes are judged by: what login negotiated, from full feature phase on.
+    @inline(__always)
+    private var rxFraming: RxFraming {
+        if phase == .login { return .login }
+        return RxFraming(headerDigest: params.headerDigest, dataDigest: params.dataDigest,
+                         maxDataSegmentBytes: params.maxRecvDataSegment, loginRequestsOnly: false)
     }
 
-    /// The full header is in `hdr`. Decide where the data segment goes; may stall (no buffer slot).
+    private static func describe(_ error: RxProtocolError) -> String {
+        switch error {
+        case .notLoginRequest: return "not a Login Request before login"
+        case .ahsOnOpcode(let op): return "AHS on opcode 0x\(String(op, radix: 16))"
+        case .headerDigest: return "header digest error"
+        case .dataSegmentTooLong(let length, let limit): return "data segment of \(length) bytes exceeds \(limit)"
+        }
+    }
+
+    /// The full header is in `hdr`: place the data segment. May stall (no buffer slot) or close the connection;
+    /// resumeParser calls it again after a stall.
     func headerReady() {
-        let bhs = BHS(hdr)
-        dataLength = bhs.dataSegmentLength
-        padLength = Framing.padLength(dataLength)
-        sinkPtr = nil
         sinkTask = -1
-        sink = .discard
-        let limit = phase == .login ? Connection.loginDataBytes : params.maxRecvDataSegment
-        if dataLength > limit {
-            // Beyond the negotiated MaxRecvDataSegmentLength: a protocol error we cannot resynchronise from safely.
-            reactor.closeConnection(self, reason: "data segment of \(dataLength) bytes exceeds \(limit)")
-            return
-        }
-        if !prepareSink(bhs) { return }   // stalled or closed
-        stage = .data
-        stageHave = 0
-        stageNeed = dataLength
-        if dataLength == 0 { finishDataStage() }
+        _ = prepareSink(BHS(hdr))
     }
 
-    func finishDataStage() {
-        stage = .pad
-        stageHave = 0
-        if padLength == 0 { afterPad() }
-    }
-
-    private func afterPad() {
-        if params.dataDigest && phase != .login && dataLength > 0 {
-            stage = .dataDigest
-            stageHave = 0
-            return
-        }
-        pduComplete(digestOK: true)
-    }
-
-    private func dataDigestDone() {
-        var crc = CRC32C.initialState
-        if let p = sinkPtr {
-            crc = CRC32C.update(crc, UnsafeRawPointer(p), count: dataLength)
-            var zero: UInt32 = 0
-            if padLength > 0 { crc = CRC32C.update(crc, &zero, count: padLength) }
-            crc = ~crc
-        } else {
-            // Discarded data is not checked: it is rejected anyway.
-            crc = UInt32(littleEndian: digestBytes)
-        }
-        pduComplete(digestOK: crc == UInt32(littleEndian: digestBytes))
-    }
-
-    private func pduComplete(digestOK: Bool) {
-        stage = .bhs
-        stageHave = 0
-        stageNeed = 48
-        if !digestOK {
+    private func pduComplete(dataDigestOK: Bool) {
+        if !dataDigestOK {
             // RFC 7143 §7.8: answer a payload digest error with Reject (Data-Digest-Error) and discard the PDU.
             queueReject(reason: RejectReason.dataDigestError)
             abandonSink()
@@ -458,7 +357,7 @@ public final class Connection {
             socketFailed("send", -res) { $0.armSend() }
             return
         }
-        lastSendProgressTick = reactor.tick
+        liveness.sent(tick: reactor.tick)
         counters.txBytes &+= UInt64(res)
         let n = out.completed(sent: Int(res))
         for i in 0..<n { fire(out.fired[i]) }

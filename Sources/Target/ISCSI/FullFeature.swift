@@ -6,7 +6,8 @@ extension Connection {
 
     // MARK: - Header dispatch: where does the data go?
 
-    /// Returns false when the parser must stop here (stalled on a buffer slot, or the connection closed).
+    /// Places the data segment in the receiver. Returns false when the parser must stop here (stalled on a
+    /// buffer slot, or the connection closed).
     func prepareSink(_ bhs: BHS) -> Bool {
         let op = bhs.opcode
         if phase == .login {
@@ -26,19 +27,19 @@ extension Connection {
         case ISCSIOpcode.nopOut, ISCSIOpcode.textRequest:
             return sinkToControl()
         default:
-            sink = .discard
+            receiver.place(into: nil)
             return true
         }
     }
 
     private func sinkToControl() -> Bool {
+        let dataLength = receiver.dataLength
         if dataLength > Connection.maxControlDataBytes {
             reactor.closeConnection(self, reason: "control data segment too large")
             return false
         }
         if controlData.count < dataLength { controlData = [UInt8](repeating: 0, count: dataLength) }
-        sink = .control
-        sinkPtr = controlData.withUnsafeMutableBytes { $0.baseAddress }
+        receiver.place(into: controlData.withUnsafeMutableBytes { $0.baseAddress })
         return true
     }
 
@@ -46,9 +47,10 @@ extension Connection {
     /// in the slot.
     private func prepareCommand(_ bhs: BHS) -> Bool {
         if isDiscovery {
-            sink = .discard
+            receiver.place(into: nil)
             return true   // rejected in dispatch
         }
+        let dataLength = receiver.dataLength
         let needsSlot = bhs.immediate || dataLength > 0 || cmdSNWindow.isNext(bhs.cmdSN)
         if needsSlot {
             // Commands whose turn came earlier and wait for a slot go first; their wake-up restarts the parser.
@@ -67,7 +69,7 @@ extension Connection {
             tasksInitialized += 1
         } else {
             // More commands than MaxCmdSN allowed (or too many immediate ones): answered TASK SET FULL in dispatch.
-            sink = .discard
+            receiver.place(into: nil)
             return true
         }
         activeTasks += 1
@@ -75,12 +77,7 @@ extension Connection {
         if needsSlot { takeSlot(t) }
         tasks[t].state = .arriving
         sinkTask = Int32(t)
-        if dataLength > 0 {
-            sink = .taskBuffer
-            sinkPtr = reactor.pool.data(Int(tasks[t].slot))
-        } else {
-            sink = .discard
-        }
+        receiver.place(into: dataLength > 0 ? reactor.pool.data(Int(tasks[t].slot)) : nil)
         return true
     }
 
@@ -119,17 +116,15 @@ extension Connection {
 
     /// Data-Out goes straight to its place in the task's buffer, if everything about it checks out.
     private func prepareDataOut(_ bhs: BHS) {
-        sink = .discard
         let ttt = bhs.ttt
         let t = taskForTTT(ttt)
-        guard t >= 0 else { return }   // unknown TTT: rejected in dispatch
+        guard t >= 0 else { receiver.place(into: nil); return }   // unknown TTT: rejected in dispatch
         let task = tasks + t
         guard task.pointee.itt == bhs.itt, task.pointee.state == .receivingData,
-              let at = task.pointee.dataOut.placement(offset: Int(bhs.bufferOffset), length: dataLength)
-        else { return }
-        sink = .taskBuffer
+              let at = task.pointee.dataOut.placement(offset: Int(bhs.bufferOffset), length: receiver.dataLength)
+        else { receiver.place(into: nil); return }
         sinkTask = Int32(t)
-        sinkPtr = reactor.pool.data(Int(task.pointee.slot)) + at
+        receiver.place(into: reactor.pool.data(Int(task.pointee.slot)) + at)
     }
 
     /// TTT = task index | connection-local sequence << 16, so a Data-Out finds its task without a search.
@@ -251,12 +246,12 @@ extension Connection {
         task.pointee.lunField = bhs.lunField
         task.pointee.lunNumber = decodeLUN(bhs.lunField)
         task.pointee.edtl = bhs.expectedDataTransferLength
-        task.pointee.dataOut = DataOutSequencer(immediateBytes: dataLength)
+        task.pointee.dataOut = DataOutSequencer(immediateBytes: receiver.dataLength)
         task.pointee.flags = flags
         let cdbLength = cdbBytes()
         task.pointee.cdbLength = cdbLength
         withUnsafeMutableBytes(of: &task.pointee.cdb) { d in _ = memcpy(d.baseAddress!, hdr + 32, min(cdbLength, 32)) }
-        let arrival = CommandArrival(immediate: bhs.immediate, cmdSN: cmdSN, dataLength: dataLength,
+        let arrival = CommandArrival(immediate: bhs.immediate, cmdSN: cmdSN, dataLength: receiver.dataLength,
                                      writeBit: flags & 0x20 != 0, edtl: task.pointee.edtl, cdbLength: cdbLength)
         let mayParkData = parkedWithData < reactor.config.parkedDataCommandsPerConnection
             && reactor.parkedDataSlots < reactor.config.parkedDataSlotsPerCore
@@ -431,7 +426,7 @@ extension Connection {
             bytes = UInt64(tasks[t].edtl)
             if case .underflow(let n) = residual { bytes -= min(bytes, UInt64(n)) }
         } else {
-            bytes = UInt64(tasks[t].dataInOffset) &+ UInt64(dataInLength)
+            bytes = UInt64(tasks[t].dataIn.streamOffset) &+ UInt64(dataInLength)
         }
         let start = tasks[t].startNanos
         let nanos = start == 0 ? 0 : monotonicNanos() &- start
@@ -440,6 +435,7 @@ extension Connection {
 
     /// 16 bytes from the BHS, or 16 + the extended CDB AHS (type 1) when present.
     func cdbBytes() -> Int {
+        let ahsBytes = receiver.ahsBytes
         if ahsBytes >= 4 {
             let ahsLen = Int(be16(hdr, 48))
             let type = hdr.load(fromByteOffset: 50, as: UInt8.self)
@@ -471,9 +467,7 @@ extension Connection {
                 guard let next = beginDataOut(t, offset: offset, length: length) else { return }
                 action = next
             case .dataIn(let length):
-                tasks[t].pieceLength = length
-                tasks[t].pieceSent = 0
-                tasks[t].pieceFinal = false
+                tasks[t].dataIn.beginPiece(length: length)
                 emitDataIn(t)
                 return
             case .complete(let status, let dataInLength, let residual):
@@ -555,7 +549,7 @@ extension Connection {
             queueReject(reason: RejectReason.invalidPDUField)
             return
         }
-        switch tasks[t].dataOut.received(dataSN: bhs.dataSN, length: dataLength, final: bhs.final) {
+        switch tasks[t].dataOut.received(dataSN: bhs.dataSN, length: receiver.dataLength, final: bhs.final) {
         case .burstContinues:
             return
         case .wrongDataSN, .wrongFinalBit:
@@ -603,66 +597,49 @@ extension Connection {
         countDone(t, status: status, dataInLength: dataInLength, residual: residual)
         tasks[t].finalStatus = status
         tasks[t].finalResidual = residual
-        if dataInLength > 0 {
-            tasks[t].pieceLength = dataInLength
-            tasks[t].pieceSent = 0
-            tasks[t].pieceFinal = true
-            emitDataIn(t)
-        } else {
-            tasks[t].pieceFinal = true
-            tasks[t].pieceLength = 0
-            tasks[t].pieceSent = 0
-            emitDataIn(t)
-        }
+        let collapse = status == SCSIStatus.good && tasks[t].scsi.senseLength == 0 && tasks[t].transportSense == nil
+        tasks[t].dataIn.beginFinalPiece(length: dataInLength, collapseStatus: collapse)
+        emitDataIn(t)
     }
 
-    /// Queues Data-In PDUs for the current piece as far as the send queue allows. The last PDU of the final
-    /// piece carries the status when it is GOOD (phase collapse); otherwise a SCSI Response follows.
+    /// Queues Data-In PDUs for the current piece as far as the send queue allows (DataInEmitter cuts them). The
+    /// last PDU of the final piece carries the status when it is GOOD (phase collapse); otherwise a SCSI
+    /// Response follows.
     func emitDataIn(_ t: Int) {
         let base = reactor.pool.data(Int(tasks[t].slot))
         let maxSeg = params.maxSendDataSegment
+        let maxBurst = params.maxBurst
         let itt = tasks[t].itt
         let lunField = tasks[t].lunField
-        let collapse = tasks[t].pieceFinal && tasks[t].finalStatus == SCSIStatus.good
-            && tasks[t].scsi.senseLength == 0 && tasks[t].transportSense == nil
-        while tasks[t].pieceSent < tasks[t].pieceLength {
+        while !tasks[t].dataIn.pieceQueuedFully {
             if out.free < 2 {
                 parkForOutSpace(t)
                 return
             }
-            let n = min(maxSeg, tasks[t].pieceLength - tasks[t].pieceSent)
-            let last = tasks[t].pieceSent + n == tasks[t].pieceLength
-            let withStatus = last && collapse
-            let sn = tasks[t].dataSN
-            tasks[t].dataSN &+= 1
-            let off = tasks[t].dataInOffset
-            tasks[t].dataInOffset &+= UInt32(n)
+            let pdu = tasks[t].dataIn.next(maxSegmentBytes: maxSeg, maxBurstBytes: maxBurst)
             let token: SendToken
-            if last && !tasks[t].pieceFinal { token = .dataInSent(task: Int32(t)) }
-            else if withStatus { token = .taskDone(task: Int32(t)) }
+            if pdu.endsPiece && !tasks[t].dataIn.pieceFinal { token = .dataInSent(task: Int32(t)) }
+            else if pdu.carriesStatus { token = .taskDone(task: Int32(t)) }
             else { token = .none }
-            let status = tasks[t].finalStatus
-            let residual = tasks[t].finalResidual
             // Built in place (no closure): this is the hot path of every read.
             let i = out.nextIndex()
             let h = out.header(i)
             counters.dataInPDUs &+= 1
-            PDUBuild.dataIn(h, itt: itt, lunField: lunField, dataSN: sn, bufferOffset: off, length: n,
-                            final: withStatus || (last && tasks[t].pieceFinal),
-                            status: withStatus ? status : nil, residual: residual)
-            stamp(h, advance: withStatus)
-            out.commit(i, data: UnsafeRawPointer(base + tasks[t].pieceSent), dataLength: n,
+            PDUBuild.dataIn(h, itt: itt, lunField: lunField, dataSN: pdu.dataSN, bufferOffset: pdu.bufferOffset,
+                            length: pdu.length, final: pdu.final,
+                            status: pdu.carriesStatus ? tasks[t].finalStatus : nil, residual: tasks[t].finalResidual)
+            stamp(h, advance: pdu.carriesStatus)
+            out.commit(i, data: UnsafeRawPointer(base + pdu.pieceOffset), dataLength: pdu.length,
                        headerDigest: params.headerDigest, dataDigest: params.dataDigest, token: token)
             markDirty()
-            tasks[t].pieceSent += n
         }
-        if !tasks[t].pieceFinal {
+        if !tasks[t].dataIn.pieceFinal {
             tasks[t].state = .sendingData
-            if tasks[t].pieceLength == 0 { dataInPieceSent(t) }
+            if tasks[t].dataIn.pieceEmpty { dataInPieceSent(t) }
             return
         }
         tasks[t].state = .finishing
-        if collapse && tasks[t].pieceLength > 0 { return }
+        if !tasks[t].dataIn.needsResponse { return }
         // Separate SCSI Response (no data, or CHECK CONDITION with sense).
         if out.free < 1 {
             parkForOutSpace(t)
@@ -778,7 +755,7 @@ extension Connection {
         let itt = bhs.itt
         if itt == reservedTag { return }   // a one-way ping from the initiator: no answer (RFC 7143 §11.18)
         let lunField = bhs.lunField
-        let n = dataLength
+        let n = receiver.dataLength
         if n <= OutQueue.inlineDataBytes {
             let src = controlData
             queueControl(dataLength: n) { h, d in
@@ -803,11 +780,7 @@ extension Connection {
     }
 
     /// Pings an idle initiator (NOP-In with a TTT it must answer).
-    func sendPing() {
-        let ttt = nextPingTTT
-        nextPingTTT = nextPingTTT == 0x7FFF_FFFF ? 1 : nextPingTTT + 1
-        pingTTT = ttt
-        pingSentTick = reactor.tick
+    func sendPing(ttt: UInt32) {
         queueControl { h, _ in
             PDUBuild.nopIn(h, itt: reservedTag, ttt: ttt, lunField: 0, dataLength: 0)
             self.stamp(h, advance: false)
@@ -823,7 +796,7 @@ extension Connection {
         let env = TextEnvironment(maxSendDataSegmentLength: params.maxSendDataSegment,
                                   sessionType: isDiscovery ? .discovery : .normal,
                                   sendTargets: { [unowned self] value in self.reactor.sendTargetsListing(for: self, request: value) })
-        let n = dataLength
+        let n = receiver.dataLength
         let outcome = controlData.withUnsafeBytes { raw in
             text.receive(req, data: UnsafeRawBufferPointer(rebasing: raw[0..<n]), env: env)
         }

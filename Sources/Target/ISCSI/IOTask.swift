@@ -55,11 +55,7 @@ struct IOTask {
     var holdsPermit = false
 
     // Data-in stream (reads)
-    var dataSN: UInt32 = 0
-    var dataInOffset: UInt32 = 0    // stream offset of the next Data-In byte
-    var pieceLength: Int = 0        // bytes of buffer to send in this piece
-    var pieceSent: Int = 0          // bytes of this piece already queued
-    var pieceFinal = false          // the piece ends the command (status follows or is collapsed)
+    var dataIn = DataInEmitter()
     var finalStatus: UInt8 = 0
     var finalResidual: Residual = .none
 

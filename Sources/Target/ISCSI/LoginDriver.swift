@@ -30,7 +30,7 @@ extension Connection {
         let env = reactor.loginEnvironment(for: self)
         let checksCHAPResponse = login.chapAwaitingResponse
         let (response, outcome) = controlData.withUnsafeBytes { raw in
-            login.receive(req, data: UnsafeRawBufferPointer(rebasing: raw[0..<dataLength]), env: env)
+            login.receive(req, data: UnsafeRawBufferPointer(rebasing: raw[0..<receiver.dataLength]), env: env)
         }
         if checksCHAPResponse && login.chapAttemptedUser != nil {
             let now = monotonicNanos()

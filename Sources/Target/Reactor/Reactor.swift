@@ -706,12 +706,10 @@ public final class Reactor {
         sheep.flush()
         for c in connections {
             guard let c, c.phase != .closing else { continue }
-            if c.phase == .login && tick &- c.createdTick > config.loginTimeoutSeconds {
-                closeConnection(c, reason: "login timeout")
-                continue
-            }
-            if c.out.count > 0 && tick &- c.lastSendProgressTick > config.sendStallSeconds {
-                closeConnection(c, reason: "initiator stopped reading")
+            let limits = livenessLimits(c)
+            if let failure = c.liveness.check(tick: tick, loggingIn: c.phase == .login, sendQueued: c.out.count > 0,
+                                              limits: limits) {
+                closeConnection(c, reason: failure.reason)
                 continue
             }
             if c.frontEnd == .nbd {
@@ -722,7 +720,7 @@ public final class Reactor {
                 for t in 0..<c.tasksInitialized {
                     let s = c.tasks[t].state
                     if (s == .receivingData || s == .waitingPermit)
-                        && c.tasks[t].dataOut.expired(tick: tick, limitSeconds: config.dataOutTimeoutSeconds) {
+                        && c.liveness.dataOutExpired(c.tasks[t].dataOut, tick: tick, limits: limits) {
                         c.dataOutTimedOut(t)
                     }
                 }
@@ -733,19 +731,24 @@ public final class Reactor {
                 closeConnection(c, reason: "CmdSN gap")
                 continue
             }
-            // A target's own nop_interval/nop_count (tgtadm --op update) win over the daemon's --iscsi values.
-            let interval = c.target?.nopIntervalSeconds ?? config.nopIntervalSeconds
-            guard c.phase == .fullFeature, interval > 0 else { continue }
-            let timeout = c.target?.nopCount.map { max(1, interval) * $0 } ?? config.nopTimeoutSeconds
-            if c.pingTTT != reservedTag {
-                if tick &- c.pingSentTick > timeout {
-                    closeConnection(c, reason: "NOP-In ping unanswered")
-                }
-            } else if tick &- c.lastRxTick >= interval && c.out.free > 0 {
-                c.sendPing()
+            guard c.phase == .fullFeature else { continue }
+            switch c.liveness.pingCheck(tick: tick, limits: limits, canSend: c.out.free > 0) {
+            case .idle: break
+            case .send(let ttt): c.sendPing(ttt: ttt)
+            case .close(let failure): closeConnection(c, reason: failure.reason)
             }
         }
         flushDirty()
+    }
+
+    /// The daemon's limits, with a target's own nop_interval/nop_count (tgtadm --op update) winning over the
+    /// daemon's --iscsi values.
+    private func livenessLimits(_ c: Connection) -> LivenessLimits {
+        let interval = c.target?.nopIntervalSeconds ?? config.nopIntervalSeconds
+        let timeout = c.target?.nopCount.map { max(1, interval) * $0 } ?? config.nopTimeoutSeconds
+        return LivenessLimits(loginSeconds: config.loginTimeoutSeconds, sendStallSeconds: config.sendStallSeconds,
+                              dataOutSeconds: config.dataOutTimeoutSeconds, nopIntervalSeconds: interval,
+                              nopTimeoutSeconds: timeout)
     }
 
     // MARK: - Mailbox
