@@ -37,7 +37,11 @@ enum SheepFuzz {
             FuzzCheck.expect(req.bytes == bytes, "request header does not re-encode to its bytes")
             let payload = input.bytes(Int(min(rsp.dataLength, 1 << 16)))
             if let inode = SheepInodeHeader(bytes: payload) {
-                FuzzCheck.expect(inode.name.utf8.count <= 256 && inode.tag.utf8.count <= 256, "inode name or tag too long")
+                // At most one scalar per byte of the 256-byte fields: bytes that are not UTF-8 decode to U+FFFD
+                // (three bytes of UTF-8 each), so the UTF-8 length is not the bound; encoding truncates to the field.
+                FuzzCheck.expect(inode.name.unicodeScalars.count <= SheepWire.vdiNameBufferBytes
+                                 && inode.tag.unicodeScalars.count <= SheepWire.vdiTagBufferBytes,
+                                 "inode name or tag longer than its field")
             }
         }
     }
