@@ -414,8 +414,7 @@ extension Connection {
         let slot = UnsafeMutableRawPointer(reactor.pool.data(Int(tasks[t].slot)))
         let contexts = nbd.requests![t].contexts
         func put(_ lane: Int, _ d: NBDBlockDescriptor) {
-            let p = slot + contexts.laneOffset(lane, slotBytes: reactor.config.slotBytes)
-                + NBDWire.structuredReplyHeaderBytes + NBDWire.blockStatusContextBytes + d.index * NBDWire.blockDescriptorBytes
+            let p = slot + contexts.descriptorOffset(lane: lane, index: d.index, slotBytes: reactor.config.slotBytes)
             put32(p, 0, d.length)
             put32(p, 4, d.status)
         }
@@ -473,12 +472,9 @@ extension Connection {
             for lane in 0..<lanes {
                 let n = lane == 0 ? descriptors.0 : descriptors.1
                 let payload = NBDWire.blockStatusContextBytes + n * NBDWire.blockDescriptorBytes
-                let from = rq.contexts.laneOffset(lane, slotBytes: reactor.config.slotBytes) + header
-                    + NBDWire.blockStatusContextBytes
-                if from != at + header + NBDWire.blockStatusContextBytes {
-                    memmove(base + at + header + NBDWire.blockStatusContextBytes, base + from,
-                            n * NBDWire.blockDescriptorBytes)
-                }
+                let from = rq.contexts.descriptorOffset(lane: lane, index: 0, slotBytes: reactor.config.slotBytes)
+                let to = at + NBDMetaContexts.descriptorsStartBytes
+                if from != to { memmove(base + to, base + from, n * NBDWire.blockDescriptorBytes) }
                 nbdStructuredReplyHeader(base + at, flags: lane == lanes - 1 ? done : 0,
                                          type: NBDWire.replyTypeBlockStatus, cookie: rq.cookie, length: UInt32(payload))
                 put32(base + at, header, rq.contexts.id(lane: lane))

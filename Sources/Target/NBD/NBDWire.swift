@@ -370,9 +370,16 @@ public struct NBDMetaContexts: OptionSet, Equatable, Sendable {
 
     public func laneBytes(slotBytes: Int) -> Int { slotBytes / Swift.max(1, count) & ~7 }
 
+    /// Where a region's descriptors start within it: after the chunk header and the context ID.
+    public static let descriptorsStartBytes = NBDWire.structuredReplyHeaderBytes + NBDWire.blockStatusContextBytes
+
+    /// Where descriptor `index` of region `lane` sits in the slot.
+    public func descriptorOffset(lane: Int, index: Int, slotBytes: Int) -> Int {
+        laneOffset(lane, slotBytes: slotBytes) + NBDMetaContexts.descriptorsStartBytes + index * NBDWire.blockDescriptorBytes
+    }
+
     /// Descriptors one region holds.
     public func laneCapacity(slotBytes: Int) -> Int {
-        (laneBytes(slotBytes: slotBytes) - NBDWire.structuredReplyHeaderBytes - NBDWire.blockStatusContextBytes)
-            / NBDWire.blockDescriptorBytes
+        (laneBytes(slotBytes: slotBytes) - NBDMetaContexts.descriptorsStartBytes) / NBDWire.blockDescriptorBytes
     }
 }
