@@ -2,7 +2,6 @@
 // without locks (a LUN's counters in the core's LUNStatisticsTable, a connection's on the Connection); the
 // control plane asks every core for its numbers through the mailbox and adds them up here, off the I/O path.
 
-import Synchronization
 
 /// Command latency in buckets: exact below 8 ns, then four buckets per power of two (at most 25 % wide), up to
 /// 2^42 ns (about 73 minutes); longer ones land in the last bucket. Pure arithmetic, no state.
@@ -180,13 +179,13 @@ public final class StatisticsSlots: Sendable {
         var free: [Int32]
         var nextID: UInt64 = 0
     }
-    private let state: Mutex<State>
+    private let state: Locked<State>
 
     /// LUNs the daemon can count at once (all targets together); a LUN beyond this is refused at creation.
     public static let capacity = 16_384
 
     public init(capacity: Int = StatisticsSlots.capacity) {
-        state = Mutex(State(free: (0..<Int32(capacity)).reversed()))
+        state = Locked(State(free: (0..<Int32(capacity)).reversed()))
     }
 
     /// A free slot and a statistics id never used before; nil when every slot is taken.

@@ -1,6 +1,5 @@
 import CURing
 import Glibc
-import Synchronization
 
 /// Messages to a core. They cross threads, so they travel through a mailbox drained when the core's eventfd
 /// fires; the I/O path never touches it.
@@ -61,7 +60,7 @@ public final class StatisticsQuery: @unchecked Sendable {
 /// Multi-producer mailbox, single consumer (the owning core).
 public final class Mailbox: @unchecked Sendable {
     let eventFD: Int32
-    private let queue = Mutex<[CoreMessage]>([])
+    private let queue = Locked<[CoreMessage]>([])
 
     init() {
         eventFD = eventfd(0, Int32(EFD_CLOEXEC))

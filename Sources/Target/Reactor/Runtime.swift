@@ -2,7 +2,6 @@ import CURing
 import Glibc
 import Logging
 import SheepProtocol
-import Synchronization
 
 /// The daemon's cores and what they share: the published configuration, the session registry (for
 /// reinstatement across cores) and TSIH numbering. Only login, logout and the control plane touch the
@@ -15,9 +14,9 @@ public final class Runtime: @unchecked Sendable {
     let logger: Logger
     private(set) var reactors: [Reactor] = []
     private var threads: [pthread_t] = []
-    private let snapshotBox = Mutex<ConfigSnapshot>(.empty)
-    private let sessionsBox = Mutex(SessionTable())
-    private let tsihs = Mutex(TSIHAllocator())
+    private let snapshotBox = Locked<ConfigSnapshot>(.empty)
+    private let sessionsBox = Locked(SessionTable())
+    private let tsihs = Locked(TSIHAllocator())
     /// Listening ports after binding (a portal asked with port 0 gets the kernel's choice).
     public private(set) var boundPortals: [Portal] = []
     public private(set) var boundNBDPortals: [Portal] = []

@@ -195,7 +195,7 @@ public final class LUNState: @unchecked Sendable {
     let fastFlags: Atomic<UInt64>
     let knownGeneration: Atomic<UInt64>
     let admitted: InlineArray<256, Atomic<UInt64>>
-    let shared: Mutex<LUNSharedState>
+    let shared: Locked<LUNSharedState>
 
     public init(blockSize: Int, blockCount: UInt64, capabilities: StoreCapabilities, removable: Bool = false,
                 online: Bool = true) {
@@ -209,7 +209,7 @@ public final class LUNState: @unchecked Sendable {
         fastFlags = Atomic(LUNState.flags(of: initial, removable: removable))
         knownGeneration = Atomic(LUNSharedState.unknownGeneration)
         admitted = InlineArray { _ in Atomic<UInt64>(0) }
-        shared = Mutex(initial)
+        shared = Locked(initial)
         precondition(admitted.count == LUNState.admissionCacheSlots, "admission cache size and constant disagree")
     }
 

@@ -1,13 +1,12 @@
 import Glibc
 import SheepProtocol
-import Synchronization
 
 /// Opens file, null and sheepdog stores for the control plane.
 public final class StoreOpener: BackingOpener {
     /// Cores a VDI's home may be placed on (asked at each open: the opener may exist before the cores start).
     let coreCount: @Sendable () -> Int
     private var nextHome = 0
-    private let endpoints = Mutex<[SheepBackingSpec.Endpoint]>([])
+    private let endpoints = Locked<[SheepBackingSpec.Endpoint]>([])
 
     public init(coreCount: @escaping @Sendable () -> Int) { self.coreCount = coreCount }
 

@@ -24,7 +24,7 @@ public final class SheepVolume: @unchecked Sendable {
     /// VID of the working VDI; changes when a snapshot is taken under us (READONLY, then reload).
     private let currentVID: Atomic<UInt32>
     /// Working VDIs locked after a snapshot moved the working VDI (released at close with `lockedVID`).
-    private let laterLocks = Mutex<[UInt32]>([])
+    private let laterLocks = Locked<[UInt32]>([])
     /// data_vdi_id[]: owner VID per object index, 0 = unallocated. For a hyper volume, the B-tree's content
     /// flattened (one slot per object of the volume, calloc'd), so that reads look up owners the same way.
     let index: UnsafeMutablePointer<UInt32>

@@ -1,0 +1,34 @@
+import Glibc
+
+/// A value shared between the control plane and the cores, or between cores, behind a lock. The I/O path
+/// never takes one (it reads published atomics instead).
+///
+/// A pthread mutex rather than Synchronization's `Mutex`: on Linux `Mutex` parks on a raw futex, which
+/// ThreadSanitizer cannot see, so under `scripts/sanitize thread` every access it guards reads as a data race
+/// and hides the real ones. TSan intercepts pthread_mutex_lock and unlock. Uncontended, both are one atomic
+/// exchange each way.
+final class Locked<Value>: @unchecked Sendable {
+    /// Heap-allocated: a pthread mutex must not move once initialised.
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    private var value: Value
+
+    init(_ value: Value) {
+        mutex = .allocate(capacity: 1)
+        mutex.initialize(to: pthread_mutex_t())
+        let rc = pthread_mutex_init(mutex, nil)
+        precondition(rc == 0, "pthread_mutex_init: \(rc)")
+        self.value = value
+    }
+
+    deinit {
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+    }
+
+    @inline(__always)
+    func withLock<R>(_ body: (inout Value) throws -> R) rethrows -> R {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return try body(&value)
+    }
+}
