@@ -1,4 +1,5 @@
 import Glibc
+import Logging
 import SheepProtocol
 import Synchronization
 
@@ -27,6 +28,9 @@ public final class StoreOpener: BackingOpener {
             nextHome += 1
             do {
                 let vol = try SheepVolume.open(spec.path, homeCore: home, endpointIndex: endpointIndex)
+                if !vol.clusterLocks && !vol.readOnly {
+                    Logger(label: "ringtgtd").warning("\(SheepVolume.unlockedClusterWarning) (VDI '\(vol.name)', LUN \(spec.lun) of target \(spec.tid))")
+                }
                 let bytes = vol.byteCount - vol.byteCount % UInt64(spec.blockSize)
                 guard bytes > 0 else {
                     vol.releaseLock()
