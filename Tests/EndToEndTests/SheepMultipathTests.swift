@@ -84,13 +84,7 @@ final class MultipathSheep {
 
 /// Runs `body` with a started multipath sheep of `kind`, or cancels the case when it cannot run here.
 func withMultipathSheep<R>(_ kind: SheepKind, noLock: Bool = false, _ body: (MultipathSheep) throws -> R) throws -> R {
-    if Peer.current != .ringtgt {
-        try Test.cancel("the sheepdog suites drive ringtgtd only")
-    }
-    if let why = kind.unavailableReason {
-        print("note: \(why)")
-        try Test.cancel(Comment(rawValue: why))
-    }
+    try cancelUnlessSheepRuns(kind)
     let sheep = try MultipathSheep.start(kind, noLock: noLock)
     defer { sheep.stop() }
     return try body(sheep)
