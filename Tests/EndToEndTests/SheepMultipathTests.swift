@@ -186,6 +186,29 @@ extension EndToEnd {
             }
         }
 
+        /// `--bsopts multipath=off`: the exclusive lock, so a second gateway through another node is refused
+        /// (and this one pays for no probes); an unknown value is refused.
+        @Test func multipathOffKeepsOtherGatewaysOut() throws {
+            try withMultipathSheep(.testServer) { sheep in
+                try sheep.dog(["vdi", "create", "vol", "\(Self.vdiBytes)"])
+                func add(_ t: RunningTarget, node: Int, _ bsopts: String) throws -> ToolResult {
+                    try t.admin.run(["--lld", "iscsi", "--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1",
+                                     "--bstype", "sheepdog", "--backing-store", sheep.backingStore(node: node, "vol"),
+                                     "--bsopts", bsopts])
+                }
+                try withTarget(cores: 1, luns: []) { a in
+                    let bad = try add(a, node: 0, "multipath=maybe")
+                    #expect(!bad.succeeded && bad.output.contains("multipath must be on or off"), "\(bad)")
+                    let ok = try add(a, node: 0, "multipath=off")
+                    #expect(ok.succeeded, "\(ok)")
+                    try withTarget(cores: 1, luns: []) { b in
+                        let refused = try add(b, node: 1, "multipath=on")
+                        #expect(!refused.succeeded && refused.output.contains("is locked"), "\(refused)")
+                    }
+                }
+            }
+        }
+
         /// A cluster formatted without locking gives neither a shared lock nor coherence: each gateway says so
         /// in its log and in `--op show` (it cannot see the other one, so it cannot refuse it).
         @Test func aClusterWithoutLockingIsReportedOnEveryGateway() throws {

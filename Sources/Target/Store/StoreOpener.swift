@@ -27,7 +27,11 @@ public final class StoreOpener: BackingOpener {
             let home = nextHome % max(1, coreCount())
             nextHome += 1
             do {
-                let vol = try SheepVolume.open(spec.path, homeCore: home, endpointIndex: endpointIndex)
+                guard let multipath = Self.multipathOption(spec.options["multipath"]) else {
+                    throw AdminError(.invalidRequest, "bsopts multipath must be on or off")
+                }
+                let vol = try SheepVolume.open(spec.path, homeCore: home, multipath: multipath,
+                                               endpointIndex: endpointIndex)
                 if !vol.clusterLocks && !vol.readOnly {
                     Logger(label: "ringtgtd").warning("\(SheepVolume.unlockedClusterWarning) (VDI '\(vol.name)', LUN \(spec.lun) of target \(spec.tid))")
                 }
@@ -50,6 +54,15 @@ public final class StoreOpener: BackingOpener {
             return OpenedBacking(backing: backing, byteCount: bytes, capabilities: caps)
         } catch {
             throw AdminError(.invalidRequest, error.description)
+        }
+    }
+
+    /// `--bsopts multipath=on|off` of a sheepdog LUN; absent is on (tgt's behaviour).
+    static func multipathOption(_ text: String?) -> Bool? {
+        switch text {
+        case nil, "on": return true
+        case "off": return false
+        default: return nil
         }
     }
 

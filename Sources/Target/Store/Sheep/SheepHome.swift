@@ -490,7 +490,7 @@ struct SheepHomeMachine {
         // The new working VDI is locked as the old one was (tgt does the same); a cluster without locking
         // answers LOCK_VDI like GET_VDI_INFO.
         let hdr = SheepRequestHeader.vdiLookup(vol.lockedVID != 0 ? .lockVDI : .getVDIInfo, id: 0, snapID: 0,
-                                               lockType: SheepVolume.lockType)
+                                               lockType: vol.lockType)
         let p = op.payload.withUnsafeBytes { $0.baseAddress! }
         send(id, vol, hdr, payload: p, length: op.payload.count)
     }

@@ -23,6 +23,10 @@ public final class SheepVolume: @unchecked Sendable {
     /// False when the cluster was formatted without locking (`dog cluster format` without -l): LOCK_VDI locks
     /// nothing, so sheep neither keeps a second gateway out nor keeps gateways coherent.
     public let clusterLocks: Bool
+    /// Served as tgt does, open to other gateways (`--bsopts multipath=on`, the default): the shared lock, and
+    /// coherence on a flat writable VDI. Off: the normal (exclusive) lock, as QEMU takes it, and no coherence
+    /// checks, so one gateway pays nothing for paths it does not have.
+    public let multipath: Bool
     /// The core that decides allocation and copy-on-write for this VDI.
     public let homeCore: Int
     /// Index of the sheep endpoint among the runtime's endpoints: each core keeps one channel per endpoint.
@@ -46,7 +50,8 @@ public final class SheepVolume: @unchecked Sendable {
 
     init(spec: SheepBackingSpec, name: String, byteCount: UInt64, objectShift: Int, copies: UInt8, readOnly: Bool,
          lockedVID: UInt32, vid: UInt32, homeCore: Int, endpointIndex: Int, index: UnsafeMutablePointer<UInt32>,
-         indexSlots: Int, hyper: SheepHyperIndex? = nil, coherent: Bool = false, clusterLocks: Bool = true) {
+         indexSlots: Int, hyper: SheepHyperIndex? = nil, coherent: Bool = false, clusterLocks: Bool = true,
+         multipath: Bool = true) {
         self.spec = spec
         self.name = name
         self.byteCount = byteCount
@@ -54,8 +59,9 @@ public final class SheepVolume: @unchecked Sendable {
         self.copies = copies
         self.readOnly = readOnly
         self.lockedVID = lockedVID
-        self.coherent = coherent && clusterLocks && lockedVID != 0 && hyper == nil
+        self.coherent = coherent && multipath && clusterLocks && lockedVID != 0 && hyper == nil
         self.clusterLocks = clusterLocks
+        self.multipath = multipath
         self.homeCore = homeCore
         self.endpointIndex = endpointIndex
         self.currentVID = Atomic(vid)
@@ -139,9 +145,10 @@ public final class SheepVolume: @unchecked Sendable {
 
     /// Resolves, locks (working VDI) and reads the inode of `specText` (tgt's `unix:PATH:VDI[:TAG|:SNAPID]` or
     /// `tcp:HOST:PORT:VDI[...]`).
-    public static func open(_ specText: String, homeCore: Int, endpointIndex: (SheepBackingSpec.Endpoint) -> Int)
-        throws(OpenError) -> SheepVolume
+    public static func open(_ specText: String, homeCore: Int, multipath: Bool = true,
+                            endpointIndex: (SheepBackingSpec.Endpoint) -> Int) throws(OpenError) -> SheepVolume
     {
+        let lockType = Self.lockType(multipath: multipath)
         let spec: SheepBackingSpec
         do { spec = try SheepBackingSpec.parse(specText) } catch { throw .spec("invalid sheepdog backing store '\(specText)': \(error)") }
         let client: SheepClient
@@ -156,7 +163,7 @@ public final class SheepVolume: @unchecked Sendable {
         let opcode: SheepOpcode = spec.isSnapshot ? .getVDIInfo : .lockVDI
         let lookup: SheepResponseHeader
         do {
-            lookup = try client.call(.vdiLookup(opcode, id: 0, snapID: spec.lookupSnapID, lockType: Self.lockType),
+            lookup = try client.call(.vdiLookup(opcode, id: 0, snapID: spec.lookupSnapID, lockType: lockType),
                                      payload: payload).header
         } catch { throw .sheep("\(error)") }
         switch lookup.result {
@@ -176,7 +183,7 @@ public final class SheepVolume: @unchecked Sendable {
         let vid = lookup.vdiID
         let lockedVID = spec.isSnapshot ? 0 : vid
         func release() {
-            if lockedVID != 0 { _ = try? client.release(vid: lockedVID, lockType: Self.lockType) }
+            if lockedVID != 0 { _ = try? client.release(vid: lockedVID, lockType: lockType) }
         }
         let clusterLocks = lockedVID == 0 || Self.clusterHasLocks(client, payload: payload)
         let inodeBytes = SheepInodeLayout.clientInodeSizeBytes
@@ -211,7 +218,8 @@ public final class SheepVolume: @unchecked Sendable {
                                      objectShift: Int(header.blockSizeShift), copies: header.nrCopies,
                                      readOnly: readOnly, lockedVID: lockedVID, vid: vid, homeCore: homeCore,
                                      endpointIndex: endpointIndex(spec.endpoint), index: hyper.1,
-                                     indexSlots: hyper.2, hyper: hyper.0, clusterLocks: clusterLocks)
+                                     indexSlots: hyper.2, hyper: hyper.0, clusterLocks: clusterLocks,
+                                     multipath: multipath)
             volume.readLayers(client, opened: vid, parent: header.parentVDIID)
             return volume
         }
@@ -224,7 +232,7 @@ public final class SheepVolume: @unchecked Sendable {
                                  objectShift: Int(header.blockSizeShift), copies: header.nrCopies, readOnly: readOnly,
                                  lockedVID: lockedVID, vid: vid, homeCore: homeCore,
                                  endpointIndex: endpointIndex(spec.endpoint), index: index, indexSlots: slots,
-                                 coherent: !readOnly, clusterLocks: clusterLocks)
+                                 coherent: !readOnly, clusterLocks: clusterLocks, multipath: multipath)
         volume.readLayers(client, opened: vid, parent: header.parentVDIID)
         return volume
     }
@@ -294,17 +302,18 @@ public final class SheepVolume: @unchecked Sendable {
     /// HEAD, and VDI_NOT_LOCKED on old versions means there is nothing to release.
     public func releaseLock() {
         guard lockedVID != 0, let client = try? Self.controlClient(spec.endpoint) else { return }
-        _ = try? client.release(vid: lockedVID, lockType: Self.lockType)
+        _ = try? client.release(vid: lockedVID, lockType: lockType)
         for v in laterLocks.withLock({ l -> [UInt32] in let all = l; l.removeAll(); return all }) {
-            _ = try? client.release(vid: v, lockType: Self.lockType)
+            _ = try? client.release(vid: v, lockType: lockType)
         }
     }
 
     /// Logged at open and shown by `--op show` for a writable VDI of a cluster without locking.
     public static let unlockedClusterWarning = "sheep cluster formatted without locking (dog cluster format without -l): no shared lock and no inode coherence; a second gateway serving this VDI reads stale data and corrupts it"
 
-    /// tgt's lock (LOCK_TYPE_SHARED), taken at open and after a snapshot moved the working VDI.
-    static let lockType = SheepLockType.shared
+    /// The lock taken at open and after a snapshot moved the working VDI: tgt's shared one for multipath.
+    static func lockType(multipath: Bool) -> SheepLockType { multipath ? .shared : .normal }
+    var lockType: SheepLockType { Self.lockType(multipath: multipath) }
 
     /// The control plane's blocking calls to sheep (never on a reactor core) give up after these, so a sheep
     /// that stops answering fails a LUN open or release instead of hanging the control thread.
