@@ -6,6 +6,7 @@
 //   cut | restore             close the listeners and every client connection / listen again
 //   pause | resume            stop executing requests (clients hang) / carry on
 //   lock on | lock off        cluster locking (LOCK_VDI takes locks) on or off
+//   node kill N | node start N   node N leaves the cluster (shared locks dropped) / joins again
 //   stats                     ok connections=N objects=M
 //   quit                      close this admin connection
 
@@ -59,6 +60,19 @@ struct AdminSession {
         case ("resume", nil): server.resumeService(); return ("ok", true)
         case ("lock", "on"): server.cluster.setUseLock(true); return ("ok", true)
         case ("lock", "off"): server.cluster.setUseLock(false); return ("ok", true)
+        case ("node", _):
+            let args = words.count > 2 ? words[2].split(separator: " ") : []
+            guard let verb = words.count > 1 ? words[1] : nil, args.count == 1, let n = Int(args[0]) else {
+                return ("error usage: node kill N | node start N", true)
+            }
+            do {
+                switch verb {
+                case "kill": try server.killNode(n)
+                case "start": try server.startNode(n)
+                default: return ("error usage: node kill N | node start N", true)
+                }
+                return ("ok", true)
+            } catch { return ("error \(error)", true) }
         case ("stats", nil):
             return ("ok connections=\(server.connectionCount) objects=\(server.cluster.objectCount())", true)
         case ("quit", nil): return ("ok", false)

@@ -50,6 +50,8 @@ final class ClientConnection: @unchecked Sendable {
     let number: UInt64
     private unowned let server: SheepTestServer
     private let cluster: SheepCluster
+    /// The sheep node this connection reached.
+    let node: Int
     private let out = OutputBuffer()
     private var input: UnsafeMutableRawPointer
     private var inputCapacity: Int
@@ -63,9 +65,10 @@ final class ClientConnection: @unchecked Sendable {
     private var lastInputNanoseconds = monotonicNanoseconds()
     private var closed = false
 
-    init(fd: Int32, number: UInt64, server: SheepTestServer) {
+    init(fd: Int32, number: UInt64, server: SheepTestServer, node: Int = 0) {
         self.fd = fd
         self.number = number
+        self.node = node
         self.server = server
         cluster = server.cluster
         inputCapacity = Self.initialInputBytes
@@ -326,11 +329,11 @@ final class ClientConnection: @unchecked Sendable {
             let result: StepResult
             switch q.payload {
             case .none:
-                result = cluster.begin(h, UnsafeRawBufferPointer(start: nil, count: 0), out: out)
+                result = cluster.begin(h, UnsafeRawBufferPointer(start: nil, count: 0), out: out, node: node)
             case .input(let offset, let count):
-                result = cluster.begin(h, UnsafeRawBufferPointer(start: input + offset, count: count), out: out)
+                result = cluster.begin(h, UnsafeRawBufferPointer(start: input + offset, count: count), out: out, node: node)
             case .owned(let bytes):
-                result = bytes.withUnsafeBytes { cluster.begin(h, $0, out: out) }
+                result = bytes.withUnsafeBytes { cluster.begin(h, $0, out: out, node: node) }
             }
             q.payload = .none  // consumed by the first step
             if case .pending(let phase) = result { q.phase = phase; return false }

@@ -39,12 +39,14 @@ struct Serve: ParsableCommand {
     @Option(help: "Cluster default copies (dog cluster format -c).") var copies: UInt8 = SheepWire.defaultCopies
     @Option(help: "Cluster default object size shift (dog cluster format -z).") var blockSizeShift: UInt8 = SheepWire.defaultBlockSizeShift
     @Flag(help: "Cluster formatted without locking: LOCK_VDI behaves like GET_VDI_INFO.") var noLock = false
+    @Option(help: "Sheep nodes in the cluster (1-8): node 0 on --port/--unix, node N on a free port and --unix PATH.N.") var nodes = 1
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel = "notice"
 
     func validate() throws {
         if let port, !(0...65535).contains(port) { throw ValidationError("--port must be 0…65535") }
         if let adminPort, !(0...65535).contains(adminPort) { throw ValidationError("--admin-port must be 0…65535") }
         if window < 1 { throw ValidationError("--window must be at least 1") }
+        if !(1...ServerOptions.maxNodes).contains(nodes) { throw ValidationError("--nodes must be 1…\(ServerOptions.maxNodes)") }
         if blockSizeShift < SheepWire.minBlockSizeShift || blockSizeShift > 26 {
             throw ValidationError("--block-size-shift must be 20…26 (objects up to 64 MiB)")
         }
@@ -73,6 +75,7 @@ struct Serve: ParsableCommand {
         options.cluster.blockSizeShift = blockSizeShift
         options.cluster.useLock = !noLock
         options.dataDirectory = dataDir
+        options.nodes = nodes
 
         // Signals are taken synchronously by this thread; every thread the server starts inherits the mask.
         var set = sigset_t()
@@ -89,6 +92,11 @@ struct Serve: ParsableCommand {
             lines.append("listening tcp \(host):\(p)")
         }
         if let u = server.unixPath { lines.append("listening unix \(u)") }
+        for node in 1..<nodes {
+            let host = listen.contains(":") ? "[\(listen)]" : listen
+            if let p = server.tcpPort(node: node) { lines.append("node \(node) tcp \(host):\(p)") }
+            if let u = server.unixPath(node: node) { lines.append("node \(node) unix \(u)") }
+        }
         if let a = server.adminPort { lines.append("admin tcp 127.0.0.1:\(a)") }
         let text = lines.joined(separator: "\n") + "\n"
         if let readyFile { try writeFileAtomically(readyFile, text) }

@@ -6,6 +6,18 @@
 // changes nothing (v1.0 `delete_vdi_work`; dog zeroes the index first), locks belong to the sheep node, so
 // a second locker through the same sheep gets VDI_LOCKED even for shared locks (§7.10).
 //
+// Several nodes, one cluster: every request names the node it arrived through (`node`, 0-based), and lock
+// ownership and inode coherence are per node as in sheep/vdi.c (`vdi_lock`, `add_new_participant`,
+// `del_participant`, `is_refresh_required`, `validate_myself`, `invalidate_other_nodes`,
+// `inode_coherence_update`) and sheep/gateway.c: a WRITE_OBJ wholly inside an inode's data_vdi_id
+// (`is_data_vid_update`) through a participant that is not MODIFIED makes it MODIFIED and every other
+// participant INVALIDATED; READ/WRITE/CREATE_AND_WRITE with SD_FLAG_CMD_TGT through an INVALIDATED node answer
+// INODE_INVALIDATED, except the refresh read (inode, offset 0, 4,198,968 bytes), which afterwards validates
+// the node. A node that leaves drops its shared participations (`remove_node_from_participants`); its normal
+// locks stay. Differences from sheep, none visible to a client: the coherence update is applied at once
+// instead of through a corosync round, and a hyper volume's B-tree leaves and a root write that starts before
+// data_vdi_id invalidate nobody, exactly as sheep (which only looks at `is_data_vid_update`).
+//
 // Deliberate deviations, all for requests a correct client never sends:
 // - an object read or write past the end of the object answers INVALID_PARMS (sheep returns garbage or EIO);
 // - NEW_VDI with an empty name or an erasure-code policy without parity answers INVALID_PARMS (sheep
@@ -79,11 +91,18 @@ struct VIDBitmap {
 
 /// `struct vdi_state_entry`, reduced to what a client can observe.
 struct VDIState: Equatable {
+    /// `enum shared_lock_state`.
+    enum Coherence: Equatable { case modified, shared, invalidated }
+    struct Participant: Equatable {
+        var node: Int
+        var state: Coherence
+    }
     enum Lock: Equatable {
         case unlocked
-        case locked
-        /// Shared participants; all requests arrive through this one node, so at most one.
-        case shared(participants: Int)
+        /// LOCK_TYPE_NORMAL, owned by the node that forwarded the lock.
+        case locked(owner: Int)
+        /// LOCK_TYPE_SHARED: the participating nodes in joining order, at most SD_MAX_COPIES.
+        case shared([Participant])
     }
     var copies: UInt8
     var copyPolicy: UInt8
@@ -178,13 +197,75 @@ final class SheepCluster: @unchecked Sendable {
     func vdiState(_ vid: UInt32) -> VDIState? { stateLock.withLock { vdis[vid] } }
     func setUseLock(_ on: Bool) { stateLock.withLock { config.useLock = on } }
 
+    /// `remove_node_from_participants`: a node left the cluster. Its shared participations end; normal locks
+    /// it holds survive (sheep keeps them until `dog vdi lock unlock`).
+    func removeNode(_ node: Int) {
+        stateLock.withLock {
+            for (vid, s) in vdis {
+                guard case .shared(var ps) = s.lock, let i = ps.firstIndex(where: { $0.node == node }) else { continue }
+                ps.remove(at: i)
+                vdis[vid]?.lock = ps.isEmpty ? .unlocked : .shared(ps)
+            }
+        }
+    }
+
+    // MARK: - Inode coherence (sheep/vdi.c)
+
+    /// `is_refresh_required`: the node participates in the VDI's shared lock and is INVALIDATED.
+    private func isRefreshRequiredLocked(_ vid: UInt32, node: Int) -> Bool {
+        guard case .shared(let ps)? = vdis[vid]?.lock else { return false }
+        return ps.first(where: { $0.node == node })?.state == .invalidated
+    }
+
+    /// The gateway checks of READ/WRITE/CREATE_AND_WRITE: a request from tgt through an invalidated node
+    /// must reload the inode first. The refresh read itself is exempt.
+    private func mustRefresh(_ h: SheepRequestHeader, node: Int) -> Bool {
+        guard h.flags.contains(.tgt), !Self.isInodeRefresh(h) else { return false }
+        return stateLock.withLock { isRefreshRequiredLocked(SheepOID.vid(of: h.oid), node: node) }
+    }
+
+    /// `is_inode_refresh_req`: the whole header and flat index of an inode.
+    static func isInodeRefresh(_ h: SheepRequestHeader) -> Bool {
+        SheepOID.isInode(h.oid) && h.objOffset == 0 && Int(h.dataLength) == SheepInodeLayout.clientInodeSizeBytes
+    }
+
+    /// `is_data_vid_update`: a write wholly inside the inode's data_vdi_id.
+    static func isDataVIDUpdate(_ h: SheepRequestHeader) -> Bool {
+        SheepOID.isInode(h.oid) && Int(h.objOffset) >= SheepInodeLayout.headerSizeBytes
+            && Int(h.objOffset) + Int(h.dataLength) <= SheepInodeLayout.clientInodeSizeBytes
+    }
+
+    /// `validate_myself` + `inode_coherence_update(validate)`: an invalidated node re-read the inode, so every
+    /// participant that is not itself waiting to re-read becomes SHARED.
+    private func validateLocked(_ vid: UInt32, node: Int) {
+        guard case .shared(var ps)? = vdis[vid]?.lock,
+              ps.first(where: { $0.node == node })?.state == .invalidated else { return }
+        for i in ps.indices where ps[i].node == node || ps[i].state != .invalidated { ps[i].state = .shared }
+        vdis[vid]?.lock = .shared(ps)
+    }
+
+    /// `invalidate_other_nodes` + `inode_coherence_update(invalidate)`: the writer becomes MODIFIED and every
+    /// other participant INVALIDATED. A node that does not participate changes nothing.
+    private func invalidateOthersLocked(_ vid: UInt32, node: Int) {
+        guard case .shared(var ps)? = vdis[vid]?.lock,
+              let me = ps.first(where: { $0.node == node }), me.state != .modified else { return }
+        for i in ps.indices { ps[i].state = ps[i].node == node ? .modified : .invalidated }
+        vdis[vid]?.lock = .shared(ps)
+    }
+
     // MARK: - Dispatch
 
     /// Runs the first step of a request that passed the framing and version checks.
-    func begin(_ h: SheepRequestHeader, _ payload: UnsafeRawBufferPointer, out: OutputBuffer) -> StepResult {
+    /// `node` is the sheep node the request arrived through.
+    func begin(_ h: SheepRequestHeader, _ payload: UnsafeRawBufferPointer, out: OutputBuffer, node: Int = 0) -> StepResult {
         switch h.opcode {
-        case .readObj: readObject(h, out: out)
-        case .writeObj: writeObject(h, payload, out: out)
+        case .readObj, .writeObj, .createAndWriteObj:
+            if mustRefresh(h, node: node) { reply(out, h, .inodeInvalidated); return .finished }
+        default: break
+        }
+        switch h.opcode {
+        case .readObj: readObject(h, out: out, node: node)
+        case .writeObj: writeObject(h, payload, out: out, node: node)
         case .createAndWriteObj: return beginCreate(h, payload, out: out)
         case .removeObj: removeObject(h, out: out)
         case .discardObj: discardObject(h, out: out)
@@ -195,7 +276,7 @@ final class SheepCluster: @unchecked Sendable {
         case .getClusterDefault: clusterDefault(h, out: out)
         case .newVDI, .delVDI, .getVDIInfo, .lockVDI, .releaseVDI:
             clusterOpLock.lock()
-            let r = clusterOp(h, payload, out: out)
+            let r = clusterOp(h, payload, out: out, node: node)
             if case .finished = r { clusterOpLock.unlock() }
             return r
         default:
@@ -254,11 +335,13 @@ final class SheepCluster: @unchecked Sendable {
         UInt64(offset) + UInt64(length) <= UInt64(size)
     }
 
-    private func readObject(_ h: SheepRequestHeader, out: OutputBuffer) {
+    private func readObject(_ h: SheepRequestHeader, out: OutputBuffer, node: Int) {
         guard Int(h.dataLength) <= Self.maxObjectBytes else { return reply(out, h, .invalidParms) }
         let obj = stateLock.withLock { objects[h.oid] }
         guard let obj else { return reply(out, h, .noObj) }
         guard Self.fits(h.objOffset, h.dataLength, obj.size) else { return reply(out, h, .invalidParms) }
+        // gateway_read_obj validates after a successful refresh read, whatever its flags.
+        if Self.isInodeRefresh(h) { stateLock.withLock { validateLocked(SheepOID.vid(of: h.oid), node: node) } }
         var r = SheepResponseHeader(replyingTo: h, result: .success, dataLength: h.dataLength, epoch: config.epoch)
         r.objCopies = 0
         out.appendReply(r) { dst in
@@ -266,12 +349,14 @@ final class SheepCluster: @unchecked Sendable {
         }
     }
 
-    private func writeObject(_ h: SheepRequestHeader, _ payload: UnsafeRawBufferPointer, out: OutputBuffer) {
+    private func writeObject(_ h: SheepRequestHeader, _ payload: UnsafeRawBufferPointer, out: OutputBuffer, node: Int) {
         stateLock.lock()
         if isReadonlyLocked(h.oid) {
             stateLock.unlock()
             return reply(out, h, .readonly)
         }
+        // gateway_write_obj invalidates before the write is forwarded, even when the write then fails.
+        if Self.isDataVIDUpdate(h) { invalidateOthersLocked(SheepOID.vid(of: h.oid), node: node) }
         guard let obj = objects[h.oid] else {
             stateLock.unlock()
             return reply(out, h, .noObj)
@@ -474,12 +559,13 @@ final class SheepCluster: @unchecked Sendable {
 
     // MARK: - Cluster ops (VDI table); caller holds clusterOpLock
 
-    private func clusterOp(_ h: SheepRequestHeader, _ payload: UnsafeRawBufferPointer, out: OutputBuffer) -> StepResult {
+    private func clusterOp(_ h: SheepRequestHeader, _ payload: UnsafeRawBufferPointer, out: OutputBuffer,
+                           node: Int) -> StepResult {
         switch h.opcode {
         case .newVDI: return newVDI(h, payload, out: out)
-        case .getVDIInfo: getVDIInfo(h, payload, out: out, lock: false)
-        case .lockVDI: getVDIInfo(h, payload, out: out, lock: true)
-        case .releaseVDI: releaseVDI(h, out: out)
+        case .getVDIInfo: getVDIInfo(h, payload, out: out, lock: false, node: node)
+        case .lockVDI: getVDIInfo(h, payload, out: out, lock: true, node: node)
+        case .releaseVDI: releaseVDI(h, out: out, node: node)
         case .delVDI: delVDI(h, payload, out: out)
         default: reply(out, h, .invalidParms)
         }
@@ -572,21 +658,28 @@ final class SheepCluster: @unchecked Sendable {
         return found ? .noTag : .noVDI
     }
 
-    private func getVDIInfo(_ h: SheepRequestHeader, _ payload: UnsafeRawBufferPointer, out: OutputBuffer, lock: Bool) {
+    private func getVDIInfo(_ h: SheepRequestHeader, _ payload: UnsafeRawBufferPointer, out: OutputBuffer, lock: Bool,
+                            node: Int) {
         guard let (name, tag) = Self.nameAndTag(h, payload) else { return reply(out, h, .invalidParms) }
         stateLock.lock()
         var info = LookupInfo()
         var result = lookupLocked(name: name, tag: tag, snapID: h.snapID, info: &info)
         let state = vdis[info.vid]
         if result == .success, lock, config.useLock, var s = state {
-            // vdi_lock(): the owner is the sheep node, and every client reaches us through this one node.
+            // vdi_lock(): the owner is the sheep node the request came through, not the client.
             switch (h.lockType, s.lock) {
             case (.normal, .unlocked):
-                s.lock = .locked
+                s.lock = .locked(owner: node)
             case (.shared, .unlocked):
-                s.lock = .shared(participants: 1)
+                // add_new_participant: the first participant owns the inode.
+                s.lock = .shared([.init(node: node, state: .modified)])
+            case (.shared, .shared(var ps)) where ps.count < SheepWire.maxCopies && !ps.contains(where: { $0.node == node }):
+                let anyModified = ps.contains { $0.state == .modified }
+                ps.append(.init(node: node, state: anyModified ? .invalidated : .shared))
+                s.lock = .shared(ps)
             default:
-                // Normal on anything held, shared on normal, shared by the same node again, unknown type.
+                // Normal on anything held, shared on normal, shared by the same node again, SD_MAX_COPIES
+                // participants already, unknown type.
                 result = .vdiLocked
             }
             if result == .success { vdis[info.vid] = s }
@@ -601,12 +694,15 @@ final class SheepCluster: @unchecked Sendable {
         }
     }
 
-    private func releaseVDI(_ h: SheepRequestHeader, out: OutputBuffer) {
+    private func releaseVDI(_ h: SheepRequestHeader, out: OutputBuffer, node: Int) {
         stateLock.withLock {
             guard config.useLock, var s = vdis[h.baseVDIID] else { return }
             switch (h.lockType, s.lock) {
+            // vdi_unlock: a normal lock is released whoever asks; a shared one drops the asking node.
             case (.normal, .locked): s.lock = .unlocked
-            case (.shared, .shared(let n)): s.lock = n > 1 ? .shared(participants: n - 1) : .unlocked
+            case (.shared, .shared(var ps)):
+                ps.removeAll { $0.node == node }
+                s.lock = ps.isEmpty ? .unlocked : .shared(ps)
             default: log("release of VDI \(hex(h.baseVDIID)) in state \(s.lock) as \(h.lockType.rawValue): ignored")
             }
             vdis[h.baseVDIID] = s

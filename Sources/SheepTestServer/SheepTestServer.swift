@@ -1,5 +1,10 @@
 // The server: listeners (TCP and/or unix), one thread per client connection, an optional admin listener,
 // and the runtime controls tests use (faults on/off, cut and restore the service, pause and resume).
+// With `nodes` > 1 it is several sheep nodes of one cluster: each node listens on its own port (node 0 on
+// `tcpPort`, the others on free ports) and unix path (`unixPath`, then `unixPath.N`), and a request is
+// executed as the node it arrived through (locks and inode coherence are per node, SheepCluster.swift).
+// A node can be killed (it leaves the cluster: listeners and connections closed, shared locks dropped) and
+// started again.
 
 #if canImport(Glibc)
 import Glibc
@@ -24,6 +29,9 @@ struct ServerOptions: Sendable {
     var faultsEnabled = true
     var cluster = ClusterConfig()
     var dataDirectory: String?
+    /// Sheep nodes of the cluster, 1...maxNodes.
+    var nodes = 1
+    static let maxNodes = 8
 }
 
 final class SheepTestServer: @unchecked Sendable {
@@ -48,15 +56,25 @@ final class SheepTestServer: @unchecked Sendable {
     private let pause = PosixCondition()
     private var paused = false
 
-    private(set) var tcpPort: UInt16?
     private(set) var adminPort: UInt16?
+    /// Per node: the bound TCP port (kept across cut/kill so a node comes back on it).
+    private var nodeTCPPorts: [UInt16?]
+    private var killedNodes: Set<Int> = []
+    var tcpPort: UInt16? { registry.withLock { nodeTCPPorts[0] } }
     var unixPath: String? { options.unixPath }
+
+    func tcpPort(node: Int) -> UInt16? { registry.withLock { nodeTCPPorts[node] } }
+    func unixPath(node: Int) -> String? {
+        guard let p = options.unixPath else { return nil }
+        return node == 0 ? p : "\(p).\(node)"
+    }
 
     init(options: ServerOptions, logger: Logger = Logger(label: "sheep-testserver")) throws {
         self.options = options
         log = logger
         faults = options.faults
         faultsEnabled = options.faultsEnabled
+        nodeTCPPorts = Array(repeating: nil, count: max(1, options.nodes))
         let l = logger
         cluster = try SheepCluster(config: options.cluster, dataDirectory: options.dataDirectory) { l.info("\($0)") }
     }
@@ -74,21 +92,52 @@ final class SheepTestServer: @unchecked Sendable {
     }
 
     private func openServiceListeners() throws {
+        let nodes = registry.withLock { (0..<nodeTCPPorts.count).filter { !killedNodes.contains($0) } }
+        try openListeners(nodes: nodes)
+    }
+
+    private func openListeners(nodes: [Int]) throws {
         var opened: [Listener] = []
         do {
-            if let port = options.tcpPort {
-                // After a cut, come back on the same port.
-                let l = try Listener.tcp(host: options.listenHost, port: tcpPort.map(Int.init) ?? port)
-                tcpPort = l.port
-                opened.append(l)
+            for node in nodes {
+                if let port = options.tcpPort {
+                    // After a cut or a kill, come back on the same port.
+                    let previous = registry.withLock { nodeTCPPorts[node] }
+                    let l = try Listener.tcp(host: options.listenHost, port: previous.map(Int.init) ?? (node == 0 ? port : 0),
+                                             node: node)
+                    registry.withLock { nodeTCPPorts[node] = l.port }
+                    opened.append(l)
+                }
+                if let path = unixPath(node: node) { opened.append(try Listener.unix(path: path, node: node)) }
             }
-            if let path = options.unixPath { opened.append(try Listener.unix(path: path)) }
         } catch {
             opened.forEach { $0.close() }
             throw error
         }
-        registry.withLock { listeners = opened }
+        registry.withLock { listeners += opened }
         for l in opened { try startAcceptThread(l, admin: false) }
+    }
+
+    /// The node leaves the cluster as a killed sheep does: its listeners and connections close, and the
+    /// others see it leave (`remove_node_from_participants`).
+    func killNode(_ node: Int) throws {
+        guard node >= 0 && node < nodeTCPPorts.count else { throw SysError("no node \(node)", EINVAL) }
+        let ls: [Listener] = registry.withLock {
+            guard killedNodes.insert(node).inserted else { return [] }
+            let mine = listeners.filter { $0.node == node }
+            listeners.removeAll { $0.node == node }
+            return mine
+        }
+        ls.forEach { $0.shutdownAndJoin(); $0.close() }
+        registry.withLock { connections.values.filter { $0.node == node }.forEach { $0.shutdownSocket() } }
+        cluster.removeNode(node)
+    }
+
+    /// A killed node joins again (a fresh sheep: it holds no shared locks).
+    func startNode(_ node: Int) throws {
+        guard node >= 0 && node < nodeTCPPorts.count else { throw SysError("no node \(node)", EINVAL) }
+        let start: Bool = registry.withLock { killedNodes.remove(node) != nil && !isCut }
+        if start { try openListeners(nodes: [node]) }
     }
 
     /// Stops everything and waits for every thread the server started.
@@ -189,7 +238,8 @@ final class SheepTestServer: @unchecked Sendable {
             if listener.isTCP { setNoDelay(fd) }
             let conn: ClientConnection? = registry.withLock {
                 guard !stopping && !isCut else { return nil }
-                let c = ClientConnection(fd: fd, number: nextConnectionNumber, server: self)
+                guard !killedNodes.contains(listener.node) else { return nil }
+                let c = ClientConnection(fd: fd, number: nextConnectionNumber, server: self, node: listener.node)
                 nextConnectionNumber += 1
                 connections[c.number] = c
                 return c
@@ -227,20 +277,22 @@ final class Listener: @unchecked Sendable {
     let port: UInt16?
     let path: String?
     let isTCP: Bool
+    /// The sheep node this listener belongs to.
+    let node: Int
     private var acceptThread: pthread_t?
     private let lock = PosixLock()
     private var shutDown = false
     private var closed = false
 
-    private init(fd: Int32, port: UInt16?, path: String?, isTCP: Bool) {
-        self.fd = fd; self.port = port; self.path = path; self.isTCP = isTCP
+    private init(fd: Int32, port: UInt16?, path: String?, isTCP: Bool, node: Int) {
+        self.fd = fd; self.port = port; self.path = path; self.isTCP = isTCP; self.node = node
     }
 
     var isShutDown: Bool { lock.withLock { shutDown } }
 
     func setAcceptThread(_ tid: pthread_t) { lock.withLock { acceptThread = tid } }
 
-    static func tcp(host: String, port: Int) throws -> Listener {
+    static func tcp(host: String, port: Int, node: Int = 0) throws -> Listener {
         var hints = addrinfo()
         hints.ai_family = AF_UNSPEC
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
@@ -274,10 +326,10 @@ final class Listener: @unchecked Sendable {
             }
             return p.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin_port) }
         }
-        return Listener(fd: fd, port: boundPort, path: nil, isTCP: true)
+        return Listener(fd: fd, port: boundPort, path: nil, isTCP: true, node: node)
     }
 
-    static func unix(path: String) throws -> Listener {
+    static func unix(path: String, node: Int = 0) throws -> Listener {
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(path.utf8)
@@ -303,7 +355,7 @@ final class Listener: @unchecked Sendable {
             Glibc.close(fd)
             throw e
         }
-        return Listener(fd: fd, port: nil, path: path, isTCP: false)
+        return Listener(fd: fd, port: nil, path: path, isTCP: false, node: node)
     }
 
     /// Wakes the accept thread (shutdown makes a blocked accept return) and waits for it.

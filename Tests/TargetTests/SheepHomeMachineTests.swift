@@ -24,7 +24,7 @@ import Testing
         let volume: SheepVolume
 
         /// `hyper`: a hyper volume with an empty B-tree (its owner array is calloc'd, as open does).
-        init(owners: [Int: UInt32] = [:], locked: Bool = false, hyper: SheepHyperIndex? = nil) {
+        init(owners: [Int: UInt32] = [:], locked: Bool = false, hyper: SheepHyperIndex? = nil, coherent: Bool = false) {
             let index: UnsafeMutablePointer<UInt32>
             if hyper != nil {
                 index = calloc(SheepHomeMachineTests.slots, 4)!.bindMemory(to: UInt32.self, capacity: SheepHomeMachineTests.slots)
@@ -36,7 +36,7 @@ import Testing
                                  byteCount: UInt64(SheepHomeMachineTests.slots) << 22, objectShift: 22, copies: 2,
                                  readOnly: false, lockedVID: locked ? SheepHomeMachineTests.vid : 0,
                                  vid: SheepHomeMachineTests.vid, homeCore: 0, endpointIndex: 0, index: index,
-                                 indexSlots: SheepHomeMachineTests.slots, hyper: hyper)
+                                 indexSlots: SheepHomeMachineTests.slots, hyper: hyper, coherent: coherent)
             for (i, v) in owners { volume.setOwner(i, v) }
         }
 

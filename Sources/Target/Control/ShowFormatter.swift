@@ -74,10 +74,15 @@ enum ShowFormatter {
 
     static func lun(_ r: Registry.LUNRecord) -> String {
         let u = r.unit
-        return lunBlock(number: u.number, type: "disk", scsiID: r.identity.scsiID, serial: r.identity.serial,
-                        size: diskSize(u.byteCount), blockSize: u.blockSize, readOnly: u.capabilities.readOnly,
-                        thin: u.capabilities.canDiscard, bstype: u.bstype, path: u.path, flags: r.openFlags.text,
-                        medium: (u.state.isOnline, u.presentation.removable, u.state.isRemovalPrevented))
+        var out = lunBlock(number: u.number, type: "disk", scsiID: r.identity.scsiID, serial: r.identity.serial,
+                           size: diskSize(u.byteCount), blockSize: u.blockSize, readOnly: u.capabilities.readOnly,
+                           thin: u.capabilities.canDiscard, bstype: u.bstype, path: u.path, flags: r.openFlags.text,
+                           medium: (u.state.isOnline, u.presentation.removable, u.state.isRemovalPrevented))
+        // Only for the unsafe case, so tools parsing tgt's output see tgt's output otherwise.
+        if case .sheep(let vol) = u.backing, !vol.clusterLocks, !vol.readOnly {
+            out += "\(tab3)WARNING: \(SheepVolume.unlockedClusterWarning)\n"
+        }
+        return out
     }
 
     /// The LUN 0 tgt creates with every target (tgt_device_create(tid, TYPE_RAID, 0, NULL, 0)).

@@ -1,4 +1,5 @@
 import Glibc
+import Logging
 import SheepProtocol
 
 /// Opens file, null and sheepdog stores for the control plane.
@@ -25,7 +26,14 @@ public final class StoreOpener: BackingOpener {
             let home = nextHome % max(1, coreCount())
             nextHome += 1
             do {
-                let vol = try SheepVolume.open(spec.path, homeCore: home, endpointIndex: endpointIndex)
+                guard let multipath = Self.multipathOption(spec.options["multipath"]) else {
+                    throw AdminError(.invalidRequest, "bsopts multipath must be on or off")
+                }
+                let vol = try SheepVolume.open(spec.path, homeCore: home, multipath: multipath,
+                                               endpointIndex: endpointIndex)
+                if !vol.clusterLocks && !vol.readOnly {
+                    Logger(label: "ringtgtd").warning("\(SheepVolume.unlockedClusterWarning) (VDI '\(vol.name)', LUN \(spec.lun) of target \(spec.tid))")
+                }
                 let bytes = vol.byteCount - vol.byteCount % UInt64(spec.blockSize)
                 guard bytes > 0 else {
                     vol.releaseLock()
@@ -45,6 +53,15 @@ public final class StoreOpener: BackingOpener {
             return OpenedBacking(backing: backing, byteCount: bytes, capabilities: caps)
         } catch {
             throw AdminError(.invalidRequest, error.description)
+        }
+    }
+
+    /// `--bsopts multipath=on|off` of a sheepdog LUN; absent is on (tgt's behaviour).
+    static func multipathOption(_ text: String?) -> Bool? {
+        switch text {
+        case nil, "on": return true
+        case "off": return false
+        default: return nil
         }
     }
 

@@ -106,6 +106,14 @@ struct SheepTarget {
 /// (with a printed note) when the kind cannot run here or the peer is not ringtgtd.
 func withSheep<R>(_ kind: SheepKind, options: SheepServerOptions = SheepServerOptions(),
                   _ body: (SheepService) throws -> R) throws -> R {
+    try cancelUnlessSheepRuns(kind)
+    let sheep = try SheepService.start(kind, options: options)
+    defer { sheep.stop() }
+    return try body(sheep)
+}
+
+/// Cancels the test case (with a printed note) when `kind` cannot run here or the peer is not ringtgtd.
+func cancelUnlessSheepRuns(_ kind: SheepKind) throws {
     if Peer.current != .ringtgt {
         let why = "the sheepdog suites drive ringtgtd only (RINGTGT_E2E_PEER=\(Peer.current.rawValue))"
         print("note: \(why)")
@@ -115,9 +123,6 @@ func withSheep<R>(_ kind: SheepKind, options: SheepServerOptions = SheepServerOp
         print("note: \(why)")
         try Test.cancel(Comment(rawValue: why))
     }
-    let sheep = try SheepService.start(kind, options: options)
-    defer { sheep.stop() }
-    return try body(sheep)
 }
 
 /// Starts a daemon (tid 1, no LUNs yet) against an already running sheep, creates `vdis` and serves each

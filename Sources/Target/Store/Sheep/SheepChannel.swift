@@ -40,6 +40,10 @@ struct SheepRequest {
     var sentTick: UInt64 = 0
     var retryAtTick: UInt64 = 0
     var retries = 0
+    /// A stale-index probe for a read piece (object index, offset in the object), -1 otherwise: its 1-byte
+    /// reply lands in the piece's buffer, which the read that follows (or zeros) then fills.
+    var probeIndex: Int32 = -1
+    var probeObjectOffset: Int32 = 0
 }
 
 /// A core's connection to one sheep endpoint. Many requests are in flight at once, matched by id; sheep
@@ -134,13 +138,15 @@ final class SheepChannel<Host: SheepStoreHost> {
     /// with BUSY-like semantics through the SCSI layer, or retries at the next tick).
     @discardableResult
     func submit(_ header: SheepRequestHeader, payload: UnsafeRawPointer?, payloadLength: Int,
-                dest: UnsafeMutableRawPointer?, destCapacity: Int, waiter: SheepWaiter) -> Bool {
+                dest: UnsafeMutableRawPointer?, destCapacity: Int, waiter: SheepWaiter,
+                probe: (index: Int, objectOffset: Int)? = nil) -> Bool {
         guard let slot = freeList.popLast() else { return false }
         let i = Int(slot)
         var gen = reqs[i].generation &+ 1
         if gen == 0 { gen = 1 }
         reqs[i] = SheepRequest(inUse: true, sent: false, generation: gen, payload: payload,
-                               payloadLength: payloadLength, dest: dest, destCapacity: destCapacity, waiter: waiter)
+                               payloadLength: payloadLength, dest: dest, destCapacity: destCapacity, waiter: waiter,
+                               probeIndex: Int32(probe?.index ?? -1), probeObjectOffset: Int32(probe?.objectOffset ?? 0))
         var h = header
         h.id = UInt32(slot) << 16 | UInt32(gen)
         h.protoVersion = SheepWire.clientProtoVersion
@@ -478,6 +484,17 @@ final class SheepChannel<Host: SheepStoreHost> {
         }
         let w = reqs[i].waiter
         let bytes = payloadDone
+        if reqs[i].probeIndex >= 0 && result == .success, case .request = w, let d = reqs[i].dest {
+            let piece = (index: Int(reqs[i].probeIndex), objectOffset: Int(reqs[i].probeObjectOffset))
+            let length = reqs[i].destCapacity
+            release(slot)
+            store.probeAnswered(w, piece, length: length, dest: d, channel: self)
+            return
+        }
+        if result == .inodeInvalidated, case .request = w, invalidated(i) {
+            release(slot)
+            return
+        }
         if result == .readonly, case .request = w {
             let h = SheepRequestHeader(from: UnsafeRawPointer(headers + i * SheepWire.headerSizeBytes))
             if h.opcode == .writeObj && store.readonlyWrite(w, oid: h.oid, objectOffset: Int(h.objOffset),
@@ -489,5 +506,27 @@ final class SheepChannel<Host: SheepStoreHost> {
         }
         release(slot)
         store.reply(w, result: result, bytes: bytes, failure: nil, vdiID: replyVDI)
+    }
+
+    /// INODE_INVALIDATED for a piece of a store request: another gateway changed the index. The home core
+    /// reloads the inode and redoes the piece; false when it cannot be handed over.
+    private func invalidated(_ i: Int) -> Bool {
+        let h = SheepRequestHeader(from: UnsafeRawPointer(headers + i * SheepWire.headerSizeBytes))
+        let r = reqs[i]
+        if r.probeIndex >= 0, let d = r.dest {
+            return store.invalidatedPiece(r.waiter, .read(index: Int(r.probeIndex), objectOffset: Int(r.probeObjectOffset),
+                                                          length: r.destCapacity, dest: d))
+        }
+        let idx = Int(SheepOID.dataIndex(of: h.oid)), off = Int(h.objOffset)
+        switch h.opcode {
+        case .readObj:
+            guard let d = r.dest else { return false }
+            return store.invalidatedPiece(r.waiter, .read(index: idx, objectOffset: off, length: Int(h.dataLength), dest: d))
+        case .writeObj, .createAndWriteObj:
+            guard let p = r.payload else { return false }
+            return store.invalidatedPiece(r.waiter, .write(index: idx, objectOffset: off, length: r.payloadLength, data: p))
+        default:
+            return false
+        }
     }
 }

@@ -10,6 +10,8 @@ final class SheepHomeRequest: @unchecked Sendable {
         case write(index: Int, objectOffset: Int, length: Int, data: UnsafeRawPointer)
         /// Deallocate a whole object this VDI owns (UNMAP): its index slot becomes 0.
         case deallocate(index: Int)
+        /// A read piece sheep answered INODE_INVALIDATED (or its stale-index probe was): redone after the reload.
+        case read(index: Int, objectOffset: Int, length: Int, dest: UnsafeMutableRawPointer)
     }
     let volume: SheepVolume
     let kind: Kind
@@ -17,6 +19,10 @@ final class SheepHomeRequest: @unchecked Sendable {
     let waiter: SheepWaiter
     /// The VID a data write went to when sheep answered READONLY (0 otherwise).
     var readonlyVID: UInt32
+    /// Sheep answered INODE_INVALIDATED: the inode must be reloaded before this is redone.
+    var invalidated = false
+    /// Times this request met INODE_INVALIDATED (bounded by SheepHomeLimits.invalidationsMax).
+    var invalidations = 0
 
     init(volume: SheepVolume, kind: Kind, originCore: Int, waiter: SheepWaiter, readonlyVID: UInt32 = 0) {
         self.volume = volume
@@ -30,8 +36,18 @@ final class SheepHomeRequest: @unchecked Sendable {
         switch kind {
         case .write(let i, _, _, _): return i
         case .deallocate(let i): return i
+        case .read(let i, _, _, _): return i
         }
     }
+}
+
+enum SheepHomeLimits {
+    /// Requests parked while the inode is reloaded after INODE_INVALIDATED, per VDI; beyond, they fail as
+    /// busy. Above what the channels of all cores can have in flight for one VDI in practice.
+    static let refreshWaitersMax = 8192
+    /// A request that meets INODE_INVALIDATED this many times (other gateways keep changing the index
+    /// between our reload and our retry) fails with a medium error instead of looping.
+    static let invalidationsMax = 16
 }
 
 /// The home core's bookkeeping for one VDI: objects being created (later requests for them wait), and the
@@ -39,6 +55,8 @@ final class SheepHomeRequest: @unchecked Sendable {
 final class SheepHome {
     var creating: [Int: [SheepHomeRequest]] = [:]
     var reloading = false
+    /// The VID a reload after a snapshot started from (0 when none is under way).
+    var reloadFrom: UInt32 = 0
     var waitingReload: [SheepHomeRequest] = []
     var reconcileLeft = 0
     /// Hyper volumes: index changes waiting for the B-tree write in flight. One batch is written at a time,
@@ -49,6 +67,15 @@ final class SheepHome {
     var treeLeaves: [(leaf: Int, created: Bool)] = []
     var treeStepsLeft = 0
     var treeFailure: StoreError? = nil
+    /// Multipath (SHEEPDOG-PROTOCOL.md §7.10): the inode is being re-read after INODE_INVALIDATED; requests
+    /// wait in `waitingRefresh`. Slots this core changed meanwhile are newer than what the read returns.
+    var refreshing = false
+    var waitingRefresh: [SheepHomeRequest] = []
+    var changedDuringRefresh: [Int] = []
+    /// Header + flat index (4,198,968 bytes), allocated at the first reload and kept.
+    var refreshBuffer: UnsafeMutableRawPointer? = nil
+
+    deinit { refreshBuffer?.deallocate() }
 }
 
 /// One step of home-core work waiting for a sheep reply.
@@ -57,6 +84,10 @@ final class SheepHomeOp {
         case create(vid: UInt32)
         case slotWrite(vid: UInt32, value: UInt32)
         case plainWrite(vid: UInt32)
+        /// A read redone after a reload.
+        case read
+        /// Sheep's refresh read of the inode (offset 0, header + flat index) after INODE_INVALIDATED.
+        case refreshRead(vid: UInt32)
         case reloadLookup
         /// Reading the new working VDI's index, to add slots a snapshot copied before our write reached it.
         case reloadIndex(newVID: UInt32)
@@ -65,6 +96,8 @@ final class SheepHomeOp {
         /// Hyper volume: writing a changed B-tree leaf, then the inode root and btree_counter.
         case treeLeaf
         case treeRoot
+        /// Multipath: the no-op index write that tells the snapshot's other participants to reload.
+        case announce(newVID: UInt32)
     }
     let request: SheepHomeRequest?
     let volume: SheepVolume
@@ -139,6 +172,32 @@ struct SheepHomeMachine {
         let vol = req.volume
         let h = home(vol)
         if h.reloading { h.waitingReload.append(req); return }
+        if req.invalidated {
+            req.invalidated = false
+            req.invalidations += 1
+            guard req.invalidations <= SheepHomeLimits.invalidationsMax else {
+                actions.append(.log(.error, "sheep VDI '\(vol.name)': INODE_INVALIDATED \(req.invalidations) times in a row; failing the request"))
+                actions.append(.answer(req, .mediumError))
+                return
+            }
+            park(h, req)
+            startRefresh(vol)
+            return
+        }
+        if h.refreshing { park(h, req); return }
+        if case .read(let idx, let objOff, let len, let dest) = req.kind {
+            let owner = vol.owner(idx)
+            if owner == 0 {
+                dest.initializeMemory(as: UInt8.self, repeating: 0, count: len)
+                actions.append(.answer(req, nil))
+                return
+            }
+            let hdr = SheepRequestHeader.readObject(id: 0, oid: SheepOID.data(vid: owner, index: UInt32(idx)),
+                                                    offset: UInt32(objOff), length: UInt32(len))
+            send(newHomeOp(SheepHomeOp(request: req, volume: vol, stage: .read)), vol, hdr, payload: nil, length: 0,
+                 dest: dest, destCapacity: len)
+            return
+        }
         if req.readonlyVID != 0 && vol.isHyper {
             // dog refuses to snapshot a hyper volume, and a new working VDI's tree is not ours to follow.
             actions.append(.log(.error, "sheep VDI '\(vol.name)': hyper volume became read-only (READONLY); failing writes"))
@@ -185,13 +244,28 @@ struct SheepHomeMachine {
             }
             h.creating[idx] = []
             if vol.isHyper { treeSet(vol, req, value: 0) } else { writeSlot(vol, idx: idx, value: 0, vid: cur, req: req) }
+        case .read:
+            break   // answered above
         }
+    }
+
+    /// Holds a request until the inode reload ends.
+    private mutating func park(_ h: SheepHome, _ req: SheepHomeRequest) {
+        guard h.waitingRefresh.count < SheepHomeLimits.refreshWaitersMax else {
+            actions.append(.answer(req, .unavailable))
+            return
+        }
+        h.waitingRefresh.append(req)
     }
 
     /// Asks the shell to send `hdr` for step `op`. When the channel cannot take it, the shell answers the step
     /// with a failure, as a lost connection would.
     private mutating func send(_ op: Int32, _ vol: SheepVolume, _ hdr: SheepRequestHeader, payload: UnsafeRawPointer?,
                                length: Int, dest: UnsafeMutableRawPointer? = nil, destCapacity: Int = 0) {
+        var hdr = hdr
+        if hdr.opcode == .readObj || hdr.opcode == .writeObj || hdr.opcode == .createAndWriteObj {
+            hdr.flags.formUnion(vol.objectFlags)
+        }
         actions.append(.send(op: op, volume: vol, header: hdr, payload: payload, payloadLength: length, dest: dest,
                              destCapacity: destCapacity))
     }
@@ -224,18 +298,34 @@ struct SheepHomeMachine {
         // no creation is under way), so its end must not open the gate a creation of the same object holds.
         var holdsGate = true
         if case .plainWrite = op.stage { holdsGate = false }
+        if case .read = op.stage { holdsGate = false }
         if let failure {
             if let req = op.request { finishHome(req, failure: failure, releasesGate: holdsGate) }
             switch op.stage {
+            case .refreshRead(let vid): refreshFinished(vol, vid: vid, inode: nil, result: .eio)
             case .reloadLookup: reloadFinished(vol, newVID: nil)
             case .reloadIndex(let v): reloadFinished(vol, newVID: v)   // no reconcile possible; carry on
+            case .announce(let v): reloadFinished(vol, newVID: v)
             case .reconcileSlot: reconcileStep(vol)
             case .treeLeaf, .treeRoot: treeStep(vol, op.stage, failure: failure)
             default: break
             }
             return
         }
+        if result == .inodeInvalidated, let req = op.request {
+            // Another gateway changed the index: reload, then redo from the start with the fresh index.
+            req.invalidated = true
+            request(req)
+            if case .create = op.stage { releaseCreating(vol, req.index, requeueTo: true) }
+            if case .slotWrite = op.stage { releaseCreating(vol, req.index, requeueTo: true) }
+            return
+        }
         switch op.stage {
+        case .read:
+            guard let req = op.request else { return }
+            actions.append(.answer(req, result == .success ? nil : SheepHomeMachine.mapResult(result)))
+        case .refreshRead(let vid):
+            refreshFinished(vol, vid: vid, inode: result == .success ? home(vol).refreshBuffer : nil, result: result)
         case .plainWrite(let vid):
             guard let req = op.request else { return }
             if result == .readonly { req.readonlyVID = vid; request(req); return }
@@ -257,7 +347,7 @@ struct SheepHomeMachine {
             if vol.isHyper { treeSet(vol, req, value: vid) } else { writeSlot(vol, idx: req.index, value: vid, vid: vid, req: req) }
         case .slotWrite(_, let value):
             guard let req = op.request else { return }
-            if result == .success { vol.setOwner(req.index, value) }
+            if result == .success { recordOwner(vol, req.index, value) }
             finishHome(req, failure: result == .success ? nil : SheepHomeMachine.mapResult(result))
         case .reloadLookup:
             guard result == .success, vdiID != 0, vdiID != vol.vid else {
@@ -271,7 +361,7 @@ struct SheepHomeMachine {
             readNewIndex(vol, newVID: vdiID)
         case .reloadIndex(let newVID):
             if result == .success, let buf = op.buffer {
-                reconcile(vol, newVID: newVID, newIndex: buf)
+                reconcile(vol, newVID: newVID, newIndex: buf + (vol.coherent ? SheepInodeLayout.headerSizeBytes : 0))
             } else {
                 reloadFinished(vol, newVID: newVID)
             }
@@ -282,6 +372,11 @@ struct SheepHomeMachine {
             reconcileStep(vol)
         case .treeLeaf, .treeRoot:
             treeStep(vol, op.stage, failure: result == .success ? nil : SheepHomeMachine.mapResult(result))
+        case .announce(let newVID):
+            if result != .success {
+                actions.append(.log(.warning, "sheep VDI '\(vol.name)': telling other gateways of the snapshot failed: \(result.name)"))
+            }
+            reloadFinished(vol, newVID: newVID)
         }
     }
 
@@ -387,25 +482,29 @@ struct SheepHomeMachine {
         let h = home(vol)
         guard !h.reloading else { return }
         h.reloading = true
+        h.reloadFrom = vol.vid
         let op = SheepHomeOp(request: nil, volume: vol, stage: .reloadLookup)
         op.payload = (try? SheepVDIName.payload(name: vol.name, tag: "")) ?? []
         let id = newHomeOp(op)
         actions.append(.log(.info, "sheep VDI '\(vol.name)': a snapshot was taken (READONLY); reloading the working VDI"))
         // The new working VDI is locked as the old one was (tgt does the same); a cluster without locking
         // answers LOCK_VDI like GET_VDI_INFO.
-        let hdr = SheepRequestHeader.vdiLookup(vol.lockedVID != 0 ? .lockVDI : .getVDIInfo, id: 0, snapID: 0)
+        let hdr = SheepRequestHeader.vdiLookup(vol.lockedVID != 0 ? .lockVDI : .getVDIInfo, id: 0, snapID: 0,
+                                               lockType: vol.lockType)
         let p = op.payload.withUnsafeBytes { $0.baseAddress! }
         send(id, vol, hdr, payload: p, length: op.payload.count)
     }
 
-    /// Reads the new working VDI's index (4 MiB; snapshots are rare).
+    /// Reads the new working VDI's index (4 MiB; snapshots are rare). A coherent volume reads it with sheep's
+    /// refresh read (from offset 0, with the header), which also validates this node on the new VDI.
     private mutating func readNewIndex(_ vol: SheepVolume, newVID: UInt32) {
         let op = SheepHomeOp(request: nil, volume: vol, stage: .reloadIndex(newVID: newVID))
-        let bytes = SheepInodeLayout.dataIndexSizeBytes
+        let skip = vol.coherent ? SheepInodeLayout.headerSizeBytes : 0
+        let bytes = SheepInodeLayout.dataIndexSizeBytes + skip
         op.buffer = .allocate(byteCount: bytes, alignment: 64)
         let id = newHomeOp(op)
         let hdr = SheepRequestHeader.readObject(id: 0, oid: SheepOID.inode(vid: newVID),
-                                                offset: UInt32(SheepInodeLayout.headerSizeBytes), length: UInt32(bytes))
+                                                offset: UInt32(SheepInodeLayout.headerSizeBytes - skip), length: UInt32(bytes))
         send(id, vol, hdr, payload: nil, length: 0, dest: op.buffer, destCapacity: bytes)
     }
 
@@ -418,8 +517,13 @@ struct SheepHomeMachine {
         var missing: [(Int, UInt32)] = []
         for idx in 0..<vol.indexSlots {
             let mine = vol.owner(idx)
-            if mine == 0 { continue }
             let theirs = UInt32(littleEndian: newIndex.load(fromByteOffset: idx * 4, as: UInt32.self))
+            if theirs == newVID && mine != newVID {
+                // Another gateway already wrote to the new working VDI: its slot is the newer one.
+                recordOwner(vol, idx, theirs)
+                continue
+            }
+            if mine == 0 { continue }
             if theirs != mine { missing.append((idx, mine)) }
         }
         h.reconcileLeft = missing.count
@@ -443,8 +547,95 @@ struct SheepHomeMachine {
         if h.reconcileLeft <= 0 { reloadFinished(vol, newVID: vol.vid) }
     }
 
+    /// An index slot no object of the VDI can use (the last one, when the VDI is smaller than 4 TiB).
+    static func announceSlot(_ vol: SheepVolume) -> Int? {
+        let objects = (vol.byteCount + UInt64(vol.objectBytes) - 1) / UInt64(vol.objectBytes)
+        let last = SheepInodeLayout.dataIndexSlots - 1
+        return objects <= UInt64(last) ? last : nil
+    }
+
+    /// Sets an owner this core learned from sheep's answer to its own write: newer than a reload in flight.
+    private mutating func recordOwner(_ vol: SheepVolume, _ idx: Int, _ value: UInt32) {
+        vol.setOwner(idx, value)
+        let h = home(vol)
+        if h.refreshing { h.changedDuringRefresh.append(idx) }
+    }
+
+    /// INODE_INVALIDATED: another gateway wrote the index. Sheep's refresh read (offset 0, header + flat
+    /// index, exactly) brings ours up to date and tells sheep this node is valid again (§7.10).
+    private mutating func startRefresh(_ vol: SheepVolume) {
+        let h = home(vol)
+        guard !h.refreshing else { return }
+        h.refreshing = true
+        h.changedDuringRefresh.removeAll(keepingCapacity: true)
+        let bytes = SheepInodeLayout.clientInodeSizeBytes
+        if h.refreshBuffer == nil { h.refreshBuffer = .allocate(byteCount: bytes, alignment: 64) }
+        let vid = vol.vid
+        actions.append(.log(.debug, "sheep VDI '\(vol.name)': another gateway changed the index (INODE_INVALIDATED); reloading the inode"))
+        let hdr = SheepRequestHeader.readObject(id: 0, oid: SheepOID.inode(vid: vid), offset: 0, length: UInt32(bytes))
+        send(newHomeOp(SheepHomeOp(request: nil, volume: vol, stage: .refreshRead(vid: vid))), vol, hdr, payload: nil,
+             length: 0, dest: h.refreshBuffer, destCapacity: bytes)
+    }
+
+    /// The refresh read's answer: adopt the index (except slots this core changed since), then redo the
+    /// waiting requests. If the VDI has become a snapshot meanwhile, its index is adopted and the working VDI
+    /// is looked up, locked and reloaded as after READONLY (tgt a86ca22).
+    private mutating func refreshFinished(_ vol: SheepVolume, vid: UInt32, inode: UnsafeMutableRawPointer?,
+                                          result: SheepResult) {
+        let h = home(vol)
+        h.refreshing = false
+        let waiting = h.waitingRefresh
+        h.waitingRefresh = []
+        if inode != nil && vid != vol.vid {
+            // A snapshot moved us to another VDI meanwhile: that reload read the index; just redo.
+            for r in waiting { request(r) }
+            return
+        }
+        guard let inode else {
+            actions.append(.log(.error, "sheep VDI '\(vol.name)': reloading the inode after INODE_INVALIDATED failed: \(result.name)"))
+            for r in waiting { actions.append(.answer(r, .mediumError)) }
+            return
+        }
+        let index = inode + SheepInodeLayout.headerSizeBytes
+        var changed = 0
+        for idx in 0..<vol.indexSlots {
+            let theirs = UInt32(littleEndian: index.load(fromByteOffset: idx * 4, as: UInt32.self))
+            if theirs != vol.owner(idx) && !h.changedDuringRefresh.contains(idx) {
+                vol.setOwner(idx, theirs)
+                changed += 1
+            }
+        }
+        h.changedDuringRefresh.removeAll(keepingCapacity: true)
+        actions.append(.log(.debug, "sheep VDI '\(vol.name)': inode reloaded, \(changed) index slot(s) changed"))
+        if SheepInodeHeader(from: UnsafeRawPointer(inode)).isSnapshot {
+            h.waitingReload += waiting
+            startReload(vol)
+            return
+        }
+        for r in waiting { request(r) }
+    }
+
     private mutating func reloadFinished(_ vol: SheepVolume, newVID: UInt32?) {
         let h = home(vol)
+        let from = h.reloadFrom
+        h.reloadFrom = 0
+        if let newVID, newVID != 0, from != 0, from != newVID, vol.coherent,
+           let slot = Self.announceSlot(vol) {
+            // Another gateway that has not written since the snapshot still reads the objects of the old VDI,
+            // which we (and it, later) copy into the new one, and sheep checks those reads against the old
+            // VDI. A write into the old inode's index invalidates every other participant there, so their next
+            // request reloads and finds the new working VDI. It writes 0 to a slot past the end of the VDI
+            // (always 0: nothing is referenced or released) and goes before any of our writes is redone.
+            actions.append(.log(.info, "sheep VDI '\(vol.name)': telling other gateways that \(String(from, radix: 16)) is a snapshot now"))
+            let hdr = SheepRequestHeader.writeObject(id: 0, oid: SheepOID.inode(vid: from),
+                                                     offset: SheepInodeLayout.slotOffset(UInt32(slot)), length: 4,
+                                                     copies: vol.copies)
+            // Without SD_FLAG_CMD_TGT: were we invalidated there, sheep would refuse it before invalidating.
+            actions.append(.send(op: newHomeOp(SheepHomeOp(request: nil, volume: vol, stage: .announce(newVID: newVID))),
+                                 volume: vol, header: hdr, payload: ZeroPages.base, payloadLength: 4, dest: nil,
+                                 destCapacity: 0))
+            return
+        }
         h.reloading = false
         let waiting = h.waitingReload
         h.waitingReload = []

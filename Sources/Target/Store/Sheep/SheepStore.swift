@@ -131,13 +131,23 @@ final class SheepStore<Host: SheepStoreHost> {
             forEachPiece(vol, offset, length) { idx, objOff, len, done in
                 let owner = vol.owner(idx)
                 let dest = base + bo + done
+                if vol.coherent && owner != vol.vid {
+                    // Another gateway may have allocated it, or copied it from the snapshot that owns it: sheep
+                    // checks staleness only against the oid's own VDI, so first a 1-byte read of our inode with
+                    // SD_FLAG_CMD_TGT asks whether our index is stale (tgt does this for holes).
+                    let h = SheepRequestHeader.readObject(id: 0, oid: SheepOID.inode(vid: vol.vid), offset: 0,
+                                                          length: 1, flags: .tgt)
+                    addPiece(r, tag, ch, h, payload: nil, payloadLength: 0, dest: dest, destCapacity: len,
+                             probe: (idx, objOff))
+                    return
+                }
                 if owner == 0 {
                     // Unallocated: zeros, no request (SHEEPDOG-PROTOCOL.md §7.4).
                     memset(dest, 0, len)
                     return
                 }
                 let h = SheepRequestHeader.readObject(id: 0, oid: SheepOID.data(vid: owner, index: UInt32(idx)),
-                                                      offset: UInt32(objOff), length: UInt32(len))
+                                                      offset: UInt32(objOff), length: UInt32(len), flags: vol.objectFlags)
                 addPiece(r, tag, ch, h, payload: nil, payloadLength: 0, dest: dest, destCapacity: len)
             }
             return finishSubmit(r)
@@ -200,9 +210,9 @@ final class SheepStore<Host: SheepStoreHost> {
 
     private func addPiece(_ r: UnsafeMutablePointer<StoreRequest>, _ tag: UInt64, _ ch: SheepChannel<Host>,
                           _ h: SheepRequestHeader, payload: UnsafeRawPointer?, payloadLength: Int,
-                          dest: UnsafeMutableRawPointer?, destCapacity: Int) {
+                          dest: UnsafeMutableRawPointer?, destCapacity: Int, probe: (index: Int, objectOffset: Int)? = nil) {
         if ch.submit(h, payload: payload, payloadLength: payloadLength, dest: dest, destCapacity: destCapacity,
-                     waiter: .request(tag: tag)) {
+                     waiter: .request(tag: tag), probe: probe) {
             r.pointee.pending += 1
         } else {
             // The channel's request table is full: fail this piece (the initiator retries on BUSY-like sense).
@@ -219,7 +229,8 @@ final class SheepStore<Host: SheepStoreHost> {
             if owner == cur && owner != 0 {
                 // Allocated and ours: straight to sheep from this core.
                 let h = SheepRequestHeader.writeObject(id: 0, oid: SheepOID.data(vid: cur, index: UInt32(idx)),
-                                                       offset: UInt32(objOff), length: UInt32(len), copies: vol.copies)
+                                                       offset: UInt32(objOff), length: UInt32(len), copies: vol.copies,
+                                                       extraFlags: vol.objectFlags)
                 addPiece(r, tag, ch, h, payload: data + done, payloadLength: len, dest: nil, destCapacity: 0)
             } else {
                 sendHome(r, SheepHomeRequest(volume: vol, kind: .write(index: idx, objectOffset: objOff,
@@ -311,6 +322,35 @@ final class SheepStore<Host: SheepStoreHost> {
         let req = SheepHomeRequest(volume: vol, kind: .write(index: Int(SheepOID.dataIndex(of: oid)),
                                                              objectOffset: objectOffset, length: length, data: data),
                                    originCore: core, waiter: waiter, readonlyVID: SheepOID.vid(of: oid))
+        if isHome(vol) { homeHandle(req) } else { host.postHome(core: vol.homeCore, req) }
+        return true
+    }
+
+    /// Sheep says our index is current: the probed piece is read from the owner it names (zeros for a hole),
+    /// as the same piece of the same request.
+    func probeAnswered(_ waiter: SheepWaiter, _ piece: (index: Int, objectOffset: Int), length: Int,
+                       dest: UnsafeMutableRawPointer, channel ch: SheepChannel<Host>) {
+        guard case .request(let tag) = waiter, let vol = host.storeVolume(tag) else {
+            return reply(waiter, result: .eio, bytes: 0, failure: .unavailable)
+        }
+        let owner = vol.owner(piece.index)
+        if owner == 0 {
+            memset(dest, 0, length)
+            return reply(waiter, result: .success, bytes: 0, failure: nil)
+        }
+        let h = SheepRequestHeader.readObject(id: 0, oid: SheepOID.data(vid: owner, index: UInt32(piece.index)),
+                                              offset: UInt32(piece.objectOffset), length: UInt32(length), flags: vol.objectFlags)
+        if !ch.submit(h, payload: nil, payloadLength: 0, dest: dest, destCapacity: length, waiter: waiter) {
+            reply(waiter, result: .eio, bytes: 0, failure: .unavailable)
+        }
+    }
+
+    /// A piece sheep answered INODE_INVALIDATED: the home core reloads the inode, then redoes the piece against
+    /// the fresh index. The piece stays pending until the home core answers.
+    func invalidatedPiece(_ waiter: SheepWaiter, _ kind: SheepHomeRequest.Kind) -> Bool {
+        guard case .request(let tag) = waiter, let vol = host.storeVolume(tag), vol.coherent else { return false }
+        let req = SheepHomeRequest(volume: vol, kind: kind, originCore: core, waiter: waiter)
+        req.invalidated = true
         if isHome(vol) { homeHandle(req) } else { host.postHome(core: vol.homeCore, req) }
         return true
     }

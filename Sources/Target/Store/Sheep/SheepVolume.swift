@@ -17,6 +17,16 @@ public final class SheepVolume: @unchecked Sendable {
     public let readOnly: Bool
     /// The VID LOCK_VDI locked at open (released at close); 0 when nothing was locked.
     public let lockedVID: UInt32
+    /// The lock is sheep's shared (multipath) lock and object requests carry SD_FLAG_CMD_TGT, so another
+    /// gateway's index writes reach us as INODE_INVALIDATED (SHEEPDOG-PROTOCOL.md §7.10). Flat writable VDIs.
+    public let coherent: Bool
+    /// False when the cluster was formatted without locking (`dog cluster format` without -l): LOCK_VDI locks
+    /// nothing, so sheep neither keeps a second gateway out nor keeps gateways coherent.
+    public let clusterLocks: Bool
+    /// Served as tgt does, open to other gateways (`--bsopts multipath=on`, the default): the shared lock, and
+    /// coherence on a flat writable VDI. Off: the normal (exclusive) lock, as QEMU takes it, and no coherence
+    /// checks, so one gateway pays nothing for paths it does not have.
+    public let multipath: Bool
     /// The core that decides allocation and copy-on-write for this VDI.
     public let homeCore: Int
     /// Index of the sheep endpoint among the runtime's endpoints: each core keeps one channel per endpoint.
@@ -40,7 +50,8 @@ public final class SheepVolume: @unchecked Sendable {
 
     init(spec: SheepBackingSpec, name: String, byteCount: UInt64, objectShift: Int, copies: UInt8, readOnly: Bool,
          lockedVID: UInt32, vid: UInt32, homeCore: Int, endpointIndex: Int, index: UnsafeMutablePointer<UInt32>,
-         indexSlots: Int, hyper: SheepHyperIndex? = nil) {
+         indexSlots: Int, hyper: SheepHyperIndex? = nil, coherent: Bool = false, clusterLocks: Bool = true,
+         multipath: Bool = true) {
         self.spec = spec
         self.name = name
         self.byteCount = byteCount
@@ -48,6 +59,9 @@ public final class SheepVolume: @unchecked Sendable {
         self.copies = copies
         self.readOnly = readOnly
         self.lockedVID = lockedVID
+        self.coherent = coherent && multipath && clusterLocks && lockedVID != 0 && hyper == nil
+        self.clusterLocks = clusterLocks
+        self.multipath = multipath
         self.homeCore = homeCore
         self.endpointIndex = endpointIndex
         self.currentVID = Atomic(vid)
@@ -64,6 +78,9 @@ public final class SheepVolume: @unchecked Sendable {
 
     /// Records a lock the home core took on a new working VDI (reload after a snapshot).
     func addLock(_ vid: UInt32) { laterLocks.withLock { $0.append(vid) } }
+
+    /// SD_FLAG_CMD_TGT when coherent: sheep then answers INODE_INVALIDATED while our index is stale.
+    @inline(__always) var objectFlags: SheepFlags { coherent ? .tgt : [] }
 
     @inline(__always) public var vid: UInt32 { currentVID.load(ordering: .acquiring) }
     func setVID(_ v: UInt32) { currentVID.store(v, ordering: .releasing) }
@@ -128,9 +145,10 @@ public final class SheepVolume: @unchecked Sendable {
 
     /// Resolves, locks (working VDI) and reads the inode of `specText` (tgt's `unix:PATH:VDI[:TAG|:SNAPID]` or
     /// `tcp:HOST:PORT:VDI[...]`).
-    public static func open(_ specText: String, homeCore: Int, endpointIndex: (SheepBackingSpec.Endpoint) -> Int)
-        throws(OpenError) -> SheepVolume
+    public static func open(_ specText: String, homeCore: Int, multipath: Bool = true,
+                            endpointIndex: (SheepBackingSpec.Endpoint) -> Int) throws(OpenError) -> SheepVolume
     {
+        let lockType = Self.lockType(multipath: multipath)
         let spec: SheepBackingSpec
         do { spec = try SheepBackingSpec.parse(specText) } catch { throw .spec("invalid sheepdog backing store '\(specText)': \(error)") }
         let client: SheepClient
@@ -139,12 +157,13 @@ public final class SheepVolume: @unchecked Sendable {
         do { payload = try SheepVDIName.payload(name: spec.vdi, tag: spec.lookupTag) } catch {
             throw .spec("invalid VDI name or tag in '\(specText)': \(error)")
         }
-        // The working VDI is locked (LOCK_TYPE_NORMAL: one client at a time); a snapshot is only looked up,
-        // since nothing is ever written to it.
+        // The working VDI is locked with sheep's shared lock, as tgt does: a second gateway through another
+        // sheep node can serve it too (multipath), and sheep keeps the gateways' inodes coherent. A snapshot
+        // is only looked up, since nothing is ever written to it.
         let opcode: SheepOpcode = spec.isSnapshot ? .getVDIInfo : .lockVDI
         let lookup: SheepResponseHeader
         do {
-            lookup = try client.call(.vdiLookup(opcode, id: 0, snapID: spec.lookupSnapID, lockType: .normal),
+            lookup = try client.call(.vdiLookup(opcode, id: 0, snapID: spec.lookupSnapID, lockType: lockType),
                                      payload: payload).header
         } catch { throw .sheep("\(error)") }
         switch lookup.result {
@@ -164,11 +183,13 @@ public final class SheepVolume: @unchecked Sendable {
         let vid = lookup.vdiID
         let lockedVID = spec.isSnapshot ? 0 : vid
         func release() {
-            if lockedVID != 0 { _ = try? client.release(vid: lockedVID) }
+            if lockedVID != 0 { _ = try? client.release(vid: lockedVID, lockType: lockType) }
         }
+        let clusterLocks = lockedVID == 0 || Self.clusterHasLocks(client, payload: payload)
         let inodeBytes = SheepInodeLayout.clientInodeSizeBytes
         let raw = UnsafeMutableRawBufferPointer.allocate(byteCount: inodeBytes, alignment: 64)
         defer { raw.deallocate() }
+        // Exactly sheep's refresh read (offset 0, header + flat index): it also validates this node's copy.
         let read: SheepResponseHeader
         let got: Int
         do {
@@ -197,7 +218,8 @@ public final class SheepVolume: @unchecked Sendable {
                                      objectShift: Int(header.blockSizeShift), copies: header.nrCopies,
                                      readOnly: readOnly, lockedVID: lockedVID, vid: vid, homeCore: homeCore,
                                      endpointIndex: endpointIndex(spec.endpoint), index: hyper.1,
-                                     indexSlots: hyper.2, hyper: hyper.0)
+                                     indexSlots: hyper.2, hyper: hyper.0, clusterLocks: clusterLocks,
+                                     multipath: multipath)
             volume.readLayers(client, opened: vid, parent: header.parentVDIID)
             return volume
         }
@@ -209,9 +231,20 @@ public final class SheepVolume: @unchecked Sendable {
         let volume = SheepVolume(spec: spec, name: spec.vdi, byteCount: header.vdiSize,
                                  objectShift: Int(header.blockSizeShift), copies: header.nrCopies, readOnly: readOnly,
                                  lockedVID: lockedVID, vid: vid, homeCore: homeCore,
-                                 endpointIndex: endpointIndex(spec.endpoint), index: index, indexSlots: slots)
+                                 endpointIndex: endpointIndex(spec.endpoint), index: index, indexSlots: slots,
+                                 coherent: !readOnly, clusterLocks: clusterLocks, multipath: multipath)
         volume.readLayers(client, opened: vid, parent: header.parentVDIID)
         return volume
+    }
+
+    /// Whether LOCK_VDI takes locks in this cluster, asked right after our shared lock on the VDI was granted:
+    /// a normal lock on it must then be refused (VDI_LOCKED), and is granted only by a cluster without
+    /// locking, where LOCK_VDI is GET_VDI_INFO and changes nothing (ops.c `cluster_lock_vdi_work`). Client
+    /// protocol only; sheep's cluster flags (SD_CLUSTER_FLAG_USE_LOCK) are reachable only through internal ops.
+    private static func clusterHasLocks(_ client: SheepClient, payload: [UInt8]) -> Bool {
+        guard let r = try? client.call(.vdiLookup(.lockVDI, id: 0, snapID: 0, lockType: .normal), payload: payload)
+        else { return true }
+        return r.header.result != .success
     }
 
     /// A hyper volume's B-tree: the root from the inode just read, then every leaf it names (header first, then
@@ -269,11 +302,18 @@ public final class SheepVolume: @unchecked Sendable {
     /// HEAD, and VDI_NOT_LOCKED on old versions means there is nothing to release.
     public func releaseLock() {
         guard lockedVID != 0, let client = try? Self.controlClient(spec.endpoint) else { return }
-        _ = try? client.release(vid: lockedVID)
+        _ = try? client.release(vid: lockedVID, lockType: lockType)
         for v in laterLocks.withLock({ l -> [UInt32] in let all = l; l.removeAll(); return all }) {
-            _ = try? client.release(vid: v)
+            _ = try? client.release(vid: v, lockType: lockType)
         }
     }
+
+    /// Logged at open and shown by `--op show` for a writable VDI of a cluster without locking.
+    public static let unlockedClusterWarning = "sheep cluster formatted without locking (dog cluster format without -l): no shared lock and no inode coherence; a second gateway serving this VDI reads stale data and corrupts it"
+
+    /// The lock taken at open and after a snapshot moved the working VDI: tgt's shared one for multipath.
+    static func lockType(multipath: Bool) -> SheepLockType { multipath ? .shared : .normal }
+    var lockType: SheepLockType { Self.lockType(multipath: multipath) }
 
     /// The control plane's blocking calls to sheep (never on a reactor core) give up after these, so a sheep
     /// that stops answering fails a LUN open or release instead of hanging the control thread.
