@@ -104,6 +104,43 @@ import Testing
         #expect(h.run(Self.tur, nexus: other).isGood)
     }
 
+    @Test func theJobGoesOnAfterItsCommandIsAbortedAndEndsWithTheLU() {
+        let h = Harness()
+        let n = ready(h)
+        #expect(h.run([Opcode.write10, 0, 0, 0, 0, 0, 0, 0, 1, 0], nexus: n, write: true,
+                      dataOut: [UInt8](repeating: 0x61, count: 512)).isGood)
+        var task = SCSITask()
+        guard let started = startJob(h, n, sanitize(Self.overwrite, paramLength: 5), dataOut: overwriteList([0x5A]),
+                                     task: &task) else { Issue.record("no job"); return }
+        var job = started.job
+        #expect(started.next == nil)
+        #expect(job.step() == nil)
+        task.endCommand()                                      // ABORT TASK, a reset or logout: only the command ends
+        let again = ready(h, "iqn.2026-01.test:reconnected")
+        #expect(h.run(Self.tur, nexus: again).hasSense(SenseKey.notReady, 0x04, 0x1B))
+        #expect(job.runToEnd() == .ok(0))
+        #expect(h.run(Self.tur, nexus: again).isGood)
+        #expect(h.disk().bytes.allSatisfy { $0 == 0x5A })
+        #expect(h.disk().ops.last == .flush(target: .own))
+    }
+
+    @Test func immedCompletesAtOnceWhileTheJobRuns() {
+        let h = Harness()
+        let n = ready(h)
+        var task = SCSITask()
+        guard let started = startJob(h, n, sanitize(Self.blockErase, immed: true), task: &task) else {
+            Issue.record("no job"); return
+        }
+        var job = started.job
+        #expect(started.next == .complete(status: SCSIStatus.good, dataInLength: 0, residual: .none))
+        #expect(h.run(Self.tur, nexus: n).hasSense(SenseKey.notReady, 0x04, 0x1B))
+        #expect(job.runToEnd() == .ok(0))
+        #expect(h.run(Self.tur, nexus: n).isGood)
+        // Through the harness as a whole: IMMED answers GOOD and the erase is done.
+        #expect(h.run(sanitize(Self.cryptoErase, immed: true), nexus: n).isGood)
+        #expect(h.disk().isUnmapped(0))
+    }
+
     @Test func aStoreErrorLeavesFailureModeUntilExitIsAllowedOrASanitizeCompletes() {
         let h = Harness()
         let n = ready(h)
@@ -126,6 +163,57 @@ import Testing
         #expect(h.run(Self.tur, nexus: n).hasSense(SenseKey.mediumError, 0x31, 0x03))
         #expect(h.run(sanitize(Self.exitFailureMode), nexus: n).isGood)
         #expect(h.run(Self.read10, nexus: n, edtl: 512, read: true).isGood)
+    }
+
+    @Test func overwriteRepeatsThePatternInEveryBlockForEachPass() {
+        let h = Harness()
+        let n = ready(h)
+        let blocks = Int(h.lun().blockCount)
+        #expect(overwrite(h, n, overwriteList([1, 2, 3])).isGood)
+        let expected = (0 ..< 512).map { UInt8($0 % 3 + 1) }
+        #expect(Array(h.disk().bytes[0 ..< 512]) == expected)
+        #expect(Array(h.disk().bytes[(blocks - 1) * 512 ..< blocks * 512]) == expected)
+        let writes = { h.disk().ops.filter { if case .write = $0 { return true }; return false }.count }
+        let perPass = writes()
+        #expect(perPass == blocks * 512 / (h.bufferBytes - h.bufferBytes % 512))
+        #expect(h.disk().ops.last == .flush(target: .own))
+
+        // INVERT: the pattern is inverted between passes, so two passes leave it inverted and three do not.
+        #expect(overwrite(h, n, overwriteList([0x0F], count: 2, invert: true)).isGood)
+        #expect(writes() == perPass * 3)
+        #expect(h.disk().bytes.allSatisfy { $0 == 0xF0 })
+        #expect(overwrite(h, n, overwriteList([0x0F], count: 3, invert: true)).isGood)
+        #expect(h.disk().bytes.allSatisfy { $0 == 0x0F })
+        // A whole block of pattern, as libiscsi's Sanitize.Overwrite sends.
+        #expect(overwrite(h, n, overwriteList([UInt8](repeating: 0xAA, count: 512))).isGood)
+        #expect(h.disk().bytes.allSatisfy { $0 == 0xAA })
+        #expect(h.run(Self.read10, nexus: n, edtl: 512, read: true).dataIn == [UInt8](repeating: 0xAA, count: 512))
+    }
+
+    @Test func overwriteParameterListChecks() {
+        let h = Harness()
+        let n = ready(h)
+        let block = [UInt8](repeating: 0, count: 512)
+        // PARAMETER LIST LENGTH: more than the header, at most a block more (field pointer: CDB byte 7).
+        for length in [0, 1, 2, 3, 4, 512 + 5] {
+            let o = h.run(sanitize(Self.overwrite, paramLength: UInt16(length)), nexus: n, write: true,
+                          dataOut: [UInt8](repeating: 0, count: length))
+            #expect(o.hasSense(SenseKey.illegalRequest, 0x24, 0x00) && o.sense[15] == 0xC0 && o.sense[17] == 7,
+                    "parameter list length \(length)")
+        }
+        // What libiscsi checks as INVALID FIELD IN CDB: a zero count, and pattern lengths of 0 or over a block.
+        #expect(overwrite(h, n, overwriteList(block, count: 0)).hasSense(SenseKey.illegalRequest, 0x24, 0x00))
+        var zeroLength = overwriteList(block)
+        zeroLength[2] = 0; zeroLength[3] = 0
+        #expect(overwrite(h, n, zeroLength).hasSense(SenseKey.illegalRequest, 0x24, 0x00))
+        var tooLong = overwriteList(block)
+        tooLong[2] = UInt8((512 + 4) >> 8); tooLong[3] = UInt8((512 + 4) & 0xFF)
+        #expect(overwrite(h, n, tooLong).hasSense(SenseKey.illegalRequest, 0x24, 0x00))
+        // TEST: no test modes (INVALID FIELD IN PARAMETER LIST, byte 0 bit 6).
+        let test = overwrite(h, n, overwriteList([1], test: 2))
+        #expect(test.hasSense(SenseKey.illegalRequest, 0x26, 0x00) && test.sense[15] == 0x8E && test.sense[17] == 0)
+        #expect(h.disk().ops.isEmpty)
+        #expect(h.run(Self.tur, nexus: n).isGood)
     }
 
     @Test func cdbChecksAsLibiscsiExpects() {
