@@ -22,6 +22,7 @@ import Testing
                 default: action = task.storeCompleted(.ok(0), buffer: buffer)
                 }
             case .dataIn: action = task.dataInSent(buffer: buffer)
+            case .startJob: return (0xFF, 0)     // SANITIZE: not offered on this LU, which cannot deallocate
             case .complete(let status, _, _):
                 var sense = [UInt8](repeating: 0, count: 18)
                 if task.senseLength > 0 { sense.withUnsafeMutableBytes { task.copySense(to: $0.baseAddress!) } }

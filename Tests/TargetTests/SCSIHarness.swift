@@ -129,6 +129,8 @@ final class Harness {
                 // Scribble over the buffer: the task must not rely on what it sent.
                 for i in 0 ..< min(length, 64) { buffer[i] = 0xCD }
                 action = task.dataInSent(buffer: buffer)
+            case .startJob:
+                action = runJob(&task, own: lunNumber)
             case .complete(let status, let n, let residual):
                 collected += Array(buffer[0 ..< n])
                 var sense = [UInt8](repeating: 0, count: task.senseLength)
@@ -138,6 +140,17 @@ final class Harness {
             }
         }
         preconditionFailure("task did not complete")
+    }
+
+    /// `.startJob` as the reactor carries it out, with the job run to its end at once: its own buffer, one
+    /// operation at a time. Tests that look at a job while it runs drive it with `JobDriver`.
+    func runJob(_ task: inout SCSITask, own: UInt64) -> SCSIAction {
+        guard let job = task.beginSanitizeJob() else { return task.sanitizeNotStarted(busy: false) }
+        let started = task.sanitizeJobStarted()
+        var driver = JobDriver(job, harness: self, own: own)
+        let end = driver.runToEnd()
+        if let started { return started }
+        return task.storeCompleted(end, buffer: buffer)
     }
 
     func run(_ cdb: [UInt8], lun: UInt64 = 0, nexus: Nexus, edtl: Int? = nil, read: Bool = false, write: Bool = false,
@@ -249,3 +262,42 @@ enum CDB {
 }
 
 func pattern(_ n: Int, seed: UInt8) -> [UInt8] { (0 ..< n).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ Int(seed)) } }
+
+/// Runs a sanitize job against the harness's disks as the reactor would: its own buffer (with the pattern the
+/// command left in the harness's buffer), one operation at a time.
+struct JobDriver {
+    var job: SanitizeJob
+    let harness: Harness
+    let own: UInt64
+    var jobBuffer: [UInt8]
+
+    init(_ job: SanitizeJob, harness: Harness, own: UInt64) {
+        self.job = job
+        self.harness = harness
+        self.own = own
+        jobBuffer = Array(harness.buffer)
+    }
+
+    /// Carries out the next operation: nil while the job goes on, its outcome once it ended.
+    mutating func step() -> StoreResult? {
+        let step = jobBuffer.withUnsafeMutableBytes { job.next(buffer: $0) }
+        guard case .store(let op) = step else { return outcome(step) }
+        // `execute` works on the harness's buffer: lend it the job's for one operation.
+        let saved = Array(harness.buffer)
+        jobBuffer.withUnsafeBytes { harness.buffer.copyMemory(from: $0) }
+        let r = harness.execute(op, own: own)
+        jobBuffer = Array(harness.buffer)
+        saved.withUnsafeBytes { harness.buffer.copyMemory(from: $0) }
+        if let end = job.completed(r) { return outcome(end) }
+        return nil
+    }
+
+    mutating func runToEnd() -> StoreResult {
+        while true { if let r = step() { return r } }
+    }
+
+    private func outcome(_ s: SanitizeStep) -> StoreResult {
+        if case .finished(let failed) = s, !failed { return .ok(0) }
+        return .failed(.mediumError)
+    }
+}

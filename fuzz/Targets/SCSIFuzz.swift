@@ -116,6 +116,18 @@ enum SCSIFuzz {
                 storeOps += 1
                 let result = execute(op, own: lunNumber, stores: stores, buffer: buffer, cdb: cdb)
                 action = task.storeCompleted(fail ? .failed(errors[failing!.error % errors.count]) : result, buffer: buffer)
+            case .startJob:
+                // The LU's sanitize job, run to its end here as the reactor would, with this buffer as its own.
+                guard var job = task.beginSanitizeJob() else { action = task.sanitizeNotStarted(busy: false); continue }
+                let started = task.sanitizeJobStarted()
+                var end: SanitizeStep? = nil
+                for _ in 0 ..< maxStepsPerCommand where end == nil {
+                    guard case .store(let op) = job.next(buffer: buffer) else { end = .finished(failed: false); break }
+                    end = job.completed(execute(op, own: lunNumber, stores: stores, buffer: buffer, cdb: cdb))
+                }
+                FuzzCheck.expect(end != nil, "a sanitize job did not end, CDB \(cdb)")
+                action = started ?? task.storeCompleted(end == .finished(failed: false) ? .ok(0) : .failed(.mediumError),
+                                                        buffer: buffer)
             case .dataIn(let length):
                 FuzzCheck.expect(length > 0 && length <= buffer.count, "data-in piece of \(length), CDB \(cdb)")
                 dataIn += length

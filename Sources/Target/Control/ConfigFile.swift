@@ -150,7 +150,7 @@ public enum ConfigFile {
     static let lunParameterKeys: Set<String> = ["vendor_id", "product_id", "product_rev", "scsi_id", "scsi_sn",
                                                 "readonly", "thin_provisioning", "optimal_xfer_len", "mode_page",
                                                 "lbppbe", "la_lba", "optimal_xfer_gran", "online", "removable",
-                                                "sense_format"]
+                                                "sense_format", "sanitize_rate"]
     /// Store settings that may stand at target level or inside a <backing-store> block.
     static let storeKeys: Set<String> = ["bs-type", "bsopts", "bsoflags", "block-size"]
     /// tgt-admin directives that ringtgt reads and refuses, with the reason.

@@ -501,12 +501,14 @@ public enum ConfigUpdate {
         id.lbppbeFromBacking = false
     }
 
-    /// tgt's LUN parameters that LUNPresentation holds, in `--params` order and form (nil: not set).
+    /// The LUN parameters that LUNPresentation holds (tgt's, and ringtgt's sanitize_rate), in `--params` order and
+    /// form (nil: not set).
     static func presentationParameters(_ p: LUNPresentation) -> [(key: String, value: String?)] {
         func flag(_ on: Bool) -> String { on ? "1" : "0" }
         return [("lbppbe", String(p.lbppbe)), ("la_lba", String(p.lowestAlignedLBA)),
                 ("optimal_xfer_gran", p.optimalTransferGranularityBlocks.map { String($0) }),
-                ("removable", flag(p.removable)), ("online", flag(p.online)), ("sense_format", flag(p.descriptorSense))]
+                ("removable", flag(p.removable)), ("online", flag(p.online)), ("sense_format", flag(p.descriptorSense)),
+                ("sanitize_rate", String(p.sanitizeRateMiB))]
     }
 
     /// Whether the running LUN's store is the one the file asks for (an unset setting matches what runs).

@@ -106,6 +106,9 @@ public struct LUNIdentity: Equatable, Sendable {
         case "removable": presentation.removable = try Self.flag(value, key: key)
         case "online": presentation.online = try Self.flag(value, key: key)
         case "sense_format": presentation.descriptorSense = try Self.flag(value, key: key)
+        case "sanitize_rate":
+            presentation.sanitizeRateMiB = UInt32(try Self.number(value, key: key,
+                                                                  max: UInt64(LUNPresentation.maxSanitizeRateMiB)))
         default:
             throw AdminError(.invalidRequest, "unsupported logical unit parameter '\(key)'")
         }

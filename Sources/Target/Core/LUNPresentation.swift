@@ -1,6 +1,6 @@
 // What a logical unit shows an initiator beyond its identity strings: tgt's LUN parameters lbppbe,
 // la_lba, optimal_xfer_gran, removable, online and sense_format (usr/spc.c lu_config). They exist so a
-// LUN moved from tgt can look to its initiators exactly as it did there.
+// LUN moved from tgt can look to its initiators exactly as it did there. Also ringtgt's own sanitize_rate.
 
 public struct LUNPresentation: Equatable, Sendable {
     /// The READ CAPACITY(16) field widths: LBPPBE is 4 bits, LOWEST ALIGNED LBA 14.
@@ -21,6 +21,14 @@ public struct LUNPresentation: Equatable, Sendable {
     public var online = true
     /// Sense data in descriptor format (tgt's sense_format=1).
     public var descriptorSense = false
+    /// ringtgt's sanitize_rate: a SANITIZE moves at most this many MiB per second through the store, so that
+    /// overwriting a whole LU leaves the store (a shared sheepdog cluster, a disk with other LUs) room for
+    /// other work. 0, the default: as fast as the store takes it.
+    public var sanitizeRateMiB: UInt32 = 0
+    public static let maxSanitizeRateMiB: UInt32 = 1 << 20
+
+    /// `sanitizeRateMiB` in bytes per second (0: unpaced).
+    public var sanitizeRateBytes: UInt64 { UInt64(sanitizeRateMiB) << 20 }
 
     public init() {}
 }

@@ -473,6 +473,9 @@ extension Connection {
             case .complete(let status, let dataInLength, let residual):
                 complete(t, status: status, dataInLength: dataInLength, residual: residual)
                 return
+            case .startJob:
+                guard let next = reactor.startSanitizeJob(self, t) else { return }
+                action = next
             }
         }
     }

@@ -22,6 +22,9 @@ enum TaskState: UInt8 {
     case receivingData
     /// A store operation is in flight on the ring.
     case storeIO
+    /// A SANITIZE without IMMED waits for its LU's job (Reactor/LUNJobs.swift), which holds its own buffer:
+    /// nothing is in flight for the task itself, so an abort releases it at once and the job goes on.
+    case waitingJob
     /// Data-In PDUs of a non-final piece are queued or in flight; waits for them to be sent.
     case sendingData
     /// Waiting for room in the connection's send queue to emit more Data-In.

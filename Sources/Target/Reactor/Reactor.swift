@@ -97,6 +97,9 @@ public final class Reactor {
     // Sheepdog: one channel per sheep endpoint, home-core state per VDI homed here.
     private(set) var sheep: SheepStore<Reactor>!
 
+    /// Background jobs of LUs started on this core (SANITIZE), with their slots and store records.
+    let lunJobs = LUNJobTable()
+
     /// COMPARE AND WRITEs waiting for their LUN's gate; retried every loop pass (they are rare).
     var gateWaiters: [GateWaiter] = []
 
@@ -298,6 +301,8 @@ public final class Reactor {
             onMailbox()
         case .sheep:
             if let op = ChannelOp.decode(userData) { sheep.completion(op, res: res) }
+        case .lunJob:
+            jobCompletion(JobOp.decode(userData), res)
         case .cancel, .close, .none:
             break
         }
@@ -703,6 +708,7 @@ public final class Reactor {
         tick = Reactor.nextTick(previous: tick, elapsedNanos: monotonicNanos() &- tickEpochNanos)
         if running { armTick() }
         sheep.onTick(tick)
+        tickJobs()
         sheep.flush()
         for c in connections {
             guard let c, c.phase != .closing else { continue }
@@ -850,7 +856,7 @@ public final class Reactor {
                 else if c.tasks[t].scsi.copyTouches(units) { n += 1 }
             }
         }
-        return n
+        return n + lunJobs.count(on: units)
     }
 
     /// This core's part of `--op stat` and the metrics: the LUNs asked about, and its logged-in iSCSI connections.
@@ -885,9 +891,10 @@ public final class Reactor {
         for c in connections { if let c { closeConnection(c, reason: "shutdown") } }
         // Sheep requests would never be answered from here on: fail them, so their tasks let go of buffers.
         sheep.abandon()
+        abandonJobs()
         // Wait for in-flight operations to finish so no buffer is referenced after the ring goes away.
         var spins = 0
-        while closingConnectionsLeft() && spins < 1000 {
+        while (closingConnectionsLeft() || lunJobs.inFlight > 0) && spins < 1000 {
             // Answers from other cores' home-core work still arrive through the mailbox.
             for m in mailbox.drain() {
                 switch m {
@@ -916,6 +923,8 @@ public final class Reactor {
                     guard let conn = connection(op.connection, op.generation) else { continue }
                     conn.storeInFlight -= 1
                     maybeRelease(conn)
+                case .lunJob:
+                    jobCompletionStopping(JobOp.decode(u))
                 default: break
                 }
             }
@@ -989,12 +998,22 @@ extension Reactor: SheepStoreHost {
     }
 
     func storeRequest(_ tag: UInt64) -> UnsafeMutablePointer<StoreRequest>? {
+        if UserData.kind(tag) == OpKind.lunJob.rawValue {
+            guard let j = lunJobs.entry(JobOp.decode(tag)) else { return nil }
+            return UnsafeMutableRawPointer(lunJobs.entries + j).advanced(by: MemoryLayout<LUNJob>.offset(of: \.store)!)
+                .assumingMemoryBound(to: StoreRequest.self)
+        }
         guard let (c, t) = storeTask(tag) else { return nil }
         return UnsafeMutableRawPointer(c.tasks + t).advanced(by: MemoryLayout<IOTask>.offset(of: \.store)!)
             .assumingMemoryBound(to: StoreRequest.self)
     }
 
     func storeVolume(_ tag: UInt64) -> SheepVolume? {
+        if UserData.kind(tag) == OpKind.lunJob.rawValue {
+            guard let j = lunJobs.entry(JobOp.decode(tag)), case .sheep(let vol) = lunJobs.entries[j].sanitize!.lun.backing
+            else { return nil }
+            return vol
+        }
         guard let (c, t) = storeTask(tag) else { return nil }
         var lun = c.tasks[t].lun
         if case .other(let n) = c.tasks[t].storeTarget { lun = c.tasks[t].scsi.target?.lun(n) }
@@ -1003,6 +1022,10 @@ extension Reactor: SheepStoreHost {
     }
 
     func storeFinished(_ tag: UInt64, _ result: StoreResult) {
+        if UserData.kind(tag) == OpKind.lunJob.rawValue {
+            if let j = lunJobs.entry(JobOp.decode(tag)) { jobStoreFinished(j, result) }
+            return
+        }
         guard let (c, t) = storeTask(tag) else { return }
         storeFinished(c, t, result)
     }

@@ -12,6 +12,8 @@ public enum OpKind: UInt8 {
     case sheep = 9
     /// The end of an accept back-off: arm the listener's accept again.
     case acceptRetry = 10
+    /// A store operation of a logical unit's background job (Reactor/LUNJobs.swift).
+    case lunJob = 11
 }
 
 /// user_data = kind (8 bits) | payload (56 bits). Each payload layout states its field widths; the reactor checks
@@ -102,6 +104,24 @@ public struct TaskOp: Equatable {
     public static func decode(_ u: UInt64) -> TaskOp {
         let f = UserData.unpack(u, majorBits: connectionBits, minorBits: taskBits)
         return TaskOp(connection: f.major, task: f.minor, generation: f.generation)
+    }
+}
+
+/// A store operation of a LU's background job: job entry | the entry's generation.
+public struct JobOp: Equatable {
+    public static let jobBits = 16
+    public var job: Int
+    public var generation: UInt32
+
+    @inline(__always)
+    public func encode() -> UInt64 {
+        UserData.pack(.lunJob, major: job, minor: 0, minorBits: 0, generation: generation)
+    }
+
+    @inline(__always)
+    public static func decode(_ u: UInt64) -> JobOp {
+        let f = UserData.unpack(u, majorBits: jobBits, minorBits: 0)
+        return JobOp(job: f.major, generation: f.generation)
     }
 }
 

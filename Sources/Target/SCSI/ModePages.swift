@@ -153,6 +153,7 @@ extension SCSITask {
         case Opcode.unmap: return unmapListReceived(list, buffer: buffer)
         case Opcode.extendedCopy: return extendedCopyListReceived(list, buffer: buffer)
         case Opcode.maintenanceOut: return setTargetPortGroups(list)
+        case Opcode.sanitize: return sanitizeParametersReceived(list, buffer: buffer)
         default: return internalError()
         }
     }

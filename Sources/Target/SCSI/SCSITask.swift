@@ -27,6 +27,9 @@ public enum SCSIAction: Equatable, Sendable {
     /// The command is done. buffer[0 ..< dataInLength] is the last piece of data-in (may be 0).
     /// With status CHECK CONDITION the sense data is in the task (senseLength > 0).
     case complete(status: UInt8, dataInLength: Int, residual: Residual)
+    /// Start the LU's sanitize job (SCSI/Sanitize.swift): take it with `beginSanitizeJob()`, then go on with
+    /// `sanitizeJobStarted()`, or with `sanitizeNotStarted(busy:)` when it cannot start.
+    case startJob
 }
 
 public enum SCSIStatus {
@@ -71,8 +74,8 @@ enum TaskPhase: UInt8 {
     case lbaStatus
     /// EXTENDED COPY: reading from the source, then writing to the destination.
     case xcopyRead, xcopyWrite
-    /// SANITIZE: discarding the piece ending at `auxOffset`, then flushing the erase durable.
-    case sanitizeErase, sanitizeFlush
+    /// SANITIZE: validated, its job asked for (`.startJob`); then, without IMMED, waiting for the job's end.
+    case sanitizeStart, sanitizeWait
 }
 
 public struct SCSITask {
@@ -187,7 +190,6 @@ public struct SCSITask {
     /// The command ended (completed, aborted or torn down): lets go of its LUN, target and nexus now, so a
     /// deleted LUN's store closes with its last command, not when the task entry is next used.
     public mutating func endCommand() {
-        if _slowPath(phase == .sanitizeErase || phase == .sanitizeFlush) { sanitizeInterrupted() }
         lun = nil
         session = nil
     }
@@ -220,7 +222,7 @@ public struct SCSITask {
         case .lbaStatus: return lbaStatusCompleted(result, buffer: buffer)
         case .xcopyRead: return extendedCopyReadCompleted(result, buffer: buffer)
         case .xcopyWrite: return extendedCopyWriteCompleted(result, buffer: buffer)
-        case .sanitizeErase, .sanitizeFlush: return sanitizeStoreCompleted(result)
+        case .sanitizeWait: return sanitizeJobEnded(result)
         default: return internalError()
         }
     }

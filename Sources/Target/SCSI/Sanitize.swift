@@ -1,21 +1,30 @@
-// SANITIZE (SBC-4 §5.30): BLOCK ERASE and CRYPTOGRAPHIC ERASE deallocate the whole LU through the store
-// (holes punched in a file, objects discarded on sheepdog), then flush so the erase survives a crash; EXIT
-// FAILURE MODE leaves the failure mode an interrupted sanitize left behind.
+// SANITIZE (SBC-4 §5.30). OVERWRITE writes the initialization pattern over the whole LU through the store, one
+// buffer of whole blocks at a time, OVERWRITE COUNT passes (inverted between passes with INVERT); BLOCK ERASE
+// and CRYPTOGRAPHIC ERASE deallocate it (holes punched in a file, objects discarded on sheepdog); both end
+// with a flush so the result survives a crash. EXIT FAILURE MODE leaves the failure mode a failed sanitize
+// left behind.
 //
-// OVERWRITE is not offered: SBC-4 says a sanitize goes on after the SANITIZE command is aborted, the LU is
-// reset or the nexus is lost (libiscsi's Sanitize.Reset checks exactly that), and an overwrite runs long
-// enough for that to happen, while ringtgt's store operations belong to a command. An erase is one discard
-// per `SanitizeLimits.erasePieceBytes`; if its command ends early anyway, the LU enters failure mode rather
-// than pretend the erase finished. IMMED is refused for the same reason.
+// The sanitize itself is a job of the LU, not of its command: SBC-4 has it go on after the SANITIZE command
+// is aborted, the LU or the target is reset or the I_T nexus is lost (libiscsi's Sanitize.Reset checks
+// exactly that). The command validates, then asks its transport to start a `SanitizeJob` (`.startJob`);
+// the reactor of the command's core runs it with its own buffer slot and store record, one piece in flight,
+// holding the LU. With IMMED the command completes at once; without, it waits for the job, and if it is
+// aborted or its session ends meanwhile only the command goes. A job that fails (a store error, or the
+// daemon stopping under it) leaves the LU in sanitize failure mode, as SBC-4 prescribes.
 //
 // No store here encrypts, so CRYPTOGRAPHIC ERASE does what BLOCK ERASE does: the data is gone from the LU
 // and its space given back. What a filesystem or sheep does with freed blocks is below the store boundary,
 // as for UNMAP.
 
 enum SanitizeLimits {
-    /// Bytes one discard of an erase covers: one sheepdog object, so a store op stays short (a command
-    /// abort or a store timeout waits for at most one piece) and REQUEST SENSE sees progress move.
+    /// Bytes one discard of an erase covers: one sheepdog object, so a store op stays short (a daemon
+    /// shutdown waits for at most one piece) and REQUEST SENSE sees progress move.
     static let erasePieceBytes: UInt64 = 4 * 1024 * 1024
+    /// Sanitize jobs one core runs at once (each holds a buffer slot while it runs); a SANITIZE beyond it is
+    /// answered BUSY.
+    static let jobsPerCore = 8
+    /// The OVERWRITE parameter list header: OVERWRITE COUNT and flags, reserved, INITIALIZATION PATTERN LENGTH.
+    static let overwriteHeaderBytes = 4
 }
 
 enum SanitizeServiceAction {
@@ -31,7 +40,7 @@ struct SanitizeState {
     var failed = false
     /// AUSE of the SANITIZE that failed: whether EXIT FAILURE MODE may end the failure mode.
     var exitAllowed = false
-    /// PROGRESS INDICATION: the erased fraction of the LU, in 1/65536ths.
+    /// PROGRESS INDICATION: the sanitized fraction of the LU, in 1/65536ths.
     var progress: UInt16 = 0
 }
 
@@ -71,8 +80,95 @@ extension LUNState {
     var sanitizeProgress: UInt16 { shared.withLock { $0.sanitize.progress } }
 }
 
+/// What a sanitize job does next.
+enum SanitizeStep: Equatable {
+    /// Carry out this store operation on the job's LU (`.own`), with the job's buffer, then call `completed`.
+    case store(StoreOp)
+    /// The job is over; the LU's sanitize state says how it ended.
+    case finished(failed: Bool)
+}
+
+/// One sanitize of a whole LU, as a pure machine: it names the next store operation and takes results; the
+/// reactor carries the operations out (Reactor/LUNJobs.swift), as the test harness does. It holds its LU, so
+/// the store stays open until the job ends, whatever the control plane or the command does meanwhile.
+struct SanitizeJob {
+    let lun: LogicalUnit
+    let overwrite: Bool
+    let totalBytes: UInt64
+    /// OVERWRITE: bytes of the job's buffer one write takes (whole blocks of the pattern).
+    let patternBytes: Int
+    let passes: Int
+    let invert: Bool
+    private(set) var pass = 0
+    private(set) var offset: UInt64 = 0
+    private(set) var flushing = false
+    private(set) var ended = false
+
+    init(lun: LogicalUnit, overwrite: Bool, patternBytes: Int, passes: Int, invert: Bool) {
+        self.lun = lun
+        self.overwrite = overwrite
+        self.totalBytes = lun.blockCount &* UInt64(lun.blockSize)
+        self.patternBytes = patternBytes
+        self.passes = max(1, passes)
+        self.invert = invert
+    }
+
+    /// The next operation; `buffer` is the job's own (its first `patternBytes` hold the pattern).
+    mutating func next(buffer: UnsafeMutableRawBufferPointer) -> SanitizeStep {
+        if offset >= totalBytes {
+            if pass + 1 < passes {
+                pass += 1
+                offset = 0
+                if overwrite && invert {
+                    for i in 0 ..< patternBytes { buffer[i] = ~buffer[i] }
+                }
+            } else {
+                flushing = true
+                return .store(.flush(target: .own))
+            }
+        }
+        let piece = overwrite ? UInt64(patternBytes) : SanitizeLimits.erasePieceBytes
+        let n = min(piece, totalBytes - offset)
+        let at = offset
+        offset += n
+        if overwrite { return .store(.write(target: .own, offset: at, length: Int(n), bufferOffset: 0, fua: false)) }
+        return .store(.discard(target: .own, offset: at, length: n))
+    }
+
+    /// The last operation's result: `.finished`, or nil when the job goes on with `next`.
+    mutating func completed(_ r: StoreResult) -> SanitizeStep? {
+        if case .failed = r { return end(failed: true) }
+        if flushing { return end(failed: false) }
+        lun.state.sanitizeProgressed(progress)
+        return nil
+    }
+
+    /// The job stops before its end (the daemon is stopping): the LU is left in failure mode.
+    mutating func abandon() -> SanitizeStep { end(failed: true) }
+
+    private mutating func end(failed: Bool) -> SanitizeStep {
+        if !ended {
+            ended = true
+            lun.state.endSanitize(failed: failed)
+        }
+        return .finished(failed: failed)
+    }
+
+    /// Bytes the last operation moved, for pacing (a flush moves none).
+    var lastPieceBytes: UInt64 {
+        if flushing { return 0 }
+        return min(overwrite ? UInt64(patternBytes) : SanitizeLimits.erasePieceBytes, totalBytes)
+    }
+
+    var progress: UInt16 {
+        let all = Double(totalBytes) * Double(passes)
+        let done = Double(totalBytes) * Double(pass) + Double(offset)
+        return UInt16(min(Double(UInt16.max), done / max(all, 1) * Double(UInt16.max)))
+    }
+}
+
 extension SCSITask {
-    /// Whether this LU offers SANITIZE: it needs a store that deallocates.
+    /// Whether this LU offers SANITIZE: it needs a store that deallocates (for the erases).
     static func offersSanitize(_ lun: LogicalUnit?) -> Bool { lun?.capabilities.canDiscard ?? false }
 
     mutating func startSanitize() -> SCSIAction {
@@ -82,54 +178,90 @@ extension SCSITask {
         if b1 & 0x40 != 0 { return invalidField(byte: 1, bit: 6) }          // ZNR: no zones here
         for i in 2 ... 6 where cdb[i] != 0 { return invalidField(byte: i) }
         let action = b1 & 0x1F
+        let listLength = Int(cdb.u16(7))
         switch action {
+        case SanitizeServiceAction.overwrite:
+            // The header and a pattern of one byte up to one block (SBC-4; libiscsi's Sanitize.Overwrite).
+            let header = SanitizeLimits.overwriteHeaderBytes
+            if listLength <= header || listLength > header + lun.blockSize { return invalidField(byte: 7) }
         case SanitizeServiceAction.blockErase, SanitizeServiceAction.cryptographicErase,
              SanitizeServiceAction.exitFailureMode:
-            break
+            if listLength != 0 { return invalidField(byte: 7) }                // no parameter list for these
         default:
             return invalidField(byte: 1, bit: 4)
         }
-        if cdb.u16(7) != 0 { return invalidField(byte: 7) }                   // no parameter list for these
-        if b1 & 0x80 != 0 { return invalidField(byte: 1, bit: 7) }          // IMMED: see the file comment
         if action == SanitizeServiceAction.exitFailureMode {
             return lun.state.exitSanitizeFailureMode() ? completeGood() : invalidField(byte: 1, bit: 4)
         }
         if isWriteProtected { return writeProtected() }
-        if !lun.state.beginSanitize(allowExit: b1 & 0x20 != 0) { return fail(SenseKey.notReady, .sanitizeInProgress) }
-        auxOffset = 0
-        auxLength = capacityBlocks &* UInt64(blockSize)
-        return nextSanitizePiece()
+        auxByte = action
+        if action == SanitizeServiceAction.overwrite { return requestParameterList(length: listLength) }
+        auxCount = 1
+        auxFlag = false
+        auxIndex = 0
+        phase = .sanitizeStart
+        return .startJob
     }
 
-    mutating func nextSanitizePiece() -> SCSIAction {
-        if auxOffset >= auxLength {
-            phase = .sanitizeFlush
-            return .store(.flush(target: .own))
+    /// The OVERWRITE parameter list (SBC-4): INVERT, TEST, OVERWRITE COUNT, INITIALIZATION PATTERN LENGTH and
+    /// the pattern. The pattern is repeated over one block and the block over the buffer's whole blocks,
+    /// which the job then writes over the LU piece by piece.
+    mutating func sanitizeParametersReceived(_ list: UnsafeMutableRawBufferPointer,
+                                             buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        let header = SanitizeLimits.overwriteHeaderBytes
+        if list.count <= header { return fail(SenseKey.illegalRequest, .parameterListLengthError) }
+        let b0 = list.get8(0)
+        let count = Int(b0 & 0x1F)
+        let patternLength = Int(list.get16(2))
+        // libiscsi 1.19 wants INVALID FIELD IN CDB for a zero count, a pattern of zero bytes or longer than a
+        // block, and a pattern that does not fill the list the CDB announced; no field pointer, since the
+        // fault is in how the list and the CDB's length fit together.
+        if count == 0 || patternLength == 0 || patternLength > blockSize || header + patternLength != list.count {
+            return fail(SenseKey.illegalRequest, .invalidFieldInCDB)
         }
-        let n = min(SanitizeLimits.erasePieceBytes, auxLength - auxOffset)
-        let offset = auxOffset
-        auxOffset += n
-        phase = .sanitizeErase
-        return .store(.discard(target: .own, offset: offset, length: n))
+        if b0 & 0x60 != 0 { return invalidParameter(byte: 0, bit: 6) }       // TEST: no test modes
+        for i in 0 ..< patternLength { buffer[i] = buffer[header + i] }       // forward: the source lies ahead
+        for i in patternLength ..< blockSize { buffer[i] = buffer[i - patternLength] }
+        let piece = chunkCapacity(buffer.count)
+        var filled = blockSize
+        while filled < piece {
+            let n = min(filled, piece - filled)
+            (buffer.baseAddress! + filled).copyMemory(from: buffer.baseAddress!, byteCount: n)
+            filled += n
+        }
+        auxCount = count
+        auxFlag = b0 & 0x80 != 0
+        auxIndex = piece
+        phase = .sanitizeStart
+        return .startJob
     }
 
-    mutating func sanitizeStoreCompleted(_ r: StoreResult) -> SCSIAction {
-        guard let lun else { return internalError() }
-        if case .failed = r {
-            lun.state.endSanitize(failed: true)
-            return fail(SenseKey.mediumError, .sanitizeCommandFailed)
-        }
-        if phase == .sanitizeFlush {
-            lun.state.endSanitize(failed: false)
-            return completeGood()
-        }
-        lun.state.sanitizeProgressed(UInt16(Double(auxOffset) / Double(max(auxLength, 1)) * Double(UInt16.max)))
-        return nextSanitizePiece()
+    /// The transport's side of `.startJob`: the job to run, or nil when the LU runs a sanitize already
+    /// (another core's command got there first); then `sanitizeNotStarted(busy: false)` answers.
+    mutating func beginSanitizeJob() -> SanitizeJob? {
+        guard let lun, phase == .sanitizeStart else { return nil }
+        guard lun.state.beginSanitize(allowExit: cdb[1] & 0x20 != 0) else { return nil }
+        return SanitizeJob(lun: lun, overwrite: auxByte == SanitizeServiceAction.overwrite, patternBytes: auxIndex,
+                           passes: auxCount, invert: auxFlag)
     }
 
-    /// The SANITIZE command ended (aborted, reset, session gone) before its erase did.
-    mutating func sanitizeInterrupted() {
-        lun?.state.endSanitize(failed: true)
+    /// The job did not start: the core runs as many jobs as it may (BUSY: try again later), or the LU runs one.
+    mutating func sanitizeNotStarted(busy: Bool) -> SCSIAction {
+        if busy { return completeGood(status: SCSIStatus.busy) }
+        return fail(SenseKey.notReady, .sanitizeInProgress)
+    }
+
+    /// The job runs: with IMMED the command is done; without, it waits (nil) for `storeCompleted` with the
+    /// job's outcome.
+    mutating func sanitizeJobStarted() -> SCSIAction? {
+        if cdb[1] & 0x80 != 0 { return completeGood() }
+        phase = .sanitizeWait
+        return nil
+    }
+
+    mutating func sanitizeJobEnded(_ r: StoreResult) -> SCSIAction {
+        if case .failed = r { return fail(SenseKey.mediumError, .sanitizeCommandFailed) }
+        return completeGood()
     }
 
     /// While a sanitize runs, only INQUIRY, REPORT LUNS and REQUEST SENSE are served (SBC-4); after one

@@ -78,10 +78,10 @@ enum SupportedOpcodes {
         t.append(SupportedCommand(opcode: Opcode.extendedCopy, serviceAction: UInt16(ServiceAction.extendedCopyLID1),
                                   usage: [Opcode.extendedCopy, ServiceAction.extendedCopyLID1]
                                       + [UInt8](repeating: 0, count: 8) + [0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x07]))
-        for sa in [SanitizeServiceAction.blockErase, SanitizeServiceAction.cryptographicErase,
-                   SanitizeServiceAction.exitFailureMode] {
+        for sa in [SanitizeServiceAction.overwrite, SanitizeServiceAction.blockErase,
+                   SanitizeServiceAction.cryptographicErase, SanitizeServiceAction.exitFailureMode] {
             t.append(SupportedCommand(opcode: Opcode.sanitize, serviceAction: UInt16(sa),
-                                      usage: [Opcode.sanitize, 0x20 | sa, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0x07]))
+                                      usage: [Opcode.sanitize, 0x80 | 0x20 | sa, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0x07]))
         }
         for sa in [ServiceAction.receiveCopyStatusLID1, ServiceAction.receiveCopyOperatingParameters] {
             t.append(SupportedCommand(opcode: Opcode.receiveCopyResults, serviceAction: UInt16(sa),

@@ -98,7 +98,7 @@ enum TaskManagement {
         case .free, .orderMarker: return .none
         case .waitingOrder: return .keepOnlyCmdSN
         case .waitingPermit: return .releaseNow(leavePermitQueue: true)
-        case .arriving, .waitingSlot, .receivingData, .waitingGate, .waitingOutSpace:
+        case .arriving, .waitingSlot, .receivingData, .waitingGate, .waitingOutSpace, .waitingJob:
             return .releaseNow(leavePermitQueue: false)
         case .storeIO, .sendingData, .finishing: return .releaseWhenIOEnds
         }
