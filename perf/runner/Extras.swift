@@ -102,7 +102,7 @@ func fioNBDRun(bins: Binaries, logDir: URL, daemon d: Daemon, lun: LUNKind, rw: 
         log("  fio nbd \(lun.rawValue) \(rw): no NBD listener")
         return rec
     }
-    let uri = "nbd://127.0.0.1:\(port)/\(DaemonLimits.iqn)/\(lun.lun)"
+    let uri = "nbd://127.0.0.1:\(port)/\(PerfTarget.iqn)/\(lun.lun)"
     let args = ["--name=\(lun.rawValue)-\(rw)", "--ioengine=nbd", "--uri=\(uri)", "--rw=\(rw)", "--bs=4k",
                 "--iodepth=\(qd)", "--size=1g", "--time_based=1", "--runtime=\(Int(max(1, seconds.rounded())))",
                 "--ramp_time=\(Int(max(0, warmup.rounded())))", "--output-format=json"]

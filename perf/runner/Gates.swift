@@ -28,7 +28,7 @@ let allocationWorkloads: [GateWorkload] = [
 
 /// fio's nbd engine (libnbd) for `ios` I/Os against the LUN's NBD export, `IQN/LUN`.
 func fioNBDArgs(port: Int, _ w: GateWorkload, ios: Int) -> [String] {
-    ["--name=gate", "--ioengine=nbd", "--uri=nbd://127.0.0.1:\(port)/\(DaemonLimits.iqn)/\(w.lun.lun)",
+    ["--name=gate", "--ioengine=nbd", "--uri=nbd://127.0.0.1:\(port)/\(PerfTarget.iqn)/\(w.lun.lun)",
      "--rw=\(w.rw)", "--bs=\(w.bs)", "--iodepth=\(w.qd)", "--size=1g", "--number_ios=\(ios)",
      "--randrepeat=0", "--output-format=terse"]
 }

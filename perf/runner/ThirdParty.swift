@@ -80,7 +80,7 @@ func thirdPartyRun(bins: Binaries, logDir: URL, daemon d: Daemon, load: ThirdPar
         }
     default:
         guard let port = d.nbdPort() else { failure = "no NBD listener"; break }
-        let uri = "nbd://127.0.0.1:\(port)/\(DaemonLimits.iqn)/\(LUNKind.null.lun)"
+        let uri = "nbd://127.0.0.1:\(port)/\(PerfTarget.iqn)/\(LUNKind.null.lun)"
         let args = ["-c", "1", bins.fio, "--name=tp", "--ioengine=nbd", "--uri=\(uri)", "--rw=randread", "--bs=4k",
                     "--iodepth=\(load.queueDepth)", "--size=1g", "--time_based=1", "--runtime=\(seconds)",
                     "--output-format=json"]
