@@ -251,15 +251,15 @@ func symbolize(_ text: String, binary: String) -> String {
     guard !offsets.isEmpty, FileManager.default.isExecutableFile(atPath: "/usr/bin/addr2line") else { return text }
     let tmp = FileManager.default.temporaryDirectory
     guard let r = try? runTool("/usr/bin/addr2line", ["-f", "-e", binary] + offsets, logDir: tmp, label: "ringtgt-perf-addr2line",
-                               timeoutSeconds: 30), r.status == 0 else { return text }
+                               timeoutSeconds: 30), r.succeeded else { return text }
     // addr2line prints two lines per address: the (mangled) function, then file:line.
-    let lines = r.out.split(separator: "\n").map(String.init)
+    let lines = r.stdout.split(separator: "\n").map(String.init)
     var names: [String] = []
     for i in stride(from: 0, to: lines.count - 1, by: 2) { names.append(lines[i]) }
     var demangled = names
     if let d = try? runTool("/bin/sh", ["-c", "swift-demangle --simplified --compact " + names.map { "'\($0)'" }.joined(separator: " ")],
-                            logDir: tmp, label: "ringtgt-perf-demangle", timeoutSeconds: 30), d.status == 0 {
-        let out = d.out.split(separator: "\n").map(String.init)
+                            logDir: tmp, label: "ringtgt-perf-demangle", timeoutSeconds: 30), d.succeeded {
+        let out = d.stdout.split(separator: "\n").map(String.init)
         if out.count == names.count { demangled = out }
     }
     let fatal = text.components(separatedBy: " | ").first ?? ""
