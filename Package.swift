@@ -104,7 +104,7 @@ let package = Package(
             path: "perf/livefuzz",
             swiftSettings: [.swiftLanguageMode(.v5)]
         ),
-        .testTarget(name: "SheepProtocolTests", dependencies: ["SheepProtocol"],
+        .testTarget(name: "SheepProtocolTests", dependencies: ["SheepProtocol", "TestSupport"],
                     swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "SheepTestServerTests", dependencies: ["SheepTestServer", "SheepProtocol", "TestSupport"],
                     swiftSettings: [.swiftLanguageMode(.v5)]),

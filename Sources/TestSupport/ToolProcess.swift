@@ -34,10 +34,14 @@ public struct ToolResult: CustomStringConvertible {
     public var succeeded: Bool { !timedOut && !killedBySignal && exitStatus == 0 }
     public var output: String { stdout + stderr }
 
-    public var description: String {
-        let how = timedOut ? "ran past its time limit and was killed after \(String(format: "%.1f", seconds)) s"
+    /// How it ended, as the end of a sentence ("exited with status 1").
+    public var outcome: String {
+        timedOut ? "ran past its time limit and was killed after \(String(format: "%.1f", seconds)) s"
             : killedBySignal ? "was killed by signal \(exitStatus)" : "exited with status \(exitStatus)"
-        return "`\(command)` \(how)\n--- stdout ---\n\(tail(stdout))\n--- stderr ---\n\(tail(stderr))"
+    }
+
+    public var description: String {
+        "`\(command)` \(outcome)\n--- stdout ---\n\(tail(stdout))\n--- stderr ---\n\(tail(stderr))"
     }
 }
 

@@ -1,8 +1,11 @@
-// TestSupport's process and port fixtures, which this harness and the perf runner share. Each process
-// started here is stopped by the test; none of the waits is a sleep.
+// TestSupport's process, port and daemon fixtures, which this harness and the perf runner share. Each
+// process started here is stopped by the test; none of the waits is a sleep.
 
 import Foundation
 import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @Suite("Shared fixtures")
 struct SharedFixtureTests {
@@ -51,5 +54,61 @@ struct SharedFixtureTests {
         // SplitMix64's first output for seed 0, as its reference implementation prints it.
         var z = SeededRandom(seed: 0)
         #expect(z.next() == 0xE220_A839_7B1D_CDAF)
+    }
+
+    /// The package's ringtgtd through the shared fixture, with what its `stop()` reports collected.
+    static func startDaemon(in s: Scratch, extraArgs: [String] = [], problems: @escaping (String) -> Void) throws -> TargetDaemon {
+        let programs = DaemonLauncher(daemon: try Paths.packageBinary("ringtgtd"), admin: try Paths.packageBinary("ringtgtadm"))
+        return try TargetDaemon(peer: .ringtgt, cores: 1, extraArgs: extraArgs, launcher: programs, logDir: s.url,
+                                reportProblem: problems)
+    }
+
+    @Test func theDaemonFixtureStartsServesAndStopsCleanly() throws {
+        try withScratch { s in
+            var problems: [String] = []
+            let d = try Self.startDaemon(in: s) { problems.append($0) }
+            defer { d.stop(recordProblems: false) }
+            let endpoint = try #require(d.endpoints.first)
+            #expect(d.endpoints.count == 1 && endpoint.host == "127.0.0.1" && endpoint.port != 0, "\(d.endpoints)")
+            // Serves: the admin tool configures it, and the portal it reported accepts a connection.
+            let iqn = "\(RunningTarget.iqnPrefix):fixture"
+            try d.admin.newTarget(tid: 1, name: iqn)
+            try d.admin.newNullLUN(tid: 1, lun: 1, bytes: mebibyte, peer: .ringtgt)
+            try d.admin.bind(tid: 1)
+            #expect(try d.admin.must(["--lld", "iscsi", "--op", "show", "--mode", "target"]).stdout.contains(iqn))
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            defer { close(fd) }
+            #expect(endpoint.connect(fd) == 0, "connect to \(endpoint): errno \(errno)")
+            d.stop()
+            #expect(!d.isAlive)
+            #expect(problems.isEmpty, "\(problems)")
+        }
+    }
+
+    @Test func aKilledDaemonIsReportedWithItsLogTail() throws {
+        try withScratch { s in
+            var problems: [String] = []
+            let d = try Self.startDaemon(in: s) { problems.append($0) }
+            defer { d.stop(recordProblems: false) }
+            let lastLine = try #require(d.log.split(whereSeparator: \.isNewline).last.map(String.init),
+                                        "ringtgtd logs its start")
+            kill(d.process.pid, SIGKILL)
+            #expect(d.process.waitForExit(seconds: DaemonLimits.stopGraceSeconds))
+            d.stop()
+            #expect(problems.count == 1, "\(problems)")
+            let report = problems.first ?? ""
+            #expect(report.contains("no longer running") && report.contains("killed by signal \(SIGKILL)"), "\(report)")
+            #expect(report.contains(lastLine), "the report carries the log's tail: \(report)")
+        }
+    }
+
+    @Test func aDaemonThatExitsAtStartFailsTheFixtureWithItsOutput() throws {
+        try withScratch { s in
+            let error = #expect(throws: FixtureError.self) {
+                _ = try Self.startDaemon(in: s, extraArgs: ["--no-such-option"]) { _ in }
+            }
+            #expect(error?.description.contains("exited before its control endpoint answered") == true, "\(String(describing: error))")
+            #expect(error?.description.contains("no-such-option") == true, "the daemon's own words: \(String(describing: error))")
+        }
     }
 }

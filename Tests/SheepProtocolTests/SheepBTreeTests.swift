@@ -1,5 +1,6 @@
 import Testing
 @testable import SheepProtocol
+import TestSupport
 
 /// Leaves kept in memory, as a dictionary of oid → image, recording what the tree created and changed.
 struct MemoryBTreeNodes: SheepBTreeNodes {
@@ -30,18 +31,6 @@ private func makeRoot(_ bytes: Int = SheepBTree.nodeBytes) -> UnsafeMutableRawPo
     let p = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 16)
     p.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
     return p
-}
-
-/// SplitMix64: deterministic, so a failure reproduces.
-private struct SplitMix64 {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
 }
 
 @Suite struct SheepBTreeTests {
@@ -102,7 +91,7 @@ private struct SplitMix64 {
         defer { root.deallocate() }
         var nodes = MemoryBTreeNodes(nodeBytes: nodeBytes)
         defer { nodes.release() }
-        var rng = SplitMix64(state: seed)
+        var rng = SeededRandom(seed: seed)   // deterministic, so a failure reproduces
         var model: [UInt32: UInt32] = [:]
         var counter: UInt32 = 0
         for step in 0..<600 {

@@ -26,11 +26,6 @@ struct Binaries {
     var valgrind = "/usr/bin/valgrind"
 }
 
-enum Peer: String {
-    case ringtgt
-    case tgt
-}
-
 /// How a daemon is started: which peer, how many cores, and extra process wrapping for the gates.
 struct DaemonSpec {
     var peer: Peer
@@ -73,24 +68,22 @@ enum LUNKind: String, CaseIterable {
     }
 }
 
-/// Bounds with their units.
-enum DaemonLimits {
-    /// How long a daemon gets to answer its admin tool after start (valgrind start-up included).
-    static let readySeconds = 60.0
-    static let adminTimeoutSeconds = 20.0
+/// The target every daemon serves (the daemon's own bounds are TestSupport's `DaemonLimits`).
+enum PerfTarget {
     static let iqn = "iqn.2026-01.org.ringtgt.perf:t1"
     /// Bytes of both LUNs the load touches, and the size of the tmpfs file.
     static let lunBytes: Int64 = 1 << 30
+    /// How long valgrind's profile dump may take after SIGTERM.
+    static let valgrindStopGraceSeconds = 60.0
 }
 
+/// One daemon of the suite on TestSupport's daemon fixture, restarted when it dies.
 final class Daemon {
     let spec: DaemonSpec
     let bins: Binaries
     let logDir: URL
     let fileLUN: String
-    private(set) var child: Child?
-    private(set) var port = 0
-    private var controlArgs: [String] = []
+    private(set) var target: TargetDaemon?
     private var starts = 0
     /// Crashes seen, each with the tail of the daemon's log.
     private(set) var crashes: [String] = []
@@ -105,162 +98,122 @@ final class Daemon {
     }
 
     var name: String { spec.name }
-    var pid: Int32 { child?.pid ?? 0 }
-    var isAlive: Bool { child?.isRunning ?? false }
+    var pid: Int32 { target?.process.pid ?? 0 }
+    var isAlive: Bool { target?.isAlive ?? false }
     var peer: Peer { spec.peer }
+    var port: Int { target?.endpoints.first?.port ?? 0 }
+    private var daemonLog: String { target?.process.stderrText ?? "" }
 
-    func url(_ lun: LUNKind) -> String { "iscsi://127.0.0.1:\(port)/\(DaemonLimits.iqn)/\(lun.lun)" }
+    func url(_ lun: LUNKind) -> String { "iscsi://127.0.0.1:\(port)/\(PerfTarget.iqn)/\(lun.lun)" }
 
     func start() throws {
         starts += 1
-        let label = "\(name)-daemon-\(starts)"
+        var launcher: DaemonLauncher
         switch spec.peer {
         case .ringtgt:
-            let sock = logDir.appendingPathComponent("\(name)-\(starts).ctl").path
-            controlArgs = ["--control-socket", sock]
-            let program = spec.valgrindArgs != nil ? bins.ringtgtdUnderValgrind : bins.ringtgtd
-            var args = [program, "-f", "--iscsi", "portal=127.0.0.1:0", "--control-socket", sock,
-                        "--cores", "\(spec.cores)"] + spec.extraArgs
-            var exe = bins.ringtgtd
+            launcher = DaemonLauncher(daemon: URL(fileURLWithPath: bins.ringtgtd), admin: URL(fileURLWithPath: bins.ringtgtadm),
+                                      environment: spec.environment ?? [:])
             if let v = spec.valgrindArgs {
-                exe = bins.valgrind
-                args = v + args
-            } else {
-                args.removeFirst()
+                launcher.daemon = URL(fileURLWithPath: bins.ringtgtdUnderValgrind)
+                launcher.daemonWrapper = [bins.valgrind] + v
             }
-            child = try Child(exe, args, logDir: logDir, label: label, environment: spec.environment)
         case .tgt:
-            port = try freeTCPPorts(1)[0]
-            // tgtd's control "port" names a socket file; keep it away from the numbers people use.
-            let control = 20000 + Int(getpid() % 5000) * 2 + starts + (spec.cores == 1 ? 0 : 10000)
-            controlArgs = ["-C", "\(control % 32768)"]
-            let args = ["-f", "--iscsi", "portal=127.0.0.1:\(port)", "-C", "\(control % 32768)"]
-            if spec.cores == 1 {
-                // One target core: tgtd's event loop and its I/O threads all on CPU 0, like ringtgtd's core 0.
-                child = try Child(bins.taskset, ["-c", "0", bins.tgtd] + args, logDir: logDir, label: label)
-            } else {
-                child = try Child(bins.tgtd, args, logDir: logDir, label: label)
-            }
+            launcher = DaemonLauncher(daemon: URL(fileURLWithPath: bins.tgtd), admin: URL(fileURLWithPath: bins.tgtadm))
+            // One target core: tgtd's event loop and its I/O threads all on CPU 0, like ringtgtd's core 0.
+            if spec.cores == 1 { launcher.daemonWrapper = [bins.taskset, "-c", "0"] }
         }
-        try waitReady()
+        do {
+            target = try TargetDaemon(peer: spec.peer, cores: spec.cores, extraArgs: spec.peer == .ringtgt ? spec.extraArgs : [],
+                                      launcher: launcher, logDir: logDir, label: "\(name)-daemon-\(starts)",
+                                      uniqueLogNames: false, started: { Children.shared.add($0) })
+        } catch {
+            throw RunnerError("\(name) did not start: \(error)")
+        }
         try configure()
     }
 
     /// ringtgt only: the NBD listener's port (`--lld nbd --op show --mode portal`), when it has one.
     func nbdPort() -> Int? {
-        guard spec.peer == .ringtgt,
-              let r = try? runTool(bins.ringtgtadm, controlArgs + ["--lld", "nbd", "--op", "show", "--mode", "portal"],
-                                   logDir: logDir, label: "\(name)-admin", timeoutSeconds: 15), r.status == 0 else { return nil }
-        for line in r.out.split(separator: "\n") where line.hasPrefix("Portal:") {
-            // "Portal: 127.0.0.1:PORT,1"
-            let v = line.dropFirst("Portal:".count).trimmingCharacters(in: .whitespaces)
-            if let colon = v.lastIndex(of: ":"), let comma = v.lastIndex(of: ","),
-               let p = Int(v[v.index(after: colon)..<comma]), p > 0 { return p }
-        }
-        return nil
+        guard spec.peer == .ringtgt, let portals = try? target?.admin.portals(lld: "nbd") else { return nil }
+        return portals.first(where: { $0.port > 0 })?.port
     }
 
     /// ringtgt only: the cores' busy-poll window (`--op update --mode sys --name poll_us`); true when set.
     @discardableResult
     func setPoll(microseconds: Int) -> Bool {
-        guard spec.peer == .ringtgt, let r = try? admin(["--op", "update", "--mode", "sys", "--name", "poll_us",
-                                                         "--value", "\(microseconds)"]) else { return false }
-        return r.status == 0
-    }
-
-    private func admin(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
-        let exe = spec.peer == .ringtgt ? bins.ringtgtadm : bins.tgtadm
-        return try runTool(exe, controlArgs + ["--lld", "iscsi"] + args, logDir: logDir, label: "\(name)-admin",
-                           timeoutSeconds: DaemonLimits.adminTimeoutSeconds)
-    }
-
-    private func mustAdmin(_ args: [String]) throws {
-        let r = try admin(args)
-        if r.status != 0 { throw RunnerError("\(name): admin \(args.joined(separator: " ")) failed: \(r.err)\(r.out)") }
-    }
-
-    private func waitReady() throws {
-        let deadline = Date().addingTimeInterval(DaemonLimits.readySeconds)
-        var backoff = 0.02
-        while Date() < deadline {
-            guard let c = child, c.isRunning else {
-                throw RunnerError("\(name) exited during start: \(logExcerpt(child?.stderr ?? ""))")
-            }
-            let r = try admin(spec.peer == .ringtgt ? ["--op", "show", "--mode", "portal"] : ["--op", "show", "--mode", "target"])
-            if r.status == 0 {
-                if spec.peer == .tgt { return }
-                for line in r.out.split(separator: "\n") where line.hasPrefix("Portal:") {
-                    let v = line.dropFirst("Portal:".count).trimmingCharacters(in: .whitespaces)
-                    if let comma = v.lastIndex(of: ","), let colon = v[..<comma].lastIndex(of: ":"),
-                       let p = Int(v[v.index(after: colon)..<comma]), p != 0 {
-                        port = p
-                        return
-                    }
-                }
-            }
-            Thread.sleep(forTimeInterval: backoff)
-            backoff = min(backoff * 2, 0.5)
-        }
-        throw RunnerError("\(name) did not answer its admin tool within \(DaemonLimits.readySeconds) s")
+        guard spec.peer == .ringtgt, let r = try? target?.admin.run(["--lld", "iscsi", "--op", "update", "--mode", "sys",
+                                                                      "--name", "poll_us", "--value", "\(microseconds)"])
+        else { return false }
+        return r.succeeded
     }
 
     private func configure() throws {
-        try mustAdmin(["--op", "new", "--mode", "target", "--tid", "1", "--targetname", DaemonLimits.iqn])
-        var null = ["--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "--bstype", "null",
-                    "--backing-store", "/dev/null"]
-        if spec.peer == .ringtgt { null += ["--bsopts", "size=1G"] }   // tgt's null LUN is always 1 TiB
-        try mustAdmin(null)
-        try mustAdmin(["--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "2", "--bstype", "rdwr",
-                       "--backing-store", fileLUN])
-        for kind in [LUNKind.sheepTS, .sheep] {
-            guard let s = sheepLUNs[kind] else { continue }
-            // A daemon that died (or was killed) still holds its VDI's lock.
-            if starts > 1 { s.backend.unlock(vdi: s.vdi) }
-            try mustAdmin(["--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "\(kind.lun)", "--bstype", "sheepdog",
-                           "--backing-store", s.backend.spec(s.vdi)])
+        guard let admin = target?.admin else { throw RunnerError("\(name) is not running") }
+        do {
+            try admin.newTarget(tid: 1, name: PerfTarget.iqn)
+            // tgt's null LUN is always 1 TiB; the load touches the first PerfTarget.lunBytes of either.
+            try admin.newNullLUN(tid: 1, lun: LUNKind.null.lun, bytes: PerfTarget.lunBytes, peer: spec.peer)
+            try admin.newFileLUN(tid: 1, lun: LUNKind.file.lun, path: URL(fileURLWithPath: fileLUN))
+            for kind in [LUNKind.sheepTS, .sheep] {
+                guard let s = sheepLUNs[kind] else { continue }
+                // A daemon that died (or was killed) still holds its VDI's lock.
+                if starts > 1 { s.backend.unlock(vdi: s.vdi) }
+                try admin.must(["--lld", "iscsi", "--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "\(kind.lun)",
+                                "--bstype", "sheepdog", "--backing-store", s.backend.spec(s.vdi)])
+            }
+            try admin.bind(tid: 1)
+        } catch {
+            throw RunnerError("\(name): \(error)")
         }
-        try mustAdmin(["--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL"])
     }
 
     /// How the daemon ended, once it has: killed from outside (SIGKILL, which the suite only sends while
     /// stopping a daemon) or a crash of its own.
     enum Death { case killed, crashed }
     var death: Death? {
-        guard let c = child, !c.isRunning else { return nil }
-        c.wait(seconds: 1)
-        if c.process.terminationReason == .uncaughtSignal && c.process.terminationStatus == SIGKILL { return .killed }
-        return .crashed
+        guard let r = exitResult() else { return nil }
+        return r.killedBySignal && r.exitStatus == SIGKILL ? .killed : .crashed
+    }
+
+    /// How the daemon process ended, or nil while it runs (or was never started).
+    private func exitResult() -> ToolResult? {
+        guard let t = target, !t.isAlive, t.process.waitForExit(seconds: 1) else { return nil }
+        Children.shared.remove(t.process)
+        return t.process.result(timedOut: false)
     }
 
     /// Restarts a daemon that died; returns a description of what happened, or nil if it was alive.
     func ensureRunning() throws -> String? {
         if isAlive { return nil }
-        let status = child.map { c -> String in
-            c.wait(seconds: 1)
-            return c.process.terminationReason == .uncaughtSignal ? "signal \(c.process.terminationStatus)"
-                : "exit \(c.process.terminationStatus)"
-        } ?? "not started"
         let what: String
-        if death == .killed {
-            what = "\(name) was killed with SIGKILL by something outside the suite (not a crash)"
+        if let r = exitResult() {
+            if r.killedBySignal && r.exitStatus == SIGKILL {
+                what = "\(name) was killed with SIGKILL by something outside the suite (not a crash)"
+            } else {
+                let status = r.killedBySignal ? "signal \(r.exitStatus)" : "exit \(r.exitStatus)"
+                what = "\(name) died (\(status)): \(symbolize(logExcerpt(daemonLog, lines: 12), binary: bins.ringtgtd))"
+            }
         } else {
-            what = "\(name) died (\(status)): \(symbolize(logExcerpt(child?.stderr ?? "", lines: 12), binary: bins.ringtgtd))"
+            what = "\(name) died (not started): \(logExcerpt(daemonLog, lines: 12))"
         }
         crashes.append(what)
         log("  ! \(what)")
+        target?.stop(recordProblems: false)
         try start()
         return what
     }
 
     func stop() {
-        guard let c = child else { return }
-        // tgtd ignores SIGTERM; ringtgtd shuts down cleanly on it (and valgrind writes its profile then).
-        c.stop(signal: spec.peer == .tgt ? SIGKILL : SIGTERM, graceSeconds: spec.valgrindArgs != nil ? 60 : 10)
-        child = nil
+        guard let t = target else { return }
+        // valgrind writes its profile on the way out.
+        t.stop(recordProblems: false, graceSeconds: spec.valgrindArgs != nil ? PerfTarget.valgrindStopGraceSeconds
+                                                                             : DaemonLimits.stopGraceSeconds)
+        Children.shared.remove(t.process)
+        target = nil
     }
 
     /// Sends a signal to the daemon process (the allocation counter dumps on SIGUSR2).
-    func signal(_ sig: Int32) { if let c = child, c.isRunning { kill(c.pid, sig) } }
+    func signal(_ sig: Int32) { target?.process.signal(sig) }
 }
 
 /// The last lines of a log, where a crash report or an error is.
@@ -279,7 +232,7 @@ func makeFileLUN(dir: URL) throws -> String {
     let fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0o644)
     guard fd >= 0 else { throw RunnerError("cannot create \(path): \(String(cString: strerror(errno)))") }
     defer { close(fd) }
-    let rc = posix_fallocate(fd, 0, off_t(DaemonLimits.lunBytes))
+    let rc = posix_fallocate(fd, 0, off_t(PerfTarget.lunBytes))
     if rc != 0 { throw RunnerError("posix_fallocate(\(path)): \(String(cString: strerror(rc)))") }
     return path
 }
@@ -298,15 +251,15 @@ func symbolize(_ text: String, binary: String) -> String {
     guard !offsets.isEmpty, FileManager.default.isExecutableFile(atPath: "/usr/bin/addr2line") else { return text }
     let tmp = FileManager.default.temporaryDirectory
     guard let r = try? runTool("/usr/bin/addr2line", ["-f", "-e", binary] + offsets, logDir: tmp, label: "ringtgt-perf-addr2line",
-                               timeoutSeconds: 30), r.status == 0 else { return text }
+                               timeoutSeconds: 30), r.succeeded else { return text }
     // addr2line prints two lines per address: the (mangled) function, then file:line.
-    let lines = r.out.split(separator: "\n").map(String.init)
+    let lines = r.stdout.split(separator: "\n").map(String.init)
     var names: [String] = []
     for i in stride(from: 0, to: lines.count - 1, by: 2) { names.append(lines[i]) }
     var demangled = names
     if let d = try? runTool("/bin/sh", ["-c", "swift-demangle --simplified --compact " + names.map { "'\($0)'" }.joined(separator: " ")],
-                            logDir: tmp, label: "ringtgt-perf-demangle", timeoutSeconds: 30), d.status == 0 {
-        let out = d.out.split(separator: "\n").map(String.init)
+                            logDir: tmp, label: "ringtgt-perf-demangle", timeoutSeconds: 30), d.succeeded {
+        let out = d.stdout.split(separator: "\n").map(String.init)
         if out.count == names.count { demangled = out }
     }
     let fatal = text.components(separatedBy: " | ").first ?? ""

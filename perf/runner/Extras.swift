@@ -1,21 +1,24 @@
 // The loopback limit, the cross-check against libiscsi's iscsi-perf, and the idle-sessions run.
 import Foundation
+import TestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// Starts ringtgt-echo's server on CPU 0 (where a one-core target runs) and waits for the port it reports.
-func startEchoServer(bins: Binaries, logDir: URL, label: String, poll: Bool = false) throws -> (Child, Int) {
-    let server = try Child(bins.taskset, ["-c", "0", bins.echo, "server"] + (poll ? ["--poll"] : []),
-                           logDir: logDir, label: label)
-    for _ in 0..<500 {
-        if let line = server.stdout.split(separator: "\n").first(where: { $0.hasPrefix("PORT ") }),
-           let p = Int(line.dropFirst(5)) { return (server, p) }
-        if !server.isRunning { break }
-        usleep(10_000)
+/// Starts ringtgt-echo's server on CPU 0 (where a one-core target runs) and waits for the port it prints.
+func startEchoServer(bins: Binaries, logDir: URL, label: String, poll: Bool = false) throws -> (ToolProcess, Int) {
+    let server = try startChild(bins.taskset, ["-c", "0", bins.echo, "server"] + (poll ? ["--poll"] : []),
+                                logDir: logDir, label: label, stdout: .pipe)
+    do {
+        let lines = try server.waitForLines(timeoutSeconds: RunLimits.echoReadySeconds) { $0.contains { $0.hasPrefix("PORT ") } }
+        if let line = lines.first(where: { $0.hasPrefix("PORT ") }), let p = Int(line.dropFirst("PORT ".count)) {
+            return (server, p)
+        }
+        throw RunnerError("echo server printed no port: \(lines)")
+    } catch {
+        Children.shared.stop(server)
+        throw RunnerError("echo server did not report its port: \(error)")
     }
-    server.stop()
-    throw RunnerError("echo server did not report its port")
 }
 
 /// ringtgt-echo at the scenario queue depths: server pinned to CPU 0 like a one-core target, client placed by
@@ -29,9 +32,9 @@ func loopbackLimit(bins: Binaries, logDir: URL, depths: [Int], seconds: Double, 
             let r = try runTool(bins.echo, ["client", "--port", "\(port)", "--qd", "\(qd)", "--duration", "\(seconds)",
                                             "--warmup", "\(warmup)", "--json"] + (poll ? ["--poll"] : []),
                                 logDir: logDir, label: "echo-client", timeoutSeconds: seconds + warmup + 30)
-            server.stop(signal: SIGTERM, graceSeconds: 5)
-            guard r.status == 0, let obj = try? JSONSerialization.jsonObject(with: Data(r.out.utf8)) as? [String: Any] else {
-                throw RunnerError("echo client failed: \(r.err)")
+            Children.shared.stop(server)
+            guard r.succeeded, let obj = try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any] else {
+                throw RunnerError("echo client failed: \(r.stderr)")
             }
             let rate = (obj["roundTripsPerSecond"] as? NSNumber)?.doubleValue ?? 0
             log("  loopback echo QD\(qd)\(poll ? ", both sides polling" : ""): \(Int(rate)) round trips/s")
@@ -57,7 +60,7 @@ func crossCheck(bins: Binaries, logDir: URL, daemon d: Daemon, lun: LUNKind, sec
         if let r = try? runTool(bins.taskset, ["-c", "1", bins.iscsiPerf, "-t", "\(seconds)", "-m", "32", "-b", "8", "-r", d.url(lun)],
                                 logDir: logDir, label: "iscsi-perf", timeoutSeconds: Double(seconds) + 30) {
             // The last "iops average N" is the whole run's average.
-            let text = r.out.replacingOccurrences(of: "\r", with: "\n")
+            let text = r.stdout.replacingOccurrences(of: "\r", with: "\n")
             if let line = text.split(separator: "\n").last(where: { $0.contains("iops average") }),
                let range = line.range(of: "iops average ") {
                 let num = line[range.upperBound...].prefix(while: { $0.isNumber })
@@ -102,13 +105,13 @@ func fioNBDRun(bins: Binaries, logDir: URL, daemon d: Daemon, lun: LUNKind, rw: 
         log("  fio nbd \(lun.rawValue) \(rw): no NBD listener")
         return rec
     }
-    let uri = "nbd://127.0.0.1:\(port)/\(DaemonLimits.iqn)/\(lun.lun)"
+    let uri = "nbd://127.0.0.1:\(port)/\(PerfTarget.iqn)/\(lun.lun)"
     let args = ["--name=\(lun.rawValue)-\(rw)", "--ioengine=nbd", "--uri=\(uri)", "--rw=\(rw)", "--bs=4k",
                 "--iodepth=\(qd)", "--size=1g", "--time_based=1", "--runtime=\(Int(max(1, seconds.rounded())))",
                 "--ramp_time=\(Int(max(0, warmup.rounded())))", "--output-format=json"]
     guard let r = try? runTool(bins.fio, args, logDir: logDir, label: "fio-nbd", timeoutSeconds: seconds + warmup + 60),
-          r.status == 0, let start = r.out.firstIndex(of: "{"),
-          let obj = try? JSONSerialization.jsonObject(with: Data(r.out[start...].utf8)) as? [String: Any],
+          r.succeeded, let start = r.stdout.firstIndex(of: "{"),
+          let obj = try? JSONSerialization.jsonObject(with: Data(r.stdout[start...].utf8)) as? [String: Any],
           let job = (obj["jobs"] as? [[String: Any]])?.first,
           let side = job[rw == "randread" ? "read" : "write"] as? [String: Any],
           let iops = (side["iops"] as? NSNumber)?.doubleValue else {

@@ -28,7 +28,7 @@ let allocationWorkloads: [GateWorkload] = [
 
 /// fio's nbd engine (libnbd) for `ios` I/Os against the LUN's NBD export, `IQN/LUN`.
 func fioNBDArgs(port: Int, _ w: GateWorkload, ios: Int) -> [String] {
-    ["--name=gate", "--ioengine=nbd", "--uri=nbd://127.0.0.1:\(port)/\(DaemonLimits.iqn)/\(w.lun.lun)",
+    ["--name=gate", "--ioengine=nbd", "--uri=nbd://127.0.0.1:\(port)/\(PerfTarget.iqn)/\(w.lun.lun)",
      "--rw=\(w.rw)", "--bs=\(w.bs)", "--iodepth=\(w.qd)", "--size=1g", "--number_ios=\(ios)",
      "--randrepeat=0", "--output-format=terse"]
 }
@@ -118,11 +118,11 @@ func allocationGate(bins: Binaries, logDir: URL, fileLUN: String) -> (records: [
                 guard let port = d.nbdPort(),
                       let r = try? runTool(bins.fio, fioNBDArgs(port: port, w, ios: n), logDir: logDir, label: "gate-fio",
                                            timeoutSeconds: 150) else { return false }
-                return r.status == 0
+                return r.succeeded
             }
             guard let r = try? runTool(bins.loadgen, loadgenArgs(d, w, ios: n), logDir: logDir, label: "gate-loadgen",
                                        timeoutSeconds: 150) else { return false }
-            return r.status == 0
+            return r.succeeded
         }
         // A first run warms every lazily built structure; then N and 2N.
         guard load(w.ios), let a = snapshot(), load(w.ios), let b = snapshot(), load(2 * w.ios), let c = snapshot() else {
@@ -155,7 +155,7 @@ func loadgenAllocationCheck(bins: Binaries, logDir: URL, daemon d: Daemon) -> [S
         guard let r = try? runTool(bins.loadgen, loadgenArgs(d, w, ios: n), logDir: logDir, label: "loadgen-alloc",
                                    timeoutSeconds: 120,
                                    environment: ["LD_PRELOAD": bins.mallocCount, "MALLOCCOUNT_OUT": out]),
-              r.status == 0, let s = try? String(contentsOfFile: out, encoding: .utf8), let c = AllocCounts.parse(s) else {
+              r.succeeded, let s = try? String(contentsOfFile: out, encoding: .utf8), let c = AllocCounts.parse(s) else {
             return ["workload": w.id, "error": "run failed"]
         }
         counts.append(c.allocations)
@@ -182,7 +182,7 @@ func instructionGate(bins: Binaries, logDir: URL, fileLUN: String, scale: Double
                 let r = try runTool(bins.loadgen, loadgenArgs(d, w, ios: ios), logDir: logDir, label: "callgrind-loadgen",
                                     timeoutSeconds: 300)
                 d.stop()
-                guard r.status == 0 else { throw RunnerError("load generator exit \(r.status): \(logExcerpt(r.err))") }
+                guard r.succeeded else { throw RunnerError("the load generator \(r.outcome): \(logExcerpt(r.stderr))") }
                 let text = (try? String(contentsOfFile: out, encoding: .utf8)) ?? ""
                 guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix("summary:") }),
                       let ir = Int(line.split(separator: " ").last ?? "") else { throw RunnerError("no summary in \(out)") }
@@ -208,9 +208,9 @@ func instructionGate(bins: Binaries, logDir: URL, fileLUN: String, scale: Double
 /// Self cost per function in a callgrind profile, as callgrind_annotate prints it.
 func callgrindFunctions(_ profile: String, logDir: URL) -> [String: Int] {
     guard let r = try? runTool("/usr/bin/callgrind_annotate", ["--inclusive=no", "--threshold=100", "--auto=no", profile],
-                               logDir: logDir, label: "callgrind-annotate", timeoutSeconds: 60), r.status == 0 else { return [:] }
+                               logDir: logDir, label: "callgrind-annotate", timeoutSeconds: 60), r.succeeded else { return [:] }
     var out: [String: Int] = [:]
-    for line in r.out.split(separator: "\n") {
+    for line in r.stdout.split(separator: "\n") {
         // "  82,338,599 (49.04%)  file:function [object]"
         let t = line.trimmingCharacters(in: .whitespaces)
         guard let first = t.first, first.isNumber, !t.contains("=>"), let paren = t.range(of: "%)") else { continue }
@@ -246,8 +246,8 @@ func callgrindPerIO(runN: String, run2N: String, n: Int, logDir: URL, name: Stri
     let tmp = logDir.appendingPathComponent("callgrind-names-\(name).txt")
     try? funcs.joined(separator: "\n").write(to: tmp, atomically: true, encoding: .utf8)
     if let d = try? runTool("/bin/sh", ["-c", "swift-demangle --simplified < '\(tmp.path)'"], logDir: logDir,
-                            label: "demangle", timeoutSeconds: 60), d.status == 0 {
-        let out = d.out.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+                            label: "demangle", timeoutSeconds: 60), d.succeeded {
+        let out = d.stdout.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
         if out.count >= funcs.count {
             names = zip(names, out.prefix(funcs.count)).map { full, dem in
                 if let colon = full.firstIndex(of: ":") { return String(full[..<colon]) + ": " + dem }

@@ -1,5 +1,5 @@
-// Child processes of the runner: started with their output in log files, waited for with a deadline, and
-// always stopped. Every pid is also appended to RESULTS/pids so that perf/run's exit trap can stop whatever
+// Child processes of the runner, on TestSupport's ToolProcess: started with their output in log files, waited
+// for with a deadline, and always stopped. Every pid is also appended to RESULTS/pids so that perf/run's exit trap can stop whatever
 // a crashed runner left behind.
 import Foundation
 import TestSupport
@@ -32,58 +32,39 @@ final class Children: @unchecked Sendable {
         lock.lock(); live[p.pid] = nil; lock.unlock()
     }
 
+    /// Stops one child: `signal` first, SIGKILL after `graceSeconds`.
+    func stop(_ p: ToolProcess, signal: Int32 = SIGTERM, graceSeconds: Double = killGraceSeconds) {
+        p.terminate(signal: signal, graceSeconds: graceSeconds)
+        remove(p)
+    }
+
     /// Stops every child: SIGTERM to all, a short grace, then SIGKILL (tgtd ignores SIGTERM).
     func stopAll() {
         lock.lock(); let all = Array(live.values); lock.unlock()
         for p in all { p.signal(SIGTERM) }
-        for p in all { p.terminate(graceSeconds: 2); remove(p) }
+        for p in all { stop(p, graceSeconds: 2) }
     }
 }
 
-/// A started process whose stdout and stderr go to `LABEL.stdout` and `LABEL.stderr` in the log directory,
-/// registered with `Children` so that a signal or perf/run's exit trap stops it.
-final class Child {
-    let tool: ToolProcess
-    let label: String
-
-    init(_ exe: String, _ args: [String], logDir: URL, label: String, environment: [String: String]? = nil) throws {
-        self.label = label
-        do {
-            tool = try ToolProcess(URL(fileURLWithPath: exe), args, logDir: logDir, label: label,
-                                   environment: environment ?? [:], uniqueLogNames: false)
-        } catch { throw RunnerError("cannot start \(exe): \(error)") }
-        Children.shared.add(tool)
-    }
-
-    var pid: Int32 { tool.pid }
-    var process: Process { tool.process }
-    var isRunning: Bool { tool.isRunning }
-    var stdout: String { tool.stdoutText }
-    var stderr: String { tool.stderrText }
-
-    /// Waits until the process exits or `seconds` pass; returns the exit status, or nil on timeout.
-    @discardableResult
-    func wait(seconds: Double) -> Int32? {
-        guard tool.waitForExit(seconds: seconds) else { return nil }
-        Children.shared.remove(tool)
-        return process.terminationStatus
-    }
-
-    /// Stops the process: `signal` first, SIGKILL after `graceSeconds`.
-    func stop(signal: Int32 = SIGTERM, graceSeconds: Double = 5) {
-        tool.terminate(signal: signal, graceSeconds: graceSeconds)
-        Children.shared.remove(tool)
-    }
+/// Starts a process whose stdout (unless piped) and stderr go to `LABEL.stdout` and `LABEL.stderr` in the log
+/// directory, registered with `Children` so that a signal or perf/run's exit trap stops it.
+func startChild(_ exe: String, _ args: [String], logDir: URL, label: String, environment: [String: String] = [:],
+                stdout: ToolProcess.Stdout = .file) throws -> ToolProcess {
+    let p: ToolProcess
+    do {
+        p = try ToolProcess(URL(fileURLWithPath: exe), args, logDir: logDir, label: label, environment: environment,
+                            stdout: stdout, uniqueLogNames: false)
+    } catch { throw RunnerError("cannot start \(exe): \(error)") }
+    Children.shared.add(p)
+    return p
 }
 
-/// Runs a command to completion (bounded) and returns (status, stdout, stderr); status -1 on timeout.
+/// Runs a command to completion (bounded: killed past `timeoutSeconds`), registered with `Children` meanwhile.
 func runTool(_ exe: String, _ args: [String], logDir: URL, label: String, timeoutSeconds: Double,
-             environment: [String: String]? = nil) throws -> (status: Int32, out: String, err: String) {
-    let c = try Child(exe, args, logDir: logDir, label: label, environment: environment)
-    let r = c.tool.wait(timeoutSeconds: timeoutSeconds)
-    Children.shared.remove(c.tool)
-    if r.timedOut { return (-1, r.stdout, r.stderr + "\n(timed out after \(timeoutSeconds) s)") }
-    return (r.exitStatus, r.stdout, r.stderr)
+             environment: [String: String] = [:]) throws -> ToolResult {
+    let p = try startChild(exe, args, logDir: logDir, label: label, environment: environment)
+    defer { Children.shared.remove(p) }
+    return p.wait(timeoutSeconds: timeoutSeconds)
 }
 
 /// Installs SIGINT/SIGTERM handling: stop every child, then exit.

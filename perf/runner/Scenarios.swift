@@ -1,6 +1,7 @@
 // The scenario matrix and one load generator run. Scenarios run scenario-major: each workload is measured
 // on every daemon back to back, so ringtgt and tgt see the same minute of a shared, noisy machine.
 import Foundation
+import TestSupport
 
 struct Workload {
     var id: String
@@ -161,6 +162,8 @@ enum RunLimits {
     static let retryBudget = Budget(24)
     /// ringtgt's busy-poll window in the latency (polling) scenarios.
     static let pollMicroseconds = 1000
+    /// How long ringtgt-echo's server gets to print its port.
+    static let echoReadySeconds = 20.0
 }
 
 final class Budget: @unchecked Sendable {
@@ -199,7 +202,7 @@ func runLoadOnce(_ d: Daemon, _ s: Scenario, _ o: LoadOptions, bins: Binaries, l
     defer { if s.workload.poll { d.setPoll(microseconds: 0) } }
     args += o.extra
     let budget = (o.ios == nil ? o.durationSeconds + o.warmupSeconds : 60) + 60
-    let r: (status: Int32, out: String, err: String)
+    let r: ToolResult
     do {
         if let cpu = o.pinCPU {
             r = try runTool(bins.taskset, ["-c", "\(cpu)", bins.loadgen] + args, logDir: logDir, label: "loadgen", timeoutSeconds: budget)
@@ -210,7 +213,7 @@ func runLoadOnce(_ d: Daemon, _ s: Scenario, _ o: LoadOptions, bins: Binaries, l
         rec.note = "load generator did not start: \(error)"
         return rec
     }
-    if let line = r.out.split(separator: "\n").last(where: { $0.hasPrefix("{") }),
+    if let line = r.stdout.split(separator: "\n").last(where: { $0.hasPrefix("{") }),
        let obj = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] {
         rec.result = obj
     }
@@ -224,10 +227,10 @@ func runLoadOnce(_ d: Daemon, _ s: Scenario, _ o: LoadOptions, bins: Binaries, l
         }
         _ = try? d.ensureRunning()
     }
-    rec.ok = r.status == 0 && rec.result != nil && !rec.crashed && !rec.killed
-    if r.status != 0 && !rec.crashed {
+    rec.ok = r.succeeded && rec.result != nil && !rec.crashed && !rec.killed
+    if !r.succeeded && !rec.crashed {
         let msg = ((rec.result?["messages"] as? [String]) ?? []).prefix(2).joined(separator: "; ")
-        rec.note = (rec.note.isEmpty ? "" : rec.note + "; ") + "load generator exit \(r.status): " + (msg.isEmpty ? logExcerpt(r.err, lines: 2) : msg)
+        rec.note = (rec.note.isEmpty ? "" : rec.note + "; ") + "the load generator \(r.outcome): " + (msg.isEmpty ? logExcerpt(r.stderr, lines: 2) : msg)
     }
     return rec
 }

@@ -76,15 +76,14 @@ final class SheepBackend {
     }
 
     /// dog (real) or the test server's dog-like client, pointed at this service.
-    func dog(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
+    func dog(_ args: [String]) throws -> ToolResult {
         switch kind {
         case .testServer:
             return try runTool(bins.sheepTestServer, ["dog"] + args + ["--unix", socketPath], logDir: logDir, label: "dog",
                                timeoutSeconds: SheepFixtureLimits.dogTimeoutSeconds)
         case .cluster:
             guard let cluster else { throw RunnerError("the cluster has stopped") }
-            let r = try cluster.dog(args)
-            return (r.timedOut ? -1 : r.exitStatus, r.stdout, r.stderr)
+            return try cluster.dog(args)
         }
     }
 
@@ -95,7 +94,7 @@ final class SheepBackend {
         let r = try runTool(bins.sheepTestServer, ["bench", "--unix", socketPath, "--vdi", vdi, "--region", SheepLimits.region,
                                                    "--prepare", "--duration", "0"],
                             logDir: logDir, label: "sheep-prepare", timeoutSeconds: SheepLimits.prepareTimeoutSeconds)
-        if r.status != 0 { throw RunnerError("preparing VDI \(vdi) on the \(name) failed: \(logExcerpt(r.err + r.out))") }
+        if !r.succeeded { throw RunnerError("preparing VDI \(vdi) on the \(name) failed: \(logExcerpt(r.stderr + r.stdout))") }
     }
 
     /// Releases a VDI's lock (a daemon that died, or a LUN re-added after a restart, held it).
@@ -114,12 +113,12 @@ final class SheepBackend {
         do {
             let r = try runTool(bins.sheepTestServer, args, logDir: logDir, label: "sheep-ceiling",
                                 timeoutSeconds: (ios == nil ? seconds + warmup : 60) + 60)
-            if let line = r.out.split(separator: "\n").last(where: { $0.hasPrefix("{") }),
+            if let line = r.stdout.split(separator: "\n").last(where: { $0.hasPrefix("{") }),
                let obj = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] {
                 for (k, v) in obj { out[k] = v }
             }
-            if r.status != 0 || out["opsPerSecond"] == nil {
-                out["error"] = "bench exit \(r.status): \(logExcerpt(r.err + ((out["firstError"] as? String) ?? ""), lines: 2))"
+            if !r.succeeded || out["opsPerSecond"] == nil {
+                out["error"] = "bench \(r.outcome): \(logExcerpt(r.stderr + ((out["firstError"] as? String) ?? ""), lines: 2))"
             }
         } catch {
             out["error"] = "\(error)"

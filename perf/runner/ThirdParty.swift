@@ -4,6 +4,7 @@
 // IOPS and the target's CPU per I/O; the loopback echo's server CPU per round trip at the same depths is the
 // floor no target can go below. Initiators run on CPU 1, a one-core target on CPU 0.
 import Foundation
+import TestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -55,17 +56,17 @@ func thirdPartyRun(bins: Binaries, logDir: URL, daemon d: Daemon, load: ThirdPar
     switch load.initiator {
     case "iscsi-perf":
         // Each process its own initiator name: sessions of one name and ISID would reinstate each other.
-        var children: [Child] = []
+        var children: [ToolProcess] = []
         for k in 0..<load.processes {
             let args = ["-c", "1", bins.iscsiPerf, "-i", "iqn.2026-01.org.ringtgt.perf:p\(k)", "-t", "\(seconds)",
                         "-m", "\(load.queueDepth)", "-b", "8", "-r", url]
-            if let c = try? Child(bins.taskset, args, logDir: logDir, label: "iscsi-perf-\(k)") { children.append(c) }
+            if let c = try? startChild(bins.taskset, args, logDir: logDir, label: "iscsi-perf-\(k)") { children.append(c) }
         }
         for (k, c) in children.enumerated() {
-            let status = c.wait(seconds: Double(seconds) + ThirdPartyLimits.toolSlackSeconds)
-            if status == nil { c.stop() }
-            if status == 0, let iops = iscsiPerfAverage(c.stdout) { ios += iops * Double(seconds) }
-            else { failure = "iscsi-perf \(k): \(logExcerpt(c.stderr + c.stdout, lines: 2))" }
+            let r = c.wait(timeoutSeconds: Double(seconds) + ThirdPartyLimits.toolSlackSeconds)
+            Children.shared.remove(c)
+            if r.succeeded, let iops = iscsiPerfAverage(r.stdout) { ios += iops * Double(seconds) }
+            else { failure = "iscsi-perf \(k): \(logExcerpt(r.stderr + r.stdout, lines: 2))" }
         }
         if children.count < load.processes { failure = "iscsi-perf did not start" }
     case "qemu-img bench":
@@ -73,21 +74,21 @@ func thirdPartyRun(bins: Binaries, logDir: URL, daemon d: Daemon, load: ThirdPar
         let args = ["-c", "1", "qemu-img", "bench", "-f", "raw", "-c", "\(count)", "-d", "\(load.queueDepth)",
                     "-s", "4k", url]
         if let r = try? runTool(bins.taskset, args, logDir: logDir, label: "qemu-img-bench",
-                                timeoutSeconds: Double(seconds) * 10 + ThirdPartyLimits.toolSlackSeconds), r.status == 0 {
+                                timeoutSeconds: Double(seconds) * 10 + ThirdPartyLimits.toolSlackSeconds), r.succeeded {
             ios = Double(count)
         } else {
             failure = "qemu-img bench failed"
         }
     default:
         guard let port = d.nbdPort() else { failure = "no NBD listener"; break }
-        let uri = "nbd://127.0.0.1:\(port)/\(DaemonLimits.iqn)/\(LUNKind.null.lun)"
+        let uri = "nbd://127.0.0.1:\(port)/\(PerfTarget.iqn)/\(LUNKind.null.lun)"
         let args = ["-c", "1", bins.fio, "--name=tp", "--ioengine=nbd", "--uri=\(uri)", "--rw=randread", "--bs=4k",
                     "--iodepth=\(load.queueDepth)", "--size=1g", "--time_based=1", "--runtime=\(seconds)",
                     "--output-format=json"]
         if let r = try? runTool(bins.taskset, args, logDir: logDir, label: "fio-nbd-tp",
                                 timeoutSeconds: Double(seconds) + ThirdPartyLimits.toolSlackSeconds),
-           r.status == 0, let brace = r.out.firstIndex(of: "{"),
-           let obj = try? JSONSerialization.jsonObject(with: Data(r.out[brace...].utf8)) as? [String: Any],
+           r.succeeded, let brace = r.stdout.firstIndex(of: "{"),
+           let obj = try? JSONSerialization.jsonObject(with: Data(r.stdout[brace...].utf8)) as? [String: Any],
            let job = (obj["jobs"] as? [[String: Any]])?.first, let read = job["read"] as? [String: Any],
            let n = (read["total_ios"] as? NSNumber)?.doubleValue {
             ios = n
@@ -127,17 +128,17 @@ func echoServerCPU(bins: Binaries, logDir: URL, qd: Int, seconds: Double) -> [St
     var rec: [String: Any] = ["queueDepth": qd]
     do {
         let (server, port) = try startEchoServer(bins: bins, logDir: logDir, label: "echo-server-cpu")
-        defer { server.stop(signal: SIGTERM, graceSeconds: 5) }
+        defer { Children.shared.stop(server) }
         let r = try runTool(bins.taskset, ["-c", "1", bins.echo, "client", "--port", "\(port)", "--qd", "\(qd)",
                                            "--duration", "\(seconds)", "--warmup", "0", "--json"],
                             logDir: logDir, label: "echo-client-cpu", timeoutSeconds: seconds + 30)
-        guard r.status == 0, let obj = try? JSONSerialization.jsonObject(with: Data(r.out.utf8)) as? [String: Any],
+        guard r.succeeded, let obj = try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any],
               let rate = (obj["roundTripsPerSecond"] as? NSNumber)?.doubleValue, rate > 0 else {
-            throw RunnerError("echo client failed: \(r.err)")
+            throw RunnerError("echo client failed: \(r.stderr)")
         }
         // The server serves one connection, then prints its CPU time and exits.
-        _ = server.wait(seconds: ThirdPartyLimits.toolSlackSeconds)
-        guard let line = server.stdout.split(separator: "\n").last(where: { $0.hasPrefix("CPU ") }),
+        let lines = try server.waitForLines(timeoutSeconds: ThirdPartyLimits.toolSlackSeconds) { $0.contains { $0.hasPrefix("CPU ") } }
+        guard let line = lines.last(where: { $0.hasPrefix("CPU ") }),
               let cpu = Double(line.dropFirst(4)) else { throw RunnerError("echo server reported no CPU time") }
         let perRoundTrip = cpu / (rate * seconds) * 1e6
         rec["roundTripsPerSecond"] = rate

@@ -481,11 +481,11 @@ struct PerfRunner: ParsableCommand {
         uname(&u)
         h["kernel"] = withUnsafeBytes(of: &u.release) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
         let tmp = FileManager.default.temporaryDirectory
-        if let r = try? runTool("/usr/bin/git", ["rev-parse", "--short", "HEAD"], logDir: tmp, label: "ringtgt-perf-git", timeoutSeconds: 10), r.status == 0 {
-            h["ringtgtCommit"] = r.out.trimmingCharacters(in: .whitespacesAndNewlines)
+        if let r = try? runTool("/usr/bin/git", ["rev-parse", "--short", "HEAD"], logDir: tmp, label: "ringtgt-perf-git", timeoutSeconds: 10), r.succeeded {
+            h["ringtgtCommit"] = r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         }
-        if let r = try? runTool("/usr/bin/dpkg-query", ["-W", "-f=${Version}", "tgt"], logDir: tmp, label: "ringtgt-perf-dpkg", timeoutSeconds: 10), r.status == 0 {
-            h["tgtVersion"] = r.out
+        if let r = try? runTool("/usr/bin/dpkg-query", ["-W", "-f=${Version}", "tgt"], logDir: tmp, label: "ringtgt-perf-dpkg", timeoutSeconds: 10), r.succeeded {
+            h["tgtVersion"] = r.stdout
         }
         return h
     }
@@ -498,11 +498,11 @@ struct PerfRunner: ParsableCommand {
             return []
         }
         guard let r = try? runTool("/usr/bin/python3", [plot, outDir.appendingPathComponent("report.json").path, outDir.path],
-                                   logDir: logDir, label: "plot", timeoutSeconds: 120), r.status == 0 else {
+                                   logDir: logDir, label: "plot", timeoutSeconds: 120), r.succeeded else {
             log("plots failed: see \(logDir.path)/plot.err (python3-matplotlib installed?)")
             return []
         }
-        return r.out.split(separator: "\n").map { String($0) }.filter { $0.hasSuffix(".png") }
+        return r.stdout.split(separator: "\n").map { String($0) }.filter { $0.hasSuffix(".png") }
     }
 
     func printSummary(_ gs: [Goal]) {

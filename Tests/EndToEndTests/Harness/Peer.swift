@@ -4,10 +4,7 @@
 
 import Foundation
 
-enum Peer: String {
-    case ringtgt
-    case tgt
-
+extension Peer {
     static var current: Peer {
         ProcessInfo.processInfo.environment["RINGTGT_E2E_PEER"] == "tgt" ? .tgt : .ringtgt
     }

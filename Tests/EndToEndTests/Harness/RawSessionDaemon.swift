@@ -1,7 +1,5 @@
 // A `withTarget` overload that starts ringtgtd with extra daemon options (for example
-// `--iscsi nop_interval=1,nop_count=2`). `TargetDaemon` builds its command line itself and takes no
-// extra options, so this starts the daemon on its own, reusing the harness's pieces (ToolProcess,
-// Admin, Scratch, Endpoint), and always stops it afterwards.
+// `--iscsi nop_interval=1,nop_count=2`), through a launcher when asked, on TestSupport's daemon fixture.
 
 import Foundation
 import Testing
@@ -11,12 +9,13 @@ import Glibc
 
 /// A ringtgtd started with extra options, serving one target (tid 1) bound to ALL.
 struct OptionedTarget {
-    let process: ToolProcess
-    let admin: Admin
+    let daemon: TargetDaemon
     let scratch: Scratch
-    let endpoint: Endpoint
     let iqn: String
 
+    var process: ToolProcess { daemon.process }
+    var admin: Admin { daemon.admin }
+    var endpoint: Endpoint { daemon.endpoints[0] }
     var pid: Int32 { process.pid }
 
     /// `iscsi://HOST:PORT/IQN/LUN`.
@@ -27,9 +26,7 @@ struct OptionedTarget {
     }
 
     func requireAlive(_ when: String) throws {
-        if !process.isRunning {
-            throw E2EError("the daemon died \(when):\n\(tail(process.stderrText + process.stdoutText))")
-        }
+        if !daemon.isAlive { throw E2EError("the daemon died \(when):\n\(tail(daemon.log))") }
     }
 }
 
@@ -44,59 +41,14 @@ func withTarget<R>(daemonOptions: [String], launcher: [String] = [], luns: [LUNS
     }
     let scratch = try Scratch()
     defer { scratch.remove() }
-    let socket = scratch.path("ctl").path
-    let admin = Admin(executable: try Paths.packageBinary("ringtgtadm"), controlArgs: ["--control-socket", socket],
-                      logDir: scratch.url)
-    let args = ["-f", "--iscsi", PortalSpec.ipv4Loopback.option, "--control-socket", socket, "--cores", "1"]
-        + daemonOptions
-    let daemon = try Paths.packageBinary("ringtgtd")
-    let process = launcher.isEmpty
-        ? try ToolProcess(daemon, args, logDir: scratch.url, label: "daemon")
-        : try ToolProcess(URL(fileURLWithPath: launcher[0]), Array(launcher.dropFirst()) + [daemon.path] + args,
-                          logDir: scratch.url, label: "daemon")
-    var stopped = false
-    func stop() {
-        if stopped { return }
-        stopped = true
-        let wasRunning = process.isRunning
-        let clean = process.terminate(graceSeconds: DaemonLimits.stopGraceSeconds)
-        let r = process.result(timedOut: false)
-        if !wasRunning {
-            Issue.record(Comment(rawValue: "ringtgtd was no longer running when the test ended: \(r)"))
-        } else if !clean || r.killedBySignal || r.exitStatus != 0 {
-            Issue.record(Comment(rawValue: "ringtgtd did not stop cleanly on SIGTERM: \(r)"))
-        }
-    }
-    defer { stop() }
+    let programs = DaemonLauncher(daemon: try Paths.packageBinary("ringtgtd"), admin: try Paths.packageBinary("ringtgtadm"),
+                                  daemonWrapper: launcher)
+    let daemon = try TargetDaemon(peer: .ringtgt, cores: 1, extraArgs: daemonOptions, launcher: programs,
+                                  logDir: scratch.url, reportProblem: { Issue.record(Comment(rawValue: $0)) })
+    defer { daemon.stop() }
 
-    // Readiness: the control socket lists the portal with the port the kernel chose.
-    var endpoint: Endpoint? = nil
-    var backoff = DaemonLimits.readinessFirstBackoffSeconds
-    for _ in 0..<DaemonLimits.readinessAttempts {
-        if !process.isRunning { break }
-        let r = try admin.run(["--lld", "iscsi", "--op", "show", "--mode", "portal"])
-        if r.succeeded, let e = Endpoint.parsePortals(r.stdout).first, e.port != 0 { endpoint = e; break }
-        usleep(useconds_t(backoff * 1_000_000))
-        backoff = min(backoff * 1.5, DaemonLimits.readinessMaxBackoffSeconds)
-    }
-    guard let endpoint else {
-        throw E2EError("ringtgtd \(args.joined(separator: " ")) did not become ready:\n" +
-                       tail(process.stderrText + process.stdoutText))
-    }
-
-    let iqn = "\(RunningTarget.iqnPrefix):t1"
-    if createsTarget { try admin.newTarget(tid: 1, name: iqn) }
-    for (i, spec) in luns.enumerated() where createsTarget {
-        switch spec {
-        case .file(let bytes):
-            let f = try scratch.makeSparseFile("lun\(i + 1).img", bytes: bytes)
-            try admin.newFileLUN(tid: 1, lun: i + 1, path: f)
-        case .null(let bytes):
-            try admin.newNullLUN(tid: 1, lun: i + 1, bytes: bytes, peer: .ringtgt)
-        }
-    }
-    if createsTarget { try admin.bind(tid: 1) }
-    let target = OptionedTarget(process: process, admin: admin, scratch: scratch, endpoint: endpoint, iqn: iqn)
+    let target = OptionedTarget(daemon: daemon, scratch: scratch, iqn: "\(RunningTarget.iqnPrefix):t1")
+    if createsTarget { try addTarget(target.iqn, luns: luns, admin: daemon.admin, scratch: scratch, peer: .ringtgt) }
     let result = try body(target)
     try target.requireAlive("during the test")
     return result
