@@ -330,6 +330,15 @@ public final class Connection {
         io_uring_prep_sendmsg(sqe, fd, out.msg, UInt32(MSG_NOSIGNAL))
         sqe.pointee.user_data = ConnectionOp(connection: index, generation: generation).encode(.send)
         sendInFlight = true
+        if sendIsQuiet { reactor.quietSends += 1 }
+    }
+
+    /// Nothing waits for this send's completion: no stalled parser, no task waiting for send-queue room, no
+    /// connection waiting for the buffer slot it may give back, no NBD disconnect draining.
+    private var sendIsQuiet: Bool {
+        phase == .fullFeature && !stalled && outWaiters.isEmpty && reactor.slotWaiters.isEmpty
+            && (frontEnd == .iscsi || nbd.stage != .draining)
+            && out.inFlightIsQuiet(maxBytes: Reactor.quietSendMaxBytes)
     }
 
     /// A recv or send failed with `e`: issued again when it was only interrupted (`again`), else the connection

@@ -150,6 +150,23 @@ struct OutQueue: ~Copyable {
         return true
     }
 
+    /// The prepared message holds every queued PDU, at most `maxBytes` of them, and none whose send completion
+    /// continues work (a Data-In piece refilling its buffer, a logout closing): once it is on the wire, its
+    /// completion only gives things back, and may wait for the next event.
+    func inFlightIsQuiet(maxBytes: Int) -> Bool {
+        if inFlight != count { return false }
+        var bytes = -sentInFirst
+        for n in 0..<inFlight {
+            let r = records[(head + n) % capacity]
+            switch r.token {
+            case .dataInSent, .closeAfter: return false
+            case .none, .taskDone, .freeSlot: break
+            }
+            bytes += recordBytes(r)
+        }
+        return bytes <= maxBytes
+    }
+
     @inline(__always)
     private func addIov(_ v: Int, _ p: UnsafeMutableRawPointer, _ len: Int, _ skip: inout Int) -> Int {
         appendIovec(iov, v, p, len, &skip)
