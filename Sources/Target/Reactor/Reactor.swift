@@ -258,6 +258,24 @@ public final class Reactor {
         if parkedLogins > 0 { resumeParkedLogins() }
         if heldLogins > 0 { answerHeldLogins() }
         flushDirty()
+        // Only with no completion waiting: a recv's bytes may sit in a connection's staging before its
+        // completion is handled.
+        if trimDue && ring.peekBatch() == 0 { trimIdleConnections() }
+    }
+
+    /// A tick passed since idle connections last gave their pages back.
+    var trimDue = false
+    /// Full ticks without a byte received or sent before a connection gives back its staging and send-queue
+    /// pages: an idle session then costs its header page and its object, not the pages its login touched.
+    static let idleTrimTicks: UInt64 = 1
+
+    func trimIdleConnections() {
+        trimDue = false
+        for c in connections {
+            guard let c, c.canTrimMemory(tick: tick, idleTicks: Reactor.idleTrimTicks) else { continue }
+            connectionMemory.trimIdle(c.index)
+            c.memoryTrimmed = true
+        }
     }
 
     /// Brute-force brake on CHAP: this core's memory of failed logins per address and account.
@@ -724,6 +742,7 @@ public final class Reactor {
     func onTick() {
         tick = Reactor.nextTick(previous: tick, elapsedNanos: monotonicNanos() &- tickEpochNanos)
         if running { armTick() }
+        trimDue = true
         sheep.onTick(tick)
         sheep.flush()
         for c in connections {
