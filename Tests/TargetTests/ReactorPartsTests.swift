@@ -99,6 +99,23 @@ import Testing
 
     /// ringtgt-livefuzz hostile found it: 10,000 login PDUs at once kept a core busy for seconds, it reaped one
     /// tick completion for all of them, and every login timeout came about 3 s late. Ticks follow the clock.
+    /// An idle connection gives back its staging and send-queue pages and keeps the page with its header area
+    /// and msghdr; nothing outside its own region is touched.
+    @Test func idleTrimGivesBackTheStagingAndSendQueuePagesOnly() {
+        let memory = ConnectionMemory(count: 2, taskCapacity: 136, sendQueueRecords: 256)
+        let l = memory.layout
+        #expect(l.idleTrim.lowerBound % 4096 == 0 && l.idleTrim.upperBound % 4096 == 0)
+        #expect(l.idleTrim.lowerBound > l.out && l.idleTrim.lowerBound <= l.rx && l.idleTrim.upperBound == l.tasks)
+        #expect(l.idleTrim.count >= Connection.rxBytes + 4096, "the staging and most of the send queue go back")
+        for i in 0..<2 { memset(memory.region(i), 0x5A, l.stride) }
+        memory.trimIdle(0)
+        let r = memory.region(0).assumingMemoryBound(to: UInt8.self)
+        #expect(r[l.header] == 0x5A && r[l.out] == 0x5A && r[l.idleTrim.lowerBound - 1] == 0x5A)
+        #expect(r[l.idleTrim.lowerBound] == 0 && r[l.rx] == 0 && r[l.idleTrim.upperBound - 1] == 0)
+        #expect(r[l.tasks] == 0x5A && r[l.stride - 1] == 0x5A)
+        #expect(memory.region(1).assumingMemoryBound(to: UInt8.self)[l.rx] == 0x5A)
+    }
+
     @Test func ticksCountElapsedSecondsNotTimerCompletions() {
         #expect(Reactor.nextTick(previous: 4, elapsedNanos: 5_000_000_001) == 5, "an on-time tick")
         #expect(Reactor.nextTick(previous: 4, elapsedNanos: 8_700_000_000) == 8, "a core busy for 3 s catches up")

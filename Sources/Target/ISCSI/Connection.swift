@@ -244,6 +244,7 @@ public final class Connection {
             return
         }
         liveness.received(tick: reactor.tick)
+        memoryTrimmed = false
         counters.rxBytes &+= UInt64(res)
         if recvDirect {
             if frontEnd == .iscsi {
@@ -330,6 +331,26 @@ public final class Connection {
         io_uring_prep_sendmsg(sqe, fd, out.msg, UInt32(MSG_NOSIGNAL))
         sqe.pointee.user_data = ConnectionOp(connection: index, generation: generation).encode(.send)
         sendInFlight = true
+        memoryTrimmed = false
+        if sendIsQuiet { reactor.quietSends += 1 }
+    }
+
+    /// The connection gave its idle pages back and has not received or sent since (Reactor.trimIdleConnections).
+    var memoryTrimmed = false
+
+    /// Idle, with nothing staged or queued: the pages `ConnectionMemory.trimIdle` gives back hold nothing it
+    /// still needs.
+    func canTrimMemory(tick: UInt64, idleTicks: UInt64) -> Bool {
+        phase == .fullFeature && !memoryTrimmed && !sendInFlight && out.count == 0 && rxStart == rxEnd && !stalled
+            && tick &- max(liveness.lastRxTick, liveness.lastSendProgressTick) >= idleTicks
+    }
+
+    /// Nothing waits for this send's completion: no stalled parser, no task waiting for send-queue room, no
+    /// connection waiting for the buffer slot it may give back, no NBD disconnect draining.
+    private var sendIsQuiet: Bool {
+        phase == .fullFeature && !stalled && outWaiters.isEmpty && reactor.slotWaiters.isEmpty
+            && (frontEnd == .iscsi || nbd.stage != .draining)
+            && out.inFlightIsQuiet(maxBytes: Reactor.quietSendMaxBytes)
     }
 
     /// A recv or send failed with `e`: issued again when it was only interrupted (`again`), else the connection

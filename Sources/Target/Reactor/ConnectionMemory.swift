@@ -11,6 +11,10 @@ struct ConnectionMemoryLayout {
     let nbdRequests: Int
     /// Bytes per connection, a whole number of pages.
     let stride: Int
+    /// The pages an idle connection gives back (`ConnectionMemory.trimIdle`): the send queue's bookkeeping and
+    /// arena after its first page, and the receive staging. Their contents are rewritten before they are read
+    /// again once the send queue and the staging are empty.
+    let idleTrim: Range<Int>
 
     init(taskCapacity: Int, sendQueueRecords: Int) {
         func align(_ n: Int, _ a: Int) -> Int { (n + a - 1) / a * a }
@@ -21,6 +25,8 @@ struct ConnectionMemoryLayout {
         tasks = align(rx + Connection.rxBytes, 64)
         nbdRequests = align(tasks + taskCapacity * MemoryLayout<IOTask>.stride, 64)
         stride = align(nbdRequests + taskCapacity * MemoryLayout<NBDRequest>.stride, page)
+        // The msghdr at the start of the send queue keeps its page (with the header area).
+        idleTrim = align(out + MemoryLayout<msghdr>.stride, page)..<(tasks / page * page)
     }
 }
 
@@ -49,6 +55,14 @@ struct ConnectionMemory: ~Copyable {
     /// Start of connection index `i`'s region (page aligned, zero until first used).
     @inline(__always)
     func region(_ i: Int) -> UnsafeMutableRawPointer { base + i * layout.stride }
+
+    /// Gives back the pages of idle connection `i` that it refills before reading (`layout.idleTrim`); they
+    /// read as zeros until touched again. Safe only while nothing is queued to send, no send is in flight and
+    /// nothing received waits in the staging area unaccounted (no recv completion pending).
+    func trimIdle(_ i: Int) {
+        if layout.idleTrim.isEmpty { return }
+        _ = madvise(region(i) + layout.idleTrim.lowerBound, layout.idleTrim.count, MADV_DONTNEED)
+    }
 
     /// Gives connection `i`'s pages back to the kernel; the region reads as zeros afterwards.
     func release(_ i: Int) {

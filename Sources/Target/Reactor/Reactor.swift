@@ -199,6 +199,24 @@ public final class Reactor {
     /// When the last completion was handled, for the busy-poll window.
     private var lastWorkNanos: UInt64 = 0
 
+    /// Sends prepared since the last wait whose completions need no prompt handling (Connection.sendIsQuiet).
+    /// A small send completes while it is submitted, so waking for its completion alone would cost a second
+    /// io_uring_enter per request at queue depth 1: the wait asks for one completion more per quiet send.
+    var quietSends = 0
+    /// A quiet send holds at most this much: a small one goes into the socket whole at once, a large one may go
+    /// out partly and need its rest sent promptly.
+    static let quietSendMaxBytes = 16_384
+    /// How long a wait for quiet sends' completions plus one event may last before any single completion ends
+    /// it: the most a completion waits behind a quiet send that did not complete at once (its peer stopped
+    /// reading). Longer than an initiator's turnaround at queue depth 1, so that case needs one wake-up.
+    static let quietSendWaitMicros: UInt32 = 200
+
+    /// Completions the next wait asks for: one event, plus the quiet sends' completions (never more than one
+    /// batch, so the count stays far below the completion queue's size).
+    static func completionsToWaitFor(quietSends: Int) -> Int {
+        1 + min(quietSends, Ring.completionBatch)
+    }
+
     /// One pass of the loop: submit and wait (or poll), then handle completions in batches. The simulation
     /// drives the reactor by calling this.
     func turn() {
@@ -213,8 +231,12 @@ public final class Reactor {
                 let untilDue = nextHeldLoginNanos > now ? Int64(clamping: nextHeldLoginNanos - now) : 0
                 wait = wait < 0 ? untilDue : min(wait, untilDue)
             }
-            ringResult(ring.submitAndWait(timeoutNanos: wait))
+            // A wait with a deadline stays a wait for one completion: the minimum wait could outlast it.
+            let completions = wait < 0 ? Reactor.completionsToWaitFor(quietSends: quietSends) : 1
+            ringResult(ring.submitAndWait(timeoutNanos: wait, completions: completions,
+                                          minWaitMicros: Reactor.quietSendWaitMicros))
         }
+        quietSends = 0
         if !gateWaiters.isEmpty { retryGates() }
         runReady()
         // Completions are handled in batches; sends and recvs queued meanwhile go out in the next submit.
@@ -239,6 +261,24 @@ public final class Reactor {
         if parkedLogins > 0 { resumeParkedLogins() }
         if heldLogins > 0 { answerHeldLogins() }
         flushDirty()
+        // Only with no completion waiting: a recv's bytes may sit in a connection's staging before its
+        // completion is handled.
+        if trimDue && ring.peekBatch() == 0 { trimIdleConnections() }
+    }
+
+    /// A tick passed since idle connections last gave their pages back.
+    var trimDue = false
+    /// Full ticks without a byte received or sent before a connection gives back its staging and send-queue
+    /// pages: an idle session then costs its header page and its object, not the pages its login touched.
+    static let idleTrimTicks: UInt64 = 1
+
+    func trimIdleConnections() {
+        trimDue = false
+        for c in connections {
+            guard let c, c.canTrimMemory(tick: tick, idleTicks: Reactor.idleTrimTicks) else { continue }
+            connectionMemory.trimIdle(c.index)
+            c.memoryTrimmed = true
+        }
     }
 
     /// Brute-force brake on CHAP: this core's memory of failed logins per address and account.
@@ -707,6 +747,7 @@ public final class Reactor {
     func onTick() {
         tick = Reactor.nextTick(previous: tick, elapsedNanos: monotonicNanos() &- tickEpochNanos)
         if running { armTick() }
+        trimDue = true
         sheep.onTick(tick)
         tickJobs()
         sheep.flush()
