@@ -2,7 +2,7 @@
 // 4 KiB to 1 MiB in flight, with two EXTENDED COPYs and a COMPARE AND WRITE among them, while the admin deletes
 // the LUN and another target without --force (refused with tgt's words while commands are in flight) and then
 // with it, and re-creates them, round after round. The LUN that is never deleted keeps serving and keeps
-// exactly what was written to it; the daemon never crashes. `scripts/asan` runs this on an ASan build with
+// exactly what was written to it; the daemon never crashes. `scripts/sanitize address` runs this on an ASan build with
 // RINGTGT_E2E_DELETE_ROUNDS=100.
 
 import Foundation
