@@ -129,6 +129,12 @@ public struct Admin {
         self.uniqueLogNames = uniqueLogNames
     }
 
+    /// ringtgtd's control socket (the path after `--control-socket`); nil for tgtd's numbered endpoint.
+    public var controlSocketPath: String? {
+        guard let i = controlArgs.firstIndex(of: "--control-socket"), i + 1 < controlArgs.count else { return nil }
+        return controlArgs[i + 1]
+    }
+
     /// Runs `ADMIN <control> args...` and returns whatever happened.
     public func run(_ args: [String]) throws -> ToolResult {
         try runTool(executable, controlArgs + args, logDir: logDir, timeoutSeconds: DaemonLimits.adminTimeoutSeconds,

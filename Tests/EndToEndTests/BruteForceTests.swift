@@ -138,7 +138,7 @@ extension EndToEnd {
         @Test(.enabled(if: Peer.current == .ringtgt && geteuid() == 0, "needs root to run a command as nobody"))
         func anotherUserIsRefusedAtTheControlSocket() throws {
             try withTarget(luns: [.null(bytes: 16 * mebibyte)]) { t in
-                let socket = t.scratch.path("ctl").path
+                let socket = try #require(t.admin.controlSocketPath)
                 var st = stat()
                 #expect(stat(socket, &st) == 0 && st.st_mode & 0o777 == 0o600, "mode \(String(st.st_mode & 0o777, radix: 8))")
                 #expect(chmod(t.scratch.url.path, 0o711) == 0 && chmod(socket, 0o666) == 0)
