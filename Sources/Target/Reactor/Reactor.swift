@@ -1038,9 +1038,14 @@ extension Reactor: SheepStoreHost {
         return (c, op.task)
     }
 
+    /// For a store tag of an LU job (SANITIZE), its entry (nil inside when the job is gone); nil for a task's tag.
+    private func lunJobEntry(_ tag: UInt64) -> Int?? {
+        UserData.kind(tag) == OpKind.lunJob.rawValue ? .some(lunJobs.entry(JobOp.decode(tag))) : nil
+    }
+
     func storeRequest(_ tag: UInt64) -> UnsafeMutablePointer<StoreRequest>? {
-        if UserData.kind(tag) == OpKind.lunJob.rawValue {
-            guard let j = lunJobs.entry(JobOp.decode(tag)) else { return nil }
+        if let job = lunJobEntry(tag) {
+            guard let j = job else { return nil }
             return UnsafeMutableRawPointer(lunJobs.entries + j).advanced(by: MemoryLayout<LUNJob>.offset(of: \.store)!)
                 .assumingMemoryBound(to: StoreRequest.self)
         }
@@ -1050,8 +1055,8 @@ extension Reactor: SheepStoreHost {
     }
 
     func storeVolume(_ tag: UInt64) -> SheepVolume? {
-        if UserData.kind(tag) == OpKind.lunJob.rawValue {
-            guard let j = lunJobs.entry(JobOp.decode(tag)), case .sheep(let vol) = lunJobs.entries[j].sanitize!.lun.backing
+        if let job = lunJobEntry(tag) {
+            guard let j = job, case .sheep(let vol) = lunJobs.entries[j].sanitize!.lun.backing
             else { return nil }
             return vol
         }
@@ -1063,8 +1068,8 @@ extension Reactor: SheepStoreHost {
     }
 
     func storeFinished(_ tag: UInt64, _ result: StoreResult) {
-        if UserData.kind(tag) == OpKind.lunJob.rawValue {
-            if let j = lunJobs.entry(JobOp.decode(tag)) { jobStoreFinished(j, result) }
+        if let job = lunJobEntry(tag) {
+            if let j = job { jobStoreFinished(j, result) }
             return
         }
         guard let (c, t) = storeTask(tag) else { return }
