@@ -76,33 +76,6 @@ static inline int rt_wait(struct io_uring *ring, unsigned waitNr, long long nano
     return io_uring_submit_and_wait_timeout(ring, &cqe, waitNr, &ts, NULL);
 }
 
-// IORING_FEAT_MIN_TIMEOUT (kernel 6.12; liburing 2.3's header predates it).
-static const uint32_t RT_FEAT_MIN_TIMEOUT = 1U << 15;
-
-// Submits and waits for `waitNr` completions, but once `minWaitUsec` has passed settles for any one; `nanos`
-// (<0 = none) bounds the whole wait. Needs IORING_FEAT_MIN_TIMEOUT: the io_uring_getevents_arg field liburing
-// 2.3 calls `pad` is min_wait_usec. Flushes the SQ tail as liburing's submit does (no SQPOLL here). Enters
-// through liburing's exported io_uring_enter2 (-errno on failure), which perf/gates/uringwait.c can replace.
-static inline int rt_wait_min(struct io_uring *ring, unsigned waitNr, unsigned minWaitUsec, long long nanos) {
-    struct io_uring_sq *sq = &ring->sq;
-    unsigned tail = sq->sqe_tail;
-    if (sq->sqe_head != tail) {
-        sq->sqe_head = tail;
-        __atomic_store_n(sq->ktail, tail, __ATOMIC_RELEASE);
-    }
-    unsigned toSubmit = tail - *sq->khead;
-    // Without an overall timeout the kernel would end the wait at min_wait even with nothing completed.
-    long long whole = nanos < 0 ? 60LL * 1000000000LL : nanos;
-    struct __kernel_timespec ts = { .tv_sec = whole / 1000000000LL, .tv_nsec = whole % 1000000000LL };
-    struct io_uring_getevents_arg arg;
-    memset(&arg, 0, sizeof(arg));
-    arg.sigmask_sz = 64 / 8;
-    arg.pad = minWaitUsec;
-    arg.ts = (uint64_t)(uintptr_t)&ts;
-    return io_uring_enter2(ring->ring_fd, toSubmit, waitNr, IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG,
-                           (sigset_t *)&arg, sizeof(arg));
-}
-
 // Atomic access to shared 32-bit slots (the sheepdog object index): plain moves on x86, ordered for the compiler.
 static inline uint32_t rt_load_acquire_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void rt_store_release_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }

@@ -67,22 +67,6 @@ import Testing
         #expect(a.summaries == b.summaries)
     }
 
-    /// At queue depth 1 a response's send completes as it is submitted, and nothing waits for it: the wait
-    /// after it asks for that completion and the next command's together (one io_uring_enter per command).
-    @Test func quietSendsJoinTheNextWait() throws {
-        var o = SimulationOptions(seed: 13, store: .null, faults: .none)
-        o.iscsiClients = 1
-        o.nbdClients = 1
-        o.queueDepth = 1
-        o.commandsPerClient = 100
-        o.maxBlocksPerCommand = 8   // 4 KiB: every response is a quiet send
-        let r = try Self.check(o)
-        #expect(r.ring.extraCompletionsWaitedFor >= 2 * o.commandsPerClient, "waited for \(r.ring.extraCompletionsWaitedFor) quiet sends")
-        #expect(Reactor.completionsToWaitFor(quietSends: 0) == 1)
-        #expect(Reactor.completionsToWaitFor(quietSends: 3) == 4)
-        #expect(Reactor.completionsToWaitFor(quietSends: 100_000) == 1 + Ring.completionBatch)
-    }
-
     @Test func replay() throws {
         guard let text = getenv("RINGTGT_SIM_SEED").map({ String(cString: $0) }) else { return }
         let seed = text.hasPrefix("0x") ? UInt64(text.dropFirst(2), radix: 16) : UInt64(text)

@@ -10,8 +10,6 @@
 #include <poll.h>
 #include <stdint.h>
 #include <time.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 #include <liburing.h>
 
 // Upper bound on one poll(2) sleep: completions that poll misses (deferred task work) wait at most this.
@@ -52,29 +50,4 @@ int io_uring_submit_and_wait_timeout(struct io_uring *ring, struct io_uring_cqe 
         if (io_uring_cq_ready(ring) > 0) io_uring_peek_cqe(ring, cqe_ptr);
     }
     return rc;
-}
-
-static int enter(unsigned fd, unsigned to_submit, unsigned min_complete, unsigned flags, void *arg, size_t sz) {
-    long rc = syscall(SYS_io_uring_enter, fd, to_submit, min_complete, flags, arg, sz);
-    return rc < 0 ? -errno : (int)rc;
-}
-
-// The reactor's wait for several completions (shim.h rt_wait_min): it may settle for one, so this waits for
-// any, as above, until the timeout in its io_uring_getevents_arg.
-int io_uring_enter2(unsigned fd, unsigned to_submit, unsigned min_complete, unsigned flags, sigset_t *sig, size_t sz) {
-    if (!(flags & IORING_ENTER_GETEVENTS) || !(flags & IORING_ENTER_EXT_ARG) || min_complete == 0)
-        return enter(fd, to_submit, min_complete, flags, sig, sz);
-    const struct io_uring_getevents_arg *arg = (const struct io_uring_getevents_arg *)sig;
-    const struct __kernel_timespec *ts = (const struct __kernel_timespec *)(uintptr_t)arg->ts;
-    uint64_t deadline = ts ? now_nanos() + (uint64_t)ts->tv_sec * 1000000000ull + (uint64_t)ts->tv_nsec : 0;
-    int submitted = enter(fd, to_submit, 0, IORING_ENTER_GETEVENTS, NULL, 0);
-    if (submitted < 0) return submitted;
-    while (1) {
-        struct pollfd p = { .fd = (int)fd, .events = POLLIN, .revents = 0 };
-        int ready = poll(&p, 1, slice_millis);
-        int rc = enter(fd, 0, 0, IORING_ENTER_GETEVENTS, NULL, 0);
-        if (rc < 0 && rc != -EINTR && rc != -EAGAIN) return rc;
-        if (ready > 0) return submitted;
-        if (deadline && now_nanos() >= deadline) return -ETIME;
-    }
 }

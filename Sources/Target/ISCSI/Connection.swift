@@ -332,7 +332,6 @@ public final class Connection {
         sqe.pointee.user_data = ConnectionOp(connection: index, generation: generation).encode(.send)
         sendInFlight = true
         memoryTrimmed = false
-        if sendIsQuiet { reactor.quietSends += 1 }
     }
 
     /// The connection gave its idle pages back and has not received or sent since (Reactor.trimIdleConnections).
@@ -343,14 +342,6 @@ public final class Connection {
     func canTrimMemory(tick: UInt64, idleTicks: UInt64) -> Bool {
         phase == .fullFeature && !memoryTrimmed && !sendInFlight && out.count == 0 && rxStart == rxEnd && !stalled
             && tick &- max(liveness.lastRxTick, liveness.lastSendProgressTick) >= idleTicks
-    }
-
-    /// Nothing waits for this send's completion: no stalled parser, no task waiting for send-queue room, no
-    /// connection waiting for the buffer slot it may give back, no NBD disconnect draining.
-    private var sendIsQuiet: Bool {
-        phase == .fullFeature && !stalled && outWaiters.isEmpty && reactor.slotWaiters.isEmpty
-            && (frontEnd == .iscsi || nbd.stage != .draining)
-            && out.inFlightIsQuiet(maxBytes: Reactor.quietSendMaxBytes)
     }
 
     /// A recv or send failed with `e`: issued again when it was only interrupted (`again`), else the connection

@@ -45,8 +45,6 @@ struct OutQueue: ~Copyable {
     var count = 0          // queued records (including those in flight)
     var inFlight = 0       // records covered by the SENDMSG in flight
     var sentInFirst = 0    // bytes of records[head] already sent by an earlier partial send
-    var queuedBytes = 0    // bytes of the queued records, whole (sentInFirst not deducted)
-    var loudRecords = 0    // queued records whose send completion continues work (`isLoud`)
 
     /// Bytes `init(capacity:memory:)` lays the queue out in: bookkeeping first, the header arena last (its
     /// entries are touched only as the queue fills).
@@ -122,17 +120,6 @@ struct OutQueue: ~Copyable {
         }
         records[i] = OutRecord(headerLength: hl, data: data, dataLength: Int32(dataLength), trailerLength: tl, token: token)
         count += 1
-        queuedBytes += Int(hl) + dataLength + Int(tl)
-        if OutQueue.isLoud(token) { loudRecords += 1 }
-    }
-
-    /// A Data-In piece refilling its buffer, or a logout closing: its send completion continues work.
-    @inline(__always)
-    static func isLoud(_ token: SendToken) -> Bool {
-        switch token {
-        case .dataInSent, .closeAfter: return true
-        case .none, .taskDone, .freeSlot: return false
-        }
     }
 
     @inline(__always)
@@ -163,14 +150,6 @@ struct OutQueue: ~Copyable {
         return true
     }
 
-    /// The prepared message holds every queued PDU, at most `maxBytes` of them, and none whose send completion
-    /// continues work (a Data-In piece refilling its buffer, a logout closing): once it is on the wire, its
-    /// completion only gives things back, and may wait for the next event.
-    @inline(__always)
-    func inFlightIsQuiet(maxBytes: Int) -> Bool {
-        inFlight == count && loudRecords == 0 && queuedBytes - sentInFirst <= maxBytes
-    }
-
     @inline(__always)
     private func addIov(_ v: Int, _ p: UnsafeMutableRawPointer, _ len: Int, _ skip: inout Int) -> Int {
         appendIovec(iov, v, p, len, &skip)
@@ -190,8 +169,6 @@ struct OutQueue: ~Copyable {
             left -= b
             head = (head + 1) % capacity
             count -= 1
-            queuedBytes -= b
-            if OutQueue.isLoud(r.token) { loudRecords -= 1 }
             done += 1
             if r.token != .none { fired[n] = r.token; n += 1 }
         }
@@ -212,8 +189,6 @@ struct OutQueue: ~Copyable {
         }
         inFlight = 0
         sentInFirst = 0
-        queuedBytes = 0
-        loudRecords = 0
     }
 }
 

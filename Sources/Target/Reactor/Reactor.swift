@@ -199,24 +199,6 @@ public final class Reactor {
     /// When the last completion was handled, for the busy-poll window.
     private var lastWorkNanos: UInt64 = 0
 
-    /// Sends prepared since the last wait whose completions need no prompt handling (Connection.sendIsQuiet).
-    /// A small send completes while it is submitted, so waking for its completion alone would cost a second
-    /// io_uring_enter per request at queue depth 1: the wait asks for one completion more per quiet send.
-    var quietSends = 0
-    /// A quiet send holds at most this much: a small one goes into the socket whole at once, a large one may go
-    /// out partly and need its rest sent promptly.
-    static let quietSendMaxBytes = 16_384
-    /// How long a wait for quiet sends' completions plus one event may last before any single completion ends
-    /// it: the most a completion waits behind a quiet send that did not complete at once (its peer stopped
-    /// reading). Longer than an initiator's turnaround at queue depth 1, so that case needs one wake-up.
-    static let quietSendWaitMicros: UInt32 = 200
-
-    /// Completions the next wait asks for: one event, plus the quiet sends' completions (never more than one
-    /// batch, so the count stays far below the completion queue's size).
-    static func completionsToWaitFor(quietSends: Int) -> Int {
-        1 + min(quietSends, Ring.completionBatch)
-    }
-
     /// One pass of the loop: submit and wait (or poll), then handle completions in batches. The simulation
     /// drives the reactor by calling this.
     func turn() {
@@ -231,12 +213,8 @@ public final class Reactor {
                 let untilDue = nextHeldLoginNanos > now ? Int64(clamping: nextHeldLoginNanos - now) : 0
                 wait = wait < 0 ? untilDue : min(wait, untilDue)
             }
-            // A wait with a deadline stays a wait for one completion: the minimum wait could outlast it.
-            let completions = wait < 0 ? Reactor.completionsToWaitFor(quietSends: quietSends) : 1
-            ringResult(ring.submitAndWait(timeoutNanos: wait, completions: completions,
-                                          minWaitMicros: Reactor.quietSendWaitMicros))
+            ringResult(ring.submitAndWait(timeoutNanos: wait))
         }
-        quietSends = 0
         if !gateWaiters.isEmpty { retryGates() }
         runReady()
         // Completions are handled in batches; sends and recvs queued meanwhile go out in the next submit.

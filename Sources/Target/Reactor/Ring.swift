@@ -18,9 +18,6 @@ public struct Ring: ~Copyable {
     /// The simulated ring behind this one, or nil for the kernel's (see SimulatedRing). Every call below tests
     /// it first: one predictable branch, no existential and no generic in the engine.
     let simulated: SimulatedRing?
-    /// The kernel can wait for several completions but settle for one after a minimum wait
-    /// (IORING_FEAT_MIN_TIMEOUT); without it every wait is for one completion.
-    public let minWaitSupported: Bool
 
     struct SpillState {
         var count = 0
@@ -66,7 +63,6 @@ public struct Ring: ~Copyable {
             params.cq_entries = entries &* 4
             rc = io_uring_queue_init_params(entries, ring, &params)
         }
-        minWaitSupported = rc >= 0 && params.features & RT_FEAT_MIN_TIMEOUT != 0
         if rc < 0 {
             cqes.deallocate()
             spill.deallocate()
@@ -86,7 +82,6 @@ public struct Ring: ~Copyable {
         spillState = .allocate(capacity: 1)
         spillState.initialize(to: SpillState())
         self.simulated = simulated
-        minWaitSupported = true
     }
 
     deinit {
@@ -163,19 +158,14 @@ public struct Ring: ~Copyable {
     /// SQEs waiting in the spill area.
     public var spilled: Int { spillState.pointee.count }
 
-    /// Submits and waits for at least one completion or the timeout (nanoseconds; <0 = forever). With
-    /// `completions` > 1 and a kernel that supports it, the wait goes on for that many completions until
-    /// `minWaitMicros` has passed, then ends at the first one there is. The result of the io_uring_enter:
-    /// SQEs submitted, or -errno (-ETIME when the timeout passed).
+    /// Submits and waits for at least one completion or the timeout (nanoseconds; <0 = forever). The result of
+    /// io_uring_submit_and_wait(_timeout): SQEs submitted, or -errno (-ETIME when the timeout passed).
     @inline(__always)
-    public func submitAndWait(timeoutNanos: Int64, completions: Int = 1, minWaitMicros: UInt32 = 0) -> Int32 {
-        if let simulated { return simulated.submitAndTurn(completions: completions) }
+    public func submitAndWait(timeoutNanos: Int64) -> Int32 {
+        if let simulated { return simulated.submitAndTurn() }
         if spillState.pointee.count > 0 {
             let rc = submitPending()
             if rc < 0 { return rc }
-        }
-        if completions > 1 && minWaitSupported {
-            return rt_wait_min(ring, UInt32(completions), minWaitMicros, timeoutNanos)
         }
         return rt_wait(ring, 1, timeoutNanos)
     }

@@ -87,8 +87,6 @@ public struct SimulatedRingCounters: Sendable, CustomStringConvertible {
     public var reorderedTurns = 0
     /// SQEs with an opcode the simulation does not know (completed with EINVAL): must stay 0.
     public var unsupported = 0
-    /// Completions beyond the first that the reactor's waits asked for (Reactor.completionsToWaitFor).
-    public var extraCompletionsWaitedFor = 0
     public var faults: Int { shortTransfers + eagains + resets + delays + acceptFailures }
 
     public var description: String {
@@ -194,10 +192,8 @@ public final class SimulatedRing {
         return Int32(n)
     }
 
-    /// Submits, then carries out one turn: each pending operation, in a seeded order, completes if it can. A turn
-    /// stands for any wait: `completions`, what the reactor would wait for, is only counted.
-    func submitAndTurn(completions: Int = 1) -> Int32 {
-        counters.extraCompletionsWaitedFor += completions - 1
+    /// Submits, then carries out one turn: each pending operation, in a seeded order, completes if it can.
+    func submitAndTurn() -> Int32 {
         let n = submit()
         turn()
         return n
