@@ -100,10 +100,11 @@ let package = Package(
             path: "perf/runner",
             swiftSettings: [.swiftLanguageMode(.v5)]
         ),
-        // perf/livefuzz: the live-daemon fuzzer and hostile-load tool (issue 11); starts its own ringtgtd.
+        // perf/livefuzz: the live-daemon fuzzer and hostile-load tool (issue 11); starts its own ringtgtd with
+        // TestSupport's daemon fixture. Target only for the NBD wire constants.
         .executableTarget(
             name: "ringtgt-livefuzz",
-            dependencies: ["ISCSIWire", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["Target", "ISCSIWire", "TestSupport", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "perf/livefuzz",
             swiftSettings: [.swiftLanguageMode(.v5)]
         ),

@@ -143,7 +143,7 @@ struct Hostile: ParsableCommand {
         if !held.isEmpty || !floods.isEmpty {
             // The defaults cap connections not logged in at 64 per address and 4096 per core (a flood from one
             // address is refused at accept); raised here so that all N are held and their memory is measured.
-            let d = try TargetDaemon(ringtgtd: ringtgtd ?? sibling("ringtgtd"), cores: cores,
+            let d = try LiveDaemon(ringtgtd: ringtgtd ?? sibling("ringtgtd"), cores: cores,
                                      extraArgs: ["--max-connections", "\(count + 1024)", "--max-login-per-address", "\(count + 1024)"])
             defer { d.stop() }
             installStop(d)
@@ -158,7 +158,7 @@ struct Hostile: ParsableCommand {
         print("hostile: PASS")
     }
 
-    func heldRun(_ kind: ConnectionKind, _ d: TargetDaemon) throws -> [String] {
+    func heldRun(_ kind: ConnectionKind, _ d: LiveDaemon) throws -> [String] {
         var failures: [String] = []
         let lg = loadgen ?? sibling("ringtgt-loadgen")
         let quiet = try loadgenRun(lg, port: d.iscsiPort, targetPid: d.pid, seconds: seconds)
@@ -236,7 +236,7 @@ final class FloodCounters: @unchecked Sendable {
 }
 
 extension Hostile {
-    func floodRun(_ kind: FloodKind, _ d: TargetDaemon) throws -> [String] {
+    func floodRun(_ kind: FloodKind, _ d: LiveDaemon) throws -> [String] {
         let counters = FloodCounters()
         let end = Date().addingTimeInterval(seconds)
         let port = d.iscsiPort
@@ -325,7 +325,7 @@ extension Hostile {
     /// EMFILE until the login timeout frees descriptors. The log and the CPU are measured while at the limit.
     func emfileRun() throws -> [String] {
         // The per-address login cap (64) would refuse most of the flood before descriptors run out: raised.
-        let d = try TargetDaemon(ringtgtd: ringtgtd ?? sibling("ringtgtd"), cores: cores,
+        let d = try LiveDaemon(ringtgtd: ringtgtd ?? sibling("ringtgtd"), cores: cores,
                                  extraArgs: ["--max-login-per-address", "\(HostileBounds.emfileConnections)"],
                                  descriptorLimit: HostileBounds.emfileDescriptorLimit)
         defer { d.stop() }
