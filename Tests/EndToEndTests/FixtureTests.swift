@@ -46,16 +46,6 @@ struct SharedFixtureTests {
         #expect(ports.count == 3 && Set(ports).count == 3 && !ports.contains(0))
     }
 
-    @Test func seededRandomReplaysItsStream() {
-        var a = SeededRandom(seed: 42), b = SeededRandom(seed: 42), c = SeededRandom(seed: 43)
-        let xs = (0..<8).map { _ in a.next() }
-        #expect(xs == (0..<8).map { _ in b.next() })
-        #expect(xs != (0..<8).map { _ in c.next() })
-        // SplitMix64's first output for seed 0, as its reference implementation prints it.
-        var z = SeededRandom(seed: 0)
-        #expect(z.next() == 0xE220_A839_7B1D_CDAF)
-    }
-
     /// The package's ringtgtd through the shared fixture, with what its `stop()` reports collected.
     static func startDaemon(in s: Scratch, extraArgs: [String] = [], problems: @escaping (String) -> Void) throws -> TargetDaemon {
         let programs = DaemonLauncher(daemon: try Paths.packageBinary("ringtgtd"), admin: try Paths.packageBinary("ringtgtadm"))
