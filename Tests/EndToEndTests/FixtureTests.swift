@@ -46,6 +46,18 @@ struct SharedFixtureTests {
         #expect(ports.count == 3 && Set(ports).count == 3 && !ports.contains(0))
     }
 
+    @Test func processStatsReadThisProcessFromProc() throws {
+        let me = getpid()
+        let fds = try #require(ProcessStats.openDescriptors(me))
+        let fd = open("/dev/null", O_RDONLY)
+        defer { close(fd) }
+        #expect(ProcessStats.openDescriptors(me) == fds + 1)
+        let memory = try #require(ProcessStats.memoryKiB(me))
+        #expect(memory.rss > 0 && memory.hwm >= memory.rss)
+        #expect(try #require(ProcessStats.cpuSeconds(me)) > 0)
+        #expect(ProcessStats.cpuSeconds(0) == nil && ProcessStats.memoryKiB(0) == nil)
+    }
+
     /// The package's ringtgtd through the shared fixture, with what its `stop()` reports collected.
     static func startDaemon(in s: Scratch, extraArgs: [String] = [], problems: @escaping (String) -> Void) throws -> TargetDaemon {
         let programs = DaemonLauncher(daemon: try Paths.packageBinary("ringtgtd"), admin: try Paths.packageBinary("ringtgtadm"))

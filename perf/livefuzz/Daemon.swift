@@ -81,28 +81,14 @@ final class LiveDaemon {
     var pid: Int32 { daemon.process.pid }
     var log: String { daemon.log }
 
-    /// VmRSS, KiB.
-    var rssKiB: Int {
-        guard let s = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return 0 }
-        for line in s.split(separator: "\n") where line.hasPrefix("VmRSS:") {
-            return Int(line.split(whereSeparator: { $0 == " " || $0 == "\t" })[1]) ?? 0
-        }
-        return 0
-    }
+    /// VmRSS, KiB (0 once the daemon is gone).
+    var rssKiB: Int { ProcessStats.memoryKiB(pid)?.rss ?? 0 }
 
     /// Descriptors the daemon holds: every accepted connection is one.
-    var openDescriptors: Int {
-        (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? 0
-    }
+    var openDescriptors: Int { ProcessStats.openDescriptors(pid) ?? 0 }
 
-    /// utime + stime of all threads, in clock ticks.
-    var cpuTicks: Int {
-        guard let s = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = s.lastIndex(of: ")") else { return 0 }
-        let f = s[s.index(after: close)...].split(separator: " ")
-        // Fields after the command: state is f[0], utime is field 14 overall (f[11]), stime f[12].
-        return (Int(f[11]) ?? 0) + (Int(f[12]) ?? 0)
-    }
+    /// utime + stime of all threads, seconds.
+    var cpuSeconds: Double { ProcessStats.cpuSeconds(pid) ?? 0 }
 
     /// Logged-in connections, from the metrics page (one received-bytes line per connection), or nil.
     func loggedInConnections() -> Int? {
