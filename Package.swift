@@ -29,10 +29,13 @@ let package = Package(
         // builders for both directions, for the target, the load generator and the test initiators. No package
         // dependencies. Everything a PDU goes through is @inlinable, so it inlines across this boundary.
         .target(name: "ISCSIWire", dependencies: ["CCRC32C"], swiftSettings: [.swiftLanguageMode(.v5)]),
+        // The one seeded PRNG (SplitMix64), below Target (the simulated ring) and TestSupport. No dependencies.
+        .target(name: "DeterministicRandom", swiftSettings: [.swiftLanguageMode(.v5)]),
         .target(
             name: "Target",
             dependencies: [
                 "CURing",
+                "DeterministicRandom",
                 "ISCSIWire",
                 "SheepProtocol",
                 .product(name: "Logging", package: "swift-log"),
@@ -67,7 +70,7 @@ let package = Package(
         // Test support shared by the end-to-end harness, the perf runner and the sheep test server: the seeded
         // PRNG, bounded child processes, free ports, and the sheep fixtures (test server, local cluster). A
         // target, not a product: nothing outside this package links it.
-        .target(name: "TestSupport", swiftSettings: [.swiftLanguageMode(.v5)]),
+        .target(name: "TestSupport", dependencies: ["DeterministicRandom"], swiftSettings: [.swiftLanguageMode(.v5)]),
         // Test support: a sheep-protocol server that behaves like a small sheep cluster, plus a dog-like CLI.
         .executableTarget(
             name: "SheepTestServer",
@@ -97,10 +100,11 @@ let package = Package(
             path: "perf/runner",
             swiftSettings: [.swiftLanguageMode(.v5)]
         ),
-        // perf/livefuzz: the live-daemon fuzzer and hostile-load tool (issue 11); starts its own ringtgtd.
+        // perf/livefuzz: the live-daemon fuzzer and hostile-load tool (issue 11); starts its own ringtgtd with
+        // TestSupport's daemon fixture. Target only for the NBD wire constants.
         .executableTarget(
             name: "ringtgt-livefuzz",
-            dependencies: ["ISCSIWire", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["Target", "ISCSIWire", "TestSupport", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "perf/livefuzz",
             swiftSettings: [.swiftLanguageMode(.v5)]
         ),
@@ -109,9 +113,11 @@ let package = Package(
         .testTarget(name: "SheepTestServerTests", dependencies: ["SheepTestServer", "SheepProtocol", "TestSupport"],
                     swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "ISCSIWireTests", dependencies: ["ISCSIWire"], swiftSettings: [.swiftLanguageMode(.v5)]),
-        .testTarget(name: "TargetTests", dependencies: ["Target"], swiftSettings: [.swiftLanguageMode(.v5)]),
+        .testTarget(name: "DeterministicRandomTests", dependencies: ["DeterministicRandom"],
+                    swiftSettings: [.swiftLanguageMode(.v5)]),
+        .testTarget(name: "TargetTests", dependencies: ["Target", "DeterministicRandom"], swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "EndToEndTests", dependencies: ["Target", "ISCSIWire", "SheepProtocol", "TestSupport"], swiftSettings: [.swiftLanguageMode(.v5)]),
-        .testTarget(name: "SimulationTests", dependencies: ["Target", "SheepTestServer", "SheepProtocol"], swiftSettings: [.swiftLanguageMode(.v5)]),
+        .testTarget(name: "SimulationTests", dependencies: ["Target", "DeterministicRandom", "SheepTestServer", "SheepProtocol"], swiftSettings: [.swiftLanguageMode(.v5)]),
     ]
 )
 

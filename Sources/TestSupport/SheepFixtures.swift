@@ -57,6 +57,61 @@ public enum SheepTestServerFixture {
     }
 }
 
+/// `dog` pointed at one sheep service: the real dog over TCP to a cluster node, or the test server's dog-like
+/// client (`ringtgt-sheep-testserver dog`) on its unix socket or TCP port; both take the same subcommands.
+public struct DogCommand {
+    public let executable: URL
+    /// Before the subcommand (the test server's `dog`), and after it (how to reach the service).
+    public let leading: [String]
+    public let connection: [String]
+    public let logDir: URL
+    public var uniqueLogNames = true
+
+    public init(executable: URL, leading: [String] = [], connection: [String], logDir: URL, uniqueLogNames: Bool = true) {
+        self.executable = executable
+        self.leading = leading
+        self.connection = connection
+        self.logDir = logDir
+        self.uniqueLogNames = uniqueLogNames
+    }
+
+    /// Real dog against node `127.0.0.1:port`.
+    public static func real(_ dog: URL, port: Int, logDir: URL, uniqueLogNames: Bool = true) -> DogCommand {
+        DogCommand(executable: dog, connection: ["-a", "127.0.0.1", "-p", "\(port)"], logDir: logDir,
+                   uniqueLogNames: uniqueLogNames)
+    }
+
+    /// The test server's client on its unix socket.
+    public static func testServer(_ server: URL, unixSocket: String, logDir: URL, uniqueLogNames: Bool = true) -> DogCommand {
+        DogCommand(executable: server, leading: ["dog"], connection: ["--unix", unixSocket], logDir: logDir,
+                   uniqueLogNames: uniqueLogNames)
+    }
+
+    /// Runs `dog ARGS` (e.g. ["vdi", "create", "v", "64M"]) with stdin and stdout optionally redirected to files
+    /// (binary data never goes through a String).
+    public func run(_ args: [String], stdin: URL? = nil, stdout: URL? = nil,
+                    timeoutSeconds: Double = SheepFixtureLimits.dogTimeoutSeconds) throws -> ToolResult {
+        let argv = leading + args + connection
+        if stdin == nil && stdout == nil {
+            return try runTool(executable, argv, logDir: logDir, timeoutSeconds: timeoutSeconds, label: "dog",
+                               uniqueLogNames: uniqueLogNames)
+        }
+        var line = "exec " + ([executable.path] + argv).map(shellQuote).joined(separator: " ")
+        if let stdin { line += " < " + shellQuote(stdin.path) }
+        if let stdout { line += " > " + shellQuote(stdout.path) }
+        return try runTool(URL(fileURLWithPath: "/bin/sh"), ["-c", line], logDir: logDir, timeoutSeconds: timeoutSeconds,
+                           label: "dog", uniqueLogNames: uniqueLogNames)
+    }
+
+    /// A dog command that must succeed.
+    @discardableResult
+    public func must(_ args: [String], stdin: URL? = nil, stdout: URL? = nil) throws -> ToolResult {
+        let r = try run(args, stdin: stdin, stdout: stdout)
+        if !r.succeeded { throw FixtureError("dog failed: \(r)") }
+        return r
+    }
+}
+
 /// A real local sheepdog cluster of `SheepFixtureLimits.clusterNodes` nodes under `dir`. Its owner stops it.
 public final class SheepLocalCluster {
     public let sheep: URL
@@ -115,11 +170,15 @@ public final class SheepLocalCluster {
         }
     }
 
+    /// dog against node `node`.
+    public func dogCommand(node: Int = 0) -> DogCommand {
+        .real(dog, port: ports[node], logDir: logDir, uniqueLogNames: uniqueLogNames)
+    }
+
     /// `dog ARGS -a 127.0.0.1 -p PORT` against node `node`.
     public func dog(_ args: [String], node: Int = 0,
                     timeoutSeconds: Double = SheepFixtureLimits.dogTimeoutSeconds) throws -> ToolResult {
-        try runTool(dog, args + ["-a", "127.0.0.1", "-p", "\(ports[node])"], logDir: logDir,
-                    timeoutSeconds: timeoutSeconds, label: "dog", uniqueLogNames: uniqueLogNames)
+        try dogCommand(node: node).run(args, timeoutSeconds: timeoutSeconds)
     }
 
     /// Polls `dog node list` on `node` (bounded, with backoff) until it lists `count` nodes, or exactly

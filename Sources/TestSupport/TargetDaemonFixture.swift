@@ -24,6 +24,8 @@ public enum DaemonLimits {
     public static let readinessSeconds = 60.0
     public static let readinessFirstBackoffSeconds = 0.01
     public static let readinessMaxBackoffSeconds = 0.25
+    /// ringtgtd logs its ready line just after its control socket starts answering: how long that may lag.
+    public static let readyLineSeconds = 10.0
     /// How long a clean SIGTERM shutdown may take before SIGKILL.
     public static let stopGraceSeconds = 10.0
     /// Any single admin command.
@@ -293,6 +295,27 @@ public final class TargetDaemon {
     public var isAlive: Bool { process.isRunning }
     /// Everything the daemon printed so far.
     public var log: String { process.stderrText + process.stdoutText }
+
+    /// The port of `KEY HOST:PORT` in ringtgtd's ready line (`metrics`, the only listener the admin tool does
+    /// not list). The line follows the control socket's first answer, so it is polled for (bounded, backoff).
+    public func readyLinePort(_ key: String, seconds: Double = DaemonLimits.readyLineSeconds) throws -> Int {
+        let deadline = Date().addingTimeInterval(seconds)
+        var backoff = DaemonLimits.readinessFirstBackoffSeconds
+        while true {
+            if let line = log.split(whereSeparator: \.isNewline).first(where: { $0.contains("ringtgtd ready:") }) {
+                guard let r = line.range(of: key + " ") else { throw FixtureError("no `\(key)` in the ready line: \(line)") }
+                let hostPort = line[r.upperBound...].prefix { $0 != "," && $0 != " " }
+                guard let colon = hostPort.lastIndex(of: ":"), let port = Int(hostPort[hostPort.index(after: colon)...]),
+                      port > 0 else { throw FixtureError("no port after `\(key)` in the ready line: \(line)") }
+                return port
+            }
+            if !process.isRunning || Date() >= deadline {
+                throw FixtureError("ringtgtd printed no ready line within \(seconds) s:\n\(tail(log))")
+            }
+            usleep(useconds_t(backoff * 1_000_000))   // the backoff of a bounded poll, not synchronisation
+            backoff = min(backoff * 1.5, DaemonLimits.readinessMaxBackoffSeconds)
+        }
+    }
 
     /// Polls `--op show --mode portal` with backoff until it lists `expected` listeners, all with real ports.
     /// A daemon that exits meanwhile fails the wait at once, with its log.

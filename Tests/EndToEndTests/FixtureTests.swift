@@ -46,14 +46,16 @@ struct SharedFixtureTests {
         #expect(ports.count == 3 && Set(ports).count == 3 && !ports.contains(0))
     }
 
-    @Test func seededRandomReplaysItsStream() {
-        var a = SeededRandom(seed: 42), b = SeededRandom(seed: 42), c = SeededRandom(seed: 43)
-        let xs = (0..<8).map { _ in a.next() }
-        #expect(xs == (0..<8).map { _ in b.next() })
-        #expect(xs != (0..<8).map { _ in c.next() })
-        // SplitMix64's first output for seed 0, as its reference implementation prints it.
-        var z = SeededRandom(seed: 0)
-        #expect(z.next() == 0xE220_A839_7B1D_CDAF)
+    @Test func processStatsReadThisProcessFromProc() throws {
+        let me = getpid()
+        let fds = try #require(ProcessStats.openDescriptors(me))
+        let fd = open("/dev/null", O_RDONLY)
+        defer { close(fd) }
+        #expect(ProcessStats.openDescriptors(me) == fds + 1)
+        let memory = try #require(ProcessStats.memoryKiB(me))
+        #expect(memory.rss > 0 && memory.hwm >= memory.rss)
+        #expect(try #require(ProcessStats.cpuSeconds(me)) > 0)
+        #expect(ProcessStats.cpuSeconds(0) == nil && ProcessStats.memoryKiB(0) == nil)
     }
 
     /// The package's ringtgtd through the shared fixture, with what its `stop()` reports collected.

@@ -30,16 +30,6 @@ extension EndToEnd {
         /// RSS after the last round may exceed RSS after the first by this share at most.
         static let maxRSSGrowth = 0.1
 
-        /// CPU time (user + system) of a process in seconds, from /proc/PID/stat.
-        static func cpuSeconds(pid: Int32) -> Double? {
-            guard let s = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-                  let close = s.lastIndex(of: ")") else { return nil }
-            // Fields after "(comm)": state is field 3, utime 14, stime 15.
-            let fields = s[s.index(after: close)...].split(separator: " ")
-            guard fields.count > 13, let u = Double(fields[11]), let k = Double(fields[12]) else { return nil }
-            return (u + k) / Double(sysconf(Int32(_SC_CLK_TCK)))
-        }
-
         static func lines(_ text: String, containing needle: String) -> Int {
             text.split(separator: "\n").filter { $0.contains(needle) }.count
         }
@@ -62,11 +52,11 @@ extension EndToEnd {
                 }
                 #expect(RobustAdmission.lines(t.process.stderrText, containing: "accept failed") > 0,
                         "accept never failed with \(sockets.count) connections under a \(limit)-descriptor limit")
-                let cpuBefore = try #require(RobustAdmission.cpuSeconds(pid: t.pid))
+                let cpuBefore = try #require(ProcessStats.cpuSeconds(t.pid))
                 let wallBefore = monotonicSeconds()
                 // The measurement window: descriptors stay exhausted meanwhile.
                 usleep(useconds_t(RobustAdmission.exhaustedWindowSeconds * 1_000_000))
-                let cpuAfter = try #require(RobustAdmission.cpuSeconds(pid: t.pid))
+                let cpuAfter = try #require(ProcessStats.cpuSeconds(t.pid))
                 let share = (cpuAfter - cpuBefore) / (monotonicSeconds() - wallBefore)
                 let log = t.process.stderrText
                 let acceptLines = RobustAdmission.lines(log, containing: "accept failed")

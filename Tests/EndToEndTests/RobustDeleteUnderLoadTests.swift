@@ -44,11 +44,7 @@ extension EndToEnd {
         /// COMPARE AND WRITE of one block (compare with what the block holds, write `seed`'s pattern). All its data
         /// waits for an R2T, which only `collect` serves: the command holds the LUN's gate and stays in flight.
         static func compareAndWrite(_ s: RawSession, lun: UInt64, lba: UInt64, current: [UInt8], seed: UInt64) throws -> UInt32 {
-            var cdb = [UInt8](repeating: 0, count: 16)
-            cdb[0] = 0x89
-            for i in 0..<8 { cdb[2 + i] = UInt8(truncatingIfNeeded: lba >> (56 - 8 * UInt64(i))) }
-            cdb[13] = 1
-            return try s.sendCommand(cdb, lun: lun, writeData: current + patternBytes(RobustLifetime.blockBytes, seed: seed),
+            return try s.sendCommand(RawCDB.compareAndWrite(lba: lba, blocks: 1), lun: lun, writeData: current + patternBytes(RobustLifetime.blockBytes, seed: seed),
                                      immediateBytes: 0)
         }
 

@@ -9,8 +9,6 @@ import Glibc
 
 /// Limits of the statistics tests.
 enum StatisticsLimits {
-    /// How long the daemon gets to print its ready line (naming the metrics port) once its control socket answers.
-    static let readyLineSeconds = 10.0
     /// How long one HTTP exchange with the metrics endpoint may take.
     static let httpTimeoutSeconds = 10
     /// Largest metrics page the test reads.
@@ -113,19 +111,7 @@ extension EndToEnd {
             try withTarget(daemonOptions: ["--metrics", "portal=127.0.0.1:0"],
                            luns: [.file(bytes: 16 * mebibyte)]) { t in
                 // The ready line names the port the kernel chose for the metrics endpoint.
-                var metricsPort: Int? = nil
-                let deadline = monotonicSeconds() + StatisticsLimits.readyLineSeconds
-                while metricsPort == nil && monotonicSeconds() < deadline {
-                    let log = t.process.stderrText
-                    if let r = log.range(of: #"metrics 127\.0\.0\.1:(\d+)"#, options: .regularExpression) {
-                        metricsPort = Int(log[r].split(separator: ":").last!)
-                    } else {
-                        usleep(20_000)
-                    }
-                }
-                guard let metricsPort, metricsPort > 0 else {
-                    throw E2EError("no metrics port in the ready line:\n\(tail(t.process.stderrText))")
-                }
+                let metricsPort = try t.daemon.readyLinePort("metrics")
 
                 let s = try RawSession(t.endpoint, target: t.iqn, options: RawLoginOptions(
                     initiatorName: "\(RunningTarget.iqnPrefix):stats"))

@@ -1,9 +1,11 @@
+import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
 import Testing
 @testable import SheepTestServer
 import SheepProtocol
+import TestSupport
 
 @Suite struct Persistence {
     @Test func dataDirSurvivesAStopAndStart() throws {
@@ -39,21 +41,20 @@ import SheepProtocol
     }
 
     @Test func killedServerProcessKeepsEveryAcknowledgedWrite() throws {
-        let dir = makeTempDirectory()
-        defer { removeTree(dir) }
-        func startChild() throws -> (ChildProcess, UInt16) {
-            let child = try ChildProcess(serverBinaryPath(), ["--port", "0", "--data-dir", dir, "--log-level", "error"])
-            guard let line = child.readLine(), line.hasPrefix("listening tcp 127.0.0.1:"),
-                  let port = UInt16(line.split(separator: ":").last ?? "") else {
-                child.kill()
-                throw SysError("server did not start", EIO)
+        let dir = makeTempDirectory(), logs = makeTempDirectory()
+        defer { removeTree(dir); removeTree(logs) }
+        func startChild() throws -> (ToolProcess, UInt16) {
+            let (child, lines) = try startServerProcess(["--port", "0", "--data-dir", dir, "--log-level", "error"], logDir: logs)
+            guard let port = SheepTestServerFixture.address(lines, "listening tcp ").flatMap({ UInt16(exactly: $0.port) }) else {
+                child.killNow()
+                throw SysError("server printed no TCP port: \(lines)", EIO)
             }
             return (child, port)
         }
         var (child, port) = try startChild()
         var written: [(UInt64, [UInt8])] = []
         do {
-            defer { child.kill(SIGKILL) }
+            defer { child.killNow() }
             let d = DogOperations(client: try SheepClient(endpoint: .tcp(host: "127.0.0.1", port: port)))
             try d.create(name: "vol", size: 256 << 20)
             for i in 0..<20 {
@@ -64,7 +65,7 @@ import SheepProtocol
             }
         }
         (child, port) = try startChild()
-        defer { child.kill(SIGTERM) }
+        defer { child.terminate() }
         let d = DogOperations(client: try SheepClient(endpoint: .tcp(host: "127.0.0.1", port: port)))
         for (off, data) in written {
             var back: [UInt8] = []
@@ -79,11 +80,12 @@ import SheepProtocol
         let dir = makeTempDirectory()
         defer { removeTree(dir) }
         let ready = dir + "/ready", sock = dir + "/sock"
-        let child = try ChildProcess(serverBinaryPath(), ["--port", "0", "--unix", sock, "--admin-port", "0",
-                                                          "--ready-file", ready, "--order", "fifo", "--log-level", "error"])
-        defer { child.kill() }
-        let lines = [child.readLine(), child.readLine(), child.readLine()].compactMap { $0 }
-        #expect(lines.count == 3)
+        let child = try ToolProcess(serverBinary(), ["--port", "0", "--unix", sock, "--admin-port", "0", "--ready-file", ready,
+                                                     "--order", "fifo", "--log-level", "error"],
+                                    logDir: URL(fileURLWithPath: dir), label: "server", stdout: .pipe)
+        defer { child.killNow() }
+        let lines = try child.waitForLines(timeoutSeconds: SheepFixtureLimits.serverReadySeconds) { $0.count >= 3 }
+        try #require(lines.count == 3)
         #expect(lines[0].hasPrefix("listening tcp 127.0.0.1:"))
         #expect(lines[1] == "listening unix \(sock)")
         #expect(lines[2].hasPrefix("admin tcp 127.0.0.1:"))
@@ -96,8 +98,9 @@ import SheepProtocol
         let vid = try viaTCP.newVDI(name: "both", size: 1 << 20).header.vdiID
         #expect(try viaUnix.findVDI(name: "both") == vid)
         #expect(try adminCommand(port: admin, "ping") == "ok pong")
-        let status = child.kill(SIGTERM)
-        #expect(status & 0x7f == 0 && (status >> 8) & 0xff == 0, "exit status 0 after SIGTERM")
+        #expect(child.terminate(), "exits on SIGTERM alone")
+        let r = child.result(timedOut: false)
+        #expect(!r.killedBySignal && r.exitStatus == 0, "exit status 0 after SIGTERM: \(r)")
         #expect(access(sock, F_OK) != 0, "the unix socket is removed")
     }
 }

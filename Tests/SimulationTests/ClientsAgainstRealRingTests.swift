@@ -3,6 +3,7 @@
 // stepped by the test thread. Waiting in poll() for the reactor's thread is legitimate here; the simulation
 // itself never waits.
 
+import DeterministicRandom
 import Glibc
 import Logging
 import Testing
@@ -104,7 +105,7 @@ func runToCompletion(_ clients: [SimClientBase & SimClient], seed: UInt64, until
     let pollWaitMillis: Int32 = 100
     /// Consecutive idle waits after which the run is declared stuck (30 s of a target that answers nothing).
     let maxIdleWaits = 300
-    var rng = SimRandom(seed: seed)
+    var rng = SeededRandom(seed: seed)
     var idleWaits = 0
     var round = 0
     var fds = [pollfd](repeating: pollfd(), count: clients.count)

@@ -2,6 +2,7 @@
 // interleaved with reactor turns. A client is deterministic given the PRNG it is stepped with and what its
 // socket delivers: no clocks, no threads, no blocking calls, no randomness of its own.
 
+import DeterministicRandom
 @testable import Target
 
 /// An initiator the simulation steps. Never blocks: every socket call is non-blocking (MSG_DONTWAIT) and
@@ -11,7 +12,7 @@ protocol SimClient: AnyObject {
     /// Makes what progress the socket allows now (send queued bytes, read what arrived, handle PDUs/replies,
     /// issue new commands while fewer than its queue depth are outstanding and the plan is not done).
     /// Returns true if it did anything (sent, received, or changed state).
-    func step(_ rng: inout SimRandom) -> Bool
+    func step(_ rng: inout SeededRandom) -> Bool
     /// Planned commands all ended (answered, or lost with a connection the target closed) and the final
     /// read-back verification (below) is done.
     var isFinished: Bool { get }

@@ -2,6 +2,7 @@
 // fixed send and receive buffers, the command slots and their tags, and the step loop. A subclass speaks its
 // protocol through its hooks: sessionStarted, produce, issue, consume and idle.
 
+import DeterministicRandom
 @testable import Target
 
 import Glibc
@@ -108,7 +109,7 @@ class SimClientBase {
     /// A fresh connection: reset the protocol state and queue the first bytes of the handshake.
     func sessionStarted() {}
     /// Queue what may be sent now (commands, data, answers). True if anything was queued.
-    func produce(_ rng: inout SimRandom) -> Bool { false }
+    func produce(_ rng: inout SeededRandom) -> Bool { false }
     /// Handle every complete message in `rx`. True if anything was handled.
     func consume() -> Bool { false }
     /// Queue the command in `slot` under `newTag(slot)`; false when the send buffer has no room yet.
@@ -142,7 +143,7 @@ class SimClientBase {
 
     /// Sends what waits to be (re)issued, then new commands from the plan, while slots, the buffer and
     /// `windowOpen` allow.
-    func issueCommands(_ rng: inout SimRandom, flushAllowed: Bool, windowOpen: () -> Bool) -> Bool {
+    func issueCommands(_ rng: inout SeededRandom, flushAllowed: Bool, windowOpen: () -> Bool) -> Bool {
         var did = false
         for s in 0..<queueDepth where slots[s] != nil && !sent[s] {
             guard windowOpen(), issue(s) else { return did }
@@ -195,7 +196,7 @@ class SimClientBase {
     var failures: [String] { workload.failures }
     var summary: String { workload.summary + (lastLoss.map { " (last connection lost: \($0))" } ?? "") }
 
-    func step(_ rng: inout SimRandom) -> Bool {
+    func step(_ rng: inout SeededRandom) -> Bool {
         if finished { return false }
         if fd < 0 { return reconnectOrFinish() }
         var did = produce(&rng)

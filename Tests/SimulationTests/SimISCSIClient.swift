@@ -4,6 +4,7 @@
 // ATTENTION is retried. Everything is checked that a correct target guarantees: StatSN order, DataSN and
 // buffer offsets, R2T bounds, tags in flight, the negotiated segment length.
 
+import DeterministicRandom
 @testable import Target
 
 final class SimISCSIClient: SimClientBase, SimClient {
@@ -239,7 +240,7 @@ final class SimISCSIClient: SimClientBase, SimClient {
         return true
     }
 
-    override func produce(_ rng: inout SimRandom) -> Bool {
+    override func produce(_ rng: inout SeededRandom) -> Bool {
         guard case .fullFeature = phase else { return false }
         var did = false
         while pendingPings > 0, let h = tx.reserve(bhsBytes) {

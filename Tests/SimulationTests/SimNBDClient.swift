@@ -1,6 +1,7 @@
 // An NBD client for the simulation: the fixed newstyle handshake with NBD_OPT_GO (no structured replies), then
 // NBD_CMD_READ, NBD_CMD_WRITE and NBD_CMD_FLUSH under cookies, answered by simple replies.
 
+import DeterministicRandom
 @testable import Target
 
 final class SimNBDClient: SimClientBase, SimClient {
@@ -129,7 +130,7 @@ final class SimNBDClient: SimClientBase, SimClient {
 
     // MARK: Transmission
 
-    override func produce(_ rng: inout SimRandom) -> Bool {
+    override func produce(_ rng: inout SeededRandom) -> Bool {
         guard case .transmission = phase else { return false }
         return issueCommands(&rng, flushAllowed: transmissionFlags & NBDWire.transSendFlush != 0) { true }
     }

@@ -2,6 +2,7 @@
 // shadow of every block (what an acknowledged write put there), and the final read-back. Shared by the iSCSI
 // and NBD clients, which only carry the commands over their protocol.
 
+import DeterministicRandom
 @testable import Target
 
 enum SimOp: Equatable { case read, write, flush }
@@ -36,7 +37,7 @@ enum SimPattern {
     @inline(__always)
     static func word(_ seed: UInt64, lba: UInt64, index: Int) -> UInt64 {
         if seed == zeros { return 0 }
-        return SimRandom.mix(seed &+ lba &* 0xD6E8_FEB8_6659_FD93 &+ UInt64(index) &* 0xA076_1D64_78BD_642F)
+        return SeededRandom.mix(seed &+ lba &* 0xD6E8_FEB8_6659_FD93 &+ UInt64(index) &* 0xA076_1D64_78BD_642F)
     }
 }
 
@@ -107,7 +108,7 @@ final class SimWorkload {
     /// The next command to send, or nil when none may start now (the plan is issued, a read-back waits for the
     /// plan to end, or the picked ranges collide with commands in flight). `flushAllowed` is false for an NBD
     /// export without NBD_FLAG_SEND_FLUSH.
-    func next(_ rng: inout SimRandom, flushAllowed: Bool) -> SimCommand? {
+    func next(_ rng: inout SeededRandom, flushAllowed: Bool) -> SimCommand? {
         if issued < commands {
             if flushAllowed && rng.chance(SimWorkload.flushPerMille) {
                 issued += 1

@@ -9,6 +9,7 @@
 //   - memory stays bounded (operations pending on the ring and connections stay under fixed caps).
 
 #if canImport(Glibc)
+import DeterministicRandom
 import Glibc
 #endif
 import Logging
@@ -71,7 +72,7 @@ final class Simulation {
     let core: SimulatedCore
     let registry: Registry
     private var clients: [SimClient] = []
-    private var random: SimRandom
+    private var random: SeededRandom
     private let scratch: String
     private var sheepServer: SheepTestServer?
     private var sheepConnections: [ClientConnection] = []
@@ -83,7 +84,7 @@ final class Simulation {
         self.options = options
         ring = SimulatedRing(seed: options.seed, faults: options.faults)
         // The clients draw from another stream than the ring, so a change of fault rates keeps their plans.
-        random = SimRandom(seed: options.seed ^ 0x5EED_C11E_47AA_0000)
+        random = SeededRandom(seed: options.seed ^ 0x5EED_C11E_47AA_0000)
         var template = Array("/tmp/ringtgt-sim-XXXXXX".utf8CString)
         scratch = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
         var config = ReactorConfig()

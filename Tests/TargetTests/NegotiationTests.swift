@@ -155,7 +155,7 @@ import Testing
     @Test func keyNegotiatedTwiceFailsAcrossTexts() throws {
         var n = KeyNegotiator(defaults: TargetKeyDefaults())
         _ = try n.answer([TextKeyValue("MaxBurstLength", "65536")], stage: .operational, sessionType: .normal)
-        #expect(throws: NegotiationFailure(statusClass: 2, statusDetail: 0,
+        #expect(throws: NegotiationFailure(.initiatorError,
                                            reason: "key MaxBurstLength negotiated twice in one login")) {
             _ = try n.answer([TextKeyValue("MaxBurstLength", "65536")], stage: .operational, sessionType: .normal)
         }

@@ -1,3 +1,4 @@
+import DeterministicRandom
 import Testing
 @testable import Target
 
@@ -5,22 +6,12 @@ import Testing
 /// harness bounds the steps), never ask for data-out beyond the EDTL, never send more data-in than the
 /// EDTL, and always return well-formed sense with CHECK CONDITION.
 @Suite struct SCSIFuzzTests {
-    struct XorShift {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state ^= state << 13; state ^= state >> 7; state ^= state << 17
-            return state
-        }
-        mutating func byte() -> UInt8 { UInt8(truncatingIfNeeded: next()) }
-        mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
-    }
-
     @Test func randomCDBsAlwaysCompleteWithinTheContract() {
         let h = Harness(luns: [(0, 512, 512, StoreCapabilities(canDiscard: true, discardZeroes: true, canReportMapping: true)),
                                (1, 4096, 64, StoreCapabilities(readOnly: true))], bufferBytes: 65536)
         let nexuses = [h.nexus("iqn.2026-01.fuzz:a", isid: 1), h.nexus("iqn.2026-01.fuzz:b", isid: 2)]
-        var rng = XorShift(state: 0x9E37_79B9_7F4A_7C15)
-        let pool = (0 ..< 200_000).map { _ in rng.byte() }
+        var rng = SeededRandom(seed: 0x9E37_79B9_7F4A_7C15)
+        let pool = (0 ..< 200_000).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
         var completed = 0
         var good = 0
         let known = SupportedOpcodes.all
@@ -29,7 +20,7 @@ import Testing
             // rest any opcode at any length.
             let pick = rng.below(4) != 0 ? known[rng.below(known.count)] : nil
             let length = pick?.usage.count ?? [6, 10, 12, 16, 16, 32][rng.below(6)]
-            var cdb = (0 ..< length).map { _ in rng.byte() }
+            var cdb = (0 ..< length).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
             cdb[0] = pick?.opcode ?? UInt8(i % 256)
             // Keep flags clear and addresses and lengths small often enough to reach the data paths.
             if rng.below(4) != 0 { cdb[1] &= 0x02 }

@@ -4,6 +4,7 @@
 // liveness (probes), survival and memory, not the content of each answer.
 import Foundation
 import ISCSIWire
+import Target
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -132,14 +133,14 @@ enum CaseMaker {
             let len = UInt32(512 * (1 + rng.below(64)))
             let t = rng.below(10)
             switch t {
-            case 0, 1: kinds.append("read"); out += NBD.request(type: 0, handle: UInt64(h), offset: off, length: len)
-            case 2: kinds.append("write"); out += NBD.request(type: 1, handle: UInt64(h), offset: off, length: len) + rng.bytes(Int(len))
-            case 3: kinds.append("disc"); out += NBD.request(type: 2, handle: UInt64(h), offset: 0, length: 0)
-            case 4: kinds.append("flush"); out += NBD.request(type: 3, handle: UInt64(h), offset: 0, length: 0)
-            case 5: kinds.append("trim"); out += NBD.request(type: 4, handle: UInt64(h), offset: off, length: len)
-            case 6: kinds.append("wzero"); out += NBD.request(type: 6, flags: UInt16(rng.below(4)), handle: UInt64(h), offset: off, length: len)
-            case 7: kinds.append("bstatus"); out += NBD.request(type: 7, handle: UInt64(h), offset: off, length: len)
-            case 8: kinds.append("cache"); out += NBD.request(type: 5, handle: UInt64(h), offset: off, length: len)
+            case 0, 1: kinds.append("read"); out += NBD.request(type: NBDWire.cmdRead, handle: UInt64(h), offset: off, length: len)
+            case 2: kinds.append("write"); out += NBD.request(type: NBDWire.cmdWrite, handle: UInt64(h), offset: off, length: len) + rng.bytes(Int(len))
+            case 3: kinds.append("disc"); out += NBD.request(type: NBDWire.cmdDisc, handle: UInt64(h), offset: 0, length: 0)
+            case 4: kinds.append("flush"); out += NBD.request(type: NBDWire.cmdFlush, handle: UInt64(h), offset: 0, length: 0)
+            case 5: kinds.append("trim"); out += NBD.request(type: NBDWire.cmdTrim, handle: UInt64(h), offset: off, length: len)
+            case 6: kinds.append("wzero"); out += NBD.request(type: NBDWire.cmdWriteZeroes, flags: UInt16(rng.below(4)), handle: UInt64(h), offset: off, length: len)
+            case 7: kinds.append("bstatus"); out += NBD.request(type: NBDWire.cmdBlockStatus, handle: UInt64(h), offset: off, length: len)
+            case 8: kinds.append("cache"); out += NBD.request(type: NBDWire.cmdCache, handle: UInt64(h), offset: off, length: len)
             default: kinds.append("type"); out += NBD.request(type: UInt16(rng.below(65536)), flags: UInt16(rng.below(65536)), handle: UInt64(h), offset: rng.next(), length: UInt32(truncatingIfNeeded: rng.next()))
             }
         }
@@ -154,13 +155,13 @@ enum CaseMaker {
         var log: [String] = []
         // One case in ten mutates the opening instead (login or option haggling), and sends nothing after it.
         if rng.chance(10) {
-            Mutator.mutate(&opening, boundaries: [0], headerBytes: proto == .iscsi ? 48 : 16, rng: &rng, log: &log)
+            Mutator.mutate(&opening, boundaries: [0], headerBytes: proto == .iscsi ? bhsBytes : NBDWire.optionHeaderBytes, rng: &rng, log: &log)
             return FuzzCase(proto: proto, opening: opening, stream: [], lingerMilliseconds: 50,
                             description: "\(proto.rawValue) opening " + log.joined(separator: ","))
         }
         var (stream, bounds, kinds) = proto == .iscsi ? iscsi(rng: &rng) : nbd(rng: &rng)
         if !rng.chance(5) {   // a few streams stay valid, the baseline that must always work
-            Mutator.mutate(&stream, boundaries: bounds, headerBytes: proto == .iscsi ? 48 : 28, rng: &rng, log: &log)
+            Mutator.mutate(&stream, boundaries: bounds, headerBytes: proto == .iscsi ? bhsBytes : NBDWire.requestBytes, rng: &rng, log: &log)
         }
         let linger = rng.pick([0, 5, 30, 100])
         return FuzzCase(proto: proto, opening: opening, stream: stream, lingerMilliseconds: linger,
@@ -228,14 +229,14 @@ func runCase(_ c: FuzzCase, iscsiPort: Int, nbdPort: Int) -> Bool {
     guard let s = try? TCPSocket.connect(port: port, timeoutSeconds: FuzzBounds.caseIOSeconds) else { return false }
     defer { s.close() }
     do {
-        if c.proto == .nbd { _ = try s.recvExactly(18) }
+        if c.proto == .nbd { _ = try s.recvExactly(NBDWire.greetingBytes) }
         try s.send(c.opening)
         if c.stream.isEmpty { _ = s.drain(milliseconds: c.lingerMilliseconds); return false }
         if c.proto == .iscsi {
             let r = try readPDU(s)
-            guard r.opcode == ISCSIOpcode.loginResponse, r.header[36] == 0 else { return false }
+            guard r.opcode == ISCSIOpcode.loginResponse, r.header[ISCSISession.loginStatusOffset] == 0 else { return false }
         } else {
-            _ = try s.recvExactly(10)
+            _ = try s.recvExactly(NBDWire.exportNameReplyBytes)
         }
         try s.send(c.stream)
         if c.lingerMilliseconds > 0 { _ = s.drain(milliseconds: c.lingerMilliseconds) }

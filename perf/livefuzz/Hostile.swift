@@ -143,8 +143,8 @@ struct Hostile: ParsableCommand {
         if !held.isEmpty || !floods.isEmpty {
             // The defaults cap connections not logged in at 64 per address and 4096 per core (a flood from one
             // address is refused at accept); raised here so that all N are held and their memory is measured.
-            let d = try TargetDaemon(ringtgtd: ringtgtd ?? sibling("ringtgtd"), cores: cores,
-                                     extraArgs: ["--max-connections", "\(count + 1024)", "--max-login-per-address", "\(count + 1024)"])
+            let d = try LiveDaemon(ringtgtd: ringtgtd ?? sibling("ringtgtd"), cores: cores,
+                                   extraArgs: ["--max-connections", "\(count + 1024)", "--max-login-per-address", "\(count + 1024)"])
             defer { d.stop() }
             installStop(d)
             print("hostile: ringtgtd pid \(d.pid) (--max-connections \(count + 1024) --max-login-per-address \(count + 1024)), iSCSI :\(d.iscsiPort)")
@@ -158,7 +158,7 @@ struct Hostile: ParsableCommand {
         print("hostile: PASS")
     }
 
-    func heldRun(_ kind: ConnectionKind, _ d: TargetDaemon) throws -> [String] {
+    func heldRun(_ kind: ConnectionKind, _ d: LiveDaemon) throws -> [String] {
         var failures: [String] = []
         let lg = loadgen ?? sibling("ringtgt-loadgen")
         let quiet = try loadgenRun(lg, port: d.iscsiPort, targetPid: d.pid, seconds: seconds)
@@ -236,12 +236,12 @@ final class FloodCounters: @unchecked Sendable {
 }
 
 extension Hostile {
-    func floodRun(_ kind: FloodKind, _ d: TargetDaemon) throws -> [String] {
+    func floodRun(_ kind: FloodKind, _ d: LiveDaemon) throws -> [String] {
         let counters = FloodCounters()
         let end = Date().addingTimeInterval(seconds)
         let port = d.iscsiPort
         let done = DispatchSemaphore(value: 0)
-        let rss0 = d.rssKiB, cpu0 = d.cpuTicks, t0 = Date()
+        let rss0 = d.rssKiB, cpu0 = d.cpuSeconds, t0 = Date()
         Thread.detachNewThread {
             floodBody(kind, port: port, until: end, counters)
             done.signal()
@@ -255,7 +255,7 @@ extension Hostile {
         }
         // The flood thread's sockets are bounded by FuzzBounds.caseIOSeconds; it ends soon after `end`.
         let finished = done.wait(timeout: .now() + 3 * FuzzBounds.caseIOSeconds + 2) == .success
-        let cpu = Double(d.cpuTicks - cpu0) / Double(sysconf(Int32(_SC_CLK_TCK))) / Date().timeIntervalSince(t0)
+        let cpu = (d.cpuSeconds - cpu0) / Date().timeIntervalSince(t0)
         print("\(kind.rawValue): \(counters.summary); daemon CPU \(String(format: "%.0f", cpu * 100))% of a core, RSS \(rss0) -> \(d.rssKiB) KiB, slowest probe \(String(format: "%.3f", probeMax)) s, \(probeFailures.count) probe failures")
         var failures = probeFailures.prefix(3).map { "\(kind.rawValue): probe failed during the flood: \($0)" }
         if !finished { failures.append("\(kind.rawValue): the flood client did not finish (a stuck socket)") }
@@ -325,9 +325,9 @@ extension Hostile {
     /// EMFILE until the login timeout frees descriptors. The log and the CPU are measured while at the limit.
     func emfileRun() throws -> [String] {
         // The per-address login cap (64) would refuse most of the flood before descriptors run out: raised.
-        let d = try TargetDaemon(ringtgtd: ringtgtd ?? sibling("ringtgtd"), cores: cores,
-                                 extraArgs: ["--max-login-per-address", "\(HostileBounds.emfileConnections)"],
-                                 descriptorLimit: HostileBounds.emfileDescriptorLimit)
+        let d = try LiveDaemon(ringtgtd: ringtgtd ?? sibling("ringtgtd"), cores: cores,
+                               extraArgs: ["--max-login-per-address", "\(HostileBounds.emfileConnections)"],
+                               descriptorLimit: HostileBounds.emfileDescriptorLimit)
         defer { d.stop() }
         installStop(d)
         let flood = ConnectionFlood()
@@ -335,11 +335,11 @@ extension Hostile {
         flood.open(count: HostileBounds.emfileConnections, port: d.iscsiPort, bytes: [])
         // Measure a window that ends before the first connections reach the login timeout.
         let window = min(10.0, HostileBounds.loginTimeoutSeconds - HostileBounds.establishSeconds / 4)
-        let lines0 = d.log.split(separator: "\n").count, cpu0 = d.cpuTicks, t0 = Date()
+        let lines0 = d.log.split(separator: "\n").count, cpu0 = d.cpuSeconds, t0 = Date()
         usleep(UInt32(window * 1e6))   // a measurement window, not synchronisation
         let dt = Date().timeIntervalSince(t0)
         let lines = Double(d.log.split(separator: "\n").count - lines0) / dt
-        let cpu = Double(d.cpuTicks - cpu0) / Double(sysconf(Int32(_SC_CLK_TCK))) / dt
+        let cpu = (d.cpuSeconds - cpu0) / dt
         let held = d.openDescriptors
         flood.closeAll()
         // Once the flood is gone the daemon must serve again (its back-off re-arms accept).

@@ -2,6 +2,7 @@
 // iSCSI login straight to full feature phase, SCSI commands, and the NBD fixed-newstyle handshake.
 import Foundation
 import ISCSIWire
+import Target
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -93,11 +94,11 @@ func loopback(_ address: String, port: Int) -> sockaddr_in {
 
 // MARK: - iSCSI
 
-/// One PDU as bytes: a 48-byte header written by `build`, then the data segment padded to 4 bytes.
+/// One PDU as bytes: a header written by `build`, then the data segment padded to 4 bytes.
 func pdu(data: [UInt8] = [], _ build: (UnsafeMutableRawPointer) -> Void) -> [UInt8] {
-    var b = [UInt8](repeating: 0, count: 48 + Framing.padded(data.count))
+    var b = [UInt8](repeating: 0, count: bhsBytes + Framing.padded(data.count))
     b.withUnsafeMutableBytes { build($0.baseAddress!) }
-    for (i, x) in data.enumerated() { b[48 + i] = x }
+    for (i, x) in data.enumerated() { b[bhsBytes + i] = x }
     return b
 }
 
@@ -110,14 +111,15 @@ func textKeys(_ pairs: [(String, String)]) -> [UInt8] {
 struct ISCSIResponse {
     var header: [UInt8]
     var data: [UInt8]
-    var opcode: UInt8 { header[0] & 0x3f }
-    func u32(_ o: Int) -> UInt32 { header.withUnsafeBytes { be32($0.baseAddress!, o) } }
+    var opcode: UInt8 { header.withUnsafeBytes { BHS($0.baseAddress!).opcode } }
+    var byte1: UInt8 { header.withUnsafeBytes { BHS($0.baseAddress!).byte1 } }
+    func u32(_ o: Int) -> UInt32 { header.withUnsafeBytes { BHS($0.baseAddress!).u32(o) } }
+    func u16(_ o: Int) -> UInt16 { header.withUnsafeBytes { BHS($0.baseAddress!).u16(o) } }
 }
 
 func readPDU(_ s: TCPSocket) throws -> ISCSIResponse {
-    let h = try s.recvExactly(48)
-    let ahs = Int(h[4]) * 4
-    let dlen = Int(h[5]) << 16 | Int(h[6]) << 8 | Int(h[7])
+    let h = try s.recvExactly(bhsBytes)
+    let (ahs, dlen) = h.withUnsafeBytes { (BHS($0.baseAddress!).ahsBytes, BHS($0.baseAddress!).dataSegmentLength) }
     let rest = try s.recvExactly(ahs + Framing.padded(dlen))
     return ISCSIResponse(header: h, data: Array(rest[ahs..<(ahs + dlen)]))
 }
@@ -129,6 +131,12 @@ struct ISCSISession {
     var expStatSN: UInt32
     var itt: UInt32 = 1
     static let isid: UInt64 = 0x8000_0000_0001
+    /// Login stages (CSG, NSG; RFC 7143 §11.12.3), the Login Response's status field, and the Data-In S bit.
+    static let operationalStage: UInt8 = 1
+    static let fullFeatureStage: UInt8 = 3
+    static let loginStatusOffset = 36
+    static let dataInStatusFlag: UInt8 = 0x01
+    static let statusOffset = 3
 
     /// The login PDUs a normal session sends: operational negotiation only, asking for full feature phase.
     static func loginRequest(itt: UInt32 = 0, cmdSN: UInt32 = 1, initiator: String = FuzzLimits.initiator) -> [UInt8] {
@@ -137,8 +145,8 @@ struct ISCSISession {
                              ("MaxRecvDataSegmentLength", "65536"), ("ImmediateData", "Yes"), ("InitialR2T", "Yes"),
                              ("MaxBurstLength", "262144"), ("FirstBurstLength", "65536")])
         return pdu(data: keys) {
-            InitiatorPDUBuild.loginRequest($0, transit: true, csg: 1, nsg: 3, isid: isid, itt: itt, cmdSN: cmdSN,
-                                           expStatSN: 0, dataLength: keys.count)
+            InitiatorPDUBuild.loginRequest($0, transit: true, csg: operationalStage, nsg: fullFeatureStage, isid: isid,
+                                           itt: itt, cmdSN: cmdSN, expStatSN: 0, dataLength: keys.count)
         }
     }
 
@@ -153,16 +161,16 @@ struct ISCSISession {
             while true {
                 let r = try readPDU(s)
                 guard r.opcode == ISCSIOpcode.loginResponse else { throw FuzzError("login answered with opcode \(r.opcode)") }
-                let status = UInt16(r.header[36]) << 8 | UInt16(r.header[37])
-                if status != 0 { throw FuzzError("login refused: status 0x\(String(status, radix: 16))") }
-                if r.header[1] & 0x80 != 0 && r.header[1] & 3 == 3 {
+                let status = r.u16(loginStatusOffset)
+                if status != LoginStatus.success.rawValue { throw FuzzError("login refused: status 0x\(String(status, radix: 16))") }
+                if r.byte1 & LoginFlags.transit != 0 && r.byte1 & LoginFlags.stageMask == fullFeatureStage {
                     return ISCSISession(socket: s, cmdSN: r.u32(28), expStatSN: r.u32(24) &+ 1)
                 }
                 round += 1
                 if round > 4 { throw FuzzError("login did not reach full feature phase") }
                 let again = pdu {
-                    InitiatorPDUBuild.loginRequest($0, transit: true, csg: 1, nsg: 3, isid: isid, itt: 0, cmdSN: 1,
-                                                   expStatSN: r.u32(24) &+ 1, dataLength: 0)
+                    InitiatorPDUBuild.loginRequest($0, transit: true, csg: operationalStage, nsg: fullFeatureStage,
+                                                   isid: isid, itt: 0, cmdSN: 1, expStatSN: r.u32(24) &+ 1, dataLength: 0)
                 }
                 try s.send(again)
             }
@@ -202,10 +210,13 @@ struct ISCSISession {
             guard r.u32(16) == tag else { continue }
             if r.opcode == ISCSIOpcode.dataIn {
                 data += r.data
-                if r.header[1] & 0x01 != 0 { expStatSN = r.u32(24) &+ 1; return (r.header[3], data) }
+                if r.byte1 & Self.dataInStatusFlag != 0 {
+                    expStatSN = r.u32(24) &+ 1
+                    return (r.header[Self.statusOffset], data)
+                }
             } else if r.opcode == ISCSIOpcode.scsiResponse {
                 expStatSN = r.u32(24) &+ 1
-                return (r.header[3], data)
+                return (r.header[Self.statusOffset], data)
             } else if r.opcode == ISCSIOpcode.reject {
                 throw FuzzError("command rejected")
             }
@@ -226,43 +237,46 @@ enum CDB {
     }
 }
 
-// MARK: - NBD
+// MARK: - NBD (the target's own wire vocabulary, Target's NBDWire)
 
 enum NBD {
-    static let optionMagic: [UInt8] = Array("IHAVEOPT".utf8)
-    static let requestMagic: UInt32 = 0x2560_9513
-    static let simpleReplyMagic: UInt32 = 0x6744_6698
     /// NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES.
-    static let clientFlags: [UInt8] = [0, 0, 0, 3]
+    static let clientFlags = be(UInt64(NBDWire.clientFixedNewstyle | NBDWire.clientNoZeroes), NBDWire.clientFlagsBytes)
 
     static func be(_ v: UInt64, _ bytes: Int) -> [UInt8] { (0..<bytes).map { UInt8(v >> UInt64(8 * (bytes - 1 - $0)) & 0xff) } }
 
     /// NBD_OPT_EXPORT_NAME with the empty name (the first LUN).
     static func exportNameOption(_ name: String = "") -> [UInt8] {
-        optionMagic + be(1, 4) + be(UInt64(name.utf8.count), 4) + Array(name.utf8)
+        be(NBDWire.optionMagic, 8) + be(UInt64(NBDWire.optExportName), 4) + be(UInt64(name.utf8.count), 4) + Array(name.utf8)
     }
 
     static func request(type: UInt16, flags: UInt16 = 0, handle: UInt64, offset: UInt64, length: UInt32) -> [UInt8] {
-        be(UInt64(requestMagic), 4) + be(UInt64(flags), 2) + be(UInt64(type), 2) + be(handle, 8) + be(offset, 8)
-            + be(UInt64(length), 4)
+        var b = [UInt8](repeating: 0, count: NBDWire.requestBytes)
+        b.withUnsafeMutableBytes {
+            NBDRequestHeader(flags: flags, type: type, cookie: handle, offset: offset, length: length).encode(to: $0.baseAddress!)
+        }
+        return b
     }
 
     /// Greeting, client flags and NBD_OPT_EXPORT_NAME; returns the export size.
     static func handshake(_ s: TCPSocket) throws -> UInt64 {
-        let greeting = try s.recvExactly(18)
-        guard Array(greeting[0..<8]) == Array("NBDMAGIC".utf8) else { throw FuzzError("bad NBD greeting") }
+        let greeting = try s.recvExactly(NBDWire.greetingBytes)
+        guard greeting.withUnsafeBytes({ be64($0.baseAddress!, 0) }) == NBDWire.initMagic else {
+            throw FuzzError("bad NBD greeting")
+        }
         try s.send(clientFlags + exportNameOption())
-        let r = try s.recvExactly(10)
-        return r.prefix(8).reduce(0) { $0 << 8 | UInt64($1) }
+        let r = try s.recvExactly(NBDWire.exportNameReplyBytes)
+        return r.withUnsafeBytes { be64($0.baseAddress!, 0) }
     }
 
     /// A read of `length` bytes at `offset`: must come back with error 0 and the data.
     static func read(_ s: TCPSocket, offset: UInt64, length: UInt32, handle: UInt64) throws {
-        try s.send(request(type: 0, handle: handle, offset: offset, length: length))
-        let r = try s.recvExactly(16)
-        let magic = r.prefix(4).reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
-        let err = r[4..<8].reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
-        guard magic == simpleReplyMagic, err == 0 else { throw FuzzError("NBD read answered magic \(magic) error \(err)") }
+        try s.send(request(type: NBDWire.cmdRead, handle: handle, offset: offset, length: length))
+        let r = try s.recvExactly(NBDWire.simpleReplyBytes)
+        let (magic, err) = r.withUnsafeBytes { (be32($0.baseAddress!, 0), be32($0.baseAddress!, 4)) }
+        guard magic == NBDWire.simpleReplyMagic, err == 0 else {
+            throw FuzzError("NBD read answered magic \(magic) error \(err)")
+        }
         _ = try s.recvExactly(Int(length))
     }
 }

@@ -38,7 +38,7 @@ struct Fuzz: ParsableCommand {
         let protos = protocols.split(separator: ",").compactMap { Protocol(rawValue: String($0)) }
         guard !protos.isEmpty else { throw ValidationError("--protocols: iscsi, nbd or both") }
         print("livefuzz: seed \(seed) (replay with --seed \(seed))")
-        let d = try TargetDaemon(ringtgtd: ringtgtd ?? sibling("ringtgtd"), cores: cores)
+        let d = try LiveDaemon(ringtgtd: ringtgtd ?? sibling("ringtgtd"), cores: cores)
         defer { d.stop() }
         installStop(d)
         print("livefuzz: ringtgtd pid \(d.pid), iSCSI :\(d.iscsiPort), NBD :\(d.nbdPort), metrics :\(d.metricsPort)")
@@ -117,7 +117,7 @@ struct Fuzz: ParsableCommand {
 }
 
 /// Ctrl-C or SIGTERM stops the daemon too.
-func installStop(_ d: TargetDaemon) {
+func installStop(_ d: LiveDaemon) {
     for sig in [SIGINT, SIGTERM] {
         signal(sig, SIG_IGN)
         let src = DispatchSource.makeSignalSource(signal: sig, queue: .global())

@@ -82,7 +82,7 @@ func idleSessionRun(bins: Binaries, logDir: URL, daemon d: Daemon, idle: Int, se
     // The same active session alone, just before: the comparison must not span minutes of a shared machine.
     let alone = runLoad(d, Scenario(lun: .null, workload: Workload(id: "randread-4k-qd32", title: "", rw: "randread", bs: "4k", qd: 32)),
                         LoadOptions(durationSeconds: seconds, warmupSeconds: warmup), bins: bins, logDir: logDir)
-    let before = memoryKiB(pid: d.pid)
+    let before = ProcessStats.memoryKiB(d.pid) ?? (0, 0)
     let scenario = Scenario(lun: .null, workload: Workload(id: "randread-4k-qd32-idle\(idle)", title: "4K rand read QD32 + \(idle) idle sessions",
                                                            rw: "randread", bs: "4k", qd: 32))
     // Warm-up covers the idle logins' tail and the first NOP-In pings.

@@ -92,19 +92,6 @@ func raiseFileLimit() {
     }
 }
 
-/// VmRSS and VmHWM of a process, KiB.
-func memoryKiB(pid: Int32) -> (rss: Int, hwm: Int) {
-    guard let s = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return (0, 0) }
-    var rss = 0, hwm = 0
-    for line in s.split(separator: "\n") {
-        let parts = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
-        guard parts.count >= 2 else { continue }
-        if parts[0] == "VmRSS:" { rss = Int(parts[1]) ?? 0 }
-        if parts[0] == "VmHWM:" { hwm = Int(parts[1]) ?? 0 }
-    }
-    return (rss, hwm)
-}
-
 func log(_ s: String) {
     FileHandle.standardError.write((s + "\n").data(using: .utf8)!)
 }

@@ -79,8 +79,8 @@ final class SheepBackend {
     func dog(_ args: [String]) throws -> ToolResult {
         switch kind {
         case .testServer:
-            return try runTool(bins.sheepTestServer, ["dog"] + args + ["--unix", socketPath], logDir: logDir, label: "dog",
-                               timeoutSeconds: SheepFixtureLimits.dogTimeoutSeconds)
+            return try DogCommand.testServer(URL(fileURLWithPath: bins.sheepTestServer), unixSocket: socketPath,
+                                             logDir: logDir, uniqueLogNames: false).run(args)
         case .cluster:
             guard let cluster else { throw RunnerError("the cluster has stopped") }
             return try cluster.dog(args)

@@ -9,16 +9,6 @@ import TestSupport
 import Glibc
 #endif
 
-/// utime+stime of every thread of `pid`, in seconds (/proc/PID/stat, fields 14 and 15).
-func processCPUSeconds(_ pid: Int32) -> Double? {
-    guard pid > 0, let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-          let close = stat.lastIndex(of: ")") else { return nil }
-    let fields = stat[stat.index(after: close)...].split(separator: " ")
-    // After the command: state is field 3, so utime (14) and stime (15) are at 11 and 12.
-    guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
-    return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
-}
-
 /// One third-party initiator configuration.
 struct ThirdPartyLoad {
     /// "iscsi-perf", "qemu-img bench", "fio nbd".
@@ -49,7 +39,7 @@ func thirdPartyRun(bins: Binaries, logDir: URL, daemon d: Daemon, load: ThirdPar
     if load.initiator == "fio nbd" && d.peer != .ringtgt { rec["error"] = "no NBD server"; return rec }
     _ = try? d.ensureRunning()
     let url = d.url(.null)
-    let cpuBefore = processCPUSeconds(d.pid)
+    let cpuBefore = ProcessStats.cpuSeconds(d.pid)
     let start = Date()
     var ios = 0.0
     var failure: String? = nil
@@ -97,7 +87,7 @@ func thirdPartyRun(bins: Binaries, logDir: URL, daemon d: Daemon, load: ThirdPar
         }
     }
     let wall = Date().timeIntervalSince(start)
-    let cpu = cpuBefore.flatMap { b in processCPUSeconds(d.pid).map { $0 - b } }
+    let cpu = cpuBefore.flatMap { b in ProcessStats.cpuSeconds(d.pid).map { $0 - b } }
     if let failure { rec["error"] = failure }
     guard failure == nil, ios > 0, let cpu else {
         log("  \(d.name) \(load.id): \(failure ?? "no I/O measured")")

@@ -1,4 +1,5 @@
 import CURing
+import DeterministicRandom
 import Glibc
 
 // A simulated io_uring for deterministic fault tests (TigerBeetle's habit: the same engine over a simulated IO).
@@ -10,36 +11,6 @@ import Glibc
 // schedule: short transfers, EAGAIN, connection resets, delays over several turns and reordering. Nothing in
 // it reads a clock or another thread: the same seed replays the same run exactly. Timeouts run on a virtual
 // clock that the driver moves when nothing else can progress.
-
-/// A seeded pseudo-random source (SplitMix64), a value type: the only randomness in a simulation.
-public struct SimRandom: Sendable {
-    public private(set) var state: UInt64
-
-    public init(seed: UInt64) { state = seed }
-
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        return SimRandom.mix(state)
-    }
-
-    /// Uniform in 0..<n (Lemire's multiply-high: no modulo bias worth the name, and no rejection loop).
-    public mutating func below(_ n: Int) -> Int {
-        precondition(n > 0, "below(\(n))")
-        return Int(next().multipliedFullWidth(by: UInt64(n)).high)
-    }
-
-    /// True with probability perMille / 1000.
-    public mutating func chance(_ perMille: Int) -> Bool { perMille > 0 && below(1000) < perMille }
-
-    /// SplitMix64's finalizer (also a cheap hash for data patterns).
-    @inline(__always)
-    public static func mix(_ x: UInt64) -> UInt64 {
-        var z = x
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 /// How often the simulated ring injects each fault, per mille of the operations it applies to.
 public struct SimulatedFaults: Sendable, CustomStringConvertible {
@@ -107,7 +78,8 @@ public final class SimulatedRing {
     /// `dup2` of one end of a socket pair over `fd`). 0, or -errno (no hook: -ECONNREFUSED).
     public var connectHook: ((_ fd: Int32, _ address: UnsafePointer<sockaddr>, _ length: socklen_t) -> Int32)?
 
-    private var random: SimRandom
+    /// The only randomness in a simulation.
+    private var random: SeededRandom
     /// The submission queue: SQEs prepared since the last submit.
     let sq: UnsafeMutablePointer<io_uring_sqe>
     let sqCapacity: Int
@@ -133,7 +105,7 @@ public final class SimulatedRing {
     public init(seed: UInt64, faults: SimulatedFaults, entries: Int = 1024) {
         self.seed = seed
         self.faults = faults
-        random = SimRandom(seed: seed)
+        random = SeededRandom(seed: seed)
         sqCapacity = max(1, entries)
         sq = .allocate(capacity: sqCapacity)
         batch = .allocate(capacity: Ring.completionBatch)

@@ -238,6 +238,12 @@ enum RawCDB {
     static func write10(lba: UInt32, blocks: UInt16) -> [UInt8] { rw10(0x2A, lba: lba, blocks: blocks) }
     static func read16(lba: UInt64, blocks: UInt32) -> [UInt8] { rw16(0x88, lba: lba, blocks: blocks) }
     static func write16(lba: UInt64, blocks: UInt32) -> [UInt8] { rw16(0x8A, lba: lba, blocks: blocks) }
+    /// COMPARE AND WRITE: `blocks` blocks compared, then as many written (its data is twice their length).
+    static func compareAndWrite(lba: UInt64, blocks: UInt8) -> [UInt8] {
+        var c = rw16(0x89, lba: lba, blocks: 0)
+        c[13] = blocks
+        return c
+    }
 
     private static func rw10(_ op: UInt8, lba: UInt32, blocks: UInt16) -> [UInt8] {
         var c = [UInt8](repeating: 0, count: 10)

@@ -83,10 +83,4 @@ func waitForListing(_ admin: Admin, timeoutSeconds: Double, _ condition: ([Strin
 }
 
 /// The daemon's resident memory in KiB (VmRSS from /proc), or nil when it cannot be read.
-func residentKiB(pid: Int32) -> Int? {
-    guard let s = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
-    for line in s.split(separator: "\n") where line.hasPrefix("VmRSS:") {
-        return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "")
-    }
-    return nil
-}
+func residentKiB(pid: Int32) -> Int? { ProcessStats.memoryKiB(pid)?.rss }

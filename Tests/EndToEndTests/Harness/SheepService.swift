@@ -188,15 +188,15 @@ final class SheepService {
 
     // MARK: dog
 
-    /// The dog executable, what goes before the subcommand, and how it reaches this service.
-    private var dogCommand: (exe: URL, prefix: [String], connection: [String]) {
+    /// dog (real) or the test server's dog-like client, pointed at this service.
+    private var dogCommand: DogCommand {
         get throws {
             switch kind {
             case .testServer:
-                return (try testServerExecutable, ["dog"], ["--unix", socketPath])
+                return .testServer(try testServerExecutable, unixSocket: socketPath, logDir: scratch.url)
             case .localCluster:
                 guard let dog = findOnPath("dog") else { throw E2EError("dog is not on PATH") }
-                return (dog, [], ["-a", "127.0.0.1", "-p", "\(tcpPort)"])
+                return .real(dog, port: tcpPort, logDir: scratch.url)
             }
         }
     }
@@ -205,24 +205,13 @@ final class SheepService {
     /// files (binary data never goes through a String).
     func dog(_ args: [String], stdin: URL? = nil, stdout: URL? = nil,
              timeoutSeconds: Double = SheepFixtureLimits.dogTimeoutSeconds) throws -> ToolResult {
-        let (exe, prefix, connection) = try dogCommand
-        let argv = prefix + args + connection
-        if stdin == nil && stdout == nil {
-            return try runTool(exe, argv, logDir: scratch.url, timeoutSeconds: timeoutSeconds, label: "dog")
-        }
-        var line = "exec " + ([exe.path] + argv).map(shellQuote).joined(separator: " ")
-        if let stdin { line += " < " + shellQuote(stdin.path) }
-        if let stdout { line += " > " + shellQuote(stdout.path) }
-        return try runTool(URL(fileURLWithPath: "/bin/sh"), ["-c", line], logDir: scratch.url,
-                           timeoutSeconds: timeoutSeconds, label: "dog")
+        try dogCommand.run(args, stdin: stdin, stdout: stdout, timeoutSeconds: timeoutSeconds)
     }
 
     /// A dog command that must succeed.
     @discardableResult
     func dogMust(_ args: [String], stdin: URL? = nil, stdout: URL? = nil) throws -> ToolResult {
-        let r = try dog(args, stdin: stdin, stdout: stdout)
-        if !r.succeeded { throw E2EError("dog failed: \(r)") }
-        return r
+        try dogCommand.must(args, stdin: stdin, stdout: stdout)
     }
 
     func createVDI(_ name: String, bytes: Int64) throws {
