@@ -31,6 +31,9 @@ public final class StoreOpener: BackingOpener {
                 }
                 let vol = try SheepVolume.open(spec.path, homeCore: home, multipath: multipath,
                                                endpointIndex: endpointIndex)
+                if vol.reclaimedStaleLock {
+                    Logger(label: "ringtgtd").warning("sheep VDI '\(vol.name)': this node's shared lock was left by a gateway that died; released and taken again (LUN \(spec.lun) of target \(spec.tid))")
+                }
                 if !vol.clusterLocks && !vol.readOnly {
                     Logger(label: "ringtgtd").warning("\(SheepVolume.unlockedClusterWarning) (VDI '\(vol.name)', LUN \(spec.lun) of target \(spec.tid))")
                 }
