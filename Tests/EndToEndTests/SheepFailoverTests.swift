@@ -1,6 +1,6 @@
 // Failover over two sheep gateways (issue 14): two ringtgtd serve one VDI as one LU, each through its own
 // sheep node; a verified write load runs over both paths while gateway A is killed with SIGKILL and
-// restarted. Every acknowledged write must read
+// restarted, or while A's sheep node leaves the cluster and comes back. Every acknowledged write must read
 // back through both gateways, and the path through B must never stall longer than the bound below.
 //
 // The writers do what dm-multipath does for a path that fails: a command that gets no answer (the
@@ -316,6 +316,35 @@ extension EndToEnd {
                     try Self.phase("writer A to write through the restarted A") { wa.acks(path: 0) >= back + FailoverLimits.writesPerPhase }
                     let more = wb.acks(path: 1)
                     try Self.phase("writer B to carry on") { wb.acks(path: 1) >= more + FailoverLimits.writesPerPhase }
+                }
+            }
+        }
+
+        /// Gateway A's sheep node leaves the cluster mid-load (test server `node kill 0`). A keeps the session
+        /// and queues its sheep requests while it reconnects (SheepChannelLimits.giveUpSeconds), so writer A's
+        /// command gets no answer; after its command timeout it is sent again through B, which never stalls.
+        /// The node comes back: A reconnects and serves writer A again without a restart. Every acknowledged
+        /// write reads back through both gateways.
+        @Test func gatewayLosingItsSheepNodeFailsOverAndServesAgainWhenTheNodeReturns() throws {
+            try withMultipathSheep(.testServer) { sheep in
+                let bound = FailoverLimits.commandTimeoutSeconds + FailoverLimits.failoverBoundSeconds
+                try Self.withLoad(sheep, failoverBoundSeconds: bound) { a, _, wa, wb in
+                    try sheep.admin("node kill 0")
+                    let before = wa.acks(path: 1)
+                    try Self.phase("writer A to carry on through B") { wa.acks(path: 1) >= before + FailoverLimits.writesPerPhase }
+                    // What a path checker sees of A meanwhile (README: it does not touch sheep).
+                    let probe = try RawSession(a.endpoint, target: FailoverGateway.iqn,
+                                               options: RawLoginOptions(initiatorName: "iqn.2026-01.e2e:checker", isid: 3))
+                    print("failover: TEST UNIT READY through A while its node is away: \(try probe.run(RawCDB.testUnitReady))")
+                    probe.close()
+                    try sheep.admin("node start 0")
+                    try waitUntil("gateway A to take its shared lock again") { a.daemon.log.contains("took it again") }
+                    wa.prefer(0)
+                    let back = wa.acks(path: 0)
+                    try Self.phase("writer A to write through A again") { wa.acks(path: 0) >= back + FailoverLimits.writesPerPhase }
+                    let more = wb.acks(path: 1)
+                    try Self.phase("writer B to carry on") { wb.acks(path: 1) >= more + FailoverLimits.writesPerPhase }
+                    #expect(a.daemon.isAlive)
                 }
             }
         }

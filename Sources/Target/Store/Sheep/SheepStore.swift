@@ -296,7 +296,7 @@ final class SheepStore<Host: SheepStoreHost> {
     /// A sheep reply (or a failure) for whoever waits on it.
     func reply(_ waiter: SheepWaiter, result: SheepResult, bytes: Int, failure: StoreError?, vdiID: UInt32 = 0) {
         switch waiter {
-        case .none: break
+        case .none, .rejoin: break
         case .request(let tag):
             var outcome: StoreError? = failure
             if outcome == nil {

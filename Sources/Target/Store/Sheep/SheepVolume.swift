@@ -245,6 +245,7 @@ public final class SheepVolume: @unchecked Sendable {
                                      indexSlots: hyper.2, hyper: hyper.0, clusterLocks: clusterLocks,
                                      multipath: multipath, claim: held, reclaimedStaleLock: reclaimed)
             volume.readLayers(client, opened: vid, parent: header.parentVDIID)
+            if lockedVID != 0 && multipath && clusterLocks { SheepRejoin.add(volume, payload: payload) }
             return volume
         }
         let slots = SheepInodeLayout.dataIndexSlots
@@ -259,6 +260,7 @@ public final class SheepVolume: @unchecked Sendable {
                                  coherent: !readOnly, clusterLocks: clusterLocks, multipath: multipath,
                                  claim: held, reclaimedStaleLock: reclaimed)
         volume.readLayers(client, opened: vid, parent: header.parentVDIID)
+        if lockedVID != 0 && multipath && clusterLocks { SheepRejoin.add(volume, payload: payload) }
         return volume
     }
 
@@ -334,6 +336,7 @@ public final class SheepVolume: @unchecked Sendable {
     /// HEAD, and VDI_NOT_LOCKED on old versions means there is nothing to release.
     public func releaseLock() {
         defer { claim?.release() }
+        SheepRejoin.remove(self)
         guard lockedVID != 0, let client = try? Self.controlClient(spec.endpoint) else { return }
         _ = try? client.release(vid: lockedVID, lockType: lockType)
         for v in laterLocks.withLock({ l -> [UInt32] in let all = l; l.removeAll(); return all }) {
