@@ -284,7 +284,7 @@ extension EndToEnd {
             stopped = true
             let ra = wa.stop(), rb = wb.stop()
             for r in [ra, rb] { if let f = r.failure { throw E2EError(f) } }
-            print("failover: writer A \(wa.acks()) writes, failovers \(ra.failovers.map { String(format: "%.3f s", $0) }), longest gap \(String(format: "%.3f", ra.longestGap)) s; writer B \(wb.acks()) writes, longest gap \(String(format: "%.3f", rb.longestGap)) s; problems \(ra.problems + rb.problems)")
+            print("failover (\(sheep.kind)): writer A \(wa.acks()) writes, failovers \(ra.failovers.map { String(format: "%.3f s", $0) }), longest gap \(String(format: "%.3f", ra.longestGap)) s; writer B \(wb.acks()) writes, longest gap \(String(format: "%.3f", rb.longestGap)) s; problems \(ra.problems + rb.problems)")
             #expect(rb.longestGap <= FailoverLimits.pathStallBoundSeconds, "the load through B stalled \(rb.longestGap) s")
             #expect(!ra.failovers.isEmpty && ra.failovers.allSatisfy { $0 <= failoverBoundSeconds }, "writer A's failovers: \(ra.failovers)")
             // Every acknowledged write, through each gateway.
@@ -320,24 +320,26 @@ extension EndToEnd {
             }
         }
 
-        /// Gateway A's sheep node leaves the cluster mid-load (test server `node kill 0`). A keeps the session
+        /// Gateway A's sheep node leaves the cluster mid-load (test server `node kill 0`, or SIGKILL to a real
+        /// node 0, restarted on its directory). A keeps the session
         /// and queues its sheep requests while it reconnects (SheepChannelLimits.giveUpSeconds), so writer A's
         /// command gets no answer; after its command timeout it is sent again through B, which never stalls.
         /// The node comes back: A reconnects and serves writer A again without a restart. Every acknowledged
         /// write reads back through both gateways.
-        @Test func gatewayLosingItsSheepNodeFailsOverAndServesAgainWhenTheNodeReturns() throws {
-            try withMultipathSheep(.testServer) { sheep in
+        @Test(arguments: SheepKind.allCases)
+        func gatewayLosingItsSheepNodeFailsOverAndServesAgainWhenTheNodeReturns(kind: SheepKind) throws {
+            try withMultipathSheep(kind) { sheep in
                 let bound = FailoverLimits.commandTimeoutSeconds + FailoverLimits.failoverBoundSeconds
                 try Self.withLoad(sheep, failoverBoundSeconds: bound) { a, _, wa, wb in
-                    try sheep.admin("node kill 0")
+                    try sheep.killNode0()
                     let before = wa.acks(path: 1)
                     try Self.phase("writer A to carry on through B") { wa.acks(path: 1) >= before + FailoverLimits.writesPerPhase }
                     // What a path checker sees of A meanwhile (README: it does not touch sheep).
                     let probe = try RawSession(a.endpoint, target: FailoverGateway.iqn,
                                                options: RawLoginOptions(initiatorName: "iqn.2026-01.e2e:checker", isid: 3))
-                    print("failover: TEST UNIT READY through A while its node is away: \(try probe.run(RawCDB.testUnitReady))")
+                    print("failover (\(sheep.kind)): TEST UNIT READY through A while its node is away: \(try probe.run(RawCDB.testUnitReady))")
                     probe.close()
-                    try sheep.admin("node start 0")
+                    try sheep.startNode0()
                     try waitUntil("gateway A to take its shared lock again") { a.daemon.log.contains("took it again") }
                     wa.prefer(0)
                     let back = wa.acks(path: 0)
