@@ -72,20 +72,6 @@ final class MultipathSheep {
 
     func backingStore(node: Int, _ vdi: String) -> String { "tcp:127.0.0.1:\(ports[node]):\(vdi)" }
 
-    /// Node 0 leaves the cluster: the test server's `node kill 0`, or SIGKILL to a real node 0.
-    func killNode0() throws {
-        guard let cluster else { return try admin("node kill 0") }
-        cluster.nodes[0].signal(SIGKILL)
-        let r = cluster.nodes[0].wait(timeoutSeconds: SheepLimits.stopGraceSeconds)
-        if !r.killedBySignal { throw E2EError("sheep node 0 did not die of SIGKILL: \(r)") }
-    }
-
-    /// Node 0 joins again (a real node restarts on its directory once the others saw it leave).
-    func startNode0() throws {
-        guard let cluster else { return try admin("node start 0") }
-        try cluster.restartNode0()
-    }
-
     /// One test server admin command (`node kill 0`) that must answer "ok".
     func admin(_ command: String) throws {
         guard let adminPort else { throw E2EError("admin needs the test server") }
