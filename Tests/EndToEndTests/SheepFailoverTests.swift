@@ -334,7 +334,7 @@ extension EndToEnd {
         /// write reads back through both gateways.
         ///
         /// Test server only: against a real 3-node cluster (SIGKILL to node 0, restarted on its directory),
-        /// 2 runs in 5 went wrong in ways not understood yet (a unit of writer A other than the held one read
+        /// 2 runs in 7 went wrong in ways not understood yet (a unit of writer A other than the held one read
         /// back stale through A; writer A found no path for a minute), so that run is left out until they are.
         @Test func gatewayLosingItsSheepNodeFailsOverAndServesAgainWhenTheNodeReturns() throws {
             try withMultipathSheep(.testServer) { sheep in
