@@ -20,7 +20,7 @@ enum SheepChannelLimits {
     static let batchRequests = 64
     /// A request without a reply for this long means the connection is stuck: reconnect and resend.
     static let replyTimeoutSeconds: UInt64 = 30
-    /// After this long without a working connection, requests fail (sense: LOGICAL UNIT COMMUNICATION FAILURE).
+    /// After this long without a working connection, requests fail (sense: NOT READY, LOGICAL UNIT NOT READY).
     static let giveUpSeconds: UInt64 = 120
     static let maxBackoffSeconds: UInt64 = 4
     /// Transient results (WAIT_FOR_JOIN, HALT, ...) are retried this many times, a second apart.
