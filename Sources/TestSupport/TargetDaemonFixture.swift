@@ -260,7 +260,8 @@ public final class TargetDaemon {
         switch peer {
         case .ringtgt:
             control = ["--control-socket", logDir.appendingPathComponent("\(label).ctl").path]
-            args += control + ["--cores", "\(cores)"]
+            // The claims of the daemons one test starts live in its scratch directory, as on one host.
+            args += control + ["--cores", "\(cores)", "--sheep-claim-dir", logDir.appendingPathComponent("sheep-claims").path]
             tgtControlPort = nil
         case .tgt:
             let port = tgtControlPorts.take()

@@ -49,6 +49,12 @@ struct RingTgtd: ParsableCommand {
     @Option(name: .customLong("control-socket"), help: "Control socket path (overrides -C).")
     var controlSocket: String?
 
+    @Option(name: .customLong("sheep-claim-dir"), help: ArgumentHelp(
+        "Where sheepdog LUNs record the shared locks this host's gateways hold, so that a gateway restarted after "
+            + "a crash takes its node's stale lock back. Every ringtgtd on the host must use the same one.",
+        valueName: "DIR"))
+    var sheepClaimDirectory: String = StoreOpener.defaultSheepClaimDirectory
+
     @Option(name: .long, help: "Reactor cores (default: all online CPUs).")
     var cores: Int?
 
@@ -192,7 +198,9 @@ struct RingTgtd: ParsableCommand {
         var registryOptions = Registry.Options()
         if tgtDefaults { registryOptions.lunDefaults = .tgt }
         registryOptions.controllerLUN0 = lun0Controller
-        let registry = Registry(fabric: runtime, opener: StoreOpener(runtime: runtime), options: registryOptions)
+        let opener = StoreOpener(runtime: runtime)
+        opener.sheepClaimDirectory = sheepClaimDirectory
+        let registry = Registry(fabric: runtime, opener: opener, options: registryOptions)
         let server = ControlServer(path: socketPath, registry: registry, logger: logger)
         var metricsServer: MetricsServer? = nil
         /// A start-up step that failed: log why (and tell a waiting parent), stop what started, exit 1.

@@ -151,7 +151,9 @@ public final class SheepVolume: @unchecked Sendable {
 
     /// Resolves, locks (working VDI) and reads the inode of `specText` (tgt's `unix:PATH:VDI[:TAG|:SNAPID]` or
     /// `tcp:HOST:PORT:VDI[...]`).
-    public static func open(_ specText: String, homeCore: Int, multipath: Bool = true,
+    /// `claimDirectory`: where this host's gateways record the shared locks they hold (SheepLockClaim); nil
+    /// takes no claim, so a node's stale lock is never taken back.
+    public static func open(_ specText: String, homeCore: Int, multipath: Bool = true, claimDirectory: String? = nil,
                             endpointIndex: (SheepBackingSpec.Endpoint) -> Int) throws(OpenError) -> SheepVolume
     {
         let lockType = Self.lockType(multipath: multipath)
@@ -168,7 +170,12 @@ public final class SheepVolume: @unchecked Sendable {
         // is only looked up, since nothing is ever written to it.
         let opcode: SheepOpcode = spec.isSnapshot ? .getVDIInfo : .lockVDI
         let locked = "VDI '\(spec.vdi)' is locked by another client (dog vdi lock unlock \(spec.vdi) releases a stale lock)"
-        let claim = spec.isSnapshot || !multipath ? .unavailable : SheepLockClaim.take(endpoint: spec.endpoint, vdi: spec.vdi)
+        let claim: SheepLockClaim.Outcome
+        if let claimDirectory, !spec.isSnapshot && multipath {
+            claim = SheepLockClaim.take(directory: claimDirectory, endpoint: spec.endpoint, vdi: spec.vdi)
+        } else {
+            claim = .unavailable
+        }
         if case .busy = claim { throw .sheep(locked) }
         let held: SheepLockClaim?
         if case .held(let c) = claim { held = c } else { held = nil }
