@@ -28,6 +28,15 @@ enum FailoverLimits {
     static let writesPerPhase = 64
     /// How long one phase may take to reach `writesPerPhase`.
     static let phaseSeconds = 60.0
+    /// How long a gateway serves a LU whose sheep node is gone before it reports it unavailable
+    /// (LUNState.unreachableSecondsBeforeUnavailable in the daemon).
+    static let unavailableAfterSeconds = 5.0
+    /// What the measurement of that bound may add: the checker's polling (SheepE2ELimits' backoff) and the
+    /// gateway noticing that the node closed its connections.
+    static let checkerSlackSeconds = 2.0
+    /// How long a gateway takes to serve again once its node is back: its channel's reconnect backoff
+    /// (SheepChannelLimits.maxBackoffSeconds) and the checker's polling.
+    static let availableAgainSeconds = 8.0
 }
 
 /// One gateway: a ringtgtd serving the VDI as LUN 1 of target 1 through one sheep node, that a test can
@@ -262,6 +271,31 @@ extension EndToEnd {
             }
         }
 
+        /// ASYMMETRIC ACCESS STATE (SPC-4 table 307) as RTPG reports it.
+        enum AccessState {
+            static let activeOptimized: UInt8 = 0x0
+            static let unavailable: UInt8 = 0x3
+        }
+
+        /// NOT READY, LOGICAL UNIT NOT ACCESSIBLE, TARGET PORT IN UNAVAILABLE STATE.
+        static func isUnavailable(_ r: CommandResult) -> Bool {
+            EndToEnd.ALUA.sense(r, 0x02, 0x04, 0x0C)
+        }
+
+        /// UNIT ATTENTION, ASYMMETRIC ACCESS STATE CHANGED.
+        static func isStateChanged(_ r: CommandResult) -> Bool {
+            EndToEnd.ALUA.sense(r, 0x06, 0x2A, 0x06)
+        }
+
+        /// The state of every group RTPG lists through `s` (not empty: an empty list fails the check).
+        static func groupStates(_ s: RawSession) throws -> [UInt8] {
+            let r = try s.run(EndToEnd.ALUA.rtpg, read: true, edtl: 1024)
+            guard r.status == RawCodes.good else { throw E2EError("RTPG: \(r)") }
+            let states = EndToEnd.ALUA.groups(r.data).map(\.state)
+            if states.isEmpty { throw E2EError("RTPG lists no group") }
+            return states
+        }
+
         /// Waits until `condition` holds, or the phase bound passes; `what` names the phase.
         static func phase(_ what: String, _ condition: () -> Bool) throws {
             try waitUntil(what, timeoutSeconds: FailoverLimits.phaseSeconds) { condition() }
@@ -341,15 +375,42 @@ extension EndToEnd {
             try withMultipathSheep(.testServer) { sheep in
                 let bound = FailoverLimits.commandTimeoutSeconds + FailoverLimits.failoverBoundSeconds
                 try Self.withLoad(sheep, failoverBoundSeconds: bound) { a, _, wa, wb in
+                    // A path checker's session on A (multipathd's `tur`), logged in while all is well.
+                    let checker = try RawSession(a.endpoint, target: FailoverGateway.iqn,
+                                                 options: RawLoginOptions(initiatorName: "iqn.2026-01.e2e:checker", isid: 3))
+                    defer { checker.close() }
                     try sheep.admin("node kill 0")
+                    let killed = monotonicSeconds()
+                    var sawChange = false
+                    try waitUntil("TEST UNIT READY through A to answer NOT READY, unavailable",
+                                  timeoutSeconds: FailoverLimits.unavailableAfterSeconds + FailoverLimits.phaseSeconds) {
+                        let r = try checker.run(RawCDB.testUnitReady)
+                        if Self.isStateChanged(r) { sawChange = true }
+                        return Self.isUnavailable(r)
+                    }
+                    let unavailableAfter = monotonicSeconds() - killed
+                    print("failover (\(sheep.kind)): TEST UNIT READY through A NOT READY (unavailable) \(String(format: "%.3f", unavailableAfter)) s after its node left")
+                    #expect(unavailableAfter <= FailoverLimits.unavailableAfterSeconds + FailoverLimits.checkerSlackSeconds)
+                    #expect(sawChange, "no ASYMMETRIC ACCESS STATE CHANGED before the first NOT READY")
+                    #expect(try Self.groupStates(checker).allSatisfy { $0 == AccessState.unavailable }, "RTPG through A")
+                    let read = try checker.run(RawCDB.read10(lba: 0, blocks: 8), read: true, edtl: FailoverWriter.unitBytes)
+                    #expect(Self.isUnavailable(read), "a READ through A while its node is away: \(read)")
                     let before = wa.acks(path: 1)
                     try Self.phase("writer A to carry on through B") { wa.acks(path: 1) >= before + FailoverLimits.writesPerPhase }
-                    // What a path checker sees of A meanwhile (README: it does not touch sheep).
-                    let probe = try RawSession(a.endpoint, target: FailoverGateway.iqn,
-                                               options: RawLoginOptions(initiatorName: "iqn.2026-01.e2e:checker", isid: 3))
-                    print("failover (\(sheep.kind)): TEST UNIT READY through A while its node is away: \(try probe.run(RawCDB.testUnitReady))")
-                    probe.close()
                     try sheep.admin("node start 0")
+                    let started = monotonicSeconds()
+                    sawChange = false
+                    try waitUntil("TEST UNIT READY through A to answer GOOD again",
+                                  timeoutSeconds: FailoverLimits.availableAgainSeconds + FailoverLimits.phaseSeconds) {
+                        let r = try checker.run(RawCDB.testUnitReady)
+                        if Self.isStateChanged(r) { sawChange = true }
+                        return r.status == RawCodes.good
+                    }
+                    let availableAfter = monotonicSeconds() - started
+                    print("failover (\(sheep.kind)): TEST UNIT READY through A GOOD again \(String(format: "%.3f", availableAfter)) s after its node came back")
+                    #expect(availableAfter <= FailoverLimits.availableAgainSeconds)
+                    #expect(sawChange, "no ASYMMETRIC ACCESS STATE CHANGED when the node came back")
+                    #expect(try Self.groupStates(checker).allSatisfy { $0 == AccessState.activeOptimized }, "RTPG through A")
                     try waitUntil("gateway A to take its shared lock again") { a.daemon.log.contains("took it again") }
                     wa.prefer(0)
                     let back = wa.acks(path: 0)

@@ -78,6 +78,8 @@ final class SheepChannel<Host: SheepStoreHost> {
     var queueHead: Int32 = -1
     var queueTail: Int32 = -1
     var inFlightCount = 0                     // requests sent and not yet answered
+    /// Told when this channel loses its node and gets it back (the LU turns a long loss into an ALUA state).
+    let reachability: BackingReachability
     // After a reconnect: shared locks taken again and not yet answered; meanwhile every other request waits
     // in the held FIFO (same links as the queue), so none reaches a node that does not count us in yet.
     var rejoinPending = 0
@@ -112,6 +114,7 @@ final class SheepChannel<Host: SheepStoreHost> {
     var sockaddrLen: socklen_t = 0
 
     init(store: SheepStore<Host>, endpointIndex: Int, endpoint: SheepBackingSpec.Endpoint) {
+        reachability = SheepReachability.of(endpointIndex: endpointIndex)
         self.store = store
         self.endpointIndex = endpointIndex
         self.endpoint = endpoint
@@ -225,6 +228,7 @@ final class SheepChannel<Host: SheepStoreHost> {
         state = .ready
         backoffSeconds = 1
         downSinceTick = 0
+        reachability.markUp()
         rxStart = 0; rxEnd = 0; headerHave = 0; current = -1
         if again { startRejoin() }
         armRecv()
@@ -278,7 +282,7 @@ final class SheepChannel<Host: SheepStoreHost> {
 
     private func connectFailed(_ e: Int32) {
         state = .backoff
-        if downSinceTick == 0 { downSinceTick = store.host.tick }
+        if downSinceTick == 0 { downSinceTick = store.host.tick; reachability.markDown(atNanos: monotonicNanos()) }
         retryTick = store.host.tick + backoffSeconds
         store.logger.warning("sheep \(endpoint): connect failed (\(String(cString: strerror(e)))); retrying in \(backoffSeconds)s")
         backoffSeconds = min(SheepChannelLimits.maxBackoffSeconds, backoffSeconds * 2)
@@ -290,7 +294,7 @@ final class SheepChannel<Host: SheepStoreHost> {
         store.logger.warning("sheep \(endpoint): connection lost (\(why)); resending \(inFlightCount) request(s)")
         if fd >= 0 { shutdown(fd, Int32(SHUT_RDWR)) }
         state = .backoff
-        if downSinceTick == 0 { downSinceTick = store.host.tick }
+        if downSinceTick == 0 { downSinceTick = store.host.tick; reachability.markDown(atNanos: monotonicNanos()) }
         retryTick = store.host.tick   // next tick reconnects
         requeueSent()
         closeWhenIdle()

@@ -37,6 +37,8 @@ public final class SheepVolume: @unchecked Sendable {
     private let claim: SheepLockClaim?
     /// Open found this node's shared lock left by a gateway that died, released it and locked again.
     public let reclaimedStaleLock: Bool
+    /// Whether this volume's sheep node answers (its channels say; the LU reads it).
+    let reachability: BackingReachability
     /// Working VDIs locked after a snapshot moved the working VDI (released at close with `lockedVID`).
     private let laterLocks = Locked<[UInt32]>([])
     /// data_vdi_id[]: owner VID per object index, 0 = unallocated. For a hyper volume, the B-tree's content
@@ -59,6 +61,7 @@ public final class SheepVolume: @unchecked Sendable {
         self.spec = spec
         self.claim = claim
         self.reclaimedStaleLock = reclaimedStaleLock
+        reachability = SheepReachability.of(endpointIndex: endpointIndex)
         self.name = name
         self.byteCount = byteCount
         self.objectShift = objectShift
