@@ -7,6 +7,7 @@
 // connection closed) is not acknowledged, so it is sent again through the other path, with the same data.
 
 import Foundation
+import ISCSIWire
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -419,6 +420,51 @@ extension EndToEnd {
                     try Self.phase("writer B to carry on") { wb.acks(path: 1) >= more + FailoverLimits.writesPerPhase }
                     #expect(a.daemon.isAlive)
                 }
+            }
+        }
+
+        /// A write that gateway A holds for its missing node and that the initiator aborts (what Linux's SCSI
+        /// error handling does when the command times out, before multipath sends it through B) is dropped:
+        /// once ABORT TASK is answered, the bytes written through B since must not be overwritten by the held
+        /// write when the node comes back.
+        @Test func anAbortedWriteHeldForAMissingNodeIsNotSentWhenItReturns() throws {
+            try withMultipathSheep(.testServer) { sheep in
+                try sheep.dog(["vdi", "create", "vol", "\(Self.vdiBytes)"])
+                let a = try FailoverGateway("gatewayA", backingStore: sheep.backingStore(node: 0, "vol"), params: MP.lunParams)
+                defer { a.stop() }
+                let b = try FailoverGateway("gatewayB", backingStore: sheep.backingStore(node: 1, "vol"), params: MP.lunParams)
+                defer { b.stop() }
+                let sa = try RawSession(a.endpoint, target: FailoverGateway.iqn,
+                                        options: RawLoginOptions(initiatorName: "iqn.2026-01.e2e:abort", isid: 1))
+                defer { sa.close() }
+                let sb = try RawSession(b.endpoint, target: FailoverGateway.iqn,
+                                        options: RawLoginOptions(initiatorName: "iqn.2026-01.e2e:abort", isid: 2))
+                defer { sb.close() }
+                let bytes = FailoverWriter.unitBytes
+                func pattern(_ generation: UInt32) -> [UInt8] { FailoverWriter.data(unit: 0, generation: generation, writer: "abort") }
+                // Allocated first, so the held write is an object write of A's own channel, not the home core's.
+                try MP.write(sa, 0, pattern(1), "the first write through A")
+                try sheep.admin("node kill 0")
+                // The write must wait for the node, not be on the wire to it when it goes.
+                try waitUntil("gateway A to see its node go") { a.daemon.log.contains("connection lost") }
+                let writeCmdSN = sa.cmdSN
+                let held = try sa.sendCommand(RawCDB.write10(lba: 0, blocks: UInt16(bytes / 512)), writeData: pattern(2))
+                // Commands of a connection start in order: when this answers, the write waits in A's store.
+                let tur = try sa.run(RawCDB.testUnitReady)
+                try #require(tur.status == RawCodes.good, "TEST UNIT READY behind the held write: \(tur)")
+                let tmf = try sa.sendTMF(function: TMFunction.abortTask, referencedITT: held, refCmdSN: writeCmdSN)
+                let p = try sa.expectPDU("the TMF Response to ABORT TASK")
+                #expect(p.opcode == ISCSIOpcode.taskManagementResponse && p.itt == tmf && p.byte2 == TMResponse.functionComplete,
+                        "ABORT TASK of the held write: \(p)")
+                try MP.write(sb, 0, pattern(3), "the write through B after the abort")
+                try sheep.admin("node start 0")
+                try waitUntil("gateway A to take its shared lock again") { a.daemon.log.contains("took it again") }
+                // The ALUA state may have changed meanwhile (unit attention, then NOT READY until A notices).
+                try waitUntil("TEST UNIT READY through A to answer GOOD") { try sa.run(RawCDB.testUnitReady).status == RawCodes.good }
+                #expect(!sa.others.contains { $0.itt == held }, "the aborted write was answered: \(sa.others)")
+                // Through A's channel, behind anything it still held; then through B.
+                #expect(try MP.read(sa, 0, bytes) == pattern(3), "through A: the aborted write reached the node")
+                #expect(try MP.read(sb, 0, bytes) == pattern(3), "through B: the aborted write reached the node")
             }
         }
     }

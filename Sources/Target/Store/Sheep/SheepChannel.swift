@@ -390,6 +390,40 @@ final class SheepChannel<Host: SheepStoreHost> {
         downSinceTick = store.host.tick
     }
 
+    /// Drops the requests of store request `tag` that have not gone out (queued, held for a rejoin, or
+    /// waiting to retry), answering each as failed; returns how many. An aborted task's write held while
+    /// the node is away must not reach the node once the abort is answered. Requests on the wire, or in
+    /// the batch being sent, go on: sheep may already have them.
+    func cancel(tag: UInt64) -> Int {
+        var dropped = 0
+        func unlink(_ head: inout Int32, _ tail: inout Int32) {
+            var prev: Int32 = -1
+            var at = head
+            while at >= 0 {
+                let next = reqs[Int(at)].nextQueued
+                if reqs[Int(at)].waiter == .request(tag: tag) && !sendBatch.contains(at) {
+                    if prev >= 0 { reqs[Int(prev)].nextQueued = next } else { head = next }
+                    if tail == at { tail = prev }
+                    reqs[Int(at)].retryAtTick = 0
+                    release(at)
+                    dropped += 1
+                } else {
+                    prev = at
+                }
+                at = next
+            }
+        }
+        unlink(&queueHead, &queueTail)
+        unlink(&heldHead, &heldTail)
+        for i in 0..<SheepChannelLimits.maxRequests
+        where reqs[i].inUse && !reqs[i].sent && reqs[i].retryAtTick != 0 && reqs[i].waiter == .request(tag: tag) {
+            reqs[i].retryAtTick = 0
+            release(Int32(i))
+            dropped += 1
+        }
+        return dropped
+    }
+
     private func release(_ slot: Int32) {
         reqs[Int(slot)].inUse = false
         reqs[Int(slot)].waiter = .none
