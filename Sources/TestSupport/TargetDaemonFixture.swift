@@ -234,6 +234,8 @@ private final class TgtControlPorts: @unchecked Sendable {
 
 /// A running target daemon. Whoever starts one stops it; `deinit` is only the backstop.
 public final class TargetDaemon {
+    /// ringtgtd's default for --sheep-claim-dir.
+    public static let sheepClaimDirectoryVariable = "RINGTGT_SHEEP_CLAIM_DIR"
     public let peer: Peer
     public let process: ToolProcess
     public let admin: Admin
@@ -274,8 +276,12 @@ public final class TargetDaemon {
         admin = Admin(executable: adminExe, controlArgs: adminLeading + control, logDir: logDir,
                       label: "\(label)-admin", uniqueLogNames: uniqueLogNames)
         let (daemonExe, daemonLeading) = DaemonLauncher.command(launcher.daemon, through: launcher.daemonWrapper)
+        // The claims of the daemons one test starts live in its scratch directory, as on one host; through
+        // the environment, which a release binary older than the option ignores.
+        var environment = launcher.environment
+        if peer == .ringtgt { environment[Self.sheepClaimDirectoryVariable] = logDir.appendingPathComponent("sheep-claims").path }
         process = try ToolProcess(daemonExe, daemonLeading + args, logDir: logDir, label: label,
-                                  environment: launcher.environment, uniqueLogNames: uniqueLogNames)
+                                  environment: environment, uniqueLogNames: uniqueLogNames)
         started(process)
         do {
             endpoints = try waitForPortals(expected: peer == .tgt ? 1 : portals.count, seconds: readinessSeconds)

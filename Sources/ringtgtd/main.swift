@@ -49,6 +49,13 @@ struct RingTgtd: ParsableCommand {
     @Option(name: .customLong("control-socket"), help: "Control socket path (overrides -C).")
     var controlSocket: String?
 
+    @Option(name: .customLong("sheep-claim-dir"), help: ArgumentHelp(
+        "Where sheepdog LUNs record the shared locks this host's gateways hold, so that a gateway restarted after "
+            + "a crash takes its node's stale lock back. Every ringtgtd on the host must use the same one "
+            + "(default: $RINGTGT_SHEEP_CLAIM_DIR, else /run/ringtgt/sheep-claims).",
+        valueName: "DIR"))
+    var sheepClaimDirectory: String?
+
     @Option(name: .long, help: "Reactor cores (default: all online CPUs).")
     var cores: Int?
 
@@ -192,7 +199,10 @@ struct RingTgtd: ParsableCommand {
         var registryOptions = Registry.Options()
         if tgtDefaults { registryOptions.lunDefaults = .tgt }
         registryOptions.controllerLUN0 = lun0Controller
-        let registry = Registry(fabric: runtime, opener: StoreOpener(runtime: runtime), options: registryOptions)
+        let opener = StoreOpener(runtime: runtime)
+        opener.sheepClaimDirectory = sheepClaimDirectory
+            ?? getenv("RINGTGT_SHEEP_CLAIM_DIR").map { String(cString: $0) } ?? StoreOpener.defaultSheepClaimDirectory
+        let registry = Registry(fabric: runtime, opener: opener, options: registryOptions)
         let server = ControlServer(path: socketPath, registry: registry, logger: logger)
         var metricsServer: MetricsServer? = nil
         /// A start-up step that failed: log why (and tell a waiting parent), stop what started, exit 1.

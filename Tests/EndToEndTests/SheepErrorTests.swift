@@ -1,6 +1,6 @@
 // Sheepdog LUNs ringtgtadm must refuse, with tgtadm's EINVAL exit and a message that says what is wrong,
 // while the daemon carries on serving; and the VDI lock's life: taken at open, released at LUN delete and
-// clean shutdown, kept by the sheep after a crash until `dog vdi lock unlock`.
+// clean shutdown, kept by the sheep after a crash and taken back by the gateway that restarts on this host.
 
 import Foundation
 import Testing
@@ -65,11 +65,13 @@ extension EndToEnd {
             }
         }
 
-        /// A daemon that dies holding a VDI leaves it locked (the lock is the sheep's, as with real sheep):
-        /// another daemon is refused until `dog vdi lock unlock`. Deleting the LUN releases the lock, and so
-        /// does a clean shutdown.
+        /// A daemon that dies holding a VDI leaves it locked (the lock is the sheep node's, as with real
+        /// sheep): an exclusive (`multipath=off`) opener is refused. The gateway restarted on this host takes
+        /// the node's stale shared lock back without `dog vdi lock unlock`, and says so in its log; a second
+        /// LUN of the same VDI in that live daemon is still refused. Deleting the LUN releases the lock, and
+        /// so does a clean shutdown.
         @Test(arguments: SheepKind.allCases)
-        func vdiLockSurvivesACrashAndIsReleasedOnDeleteAndShutdown(kind: SheepKind) throws {
+        func aKilledGatewaysLockIsTakenBackOnRestartAndReleasedOnDeleteAndShutdown(kind: SheepKind) throws {
             try withSheep(kind) { sheep in
                 try sheep.createVDI("held", bytes: SheepErrors.vdiBytes)
 
@@ -86,12 +88,19 @@ extension EndToEnd {
                 crashed.stop(recordProblems: false)
 
                 try withSheepTarget(sheep) { t in
-                    let refused = try t.tryAddLUN(1, backingStore: sheep.backingStore("held"))
-                    #expect(refused.exitStatus == SheepE2ELimits.adminInvalidRequestStatus
-                            && refused.output.contains("locked") && refused.output.contains("held"),
-                            "a VDI whose daemon was killed stays locked: \(refused)")
-                    try sheep.unlockVDI("held")
+                    let exclusive = try t.admin.run(["--lld", "iscsi", "--op", "new", "--mode", "logicalunit", "--tid", "1",
+                                                     "--lun", "1", "--bstype", "sheepdog", "--bsopts", "multipath=off",
+                                                     "--backing-store", sheep.backingStore("held")])
+                    #expect(exclusive.exitStatus == SheepE2ELimits.adminInvalidRequestStatus
+                            && exclusive.output.contains("locked") && exclusive.output.contains("held"),
+                            "a VDI whose daemon was killed stays locked: \(exclusive)")
                     try t.addLUN(1, backingStore: sheep.backingStore("held"))
+                    try waitUntil("the daemon to log that it took the stale lock back") {
+                        t.target.daemon.log.contains("left by a gateway that died")
+                    }
+                    let second = try t.tryAddLUN(3, backingStore: sheep.backingStore("held"))
+                    #expect(second.exitStatus == SheepE2ELimits.adminInvalidRequestStatus && second.output.contains("locked"),
+                            "a live gateway's lock is not taken back: \(second)")
                     let io = try t.qemuIO(1, ["-c", "write -P 0x6D 0 4096", "-c", "read -P 0x6D 0 4096"])
                     #expect(io.succeeded && QemuIOReport(io.stdout + io.stderr).errorLines.isEmpty, "\(io)")
 

@@ -17,12 +17,16 @@ final class MultipathSheep {
     let scratch: Scratch
     /// TCP port of each node the gateways use.
     let ports: [Int]
+    /// The test server's admin port (`node kill N`, `node start N`); nil for a real cluster.
+    let adminPort: Int?
     private let server: ToolProcess?
     private let cluster: SheepLocalCluster?
     private var stopped = false
 
-    private init(kind: SheepKind, scratch: Scratch, ports: [Int], server: ToolProcess?, cluster: SheepLocalCluster?) {
-        self.kind = kind; self.scratch = scratch; self.ports = ports; self.server = server; self.cluster = cluster
+    private init(kind: SheepKind, scratch: Scratch, ports: [Int], adminPort: Int? = nil, server: ToolProcess?,
+                 cluster: SheepLocalCluster?) {
+        self.kind = kind; self.scratch = scratch; self.ports = ports; self.adminPort = adminPort
+        self.server = server; self.cluster = cluster
     }
 
     /// `noLock`: the test server's cluster is formatted without locking (`dog cluster format` without -l).
@@ -36,11 +40,13 @@ final class MultipathSheep {
                 let (p, lines) = try SheepTestServerFixture.start(exe, args, logDir: scratch.url,
                                                                   readyPrefixes: ["listening tcp ", "node 1 tcp ", "admin tcp "])
                 guard let n0 = SheepTestServerFixture.address(lines, "listening tcp "),
-                      let n1 = SheepTestServerFixture.address(lines, "node 1 tcp ") else {
+                      let n1 = SheepTestServerFixture.address(lines, "node 1 tcp "),
+                      let admin = SheepTestServerFixture.address(lines, "admin tcp ") else {
                     p.terminate(graceSeconds: 1)
                     throw E2EError("cannot read the test server's node addresses from: \(lines)")
                 }
-                return MultipathSheep(kind: kind, scratch: scratch, ports: [n0.port, n1.port], server: p, cluster: nil)
+                return MultipathSheep(kind: kind, scratch: scratch, ports: [n0.port, n1.port], adminPort: admin.port,
+                                      server: p, cluster: nil)
             case .localCluster:
                 guard let sheep = findOnPath("sheep"), let dog = findOnPath("dog") else { throw E2EError("sheep and dog are not on PATH") }
                 let c = try SheepLocalCluster.start(sheep: sheep, dog: dog, dir: scratch.url, logDir: scratch.url)
@@ -65,6 +71,15 @@ final class MultipathSheep {
     deinit { if !stopped { server?.terminate(graceSeconds: 1); cluster?.stop(graceSeconds: 1) } }
 
     func backingStore(node: Int, _ vdi: String) -> String { "tcp:127.0.0.1:\(ports[node]):\(vdi)" }
+
+    /// One test server admin command (`node kill 0`) that must answer "ok".
+    func admin(_ command: String) throws {
+        guard let adminPort else { throw E2EError("admin needs the test server") }
+        let r = try runTool(try Paths.packageBinary("ringtgt-sheep-testserver"),
+                            ["admin", "--port", "\(adminPort)"] + command.split(separator: " ").map(String.init),
+                            logDir: scratch.url, timeoutSeconds: SheepFixtureLimits.dogTimeoutSeconds, label: "sheep-admin")
+        if !r.succeeded || !r.stdout.hasPrefix("ok") { throw E2EError("sheep admin '\(command)' failed: \(r)") }
+    }
 
     /// A dog command through node 0 that must succeed.
     @discardableResult

@@ -17,6 +17,8 @@ public final class LogicalUnit: @unchecked Sendable {
     public let naa: [UInt8]              // 16-byte NAA IEEE Registered Extended designator (VPD 0x83)
     public let backing: Backing          // what the reactor drives
     public let state: LUNState           // SCSI-level shared state (SCSI/LUNState.swift)
+    /// The store's word on whether its data can be reached (sheep: the node's connections); nil: always.
+    let reachability: BackingReachability?
     /// COMPARE AND WRITE runs one at a time per LUN across all cores (its read, compare and write must not
     /// interleave with another's: VMware ATS). Taken with a compare-exchange by the command's core and polled
     /// by waiters; READ and WRITE never touch it.
@@ -48,6 +50,7 @@ public final class LogicalUnit: @unchecked Sendable {
         self.serial = serial
         self.naa = naa
         self.backing = backing
+        if case .sheep(let volume) = backing { reachability = volume.reachability } else { reachability = nil }
         self.bstype = bstype
         self.path = path
         self.presentation = presentation

@@ -886,6 +886,7 @@ extension Connection {
         case .releaseWhenIOEnds:
             // Its buffer is in use by the ring or the socket; drive() releases it when that ends.
             tasks[t].aborted = true
+            reactor.cancelStore(self, t)
         }
     }
 

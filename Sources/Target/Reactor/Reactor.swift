@@ -680,6 +680,14 @@ public final class Reactor {
         return result
     }
 
+    /// Task `t` was aborted with its store operation in flight: a sheep store drops the requests it has not
+    /// sent (a write held for a node that is away would otherwise reach the node after the abort was
+    /// answered, and overwrite what the initiator wrote through another path since).
+    func cancelStore(_ c: Connection, _ t: Int) {
+        guard c.tasks[t].state == .storeIO, let sheep else { return }
+        sheep.cancel(tag: storeBuffer(c, t).tag)
+    }
+
     /// The task's buffer and the tag its store operations carry back to `storeCompletion`.
     @inline(__always)
     private func storeBuffer(_ c: Connection, _ t: Int) -> StoreBuffer {

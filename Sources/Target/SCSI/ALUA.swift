@@ -217,7 +217,14 @@ extension SCSITask {
     /// The NOT READY sense for this command through a port that is not active, nil if it may run.
     func aluaRefusal() -> ASC? {
         guard let target else { return nil }
-        return target.portGroup.state.refusal(opcode: opcode, serviceAction: cdb[1] & 0x1F)
+        return aluaState(of: target.portGroup).refusal(opcode: opcode, serviceAction: cdb[1] & 0x1F)
+    }
+
+    /// `group`'s state for this LU: unavailable while the store has lost the LU's data (through every port
+    /// of this daemon alike), the group's own otherwise. Not transitioning: Linux retries a command that
+    /// gets that sense on the same path, and the point is to move it to another gateway.
+    func aluaState(of group: TargetPortGroup) -> ALUAState {
+        lunFlags & LUNState.flagBackingUnavailable != 0 ? .unavailable : group.state
     }
 
     /// REPORT TARGET PORT GROUPS (SPC-4 §6.37): every group with a port to this LU, in the length-only
@@ -237,10 +244,10 @@ extension SCSITask {
             count = min(count, ALUALimits.maxPortsPerGroupDescriptor)
             if count == 0 || p + 8 + 4 * count > b.count { continue }
             b.zero(p, 8 + 4 * count)
-            b.put8(p, g.state.rawValue)
+            b.put8(p, aluaState(of: g).rawValue)
             b.put8(p + 1, ALUAState.supportedStatesBits)
             b.put16(p + 2, g.id)
-            b.put8(p + 5, g.status)
+            b.put8(p + 5, lunFlags & LUNState.flagBackingUnavailable != 0 ? ALUAStatus.alteredImplicitly : g.status)
             b.put8(p + 7, UInt8(count))
             p += 8
             var written = 0

@@ -33,7 +33,9 @@ extension SCSITask {
             if opcode == Opcode.requestSense { return requestSense(buffer: buffer, pending: ua, lunMissing: false) }
             return fail(SenseKey.unitAttention, ua)
         }
-        if state.flags & LUNState.flagPortInactive != 0, let asc = aluaRefusal() { return fail(SenseKey.notReady, asc) }
+        if state.flags & (LUNState.flagPortInactive | LUNState.flagBackingUnavailable) != 0, let asc = aluaRefusal() {
+            return fail(SenseKey.notReady, asc)
+        }
         if state.flags & LUNState.flagReservationHeld != 0, reservationConflicts(state: state, nexus: nexus) {
             return reservationConflict()
         }

@@ -158,6 +158,9 @@ struct LUNSharedState {
     var sanitize = SanitizeState()
     /// The ALUA state of the LU's target port is active (SCSI/ALUA.swift keeps it in step with the group).
     var portActive = true
+    /// The store has not reached the LU's data for `LUNState.unreachableSecondsBeforeUnavailable`: every
+    /// port of this daemon reports the LU unavailable (SCSI/ALUA.swift), whatever its group's state.
+    var backingUnavailable = false
 
     /// tgt's lu_prevent_removal: some nexus has prevented medium removal.
     var removalPrevented: Bool { nexuses.values.contains { $0.preventsRemoval } }
@@ -186,6 +189,14 @@ public final class LUNState: @unchecked Sendable {
     /// The LU's target port is in a target port group that is not active: commands take the locked path,
     /// where the ALUA state decides (SCSI/ALUA.swift).
     static let flagPortInactive: UInt64 = 1 << 7
+    /// The store lost the LU's data long enough (`backingUnavailable`): commands take the locked path, where
+    /// ALUA's unavailable state decides.
+    static let flagBackingUnavailable: UInt64 = 1 << 8
+    /// How long the store may be without its data (a sheep node gone) before this gateway says the LU is
+    /// unavailable through it, so a multipath TUR checker fails the path and I/O moves to another gateway.
+    /// Well under dm-multipath's polling_interval (5 s) times no_path_retry, and long enough that a
+    /// reconnect that succeeds at once (a node restarted, a connection reset) changes nothing.
+    static let unreachableSecondsBeforeUnavailable: UInt64 = 5
 
     let blockSize: Int
     let blockCount: UInt64
@@ -261,7 +272,33 @@ public final class LUNState: @unchecked Sendable {
         if s.sanitize.running { f |= LUNState.flagSanitizing }
         if s.sanitize.failed { f |= LUNState.flagSanitizeFailed }
         if !s.portActive { f |= LUNState.flagPortInactive }
+        if s.backingUnavailable { f |= LUNState.flagBackingUnavailable }
         return f
+    }
+
+    /// Brings `backingUnavailable` in line with the store's reachability: one load while all is well.
+    @inline(__always)
+    func followBacking(_ r: BackingReachability) {
+        let down = r.downSinceNanos
+        if _fastPath(down == 0 && flags & LUNState.flagBackingUnavailable == 0) { return }
+        followBackingChange(downSinceNanos: down)
+    }
+
+    /// The store lost its data or got it back: once the loss has lasted the bound, or once it ends, the LU's
+    /// ALUA state through this daemon changes, and every nexus hears ASYMMETRIC ACCESS STATE CHANGED
+    /// (SPC-4 §5.15.2.5: a change made by the device server).
+    @inline(never)
+    func followBackingChange(downSinceNanos down: UInt64) {
+        let bound = LUNState.unreachableSecondsBeforeUnavailable * 1_000_000_000
+        let unavailable = down != 0 && monotonicNanos() &- down >= bound
+        if unavailable == (flags & LUNState.flagBackingUnavailable != 0) { return }
+        shared.withLock { s in
+            // Re-checked under the lock: of two cores that saw the change, one announces it.
+            guard s.backingUnavailable != unavailable else { return }
+            s.backingUnavailable = unavailable
+            queueUAForAll(&s, except: nil, .asymmetricAccessStateChanged)
+            publishFlags(s)
+        }
     }
 
     /// Unit-attention bookkeeping for a command from `nexus`. Returns the condition to report, already

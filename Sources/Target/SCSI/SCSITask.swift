@@ -182,9 +182,10 @@ public struct SCSITask {
         capacityBlocks = lun.blockCount
         lunReadOnly = lun.capabilities.readOnly
         let state = lun.state
+        if let r = lun.reachability { state.followBacking(r) }
         lunFlags = state.flags
         return state.isAdmitted(nexusID: nexusID, lunGeneration: lunGeneration)
-            && lunFlags & (LUNState.flagReservationHeld | LUNState.flagPortInactive) == 0
+            && lunFlags & (LUNState.flagReservationHeld | LUNState.flagPortInactive | LUNState.flagBackingUnavailable) == 0
     }
 
     /// The command ended (completed, aborted or torn down): lets go of its LUN, target and nexus now, so a

@@ -9,6 +9,11 @@ public final class StoreOpener: BackingOpener {
     private var nextHome = 0
     private let endpoints = Locked<[SheepBackingSpec.Endpoint]>([])
 
+    /// Where the sheep LUNs' shared-lock claims go (SheepLockClaim); nil (in-process tests) takes none.
+    public var sheepClaimDirectory: String? = nil
+    /// The packaged daemon's: host-wide, so every ringtgtd on the host sees the others' claims.
+    public static var defaultSheepClaimDirectory: String { SheepLockClaim.defaultDirectory }
+
     public init(coreCount: @escaping @Sendable () -> Int) { self.coreCount = coreCount }
 
     /// Each distinct sheep endpoint gets a number; every core keeps one channel per number.
@@ -30,7 +35,11 @@ public final class StoreOpener: BackingOpener {
                     throw AdminError(.invalidRequest, "bsopts multipath must be on or off")
                 }
                 let vol = try SheepVolume.open(spec.path, homeCore: home, multipath: multipath,
+                                               claimDirectory: sheepClaimDirectory,
                                                endpointIndex: endpointIndex)
+                if vol.reclaimedStaleLock {
+                    Logger(label: "ringtgtd").warning("sheep VDI '\(vol.name)': this node's shared lock was left by a gateway that died; released and taken again (LUN \(spec.lun) of target \(spec.tid))")
+                }
                 if !vol.clusterLocks && !vol.readOnly {
                     Logger(label: "ringtgtd").warning("\(SheepVolume.unlockedClusterWarning) (VDI '\(vol.name)', LUN \(spec.lun) of target \(spec.tid))")
                 }

@@ -9,6 +9,8 @@ enum SheepWaiter: Equatable {
     case request(tag: UInt64)
     /// A step of the home core's metadata work (allocation, index update, reload).
     case home(op: Int32)
+    /// The shared lock taken again after a reconnect (SheepRejoin).
+    case rejoin
 }
 
 /// A sheep channel's bounds and timeouts (outside the generic class, which cannot hold static stored properties).
@@ -18,7 +20,7 @@ enum SheepChannelLimits {
     static let batchRequests = 64
     /// A request without a reply for this long means the connection is stuck: reconnect and resend.
     static let replyTimeoutSeconds: UInt64 = 30
-    /// After this long without a working connection, requests fail (sense: LOGICAL UNIT COMMUNICATION FAILURE).
+    /// After this long without a working connection, requests fail (sense: NOT READY, LOGICAL UNIT NOT READY).
     static let giveUpSeconds: UInt64 = 120
     static let maxBackoffSeconds: UInt64 = 4
     /// Transient results (WAIT_FOR_JOIN, HALT, ...) are retried this many times, a second apart.
@@ -76,6 +78,15 @@ final class SheepChannel<Host: SheepStoreHost> {
     var queueHead: Int32 = -1
     var queueTail: Int32 = -1
     var inFlightCount = 0                     // requests sent and not yet answered
+    /// Told when this channel loses its node and gets it back (the LU turns a long loss into an ALUA state).
+    let reachability: BackingReachability
+    // After a reconnect: shared locks taken again and not yet answered; meanwhile every other request waits
+    // in the held FIFO (same links as the queue), so none reaches a node that does not count us in yet.
+    var rejoinPending = 0
+    var heldHead: Int32 = -1
+    var heldTail: Int32 = -1
+    /// The LOCK_VDI payloads of the rejoin under way (sent from here, so a LUN deleted meanwhile is no matter).
+    var rejoinPayloads: UnsafeMutableRawPointer? = nil
 
     // Send state: one SENDMSG at a time.
     var sendInFlight = false
@@ -103,6 +114,7 @@ final class SheepChannel<Host: SheepStoreHost> {
     var sockaddrLen: socklen_t = 0
 
     init(store: SheepStore<Host>, endpointIndex: Int, endpoint: SheepBackingSpec.Endpoint) {
+        reachability = SheepReachability.of(endpointIndex: endpointIndex)
         self.store = store
         self.endpointIndex = endpointIndex
         self.endpoint = endpoint
@@ -121,6 +133,7 @@ final class SheepChannel<Host: SheepStoreHost> {
 
     deinit {
         if fd >= 0 { close(fd) }
+        rejoinPayloads?.deallocate()
         reqs.deallocate()
         headers.deallocate()
         iov.deallocate()
@@ -158,6 +171,11 @@ final class SheepChannel<Host: SheepStoreHost> {
 
     private func enqueue(_ slot: Int32) {
         reqs[Int(slot)].nextQueued = -1
+        if rejoinPending > 0 && reqs[Int(slot)].waiter != .rejoin {
+            if heldTail >= 0 { reqs[Int(heldTail)].nextQueued = slot } else { heldHead = slot }
+            heldTail = slot
+            return
+        }
         if queueTail >= 0 { reqs[Int(queueTail)].nextQueued = slot } else { queueHead = slot }
         queueTail = slot
     }
@@ -204,19 +222,67 @@ final class SheepChannel<Host: SheepStoreHost> {
             var one: Int32 = 1
             setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(4))
         }
-        if everConnected { store.logger.info("sheep \(endpoint): reconnected") }
+        let again = everConnected
+        if again { store.logger.info("sheep \(endpoint): reconnected") }
         everConnected = true
         state = .ready
         backoffSeconds = 1
         downSinceTick = 0
+        reachability.markUp()
         rxStart = 0; rxEnd = 0; headerHave = 0; current = -1
+        if again { startRejoin() }
         armRecv()
+        kick()
+    }
+
+    /// Takes the shared lock of every VDI locked through this endpoint again (SheepRejoin), holding every
+    /// other request until sheep has answered them all. A rejoin cut short by another reconnect carries on:
+    /// its locks were put back at the front of the queue.
+    private func startRejoin() {
+        guard rejoinPending == 0 else { return }
+        let payloads = SheepRejoin.payloads(endpointIndex: endpointIndex)
+        if payloads.isEmpty { return }
+        heldHead = queueHead
+        heldTail = queueTail
+        queueHead = -1
+        queueTail = -1
+        rejoinPayloads?.deallocate()
+        let total = payloads.reduce(0) { $0 + $1.count }
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: max(1, total), alignment: 8)
+        rejoinPayloads = buffer
+        rejoinPending = payloads.count
+        var at = 0
+        for p in payloads {
+            p.withUnsafeBytes { memcpy(buffer + at, $0.baseAddress!, p.count) }
+            let header = SheepRequestHeader.vdiLookup(.lockVDI, id: 0, snapID: 0, lockType: .shared)
+            if !submit(header, payload: buffer + at, payloadLength: p.count, dest: nil, destCapacity: 0, waiter: .rejoin) {
+                rejoinAnswered(nil)
+            }
+            at += p.count
+        }
+    }
+
+    /// One lock of the rejoin answered (nil: it could not be sent). The last one lets the held requests go.
+    private func rejoinAnswered(_ result: SheepResult?) {
+        if result == .success {
+            store.logger.warning("sheep \(endpoint): the node had dropped our shared lock of a VDI (it left the cluster); took it again")
+        } else if let result, result != .vdiLocked {
+            store.logger.error("sheep \(endpoint): taking a VDI's shared lock again failed: \(result.name)")
+        }
+        rejoinPending -= 1
+        guard rejoinPending == 0 else { return }
+        if heldHead >= 0 {
+            if queueTail >= 0 { reqs[Int(queueTail)].nextQueued = heldHead } else { queueHead = heldHead }
+            queueTail = heldTail
+        }
+        heldHead = -1
+        heldTail = -1
         kick()
     }
 
     private func connectFailed(_ e: Int32) {
         state = .backoff
-        if downSinceTick == 0 { downSinceTick = store.host.tick }
+        if downSinceTick == 0 { downSinceTick = store.host.tick; reachability.markDown(atNanos: monotonicNanos()) }
         retryTick = store.host.tick + backoffSeconds
         store.logger.warning("sheep \(endpoint): connect failed (\(String(cString: strerror(e)))); retrying in \(backoffSeconds)s")
         backoffSeconds = min(SheepChannelLimits.maxBackoffSeconds, backoffSeconds * 2)
@@ -228,7 +294,7 @@ final class SheepChannel<Host: SheepStoreHost> {
         store.logger.warning("sheep \(endpoint): connection lost (\(why)); resending \(inFlightCount) request(s)")
         if fd >= 0 { shutdown(fd, Int32(SHUT_RDWR)) }
         state = .backoff
-        if downSinceTick == 0 { downSinceTick = store.host.tick }
+        if downSinceTick == 0 { downSinceTick = store.host.tick; reachability.markDown(atNanos: monotonicNanos()) }
         retryTick = store.host.tick   // next tick reconnects
         requeueSent()
         closeWhenIdle()
@@ -312,6 +378,9 @@ final class SheepChannel<Host: SheepStoreHost> {
         }
         queueHead = -1
         queueTail = -1
+        heldHead = -1
+        heldTail = -1
+        rejoinPending = 0
         inFlightCount = 0
         sendBatch.removeAll(keepingCapacity: true)
         sendSkip = 0
@@ -319,6 +388,40 @@ final class SheepChannel<Host: SheepStoreHost> {
         for w in waiters { store.reply(w, result: .eio, bytes: 0, failure: e) }
         if n > 0 { store.logger.error("sheep \(endpoint): unreachable for \(SheepChannelLimits.giveUpSeconds)s; failed \(n) request(s)") }
         downSinceTick = store.host.tick
+    }
+
+    /// Drops the requests of store request `tag` that have not gone out (queued, held for a rejoin, or
+    /// waiting to retry), answering each as failed; returns how many. An aborted task's write held while
+    /// the node is away must not reach the node once the abort is answered. Requests on the wire, or in
+    /// the batch being sent, go on: sheep may already have them.
+    func cancel(tag: UInt64) -> Int {
+        var dropped = 0
+        func unlink(_ head: inout Int32, _ tail: inout Int32) {
+            var prev: Int32 = -1
+            var at = head
+            while at >= 0 {
+                let next = reqs[Int(at)].nextQueued
+                if reqs[Int(at)].waiter == .request(tag: tag) && !sendBatch.contains(at) {
+                    if prev >= 0 { reqs[Int(prev)].nextQueued = next } else { head = next }
+                    if tail == at { tail = prev }
+                    reqs[Int(at)].retryAtTick = 0
+                    release(at)
+                    dropped += 1
+                } else {
+                    prev = at
+                }
+                at = next
+            }
+        }
+        unlink(&queueHead, &queueTail)
+        unlink(&heldHead, &heldTail)
+        for i in 0..<SheepChannelLimits.maxRequests
+        where reqs[i].inUse && !reqs[i].sent && reqs[i].retryAtTick != 0 && reqs[i].waiter == .request(tag: tag) {
+            reqs[i].retryAtTick = 0
+            release(Int32(i))
+            dropped += 1
+        }
+        return dropped
     }
 
     private func release(_ slot: Int32) {
@@ -484,6 +587,11 @@ final class SheepChannel<Host: SheepStoreHost> {
         }
         let w = reqs[i].waiter
         let bytes = payloadDone
+        if case .rejoin = w {
+            release(slot)
+            rejoinAnswered(result)
+            return
+        }
         if reqs[i].probeIndex >= 0 && result == .success, case .request = w, let d = reqs[i].dest {
             let piece = (index: Int(reqs[i].probeIndex), objectOffset: Int(reqs[i].probeObjectOffset))
             let length = reqs[i].destCapacity

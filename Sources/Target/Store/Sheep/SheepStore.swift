@@ -99,6 +99,15 @@ final class SheepStore<Host: SheepStoreHost> {
         for ch in channels { ch?.onTick(tick) }
     }
 
+    /// Task management aborted the task of store request `tag`: what has not been sent to sheep is dropped
+    /// and counts as failed (the task is released when its last piece is answered, without a response).
+    func cancel(tag: UInt64) {
+        for ch in channels {
+            guard let ch else { continue }
+            for _ in 0..<ch.cancel(tag: tag) { pieceDone(tag, failure: .unavailable, result: .success) }
+        }
+    }
+
     /// Stopping: fails every request still waiting for sheep.
     func abandon() {
         for ch in channels { ch?.abandon() }
@@ -296,7 +305,7 @@ final class SheepStore<Host: SheepStoreHost> {
     /// A sheep reply (or a failure) for whoever waits on it.
     func reply(_ waiter: SheepWaiter, result: SheepResult, bytes: Int, failure: StoreError?, vdiID: UInt32 = 0) {
         switch waiter {
-        case .none: break
+        case .none, .rejoin: break
         case .request(let tag):
             var outcome: StoreError? = failure
             if outcome == nil {

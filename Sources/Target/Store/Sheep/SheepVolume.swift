@@ -33,6 +33,12 @@ public final class SheepVolume: @unchecked Sendable {
     public let endpointIndex: Int
     /// VID of the working VDI; changes when a snapshot is taken under us (READONLY, then reload).
     private let currentVID: Atomic<UInt32>
+    /// This host's record that we hold the shared lock (multipath working VDI), dropped after RELEASE_VDI.
+    private let claim: SheepLockClaim?
+    /// Open found this node's shared lock left by a gateway that died, released it and locked again.
+    public let reclaimedStaleLock: Bool
+    /// Whether this volume's sheep node answers (its channels say; the LU reads it).
+    let reachability: BackingReachability
     /// Working VDIs locked after a snapshot moved the working VDI (released at close with `lockedVID`).
     private let laterLocks = Locked<[UInt32]>([])
     /// data_vdi_id[]: owner VID per object index, 0 = unallocated. For a hyper volume, the B-tree's content
@@ -51,8 +57,11 @@ public final class SheepVolume: @unchecked Sendable {
     init(spec: SheepBackingSpec, name: String, byteCount: UInt64, objectShift: Int, copies: UInt8, readOnly: Bool,
          lockedVID: UInt32, vid: UInt32, homeCore: Int, endpointIndex: Int, index: UnsafeMutablePointer<UInt32>,
          indexSlots: Int, hyper: SheepHyperIndex? = nil, coherent: Bool = false, clusterLocks: Bool = true,
-         multipath: Bool = true) {
+         multipath: Bool = true, claim: SheepLockClaim? = nil, reclaimedStaleLock: Bool = false) {
         self.spec = spec
+        self.claim = claim
+        self.reclaimedStaleLock = reclaimedStaleLock
+        reachability = SheepReachability.of(endpointIndex: endpointIndex)
         self.name = name
         self.byteCount = byteCount
         self.objectShift = objectShift
@@ -145,7 +154,9 @@ public final class SheepVolume: @unchecked Sendable {
 
     /// Resolves, locks (working VDI) and reads the inode of `specText` (tgt's `unix:PATH:VDI[:TAG|:SNAPID]` or
     /// `tcp:HOST:PORT:VDI[...]`).
-    public static func open(_ specText: String, homeCore: Int, multipath: Bool = true,
+    /// `claimDirectory`: where this host's gateways record the shared locks they hold (SheepLockClaim); nil
+    /// takes no claim, so a node's stale lock is never taken back.
+    public static func open(_ specText: String, homeCore: Int, multipath: Bool = true, claimDirectory: String? = nil,
                             endpointIndex: (SheepBackingSpec.Endpoint) -> Int) throws(OpenError) -> SheepVolume
     {
         let lockType = Self.lockType(multipath: multipath)
@@ -161,14 +172,36 @@ public final class SheepVolume: @unchecked Sendable {
         // sheep node can serve it too (multipath), and sheep keeps the gateways' inodes coherent. A snapshot
         // is only looked up, since nothing is ever written to it.
         let opcode: SheepOpcode = spec.isSnapshot ? .getVDIInfo : .lockVDI
+        let locked = "VDI '\(spec.vdi)' is locked by another client (dog vdi lock unlock \(spec.vdi) releases a stale lock)"
+        let claim: SheepLockClaim.Outcome
+        if let claimDirectory, !spec.isSnapshot && multipath {
+            claim = SheepLockClaim.take(directory: claimDirectory, endpoint: spec.endpoint, vdi: spec.vdi)
+        } else {
+            claim = .unavailable
+        }
+        if case .busy = claim { throw .sheep(locked) }
+        let held: SheepLockClaim?
+        if case .held(let c) = claim { held = c } else { held = nil }
         let lookup: SheepResponseHeader
+        var reclaimed = false
         do {
-            lookup = try client.call(.vdiLookup(opcode, id: 0, snapID: spec.lookupSnapID, lockType: lockType),
-                                     payload: payload).header
-        } catch { throw .sheep("\(error)") }
+            func lock() throws(SheepClientError) -> SheepResponseHeader {
+                try client.call(.vdiLookup(opcode, id: 0, snapID: spec.lookupSnapID, lockType: lockType), payload: payload).header
+            }
+            var first = try lock()
+            if first.result == .vdiLocked, held != nil, let stale = try? staleParticipation(client, payload: payload) {
+                // No live gateway here holds it (SheepLockClaim): our node's participation outlived a killed
+                // gateway. Releasing it is what `dog vdi lock unlock` would do for this node only.
+                _ = try? client.release(vid: stale, lockType: .shared)
+                first = try lock()
+                reclaimed = first.result == .success
+            }
+            lookup = first
+        } catch { held?.release(); throw .sheep("\(error)") }
+        if lookup.result != .success { held?.release() }
         switch lookup.result {
         case .success: break
-        case .vdiLocked: throw .sheep("VDI '\(spec.vdi)' is locked by another client (dog vdi lock unlock \(spec.vdi) releases a stale lock)")
+        case .vdiLocked: throw .sheep(locked)
         case .noVDI: throw .sheep("no VDI named '\(spec.vdi)'")
         case .noTag:
             let which: String
@@ -184,6 +217,7 @@ public final class SheepVolume: @unchecked Sendable {
         let lockedVID = spec.isSnapshot ? 0 : vid
         func release() {
             if lockedVID != 0 { _ = try? client.release(vid: lockedVID, lockType: lockType) }
+            held?.release()
         }
         let clusterLocks = lockedVID == 0 || Self.clusterHasLocks(client, payload: payload)
         let inodeBytes = SheepInodeLayout.clientInodeSizeBytes
@@ -219,8 +253,9 @@ public final class SheepVolume: @unchecked Sendable {
                                      readOnly: readOnly, lockedVID: lockedVID, vid: vid, homeCore: homeCore,
                                      endpointIndex: endpointIndex(spec.endpoint), index: hyper.1,
                                      indexSlots: hyper.2, hyper: hyper.0, clusterLocks: clusterLocks,
-                                     multipath: multipath)
+                                     multipath: multipath, claim: held, reclaimedStaleLock: reclaimed)
             volume.readLayers(client, opened: vid, parent: header.parentVDIID)
+            if lockedVID != 0 && multipath && clusterLocks { SheepRejoin.add(volume, payload: payload) }
             return volume
         }
         let slots = SheepInodeLayout.dataIndexSlots
@@ -232,8 +267,10 @@ public final class SheepVolume: @unchecked Sendable {
                                  objectShift: Int(header.blockSizeShift), copies: header.nrCopies, readOnly: readOnly,
                                  lockedVID: lockedVID, vid: vid, homeCore: homeCore,
                                  endpointIndex: endpointIndex(spec.endpoint), index: index, indexSlots: slots,
-                                 coherent: !readOnly, clusterLocks: clusterLocks, multipath: multipath)
+                                 coherent: !readOnly, clusterLocks: clusterLocks, multipath: multipath,
+                                 claim: held, reclaimedStaleLock: reclaimed)
         volume.readLayers(client, opened: vid, parent: header.parentVDIID)
+        if lockedVID != 0 && multipath && clusterLocks { SheepRejoin.add(volume, payload: payload) }
         return volume
     }
 
@@ -245,6 +282,13 @@ public final class SheepVolume: @unchecked Sendable {
         guard let r = try? client.call(.vdiLookup(.lockVDI, id: 0, snapID: 0, lockType: .normal), payload: payload)
         else { return true }
         return r.header.result != .success
+    }
+
+    /// The working VDI's VID, to release this node's stale participation: a refused LOCK_VDI need not carry
+    /// it. (When a normal lock is what refused us, sheep ignores the shared release and we stay refused.)
+    private static func staleParticipation(_ client: SheepClient, payload: [UInt8]) throws(SheepClientError) -> UInt32? {
+        let r = try client.call(.vdiLookup(.getVDIInfo, id: 0, snapID: 0, lockType: .shared), payload: payload).header
+        return r.result == .success ? r.vdiID : nil
     }
 
     /// A hyper volume's B-tree: the root from the inode just read, then every leaf it names (header first, then
@@ -301,6 +345,8 @@ public final class SheepVolume: @unchecked Sendable {
     /// RELEASE_VDI for the lock taken at open (control plane). Errors are ignored: sheep answers SUCCESS on
     /// HEAD, and VDI_NOT_LOCKED on old versions means there is nothing to release.
     public func releaseLock() {
+        defer { claim?.release() }
+        SheepRejoin.remove(self)
         guard lockedVID != 0, let client = try? Self.controlClient(spec.endpoint) else { return }
         _ = try? client.release(vid: lockedVID, lockType: lockType)
         for v in laterLocks.withLock({ l -> [UInt32] in let all = l; l.removeAll(); return all }) {
