@@ -140,6 +140,9 @@ extension EndToEnd {
                 }
                 print("churn: daemon VmRSS after each round (KiB): \(rss)")
                 let first = Double(rss[0]), last = Double(rss[rss.count - 1])
+                // AddressSanitizer keeps freed memory in its quarantine (256 MB by default) to catch uses after
+                // free, so under scripts/sanitize address RSS grows by design; the bound holds for real builds.
+                if ProcessInfo.processInfo.environment["RINGTGT_SANITIZER"] == "address" { return }
                 #expect(last <= first * (1 + RobustAdmission.maxRSSGrowth),
                         "RSS grew from \(rss[0]) KiB to \(rss[rss.count - 1]) KiB over \(rss.count) rounds")
             }
