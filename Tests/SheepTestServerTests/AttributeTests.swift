@@ -35,6 +35,26 @@ private func storedValue(_ c: SheepClient, _ oid: UInt64) throws -> [UInt8]? {
         }
     }
 
+    /// Creators racing through two nodes, their requests in the server together: one wins each key.
+    @Test func racingExclusiveCreatesHaveOneWinner() throws {
+        try withServer({ $0.nodes = 2 }) { server in
+            let a = try server.client(node: 0), b = try server.client(node: 1)
+            _ = try a.newVDI(name: "vol", size: 1 << 30)
+            for round in 0..<20 {
+                let k = "ringtgt.scsi.\(round)"
+                let req = SheepRequestHeader.getVDIAttr(id: 0, flags: [.attrCreate, .attrExclusive])
+                try a.send(req, payload: SheepVDIAttr.encode(name: "vol", key: k, value: [1]))
+                try b.send(req, payload: SheepVDIAttr.encode(name: "vol", key: k, value: [2]))
+                let results = [try a.receive().result, try b.receive().result]
+                #expect(results.filter { $0 == .success }.count == 1, "round \(round): \(results)")
+                #expect(results.filter { $0 == .vdiExist }.count == 1, "round \(round): \(results)")
+                let winner: UInt8 = results[0] == .success ? 1 : 2
+                let found = try a.vdiAttr(name: "vol", key: k)
+                #expect(try storedValue(b, attrOID(found)) == [winner])
+            }
+        }
+    }
+
     @Test func findThenReadAndWriteTheObject() throws {
         try withServer { server in
             let c = try server.client()
