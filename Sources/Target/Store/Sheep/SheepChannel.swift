@@ -97,6 +97,8 @@ final class SheepChannel<Host: SheepStoreHost> {
     var payloadDone = 0
     var replyResult: SheepResult = .success
     var replyVDI: UInt32 = 0
+    /// attr_id of the reply being read (GET_VDI_ATTR).
+    var replyAttr: UInt32 = 0
 
     // Connect state
     let sockaddrBuf: UnsafeMutableRawPointer
@@ -458,6 +460,7 @@ final class SheepChannel<Host: SheepStoreHost> {
         }
         replyResult = rsp.result
         replyVDI = rsp.vdiID
+        replyAttr = rsp.attrID
         if length > reqs[Int(slot)].destCapacity {
             broken("reply of \(length) bytes for a \(reqs[Int(slot)].destCapacity)-byte request")
             return
@@ -505,7 +508,7 @@ final class SheepChannel<Host: SheepStoreHost> {
             }
         }
         release(slot)
-        store.reply(w, result: result, bytes: bytes, failure: nil, vdiID: replyVDI)
+        store.reply(w, result: result, bytes: bytes, failure: nil, vdiID: replyVDI, attrID: replyAttr)
     }
 
     /// INODE_INVALIDATED for a piece of a store request: another gateway changed the index. The home core

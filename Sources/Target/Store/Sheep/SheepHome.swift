@@ -74,8 +74,23 @@ final class SheepHome {
     var changedDuringRefresh: [Int] = []
     /// Header + flat index (4,198,968 bytes), allocated at the first reload and kept.
     var refreshBuffer: UnsafeMutableRawPointer? = nil
+    /// Multipath: this gateway's copy of the shared SCSI record (docs/CLUSTER-STATE.md), the attribute object
+    /// a read of it lands in (allocated at the first read and kept), and whether another refresh was asked
+    /// for while one ran.
+    var record: SheepSCSIRecordSync? = nil
+    var recordBuffer: UnsafeMutableRawPointer? = nil
+    var recordAgain = false
+    /// The step in flight is a READ_OBJ into `recordBuffer`.
+    var recordReadPending = false
+    /// The volume whose record this is (set with `record`), for the refresh interval.
+    weak var recordVolume: SheepVolume? = nil
+    /// Loop tick of the last refresh started (SheepHomeMachine.recordDue).
+    var recordTick: UInt64 = 0
 
-    deinit { refreshBuffer?.deallocate() }
+    deinit {
+        refreshBuffer?.deallocate()
+        recordBuffer?.deallocate()
+    }
 }
 
 /// One step of home-core work waiting for a sheep reply.
@@ -98,6 +113,8 @@ final class SheepHomeOp {
         case treeRoot
         /// Multipath: the no-op index write that tells the snapshot's other participants to reload.
         case announce(newVID: UInt32)
+        /// Multipath: a step of reading or appending the shared SCSI record (SheepSCSIRecordSync).
+        case record
     }
     let request: SheepHomeRequest?
     let volume: SheepVolume
@@ -131,12 +148,16 @@ struct SheepHomeMachine {
         /// The request is done: nil is success.
         case answer(SheepHomeRequest, StoreError?)
         case log(Logger.Level, String)
+        /// A record operation on the volume ended: `record` is the newest version this gateway knows.
+        case record(SheepVolume, SheepSCSIRecord, SheepSCSIRecordSync.Outcome)
     }
 
-    private var homes: [ObjectIdentifier: SheepHome] = [:]
+    /// Internal, not private: SheepHomeRecord.swift walks it for records due a refresh.
+    var homes: [ObjectIdentifier: SheepHome] = [:]
     private var ops: [Int32: SheepHomeOp] = [:]
     private var opCounter: Int32 = 0
-    private var actions: [Action] = []
+    /// Internal, not private: SheepHomeRecord.swift adds the record's steps.
+    var actions: [Action] = []
     private var actionHead = 0
     /// Set when the core stops: requests are answered `.unavailable` without going to sheep.
     var stopping = false
@@ -154,7 +175,7 @@ struct SheepHomeMachine {
     /// Steps waiting for a reply (for tests and leak checks).
     var stepsInFlight: Int { ops.count }
 
-    private mutating func home(_ vol: SheepVolume) -> SheepHome {
+    mutating func home(_ vol: SheepVolume) -> SheepHome {
         let key = ObjectIdentifier(vol)
         if let h = homes[key] { return h }
         let h = SheepHome()
@@ -283,7 +304,7 @@ struct SheepHomeMachine {
         send(id, vol, hdr, payload: p, length: 4)
     }
 
-    private mutating func newHomeOp(_ op: SheepHomeOp) -> Int32 {
+    mutating func newHomeOp(_ op: SheepHomeOp) -> Int32 {
         opCounter &+= 1
         if opCounter < 0 { opCounter = 1 }
         ops[opCounter] = op
@@ -291,8 +312,12 @@ struct SheepHomeMachine {
     }
 
     /// Sheep's answer to step `id` (`failure` when there was none: connection lost for good, or not sent).
-    mutating func reply(_ id: Int32, result: SheepResult, failure: StoreError?, vdiID: UInt32) {
+    mutating func reply(_ id: Int32, result: SheepResult, failure: StoreError?, vdiID: UInt32, attrID: UInt32 = 0) {
         guard let op = ops.removeValue(forKey: id) else { return }
+        if case .record = op.stage {
+            recordReply(op.volume, result: failure == nil ? result : .eio, vdiID: vdiID, attrID: attrID)
+            return
+        }
         let vol = op.volume
         // A plain write never took its object's creation gate (request() sends it only when the object is ours and
         // no creation is under way), so its end must not open the gate a creation of the same object holds.
@@ -377,6 +402,8 @@ struct SheepHomeMachine {
                 actions.append(.log(.warning, "sheep VDI '\(vol.name)': telling other gateways of the snapshot failed: \(result.name)"))
             }
             reloadFinished(vol, newVID: newVID)
+        case .record:
+            break   // answered above
         }
     }
 
@@ -607,6 +634,8 @@ struct SheepHomeMachine {
         }
         h.changedDuringRefresh.removeAll(keepingCapacity: true)
         actions.append(.log(.debug, "sheep VDI '\(vol.name)': inode reloaded, \(changed) index slot(s) changed"))
+        // Another gateway's index write may be the announce of a new record version: read it too.
+        if h.record != nil { refreshRecord(vol) }
         if SheepInodeHeader(from: UnsafeRawPointer(inode)).isSnapshot {
             h.waitingReload += waiting
             startReload(vol)

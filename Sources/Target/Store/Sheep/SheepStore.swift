@@ -97,6 +97,10 @@ final class SheepStore<Host: SheepStoreHost> {
 
     func onTick(_ tick: UInt64) {
         for ch in channels { ch?.onTick(tick) }
+        if !home.homes.isEmpty {
+            home.refreshDueRecords(tick: tick)
+            runHome()
+        }
     }
 
     /// Stopping: fails every request still waiting for sheep.
@@ -294,7 +298,8 @@ final class SheepStore<Host: SheepStoreHost> {
     // MARK: - Replies
 
     /// A sheep reply (or a failure) for whoever waits on it.
-    func reply(_ waiter: SheepWaiter, result: SheepResult, bytes: Int, failure: StoreError?, vdiID: UInt32 = 0) {
+    func reply(_ waiter: SheepWaiter, result: SheepResult, bytes: Int, failure: StoreError?, vdiID: UInt32 = 0,
+               attrID: UInt32 = 0) {
         switch waiter {
         case .none: break
         case .request(let tag):
@@ -309,7 +314,7 @@ final class SheepStore<Host: SheepStoreHost> {
             }
             pieceDone(tag, failure: outcome, result: result)
         case .home(let op):
-            homeReply(op, result: result, failure: failure, vdiID: vdiID)
+            homeReply(op, result: result, failure: failure, vdiID: vdiID, attrID: attrID)
         }
     }
 
@@ -391,8 +396,8 @@ final class SheepStore<Host: SheepStoreHost> {
         runHome()
     }
 
-    func homeReply(_ id: Int32, result: SheepResult, failure: StoreError?, vdiID: UInt32) {
-        home.reply(id, result: result, failure: failure, vdiID: vdiID)
+    func homeReply(_ id: Int32, result: SheepResult, failure: StoreError?, vdiID: UInt32, attrID: UInt32 = 0) {
+        home.reply(id, result: result, failure: failure, vdiID: vdiID, attrID: attrID)
         runHome()
     }
 
@@ -413,6 +418,9 @@ final class SheepStore<Host: SheepStoreHost> {
                 homeDone(req, failure: failure)
             case .log(let level, let message):
                 logger.log(level: level, "\(message)")
+            case .record(let vol, let record, let outcome):
+                // Nothing consumes the record yet (docs/CLUSTER-STATE.md: the SCSI hook is not built).
+                logger.debug("sheep VDI '\(vol.name)': shared SCSI record version \(record.version) (\(outcome))")
             }
         }
     }
