@@ -83,6 +83,14 @@ extension EndToEnd.SheepClusterState {
     /// `iscsi-test-cu -d -t ALL URL_A URL_B` with URL_A on gateway A (node 0) and URL_B on gateway B (node 1),
     /// one VDI: the MultipathIO, reservation and COMPARE AND WRITE tests then cross gateways. Gateway B's port
     /// is relative target port 2, so that the two paths are two I_T nexuses of one LU.
+    /// iscsi-test-cu's report, once the run is known to have ended by itself with counts that agree.
+    static func finishedReport(_ r: ToolResult) throws -> CUnitReport {
+        try #require(!r.timedOut && !r.killedBySignal, "\(r)")
+        let report = try CUnitReport(r.stdout)
+        if let problem = report.consistencyProblem() { throw E2EError("\(problem)\n\(tail(r.stdout))") }
+        return report
+    }
+
     @Test(.disabled("needs the shared record wired into PERSISTENT RESERVE OUT and the reservation checks (issue 14, docs/CLUSTER-STATE.md)"))
     func iscsiTestCuAllAcrossTwoGateways() throws {
         try withMultipathSheep(.testServer) { sheep in
@@ -92,11 +100,8 @@ extension EndToEnd.SheepClusterState {
                                   "--name", "relative_target_port_id", "--value", "2"])
                 let r = try a.tool("iscsi-test-cu", ["-d", "-t", "ALL", a.url(lun: 1), b.url(lun: 1)],
                                    timeoutSeconds: EndToEnd.Conformance.timeoutSeconds)
-                try a.requireAlive("while iscsi-test-cu ran")
-                try b.requireAlive("while iscsi-test-cu ran")
-                try #require(!r.timedOut && !r.killedBySignal, "\(r)")
-                let report = try CUnitReport(r.stdout)
-                try #require(report.consistencyProblem() == nil, "\(report.consistencyProblem()!)\n\(tail(r.stdout))")
+                for t in [a, b] { try t.requireAlive("while iscsi-test-cu ran") }
+                let report = try Self.finishedReport(r)
                 try report.writeResults(name: "sheepdog-two-gateways", peer: "ringtgt",
                                         command: "iscsi-test-cu -d -t ALL URL_A URL_B (two gateways, one VDI)",
                                         seconds: r.seconds, log: r.stdout + r.stderr, extra: [:])
