@@ -65,6 +65,22 @@ extension EndToEnd {
                 #expect(try drive(&ga, ca, ga.refresh()) == .current)
                 #expect(ga.known == v2)
 
+                // The announce the home core sends after a publish: 0 into the last index slot through A's node
+                // makes B's node INVALIDATED, so B's next flagged I/O meets INODE_INVALIDATED and reloads.
+                let vid = try ca.findVDI(name: "vol")
+                for c in [ca, cb] { #expect(try c.lookup(.lockVDI, name: "vol", lockType: .shared).result == .success) }
+                let refresh = SheepRequestHeader.readObject(id: 0, oid: SheepOID.inode(vid: vid), offset: 0,
+                                                            length: UInt32(SheepInodeLayout.clientInodeSizeBytes), flags: .tgt)
+                #expect(try cb.call(refresh).result == .success)   // B starts valid
+                let slot = SheepInodeLayout.slotOffset(UInt32(SheepInodeLayout.dataIndexSlots - 1))
+                #expect(try ca.call(.writeObject(id: 0, oid: SheepOID.inode(vid: vid), offset: slot, length: 4),
+                                    payload: [0, 0, 0, 0]).result == .success)
+                let probe = SheepRequestHeader.readObject(id: 0, oid: SheepOID.inode(vid: vid), offset: 0, length: 1, flags: .tgt)
+                #expect(try cb.call(probe).result == .inodeInvalidated)
+                #expect(try cb.call(refresh).result == .success)
+                #expect(try cb.call(probe).result == .success)
+                for c in [ca, cb] { _ = try c.release(vid: vid, lockType: .shared) }
+
                 // A gateway that starts now finds version 2 through the head hint.
                 var gc = SheepSCSIRecordSync(vdiName: "vol")
                 #expect(try drive(&gc, ca, gc.refresh()) == .current)

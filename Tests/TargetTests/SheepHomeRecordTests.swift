@@ -86,7 +86,16 @@ import Testing
         #expect(b.drain().sends.isEmpty)
         let hint = b.reply(create.sends[0].op, .success)
         #expect(hint.sends.count == 1 && Self.attrKey(hint.sends[0].payload) == SheepSCSIRecordSync.headKey)
-        let done = b.reply(hint.sends[0].op, .success)
+        // Then the announce: 0 into the last index slot of our inode, without SD_FLAG_CMD_TGT, so that sheep
+        // invalidates the other gateways. The publish ends when it is acknowledged (here: even if it failed).
+        let announce = b.reply(hint.sends[0].op, .success)
+        #expect(announce.records.isEmpty && announce.sends.count == 1)
+        let a = announce.sends[0].header
+        #expect(a.opcode == .writeObj && a.oid == SheepOID.inode(vid: T.vid) && !a.flags.contains(.tgt))
+        #expect(a.objOffset == SheepInodeLayout.slotOffset(UInt32(SheepInodeLayout.dataIndexSlots - 1)))
+        #expect(announce.sends[0].payload == [0, 0, 0, 0])
+        let done = b.reply(announce.sends[0].op, .eio)
+        #expect(done.logs.contains { $0.contains("announcing") })
         #expect(done.records.count == 1 && done.records[0].outcome == .published && done.records[0].record == next)
         // The refresh asked for meanwhile starts now, from version 2.
         #expect(done.sends.count == 1 && Self.attrKey(done.sends[0].payload) == "ringtgt.scsi.2")

@@ -82,6 +82,8 @@ final class SheepHome {
     var recordAgain = false
     /// The step in flight is a READ_OBJ into `recordBuffer`.
     var recordReadPending = false
+    /// The step in flight is the index write that announces a version this core published.
+    var recordAnnouncing = false
     /// The volume whose record this is (set with `record`), for the refresh interval.
     weak var recordVolume: SheepVolume? = nil
     /// Loop tick of the last refresh started (SheepHomeMachine.recordDue).

@@ -50,6 +50,15 @@ extension SheepHomeMachine {
     mutating func recordReply(_ vol: SheepVolume, result: SheepResult, vdiID: UInt32, attrID: UInt32) {
         let h = home(vol)
         guard h.record != nil else { return }
+        if h.recordAnnouncing {
+            h.recordAnnouncing = false
+            if result != .success {
+                // The version is in sheep; the others find it at their next refresh instead.
+                actions.append(.log(.warning, "sheep VDI '\(vol.name)': announcing shared SCSI record version \(h.record!.known.version) failed: \(result.name)"))
+            }
+            recordEnded(vol, .published)
+            return
+        }
         var data: [UInt8] = []
         if result == .success, let buf = h.recordBuffer, h.recordReadPending {
             data = Array(UnsafeRawBufferPointer(start: buf, count: SheepVDIAttrLayout.objectSizeBytes))
@@ -77,12 +86,30 @@ extension SheepHomeMachine {
                                      dest: nil, destCapacity: 0))
             }
         case .done(let outcome):
-            if case .failed(_, let why) = outcome { actions.append(.log(.error, why)) }
-            actions.append(.record(vol, h.record!.known, outcome))
-            if h.recordAgain {
-                h.recordAgain = false
-                refreshRecord(vol)
+            if outcome == .published, let slot = Self.announceSlot(vol) {
+                // Sheep invalidates every other participant before it forwards an index write
+                // (gateway_write_obj), so once this is acknowledged their next I/O meets INODE_INVALIDATED and
+                // their reload reads the new version. 0 into a slot past the end of the VDI changes nothing.
+                // Without SD_FLAG_CMD_TGT: were we invalidated, sheep would refuse it before invalidating.
+                h.recordAnnouncing = true
+                let hdr = SheepRequestHeader.writeObject(id: 0, oid: SheepOID.inode(vid: vol.vid),
+                                                         offset: SheepInodeLayout.slotOffset(UInt32(slot)), length: 4,
+                                                         copies: vol.copies)
+                actions.append(.send(op: newHomeOp(SheepHomeOp(request: nil, volume: vol, stage: .record)), volume: vol,
+                                     header: hdr, payload: ZeroPages.base, payloadLength: 4, dest: nil, destCapacity: 0))
+                return
             }
+            recordEnded(vol, outcome)
+        }
+    }
+
+    private mutating func recordEnded(_ vol: SheepVolume, _ outcome: SheepSCSIRecordSync.Outcome) {
+        let h = home(vol)
+        if case .failed(_, let why) = outcome { actions.append(.log(.error, why)) }
+        actions.append(.record(vol, h.record!.known, outcome))
+        if h.recordAgain {
+            h.recordAgain = false
+            refreshRecord(vol)
         }
     }
 }
