@@ -96,6 +96,49 @@ extension EndToEnd {
 }
 
 extension EndToEnd.SheepClusterState {
+    static let reservationConflict: UInt8 = 0x18
+
+    /// PERSISTENT RESERVE OUT with the basic 24-byte parameter list.
+    static func prOut(_ s: RawSession, _ action: UInt8, type: UInt8 = 0, key: UInt64, sark: UInt64 = 0) throws -> CommandResult {
+        let cdb: [UInt8] = [0x5F, action, type & 0x0F, 0, 0, 0, 0, 0, 24, 0]
+        func be64(_ v: UInt64) -> [UInt8] { (0 ..< 8).map { UInt8(truncatingIfNeeded: v >> (56 - 8 * $0)) } }
+        let list = be64(key) + be64(sark) + [UInt8](repeating: 0, count: 8)
+        return try s.run(cdb, writeData: list)
+    }
+
+    /// Issue 14: a write exclusive reservation taken through gateway A refuses a write through gateway B from
+    /// another initiator, reads through B still work, and once A releases it B's write goes through. B learns of
+    /// each change only through sheep: A's announce makes B's next write meet INODE_INVALIDATED (the reservation),
+    /// and B reads the record before it answers RESERVATION CONFLICT (the release).
+    @Test(arguments: SheepKind.allCases)
+    func reservationThroughAIsEnforcedOnB(kind: SheepKind) throws {
+        typealias M = EndToEnd.SheepMultipath
+        try withMultipathSheep(kind) { sheep in
+            try sheep.dog(["vdi", "create", "vol", "\(M.vdiBytes)"])
+            try M.withGateways(sheep, vdi: "vol") { a, b in
+                let sa = try M.session(a, "a"), sb = try M.session(b, "b")
+                for s in [sa, sb] { _ = try s.run(RawCDB.testUnitReady) }   // takes the power-on unit attention
+                let lba = M.lba(object: 1)
+                let old = [UInt8](repeating: 0x11, count: M.blockBytes), new = [UInt8](repeating: 0x22, count: M.blockBytes)
+                try M.write(sb, lba, old, "B before any reservation")   // allocated: B's next write goes to sheep flagged
+
+                let reg = try Self.prOut(sa, 0x00, key: 0, sark: 0xA)
+                #expect(reg.status == RawCodes.good, "\(reg)")                             // REGISTER
+                #expect(try Self.prOut(sa, 0x01, type: PRType.writeExclusive, key: 0xA).status == RawCodes.good)  // RESERVE
+                let denied = try sb.run(RawCDB.write10(lba: lba, blocks: 1), writeData: new)
+                #expect(denied.status == Self.reservationConflict, "\(denied)")
+                #expect(try M.read(sb, lba, M.blockBytes) == old, "the refused write changed nothing; reads are allowed")
+                // The holder's own writes go on.
+                try M.write(sa, lba + 1, new, "A holds the reservation")
+
+                #expect(try Self.prOut(sa, 0x02, type: PRType.writeExclusive, key: 0xA).status == RawCodes.good)  // RELEASE
+                try M.write(sb, lba, new, "B after A released")
+                #expect(try M.read(sa, lba, M.blockBytes) == new)
+                for t in [a, b] { try t.requireAlive("after the reservation test") }
+            }
+        }
+    }
+
     /// `iscsi-test-cu -d -t ALL URL_A URL_B` with URL_A on gateway A (node 0) and URL_B on gateway B (node 1),
     /// one VDI: the MultipathIO, reservation and COMPARE AND WRITE tests then cross gateways. Gateway B's port
     /// is relative target port 2, so that the two paths are two I_T nexuses of one LU.

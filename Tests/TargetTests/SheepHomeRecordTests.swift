@@ -132,8 +132,91 @@ import Testing
         let b = T.Bench(owners: [3: T.vid], locked: true, coherent: true)
         _ = Self.refreshEmpty(b)
         let r1 = C.answerRefresh(b, C.invalidatedRead(b, 3, tag: 7), vid: T.vid, slots: [3: T.vid])
-        #expect(r1.sends.contains { $0.header.opcode == .getVDIAttr && Self.attrKey($0.payload) == SheepSCSIRecordSync.headKey })
-        #expect(r1.sends.contains { $0.header.opcode == .readObj }, "the read is redone as well")
+        #expect(r1.sends.count == 1 && r1.sends[0].header.opcode == .getVDIAttr
+                 && Self.attrKey(r1.sends[0].payload) == SheepSCSIRecordSync.headKey, "the read waits for the record")
+        let v1 = b.reply(r1.sends[0].op, .noObj)
+        let done = b.reply(v1.sends[0].op, .noObj)
+        #expect(done.sends.count == 1 && done.sends[0].header.opcode == .readObj
+                && done.sends[0].header.oid == SheepOID.data(vid: T.vid, index: 3), "the read is redone after it")
+    }
+
+    /// Reads version `version` (written by `writer`) in answer to the GET_VDI_ATTR `find`, then finds no newer one.
+    static func answerVersion(_ b: T.Bench, _ find: T.Out, version: UInt64, writer: UInt64) -> T.Out {
+        var rec = SheepSCSIRecord()
+        rec.version = version
+        rec.writer = writer
+        rec.reserved = true
+        rec.prType = PRType.writeExclusive
+        #expect(find.sends.count == 1 && Self.attrKey(find.sends[0].payload) == "ringtgt.scsi.\(version)")
+        b.machine.reply(find.sends[0].op, result: .success, failure: nil, vdiID: 0xcb565a, attrID: 0x3251dff9)
+        let read = b.drain()
+        guard let r = read.sends.first, let dest = r.dest else { Issue.record("no read of the version"); return T.Out() }
+        let object = SheepVDIAttr.encode(name: "vol", key: "ringtgt.scsi.\(version)", value: rec.encoded())
+        object.withUnsafeBytes { dest.copyMemory(from: $0.baseAddress!, byteCount: object.count) }
+        let next = b.reply(r.op, .success)
+        return b.reply(next.sends[0].op, .noObj)
+    }
+
+    /// Issue 14, step 2: a write that met INODE_INVALIDATED is held after the reload until the record is read;
+    /// when another gateway wrote a newer version it fails `.stateChanged` (the SCSI layer checks the new
+    /// reservation, then writes again), a read is redone.
+    @Test func aHeldWriteFailsStateChangedWhenAnotherGatewayWroteAVersion() {
+        typealias C = SheepCoherenceMachineTests
+        let b = T.Bench(owners: [3: T.vid, 4: T.vid], locked: true, coherent: true)
+        _ = Self.refreshEmpty(b)
+        let w = SheepHomeRequest(volume: b.volume, kind: .write(index: 3, objectOffset: 512, length: 4096,
+                                                                  data: SheepHomeMachineTests.data),
+                                 originCore: 0, waiter: .request(tag: 5))
+        w.invalidated = true
+        b.machine.request(w)
+        let reload = b.drain()
+        let r = C.invalidatedRead(b, 4, tag: 6)
+        #expect(r.sends.isEmpty, "parked behind the reload")
+        let find = C.answerRefresh(b, reload, vid: T.vid, slots: [3: T.vid, 4: T.vid])
+        #expect(find.answers.isEmpty && find.sends.count == 1, "held until the record is read")
+        // No record known yet: the head hint is asked first.
+        #expect(Self.attrKey(find.sends[0].payload) == SheepSCSIRecordSync.headKey)
+        let done = Self.answerVersion(b, b.reply(find.sends[0].op, .noObj), version: 1, writer: b.volume.gatewayID &+ 1)
+        #expect(done.records.count == 1 && done.records[0].record.version == 1)
+        #expect(done.answers.count == 1 && done.answers[0].tag == 5 && done.answers[0].failure == .stateChanged)
+        #expect(done.sends.count == 1 && done.sends[0].header.opcode == .readObj, "the read is redone")
+    }
+
+    /// Issue 14, step 4: a reservation command's sync waits for the refresh; its publish appends the LU's
+    /// state as the next version and is answered once the announce is acknowledged, `.stateChanged` when
+    /// another gateway wrote that version first.
+    @Test func reservationCommandsSyncThenPublishTheLUState() {
+        let b = T.Bench(locked: true, coherent: true)
+        let state = LUNState(blockSize: 512, blockCount: 8, capabilities: StoreCapabilities(), removable: false, online: true)
+        b.volume.lunState = state
+        func ask(_ publish: Bool, tag: UInt64) -> T.Out {
+            b.machine.request(SheepHomeRequest(volume: b.volume, kind: .record(publish: publish), originCore: 0,
+                                               waiter: .request(tag: tag)))
+            return b.drain()
+        }
+        let head = ask(false, tag: 1)
+        #expect(head.answers.isEmpty && head.sends.count == 1)
+        let v1 = b.reply(head.sends[0].op, .noObj)
+        let synced = b.reply(v1.sends[0].op, .noObj)
+        #expect(synced.answers.count == 1 && synced.answers[0].tag == 1 && synced.answers[0].failure == nil)
+
+        state.shared.withLock { $0.pr.generation = 1 }
+        let create = ask(true, tag: 2)
+        #expect(create.sends.count == 1 && Self.attrKey(create.sends[0].payload) == "ringtgt.scsi.1")
+        let hint = b.reply(create.sends[0].op, .success)
+        let announce = b.reply(hint.sends[0].op, .success)
+        #expect(announce.answers.isEmpty, "GOOD only once the other gateways are invalidated")
+        let published = b.reply(announce.sends[0].op, .success)
+        #expect(published.answers.count == 1 && published.answers[0].tag == 2 && published.answers[0].failure == nil)
+        #expect(published.records.first?.record.writer == b.volume.gatewayID)
+        #expect(published.records.first?.record.prGeneration == 1)
+
+        let lost = ask(true, tag: 3)
+        #expect(Self.attrKey(lost.sends[0].payload) == "ringtgt.scsi.2")
+        let reread = b.reply(lost.sends[0].op, .vdiExist)
+        var out = reread
+        while out.answers.isEmpty, let s = out.sends.first { out = b.reply(s.op, .noObj) }
+        #expect(out.answers.count == 1 && out.answers[0].tag == 3 && out.answers[0].failure == .stateChanged)
     }
 
     @Test func aSheepFailureIsLoggedAndReported() {

@@ -35,7 +35,7 @@ extension SCSITask {
         }
         if state.flags & LUNState.flagPortInactive != 0, let asc = aluaRefusal() { return fail(SenseKey.notReady, asc) }
         if state.flags & LUNState.flagReservationHeld != 0, reservationConflicts(state: state, nexus: nexus) {
-            return reservationConflict()
+            return sharedConflict()
         }
         return dispatch(buffer: buffer)
     }

@@ -139,7 +139,10 @@ extension SCSITask {
         return .dataOut(offset: Int(doneBytes), length: chunkBytes)
     }
 
-    mutating func writeDataReceived(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+    mutating func writeDataReceived(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction { storeWriteChunk() }
+
+    /// Writes the chunk in the buffer (again, after another gateway's reservation change was checked).
+    mutating func storeWriteChunk() -> SCSIAction {
         phase = .writeStore
         return .store(.write(target: .own, offset: lba &* UInt64(blockSize) &+ doneBytes, length: chunkBytes,
                              bufferOffset: 0, fua: fua))

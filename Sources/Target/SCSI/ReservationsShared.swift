@@ -51,3 +51,87 @@ extension LUNState {
         }
     }
 }
+
+enum SharedStateLimits {
+    /// A reservation command whose version other gateways' versions beat this many times in a row is answered
+    /// BUSY: the initiator retries it later rather than the target looping on a contended record.
+    static let publishAttemptsMax = 4
+}
+
+// Reservation commands on a multipath sheep LU (docs/CLUSTER-STATE.md, steps 2 and 4): the record is read
+// (and loaded into the LU) before the command applies, and a change is appended to it and announced before
+// GOOD. Other LUs never take these paths: `phase` is never `.sharedApply` there and `sharesReservations` is
+// only asked by reservation commands and conflicts.
+extension SCSITask {
+    /// The LU's reservations are shared with other gateways through sheep.
+    var sharesReservations: Bool {
+        if case .sheep(let vol)? = lun?.backing { return vol.coherent }
+        return false
+    }
+
+    /// Before a reservation command applies on a shared LU, the record is brought up to date; nil when the
+    /// command may apply now.
+    mutating func syncSharedFirst() -> SCSIAction? {
+        guard phase != .sharedApply, sharesReservations else { return nil }
+        phase = .sharedSync
+        auxCount = 0
+        return .store(.shareState(target: .own, publish: false))
+    }
+
+    /// A reservation command succeeded: on a shared LU its change goes into the record before GOOD.
+    mutating func completeShared(changed: Bool = true) -> SCSIAction {
+        guard changed, phase == .sharedApply else { return completeGood() }
+        phase = .sharedPublish
+        return .store(.shareState(target: .own, publish: true))
+    }
+
+    /// A command conflicts with the reservation this gateway knows: on a shared LU the holder may have
+    /// released it through another gateway, so the record is read before RESERVATION CONFLICT is answered.
+    mutating func sharedConflict() -> SCSIAction {
+        guard phase != .sharedApply, sharesReservations else { return reservationConflict() }
+        phase = .sharedRecheck
+        return .store(.shareState(target: .own, publish: false))
+    }
+
+    mutating func sharedSyncCompleted(_ r: StoreResult, buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        if let fail = checkStore(r, reading: false) { return fail }
+        phase = .sharedApply
+        switch opcode {
+        case Opcode.persistentReserveOut:
+            return persistentReserveOut(UnsafeMutableRawBufferPointer(rebasing: buffer[0 ..< min(chunkBytes, buffer.count)]))
+        case Opcode.reserve6, Opcode.reserve10: return reserve()
+        default: return release()
+        }
+    }
+
+    mutating func sharedRecheckCompleted(_ r: StoreResult, buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        if let fail = checkStore(r, reading: false) { return fail }
+        phase = .sharedApply
+        return startSlow(buffer: buffer)
+    }
+
+    mutating func sharedPublishCompleted(_ r: StoreResult, buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        if case .failed(.stateChanged) = r {
+            // Another gateway's version came first and is in the LU now: apply the command to that state.
+            auxCount += 1
+            if auxCount >= SharedStateLimits.publishAttemptsMax {
+                phase = .idle
+                return .complete(status: SCSIStatus.busy, dataInLength: 0, residual: .none)
+            }
+            return sharedSyncCompleted(.ok(0), buffer: buffer)
+        }
+        if let fail = checkStore(r, reading: false) { return fail }
+        return completeGood()
+    }
+
+    /// A write met INODE_INVALIDATED and, after the reload, a newer record from another gateway: it is checked
+    /// against that record's reservations before it is redone. Each redo needs another gateway to have written
+    /// a new version meanwhile, so it is not bounded here.
+    mutating func sharedStateChanged() -> SCSIAction {
+        guard let lun, let nexus else { return internalError() }
+        if reservationConflicts(state: lun.state, nexus: nexus) { return reservationConflict() }
+        if phase == .writeStore { return storeWriteChunk() }
+        phase = .idle
+        return .complete(status: SCSIStatus.busy, dataInLength: 0, residual: .none)
+    }
+}

@@ -151,7 +151,8 @@ final class SheepChannel<Host: SheepStoreHost> {
                                probeIndex: Int32(probe?.index ?? -1), probeObjectOffset: Int32(probe?.objectOffset ?? 0))
         var h = header
         h.id = UInt32(slot) << 16 | UInt32(gen)
-        h.protoVersion = SheepWire.clientProtoVersion
+        // The shared record's GET_VDI_ATTR is an internal op: sheep refuses it under the client version.
+        if h.protoVersion != SheepWire.internalProtoVersion { h.protoVersion = SheepWire.clientProtoVersion }
         h.encode(to: headers + i * SheepWire.headerSizeBytes)
         enqueue(slot)
         kick()

@@ -12,6 +12,9 @@ final class SheepHomeRequest: @unchecked Sendable {
         case deallocate(index: Int)
         /// A read piece sheep answered INODE_INVALIDATED (or its stale-index probe was): redone after the reload.
         case read(index: Int, objectOffset: Int, length: Int, dest: UnsafeMutableRawPointer)
+        /// Multipath: bring the shared SCSI record up to date (or append the LU's state to it) for a
+        /// reservation command (StoreOp.shareState).
+        case record(publish: Bool)
     }
     let volume: SheepVolume
     let kind: Kind
@@ -37,6 +40,7 @@ final class SheepHomeRequest: @unchecked Sendable {
         case .write(let i, _, _, _): return i
         case .deallocate(let i): return i
         case .read(let i, _, _, _): return i
+        case .record: return 0
         }
     }
 }
@@ -88,6 +92,18 @@ final class SheepHome {
     weak var recordVolume: SheepVolume? = nil
     /// Loop tick of the last refresh started (SheepHomeMachine.recordDue).
     var recordTick: UInt64 = 0
+    /// Reservation commands waiting for the record to be current, the one whose version is being appended,
+    /// and those waiting to append theirs.
+    var recordSyncWaiters: [SheepHomeRequest] = []
+    var recordPublisher: SheepHomeRequest? = nil
+    var recordPublishQueue: [SheepHomeRequest] = []
+    /// I/O that met INODE_INVALIDATED, held after the inode reload until the record is re-read too, and the
+    /// record version known when it was held: a newer one from another gateway fails writes `.stateChanged`.
+    var waitingRecord: [SheepHomeRequest] = []
+    var waitingRecordVersion: UInt64 = 0
+
+    /// A record operation (or the announce after one) is under way.
+    var recordRunning: Bool { (record?.isBusy ?? false) || recordAnnouncing }
 
     deinit {
         refreshBuffer?.deallocate()
@@ -192,6 +208,7 @@ struct SheepHomeMachine {
             actions.append(.answer(req, .unavailable))
             return
         }
+        if case .record(let publish) = req.kind { recordRequest(req, publish: publish); return }
         let vol = req.volume
         let h = home(vol)
         if h.reloading { h.waitingReload.append(req); return }
@@ -267,7 +284,7 @@ struct SheepHomeMachine {
             }
             h.creating[idx] = []
             if vol.isHyper { treeSet(vol, req, value: 0) } else { writeSlot(vol, idx: idx, value: 0, vid: cur, req: req) }
-        case .read:
+        case .read, .record:
             break   // answered above
         }
     }
@@ -636,11 +653,18 @@ struct SheepHomeMachine {
         }
         h.changedDuringRefresh.removeAll(keepingCapacity: true)
         actions.append(.log(.debug, "sheep VDI '\(vol.name)': inode reloaded, \(changed) index slot(s) changed"))
-        // Another gateway's index write may be the announce of a new record version: read it too.
-        if h.record != nil { refreshRecord(vol) }
+        // Another gateway's index write may be the announce of a new record version: read it too, and redo
+        // the held I/O only after it, so that a write is checked against a reservation announced meanwhile.
+        let sharesState = h.record != nil || vol.lunState != nil
+        if sharesState { refreshRecord(vol) }
         if SheepInodeHeader(from: UnsafeRawPointer(inode)).isSnapshot {
             h.waitingReload += waiting
             startReload(vol)
+            return
+        }
+        if sharesState, let r = h.record, h.recordRunning {
+            if h.waitingRecord.isEmpty { h.waitingRecordVersion = r.known.version }
+            h.waitingRecord += waiting
             return
         }
         for r in waiting { request(r) }

@@ -30,7 +30,7 @@ extension SheepHomeMachine {
             h.record = SheepSCSIRecordSync(vdiName: vol.name)
             h.recordVolume = vol
         }
-        if h.record!.isBusy { h.recordAgain = true; return }
+        if h.recordRunning { h.recordAgain = true; return }
         if let tick { h.recordTick = tick }
         recordStep(vol, h.record!.refresh())
     }
@@ -105,11 +105,58 @@ extension SheepHomeMachine {
 
     private mutating func recordEnded(_ vol: SheepVolume, _ outcome: SheepSCSIRecordSync.Outcome) {
         let h = home(vol)
-        if case .failed(_, let why) = outcome { actions.append(.log(.error, why)) }
+        var failure: StoreError? = nil
+        if case .failed(_, let why) = outcome {
+            actions.append(.log(.error, why))
+            failure = .unavailable
+        }
+        // Before the answers below: the store loads the version into the LU, then the commands go on.
         actions.append(.record(vol, h.record!.known, outcome))
+        if let p = h.recordPublisher {
+            h.recordPublisher = nil
+            actions.append(.answer(p, outcome == .published ? nil : (failure ?? .stateChanged)))
+        }
         if h.recordAgain {
             h.recordAgain = false
             refreshRecord(vol)
+            return
         }
+        for r in h.recordSyncWaiters { actions.append(.answer(r, failure)) }
+        h.recordSyncWaiters.removeAll()
+        let held = h.waitingRecord
+        h.waitingRecord = []
+        let moved = h.record!.known.version > h.waitingRecordVersion && h.record!.known.writer != vol.gatewayID
+        for r in held {
+            if moved, case .write = r.kind { actions.append(.answer(r, .stateChanged)) } else { request(r) }
+        }
+        if !h.recordPublishQueue.isEmpty { startPublish(vol, h.recordPublishQueue.removeFirst()) }
+    }
+
+    /// A reservation command on the LU: `publish` false waits for the record to be current (and loaded into
+    /// the LU); true appends the LU's state as the next version once no other record operation runs.
+    mutating func recordRequest(_ req: SheepHomeRequest, publish: Bool) {
+        let vol = req.volume
+        let h = home(vol)
+        if !publish {
+            h.recordSyncWaiters.append(req)
+            refreshRecord(vol)
+            return
+        }
+        if h.record != nil, !h.recordRunning, h.recordPublisher == nil {
+            startPublish(vol, req)
+        } else {
+            h.recordPublishQueue.append(req)
+        }
+    }
+
+    private mutating func startPublish(_ vol: SheepVolume, _ req: SheepHomeRequest) {
+        let h = home(vol)
+        guard vol.coherent, !stopping, let state = vol.lunState, let r = h.record else {
+            actions.append(.answer(req, .unavailable))
+            return
+        }
+        h.recordPublisher = req
+        let s = state.shared.withLock { $0 }
+        publishRecord(vol, SheepSCSIRecord(successorOf: r.known, writer: vol.gatewayID, state: s))
     }
 }

@@ -182,6 +182,14 @@ final class SheepStore<Host: SheepStoreHost> {
             return mapStatus(vol, offset: offset, maxLength: maxLength)
         case .prefetch:
             return .ok(0)
+        case .shareState(_, let publish):
+            guard vol.coherent else { return .ok(0) }   // one gateway: the LU's state is the whole state
+            begin(r, length: 0)
+            r.pointee.pending += 1
+            let req = SheepHomeRequest(volume: vol, kind: .record(publish: publish), originCore: core,
+                                       waiter: .request(tag: tag))
+            if isHome(vol) { homeHandle(req) } else { host.postHome(core: vol.homeCore, req) }
+            return finishSubmit(r)
         }
     }
 
@@ -419,8 +427,12 @@ final class SheepStore<Host: SheepStoreHost> {
             case .log(let level, let message):
                 logger.log(level: level, "\(message)")
             case .record(let vol, let record, let outcome):
-                // Nothing consumes the record yet (docs/CLUSTER-STATE.md: the SCSI hook is not built).
                 logger.debug("sheep VDI '\(vol.name)': shared SCSI record version \(record.version) (\(outcome))")
+                if record.version > vol.adoptedVersion {
+                    // Our own versions are in the LU already: applying the command there queued their unit attentions.
+                    if record.writer != vol.gatewayID { vol.lunState?.adoptShared(record) }
+                    vol.adoptedVersion = record.version
+                }
             }
         }
     }
