@@ -107,7 +107,8 @@ extension EndToEnd.SheepClusterState {
     }
 
     /// Issue 14: a write exclusive reservation taken through gateway A refuses a write through gateway B from
-    /// another initiator, reads through B still work, and once A releases it B's write goes through. B learns of
+    /// another initiator, reads through B still work, and once A releases it B's write goes through; an
+    /// exclusive access one refuses B's reads as well. B learns of
     /// each change only through sheep: A's announce makes B's next write meet INODE_INVALIDATED (the reservation),
     /// and B reads the record before it answers RESERVATION CONFLICT (the release).
     @Test(arguments: SheepKind.allCases)
@@ -134,6 +135,13 @@ extension EndToEnd.SheepClusterState {
                 #expect(try Self.prOut(sa, 0x02, type: PRType.writeExclusive, key: 0xA).status == RawCodes.good)  // RELEASE
                 try M.write(sb, lba, new, "B after A released")
                 #expect(try M.read(sa, lba, M.blockBytes) == new)
+
+                // Exclusive access: B's reads are refused too, then allowed once A releases.
+                #expect(try Self.prOut(sa, 0x01, type: PRType.exclusiveAccess, key: 0xA).status == RawCodes.good)
+                let unread = try sb.run(RawCDB.read10(lba: lba, blocks: 1), read: true, edtl: M.blockBytes)
+                #expect(unread.status == Self.reservationConflict, "\(unread)")
+                #expect(try Self.prOut(sa, 0x02, type: PRType.exclusiveAccess, key: 0xA).status == RawCodes.good)
+                #expect(try M.read(sb, lba, M.blockBytes) == new)
                 for t in [a, b] { try t.requireAlive("after the reservation test") }
             }
         }

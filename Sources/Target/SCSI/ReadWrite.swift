@@ -77,9 +77,12 @@ extension SCSITask {
         return nextReadChunk(buffer: buffer)
     }
 
-    mutating func nextReadChunk(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+    @inline(__always)
+    mutating func nextReadChunk(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction { nextReadChunk(bufferBytes: buffer.count) }
+
+    mutating func nextReadChunk(bufferBytes: Int) -> SCSIAction {
         let remaining = totalBytes - doneBytes
-        let cap = UInt64(chunkCapacity(buffer.count))
+        let cap = UInt64(chunkCapacity(bufferBytes))
         let send = min(remaining, cap)
         chunkBytes = Int(send)
         // Read whole blocks even when the EDTL cuts a block short: stores may need aligned I/O.

@@ -124,13 +124,15 @@ extension SCSITask {
         return completeGood()
     }
 
-    /// A write met INODE_INVALIDATED and, after the reload, a newer record from another gateway: it is checked
-    /// against that record's reservations before it is redone. Each redo needs another gateway to have written
+    /// A read or write met INODE_INVALIDATED and, after the reload, a newer record from another gateway with a
+    /// reservation: it is checked against that reservation before it is redone. Each redo needs another gateway to have written
     /// a new version meanwhile, so it is not bounded here.
     mutating func sharedStateChanged() -> SCSIAction {
         guard let lun, let nexus else { return internalError() }
         if reservationConflicts(state: lun.state, nexus: nexus) { return reservationConflict() }
         if phase == .writeStore { return storeWriteChunk() }
+        // The smallest slot a transport hands in: the read may come back in smaller chunks, never too large.
+        if phase == .readStore { return nextReadChunk(bufferBytes: SCSITask.minimumBufferBytes) }
         phase = .idle
         return .complete(status: SCSIStatus.busy, dataInLength: 0, residual: .none)
     }

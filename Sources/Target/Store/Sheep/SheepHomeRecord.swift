@@ -125,9 +125,17 @@ extension SheepHomeMachine {
         h.recordSyncWaiters.removeAll()
         let held = h.waitingRecord
         h.waitingRecord = []
-        let moved = h.record!.known.version > h.waitingRecordVersion && h.record!.known.writer != vol.gatewayID
+        // Only a reservation can make held I/O conflict now; without one it is redone as it is (NBD, which cannot
+        // check reservations, then never sees `.stateChanged`).
+        let known = h.record!.known
+        let recheck = known.version > h.waitingRecordVersion && known.writer != vol.gatewayID
+            && (known.reserved || known.spc2Holder != nil)
         for r in held {
-            if moved, case .write = r.kind { actions.append(.answer(r, .stateChanged)) } else { request(r) }
+            switch r.kind {
+            case .write, .read: if recheck { actions.append(.answer(r, .stateChanged)); continue }
+            case .deallocate, .record: break
+            }
+            request(r)
         }
         if !h.recordPublishQueue.isEmpty { startPublish(vol, h.recordPublishQueue.removeFirst()) }
     }
