@@ -105,6 +105,7 @@ extension SCSITask {
 
     mutating func persistentReserveIn(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
         guard let lun, let target else { return internalError() }
+        if let sync = syncSharedFirst() { return sync }   // READ KEYS and the rest report every gateway's state
         let action = cdb[1] & 0x1F
         let allocation = Int(cdb.u16(7))
         let state = lun.state.shared.withLock { $0.pr }

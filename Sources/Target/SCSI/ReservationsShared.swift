@@ -69,8 +69,8 @@ extension SCSITask {
         return false
     }
 
-    /// Before a reservation command applies on a shared LU, the record is brought up to date; nil when the
-    /// command may apply now.
+    /// Before a reservation command applies (or PERSISTENT RESERVE IN reports) on a shared LU, the record is
+    /// brought up to date; nil when the command may go on now.
     mutating func syncSharedFirst() -> SCSIAction? {
         guard phase != .sharedApply, sharesReservations else { return nil }
         phase = .sharedSync
@@ -99,6 +99,7 @@ extension SCSITask {
         switch opcode {
         case Opcode.persistentReserveOut:
             return persistentReserveOut(UnsafeMutableRawBufferPointer(rebasing: buffer[0 ..< min(chunkBytes, buffer.count)]))
+        case Opcode.persistentReserveIn: return persistentReserveIn(buffer: buffer)
         case Opcode.reserve6, Opcode.reserve10: return reserve()
         default: return release()
         }
