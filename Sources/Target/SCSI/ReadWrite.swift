@@ -145,6 +145,7 @@ extension SCSITask {
     mutating func writeDataReceived(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction { storeWriteChunk() }
 
     /// Writes the chunk in the buffer (again, after another gateway's reservation change was checked).
+    @inline(__always)
     mutating func storeWriteChunk() -> SCSIAction {
         phase = .writeStore
         return .store(.write(target: .own, offset: lba &* UInt64(blockSize) &+ doneBytes, length: chunkBytes,
