@@ -66,6 +66,7 @@ public struct SheepOpcode: RawRepresentable, Hashable, Sendable, CustomStringCon
         case .flushVDI: return "FLUSH_VDI"
         case .delVDI: return "DEL_VDI"
         case .getClusterDefault: return "GET_CLUSTER_DEFAULT"
+        case .getVDIAttr: return "GET_VDI_ATTR"
         default: return "OP_0x" + String(rawValue, radix: 16, uppercase: true)
         }
     }

@@ -346,15 +346,17 @@ final class ClientConnection: @unchecked Sendable {
     /// `queue_request`'s checks before an op runs.
     static func admissionCheck(_ h: SheepRequestHeader) -> SheepResult? {
         if h.opcode.rawValue >= SheepWire.firstInternalOpcode {
-            // Internal ops need the release's internal version; the test server implements none of them.
-            return h.protoVersion == internalProtoVersion ? .invalidParms : .verMismatch
+            // Internal ops need the release's internal version; of them the test server implements only
+            // GET_VDI_ATTR, the one a client uses (dog vdi setattr/getattr).
+            guard h.protoVersion == internalProtoVersion else { return .verMismatch }
+            return h.opcode == .getVDIAttr ? nil : .invalidParms
         }
         if h.protoVersion > SheepWire.serverProtoVersion { return .verMismatch }
         return nil
     }
 
     /// `SD_SHEEP_PROTO_VER` of sheepdog v1.0+.
-    static let internalProtoVersion: UInt8 = 0x0A
+    static let internalProtoVersion = SheepWire.internalProtoVersion
 
     /// Called by the server (under its registry lock) to make the thread leave its poll.
     func shutdownSocket() {

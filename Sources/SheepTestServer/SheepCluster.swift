@@ -18,6 +18,9 @@
 // instead of through a corosync round, and a hyper volume's B-tree leaves and a root write that starts before
 // data_vdi_id invalidate nobody, exactly as sheep (which only looks at `is_data_vid_update`).
 //
+// VDI attributes (GET_VDI_ATTR, the one internal op served) follow `get_vdi_attr` in sheep/vdi.c: CREAT,
+// EXCL and DEL, slots probed from the attribute hash, objects of SD_ATTR_OBJ_SIZE read and written as any.
+//
 // Deliberate deviations, all for requests a correct client never sends:
 // - an object read or write past the end of the object answers INVALID_PARMS (sheep returns garbage or EIO);
 // - NEW_VDI with an empty name or an erasure-code policy without parity answers INVALID_PARMS (sheep
@@ -274,7 +277,7 @@ final class SheepCluster: @unchecked Sendable {
             reply(out, h, .invalidParms)
         case .readVDIs: readVDIs(h, out: out)
         case .getClusterDefault: clusterDefault(h, out: out)
-        case .newVDI, .delVDI, .getVDIInfo, .lockVDI, .releaseVDI:
+        case .newVDI, .delVDI, .getVDIInfo, .lockVDI, .releaseVDI, .getVDIAttr:
             clusterOpLock.lock()
             let r = clusterOp(h, payload, out: out, node: node)
             if case .finished = r { clusterOpLock.unlock() }
@@ -300,7 +303,7 @@ final class SheepCluster: @unchecked Sendable {
     }
 
     static func isClusterOp(_ op: SheepOpcode) -> Bool {
-        op == .newVDI || op == .delVDI || op == .getVDIInfo || op == .lockVDI || op == .releaseVDI
+        op == .newVDI || op == .delVDI || op == .getVDIInfo || op == .lockVDI || op == .releaseVDI || op == .getVDIAttr
     }
 
     static func isObjectIO(_ op: SheepOpcode) -> Bool {
@@ -321,6 +324,7 @@ final class SheepCluster: @unchecked Sendable {
     /// Object size as `get_objsize`: inodes are SD_INODE_SIZE, everything else the VDI's object size.
     private func objectSizeLocked(_ oid: UInt64) -> Int {
         if SheepOID.isInode(oid) { return SheepInodeLayout.fullInodeSizeBytes }
+        if SheepOID.isAttr(oid) { return SheepVDIAttrLayout.objectSizeBytes }
         let shift = vdis[SheepOID.vid(of: oid)]?.blockSizeShift ?? config.blockSizeShift
         return 1 << Int(shift)
     }
@@ -567,9 +571,103 @@ final class SheepCluster: @unchecked Sendable {
         case .lockVDI: getVDIInfo(h, payload, out: out, lock: true, node: node)
         case .releaseVDI: releaseVDI(h, out: out, node: node)
         case .delVDI: delVDI(h, payload, out: out)
+        case .getVDIAttr: getVDIAttr(h, payload, out: out)
         default: reply(out, h, .invalidParms)
         }
         return .finished
+    }
+
+    /// `cluster_get_vdi_attr` + `get_vdi_attr`: look the VDI up by the attribute's name and tag (and the
+    /// header's snapid), then probe attribute slots of `sd_hash_vdi(name)` from `hash_vdi_attr`. Reading
+    /// (no CREAT, or EXCL) stops at the first missing object with NO_OBJ, or creates the attribute there with
+    /// CREAT; a slot with the same name, tag, snap_id and key answers VDI_EXIST with EXCL, is deleted (name
+    /// cleared) with DEL, rewritten whole with CREAT, found otherwise. CREAT without EXCL writes the first
+    /// slot without looking at it (sheep never reads it), so it also replaces an attribute that collided there.
+    /// Deviation: a payload shorter than the header is INVALID_PARMS (sheep reads past its buffer).
+    private func getVDIAttr(_ h: SheepRequestHeader, _ payload: UnsafeRawBufferPointer, out: OutputBuffer) {
+        let size = SheepVDIAttrLayout.objectSizeBytes
+        guard let src = payload.baseAddress, payload.count >= SheepVDIAttrLayout.valueOffset, payload.count <= size
+        else { return reply(out, h, .invalidParms) }
+        var attr = [UInt8](repeating: 0, count: size)
+        attr.withUnsafeMutableBytes { $0.baseAddress!.copyMemory(from: src, byteCount: payload.count) }
+        let name = attr.withUnsafeBytes { SheepVDIName.rawBytes($0.baseAddress!, capacity: SheepWire.vdiNameBufferBytes) }
+        let tag = attr.withUnsafeBytes {
+            SheepVDIName.rawBytes($0.baseAddress! + SheepVDIAttrLayout.tagOffset, capacity: SheepWire.vdiTagBufferBytes)
+        }
+        let create = h.flags.contains(.attrCreate), excl = h.flags.contains(.attrExclusive)
+        let delete = h.flags.contains(.attrDelete)
+        stateLock.lock()
+        defer { stateLock.unlock() }
+        var info = LookupInfo()
+        let found = lookupLocked(name: name, tag: tag, snapID: h.snapID, info: &info)
+        guard found == .success else { return reply(out, h, found) }
+        // "the current VDI id can change if we take a snapshot, so we use the hash value of the VDI name".
+        let vid = SheepVDIName.hash(name)
+        attr.withUnsafeMutableBytes {
+            $0.storeBytes(of: info.createTime.littleEndian, toByteOffset: SheepVDIAttrLayout.ctimeOffset, as: UInt64.self)
+        }
+        var attrID = attr.withUnsafeBytes { SheepVDIAttr.hash($0.baseAddress!) }
+        let end = attrID &- 1
+        var result: SheepResult = .fullVDI
+        probe: while attrID != end {
+            let oid = SheepOID.attr(vid: vid, attrID: attrID)
+            let existing = (excl || !create) ? objects[oid] : nil
+            guard let existing else {
+                if create {
+                    result = installAttrLocked(oid, attr, count: payload.count)
+                } else {
+                    result = .noObj
+                }
+                break probe
+            }
+            if Self.sameAttr(existing.base, attr) {
+                if excl {
+                    result = .vdiExist
+                } else if delete {
+                    existing.base.storeBytes(of: UInt8(0), toByteOffset: SheepVDIAttrLayout.nameOffset, as: UInt8.self)
+                    result = .success
+                } else if create {
+                    attr.withUnsafeBytes { existing.base.copyMemory(from: $0.baseAddress!, byteCount: size) }
+                    result = .success
+                } else {
+                    result = .success
+                }
+                break probe
+            }
+            attrID &+= 1
+        }
+        let copies = vdis[vid]?.copies ?? 0
+        reply(out, h, result) {
+            $0.vdiID = vid
+            $0.attrID = attrID
+            $0.vdiCopies = copies
+        }
+    }
+
+    /// `sd_write_object(…, create)`: a new object of the attribute size holding the first `count` bytes.
+    private func installAttrLocked(_ oid: UInt64, _ attr: [UInt8], count: Int) -> SheepResult {
+        do {
+            let obj = try makeObject(oid, size: SheepVDIAttrLayout.objectSizeBytes)
+            attr.withUnsafeBytes { obj.base.copyMemory(from: $0.baseAddress!, byteCount: count) }
+            try installLocked(oid, obj)
+            return .success
+        } catch {
+            log("attribute \(hex(oid)) failed: \(error)")
+            return .eio
+        }
+    }
+
+    /// The header compare of `get_vdi_attr`: strcmp of name, tag and key, and snap_id.
+    private static func sameAttr(_ stored: UnsafeMutableRawPointer, _ attr: [UInt8]) -> Bool {
+        attr.withUnsafeBytes { a in
+            let b = a.baseAddress!
+            func str(_ p: UnsafeRawPointer, _ off: Int, _ cap: Int) -> [UInt8] { SheepVDIName.rawBytes(p + off, capacity: cap) }
+            return str(stored, SheepVDIAttrLayout.nameOffset, SheepWire.vdiNameBufferBytes) == str(b, SheepVDIAttrLayout.nameOffset, SheepWire.vdiNameBufferBytes)
+                && str(stored, SheepVDIAttrLayout.tagOffset, SheepWire.vdiTagBufferBytes) == str(b, SheepVDIAttrLayout.tagOffset, SheepWire.vdiTagBufferBytes)
+                && str(stored, SheepVDIAttrLayout.keyOffset, SheepVDIAttrLayout.keyBufferBytes) == str(b, SheepVDIAttrLayout.keyOffset, SheepVDIAttrLayout.keyBufferBytes)
+                && stored.loadUnaligned(fromByteOffset: SheepVDIAttrLayout.snapIDOffset, as: UInt32.self)
+                    == b.loadUnaligned(fromByteOffset: SheepVDIAttrLayout.snapIDOffset, as: UInt32.self)
+        }
     }
 
     /// `vdi_init_tag`: the payload is name[256] or name[256] + tag[256].

@@ -198,6 +198,11 @@ final class Harness {
             d.ops.append(op)
             d.flushes += 1
             return .ok(0)
+        case .shareState(let t, _):
+            // Harness LUs are not multipath sheep LUs: recorded so that a test sees one was asked for.
+            guard let d = disk(t) else { return .failed(.unavailable) }
+            d.ops.append(op)
+            return .ok(0)
         case .discard(let t, let offset, let length):
             guard let d = disk(t) else { return .failed(.unavailable) }
             d.ops.append(op)

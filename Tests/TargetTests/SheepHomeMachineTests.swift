@@ -17,6 +17,7 @@ import Testing
         var sends: [(op: Int32, header: SheepRequestHeader, payload: [UInt8], dest: UnsafeMutableRawPointer?)] = []
         var answers: [(tag: UInt64, failure: StoreError?)] = []
         var logs: [String] = []
+        var records: [(record: SheepSCSIRecord, outcome: SheepSCSIRecordSync.Outcome)] = []
     }
 
     final class Bench {
@@ -71,6 +72,9 @@ import Testing
                     out.answers.append((tag, failure))
                 case .log(_, let message):
                     out.logs.append(message)
+                case .record(let vol, let record, let outcome):
+                    #expect(vol === volume)
+                    out.records.append((record, outcome))
                 }
             }
             return out

@@ -58,6 +58,7 @@ public final class LogicalUnit: @unchecked Sendable {
         self.statisticsID = statisticsID
         self.state = LUNState(blockSize: blockSize, blockCount: blockCount, capabilities: capabilities,
                               removable: presentation.removable, online: presentation.online)
+        if case .sheep(let vol) = backing, vol.coherent { vol.lunState = state }
     }
 
     public var byteCount: UInt64 { blockCount &* UInt64(blockSize) }

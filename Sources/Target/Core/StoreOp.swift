@@ -25,6 +25,10 @@ public enum StoreOp: Equatable, Sendable {
     case mapStatus(target: StoreTarget, offset: UInt64, maxLength: UInt64)
     /// Hint that a range will be read soon (PRE-FETCH). Completes with `.ok(0)`.
     case prefetch(target: StoreTarget, offset: UInt64, length: UInt64)
+    /// Multipath sheep LU (docs/CLUSTER-STATE.md): bring the LU's reservations up to the newest version of the
+    /// shared record, or (`publish`) append the LU's reservations as the next version and announce it. Other
+    /// stores hold no shared state and complete it with `.ok(0)`.
+    case shareState(target: StoreTarget, publish: Bool)
 }
 
 /// The outcome of a StoreOp.
@@ -46,6 +50,7 @@ public enum StoreError: Equatable, Sendable {
     case notSupported       // the store cannot do this op: ILLEGAL REQUEST / INVALID COMMAND OPERATION CODE
     case unavailable        // backend gone (sheep down for good): NOT READY / LOGICAL UNIT NOT READY... or ABORTED COMMAND
     case outOfRange         // beyond the end of the store
+    case stateChanged       // another gateway changed the shared reservations first: check again, then redo
 }
 
 /// What a store can do; the SCSI layer reads it to answer VPD pages and choose code paths.

@@ -214,7 +214,8 @@ struct NBDRequest {
         case .outOfRange:
             return command == NBDWire.cmdWrite || command == NBDWire.cmdWriteZeroes ? NBDWire.errNoSpace : NBDWire.errInvalid
         case .notSupported: return NBDWire.errInvalid
-        case .mediumError, .unavailable: return NBDWire.errIO
+        // NBD has no reservations to check again: a write that met another gateway's change is failed.
+        case .mediumError, .unavailable, .stateChanged: return NBDWire.errIO
         }
     }
 }

@@ -654,7 +654,7 @@ public final class Reactor {
         let storeTarget: StoreTarget
         switch op {
         case .read(let tg, _, _, _), .write(let tg, _, _, _, _), .flush(let tg), .discard(let tg, _, _),
-             .mapStatus(let tg, _, _), .prefetch(let tg, _, _):
+             .mapStatus(let tg, _, _), .prefetch(let tg, _, _), .shareState(let tg, _):
             storeTarget = tg
         }
         // Another LUN of the task's own target (EXTENDED COPY): that target is pinned while the task lives, the

@@ -37,7 +37,7 @@ extension SCSITask {
             return fail(SenseKey.notReady, asc)
         }
         if state.flags & LUNState.flagReservationHeld != 0, reservationConflicts(state: state, nexus: nexus) {
-            return reservationConflict()
+            return sharedConflict()
         }
         return dispatch(buffer: buffer)
     }

@@ -77,9 +77,12 @@ extension SCSITask {
         return nextReadChunk(buffer: buffer)
     }
 
-    mutating func nextReadChunk(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+    @inline(__always)
+    mutating func nextReadChunk(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction { nextReadChunk(bufferBytes: buffer.count) }
+
+    mutating func nextReadChunk(bufferBytes: Int) -> SCSIAction {
         let remaining = totalBytes - doneBytes
-        let cap = UInt64(chunkCapacity(buffer.count))
+        let cap = UInt64(chunkCapacity(bufferBytes))
         let send = min(remaining, cap)
         chunkBytes = Int(send)
         // Read whole blocks even when the EDTL cuts a block short: stores may need aligned I/O.
@@ -139,7 +142,11 @@ extension SCSITask {
         return .dataOut(offset: Int(doneBytes), length: chunkBytes)
     }
 
-    mutating func writeDataReceived(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+    mutating func writeDataReceived(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction { storeWriteChunk() }
+
+    /// Writes the chunk in the buffer (again, after another gateway's reservation change was checked).
+    @inline(__always)
+    mutating func storeWriteChunk() -> SCSIAction {
         phase = .writeStore
         return .store(.write(target: .own, offset: lba &* UInt64(blockSize) &+ doneBytes, length: chunkBytes,
                              bufferOffset: 0, fua: fua))

@@ -72,6 +72,7 @@ extension SCSITask {
         // Third-party and extent reservations are not supported.
         if cdb[1] & 0x10 != 0 { return invalidField(byte: 1, bit: 4) }
         if opcode == Opcode.reserve6 && cdb[1] & 0x01 != 0 { return invalidField(byte: 1, bit: 0) }
+        if let sync = syncSharedFirst() { return sync }
         let ok = lun.state.shared.withLock { s -> Bool in
             // SPC-4 §5.9.1: with persistent reservation registrations present, RESERVE conflicts.
             if !s.pr.registrations.isEmpty || s.pr.reserved { return false }
@@ -80,28 +81,31 @@ extension SCSITask {
             lun.state.publishFlags(s)
             return true
         }
-        return ok ? completeGood() : reservationConflict()
+        return ok ? completeShared() : reservationConflict()
     }
 
     mutating func release() -> SCSIAction {
         guard let lun, let nexus else { return internalError() }
         if cdb[1] & 0x10 != 0 { return invalidField(byte: 1, bit: 4) }
-        let ok = lun.state.shared.withLock { s -> Bool in
-            if !s.pr.registrations.isEmpty || s.pr.reserved { return false }
+        if let sync = syncSharedFirst() { return sync }
+        let outcome = lun.state.shared.withLock { s -> (ok: Bool, changed: Bool) in
+            if !s.pr.registrations.isEmpty || s.pr.reserved { return (false, false) }
             // Releasing someone else's reservation, or none, is a successful no-op (SPC-2 §7.21).
             if s.spc2Holder == nexus.id {
                 s.spc2Holder = nil
                 lun.state.publishFlags(s)
+                return (true, true)
             }
-            return true
+            return (true, false)
         }
-        return ok ? completeGood() : reservationConflict()
+        return outcome.ok ? completeShared(changed: outcome.changed) : reservationConflict()
     }
 
     // MARK: PERSISTENT RESERVE IN
 
     mutating func persistentReserveIn(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
         guard let lun, let target else { return internalError() }
+        if let sync = syncSharedFirst() { return sync }   // READ KEYS and the rest report every gateway's state
         let action = cdb[1] & 0x1F
         let allocation = Int(cdb.u16(7))
         let state = lun.state.shared.withLock { $0.pr }
@@ -197,6 +201,7 @@ extension SCSITask {
         if flags & 0x08 != 0 { return invalidParameter(byte: 20, bit: 3) }  // SPEC_I_PT unsupported
         if flags & 0x04 != 0 { return invalidParameter(byte: 20, bit: 2) }  // ALL_TG_PT unsupported
         if flags & 0x01 != 0 { return invalidParameter(byte: 20, bit: 0) }  // APTPL: not persisted across power loss
+        if let sync = syncSharedFirst() { return sync }
         let port = PortIdentity(nexus)
         let state = lun.state
         let outcome: PROutcome = state.shared.withLock { s in
@@ -206,7 +211,7 @@ extension SCSITask {
             return r
         }
         switch outcome {
-        case .good: return completeGood()
+        case .good: return completeShared()
         case .conflict: return reservationConflict()
         case .invalidCDB(let byte, let bit): return invalidField(byte: byte, bit: bit)
         case .invalidParameter(let byte): return invalidParameter(byte: byte)

@@ -76,6 +76,10 @@ enum TaskPhase: UInt8 {
     case xcopyRead, xcopyWrite
     /// SANITIZE: validated, its job asked for (`.startJob`); then, without IMMED, waiting for the job's end.
     case sanitizeStart, sanitizeWait
+    /// Multipath sheep LU (SCSI/ReservationsShared.swift): the shared record is being read before a reservation
+    /// command applies (or, `sharedRecheck`, before a conflict is answered); `sharedApply` while the command
+    /// applies to the current state; `sharedPublish` while its change is appended to the record.
+    case sharedSync, sharedRecheck, sharedApply, sharedPublish
 }
 
 public struct SCSITask {
@@ -224,6 +228,9 @@ public struct SCSITask {
         case .xcopyRead: return extendedCopyReadCompleted(result, buffer: buffer)
         case .xcopyWrite: return extendedCopyWriteCompleted(result, buffer: buffer)
         case .sanitizeWait: return sanitizeJobEnded(result)
+        case .sharedSync: return sharedSyncCompleted(result, buffer: buffer)
+        case .sharedRecheck: return sharedRecheckCompleted(result, buffer: buffer)
+        case .sharedPublish: return sharedPublishCompleted(result, buffer: buffer)
         default: return internalError()
         }
     }
@@ -339,6 +346,7 @@ public struct SCSITask {
         case .notSupported: return invalidOpcode()
         case .unavailable: return fail(SenseKey.notReady, .logicalUnitNotReady)
         case .outOfRange: return lbaOutOfRange()
+        case .stateChanged: return sharedStateChanged()
         }
     }
 

@@ -108,6 +108,8 @@ final class SheepChannel<Host: SheepStoreHost> {
     var payloadDone = 0
     var replyResult: SheepResult = .success
     var replyVDI: UInt32 = 0
+    /// attr_id of the reply being read (GET_VDI_ATTR).
+    var replyAttr: UInt32 = 0
 
     // Connect state
     let sockaddrBuf: UnsafeMutableRawPointer
@@ -162,7 +164,8 @@ final class SheepChannel<Host: SheepStoreHost> {
                                probeIndex: Int32(probe?.index ?? -1), probeObjectOffset: Int32(probe?.objectOffset ?? 0))
         var h = header
         h.id = UInt32(slot) << 16 | UInt32(gen)
-        h.protoVersion = SheepWire.clientProtoVersion
+        // The shared record's GET_VDI_ATTR is an internal op: sheep refuses it under the client version.
+        if h.protoVersion != SheepWire.internalProtoVersion { h.protoVersion = SheepWire.clientProtoVersion }
         h.encode(to: headers + i * SheepWire.headerSizeBytes)
         enqueue(slot)
         kick()
@@ -561,6 +564,7 @@ final class SheepChannel<Host: SheepStoreHost> {
         }
         replyResult = rsp.result
         replyVDI = rsp.vdiID
+        replyAttr = rsp.attrID
         if length > reqs[Int(slot)].destCapacity {
             broken("reply of \(length) bytes for a \(reqs[Int(slot)].destCapacity)-byte request")
             return
@@ -613,7 +617,7 @@ final class SheepChannel<Host: SheepStoreHost> {
             }
         }
         release(slot)
-        store.reply(w, result: result, bytes: bytes, failure: nil, vdiID: replyVDI)
+        store.reply(w, result: result, bytes: bytes, failure: nil, vdiID: replyVDI, attrID: replyAttr)
     }
 
     /// INODE_INVALIDATED for a piece of a store request: another gateway changed the index. The home core

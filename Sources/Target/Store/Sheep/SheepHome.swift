@@ -12,6 +12,9 @@ final class SheepHomeRequest: @unchecked Sendable {
         case deallocate(index: Int)
         /// A read piece sheep answered INODE_INVALIDATED (or its stale-index probe was): redone after the reload.
         case read(index: Int, objectOffset: Int, length: Int, dest: UnsafeMutableRawPointer)
+        /// Multipath: bring the shared SCSI record up to date (or append the LU's state to it) for a
+        /// reservation command (StoreOp.shareState).
+        case record(publish: Bool)
     }
     let volume: SheepVolume
     let kind: Kind
@@ -37,6 +40,7 @@ final class SheepHomeRequest: @unchecked Sendable {
         case .write(let i, _, _, _): return i
         case .deallocate(let i): return i
         case .read(let i, _, _, _): return i
+        case .record: return 0
         }
     }
 }
@@ -74,8 +78,37 @@ final class SheepHome {
     var changedDuringRefresh: [Int] = []
     /// Header + flat index (4,198,968 bytes), allocated at the first reload and kept.
     var refreshBuffer: UnsafeMutableRawPointer? = nil
+    /// Multipath: this gateway's copy of the shared SCSI record (docs/CLUSTER-STATE.md), the attribute object
+    /// a read of it lands in (allocated at the first read and kept), and whether another refresh was asked
+    /// for while one ran.
+    var record: SheepSCSIRecordSync? = nil
+    var recordBuffer: UnsafeMutableRawPointer? = nil
+    var recordAgain = false
+    /// The step in flight is a READ_OBJ into `recordBuffer`.
+    var recordReadPending = false
+    /// The step in flight is the index write that announces a version this core published.
+    var recordAnnouncing = false
+    /// The volume whose record this is (set with `record`), for the refresh interval.
+    weak var recordVolume: SheepVolume? = nil
+    /// Loop tick of the last refresh started (SheepHomeMachine.recordDue).
+    var recordTick: UInt64 = 0
+    /// Reservation commands waiting for the record to be current, the one whose version is being appended,
+    /// and those waiting to append theirs.
+    var recordSyncWaiters: [SheepHomeRequest] = []
+    var recordPublisher: SheepHomeRequest? = nil
+    var recordPublishQueue: [SheepHomeRequest] = []
+    /// I/O that met INODE_INVALIDATED, held after the inode reload until the record is re-read too, and the
+    /// record version known when it was held: a newer one from another gateway fails writes `.stateChanged`.
+    var waitingRecord: [SheepHomeRequest] = []
+    var waitingRecordVersion: UInt64 = 0
 
-    deinit { refreshBuffer?.deallocate() }
+    /// A record operation (or the announce after one) is under way.
+    var recordRunning: Bool { (record?.isBusy ?? false) || recordAnnouncing }
+
+    deinit {
+        refreshBuffer?.deallocate()
+        recordBuffer?.deallocate()
+    }
 }
 
 /// One step of home-core work waiting for a sheep reply.
@@ -98,6 +131,8 @@ final class SheepHomeOp {
         case treeRoot
         /// Multipath: the no-op index write that tells the snapshot's other participants to reload.
         case announce(newVID: UInt32)
+        /// Multipath: a step of reading or appending the shared SCSI record (SheepSCSIRecordSync).
+        case record
     }
     let request: SheepHomeRequest?
     let volume: SheepVolume
@@ -131,12 +166,16 @@ struct SheepHomeMachine {
         /// The request is done: nil is success.
         case answer(SheepHomeRequest, StoreError?)
         case log(Logger.Level, String)
+        /// A record operation on the volume ended: `record` is the newest version this gateway knows.
+        case record(SheepVolume, SheepSCSIRecord, SheepSCSIRecordSync.Outcome)
     }
 
-    private var homes: [ObjectIdentifier: SheepHome] = [:]
+    /// Internal, not private: SheepHomeRecord.swift walks it for records due a refresh.
+    var homes: [ObjectIdentifier: SheepHome] = [:]
     private var ops: [Int32: SheepHomeOp] = [:]
     private var opCounter: Int32 = 0
-    private var actions: [Action] = []
+    /// Internal, not private: SheepHomeRecord.swift adds the record's steps.
+    var actions: [Action] = []
     private var actionHead = 0
     /// Set when the core stops: requests are answered `.unavailable` without going to sheep.
     var stopping = false
@@ -154,7 +193,7 @@ struct SheepHomeMachine {
     /// Steps waiting for a reply (for tests and leak checks).
     var stepsInFlight: Int { ops.count }
 
-    private mutating func home(_ vol: SheepVolume) -> SheepHome {
+    mutating func home(_ vol: SheepVolume) -> SheepHome {
         let key = ObjectIdentifier(vol)
         if let h = homes[key] { return h }
         let h = SheepHome()
@@ -169,6 +208,7 @@ struct SheepHomeMachine {
             actions.append(.answer(req, .unavailable))
             return
         }
+        if case .record(let publish) = req.kind { recordRequest(req, publish: publish); return }
         let vol = req.volume
         let h = home(vol)
         if h.reloading { h.waitingReload.append(req); return }
@@ -244,7 +284,7 @@ struct SheepHomeMachine {
             }
             h.creating[idx] = []
             if vol.isHyper { treeSet(vol, req, value: 0) } else { writeSlot(vol, idx: idx, value: 0, vid: cur, req: req) }
-        case .read:
+        case .read, .record:
             break   // answered above
         }
     }
@@ -283,7 +323,7 @@ struct SheepHomeMachine {
         send(id, vol, hdr, payload: p, length: 4)
     }
 
-    private mutating func newHomeOp(_ op: SheepHomeOp) -> Int32 {
+    mutating func newHomeOp(_ op: SheepHomeOp) -> Int32 {
         opCounter &+= 1
         if opCounter < 0 { opCounter = 1 }
         ops[opCounter] = op
@@ -291,8 +331,12 @@ struct SheepHomeMachine {
     }
 
     /// Sheep's answer to step `id` (`failure` when there was none: connection lost for good, or not sent).
-    mutating func reply(_ id: Int32, result: SheepResult, failure: StoreError?, vdiID: UInt32) {
+    mutating func reply(_ id: Int32, result: SheepResult, failure: StoreError?, vdiID: UInt32, attrID: UInt32 = 0) {
         guard let op = ops.removeValue(forKey: id) else { return }
+        if case .record = op.stage {
+            recordReply(op.volume, result: failure == nil ? result : .eio, vdiID: vdiID, attrID: attrID)
+            return
+        }
         let vol = op.volume
         // A plain write never took its object's creation gate (request() sends it only when the object is ours and
         // no creation is under way), so its end must not open the gate a creation of the same object holds.
@@ -377,6 +421,8 @@ struct SheepHomeMachine {
                 actions.append(.log(.warning, "sheep VDI '\(vol.name)': telling other gateways of the snapshot failed: \(result.name)"))
             }
             reloadFinished(vol, newVID: newVID)
+        case .record:
+            break   // answered above
         }
     }
 
@@ -607,9 +653,18 @@ struct SheepHomeMachine {
         }
         h.changedDuringRefresh.removeAll(keepingCapacity: true)
         actions.append(.log(.debug, "sheep VDI '\(vol.name)': inode reloaded, \(changed) index slot(s) changed"))
+        // Another gateway's index write may be the announce of a new record version: read it too, and redo
+        // the held I/O only after it, so that a write is checked against a reservation announced meanwhile.
+        let sharesState = h.record != nil || vol.lunState != nil
+        if sharesState { refreshRecord(vol) }
         if SheepInodeHeader(from: UnsafeRawPointer(inode)).isSnapshot {
             h.waitingReload += waiting
             startReload(vol)
+            return
+        }
+        if sharesState, let r = h.record, h.recordRunning {
+            if h.waitingRecord.isEmpty { h.waitingRecordVersion = r.known.version }
+            h.waitingRecord += waiting
             return
         }
         for r in waiting { request(r) }

@@ -97,6 +97,10 @@ final class SheepStore<Host: SheepStoreHost> {
 
     func onTick(_ tick: UInt64) {
         for ch in channels { ch?.onTick(tick) }
+        if !home.homes.isEmpty {
+            home.refreshDueRecords(tick: tick)
+            runHome()
+        }
     }
 
     /// Task management aborted the task of store request `tag`: what has not been sent to sheep is dropped
@@ -187,6 +191,14 @@ final class SheepStore<Host: SheepStoreHost> {
             return mapStatus(vol, offset: offset, maxLength: maxLength)
         case .prefetch:
             return .ok(0)
+        case .shareState(_, let publish):
+            guard vol.coherent else { return .ok(0) }   // one gateway: the LU's state is the whole state
+            begin(r, length: 0)
+            r.pointee.pending += 1
+            let req = SheepHomeRequest(volume: vol, kind: .record(publish: publish), originCore: core,
+                                       waiter: .request(tag: tag))
+            if isHome(vol) { homeHandle(req) } else { host.postHome(core: vol.homeCore, req) }
+            return finishSubmit(r)
         }
     }
 
@@ -303,7 +315,8 @@ final class SheepStore<Host: SheepStoreHost> {
     // MARK: - Replies
 
     /// A sheep reply (or a failure) for whoever waits on it.
-    func reply(_ waiter: SheepWaiter, result: SheepResult, bytes: Int, failure: StoreError?, vdiID: UInt32 = 0) {
+    func reply(_ waiter: SheepWaiter, result: SheepResult, bytes: Int, failure: StoreError?, vdiID: UInt32 = 0,
+               attrID: UInt32 = 0) {
         switch waiter {
         case .none, .rejoin: break
         case .request(let tag):
@@ -318,7 +331,7 @@ final class SheepStore<Host: SheepStoreHost> {
             }
             pieceDone(tag, failure: outcome, result: result)
         case .home(let op):
-            homeReply(op, result: result, failure: failure, vdiID: vdiID)
+            homeReply(op, result: result, failure: failure, vdiID: vdiID, attrID: attrID)
         }
     }
 
@@ -400,8 +413,8 @@ final class SheepStore<Host: SheepStoreHost> {
         runHome()
     }
 
-    func homeReply(_ id: Int32, result: SheepResult, failure: StoreError?, vdiID: UInt32) {
-        home.reply(id, result: result, failure: failure, vdiID: vdiID)
+    func homeReply(_ id: Int32, result: SheepResult, failure: StoreError?, vdiID: UInt32, attrID: UInt32 = 0) {
+        home.reply(id, result: result, failure: failure, vdiID: vdiID, attrID: attrID)
         runHome()
     }
 
@@ -422,6 +435,13 @@ final class SheepStore<Host: SheepStoreHost> {
                 homeDone(req, failure: failure)
             case .log(let level, let message):
                 logger.log(level: level, "\(message)")
+            case .record(let vol, let record, let outcome):
+                logger.debug("sheep VDI '\(vol.name)': shared SCSI record version \(record.version) (\(outcome))")
+                if record.version > vol.adoptedVersion {
+                    // Our own versions are in the LU already: applying the command there queued their unit attentions.
+                    if record.writer != vol.gatewayID { vol.lunState?.adoptShared(record) }
+                    vol.adoptedVersion = record.version
+                }
             }
         }
     }

@@ -27,6 +27,14 @@ public final class SheepVolume: @unchecked Sendable {
     /// coherence on a flat writable VDI. Off: the normal (exclusive) lock, as QEMU takes it, and no coherence
     /// checks, so one gateway pays nothing for paths it does not have.
     public let multipath: Bool
+    /// Multipath: the state of the LU this volume backs, which the shared SCSI record is loaded into. Set once
+    /// when the LU is made, before any reactor sees it; weak, as the LU owns the volume.
+    weak var lunState: LUNState? = nil
+    /// Names this gateway as the writer of record versions (random per open: a version written through this
+    /// open is never adopted back into its own LU).
+    let gatewayID = UInt64.random(in: 1 ... UInt64.max)
+    /// Newest record version loaded into `lunState` (home core only).
+    var adoptedVersion: UInt64 = 0
     /// The core that decides allocation and copy-on-write for this VDI.
     public let homeCore: Int
     /// Index of the sheep endpoint among the runtime's endpoints: each core keeps one channel per endpoint.

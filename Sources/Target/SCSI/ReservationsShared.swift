@@ -1,0 +1,140 @@
+// Persistent and SPC-2 reservations as the shared record carries them between the gateways of one sheepdog
+// VDI (docs/CLUSTER-STATE.md): a version built from an LU's state after a local change, and a version another
+// gateway wrote adopted into the LU's state. Off the I/O path: both take the LU lock once per version.
+
+extension LUNSharedState {
+    /// An SPC-2 reservation held through another gateway: no local nexus has this id (ids count up from 1).
+    static let remoteSPC2Holder = UInt64.max
+}
+
+extension SheepSCSIRecord {
+    /// The version after `base`, written by `writer`, with the reservations of `s` (the LU's state after this
+    /// gateway applied a command to it). An SPC-2 reservation held through another gateway stays as `base` has
+    /// it; the lease and anything else not about reservations is carried over.
+    init(successorOf base: SheepSCSIRecord, writer: UInt64, state s: LUNSharedState) {
+        self = base.successor(writer: writer)
+        setPersistentReservation(s.pr)
+        switch s.spc2Holder {
+        case nil: spc2Holder = nil
+        case LUNSharedState.remoteSPC2Holder?: spc2Holder = base.spc2Holder
+        case let id?: spc2Holder = s.nexuses[id].map { PortIdentity($0) }
+        }
+    }
+}
+
+extension LUNState {
+    /// Adopts a version another gateway wrote: its registrations and reservation replace ours, its SPC-2 holder
+    /// becomes the local nexus with that identity (or a remote one), and this gateway's nexuses get the unit
+    /// attentions SPC-4 §5.9 gives those a PREEMPT, CLEAR or RELEASE elsewhere concerns. A version this gateway
+    /// wrote itself is not adopted this way: applying the command locally already queued them.
+    func adoptShared(_ r: SheepSCSIRecord) {
+        shared.withLock { s in
+            let before = s.pr
+            s.pr = r.persistentReservation
+            if let holder = r.spc2Holder {
+                s.spc2Holder = s.nexuses.first { PortIdentity($0.value) == holder }?.key ?? LUNSharedState.remoteSPC2Holder
+            } else {
+                s.spc2Holder = nil
+            }
+            let lost = before.registrations.map(\.port).filter { p in !r.registrations.contains { $0.port == p } }
+            if !lost.isEmpty {
+                // CLEAR removes every registration and the reservation; PREEMPT leaves the preemptor's.
+                let asc: ASC = r.registrations.isEmpty && !r.reserved ? .reservationsPreempted : .registrationsPreempted
+                queueUAForAll(&s, except: nil, asc) { lost.contains(PortIdentity($0)) }
+            } else if before.reserved && !r.reserved
+                        && (PRType.isRegistrantsOnly(before.type) || PRType.isAllRegistrants(before.type)) {
+                queueUAForAll(&s, except: nil, .reservationsReleased) { rec in
+                    r.registrations.contains { $0.port == PortIdentity(rec) }
+                }
+            }
+            publishFlags(s)
+        }
+    }
+}
+
+enum SharedStateLimits {
+    /// A reservation command whose version other gateways' versions beat this many times in a row is answered
+    /// BUSY: the initiator retries it later rather than the target looping on a contended record.
+    static let publishAttemptsMax = 4
+}
+
+// Reservation commands on a multipath sheep LU (docs/CLUSTER-STATE.md, steps 2 and 4): the record is read
+// (and loaded into the LU) before the command applies, and a change is appended to it and announced before
+// GOOD. Other LUs never take these paths: `phase` is never `.sharedApply` there and `sharesReservations` is
+// only asked by reservation commands and conflicts.
+extension SCSITask {
+    /// The LU's reservations are shared with other gateways through sheep.
+    var sharesReservations: Bool {
+        if case .sheep(let vol)? = lun?.backing { return vol.coherent }
+        return false
+    }
+
+    /// Before a reservation command applies (or PERSISTENT RESERVE IN reports) on a shared LU, the record is
+    /// brought up to date; nil when the command may go on now.
+    mutating func syncSharedFirst() -> SCSIAction? {
+        guard phase != .sharedApply, sharesReservations else { return nil }
+        phase = .sharedSync
+        auxCount = 0
+        return .store(.shareState(target: .own, publish: false))
+    }
+
+    /// A reservation command succeeded: on a shared LU its change goes into the record before GOOD.
+    mutating func completeShared(changed: Bool = true) -> SCSIAction {
+        guard changed, phase == .sharedApply else { return completeGood() }
+        phase = .sharedPublish
+        return .store(.shareState(target: .own, publish: true))
+    }
+
+    /// A command conflicts with the reservation this gateway knows: on a shared LU the holder may have
+    /// released it through another gateway, so the record is read before RESERVATION CONFLICT is answered.
+    mutating func sharedConflict() -> SCSIAction {
+        guard phase != .sharedApply, sharesReservations else { return reservationConflict() }
+        phase = .sharedRecheck
+        return .store(.shareState(target: .own, publish: false))
+    }
+
+    mutating func sharedSyncCompleted(_ r: StoreResult, buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        if let fail = checkStore(r, reading: false) { return fail }
+        phase = .sharedApply
+        switch opcode {
+        case Opcode.persistentReserveOut:
+            return persistentReserveOut(UnsafeMutableRawBufferPointer(rebasing: buffer[0 ..< min(chunkBytes, buffer.count)]))
+        case Opcode.persistentReserveIn: return persistentReserveIn(buffer: buffer)
+        case Opcode.reserve6, Opcode.reserve10: return reserve()
+        default: return release()
+        }
+    }
+
+    mutating func sharedRecheckCompleted(_ r: StoreResult, buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        if let fail = checkStore(r, reading: false) { return fail }
+        phase = .sharedApply
+        return startSlow(buffer: buffer)
+    }
+
+    mutating func sharedPublishCompleted(_ r: StoreResult, buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        if case .failed(.stateChanged) = r {
+            // Another gateway's version came first and is in the LU now: apply the command to that state.
+            auxCount += 1
+            if auxCount >= SharedStateLimits.publishAttemptsMax {
+                phase = .idle
+                return .complete(status: SCSIStatus.busy, dataInLength: 0, residual: .none)
+            }
+            return sharedSyncCompleted(.ok(0), buffer: buffer)
+        }
+        if let fail = checkStore(r, reading: false) { return fail }
+        return completeGood()
+    }
+
+    /// A read or write met INODE_INVALIDATED and, after the reload, a newer record from another gateway with a
+    /// reservation: it is checked against that reservation before it is redone. Each redo needs another gateway to have written
+    /// a new version meanwhile, so it is not bounded here.
+    mutating func sharedStateChanged() -> SCSIAction {
+        guard let lun, let nexus else { return internalError() }
+        if reservationConflicts(state: lun.state, nexus: nexus) { return reservationConflict() }
+        if phase == .writeStore { return storeWriteChunk() }
+        // The smallest slot a transport hands in: the read may come back in smaller chunks, never too large.
+        if phase == .readStore { return nextReadChunk(bufferBytes: SCSITask.minimumBufferBytes) }
+        phase = .idle
+        return .complete(status: SCSIStatus.busy, dataInLength: 0, residual: .none)
+    }
+}

@@ -1,0 +1,170 @@
+// The home core's side of the shared SCSI record (docs/CLUSTER-STATE.md): it runs the VDI's
+// SheepSCSIRecordSync, one operation at a time, through the volume's channel like any other home step.
+// Attribute requests go without SD_FLAG_CMD_TGT: an attribute object is named by the hash of the VDI
+// name, which is often the VDI's own VID, and an invalidated node would refuse a flagged read of it.
+
+import SheepProtocol
+
+extension SheepHomeMachine {
+    /// Re-reads every record in use on this core whose last refresh started `refreshIntervalSeconds` ago or
+    /// more: a gateway without I/O gets no INODE_INVALIDATED.
+    mutating func refreshDueRecords(tick: UInt64) {
+        var due: [SheepVolume] = []
+        for h in homes.values {
+            guard let r = h.record, !r.isBusy, let vol = h.recordVolume,
+                  tick &- h.recordTick >= ClusterStateLimits.refreshIntervalSeconds else { continue }
+            due.append(vol)
+        }
+        for vol in due { refreshRecord(vol, tick: tick) }
+    }
+
+    /// Brings the VDI's record up to date; a refresh asked for while another operation runs follows it.
+    mutating func refreshRecord(_ vol: SheepVolume, tick: UInt64? = nil) {
+        guard vol.coherent else {
+            actions.append(.record(vol, SheepSCSIRecord(), .failed(.invalidParms, "sheep VDI '\(vol.name)': not multipath")))
+            return
+        }
+        if stopping { return }
+        let h = home(vol)
+        if h.record == nil {
+            h.record = SheepSCSIRecordSync(vdiName: vol.name)
+            h.recordVolume = vol
+        }
+        if h.recordRunning { h.recordAgain = true; return }
+        if let tick { h.recordTick = tick }
+        recordStep(vol, h.record!.refresh())
+    }
+
+    /// Appends `next` (the successor of the newest version this gateway knows) to the VDI's chain. Refused
+    /// with `.lostRace` when another operation runs or `next` does not follow: the caller refreshes and retries.
+    mutating func publishRecord(_ vol: SheepVolume, _ next: SheepSCSIRecord) {
+        let h = home(vol)
+        guard vol.coherent, !stopping, let r = h.record, !r.isBusy, next.version == r.known.version + 1 else {
+            actions.append(.record(vol, h.record?.known ?? SheepSCSIRecord(), .lostRace))
+            return
+        }
+        recordStep(vol, h.record!.publish(next))
+    }
+
+    /// Sheep's answer to a record step.
+    mutating func recordReply(_ vol: SheepVolume, result: SheepResult, vdiID: UInt32, attrID: UInt32) {
+        let h = home(vol)
+        guard h.record != nil else { return }
+        if h.recordAnnouncing {
+            h.recordAnnouncing = false
+            if result != .success {
+                // The version is in sheep; the others find it at their next refresh instead.
+                actions.append(.log(.warning, "sheep VDI '\(vol.name)': announcing shared SCSI record version \(h.record!.known.version) failed: \(result.name)"))
+            }
+            recordEnded(vol, .published)
+            return
+        }
+        var data: [UInt8] = []
+        if result == .success, let buf = h.recordBuffer, h.recordReadPending {
+            data = Array(UnsafeRawBufferPointer(start: buf, count: SheepVDIAttrLayout.objectSizeBytes))
+        }
+        h.recordReadPending = false
+        recordStep(vol, h.record!.reply(result, vdiID: vdiID, attrID: attrID, data: data))
+    }
+
+    private mutating func recordStep(_ vol: SheepVolume, _ step: SheepSCSIRecordSync.Step) {
+        let h = home(vol)
+        switch step {
+        case .send(let hdr, let payload):
+            let op = SheepHomeOp(request: nil, volume: vol, stage: .record)
+            op.payload = payload
+            let id = newHomeOp(op)
+            if hdr.opcode == .readObj {
+                let size = SheepVDIAttrLayout.objectSizeBytes
+                if h.recordBuffer == nil { h.recordBuffer = .allocate(byteCount: size, alignment: 64) }
+                h.recordReadPending = true
+                actions.append(.send(op: id, volume: vol, header: hdr, payload: nil, payloadLength: 0,
+                                     dest: h.recordBuffer, destCapacity: size))
+            } else {
+                let p = op.payload.withUnsafeBytes { $0.baseAddress! }   // the array lives in the op until the reply
+                actions.append(.send(op: id, volume: vol, header: hdr, payload: p, payloadLength: op.payload.count,
+                                     dest: nil, destCapacity: 0))
+            }
+        case .done(let outcome):
+            if outcome == .published, let slot = Self.announceSlot(vol) {
+                // Sheep invalidates every other participant before it forwards an index write
+                // (gateway_write_obj), so once this is acknowledged their next I/O meets INODE_INVALIDATED and
+                // their reload reads the new version. 0 into a slot past the end of the VDI changes nothing.
+                // Without SD_FLAG_CMD_TGT: were we invalidated, sheep would refuse it before invalidating.
+                h.recordAnnouncing = true
+                let hdr = SheepRequestHeader.writeObject(id: 0, oid: SheepOID.inode(vid: vol.vid),
+                                                         offset: SheepInodeLayout.slotOffset(UInt32(slot)), length: 4,
+                                                         copies: vol.copies)
+                actions.append(.send(op: newHomeOp(SheepHomeOp(request: nil, volume: vol, stage: .record)), volume: vol,
+                                     header: hdr, payload: ZeroPages.base, payloadLength: 4, dest: nil, destCapacity: 0))
+                return
+            }
+            recordEnded(vol, outcome)
+        }
+    }
+
+    private mutating func recordEnded(_ vol: SheepVolume, _ outcome: SheepSCSIRecordSync.Outcome) {
+        let h = home(vol)
+        var failure: StoreError? = nil
+        if case .failed(_, let why) = outcome {
+            actions.append(.log(.error, why))
+            failure = .unavailable
+        }
+        // Before the answers below: the store loads the version into the LU, then the commands go on.
+        actions.append(.record(vol, h.record!.known, outcome))
+        if let p = h.recordPublisher {
+            h.recordPublisher = nil
+            actions.append(.answer(p, outcome == .published ? nil : (failure ?? .stateChanged)))
+        }
+        if h.recordAgain {
+            h.recordAgain = false
+            refreshRecord(vol)
+            return
+        }
+        for r in h.recordSyncWaiters { actions.append(.answer(r, failure)) }
+        h.recordSyncWaiters.removeAll()
+        let held = h.waitingRecord
+        h.waitingRecord = []
+        // Only a reservation can make held I/O conflict now; without one it is redone as it is (NBD, which cannot
+        // check reservations, then never sees `.stateChanged`).
+        let known = h.record!.known
+        let recheck = known.version > h.waitingRecordVersion && known.writer != vol.gatewayID
+            && (known.reserved || known.spc2Holder != nil)
+        for r in held {
+            switch r.kind {
+            case .write, .read: if recheck { actions.append(.answer(r, .stateChanged)); continue }
+            case .deallocate, .record: break
+            }
+            request(r)
+        }
+        if !h.recordPublishQueue.isEmpty { startPublish(vol, h.recordPublishQueue.removeFirst()) }
+    }
+
+    /// A reservation command on the LU: `publish` false waits for the record to be current (and loaded into
+    /// the LU); true appends the LU's state as the next version once no other record operation runs.
+    mutating func recordRequest(_ req: SheepHomeRequest, publish: Bool) {
+        let vol = req.volume
+        let h = home(vol)
+        if !publish {
+            h.recordSyncWaiters.append(req)
+            refreshRecord(vol)
+            return
+        }
+        if h.record != nil, !h.recordRunning, h.recordPublisher == nil {
+            startPublish(vol, req)
+        } else {
+            h.recordPublishQueue.append(req)
+        }
+    }
+
+    private mutating func startPublish(_ vol: SheepVolume, _ req: SheepHomeRequest) {
+        let h = home(vol)
+        guard vol.coherent, !stopping, let state = vol.lunState, let r = h.record else {
+            actions.append(.answer(req, .unavailable))
+            return
+        }
+        h.recordPublisher = req
+        let s = state.shared.withLock { $0 }
+        publishRecord(vol, SheepSCSIRecord(successorOf: r.known, writer: vol.gatewayID, state: s))
+    }
+}

@@ -1,0 +1,226 @@
+// The SCSI state every gateway of a multipath sheepdog LU must agree on (issue 14; docs/CLUSTER-STATE.md):
+// persistent reservations, the SPC-2 reservation and the COMPARE AND WRITE lease, kept in sheep as a chain
+// of VDI attributes. Version N of the record is the attribute `ringtgt.scsi.N`; a gateway that wants to
+// write version N+1 creates that attribute with SD_FLAG_CMD_EXCL, a cluster op that exactly one creator
+// wins, and the record travels in the create itself, so a version is never seen half written. This file is
+// the pure part: the record's encoding, the chain's rules and the lease. The home core does the sheep I/O.
+//
+// Off the I/O path: a record is built, encoded and decoded only when a reservation changes or a gateway
+// re-reads the chain, never per READ or WRITE.
+
+import SheepProtocol
+
+enum ClusterStateLimits {
+    /// A COMPARE AND WRITE lease is granted for this long; a gateway that dies holding it blocks the
+    /// other gateways' COMPARE AND WRITEs at most this long (plus clock skew, below).
+    static let leaseSeconds: UInt64 = 10
+    /// Clock skew tolerated between gateways. A holder stops using its lease this long before it expires
+    /// by its own clock, so that a lease another gateway sees as expired is no longer used.
+    static let leaseSkewSeconds: UInt64 = 2
+    /// Gateways re-read the chain at least this often even without INODE_INVALIDATED (a gateway that sent
+    /// no I/O meanwhile does not get one).
+    static let refreshIntervalSeconds: UInt64 = 2
+    /// Versions probed past the one a gateway knows before it gives up and reports the LU busy: a chain
+    /// that grows faster than this per refresh means something writes records in a loop.
+    static let chainProbeMax = 64
+    /// Longest initiator port name the record stores (iSCSI names are at most 223 bytes, RFC 7143 §4.2.7.1).
+    static let initiatorNameBytesMax = 223
+}
+
+/// A COMPARE AND WRITE critical section granted to one gateway until `expiresAtSeconds` (CLOCK_REALTIME).
+struct ClusterLease: Equatable {
+    var gateway: UInt64
+    var expiresAtSeconds: UInt64
+
+    /// Whether another gateway must still respect it at `nowSeconds`.
+    func isHeld(nowSeconds: UInt64) -> Bool { nowSeconds < expiresAtSeconds }
+
+    /// Whether its holder may still act on it at `nowSeconds`: it stops `leaseSkewSeconds` early.
+    func holderMayUse(_ gateway: UInt64, nowSeconds: UInt64) -> Bool {
+        self.gateway == gateway && nowSeconds + ClusterStateLimits.leaseSkewSeconds < expiresAtSeconds
+    }
+
+    static func granted(to gateway: UInt64, nowSeconds: UInt64) -> ClusterLease {
+        ClusterLease(gateway: gateway, expiresAtSeconds: nowSeconds + ClusterStateLimits.leaseSeconds)
+    }
+}
+
+extension PortIdentity {
+    init(initiatorName: String, isid: UInt64, relativeTargetPortID: UInt16) {
+        self.initiatorName = initiatorName.lowercased()
+        self.isid = isid
+        self.relativeTargetPortID = relativeTargetPortID
+    }
+}
+
+/// One version of the record.
+struct SheepSCSIRecord: Equatable {
+    /// "RTSC", then the format, so a gateway never adopts an attribute it does not understand.
+    static let magic: UInt32 = 0x4353_5452
+    static let format: UInt16 = 1
+    static let attributePrefix = "ringtgt.scsi."
+
+    /// Position in the chain: the attribute `ringtgt.scsi.<version>` holds it. Version 0 is "no record yet".
+    var version: UInt64 = 0
+    /// The gateway that wrote it (its daemon's id), for logs and for the lease.
+    var writer: UInt64 = 0
+    var spc2Holder: PortIdentity? = nil
+    var prGeneration: UInt32 = 0
+    var registrations: [PRRegistration] = []
+    var reserved = false
+    var prType: UInt8 = 0
+    var prHolder: PortIdentity? = nil
+    var compareLease: ClusterLease? = nil
+
+    static func attributeKey(version: UInt64) -> String { attributePrefix + String(version) }
+
+    /// The record that follows this one, written by `writer`.
+    func successor(writer: UInt64) -> SheepSCSIRecord {
+        var next = self
+        next.version = version &+ 1
+        next.writer = writer
+        return next
+    }
+
+    /// Whether the chain moved on past this record: a gateway adopts only newer versions, so a late reply
+    /// to an older probe never rolls its state back.
+    func isSuperseded(by other: SheepSCSIRecord) -> Bool { other.version > version }
+
+    var persistentReservation: PersistentReservationState {
+        var pr = PersistentReservationState()
+        pr.generation = prGeneration
+        pr.registrations = registrations
+        pr.reserved = reserved
+        pr.type = prType
+        pr.holder = prHolder
+        return pr
+    }
+
+    mutating func setPersistentReservation(_ pr: PersistentReservationState) {
+        prGeneration = pr.generation
+        registrations = pr.registrations
+        reserved = pr.reserved
+        prType = pr.type
+        prHolder = pr.holder
+    }
+
+    // MARK: Encoding (little-endian; strings as u16 length + bytes)
+
+    func encoded() -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(64 + registrations.count * 48)
+        func u8(_ v: UInt8) { out.append(v) }
+        func u16(_ v: UInt16) { withUnsafeBytes(of: v.littleEndian) { out += $0 } }
+        func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { out += $0 } }
+        func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { out += $0 } }
+        func port(_ p: PortIdentity) {
+            let name = Array(p.initiatorName.utf8.prefix(ClusterStateLimits.initiatorNameBytesMax))
+            u16(UInt16(name.count))
+            out += name
+            u64(p.isid)
+            u16(p.relativeTargetPortID)
+        }
+        func optionalPort(_ p: PortIdentity?) {
+            u8(p == nil ? 0 : 1)
+            if let p { port(p) }
+        }
+        u32(Self.magic)
+        u16(Self.format)
+        u64(version)
+        u64(writer)
+        optionalPort(spc2Holder)
+        u32(prGeneration)
+        u8(reserved ? 1 : 0)
+        u8(prType)
+        optionalPort(prHolder)
+        u16(UInt16(registrations.count))
+        for r in registrations {
+            port(r.port)
+            u64(r.key)
+        }
+        u8(compareLease == nil ? 0 : 1)
+        if let l = compareLease {
+            u64(l.gateway)
+            u64(l.expiresAtSeconds)
+        }
+        return out
+    }
+
+    /// nil for anything that is not a whole record of this format within the bounds (a gateway keeps the
+    /// version it has and logs, rather than adopt a damaged one).
+    init?(decoding bytes: [UInt8]) {
+        var reader = RecordReader(bytes: bytes)
+        guard reader.u32() == Self.magic, reader.u16() == Self.format,
+              let version = reader.u64(), let writer = reader.u64(),
+              let spc2 = reader.optionalPort(), let generation = reader.u32(),
+              let reserved = reader.u8(), reserved <= 1, let type = reader.u8(),
+              let holder = reader.optionalPort(), let count = reader.u16(),
+              Int(count) <= PersistentReservationState.maxRegistrations
+        else { return nil }
+        var regs: [PRRegistration] = []
+        for _ in 0..<count {
+            guard let p = reader.port(), let key = reader.u64() else { return nil }
+            regs.append(PRRegistration(port: p, key: key))
+        }
+        guard let hasLease = reader.u8(), hasLease <= 1 else { return nil }
+        var lease: ClusterLease? = nil
+        if hasLease == 1 {
+            guard let g = reader.u64(), let e = reader.u64() else { return nil }
+            lease = ClusterLease(gateway: g, expiresAtSeconds: e)
+        }
+        guard reader.atEnd else { return nil }
+        self.version = version
+        self.writer = writer
+        self.spc2Holder = spc2
+        self.prGeneration = generation
+        self.reserved = reserved == 1
+        self.prType = type
+        self.prHolder = holder
+        self.registrations = regs
+        self.compareLease = lease
+    }
+
+    init() {}
+}
+
+extension PRRegistration: Equatable {
+    static func == (a: PRRegistration, b: PRRegistration) -> Bool { a.port == b.port && a.key == b.key }
+}
+
+/// Bounds-checked little-endian reads; every getter returns nil past the end.
+private struct RecordReader {
+    let bytes: [UInt8]
+    var at = 0
+
+    var atEnd: Bool { at == bytes.count }
+
+    private mutating func take<T: FixedWidthInteger>(_: T.Type) -> T? {
+        let n = MemoryLayout<T>.size
+        guard at + n <= bytes.count else { return nil }
+        var v: T = 0
+        for i in 0..<n { v |= T(bytes[at + i]) << (8 * i) }
+        at += n
+        return v
+    }
+
+    mutating func u8() -> UInt8? { take(UInt8.self) }
+    mutating func u16() -> UInt16? { take(UInt16.self) }
+    mutating func u32() -> UInt32? { take(UInt32.self) }
+    mutating func u64() -> UInt64? { take(UInt64.self) }
+
+    mutating func port() -> PortIdentity? {
+        guard let n = u16(), Int(n) <= ClusterStateLimits.initiatorNameBytesMax, at + Int(n) <= bytes.count else { return nil }
+        let name = String(decoding: bytes[at..<(at + Int(n))], as: UTF8.self)
+        at += Int(n)
+        guard let isid = u64(), let rtpi = u16() else { return nil }
+        return PortIdentity(initiatorName: name, isid: isid, relativeTargetPortID: rtpi)
+    }
+
+    /// .some(nil) for "absent", nil for a damaged field.
+    mutating func optionalPort() -> PortIdentity?? {
+        guard let present = u8(), present <= 1 else { return nil }
+        if present == 0 { return .some(nil) }
+        guard let p = port() else { return nil }
+        return .some(p)
+    }
+}

@@ -1,0 +1,208 @@
+import SheepProtocol
+import Testing
+@testable import Target
+
+/// The record of SCSI state gateways share through sheep (Store/Sheep/SheepSCSIRecord.swift): its encoding,
+/// the chain's version rule and the COMPARE AND WRITE lease.
+@Suite struct ClusterStateRecordTests {
+    static let a = PortIdentity(initiatorName: "IQN.2026-01.test:host-a", isid: 0x0002_3d00_0001, relativeTargetPortID: 1)
+    static let b = PortIdentity(initiatorName: "iqn.2026-01.test:host-b", isid: 0x0002_3d00_0002, relativeTargetPortID: 2)
+
+    static func sample() -> SheepSCSIRecord {
+        var r = SheepSCSIRecord()
+        r.version = 7
+        r.writer = 0xABCD
+        r.spc2Holder = b
+        r.prGeneration = 3
+        r.registrations = [PRRegistration(port: a, key: 0x1111), PRRegistration(port: b, key: 0x2222)]
+        r.reserved = true
+        r.prType = PRType.writeExclusive
+        r.prHolder = a
+        r.compareLease = ClusterLease(gateway: 0xABCD, expiresAtSeconds: 1_000)
+        return r
+    }
+
+    @Test func roundTripsEveryField() {
+        let r = Self.sample()
+        #expect(SheepSCSIRecord(decoding: r.encoded()) == r)
+        #expect(SheepSCSIRecord(decoding: SheepSCSIRecord().encoded()) == SheepSCSIRecord())
+        // Initiator names compare case-insensitively, as PortIdentity does for a local nexus.
+        #expect(r.prHolder?.initiatorName == "iqn.2026-01.test:host-a")
+    }
+
+    @Test func theLargestRecordFitsInOneAttributeValue() {
+        var r = Self.sample()
+        let longName = "iqn.2026-01.test:" + String(repeating: "x", count: 300)
+        r.registrations = (0..<PersistentReservationState.maxRegistrations).map {
+            PRRegistration(port: PortIdentity(initiatorName: longName, isid: UInt64($0), relativeTargetPortID: 9), key: 1)
+        }
+        let bytes = r.encoded()
+        #expect(bytes.count <= SheepVDIAttrLayout.maxValueBytes)
+        let back = SheepSCSIRecord(decoding: bytes)
+        #expect(back?.registrations.count == PersistentReservationState.maxRegistrations)
+        #expect(back?.registrations.first?.port.initiatorName.utf8.count == ClusterStateLimits.initiatorNameBytesMax)
+    }
+
+    @Test func refusesDamagedOrForeignBytes() {
+        let good = Self.sample().encoded()
+        #expect(SheepSCSIRecord(decoding: []) == nil)
+        #expect(SheepSCSIRecord(decoding: Array(good.dropLast())) == nil)
+        #expect(SheepSCSIRecord(decoding: good + [0]) == nil)
+        var wrongMagic = good
+        wrongMagic[0] ^= 0xFF
+        #expect(SheepSCSIRecord(decoding: wrongMagic) == nil)
+        var wrongFormat = good
+        wrongFormat[4] = 2
+        #expect(SheepSCSIRecord(decoding: wrongFormat) == nil)
+        // Every truncation is refused, never read past the end.
+        for n in 0..<good.count { #expect(SheepSCSIRecord(decoding: Array(good.prefix(n))) == nil) }
+    }
+
+    @Test func tooManyRegistrationsIsRefused() {
+        var r = Self.sample()
+        r.registrations = Array(repeating: PRRegistration(port: Self.a, key: 1),
+                                count: PersistentReservationState.maxRegistrations + 1)
+        #expect(SheepSCSIRecord(decoding: r.encoded()) == nil)
+    }
+
+    @Test func successorsFormAChainAndOnlyNewerVersionsAreAdopted() {
+        let r = Self.sample()
+        let next = r.successor(writer: 0x42)
+        #expect(next.version == 8 && next.writer == 0x42 && next.persistentReservation.holder == Self.a)
+        #expect(r.isSuperseded(by: next))
+        #expect(!next.isSuperseded(by: r))
+        #expect(!r.isSuperseded(by: r))
+        #expect(SheepSCSIRecord.attributeKey(version: 8) == "ringtgt.scsi.8")
+    }
+
+    @Test func persistentReservationStateRoundTrips() {
+        var pr = PersistentReservationState()
+        pr.generation = 9
+        pr.registrations = [PRRegistration(port: Self.b, key: 5)]
+        pr.reserved = true
+        pr.type = PRType.exclusiveAccessAllRegistrants
+        var r = SheepSCSIRecord()
+        r.setPersistentReservation(pr)
+        let back = r.persistentReservation
+        #expect(back.generation == 9 && back.registrations == pr.registrations && back.reserved
+                && back.type == PRType.exclusiveAccessAllRegistrants && back.holder == nil)
+    }
+
+    @Test func leaseBindsOthersUntilExpiryAndItsHolderStopsEarly() {
+        let l = ClusterLease.granted(to: 1, nowSeconds: 100)
+        #expect(l.expiresAtSeconds == 100 + ClusterStateLimits.leaseSeconds)
+        #expect(l.isHeld(nowSeconds: 100))
+        #expect(l.isHeld(nowSeconds: l.expiresAtSeconds - 1))
+        #expect(!l.isHeld(nowSeconds: l.expiresAtSeconds))
+        #expect(l.holderMayUse(1, nowSeconds: 100))
+        #expect(!l.holderMayUse(2, nowSeconds: 100))
+        // The holder gives up before anyone else may take over, by the skew bound.
+        #expect(!l.holderMayUse(1, nowSeconds: l.expiresAtSeconds - ClusterStateLimits.leaseSkewSeconds))
+        #expect(l.holderMayUse(1, nowSeconds: l.expiresAtSeconds - ClusterStateLimits.leaseSkewSeconds - 1))
+    }
+}
+
+/// SheepSCSIRecordSync's conversation with sheep, reply by reply.
+@Suite struct ClusterStateSyncMachineTests {
+    typealias Sync = SheepSCSIRecordSync
+
+    /// The key a GET_VDI_ATTR step asks for, and its flags.
+    static func attrRequest(_ s: Sync.Step) -> (key: String, flags: SheepFlags, value: [UInt8])? {
+        guard case .send(let h, let payload) = s, h.opcode == .getVDIAttr,
+              payload.count == SheepVDIAttrLayout.objectSizeBytes else { return nil }
+        let key = payload.withUnsafeBytes {
+            SheepVDIName.decode($0.baseAddress! + SheepVDIAttrLayout.keyOffset, capacity: SheepVDIAttrLayout.keyBufferBytes)
+        }
+        return (key, h.flags.subtracting(.write), SheepVDIAttr.value(of: payload) ?? [])
+    }
+
+    static func isRead(_ s: Sync.Step, vid: UInt32, attrID: UInt32) -> Bool {
+        guard case .send(let h, _) = s else { return false }
+        return h.opcode == .readObj && h.oid == SheepOID.attr(vid: vid, attrID: attrID)
+            && Int(h.dataLength) == SheepVDIAttrLayout.objectSizeBytes
+    }
+
+    static func object(_ r: SheepSCSIRecord) -> [UInt8] {
+        SheepVDIAttr.encode(name: "vol", key: SheepSCSIRecord.attributeKey(version: r.version), value: r.encoded())
+    }
+
+    static func record(_ v: UInt64, writer: UInt64 = 1) -> SheepSCSIRecord {
+        var r = SheepSCSIRecord()
+        r.version = v
+        r.writer = writer
+        r.prGeneration = UInt32(v)
+        return r
+    }
+
+    @Test func aFirstRefreshWithNoRecordEndsAtVersionZero() {
+        var s = Sync(vdiName: "vol")
+        let first = s.refresh()
+        #expect(Self.attrRequest(first)?.key == Sync.headKey && Self.attrRequest(first)?.flags == [])
+        let probe = s.reply(.noObj)
+        #expect(Self.attrRequest(probe)?.key == "ringtgt.scsi.1")
+        #expect(s.reply(.noObj) == .done(.current))
+        #expect(s.known.version == 0 && !s.isBusy)
+    }
+
+    @Test func aRefreshStartsAtTheHeadHintAndProbesPastIt() {
+        var s = Sync(vdiName: "vol")
+        _ = s.refresh()
+        var three = UInt64(3).littleEndian
+        let headValue = withUnsafeBytes(of: &three) { Array($0) }
+        #expect(Self.isRead(s.reply(.success, vdiID: 0xcb565a, attrID: 10), vid: 0xcb565a, attrID: 10))
+        let find3 = s.reply(.success, data: SheepVDIAttr.encode(name: "vol", key: Sync.headKey, value: headValue))
+        #expect(Self.attrRequest(find3)?.key == "ringtgt.scsi.3")
+        #expect(Self.isRead(s.reply(.success, vdiID: 0xcb565a, attrID: 30), vid: 0xcb565a, attrID: 30))
+        // The hint lags: version 4 exists too.
+        #expect(Self.attrRequest(s.reply(.success, data: Self.object(Self.record(3))))?.key == "ringtgt.scsi.4")
+        _ = s.reply(.success, vdiID: 0xcb565a, attrID: 40)
+        #expect(Self.attrRequest(s.reply(.success, data: Self.object(Self.record(4))))?.key == "ringtgt.scsi.5")
+        #expect(s.reply(.noObj) == .done(.current))
+        #expect(s.known == Self.record(4))
+        // The next refresh asks only for what follows.
+        #expect(Self.attrRequest(s.refresh())?.key == "ringtgt.scsi.5")
+    }
+
+    @Test func publishingCreatesTheNextVersionExclusivelyThenMovesTheHint() {
+        var s = Sync(vdiName: "vol")
+        _ = s.refresh(); _ = s.reply(.noObj); _ = s.reply(.noObj)
+        let next = s.known.successor(writer: 7)
+        let create = s.publish(next)
+        #expect(Self.attrRequest(create)?.key == "ringtgt.scsi.1")
+        #expect(Self.attrRequest(create)?.flags == [.attrCreate, .attrExclusive])
+        #expect(Self.attrRequest(create)?.value == next.encoded())
+        let hint = s.reply(.success)
+        #expect(Self.attrRequest(hint)?.key == Sync.headKey && Self.attrRequest(hint)?.flags == [.attrCreate])
+        #expect(Self.attrRequest(hint)?.value == [1, 0, 0, 0, 0, 0, 0, 0])
+        #expect(s.known == next)   // adopted as soon as sheep took it, whatever happens to the hint
+        #expect(s.reply(.eio) == .done(.published))
+    }
+
+    @Test func losingTheRaceChangesNothing() {
+        var s = Sync(vdiName: "vol")
+        _ = s.refresh(); _ = s.reply(.noObj); _ = s.reply(.noObj)
+        _ = s.publish(s.known.successor(writer: 7))
+        #expect(s.reply(.vdiExist) == .done(.lostRace))
+        #expect(s.known.version == 0 && !s.isBusy)
+    }
+
+    @Test func damagedVersionsAndSheepErrorsFailWithoutAdopting() {
+        var s = Sync(vdiName: "vol")
+        _ = s.refresh(); _ = s.reply(.noObj)
+        _ = s.reply(.success, vdiID: 1, attrID: 2)
+        // Version 1 holds someone else's value.
+        guard case .done(.failed) = s.reply(.success, data: SheepVDIAttr.encode(name: "vol", key: "ringtgt.scsi.1",
+                                                                                value: [1, 2, 3])) else {
+            Issue.record("a damaged record was not refused"); return
+        }
+        #expect(s.known.version == 0)
+        // A record that says another version than the key it is stored under is not adopted either.
+        _ = s.refresh(); _ = s.reply(.noObj); _ = s.reply(.success, vdiID: 1, attrID: 2)
+        guard case .done(.failed) = s.reply(.success, data: Self.object(Self.record(2))) else {
+            Issue.record("a misplaced record was adopted"); return
+        }
+        _ = s.refresh(); _ = s.reply(.noObj)
+        guard case .done(.failed(let r, _)) = s.reply(.noVDI) else { Issue.record("NO_VDI not reported"); return }
+        #expect(r == .noVDI)
+    }
+}
