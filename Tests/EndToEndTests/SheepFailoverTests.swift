@@ -467,5 +467,45 @@ extension EndToEnd {
                 #expect(try MP.read(sb, 0, bytes) == pattern(3), "through B: the aborted write reached the node")
             }
         }
+
+        /// The same with the connection closed instead of the task aborted (the initiator's replacement timeout,
+        /// or multipath giving the path up): the held write must not reach the node after the initiator wrote
+        /// the block again through B, or B's acknowledged write is lost.
+        @Test func aWriteHeldForAMissingNodeIsNotSentWhenItsConnectionClosed() throws {
+            try withMultipathSheep(.testServer) { sheep in
+                try sheep.dog(["vdi", "create", "vol", "\(Self.vdiBytes)"])
+                let a = try FailoverGateway("gatewayA", backingStore: sheep.backingStore(node: 0, "vol"), params: MP.lunParams)
+                defer { a.stop() }
+                let b = try FailoverGateway("gatewayB", backingStore: sheep.backingStore(node: 1, "vol"), params: MP.lunParams)
+                defer { b.stop() }
+                let initiator = "iqn.2026-01.e2e:closed"
+                let sa = try RawSession(a.endpoint, target: FailoverGateway.iqn,
+                                        options: RawLoginOptions(initiatorName: initiator, isid: 1))
+                let sb = try RawSession(b.endpoint, target: FailoverGateway.iqn,
+                                        options: RawLoginOptions(initiatorName: initiator, isid: 2))
+                defer { sb.close() }
+                let bytes = FailoverWriter.unitBytes
+                func pattern(_ generation: UInt32) -> [UInt8] { FailoverWriter.data(unit: 0, generation: generation, writer: "closed") }
+                try MP.write(sa, 0, pattern(1), "the first write through A")
+                try sheep.admin("node kill 0")
+                try waitUntil("gateway A to see its node go") { a.daemon.log.contains("connection lost") }
+                _ = try sa.sendCommand(RawCDB.write10(lba: 0, blocks: UInt16(bytes / 512)), writeData: pattern(2))
+                let tur = try sa.run(RawCDB.testUnitReady)
+                try #require(tur.status == RawCodes.good, "TEST UNIT READY behind the held write: \(tur)")
+                sa.close()
+                try waitUntil("gateway A to end the closed session") {
+                    a.daemon.log.split(separator: "\n").contains { $0.contains("session with target") && $0.contains("ended") && $0.contains(initiator) }
+                }
+                try MP.write(sb, 0, pattern(3), "the write through B after A's connection closed")
+                try sheep.admin("node start 0")
+                try waitUntil("gateway A to take its shared lock again") { a.daemon.log.contains("took it again") }
+                let sa2 = try RawSession(a.endpoint, target: FailoverGateway.iqn,
+                                         options: RawLoginOptions(initiatorName: initiator, isid: 3))
+                defer { sa2.close() }
+                try waitUntil("TEST UNIT READY through A to answer GOOD") { try sa2.run(RawCDB.testUnitReady).status == RawCodes.good }
+                #expect(try MP.read(sa2, 0, bytes) == pattern(3), "through A: the closed connection's write reached the node")
+                #expect(try MP.read(sb, 0, bytes) == pattern(3), "through B: the closed connection's write reached the node")
+            }
+        }
     }
 }

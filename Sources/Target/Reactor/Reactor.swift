@@ -532,11 +532,21 @@ public final class Reactor {
             runtime.releaseTSIH(c.tsih)
             c.tsih = 0
         }
+        // Sheep requests of its commands that have not gone out are dropped, as for ABORT TASK: a write held
+        // while a sheep node is away must not reach the node after the initiator, whose connection this was,
+        // has written the same blocks through another path. Dropping may finish the last store operation and
+        // release the connection here; maybeRelease below then finds it released.
+        var t = 0
+        while c.fd >= 0 && c.storeInFlight > 0 && t < c.tasksInitialized {
+            if c.tasks[t].state == .storeIO { cancelStore(c, t) }
+            t += 1
+        }
         maybeRelease(c)
     }
 
     func maybeRelease(_ c: Connection) {
-        guard c.phase == .closing, !c.recvInFlight, !c.sendInFlight, c.storeInFlight == 0 else { return }
+        // fd < 0: released already (a store completion inside closeConnection can get here first).
+        guard c.phase == .closing, c.fd >= 0, !c.recvInFlight, !c.sendInFlight, c.storeInFlight == 0 else { return }
         c.out.drainAll { token in
             if case .freeSlot(let s) = token { self.releaseSlot(Int(s)) }
         }
