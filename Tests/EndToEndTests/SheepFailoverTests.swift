@@ -423,11 +423,19 @@ extension EndToEnd {
             }
         }
 
-        /// A write that gateway A holds for its missing node and that the initiator aborts (what Linux's SCSI
-        /// error handling does when the command times out, before multipath sends it through B) is dropped:
-        /// once ABORT TASK is answered, the bytes written through B since must not be overwritten by the held
-        /// write when the node comes back.
-        @Test func anAbortedWriteHeldForAMissingNodeIsNotSentWhenItReturns() throws {
+        /// Two gateways on one VDI with a session each for `initiator`; block 0 is written (allocated) through A,
+        /// A's sheep node is killed, and a second write of block 0 through A is held by A's store. `body` then
+        /// decides what becomes of it. `pattern(g)` is generation g of block 0's data.
+        struct HeldWrite {
+            let sheep: MultipathSheep
+            let a: FailoverGateway, b: FailoverGateway
+            let sa: RawSession, sb: RawSession
+            let heldITT: UInt32, heldCmdSN: UInt32
+            let pattern: (UInt32) -> [UInt8]
+            var bytes: Int { FailoverWriter.unitBytes }
+        }
+
+        static func withHeldWrite(initiator: String, _ body: (HeldWrite) throws -> Void) throws {
             try withMultipathSheep(.testServer) { sheep in
                 try sheep.dog(["vdi", "create", "vol", "\(Self.vdiBytes)"])
                 let a = try FailoverGateway("gatewayA", backingStore: sheep.backingStore(node: 0, "vol"), params: MP.lunParams)
@@ -435,13 +443,13 @@ extension EndToEnd {
                 let b = try FailoverGateway("gatewayB", backingStore: sheep.backingStore(node: 1, "vol"), params: MP.lunParams)
                 defer { b.stop() }
                 let sa = try RawSession(a.endpoint, target: FailoverGateway.iqn,
-                                        options: RawLoginOptions(initiatorName: "iqn.2026-01.e2e:abort", isid: 1))
+                                        options: RawLoginOptions(initiatorName: initiator, isid: 1))
                 defer { sa.close() }
                 let sb = try RawSession(b.endpoint, target: FailoverGateway.iqn,
-                                        options: RawLoginOptions(initiatorName: "iqn.2026-01.e2e:abort", isid: 2))
+                                        options: RawLoginOptions(initiatorName: initiator, isid: 2))
                 defer { sb.close() }
                 let bytes = FailoverWriter.unitBytes
-                func pattern(_ generation: UInt32) -> [UInt8] { FailoverWriter.data(unit: 0, generation: generation, writer: "abort") }
+                let pattern = { (g: UInt32) in FailoverWriter.data(unit: 0, generation: g, writer: initiator) }
                 // Allocated first, so the held write is an object write of A's own channel, not the home core's.
                 try MP.write(sa, 0, pattern(1), "the first write through A")
                 try sheep.admin("node kill 0")
@@ -452,19 +460,36 @@ extension EndToEnd {
                 // Commands of a connection start in order: when this answers, the write waits in A's store.
                 let tur = try sa.run(RawCDB.testUnitReady)
                 try #require(tur.status == RawCodes.good, "TEST UNIT READY behind the held write: \(tur)")
-                let tmf = try sa.sendTMF(function: TMFunction.abortTask, referencedITT: held, refCmdSN: writeCmdSN)
-                let p = try sa.expectPDU("the TMF Response to ABORT TASK")
+                try body(HeldWrite(sheep: sheep, a: a, b: b, sa: sa, sb: sb, heldITT: held, heldCmdSN: writeCmdSN, pattern: pattern))
+            }
+        }
+
+        /// After the held write's fate: block 0 written (generation 3) through B, A's node back, and block 0
+        /// read through `readThroughA` and through B must be generation 3.
+        static func writeThroughBThenNodeReturns(_ h: HeldWrite, readThroughA: () throws -> RawSession) throws {
+            try MP.write(h.sb, 0, h.pattern(3), "the write through B while A holds its write")
+            try h.sheep.admin("node start 0")
+            try waitUntil("gateway A to take its shared lock again") { h.a.daemon.log.contains("took it again") }
+            let sa = try readThroughA()
+            // The ALUA state may have changed meanwhile (unit attention, then NOT READY until A notices).
+            try waitUntil("TEST UNIT READY through A to answer GOOD") { try sa.run(RawCDB.testUnitReady).status == RawCodes.good }
+            // Through A's channel, behind anything it still held; then through B.
+            #expect(try MP.read(sa, 0, h.bytes) == h.pattern(3), "through A: the held write reached the node")
+            #expect(try MP.read(h.sb, 0, h.bytes) == h.pattern(3), "through B: the held write reached the node")
+        }
+
+        /// A write that gateway A holds for its missing node and that the initiator aborts (what Linux's SCSI
+        /// error handling does when the command times out, before multipath sends it through B) is dropped:
+        /// once ABORT TASK is answered, the bytes written through B since must not be overwritten by the held
+        /// write when the node comes back.
+        @Test func anAbortedWriteHeldForAMissingNodeIsNotSentWhenItReturns() throws {
+            try Self.withHeldWrite(initiator: "iqn.2026-01.e2e:abort") { h in
+                let tmf = try h.sa.sendTMF(function: TMFunction.abortTask, referencedITT: h.heldITT, refCmdSN: h.heldCmdSN)
+                let p = try h.sa.expectPDU("the TMF Response to ABORT TASK")
                 #expect(p.opcode == ISCSIOpcode.taskManagementResponse && p.itt == tmf && p.byte2 == TMResponse.functionComplete,
                         "ABORT TASK of the held write: \(p)")
-                try MP.write(sb, 0, pattern(3), "the write through B after the abort")
-                try sheep.admin("node start 0")
-                try waitUntil("gateway A to take its shared lock again") { a.daemon.log.contains("took it again") }
-                // The ALUA state may have changed meanwhile (unit attention, then NOT READY until A notices).
-                try waitUntil("TEST UNIT READY through A to answer GOOD") { try sa.run(RawCDB.testUnitReady).status == RawCodes.good }
-                #expect(!sa.others.contains { $0.itt == held }, "the aborted write was answered: \(sa.others)")
-                // Through A's channel, behind anything it still held; then through B.
-                #expect(try MP.read(sa, 0, bytes) == pattern(3), "through A: the aborted write reached the node")
-                #expect(try MP.read(sb, 0, bytes) == pattern(3), "through B: the aborted write reached the node")
+                try Self.writeThroughBThenNodeReturns(h) { h.sa }
+                #expect(!h.sa.others.contains { $0.itt == h.heldITT }, "the aborted write was answered: \(h.sa.others)")
             }
         }
 
@@ -472,39 +497,22 @@ extension EndToEnd {
         /// or multipath giving the path up): the held write must not reach the node after the initiator wrote
         /// the block again through B, or B's acknowledged write is lost.
         @Test func aWriteHeldForAMissingNodeIsNotSentWhenItsConnectionClosed() throws {
-            try withMultipathSheep(.testServer) { sheep in
-                try sheep.dog(["vdi", "create", "vol", "\(Self.vdiBytes)"])
-                let a = try FailoverGateway("gatewayA", backingStore: sheep.backingStore(node: 0, "vol"), params: MP.lunParams)
-                defer { a.stop() }
-                let b = try FailoverGateway("gatewayB", backingStore: sheep.backingStore(node: 1, "vol"), params: MP.lunParams)
-                defer { b.stop() }
-                let initiator = "iqn.2026-01.e2e:closed"
-                let sa = try RawSession(a.endpoint, target: FailoverGateway.iqn,
-                                        options: RawLoginOptions(initiatorName: initiator, isid: 1))
-                let sb = try RawSession(b.endpoint, target: FailoverGateway.iqn,
-                                        options: RawLoginOptions(initiatorName: initiator, isid: 2))
-                defer { sb.close() }
-                let bytes = FailoverWriter.unitBytes
-                func pattern(_ generation: UInt32) -> [UInt8] { FailoverWriter.data(unit: 0, generation: generation, writer: "closed") }
-                try MP.write(sa, 0, pattern(1), "the first write through A")
-                try sheep.admin("node kill 0")
-                try waitUntil("gateway A to see its node go") { a.daemon.log.contains("connection lost") }
-                _ = try sa.sendCommand(RawCDB.write10(lba: 0, blocks: UInt16(bytes / 512)), writeData: pattern(2))
-                let tur = try sa.run(RawCDB.testUnitReady)
-                try #require(tur.status == RawCodes.good, "TEST UNIT READY behind the held write: \(tur)")
-                sa.close()
+            let initiator = "iqn.2026-01.e2e:closed"
+            try Self.withHeldWrite(initiator: initiator) { h in
+                h.sa.close()
                 try waitUntil("gateway A to end the closed session") {
-                    a.daemon.log.split(separator: "\n").contains { $0.contains("session with target") && $0.contains("ended") && $0.contains(initiator) }
+                    h.a.daemon.log.split(separator: "\n").contains {
+                        $0.contains("session with target") && $0.contains("ended") && $0.contains(initiator)
+                    }
                 }
-                try MP.write(sb, 0, pattern(3), "the write through B after A's connection closed")
-                try sheep.admin("node start 0")
-                try waitUntil("gateway A to take its shared lock again") { a.daemon.log.contains("took it again") }
-                let sa2 = try RawSession(a.endpoint, target: FailoverGateway.iqn,
-                                         options: RawLoginOptions(initiatorName: initiator, isid: 3))
-                defer { sa2.close() }
-                try waitUntil("TEST UNIT READY through A to answer GOOD") { try sa2.run(RawCDB.testUnitReady).status == RawCodes.good }
-                #expect(try MP.read(sa2, 0, bytes) == pattern(3), "through A: the closed connection's write reached the node")
-                #expect(try MP.read(sb, 0, bytes) == pattern(3), "through B: the closed connection's write reached the node")
+                var again: RawSession?
+                defer { again?.close() }
+                try Self.writeThroughBThenNodeReturns(h) {
+                    let s = try RawSession(h.a.endpoint, target: FailoverGateway.iqn,
+                                           options: RawLoginOptions(initiatorName: initiator, isid: 3))
+                    again = s
+                    return s
+                }
             }
         }
     }
