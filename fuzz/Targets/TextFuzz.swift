@@ -41,6 +41,9 @@ enum TextFuzz {
             guard pdu.opcode == ISCSIOpcode.textRequest else { continue }
             let req = TextRequest(isFinal: pdu.flags & 0x80 != 0, continueFlag: pdu.flags & 0x40 != 0, itt: pdu.itt,
                                   ttt: pdu.u32(20))
+            // A request with TTT 0xffffffff starts a new exchange and abandons one whose answer was still
+            // coming in continuation PDUs (RFC 7143 §11.10.4): what was assembled of that answer is dropped too.
+            if req.ttt == reservedTag { assembled = [] }
             let outcome = pdu.data.withUnsafeBytes { exchange.receive(req, data: $0, env: env) }
             if let m = exchange.declaredMaxRecvDataSegmentLength {
                 FuzzCheck.expect((ISCSILimits.minDataSegmentBytes ... ISCSILimits.maxDataSegmentBytes).contains(m),
