@@ -224,8 +224,11 @@ extension SCSITask {
     /// of this daemon alike), the group's own otherwise. Not transitioning: Linux retries a command that
     /// gets that sense on the same path, and the point is to move it to another gateway.
     func aluaState(of group: TargetPortGroup) -> ALUAState {
-        lunFlags & LUNState.flagBackingUnavailable != 0 ? .unavailable : group.state
+        backingUnavailable ? .unavailable : group.state
     }
+
+    /// The store has lost the LU's data long enough that this daemon reports it unavailable (LUNState).
+    private var backingUnavailable: Bool { lunFlags & LUNState.flagBackingUnavailable != 0 }
 
     /// REPORT TARGET PORT GROUPS (SPC-4 §6.37): every group with a port to this LU, in the length-only
     /// or the extended-header format.
@@ -247,7 +250,7 @@ extension SCSITask {
             b.put8(p, aluaState(of: g).rawValue)
             b.put8(p + 1, ALUAState.supportedStatesBits)
             b.put16(p + 2, g.id)
-            b.put8(p + 5, lunFlags & LUNState.flagBackingUnavailable != 0 ? ALUAStatus.alteredImplicitly : g.status)
+            b.put8(p + 5, backingUnavailable ? ALUAStatus.alteredImplicitly : g.status)
             b.put8(p + 7, UInt8(count))
             p += 8
             var written = 0
