@@ -17,7 +17,8 @@ final class MultipathSheep {
     let scratch: Scratch
     /// TCP port of each node the gateways use.
     let ports: [Int]
-    /// The test server's admin port (`node kill N`, `node start N`); nil for a real cluster.
+    /// The test server's admin port (`node kill N`, `node start N`); nil for a real cluster, where `admin`
+    /// knows only `node kill 0` and `node start 0`.
     let adminPort: Int?
     private let server: ToolProcess?
     private let cluster: SheepLocalCluster?
@@ -74,6 +75,15 @@ final class MultipathSheep {
 
     /// One test server admin command (`node kill 0`) that must answer "ok".
     func admin(_ command: String) throws {
+        if let cluster {
+            // A real cluster: node 0 dies by SIGKILL and starts again on its directory, as the test server's
+            // `node kill 0` / `node start 0` do. Other nodes and commands are the test server's only.
+            switch command {
+            case "node kill 0": cluster.nodes[0].killNow(); return
+            case "node start 0": try cluster.restartNode0(); return
+            default: throw E2EError("admin '\(command)' needs the test server")
+            }
+        }
         guard let adminPort else { throw E2EError("admin needs the test server") }
         let r = try runTool(try Paths.packageBinary("ringtgt-sheep-testserver"),
                             ["admin", "--port", "\(adminPort)"] + command.split(separator: " ").map(String.init),
