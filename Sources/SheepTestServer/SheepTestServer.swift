@@ -307,16 +307,7 @@ final class Listener: @unchecked Sendable {
         if fd < 0 { throw SysError("socket") }
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        if bind(fd, first.pointee.ai_addr, first.pointee.ai_addrlen) != 0 {
-            let e = SysError("bind \(host):\(port)")
-            Glibc.close(fd)
-            throw e
-        }
-        if listen(fd, 128) != 0 {
-            let e = SysError("listen")
-            Glibc.close(fd)
-            throw e
-        }
+        try bindAndListen(fd, first.pointee.ai_addr, first.pointee.ai_addrlen, "\(host):\(port)")
         var ss = sockaddr_storage()
         var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
         let boundPort: UInt16 = withUnsafeMutablePointer(to: &ss) { p in
@@ -342,20 +333,30 @@ final class Listener: @unchecked Sendable {
         unlink(path)
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         if fd < 0 { throw SysError("socket") }
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        if rc != 0 {
-            let e = SysError("bind \(path)")
-            Glibc.close(fd)
-            throw e
-        }
-        if listen(fd, 128) != 0 {
-            let e = SysError("listen")
-            Glibc.close(fd)
-            throw e
+        try withUnsafePointer(to: &addr) {
+            try $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                try bindAndListen(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size), path)
+            }
         }
         return Listener(fd: fd, port: nil, path: path, isTCP: false, node: node)
+    }
+
+    /// Connections a listener queues before it accepts them (listen(2)'s backlog).
+    static let backlog: Int32 = 128
+
+    /// Binds `fd` to `address` and listens; on failure closes `fd` and throws what failed, naming `what`.
+    private static func bindAndListen(_ fd: Int32, _ address: UnsafePointer<sockaddr>, _ length: socklen_t,
+                                      _ what: String) throws {
+        var failed: SysError?
+        if bind(fd, address, length) != 0 {
+            failed = SysError("bind \(what)")
+        } else if listen(fd, backlog) != 0 {
+            failed = SysError("listen \(what)")
+        }
+        if let failed {
+            Glibc.close(fd)
+            throw failed
+        }
     }
 
     /// Wakes the accept thread (shutdown makes a blocked accept return) and waits for it.
