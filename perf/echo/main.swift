@@ -1,15 +1,22 @@
-// ringtgt-echo: the loopback limit. A raw io_uring request/response loop with a 4 KiB read's message sizes
-// (a 48-byte request; a 48-byte header plus 4 KiB back), client and server in separate processes, no iSCSI.
-// No target can serve 4 KiB reads over this loopback faster than this loop runs.
+// ringtgt-echo: the loopback limit. A raw io_uring request/response loop with a read's message sizes
+// (a 48-byte request; a 48-byte header plus --payload bytes back, 4 KiB unless told), client and server in
+// separate processes, no iSCSI. No target can serve reads of that size over this loopback faster than this
+// loop runs: 4 KiB for the random-read rows, 128 KiB for the sequential-read ceiling.
 import ArgumentParser
 import CURing
 import Glibc
 
 enum EchoSizes {
     static let requestBytes = 48
-    static let responseBytes = 48 + 4096
+    /// A response is a 48-byte header (a Data-In BHS) and the payload.
+    static let headerBytes = 48
+    static let defaultPayloadBytes = 4096
+    static let maxPayloadBytes = 1 << 20
     /// Responses (or requests) sent by one send at most, unless --batch says fewer.
     static let maxBatch = 256
+    /// Bytes one send hands the kernel at most (a target's send queue coalesces about this much too), so that
+    /// large responses are not batched 256 at a time.
+    static let maxSendBytes = 1 << 20
     static let receiveBytes = 1 << 20
     static let ringEntries: UInt32 = 64
     static let waitSliceNanos: Int64 = 10_000_000
@@ -71,11 +78,11 @@ struct Pump: ~Copyable {
 
     init(fd: Int32, inBytes: Int, outBytes: Int, batch: Int) {
         self.fd = fd
-        self.batch = max(1, min(batch, EchoSizes.maxBatch))
+        self.batch = max(1, min(batch, EchoSizes.maxBatch, EchoSizes.maxSendBytes / outBytes))
         self.inBytes = inBytes
         self.outBytes = outBytes
         rx = .allocate(byteCount: EchoSizes.receiveBytes, alignment: 4096)
-        let txBytes = outBytes * EchoSizes.maxBatch
+        let txBytes = outBytes * self.batch
         tx = .allocate(byteCount: txBytes, alignment: 4096)
         tx.initializeMemory(as: UInt8.self, repeating: 0x5A, count: txBytes)
     }
@@ -151,16 +158,19 @@ func pumpLoop(_ ring: borrowing EchoRing, _ pump: inout Pump, answerEachUnit: Bo
 struct Echo: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ringtgt-echo",
-        abstract: "Loopback limit: io_uring request/response with a 4 KiB read's message sizes.",
+        abstract: "Loopback limit: io_uring request/response with a read's message sizes.",
         subcommands: [Server.self, Client.self])
 }
 
 struct Server: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Answer each 48-byte request with 48 + 4096 bytes; prints 'PORT n'.")
+    static let configuration = CommandConfiguration(abstract: "Answer each 48-byte request with 48 + PAYLOAD bytes; prints 'PORT n'.")
     @Option(help: "Port to listen on (0 = any).") var port: UInt16 = 0
+    @Option(help: "Payload bytes after each response's 48-byte header (a read's size).") var payload = EchoSizes.defaultPayloadBytes
     @Option(help: "Connections to serve, one after another.") var connections: Int = 1
     @Option(help: "Responses per send at most (1 = each on its own).") var batch: Int = EchoSizes.maxBatch
     @Flag(help: "Busy-poll the ring instead of sleeping in the kernel.") var poll = false
+
+    func validate() throws { try validatePayload(payload) }
 
     func run() throws {
         let lfd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -181,7 +191,7 @@ struct Server: ParsableCommand {
             let fd = accept(lfd, nil, nil)
             guard fd >= 0 else { continue }
             setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-            var pump = Pump(fd: fd, inBytes: EchoSizes.requestBytes, outBytes: EchoSizes.responseBytes, batch: batch)
+            var pump = Pump(fd: fd, inBytes: EchoSizes.requestBytes, outBytes: EchoSizes.headerBytes + payload, batch: batch)
             var ignored: UInt64 = 0
             pumpLoop(ring, &pump, answerEachUnit: true, stopAt: .max, measureFrom: .max, measured: &ignored,
                      poll: poll)
@@ -206,8 +216,11 @@ struct Client: ParsableCommand {
     @Option(help: "Measured seconds.") var duration: Double = 5
     @Option(help: "Seconds before measuring.") var warmup: Double = 1
     @Option(help: "Requests per send at most (1 = each on its own).") var batch: Int = EchoSizes.maxBatch
+    @Option(help: "Payload bytes the server sends after each 48-byte header (as its --payload).") var payload = EchoSizes.defaultPayloadBytes
     @Flag(help: "Print JSON.") var json = false
     @Flag(help: "Busy-poll the ring instead of sleeping in the kernel.") var poll = false
+
+    func validate() throws { try validatePayload(payload) }
 
     func run() throws {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -220,7 +233,7 @@ struct Client: ParsableCommand {
         var one: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
         let ring = EchoRing()
-        var pump = Pump(fd: fd, inBytes: EchoSizes.responseBytes, outBytes: EchoSizes.requestBytes, batch: batch)
+        var pump = Pump(fd: fd, inBytes: EchoSizes.headerBytes + payload, outBytes: EchoSizes.requestBytes, batch: batch)
         pump.owe(queueDepth)
         let start = monotonicNanos()
         let from = start + UInt64(warmup * 1e9)
@@ -232,10 +245,16 @@ struct Client: ParsableCommand {
         close(fd)
         let rate = Double(measured) / duration
         if json {
-            print("{\"queueDepth\":\(queueDepth),\"batch\":\(batch),\"seconds\":\(duration),\"roundTrips\":\(measured),\"roundTripsPerSecond\":\(Int(rate))}")
+            print("{\"queueDepth\":\(queueDepth),\"payloadBytes\":\(payload),\"batch\":\(batch),\"seconds\":\(duration),\"roundTrips\":\(measured),\"roundTripsPerSecond\":\(Int(rate))}")
         } else {
-            print("loopback echo qd=\(queueDepth) batch=\(batch): \(Int(rate)) round trips/s (\(measured) in \(duration) s)")
+            print("loopback echo qd=\(queueDepth) payload=\(payload) batch=\(batch): \(Int(rate)) round trips/s (\(measured) in \(duration) s)")
         }
+    }
+}
+
+func validatePayload(_ payload: Int) throws {
+    guard (1...EchoSizes.maxPayloadBytes).contains(payload) else {
+        throw ValidationError("--payload must be 1...\(EchoSizes.maxPayloadBytes) bytes")
     }
 }
 

@@ -5,9 +5,16 @@ import TestSupport
 import Glibc
 #endif
 
+/// The echo's payload sizes: a 4 KiB random read's, and the 128 KiB sequential read's.
+enum EchoPayload {
+    static let read4k = 4096
+    static let read128k = 128 * 1024
+}
+
 /// Starts ringtgt-echo's server on CPU 0 (where a one-core target runs) and waits for the port it prints.
-func startEchoServer(bins: Binaries, logDir: URL, label: String, poll: Bool = false) throws -> (ToolProcess, Int) {
-    let server = try startChild(bins.taskset, ["-c", "0", bins.echo, "server"] + (poll ? ["--poll"] : []),
+func startEchoServer(bins: Binaries, logDir: URL, label: String, poll: Bool = false,
+                     payload: Int = EchoPayload.read4k) throws -> (ToolProcess, Int) {
+    let server = try startChild(bins.taskset, ["-c", "0", bins.echo, "server", "--payload", "\(payload)"] + (poll ? ["--poll"] : []),
                                 logDir: logDir, label: label, stdout: .pipe)
     do {
         let lines = try server.waitForLines(timeoutSeconds: RunLimits.echoReadySeconds) { $0.contains { $0.hasPrefix("PORT ") } }
@@ -24,12 +31,14 @@ func startEchoServer(bins: Binaries, logDir: URL, label: String, poll: Bool = fa
 /// ringtgt-echo at the scenario queue depths: server pinned to CPU 0 like a one-core target, client placed by
 /// the kernel like the load generator, so the limit and the targets are measured in the same placement.
 func loopbackLimit(bins: Binaries, logDir: URL, depths: [Int], seconds: Double, warmup: Double,
-                   poll: Bool = false) -> [[String: Any]] {
+                   poll: Bool = false, payload: Int = EchoPayload.read4k) -> [[String: Any]] {
     var out: [[String: Any]] = []
     for qd in depths {
         do {
-            let (server, port) = try startEchoServer(bins: bins, logDir: logDir, label: "echo-server", poll: poll)
-            let r = try runTool(bins.echo, ["client", "--port", "\(port)", "--qd", "\(qd)", "--duration", "\(seconds)",
+            let (server, port) = try startEchoServer(bins: bins, logDir: logDir, label: "echo-server", poll: poll,
+                                                     payload: payload)
+            let r = try runTool(bins.echo, ["client", "--port", "\(port)", "--payload", "\(payload)", "--qd", "\(qd)",
+                                            "--duration", "\(seconds)",
                                             "--warmup", "\(warmup)", "--json"] + (poll ? ["--poll"] : []),
                                 logDir: logDir, label: "echo-client", timeoutSeconds: seconds + warmup + 30)
             Children.shared.stop(server)
@@ -37,8 +46,8 @@ func loopbackLimit(bins: Binaries, logDir: URL, depths: [Int], seconds: Double, 
                 throw RunnerError("echo client failed: \(r.stderr)")
             }
             let rate = (obj["roundTripsPerSecond"] as? NSNumber)?.doubleValue ?? 0
-            log("  loopback echo QD\(qd)\(poll ? ", both sides polling" : ""): \(Int(rate)) round trips/s")
-            out.append(["queueDepth": qd, "roundTripsPerSecond": rate, "poll": poll])
+            log("  loopback echo QD\(qd), \(payload) B\(poll ? ", both sides polling" : ""): \(Int(rate)) round trips/s")
+            out.append(["queueDepth": qd, "roundTripsPerSecond": rate, "poll": poll, "payloadBytes": payload])
         } catch {
             log("  loopback echo QD\(qd): \(error)")
             out.append(["queueDepth": qd, "error": "\(error)"])

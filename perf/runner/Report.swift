@@ -249,15 +249,16 @@ func markdown(_ rep: [String: Any], runs: [RunRecord], ratios: [Ratio], goals: [
     }
 
     if let lb = rep["loopback"] as? [[String: Any]], !lb.isEmpty {
-        md += "\n## Loopback limit (ringtgt-echo: 48-byte request, 48 + 4096 bytes back, no iSCSI)\n\n| QD | round trips/s (best of before/after) | samples | ringtgt 1 core, null 4K read | share |\n|---|---|---|---|---|\n"
+        md += "\n## Loopback limit (ringtgt-echo: 48-byte request, 48 + payload bytes back, no iSCSI)\n\n| payload | QD | round trips/s (best of before/after) | samples | ringtgt 1 core, null read of that size | share |\n|---|---|---|---|---|---|\n"
         for e in lb {
             let qd = e["queueDepth"] as? Int ?? 0
             let poll = e["poll"] as? Bool ?? false
             let rate = e["roundTripsPerSecond"] as? Double ?? 0
-            let id = "null-randread-4k-qd\(qd)" + (poll ? "-poll" : "")
+            let payload = e["payloadBytes"] as? Int ?? EchoPayload.read4k
+            let id = payload == EchoPayload.read128k ? "null-read-128k-qd\(qd)" : "null-randread-4k-qd\(qd)" + (poll ? "-poll" : "")
             let rt = runs.first { $0.scenario == id && $0.peer == "ringtgt" && $0.cores == 1 && $0.ok }
             let samples = ((e["samples"] as? [Double]) ?? []).map { kIOPS($0) }.joined(separator: ", ")
-            md += "| \(qd)\(poll ? " (both sides polling)" : "") | \(kIOPS(rate)) | \(samples) | \(rt.map { kIOPS($0.iops) } ?? "—") | \(rt.map { rate > 0 ? f0($0.iops / rate * 100) + "%" : "—" } ?? "—") |\n"
+            md += "| \(payload / 1024) KiB | \(qd)\(poll ? " (both sides polling)" : "") | \(kIOPS(rate)) | \(samples) | \(rt.map { kIOPS($0.iops) } ?? "—") | \(rt.map { rate > 0 ? f0($0.iops / rate * 100) + "%" : "—" } ?? "—") |\n"
         }
         md += "\nMeasured just before and just after the ringtgt and tgt runs at the same depth. Server pinned to CPU 0 (where a one-core target runs), client placed by the kernel (as the load generator is). Both sides coalesce up to 256 messages per send, as a target's send queue does. The echo is latency-bound (each side waits for the other), so a busy target that batches more can beat it at high depths.\n"
     }

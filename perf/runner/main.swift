@@ -213,13 +213,17 @@ struct PerfRunner: ParsableCommand {
         // The loopback limit at a queue depth is measured right before and right after the null-LUN 4K read
         // runs at that depth (the same minute of a shared machine); the higher of the two is the limit.
         let echoDepths = [1, 32, 128]
+        /// The depth of the 128 KiB sequential-read scenario, where the 128 KiB echo is its ceiling.
+        let sequentialEchoDepth = 32
         var loopback: [[String: Any]] = []
-        func echoPair(_ qd: Int, poll: Bool = false, around body: () -> Void) {
-            let a = loopbackLimit(bins: bins, logDir: logDir, depths: [qd], seconds: duration, warmup: warmup, poll: poll)
+        func echoPair(_ qd: Int, poll: Bool = false, payload: Int = EchoPayload.read4k, around body: () -> Void) {
+            let a = loopbackLimit(bins: bins, logDir: logDir, depths: [qd], seconds: duration, warmup: warmup, poll: poll,
+                                  payload: payload)
             body()
-            let b = loopbackLimit(bins: bins, logDir: logDir, depths: [qd], seconds: duration, warmup: warmup, poll: poll)
+            let b = loopbackLimit(bins: bins, logDir: logDir, depths: [qd], seconds: duration, warmup: warmup, poll: poll,
+                                  payload: payload)
             let samples = (a + b).compactMap { $0["roundTripsPerSecond"] as? Double }
-            var e: [String: Any] = ["queueDepth": qd, "samples": samples, "poll": poll]
+            var e: [String: Any] = ["queueDepth": qd, "samples": samples, "poll": poll, "payloadBytes": payload]
             if let m = samples.max() { e["roundTripsPerSecond"] = m } else { e["error"] = "echo failed" }
             loopback.append(e)
         }
@@ -254,6 +258,10 @@ struct PerfRunner: ParsableCommand {
                 if parts.contains("echo") && s.lun == .null && s.workload.rw == "randread" && s.workload.bs == "4k"
                     && s.workload.sessions == 1 && echoDepths.contains(s.workload.qd) {
                     echoPair(s.workload.qd, poll: s.workload.poll, around: runAll)
+                } else if parts.contains("echo") && s.lun == .null && s.workload.rw == "read" && s.workload.bs == "128k"
+                            && s.workload.sessions == 1 {
+                    // The sequential-read ceiling (issue 13): the same echo with 128 KiB answers.
+                    echoPair(s.workload.qd, payload: EchoPayload.read128k, around: runAll)
                 } else if let b = backends[s.lun] {
                     ceilingAround(b, s, around: runAll)
                 } else {
@@ -265,6 +273,7 @@ struct PerfRunner: ParsableCommand {
         if parts.contains("echo") && loopback.isEmpty {
             log("loopback limit")
             for qd in echoDepths { echoPair(qd) {} }
+            echoPair(sequentialEchoDepth, payload: EchoPayload.read128k) {}
         }
         report["loopback"] = loopback
         sheepInfo["ceilings"] = ceilings
