@@ -67,9 +67,9 @@ let package = Package(
         ),
         // Sheepdog wire codec, shared by the sheepdog store and the sheep-protocol test server. No dependencies.
         .target(name: "SheepProtocol", swiftSettings: [.swiftLanguageMode(.v5)]),
-        // Test support shared by the end-to-end harness, the perf runner and the sheep test server: the seeded
-        // PRNG, bounded child processes, free ports, and the sheep fixtures (test server, local cluster). A
-        // target, not a product: nothing outside this package links it.
+        // Test support shared by the end-to-end harness, the perf runner, the load generator and the sheep test
+        // server: the seeded PRNG, bounded child processes, free ports, the /proc reader (ProcessStats), and the
+        // sheep fixtures (test server, local cluster). A target, not a product: nothing outside this package links it.
         .target(name: "TestSupport", dependencies: ["DeterministicRandom"], swiftSettings: [.swiftLanguageMode(.v5)]),
         // Test support: a sheep-protocol server that behaves like a small sheep cluster, plus a dog-like CLI.
         .executableTarget(
@@ -82,7 +82,7 @@ let package = Package(
         // and the scenario runner (ringtgt beside Debian's tgt, reports, regression gates).
         .executableTarget(
             name: "ringtgt-loadgen",
-            dependencies: ["Target", "ISCSIWire", "CURing",
+            dependencies: ["Target", "ISCSIWire", "CURing", "TestSupport",
                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Histogram", package: "hdrhistogram-swift")],
             path: "perf/loadgen",
