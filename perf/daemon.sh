@@ -26,7 +26,8 @@ start_daemon() {
         DAEMON_ADMIN=(tgtadm -C "$ctl")
     else
         taskset -c "$cpu" "$kind/ringtgtd" --iscsi portal=127.0.0.1:0 --control-socket "$DAEMON_DIR/$name.ctl" --cores 1 \
-            --pid-file "$DAEMON_DIR/$name.pid" > "$DAEMON_DIR/$name.log" 2>&1
+            --pid-file "$DAEMON_DIR/$name.pid" > "$DAEMON_DIR/$name.log" 2>&1 \
+            || { echo "$name: ringtgtd from $kind did not start:" >&2; cat "$DAEMON_DIR/$name.log" >&2; return 1; }
         DAEMON_PID=$(cat "$DAEMON_DIR/$name.pid")
         DAEMON_TERM_PIDS+=("$DAEMON_PID")
         DAEMON_ADMIN=("$kind/ringtgtadm" --control-socket "$DAEMON_DIR/$name.ctl")
