@@ -119,6 +119,8 @@ let package = Package(
         .testTarget(name: "SheepTestServerTests", dependencies: ["SheepTestServer", "SheepProtocol", "TestSupport"],
                     swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "ISCSIWireTests", dependencies: ["ISCSIWire"], swiftSettings: [.swiftLanguageMode(.v5)]),
+        .testTarget(name: "RawClientsTests", dependencies: ["RawClients", "TestSupport"],
+                    swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "DeterministicRandomTests", dependencies: ["DeterministicRandom"],
                     swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "TargetTests", dependencies: ["Target", "DeterministicRandom"], swiftSettings: [.swiftLanguageMode(.v5)]),
