@@ -67,10 +67,15 @@ let package = Package(
         ),
         // Sheepdog wire codec, shared by the sheepdog store and the sheep-protocol test server. No dependencies.
         .target(name: "SheepProtocol", swiftSettings: [.swiftLanguageMode(.v5)]),
-        // Test support shared by the end-to-end harness, the perf runner and the sheep test server: the seeded
-        // PRNG, bounded child processes, free ports, and the sheep fixtures (test server, local cluster). A
-        // target, not a product: nothing outside this package links it.
+        // Test support shared by the end-to-end harness, the perf runner, the load generator and the sheep test
+        // server: the seeded PRNG, bounded child processes, free ports, the /proc reader (ProcessStats), and the
+        // sheep fixtures (test server, local cluster). A target, not a product: nothing outside this package links it.
         .target(name: "TestSupport", dependencies: ["DeterministicRandom"], swiftSettings: [.swiftLanguageMode(.v5)]),
+        // The one raw iSCSI initiator and the one raw NBD client, on ISCSIWire's vocabulary (Target only for the
+        // login's text keys, CHAP and NBDWire), for the end-to-end tests and perf/livefuzz. Apart from
+        // TestSupport, which stays free of Target.
+        .target(name: "RawClients", dependencies: ["ISCSIWire", "Target", "TestSupport"],
+                swiftSettings: [.swiftLanguageMode(.v5)]),
         // Test support: a sheep-protocol server that behaves like a small sheep cluster, plus a dog-like CLI.
         .executableTarget(
             name: "SheepTestServer",
@@ -82,7 +87,7 @@ let package = Package(
         // and the scenario runner (ringtgt beside Debian's tgt, reports, regression gates).
         .executableTarget(
             name: "ringtgt-loadgen",
-            dependencies: ["Target", "ISCSIWire", "CURing",
+            dependencies: ["Target", "ISCSIWire", "CURing", "TestSupport",
                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Histogram", package: "hdrhistogram-swift")],
             path: "perf/loadgen",
@@ -101,10 +106,11 @@ let package = Package(
             swiftSettings: [.swiftLanguageMode(.v5)]
         ),
         // perf/livefuzz: the live-daemon fuzzer and hostile-load tool (issue 11); starts its own ringtgtd with
-        // TestSupport's daemon fixture. Target only for the NBD wire constants.
+        // TestSupport's daemon fixture and speaks to it through RawClients. Target only for the NBD wire constants.
         .executableTarget(
             name: "ringtgt-livefuzz",
-            dependencies: ["Target", "ISCSIWire", "TestSupport", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["Target", "ISCSIWire", "RawClients", "TestSupport",
+                           .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "perf/livefuzz",
             swiftSettings: [.swiftLanguageMode(.v5)]
         ),
@@ -113,10 +119,12 @@ let package = Package(
         .testTarget(name: "SheepTestServerTests", dependencies: ["SheepTestServer", "SheepProtocol", "TestSupport"],
                     swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "ISCSIWireTests", dependencies: ["ISCSIWire"], swiftSettings: [.swiftLanguageMode(.v5)]),
+        .testTarget(name: "RawClientsTests", dependencies: ["RawClients", "TestSupport"],
+                    swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "DeterministicRandomTests", dependencies: ["DeterministicRandom"],
                     swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "TargetTests", dependencies: ["Target", "DeterministicRandom"], swiftSettings: [.swiftLanguageMode(.v5)]),
-        .testTarget(name: "EndToEndTests", dependencies: ["Target", "ISCSIWire", "SheepProtocol", "TestSupport"], swiftSettings: [.swiftLanguageMode(.v5)]),
+        .testTarget(name: "EndToEndTests", dependencies: ["Target", "ISCSIWire", "RawClients", "SheepProtocol", "TestSupport"], swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "SimulationTests", dependencies: ["Target", "DeterministicRandom", "SheepTestServer", "SheepProtocol"], swiftSettings: [.swiftLanguageMode(.v5)]),
     ]
 )

@@ -36,6 +36,20 @@ public struct SeededRandom: Sendable {
         Double(next() >> 11) * (1.0 / Double(UInt64(1) << 53))
     }
 
+    /// One element of `xs` (not empty), uniformly.
+    @inlinable public mutating func pick<T>(_ xs: [T]) -> T { xs[below(xs.count)] }
+
+    /// `count` bytes, eight from each draw, low byte first: a seed's data stream.
+    @inlinable public mutating func bytes(_ count: Int) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        var i = 0
+        while i < count {
+            var w = next()
+            for _ in 0..<8 where i < count { out[i] = UInt8(truncatingIfNeeded: w); w >>= 8; i += 1 }
+        }
+        return out
+    }
+
     /// SplitMix64's finalizer: also a cheap stateless hash (data patterns derived from an address).
     @inlinable @inline(__always)
     public static func mix(_ x: UInt64) -> UInt64 {

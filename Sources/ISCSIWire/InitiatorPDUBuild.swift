@@ -71,6 +71,15 @@ public enum InitiatorPDUBuild {
         put32(h, 32, refCmdSN)
     }
 
+    /// Text Request (§11.10), final (no continuation), a new exchange (TTT `reservedTag`). `immediate` leaves
+    /// CmdSN unconsumed.
+    @inlinable
+    public static func textRequest(_ h: UnsafeMutableRawPointer, immediate: Bool, itt: UInt32, cmdSN: UInt32,
+                                   expStatSN: UInt32, dataLength: Int) {
+        header(h, opcode: ISCSIOpcode.textRequest, immediate: immediate, flags: 0x80, dataLength: dataLength,
+               field8: 0, itt: itt, field20: reservedTag, cmdSN: cmdSN, expStatSN: expStatSN)
+    }
+
     /// Login Request (§11.12): immediate, CID 0, TSIH 0 (a new session, or the reinstatement of one).
     @inlinable
     public static func loginRequest(_ h: UnsafeMutableRawPointer, transit: Bool, csg: UInt8, nsg: UInt8, isid: UInt64,

@@ -33,4 +33,18 @@ import Testing
         #expect((2_000...3_000).contains(hits), "chance(250) hit \(hits) of 10000")
         #expect((0..<1000).allSatisfy { _ in (0.0..<1.0).contains(g.unit()) })
     }
+
+    @Test func bytesAreTheDrawsLowByteFirstAndPickStaysInTheArray() {
+        var a = SeededRandom(seed: 5), b = SeededRandom(seed: 5)
+        let bytes = a.bytes(11)
+        let w0 = b.next(), w1 = b.next()
+        func low(_ w: UInt64, _ n: Int) -> [UInt8] { (0..<n).map { UInt8(truncatingIfNeeded: w >> UInt64(8 * $0)) } }
+        let expected = low(w0, 8) + low(w1, 3)
+        #expect(bytes == expected)
+        #expect(a.next() == b.next(), "a partial word uses up its draw")
+        #expect(a.bytes(0).isEmpty)
+        let xs = ["a", "b", "c"]
+        let picks = (0..<300).map { _ in a.pick(xs) }
+        #expect(Set(picks) == Set(xs))
+    }
 }

@@ -177,7 +177,7 @@ extension EndToEnd {
                 let refused = try t.tool("nbdinfo", [t.nbdURL(export: "\(other)/1")])
                 #expect(!refused.succeeded, "\(refused)")
                 let c = try RawNBDClient(t.nbdEndpoint)
-                #expect(throws: E2EError.self) { try c.attach(export: "\(other)/1") }
+                #expect(throws: RawClientError.self) { try c.attach(export: "\(other)/1") }
             }
         }
 

@@ -55,30 +55,8 @@ func statConnectionLine(_ text: String) throws -> [String: Int] {
 
 /// GET `path` from 127.0.0.1:`port` over HTTP/1.1; the status line and the body.
 func httpGet(port: Int, path: String) throws -> (status: String, head: String, body: String) {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw E2EError("socket: errno \(errno)") }
-    defer { close(fd) }
-    var tv = timeval(tv_sec: StatisticsLimits.httpTimeoutSeconds, tv_usec: 0)
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-    let endpoint = Endpoint(host: "127.0.0.1", port: port, portalGroupTag: 1)
-    guard endpoint.connect(fd) == 0 else { throw E2EError("connect to the metrics port \(port): errno \(errno)") }
-    let request = Array("GET \(path) HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nAccept: text/plain\r\n\r\n".utf8)
-    guard send(fd, request, request.count, Int32(MSG_NOSIGNAL)) == request.count else {
-        throw E2EError("sending the HTTP request: errno \(errno)")
-    }
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 65536)
-    while bytes.count < StatisticsLimits.maxPageBytes {
-        let n = recv(fd, &chunk, chunk.count, 0)
-        if n == 0 { break }
-        if n < 0 { throw E2EError("reading the HTTP answer: errno \(errno) after \(bytes.count) bytes") }
-        bytes += chunk[0..<n]
-    }
-    let text = String(decoding: bytes, as: UTF8.self)
-    guard let split = text.range(of: "\r\n\r\n") else { throw E2EError("no HTTP head in:\n\(text)") }
-    let head = String(text[..<split.lowerBound])
-    return (String(head.split(separator: "\r\n")[0]), head, String(text[split.upperBound...]))
+    try httpGet(Endpoint(host: "127.0.0.1", port: port, portalGroupTag: 1), path: path,
+                timeoutSeconds: Double(StatisticsLimits.httpTimeoutSeconds), maxBytes: StatisticsLimits.maxPageBytes)
 }
 
 /// The samples of a Prometheus text page, keyed by `name{labels}`; records an issue for every line that is

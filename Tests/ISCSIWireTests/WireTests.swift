@@ -126,6 +126,16 @@ import ISCSIWire
         }
     }
 
+    @Test func textRequestStartsAFinalExchange() {
+        withHeader { h in
+            InitiatorPDUBuild.textRequest(h, immediate: true, itt: 3, cmdSN: 4, expStatSN: 5, dataLength: 16)
+            let b = BHS(h)
+            #expect(b.opcode == ISCSIOpcode.textRequest && b.immediate && b.final)
+            #expect(b.itt == 3 && b.ttt == reservedTag && b.cmdSN == 4 && b.expStatSN == 5)
+            #expect(b.dataSegmentLength == 16 && b.lunField == 0)
+        }
+    }
+
     @Test func nopOutReplyEchoesThePing() {
         withHeader { h in
             InitiatorPDUBuild.nopOutReply(h, lunField: encodeLUN(2), ttt: 0x77, cmdSN: 8, expStatSN: 9, dataLength: 4)

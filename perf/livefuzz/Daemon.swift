@@ -2,6 +2,7 @@
 // names the iSCSI and NBD ports, its ready line the metrics port), with one null LUN and one file LUN (also the
 // NBD exports), and always stopped at the end.
 import Foundation
+import RawClients
 import TestSupport
 #if canImport(Glibc)
 import Glibc
@@ -15,6 +16,9 @@ enum FuzzLimits {
     /// The file LUN (LUN 2) on tmpfs: small, the fuzzer needs addresses, not capacity.
     static let fileLUNBytes: Int64 = 64 << 20
     static let blockBytes = 512
+    /// The metrics page is read up to this size, within this time.
+    static let maxMetricsPageBytes = 16 << 20
+    static let metricsSeconds = 5.0
 }
 
 struct FuzzError: Error, CustomStringConvertible {
@@ -92,7 +96,8 @@ final class LiveDaemon {
 
     /// Logged-in connections, from the metrics page (one received-bytes line per connection), or nil.
     func loggedInConnections() -> Int? {
-        guard let page = httpGet(port: metricsPort, path: "/metrics") else { return nil }
+        guard let page = try? httpGet(loopback(metricsPort), path: "/metrics", timeoutSeconds: FuzzLimits.metricsSeconds,
+                                      maxBytes: FuzzLimits.maxMetricsPageBytes).body else { return nil }
         return page.split(separator: "\n").filter { $0.hasPrefix("ringtgt_connection_received_bytes_total{") }.count
     }
 
@@ -110,16 +115,6 @@ final class LiveDaemon {
         let tail = log.split(separator: "\n").suffix(15).joined(separator: "\n")
         return "ringtgtd died (\(how)); log tail:\n\(tail)"
     }
-}
-
-/// A bounded HTTP/1.0 GET on loopback (the metrics page).
-func httpGet(port: Int, path: String) -> String? {
-    guard let s = try? TCPSocket.connect(port: port, timeoutSeconds: 5) else { return nil }
-    defer { s.close() }
-    guard (try? s.send(Array("GET \(path) HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".utf8))) != nil else { return nil }
-    var all: [UInt8] = []
-    while let chunk = try? s.recvSome(65536), !chunk.isEmpty { all += chunk }
-    return String(decoding: all, as: UTF8.self)
 }
 
 /// Raise this process's descriptor limit to its hard limit (10,000 hostile connections need it).

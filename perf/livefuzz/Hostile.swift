@@ -5,6 +5,9 @@
 import ArgumentParser
 import Foundation
 import ISCSIWire
+import RawClients
+import Target
+import TestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -34,14 +37,11 @@ enum ConnectionKind: String, CaseIterable {
     var bytes: [UInt8] {
         switch self {
         case .never: return []
-        case .halfBHS: return Array(ISCSISession.loginRequest().prefix(24))
+        case .halfBHS: return Array(fuzzLogin().prefix(24))
         case .midLogin:
-            let keys = textKeys([("InitiatorName", FuzzLimits.initiator), ("TargetName", FuzzLimits.iqn),
-                                 ("SessionType", "Normal"), ("AuthMethod", "None")])
-            return pdu(data: keys) {
-                InitiatorPDUBuild.loginRequest($0, transit: false, csg: 0, nsg: 1, isid: ISCSISession.isid, itt: 0,
-                                               cmdSN: 1, expStatSN: 0, dataLength: keys.count)
-            }
+            let keys = [TextKeyValue("InitiatorName", FuzzLimits.initiator), TextKeyValue("TargetName", FuzzLimits.iqn),
+                        TextKeyValue("SessionType", "Normal"), TextKeyValue("AuthMethod", "None")]
+            return LoginPDU.request(keys: keys, transit: false, csg: LoginPDU.securityStage, nsg: LoginPDU.operationalStage)
         }
     }
 }
@@ -56,10 +56,7 @@ final class ConnectionFlood {
         for _ in 0..<count {
             let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
             guard fd >= 0 else { break }
-            var a = loopback("127.0.0.1", port: port)
-            _ = withUnsafePointer(to: &a) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-            }
+            _ = loopback(port).connect(fd)   // in progress: the poll below sees it complete
             fds.append(fd)
             pending.append(fd)
         }
@@ -263,18 +260,27 @@ extension Hostile {
     }
 }
 
+/// A flood's session: logged in, nothing else (its commands' UNIT ATTENTION is the flood's problem), every
+/// wait and send bounded by `FuzzBounds.caseIOSeconds`.
+func floodSession(port: Int) throws -> RawSession {
+    try RawSession(loopback(port), target: FuzzLimits.iqn,
+                   options: RawLoginOptions(initiatorName: FuzzLimits.initiator, clearUnitAttentionLUNs: [],
+                                            answerTimeoutSeconds: FuzzBounds.caseIOSeconds,
+                                            sendTimeoutSeconds: FuzzBounds.caseIOSeconds))
+}
+
 /// Sends as fast as the socket takes, reads whatever comes back without waiting (except `no-drain`, which
 /// never reads). Each connection ends when the daemon closes it; another replaces it until `until`.
 func floodBody(_ kind: FloodKind, port: Int, until: Date, _ n: FloodCounters) {
     while Date() < until {
         if kind == .loginFlood {
-            if let s = try? ISCSISession.login(port: port, timeoutSeconds: FuzzBounds.caseIOSeconds) {
+            if let s = try? floodSession(port: port) {
                 n.add("logins")
-                s.socket.close()
+                s.close()
             } else { n.add("refused") }
             continue
         }
-        guard let sess = try? ISCSISession.login(port: port, timeoutSeconds: FuzzBounds.caseIOSeconds) else { n.add("login failed"); continue }
+        guard let sess = try? floodSession(port: port) else { n.add("login failed"); continue }
         n.add("sessions")
         var nums = ISCSISessionNumbers()
         var buf = [UInt8](repeating: 0, count: 65536)
@@ -288,12 +294,12 @@ func floodBody(_ kind: FloodKind, port: Int, until: Date, _ n: FloodCounters) {
                 case .cmdSNAbuse:
                     // Commands beyond MaxCmdSN, and behind a gap that is never filled, with immediate data.
                     nums.cmdSN &+= UInt32(i % 2 == 0 ? 1000 : 2)
-                    batch += nums.cmd(CDB.write10(lba: 0, blocks: 8), lun: 1, expected: 4096, write: [UInt8](repeating: 1, count: 4096))
+                    batch += nums.cmd(RawCDB.write10(lba: 0, blocks: 8), lun: 1, expected: 4096, write: [UInt8](repeating: 1, count: 4096))
                 case .hugeLength:
-                    var p = nums.cmd(CDB.read10(lba: 0, blocks: 8), lun: 1, expected: 4096)
+                    var p = nums.cmd(RawCDB.read10(lba: 0, blocks: 8), lun: 1, expected: 4096)
                     if i % 2 == 0 { p[5] = 0xff; p[6] = 0xff; p[7] = 0xff } else { Mutator.put(&p, 20, 0xffff_ffff); p[4] = 0xff }
                     batch += p
-                case .noDrain: batch += nums.cmd(CDB.read10(lba: UInt32(i * 128), blocks: 128), lun: 1, expected: 65536)
+                case .noDrain: batch += nums.cmd(RawCDB.read10(lba: UInt32(i * 128), blocks: 128), lun: 1, expected: 65536)
                 case .loginFlood: break
                 }
             }
@@ -314,7 +320,7 @@ func floodBody(_ kind: FloodKind, port: Int, until: Date, _ n: FloodCounters) {
             }
         }
         n.add("bytes sent", sentBytes)
-        sess.socket.close()
+        sess.close()
     }
 }
 

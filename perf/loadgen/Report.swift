@@ -1,61 +1,7 @@
-// The run's figures as text or one JSON object, and samples of the target process from /proc.
+// The run's figures as text or one JSON object, with the target's samples from /proc (TestSupport's ProcessStats).
 import Glibc
 import Histogram
-
-/// CPU time (utime+stime over all threads: /proc/PID/stat counts the whole thread group) and memory.
-struct ProcSample {
-    var cpuSeconds: Double
-    var vmHWMKiB: Int
-    var vmRSSKiB: Int
-    var threads: Int
-
-    static func take(pid: Int32) -> ProcSample? {
-        guard let stat = readSmallFile("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return nil }
-        let fields = stat[stat.index(after: close)...].split(separator: " ")
-        // After "pid (comm)": state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime ...
-        guard fields.count > 17, let ut = Double(fields[11]), let st = Double(fields[12]), let nt = Int(fields[17]) else { return nil }
-        let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
-        var hwm = 0, rss = 0
-        if let status = readSmallFile("/proc/\(pid)/status") {
-            for line in status.split(separator: "\n") {
-                if line.hasPrefix("VmHWM:") { hwm = Int(line.split(separator: " ", omittingEmptySubsequences: true)[1]) ?? 0 }
-                if line.hasPrefix("VmRSS:") { rss = Int(line.split(separator: " ", omittingEmptySubsequences: true)[1]) ?? 0 }
-            }
-        }
-        return ProcSample(cpuSeconds: (ut + st) / ticks, vmHWMKiB: hwm, vmRSSKiB: rss, threads: nt)
-    }
-}
-
-/// Whole-machine CPU time from /proc/stat, to tell how much of the box something else used during a run.
-struct HostSample {
-    /// user + nice + system + steal over all CPUs (interrupt and softirq time is left out: on loopback it is
-    /// the run's own network work).
-    var busySeconds: Double
-    var stealSeconds: Double
-
-    static func take() -> HostSample? {
-        guard let stat = readSmallFile("/proc/stat"),
-              let line = stat.split(separator: "\n").first(where: { $0.hasPrefix("cpu ") }) else { return nil }
-        let f = line.split(separator: " ").dropFirst().compactMap { Double($0) }
-        guard f.count >= 8 else { return nil }
-        let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
-        return HostSample(busySeconds: (f[0] + f[1] + f[2] + f[7]) / ticks, stealSeconds: f[7] / ticks)
-    }
-}
-
-func readSmallFile(_ path: String) -> String? {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { return nil }
-    defer { close(fd) }
-    var bytes: [UInt8] = []
-    var buf = [UInt8](repeating: 0, count: 4096)
-    while true {
-        let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, 4096) }
-        if n <= 0 { break }
-        bytes += buf[0..<n]
-    }
-    return String(decoding: bytes, as: UTF8.self)
-}
+import TestSupport
 
 struct RunResult {
     var url: String
@@ -73,13 +19,13 @@ struct RunResult {
     var dataDigest: Bool
     var verify: Bool
     var targetPid: Int32?
-    var targetStart: ProcSample?
-    var targetEnd: ProcSample?
+    var targetStart: ProcessStats.Sample?
+    var targetEnd: ProcessStats.Sample?
     var backendPids: [Int32] = []
     var backendCPUSeconds: Double = 0
     var loadgenCPUSeconds: Double
-    var hostStart: HostSample?
-    var hostEnd: HostSample?
+    var hostStart: (busy: Double, steal: Double)?
+    var hostEnd: (busy: Double, steal: Double)?
     var regionBytes: UInt64
     var lunBlockBytes: Int
     var countMode: Bool
@@ -106,7 +52,7 @@ struct RunResult {
         if verify { out += ", verified reads \(stats.verifiedReads), reads of unwritten units \(stats.unverifiedReads), verify failures \(stats.verifyFailures)" }
         out += "\n"
         if let c = targetCPUSeconds, let per = targetCPUMicrosPerIO {
-            out += "  target pid \(targetPid ?? 0): \(fmt(c, 2)) CPU s (\(fmt(c / max(seconds, 1e-9) * 100, 0))% of a core), \(fmt(per, 2)) us CPU per I/O, VmHWM \(targetEnd?.vmHWMKiB ?? 0) KiB\n"
+            out += "  target pid \(targetPid ?? 0): \(fmt(c, 2)) CPU s (\(fmt(c / max(seconds, 1e-9) * 100, 0))% of a core), \(fmt(per, 2)) us CPU per I/O, VmHWM \(targetEnd?.hwmKiB ?? 0) KiB\n"
         }
         out += "  load generator: \(fmt(loadgenCPUSeconds / max(seconds, 1e-9) * 100, 0))% of a core\n"
         for m in stats.messages { out += "  ! \(m)\n" }
@@ -162,8 +108,8 @@ struct RunResult {
         o.add("loadgenCPUSeconds", loadgenCPUSeconds)
         if let a = hostStart, let b = hostEnd {
             var h = JSONObject()
-            h.add("busyCPUSeconds", b.busySeconds - a.busySeconds)
-            h.add("stealCPUSeconds", b.stealSeconds - a.stealSeconds)
+            h.add("busyCPUSeconds", b.busy - a.busy)
+            h.add("stealCPUSeconds", b.steal - a.steal)
             o.addRaw("host", h.text)
         }
         if let pid = targetPid {
@@ -172,11 +118,11 @@ struct RunResult {
             if let c = targetCPUSeconds { t.add("cpuSeconds", c) }
             if let per = targetCPUMicrosPerIO { t.add("cpuMicrosPerIO", per) }
             if let e = targetEnd {
-                t.add("vmHWMKiB", e.vmHWMKiB)
-                t.add("vmRSSKiB", e.vmRSSKiB)
+                t.add("vmHWMKiB", e.hwmKiB)
+                t.add("vmRSSKiB", e.rssKiB)
                 t.add("threads", e.threads)
             }
-            if let s = targetStart { t.add("vmRSSKiBAtStart", s.vmRSSKiB) }
+            if let s = targetStart { t.add("vmRSSKiBAtStart", s.rssKiB) }
             o.addRaw("target", t.text)
         }
         if !backendPids.isEmpty {

@@ -5,6 +5,7 @@ import ArgumentParser
 import Glibc
 import Histogram
 import Target
+import TestSupport
 
 struct LoadGen: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -205,31 +206,31 @@ struct LoadGen: ParsableCommand {
         }
         for b in boxes { b.config = cfg }
 
-        let before = targetPid.map { ProcSample.take(pid: $0) } ?? nil
+        let before = targetPid.map { ProcessStats.sample($0) } ?? nil
         var startSample = before
-        func backendCPU() -> Double { backendPids.reduce(0) { $0 + (ProcSample.take(pid: $1)?.cpuSeconds ?? 0) } }
+        func backendCPU() -> Double { backendPids.reduce(0) { $0 + (ProcessStats.cpuSeconds($1) ?? 0) } }
         var backendStart = backendCPU()
         var selfStart = selfCPUSeconds()
-        var hostStart = HostSample.take()
+        var hostStart = ProcessStats.hostCPUSeconds()
         for b in boxes { b.start() }
         if !cfg.countMode {
             sleepUntil(cfg.measureStartNanos)
-            if let pid = targetPid { startSample = ProcSample.take(pid: pid) }
+            if let pid = targetPid { startSample = ProcessStats.sample(pid) }
             backendStart = backendCPU()
             selfStart = selfCPUSeconds()
-            hostStart = HostSample.take()
+            hostStart = ProcessStats.hostCPUSeconds()
             sleepUntil(cfg.measureEndNanos)
         }
-        var endSample = targetPid.flatMap { cfg.countMode ? nil : ProcSample.take(pid: $0) }
+        var endSample = targetPid.flatMap { cfg.countMode ? nil : ProcessStats.sample($0) }
         var backendEnd = backendCPU()
         var selfEnd = selfCPUSeconds()
-        var hostEnd = HostSample.take()
+        var hostEnd = ProcessStats.hostCPUSeconds()
         for b in boxes { b.join() }
         if cfg.countMode {
-            if let pid = targetPid { endSample = ProcSample.take(pid: pid) }
+            if let pid = targetPid { endSample = ProcessStats.sample(pid) }
             backendEnd = backendCPU()
             selfEnd = selfCPUSeconds()
-            hostEnd = HostSample.take()
+            hostEnd = ProcessStats.hostCPUSeconds()
         }
 
         // Aggregate.
