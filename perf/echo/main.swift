@@ -54,9 +54,16 @@ struct EchoRing: ~Copyable {
         io_uring_prep_recv(s, fd, p, n, 0)
         s.pointee.user_data = 1
     }
-    @inline(__always) func send(_ fd: Int32, _ p: UnsafeMutableRawPointer, _ n: Int) {
+    @inline(__always) func send(_ fd: Int32, _ p: UnsafeMutableRawPointer, _ n: Int, zeroCopy: Bool) {
         let s = sqe()
-        io_uring_prep_send(s, fd, p, n, Int32(MSG_NOSIGNAL))
+        if zeroCopy {
+            // IORING_OP_SEND_ZC: the kernel sends from these pages and later posts a second CQE
+            // (IORING_CQE_F_NOTIF) when it no longer needs them. The echo never changes its send buffer, so it
+            // does not wait for that notification before the next send (the best case for zero copy).
+            io_uring_prep_send_zc(s, fd, p, n, Int32(MSG_NOSIGNAL), 0)
+        } else {
+            io_uring_prep_send(s, fd, p, n, Int32(MSG_NOSIGNAL))
+        }
         s.pointee.user_data = 2
     }
 }
@@ -75,9 +82,12 @@ struct Pump: ~Copyable {
     var closed = false
     /// Units per send at most: 1 sends every message on its own, maxBatch coalesces like a target's send queue.
     let batch: Int
+    /// Sends with IORING_OP_SEND_ZC (server --zero-copy).
+    let zeroCopy: Bool
 
-    init(fd: Int32, inBytes: Int, outBytes: Int, batch: Int) {
+    init(fd: Int32, inBytes: Int, outBytes: Int, batch: Int, zeroCopy: Bool = false) {
         self.fd = fd
+        self.zeroCopy = zeroCopy
         self.batch = max(1, min(batch, EchoSizes.maxBatch, EchoSizes.maxSendBytes / outBytes))
         self.inBytes = inBytes
         self.outBytes = outBytes
@@ -107,7 +117,7 @@ struct Pump: ~Copyable {
         let n = min(owedOut, outBytes * batch)
         sending = n
         owedOut -= n
-        ring.send(fd, tx, n)
+        ring.send(fd, tx, n, zeroCopy: zeroCopy)
     }
 
     mutating func sent(_ res: Int32) {
@@ -145,7 +155,7 @@ func pumpLoop(_ ring: borrowing EchoRing, _ pump: inout Pump, answerEachUnit: Bo
                     if now >= measureFrom { measured &+= UInt64(units) }
                     if answerEachUnit || now < stopAt { pump.owe(units) }
                     ring.recv(pump.fd, pump.rx, EchoSizes.receiveBytes)
-                } else {
+                } else if c.pointee.flags & IORING_CQE_F_NOTIF == 0 {
                     pump.sent(res)
                 }
             }
@@ -169,6 +179,7 @@ struct Server: ParsableCommand {
     @Option(help: "Connections to serve, one after another.") var connections: Int = 1
     @Option(help: "Responses per send at most (1 = each on its own).") var batch: Int = EchoSizes.maxBatch
     @Flag(help: "Busy-poll the ring instead of sleeping in the kernel.") var poll = false
+    @Flag(help: "Send the answers with IORING_OP_SEND_ZC.") var zeroCopy = false
 
     func validate() throws { try validatePayload(payload) }
 
@@ -191,7 +202,8 @@ struct Server: ParsableCommand {
             let fd = accept(lfd, nil, nil)
             guard fd >= 0 else { continue }
             setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-            var pump = Pump(fd: fd, inBytes: EchoSizes.requestBytes, outBytes: EchoSizes.headerBytes + payload, batch: batch)
+            var pump = Pump(fd: fd, inBytes: EchoSizes.requestBytes, outBytes: EchoSizes.headerBytes + payload, batch: batch,
+                            zeroCopy: zeroCopy)
             var ignored: UInt64 = 0
             pumpLoop(ring, &pump, answerEachUnit: true, stopAt: .max, measureFrom: .max, measured: &ignored,
                      poll: poll)
