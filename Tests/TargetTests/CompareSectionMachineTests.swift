@@ -1,0 +1,333 @@
+// COMPARE AND WRITE's section across gateways (Store/Sheep/SheepCompareSection.swift), reply by reply: the
+// machines of several gateways talk to a model of the sheep state they use (normal VDI locks owned by a node
+// and released by anyone, the lease object, exclusive attributes), with the time passed in. A holder that
+// dies is broken after its lease by exactly one waiter; a slow holder is never broken while it may act; and in
+// seeded random runs with deaths and late replies no two gateways may act in the section at once.
+
+import DeterministicRandom
+import SheepProtocol
+import Testing
+@testable import Target
+
+/// The part of a sheep cluster the section uses, as sheep/vdi.c and ops.c behave.
+private final class SectionSheep {
+    var vdis: [String: UInt32] = [:]
+    /// Normal lock of a VID: the node that took it.
+    var locks: [UInt32: Int] = [:]
+    var objects: [UInt64: [UInt8]] = [:]
+    var attributes: Set<String> = []
+    var log: [(node: Int, op: SheepOpcode)] = []
+
+    func name(_ payload: [UInt8]) -> String {
+        payload.withUnsafeBytes { SheepVDIName.decode($0.baseAddress!, capacity: min(256, $0.count)) }
+    }
+
+    func handle(_ h: SheepRequestHeader, _ payload: [UInt8], node: Int) -> (SheepResult, UInt32, [UInt8]) {
+        log.append((node, h.opcode))
+        switch h.opcode {
+        case .getVDIInfo:
+            guard let vid = vdis[name(payload)] else { return (.noVDI, 0, []) }
+            return (.success, vid, [])
+        case .newVDI:
+            let n = name(payload)
+            if vdis[n] != nil { return (.vdiExist, 0, []) }
+            let vid = UInt32(0x100 + vdis.count)
+            vdis[n] = vid
+            return (.success, vid, [])
+        case .lockVDI:
+            guard let vid = vdis[name(payload)] else { return (.noVDI, 0, []) }
+            if locks[vid] != nil { return (.vdiLocked, vid, []) }   // already locked, by this node too
+            locks[vid] = node
+            return (.success, vid, [])
+        case .releaseVDI:
+            locks[h.baseVDIID] = nil   // whoever asks
+            return (.success, 0, [])
+        case .readObj:
+            guard let o = objects[h.oid] else { return (.noObj, 0, []) }
+            return (.success, 0, Array(o.prefix(Int(h.dataLength))))
+        case .writeObj:
+            guard objects[h.oid] != nil else { return (.noObj, 0, []) }
+            objects[h.oid] = payload
+            return (.success, 0, [])
+        case .createAndWriteObj:
+            objects[h.oid] = payload
+            return (.success, 0, [])
+        case .getVDIAttr:
+            let key = payload.withUnsafeBytes {
+                SheepVDIName.decode($0.baseAddress! + SheepVDIAttrLayout.keyOffset, capacity: SheepVDIAttrLayout.keyBufferBytes)
+            }
+            let full = name(payload) + "/" + key
+            if h.flags.contains(.attrExclusive) && attributes.contains(full) { return (.vdiExist, 0, []) }
+            attributes.insert(full)
+            return (.success, 0, [])
+        default:
+            return (.invalidParms, 0, [])
+        }
+    }
+
+    var breakClaims: Int { attributes.filter { $0.contains(CompareSectionLimits.breakKeyPrefix) }.count }
+}
+
+@Suite struct CompareSectionMachineTests {
+    typealias Section = SheepCompareSection
+    static let second: UInt64 = 1_000_000_000
+
+    /// Runs a gateway's steps against `sheep` at time `now` (replies at once) until it waits or is done.
+    private static func run(_ s: inout Section, _ sheep: SectionSheep, node: Int, _ first: Section.Step,
+                            now: UInt64) -> Section.Step {
+        var step = first
+        while case .send(let h, let payload) = step {
+            let (r, vid, data) = sheep.handle(h, payload, node: node)
+            step = s.reply(r, vdiID: vid, data: data, nowNanos: now)
+        }
+        return step
+    }
+
+    /// Keeps a waiting gateway asking, its timer firing as due, until it enters or `until`; returns when it entered.
+    private static func waitToEnter(_ s: inout Section, _ sheep: SectionSheep, node: Int, _ first: Section.Step,
+                                    from: UInt64, until: UInt64) -> UInt64? {
+        var step = first
+        var now = from
+        while now <= until {
+            switch step {
+            case .done(.entered): return now
+            case .done: return nil
+            case .wait(let at):
+                now = max(now, at)
+                step = run(&s, sheep, node: node, s.timerFired(nowNanos: now)!, now: now)
+            case .send:
+                step = run(&s, sheep, node: node, step, now: now)
+            }
+        }
+        return nil
+    }
+
+    @Test func theFirstEnterCreatesTheCompanionAndItsLeaseThenLeavesWithFreedAndRelease() {
+        let sheep = SectionSheep()
+        var a = Section(vdiName: "vol", gateway: 0xA, copies: 3)
+        #expect(Self.run(&a, sheep, node: 0, a.enter(nowNanos: 0), now: 0) == .done(.entered))
+        #expect(sheep.log.map(\.op) == [.getVDIInfo, .newVDI, .lockVDI, .readObj, .createAndWriteObj])
+        let vid = sheep.vdis["vol.ringtgt-caw"]!
+        #expect(sheep.locks[vid] == 0)
+        #expect(CompareLeaseState(decoding: sheep.objects[SheepOID.data(vid: vid, index: 0)]!)
+                == CompareLeaseState(kind: .held, writer: 0xA, stamp: 1))
+        #expect(a.mayAct(nowNanos: 7 * Self.second) && !a.mayAct(nowNanos: 8 * Self.second))
+
+        sheep.log = []
+        #expect(Self.run(&a, sheep, node: 0, a.leave(nowNanos: Self.second), now: Self.second) == .done(.left))
+        #expect(sheep.log.map(\.op) == [.writeObj, .releaseVDI])
+        #expect(sheep.locks[vid] == nil)
+        #expect(CompareLeaseState(decoding: sheep.objects[SheepOID.data(vid: vid, index: 0)]!)?.kind == .freed)
+
+        // Later entries only lock and write.
+        sheep.log = []
+        #expect(Self.run(&a, sheep, node: 0, a.enter(nowNanos: 2 * Self.second), now: 2 * Self.second) == .done(.entered))
+        #expect(sheep.log.map(\.op) == [.lockVDI, .writeObj])
+    }
+
+    @Test func aSecondGatewayFindsTheCompanionAnotherCreated() {
+        let sheep = SectionSheep()
+        var a = Section(vdiName: "vol", gateway: 0xA, copies: 3), b = Section(vdiName: "vol", gateway: 0xB, copies: 3)
+        // Both look up before either creates: B's create meets VDI_EXIST and looks up again.
+        guard case .send(let la, let pa) = a.enter(nowNanos: 0), case .send(let lb, let pb) = b.enter(nowNanos: 0) else {
+            Issue.record("no lookup"); return
+        }
+        let ra = sheep.handle(la, pa, node: 0), rb = sheep.handle(lb, pb, node: 1)
+        let stepA = Self.run(&a, sheep, node: 0, a.reply(ra.0, vdiID: ra.1, nowNanos: 0), now: 0)
+        #expect(stepA == .done(.entered))
+        let stepB = Self.run(&b, sheep, node: 1, b.reply(rb.0, vdiID: rb.1, nowNanos: 0), now: 0)
+        guard case .wait = stepB else { Issue.record("B entered while A holds: \(stepB)"); return }
+        #expect(a.companionVID == b.companionVID && sheep.vdis.count == 1)
+    }
+
+    /// Exactly one of two gateways enters; the other waits and enters once the first leaves.
+    @Test func aWaiterEntersOnlyAfterTheHolderLeaves() {
+        let sheep = SectionSheep()
+        var a = Section(vdiName: "vol", gateway: 0xA, copies: 1), b = Section(vdiName: "vol", gateway: 0xB, copies: 1)
+        #expect(Self.run(&a, sheep, node: 0, a.enter(nowNanos: 0), now: 0) == .done(.entered))
+        var stepB = Self.run(&b, sheep, node: 1, b.enter(nowNanos: 0), now: 0)
+        var now: UInt64 = 0
+        for _ in 0..<20 {
+            guard case .wait(let at) = stepB else { Issue.record("B: \(stepB)"); return }
+            now = at
+            stepB = Self.run(&b, sheep, node: 1, b.timerFired(nowNanos: now)!, now: now)
+        }
+        #expect(!b.isHeld)
+        #expect(Self.run(&a, sheep, node: 0, a.leave(nowNanos: now), now: now) == .done(.left))
+        #expect(Self.waitToEnter(&b, sheep, node: 1, stepB, from: now, until: now + Self.second) != nil)
+        #expect(sheep.breakClaims == 0, "nobody was broken")
+    }
+
+    /// A holder that dies keeps sheep's lock; a waiter breaks it once it has seen the lease state unchanged for
+    /// `leaseSeconds`, not before, and enters.
+    @Test func aDeadHoldersLeaseExpiresAndOneWaiterBreaksIt() {
+        let sheep = SectionSheep()
+        var a = Section(vdiName: "vol", gateway: 0xA, copies: 1), b = Section(vdiName: "vol", gateway: 0xB, copies: 1)
+        #expect(Self.run(&a, sheep, node: 0, a.enter(nowNanos: 0), now: 0) == .done(.entered))
+        // A dies now: it sends nothing more.
+        let start = Self.second
+        let entered = Self.waitToEnter(&b, sheep, node: 1, b.enter(nowNanos: start), from: start, until: start + 20 * Self.second)
+        guard let entered else { Issue.record("B never entered"); return }
+        #expect(entered >= start + CompareSectionLimits.breakAfterNanos, "broken after \(entered - start) ns")
+        #expect(entered < start + CompareSectionLimits.breakAfterNanos + Self.second)
+        #expect(sheep.breakClaims == 1)
+        #expect(b.isHeld && b.mayAct(nowNanos: entered))
+        let vid = sheep.vdis["vol.ringtgt-caw"]!
+        #expect(CompareLeaseState(decoding: sheep.objects[SheepOID.data(vid: vid, index: 0)]!)
+                == CompareLeaseState(kind: .held, writer: 0xB, stamp: b.stamp))
+    }
+
+    /// A holder that dies between LOCK_VDI and its first lease write leaves no object at all: that is broken too.
+    @Test func aHolderThatDiedBeforeItsFirstLeaseWriteIsBroken() {
+        let sheep = SectionSheep()
+        sheep.vdis["vol.ringtgt-caw"] = 0x100
+        sheep.locks[0x100] = 0   // locked by a gateway through node 0 that died at once
+        var b = Section(vdiName: "vol", gateway: 0xB, copies: 1)
+        let entered = Self.waitToEnter(&b, sheep, node: 1, b.enter(nowNanos: 0), from: 0, until: 20 * Self.second)
+        #expect(entered.map { $0 >= CompareSectionLimits.breakAfterNanos } == true, "\(String(describing: entered))")
+        #expect(sheep.breakClaims == 1)
+    }
+
+    /// Two waiters time the same dead holder: one claims the break and releases; the other's claim loses, it
+    /// does not release, and it waits for the winner, who holds the section.
+    @Test func twoWaitersBreakADeadHolderOnceAndOnlyOneEnters() {
+        let sheep = SectionSheep()
+        var a = Section(vdiName: "vol", gateway: 0xA, copies: 1)
+        var b = Section(vdiName: "vol", gateway: 0xB, copies: 1), c = Section(vdiName: "vol", gateway: 0xC, copies: 1)
+        #expect(Self.run(&a, sheep, node: 0, a.enter(nowNanos: 0), now: 0) == .done(.entered))
+        var stepB = Self.run(&b, sheep, node: 1, b.enter(nowNanos: 0), now: 0)
+        var stepC = Self.run(&c, sheep, node: 2, c.enter(nowNanos: 0), now: 0)
+        var now: UInt64 = 0
+        var releases = 0
+        while now < 40 * Self.second && !(b.isHeld && c.isHeld) {
+            guard case .wait(let tb) = stepB, case .wait(let tc) = stepC else { break }
+            now = min(tb, tc)
+            let before = sheep.log.count
+            if tb <= tc { stepB = Self.run(&b, sheep, node: 1, b.timerFired(nowNanos: now)!, now: now) }
+            else { stepC = Self.run(&c, sheep, node: 2, c.timerFired(nowNanos: now)!, now: now) }
+            releases += sheep.log[before...].filter { $0.op == .releaseVDI }.count
+        }
+        #expect(b.isHeld != c.isHeld, "exactly one enters: B \(b.isHeld), C \(c.isHeld)")
+        #expect(releases == 1, "only the break's winner releases")
+        #expect(sheep.attributes.filter { $0.hasSuffix(".1") }.count == 1)
+    }
+
+    /// A holder past `leaseSeconds - leaseSkewSeconds` may not write and does not release when it leaves: by
+    /// then a waiter may be breaking it.
+    @Test func aHolderPastItsLeaseNeitherActsNorReleases() {
+        let sheep = SectionSheep()
+        var a = Section(vdiName: "vol", gateway: 0xA, copies: 1)
+        #expect(Self.run(&a, sheep, node: 0, a.enter(nowNanos: 0), now: 0) == .done(.entered))
+        let late = CompareSectionLimits.usableNanos
+        #expect(!a.mayAct(nowNanos: late))
+        sheep.log = []
+        let left = Self.run(&a, sheep, node: 0, a.leave(nowNanos: late), now: late)
+        guard case .done(.abandoned) = left else { Issue.record("\(left)"); return }
+        #expect(sheep.log.isEmpty, "nothing sent: \(sheep.log)")
+        #expect(a.isIdle && sheep.locks[sheep.vdis["vol.ringtgt-caw"]!] == 0)
+        // A holder whose command went away is let go of the same way.
+        var b = Section(vdiName: "other", gateway: 0xB, copies: 1)
+        #expect(Self.run(&b, sheep, node: 1, b.enter(nowNanos: 0), now: 0) == .done(.entered))
+        #expect(b.expire(nowNanos: late - 1) == nil)
+        guard case .done(.abandoned)? = b.expire(nowNanos: late) else { Issue.record("not expired"); return }
+    }
+
+    /// A waiter gives up (BUSY) after `waitSecondsMax` when the state keeps changing (a live, busy holder).
+    @Test func aWaiterGivesUpAfterItsBound() {
+        let sheep = SectionSheep()
+        var a = Section(vdiName: "vol", gateway: 0xA, copies: 1), b = Section(vdiName: "vol", gateway: 0xB, copies: 1)
+        #expect(Self.run(&a, sheep, node: 0, a.enter(nowNanos: 0), now: 0) == .done(.entered))
+        var stepB = Self.run(&b, sheep, node: 1, b.enter(nowNanos: 0), now: 0)
+        var now: UInt64 = 0
+        while case .wait(let at) = stepB {
+            now = at
+            // A leaves and enters again between B's tries: never the same state twice, so never broken.
+            _ = Self.run(&a, sheep, node: 0, a.leave(nowNanos: now), now: now)
+            _ = Self.run(&a, sheep, node: 0, a.enter(nowNanos: now), now: now)
+            stepB = Self.run(&b, sheep, node: 1, b.timerFired(nowNanos: now)!, now: now)
+        }
+        #expect(stepB == .done(.busy))
+        #expect(now >= CompareSectionLimits.waitSecondsMax * Self.second)
+        #expect(sheep.breakClaims == 0 && b.isIdle)
+    }
+
+    /// Seeded random runs: three gateways enter and leave over and over, requests reach sheep late (less than
+    /// the skew), gateways die holding the section or halfway through anything. Whenever one gateway may act in
+    /// the section, no other may; and the survivors keep entering.
+    @Test(arguments: [UInt64(1), 2, 3, 4, 5, 6, 7, 8])
+    func randomRunsNeverLetTwoGatewaysActAtOnce(seed: UInt64) {
+        var rng = SeededRandom(seed: seed)
+        let sheep = SectionSheep()
+        struct Gateway {
+            var section: Section
+            var dead = false
+            /// A request on its way: it reaches sheep at `arrives` and its answer comes back at `answers`.
+            var inFlight: (h: SheepRequestHeader, payload: [UInt8], arrives: UInt64)? = nil
+            var reply: (r: SheepResult, vid: UInt32, data: [UInt8], at: UInt64)? = nil
+            var wakeAt: UInt64? = nil
+            var idleUntil: UInt64 = 0
+            var heldUntil: UInt64 = 0
+        }
+        var g = (0..<3).map { Gateway(section: Section(vdiName: "vol", gateway: UInt64($0 + 1), copies: 1)) }
+        var now: UInt64 = 0
+        let maxLatency = ClusterStateLimits.leaseSkewSeconds * Self.second / 4
+        var deaths = 0
+        var entries = 0
+        /// Requests a dead gateway sent still reach sheep.
+        var orphans: [(h: SheepRequestHeader, payload: [UInt8], arrives: UInt64, node: Int)] = []
+        func apply(_ i: Int, _ step: Section.Step) {
+            switch step {
+            case .send(let h, let p):
+                g[i].inFlight = (h, p, now + rng.next() % maxLatency)
+            case .wait(let at):
+                g[i].wakeAt = at
+            case .done(.entered):
+                entries += 1
+                g[i].heldUntil = now + rng.next() % (CompareSectionLimits.usableNanos + 2 * Self.second)
+            case .done:
+                g[i].idleUntil = now + rng.next() % (Self.second / 10)
+            }
+        }
+        for _ in 0..<20_000 {
+            now += 1 + rng.next() % (Self.second / 20)
+            orphans.removeAll { o in
+                guard o.arrives <= now else { return false }
+                _ = sheep.handle(o.h, o.payload, node: o.node)
+                return true
+            }
+            for i in g.indices where !g[i].dead {
+                if let f = g[i].inFlight, f.arrives <= now {
+                    let (r, vid, data) = sheep.handle(f.h, f.payload, node: i)
+                    g[i].inFlight = nil
+                    g[i].reply = (r, vid, data, now + rng.next() % maxLatency)
+                }
+                if let r = g[i].reply, r.at <= now {
+                    g[i].reply = nil
+                    apply(i, g[i].section.reply(r.r, vdiID: r.vid, data: r.data, nowNanos: now))
+                }
+                if let w = g[i].wakeAt, w <= now {
+                    g[i].wakeAt = nil
+                    if let s = g[i].section.timerFired(nowNanos: now) { apply(i, s) }
+                }
+                if g[i].section.isHeld && now >= g[i].heldUntil {
+                    apply(i, g[i].section.leave(nowNanos: now))
+                }
+                if g[i].section.isIdle && g[i].inFlight == nil && g[i].reply == nil && now >= g[i].idleUntil {
+                    apply(i, g[i].section.enter(nowNanos: now))
+                }
+                // Now and then a gateway dies, whatever it was doing; a new one (new id) takes its place.
+                if rng.next() % 4000 == 0 && deaths < 6 {
+                    deaths += 1
+                    if let f = g[i].inFlight { orphans.append((f.h, f.payload, f.arrives, i)) }
+                    g[i] = Gateway(section: Section(vdiName: "vol", gateway: UInt64(100 + deaths), copies: 1))
+                }
+            }
+            let acting = g.indices.filter { g[$0].section.mayAct(nowNanos: now) }
+            if acting.count > 1 {
+                Issue.record("seed \(seed): gateways \(acting) may act at once at \(now) ns")
+                return
+            }
+        }
+        #expect(entries > 20, "entries: \(entries), deaths \(deaths)")
+    }
+}
