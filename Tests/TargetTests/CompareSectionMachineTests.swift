@@ -331,3 +331,77 @@ private final class SectionSheep {
         #expect(entries > 20, "entries: \(entries), deaths \(deaths)")
     }
 }
+
+/// The home core runs one section per VDI for one command at a time (Store/Sheep/SheepHomeCompare.swift).
+@Suite struct SheepHomeCompareTests {
+    typealias T = SheepHomeMachineTests
+
+    static func request(_ b: T.Bench, _ step: CompareSectionStep, tag: UInt64, core: Int = 0) -> T.Out {
+        b.machine.request(SheepHomeRequest(volume: b.volume, kind: .compareSection(step), originCore: core,
+                                           waiter: .request(tag: tag)))
+        return b.drain()
+    }
+
+    @Test func oneCommandHoldsTheSectionTheNextEntersWhenItLeaves() {
+        let b = T.Bench(locked: true, coherent: true)
+        b.machine.nowNanos = 1_000
+        let lookup = Self.request(b, .enter, tag: 1)
+        #expect(lookup.sends.map(\.header.opcode) == [.getVDIInfo] && lookup.answers.isEmpty)
+        #expect(Self.request(b, .enter, tag: 2).sends.isEmpty, "the second command waits its turn")
+        let lock = b.reply(lookup.sends[0].op, .success, vdiID: 0x300)
+        #expect(lock.sends.map(\.header.opcode) == [.lockVDI] && lock.sends[0].header.lockType == .normal)
+        let read = b.reply(lock.sends[0].op, .success, vdiID: 0x300)
+        #expect(read.sends.map(\.header.opcode) == [.readObj] && read.sends[0].dest != nil)
+        #expect(read.sends[0].header.oid == SheepOID.data(vid: 0x300, index: 0))
+        #expect(!read.sends[0].header.flags.contains(.tgt), "the companion has no coherence")
+        let held = b.reply(read.sends[0].op, .noObj)
+        #expect(held.sends.map(\.header.opcode) == [.createAndWriteObj])
+        #expect(CompareLeaseState(decoding: held.sends[0].payload)?.kind == .held)
+        let entered = b.reply(held.sends[0].op, .success)
+        #expect(entered.answers.count == 1 && entered.answers[0].tag == 1 && entered.answers[0].failure == nil)
+
+        // Only the holder's command may write, and only within its lease.
+        #expect(Self.request(b, .confirm, tag: 2).answers.map(\.failure) == [.unavailable])
+        #expect(Self.request(b, .confirm, tag: 1, core: 1).answers.map(\.failure) == [.unavailable])
+        #expect(Self.request(b, .confirm, tag: 1).answers.map(\.failure) == [nil])
+        // A leave from a command that does not hold it gives nothing back.
+        let stray = Self.request(b, .leave, tag: 2)
+        #expect(stray.sends.isEmpty && stray.answers.map(\.failure) == [nil])
+
+        let freed = Self.request(b, .leave, tag: 1)
+        #expect(freed.sends.map(\.header.opcode) == [.writeObj])
+        #expect(CompareLeaseState(decoding: freed.sends[0].payload)?.kind == .freed)
+        let release = b.reply(freed.sends[0].op, .success)
+        #expect(release.sends.map(\.header.opcode) == [.releaseVDI] && release.sends[0].header.baseVDIID == 0x300)
+        let next = b.reply(release.sends[0].op, .success)
+        #expect(next.answers.map(\.tag) == [1])
+        #expect(next.sends.map(\.header.opcode) == [.lockVDI], "the waiting command starts to enter")
+    }
+
+    @Test func aHolderWhoseCommandWentAwayIsLetGoOfAtItsLease() {
+        let b = T.Bench(locked: true, coherent: true)
+        b.machine.nowNanos = 1_000
+        let lookup = Self.request(b, .enter, tag: 1)
+        let lock = b.reply(lookup.sends[0].op, .success, vdiID: 0x300)
+        let read = b.reply(lock.sends[0].op, .success, vdiID: 0x300)
+        let held = b.reply(read.sends[0].op, .noObj)
+        _ = b.reply(held.sends[0].op, .success)
+        #expect(Self.request(b, .enter, tag: 2).sends.isEmpty)
+        b.machine.nowNanos = 1_000 + CompareSectionLimits.usableNanos - 1
+        b.machine.expireCompareSections()
+        #expect(b.drain().sends.isEmpty)
+        b.machine.nowNanos = 1_000 + CompareSectionLimits.usableNanos
+        b.machine.expireCompareSections()
+        let after = b.drain()
+        #expect(after.logs.contains { $0.contains("past its lease") })
+        #expect(after.sends.map(\.header.opcode) == [.lockVDI], "no RELEASE_VDI: the next command asks for the lock")
+    }
+
+    @Test func aSingleGatewayLUNeverGoesToSheepForTheSection() {
+        let b = T.Bench(locked: true, coherent: false)
+        for step in [CompareSectionStep.enter, .confirm, .leave] {
+            let out = Self.request(b, step, tag: 1)
+            #expect(out.sends.isEmpty && out.answers.map(\.failure) == [nil])
+        }
+    }
+}
