@@ -57,6 +57,7 @@ private final class SectionSheep {
                 SheepVDIName.decode($0.baseAddress! + SheepVDIAttrLayout.keyOffset, capacity: SheepVDIAttrLayout.keyBufferBytes)
             }
             let full = name(payload) + "/" + key
+            guard h.flags.contains(.attrCreate) else { return (attributes.contains(full) ? .success : .noObj, 0, []) }
             if h.flags.contains(.attrExclusive) && attributes.contains(full) { return (.vdiExist, 0, []) }
             attributes.insert(full)
             return (.success, 0, [])
@@ -177,14 +178,15 @@ private final class SectionSheep {
                 == CompareLeaseState(kind: .held, writer: 0xB, stamp: b.stamp))
     }
 
-    /// A holder that dies between LOCK_VDI and its first lease write leaves no object at all: that is broken too.
+    /// A holder that dies between LOCK_VDI and its first lease write leaves no object at all: that is broken too,
+    /// after the longer wait of a state that does not say who holds the lock.
     @Test func aHolderThatDiedBeforeItsFirstLeaseWriteIsBroken() {
         let sheep = SectionSheep()
         sheep.vdis["vol.ringtgt-caw"] = 0x100
         sheep.locks[0x100] = 0   // locked by a gateway through node 0 that died at once
         var b = Section(vdiName: "vol", gateway: 0xB, copies: 1)
         let entered = Self.waitToEnter(&b, sheep, node: 1, b.enter(nowNanos: 0), from: 0, until: 20 * Self.second)
-        #expect(entered.map { $0 >= CompareSectionLimits.breakAfterNanos } == true, "\(String(describing: entered))")
+        #expect(entered.map { $0 >= CompareSectionLimits.transitionBreakNanos } == true, "\(String(describing: entered))")
         #expect(sheep.breakClaims == 1)
     }
 
@@ -249,6 +251,67 @@ private final class SectionSheep {
         #expect(stepB == .done(.busy))
         #expect(now >= CompareSectionLimits.waitSecondsMax * Self.second)
         #expect(sheep.breakClaims == 0 && b.isIdle)
+    }
+
+    /// The lock passes from A to C while the state still reads A's `freed`, which B has timed since a moment A
+    /// held the lock. With C's LOCK_VDI answered at once, C writes `held` and B, seeing the state change, waits
+    /// for C to leave. With C's answer 7.5 s late, C does not enter; B breaks the lock once `freed` has been
+    /// unchanged for `transitionBreakNanos`. Never both in the section, and never B breaking a C that may act.
+    @Test(arguments: [false, true])
+    func theLockPassingWhileTheStateSaysFreedIsNeverBrokenUnderANewHolder(slowAnswer: Bool) {
+        let sheep = SectionSheep()
+        var a = Section(vdiName: "vol", gateway: 0xA, copies: 1), b = Section(vdiName: "vol", gateway: 0xB, copies: 1)
+        var c = Section(vdiName: "vol", gateway: 0xC, copies: 1)
+        let s = Self.second
+        #expect(Self.run(&a, sheep, node: 0, a.enter(nowNanos: 0), now: 0) == .done(.entered))
+        _ = Self.run(&c, sheep, node: 2, c.enter(nowNanos: 0), now: 0)   // C knows the companion; it waits
+        var stepB = Self.run(&b, sheep, node: 1, b.enter(nowNanos: 0), now: 0)
+        // A leaves: `freed` lands at 5 s, its RELEASE_VDI reaches sheep only at 7.9 s.
+        guard case .send(let freedWrite, let freedPayload) = a.leave(nowNanos: 5 * s) else { Issue.record("no freed"); return }
+        _ = sheep.handle(freedWrite, freedPayload, node: 0)
+        guard case .send(let release, let releasePayload) = a.reply(.success, nowNanos: 5 * s) else { Issue.record("no release"); return }
+        // B reads `freed` at 5 s, then meets the lock again at 5.1 s (A's still): it times `freed` from there.
+        for t in [UInt64(5 * s), 5 * s + s / 10] {
+            guard case .wait = stepB else { Issue.record("B: \(stepB)"); return }
+            stepB = Self.run(&b, sheep, node: 1, b.timerFired(nowNanos: t)!, now: t)
+        }
+        _ = sheep.handle(release, releasePayload, node: 0)
+        #expect(a.reply(.success, nowNanos: 7 * s + 9 * s / 10) == .done(.left))
+        // C's LOCK_VDI is taken at 7.9 s.
+        let cLockAt = 7 * s + 9 * s / 10
+        guard case .send(let lock, let lockPayload) = c.timerFired(nowNanos: cLockAt) else { Issue.record("C does not lock"); return }
+        let locked = sheep.handle(lock, lockPayload, node: 2)
+        #expect(locked.0 == .success)
+        let cAnswerAt = slowAnswer ? cLockAt + 7 * s + s / 2 : cLockAt + s / 100
+        var cAnswered = false
+        var now = 5 * s + s / 10
+        var bEnteredAt: UInt64? = nil
+        while now < 40 * s {
+            if !cAnswered && now >= cAnswerAt {
+                cAnswered = true
+                let stepC = Self.run(&c, sheep, node: 2, c.reply(locked.0, vdiID: locked.1, nowNanos: now), now: now)
+                if slowAnswer {
+                    guard case .done(.abandoned) = stepC else { Issue.record("C: \(stepC)"); return }
+                } else {
+                    #expect(stepC == .done(.entered))
+                }
+            }
+            if c.isHeld && now >= cLockAt + 4 * s {
+                #expect(Self.run(&c, sheep, node: 2, c.leave(nowNanos: now), now: now) == .done(.left))
+            }
+            if b.mayAct(nowNanos: now) && c.mayAct(nowNanos: now) { Issue.record("B and C both in at \(now)"); return }
+            if b.isHeld { bEnteredAt = now; break }
+            guard case .wait(let at) = stepB else { Issue.record("B: \(stepB)"); return }
+            now = cAnswered ? at : min(at, cAnswerAt)
+            if now == at { stepB = Self.run(&b, sheep, node: 1, b.timerFired(nowNanos: now)!, now: now) }
+        }
+        guard let bEnteredAt else { Issue.record("B never entered"); return }
+        if slowAnswer {
+            #expect(bEnteredAt >= 5 * s + s / 10 + CompareSectionLimits.transitionBreakNanos, "B entered at \(bEnteredAt)")
+            #expect(sheep.breakClaims == 1)
+        } else {
+            #expect(bEnteredAt >= cLockAt + 4 * s && sheep.breakClaims == 0, "B entered at \(bEnteredAt) after C left")
+        }
     }
 
     /// Seeded random runs: three gateways enter and leave over and over, requests reach sheep late (less than
@@ -385,7 +448,7 @@ private final class SectionSheep {
         let lock = b.reply(lookup.sends[0].op, .success, vdiID: 0x300)
         let read = b.reply(lock.sends[0].op, .success, vdiID: 0x300)
         let held = b.reply(read.sends[0].op, .noObj)
-        _ = b.reply(held.sends[0].op, .success)
+        #expect(b.reply(held.sends[0].op, .success).answers.map(\.tag) == [1])
         #expect(Self.request(b, .enter, tag: 2).sends.isEmpty)
         b.machine.nowNanos = 1_000 + CompareSectionLimits.usableNanos - 1
         b.machine.expireCompareSections()

@@ -6,17 +6,26 @@
 //
 //   - Every write of the lease object names a (writer, stamp) never written before: `held` after LOCK_VDI
 //     succeeds and before anything else, `freed` before RELEASE_VDI, `broken` by a breaker before its
-//     RELEASE_VDI. So while the object reads the same state, the lock has not changed hands.
+//     RELEASE_VDI.
 //   - A holder acts (writes the lease, the data, `freed`, RELEASE_VDI) only until `leaseSeconds -
 //     leaseSkewSeconds` after it sent its LOCK_VDI, by its own monotonic clock. After that it never acts again
 //     for that acquisition; what it sent in time must reach sheep within the skew.
 //   - A waiter times a state from the VDI_LOCKED answer to a LOCK_VDI it sent after reading that state: the
 //     holder then locked before that answer, so the waiter's clock started after the holder's. No clocks are
 //     compared between hosts.
-//   - A waiter that has seen the state unchanged for `leaseSeconds` claims the break with an exclusive VDI
+//   - A waiter that has seen the state unchanged for `leaseSeconds` claims its break with an exclusive VDI
 //     attribute `ringtgt.caw.break.<writer>.<stamp>.<level>` on the companion (a cluster op: exactly one
-//     claimant wins), writes `broken`, and only then sends RELEASE_VDI. A claimant that loses times the state
-//     again from its loss and may claim the next level, should the winner die between claim and release.
+//     claimant wins), reads the state once more, and only if it is still the same writes `broken` and sends
+//     RELEASE_VDI. A claimant that loses times the state again from its loss and may claim the next level,
+//     should the winner die between claim and release.
+//   - A `freed` (or `broken`, or absent) state does not say who holds the lock: between the old holder's
+//     RELEASE_VDI and the new holder's `held` the lock changes hands with the state unchanged. Such a state is
+//     broken only after `transitionBreakNanos` (18 s): by then the old holder's release, the new holder's
+//     lock (the waiter's own LOCK_VDIs, at most a few seconds apart, would have taken a longer gap) and that
+//     holder's `held` have all reached sheep. A holder whose LOCK_VDI answer took `leaseSkewSeconds` or more
+//     does not enter (it leaves the lock to be broken), so its `held` follows its lock closely.
+//
+// The model: a request reaches sheep, and its answer comes back, within `leaseSkewSeconds / 2` each.
 //
 // Like SheepSCSIRecordSync it touches no socket: it says what to send and is told what came back, with the
 // time passed in, so it is tested reply by reply. Only multipath sheep LUs reach it, and only for COMPARE
@@ -40,8 +49,12 @@ enum CompareSectionLimits {
     static let waitersMax = 64
     /// The holder acts for this long after it sent LOCK_VDI.
     static let usableNanos: UInt64 = (ClusterStateLimits.leaseSeconds - ClusterStateLimits.leaseSkewSeconds) * 1_000_000_000
-    /// A waiter breaks a state it has seen unchanged for this long.
+    /// A waiter breaks a `held` state it has seen unchanged for this long.
     static let breakAfterNanos: UInt64 = ClusterStateLimits.leaseSeconds * 1_000_000_000
+    /// ... and a `freed`, `broken` or absent one after this long (the header says why).
+    static let transitionBreakNanos: UInt64 = (ClusterStateLimits.leaseSeconds + 4 * ClusterStateLimits.leaseSkewSeconds) * 1_000_000_000
+    /// A holder whose LOCK_VDI answer took this long does not enter.
+    static let lockAnswerMaxNanos: UInt64 = ClusterStateLimits.leaseSkewSeconds * 1_000_000_000
 }
 
 /// The lease object's content: 32 bytes, little-endian. "RTCW", kind, 3 reserved, writer, stamp, 8 reserved.
@@ -146,7 +159,9 @@ struct SheepCompareSection {
         case retry
         /// Claiming the break of the observed state at this level (exclusive attribute create).
         case claim(level: Int)
-        /// The claim won: writing `broken`, then RELEASE_VDI.
+        /// The claim won: reading the state once more (a new holder's `held` may have landed meanwhile).
+        case recheck
+        /// The state is still the one claimed: writing `broken`, then RELEASE_VDI.
         case writeBroken, releaseBroken
         /// Locked, the first time this gateway: does the lease object exist yet?
         case readBeforeHeld
@@ -260,8 +275,8 @@ struct SheepCompareSection {
             return .send(.vdiLookup(.getVDIInfo, id: 0), (try? SheepVDIName.payload(name: companionName)) ?? [])
         case .lock:
             if result == .success {
-                guard now &- acquiredAt < CompareSectionLimits.usableNanos else {
-                    return abandon("locked too late to use; left for a waiter to break")
+                guard now &- acquiredAt < CompareSectionLimits.lockAnswerMaxNanos else {
+                    return abandon("locked, but the answer came too late to use; left for a waiter to break")
                 }
                 if objectExists { return writeLease(.held, then: .writeHeld) }
                 phase = .readBeforeHeld
@@ -282,7 +297,7 @@ struct SheepCompareSection {
             default: id = nil
             }
             if let id, id == observed {
-                if let since = observedSince, now &- since >= CompareSectionLimits.breakAfterNanos {
+                if let since = observedSince, now &- since >= Self.breakAfter(data: result == .success ? data : []) {
                     return claim(id, now)
                 }
             } else {
@@ -293,7 +308,8 @@ struct SheepCompareSection {
             return retry(now)
         case .claim:
             if result == .success {
-                return writeLease(.broken, then: .writeBroken, create: observed == .absent && !objectExists)
+                phase = .recheck
+                return readLease()
             }
             if result == .vdiExist {
                 // Another waiter claimed it: time the state again from here, then the next level.
@@ -301,6 +317,16 @@ struct SheepCompareSection {
                 observedSince = now
             }
             return retry(now)
+        case .recheck:
+            let id: CompareLeaseID? = result == .success ? CompareLeaseID(reading: data) : result == .noObj ? .absent : nil
+            guard let id, id == observed, now &- claimedAt < CompareSectionLimits.usableNanos else {
+                // A new holder wrote `held` before its check, so it found no claim and is in: leave it be.
+                observed = id
+                observedSince = nil
+                level = 1
+                return retry(now)
+            }
+            return writeLease(.broken, then: .writeBroken, create: id == .absent)
         case .writeBroken:
             guard result == .success, now &- claimedAt < CompareSectionLimits.usableNanos else {
                 // The state may or may not be ours now: start timing afresh; the next level rescues it.
@@ -339,6 +365,12 @@ struct SheepCompareSection {
             phase = .idle
             return .done(.left)
         }
+    }
+
+    /// How long a waiter must see `data` (the lease object, empty when absent) unchanged before it breaks it.
+    static func breakAfter(data: [UInt8]) -> UInt64 {
+        CompareLeaseState(decoding: data)?.kind == .held ? CompareSectionLimits.breakAfterNanos
+                                                          : CompareSectionLimits.transitionBreakNanos
     }
 
     private mutating func lock(_ now: UInt64) -> Step {
