@@ -234,6 +234,21 @@ private final class SectionSheep {
         guard case .done(.abandoned)? = b.expire(nowNanos: late) else { Issue.record("not expired"); return }
     }
 
+    /// A waiter whose own LOCK_VDIs go out more than `lockGapMaxNanos` apart cannot tell how long the lock
+    /// was held: it never breaks, and gives up after its bound.
+    @Test func aWaiterThatAsksTooRarelyNeverBreaks() {
+        let sheep = SectionSheep()
+        var a = Section(vdiName: "vol", gateway: 0xA, copies: 1), b = Section(vdiName: "vol", gateway: 0xB, copies: 1)
+        #expect(Self.run(&a, sheep, node: 0, a.enter(nowNanos: 0), now: 0) == .done(.entered))   // and dies
+        var stepB = Self.run(&b, sheep, node: 1, b.enter(nowNanos: 0), now: 0)
+        var now: UInt64 = 0
+        while case .wait = stepB {
+            now += CompareSectionLimits.lockGapMaxNanos + 1
+            stepB = Self.run(&b, sheep, node: 1, b.timerFired(nowNanos: now)!, now: now)
+        }
+        #expect(stepB == .done(.busy) && sheep.breakClaims == 0)
+    }
+
     /// A waiter gives up (BUSY) after `waitSecondsMax` when the state keeps changing (a live, busy holder).
     @Test func aWaiterGivesUpAfterItsBound() {
         let sheep = SectionSheep()

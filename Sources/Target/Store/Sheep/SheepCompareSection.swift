@@ -53,6 +53,9 @@ enum CompareSectionLimits {
     static let breakAfterNanos: UInt64 = ClusterStateLimits.leaseSeconds * 1_000_000_000
     /// ... and a `freed`, `broken` or absent one after this long (the header says why).
     static let transitionBreakNanos: UInt64 = (ClusterStateLimits.leaseSeconds + 4 * ClusterStateLimits.leaseSkewSeconds) * 1_000_000_000
+    /// A waiter whose LOCK_VDIs go out further apart than this (its own requests are slow) times the state
+    /// afresh: the gap a new holder could take the lock in must stay short.
+    static let lockGapMaxNanos: UInt64 = ClusterStateLimits.leaseSkewSeconds * 1_000_000_000
     /// A holder whose LOCK_VDI answer took this long does not enter.
     static let lockAnswerMaxNanos: UInt64 = ClusterStateLimits.leaseSkewSeconds * 1_000_000_000
 }
@@ -374,6 +377,7 @@ struct SheepCompareSection {
     }
 
     private mutating func lock(_ now: UInt64) -> Step {
+        if observedSince != nil && now &- acquiredAt > CompareSectionLimits.lockGapMaxNanos { observedSince = nil }
         phase = .lock
         acquiredAt = now
         return .send(.vdiLookup(.lockVDI, id: 0, lockType: .normal), (try? SheepVDIName.payload(name: companionName)) ?? [])
