@@ -87,6 +87,18 @@ import Testing
         #expect(Array(h.disk().bytes[0 ..< 1024]) == new)   // untouched
     }
 
+    /// Only a multipath sheep LU shares COMPARE AND WRITE's section with other gateways: a LU of one gateway
+    /// (here a file-like disk) asks its store for no section step, matched or not.
+    @Test func compareAndWriteOnASingleGatewayLUTakesNoSharedSection() {
+        let h = Harness()
+        let n = ready(h)
+        let old = [UInt8](repeating: 0x41, count: 512), new = [UInt8](repeating: 0x42, count: 512)
+        h.disk().bytes.replaceSubrange(0 ..< 512, with: old)
+        #expect(h.run(caw(lba: 0, blocks: 1), nexus: n, write: true, dataOut: old + new).isGood)
+        #expect(h.run(caw(lba: 0, blocks: 1), nexus: n, write: true, dataOut: old + new).hasSense(SenseKey.miscompare, 0x1D, 0))
+        #expect(!h.disk().ops.contains { if case .compareSection = $0 { return true } else { return false } })
+    }
+
     @Test func compareAndWriteRejectsWrongDataOutLengthAndTooManyBlocks() {
         let h = Harness(bufferBytes: 65536)
         let n = ready(h)

@@ -29,6 +29,14 @@ public enum StoreOp: Equatable, Sendable {
     /// shared record, or (`publish`) append the LU's reservations as the next version and announce it. Other
     /// stores hold no shared state and complete it with `.ok(0)`.
     case shareState(target: StoreTarget, publish: Bool)
+    /// Multipath sheep LU (docs/CLUSTER-STATE.md): COMPARE AND WRITE's critical section across gateways. `enter`
+    /// waits until this gateway holds it, `confirm` says whether the holder may still send its write, `leave`
+    /// gives it back. Other stores complete it with `.ok(0)`.
+    case compareSection(target: StoreTarget, step: CompareSectionStep)
+}
+
+public enum CompareSectionStep: Equatable, Sendable {
+    case enter, confirm, leave
 }
 
 /// The outcome of a StoreOp.

@@ -213,9 +213,17 @@ public final class Reactor {
                 let untilDue = nextHeldLoginNanos > now ? Int64(clamping: nextHeldLoginNanos - now) : 0
                 wait = wait < 0 ? untilDue : min(wait, untilDue)
             }
+            let sheepWake = sheep.wakeNanos
+            if sheepWake != 0 {
+                // A COMPARE AND WRITE waits to ask sheep again for its section (SheepCompareSection).
+                let now = monotonicNanos()
+                let untilDue = sheepWake > now ? Int64(clamping: sheepWake - now) : 0
+                wait = wait < 0 ? untilDue : min(wait, untilDue)
+            }
             ringResult(ring.submitAndWait(timeoutNanos: wait))
         }
         if !gateWaiters.isEmpty { retryGates() }
+        if sheep.wakeNanos != 0 { sheep.runTimers() }
         runReady()
         // Completions are handled in batches; sends and recvs queued meanwhile go out in the next submit.
         while true {
@@ -664,7 +672,8 @@ public final class Reactor {
         let storeTarget: StoreTarget
         switch op {
         case .read(let tg, _, _, _), .write(let tg, _, _, _, _), .flush(let tg), .discard(let tg, _, _),
-             .mapStatus(let tg, _, _), .prefetch(let tg, _, _), .shareState(let tg, _):
+             .mapStatus(let tg, _, _), .prefetch(let tg, _, _), .shareState(let tg, _),
+             .compareSection(let tg, _):
             storeTarget = tg
         }
         // Another LUN of the task's own target (EXTENDED COPY): that target is pinned while the task lives, the

@@ -165,29 +165,82 @@ extension SCSITask {
         self.lba = lba
         fua = cdb[1] & 0x08 != 0 || writeCacheDisabled
         chunkBytes = Int(half)
+        // A multipath sheep LU: the read, compare and write also run inside the section shared with the other
+        // gateways (docs/CLUSTER-STATE.md). Everything else has only the LU's own gate (FullFeature).
+        auxFlag = sharesReservations
         phase = .cawData
         return .dataOut(offset: 0, length: 2 * chunkBytes)
     }
 
     mutating func compareAndWriteDataReceived(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        if auxFlag {
+            phase = .cawEnter
+            return .store(.compareSection(target: .own, step: .enter))
+        }
+        return compareAndWriteRead()
+    }
+
+    mutating func compareAndWriteRead() -> SCSIAction {
         phase = .cawRead
         return .store(.read(target: .own, offset: lba &* UInt64(blockSize), length: chunkBytes,
                             bufferOffset: 2 * chunkBytes))
     }
 
-    mutating func compareAndWriteReadCompleted(_ r: StoreResult, buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
-        if let fail = checkStore(r, reading: true) { return fail }
-        if let i = firstDifference(buffer, 0, 2 * chunkBytes, count: chunkBytes) {
-            return fail(SenseKey.miscompare, .miscompareDuringVerify, information: UInt64(i))
+    /// Entered the section (or could not: another gateway held it for longer than a COMPARE AND WRITE waits,
+    /// or sheep refused; the initiator retries on BUSY).
+    mutating func compareAndWriteEntered(_ r: StoreResult) -> SCSIAction {
+        if case .failed = r {
+            phase = .idle
+            hasSense = false
+            return .complete(status: SCSIStatus.busy, dataInLength: 0, residual: .none)
         }
+        return compareAndWriteRead()
+    }
+
+    mutating func compareAndWriteReadCompleted(_ r: StoreResult, buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        if let fail = checkStore(r, reading: true) { return leaveCompareSection(fail) }
+        if let i = firstDifference(buffer, 0, 2 * chunkBytes, count: chunkBytes) {
+            return leaveCompareSection(fail(SenseKey.miscompare, .miscompareDuringVerify, information: UInt64(i)))
+        }
+        if auxFlag {
+            // The write must leave before the lease runs out, or another gateway may be in the section by then.
+            phase = .cawConfirm
+            return .store(.compareSection(target: .own, step: .confirm))
+        }
+        return compareAndWriteWrite()
+    }
+
+    mutating func compareAndWriteConfirmed(_ r: StoreResult) -> SCSIAction {
+        if case .failed = r {
+            return leaveCompareSection(fail(SenseKey.abortedCommand, .commandTimeoutDuringProcessing))
+        }
+        return compareAndWriteWrite()
+    }
+
+    mutating func compareAndWriteWrite() -> SCSIAction {
         phase = .cawWrite
         return .store(.write(target: .own, offset: lba &* UInt64(blockSize), length: chunkBytes,
                              bufferOffset: chunkBytes, fua: fua))
     }
 
     mutating func compareAndWriteWriteCompleted(_ r: StoreResult) -> SCSIAction {
-        if let fail = checkStore(r, reading: false) { return fail }
-        return completeGood()
+        if let fail = checkStore(r, reading: false) { return leaveCompareSection(fail) }
+        return leaveCompareSection(completeGood())
+    }
+
+    /// In the shared section, the command's outcome (`done`, a completion) waits until the section is left;
+    /// its status is kept in `auxByte` and its sense in the task meanwhile.
+    mutating func leaveCompareSection(_ done: SCSIAction) -> SCSIAction {
+        guard auxFlag, case .complete(let status, _, _) = done else { return done }
+        auxByte = status
+        phase = .cawLeave
+        return .store(.compareSection(target: .own, step: .leave))
+    }
+
+    mutating func compareAndWriteLeft() -> SCSIAction {
+        phase = .idle
+        let good = auxByte == SCSIStatus.good
+        return .complete(status: auxByte, dataInLength: 0, residual: good ? residual(wanted: wantedBytes) : .none)
     }
 
     // MARK: WRITE SAME 10/16

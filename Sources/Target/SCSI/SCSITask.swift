@@ -62,8 +62,10 @@ enum TaskPhase: UInt8 {
     case verifyRead
     /// ORWRITE: data-out chunk, then the old data read, then the ORed write.
     case orData, orRead, orWrite
-    /// COMPARE AND WRITE: data-out (verify + write halves), read, then write.
-    case cawData, cawRead, cawWrite
+    /// COMPARE AND WRITE: data-out (verify + write halves), read, then write. On a multipath sheep LU the read
+    /// waits to enter the section shared across gateways (`cawEnter`), the write waits for the holder's
+    /// lease to be confirmed (`cawConfirm`), and the status waits until the section is left (`cawLeave`).
+    case cawData, cawRead, cawWrite, cawEnter, cawConfirm, cawLeave
     /// WRITE SAME: the one block of data-out, then repeated writes, or a discard.
     case wsData, wsWrite, wsDiscard
     /// A parameter list (MODE SELECT, PR OUT, UNMAP, XCOPY) is arriving.
@@ -221,6 +223,9 @@ public struct SCSITask {
         case .orWrite: return orWriteWriteCompleted(result, buffer: buffer)
         case .cawRead: return compareAndWriteReadCompleted(result, buffer: buffer)
         case .cawWrite: return compareAndWriteWriteCompleted(result)
+        case .cawEnter: return compareAndWriteEntered(result)
+        case .cawConfirm: return compareAndWriteConfirmed(result)
+        case .cawLeave: return compareAndWriteLeft()
         case .wsWrite: return writeSameWriteCompleted(result, buffer: buffer)
         case .wsDiscard: return writeSameDiscardCompleted(result, buffer: buffer)
         case .unmapDiscard: return unmapDiscardCompleted(result, buffer: buffer)

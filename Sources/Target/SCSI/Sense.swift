@@ -59,6 +59,8 @@ struct ASC: Equatable {
     static let mediumRemovalPrevented = ASC(0x53, 0x02)
     static let copyTargetDeviceNotReachable = ASC(0x0D, 0x02)
     static let insufficientRegistrationResources = ASC(0x55, 0x04)
+    /// COMMAND TIMEOUT DURING PROCESSING: a COMPARE AND WRITE whose section lease ran out before its write.
+    static let commandTimeoutDuringProcessing = ASC(0x2E, 0x02)
 }
 
 /// The variable part of one sense buffer.

@@ -15,6 +15,8 @@ final class SheepHomeRequest: @unchecked Sendable {
         /// Multipath: bring the shared SCSI record up to date (or append the LU's state to it) for a
         /// reservation command (StoreOp.shareState).
         case record(publish: Bool)
+        /// Multipath: COMPARE AND WRITE's section across gateways (StoreOp.compareSection, SheepHomeCompare.swift).
+        case compareSection(CompareSectionStep)
     }
     let volume: SheepVolume
     let kind: Kind
@@ -40,7 +42,7 @@ final class SheepHomeRequest: @unchecked Sendable {
         case .write(let i, _, _, _): return i
         case .deallocate(let i): return i
         case .read(let i, _, _, _): return i
-        case .record: return 0
+        case .record, .compareSection: return 0
         }
     }
 }
@@ -102,12 +104,25 @@ final class SheepHome {
     var waitingRecord: [SheepHomeRequest] = []
     var waitingRecordVersion: UInt64 = 0
 
+    /// Multipath: COMPARE AND WRITE's section (SheepHomeCompare.swift): the machine, the request it works for
+    /// (an enter or a leave), the enter of the command that holds it, enters waiting their turn, where a read
+    /// of the lease state lands, and when the machine asked to be woken (0: not).
+    var compare: SheepCompareSection? = nil
+    weak var compareVolume: SheepVolume? = nil
+    var compareCurrent: SheepHomeRequest? = nil
+    var compareHolder: SheepHomeRequest? = nil
+    var compareQueue: [SheepHomeRequest] = []
+    var compareBuffer: UnsafeMutableRawPointer? = nil
+    var compareReadPending = false
+    var compareWakeNanos: UInt64 = 0
+
     /// A record operation (or the announce after one) is under way.
     var recordRunning: Bool { (record?.isBusy ?? false) || recordAnnouncing }
 
     deinit {
         refreshBuffer?.deallocate()
         recordBuffer?.deallocate()
+        compareBuffer?.deallocate()
     }
 }
 
@@ -133,6 +148,8 @@ final class SheepHomeOp {
         case announce(newVID: UInt32)
         /// Multipath: a step of reading or appending the shared SCSI record (SheepSCSIRecordSync).
         case record
+        /// Multipath: a step of COMPARE AND WRITE's section (SheepCompareSection).
+        case compare
     }
     let request: SheepHomeRequest?
     let volume: SheepVolume
@@ -179,6 +196,10 @@ struct SheepHomeMachine {
     private var actionHead = 0
     /// Set when the core stops: requests are answered `.unavailable` without going to sheep.
     var stopping = false
+    /// Monotonic clock, set by the shell before each call (COMPARE AND WRITE's lease is timed with it).
+    var nowNanos: UInt64 = 0
+    /// The earliest time a COMPARE AND WRITE section asked to be woken at; 0: none.
+    var compareWakeNanos: UInt64 = 0
 
     /// The next thing to do, in the order decided; nil when there is nothing left.
     mutating func nextAction() -> Action? {
@@ -209,6 +230,7 @@ struct SheepHomeMachine {
             return
         }
         if case .record(let publish) = req.kind { recordRequest(req, publish: publish); return }
+        if case .compareSection(let step) = req.kind { compareRequest(req, step); return }
         let vol = req.volume
         let h = home(vol)
         if h.reloading { h.waitingReload.append(req); return }
@@ -284,7 +306,7 @@ struct SheepHomeMachine {
             }
             h.creating[idx] = []
             if vol.isHyper { treeSet(vol, req, value: 0) } else { writeSlot(vol, idx: idx, value: 0, vid: cur, req: req) }
-        case .read, .record:
+        case .read, .record, .compareSection:
             break   // answered above
         }
     }
@@ -335,6 +357,10 @@ struct SheepHomeMachine {
         guard let op = ops.removeValue(forKey: id) else { return }
         if case .record = op.stage {
             recordReply(op.volume, result: failure == nil ? result : .eio, vdiID: vdiID, attrID: attrID)
+            return
+        }
+        if case .compare = op.stage {
+            compareReply(op.volume, result: failure == nil ? result : .eio, vdiID: vdiID)
             return
         }
         let vol = op.volume
@@ -421,7 +447,7 @@ struct SheepHomeMachine {
                 actions.append(.log(.warning, "sheep VDI '\(vol.name)': telling other gateways of the snapshot failed: \(result.name)"))
             }
             reloadFinished(vol, newVID: newVID)
-        case .record:
+        case .record, .compare:
             break   // answered above
         }
     }

@@ -133,7 +133,7 @@ extension SheepHomeMachine {
         for r in held {
             switch r.kind {
             case .write, .read: if recheck { actions.append(.answer(r, .stateChanged)); continue }
-            case .deallocate, .record: break
+            case .deallocate, .record, .compareSection: break
             }
             request(r)
         }

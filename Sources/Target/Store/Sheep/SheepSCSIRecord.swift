@@ -11,11 +11,11 @@
 import SheepProtocol
 
 enum ClusterStateLimits {
-    /// A COMPARE AND WRITE lease is granted for this long; a gateway that dies holding it blocks the
-    /// other gateways' COMPARE AND WRITEs at most this long (plus clock skew, below).
+    /// COMPARE AND WRITE's section (SheepCompareSection.swift): a waiter breaks a lease state it has seen
+    /// unchanged this long, so a gateway that dies holding it blocks the others about this long.
     static let leaseSeconds: UInt64 = 10
-    /// Clock skew tolerated between gateways. A holder stops using its lease this long before it expires
-    /// by its own clock, so that a lease another gateway sees as expired is no longer used.
+    /// A holder stops acting this long before `leaseSeconds` by its own monotonic clock: what it sent in time
+    /// must reach sheep within this margin, before a waiter may break its lock.
     static let leaseSkewSeconds: UInt64 = 2
     /// Gateways re-read the chain at least this often even without INODE_INVALIDATED (a gateway that sent
     /// no I/O meanwhile does not get one).

@@ -98,9 +98,26 @@ final class SheepStore<Host: SheepStoreHost> {
     func onTick(_ tick: UInt64) {
         for ch in channels { ch?.onTick(tick) }
         if !home.homes.isEmpty {
+            home.nowNanos = monotonicNanos()
             home.refreshDueRecords(tick: tick)
+            home.expireCompareSections()
             runHome()
         }
+    }
+
+    /// When the loop must next wake for the home core's timers (a COMPARE AND WRITE waiting to ask sheep
+    /// again), in monotonic nanoseconds; 0 when none is set.
+    @inline(__always)
+    var wakeNanos: UInt64 { home.compareWakeNanos }
+
+    /// Runs the home core's timers that fell due.
+    func runTimers() {
+        let now = monotonicNanos()
+        guard home.compareWakeNanos != 0, now >= home.compareWakeNanos else { return }
+        home.nowNanos = now
+        home.stopping = !host.isRunning
+        home.compareTimers()
+        runHome()
     }
 
     /// Task management aborted the task of store request `tag`: what has not been sent to sheep is dropped
@@ -196,6 +213,14 @@ final class SheepStore<Host: SheepStoreHost> {
             begin(r, length: 0)
             r.pointee.pending += 1
             let req = SheepHomeRequest(volume: vol, kind: .record(publish: publish), originCore: core,
+                                       waiter: .request(tag: tag))
+            if isHome(vol) { homeHandle(req) } else { host.postHome(core: vol.homeCore, req) }
+            return finishSubmit(r)
+        case .compareSection(_, let step):
+            guard vol.coherent else { return .ok(0) }   // one gateway: the LU's own gate is the whole section
+            begin(r, length: 0)
+            r.pointee.pending += 1
+            let req = SheepHomeRequest(volume: vol, kind: .compareSection(step), originCore: core,
                                        waiter: .request(tag: tag))
             if isHome(vol) { homeHandle(req) } else { host.postHome(core: vol.homeCore, req) }
             return finishSubmit(r)
@@ -409,11 +434,13 @@ final class SheepStore<Host: SheepStoreHost> {
 
     func homeHandle(_ req: SheepHomeRequest) {
         home.stopping = !host.isRunning
+        home.nowNanos = monotonicNanos()
         home.request(req)
         runHome()
     }
 
     func homeReply(_ id: Int32, result: SheepResult, failure: StoreError?, vdiID: UInt32, attrID: UInt32 = 0) {
+        home.nowNanos = monotonicNanos()
         home.reply(id, result: result, failure: failure, vdiID: vdiID, attrID: attrID)
         runHome()
     }
