@@ -15,6 +15,9 @@ final class SheepHomeRequest: @unchecked Sendable {
         /// Multipath: bring the shared SCSI record up to date (or append the LU's state to it) for a
         /// reservation command (StoreOp.shareState).
         case record(publish: Bool)
+        /// Multipath: append a change made outside a command (logout, nexus loss, a reset) to the shared SCSI
+        /// record; answered once it is in sheep (or known to change nothing).
+        case change(SharedStateChange)
     }
     let volume: SheepVolume
     let kind: Kind
@@ -40,7 +43,7 @@ final class SheepHomeRequest: @unchecked Sendable {
         case .write(let i, _, _, _): return i
         case .deallocate(let i): return i
         case .read(let i, _, _, _): return i
-        case .record: return 0
+        case .record, .change: return 0
         }
     }
 }
@@ -101,6 +104,17 @@ final class SheepHome {
     /// record version known when it was held: a newer one from another gateway fails writes `.stateChanged`.
     var waitingRecord: [SheepHomeRequest] = []
     var waitingRecordVersion: UInt64 = 0
+    /// A reservation command whose version lost the race: answered `.stateChanged` once the refresh that
+    /// follows has loaded the winner's version into the LU, so that the command applies again to that.
+    var recordLostPublisher: SheepHomeRequest? = nil
+    /// Changes made outside a command (SharedStateChange.enqueue bounds them), waiting; those being appended
+    /// (a refresh, then the version, again after a lost race) and how often they lost; and the requests each
+    /// group answers.
+    var changes: [SharedStateChange] = []
+    var changeWaiters: [SheepHomeRequest] = []
+    var changesInFlight: [SharedStateChange] = []
+    var changeWaitersInFlight: [SheepHomeRequest] = []
+    var changeAttempts = 0
 
     /// A record operation (or the announce after one) is under way.
     var recordRunning: Bool { (record?.isBusy ?? false) || recordAnnouncing }
@@ -209,6 +223,7 @@ struct SheepHomeMachine {
             return
         }
         if case .record(let publish) = req.kind { recordRequest(req, publish: publish); return }
+        if case .change(let change) = req.kind { recordChange(req, change); return }
         let vol = req.volume
         let h = home(vol)
         if h.reloading { h.waitingReload.append(req); return }
@@ -284,7 +299,7 @@ struct SheepHomeMachine {
             }
             h.creating[idx] = []
             if vol.isHyper { treeSet(vol, req, value: 0) } else { writeSlot(vol, idx: idx, value: 0, vid: cur, req: req) }
-        case .read, .record:
+        case .read, .record, .change:
             break   // answered above
         }
     }
