@@ -370,4 +370,23 @@ import Testing
         let out = change(b, .reset, tag: 4)
         #expect(out.sends.isEmpty && out.answers.count == 1 && out.answers[0].failure == nil)
     }
+
+    /// A command waiting for the record while its sheep node is away (the channel holds the read until the
+    /// node returns) is answered `.unavailable` after SharedStateLimits.syncWaitSecondsMax ticks, and only
+    /// once: TEST UNIT READY then answers from what the gateway knows instead of hanging.
+    @Test func aCommandWaitingTooLongForTheRecordGoesOn() {
+        let b = T.Bench(locked: true, coherent: true)
+        b.machine.refreshDueRecords(tick: 10)
+        b.machine.request(SheepHomeRequest(volume: b.volume, kind: .record(publish: false), originCore: 0,
+                                           waiter: .request(tag: 5)))
+        let head = b.drain()
+        #expect(head.sends.count == 1 && head.answers.isEmpty)
+        b.machine.refreshDueRecords(tick: 10 + SharedStateLimits.syncWaitSecondsMax - 1)
+        #expect(b.drain().answers.isEmpty)
+        b.machine.refreshDueRecords(tick: 10 + SharedStateLimits.syncWaitSecondsMax)
+        let late = b.drain()
+        #expect(late.answers.count == 1 && late.answers[0].tag == 5 && late.answers[0].failure == .unavailable)
+        let done = Self.noNewer(b, b.reply(head.sends[0].op, .noObj))
+        #expect(done.answers.isEmpty && done.records.last?.outcome == .current, "the read ends without a second answer")
+    }
 }

@@ -85,6 +85,10 @@ enum SharedStateLimits {
     /// Logout and task management responses one connection holds until its shared state changes are in
     /// sheep; beyond, a response goes at once (the change is still appended).
     static let heldResponsesMax = 4
+    /// Loop ticks (seconds) a command waits for the record to be read before it is answered `.unavailable`
+    /// (a read held by a channel that lost its sheep node would otherwise hold it until the node returns, up
+    /// to SheepChannelLimits.giveUpSeconds). TEST UNIT READY then answers from what the gateway knows.
+    static let syncWaitSecondsMax: UInt64 = 3
 }
 
 extension SharedStateChange {

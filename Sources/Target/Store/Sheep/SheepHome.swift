@@ -29,6 +29,8 @@ final class SheepHomeRequest: @unchecked Sendable {
     var invalidated = false
     /// Times this request met INODE_INVALIDATED (bounded by SheepHomeLimits.invalidationsMax).
     var invalidations = 0
+    /// Loop tick at which a `.record(publish: false)` began to wait (SharedStateLimits.syncWaitSecondsMax).
+    var queuedTick: UInt64 = 0
 
     init(volume: SheepVolume, kind: Kind, originCore: Int, waiter: SheepWaiter, readonlyVID: UInt32 = 0) {
         self.volume = volume
@@ -193,6 +195,8 @@ struct SheepHomeMachine {
     private var actionHead = 0
     /// Set when the core stops: requests are answered `.unavailable` without going to sheep.
     var stopping = false
+    /// The loop tick last seen (refreshDueRecords), for how long a reservation command has waited.
+    var tick: UInt64 = 0
 
     /// The next thing to do, in the order decided; nil when there is nothing left.
     mutating func nextAction() -> Action? {

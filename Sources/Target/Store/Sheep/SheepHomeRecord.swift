@@ -9,8 +9,16 @@ extension SheepHomeMachine {
     /// Re-reads every record in use on this core whose last refresh started `refreshIntervalSeconds` ago or
     /// more: a gateway without I/O gets no INODE_INVALIDATED.
     mutating func refreshDueRecords(tick: UInt64) {
+        self.tick = tick
         var due: [SheepVolume] = []
         for h in homes.values {
+            // A command that waited this long for the record (its sheep node went away under the read, which
+            // the channel holds until it reconnects) goes on with what this gateway knows, as `.unavailable`.
+            if h.recordSyncWaiters.contains(where: { tick &- $0.queuedTick >= SharedStateLimits.syncWaitSecondsMax }) {
+                let late = h.recordSyncWaiters.filter { tick &- $0.queuedTick >= SharedStateLimits.syncWaitSecondsMax }
+                h.recordSyncWaiters.removeAll { tick &- $0.queuedTick >= SharedStateLimits.syncWaitSecondsMax }
+                for r in late { actions.append(.answer(r, .unavailable)) }
+            }
             guard let r = h.record, !r.isBusy, let vol = h.recordVolume,
                   tick &- h.recordTick >= ClusterStateLimits.refreshIntervalSeconds else { continue }
             due.append(vol)
@@ -164,6 +172,7 @@ extension SheepHomeMachine {
         let vol = req.volume
         let h = home(vol)
         if !publish {
+            req.queuedTick = tick
             h.recordSyncWaiters.append(req)
             refreshRecord(vol)
             return
