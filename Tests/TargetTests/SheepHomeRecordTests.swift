@@ -389,4 +389,23 @@ import Testing
         let done = Self.noNewer(b, b.reply(head.sends[0].op, .noObj))
         #expect(done.answers.isEmpty && done.records.last?.outcome == .current, "the read ends without a second answer")
     }
+
+    /// A Logout or TMF Response held for a change is let go after the same bound when sheep does not answer;
+    /// the change itself stays in flight and is appended when sheep does.
+    @Test func aResponseHeldForAChangeIsLetGoWhenSheepIsAway() {
+        let b = T.Bench(locked: true, coherent: true)
+        _ = Self.refreshEmpty(b, tick: 20)
+        b.machine.refreshDueRecords(tick: 20)
+        let find = change(b, .reset, tag: 4)
+        #expect(find.sends.count == 1 && find.answers.isEmpty)
+        b.machine.refreshDueRecords(tick: 20 + SharedStateLimits.syncWaitSecondsMax)
+        let late = b.drain()
+        #expect(late.answers.count == 1 && late.answers[0].tag == 4 && late.answers[0].failure == .unavailable)
+        let create = Self.noNewer(b, b.reply(find.sends[0].op, .noObj))
+        #expect(Self.created(create, version: 1)?.resets == 1, "the reset is still appended")
+        let hint = b.reply(create.sends[0].op, .success)
+        let announce = b.reply(hint.sends[0].op, .success)
+        let done = b.reply(announce.sends[0].op, .success)
+        #expect(done.answers.isEmpty && done.records.last?.outcome == .published)
+    }
 }

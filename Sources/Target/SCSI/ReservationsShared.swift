@@ -85,9 +85,10 @@ enum SharedStateLimits {
     /// Logout and task management responses one connection holds until its shared state changes are in
     /// sheep; beyond, a response goes at once (the change is still appended).
     static let heldResponsesMax = 4
-    /// Loop ticks (seconds) a command waits for the record to be read before it is answered `.unavailable`
-    /// (a read held by a channel that lost its sheep node would otherwise hold it until the node returns, up
-    /// to SheepChannelLimits.giveUpSeconds). TEST UNIT READY then answers from what the gateway knows.
+    /// Loop ticks (seconds) a command waits for the record to be read, or a Logout or TMF Response for its
+    /// change to be appended, before it is answered `.unavailable` (a request held by a channel that lost its
+    /// sheep node would otherwise hold it until the node returns, up to SheepChannelLimits.giveUpSeconds).
+    /// TEST UNIT READY then answers from what the gateway knows; a held response goes, its change stays queued.
     static let syncWaitSecondsMax: UInt64 = 3
 }
 

@@ -29,7 +29,8 @@ final class SheepHomeRequest: @unchecked Sendable {
     var invalidated = false
     /// Times this request met INODE_INVALIDATED (bounded by SheepHomeLimits.invalidationsMax).
     var invalidations = 0
-    /// Loop tick at which a `.record(publish: false)` began to wait (SharedStateLimits.syncWaitSecondsMax).
+    /// Loop tick at which a `.record(publish: false)` or a `.change` began to wait
+    /// (SharedStateLimits.syncWaitSecondsMax).
     var queuedTick: UInt64 = 0
 
     init(volume: SheepVolume, kind: Kind, originCore: Int, waiter: SheepWaiter, readonlyVID: UInt32 = 0) {

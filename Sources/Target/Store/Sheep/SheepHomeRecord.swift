@@ -13,17 +13,24 @@ extension SheepHomeMachine {
         var due: [SheepVolume] = []
         for h in homes.values {
             // A command that waited this long for the record (its sheep node went away under the read, which
-            // the channel holds until it reconnects) goes on with what this gateway knows, as `.unavailable`.
-            if h.recordSyncWaiters.contains(where: { tick &- $0.queuedTick >= SharedStateLimits.syncWaitSecondsMax }) {
-                let late = h.recordSyncWaiters.filter { tick &- $0.queuedTick >= SharedStateLimits.syncWaitSecondsMax }
-                h.recordSyncWaiters.removeAll { tick &- $0.queuedTick >= SharedStateLimits.syncWaitSecondsMax }
-                for r in late { actions.append(.answer(r, .unavailable)) }
-            }
+            // the channel holds until it reconnects) goes on with what this gateway knows, as `.unavailable`;
+            // a Logout or TMF Response held for a change goes too (the change stays queued and lands later).
+            expireWaiters(&h.recordSyncWaiters, tick: tick)
+            expireWaiters(&h.changeWaiters, tick: tick)
+            expireWaiters(&h.changeWaitersInFlight, tick: tick)
             guard let r = h.record, !r.isBusy, let vol = h.recordVolume,
                   tick &- h.recordTick >= ClusterStateLimits.refreshIntervalSeconds else { continue }
             due.append(vol)
         }
         for vol in due { refreshRecord(vol, tick: tick) }
+    }
+
+    private mutating func expireWaiters(_ waiters: inout [SheepHomeRequest], tick: UInt64) {
+        guard waiters.contains(where: { tick &- $0.queuedTick >= SharedStateLimits.syncWaitSecondsMax }) else { return }
+        for r in waiters where tick &- r.queuedTick >= SharedStateLimits.syncWaitSecondsMax {
+            actions.append(.answer(r, .unavailable))
+        }
+        waiters.removeAll { tick &- $0.queuedTick >= SharedStateLimits.syncWaitSecondsMax }
     }
 
     /// Brings the VDI's record up to date; a refresh asked for while another operation runs follows it.
@@ -197,6 +204,7 @@ extension SheepHomeMachine {
             actions.append(.log(.warning, "sheep VDI '\(vol.name)': more than \(SharedStateLimits.changesQueuedMax) shared SCSI state changes queued; the oldest SPC-2 release is dropped"))
         }
         if req.waiter != .none {
+            req.queuedTick = tick
             if h.changeWaiters.count < SharedStateLimits.changesQueuedMax {
                 h.changeWaiters.append(req)
             } else {
