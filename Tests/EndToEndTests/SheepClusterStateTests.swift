@@ -4,6 +4,7 @@
 // version from the head hint. Against the test server with two nodes, and against a real 3-node cluster
 // formatted with -l when sheep is on PATH.
 
+import ISCSIWire
 import SheepProtocol
 import Testing
 import TestSupport
@@ -150,9 +151,6 @@ extension EndToEnd.SheepClusterState {
         }
     }
 
-    /// `iscsi-test-cu -d -t ALL URL_A URL_B` with URL_A on gateway A (node 0) and URL_B on gateway B (node 1),
-    /// one VDI: the MultipathIO, reservation and COMPARE AND WRITE tests then cross gateways. Gateway B's port
-    /// is relative target port 2, so that the two paths are two I_T nexuses of one LU.
     /// iscsi-test-cu's report, once the run is known to have ended by itself with counts that agree.
     static func finishedReport(_ r: ToolResult) throws -> CUnitReport {
         try #require(!r.timedOut && !r.killedBySignal, "\(r)")
@@ -161,9 +159,54 @@ extension EndToEnd.SheepClusterState {
         return report
     }
 
-    @Test(.disabled("5 of 230 fail: an SPC-2 reservation released by logout, nexus loss or a target reset, and a LU reset, do not reach the shared record yet (issue 14, docs/CLUSTER-STATE.md)"))
-    func iscsiTestCuAllAcrossTwoGateways() throws {
-        try withMultipathSheep(.testServer) { sheep in
+    /// Issue 14: changes made outside a command reach the other gateway before the initiator hears of them.
+    /// An SPC-2 reservation through A ends with A's session: the Logout Response comes once the release is in
+    /// the record, so B grants a RESERVE at once. A LOGICAL UNIT RESET through A: the TMF Response comes once the
+    /// reset is counted in the record, so B's next TEST UNIT READY reports BUS DEVICE RESET FUNCTION OCCURRED,
+    /// and the reservation B held is gone.
+    @Test(arguments: SheepKind.allCases)
+    func spc2ReleaseAndLUResetOutsideACommandReachB(kind: SheepKind) throws {
+        typealias M = EndToEnd.SheepMultipath
+        let reserve6: [UInt8] = [0x16, 0, 0, 0, 0, 0], release6: [UInt8] = [0x17, 0, 0, 0, 0, 0]
+        func isUA(_ r: CommandResult, _ asc: UInt8, _ ascq: UInt8) -> Bool {
+            r.status == RawCodes.checkCondition && r.sense?.key == 0x06 && r.sense?.asc == asc && r.sense?.ascq == ascq
+        }
+        try withMultipathSheep(kind) { sheep in
+            try sheep.dog(["vdi", "create", "vol", "\(M.vdiBytes)"])
+            try M.withGateways(sheep, vdi: "vol") { a, b in
+                let sa = try M.session(a, "a"), sa2 = try M.session(a, "a2"), sb = try M.session(b, "b")
+                for s in [sa, sa2, sb] { _ = try s.run(RawCDB.testUnitReady) }   // takes the power-on unit attention
+                #expect(try sa.run(reserve6).status == RawCodes.good)
+                #expect(try sb.run(reserve6).status == Self.reservationConflict, "A's reservation keeps B out")
+
+                let itt = try sa.sendLogout(reason: 0)
+                let answer = try sa.expectPDU("the Logout Response")
+                #expect(answer.opcode == ISCSIOpcode.logoutResponse && answer.itt == itt && answer.byte2 == 0, "\(answer)")
+                let after = try sb.run(reserve6)
+                #expect(after.status == RawCodes.good, "B's RESERVE right after A's logout: \(after)")
+
+                // B holds it now; a LOGICAL UNIT RESET through A (A's other session) ends it, and B hears of the reset.
+                #expect(try sa2.run(reserve6).status == Self.reservationConflict, "B's reservation keeps A out")
+                let tmf = try sa2.sendTMF(function: TMFunction.logicalUnitReset)
+                #expect(try EndToEnd.RobustTaskManagement.tmfResponse(sa2, tmf, "LOGICAL UNIT RESET") == TMResponse.functionComplete)
+                let ua = try sb.run(RawCDB.testUnitReady)
+                #expect(isUA(ua, 0x29, 0x03), "BUS DEVICE RESET FUNCTION OCCURRED through B: \(ua)")
+                #expect(try sb.run(RawCDB.testUnitReady).status == RawCodes.good, "reported once")
+                #expect(isUA(try sa2.run(RawCDB.testUnitReady), 0x29, 0x03), "and through A")
+                #expect(try sa2.run(reserve6).status == RawCodes.good, "the reset ended B's reservation")
+                #expect(try sa2.run(release6).status == RawCodes.good)
+                for t in [a, b] { try t.requireAlive("after the logout and reset test") }
+            }
+        }
+    }
+
+    /// `iscsi-test-cu -d -t ALL URL_A URL_B` with URL_A on gateway A (node 0) and URL_B on gateway B (node 1),
+    /// one VDI: the MultipathIO, reservation and COMPARE AND WRITE tests then cross gateways. Gateway B's port
+    /// is relative target port 2, so that the two paths are two I_T nexuses of one LU. Every test passes or
+    /// skips, against the test server and against real sheep.
+    @Test(arguments: SheepKind.allCases)
+    func iscsiTestCuAllAcrossTwoGateways(kind: SheepKind) throws {
+        try withMultipathSheep(kind) { sheep in
             try sheep.dog(["vdi", "create", "conformance", "\(gibibyte)"])
             try EndToEnd.SheepMultipath.withGateways(sheep, vdi: "conformance") { a, b in
                 try b.admin.must(["--lld", "iscsi", "--op", "update", "--mode", "target", "--tid", "1",
@@ -172,8 +215,9 @@ extension EndToEnd.SheepClusterState {
                                    timeoutSeconds: EndToEnd.Conformance.timeoutSeconds)
                 for t in [a, b] { try t.requireAlive("while iscsi-test-cu ran") }
                 let report = try Self.finishedReport(r)
-                try report.writeResults(name: "sheepdog-two-gateways", peer: "ringtgt",
-                                        command: "iscsi-test-cu -d -t ALL URL_A URL_B (two gateways, one VDI)",
+                try report.writeResults(name: kind == .testServer ? "sheepdog-two-gateways" : "sheepdog-two-gateways-real",
+                                        peer: "ringtgt",
+                                        command: "iscsi-test-cu -d -t ALL URL_A URL_B (two gateways, one VDI, \(kind))",
                                         seconds: r.seconds, log: r.stdout + r.stderr, extra: [:])
                 let failed = report.failed.map(\.name)
                 #expect(failed.isEmpty, "\(failed.count) failed: \(failed) (log: \(Paths.resultsDir.path))")

@@ -19,6 +19,7 @@ import Testing
         r.prType = PRType.writeExclusive
         r.prHolder = a
         r.compareLease = ClusterLease(gateway: 0xABCD, expiresAtSeconds: 1_000)
+        r.resets = 3
         return r
     }
 
@@ -52,7 +53,7 @@ import Testing
         wrongMagic[0] ^= 0xFF
         #expect(SheepSCSIRecord(decoding: wrongMagic) == nil)
         var wrongFormat = good
-        wrongFormat[4] = 2
+        wrongFormat[4] = 3
         #expect(SheepSCSIRecord(decoding: wrongFormat) == nil)
         // Every truncation is refused, never read past the end.
         for n in 0..<good.count { #expect(SheepSCSIRecord(decoding: Array(good.prefix(n))) == nil) }
@@ -99,6 +100,57 @@ import Testing
         // The holder gives up before anyone else may take over, by the skew bound.
         #expect(!l.holderMayUse(1, nowSeconds: l.expiresAtSeconds - ClusterStateLimits.leaseSkewSeconds))
         #expect(l.holderMayUse(1, nowSeconds: l.expiresAtSeconds - ClusterStateLimits.leaseSkewSeconds - 1))
+    }
+
+    /// Format 2 adds the reset count at the end; a format 1 record (what gateways wrote before) is still read,
+    /// as no reset yet, and a format 1 record with anything after it is refused.
+    @Test func formatOneRecordsAreReadWithoutResets() {
+        var r = Self.sample()
+        let two = r.encoded()
+        #expect(two[4] == 2 && two[5] == 0)
+        var one = Array(two.dropLast(8))
+        one[4] = 1
+        r.resets = 0
+        #expect(SheepSCSIRecord(decoding: one) == r)
+        var oneWithMore = two
+        oneWithMore[4] = 1
+        #expect(SheepSCSIRecord(decoding: oneWithMore) == nil)
+    }
+
+    /// Changes made outside a command, applied to the newest version: a release frees only the holder it
+    /// names, a reset frees any and counts one more, and a change that changes nothing writes no version.
+    @Test func changesApplyToTheNewestVersion() {
+        let r = Self.sample()   // SPC-2 held by b, 3 resets
+        #expect(r.applying([.releaseSPC2(Self.a)], writer: 1) == nil, "a holds no SPC-2 reservation")
+        guard let released = r.applying([.releaseSPC2(Self.b)], writer: 1) else { Issue.record("b's release"); return }
+        #expect(released.version == 8 && released.writer == 1 && released.spc2Holder == nil && released.resets == 3)
+        #expect(released.persistentReservation.holder == Self.a, "persistent reservations are not touched")
+        #expect(released.applying([.releaseSPC2(Self.b)], writer: 1) == nil)
+        let reset = released.applying([.reset], writer: 2)
+        #expect(reset?.version == 9 && reset?.resets == 4 && reset?.spc2Holder == nil)
+        #expect(r.applying([.releaseSPC2(Self.b), .reset], writer: 1)?.resets == 4)
+        var free = r
+        free.spc2Holder = nil
+        #expect(free.applying([.reset], writer: 1)?.resets == 4, "a reset is counted even with nothing held")
+    }
+
+    /// The home core's queue of changes stays bounded: a reset takes the place of what was queued before it
+    /// (it releases every SPC-2 reservation anyway), a release is queued once, and past the bound the oldest
+    /// release goes, never the reset.
+    @Test func queuedChangesMergeAndStayBounded() {
+        var q: [SharedStateChange] = []
+        SharedStateChange.enqueue(.releaseSPC2(Self.a), into: &q)
+        SharedStateChange.enqueue(.releaseSPC2(Self.a), into: &q)
+        #expect(q == [.releaseSPC2(Self.a)])
+        SharedStateChange.enqueue(.reset, into: &q)
+        SharedStateChange.enqueue(.reset, into: &q)
+        #expect(q == [.reset])
+        func port(_ i: Int) -> PortIdentity { PortIdentity(initiatorName: "iqn.x:\(i)", isid: UInt64(i), relativeTargetPortID: 1) }
+        for i in 0 ..< SharedStateLimits.changesQueuedMax - 1 { #expect(SharedStateChange.enqueue(.releaseSPC2(port(i)), into: &q)) }
+        #expect(q.count == SharedStateLimits.changesQueuedMax)
+        #expect(!SharedStateChange.enqueue(.releaseSPC2(port(99)), into: &q))
+        #expect(q.count == SharedStateLimits.changesQueuedMax && q.first == .reset && !q.contains(.releaseSPC2(port(0))))
+        #expect(q.last == .releaseSPC2(port(99)))
     }
 }
 
@@ -205,4 +257,5 @@ import Testing
         guard case .done(.failed(let r, _)) = s.reply(.noVDI) else { Issue.record("NO_VDI not reported"); return }
         #expect(r == .noVDI)
     }
+
 }

@@ -71,4 +71,75 @@ import Testing
         gb.lun().state.adoptShared(Self.publish(ga, after: v2, writer: 1))
         #expect(r.write1(gb, b).status == SCSIStatus.good)
     }
+
+    /// Issue 14: a LOGICAL UNIT RESET or target reset through A counts one more reset in the record; B, which
+    /// knew the count before, resets the LU for its own nexuses when it adopts the higher count: BUS DEVICE
+    /// RESET FUNCTION OCCURRED (29h/03h) for each, and A's SPC-2 reservation is gone.
+    @Test func aResetThroughARaisesBusDeviceResetOnB() {
+        let (ga, gb, a, aOnB, b) = gateways()
+        #expect(ga.run([0x16, 0, 0, 0, 0, 0], nexus: a).status == SCSIStatus.good)   // RESERVE(6)
+        let v1 = Self.publish(ga, after: SheepSCSIRecord(), writer: 1)
+        gb.lun().state.adoptShared(v1)
+        #expect(r.write1(gb, b).status == SCSIStatus.reservationConflict)
+        // The reset through A, as the home core appends it.
+        SCSITask.logicalUnitReset(ga.lun(), by: a)
+        guard let v2 = v1.applying([.reset], writer: 1) else { Issue.record("a reset changes the record"); return }
+        #expect(v2.version == 2 && v2.resets == 1 && v2.spc2Holder == nil)
+        gb.lun().state.adoptShared(v2)
+        for n in [b, aOnB] {
+            #expect(gb.run(r.tur, nexus: n).hasSense(0x06, 0x29, 0x03), "BUS DEVICE RESET for \(n.initiatorName) on B")
+            #expect(gb.run(r.tur, nexus: n).status == SCSIStatus.good, "raised once")
+        }
+        #expect(r.write1(gb, b).status == SCSIStatus.good, "the SPC-2 reservation went with the reset")
+        // Adopting the same count again (a version that changed something else) raises nothing.
+        var v3 = v2.successor(writer: 1)
+        v3.prGeneration = 1
+        gb.lun().state.adoptShared(v3)
+        #expect(gb.run(r.tur, nexus: b).status == SCSIStatus.good)
+    }
+
+    /// The first version a gateway loads sets its count without a unit attention: the resets it counts
+    /// happened before this gateway knew the LU.
+    @Test func theFirstVersionLoadedRaisesNoResetAttention() {
+        let (_, gb, _, _, b) = gateways()
+        var v = SheepSCSIRecord()
+        v.version = 9
+        v.writer = 1
+        v.resets = 5
+        gb.lun().state.adoptShared(v)
+        #expect(gb.run(r.tur, nexus: b).status == SCSIStatus.good)
+        gb.lun().state.adoptShared(v.applying([.reset], writer: 1)!)
+        #expect(gb.run(r.tur, nexus: b).hasSense(0x06, 0x29, 0x03))
+    }
+
+    /// A gateway's own version raises nothing (the reset was raised here when it happened) and clears an SPC-2
+    /// reservation the LU took for another gateway's after a lost race, once the version released it.
+    @Test func anOwnVersionRaisesNothingAndClearsARemoteSPC2Holder() {
+        let (ga, gb, a, _, b) = gateways()
+        #expect(ga.run([0x16, 0, 0, 0, 0, 0], nexus: a).status == SCSIStatus.good)
+        let v1 = Self.publish(ga, after: SheepSCSIRecord(), writer: 1)
+        gb.lun().state.adoptShared(v1)
+        #expect(r.write1(gb, b).status == SCSIStatus.reservationConflict)
+        let own = v1.applying([.reset], writer: 2)!
+        gb.lun().state.adoptOwn(own)
+        #expect(r.write1(gb, b).status == SCSIStatus.good)
+        #expect(gb.run(r.tur, nexus: b).status == SCSIStatus.good, "no unit attention for its own reset")
+        // The next version from A with the same count raises nothing either.
+        gb.lun().state.adoptShared(own.successor(writer: 1))
+        #expect(gb.run(r.tur, nexus: b).status == SCSIStatus.good)
+    }
+
+    /// A session that logs out releases its SPC-2 reservation before the logout response (Connection), and
+    /// says whether it held one; a nexus loss does too, for the release the shared record needs.
+    @Test func aReleaseOutsideACommandSaysWhetherTheNexusHeldIt() {
+        let (ga, _, a, _, _) = gateways()
+        let other = Self.nexus(ga, "iqn.2026-01.test:c", isid: 3, port: 1)
+        #expect(!ga.lun().state.releaseSPC2(heldBy: a.id))
+        #expect(ga.run([0x16, 0, 0, 0, 0, 0], nexus: a).status == SCSIStatus.good)
+        #expect(!ga.lun().state.releaseSPC2(heldBy: other.id))
+        #expect(ga.lun().state.releaseSPC2(heldBy: a.id))
+        #expect(ga.run([0x16, 0, 0, 0, 0, 0], nexus: a).status == SCSIStatus.good)
+        #expect(SCSITask.nexusLost(other, target: ga.target).isEmpty)
+        #expect(SCSITask.nexusLost(a, target: ga.target).count == 1)
+    }
 }

@@ -223,6 +223,8 @@ import Testing
         let lost = ask(true, tag: 3)
         #expect(Self.attrKey(lost.sends[0].payload) == "ringtgt.scsi.2")
         let reread = b.reply(lost.sends[0].op, .vdiExist)
+        // The winner's version is read (and loaded into the LU) before the command is told to apply again.
+        #expect(reread.answers.isEmpty && reread.sends.count == 1 && Self.attrKey(reread.sends[0].payload) == "ringtgt.scsi.2")
         var out = reread
         while out.answers.isEmpty, let s = out.sends.first { out = b.reply(s.op, .noObj) }
         #expect(out.answers.count == 1 && out.answers[0].tag == 3 && out.answers[0].failure == .stateChanged)
@@ -236,5 +238,174 @@ import Testing
         #expect(out.records.count == 1 && !out.logs.isEmpty)
         guard case .failed = out.records[0].outcome else { Issue.record("failure not reported"); return }
         #expect(b.machine.stepsInFlight == 0)
+    }
+
+    static let holder = PortIdentity(initiatorName: "iqn.2026-01.test:a", isid: 1, relativeTargetPortID: 1)
+
+    /// Answers the GET_VDI_ATTR `find` with `rec` and its READ_OBJ with the attribute; returns what follows
+    /// (the find of the next version).
+    static func answerRecord(_ b: T.Bench, _ find: T.Out, _ rec: SheepSCSIRecord) -> T.Out {
+        #expect(find.sends.count == 1 && Self.attrKey(find.sends[0].payload) == "ringtgt.scsi.\(rec.version)")
+        guard let f = find.sends.first else { return T.Out() }
+        b.machine.reply(f.op, result: .success, failure: nil, vdiID: 0xcb565a, attrID: 0x3251dff9)
+        let read = b.drain()
+        guard let r = read.sends.first, let dest = r.dest else { Issue.record("no read of the version"); return T.Out() }
+        let object = SheepVDIAttr.encode(name: "vol", key: "ringtgt.scsi.\(rec.version)", value: rec.encoded())
+        object.withUnsafeBytes { dest.copyMemory(from: $0.baseAddress!, byteCount: object.count) }
+        return b.reply(r.op, .success)
+    }
+
+    /// The record a create (CREAT | EXCL) carries.
+    static func created(_ out: T.Out, version: UInt64) -> SheepSCSIRecord? {
+        guard out.sends.count == 1, Self.attrKey(out.sends[0].payload) == "ringtgt.scsi.\(version)",
+              out.sends[0].header.flags.contains([.attrCreate, .attrExclusive]),
+              let value = SheepVDIAttr.value(of: out.sends[0].payload) else { return nil }
+        return SheepSCSIRecord(decoding: value)
+    }
+
+    /// Answers NO_OBJ to finds (the head hint, the next version) until something else is sent or answered.
+    static func noNewer(_ b: T.Bench, _ first: T.Out) -> T.Out {
+        var out = first
+        while out.answers.isEmpty, out.sends.count == 1, out.sends[0].header.opcode == .getVDIAttr,
+              !out.sends[0].header.flags.contains(.attrCreate) {
+            out = b.reply(out.sends[0].op, .noObj)
+        }
+        return out
+    }
+
+    func change(_ b: T.Bench, _ c: SharedStateChange, tag: UInt64) -> T.Out {
+        b.machine.request(SheepHomeRequest(volume: b.volume, kind: .change(c), originCore: 0, waiter: .request(tag: tag)))
+        return b.drain()
+    }
+
+    /// Issue 14: a change made outside a command (here the SPC-2 release of a session that ended) is appended by
+    /// the home core on its own: the newest version is read, the change applied to it, the next version created
+    /// and announced, and then the connection waiting for it is answered.
+    @Test func aChangeOutsideACommandIsAppendedToTheNewestVersion() {
+        let b = T.Bench(locked: true, coherent: true)
+        let head = change(b, .releaseSPC2(Self.holder), tag: 4)
+        #expect(head.sends.count == 1 && Self.attrKey(head.sends[0].payload) == SheepSCSIRecordSync.headKey)
+        var v1 = SheepSCSIRecord()
+        v1.version = 1
+        v1.writer = b.volume.gatewayID &+ 1
+        v1.spc2Holder = Self.holder
+        let find2 = Self.answerRecord(b, b.reply(head.sends[0].op, .noObj), v1)
+        let create = b.reply(find2.sends[0].op, .noObj)
+        guard let v2 = Self.created(create, version: 2) else { Issue.record("no version 2 created"); return }
+        #expect(v2.spc2Holder == nil && v2.writer == b.volume.gatewayID && v2.resets == 0)
+        let hint = b.reply(create.sends[0].op, .success)
+        let announce = b.reply(hint.sends[0].op, .success)
+        #expect(announce.answers.isEmpty && announce.sends.first?.header.opcode == .writeObj)
+        let done = b.reply(announce.sends[0].op, .success)
+        #expect(done.answers.count == 1 && done.answers[0].tag == 4 && done.answers[0].failure == nil)
+        #expect(done.records.last?.record == v2 && done.records.last?.outcome == .published)
+        #expect(b.machine.stepsInFlight == 0)
+    }
+
+    /// A release the newest version no longer needs (someone else's reservation now) writes nothing.
+    @Test func aChangeThatChangesNothingWritesNoVersion() {
+        let b = T.Bench(locked: true, coherent: true)
+        _ = Self.refreshEmpty(b)
+        let done = Self.noNewer(b, change(b, .releaseSPC2(Self.holder), tag: 4))
+        #expect(done.sends.isEmpty && done.answers.count == 1 && done.answers[0].tag == 4 && done.answers[0].failure == nil)
+        #expect(b.machine.stepsInFlight == 0)
+    }
+
+    /// Another gateway wrote the version first: the change is applied again to the winner's version (the reset
+    /// counts on top of its count), not given up and not written over it.
+    @Test func aChangeThatLostTheRaceIsAppliedToTheWinner() {
+        let b = T.Bench(locked: true, coherent: true)
+        _ = Self.refreshEmpty(b)
+        let create1 = Self.noNewer(b, change(b, .reset, tag: 4))
+        #expect(Self.created(create1, version: 1)?.resets == 1)
+        let reread = b.reply(create1.sends[0].op, .vdiExist)
+        // Version 0 known: the refresh starts from the head hint, which lags.
+        #expect(reread.answers.isEmpty && Self.attrKey(reread.sends[0].payload) == SheepSCSIRecordSync.headKey)
+        var winner = SheepSCSIRecord()
+        winner.version = 1
+        winner.writer = b.volume.gatewayID &+ 1
+        winner.resets = 7
+        let find2 = Self.answerRecord(b, b.reply(reread.sends[0].op, .noObj), winner)
+        let create2 = b.reply(find2.sends[0].op, .noObj)
+        #expect(Self.created(create2, version: 2)?.resets == 8)
+        let hint = b.reply(create2.sends[0].op, .success)
+        let announce = b.reply(hint.sends[0].op, .success)
+        let done = b.reply(announce.sends[0].op, .success)
+        #expect(done.answers.count == 1 && done.answers[0].tag == 4 && done.answers[0].failure == nil)
+    }
+
+    /// A reservation command that asks for the record while a change is being appended is answered after it,
+    /// so a RESERVE through this gateway after a logout sees the release.
+    @Test func reservationCommandsWaitForChangesInFlight() {
+        let b = T.Bench(locked: true, coherent: true)
+        _ = Self.refreshEmpty(b)
+        let find = change(b, .reset, tag: 4)
+        b.machine.request(SheepHomeRequest(volume: b.volume, kind: .record(publish: false), originCore: 0,
+                                           waiter: .request(tag: 5)))
+        #expect(b.drain().sends.isEmpty, "one record operation at a time")
+        let create = Self.noNewer(b, find)
+        let hint = b.reply(create.sends[0].op, .success)
+        let announce = b.reply(hint.sends[0].op, .success)
+        let done = b.reply(announce.sends[0].op, .success)
+        #expect(done.answers.map(\.tag) == [4])
+        #expect(done.sends.count == 1 && Self.attrKey(done.sends[0].payload) == "ringtgt.scsi.2", "then the command's refresh")
+        let synced = b.reply(done.sends[0].op, .noObj)
+        #expect(synced.answers.map(\.tag) == [5])
+    }
+
+    /// Sheep refuses: the change is logged and its waiter answered with the failure (the response goes), and
+    /// the home core goes on with the next operation.
+    @Test func aChangeSheepRefusesIsReportedAndLetGo() {
+        let b = T.Bench(locked: true, coherent: true)
+        _ = Self.refreshEmpty(b)
+        let create = Self.noNewer(b, change(b, .reset, tag: 4))
+        let failed = b.reply(create.sends[0].op, .eio, failure: .unavailable)
+        #expect(failed.answers.count == 1 && failed.answers[0].tag == 4 && failed.answers[0].failure == .unavailable)
+        #expect(failed.logs.contains { $0.contains("not in the record") })
+        #expect(b.machine.stepsInFlight == 0)
+    }
+
+    @Test func aVolumeWithoutCoherenceHasNoChangeToAppend() {
+        let b = T.Bench(locked: true, coherent: false)
+        let out = change(b, .reset, tag: 4)
+        #expect(out.sends.isEmpty && out.answers.count == 1 && out.answers[0].failure == nil)
+    }
+
+    /// A command waiting for the record while its sheep node is away (the channel holds the read until the
+    /// node returns) is answered `.unavailable` after SharedStateLimits.syncWaitSecondsMax ticks, and only
+    /// once: TEST UNIT READY then answers from what the gateway knows instead of hanging.
+    @Test func aCommandWaitingTooLongForTheRecordGoesOn() {
+        let b = T.Bench(locked: true, coherent: true)
+        b.machine.refreshDueRecords(tick: 10)
+        b.machine.request(SheepHomeRequest(volume: b.volume, kind: .record(publish: false), originCore: 0,
+                                           waiter: .request(tag: 5)))
+        let head = b.drain()
+        #expect(head.sends.count == 1 && head.answers.isEmpty)
+        b.machine.refreshDueRecords(tick: 10 + SharedStateLimits.syncWaitSecondsMax - 1)
+        #expect(b.drain().answers.isEmpty)
+        b.machine.refreshDueRecords(tick: 10 + SharedStateLimits.syncWaitSecondsMax)
+        let late = b.drain()
+        #expect(late.answers.count == 1 && late.answers[0].tag == 5 && late.answers[0].failure == .unavailable)
+        let done = Self.noNewer(b, b.reply(head.sends[0].op, .noObj))
+        #expect(done.answers.isEmpty && done.records.last?.outcome == .current, "the read ends without a second answer")
+    }
+
+    /// A Logout or TMF Response held for a change is let go after the same bound when sheep does not answer;
+    /// the change itself stays in flight and is appended when sheep does.
+    @Test func aResponseHeldForAChangeIsLetGoWhenSheepIsAway() {
+        let b = T.Bench(locked: true, coherent: true)
+        _ = Self.refreshEmpty(b, tick: 20)
+        b.machine.refreshDueRecords(tick: 20)
+        let find = change(b, .reset, tag: 4)
+        #expect(find.sends.count == 1 && find.answers.isEmpty)
+        b.machine.refreshDueRecords(tick: 20 + SharedStateLimits.syncWaitSecondsMax)
+        let late = b.drain()
+        #expect(late.answers.count == 1 && late.answers[0].tag == 4 && late.answers[0].failure == .unavailable)
+        let create = Self.noNewer(b, b.reply(find.sends[0].op, .noObj))
+        #expect(Self.created(create, version: 1)?.resets == 1, "the reset is still appended")
+        let hint = b.reply(create.sends[0].op, .success)
+        let announce = b.reply(hint.sends[0].op, .success)
+        let done = b.reply(announce.sends[0].op, .success)
+        #expect(done.answers.isEmpty && done.records.last?.outcome == .published)
     }
 }

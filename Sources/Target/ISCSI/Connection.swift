@@ -158,6 +158,10 @@ public final class Connection {
     var slotQueue = TaskQueue()        // tasks in .waitingSlot, in CmdSN order
     var cmdSNGap = CmdSNGapWatch()
     var storeInFlight = 0
+    /// Logout and task management responses held until the shared SCSI state changes they made are in sheep
+    /// (at most SharedStateLimits.heldResponsesMax), and how many of those changes are still awaited.
+    var heldResponses: [HeldResponse] = []
+    var sharedChangesAwaited = 0
 
     /// Login timeout, send stall, NOP-In ping and Data-Out timeout, fed by the reactor's tick.
     var liveness: ConnectionLiveness
@@ -451,4 +455,14 @@ public final class Connection {
             self.stamp(h, advance: true)
         }
     }
+}
+
+/// A logout or task management response held until shared SCSI state changes are in sheep (FullFeature.swift).
+struct HeldResponse {
+    enum Kind {
+        case taskManagement(response: UInt8, closesSession: Bool)
+        case logout(response: UInt8, time2Wait: UInt16, time2Retain: UInt16)
+    }
+    var itt: UInt32
+    var kind: Kind
 }

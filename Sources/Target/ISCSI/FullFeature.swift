@@ -856,16 +856,58 @@ extension Connection {
                                                                  window: &cmdSNWindow)
             }
         }
+        // On a multipath sheep LU the reset goes into the record the gateways share, and the response waits
+        // for it: once the initiator has it, every gateway raises the reset's unit attention.
+        let holder = heldResponses.count < SharedStateLimits.heldResponsesMax ? self : nil
+        var awaited = 0
         switch plan.reset {
         case .none: break
         case .logicalUnit(let n):
-            if let nexus, let lun = target?.lun(n) { SCSITask.logicalUnitReset(lun, by: nexus) }
+            if let nexus, let lun = target?.lun(n) {
+                SCSITask.logicalUnitReset(lun, by: nexus)
+                if reactor.shareChange(lun, .reset, holding: holder) { awaited += 1 }
+            }
         case .target:
-            if let target, let nexus { SCSITask.targetReset(target, by: nexus) }
+            if let target, let nexus {
+                SCSITask.targetReset(target, by: nexus)
+                for lun in target.luns where reactor.shareChange(lun, .reset, holding: holder) { awaited += 1 }
+            }
         }
-        queueControl(token: plan.closesSession ? .closeAfter : .none) { h, _ in
-            PDUBuild.taskManagementResponse(h, itt: itt, response: response)
-            self.stamp(h, advance: true)
+        respond(HeldResponse(itt: itt, kind: .taskManagement(response: response, closesSession: plan.closesSession)),
+                after: awaited)
+    }
+
+    /// Sends `r` now, or once `awaited` more shared state changes are in sheep.
+    private func respond(_ r: HeldResponse, after awaited: Int) {
+        if awaited == 0 { send(r); return }
+        sharedChangesAwaited += awaited
+        heldResponses.append(r)
+    }
+
+    /// A shared state change this connection waited for is in sheep (or could not get there, which the home
+    /// core logged): once none is awaited, the held responses go, oldest first.
+    func sharedChangeAnswered() {
+        sharedChangesAwaited -= 1
+        guard sharedChangesAwaited <= 0 else { return }
+        sharedChangesAwaited = 0
+        let held = heldResponses
+        heldResponses.removeAll()
+        for r in held { send(r) }
+    }
+
+    private func send(_ r: HeldResponse) {
+        let itt = r.itt
+        switch r.kind {
+        case .taskManagement(let response, let closes):
+            queueControl(token: closes ? .closeAfter : .none) { h, _ in
+                PDUBuild.taskManagementResponse(h, itt: itt, response: response)
+                self.stamp(h, advance: true)
+            }
+        case .logout(let response, let t2w, let t2r):
+            queueControl(token: response == LogoutResponse.closedSuccessfully ? .closeAfter : .none) { h, _ in
+                PDUBuild.logoutResponse(h, itt: itt, response: response, time2Wait: t2w, time2Retain: t2r)
+                self.stamp(h, advance: true)
+            }
         }
     }
 
@@ -904,9 +946,14 @@ extension Connection {
         let t2r = params.defaultTime2Retain
         let closes = response == LogoutResponse.closedSuccessfully
         if closes { phase = .loggingOut }
-        queueControl(token: closes ? .closeAfter : .none) { h, _ in
-            PDUBuild.logoutResponse(h, itt: itt, response: response, time2Wait: t2w, time2Retain: t2r)
-            self.stamp(h, advance: true)
+        // SPC-2 reservations of the session end with it. On a multipath sheep LU the release goes into the
+        // shared record before the response, so that once the initiator has it no gateway refuses the others.
+        var awaited = 0
+        if closes, let nexus, let target, heldResponses.count < SharedStateLimits.heldResponsesMax {
+            for lun in target.luns where reactor.sharesState(lun) && lun.state.releaseSPC2(heldBy: nexus.id) {
+                if reactor.shareChange(lun, .releaseSPC2(PortIdentity(nexus)), holding: self) { awaited += 1 }
+            }
         }
+        respond(HeldResponse(itt: itt, kind: .logout(response: response, time2Wait: t2w, time2Retain: t2r)), after: awaited)
     }
 }

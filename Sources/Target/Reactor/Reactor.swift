@@ -527,7 +527,7 @@ public final class Reactor {
             c.stalled = false
         }
         if let nexus = c.nexus, let target = c.target {
-            SCSITask.nexusLost(nexus, target: target)
+            for lun in SCSITask.nexusLost(nexus, target: target) { shareChange(lun, .releaseSPC2(PortIdentity(nexus))) }
             // Commands still at a store hold back the next session of this initiator port until they end.
             c.drainingNexus = c.storeInFlight > 0 ? nexus : nil
             runtime.unregisterSession(initiator: c.initiatorName, isid: c.isid, targetName: target.name, tsih: c.tsih,
@@ -697,6 +697,22 @@ public final class Reactor {
             c.storeInFlight += 1
         }
         return result
+    }
+
+    /// A change to a LU's SCSI state made outside a command (a session's end, a reset): on a multipath sheep
+    /// LU it goes into the record the gateways share, so that the others see it (docs/CLUSTER-STATE.md).
+    /// With `holding`, that connection is told when the change is in sheep; returns whether it will be.
+    @discardableResult
+    func shareChange(_ lun: LogicalUnit, _ change: SharedStateChange, holding c: Connection? = nil) -> Bool {
+        guard sharesState(lun), case .sheep(let vol) = lun.backing else { return false }
+        sheep.shareChange(vol, change, waiter: c.map { .connection(index: Int32($0.index), generation: $0.generation) } ?? .none)
+        return c != nil
+    }
+
+    /// The LU's reservations and resets are shared with other gateways through sheep.
+    func sharesState(_ lun: LogicalUnit) -> Bool {
+        guard case .sheep(let vol) = lun.backing, vol.coherent, sheep != nil else { return false }
+        return true
     }
 
     /// Task `t` was aborted with its store operation in flight: a sheep store drops the requests it has not
@@ -1082,6 +1098,11 @@ extension Reactor: SheepStoreHost {
     }
 
     func postHome(core: Int, _ request: SheepHomeRequest) { runtime.post(core: core, .sheepHome(request)) }
+
+    func sharedChangeAnswered(connection index: Int, generation: UInt32) {
+        guard let c = connection(index, generation), c.phase != .closing else { return }
+        c.sharedChangeAnswered()
+    }
 
     func postHomeDone(core: Int, _ waiter: SheepWaiter, _ failure: StoreError?) {
         runtime.post(core: core, .sheepHomeDone(waiter, failure))

@@ -148,6 +148,9 @@ struct LUNSharedState {
     var lunGeneration: UInt64 = unknownGeneration
     /// SPC-2 RESERVE(6)/(10) holder (nexus id).
     var spc2Holder: UInt64? = nil
+    /// Multipath sheep LU: the reset count of the newest shared record version loaded (ReservationsShared.swift);
+    /// nil until the first one, which sets it without a unit attention.
+    var sharedResets: UInt64? = nil
     var pr = PersistentReservationState()
     var mode: ModeParameters
     /// EXTENDED COPY results held for RECEIVE COPY RESULTS (bounded by ExtendedCopyLimits.maxHeldResults).
@@ -330,13 +333,28 @@ public final class LUNState: @unchecked Sendable {
         }
     }
 
-    /// Forget a nexus: its UAs go, and an SPC-2 reservation it held is released.
-    func nexusLost(_ nexus: Nexus) {
+    /// Forget a nexus: its UAs go, and an SPC-2 reservation it held is released. True when it held one.
+    @discardableResult
+    func nexusLost(_ nexus: Nexus) -> Bool {
         shared.withLock { s in
             evict(nexus.id)
             s.nexuses[nexus.id] = nil
-            if s.spc2Holder == nexus.id { s.spc2Holder = nil }
+            let held = s.spc2Holder == nexus.id
+            if held { s.spc2Holder = nil }
             publishFlags(s)
+            return held
+        }
+    }
+
+    /// The session of `nexusID` is logging out: the SPC-2 reservation it holds, if any, is released now, before
+    /// the logout response (a multipath sheep LU appends the release to the shared record first). True when
+    /// it held one.
+    func releaseSPC2(heldBy nexusID: UInt64) -> Bool {
+        shared.withLock { s in
+            guard s.spc2Holder == nexusID else { return false }
+            s.spc2Holder = nil
+            publishFlags(s)
+            return true
         }
     }
 
@@ -345,12 +363,17 @@ public final class LUNState: @unchecked Sendable {
     /// nexus (SAM-5 §6.3.3). PR state persists.
     func reset(raising asc: ASC) {
         shared.withLock { s in
-            s.spc2Holder = nil
-            s.mode = ModeParameters(capabilities: capabilities)
-            for id in Array(s.nexuses.keys) { s.nexuses[id]!.preventsRemoval = false }
-            queueUAForAll(&s, except: nil, asc)
+            reset(&s, raising: asc)
             publishFlags(s)
         }
+    }
+
+    /// `reset(raising:)` with the lock held (also for a reset through another gateway, ReservationsShared.swift).
+    func reset(_ s: inout LUNSharedState, raising asc: ASC) {
+        s.spc2Holder = nil
+        s.mode = ModeParameters(capabilities: capabilities)
+        for id in Array(s.nexuses.keys) { s.nexuses[id]!.preventsRemoval = false }
+        queueUAForAll(&s, except: nil, asc)
     }
 
     var modeParameters: ModeParameters { shared.withLock { $0.mode } }

@@ -29,6 +29,12 @@ extension LUNState {
     /// wrote itself is not adopted this way: applying the command locally already queued them.
     func adoptShared(_ r: SheepSCSIRecord) {
         shared.withLock { s in
+            if let seen = s.sharedResets, r.resets > seen {
+                // A LOGICAL UNIT RESET or target reset through another gateway reset this LU too (SAM-5 §6.3.3):
+                // its nexuses here hear BUS DEVICE RESET FUNCTION OCCURRED, as those of the gateway that took it.
+                reset(&s, raising: .busDeviceResetOccurred)
+            }
+            s.sharedResets = max(s.sharedResets ?? r.resets, r.resets)
             let before = s.pr
             s.pr = r.persistentReservation
             if let holder = r.spc2Holder {
@@ -52,10 +58,61 @@ extension LUNState {
     }
 }
 
+extension LUNState {
+    /// Loads a version this gateway wrote. Applying the command or change here already did what it says, so
+    /// it raises nothing; it notes the reset count, and clears an SPC-2 reservation this LU still takes for
+    /// another gateway's when the version released it (a change appended after a lost race, which re-read
+    /// the winner's version into the LU).
+    func adoptOwn(_ r: SheepSCSIRecord) {
+        shared.withLock { s in
+            s.sharedResets = max(s.sharedResets ?? r.resets, r.resets)
+            if r.spc2Holder == nil, s.spc2Holder == LUNSharedState.remoteSPC2Holder {
+                s.spc2Holder = nil
+                publishFlags(s)
+            }
+        }
+    }
+}
+
 enum SharedStateLimits {
     /// A reservation command whose version other gateways' versions beat this many times in a row is answered
     /// BUSY: the initiator retries it later rather than the target looping on a contended record.
     static let publishAttemptsMax = 4
+    /// Changes made outside a command (SharedStateChange) waiting for the home core, per VDI. A reset takes
+    /// the place of every change queued before it, so only SPC-2 releases of distinct nexuses fill this; beyond
+    /// it the oldest is dropped (with a warning): only one of them can be the record's holder.
+    static let changesQueuedMax = 16
+    /// Logout and task management responses one connection holds until its shared state changes are in
+    /// sheep; beyond, a response goes at once (the change is still appended).
+    static let heldResponsesMax = 4
+    /// Loop ticks (seconds) a command waits for the record to be read, or a Logout or TMF Response for its
+    /// change to be appended, before it is answered `.unavailable` (a request held by a channel that lost its
+    /// sheep node would otherwise hold it until the node returns, up to SheepChannelLimits.giveUpSeconds).
+    /// TEST UNIT READY then answers from what the gateway knows; a held response goes, its change stays queued.
+    static let syncWaitSecondsMax: UInt64 = 3
+}
+
+extension SharedStateChange {
+    /// Queues `change` behind `queue`, merging what one version says anyway: a reset releases every SPC-2
+    /// reservation and one reset is enough for the others to report it; a release already queued is not
+    /// queued twice. Returns false when the oldest release was dropped to stay within `changesQueuedMax`.
+    @discardableResult
+    static func enqueue(_ change: SharedStateChange, into queue: inout [SharedStateChange]) -> Bool {
+        switch change {
+        case .reset:
+            queue.removeAll()
+        case .releaseSPC2:
+            if queue.contains(change) { return true }
+        }
+        var kept = true
+        if queue.count >= SharedStateLimits.changesQueuedMax {
+            // A reset can only be first (it empties the queue): the oldest release after it goes.
+            queue.remove(at: queue[0] == .reset ? 1 : 0)
+            kept = false
+        }
+        queue.append(change)
+        return kept
+    }
 }
 
 // Reservation commands on a multipath sheep LU (docs/CLUSTER-STATE.md, steps 2 and 4): the record is read
@@ -106,7 +163,9 @@ extension SCSITask {
     }
 
     mutating func sharedRecheckCompleted(_ r: StoreResult, buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
-        if let fail = checkStore(r, reading: false) { return fail }
+        // TEST UNIT READY answers from what this gateway knows when the record cannot be read: whether the LU
+        // is reachable is ALUA's to say (backingUnavailable), not a record read's.
+        if opcode != Opcode.testUnitReady, let fail = checkStore(r, reading: false) { return fail }
         phase = .sharedApply
         return startSlow(buffer: buffer)
     }

@@ -274,8 +274,13 @@ public struct SCSITask {
 
     /// The session behind `nexus` ended: SPC-2 reservations it held are released and its unit
     /// attentions dropped. Persistent reservation registrations persist (SPC-4 §5.9.1).
-    public static func nexusLost(_ nexus: Nexus, target: TargetRuntime) {
-        for lun in target.luns { lun.state.nexusLost(nexus) }
+    /// Returns the LUs whose SPC-2 reservation it held: on a multipath sheep LU the release must reach the
+    /// shared record too (Reactor.shareChange).
+    @discardableResult
+    public static func nexusLost(_ nexus: Nexus, target: TargetRuntime) -> [LogicalUnit] {
+        var released: [LogicalUnit] = []
+        for lun in target.luns where lun.state.nexusLost(nexus) { released.append(lun) }
+        return released
     }
 
     // MARK: Completion helpers

@@ -4,6 +4,15 @@
 extension SCSITask {
     /// tgt's spc_test_unit: an offline LU is NOT READY, its medium absent if removable.
     mutating func testUnitReady() -> SCSIAction {
+        // A LU shared with other gateways: a reset through another one reaches this path's nexuses as a unit
+        // attention once this gateway reads the record, and TEST UNIT READY is what initiators and multipath
+        // checkers poll a path with. So it reads the record first (one GET_VDI_ATTR when nothing changed),
+        // then takes the unit attention check again (docs/CLUSTER-STATE.md). Not while the store has lost its
+        // sheep node: the read would wait for the node, and ALUA answers for the path then.
+        if phase != .sharedApply, sharesReservations, lun?.reachability?.downSinceNanos ?? 0 == 0 {
+            phase = .sharedRecheck
+            return .store(.shareState(target: .own, publish: false))
+        }
         if lunFlags & LUNState.flagOffline == 0 { return completeGood() }
         return fail(SenseKey.notReady, lunFlags & LUNState.flagMediumNotPresent != 0 ? .mediumNotPresent : .becomingReady)
     }

@@ -11,6 +11,9 @@ enum SheepWaiter: Equatable {
     case home(op: Int32)
     /// The shared lock taken again after a reconnect (SheepRejoin).
     case rejoin
+    /// A connection holding a logout or task management response until the shared SCSI state change it made
+    /// is in sheep (SheepStore.shareChange); never a sheep reply's waiter.
+    case connection(index: Int32, generation: UInt32)
 }
 
 /// A sheep channel's bounds and timeouts (outside the generic class, which cannot hold static stored properties).

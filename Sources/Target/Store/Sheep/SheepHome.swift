@@ -17,6 +17,9 @@ final class SheepHomeRequest: @unchecked Sendable {
         case record(publish: Bool)
         /// Multipath: COMPARE AND WRITE's section across gateways (StoreOp.compareSection, SheepHomeCompare.swift).
         case compareSection(CompareSectionStep)
+        /// Multipath: append a change made outside a command (logout, nexus loss, a reset) to the shared SCSI
+        /// record; answered once it is in sheep (or known to change nothing).
+        case change(SharedStateChange)
     }
     let volume: SheepVolume
     let kind: Kind
@@ -28,6 +31,9 @@ final class SheepHomeRequest: @unchecked Sendable {
     var invalidated = false
     /// Times this request met INODE_INVALIDATED (bounded by SheepHomeLimits.invalidationsMax).
     var invalidations = 0
+    /// Loop tick at which a `.record(publish: false)` or a `.change` began to wait
+    /// (SharedStateLimits.syncWaitSecondsMax).
+    var queuedTick: UInt64 = 0
 
     init(volume: SheepVolume, kind: Kind, originCore: Int, waiter: SheepWaiter, readonlyVID: UInt32 = 0) {
         self.volume = volume
@@ -42,7 +48,7 @@ final class SheepHomeRequest: @unchecked Sendable {
         case .write(let i, _, _, _): return i
         case .deallocate(let i): return i
         case .read(let i, _, _, _): return i
-        case .record, .compareSection: return 0
+        case .record, .compareSection, .change: return 0
         }
     }
 }
@@ -103,6 +109,17 @@ final class SheepHome {
     /// record version known when it was held: a newer one from another gateway fails writes `.stateChanged`.
     var waitingRecord: [SheepHomeRequest] = []
     var waitingRecordVersion: UInt64 = 0
+    /// A reservation command whose version lost the race: answered `.stateChanged` once the refresh that
+    /// follows has loaded the winner's version into the LU, so that the command applies again to that.
+    var recordLostPublisher: SheepHomeRequest? = nil
+    /// Changes made outside a command (SharedStateChange.enqueue bounds them), waiting; those being appended
+    /// (a refresh, then the version, again after a lost race) and how often they lost; and the requests each
+    /// group answers.
+    var changes: [SharedStateChange] = []
+    var changeWaiters: [SheepHomeRequest] = []
+    var changesInFlight: [SharedStateChange] = []
+    var changeWaitersInFlight: [SheepHomeRequest] = []
+    var changeAttempts = 0
 
     /// Multipath: COMPARE AND WRITE's section (SheepHomeCompare.swift): the machine, the request it works for
     /// (an enter or a leave), the enter of the command that holds it, enters waiting their turn, where a read
@@ -200,6 +217,8 @@ struct SheepHomeMachine {
     var nowNanos: UInt64 = 0
     /// The earliest time a COMPARE AND WRITE section asked to be woken at; 0: none.
     var compareWakeNanos: UInt64 = 0
+    /// The loop tick last seen (refreshDueRecords), for how long a reservation command has waited.
+    var tick: UInt64 = 0
 
     /// The next thing to do, in the order decided; nil when there is nothing left.
     mutating func nextAction() -> Action? {
@@ -231,6 +250,7 @@ struct SheepHomeMachine {
         }
         if case .record(let publish) = req.kind { recordRequest(req, publish: publish); return }
         if case .compareSection(let step) = req.kind { compareRequest(req, step); return }
+        if case .change(let change) = req.kind { recordChange(req, change); return }
         let vol = req.volume
         let h = home(vol)
         if h.reloading { h.waitingReload.append(req); return }
@@ -306,7 +326,7 @@ struct SheepHomeMachine {
             }
             h.creating[idx] = []
             if vol.isHyper { treeSet(vol, req, value: 0) } else { writeSlot(vol, idx: idx, value: 0, vid: cur, req: req) }
-        case .read, .record, .compareSection:
+        case .read, .record, .compareSection, .change:
             break   // answered above
         }
     }

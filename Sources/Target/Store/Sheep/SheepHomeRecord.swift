@@ -9,13 +9,28 @@ extension SheepHomeMachine {
     /// Re-reads every record in use on this core whose last refresh started `refreshIntervalSeconds` ago or
     /// more: a gateway without I/O gets no INODE_INVALIDATED.
     mutating func refreshDueRecords(tick: UInt64) {
+        self.tick = tick
         var due: [SheepVolume] = []
         for h in homes.values {
+            // A command that waited this long for the record (its sheep node went away under the read, which
+            // the channel holds until it reconnects) goes on with what this gateway knows, as `.unavailable`;
+            // a Logout or TMF Response held for a change goes too (the change stays queued and lands later).
+            expireWaiters(&h.recordSyncWaiters, tick: tick)
+            expireWaiters(&h.changeWaiters, tick: tick)
+            expireWaiters(&h.changeWaitersInFlight, tick: tick)
             guard let r = h.record, !r.isBusy, let vol = h.recordVolume,
                   tick &- h.recordTick >= ClusterStateLimits.refreshIntervalSeconds else { continue }
             due.append(vol)
         }
         for vol in due { refreshRecord(vol, tick: tick) }
+    }
+
+    private mutating func expireWaiters(_ waiters: inout [SheepHomeRequest], tick: UInt64) {
+        guard waiters.contains(where: { tick &- $0.queuedTick >= SharedStateLimits.syncWaitSecondsMax }) else { return }
+        for r in waiters where tick &- r.queuedTick >= SharedStateLimits.syncWaitSecondsMax {
+            actions.append(.answer(r, .unavailable))
+        }
+        waiters.removeAll { tick &- $0.queuedTick >= SharedStateLimits.syncWaitSecondsMax }
     }
 
     /// Brings the VDI's record up to date; a refresh asked for while another operation runs follows it.
@@ -112,9 +127,27 @@ extension SheepHomeMachine {
         }
         // Before the answers below: the store loads the version into the LU, then the commands go on.
         actions.append(.record(vol, h.record!.known, outcome))
-        if let p = h.recordPublisher {
+        if !h.changesInFlight.isEmpty {
+            if changesStepEnded(vol, outcome, failure) { return }
+        } else if let p = h.recordPublisher {
             h.recordPublisher = nil
+            if outcome == .lostRace && !stopping {
+                // Another gateway wrote that version: read it (the store loads it into the LU) before the
+                // command applies again, or it would apply to the state it lost with and lose again.
+                h.recordLostPublisher = p
+                recordStep(vol, h.record!.refresh())
+                return
+            }
             actions.append(.answer(p, outcome == .published ? nil : (failure ?? .stateChanged)))
+        } else if let p = h.recordLostPublisher {
+            h.recordLostPublisher = nil
+            actions.append(.answer(p, failure ?? .stateChanged))
+        }
+        if !h.changes.isEmpty {
+            // Changes made outside a command go first: a reservation command or a held write after them must
+            // see them (a RESERVE through this gateway after a logout released the holder's reservation).
+            startChanges(vol)
+            if h.recordRunning { return }
         }
         if h.recordAgain {
             h.recordAgain = false
@@ -133,7 +166,7 @@ extension SheepHomeMachine {
         for r in held {
             switch r.kind {
             case .write, .read: if recheck { actions.append(.answer(r, .stateChanged)); continue }
-            case .deallocate, .record, .compareSection: break
+            case .deallocate, .record, .compareSection, .change: break
             }
             request(r)
         }
@@ -146,6 +179,7 @@ extension SheepHomeMachine {
         let vol = req.volume
         let h = home(vol)
         if !publish {
+            req.queuedTick = tick
             h.recordSyncWaiters.append(req)
             refreshRecord(vol)
             return
@@ -155,6 +189,86 @@ extension SheepHomeMachine {
         } else {
             h.recordPublishQueue.append(req)
         }
+    }
+
+    /// A change made outside a command (SharedStateChange): queued, then appended after a refresh, before
+    /// any reservation command or held I/O waiting behind it. `req` is answered once it is in sheep.
+    mutating func recordChange(_ req: SheepHomeRequest, _ change: SharedStateChange) {
+        let vol = req.volume
+        guard vol.coherent else {
+            actions.append(.answer(req, nil))   // one gateway: the LU's own state is the whole state
+            return
+        }
+        let h = home(vol)
+        if !SharedStateChange.enqueue(change, into: &h.changes) {
+            actions.append(.log(.warning, "sheep VDI '\(vol.name)': more than \(SharedStateLimits.changesQueuedMax) shared SCSI state changes queued; the oldest SPC-2 release is dropped"))
+        }
+        if req.waiter != .none {
+            req.queuedTick = tick
+            if h.changeWaiters.count < SharedStateLimits.changesQueuedMax {
+                h.changeWaiters.append(req)
+            } else {
+                actions.append(.answer(req, .unavailable))   // the change is queued; only the wait for it is refused
+            }
+        }
+        if h.changesInFlight.isEmpty, !h.recordRunning, h.recordPublisher == nil, h.recordLostPublisher == nil {
+            startChanges(vol)
+        }
+    }
+
+    private mutating func startChanges(_ vol: SheepVolume) {
+        let h = home(vol)
+        h.changesInFlight = h.changes
+        h.changeWaitersInFlight = h.changeWaiters
+        h.changes.removeAll()
+        h.changeWaiters.removeAll()
+        h.changeAttempts = 0
+        if stopping {
+            changesEnded(h, .unavailable)
+            return
+        }
+        if h.record == nil {
+            h.record = SheepSCSIRecordSync(vdiName: vol.name)
+            h.recordVolume = vol
+        }
+        recordStep(vol, h.record!.refresh())
+    }
+
+    /// A step of appending the changes in flight ended (a refresh, or the version): true when another follows.
+    private mutating func changesStepEnded(_ vol: SheepVolume, _ outcome: SheepSCSIRecordSync.Outcome,
+                                           _ failure: StoreError?) -> Bool {
+        let h = home(vol)
+        switch outcome {
+        case .current:
+            guard !stopping else { changesEnded(h, .unavailable); return false }
+            // The newest version is known: append the changes to it, unless they change nothing there.
+            guard let next = h.record!.known.applying(h.changesInFlight, writer: vol.gatewayID) else {
+                changesEnded(h, nil)
+                return false
+            }
+            recordStep(vol, h.record!.publish(next))
+            return true
+        case .published:
+            changesEnded(h, nil)
+        case .lostRace:
+            h.changeAttempts += 1
+            if h.changeAttempts < SharedStateLimits.publishAttemptsMax && !stopping {
+                recordStep(vol, h.record!.refresh())
+                return true
+            }
+            actions.append(.log(.error, "sheep VDI '\(vol.name)': other gateways' versions beat a shared SCSI state change \(h.changeAttempts) times; it is not in the record"))
+            changesEnded(h, .unavailable)
+        case .failed:
+            actions.append(.log(.error, "sheep VDI '\(vol.name)': a shared SCSI state change (\(h.changesInFlight)) is not in the record"))
+            changesEnded(h, failure ?? .unavailable)
+        }
+        return false
+    }
+
+    private mutating func changesEnded(_ h: SheepHome, _ failure: StoreError?) {
+        for r in h.changeWaitersInFlight { actions.append(.answer(r, failure)) }
+        h.changeWaitersInFlight.removeAll()
+        h.changesInFlight.removeAll()
     }
 
     private mutating func startPublish(_ vol: SheepVolume, _ req: SheepHomeRequest) {

@@ -55,9 +55,12 @@ extension PortIdentity {
 
 /// One version of the record.
 struct SheepSCSIRecord: Equatable {
-    /// "RTSC", then the format, so a gateway never adopts an attribute it does not understand.
+    /// "RTSC", then the format, so a gateway never adopts an attribute it does not understand. Format 2 is
+    /// format 1 with `resets` appended; format 1 records are still read (as no reset yet), and a gateway that
+    /// only knows format 1 refuses format 2 ones (it keeps its version and logs) rather than misread them.
     static let magic: UInt32 = 0x4353_5452
-    static let format: UInt16 = 1
+    static let format: UInt16 = 2
+    static let formatsRead: ClosedRange<UInt16> = 1 ... 2
     static let attributePrefix = "ringtgt.scsi."
 
     /// Position in the chain: the attribute `ringtgt.scsi.<version>` holds it. Version 0 is "no record yet".
@@ -71,6 +74,9 @@ struct SheepSCSIRecord: Equatable {
     var prType: UInt8 = 0
     var prHolder: PortIdentity? = nil
     var compareLease: ClusterLease? = nil
+    /// LOGICAL UNIT RESETs and target resets of the LU through any gateway so far: a gateway that adopts a
+    /// higher count raises the reset's unit attention for its own nexuses (format 2).
+    var resets: UInt64 = 0
 
     static func attributeKey(version: UInt64) -> String { attributePrefix + String(version) }
 
@@ -143,6 +149,7 @@ struct SheepSCSIRecord: Equatable {
             u64(l.gateway)
             u64(l.expiresAtSeconds)
         }
+        u64(resets)
         return out
     }
 
@@ -150,7 +157,7 @@ struct SheepSCSIRecord: Equatable {
     /// version it has and logs, rather than adopt a damaged one).
     init?(decoding bytes: [UInt8]) {
         var reader = RecordReader(bytes: bytes)
-        guard reader.u32() == Self.magic, reader.u16() == Self.format,
+        guard reader.u32() == Self.magic, let format = reader.u16(), Self.formatsRead.contains(format),
               let version = reader.u64(), let writer = reader.u64(),
               let spc2 = reader.optionalPort(), let generation = reader.u32(),
               let reserved = reader.u8(), reserved <= 1, let type = reader.u8(),
@@ -168,7 +175,13 @@ struct SheepSCSIRecord: Equatable {
             guard let g = reader.u64(), let e = reader.u64() else { return nil }
             lease = ClusterLease(gateway: g, expiresAtSeconds: e)
         }
+        var resets: UInt64 = 0
+        if format >= 2 {
+            guard let n = reader.u64() else { return nil }
+            resets = n
+        }
         guard reader.atEnd else { return nil }
+        self.resets = resets
         self.version = version
         self.writer = writer
         self.spc2Holder = spc2
@@ -181,6 +194,34 @@ struct SheepSCSIRecord: Equatable {
     }
 
     init() {}
+}
+
+/// A change to the shared state made outside a command (docs/CLUSTER-STATE.md): nothing waits to apply it
+/// again after a lost race, so the home core keeps it and applies it to whatever version is newest.
+enum SharedStateChange: Equatable {
+    /// The SPC-2 reservation of this I_T nexus ended with its session (logout, nexus loss).
+    case releaseSPC2(PortIdentity)
+    /// A LOGICAL UNIT RESET or target reset through this gateway: it releases the SPC-2 reservation and
+    /// counts one more reset, which the other gateways report to their nexuses.
+    case reset
+}
+
+extension SheepSCSIRecord {
+    /// The version after this one with `changes` applied in order, written by `writer`; nil when they change
+    /// nothing (a released reservation someone else has since replaced is not released again).
+    func applying(_ changes: [SharedStateChange], writer: UInt64) -> SheepSCSIRecord? {
+        var next = successor(writer: writer)
+        for c in changes {
+            switch c {
+            case .releaseSPC2(let p):
+                if next.spc2Holder == p { next.spc2Holder = nil }
+            case .reset:
+                next.spc2Holder = nil
+                next.resets &+= 1
+            }
+        }
+        return next.spc2Holder == spc2Holder && next.resets == resets ? nil : next
+    }
 }
 
 extension PRRegistration: Equatable {

@@ -35,6 +35,8 @@ protocol SheepStoreHost: AnyObject {
     func postHome(core: Int, _ request: SheepHomeRequest)
     /// Hands the home core's answer back to the core the request came from.
     func postHomeDone(core: Int, _ waiter: SheepWaiter, _ failure: StoreError?)
+    /// A shared SCSI state change the connection waits for is in sheep (or failed to get there).
+    func sharedChangeAnswered(connection: Int, generation: UInt32)
 }
 
 /// The sheepdog store of one core: a channel per sheep endpoint, and the home-core state of the VDIs homed
@@ -227,6 +229,15 @@ final class SheepStore<Host: SheepStoreHost> {
         }
     }
 
+    /// Multipath: a change to the LU's shared SCSI state made outside a command (a session's end released
+    /// its SPC-2 reservation, a reset); the volume's home core appends it to the record (docs/CLUSTER-STATE.md).
+    /// `waiter` (a connection, or none) is answered once the change is in sheep.
+    func shareChange(_ vol: SheepVolume, _ change: SharedStateChange, waiter: SheepWaiter) {
+        guard vol.coherent else { return }
+        let req = SheepHomeRequest(volume: vol, kind: .change(change), originCore: core, waiter: waiter)
+        if isHome(vol) { homeHandle(req) } else { host.postHome(core: vol.homeCore, req) }
+    }
+
     /// Splits [offset, offset+length) at object boundaries: body(index, offsetInObject, length, doneSoFar).
     @inline(__always)
     func forEachPiece(_ vol: SheepVolume, _ offset: UInt64, _ length: Int, _ body: (Int, Int, Int, Int) -> Void) {
@@ -343,7 +354,7 @@ final class SheepStore<Host: SheepStoreHost> {
     func reply(_ waiter: SheepWaiter, result: SheepResult, bytes: Int, failure: StoreError?, vdiID: UInt32 = 0,
                attrID: UInt32 = 0) {
         switch waiter {
-        case .none, .rejoin: break
+        case .none, .rejoin, .connection: break
         case .request(let tag):
             var outcome: StoreError? = failure
             if outcome == nil {
@@ -418,11 +429,16 @@ final class SheepStore<Host: SheepStoreHost> {
 
     /// The home core's answer for a piece that this core waits for (from the mailbox).
     func homeAnswered(_ waiter: SheepWaiter, failure: StoreError?) {
-        if case .request(let tag) = waiter { pieceDone(tag, failure: failure, result: .success) }
+        switch waiter {
+        case .request(let tag): pieceDone(tag, failure: failure, result: .success)
+        case .connection(let index, let generation): host.sharedChangeAnswered(connection: Int(index), generation: generation)
+        case .none, .home, .rejoin: break
+        }
     }
 
     /// A home-core answer for a piece that another core (or this one) waits for.
     func homeDone(_ req: SheepHomeRequest, failure: StoreError?) {
+        if req.waiter == .none { return }   // a shared state change nobody waits for
         if isThisCore(req.originCore) {
             homeAnswered(req.waiter, failure: failure)
         } else {
@@ -466,7 +482,11 @@ final class SheepStore<Host: SheepStoreHost> {
                 logger.debug("sheep VDI '\(vol.name)': shared SCSI record version \(record.version) (\(outcome))")
                 if record.version > vol.adoptedVersion {
                     // Our own versions are in the LU already: applying the command there queued their unit attentions.
-                    if record.writer != vol.gatewayID { vol.lunState?.adoptShared(record) }
+                    if record.writer != vol.gatewayID {
+                        vol.lunState?.adoptShared(record)
+                    } else {
+                        vol.lunState?.adoptOwn(record)
+                    }
                     vol.adoptedVersion = record.version
                 }
             }
