@@ -125,12 +125,13 @@ extension RawSocket {
     /// sends more data than `maxDataSegmentBytes` or a digest that does not match.
     ///
     /// `strayDigests` is for a PDU that must carry no digests but that a target may send with them anyway:
-    /// tgt puts the digests just negotiated on the final Login Response, which RFC 7143 §13.1 leaves without
-    /// them (digests start in full feature phase; libiscsi and Linux read it without). After the header (and,
-    /// when the header had one, after the data) the next 4 bytes are peeked at, waiting at most
-    /// `RawSessionLimits.strayDigestWaitSeconds`; if they are the CRC32C of what precedes, they are consumed
-    /// and the PDU's `hadStrayDigests` is set. A target that sends none leaves nothing to read until the
-    /// initiator speaks, so the check costs that wait.
+    /// the final Login Response, which RFC 7143 §13.1 leaves without them (digests start in full feature
+    /// phase; libiscsi and Linux read it without), but which ringtgtd once sent with the digests just
+    /// negotiated (perf/README.md, "Findings"). After the header (and, when the header had one, after the
+    /// data) the next 4 bytes are peeked at, waiting at most `RawSessionLimits.strayDigestWaitSeconds`; if
+    /// they are the CRC32C of what precedes, they are consumed and the PDU's `hadStrayDigests` is set. After
+    /// a header with a data segment the data is already there, so the check waits only when a response
+    /// without data (or with a header digest) is the last thing the target sends before the initiator speaks.
     public func readPDU(deadline: Double, headerDigest: Bool = false, dataDigest: Bool = false,
                  maxDataSegmentBytes: Int = RawSessionLimits.defaultMaxRecvDataSegmentBytes,
                  strayDigests: (header: Bool, data: Bool) = (false, false)) throws -> RawEvent {

@@ -4,7 +4,7 @@
 // it then hands over with `RawSocket.detach`).
 //
 // It logs in (normal session, one operational step, after a security stage for CHAP or on request; key
-// text it builds itself; optionally tolerating tgt's digests on the final Login Response), sends SCSI Command,
+// text it builds itself; optionally tolerating digests on the final Login Response), sends SCSI Command,
 // Data-Out, NOP-Out, Task Management and Logout PDUs, and reads the target's PDUs back, each read
 // bounded by a deadline so a target that neither answers nor closes shows up as `.timeout`, never a
 // hang. Headers come from ISCSIWire's builders and digests from its CRC32C; a PDU with a wrong digest
@@ -216,9 +216,9 @@ public struct RawLoginOptions {
     /// Log in through the security stage (AuthMethod=None) before the operational one, as libiscsi and
     /// open-iscsi do, instead of starting in the operational stage. CHAP always has a security stage.
     public var securityStage: Bool
-    /// Recognise and skip digests the target puts on operational-stage Login Responses (tgt does on the
-    /// final one), and remember that it did (`RawSession.loginResponseHadDigests`), instead of failing on
-    /// the next PDU. Costs up to `RawSessionLimits.strayDigestWaitSeconds` per response when digests are offered.
+    /// Recognise and skip digests a target puts on operational-stage Login Responses (ringtgtd once did on
+    /// the final one), and remember that it did (`RawSession.loginResponseHadDigests`), instead of failing on
+    /// the next PDU. Can cost up to `RawSessionLimits.strayDigestWaitSeconds` per response (see `readPDU`).
     public var toleratesLoginResponseDigests: Bool
     /// Shrinks the socket's receive buffer (slow-client tests).
     public var receiveBufferBytes: Int?

@@ -1,5 +1,5 @@
 // RawSocket's peek and detach, and readPDU's recognition of digests a target put on a PDU that carries none
-// (tgt's final Login Response), against a loopback peer this test holds (LoopbackPeer, RawSocketTests.swift).
+// (the final Login Response, as ringtgtd once sent it), against a loopback peer this test holds (LoopbackPeer, RawSocketTests.swift).
 
 import ISCSIWire
 import RawClients

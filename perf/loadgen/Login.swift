@@ -1,6 +1,6 @@
 // Session setup: TCP connect, login through the security stage with key negotiation (RFC 7143 §6, §13) and
 // READ CAPACITY(16), all through RawClients' raw session (the one raw iSCSI client), which also recognises
-// the digests tgt puts on the final Login Response. None of this is on the I/O path; once a session is in
+// digests a target puts on the final Login Response. None of this is on the I/O path; once a session is in
 // full feature phase its socket is handed to a worker's ring.
 import Glibc
 import ISCSIWire
@@ -79,7 +79,7 @@ struct Negotiated {
     var cmdSN: UInt32 = 0
     var expStatSN: UInt32 = 0
     var maxCmdSN: UInt32 = 0
-    /// The target put digests on the final Login Response (tgt does; see RawLoginOptions.toleratesLoginResponseDigests).
+    /// The target put digests on the final Login Response (ringtgtd once did; see RawLoginOptions.toleratesLoginResponseDigests).
     var loginResponseHadDigests = false
 }
 
