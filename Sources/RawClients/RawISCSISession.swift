@@ -80,26 +80,29 @@ public struct TargetPDU: CustomStringConvertible {
     /// Digests came with it although none applied (see `RawSocket.readPDU`'s `strayDigests`).
     public var hadStrayDigests = false
 
-    public var opcode: UInt8 { header.withUnsafeBytes { BHS($0.baseAddress!).opcode } }
-    public var flags: UInt8 { header[1] }
-    public var final: Bool { flags & 0x80 != 0 }
-    public var itt: UInt32 { rawBE32(header, 16) }
-    public var ttt: UInt32 { rawBE32(header, 20) }
-    public var statSN: UInt32 { rawBE32(header, 24) }
-    public var expCmdSN: UInt32 { rawBE32(header, 28) }
-    public var maxCmdSN: UInt32 { rawBE32(header, 32) }
+    /// A field of the header, read through ISCSIWire's BHS view.
+    private func field<T>(_ read: (BHS) -> T) -> T { header.withUnsafeBytes { read(BHS($0.baseAddress!)) } }
+
+    public var opcode: UInt8 { field { $0.opcode } }
+    public var flags: UInt8 { field { $0.byte1 } }
+    public var final: Bool { field { $0.final } }
+    public var itt: UInt32 { field { $0.itt } }
+    public var ttt: UInt32 { field { $0.ttt } }
+    public var statSN: UInt32 { field { $0.statSN } }
+    public var expCmdSN: UInt32 { field { $0.expCmdSN } }
+    public var maxCmdSN: UInt32 { field { $0.maxCmdSN } }
     /// SCSI Response: iSCSI response code; TMF Response: the function's response; Reject: the reason.
-    public var byte2: UInt8 { header[2] }
+    public var byte2: UInt8 { field { $0.response } }
     /// Login Response: status class and detail (bytes 36 and 37; `LoginStatus`'s raw value).
-    public var loginStatus: UInt16 { rawBE16(header, 36) }
+    public var loginStatus: UInt16 { field { $0.u16(36) } }
     /// SCSI Response and Data-In with S: the SCSI status.
-    public var status: UInt8 { header[3] }
+    public var status: UInt8 { field { $0.status } }
     /// Data-In: the S bit (status collapsed into this PDU).
-    public var hasStatus: Bool { opcode == ISCSIOpcode.dataIn && flags & 0x01 != 0 }
+    public var hasStatus: Bool { opcode == ISCSIOpcode.dataIn && field { $0.hasStatus } }
     /// R2T: R2TSN, buffer offset, desired length. Data-In: DataSN, buffer offset, residual.
-    public var u36: UInt32 { rawBE32(header, 36) }
-    public var bufferOffset: UInt32 { rawBE32(header, 40) }
-    public var u44: UInt32 { rawBE32(header, 44) }
+    public var u36: UInt32 { field { $0.u32(36) } }
+    public var bufferOffset: UInt32 { field { $0.bufferOffset } }
+    public var u44: UInt32 { field { $0.u32(44) } }
 
     /// Fixed-format sense of a SCSI Response: (key, ASC, ASCQ), or nil without sense data.
     public var sense: (key: UInt8, asc: UInt8, ascq: UInt8)? {
