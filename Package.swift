@@ -72,7 +72,7 @@ let package = Package(
         // sheep fixtures (test server, local cluster). A target, not a product: nothing outside this package links it.
         .target(name: "TestSupport", dependencies: ["DeterministicRandom"], swiftSettings: [.swiftLanguageMode(.v5)]),
         // The one raw iSCSI initiator and the one raw NBD client, on ISCSIWire's vocabulary (Target only for the
-        // login's text keys, CHAP and NBDWire), for the end-to-end tests and perf/livefuzz. Apart from
+        // login's text keys, CHAP and NBDWire), for the end-to-end tests, perf/livefuzz and perf/loadgen's setup. Apart from
         // TestSupport, which stays free of Target.
         .target(name: "RawClients", dependencies: ["ISCSIWire", "Target", "TestSupport"],
                 swiftSettings: [.swiftLanguageMode(.v5)]),
@@ -87,7 +87,7 @@ let package = Package(
         // and the scenario runner (ringtgt beside Debian's tgt, reports, regression gates).
         .executableTarget(
             name: "ringtgt-loadgen",
-            dependencies: ["Target", "ISCSIWire", "CURing", "TestSupport",
+            dependencies: ["Target", "ISCSIWire", "RawClients", "CURing", "TestSupport",
                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Histogram", package: "hdrhistogram-swift")],
             path: "perf/loadgen",

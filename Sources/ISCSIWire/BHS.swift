@@ -33,6 +33,24 @@ public struct BHS {
     @inlinable @inline(__always) public var ttt: UInt32 { be32(p, 20) }
     @inlinable @inline(__always) public var dataSN: UInt32 { be32(p, 36) }
     @inlinable @inline(__always) public var bufferOffset: UInt32 { be32(p, 40) }
+
+    // Target PDUs, as an initiator reads them (SCSI Response §11.4, Data-In §11.7, R2T §11.8, NOP-In §11.19,
+    // Async Message §11.9, Reject §11.17): the same offsets as above under the target's names.
+    @inlinable @inline(__always) public var statSN: UInt32 { be32(p, 24) }
+    @inlinable @inline(__always) public var expCmdSN: UInt32 { be32(p, 28) }
+    @inlinable @inline(__always) public var maxCmdSN: UInt32 { be32(p, 32) }
+    /// SCSI Response: the iSCSI response code; Reject: the reason.
+    @inlinable @inline(__always) public var response: UInt8 { byte(2) }
+    /// SCSI Response, and Data-In with the S bit: the SCSI status.
+    @inlinable @inline(__always) public var status: UInt8 { byte(3) }
+    /// Data-In: the S bit, status collapsed into this PDU (§11.7.4).
+    @inlinable @inline(__always) public var hasStatus: Bool { byte1 & 0x01 != 0 }
+    /// SCSI Response and Data-In: the O or U bit (a residual count follows at 44).
+    @inlinable @inline(__always) public var hasResidual: Bool { byte1 & 0x06 != 0 }
+    /// R2T: the Desired Data Transfer Length (§11.8.6).
+    @inlinable @inline(__always) public var desiredDataTransferLength: UInt32 { be32(p, 44) }
+    /// Async Message: the AsyncEvent code (§11.9.1).
+    @inlinable @inline(__always) public var asyncEvent: UInt8 { byte(36) }
 }
 
 /// Decodes an 8-byte LUN field into a LUN number (SAM-5 peripheral and flat addressing, single level).

@@ -123,8 +123,18 @@ extension RawSocket {
     /// One PDU from the target, read by `deadline`: BHS and AHS, the header digest when `headerDigest`, the
     /// data segment (unpadded) and its digest when `dataDigest`. Throws when the target stops inside the PDU,
     /// sends more data than `maxDataSegmentBytes` or a digest that does not match.
+    ///
+    /// `strayDigests` is for a PDU that must carry no digests but that a target may send with them anyway:
+    /// the final Login Response, which RFC 7143 §13.1 leaves without them (digests start in full feature
+    /// phase; libiscsi and Linux read it without), but which ringtgtd once sent with the digests just
+    /// negotiated (perf/README.md, "Findings"). After the header (and, when the header had one, after the
+    /// data) the next 4 bytes are peeked at, waiting at most `RawSessionLimits.strayDigestWaitSeconds`; if
+    /// they are the CRC32C of what precedes, they are consumed and the PDU's `hadStrayDigests` is set. After
+    /// a header with a data segment the data is already there, so the check waits only when a response
+    /// without data (or with a header digest) is the last thing the target sends before the initiator speaks.
     public func readPDU(deadline: Double, headerDigest: Bool = false, dataDigest: Bool = false,
-                 maxDataSegmentBytes: Int = RawSessionLimits.defaultMaxRecvDataSegmentBytes) throws -> RawEvent {
+                 maxDataSegmentBytes: Int = RawSessionLimits.defaultMaxRecvDataSegmentBytes,
+                 strayDigests: (header: Bool, data: Bool) = (false, false)) throws -> RawEvent {
         let first: [UInt8]
         switch read(bhsBytes, deadline: deadline) {
         case .closed: return .closed
@@ -153,7 +163,20 @@ extension RawSocket {
                                      String(format: "0x%08x (want 0x%08x) on opcode 0x%02x", got, want, opcode))
             }
         }
-        if headerDigest { try checkDigest(of: header, "header") }
+        /// Consumes a digest nobody negotiated when the next 4 bytes are the one of `covered`.
+        func skipStrayDigest(of covered: [UInt8]) -> Bool {
+            let wait = min(deadline, monotonicSeconds() + RawSessionLimits.strayDigestWaitSeconds)
+            guard case .bytes(let d) = peek(Framing.digestBytes, deadline: wait),
+                  rawDigest(d) == CRC32C.checksum(covered) else { return false }
+            _ = read(Framing.digestBytes, deadline: deadline)
+            return true
+        }
+        var stray = false
+        if headerDigest {
+            try checkDigest(of: header, "header")
+        } else if strayDigests.header {
+            stray = skipStrayDigest(of: header)
+        }
         if dsl > maxDataSegmentBytes {
             throw RawClientError("the target sent \(dsl) data bytes in one PDU; we declared \(maxDataSegmentBytes)")
         }
@@ -162,9 +185,13 @@ extension RawSocket {
             guard case .bytes(let d) = read(Framing.padded(dsl), deadline: deadline) else {
                 throw RawClientError("the target stopped inside a \(dsl)-byte data segment")
             }
-            if dataDigest { try checkDigest(of: d, "data") }
+            if dataDigest {
+                try checkDigest(of: d, "data")
+            } else if strayDigests.data && (stray || !strayDigests.header) {
+                stray = skipStrayDigest(of: d) || stray
+            }
             data = Array(d[0..<dsl])
         }
-        return .pdu(TargetPDU(header: header, data: data))
+        return .pdu(TargetPDU(header: header, data: data, hadStrayDigests: stray))
     }
 }

@@ -1,8 +1,10 @@
 // The one raw iSCSI initiator, on a raw TCP socket (RawSocket.swift), for the end-to-end tests that must
 // choose every field a real initiator would get right (CmdSN, ITT, TTT, DataSN, buffer offsets, digests,
-// task management) and for perf/livefuzz's probes and floods.
+// task management), for perf/livefuzz's probes and floods, and for perf/loadgen's session setup (whose socket
+// it then hands over with `RawSocket.detach`).
 //
-// It logs in (normal session, one operational step, key text it builds itself), sends SCSI Command,
+// It logs in (normal session, one operational step, after a security stage for CHAP or on request; key
+// text it builds itself; optionally tolerating digests on the final Login Response), sends SCSI Command,
 // Data-Out, NOP-Out, Task Management and Logout PDUs, and reads the target's PDUs back, each read
 // bounded by a deadline so a target that neither answers nor closes shows up as `.timeout`, never a
 // hang. Headers come from ISCSIWire's builders and digests from its CRC32C; a PDU with a wrong digest
@@ -26,6 +28,9 @@ public enum RawSessionLimits {
     public static let defaultMaxRecvDataSegmentBytes = 262_144
     /// The logical block size of every LUN the harness creates (ringtgtadm's default, as tgtadm's).
     public static let blockBytes = 512
+    /// How long a read waits for a digest the target may have put on a PDU that carries none (see
+    /// `RawSocket.readPDU`'s `strayDigests`; only with `RawLoginOptions.toleratesLoginResponseDigests`).
+    public static let strayDigestWaitSeconds = 0.2
 }
 
 // MARK: - PDUs
@@ -72,27 +77,32 @@ public enum RawCodes {
 public struct TargetPDU: CustomStringConvertible {
     public let header: [UInt8]
     public let data: [UInt8]
+    /// Digests came with it although none applied (see `RawSocket.readPDU`'s `strayDigests`).
+    public var hadStrayDigests = false
 
-    public var opcode: UInt8 { header.withUnsafeBytes { BHS($0.baseAddress!).opcode } }
-    public var flags: UInt8 { header[1] }
-    public var final: Bool { flags & 0x80 != 0 }
-    public var itt: UInt32 { rawBE32(header, 16) }
-    public var ttt: UInt32 { rawBE32(header, 20) }
-    public var statSN: UInt32 { rawBE32(header, 24) }
-    public var expCmdSN: UInt32 { rawBE32(header, 28) }
-    public var maxCmdSN: UInt32 { rawBE32(header, 32) }
+    /// A field of the header, read through ISCSIWire's BHS view.
+    private func field<T>(_ read: (BHS) -> T) -> T { header.withUnsafeBytes { read(BHS($0.baseAddress!)) } }
+
+    public var opcode: UInt8 { field { $0.opcode } }
+    public var flags: UInt8 { field { $0.byte1 } }
+    public var final: Bool { field { $0.final } }
+    public var itt: UInt32 { field { $0.itt } }
+    public var ttt: UInt32 { field { $0.ttt } }
+    public var statSN: UInt32 { field { $0.statSN } }
+    public var expCmdSN: UInt32 { field { $0.expCmdSN } }
+    public var maxCmdSN: UInt32 { field { $0.maxCmdSN } }
     /// SCSI Response: iSCSI response code; TMF Response: the function's response; Reject: the reason.
-    public var byte2: UInt8 { header[2] }
+    public var byte2: UInt8 { field { $0.response } }
     /// Login Response: status class and detail (bytes 36 and 37; `LoginStatus`'s raw value).
-    public var loginStatus: UInt16 { rawBE16(header, 36) }
+    public var loginStatus: UInt16 { field { $0.u16(36) } }
     /// SCSI Response and Data-In with S: the SCSI status.
-    public var status: UInt8 { header[3] }
+    public var status: UInt8 { field { $0.status } }
     /// Data-In: the S bit (status collapsed into this PDU).
-    public var hasStatus: Bool { opcode == ISCSIOpcode.dataIn && flags & 0x01 != 0 }
+    public var hasStatus: Bool { opcode == ISCSIOpcode.dataIn && field { $0.hasStatus } }
     /// R2T: R2TSN, buffer offset, desired length. Data-In: DataSN, buffer offset, residual.
-    public var u36: UInt32 { rawBE32(header, 36) }
-    public var bufferOffset: UInt32 { rawBE32(header, 40) }
-    public var u44: UInt32 { rawBE32(header, 44) }
+    public var u36: UInt32 { field { $0.u32(36) } }
+    public var bufferOffset: UInt32 { field { $0.bufferOffset } }
+    public var u44: UInt32 { field { $0.u32(44) } }
 
     /// Fixed-format sense of a SCSI Response: (key, ASC, ASCQ), or nil without sense data.
     public var sense: (key: UInt8, asc: UInt8, ascq: UInt8)? {
@@ -137,6 +147,14 @@ public enum RawCDB {
     /// INQUIRY, standard data, `allocationLength` bytes at most.
     public static func inquiry(allocationLength: UInt16 = 96) -> [UInt8] {
         [0x12, 0, 0, UInt8(allocationLength >> 8), UInt8(allocationLength & 0xFF), 0]
+    }
+    /// READ CAPACITY(16) (SERVICE ACTION IN(16), service action 0x10), `allocationLength` bytes at most.
+    public static func readCapacity16(allocationLength: UInt32 = 32) -> [UInt8] {
+        var c = [UInt8](repeating: 0, count: 16)
+        c[0] = 0x9E
+        c[1] = 0x10
+        c.withUnsafeMutableBytes { put32($0.baseAddress!, 10, allocationLength) }
+        return c
     }
     public static func read10(lba: UInt32, blocks: UInt16) -> [UInt8] { rw10(0x28, lba: lba, blocks: blocks) }
     public static func write10(lba: UInt32, blocks: UInt16) -> [UInt8] { rw10(0x2A, lba: lba, blocks: blocks) }
@@ -197,6 +215,14 @@ public struct RawLoginOptions {
     public var immediateData: Bool
     public var firstBurstLength: Int
     public var maxBurstLength: Int
+    public var initialR2T: Bool
+    /// Log in through the security stage (AuthMethod=None) before the operational one, as libiscsi and
+    /// open-iscsi do, instead of starting in the operational stage. CHAP always has a security stage.
+    public var securityStage: Bool
+    /// Recognise and skip digests a target puts on operational-stage Login Responses (ringtgtd once did on
+    /// the final one), and remember that it did (`RawSession.loginResponseHadDigests`), instead of failing on
+    /// the next PDU. Can cost up to `RawSessionLimits.strayDigestWaitSeconds` per response (see `readPDU`).
+    public var toleratesLoginResponseDigests: Bool
     /// Shrinks the socket's receive buffer (slow-client tests).
     public var receiveBufferBytes: Int?
     /// One-way CHAP (MD5) in a security stage before the operational one; nil logs in without one.
@@ -215,6 +241,7 @@ public struct RawLoginOptions {
                 headerDigest: String = "None", dataDigest: String = "None",
                 maxRecvDataSegmentLength: Int = RawSessionLimits.defaultMaxRecvDataSegmentBytes,
                 immediateData: Bool = true, firstBurstLength: Int = 65536, maxBurstLength: Int = 262_144,
+                initialR2T: Bool = true, securityStage: Bool = false, toleratesLoginResponseDigests: Bool = false,
                 receiveBufferBytes: Int? = nil, chap: (user: String, secret: String)? = nil,
                 clearUnitAttentionLUNs: [UInt64] = [1], sourceAddress: String? = nil,
                 answerTimeoutSeconds: Double = RawSessionLimits.answerTimeoutSeconds,
@@ -227,6 +254,9 @@ public struct RawLoginOptions {
         self.immediateData = immediateData
         self.firstBurstLength = firstBurstLength
         self.maxBurstLength = maxBurstLength
+        self.initialR2T = initialR2T
+        self.securityStage = securityStage
+        self.toleratesLoginResponseDigests = toleratesLoginResponseDigests
         self.receiveBufferBytes = receiveBufferBytes
         self.chap = chap
         self.clearUnitAttentionLUNs = clearUnitAttentionLUNs
@@ -242,7 +272,7 @@ public struct RawLoginOptions {
             TextKeyValue("TargetName", target),
             TextKeyValue("HeaderDigest", headerDigest), TextKeyValue("DataDigest", dataDigest),
             TextKeyValue("MaxRecvDataSegmentLength", "\(maxRecvDataSegmentLength)"),
-            TextKeyValue("InitialR2T", "Yes"), TextKeyValue("ImmediateData", immediateData ? "Yes" : "No"),
+            TextKeyValue("InitialR2T", initialR2T ? "Yes" : "No"), TextKeyValue("ImmediateData", immediateData ? "Yes" : "No"),
             TextKeyValue("FirstBurstLength", "\(firstBurstLength)"),
             TextKeyValue("MaxBurstLength", "\(maxBurstLength)"),
             TextKeyValue("MaxOutstandingR2T", "1"), TextKeyValue("DataPDUInOrder", "Yes"),
@@ -273,6 +303,10 @@ public final class RawSession {
     public private(set) var firstBurst = 65536
     public private(set) var maxBurst = 262_144
     public private(set) var immediateData = false
+    /// InitialR2T as negotiated (RFC 7143 §13.10: Yes unless both sides said No).
+    public private(set) var initialR2T = true
+    /// The target put digests on a Login Response (see `RawLoginOptions.toleratesLoginResponseDigests`).
+    public private(set) var loginResponseHadDigests = false
 
     /// The next CmdSN to use for a non-immediate command.
     public var cmdSN: UInt32 = 1
@@ -329,21 +363,33 @@ public final class RawSession {
     /// One security-stage exchange (CSG 0, transit to 1 asked): the target's keys and whether it transited.
     private func securityStep(_ keys: [TextKeyValue]) throws -> (keys: [String: String], transit: Bool) {
         try socket.send(loginRequest(keys: keys, csg: 0, nsg: 1))
-        let event = try receive(timeoutSeconds: options.answerTimeoutSeconds, answerPings: false)
-        guard case .pdu(let r) = event, r.opcode == ISCSIOpcode.loginResponse else {
-            throw RawClientError("CHAP login: no Login Response (\(event))")
-        }
-        guard r.loginStatus == LoginStatus.success.rawValue else {
-            throw RawClientError(String(format: "login refused: status class 0x%02x detail 0x%02x", r.header[36], r.header[37]))
-        }
+        let r = try readLoginResponse(strayDigests: (false, false))
         var answer: [String: String] = [:]
         for kv in (try? TextKeys.parse(r.data)) ?? [] { answer[kv.key] = kv.value }
         return (answer, r.flags & 0x80 != 0)
     }
 
+    /// The target's answer to a Login Request, which must be a success. Login PDUs carry no digests;
+    /// `strayDigests` says which ones to recognise and skip if the target sends them anyway.
+    private func readLoginResponse(strayDigests: (header: Bool, data: Bool)) throws -> TargetPDU {
+        let event = try socket.readPDU(deadline: monotonicSeconds() + options.answerTimeoutSeconds,
+                                       maxDataSegmentBytes: options.maxRecvDataSegmentLength, strayDigests: strayDigests)
+        guard case .pdu(let r) = event else { throw RawClientError("login: no Login Response (\(event))") }
+        track(r)
+        guard r.opcode == ISCSIOpcode.loginResponse else { throw RawClientError("login: got \(r)") }
+        guard r.loginStatus == LoginStatus.success.rawValue else {
+            throw RawClientError(String(format: "login refused: status class 0x%02x detail 0x%02x", r.header[36], r.header[37]))
+        }
+        if r.hadStrayDigests { loginResponseHadDigests = true }
+        return r
+    }
+
+    /// The keys that name the session, sent in its first Login Request.
+    private static let identityKeys = ["InitiatorName", "SessionType", "TargetName"]
+
     /// RFC 7143 §12.1.3 as open-iscsi does it: AuthMethod=CHAP, CHAP_A=5, then CHAP_N and CHAP_R.
     private func authenticate(target: String, user: String, secret: String) throws {
-        let identity = options.keys(target: target).filter { ["InitiatorName", "SessionType", "TargetName"].contains($0.key) }
+        let identity = options.keys(target: target).filter { Self.identityKeys.contains($0.key) }
         let offer = try securityStep(identity + [TextKeyValue("AuthMethod", "CHAP")])
         guard offer.keys["AuthMethod"] == "CHAP" else { throw RawClientError("CHAP login: target answered \(offer.keys)") }
         let challenge = try securityStep([TextKeyValue("CHAP_A", CHAP.md5Algorithm)])
@@ -357,21 +403,23 @@ public final class RawSession {
     }
 
     private func login(target: String) throws {
-        if let chap = options.chap { try authenticate(target: target, user: chap.user, secret: chap.secret) }
         var keys = options.keys(target: target)
-        if options.chap != nil {
-            // Named in the security stage already.
-            keys.removeAll { ["InitiatorName", "SessionType", "TargetName"].contains($0.key) }
+        if let chap = options.chap {
+            try authenticate(target: target, user: chap.user, secret: chap.secret)
+        } else if options.securityStage {
+            let identity = keys.filter { Self.identityKeys.contains($0.key) }
+            let step = try securityStep(identity + [TextKeyValue("AuthMethod", "None")])
+            guard step.transit else { throw RawClientError("login: the target did not leave the security stage (\(step.keys))") }
         }
+        if options.chap != nil || options.securityStage {
+            // Named in the security stage already.
+            keys.removeAll { Self.identityKeys.contains($0.key) }
+        }
+        let stray = options.toleratesLoginResponseDigests
+            ? (header: options.headerDigest.contains("CRC32C"), data: options.dataDigest.contains("CRC32C")) : (false, false)
         for _ in 0..<RawSessionLimits.maxLoginSteps {
             try socket.send(loginRequest(keys: keys))
-            // Login PDUs never carry digests.
-            let event = try receive(timeoutSeconds: options.answerTimeoutSeconds, answerPings: false)
-            guard case .pdu(let r) = event else { throw RawClientError("login: no Login Response (\(event))") }
-            guard r.opcode == ISCSIOpcode.loginResponse else { throw RawClientError("login: got \(r)") }
-            guard r.loginStatus == LoginStatus.success.rawValue else {
-                throw RawClientError(String(format: "login refused: status class 0x%02x detail 0x%02x", r.header[36], r.header[37]))
-            }
+            let r = try readLoginResponse(strayDigests: stray)
             for kv in (try? TextKeys.parse(r.data)) ?? [] { negotiated[kv.key] = kv.value }
             keys = []
             let transit = r.flags & 0x80 != 0
@@ -384,6 +432,7 @@ public final class RawSession {
                 firstBurst = negotiated["FirstBurstLength"].flatMap { Int($0) } ?? 65536
                 maxBurst = negotiated["MaxBurstLength"].flatMap { Int($0) } ?? 262_144
                 immediateData = negotiated["ImmediateData"] == "Yes"
+                initialR2T = (negotiated["InitialR2T"] ?? "Yes") == "Yes"
                 return
             }
         }

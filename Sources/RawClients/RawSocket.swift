@@ -109,13 +109,37 @@ public final class RawSocket {
 
     /// Reads exactly `count` bytes, or reports EOF / the deadline.
     public func read(_ count: Int, deadline: Double) -> Read {
+        let got = peek(count, deadline: deadline)
+        guard case .bytes = got else { return got }
+        bufferStart += count
+        if bufferStart > RawSocketLimits.compactAfterBytes { buffer.removeFirst(bufferStart); bufferStart = 0 }
+        return got
+    }
+
+    /// The next `count` bytes without consuming them (the next `read` returns them again), or EOF / the
+    /// deadline: a look at what follows before deciding how to read it, e.g. whether a digest the target
+    /// should not have sent follows a PDU (see `readPDU`'s `strayDigests`).
+    public func peek(_ count: Int, deadline: Double) -> Read {
         while buffer.count - bufferStart < count {
             if let end = receiveMore(deadline: deadline) { return end }
         }
-        let out = Array(buffer[bufferStart..<(bufferStart + count)])
-        bufferStart += count
-        if bufferStart > RawSocketLimits.compactAfterBytes { buffer.removeFirst(bufferStart); bufferStart = 0 }
-        return .bytes(out)
+        return .bytes(Array(buffer[bufferStart..<(bufferStart + count)]))
+    }
+
+    /// Hands the connected descriptor to its next owner (perf/loadgen's io_uring workers) with the send
+    /// timeout cleared; this socket then neither reads nor closes it. Throws, closing the socket, when bytes
+    /// were received that nobody read: they would be lost to the new owner.
+    public func detach() throws -> Int32 {
+        guard buffer.count == bufferStart else {
+            let unread = buffer.count - bufferStart
+            close()
+            throw RawClientError("\(unread) bytes received but not read when the socket was handed over")
+        }
+        var none = timeval(tv_sec: 0, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &none, socklen_t(MemoryLayout<timeval>.size))
+        let handed = fd
+        fd = -1
+        return handed
     }
 
     /// Reads and discards until EOF. Returns false if the connection is still open at the deadline.

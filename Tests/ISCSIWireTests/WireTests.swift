@@ -77,6 +77,36 @@ import ISCSIWire
         body(h)
     }
 
+    /// The target's builders read back through BHS's named target-side fields, as an initiator reads them.
+    @Test func targetFieldsByName() {
+        withHeader { h in
+            PDUBuild.dataIn(h, itt: 0x11, lunField: encodeLUN(1), dataSN: 2, bufferOffset: 8192, length: 4096,
+                            final: true, status: 0x02, residual: .underflow(512))
+            PDUBuild.setSequence(h, statSN: 0xFFFF_FFFF, expCmdSN: 5, maxCmdSN: 36)
+            let b = BHS(h)
+            #expect(b.hasStatus && b.hasResidual && b.status == 0x02)
+            #expect(b.statSN == 0xFFFF_FFFF && b.expCmdSN == 5 && b.maxCmdSN == 36)
+            #expect(b.itt == 0x11 && b.bufferOffset == 8192 && b.dataSN == 2)
+        }
+        withHeader { h in
+            PDUBuild.dataIn(h, itt: 1, lunField: 0, dataSN: 0, bufferOffset: 0, length: 512, final: false,
+                            status: nil, residual: .none)
+            #expect(!BHS(h).hasStatus && !BHS(h).hasResidual)
+        }
+        withHeader { h in
+            PDUBuild.scsiResponse(h, itt: 3, status: 0, response: 1, residual: .none, dataLength: 0)
+            #expect(BHS(h).response == 1 && BHS(h).status == 0 && !BHS(h).hasResidual)
+        }
+        withHeader { h in
+            PDUBuild.r2t(h, itt: 4, ttt: 0x77, lunField: 0, r2tSN: 0, bufferOffset: 65_536, desiredLength: 131_072)
+            #expect(BHS(h).ttt == 0x77 && BHS(h).bufferOffset == 65_536 && BHS(h).desiredDataTransferLength == 131_072)
+        }
+        withHeader { h in
+            PDUBuild.asyncMessage(h, event: 3, lunField: 0, parameter1: 0, parameter2: 0, parameter3: 0, dataLength: 0)
+            #expect(BHS(h).asyncEvent == 3)
+        }
+    }
+
     @Test func scsiCommand() {
         withHeader { h in
             InitiatorPDUBuild.scsiCommand(h, read: false, write: true, final: false, lunField: encodeLUN(300),

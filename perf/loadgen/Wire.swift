@@ -6,8 +6,6 @@ enum Wire {
     // SCSI opcodes used here.
     static let scsiRead16: UInt8 = 0x88
     static let scsiWrite16: UInt8 = 0x8a
-    static let scsiServiceActionIn16: UInt8 = 0x9e
-    static let readCapacity16ServiceAction: UInt8 = 0x10
 
     /// READ(16) / WRITE(16) CDB at BHS offset 32.
     @inline(__always)

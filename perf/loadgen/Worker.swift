@@ -226,11 +226,11 @@ struct Worker: ~Copyable {
         flush(s, index: index)
     }
 
-    /// Every target PDU that has them carries ExpCmdSN at 28 and MaxCmdSN at 32 (RFC 7143 §11).
+    /// Every target PDU that has them carries ExpCmdSN and MaxCmdSN (RFC 7143 §11).
     @inline(__always)
     func updateWindow(_ s: UnsafeMutablePointer<SessionState>, _ h: UnsafeRawPointer) {
-        let exp = be32(h, 28)
-        let maxSN = be32(h, 32)
+        let exp = BHS(h).expCmdSN
+        let maxSN = BHS(h).maxCmdSN
         // §4.2.2.1: MaxCmdSN is only valid if MaxCmdSN - ExpCmdSN >= -1 (serial), and never moves back.
         if Serial.atLeast(maxSN, exp &- 1) && Serial.greaterThan(maxSN, s.pointee.maxCmdSN) {
             s.pointee.maxCmdSN = maxSN
@@ -248,25 +248,25 @@ struct Worker: ~Copyable {
 
     mutating func handlePDU(_ s: UnsafeMutablePointer<SessionState>, _ h: UnsafeMutableRawPointer,
                             data: UnsafeMutableRawPointer, dataLength: Int, now: UInt64) {
-        let op = BHS(h).opcode
+        let bhs = BHS(h)
+        let op = bhs.opcode
         switch op {
         case ISCSIOpcode.dataIn:
             updateWindow(s, h)
-            guard let t = task(s, itt: be32(h, 16)), !t.pointee.write else {
-                fail(s, "Data-In for an unknown task \(hex(be32(h, 16)))"); return
+            guard let t = task(s, itt: bhs.itt), !t.pointee.write else {
+                fail(s, "Data-In for an unknown task \(hex(bhs.itt))"); return
             }
-            let offset = Int(be32(h, 40))
+            let offset = Int(bhs.bufferOffset)
             if offset &+ dataLength > config.ioBytes || offset != t.pointee.receivedBytes {
                 fail(s, "Data-In at offset \(offset) length \(dataLength) for a \(config.ioBytes)-byte read"); return
             }
             if config.verify && dataLength > 0 { verifyRead(s, t, data: data, offset: offset, length: dataLength) }
             t.pointee.receivedBytes += dataLength
-            let flags = BHS(h).byte(1)
-            if flags & 0x01 != 0 {
+            if bhs.hasStatus {
                 // Status collapsed into the last Data-In (phase collapse, §11.7.4).
-                s.pointee.expStatSN = be32(h, 24) &+ 1
-                let status = BHS(h).byte(3)
-                let residual = flags & 0x06 != 0
+                s.pointee.expStatSN = bhs.statSN &+ 1
+                let status = bhs.status
+                let residual = bhs.hasResidual
                 let ok = status == 0 && !residual && t.pointee.receivedBytes == config.ioBytes
                 if !ok {
                     note("read LBA \(t.pointee.lba): status \(hex(status))\(residual ? " with a residual" : "") after \(t.pointee.receivedBytes) bytes")
@@ -275,14 +275,13 @@ struct Worker: ~Copyable {
             }
         case ISCSIOpcode.scsiResponse:
             updateWindow(s, h)
-            guard let t = task(s, itt: be32(h, 16)) else {
-                fail(s, "SCSI Response for an unknown task \(hex(be32(h, 16)))"); return
+            guard let t = task(s, itt: bhs.itt) else {
+                fail(s, "SCSI Response for an unknown task \(hex(bhs.itt))"); return
             }
-            s.pointee.expStatSN = be32(h, 24) &+ 1
-            let response = BHS(h).byte(2)
-            let status = BHS(h).byte(3)
-            let flags = BHS(h).byte(1)
-            var ok = response == 0 && status == 0 && flags & 0x06 == 0
+            s.pointee.expStatSN = bhs.statSN &+ 1
+            let response = bhs.response
+            let status = bhs.status
+            var ok = response == 0 && status == 0 && !bhs.hasResidual
             if !t.pointee.write && t.pointee.receivedBytes != config.ioBytes { ok = false }
             if !ok {
                 var sense: [UInt8] = []
@@ -295,25 +294,25 @@ struct Worker: ~Copyable {
             complete(s, t, ok: ok, now: now)
         case ISCSIOpcode.r2t:
             updateWindow(s, h)
-            guard let t = task(s, itt: be32(h, 16)), t.pointee.write else {
-                fail(s, "R2T for an unknown task \(hex(be32(h, 16)))"); return
+            guard let t = task(s, itt: bhs.itt), t.pointee.write else {
+                fail(s, "R2T for an unknown task \(hex(bhs.itt))"); return
             }
-            let ttt = be32(h, 20)
-            let offset = Int(be32(h, 40))
-            let length = Int(be32(h, 44))
+            let ttt = bhs.ttt
+            let offset = Int(bhs.bufferOffset)
+            let length = Int(bhs.desiredDataTransferLength)
             guard length > 0, offset &+ length <= config.ioBytes else {
                 fail(s, "R2T for offset \(offset) length \(length) of a \(config.ioBytes)-byte write"); return
             }
             queueDataOut(s, t, ttt: ttt, offset: offset, end: offset + length)
         case ISCSIOpcode.nopIn:
             updateWindow(s, h)
-            let ttt = be32(h, 20)
+            let ttt = bhs.ttt
             if ttt != reservedTag {
                 // A ping from the target: answer with the same TTT, LUN and data (§11.19).
                 let n = min(dataLength, SessionLimits.nopEchoBytes)
                 if let echo = s.pointee.nopEcho, n > 0 { echo.copyMemory(from: data, byteCount: n) }
                 guard let (slot, seq) = allocSlot(s) else { return }
-                InitiatorPDUBuild.nopOutReply(slot, lunField: BHS(h).lunField, ttt: ttt, cmdSN: s.pointee.cmdSN,
+                InitiatorPDUBuild.nopOutReply(slot, lunField: bhs.lunField, ttt: ttt, cmdSN: s.pointee.cmdSN,
                                               expStatSN: s.pointee.expStatSN, dataLength: n)
                 appendHeader(s, slot, seq)
                 if n > 0, let echo = s.pointee.nopEcho { appendData(s, echo, n, slot: slot, seq: seq) }
@@ -322,13 +321,13 @@ struct Worker: ~Copyable {
         case ISCSIOpcode.reject:
             updateWindow(s, h)
             stats.errors += 1
-            note("target rejected a PDU: reason \(hex(BHS(h).byte(2)))")
-            if dataLength >= bhsBytes, let t = task(s, itt: be32(data, 16)) {
+            note("target rejected a PDU: reason \(hex(bhs.response))")
+            if dataLength >= bhsBytes, let t = task(s, itt: BHS(data).itt) {
                 complete(s, t, ok: false, now: now)
             }
         case ISCSIOpcode.asyncMessage:
             updateWindow(s, h)
-            let event = BHS(h).byte(36)
+            let event = bhs.asyncEvent
             note("async message event \(event)")
             if event >= 1 && event <= 3 { s.pointee.draining = true }
         case ISCSIOpcode.logoutResponse:

@@ -110,32 +110,31 @@ struct LoadGen: ParsableCommand {
         cfg.totalSessions = sessions
         cfg.seed = seed
 
-        // Log every session in on a blocking socket; READ CAPACITY on the first one.
-        let offer = LoginOffer(initiatorName: initiatorName, headerDigest: headerDigest, dataDigest: dataDigest)
-        var opened: [(SetupSocket, Negotiated)] = []
+        // Log every session in (RawClients' raw session); READ CAPACITY on each, then hand its socket over.
+        var opened: [(fd: Int32, neg: Negotiated)] = []
         let total = sessions + idleSessions
         var capacity: (blockBytes: Int, blocks: UInt64) = (512, 0)
         do {
+            let endpoint = try target.endpoint()
             for i in 0..<total {
-                let sock = try SetupSocket(url: target)
                 let isid = UInt64(0x80) << 40 | UInt64(UInt32(getpid()) & 0xFFFF) << 16 | UInt64(i & 0xFFFF)
-                var neg = try login(sock, url: target, offer: offer, isid: isid)
+                var setup = try SetupSession(url: target, endpoint: endpoint, initiatorName: initiatorName,
+                                             headerDigest: headerDigest, dataDigest: dataDigest, isid: isid)
                 // Every session reads the capacity: it also takes the unit attention (power on, reset) a new
                 // I_T nexus gets on its first command, so that the measured I/Os never see it.
-                let c = try readCapacity(sock, lun: target.lun, neg: &neg)
+                let c = try setup.readCapacity(lun: target.lun)
                 if i == 0 { capacity = c }
-                sock.setTimeout(0)
-                opened.append((sock, neg))
+                opened.append((try setup.session.socket.detach(), setup.neg))
             }
         } catch {
-            for (s, _) in opened { s.closeSocket() }
+            for s in opened { close(s.fd) }
             printError("ringtgt-loadgen: \(error)")
             throw ExitCode(2)
         }
-        defer { for (s, _) in opened { s.closeSocket() } }
+        defer { for s in opened { close(s.fd) } }
         cfg.lunBlockBytes = capacity.blockBytes
         var warnings: [String] = []
-        if opened.contains(where: { $0.0.loginResponseHadDigests }) {
+        if opened.contains(where: { $0.neg.loginResponseHadDigests }) {
             warnings.append("target bug: the final Login Response carried digests (RFC 7143 §13.1: digests start in full feature phase; libiscsi and Linux read that PDU without them)")
         }
         guard ioBytes % capacity.blockBytes == 0, ioBytes % 8 == 0 else {
@@ -166,10 +165,10 @@ struct LoadGen: ParsableCommand {
             let ids = perThread[t]
             let states = UnsafeMutablePointer<SessionState>.allocate(capacity: max(1, ids.count))
             for (k, id) in ids.enumerated() {
-                let (sock, neg) = opened[id]
+                let (fd, neg) = opened[id]
                 let s = states + k
                 s.initialize(to: SessionState())
-                s.pointee.fd = sock.fd
+                s.pointee.fd = fd
                 s.pointee.globalIndex = id
                 s.pointee.headerDigest = neg.headerDigest
                 s.pointee.dataDigest = neg.dataDigest
