@@ -34,5 +34,34 @@ extension EndToEnd {
                 #expect(onDisk == nil, "backing file after the copy (seed \(seed)): \(onDisk ?? "")")
             }
         }
+
+        /// A null LUN's READ is sent from a read-only zero region instead of its zeroed buffer slot. The slot
+        /// a READ takes is the one the WRITE before it just filled (the pool hands out the last freed slot),
+        /// so a READ that sent its slot would return the written bytes. COMPARE AND WRITE still reads zeros
+        /// into its slot to compare them (a slot with the written bytes would miscompare).
+        @Test func aNullLUNReadsZerosAfterWritesFilledItsBuffers() throws {
+            try withTarget(luns: [.null(bytes: gibibyte)]) { t in
+                let s = try RawSession(t.endpoint, target: t.iqn,
+                                       options: RawLoginOptions(initiatorName: "\(RunningTarget.iqnPrefix):null-zeros"))
+                defer { s.close() }
+                let blocks: UInt16 = 256
+                let bytes = Int(blocks) * RawSessionLimits.blockBytes
+                for round in 0..<3 {
+                    let w = try s.run(RawCDB.write10(lba: 0, blocks: blocks),
+                                      writeData: [UInt8](repeating: 0xAB &+ UInt8(round), count: bytes))
+                    try #require(w.status == RawCodes.good, "WRITE: \(w)")
+                    let r = try s.run(RawCDB.read10(lba: 0, blocks: blocks), read: true, edtl: bytes)
+                    try #require(r.status == RawCodes.good, "READ: \(r)")
+                    #expect(r.data.count == bytes)
+                    #expect(r.data.allSatisfy { $0 == 0 }, "round \(round): a null LUN's READ returned non-zero bytes")
+                }
+                let block = RawSessionLimits.blockBytes
+                let w = try s.run(RawCDB.write10(lba: 0, blocks: 1), writeData: [UInt8](repeating: 0xEE, count: block))
+                try #require(w.status == RawCodes.good, "WRITE: \(w)")
+                let caw = try s.run(RawCDB.compareAndWrite(lba: 0, blocks: 1),
+                                    writeData: [UInt8](repeating: 0, count: block) + [UInt8](repeating: 0xCD, count: block))
+                #expect(caw.status == RawCodes.good, "COMPARE AND WRITE of zeros on a null LUN: \(caw)")
+            }
+        }
     }
 }

@@ -609,7 +609,7 @@ extension Connection {
     /// last PDU of the final piece carries the status when it is GOOD (phase collapse); otherwise a SCSI
     /// Response follows.
     func emitDataIn(_ t: Int) {
-        let base = reactor.pool.data(Int(tasks[t].slot))
+        let base = tasks[t].dataInFromZeros ? reactor.pool.zeros : UnsafeRawPointer(reactor.pool.data(Int(tasks[t].slot)))
         let maxSeg = params.maxSendDataSegment
         let maxBurst = params.maxBurst
         let itt = tasks[t].itt

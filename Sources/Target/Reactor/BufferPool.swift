@@ -10,6 +10,9 @@ public struct BufferPool: ~Copyable {
     let stride: Int
     public let base: UnsafeMutableRawPointer
     public let totalBytes: Int
+    /// `slotBytes` of zeros that nothing can write (PROT_READ, so the kernel maps its one zero page): a null
+    /// LUN's READ sends its Data-In from here instead of zeroing its slot.
+    public let zeros: UnsafeRawPointer
     /// LIFO free list of slot indices: a recently freed slot is warm in cache.
     let freeList: UnsafeMutablePointer<Int32>
     public private(set) var freeCount: Int
@@ -24,6 +27,9 @@ public struct BufferPool: ~Copyable {
         let p = mmap(nil, totalBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
         precondition(p != MAP_FAILED && p != nil, "mmap of the buffer pool failed")
         base = p!
+        let z = mmap(nil, slotBytes, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        precondition(z != MAP_FAILED && z != nil, "mmap of the zero region failed")
+        zeros = UnsafeRawPointer(z!)
         freeList = .allocate(capacity: slotCount)
         for i in 0..<slotCount { freeList[i] = Int32(slotCount - 1 - i) }
         freeCount = slotCount
@@ -31,6 +37,7 @@ public struct BufferPool: ~Copyable {
 
     deinit {
         munmap(base, totalBytes)
+        munmap(UnsafeMutableRawPointer(mutating: zeros), slotBytes)
         freeList.deallocate()
     }
 

@@ -685,6 +685,13 @@ public final class Reactor {
         let result: StoreResult?
         switch lun.backing {
         case .null:
+            // A READ's chunk goes only to the wire (its phase says so; COMPARE AND WRITE, VERIFY and EXTENDED
+            // COPY read into the slot to use the data): it is sent from the zero region, and the slot is not
+            // zeroed. tgt's null store does no work for a read either, but sends whatever its buffer held.
+            if case .read(_, _, let length, _) = op, c.tasks[t].scsi.phase == .readStore {
+                c.tasks[t].dataInFromZeros = true
+                return .ok(length)
+            }
             return NullStore.run(op, data: pool.data(Int(c.tasks[t].slot)), byteCount: lun.byteCount)
         case .sheep(let vol):
             c.tasks[t].storeTarget = storeTarget
