@@ -190,7 +190,7 @@ func runToCompletion(_ clients: [SimClientBase & SimClient], seed: UInt64, until
         defer { close(file) }
         var corrupted = [UInt64?](repeating: nil, count: clients.count)
         let junk = [UInt8](repeating: 0xA5, count: RealRingTarget.blockSize)
-        let failures = runToCompletion(clients, seed: seed) { _ in
+        let failures = runToCompletion(clients, seed: seed, between: { _ in
             // The plan's last command has ended and the read-back is not issued before the client's next step.
             for (i, c) in clients.enumerated() where corrupted[i] == nil && c.workload.ended == Self.commandsPerClient {
                 let block = c.workload.range.upperBound - 1
@@ -198,7 +198,7 @@ func runToCompletion(_ clients: [SimClientBase & SimClient], seed: UInt64, until
                 precondition(n == RealRingTarget.blockSize, "pwrite: \(n)")
                 corrupted[i] = block
             }
-        }
+        })
         for (i, c) in clients.enumerated() {
             let block = try #require(corrupted[i])
             let caught = failures.filter { $0.contains("\(c.name): READ") && $0.contains("(read-back): block \(block) ") }
@@ -229,7 +229,7 @@ func runToCompletion(_ clients: [SimClientBase & SimClient], seed: UInt64, until
         defer { target.stop() }
         let clients = Self.clients(target)
         var injected = [Int](repeating: 0, count: clients.count)
-        let failures = runToCompletion(clients, seed: seed) { _ in
+        let failures = runToCompletion(clients, seed: seed, between: { _ in
             // A reset whenever a client passes another quarter of its plan with commands in flight.
             for (i, c) in clients.enumerated() where injected[i] < resetsPerClient && c.fd >= 0 && c.inFlight > 0 {
                 if c.workload.ended >= (injected[i] + 1) * Self.commandsPerClient / (resetsPerClient + 1) {
@@ -237,7 +237,7 @@ func runToCompletion(_ clients: [SimClientBase & SimClient], seed: UInt64, until
                     injected[i] += 1
                 }
             }
-        }
+        })
         #expect(failures.isEmpty, "\(failures.joined(separator: "\n"))")
         Self.expectAllEnded(clients, seed: seed)
         for (i, c) in clients.enumerated() {

@@ -135,7 +135,7 @@ import Testing
         // The dry run checks that a file store exists.
         #expect(throws: ConfigFile.Failures.self) { try ConfigFile.load(path: path, into: h.registry) }
         #expect(h.fabric.published.isEmpty)
-        FileManager.default.createFile(atPath: dir + "/f.img", contents: nil)
+        _ = FileManager.default.createFile(atPath: dir + "/f.img", contents: nil)
         try ConfigFile.load(path: path, into: h.registry)
         #expect(h.registry.currentSnapshot.target(tid: 1)?.lun(1)?.path == dir + "/f.img")
         #expect(throws: ConfigFile.Missing.self) { try ConfigFile.load(path: dir + "/nope.conf", into: h.registry) }

@@ -23,7 +23,7 @@ import Testing
     }
 
     @Test func aHeldClaimRefusesASecondAndItsFileGoesWithTheRelease() throws {
-        try Self.withDirectory { dir in
+        Self.withDirectory { dir in
             guard case .held(let first) = Self.take(dir) else { Issue.record("the first claim is not held"); return }
             #expect(access(first.path, F_OK) == 0)
             guard case .busy = Self.take(dir) else { Issue.record("a held claim is taken twice"); return }
@@ -38,7 +38,7 @@ import Testing
 
     /// A holder that dies without releasing (SIGKILL) leaves its file, unlocked: the next opener takes it.
     @Test func aFileLeftUnlockedIsTakenAgain() throws {
-        try Self.withDirectory { dir in
+        Self.withDirectory { dir in
             let path = SheepLockClaim.path(directory: dir, endpoint: Self.endpoint, vdi: "vol")
             mkdir(dir, 0o755)
             let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
@@ -52,7 +52,7 @@ import Testing
     /// An opener that opened the file before its holder released it gets the flock on an unlinked inode;
     /// `isLinked` is what sends it back to open the path again, where a newer holder's lock refuses it.
     @Test func aLockOnAFileUnlinkedByItsHolderIsNotAClaim() throws {
-        try Self.withDirectory { dir in
+        Self.withDirectory { dir in
             guard case .held(let holder) = Self.take(dir) else { Issue.record("the first claim is not held"); return }
             let late = open(holder.path, O_RDWR | O_CLOEXEC)
             #expect(late >= 0)

@@ -28,7 +28,7 @@ enum ControlRoundTrip {
         let parsed = ConfigFile.parse(first)
         FuzzCheck.expect(parsed.errors.isEmpty, "\(what): the dump does not parse: \(parsed.errors)\n\(first)")
         let again = registry()
-        do { try ConfigFile.apply(parsed, to: again) } catch {
+        do { _ = try ConfigFile.apply(parsed, to: again) } catch {
             FuzzCheck.expect(false, "\(what): the dump does not load: \(error)\n\(first)")
             return
         }
@@ -60,7 +60,7 @@ enum ConfigFuzz {
             _ = try? NBDExportOption.sheepdogSpec(String(line))
         }
         let r = ControlRoundTrip.registry()
-        do { try ConfigFile.apply(parsed, to: r) } catch { return }
+        do { _ = try ConfigFile.apply(parsed, to: r) } catch { return }
         ControlRoundTrip.check(r, "config")
     }
 }

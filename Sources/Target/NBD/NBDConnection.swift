@@ -233,7 +233,7 @@ extension Connection {
         let n = bytes.count
         if n <= OutQueue.arenaEntryBytes {
             let i = out.nextIndex()
-            bytes.withUnsafeBytes { memcpy(out.header(i), $0.baseAddress!, n) }
+            bytes.withUnsafeBytes { _ = memcpy(out.header(i), $0.baseAddress!, n) }
             out.commitRaw(i, headerLength: n, data: nil, dataLength: 0, token: closeAfter ? .closeAfter : .none)
         } else {
             let slot = reactor.pool.take()

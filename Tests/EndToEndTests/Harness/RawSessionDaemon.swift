@@ -48,7 +48,7 @@ func withTarget<R>(daemonOptions: [String], launcher: [String] = [], luns: [LUNS
     defer { daemon.stop() }
 
     let target = OptionedTarget(daemon: daemon, scratch: scratch, iqn: "\(RunningTarget.iqnPrefix):t1")
-    if createsTarget { try addTarget(target.iqn, luns: luns, admin: daemon.admin, scratch: scratch, peer: .ringtgt) }
+    if createsTarget { _ = try addTarget(target.iqn, luns: luns, admin: daemon.admin, scratch: scratch, peer: .ringtgt) }
     let result = try body(target)
     try target.requireAlive("during the test")
     return result

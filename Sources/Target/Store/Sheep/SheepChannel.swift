@@ -205,7 +205,7 @@ final class SheepChannel<Host: SheepStoreHost> {
             return
         }
         let family = address.family
-        withUnsafeBytes(of: address.storage) { memcpy(sockaddrBuf, $0.baseAddress!, $0.count) }
+        withUnsafeBytes(of: address.storage) { _ = memcpy(sockaddrBuf, $0.baseAddress!, $0.count) }
         sockaddrLen = address.length
         fd = socket(family, RT_SOCK_STREAM | RT_SOCK_CLOEXEC, 0)
         if fd < 0 { connectFailed(errno); return }
@@ -259,7 +259,7 @@ final class SheepChannel<Host: SheepStoreHost> {
         rejoinPending = payloads.count
         var at = 0
         for p in payloads {
-            p.withUnsafeBytes { memcpy(buffer + at, $0.baseAddress!, p.count) }
+            p.withUnsafeBytes { _ = memcpy(buffer + at, $0.baseAddress!, p.count) }
             let header = SheepRequestHeader.vdiLookup(.lockVDI, id: 0, snapID: 0, lockType: .shared)
             if !submit(header, payload: buffer + at, payloadLength: p.count, dest: nil, destCapacity: 0, waiter: .rejoin) {
                 rejoinAnswered(nil)
