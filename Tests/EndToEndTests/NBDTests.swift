@@ -165,6 +165,28 @@ extension EndToEnd {
             }
         }
 
+        /// A null LUN's NBD READ is answered from a read-only zero region, not from its zeroed slot: the slot a
+        /// READ takes is the one the WRITE before it just filled, so a reply sent from it would carry the
+        /// written bytes.
+        @Test func aNullExportReadsZerosAfterWritesFilledItsBuffers() throws {
+            try NBD.withNBDTarget(luns: [.null(bytes: 8 * mebibyte)]) { t in
+                let c = try RawNBDClient(t.nbdEndpoint)
+                try c.attach(export: "\(t.iqn)/1")
+                let bytes = 128 * 1024
+                for round in 0..<3 {
+                    let cookie = UInt64(round) * 2
+                    c.request(type: 1, cookie: cookie, offset: 0, length: UInt32(bytes),
+                              payload: [UInt8](repeating: 0xA0 &+ UInt8(round), count: bytes))
+                    #expect(c.reply()?.error == 0, "WRITE, round \(round)")
+                    c.request(type: 0, cookie: cookie + 1, offset: 0, length: UInt32(bytes))
+                    let read = c.reply(dataBytes: bytes)
+                    #expect(read?.error == 0 && read?.cookie == cookie + 1)
+                    #expect(read?.data.count == bytes && read?.data.allSatisfy { $0 == 0 } == true,
+                            "round \(round): a null export's READ returned non-zero bytes")
+                }
+            }
+        }
+
         /// A target whose ACL admits another address is neither listed nor served; the client is told so.
         @Test func aclRefusesOtherAddresses() throws {
             try NBD.withNBDTarget(luns: [.null(bytes: 8 * mebibyte)]) { t in

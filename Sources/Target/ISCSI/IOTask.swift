@@ -72,7 +72,8 @@ struct IOTask {
     var cdbLength: Int = 0
     var flags: UInt8 = 0
     var holdsCompareAndWriteGate = false
-    /// A null LUN's READ: its Data-In comes from the pool's zero region, not from its slot (Reactor.submitStore).
+    /// A null LUN's READ (iSCSI or NBD): its data goes out from the pool's zero region, not from its slot
+    /// (Reactor.submitStore).
     var dataInFromZeros = false
     /// CLOCK_MONOTONIC when the command started (its latency ends when its status is ready).
     var startNanos: UInt64 = 0

@@ -442,11 +442,13 @@ extension Connection {
         tasks[t].state = .finishing
         let token = SendToken.taskDone(task: Int32(t))
         let slot = reactor.pool.data(Int(tasks[t].slot))
+        // A null LUN's READ is answered from the pool's zero region (Reactor.submitStore).
+        let readData = tasks[t].dataInFromZeros ? reactor.pool.zeros : UnsafeRawPointer(slot)
         let structured = nbd.limits.structuredReplies
             && (rq.command == NBDWire.cmdRead || rq.command == NBDWire.cmdBlockStatus)
         if !structured {
             if error == 0 && rq.command == NBDWire.cmdRead {
-                nbdQueueReply(error: 0, cookie: rq.cookie, data: UnsafeRawPointer(slot), dataLength: Int(rq.length),
+                nbdQueueReply(error: 0, cookie: rq.cookie, data: readData, dataLength: Int(rq.length),
                               token: token)
             } else {
                 nbdQueueReply(error: error, cookie: rq.cookie, token: token)
@@ -488,7 +490,7 @@ extension Connection {
             nbdStructuredReplyHeader(h, flags: done, type: NBDWire.replyTypeOffsetData, cookie: rq.cookie,
                                      length: UInt32(NBDWire.offsetDataPrefixBytes) + rq.length)
             put64(h, header, rq.offset)
-            out.commitRaw(i, headerLength: header + NBDWire.offsetDataPrefixBytes, data: UnsafeRawPointer(slot),
+            out.commitRaw(i, headerLength: header + NBDWire.offsetDataPrefixBytes, data: readData,
                           dataLength: Int(rq.length), token: token)
         }
         markDirty()

@@ -685,10 +685,11 @@ public final class Reactor {
         let result: StoreResult?
         switch lun.backing {
         case .null:
-            // A READ's chunk goes only to the wire (its phase says so; COMPARE AND WRITE, VERIFY and EXTENDED
-            // COPY read into the slot to use the data): it is sent from the zero region, and the slot is not
-            // zeroed. tgt's null store does no work for a read either, but sends whatever its buffer held.
-            if case .read(_, _, let length, _) = op, c.tasks[t].scsi.phase == .readStore {
+            // A READ's chunk, or an NBD READ, goes only to the wire (the SCSI phase says so; COMPARE AND WRITE,
+            // VERIFY and EXTENDED COPY read into the slot to use the data, and NBD reads only for NBD_CMD_READ):
+            // it is sent from the zero region, and the slot is not zeroed. tgt's null store does no work for a
+            // read either, but sends whatever its buffer held.
+            if case .read(_, _, let length, _) = op, c.frontEnd == .nbd || c.tasks[t].scsi.phase == .readStore {
                 c.tasks[t].dataInFromZeros = true
                 return .ok(length)
             }
