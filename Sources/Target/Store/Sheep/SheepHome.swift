@@ -372,6 +372,26 @@ struct SheepHomeMachine {
         return opCounter
     }
 
+    /// Sends one request of a side machine (the shared record, COMPARE AND WRITE's section) for `vol`: a
+    /// READ_OBJ lands in `buffer` (allocated on first use, `readBytes` long), anything else carries `payload`,
+    /// which lives in the op until the reply. Returns whether it was the read, whose reply the caller awaits.
+    mutating func sendSideRequest(_ vol: SheepVolume, stage: SheepHomeOp.Stage, _ hdr: SheepRequestHeader,
+                                  payload: [UInt8], buffer: inout UnsafeMutableRawPointer?, readBytes: Int) -> Bool {
+        let op = SheepHomeOp(request: nil, volume: vol, stage: stage)
+        op.payload = payload
+        let id = newHomeOp(op)
+        if hdr.opcode == .readObj {
+            if buffer == nil { buffer = .allocate(byteCount: readBytes, alignment: 64) }
+            actions.append(.send(op: id, volume: vol, header: hdr, payload: nil, payloadLength: 0,
+                                 dest: buffer, destCapacity: readBytes))
+            return true
+        }
+        let p = op.payload.isEmpty ? nil : op.payload.withUnsafeBytes { UnsafeRawPointer($0.baseAddress!) }
+        actions.append(.send(op: id, volume: vol, header: hdr, payload: p, payloadLength: op.payload.count,
+                             dest: nil, destCapacity: 0))
+        return false
+    }
+
     /// Sheep's answer to step `id` (`failure` when there was none: connection lost for good, or not sent).
     mutating func reply(_ id: Int32, result: SheepResult, failure: StoreError?, vdiID: UInt32, attrID: UInt32 = 0) {
         guard let op = ops.removeValue(forKey: id) else { return }

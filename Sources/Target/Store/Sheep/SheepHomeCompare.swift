@@ -113,20 +113,9 @@ extension SheepHomeMachine {
         let h = home(vol)
         switch step {
         case .send(let hdr, let payload):
-            let op = SheepHomeOp(request: nil, volume: vol, stage: .compare)
-            op.payload = payload
-            let id = newHomeOp(op)
-            if hdr.opcode == .readObj {
-                let size = CompareLeaseState.encodedBytes
-                if h.compareBuffer == nil { h.compareBuffer = .allocate(byteCount: size, alignment: 64) }
+            if sendSideRequest(vol, stage: .compare, hdr, payload: payload, buffer: &h.compareBuffer,
+                               readBytes: CompareLeaseState.encodedBytes) {
                 h.compareReadPending = true
-                actions.append(.send(op: id, volume: vol, header: hdr, payload: nil, payloadLength: 0,
-                                     dest: h.compareBuffer, destCapacity: size))
-            } else {
-                // The array lives in the op until the reply.
-                let p = op.payload.isEmpty ? nil : op.payload.withUnsafeBytes { UnsafeRawPointer($0.baseAddress!) }
-                actions.append(.send(op: id, volume: vol, header: hdr, payload: p, payloadLength: op.payload.count,
-                                     dest: nil, destCapacity: 0))
             }
         case .wait(let until):
             h.compareWakeNanos = until

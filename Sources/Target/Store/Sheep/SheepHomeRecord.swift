@@ -86,19 +86,9 @@ extension SheepHomeMachine {
         let h = home(vol)
         switch step {
         case .send(let hdr, let payload):
-            let op = SheepHomeOp(request: nil, volume: vol, stage: .record)
-            op.payload = payload
-            let id = newHomeOp(op)
-            if hdr.opcode == .readObj {
-                let size = SheepVDIAttrLayout.objectSizeBytes
-                if h.recordBuffer == nil { h.recordBuffer = .allocate(byteCount: size, alignment: 64) }
+            if sendSideRequest(vol, stage: .record, hdr, payload: payload, buffer: &h.recordBuffer,
+                               readBytes: SheepVDIAttrLayout.objectSizeBytes) {
                 h.recordReadPending = true
-                actions.append(.send(op: id, volume: vol, header: hdr, payload: nil, payloadLength: 0,
-                                     dest: h.recordBuffer, destCapacity: size))
-            } else {
-                let p = op.payload.withUnsafeBytes { $0.baseAddress! }   // the array lives in the op until the reply
-                actions.append(.send(op: id, volume: vol, header: hdr, payload: p, payloadLength: op.payload.count,
-                                     dest: nil, destCapacity: 0))
             }
         case .done(let outcome):
             if outcome == .published, let slot = Self.announceSlot(vol) {
