@@ -199,6 +199,13 @@ public final class Reactor {
     /// When the last completion was handled, for the busy-poll window.
     private var lastWorkNanos: UInt64 = 0
 
+    /// Shortens the loop's `wait` (nanoseconds, -1 for none) so that it ends by `dueNanos` (CLOCK_MONOTONIC).
+    private static func wake(_ wait: inout Int64, at dueNanos: UInt64) {
+        let now = monotonicNanos()
+        let untilDue = dueNanos > now ? Int64(clamping: dueNanos - now) : 0
+        wait = wait < 0 ? untilDue : min(wait, untilDue)
+    }
+
     /// One pass of the loop: submit and wait (or poll), then handle completions in batches. The simulation
     /// drives the reactor by calling this.
     func turn() {
@@ -207,19 +214,11 @@ public final class Reactor {
         } else {
             // With a COMPARE AND WRITE waiting for a gate another core holds, wake up soon to try again.
             var wait: Int64 = gateWaiters.isEmpty ? -1 : Reactor.gatePollNanos
-            if heldLogins > 0 {
-                // A held login answer falls due: wake for it, as nothing else may complete before then.
-                let now = monotonicNanos()
-                let untilDue = nextHeldLoginNanos > now ? Int64(clamping: nextHeldLoginNanos - now) : 0
-                wait = wait < 0 ? untilDue : min(wait, untilDue)
-            }
+            // A held login answer falls due: wake for it, as nothing else may complete before then.
+            if heldLogins > 0 { Self.wake(&wait, at: nextHeldLoginNanos) }
+            // A COMPARE AND WRITE waits to ask sheep again for its section (SheepCompareSection).
             let sheepWake = sheep.wakeNanos
-            if sheepWake != 0 {
-                // A COMPARE AND WRITE waits to ask sheep again for its section (SheepCompareSection).
-                let now = monotonicNanos()
-                let untilDue = sheepWake > now ? Int64(clamping: sheepWake - now) : 0
-                wait = wait < 0 ? untilDue : min(wait, untilDue)
-            }
+            if sheepWake != 0 { Self.wake(&wait, at: sheepWake) }
             ringResult(ring.submitAndWait(timeoutNanos: wait))
         }
         if !gateWaiters.isEmpty { retryGates() }
