@@ -329,7 +329,8 @@ func geomean(_ v: [Double]) -> Double? {
 }
 
 /// The part of a report a later run is compared with: ratios and instruction counts, never absolute IOPS.
-func baselineSection(ratios: [Ratio], instructions: [[String: Any]], tolerance: Double, instructionTolerance: Double) -> [String: Any] {
+func baselineSection(ratios: [Ratio], instructions: [[String: Any]], thirdParty: [String: Any]? = nil,
+                     tolerance: Double, instructionTolerance: Double) -> [String: Any] {
     var r: [String: Any] = [:]
     for x in ratios {
         var o: [String: Any] = [:]
@@ -345,8 +346,13 @@ func baselineSection(ratios: [Ratio], instructions: [[String: Any]], tolerance: 
     // Likewise for the instruction gate: a workload it attempted and could not measure is a failure, one it
     // left out (--only without gates) is not.
     let insAttempted = instructions.compactMap { $0["workload"] as? String }
+    // Third-party rows (ringtgt over tgt, per initiator load): kept apart from the scenarios, whose geometric
+    // means they would otherwise shift. Attempted only when the run had a third-party part.
+    let tp = thirdParty.map(thirdPartyRatios) ?? [:]
+    let tpAttempted = thirdParty.map { _ in ThirdPartyLoad.all.map(\.baselineKey) } ?? []
     return ["kind": "ringtgt-perf-baseline", "version": 2, "ratios": r, "stableKeys": Array(r.keys).sorted(),
             "attemptedKeys": attempted, "instructionsPerIO": ins, "instructionsAttempted": insAttempted, "runs": 1,
+            "thirdParty": tp, "thirdPartyAttempted": tpAttempted,
             "tolerances": ["iopsGeomean": tolerance, "cpuGeomean": Tolerance.cpuGeomean,
                            "scenarioNote": Tolerance.scenarioNote, "instructions": instructionTolerance]]
 }
@@ -405,6 +411,38 @@ func compareWithBaseline(current: [String: Any], stored: [String: Any], toleranc
             }
         }
     }
+    // Third-party initiators: the same geometric-mean gates over the rows both runs have, apart from the scenarios.
+    let baseTP = (base["thirdParty"] as? [String: Any]) ?? [:]
+    let curTP = (current["thirdParty"] as? [String: Any]) ?? [:]
+    let tpKeys = baseTP.keys.filter { curTP[$0] != nil }.sorted()
+    if !baseTP.isEmpty && !(current["thirdPartyAttempted"] as? [String] ?? []).isEmpty {
+        for key in baseTP.keys.sorted() where curTP[key] == nil {
+            regressed = true
+            lines.append("REGRESSION third-party \(key): no ratio in this run (failed or crashed)")
+        }
+    }
+    if !tpKeys.isEmpty {
+        if let b = geomean(tpKeys.compactMap { metric(baseTP, $0, "cpuPerIO") }),
+           let c = geomean(tpKeys.compactMap { metric(curTP, $0, "cpuPerIO") }) {
+            let bad = c > b * (1 + tCPU)
+            if bad { regressed = true }
+            lines.append("\(bad ? "REGRESSION" : "ok        ") third-party CPU/IO ratio ringtgt/tgt, geometric mean of \(tpKeys.count) loads: \(f2(c)) (baseline \(f2(b)), ceiling \(f2(b * (1 + tCPU))))")
+        }
+        if let b = geomean(tpKeys.compactMap { metric(baseTP, $0, "iops") }),
+           let c = geomean(tpKeys.compactMap { metric(curTP, $0, "iops") }) {
+            let bad = c < b * (1 - tIOPS)
+            if bad { regressed = true }
+            lines.append("\(bad ? "REGRESSION" : "ok        ") third-party IOPS ratio ringtgt/tgt, geometric mean of \(tpKeys.count) loads: \(f2(c)) (baseline \(f2(b)), floor \(f2(b * (1 - tIOPS))))")
+        }
+        for key in tpKeys {
+            if let bc = metric(baseTP, key, "cpuPerIO"), let cc = metric(curTP, key, "cpuPerIO"), cc > bc * (1 + tNote) {
+                lines.append("note       third-party \(key): CPU/IO ratio \(f2(cc)) vs baseline \(f2(bc)) (not gated)")
+            }
+            if let bi = metric(baseTP, key, "iops"), let ci = metric(curTP, key, "iops"), ci < bi * (1 - tNote) {
+                lines.append("note       third-party \(key): IOPS ratio \(f2(ci)) vs baseline \(f2(bi)) (not gated)")
+            }
+        }
+    }
     let curIns = (current["instructionsPerIO"] as? [String: Any]) ?? [:]
     // Reports from before "instructionsAttempted": the gate counts as run when it measured anything.
     let insAttempted = (current["instructionsAttempted"] as? [String]).map(Set.init)
@@ -437,6 +475,7 @@ func medianBaseline(_ sections: [[String: Any]], tolerance: Double, instructionT
     }
     var ratioValues: [String: [String: [Double]]] = [:]
     var insValues: [String: [Double]] = [:]
+    var tpValues: [String: [String: [Double]]] = [:]
     for b in sections {
         for (key, v) in (b["ratios"] as? [String: Any]) ?? [:] {
             for (metric, x) in (v as? [String: Any]) ?? [:] {
@@ -445,6 +484,11 @@ func medianBaseline(_ sections: [[String: Any]], tolerance: Double, instructionT
         }
         for (w, x) in (b["instructionsPerIO"] as? [String: Any]) ?? [:] {
             if let d = x as? Double { insValues[w, default: []].append(d) }
+        }
+        for (key, v) in (b["thirdParty"] as? [String: Any]) ?? [:] {
+            for (metric, x) in (v as? [String: Any]) ?? [:] {
+                if let d = x as? Double { tpValues[key, default: [:]][metric, default: []].append(d) }
+            }
         }
     }
     var ratios: [String: Any] = [:]
@@ -455,9 +499,15 @@ func medianBaseline(_ sections: [[String: Any]], tolerance: Double, instructionT
     }
     var ins: [String: Any] = [:]
     for (w, v) in insValues { ins[w] = median(v) }
+    var tp: [String: Any] = [:]
+    for (key, metrics) in tpValues {
+        var o: [String: Any] = [:]
+        for (m, v) in metrics { o[m] = median(v) }
+        tp[key] = o
+    }
     let stable = ratioValues.filter { ($0.value["iops"]?.count ?? 0) == sections.count }.map { $0.key }.sorted()
     return ["kind": "ringtgt-perf-baseline", "version": 2, "ratios": ratios, "stableKeys": stable, "instructionsPerIO": ins,
-            "runs": sections.count,
+            "thirdParty": tp, "runs": sections.count,
             "tolerances": ["iopsGeomean": tolerance, "cpuGeomean": Tolerance.cpuGeomean,
                            "scenarioNote": Tolerance.scenarioNote, "instructions": instructionTolerance]]
 }

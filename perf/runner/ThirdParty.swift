@@ -17,6 +17,8 @@ struct ThirdPartyLoad {
     let processes: Int
 
     var id: String { "\(initiator) QD\(queueDepth)" + (processes > 1 ? " x\(processes)" : "") }
+    /// The load's key in a baseline's third-party rows (one target core).
+    var baselineKey: String { "\(id)@1c" }
 
     static let all: [ThirdPartyLoad] = [1, 8, 32].map { ThirdPartyLoad(initiator: "iscsi-perf", queueDepth: $0, processes: 1) }
         + [ThirdPartyLoad(initiator: "iscsi-perf", queueDepth: 2, processes: 16)]
@@ -178,4 +180,21 @@ func thirdPartyMarkdown(_ section: [String: Any]) -> String {
     }
     md += "\nCPU/IO = the target's utime+stime (all threads, /proc/PID/stat) over the run ÷ I/Os completed. The echo is ringtgt-echo's server (io_uring, one 4 KiB read's message sizes, no iSCSI) at the same queue depth: the floor for one wake-up per request.\n"
     return md
+}
+
+/// ringtgt over tgt for each load both served: target CPU per I/O and IOPS, keyed by `baselineKey`. Loads only
+/// ringtgt serves (fio nbd) have no ratio and are not kept.
+func thirdPartyRatios(_ section: [String: Any]) -> [String: Any] {
+    let runs = section["runs"] as? [[String: Any]] ?? []
+    var out: [String: Any] = [:]
+    for load in ThirdPartyLoad.all {
+        func row(_ prefix: String) -> [String: Any]? {
+            runs.first { ($0["id"] as? String) == load.id && ($0["daemon"] as? String)?.hasPrefix(prefix) == true && $0["error"] == nil }
+        }
+        guard let t = row("tgt"), let r = row("ringtgt"),
+              let tc = t["targetCPUMicrosPerIO"] as? Double, let rc = r["targetCPUMicrosPerIO"] as? Double,
+              let ti = t["iops"] as? Double, let ri = r["iops"] as? Double, tc > 0, ti > 0 else { continue }
+        out[load.baselineKey] = ["cpuPerIO": rc / tc, "iops": ri / ti]
+    }
+    return out
 }

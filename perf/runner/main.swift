@@ -93,7 +93,9 @@ struct PerfRunner: ParsableCommand {
             for path in from.split(separator: ",").map(String.init) {
                 guard let data = FileManager.default.contents(atPath: path),
                       let obj = try JSONSerialization.jsonObject(with: data) as? [String: Any],
-                      let b = obj["baseline"] as? [String: Any] else { throw RunnerError("no baseline section in \(path)") }
+                      var b = obj["baseline"] as? [String: Any] else { throw RunnerError("no baseline section in \(path)") }
+                // Reports from before the baseline kept third-party rows: derive them from the report's section.
+                if b["thirdParty"] == nil, let tp = obj["thirdParty"] as? [String: Any] { b["thirdParty"] = thirdPartyRatios(tp) }
                 sections.append(b)
             }
             let merged = medianBaseline(sections, tolerance: tolerance ?? Tolerance.iopsGeomean, instructionTolerance: instructionTolerance ?? Tolerance.instructions)
@@ -352,7 +354,8 @@ struct PerfRunner: ParsableCommand {
         report["goals"] = gs.map { $0.json }
         let tol = tolerance ?? Tolerance.iopsGeomean
         let itol = instructionTolerance ?? Tolerance.instructions
-        let base = baselineSection(ratios: rs, instructions: instructions, tolerance: tol, instructionTolerance: itol)
+        let base = baselineSection(ratios: rs, instructions: instructions, thirdParty: report["thirdParty"] as? [String: Any],
+                                   tolerance: tol, instructionTolerance: itol)
         report["baseline"] = base
         try writeJSON(report, to: outDir.appendingPathComponent("report.json"))
 
