@@ -11,6 +11,9 @@ import SheepProtocol
 import Testing
 import TestSupport
 @testable import Target
+#if canImport(Glibc)
+import Glibc
+#endif
 
 extension EndToEnd {
     @Suite("Sheepdog COMPARE AND WRITE across gateways")
@@ -123,5 +126,122 @@ extension EndToEnd {
                 }
             }
         }
+
+        /// A real gateway killed while it holds the section (not a stand-in, as above): gateway A runs
+        /// COMPARE AND WRITE after COMPARE AND WRITE on one block while the test watches the companion's lease
+        /// object through another sheep node. When it reads A's `held` state, A is frozen (SIGSTOP) and the
+        /// object read again: still the same `held` means A is inside the section (a holder writes `freed`
+        /// before it lets go), and A is killed there (SIGKILL). The block then holds A's last acknowledged
+        /// value or the one its unanswered command was writing; a COMPARE AND WRITE through B from that value
+        /// goes through once the lease runs out (`leaseSeconds`, within `waitSecondsMax`), A restarts and its
+        /// next COMPARE AND WRITE goes through at once, and both gateways read the same block.
+        @Test(arguments: SheepKind.allCases)
+        func aGatewayKilledInsideTheSectionDoesNotWedgeTheLU(kind: SheepKind) throws {
+            try withMultipathSheep(kind) { sheep in
+                try sheep.dog(["vdi", "create", "vol", "\(M.vdiBytes)"])
+                let a = try FailoverGateway("gatewayA", backingStore: sheep.backingStore(node: 0, "vol"), params: M.lunParams)
+                defer { a.stop() }
+                let b = try FailoverGateway("gatewayB", backingStore: sheep.backingStore(node: 1, "vol"), params: M.lunParams)
+                defer { b.stop() }
+                func session(_ g: FailoverGateway, _ name: String) throws -> RawSession {
+                    try RawSession(g.endpoint, target: FailoverGateway.iqn,
+                                   options: RawLoginOptions(initiatorName: "iqn.2026-01.e2e:\(name)", isid: 1))
+                }
+                let lba = M.lba(object: 2)
+                let caw = RawCDB.compareAndWrite(lba: UInt64(lba), blocks: 1)
+                let sb = try session(b, "b")
+                defer { sb.close() }
+                _ = try sb.run(RawCDB.testUnitReady)
+                let start = [UInt8](repeating: 0x5A, count: M.blockBytes)
+                try M.write(sb, lba, start, "the starting value")
+                #expect(try sb.run(caw, writeData: start + Self.value(1, 0)).status == RawCodes.good)   // makes the companion
+
+                // A's loop: each round CAW(last acknowledged -> value(0, round)), on its own thread until A dies.
+                let loop = CompareLoop(acknowledged: Self.value(1, 0))
+                let sa = try session(a, "a")
+                _ = try sa.run(RawCDB.testUnitReady)
+                let loopDone = DispatchSemaphore(value: 0)
+                Thread.detachNewThread {
+                    defer { loopDone.signal() }
+                    var round = 1
+                    while true {
+                        let next = Self.value(0, round)
+                        let expected = loop.begin(next)
+                        guard let r = try? sa.run(caw, writeData: expected + next), r.status == RawCodes.good else { return }
+                        loop.acknowledge()
+                        round += 1
+                    }
+                }
+                defer { sa.close() }
+
+                // Watch the lease through node 2 (real cluster) or node 1 (test server) until A is caught inside.
+                let watcher = try SheepClient(endpoint: .tcp(host: "127.0.0.1", port: UInt16(sheep.ports[sheep.ports.count - 1])))
+                let companionVID = try watcher.findVDI(name: "vol" + CompareSectionLimits.companionSuffix)
+                let leaseOID = SheepOID.data(vid: companionVID, index: 0)
+                func lease() throws -> CompareLeaseState? {
+                    CompareLeaseState(decoding: try watcher.readObject(leaseOID, offset: 0, length: UInt32(CompareLeaseState.encodedBytes)).data)
+                }
+                let pid = a.daemon.process.pid
+                var caught: CompareLeaseState? = nil
+                try waitUntil("gateway A to be frozen inside the COMPARE AND WRITE section") {
+                    guard let seen = try lease(), seen.kind == .held, loop.snapshot().rounds > 0 else { return false }
+                    Glibc.kill(pid, SIGSTOP)
+                    if let again = try lease(), again == seen {
+                        // A's own state, not B's first one: B has been idle since the loop started.
+                        caught = again
+                        return true
+                    }
+                    Glibc.kill(pid, SIGCONT)
+                    return false
+                }
+                try a.kill()
+                loopDone.wait()
+                let (acked, unanswered, aRounds) = loop.snapshot()
+
+                // The block: A's last acknowledged value, or the value of the command A died in.
+                let found = try M.read(sb, lba, M.blockBytes)
+                #expect(found == acked || found == unanswered, "the block after A died holds neither A's last acknowledged value nor its unanswered one")
+                let started = monotonicSeconds()
+                let itt = try sb.sendCommand(caw, writeData: found + Self.value(1, 1))
+                let r = try sb.collect([itt], timeoutSeconds: Double(CompareSectionLimits.waitSecondsMax + 10))[itt]!
+                let waited = monotonicSeconds() - started
+                #expect(r.status == RawCodes.good, "\(r)")
+                #expect(waited < Double(CompareSectionLimits.waitSecondsMax), "waited \(waited) s")
+                // The break was claimed for A's state: the one the test caught it in.
+                if let caught {
+                    let claim = SheepVDIAttr.encode(name: "vol" + CompareSectionLimits.companionSuffix, key: caught.id.breakKey + ".1")
+                    #expect(try watcher.call(.getVDIAttr(id: 0, flags: []), payload: claim).result == .success)
+                }
+
+                try a.restart()
+                let sa2 = try session(a, "a2")
+                defer { sa2.close() }
+                _ = try sa2.run(RawCDB.testUnitReady)
+                let again = monotonicSeconds()
+                #expect(try sa2.run(caw, writeData: Self.value(1, 1) + Self.value(0, 0)).status == RawCodes.good)
+                #expect(monotonicSeconds() - again < Double(ClusterStateLimits.leaseSeconds))
+                #expect(try M.read(sb, lba, M.blockBytes) == Self.value(0, 0))
+                #expect(try M.read(sa2, lba, M.blockBytes) == Self.value(0, 0))
+                print("COMPARE AND WRITE, gateway killed inside the section (\(kind)): A did \(aRounds) rounds, " +
+                      "B went through \(String(format: "%.1f", waited)) s after A died")
+            }
+        }
     }
+}
+
+/// Gateway A's COMPARE AND WRITE loop, as the test thread sees it: the last acknowledged value, the value of
+/// the command in flight, and the rounds done.
+private final class CompareLoop: @unchecked Sendable {
+    private let lock = NSLock()
+    // Guarded by `lock`.
+    private var acknowledged: [UInt8]
+    private var pending: [UInt8]? = nil
+    private var rounds = 0
+
+    init(acknowledged: [UInt8]) { self.acknowledged = acknowledged }
+
+    /// A command writing `next` goes out; returns the value it expects.
+    func begin(_ next: [UInt8]) -> [UInt8] { lock.withLock { pending = next; return acknowledged } }
+    func acknowledge() { lock.withLock { if let p = pending { acknowledged = p }; pending = nil; rounds += 1 } }
+    func snapshot() -> (acknowledged: [UInt8], pending: [UInt8]?, rounds: Int) { lock.withLock { (acknowledged, pending, rounds) } }
 }
