@@ -61,6 +61,8 @@ enum LoginFuzz {
         var challenge: (id: UInt8, bytes: [UInt8])? = nil
         var closed = false
         var assembled: [UInt8] = []
+        // The request text so far: a text sent with C=1 is only taken in, and answered when its last PDU comes.
+        var requestText: [UInt8] = []
         var stream = PDUStream(input)
         for _ in 0 ..< maxPDUs {
             guard let pdu = stream.next() else { break }
@@ -73,9 +75,13 @@ enum LoginFuzz {
             var data = pdu.data
             if let c = challenge { patchCHAPResponse(&data, c, secret: user.secret) }
             let (r, outcome) = data.withUnsafeBytes { machine.receive(req, data: $0, env: s.env) }
-            if let c = challenge, let keys = try? TextKeys.parse(data),
-               let theirs = keys.first(where: { $0.key == "CHAP_C" }).flatMap({ CHAP.decodeBinary($0.value) }), theirs == c.bytes {
-                FuzzCheck.expect(outcome == .respondAndClose, "the target's own challenge reflected back was answered")
+            requestText += data
+            if !req.continueFlag {
+                if let c = challenge, let keys = try? TextKeys.parse(requestText),
+                   let theirs = keys.first(where: { $0.key == "CHAP_C" }).flatMap({ CHAP.decodeBinary($0.value) }), theirs == c.bytes {
+                    FuzzCheck.expect(outcome == .respondAndClose, "the target's own challenge reflected back was answered")
+                }
+                requestText = []
             }
 
             FuzzCheck.expect(r.itt == req.itt && r.isid == req.isid, "response names another task or ISID")
