@@ -226,6 +226,14 @@ final class SheepStore<Host: SheepStoreHost> {
                                        waiter: .request(tag: tag))
             if isHome(vol) { homeHandle(req) } else { host.postHome(core: vol.homeCore, req) }
             return finishSubmit(r)
+        case .sharePortGroupState(_, let group, let state):
+            guard vol.coherent else { return .ok(0) }   // one gateway: the daemon's groups are the whole table
+            begin(r, length: 0)
+            r.pointee.pending += 1
+            let req = SheepHomeRequest(volume: vol, kind: .change(.portGroups(.state(group: group, state))),
+                                       originCore: core, waiter: .request(tag: tag))
+            if isHome(vol) { homeHandle(req) } else { host.postHome(core: vol.homeCore, req) }
+            return finishSubmit(r)
         }
     }
 
@@ -487,6 +495,9 @@ final class SheepStore<Host: SheepStoreHost> {
                     } else {
                         vol.lunState?.adoptOwn(record)
                     }
+                    // Either writer: the ALUA section is compared with what the LU knows, so our own versions
+                    // (already applied here) raise nothing.
+                    vol.lunState?.adoptPortGroups(record.portGroups, pending: home.pendingPortGroupStates(vol))
                     vol.adoptedVersion = record.version
                 }
             }
