@@ -4,7 +4,8 @@
 // A target is one SCSI target port (its relative target port identifier) in one target port group. LUs
 // are one device across ports when their NAA designators agree (the same `scsi_id`, as tgt's multipath
 // setups make them), so the ports of a LU are every port whose target has a LUN with its NAA; that is
-// also how gateways that share a VDI will become ports of one LU (docs/ALUA.md).
+// also how gateways that share a VDI become ports of one LU; their groups and states are kept in the shared
+// record in sheep (docs/ALUA.md, "Across gateways").
 //
 // A group's state is an atomic that STPG (on any core) and the control plane both write. READ and WRITE
 // never read it: each LUN's `fastFlags` carries one bit, "this LUN's port is not active", set under the LU
@@ -334,7 +335,8 @@ extension SCSITask {
         ids.sort()
         for id in ids {
             var ports: [UInt16] = []
-            let local = table.group(id: id)
+            // A group of this daemon counts here only with a port to this LU (adopting a version sets those).
+            let local = table.group(id: id).flatMap { g in table.ports.contains { $0.group === g && $0.reaches(lun) } ? g : nil }
             if let g = local {
                 for port in table.ports where port.group === g && port.reaches(lun) && !ports.contains(port.relativeTargetPortID) {
                     ports.append(port.relativeTargetPortID)
