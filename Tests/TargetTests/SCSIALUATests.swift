@@ -372,4 +372,20 @@ import Testing
         a.adopt(other)
         #expect(a.group.state == .activeOptimized)
     }
+
+    /// A state set by SET TARGET PORT GROUPS goes into the record of every LU the group belongs to on this
+    /// daemon (a group's state is one for all its LUs): those with a port in it here, and those whose record
+    /// lists it (another gateway's group). Here LU 0 and LU 1 are in this gateway's group 1; only LU 0's
+    /// record has gateway B's group 2.
+    @Test func aGroupsStateGoesToEveryLUItIsAGroupOf() {
+        let h = Harness(luns: [(0, 512, 2048, StoreCapabilities()), (1, 512, 2048, StoreCapabilities())])
+        let group = TargetPortGroup(id: 1)
+        let table = ALUATable(ports: [ALUAPort(relativeTargetPortID: 1, group: group, luns: [h.lun(0), h.lun(1)])])
+        table.refreshAll()
+        h.lun(0).state.adoptPortGroups([SharedPortGroup(id: 1, state: .activeOptimized, ports: [1]),
+                                        SharedPortGroup(id: 2, state: .standby, ports: [2])], pending: [])
+        #expect(table.units(withGroup: 1).map(\.number) == [0, 1])
+        #expect(table.units(withGroup: 2).map(\.number) == [0])
+        #expect(table.units(withGroup: 3).isEmpty)
+    }
 }

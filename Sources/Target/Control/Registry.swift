@@ -762,15 +762,12 @@ public final class Registry: @unchecked Sendable {
         sharePortGroupMembership(alua)
     }
 
-    /// Multipath sheep LUs with a port in `group`.
+    /// Multipath sheep LUs `group` is a group of (ALUATable.units(withGroup:)).
     private func sharedUnits(of group: TargetPortGroup) -> [LogicalUnit] {
-        var out: [LogicalUnit] = []
-        for p in portGroups.table.ports where p.group === group {
-            for unit in p.luns where !out.contains(where: { $0 === unit }) {
-                if case .sheep(let vol) = unit.backing, vol.coherent { out.append(unit) }
-            }
+        portGroups.table.units(withGroup: group.id).filter { unit in
+            if case .sheep(let vol) = unit.backing { return vol.coherent }
+            return false
         }
-        return out
     }
 
     /// Publishes each multipath sheep LU's ports and groups on this daemon in the shared record when they

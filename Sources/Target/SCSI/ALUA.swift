@@ -198,6 +198,19 @@ public final class ALUATable: Sendable {
         }
     }
 
+    /// This daemon's LUs for which group `id` is a group of the LU: through a port of this table, or (a
+    /// multipath sheep LU) in the shared record's section it loaded. A state set by SET TARGET PORT GROUPS goes
+    /// into the record of each of them, since a group's state is one for all its LUs.
+    func units(withGroup id: UInt16) -> [LogicalUnit] {
+        var out: [LogicalUnit] = []
+        for p in ports {
+            for lun in p.luns where !out.contains(where: { $0 === lun }) {
+                if p.group.id == id || lun.state.hasSharedPortGroup(id) { out.append(lun) }
+            }
+        }
+        return out
+    }
+
     /// The LU's groups on this daemon with their ports, as a gateway publishes them in the shared record.
     public func sharedGroups(of lun: LogicalUnit) -> [SharedPortGroup] {
         var out: [SharedPortGroup] = []

@@ -233,6 +233,14 @@ final class SheepStore<Host: SheepStoreHost> {
             let req = SheepHomeRequest(volume: vol, kind: .change(.portGroups(.state(group: group, state))),
                                        originCore: core, waiter: .request(tag: tag))
             if isHome(vol) { homeHandle(req) } else { host.postHome(core: vol.homeCore, req) }
+            // The group's state is one for every LU it is a group of: the other multipath sheep LUs' records
+            // get it too (nobody waits for those), or loading one of their versions would set it back.
+            let table = vol.lunState?.shared.withLock { $0.aluaTable }
+            for unit in table?.units(withGroup: group) ?? [] {
+                if case .sheep(let other) = unit.backing, other !== vol, other.coherent {
+                    shareChange(other, .portGroups(.state(group: group, state)), waiter: .none)
+                }
+            }
             return finishSubmit(r)
         }
     }
