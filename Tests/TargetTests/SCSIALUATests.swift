@@ -371,6 +371,14 @@ import Testing
         // Without the pending change, the record decides.
         a.adopt(other)
         #expect(a.group.state == .activeOptimized)
+        // A change still on its way to the home core (ringtgtadm's, posted from the control thread) counts too.
+        #expect(a.group.setState(.standby, explicit: false))
+        a.h.lun().state.portGroupStatePosted(1)
+        a.adopt(other)
+        #expect(a.group.state == .standby)
+        a.h.lun().state.portGroupStateArrived(1)
+        a.adopt(other)
+        #expect(a.group.state == .activeOptimized)
     }
 
     /// A state set by SET TARGET PORT GROUPS goes into the record of every LU the group belongs to on this

@@ -201,6 +201,7 @@ public final class Runtime: @unchecked Sendable {
     /// ControlFabric: the VDI's home core appends the change to the shared record, as it does a reset's.
     public func sharePortGroups(_ unit: LogicalUnit, _ change: PortGroupChange) {
         guard case .sheep(let vol) = unit.backing, vol.coherent, vol.homeCore < reactors.count else { return }
+        if case .state(let id, _) = change { unit.state.portGroupStatePosted(id) }
         post(core: vol.homeCore, .sheepHome(SheepHomeRequest(volume: vol, kind: .change(.portGroups(change)),
                                                              originCore: vol.homeCore, waiter: .none)))
     }

@@ -258,6 +258,7 @@ extension LUNState {
         shared.withLock { s in
             table = s.aluaTable
             var next = groups
+            let pending = pending + s.portGroupStatesPosted
             for i in next.indices where pending.contains(next[i].id) {
                 if let local = s.localPorts.first(where: { $0.group.id == next[i].id }) {
                     next[i].state = local.group.state
@@ -292,6 +293,18 @@ extension LUNState {
             s.sharedPortGroups[i].state = state
             queueUAForAll(&s, except: except, .asymmetricAccessStateChanged)
             publishFlags(s)
+        }
+    }
+
+    /// A state change of group `id` is on its way to the home core (`portGroupStatePosted`), or arrived there
+    /// (`portGroupStateArrived`, once the home core has it queued).
+    func portGroupStatePosted(_ id: UInt16) {
+        shared.withLock { $0.portGroupStatesPosted.append(id) }
+    }
+
+    func portGroupStateArrived(_ id: UInt16) {
+        shared.withLock { s in
+            if let i = s.portGroupStatesPosted.firstIndex(of: id) { s.portGroupStatesPosted.remove(at: i) }
         }
     }
 

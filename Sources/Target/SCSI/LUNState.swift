@@ -172,6 +172,9 @@ struct LUNSharedState {
     /// gateway's SET TARGET PORT GROUPS gave other gateways' groups since (ALUA.swift). Empty elsewhere.
     var sharedPortGroups: [SharedPortGroup] = []
     var sharedPortGroupsLoaded = false
+    /// Group ids of state changes on their way to the VDI's home core (a mailbox away): from when they are
+    /// made until the home core queues them, a version it loads must not undo them either.
+    var portGroupStatesPosted: [UInt16] = []
 
     /// tgt's lu_prevent_removal: some nexus has prevented medium removal.
     var removalPrevented: Bool { nexuses.values.contains { $0.preventsRemoval } }

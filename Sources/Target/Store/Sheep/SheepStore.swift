@@ -230,6 +230,7 @@ final class SheepStore<Host: SheepStoreHost> {
             guard vol.coherent else { return .ok(0) }   // one gateway: the daemon's groups are the whole table
             begin(r, length: 0)
             r.pointee.pending += 1
+            vol.lunState?.portGroupStatePosted(group)
             let req = SheepHomeRequest(volume: vol, kind: .change(.portGroups(.state(group: group, state))),
                                        originCore: core, waiter: .request(tag: tag))
             if isHome(vol) { homeHandle(req) } else { host.postHome(core: vol.homeCore, req) }
@@ -250,6 +251,7 @@ final class SheepStore<Host: SheepStoreHost> {
     /// `waiter` (a connection, or none) is answered once the change is in sheep.
     func shareChange(_ vol: SheepVolume, _ change: SharedStateChange, waiter: SheepWaiter) {
         guard vol.coherent else { return }
+        if case .portGroups(.state(let id, _)) = change { vol.lunState?.portGroupStatePosted(id) }
         let req = SheepHomeRequest(volume: vol, kind: .change(change), originCore: core, waiter: waiter)
         if isHome(vol) { homeHandle(req) } else { host.postHome(core: vol.homeCore, req) }
     }
@@ -465,6 +467,10 @@ final class SheepStore<Host: SheepStoreHost> {
     // MARK: - Home core (the decisions are SheepHomeMachine's)
 
     func homeHandle(_ req: SheepHomeRequest) {
+        if case .change(.portGroups(.state(let id, _))) = req.kind {
+            // Queued below: from here the home core's queue keeps it from being undone (pendingPortGroupStates).
+            req.volume.lunState?.portGroupStateArrived(id)
+        }
         home.stopping = !host.isRunning
         home.nowNanos = monotonicNanos()
         home.request(req)
