@@ -20,6 +20,8 @@ import Testing
         r.prHolder = a
         r.compareLease = ClusterLease(gateway: 0xABCD, expiresAtSeconds: 1_000)
         r.resets = 3
+        r.portGroups = [SharedPortGroup(id: 1, state: .standby, ports: [1, 3]),
+                        SharedPortGroup(id: 2, state: .activeOptimized, ports: [2])]
         return r
     }
 
@@ -53,8 +55,8 @@ import Testing
         wrongMagic[0] ^= 0xFF
         #expect(SheepSCSIRecord(decoding: wrongMagic) == nil)
         var wrongFormat = good
-        wrongFormat[4] = 3
-        #expect(SheepSCSIRecord(decoding: wrongFormat) == nil)
+        wrongFormat[4] = 4
+        #expect(SheepSCSIRecord(decoding: wrongFormat) == nil, "a newer format is foreign")
         // Every truncation is refused, never read past the end.
         for n in 0..<good.count { #expect(SheepSCSIRecord(decoding: Array(good.prefix(n))) == nil) }
     }
@@ -102,12 +104,17 @@ import Testing
         #expect(l.holderMayUse(1, nowSeconds: l.expiresAtSeconds - ClusterStateLimits.leaseSkewSeconds - 1))
     }
 
-    /// Format 2 adds the reset count at the end; a format 1 record (what gateways wrote before) is still read,
-    /// as no reset yet, and a format 1 record with anything after it is refused.
-    @Test func formatOneRecordsAreReadWithoutResets() {
+    /// Format 2 adds the reset count at the end, format 3 the ALUA section after it; format 1 and 2 records
+    /// (what gateways wrote before) are still read, as no reset and no groups yet, and an older format with
+    /// anything after it is refused.
+    @Test func olderFormatsAreReadWithoutResetsOrGroups() {
         var r = Self.sample()
-        let two = r.encoded()
-        #expect(two[4] == 2 && two[5] == 0)
+        r.portGroups = []
+        let three = r.encoded()
+        #expect(three[4] == 3 && three[5] == 0)
+        var two = Array(three.dropLast(2))   // the empty ALUA section: its count
+        two[4] = 2
+        #expect(SheepSCSIRecord(decoding: two) == r)
         var one = Array(two.dropLast(8))
         one[4] = 1
         r.resets = 0
@@ -115,6 +122,87 @@ import Testing
         var oneWithMore = two
         oneWithMore[4] = 1
         #expect(SheepSCSIRecord(decoding: oneWithMore) == nil)
+        var twoWithMore = three
+        twoWithMore[4] = 2
+        #expect(SheepSCSIRecord(decoding: twoWithMore) == nil)
+    }
+
+    /// Format 3's ALUA section: every group and port round trips; more groups or ports than the bounds, a
+    /// state SPC-4 does not define, or one group id twice is a damaged record.
+    @Test func theALUASectionRoundTripsWithinItsBounds() {
+        var r = Self.sample()
+        r.portGroups = (1 ... UInt16(ClusterStateLimits.portGroupsMax)).map { id in
+            SharedPortGroup(id: id, state: .activeNonOptimized, ports: (1 ... UInt16(ClusterStateLimits.portsPerGroupMax)).map { id * 100 + $0 })
+        }
+        let bytes = r.encoded()
+        #expect(SheepSCSIRecord(decoding: bytes) == r)
+        #expect(bytes.count <= SheepVDIAttrLayout.maxValueBytes)
+        // The encoder never writes past the bounds; a record that says more is refused.
+        var tooMany = r
+        tooMany.portGroups.append(SharedPortGroup(id: 999, state: .standby, ports: [1]))
+        #expect(SheepSCSIRecord(decoding: tooMany.encoded())?.portGroups.count == ClusterStateLimits.portGroupsMax)
+        var groupCount = Self.sample().encoded()
+        let at = groupCount.count - (2 + (4 + 2 * 2) + (4 + 2))   // the section: its count, group 1, group 2
+        #expect(groupCount[at] == 2 && groupCount[at + 1] == 0)
+        groupCount[at] = UInt8(ClusterStateLimits.portGroupsMax + 1)
+        #expect(SheepSCSIRecord(decoding: groupCount) == nil)
+        var portCount = Self.sample().encoded()
+        #expect(portCount[at + 5] == 2)          // group 1's port count
+        portCount[at + 5] = UInt8(ClusterStateLimits.portsPerGroupMax + 1)
+        #expect(SheepSCSIRecord(decoding: portCount) == nil)
+        var badState = Self.sample().encoded()
+        #expect(badState[at + 4] == ALUAState.standby.rawValue)
+        badState[at + 4] = 0x07
+        #expect(SheepSCSIRecord(decoding: badState) == nil)
+        var twice = Self.sample()
+        twice.portGroups[1].id = 1
+        #expect(SheepSCSIRecord(decoding: twice.encoded()) == nil)
+    }
+
+    /// A gateway's publication replaces the ports it had (moved or gone) and joins its groups now; a group the
+    /// record has keeps the record's state (the record decides), a new one takes the publisher's, a group left
+    /// without ports goes. A state change sets the group's state; one of an unknown group, or the state it
+    /// has, writes no version.
+    @Test func portGroupChangesApplyToTheNewestVersion() {
+        var r = SheepSCSIRecord()
+        let a = PortGroupChange.publish(previous: [], groups: [SharedPortGroup(id: 1, state: .activeOptimized, ports: [1])])
+        let b = PortGroupChange.publish(previous: [], groups: [SharedPortGroup(id: 2, state: .standby, ports: [2])])
+        r = r.applying([.portGroups(a)], writer: 1)!
+        r = r.applying([.portGroups(b)], writer: 2)!
+        #expect(r.version == 2 && r.portGroups == [SharedPortGroup(id: 1, state: .activeOptimized, ports: [1]),
+                                                  SharedPortGroup(id: 2, state: .standby, ports: [2])])
+        #expect(r.applying([.portGroups(a)], writer: 1) == nil, "the same publication again changes nothing")
+        // Gateway A restarts configured active/non-optimized: the record keeps group 1 optimized.
+        let again = PortGroupChange.publish(previous: [], groups: [SharedPortGroup(id: 1, state: .activeNonOptimized, ports: [1])])
+        #expect(r.applying([.portGroups(again)], writer: 1) == nil)
+        // B also joins group 1 with a second port (the same id is the same group) and moves port 2 there.
+        let joined = r.applying([.portGroups(.publish(previous: [2], groups: [SharedPortGroup(id: 1, state: .standby, ports: [2, 4])]))], writer: 2)!
+        #expect(joined.portGroups == [SharedPortGroup(id: 1, state: .activeOptimized, ports: [1, 2, 4])], "group 2 has no port left")
+        // States.
+        let standby = r.applying([.portGroups(.state(group: 1, .standby))], writer: 2)!
+        #expect(standby.portGroups.map(\.state) == [.standby, .standby] && standby.portGroups.map(\.ports) == [[1], [2]])
+        #expect(r.applying([.portGroups(.state(group: 1, .activeOptimized))], writer: 2) == nil)
+        #expect(r.applying([.portGroups(.state(group: 9, .standby))], writer: 2) == nil)
+        // Resets and releases leave the groups as they are.
+        #expect(r.applying([.reset], writer: 1)?.portGroups == r.portGroups)
+    }
+
+    /// The home core's queue: a newer state of a group replaces the queued one, a newer publication replaces
+    /// the queued one and still removes the ports that one would have, and a reset keeps both (it only
+    /// replaces SPC-2 releases and an earlier reset).
+    @Test func queuedPortGroupChangesMerge() {
+        var q: [SharedStateChange] = []
+        SharedStateChange.enqueue(.portGroups(.state(group: 1, .standby)), into: &q)
+        SharedStateChange.enqueue(.portGroups(.state(group: 2, .standby)), into: &q)
+        SharedStateChange.enqueue(.portGroups(.state(group: 1, .activeOptimized)), into: &q)
+        #expect(q == [.portGroups(.state(group: 2, .standby)), .portGroups(.state(group: 1, .activeOptimized))])
+        SharedStateChange.enqueue(.portGroups(.publish(previous: [], groups: [SharedPortGroup(id: 3, state: .standby, ports: [7])])), into: &q)
+        SharedStateChange.enqueue(.portGroups(.publish(previous: [7], groups: [SharedPortGroup(id: 3, state: .standby, ports: [8])])), into: &q)
+        SharedStateChange.enqueue(.releaseSPC2(Self.a), into: &q)
+        SharedStateChange.enqueue(.reset, into: &q)
+        #expect(q == [.portGroups(.state(group: 2, .standby)), .portGroups(.state(group: 1, .activeOptimized)),
+                      .portGroups(.publish(previous: [7], groups: [SharedPortGroup(id: 3, state: .standby, ports: [8])])),
+                      .reset])
     }
 
     /// Changes made outside a command, applied to the newest version: a release frees only the holder it

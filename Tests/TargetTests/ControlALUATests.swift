@@ -111,4 +111,31 @@ import Testing
         #expect(Set(report.errors.map(\.line)) == [4, 11], "\(report.errors)")
         #expect(h.registry.currentSnapshot.targets.isEmpty)
     }
+
+    /// Issue 14, ALUA across gateways: on a multipath sheep LU the control plane publishes this gateway's ports
+    /// and groups in the shared record when the LU is added and when they change (with the ports it published
+    /// before), and a group's state set with ringtgtadm; other changes publish nothing.
+    @Test func aMultipathSheepLUsGroupsAndStatesGoToTheSharedRecord() throws {
+        let h = ControlHarness()
+        let bench = SheepHomeMachineTests.Bench(locked: true, coherent: true)
+        h.opener.sheepVolume = bench.volume
+        h.run("--lld iscsi --op new --mode target --tid 1 -T iqn.2026-01.test:one")
+        h.run("--lld iscsi --op new --mode target --tid 2 -T iqn.2026-01.test:two")
+        h.run("--lld iscsi --op new --mode logicalunit --tid 2 --lun 1 -E null -b /dev/null")
+        #expect(h.run("--lld iscsi --op update --mode target --tid 1 --name alua_group --value 2").exitCode == 0)
+        #expect(h.fabric.shared.isEmpty, "no multipath sheep LU yet")
+        let added = h.run("--lld iscsi --op new --mode logicalunit --tid 1 --lun 1 --bstype sheepdog -b unix:/nonexistent:vol")
+        #expect(added.exitCode == 0, "\(added)")
+        #expect(h.fabric.shared == [.publish(previous: [], groups: [SharedPortGroup(id: 2, state: .activeOptimized, ports: [1])])])
+        h.run("--lld iscsi --op update --mode target --tid 1 --name relative_target_port_id --value 5")
+        #expect(h.fabric.shared.last == .publish(previous: [1], groups: [SharedPortGroup(id: 2, state: .activeOptimized, ports: [5])]))
+        h.run("--lld iscsi --op update --mode target --tid 1 --name alua_state --value standby")
+        #expect(h.fabric.shared.last == .state(group: 2, .standby))
+        let count = h.fabric.shared.count
+        // The null LU's target: its group (1) has no multipath sheep LU.
+        h.run("--lld iscsi --op update --mode target --tid 2 --name alua_state --value standby")
+        h.run("--lld iscsi --op update --mode target --tid 1 --name alua_state --value standby")   // no change
+        h.run("--lld iscsi --op update --mode target --tid 1 --name MaxRecvDataSegmentLength --value 65536")
+        #expect(h.fabric.shared.count == count, "\(h.fabric.shared)")
+    }
 }

@@ -21,6 +21,13 @@ final class FakeFabric: ControlFabric, @unchecked Sendable {
     /// What `commandsInFlight` answers (the same count for any units).
     var inFlight = 0
     func commandsInFlight(on units: [LogicalUnit]) -> Int { inFlight }
+    /// What the control plane asked to append to multipath sheep LUs' shared records, in order.
+    private var _shared: [PortGroupChange] = []
+    var shared: [PortGroupChange] { lock.lock(); defer { lock.unlock() }; return _shared }
+    func sharePortGroups(_ unit: LogicalUnit, _ change: PortGroupChange) {
+        lock.lock(); defer { lock.unlock() }
+        _shared.append(change)
+    }
 }
 
 final class FakeOpener: BackingOpener, @unchecked Sendable {
@@ -33,6 +40,8 @@ final class FakeOpener: BackingOpener, @unchecked Sendable {
     var capabilities = StoreCapabilities(canDiscard: false)
     weak var fabric: FakeFabric?
     let knownTypes = ["rdwr", "null", "sheepdog"]
+    /// Given, a sheepdog LUN opens as this volume (a multipath one, for the ALUA publication tests).
+    var sheepVolume: SheepVolume? = nil
 
     func open(_ spec: BackingSpec) throws -> OpenedBacking {
         guard knownTypes.contains(spec.bstype) else {
@@ -44,6 +53,9 @@ final class FakeOpener: BackingOpener, @unchecked Sendable {
         opened.append(spec)
         var caps = capabilities
         caps.readOnly = spec.readOnly
+        if spec.bstype == "sheepdog", let vol = sheepVolume {
+            return OpenedBacking(backing: .sheep(vol), byteCount: vol.byteCount, capabilities: caps)
+        }
         return OpenedBacking(backing: .null, byteCount: sizes[spec.path] ?? 100 * 1024 * 1024, capabilities: caps)
     }
 

@@ -249,3 +249,151 @@ import Testing
         for s in ALUAState.allCases { #expect(ALUAState.parse(s.name) == s) }
     }
 }
+
+/// ALUA across gateways (docs/ALUA.md): two daemons serve one sheepdog VDI as one LU, each with its own group,
+/// and agree through the shared record's ALUA section (SheepSCSIRecord format 3). Here each gateway is a
+/// harness with its own LU object, group objects and table, as two processes have; the versions they would
+/// exchange through sheep are built with `applying` and loaded with `adoptPortGroups`, as the home core does.
+@Suite struct SCSIALUAAcrossGatewaysTests {
+    let tur: [UInt8] = [0, 0, 0, 0, 0, 0]
+
+    /// One gateway: a target with the LU through one port in one group.
+    struct Gateway {
+        let h = Harness()
+        let group: TargetPortGroup
+        let table: ALUATable
+
+        init(group id: UInt16, port: UInt16, state: ALUAState = .activeOptimized) {
+            group = TargetPortGroup(id: id, state: state)
+            let lun = h.lun()
+            table = ALUATable(ports: [ALUAPort(relativeTargetPortID: port, group: group, luns: [lun])])
+            h.target = TargetRuntime(tid: 1, name: "iqn.2026-01.test:gw\(id)", relativeTargetPortID: port, luns: [lun],
+                                     acl: [.all], params: [:], lunGeneration: 1, portGroup: group, alua: table)
+            table.refreshAll()
+        }
+
+        var published: PortGroupChange { .publish(previous: [], groups: table.sharedGroups(of: h.lun())) }
+
+        func nexus(_ name: String, isid: UInt64) -> Nexus {
+            let n = Nexus(initiatorName: name, isid: isid, targetName: h.target.name, portalGroupTag: 1,
+                          relativeTargetPortID: h.target.relativeTargetPortID)
+            h.clearUAs(n)
+            return n
+        }
+
+        func adopt(_ r: SheepSCSIRecord, pending: [UInt16] = []) { h.lun().state.adoptPortGroups(r.portGroups, pending: pending) }
+
+        func rtpg(_ n: Nexus) -> [(state: UInt8, id: UInt16, ports: [UInt16])] {
+            let o = h.run(SCSIALUATests.rtpg(), nexus: n, edtl: 1024, read: true)
+            return SCSIALUATests().groups(o.dataIn).map { ($0.state, $0.id, $0.ports) }
+        }
+    }
+
+    /// Gateway A (group 1, port 1) and B (group 2, port 2, standby) have both published their groups.
+    static func twoGateways() -> (a: Gateway, b: Gateway, record: SheepSCSIRecord) {
+        let a = Gateway(group: 1, port: 1), b = Gateway(group: 2, port: 2, state: .standby)
+        let v1 = SheepSCSIRecord().applying([.portGroups(a.published)], writer: 1)!
+        let v2 = v1.applying([.portGroups(b.published)], writer: 2)!
+        a.adopt(v2)
+        b.adopt(v2)
+        return (a, b, v2)
+    }
+
+    @Test func everyGatewayReportsEveryGroupOfTheLU() {
+        let (a, b, _) = Self.twoGateways()
+        for g in [a, b] {
+            let groups = g.rtpg(g.nexus("iqn.2026-01.test:i", isid: 1))
+            #expect(groups.map(\.id) == [1, 2] && groups.map(\.ports) == [[1], [2]], "\(groups)")
+            #expect(groups.map(\.state) == [ALUAState.activeOptimized.rawValue, ALUAState.standby.rawValue])
+        }
+    }
+
+    /// ringtgtadm set A's group standby: A applied it and told its nexuses; its version reaches B, whose
+    /// nexuses get ASYMMETRIC ACCESS STATE CHANGED once and whose RTPG reports it. A loading its own version
+    /// raises nothing more.
+    @Test func aStateChangeOnOneGatewayIsReportedOnTheOther() {
+        let (a, b, v2) = Self.twoGateways()
+        let na = a.nexus("iqn.2026-01.test:i", isid: 1), nb = b.nexus("iqn.2026-01.test:i", isid: 2)
+        #expect(a.group.setState(.standby, explicit: false))
+        a.table.announce(changed: a.group)
+        let v3 = v2.applying([.portGroups(.state(group: 1, .standby))], writer: 1)!
+        a.adopt(v3)
+        #expect(a.h.run(tur, nexus: na).hasSense(SenseKey.unitAttention, 0x2A, 0x06))
+        #expect(a.h.run(tur, nexus: na).hasSense(SenseKey.notReady, 0x04, 0x0B), "reported once: then the standby sense")
+        #expect(b.h.run(tur, nexus: nb).hasSense(SenseKey.notReady, 0x04, 0x0B), "nothing before B loads the version")
+        b.adopt(v3)
+        #expect(b.h.run(tur, nexus: nb).hasSense(SenseKey.unitAttention, 0x2A, 0x06))
+        #expect(b.h.run(tur, nexus: nb).hasSense(SenseKey.notReady, 0x04, 0x0B), "B's own group is still standby")
+        #expect(b.rtpg(nb).map(\.state) == [ALUAState.standby.rawValue, ALUAState.standby.rawValue])
+        b.adopt(v3)
+        a.adopt(v3)
+        #expect(b.h.run(tur, nexus: nb).hasSense(SenseKey.notReady, 0x04, 0x0B), "the same version again raises nothing")
+        #expect(a.h.run(tur, nexus: na).hasSense(SenseKey.notReady, 0x04, 0x0B))
+    }
+
+    /// SET TARGET PORT GROUPS through B names A's group: valid on the shared LU, B's other nexuses hear of it
+    /// (not the one that asked), and the version it makes sets A's group, with the unit attention on A.
+    @Test func setTargetPortGroupsThroughOneGatewaySetsAnothersGroup() {
+        let (a, b, v2) = Self.twoGateways()
+        let na = a.nexus("iqn.2026-01.test:i", isid: 1)
+        let nb = b.nexus("iqn.2026-01.test:i", isid: 2), nb2 = b.nexus("iqn.2026-01.test:j", isid: 3)
+        let s = SCSIALUATests.stpg([(ALUAState.standby.rawValue, 1), (ALUAState.activeOptimized.rawValue, 2)])
+        #expect(b.h.run(s.cdb, nexus: nb, write: true, dataOut: s.data).isGood)
+        #expect(b.group.state == .activeOptimized && a.group.state == .activeOptimized, "A's group is A's to set")
+        #expect(b.h.run(tur, nexus: nb).isGood, "no unit attention for the nexus that asked")
+        #expect(b.h.run(tur, nexus: nb2).hasSense(SenseKey.unitAttention, 0x2A, 0x06))
+        #expect(b.rtpg(nb).map(\.state) == [ALUAState.standby.rawValue, ALUAState.activeOptimized.rawValue])
+        // What B's home core appends: one state per descriptor.
+        let v3 = v2.applying([.portGroups(.state(group: 1, .standby)), .portGroups(.state(group: 2, .activeOptimized))], writer: 2)!
+        b.adopt(v3)
+        #expect(b.h.run(tur, nexus: nb).isGood && b.h.run(tur, nexus: nb2).isGood, "B's own version raises nothing")
+        a.adopt(v3)
+        #expect(a.group.state == .standby)
+        #expect(a.h.run(tur, nexus: na).hasSense(SenseKey.unitAttention, 0x2A, 0x06))
+        #expect(a.h.run(CDB.rw10(0x28, lba: 0, blocks: 1), nexus: na, edtl: 512, read: true).hasSense(SenseKey.notReady, 0x04, 0x0B))
+        #expect(a.rtpg(na).map(\.state) == [ALUAState.standby.rawValue, ALUAState.activeOptimized.rawValue])
+        // A group no gateway has is still refused.
+        let bad = SCSIALUATests.stpg([(ALUAState.standby.rawValue, 9)])
+        #expect(b.h.run(bad.cdb, nexus: nb, write: true, dataOut: bad.data).hasSense(SenseKey.illegalRequest, 0x26, 0x00))
+    }
+
+    /// A change this gateway made and has not appended yet is not undone by a version loaded meanwhile (a
+    /// refresh that read another gateway's version): the group keeps the state this gateway gave it.
+    @Test func aPendingChangeIsNotUndoneByAnOlderView() {
+        let (a, _, v2) = Self.twoGateways()
+        let na = a.nexus("iqn.2026-01.test:i", isid: 1)
+        #expect(a.group.setState(.standby, explicit: false))
+        let other = v2.applying([.portGroups(.state(group: 2, .activeNonOptimized))], writer: 2)!
+        a.adopt(other, pending: [1])
+        #expect(a.group.state == .standby)
+        #expect(a.h.run(tur, nexus: na).hasSense(SenseKey.unitAttention, 0x2A, 0x06), "group 2 changed")
+        #expect(a.rtpg(na).map(\.state) == [ALUAState.standby.rawValue, ALUAState.activeNonOptimized.rawValue])
+        // Without the pending change, the record decides.
+        a.adopt(other)
+        #expect(a.group.state == .activeOptimized)
+        // A change still on its way to the home core (ringtgtadm's, posted from the control thread) counts too.
+        #expect(a.group.setState(.standby, explicit: false))
+        a.h.lun().state.portGroupStatePosted(1)
+        a.adopt(other)
+        #expect(a.group.state == .standby)
+        a.h.lun().state.portGroupStateArrived(1)
+        a.adopt(other)
+        #expect(a.group.state == .activeOptimized)
+    }
+
+    /// A state set by SET TARGET PORT GROUPS goes into the record of every LU the group belongs to on this
+    /// daemon (a group's state is one for all its LUs): those with a port in it here, and those whose record
+    /// lists it (another gateway's group). Here LU 0 and LU 1 are in this gateway's group 1; only LU 0's
+    /// record has gateway B's group 2.
+    @Test func aGroupsStateGoesToEveryLUItIsAGroupOf() {
+        let h = Harness(luns: [(0, 512, 2048, StoreCapabilities()), (1, 512, 2048, StoreCapabilities())])
+        let group = TargetPortGroup(id: 1)
+        let table = ALUATable(ports: [ALUAPort(relativeTargetPortID: 1, group: group, luns: [h.lun(0), h.lun(1)])])
+        table.refreshAll()
+        h.lun(0).state.adoptPortGroups([SharedPortGroup(id: 1, state: .activeOptimized, ports: [1]),
+                                        SharedPortGroup(id: 2, state: .standby, ports: [2])], pending: [])
+        #expect(table.units(withGroup: 1).map(\.number) == [0, 1])
+        #expect(table.units(withGroup: 2).map(\.number) == [0])
+        #expect(table.units(withGroup: 3).isEmpty)
+    }
+}

@@ -198,7 +198,7 @@ final class Harness {
             d.ops.append(op)
             d.flushes += 1
             return .ok(0)
-        case .shareState(let t, _), .compareSection(let t, _):
+        case .shareState(let t, _), .compareSection(let t, _), .sharePortGroupState(let t, _, _):
             // Harness LUs are not multipath sheep LUs: recorded so that a test sees one was asked for.
             guard let d = disk(t) else { return .failed(.unavailable) }
             d.ops.append(op)

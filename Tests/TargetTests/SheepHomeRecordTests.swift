@@ -302,6 +302,35 @@ import Testing
         #expect(b.machine.stepsInFlight == 0)
     }
 
+    /// Issue 14, ALUA across gateways: a group's state set on this gateway is appended by the home core like a
+    /// reset, on top of another gateway's newer version (whose ALUA section it keeps), and until it is in
+    /// sheep the group counts as pending, so that a version loaded meanwhile does not undo it.
+    @Test func aPortGroupStateIsAppendedOnTopOfTheNewestVersionAndPendingUntilThen() {
+        let b = T.Bench(locked: true, coherent: true)
+        #expect(b.machine.pendingPortGroupStates(b.volume).isEmpty)
+        let head = change(b, .portGroups(.state(group: 1, .standby)), tag: 4)
+        #expect(head.sends.count == 1 && Self.attrKey(head.sends[0].payload) == SheepSCSIRecordSync.headKey)
+        #expect(b.machine.pendingPortGroupStates(b.volume) == [1])
+        var other = SheepSCSIRecord()
+        other.version = 1
+        other.writer = b.volume.gatewayID &+ 1
+        other.portGroups = [SharedPortGroup(id: 1, state: .activeOptimized, ports: [1]),
+                            SharedPortGroup(id: 2, state: .activeOptimized, ports: [2])]
+        let find2 = Self.answerRecord(b, b.reply(head.sends[0].op, .noObj), other)
+        let create = b.reply(find2.sends[0].op, .noObj)
+        #expect(create.records.last?.record == other, "the other gateway's version is loaded first")
+        guard let v2 = Self.created(create, version: 2) else { Issue.record("no version 2 created"); return }
+        #expect(v2.portGroups == [SharedPortGroup(id: 1, state: .standby, ports: [1]),
+                                  SharedPortGroup(id: 2, state: .activeOptimized, ports: [2])])
+        #expect(b.machine.pendingPortGroupStates(b.volume) == [1], "still pending while it is created")
+        let hint = b.reply(create.sends[0].op, .success)
+        let announce = b.reply(hint.sends[0].op, .success)
+        let done = b.reply(announce.sends[0].op, .success)
+        #expect(done.answers.count == 1 && done.answers[0].tag == 4 && done.answers[0].failure == nil)
+        #expect(done.records.last?.record == v2 && done.records.last?.outcome == .published)
+        #expect(b.machine.pendingPortGroupStates(b.volume).isEmpty)
+    }
+
     /// A release the newest version no longer needs (someone else's reservation now) writes nothing.
     @Test func aChangeThatChangesNothingWritesNoVersion() {
         let b = T.Bench(locked: true, coherent: true)

@@ -183,7 +183,7 @@ enum SCSIFuzz {
                 for i in 0 ..< length { buffer[bo + i] = s.bytes[Int(offset) + i] }
             }
             return .ok(length)
-        case .flush(let t), .shareState(let t, _), .compareSection(let t, _):
+        case .flush(let t), .shareState(let t, _), .compareSection(let t, _), .sharePortGroupState(let t, _, _):
             return store(t) == nil ? .failed(.unavailable) : .ok(0)
         case .discard(let t, let offset, let length):
             guard let s = store(t) else { return .failed(.unavailable) }

@@ -72,9 +72,13 @@ public protocol ControlFabric: AnyObject {
     func nbdPortals() -> [PortalInfo]
     /// Every core's counters for `units` (summed per LUN, in that order) and for each logged-in connection.
     func statistics(of units: [LogicalUnit]) -> StatisticsSample
+    /// A multipath sheep LU's target port groups changed on this daemon (its ports and groups, or a group's
+    /// state): the change goes into the record the gateways share (docs/ALUA.md). Returns at once.
+    func sharePortGroups(_ unit: LogicalUnit, _ change: PortGroupChange)
 }
 
 extension ControlFabric {
+    public func sharePortGroups(_ unit: LogicalUnit, _ change: PortGroupChange) {}
     public func nbdPortals() -> [PortalInfo] { [] }
     public func statistics(of units: [LogicalUnit]) -> StatisticsSample {
         StatisticsSample(luns: units.map { _ in LUNStatistics() }, connections: [])

@@ -99,6 +99,9 @@ public final class Registry: @unchecked Sendable {
     private var debug = false
     private var published: ConfigSnapshot = .empty
     private var portGroups = PortGroupDirectory()
+    /// What each multipath sheep LU's ports and groups were when this daemon last published them in the
+    /// shared record (sharePortGroupMembership), by LU.
+    private var sharedPortGroups: [ObjectIdentifier: [SharedPortGroup]] = [:]
     /// Each LUN's place in the cores' statistics tables.
     private let statisticsSlots = StatisticsSlots()
 
@@ -332,7 +335,15 @@ public final class Registry: @unchecked Sendable {
             let changed = try portGroups.update(&target, name: name, value: value)
             targets[tid] = target
             publish()
-            if let changed { portGroups.table.announce(changed: changed) }
+            if let changed {
+                portGroups.table.announce(changed: changed)
+                if name == ALUAKeys.state {
+                    // A multipath sheep LU's group: the state goes into the record, so every gateway reports it.
+                    for unit in sharedUnits(of: changed) {
+                        fabric.sharePortGroups(unit, .state(group: changed.id, changed.state))
+                    }
+                }
+            }
             return
         }
         if name == "state" {
@@ -748,6 +759,39 @@ public final class Registry: @unchecked Sendable {
                                       systemOffline: systemState == .offline, discoveryCHAP: credentials(discovery))
         fabric.publish(snapshot)
         published = snapshot
+        sharePortGroupMembership(alua)
+    }
+
+    /// Multipath sheep LUs `group` is a group of (ALUATable.units(withGroup:)).
+    private func sharedUnits(of group: TargetPortGroup) -> [LogicalUnit] {
+        portGroups.table.units(withGroup: group.id).filter { unit in
+            if case .sheep(let vol) = unit.backing { return vol.coherent }
+            return false
+        }
+    }
+
+    /// Publishes each multipath sheep LU's ports and groups on this daemon in the shared record when they
+    /// differ from what it published last (a new LU, a target moved to another group or port).
+    private func sharePortGroupMembership(_ table: ALUATable) {
+        var seen: [ObjectIdentifier] = []
+        func membership(_ g: [SharedPortGroup]) -> [SharedPortGroup] {
+            g.map { SharedPortGroup(id: $0.id, state: .activeOptimized, ports: $0.ports) }
+        }
+        for t in targets.values.sorted(by: { $0.tid < $1.tid }) {
+            for l in t.luns.values {
+                let unit = l.unit
+                guard case .sheep(let vol) = unit.backing, vol.coherent else { continue }
+                let key = ObjectIdentifier(unit)
+                if seen.contains(key) { continue }
+                seen.append(key)
+                let groups = table.sharedGroups(of: unit)
+                let before = sharedPortGroups[key]
+                if let before, membership(before) == membership(groups) { continue }
+                fabric.sharePortGroups(unit, .publish(previous: (before ?? []).flatMap(\.ports), groups: groups))
+                sharedPortGroups[key] = groups
+            }
+        }
+        sharedPortGroups = sharedPortGroups.filter { seen.contains($0.key) }
     }
 }
 

@@ -33,6 +33,9 @@ public enum StoreOp: Equatable, Sendable {
     /// waits until this gateway holds it, `confirm` says whether the holder may still send its write, `leave`
     /// gives it back. Other stores complete it with `.ok(0)`.
     case compareSection(target: StoreTarget, step: CompareSectionStep)
+    /// Multipath sheep LU (docs/ALUA.md): SET TARGET PORT GROUPS set `group` to `state`; the change goes into
+    /// the shared record and is announced before this completes. Other stores complete it with `.ok(0)`.
+    case sharePortGroupState(target: StoreTarget, group: UInt16, state: ALUAState)
 }
 
 public enum CompareSectionStep: Equatable, Sendable {

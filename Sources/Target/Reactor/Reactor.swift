@@ -672,7 +672,7 @@ public final class Reactor {
         switch op {
         case .read(let tg, _, _, _), .write(let tg, _, _, _, _), .flush(let tg), .discard(let tg, _, _),
              .mapStatus(let tg, _, _), .prefetch(let tg, _, _), .shareState(let tg, _),
-             .compareSection(let tg, _):
+             .compareSection(let tg, _), .sharePortGroupState(let tg, _, _):
             storeTarget = tg
         }
         // Another LUN of the task's own target (EXTENDED COPY): that target is pinned while the task lives, the

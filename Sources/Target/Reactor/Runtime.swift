@@ -198,6 +198,14 @@ public final class Runtime: @unchecked Sendable {
         reactors[core].mailbox.post(m)
     }
 
+    /// ControlFabric: the VDI's home core appends the change to the shared record, as it does a reset's.
+    public func sharePortGroups(_ unit: LogicalUnit, _ change: PortGroupChange) {
+        guard case .sheep(let vol) = unit.backing, vol.coherent, vol.homeCore < reactors.count else { return }
+        if case .state(let id, _) = change { unit.state.portGroupStatePosted(id) }
+        post(core: vol.homeCore, .sheepHome(SheepHomeRequest(volume: vol, kind: .change(.portGroups(change)),
+                                                             originCore: vol.homeCore, waiter: .none)))
+    }
+
     // MARK: - Control fabric
 
     /// Publishes a configuration and returns once every core applied it.

@@ -4,7 +4,8 @@
 // A target is one SCSI target port (its relative target port identifier) in one target port group. LUs
 // are one device across ports when their NAA designators agree (the same `scsi_id`, as tgt's multipath
 // setups make them), so the ports of a LU are every port whose target has a LUN with its NAA; that is
-// also how gateways that share a VDI will become ports of one LU (docs/ALUA.md).
+// also how gateways that share a VDI become ports of one LU; their groups and states are kept in the shared
+// record in sheep (docs/ALUA.md, "Across gateways").
 //
 // A group's state is an atomic that STPG (on any core) and the control plane both write. READ and WRITE
 // never read it: each LUN's `fastFlags` carries one bit, "this LUN's port is not active", set under the LU
@@ -182,9 +183,45 @@ public final class ALUATable: Sendable {
     public func group(id: UInt16) -> TargetPortGroup? { groups.first { $0.id == id } }
 
     /// Brings every LUN's "port not active" bit in line with its group, raising no unit attention (a new
-    /// snapshot: new LUNs, or targets moved between groups).
+    /// snapshot: new LUNs, or targets moved between groups), and tells each LU its ports in this table.
     public func refreshAll() {
-        for p in ports { for lun in p.luns { lun.state.refreshAccess(p.group, raising: false, except: nil) } }
+        for p in ports {
+            for lun in p.luns {
+                let mine = ports.filter { $0.reaches(lun) }
+                    .map { LocalALUAPort(group: $0.group, relativeTargetPortID: $0.relativeTargetPortID) }
+                lun.state.shared.withLock { s in
+                    s.localPorts = mine
+                    s.aluaTable = self
+                }
+                lun.state.refreshAccess(p.group, raising: false, except: nil)
+            }
+        }
+    }
+
+    /// This daemon's LUs for which group `id` is a group of the LU: through a port of this table, or (a
+    /// multipath sheep LU) in the shared record's section it loaded. A state set by SET TARGET PORT GROUPS goes
+    /// into the record of each of them, since a group's state is one for all its LUs.
+    func units(withGroup id: UInt16) -> [LogicalUnit] {
+        var out: [LogicalUnit] = []
+        for p in ports {
+            for lun in p.luns where !out.contains(where: { $0 === lun }) {
+                if p.group.id == id || lun.state.hasSharedPortGroup(id) { out.append(lun) }
+            }
+        }
+        return out
+    }
+
+    /// The LU's groups on this daemon with their ports, as a gateway publishes them in the shared record.
+    public func sharedGroups(of lun: LogicalUnit) -> [SharedPortGroup] {
+        var out: [SharedPortGroup] = []
+        for p in ports where p.reaches(lun) {
+            if let i = out.firstIndex(where: { $0.id == p.group.id }) {
+                if !out[i].ports.contains(p.relativeTargetPortID) { out[i].ports.append(p.relativeTargetPortID) }
+            } else {
+                out.append(SharedPortGroup(id: p.group.id, state: p.group.state, ports: [p.relativeTargetPortID]))
+            }
+        }
+        return out.sorted { $0.id < $1.id }
     }
 
     /// `group` changed state: every LU with a port in it gets ASYMMETRIC ACCESS STATE CHANGED on every
@@ -198,6 +235,81 @@ public final class ALUATable: Sendable {
                 if affected { lun.state.refreshAccess(p.group, raising: true, except: except) }
             }
         }
+    }
+}
+
+/// One of this daemon's ports to an LU: its group and relative target port identifier.
+struct LocalALUAPort {
+    let group: TargetPortGroup
+    let relativeTargetPortID: UInt16
+}
+
+extension LUNState {
+    /// Loads the ALUA section of a shared record version (docs/ALUA.md, across gateways): the groups this
+    /// daemon has take the record's state (a group's state is daemon-wide), and ASYMMETRIC ACCESS STATE
+    /// CHANGED goes to every nexus of every LU in a group that changed, as a local change does; the other
+    /// gateways' groups are kept for REPORT TARGET PORT GROUPS, and a change among them raises the same unit
+    /// attention on this LU's nexuses (not for the first version loaded). `pending`: groups whose state this
+    /// gateway changed and has not yet appended, which keep the state this gateway gave them. A version this
+    /// gateway wrote changes nothing here, so it raises nothing twice.
+    func adoptPortGroups(_ groups: [SharedPortGroup], pending: [UInt16]) {
+        var changed: [TargetPortGroup] = []
+        var table: ALUATable? = nil
+        shared.withLock { s in
+            table = s.aluaTable
+            var next = groups
+            let pending = pending + s.portGroupStatesPosted
+            for i in next.indices where pending.contains(next[i].id) {
+                if let local = s.localPorts.first(where: { $0.group.id == next[i].id }) {
+                    next[i].state = local.group.state
+                } else if let old = s.sharedPortGroups.first(where: { $0.id == next[i].id }) {
+                    next[i].state = old.state
+                }
+            }
+            let localIDs = s.localPorts.map(\.group.id)
+            let isLocal = { (id: UInt16) in localIDs.contains(id) }
+            for g in next {
+                guard let local = s.localPorts.first(where: { $0.group.id == g.id })?.group else { continue }
+                if local.setState(g.state, explicit: false) { changed.append(local) }
+            }
+            let remoteBefore = s.sharedPortGroups.filter { !isLocal($0.id) }
+            let remoteAfter = next.filter { !isLocal($0.id) }
+            if s.sharedPortGroupsLoaded && remoteBefore != remoteAfter && changed.isEmpty {
+                queueUAForAll(&s, except: nil, .asymmetricAccessStateChanged)
+            }
+            s.sharedPortGroups = next
+            s.sharedPortGroupsLoaded = true
+            publishFlags(s)
+        }
+        for g in changed { table?.announce(changed: g) }
+    }
+
+    /// SET TARGET PORT GROUPS through this gateway set another gateway's group of the LU: kept until the
+    /// record says otherwise, with the unit attention for this LU's other nexuses. Whether `id` is such a group.
+    func setSharedPortGroupState(_ id: UInt16, _ state: ALUAState, except: UInt64?) {
+        shared.withLock { s in
+            guard let i = s.sharedPortGroups.firstIndex(where: { $0.id == id }), s.sharedPortGroups[i].state != state
+            else { return }
+            s.sharedPortGroups[i].state = state
+            queueUAForAll(&s, except: except, .asymmetricAccessStateChanged)
+            publishFlags(s)
+        }
+    }
+
+    /// A state change of group `id` is on its way to the home core (`portGroupStatePosted`), or arrived there
+    /// (`portGroupStateArrived`, once the home core has it queued).
+    func portGroupStatePosted(_ id: UInt16) {
+        shared.withLock { $0.portGroupStatesPosted.append(id) }
+    }
+
+    func portGroupStateArrived(_ id: UInt16) {
+        shared.withLock { s in
+            if let i = s.portGroupStatesPosted.firstIndex(of: id) { s.portGroupStatesPosted.remove(at: i) }
+        }
+    }
+
+    func hasSharedPortGroup(_ id: UInt16) -> Bool {
+        shared.withLock { s in s.sharedPortGroups.contains { $0.id == id } }
     }
 }
 
@@ -241,23 +353,40 @@ extension SCSITask {
         let header = format == 1 ? 8 : 4
         b.zero(0, header)
         var p = header
-        for g in table.groups {
-            var count = 0
-            for port in table.ports where port.group === g && port.reaches(lun) { count += 1 }
-            count = min(count, ALUALimits.maxPortsPerGroupDescriptor)
+        // Another gateway's groups of a multipath sheep LU come from the shared record (empty elsewhere); a
+        // group this daemon has lists its ports here and the other gateways' ports in it too.
+        let remote = lun.state.shared.withLock { $0.sharedPortGroups }
+        var ids: [UInt16] = table.groups.filter { g in table.ports.contains { $0.group === g && $0.reaches(lun) } }.map(\.id)
+        for g in remote where !ids.contains(g.id) { ids.append(g.id) }
+        ids.sort()
+        for id in ids {
+            var ports: [UInt16] = []
+            // A group of this daemon counts here only with a port to this LU (adopting a version sets those).
+            let local = table.group(id: id).flatMap { g in table.ports.contains { $0.group === g && $0.reaches(lun) } ? g : nil }
+            if let g = local {
+                for port in table.ports where port.group === g && port.reaches(lun) && !ports.contains(port.relativeTargetPortID) {
+                    ports.append(port.relativeTargetPortID)
+                }
+            }
+            let shared = remote.first { $0.id == id }
+            for q in shared?.ports ?? [] where !ports.contains(q) { ports.append(q) }
+            let count = min(ports.count, ALUALimits.maxPortsPerGroupDescriptor)
             if count == 0 || p + 8 + 4 * count > b.count { continue }
             b.zero(p, 8 + 4 * count)
-            b.put8(p, aluaState(of: g).rawValue)
+            if let g = local {
+                b.put8(p, aluaState(of: g).rawValue)
+                b.put8(p + 5, backingUnavailable ? ALUAStatus.alteredImplicitly : g.status)
+            } else if let shared {
+                b.put8(p, shared.state.rawValue)
+                b.put8(p + 5, ALUAStatus.alteredImplicitly)
+            }
             b.put8(p + 1, ALUAState.supportedStatesBits)
-            b.put16(p + 2, g.id)
-            b.put8(p + 5, backingUnavailable ? ALUAStatus.alteredImplicitly : g.status)
+            b.put16(p + 2, id)
             b.put8(p + 7, UInt8(count))
             p += 8
-            var written = 0
-            for port in table.ports where written < count && port.group === g && port.reaches(lun) {
-                b.put16(p + 2, port.relativeTargetPortID)
+            for q in ports.prefix(count) {
+                b.put16(p + 2, q)
                 p += 4
-                written += 1
             }
         }
         b.put32(0, UInt32(p - 4))
@@ -276,9 +405,11 @@ extension SCSITask {
         return requestParameterList(length: length)
     }
 
-    /// Every descriptor is checked before any group changes, so a bad list changes nothing.
+    /// Every descriptor is checked before any group changes, so a bad list changes nothing. On a multipath
+    /// sheep LU another gateway's group of the LU is a group too, and each state set goes into the shared
+    /// record before GOOD (docs/ALUA.md).
     mutating func setTargetPortGroups(_ list: UnsafeMutableRawBufferPointer) -> SCSIAction {
-        guard let target, let nexus else { return internalError() }
+        guard let target, let nexus, let lun else { return internalError() }
         let table = target.alua
         if list.count < ALUALimits.setHeaderBytes { return fail(SenseKey.illegalRequest, .parameterListLengthError) }
         let count = (list.count - ALUALimits.setHeaderBytes) / ALUALimits.setDescriptorBytes
@@ -287,13 +418,47 @@ extension SCSITask {
             guard let s = ALUAState(rawValue: list.get8(p) & 0x0F), s.settableByInitiator else {
                 return invalidParameter(byte: p, bit: 3)
             }
-            if table.group(id: list.get16(p + 2)) == nil { return invalidParameter(byte: p + 2) }
+            let id = list.get16(p + 2)
+            if table.group(id: id) == nil && !lun.state.hasSharedPortGroup(id) { return invalidParameter(byte: p + 2) }
         }
         for i in 0 ..< count {
             let p = ALUALimits.setHeaderBytes + i * ALUALimits.setDescriptorBytes
-            guard let s = ALUAState(rawValue: list.get8(p) & 0x0F), let g = table.group(id: list.get16(p + 2)) else { continue }
-            if g.setState(s, explicit: true) { table.announce(changed: g, except: nexus.id) }
+            guard let s = ALUAState(rawValue: list.get8(p) & 0x0F) else { continue }
+            if let g = table.group(id: list.get16(p + 2)) {
+                if g.setState(s, explicit: true) { table.announce(changed: g, except: nexus.id) }
+            } else {
+                lun.state.setSharedPortGroupState(list.get16(p + 2), s, except: nexus.id)
+            }
         }
+        if count > 0, sharesReservations {
+            phase = .aluaShare
+            auxCount = 0
+            return shareNextGroupState(list)
+        }
+        return completeGood()
+    }
+
+    /// Appends the state of descriptor `auxCount` to the shared record, or of the next one: a group named again
+    /// later in the list ends in the later state, so only that one is sent, and a list sends at most one
+    /// change per group of the LU (each valid group is this daemon's or in the record's bounded section).
+    private mutating func shareNextGroupState(_ list: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        let count = (list.count - ALUALimits.setHeaderBytes) / ALUALimits.setDescriptorBytes
+        func group(_ i: Int) -> UInt16 { list.get16(ALUALimits.setHeaderBytes + i * ALUALimits.setDescriptorBytes + 2) }
+        while auxCount + 1 < count && (auxCount + 1 ..< count).contains(where: { group($0) == group(auxCount) }) {
+            auxCount += 1
+        }
+        let p = ALUALimits.setHeaderBytes + auxCount * ALUALimits.setDescriptorBytes
+        guard let s = ALUAState(rawValue: list.get8(p) & 0x0F) else { return internalError() }
+        return .store(.sharePortGroupState(target: .own, group: list.get16(p + 2), state: s))
+    }
+
+    /// A group's state is in the shared record: the next descriptor's, or GOOD.
+    mutating func aluaShareCompleted(_ r: StoreResult, buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+        if let fail = checkStore(r, reading: false) { return fail }
+        let list = UnsafeMutableRawBufferPointer(rebasing: buffer[0 ..< min(chunkBytes, buffer.count)])
+        let count = (list.count - ALUALimits.setHeaderBytes) / ALUALimits.setDescriptorBytes
+        auxCount += 1
+        if auxCount < count { return shareNextGroupState(list) }
         return completeGood()
     }
 }

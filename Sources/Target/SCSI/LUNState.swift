@@ -164,6 +164,17 @@ struct LUNSharedState {
     /// The store has not reached the LU's data for `LUNState.unreachableSecondsBeforeUnavailable`: every
     /// port of this daemon reports the LU unavailable (SCSI/ALUA.swift), whatever its group's state.
     var backingUnavailable = false
+    /// This daemon's ports to the LU and their groups, and the table they belong to (ALUATable.refreshAll
+    /// keeps both): adopting a shared record version sets these groups' states and announces through it.
+    var localPorts: [LocalALUAPort] = []
+    weak var aluaTable: ALUATable? = nil
+    /// Multipath sheep LU: the ALUA section of the newest shared record version loaded, with the states this
+    /// gateway's SET TARGET PORT GROUPS gave other gateways' groups since (ALUA.swift). Empty elsewhere.
+    var sharedPortGroups: [SharedPortGroup] = []
+    var sharedPortGroupsLoaded = false
+    /// Group ids of state changes on their way to the VDI's home core (a mailbox away): from when they are
+    /// made until the home core queues them, a version it loads must not undo them either.
+    var portGroupStatesPosted: [UInt16] = []
 
     /// tgt's lu_prevent_removal: some nexus has prevented medium removal.
     var removalPrevented: Bool { nexuses.values.contains { $0.preventsRemoval } }

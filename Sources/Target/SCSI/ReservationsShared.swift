@@ -95,20 +95,33 @@ enum SharedStateLimits {
 extension SharedStateChange {
     /// Queues `change` behind `queue`, merging what one version says anyway: a reset releases every SPC-2
     /// reservation and one reset is enough for the others to report it; a release already queued is not
-    /// queued twice. Returns false when the oldest release was dropped to stay within `changesQueuedMax`.
+    /// queued twice; a group's newer state or a newer publication of this gateway's groups replaces the
+    /// queued one (a publication carries what the one it replaces would have removed). Returns false when
+    /// the oldest release was dropped to stay within `changesQueuedMax`.
     @discardableResult
     static func enqueue(_ change: SharedStateChange, into queue: inout [SharedStateChange]) -> Bool {
+        var change = change
         switch change {
         case .reset:
-            queue.removeAll()
+            queue.removeAll { if case .releaseSPC2 = $0 { return true } else { return $0 == .reset } }
         case .releaseSPC2:
             if queue.contains(change) { return true }
+        case .portGroups(.state(let id, _)):
+            queue.removeAll { if case .portGroups(.state(id, _)) = $0 { return true } else { return false } }
+        case .portGroups(.publish(let previous, let groups)):
+            var gone = previous
+            for case .portGroups(.publish(let p, _)) in queue { gone += p.filter { !gone.contains($0) } }
+            change = .portGroups(.publish(previous: gone, groups: groups))
+            queue.removeAll { if case .portGroups(.publish) = $0 { return true } else { return false } }
         }
         var kept = true
         if queue.count >= SharedStateLimits.changesQueuedMax {
-            // A reset can only be first (it empties the queue): the oldest release after it goes.
-            queue.remove(at: queue[0] == .reset ? 1 : 0)
-            kept = false
+            // The oldest SPC-2 release goes (only one of them can be the record's holder); a reset or a port
+            // group change is never dropped, and at most one publication and one state per group are queued.
+            if let i = queue.firstIndex(where: { if case .releaseSPC2 = $0 { return true } else { return false } }) {
+                queue.remove(at: i)
+                kept = false
+            }
         }
         queue.append(change)
         return kept

@@ -82,6 +82,8 @@ enum TaskPhase: UInt8 {
     /// command applies (or, `sharedRecheck`, before a conflict is answered); `sharedApply` while the command
     /// applies to the current state; `sharedPublish` while its change is appended to the record.
     case sharedSync, sharedRecheck, sharedApply, sharedPublish
+    /// SET TARGET PORT GROUPS on a multipath sheep LU: a state set goes into the shared record (ALUA.swift).
+    case aluaShare
 }
 
 public struct SCSITask {
@@ -236,6 +238,7 @@ public struct SCSITask {
         case .sharedSync: return sharedSyncCompleted(result, buffer: buffer)
         case .sharedRecheck: return sharedRecheckCompleted(result, buffer: buffer)
         case .sharedPublish: return sharedPublishCompleted(result, buffer: buffer)
+        case .aluaShare: return aluaShareCompleted(result, buffer: buffer)
         default: return internalError()
         }
     }

@@ -51,7 +51,7 @@ enum NullStore {
             return .ok(length)
         case .mapStatus(_, let offset, let maxLength):
             return .extent(mapped: true, length: min(maxLength, byteCount &- offset))
-        case .flush, .discard, .prefetch, .shareState, .compareSection:
+        case .flush, .discard, .prefetch, .shareState, .compareSection, .sharePortGroupState:
             return .ok(0)
         }
     }
@@ -90,7 +90,7 @@ enum FileStore {
         case .prefetch(_, let offset, let length):
             _ = posix_fadvise(file.fd, off_t(offset), off_t(length), POSIX_FADV_WILLNEED)
             return .ok(0)
-        case .shareState, .compareSection:
+        case .shareState, .compareSection, .sharePortGroupState:
             return .ok(0)   // a file is served by one gateway: its LU's state is the whole state
         }
         return nil

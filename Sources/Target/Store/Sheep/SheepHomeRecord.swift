@@ -6,6 +6,15 @@
 import SheepProtocol
 
 extension SheepHomeMachine {
+    /// Groups whose state this gateway changed (SET TARGET PORT GROUPS, ringtgtadm) and has not yet appended
+    /// to the VDI's record: a version loaded meanwhile does not undo them (LUNState.adoptPortGroups).
+    func pendingPortGroupStates(_ vol: SheepVolume) -> [UInt16] {
+        guard let h = homes[ObjectIdentifier(vol)] else { return [] }
+        var ids: [UInt16] = []
+        for case .portGroups(.state(let id, _)) in h.changes + h.changesInFlight { ids.append(id) }
+        return ids
+    }
+
     /// Re-reads every record in use on this core whose last refresh started `refreshIntervalSeconds` ago or
     /// more: a gateway without I/O gets no INODE_INVALIDATED.
     mutating func refreshDueRecords(tick: UInt64) {

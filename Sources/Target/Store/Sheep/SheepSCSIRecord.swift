@@ -25,6 +25,36 @@ enum ClusterStateLimits {
     static let chainProbeMax = 64
     /// Longest initiator port name the record stores (iSCSI names are at most 223 bytes, RFC 7143 §4.2.7.1).
     static let initiatorNameBytesMax = 223
+    /// Target port groups of one LU the record holds (format 3), over all its gateways: a group published
+    /// beyond this is left out (and logged by nobody: the LU keeps working through the groups it has).
+    static let portGroupsMax = 16
+    /// Relative target port identifiers one group of the record lists.
+    static let portsPerGroupMax = 16
+}
+
+/// One target port group of a multipath LU as the shared record carries it (format 3): the group's id (an
+/// LU-wide identity, SPC-4 §5.15.2.1), its asymmetric access state, and the relative target port identifiers
+/// of the LU's ports in it, on every gateway that published them.
+public struct SharedPortGroup: Equatable, Sendable {
+    public var id: UInt16
+    public var state: ALUAState
+    public var ports: [UInt16]
+
+    public init(id: UInt16, state: ALUAState, ports: [UInt16]) {
+        self.id = id
+        self.state = state
+        self.ports = ports
+    }
+}
+
+/// A change to the record's ALUA section, made by a gateway's configuration or by SET TARGET PORT GROUPS.
+public enum PortGroupChange: Equatable, Sendable {
+    /// This gateway's ports to the LU and their groups: `previous` are the ports it published before (gone now
+    /// or moved), `groups` its groups now. A group the record already has keeps the record's state; a new one
+    /// starts in the state given.
+    case publish(previous: [UInt16], groups: [SharedPortGroup])
+    /// A group's state changed (SET TARGET PORT GROUPS, ringtgtadm `alua_state`, a reload).
+    case state(group: UInt16, ALUAState)
 }
 
 /// A COMPARE AND WRITE critical section granted to one gateway until `expiresAtSeconds` (CLOCK_REALTIME).
@@ -56,11 +86,12 @@ extension PortIdentity {
 /// One version of the record.
 struct SheepSCSIRecord: Equatable {
     /// "RTSC", then the format, so a gateway never adopts an attribute it does not understand. Format 2 is
-    /// format 1 with `resets` appended; format 1 records are still read (as no reset yet), and a gateway that
-    /// only knows format 1 refuses format 2 ones (it keeps its version and logs) rather than misread them.
+    /// format 1 with `resets` appended, format 3 is format 2 with the ALUA section (`portGroups`) appended;
+    /// older formats are still read (as no reset yet, no groups yet), and a gateway that only knows an older
+    /// format refuses newer ones (it keeps its version and logs) rather than misread them.
     static let magic: UInt32 = 0x4353_5452
-    static let format: UInt16 = 2
-    static let formatsRead: ClosedRange<UInt16> = 1 ... 2
+    static let format: UInt16 = 3
+    static let formatsRead: ClosedRange<UInt16> = 1 ... 3
     static let attributePrefix = "ringtgt.scsi."
 
     /// Position in the chain: the attribute `ringtgt.scsi.<version>` holds it. Version 0 is "no record yet".
@@ -77,6 +108,9 @@ struct SheepSCSIRecord: Equatable {
     /// LOGICAL UNIT RESETs and target resets of the LU through any gateway so far: a gateway that adopts a
     /// higher count raises the reset's unit attention for its own nexuses (format 2).
     var resets: UInt64 = 0
+    /// The LU's target port groups as the gateways published them, by id (format 3): every gateway reports
+    /// all of them in REPORT TARGET PORT GROUPS, and takes the state of those it has itself from here.
+    var portGroups: [SharedPortGroup] = []
 
     static func attributeKey(version: UInt64) -> String { attributePrefix + String(version) }
 
@@ -150,6 +184,15 @@ struct SheepSCSIRecord: Equatable {
             u64(l.expiresAtSeconds)
         }
         u64(resets)
+        let groups = portGroups.prefix(ClusterStateLimits.portGroupsMax)
+        u16(UInt16(groups.count))
+        for g in groups {
+            u16(g.id)
+            u8(g.state.rawValue)
+            let ports = g.ports.prefix(ClusterStateLimits.portsPerGroupMax)
+            u8(UInt8(ports.count))
+            for p in ports { u16(p) }
+        }
         return out
     }
 
@@ -180,7 +223,24 @@ struct SheepSCSIRecord: Equatable {
             guard let n = reader.u64() else { return nil }
             resets = n
         }
+        var groups: [SharedPortGroup] = []
+        if format >= 3 {
+            guard let n = reader.u16(), Int(n) <= ClusterStateLimits.portGroupsMax else { return nil }
+            for _ in 0 ..< n {
+                guard let id = reader.u16(), let code = reader.u8(), let state = ALUAState(rawValue: code),
+                      let count = reader.u8(), Int(count) <= ClusterStateLimits.portsPerGroupMax,
+                      !groups.contains(where: { $0.id == id })
+                else { return nil }
+                var ports: [UInt16] = []
+                for _ in 0 ..< count {
+                    guard let p = reader.u16() else { return nil }
+                    ports.append(p)
+                }
+                groups.append(SharedPortGroup(id: id, state: state, ports: ports))
+            }
+        }
         guard reader.atEnd else { return nil }
+        self.portGroups = groups
         self.resets = resets
         self.version = version
         self.writer = writer
@@ -204,6 +264,8 @@ enum SharedStateChange: Equatable {
     /// A LOGICAL UNIT RESET or target reset through this gateway: it releases the SPC-2 reservation and
     /// counts one more reset, which the other gateways report to their nexuses.
     case reset
+    /// The LU's target port groups: this gateway's ports and groups, or a group's state (docs/ALUA.md).
+    case portGroups(PortGroupChange)
 }
 
 extension SheepSCSIRecord {
@@ -218,9 +280,38 @@ extension SheepSCSIRecord {
             case .reset:
                 next.spc2Holder = nil
                 next.resets &+= 1
+            case .portGroups(.publish(let previous, let groups)):
+                next.portGroups = Self.publishing(groups, replacing: previous, in: next.portGroups)
+            case .portGroups(.state(let id, let state)):
+                if let i = next.portGroups.firstIndex(where: { $0.id == id }) { next.portGroups[i].state = state }
             }
         }
-        return next.spc2Holder == spc2Holder && next.resets == resets ? nil : next
+        return next.spc2Holder == spc2Holder && next.resets == resets && next.portGroups == portGroups ? nil : next
+    }
+
+    /// `existing` with one gateway's ports replaced: its previous and present ports leave every group, then
+    /// join their groups now. Relative target port ids are LU-wide (SPC-4), so a port id names one port
+    /// whichever gateway has it. A group the record has keeps its state; a new one takes the publisher's. A
+    /// group left without ports is no group of the LU any more. Sorted by id, within the bounds.
+    static func publishing(_ groups: [SharedPortGroup], replacing previous: [UInt16],
+                           in existing: [SharedPortGroup]) -> [SharedPortGroup] {
+        var out = existing
+        let leaving = previous + groups.flatMap(\.ports)
+        for i in out.indices { out[i].ports.removeAll { leaving.contains($0) } }
+        for g in groups {
+            if let i = out.firstIndex(where: { $0.id == g.id }) {
+                for p in g.ports where !out[i].ports.contains(p) { out[i].ports.append(p) }
+            } else {
+                out.append(g)
+            }
+        }
+        out.removeAll { $0.ports.isEmpty }
+        out.sort { $0.id < $1.id }
+        for i in out.indices where out[i].ports.count > ClusterStateLimits.portsPerGroupMax {
+            out[i].ports.removeLast(out[i].ports.count - ClusterStateLimits.portsPerGroupMax)
+        }
+        if out.count > ClusterStateLimits.portGroupsMax { out.removeLast(out.count - ClusterStateLimits.portGroupsMax) }
+        return out
     }
 }
 

@@ -226,6 +226,23 @@ final class SheepStore<Host: SheepStoreHost> {
                                        waiter: .request(tag: tag))
             if isHome(vol) { homeHandle(req) } else { host.postHome(core: vol.homeCore, req) }
             return finishSubmit(r)
+        case .sharePortGroupState(_, let group, let state):
+            guard vol.coherent else { return .ok(0) }   // one gateway: the daemon's groups are the whole table
+            begin(r, length: 0)
+            r.pointee.pending += 1
+            vol.lunState?.portGroupStatePosted(group)
+            let req = SheepHomeRequest(volume: vol, kind: .change(.portGroups(.state(group: group, state))),
+                                       originCore: core, waiter: .request(tag: tag))
+            if isHome(vol) { homeHandle(req) } else { host.postHome(core: vol.homeCore, req) }
+            // The group's state is one for every LU it is a group of: the other multipath sheep LUs' records
+            // get it too (nobody waits for those), or loading one of their versions would set it back.
+            let table = vol.lunState?.shared.withLock { $0.aluaTable }
+            for unit in table?.units(withGroup: group) ?? [] {
+                if case .sheep(let other) = unit.backing, other !== vol, other.coherent {
+                    shareChange(other, .portGroups(.state(group: group, state)), waiter: .none)
+                }
+            }
+            return finishSubmit(r)
         }
     }
 
@@ -234,6 +251,7 @@ final class SheepStore<Host: SheepStoreHost> {
     /// `waiter` (a connection, or none) is answered once the change is in sheep.
     func shareChange(_ vol: SheepVolume, _ change: SharedStateChange, waiter: SheepWaiter) {
         guard vol.coherent else { return }
+        if case .portGroups(.state(let id, _)) = change { vol.lunState?.portGroupStatePosted(id) }
         let req = SheepHomeRequest(volume: vol, kind: .change(change), originCore: core, waiter: waiter)
         if isHome(vol) { homeHandle(req) } else { host.postHome(core: vol.homeCore, req) }
     }
@@ -449,6 +467,10 @@ final class SheepStore<Host: SheepStoreHost> {
     // MARK: - Home core (the decisions are SheepHomeMachine's)
 
     func homeHandle(_ req: SheepHomeRequest) {
+        if case .change(.portGroups(.state(let id, _))) = req.kind {
+            // Queued below: from here the home core's queue keeps it from being undone (pendingPortGroupStates).
+            req.volume.lunState?.portGroupStateArrived(id)
+        }
         home.stopping = !host.isRunning
         home.nowNanos = monotonicNanos()
         home.request(req)
@@ -487,6 +509,9 @@ final class SheepStore<Host: SheepStoreHost> {
                     } else {
                         vol.lunState?.adoptOwn(record)
                     }
+                    // Either writer: the ALUA section is compared with what the LU knows, so our own versions
+                    // (already applied here) raise nothing.
+                    vol.lunState?.adoptPortGroups(record.portGroups, pending: home.pendingPortGroupStates(vol))
                     vol.adoptedVersion = record.version
                 }
             }
