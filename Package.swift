@@ -1,6 +1,14 @@
 // swift-tools-version:6.0
 import PackageDescription
 
+// Target's settings, shared by the modules below it that its I/O path runs through.
+let ioPathSettings: [SwiftSetting] = [
+    .swiftLanguageMode(.v5),
+    // Exclusivity is checked at run time in debug builds (the tests); release builds of the I/O
+    // path skip the per-access runtime check.
+    .unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release)),
+]
+
 let package = Package(
     name: "ringtgt",
     platforms: [.macOS(.v15)],
@@ -29,25 +37,28 @@ let package = Package(
         // builders for both directions, for the target, the load generator and the test initiators. No package
         // dependencies. Everything a PDU goes through is @inlinable, so it inlines across this boundary.
         .target(name: "ISCSIWire", dependencies: ["CCRC32C"], swiftSettings: [.swiftLanguageMode(.v5)]),
-        // The one seeded PRNG (SplitMix64), below Target (the simulated ring) and TestSupport. No dependencies.
+        // The one seeded PRNG (SplitMix64), below URing (the simulated ring) and TestSupport. No dependencies.
         .target(name: "DeterministicRandom", swiftSettings: [.swiftLanguageMode(.v5)]),
+        // The floor below Target (issue 9): the value types and primitives every layer shares: store operations
+        // and results, user_data layouts, errno tables, the lock, the clock, the rate-limited log line, iovecs. No
+        // dependencies; what the I/O path calls is @inlinable. Target re-exports it (Sources/Target/FloorExport.swift).
+        .target(name: "Floor", swiftSettings: ioPathSettings),
+        // io_uring for the reactor, the file store and the load generator: `Ring` over liburing, and the seeded
+        // simulated ring it can stand on (tests). Submission and completion are @inlinable. Target re-exports it.
+        .target(name: "URing", dependencies: ["CURing", "DeterministicRandom"], swiftSettings: ioPathSettings),
         .target(
             name: "Target",
             dependencies: [
                 "CURing",
-                "DeterministicRandom",
+                "Floor",
                 "ISCSIWire",
                 "SheepProtocol",
+                "URing",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
-            swiftSettings: [
-                .swiftLanguageMode(.v5),
-                // Exclusivity is checked at run time in debug builds (the tests); release builds of the I/O
-                // path skip the per-access runtime check.
-                .unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release)),
-            ]
+            swiftSettings: ioPathSettings
         ),
         .executableTarget(
             name: "ringtgtd",
@@ -122,6 +133,8 @@ let package = Package(
         .testTarget(name: "RawClientsTests", dependencies: ["RawClients", "TestSupport"],
                     swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "DeterministicRandomTests", dependencies: ["DeterministicRandom"],
+                    swiftSettings: [.swiftLanguageMode(.v5)]),
+        .testTarget(name: "FloorTests", dependencies: ["Floor", "URing", "CURing"],
                     swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "TargetTests", dependencies: ["Target", "DeterministicRandom"], swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "EndToEndTests", dependencies: ["Target", "ISCSIWire", "RawClients", "SheepProtocol", "TestSupport"], swiftSettings: [.swiftLanguageMode(.v5)]),

@@ -61,16 +61,4 @@ import Testing
         b.succeeded()
         #expect(b.failed() == AcceptBackoff.firstDelayMilliseconds)
     }
-
-    @Test func rateLimitedLogWritesOneLinePerIntervalWithTheCountLeftOut() {
-        var log = RateLimitedLog(intervalSeconds: 10)
-        let second: UInt64 = 1_000_000_000
-        #expect(log.admit(nowNanos: 5 * second) == 0)
-        var quiet = 0
-        for i in 0..<1000 where log.admit(nowNanos: 5 * second + UInt64(i) * 1_000_000) == nil { quiet += 1 }
-        #expect(quiet == 1000)
-        #expect(log.admit(nowNanos: 15 * second) == 1000)
-        #expect(log.admit(nowNanos: 16 * second) == nil)
-        #expect(RateLimitedLog.suffix(3) == " (3 similar suppressed)" && RateLimitedLog.suffix(0) == "")
-    }
 }

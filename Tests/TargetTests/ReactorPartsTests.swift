@@ -1,36 +1,10 @@
-import CURing
 import Glibc
 import Testing
 @testable import Target
 
-/// The reactor's pure parts: user_data layouts, errno tables, and the submission spill area on a tiny ring.
+/// The reactor's pure parts: the user_data budget against its tables, the store errno table, idle trimming and
+/// ticks. The layouts themselves, the socket errno table and the ring are the floor's (Tests/FloorTests).
 @Suite struct ReactorPartsTests {
-    @Test func userDataRoundTripsAtTheBitLimits() {
-        for (c, g) in [(0, UInt32(0)), (ConnectionOp.connectionLimit - 1, UInt32.max), (4095, UInt32(1))] {
-            let u = ConnectionOp(connection: c, generation: g).encode(.send)
-            #expect(UserData.kind(u) == OpKind.send.rawValue)
-            #expect(ConnectionOp.decode(u) == ConnectionOp(connection: c, generation: g))
-        }
-        let maxTask = TaskOp(connection: TaskOp.connectionLimit - 1, task: TaskOp.taskLimit - 1, generation: .max)
-        #expect(UserData.kind(maxTask.encode()) == OpKind.storeIO.rawValue)
-        #expect(TaskOp.decode(maxTask.encode()) == maxTask)
-        let zeroTask = TaskOp(connection: 0, task: 0, generation: 0)
-        #expect(TaskOp.decode(zeroTask.encode()) == zeroTask)
-        #expect(TaskOp.connectionLimit == 16384, "the daemon accepts --max-connections up to 16384")
-        for op in [ChannelOp.Op.connect, .send, .recv] {
-            let ch = ChannelOp(endpoint: ChannelOp.endpointLimit - 1, op: op, generation: .max)
-            #expect(UserData.kind(ch.encode()) == OpKind.sheep.rawValue)
-            #expect(ChannelOp.decode(ch.encode()) == ch)
-        }
-        #expect(ChannelOp.decode(UserData.pack(.sheep, 3 << UInt64(UserData.generationBits))) == nil,
-                "an operation code no channel issues")
-        let l = ListenerOp(listener: ListenerOp.listenerLimit - 1)
-        #expect(UserData.kind(l.encode(.acceptRetry)) == OpKind.acceptRetry.rawValue)
-        #expect(ListenerOp.decode(l.encode(.acceptRetry)) == l)
-        #expect(UserData.kindBits + UserData.generationBits + TaskOp.connectionBits + TaskOp.taskBits == 64)
-        #expect(UserData.kindBits + UserData.generationBits + ChannelOp.endpointBits + ChannelOp.opBits == 64)
-    }
-
     @Test func userDataBudgetIsCheckedAgainstTheTables() {
         let config = ReactorConfig()
         #expect(UserData.check(maxConnections: config.maxConnections,
@@ -49,52 +23,6 @@ import Testing
         for e in [EIO, ENXIO, ENODEV, EFBIG, ENOMEM, ECANCELED, ENAMETOOLONG] {
             #expect(StoreErrno.classify(errno: e) == .fail(.mediumError))
         }
-    }
-
-    @Test func socketErrnoTable() {
-        for e in [EINTR, EAGAIN] { #expect(SocketErrno.classify(errno: e) == .retry) }
-        for e in [ECONNRESET, EPIPE, ETIMEDOUT, EHOSTUNREACH, ENOTCONN] { #expect(SocketErrno.classify(errno: e) == .peerGone) }
-        for e in [ECANCELED, EBADF, ENOTSOCK, EFAULT, ENOMEM, ENAMETOOLONG] { #expect(SocketErrno.classify(errno: e) == .failed) }
-    }
-
-    @Test func ringWaitErrnoTable() {
-        for e in [ETIME, EINTR] { #expect(RingWaitOutcome.classify(errno: e) == .fine) }
-        for e in [EAGAIN, EBUSY, ENOMEM] { #expect(RingWaitOutcome.classify(errno: e) == .retry) }
-        for e in [EBADF, EFAULT, EINVAL, ENAMETOOLONG] { #expect(RingWaitOutcome.classify(errno: e) == .unexpected) }
-    }
-
-    /// SQEs in the spill area (as the kernel refusing a submit leaves them) reach the kernel before any SQE
-    /// prepared after them, and none is lost.
-    @Test func spilledSubmissionsGoInFirstAndInOrder() throws {
-        let ring = try Ring(entries: 2)
-        func nop(_ s: UnsafeMutablePointer<io_uring_sqe>, _ tag: UInt64) {
-            io_uring_prep_nop(s)
-            s.pointee.user_data = tag
-        }
-        nop(ring.sqe(), 1)
-        nop(ring.sqe(), 2)   // the queue (2 entries) is full now
-        #expect(ring.spillCapacity == 2)
-        // What sqeWhenFull does when the submit took nothing.
-        nop(ring.spill, 3)
-        nop(ring.spill + 1, 4)
-        ring.spillState.pointee.count = 2
-        nop(ring.sqe(), 5)
-        #expect(ring.spilled == 0)
-        // The queue has room again, but spilled SQEs are still older than any new one.
-        nop(ring.spill, 6)
-        nop(ring.spill + 1, 7)
-        ring.spillState.pointee.count = 2
-        nop(ring.sqe(), 8)
-        var seen: [UInt64] = []
-        let deadline = monotonicNanos() + 5_000_000_000
-        while seen.count < 8 && monotonicNanos() < deadline {
-            let rc = ring.submitAndWait(timeoutNanos: 100_000_000)
-            #expect(rc >= 0 || rc == -ETIME)
-            let n = ring.peekBatch()
-            for i in 0..<n { seen.append(ring.cqe(i).pointee.user_data) }
-            ring.advance(n)
-        }
-        #expect(seen == [1, 2, 3, 4, 5, 6, 7, 8])
     }
 
     /// ringtgt-livefuzz hostile found it: 10,000 login PDUs at once kept a core busy for seconds, it reaped one

@@ -1031,14 +1031,6 @@ public final class Reactor {
     }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds (vDSO, no system call).
-@inline(__always)
-func monotonicNanos() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
-}
-
 /// A configuration the reactor cannot run with.
 struct ReactorSetupError: Error, CustomStringConvertible {
     var description: String

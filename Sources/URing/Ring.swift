@@ -7,22 +7,24 @@ public struct Ring: ~Copyable {
     public let ring: UnsafeMutablePointer<io_uring>
     /// Completions copied out per batch.
     public static let completionBatch = 256
-    let cqes: UnsafeMutablePointer<UnsafeMutablePointer<io_uring_cqe>?>
+    @usableFromInline let cqes: UnsafeMutablePointer<UnsafeMutablePointer<io_uring_cqe>?>
     /// SQEs prepared while the submission queue was full and the kernel took none of it (it refused the submit:
     /// out of memory, or busy). They go into the queue, in order, before anything newer, at the next submit.
-    let spill: UnsafeMutablePointer<io_uring_sqe>
+    @usableFromInline let spill: UnsafeMutablePointer<io_uring_sqe>
     /// Entries of `spill`: as many as the submission queue, so a full queue can be prepared twice over before
     /// `sqe()` has to wait for the kernel.
     public let spillCapacity: Int
-    let spillState: UnsafeMutablePointer<SpillState>
+    @usableFromInline let spillState: UnsafeMutablePointer<SpillState>
     /// The simulated ring behind this one, or nil for the kernel's (see SimulatedRing). Every call below tests
     /// it first: one predictable branch, no existential and no generic in the engine.
-    let simulated: SimulatedRing?
+    @usableFromInline let simulated: SimulatedRing?
 
-    struct SpillState {
-        var count = 0
+    @usableFromInline struct SpillState {
+        @usableFromInline var count = 0
         /// The last submit error `sqe()` saw, for the reactor to report (0 = none).
-        var submitErrno: Int32 = 0
+        @usableFromInline var submitErrno: Int32 = 0
+
+        @usableFromInline init() {}
     }
 
     public enum SetupError: Error, CustomStringConvertible {
@@ -101,14 +103,14 @@ public struct Ring: ~Copyable {
 
     /// A free SQE. When the queue is full it submits to make room; when the kernel takes nothing, the SQE comes
     /// from the spill area and enters the queue at the next submit.
-    @inline(__always)
+    @inlinable @inline(__always)
     public func sqe() -> UnsafeMutablePointer<io_uring_sqe> {
         if let simulated { return simulated.sqe() }
         if spillState.pointee.count == 0, let s = io_uring_get_sqe(ring) { return s }
         return sqeWhenFull()
     }
 
-    @inline(never)
+    @usableFromInline @inline(never)
     func sqeWhenFull() -> UnsafeMutablePointer<io_uring_sqe> {
         while true {
             let rc = submitPending()
@@ -140,7 +142,7 @@ public struct Ring: ~Copyable {
     }
 
     /// Submits the queue and the spill area behind it; the result of the last io_uring_submit.
-    func submitPending() -> Int32 {
+    @usableFromInline func submitPending() -> Int32 {
         var rc: Int32 = 0
         repeat {
             moveSpill()
@@ -156,11 +158,11 @@ public struct Ring: ~Copyable {
     }
 
     /// SQEs waiting in the spill area.
-    public var spilled: Int { spillState.pointee.count }
+    @inlinable public var spilled: Int { spillState.pointee.count }
 
     /// Submits and waits for at least one completion or the timeout (nanoseconds; <0 = forever). The result of
     /// io_uring_submit_and_wait(_timeout): SQEs submitted, or -errno (-ETIME when the timeout passed).
-    @inline(__always)
+    @inlinable @inline(__always)
     public func submitAndWait(timeoutNanos: Int64) -> Int32 {
         if let simulated { return simulated.submitAndTurn() }
         if spillState.pointee.count > 0 {
@@ -171,7 +173,7 @@ public struct Ring: ~Copyable {
     }
 
     /// Submits without waiting: SQEs submitted, or -errno.
-    @inline(__always)
+    @inlinable @inline(__always)
     public func submit() -> Int32 {
         if let simulated { return simulated.submit() }
         return submitPending()
@@ -179,7 +181,7 @@ public struct Ring: ~Copyable {
 
     /// Submits and reaps whatever has completed, without waiting (busy polling). With DEFER_TASKRUN this is
     /// what runs the ring's pending task work. SQEs submitted, or -errno.
-    @inline(__always)
+    @inlinable @inline(__always)
     public func submitAndPoll() -> Int32 {
         if let simulated { return simulated.submitAndTurn() }
         if spillState.pointee.count > 0 {
@@ -190,7 +192,7 @@ public struct Ring: ~Copyable {
     }
 
     /// Copies out ready completions; the caller must call `advance(n)` after processing them.
-    @inline(__always)
+    @inlinable @inline(__always)
     public func peekBatch() -> Int {
         if let simulated {
             let n = simulated.peekBatch()
@@ -200,10 +202,10 @@ public struct Ring: ~Copyable {
         return Int(rt_peek_batch(ring, cqes, UInt32(Ring.completionBatch)))
     }
 
-    @inline(__always)
+    @inlinable @inline(__always)
     public func cqe(_ i: Int) -> UnsafeMutablePointer<io_uring_cqe> { cqes[i]! }
 
-    @inline(__always)
+    @inlinable @inline(__always)
     public func advance(_ n: Int) {
         if let simulated { simulated.advance(n); return }
         io_uring_cq_advance(ring, UInt32(n))

@@ -7,12 +7,15 @@ import Glibc
 /// ThreadSanitizer cannot see, so under `scripts/sanitize thread` every access it guards reads as a data race
 /// and hides the real ones. TSan intercepts pthread_mutex_lock and unlock. Uncontended, both are one atomic
 /// exchange each way.
-final class Locked<Value>: @unchecked Sendable {
+///
+/// The class is public and its members `package`: Swift 6.3 neither inlines nor specializes the generic
+/// `withLock` of a `package` class in another module (every call went through the unspecialized generic).
+public final class Locked<Value>: @unchecked Sendable {
     /// Heap-allocated: a pthread mutex must not move once initialised.
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-    private var value: Value
+    @usableFromInline let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    @usableFromInline var value: Value
 
-    init(_ value: Value) {
+    package init(_ value: Value) {
         mutex = .allocate(capacity: 1)
         mutex.initialize(to: pthread_mutex_t())
         let rc = pthread_mutex_init(mutex, nil)
@@ -25,8 +28,8 @@ final class Locked<Value>: @unchecked Sendable {
         mutex.deallocate()
     }
 
-    @inline(__always)
-    func withLock<R>(_ body: (inout Value) throws -> R) rethrows -> R {
+    @inlinable @inline(__always)
+    package func withLock<R>(_ body: (inout Value) throws -> R) rethrows -> R {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
         return try body(&value)

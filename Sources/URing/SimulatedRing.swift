@@ -60,6 +60,8 @@ public struct SimulatedRingCounters: Sendable, CustomStringConvertible {
     public var unsupported = 0
     public var faults: Int { shortTransfers + eagains + resets + delays + acceptFailures }
 
+    public init() {}
+
     public var description: String {
         "\(completed) operations completed (\(submitted) submitted); faults: \(shortTransfers) short, \(eagains) EAGAIN, "
             + "\(resets) reset, \(delays) delayed, \(acceptFailures) accept failures; \(reorderedTurns) reordered turns"
@@ -89,7 +91,7 @@ public final class SimulatedRing {
     private var ready: [io_uring_cqe] = []
     private var readyHead = 0
     /// Where `peekBatch` copies completions for `Ring.cqe(i)`.
-    let batch: UnsafeMutablePointer<io_uring_cqe>
+    @usableFromInline let batch: UnsafeMutablePointer<io_uring_cqe>
     /// Connections waiting for a multishot accept, per listening descriptor.
     private var incoming: [Int32: [Int32]] = [:]
     private var order: [Int] = []
@@ -141,7 +143,7 @@ public final class SimulatedRing {
 
     // MARK: - What Ring calls
 
-    func sqe() -> UnsafeMutablePointer<io_uring_sqe> {
+    @usableFromInline func sqe() -> UnsafeMutablePointer<io_uring_sqe> {
         if sqCount == sqCapacity { _ = submit() }
         let s = sq + sqCount
         sqCount += 1
@@ -149,7 +151,7 @@ public final class SimulatedRing {
         return s
     }
 
-    func submit() -> Int32 {
+    @usableFromInline func submit() -> Int32 {
         let n = sqCount
         for i in 0..<n {
             var p = Pending(sqe: sq[i], hold: 0, deadline: 0)
@@ -165,19 +167,19 @@ public final class SimulatedRing {
     }
 
     /// Submits, then carries out one turn: each pending operation, in a seeded order, completes if it can.
-    func submitAndTurn() -> Int32 {
+    @usableFromInline func submitAndTurn() -> Int32 {
         let n = submit()
         turn()
         return n
     }
 
-    func peekBatch() -> Int {
+    @usableFromInline func peekBatch() -> Int {
         let n = min(Ring.completionBatch, ready.count - readyHead)
         for i in 0..<n { batch[i] = ready[readyHead + i] }
         return n
     }
 
-    func advance(_ n: Int) {
+    @usableFromInline func advance(_ n: Int) {
         readyHead += n
         if readyHead == ready.count { ready.removeAll(keepingCapacity: true); readyHead = 0 }
     }

@@ -24,26 +24,26 @@ public enum UserData {
     /// Generation tags guard against a completion for a slot that was reused since the operation started.
     public static let generationBits = 32
 
-    @inline(__always)
+    @inlinable @inline(__always)
     public static func kind(_ u: UInt64) -> UInt8 { UInt8(truncatingIfNeeded: u >> UInt64(payloadBits)) }
 
-    @inline(__always)
+    @inlinable @inline(__always)
     static func mask(_ bits: Int) -> UInt64 { (1 << UInt64(bits)) &- 1 }
 
-    @inline(__always)
+    @inlinable @inline(__always)
     static func pack(_ kind: OpKind, _ payload: UInt64) -> UInt64 {
         UInt64(kind.rawValue) << UInt64(payloadBits) | (payload & mask(payloadBits))
     }
 
     /// Payload of an operation that names an index, a sub-index and a generation:
     /// (major << minorBits | minor) << generationBits | generation.
-    @inline(__always)
+    @inlinable @inline(__always)
     static func pack(_ kind: OpKind, major: Int, minor: Int, minorBits: Int, generation: UInt32) -> UInt64 {
         let index = UInt64(major) << UInt64(minorBits) | UInt64(minor)
         return pack(kind, index << UInt64(generationBits) | UInt64(generation))
     }
 
-    @inline(__always)
+    @inlinable @inline(__always)
     static func unpack(_ u: UInt64, majorBits: Int, minorBits: Int) -> (major: Int, minor: Int, generation: UInt32) {
         let index = u >> UInt64(generationBits)
         return (Int((index >> UInt64(minorBits)) & mask(majorBits)), Int(index & mask(minorBits)),
@@ -73,12 +73,17 @@ public struct ConnectionOp: Equatable {
     public var connection: Int
     public var generation: UInt32
 
-    @inline(__always)
+    @inlinable public init(connection: Int, generation: UInt32) {
+        self.connection = connection
+        self.generation = generation
+    }
+
+    @inlinable @inline(__always)
     public func encode(_ kind: OpKind) -> UInt64 {
         UserData.pack(kind, major: connection, minor: 0, minorBits: 0, generation: generation)
     }
 
-    @inline(__always)
+    @inlinable @inline(__always)
     public static func decode(_ u: UInt64) -> ConnectionOp {
         let f = UserData.unpack(u, majorBits: connectionBits, minorBits: 0)
         return ConnectionOp(connection: f.major, generation: f.generation)
@@ -95,12 +100,18 @@ public struct TaskOp: Equatable {
     public var task: Int
     public var generation: UInt32
 
-    @inline(__always)
+    @inlinable public init(connection: Int, task: Int, generation: UInt32) {
+        self.connection = connection
+        self.task = task
+        self.generation = generation
+    }
+
+    @inlinable @inline(__always)
     public func encode() -> UInt64 {
         UserData.pack(.storeIO, major: connection, minor: task, minorBits: TaskOp.taskBits, generation: generation)
     }
 
-    @inline(__always)
+    @inlinable @inline(__always)
     public static func decode(_ u: UInt64) -> TaskOp {
         let f = UserData.unpack(u, majorBits: connectionBits, minorBits: taskBits)
         return TaskOp(connection: f.major, task: f.minor, generation: f.generation)
@@ -113,12 +124,17 @@ public struct JobOp: Equatable {
     public var job: Int
     public var generation: UInt32
 
-    @inline(__always)
+    @inlinable public init(job: Int, generation: UInt32) {
+        self.job = job
+        self.generation = generation
+    }
+
+    @inlinable @inline(__always)
     public func encode() -> UInt64 {
         UserData.pack(.lunJob, major: job, minor: 0, minorBits: 0, generation: generation)
     }
 
-    @inline(__always)
+    @inlinable @inline(__always)
     public static func decode(_ u: UInt64) -> JobOp {
         let f = UserData.unpack(u, majorBits: jobBits, minorBits: 0)
         return JobOp(job: f.major, generation: f.generation)
@@ -135,13 +151,19 @@ public struct ChannelOp: Equatable {
     public var op: Op
     public var generation: UInt32
 
-    @inline(__always)
+    @inlinable public init(endpoint: Int, op: Op, generation: UInt32) {
+        self.endpoint = endpoint
+        self.op = op
+        self.generation = generation
+    }
+
+    @inlinable @inline(__always)
     public func encode() -> UInt64 {
         UserData.pack(.sheep, major: endpoint, minor: Int(op.rawValue), minorBits: ChannelOp.opBits, generation: generation)
     }
 
     /// nil for an operation code no channel issues.
-    @inline(__always)
+    @inlinable @inline(__always)
     public static func decode(_ u: UInt64) -> ChannelOp? {
         let f = UserData.unpack(u, majorBits: endpointBits, minorBits: opBits)
         guard let op = Op(rawValue: UInt8(f.minor)) else { return nil }
@@ -155,12 +177,14 @@ public struct ListenerOp: Equatable {
     public static let listenerLimit = 1 << listenerBits
     public var listener: Int
 
-    @inline(__always)
+    @inlinable public init(listener: Int) { self.listener = listener }
+
+    @inlinable @inline(__always)
     public func encode(_ kind: OpKind) -> UInt64 {
         UserData.pack(kind, major: listener, minor: 0, minorBits: 0, generation: 0)
     }
 
-    @inline(__always)
+    @inlinable @inline(__always)
     public static func decode(_ u: UInt64) -> ListenerOp {
         ListenerOp(listener: UserData.unpack(u, majorBits: listenerBits, minorBits: 0).major)
     }

@@ -1,0 +1,4 @@
+// Target's files and its clients (the daemon, the tools, the tests, perf/loadgen) use the floor's values and
+// the ring as if they were Target's own; one re-export here instead of an import in each of them.
+@_exported import Floor
+@_exported import URing
