@@ -33,9 +33,10 @@ public enum StoreOp: Equatable, Sendable {
     /// waits until this gateway holds it, `confirm` says whether the holder may still send its write, `leave`
     /// gives it back. Other stores complete it with `.ok(0)`.
     case compareSection(target: StoreTarget, step: CompareSectionStep)
-    /// Multipath sheep LU (docs/ALUA.md): SET TARGET PORT GROUPS set `group` to `state`; the change goes into
+    /// Multipath sheep LU (docs/ALUA.md): SET TARGET PORT GROUPS set `group` to the asymmetric access state
+    /// `stateCode` (SPC-4 §6.37, ALUAState's raw value: the floor knows no SCSI types); the change goes into
     /// the shared record and is announced before this completes. Other stores complete it with `.ok(0)`.
-    case sharePortGroupState(target: StoreTarget, group: UInt16, state: ALUAState)
+    case sharePortGroupState(target: StoreTarget, group: UInt16, stateCode: UInt8)
 }
 
 public enum CompareSectionStep: Equatable, Sendable {

@@ -449,7 +449,7 @@ extension SCSITask {
         }
         let p = ALUALimits.setHeaderBytes + auxCount * ALUALimits.setDescriptorBytes
         guard let s = ALUAState(rawValue: list.get8(p) & 0x0F) else { return internalError() }
-        return .store(.sharePortGroupState(target: .own, group: list.get16(p + 2), state: s))
+        return .store(.sharePortGroupState(target: .own, group: list.get16(p + 2), stateCode: s.rawValue))
     }
 
     /// A group's state is in the shared record: the next descriptor's, or GOOD.

@@ -226,8 +226,9 @@ final class SheepStore<Host: SheepStoreHost> {
                                        waiter: .request(tag: tag))
             if isHome(vol) { homeHandle(req) } else { host.postHome(core: vol.homeCore, req) }
             return finishSubmit(r)
-        case .sharePortGroupState(_, let group, let state):
+        case .sharePortGroupState(_, let group, let stateCode):
             guard vol.coherent else { return .ok(0) }   // one gateway: the daemon's groups are the whole table
+            guard let state = ALUAState(rawValue: stateCode) else { preconditionFailure("STPG posts only ALUAState codes") }
             begin(r, length: 0)
             r.pointee.pending += 1
             vol.lunState?.portGroupStatePosted(group)
