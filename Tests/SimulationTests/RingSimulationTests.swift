@@ -58,6 +58,20 @@ import Testing
         print("RingSimulation \(store): \(Self.ciSeeds.count) seeds, \(operations) operations, \(faults) faults injected")
     }
 
+    /// Clients that go quiet halfway, past the idle trim: their connections give back their staging and task
+    /// tables (every task deinitialized, the pages zeroed), and the second half of their commands, and the
+    /// read-back of every acknowledged write, run on tables initialized again.
+    @Test(arguments: SimStore.allCases) func clientsPausingPastTheIdleTrimKeepEveryWrite(store: SimStore) throws {
+        var o = Self.options(seed: 0x1D1E, store: store)
+        o.pause = (afterCommands: o.commandsPerClient / 2, nanos: 3_000_000_000)
+        let r = try Self.check(o)
+        #expect(r.taskTablesReleased >= o.iscsiClients, "\(r.taskTablesReleased) task tables given back")
+        // Given back during the pause, not only as the connections closed: each client carried on after.
+        #expect(r.taskTablesReleasedAtResume.count == o.iscsiClients && r.taskTablesReleasedAtResume.allSatisfy { $0 >= 1 },
+                "task tables given back when each paused client carried on: \(r.taskTablesReleasedAtResume)")
+        print("RingSimulation \(store) pause: \(r.turns) turns, \(r.taskTablesReleased) task tables given back; \(r.ring)")
+    }
+
     /// The same seed gives the same run, operation for operation.
     @Test func aSeedReplaysExactly() throws {
         let o = Self.options(seed: 7, store: .file)

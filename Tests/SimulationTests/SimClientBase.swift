@@ -81,6 +81,8 @@ class SimClientBase {
     private(set) var tags: [UInt32]
     private var issueCounter: UInt32 = 0
     private(set) var slotsInUse = 0
+    /// The driver holds new commands back (the simulation's pause): what is in flight still ends.
+    var holdingNewCommands = false
     /// Set by a hook when the connection must go (a protocol error, a Reject): handled after the hook returns.
     private var dropReason: String? = nil
 
@@ -150,7 +152,7 @@ class SimClientBase {
             sent[s] = true
             did = true
         }
-        while windowOpen(), let s = freeSlot(), let c = workload.next(&rng, flushAllowed: flushAllowed) {
+        while !holdingNewCommands, windowOpen(), let s = freeSlot(), let c = workload.next(&rng, flushAllowed: flushAllowed) {
             slots[s] = c
             sent[s] = false
             slotsInUse += 1

@@ -36,6 +36,9 @@ struct SimulationOptions: Sendable, CustomStringConvertible {
     var turnBudget = 400_000
     /// Virtual time that passes per turn (ticks, login and Data-Out timeouts run on it).
     var nanosPerTurn: UInt64 = 1_000_000
+    /// Each iSCSI client, once this many of its commands ended and none is in flight, goes quiet for this
+    /// much virtual time (longer than the idle trim, shorter than the NOP-In interval), then carries on.
+    var pause: (afterCommands: Int, nanos: UInt64)? = nil
 
     var description: String {
         "seed 0x\(String(seed, radix: 16)) store \(store.rawValue) faults [\(faults)] iscsi \(iscsiClients) nbd \(nbdClients) "
@@ -54,6 +57,9 @@ struct SimulationResult {
     var failures: [String] = []
     var summaries: [String] = []
     var commandsEnded = 0
+    var taskTablesReleased = 0
+    /// With `pause`: the task tables given back so far, as each paused client carries on.
+    var taskTablesReleasedAtResume: [Int] = []
 }
 
 final class Simulation {
@@ -214,9 +220,26 @@ final class Simulation {
         var result = SimulationResult()
         var idle = 0
         var turns = 0
+        var pauseTaken = [Bool](repeating: false, count: clients.count)
+        var pausedUntilNanos = [UInt64](repeating: 0, count: clients.count)
         while !clients.allSatisfy(\.isFinished) {
             var progressed = false
-            for c in clients where c.step(&random) { progressed = true }
+            for (i, c) in clients.enumerated() {
+                if let p = options.pause, !pauseTaken[i], let b = c as? SimISCSIClient, b.workload.ended >= p.afterCommands {
+                    // Drain first: no new commands until what is in flight has ended, then go quiet.
+                    b.holdingNewCommands = true
+                    if c.inFlight == 0 {
+                        pauseTaken[i] = true
+                        pausedUntilNanos[i] = ring.nowNanos + p.nanos
+                    }
+                }
+                if pauseTaken[i], let b = c as? SimISCSIClient, b.holdingNewCommands {
+                    if ring.nowNanos < pausedUntilNanos[i] { continue }
+                    b.holdingNewCommands = false
+                    result.taskTablesReleasedAtResume.append(core.taskTablesReleased)
+                }
+                if c.step(&random) { progressed = true }
+            }
             if pumpSheep() { progressed = true }
             let before = ring.counters.completed
             core.turn()
@@ -265,6 +288,7 @@ final class Simulation {
         if core.slotsInUse != 0 { fail("\(core.slotsInUse) buffer slot(s) leaked") }
         if core.permitsTaken != 0 { fail("\(core.permitsTaken) R2T permit(s) leaked") }
         if ring.counters.unsupported != 0 { fail("\(ring.counters.unsupported) SQE(s) with an opcode the simulation does not know") }
+        result.taskTablesReleased = core.taskTablesReleased
         core.stop()
         result.turns = turns
         result.ring = ring.counters

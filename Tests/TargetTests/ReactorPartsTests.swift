@@ -44,6 +44,24 @@ import Testing
         #expect(memory.region(1).assumingMemoryBound(to: UInt8.self)[l.rx] == 0x5A)
     }
 
+    /// With no task in use, an idle connection gives back its task table's pages too; the page the table
+    /// shares with the NBD requests, the header page and the other connections' regions stay.
+    @Test func anIdleTaskTableGivesBackItsWholePagesOnly() {
+        let memory = ConnectionMemory(count: 2, taskCapacity: 136, sendQueueRecords: 256)
+        let l = memory.layout
+        #expect(l.taskTrim.lowerBound % 4096 == 0 && l.taskTrim.upperBound % 4096 == 0)
+        #expect(l.taskTrim.lowerBound == l.idleTrim.upperBound && l.taskTrim.lowerBound <= l.tasks)
+        #expect(l.taskTrim.upperBound <= l.nbdRequests && l.nbdRequests - l.taskTrim.upperBound < 4096)
+        #expect(l.taskTrim.count >= 4096, "136 tasks span several pages")
+        for i in 0..<2 { memset(memory.region(i), 0x5A, l.stride) }
+        memory.trimTasks(0)
+        let r = memory.region(0).assumingMemoryBound(to: UInt8.self)
+        #expect(r[l.header] == 0x5A && r[l.rx] == 0x5A && r[l.taskTrim.lowerBound - 1] == 0x5A)
+        #expect(r[l.tasks] == 0 && r[l.taskTrim.upperBound - 1] == 0)
+        #expect(r[l.taskTrim.upperBound] == 0x5A && r[l.nbdRequests] == 0x5A)
+        #expect(memory.region(1).assumingMemoryBound(to: UInt8.self)[l.tasks] == 0x5A)
+    }
+
     @Test func ticksCountElapsedSecondsNotTimerCompletions() {
         #expect(Reactor.nextTick(previous: 4, elapsedNanos: 5_000_000_001) == 5, "an on-time tick")
         #expect(Reactor.nextTick(previous: 4, elapsedNanos: 8_700_000_000) == 8, "a core busy for 3 s catches up")

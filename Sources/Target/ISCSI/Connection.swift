@@ -338,6 +338,19 @@ public final class Connection {
         memoryTrimmed = false
     }
 
+    /// An iSCSI connection with no task in use that has used its table: the table can go back to the kernel
+    /// while it is idle (Reactor.trimIdleConnections). NBD connections keep theirs.
+    var canReleaseTaskTable: Bool { frontEnd == .iscsi && activeTasks == 0 && tasksInitialized > 0 }
+
+    /// Deinitializes every task, so that the table's pages can be given back; the next command initializes
+    /// its task again, as on a new connection.
+    func releaseTaskTable() {
+        precondition(activeTasks == 0, "a task table in use cannot be released")
+        tasks.deinitialize(count: tasksInitialized)
+        tasksInitialized = 0
+        freeTask = -1
+    }
+
     /// The connection gave its idle pages back and has not received or sent since (Reactor.trimIdleConnections).
     var memoryTrimmed = false
 

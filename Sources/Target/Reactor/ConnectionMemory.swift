@@ -15,6 +15,10 @@ struct ConnectionMemoryLayout {
     /// arena after its first page, and the receive staging. Their contents are rewritten before they are read
     /// again once the send queue and the staging are empty.
     let idleTrim: Range<Int>
+    /// The task table's whole pages (`ConnectionMemory.trimTasks`), given back too when no task is in use:
+    /// the tasks are initialized again as they are needed. The page the table shares with the NBD requests
+    /// stays.
+    let taskTrim: Range<Int>
 
     init(taskCapacity: Int, sendQueueRecords: Int) {
         func align(_ n: Int, _ a: Int) -> Int { (n + a - 1) / a * a }
@@ -27,6 +31,7 @@ struct ConnectionMemoryLayout {
         stride = align(nbdRequests + taskCapacity * MemoryLayout<NBDRequest>.stride, page)
         // The msghdr at the start of the send queue keeps its page (with the header area).
         idleTrim = align(out + MemoryLayout<msghdr>.stride, page)..<(tasks / page * page)
+        taskTrim = (tasks / page * page)..<max(tasks / page * page, nbdRequests / page * page)
     }
 }
 
@@ -62,6 +67,13 @@ struct ConnectionMemory: ~Copyable {
     func trimIdle(_ i: Int) {
         if layout.idleTrim.isEmpty { return }
         _ = madvise(region(i) + layout.idleTrim.lowerBound, layout.idleTrim.count, MADV_DONTNEED)
+    }
+
+    /// Gives back the task table pages of idle connection `i` (`layout.taskTrim`). Safe only once the
+    /// connection has deinitialized its tasks (`Connection.releaseTaskTable`): they read as zeros afterwards.
+    func trimTasks(_ i: Int) {
+        if layout.taskTrim.isEmpty { return }
+        _ = madvise(region(i) + layout.taskTrim.lowerBound, layout.taskTrim.count, MADV_DONTNEED)
     }
 
     /// Gives connection `i`'s pages back to the kernel; the region reads as zeros afterwards.

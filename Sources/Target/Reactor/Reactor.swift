@@ -253,6 +253,8 @@ public final class Reactor {
 
     /// A tick passed since idle connections last gave their pages back.
     var trimDue = false
+    /// Idle connections whose task table went back to the kernel so far (the simulation checks it happens).
+    private(set) var taskTablesReleased = 0
     /// Full ticks without a byte received or sent before a connection gives back its staging and send-queue
     /// pages: an idle session then costs its header page and its object, not the pages its login touched.
     static let idleTrimTicks: UInt64 = 1
@@ -262,6 +264,11 @@ public final class Reactor {
         for c in connections {
             guard let c, c.canTrimMemory(tick: tick, idleTicks: Reactor.idleTrimTicks) else { continue }
             connectionMemory.trimIdle(c.index)
+            if c.canReleaseTaskTable {
+                c.releaseTaskTable()
+                connectionMemory.trimTasks(c.index)
+                taskTablesReleased &+= 1
+            }
             c.memoryTrimmed = true
         }
     }

@@ -422,6 +422,8 @@ public final class SimulatedCore {
     public var permitsTaken: Int { reactor.r2tPermitCount - reactor.r2tPermits }
     /// Tasks active over all connections.
     public var activeTasks: Int { reactor.connections.reduce(0) { $0 + ($1?.activeTasks ?? 0) } }
+    /// Idle connections whose task table was given back (Reactor.trimIdleConnections).
+    public var taskTablesReleased: Int { reactor.taskTablesReleased }
     /// Store operations in flight over all connections.
     public var storeOperationsInFlight: Int { reactor.connections.reduce(0) { $0 + ($1?.storeInFlight ?? 0) } }
 
