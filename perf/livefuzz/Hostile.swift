@@ -100,11 +100,15 @@ final class ConnectionFlood {
 }
 
 /// One loadgen run on the null LUN: 4K random reads at QD32, one session; its IOPS and the daemon's CPU
-/// microseconds per I/O (which other tenants of a shared machine disturb less than IOPS).
+/// microseconds per I/O (which other tenants of a shared machine disturb less than IOPS). The load generator
+/// runs on the last CPU (`taskset`), away from the daemon's core 0, which ringtgtd pins to CPU 0: left to the
+/// scheduler, whether the two share a CPU moved the quiet IOPS by 2.5x between runs (perf/README).
 func loadgenRun(_ loadgen: String, port: Int, targetPid: Int32, seconds: Double) throws -> (iops: Double, cpuMicrosPerIO: Double) {
     let p = Process()
-    p.executableURL = URL(fileURLWithPath: loadgen)
-    p.arguments = ["iscsi://127.0.0.1:\(port)/\(FuzzLimits.iqn)/1", "--rw", "randread", "--bs", "4k", "--qd", "32",
+    let cpus = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/taskset")
+    p.arguments = ["-c", "\(cpus - 1)", loadgen,
+                   "iscsi://127.0.0.1:\(port)/\(FuzzLimits.iqn)/1", "--rw", "randread", "--bs", "4k", "--qd", "32",
                    "--duration", "\(seconds)", "--warmup", "1", "--region", "256m", "--json", "--target-pid", "\(targetPid)"]
     let out = Pipe()
     p.standardOutput = out
