@@ -49,12 +49,13 @@ struct EchoRing: ~Copyable {
         _ = io_uring_submit(ring)
         return io_uring_get_sqe(ring)!
     }
-    @inline(__always) func recv(_ fd: Int32, _ p: UnsafeMutableRawPointer, _ n: Int) {
+    /// user_data: the operation (`EchoOp`) in the low byte, the connection's index above it.
+    @inline(__always) func recv(_ fd: Int32, _ p: UnsafeMutableRawPointer, _ n: Int, connection: Int = 0) {
         let s = sqe()
         io_uring_prep_recv(s, fd, p, n, 0)
-        s.pointee.user_data = 1
+        s.pointee.user_data = EchoOp.receive | UInt64(connection) << 8
     }
-    @inline(__always) func send(_ fd: Int32, _ p: UnsafeMutableRawPointer, _ n: Int, zeroCopy: Bool) {
+    @inline(__always) func send(_ fd: Int32, _ p: UnsafeMutableRawPointer, _ n: Int, zeroCopy: Bool, connection: Int = 0) {
         let s = sqe()
         if zeroCopy {
             // IORING_OP_SEND_ZC: the kernel sends from these pages and later posts a second CQE
@@ -64,8 +65,14 @@ struct EchoRing: ~Copyable {
         } else {
             io_uring_prep_send(s, fd, p, n, Int32(MSG_NOSIGNAL))
         }
-        s.pointee.user_data = 2
+        s.pointee.user_data = EchoOp.send | UInt64(connection) << 8
     }
+}
+
+enum EchoOp {
+    static let receive: UInt64 = 1
+    static let send: UInt64 = 2
+    static let mask: UInt64 = 0xFF
 }
 
 /// One side of the loop: receives units of `inBytes`, answers each with `outBytes`, one send in flight.
@@ -112,12 +119,12 @@ struct Pump: ~Copyable {
 
     mutating func owe(_ units: Int) { owedOut += units * outBytes }
 
-    mutating func flush(_ ring: borrowing EchoRing) {
+    mutating func flush(_ ring: borrowing EchoRing, connection: Int = 0) {
         guard sending == 0, owedOut > 0 else { return }
         let n = min(owedOut, outBytes * batch)
         sending = n
         owedOut -= n
-        ring.send(fd, tx, n, zeroCopy: zeroCopy)
+        ring.send(fd, tx, n, zeroCopy: zeroCopy, connection: connection)
     }
 
     mutating func sent(_ res: Int32) {
@@ -149,7 +156,7 @@ func pumpLoop(_ ring: borrowing EchoRing, _ pump: inout Pump, answerEachUnit: Bo
             for i in 0..<n {
                 let c = ring.cqes[i]!
                 let res = c.pointee.res
-                if c.pointee.user_data == 1 {
+                if c.pointee.user_data & EchoOp.mask == EchoOp.receive {
                     if res <= 0 { pump.closed = true; continue }
                     let units = pump.received(Int(res))
                     if now >= measureFrom { measured &+= UInt64(units) }
@@ -161,6 +168,38 @@ func pumpLoop(_ ring: borrowing EchoRing, _ pump: inout Pump, answerEachUnit: Bo
             }
             io_uring_cq_advance(ring.ring, UInt32(n))
             pump.flush(ring)
+        }
+    }
+}
+
+/// The server side for `count` connections at once, in one loop: a target serving many initiators from one
+/// core. Runs until every peer has closed.
+func serveConcurrently(_ ring: borrowing EchoRing, _ pumps: UnsafeMutablePointer<Pump>, count: Int, poll: Bool) {
+    var open = count
+    for k in 0..<count {
+        ring.recv(pumps[k].fd, pumps[k].rx, EchoSizes.receiveBytes, connection: k)
+    }
+    while open > 0 {
+        if poll { _ = io_uring_submit_and_get_events(ring.ring) } else { _ = rt_wait(ring.ring, 1, EchoSizes.waitSliceNanos) }
+        while true {
+            let n = Int(rt_peek_batch(ring.ring, ring.cqes, 64))
+            if n == 0 { break }
+            for i in 0..<n {
+                let c = ring.cqes[i]!
+                let res = c.pointee.res
+                let k = Int(c.pointee.user_data >> 8)
+                guard !pumps[k].closed else { continue }
+                if c.pointee.user_data & EchoOp.mask == EchoOp.receive {
+                    if res <= 0 { pumps[k].closed = true; open -= 1; continue }
+                    pumps[k].owe(pumps[k].received(Int(res)))
+                    ring.recv(pumps[k].fd, pumps[k].rx, EchoSizes.receiveBytes, connection: k)
+                    pumps[k].flush(ring, connection: k)
+                } else if c.pointee.flags & IORING_CQE_F_NOTIF == 0 {
+                    pumps[k].sent(res)
+                    if pumps[k].closed { open -= 1 } else { pumps[k].flush(ring, connection: k) }
+                }
+            }
+            io_uring_cq_advance(ring.ring, UInt32(n))
         }
     }
 }
@@ -177,6 +216,8 @@ struct Server: ParsableCommand {
     @Option(help: "Port to listen on (0 = any).") var port: UInt16 = 0
     @Option(help: "Payload bytes after each response's 48-byte header (a read's size).") var payload = EchoSizes.defaultPayloadBytes
     @Option(help: "Connections to serve, one after another.") var connections: Int = 1
+    @Option(help: "Connections to serve at once, in one loop (after all have connected); overrides --connections.")
+    var concurrent: Int = 0
     @Option(help: "Responses per send at most (1 = each on its own).") var batch: Int = EchoSizes.maxBatch
     @Flag(help: "Busy-poll the ring instead of sleeping in the kernel.") var poll = false
     @Flag(help: "Send the answers with IORING_OP_SEND_ZC.") var zeroCopy = false
@@ -192,13 +233,27 @@ struct Server: ParsableCommand {
         a.sin_port = port.bigEndian
         a.sin_addr.s_addr = inet_addr("127.0.0.1")
         let rc = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(lfd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        guard rc == 0, listen(lfd, 16) == 0 else { throw ValidationError("bind/listen: \(String(cString: strerror(errno)))") }
+        guard rc == 0, listen(lfd, 128) == 0 else { throw ValidationError("bind/listen: \(String(cString: strerror(errno)))") }
         var len = socklen_t(MemoryLayout<sockaddr_in>.size)
         _ = withUnsafeMutablePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(lfd, $0, &len) } }
         print("PORT \(UInt16(bigEndian: a.sin_port))")
         fflush(stdout)
         let ring = EchoRing()
-        for _ in 0..<connections {
+        if concurrent > 0 {
+            let pumps = UnsafeMutablePointer<Pump>.allocate(capacity: concurrent)
+            for k in 0..<concurrent {
+                var fd: Int32 = -1
+                while fd < 0 { fd = accept(lfd, nil, nil) }
+                setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+                (pumps + k).initialize(to: Pump(fd: fd, inBytes: EchoSizes.requestBytes, outBytes: EchoSizes.headerBytes + payload,
+                                                batch: batch, zeroCopy: zeroCopy))
+            }
+            serveConcurrently(ring, pumps, count: concurrent, poll: poll)
+            for k in 0..<concurrent { close(pumps[k].fd) }
+            pumps.deinitialize(count: concurrent)
+            pumps.deallocate()
+        }
+        for _ in 0..<(concurrent > 0 ? 0 : connections) {
             let fd = accept(lfd, nil, nil)
             guard fd >= 0 else { continue }
             setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))

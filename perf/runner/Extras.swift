@@ -13,8 +13,9 @@ enum EchoPayload {
 
 /// Starts ringtgt-echo's server on CPU 0 (where a one-core target runs) and waits for the port it prints.
 func startEchoServer(bins: Binaries, logDir: URL, label: String, poll: Bool = false,
-                     payload: Int = EchoPayload.read4k) throws -> (ToolProcess, Int) {
-    let server = try startChild(bins.taskset, ["-c", "0", bins.echo, "server", "--payload", "\(payload)"] + (poll ? ["--poll"] : []),
+                     payload: Int = EchoPayload.read4k, concurrent: Int? = nil) throws -> (ToolProcess, Int) {
+    let server = try startChild(bins.taskset, ["-c", "0", bins.echo, "server", "--payload", "\(payload)"] + (poll ? ["--poll"] : [])
+                                    + (concurrent.map { ["--concurrent", "\($0)"] } ?? []),
                                 logDir: logDir, label: label, stdout: .pipe)
     do {
         let lines = try server.waitForLines(timeoutSeconds: RunLimits.echoReadySeconds) { $0.contains { $0.hasPrefix("PORT ") } }

@@ -114,31 +114,43 @@ func iscsiPerfAverage(_ out: String) -> Double? {
     return Double(line[range.upperBound...].prefix(while: { $0.isNumber }))
 }
 
-/// The loopback echo server's CPU per round trip at `qd` (server on CPU 0, client on CPU 1): the cost of
-/// waking up, receiving and sending that any target pays per request at this pacing.
-func echoServerCPU(bins: Binaries, logDir: URL, qd: Int, seconds: Double) -> [String: Any] {
-    var rec: [String: Any] = ["queueDepth": qd]
+/// The loopback echo server's CPU per round trip at `qd` on each of `connections` connections at once (server on
+/// CPU 0 serving them all from one loop, clients on CPU 1, one process each): the cost of waking up, receiving
+/// and sending that any target pays per request at this pacing.
+func echoServerCPU(bins: Binaries, logDir: URL, qd: Int, connections: Int = 1, seconds: Double) -> [String: Any] {
+    var rec: [String: Any] = ["queueDepth": qd, "processes": connections]
+    let label = "echo QD\(qd)" + (connections > 1 ? " x\(connections)" : "")
     do {
-        let (server, port) = try startEchoServer(bins: bins, logDir: logDir, label: "echo-server-cpu")
+        let (server, port) = try startEchoServer(bins: bins, logDir: logDir, label: "echo-server-cpu",
+                                                 concurrent: connections > 1 ? connections : nil)
         defer { Children.shared.stop(server) }
-        let r = try runTool(bins.taskset, ["-c", "1", bins.echo, "client", "--port", "\(port)", "--qd", "\(qd)",
-                                           "--duration", "\(seconds)", "--warmup", "0", "--json"],
-                            logDir: logDir, label: "echo-client-cpu", timeoutSeconds: seconds + 30)
-        guard r.succeeded, let obj = try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any],
-              let rate = (obj["roundTripsPerSecond"] as? NSNumber)?.doubleValue, rate > 0 else {
-            throw RunnerError("echo client failed: \(r.stderr)")
+        var clients: [ToolProcess] = []
+        defer { clients.forEach { Children.shared.stop($0) } }
+        for k in 0..<connections {
+            clients.append(try startChild(bins.taskset, ["-c", "1", bins.echo, "client", "--port", "\(port)", "--qd", "\(qd)",
+                                                         "--duration", "\(seconds)", "--warmup", "0", "--json"],
+                                          logDir: logDir, label: "echo-client-cpu-\(k)"))
         }
-        // The server serves one connection, then prints its CPU time and exits.
+        var rate = 0.0
+        for c in clients {
+            let r = c.wait(timeoutSeconds: seconds + ThirdPartyLimits.toolSlackSeconds)
+            guard r.succeeded, let obj = try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any],
+                  let one = (obj["roundTripsPerSecond"] as? NSNumber)?.doubleValue, one > 0 else {
+                throw RunnerError("echo client failed: \(r.stderr)")
+            }
+            rate += one
+        }
+        // The server serves its connections, then prints its CPU time and exits.
         let lines = try server.waitForLines(timeoutSeconds: ThirdPartyLimits.toolSlackSeconds) { $0.contains { $0.hasPrefix("CPU ") } }
         guard let line = lines.last(where: { $0.hasPrefix("CPU ") }),
               let cpu = Double(line.dropFirst(4)) else { throw RunnerError("echo server reported no CPU time") }
         let perRoundTrip = cpu / (rate * seconds) * 1e6
         rec["roundTripsPerSecond"] = rate
         rec["serverCPUMicrosPerRoundTrip"] = perRoundTrip
-        log("  echo QD\(qd): \(Int(rate)) round trips/s, server CPU \(String(format: "%.2f", perRoundTrip)) us/round trip")
+        log("  \(label): \(Int(rate)) round trips/s, server CPU \(String(format: "%.2f", perRoundTrip)) us/round trip")
     } catch {
         rec["error"] = "\(error)"
-        log("  echo QD\(qd): \(error)")
+        log("  \(label): \(error)")
     }
     return rec
 }
@@ -150,8 +162,10 @@ func thirdPartySection(bins: Binaries, logDir: URL, daemons: [Daemon], seconds: 
     for load in ThirdPartyLoad.all {
         for d in daemons { runs.append(thirdPartyRun(bins: bins, logDir: logDir, daemon: d, load: load, seconds: seconds)) }
     }
-    let echo = Set(ThirdPartyLoad.all.map(\.queueDepth)).sorted().map {
-        echoServerCPU(bins: bins, logDir: logDir, qd: $0, seconds: Double(seconds))
+    // The floor at each pacing the loads use: a depth, on one connection or on several at once.
+    let pacings = Set(ThirdPartyLoad.all.map { [$0.queueDepth, $0.processes] }).sorted { $0.lexicographicallyPrecedes($1) }
+    let echo = pacings.map {
+        echoServerCPU(bins: bins, logDir: logDir, qd: $0[0], connections: $0[1], seconds: Double(seconds))
     }
     return ["runs": runs, "echo": echo]
 }
@@ -172,13 +186,15 @@ func thirdPartyMarkdown(_ section: [String: Any]) -> String {
         let t = runs.first { ($0["id"] as? String) == load.id && ($0["daemon"] as? String)?.hasPrefix("tgt") == true }
         let r = runs.first { ($0["id"] as? String) == load.id && ($0["daemon"] as? String)?.hasPrefix("ringtgt") == true }
         let tc = t?["targetCPUMicrosPerIO"] as? Double, rc = r?["targetCPUMicrosPerIO"] as? Double
-        let e = echo.first { ($0["queueDepth"] as? Int) == load.queueDepth }?["serverCPUMicrosPerRoundTrip"] as? Double
+        let e = echo.first {
+            ($0["queueDepth"] as? Int) == load.queueDepth && ($0["processes"] as? Int ?? 1) == load.processes
+        }?["serverCPUMicrosPerRoundTrip"] as? Double
         let ratio = (tc != nil && rc != nil && tc! > 0) ? String(format: "%.2f", rc! / tc!) : "—"
         let floor = e.map { String(format: "%.2f us", $0) } ?? "—"
         let overFloor = (rc != nil && e != nil && e! > 0) ? String(format: "%.2f", rc! / e!) : "—"
         md += "| \(load.id) | \(cell(t)) | \(cell(r)) | \(ratio) | \(floor) | \(overFloor) |\n"
     }
-    md += "\nCPU/IO = the target's utime+stime (all threads, /proc/PID/stat) over the run ÷ I/Os completed. The echo is ringtgt-echo's server (io_uring, one 4 KiB read's message sizes, no iSCSI) at the same queue depth: the floor for one wake-up per request.\n"
+    md += "\nCPU/IO = the target's utime+stime (all threads, /proc/PID/stat) over the run ÷ I/Os completed. The echo is ringtgt-echo's server (io_uring, one 4 KiB read's message sizes, no iSCSI) at the same queue depth, and on as many connections at once as the load has processes (one loop serving them all): the floor for one wake-up per request.\n"
     return md
 }
 
