@@ -473,38 +473,31 @@ func medianBaseline(_ sections: [[String: Any]], tolerance: Double, instructionT
         let s = v.sorted()
         return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
     }
-    var ratioValues: [String: [String: [Double]]] = [:]
-    var insValues: [String: [Double]] = [:]
-    var tpValues: [String: [String: [Double]]] = [:]
-    for b in sections {
-        for (key, v) in (b["ratios"] as? [String: Any]) ?? [:] {
-            for (metric, x) in (v as? [String: Any]) ?? [:] {
-                if let d = x as? Double { ratioValues[key, default: [:]][metric, default: []].append(d) }
+    /// A section keyed like `ratios` and `thirdParty` (key -> metric -> value), gathered over every baseline.
+    func gather(_ name: String) -> [String: [String: [Double]]] {
+        var values: [String: [String: [Double]]] = [:]
+        for b in sections {
+            for (key, v) in (b[name] as? [String: Any]) ?? [:] {
+                for (metric, x) in (v as? [String: Any]) ?? [:] {
+                    if let d = x as? Double { values[key, default: [:]][metric, default: []].append(d) }
+                }
             }
         }
+        return values
+    }
+    func medians(_ values: [String: [String: [Double]]]) -> [String: Any] {
+        values.mapValues { metrics in metrics.mapValues { median($0) } as [String: Any] }
+    }
+    let ratioValues = gather("ratios")
+    var insValues: [String: [Double]] = [:]
+    for b in sections {
         for (w, x) in (b["instructionsPerIO"] as? [String: Any]) ?? [:] {
             if let d = x as? Double { insValues[w, default: []].append(d) }
         }
-        for (key, v) in (b["thirdParty"] as? [String: Any]) ?? [:] {
-            for (metric, x) in (v as? [String: Any]) ?? [:] {
-                if let d = x as? Double { tpValues[key, default: [:]][metric, default: []].append(d) }
-            }
-        }
     }
-    var ratios: [String: Any] = [:]
-    for (key, metrics) in ratioValues {
-        var o: [String: Any] = [:]
-        for (m, v) in metrics { o[m] = median(v) }
-        ratios[key] = o
-    }
-    var ins: [String: Any] = [:]
-    for (w, v) in insValues { ins[w] = median(v) }
-    var tp: [String: Any] = [:]
-    for (key, metrics) in tpValues {
-        var o: [String: Any] = [:]
-        for (m, v) in metrics { o[m] = median(v) }
-        tp[key] = o
-    }
+    let ratios = medians(ratioValues)
+    let ins: [String: Any] = insValues.mapValues { median($0) }
+    let tp = medians(gather("thirdParty"))
     let stable = ratioValues.filter { ($0.value["iops"]?.count ?? 0) == sections.count }.map { $0.key }.sorted()
     return ["kind": "ringtgt-perf-baseline", "version": 2, "ratios": ratios, "stableKeys": stable, "instructionsPerIO": ins,
             "thirdParty": tp, "runs": sections.count,

@@ -198,9 +198,14 @@ public final class Connection {
 
     /// Ends the lifetimes of the values in the connection's region (the reactor then returns its pages).
     func releaseMemory() {
+        deinitializeTasks()
+        nbd.deinitializeRequests()
+    }
+
+    /// Ends the lifetimes of the tasks initialized so far; the next command initializes its task again.
+    private func deinitializeTasks() {
         tasks.deinitialize(count: tasksInitialized)
         tasksInitialized = 0
-        nbd.deinitializeRequests()
     }
 
     // MARK: - Receive
@@ -346,8 +351,7 @@ public final class Connection {
     /// its task again, as on a new connection.
     func releaseTaskTable() {
         precondition(activeTasks == 0, "a task table in use cannot be released")
-        tasks.deinitialize(count: tasksInitialized)
-        tasksInitialized = 0
+        deinitializeTasks()
         freeTask = -1
     }
 
