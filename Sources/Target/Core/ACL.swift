@@ -75,3 +75,50 @@ public enum InitiatorAddressParser {
         return true
     }
 }
+
+/// ACL evaluation for login and discovery (tgtadm `--op bind -I ...`).
+public enum ACLCheck {
+    public static func allows(_ acl: [ACLRule], address: String, initiatorName: String) -> Bool {
+        // Like tgt: a target with no address rule admits nobody by address; name rules add to address rules.
+        var addressOK = false
+        var nameRules = false
+        var nameOK = false
+        for r in acl {
+            switch r {
+            case .all: addressOK = true
+            case .address(let a): if sameAddress(a, address) { addressOK = true }
+            case .cidr(let net, let prefix): if inNetwork(address, net, prefix) { addressOK = true }
+            case .initiatorName(let n):
+                nameRules = true
+                if n.lowercased() == initiatorName.lowercased() { nameOK = true }
+            }
+        }
+        if nameRules && !initiatorName.isEmpty { return nameOK || addressOK }
+        return addressOK
+    }
+
+    static func bytes(_ s: String) -> [UInt8]? {
+        guard let (b, isV6) = InitiatorAddressParser.parseAddress(s) else { return nil }
+        // IPv4-mapped IPv6: compare as IPv4.
+        if isV6 && b[0..<10].allSatisfy({ $0 == 0 }) && b[10] == 0xff && b[11] == 0xff { return Array(b[12..<16]) }
+        return b
+    }
+
+    static func sameAddress(_ a: String, _ b: String) -> Bool {
+        guard let x = bytes(a), let y = bytes(b) else { return a == b }
+        return x == y
+    }
+
+    static func inNetwork(_ address: String, _ net: String, _ prefix: Int) -> Bool {
+        guard let a = bytes(address), let n = bytes(net), a.count == n.count, prefix >= 0, prefix <= a.count * 8
+        else { return false }
+        var bits = prefix
+        for i in 0..<a.count {
+            if bits <= 0 { break }
+            let mask: UInt8 = bits >= 8 ? 0xff : UInt8(0xff << (8 - bits))
+            if a[i] & mask != n[i] & mask { return false }
+            bits -= 8
+        }
+        return true
+    }
+}

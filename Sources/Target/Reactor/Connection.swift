@@ -32,7 +32,7 @@ enum ConnPhase: UInt8 {
 /// connection table, buffers, send queue and store path; only parsing and replies differ.
 enum FrontEnd: UInt8 {
     case iscsi
-    /// NBD (NBD/NBDConnection.swift): `phase` is `.login` during the handshake, `.fullFeature` in transmission.
+    /// NBD (NBDConnection.swift): `phase` is `.login` during the handshake, `.fullFeature` in transmission.
     case nbd
 }
 
@@ -80,7 +80,7 @@ public final class Connection {
     let hdr: UnsafeMutableRawPointer
     /// The task whose buffer slot the current SCSI Command's or Data-Out's data segment goes to.
     var sinkTask: Int32 = -1
-    // NBD's receive state (NBD/NBDConnection.swift).
+    // NBD's receive state (NBDConnection.swift).
     var stage: RxStage = .bhs
     var stageHave = 0
     var stageNeed = 48
