@@ -409,6 +409,22 @@ import Testing
         #expect(p.targetMaxRecvDataSegmentLength == ISCSILimits.defaultMaxRecvDataSegmentBytes)
     }
 
+    // Found by the login fuzzer (fuzz/regressions/login/target-only-keys-from-the-initiator-answered-once).
+    @Test func targetOnlyKeysFromTheInitiatorAreNotAnsweredBesideOurDeclaration() throws {
+        let env = Env()
+        env.defaults = TargetKeyDefaults(targetAlias: "disk-a")
+        var m = LoginStateMachine()
+        var pairs = Self.libiscsiNormal
+        pairs.append(("TargetPortalGroupTag", "5"))
+        pairs.append(("TargetAlias", "theirs"))
+        let (r, o) = send(&m, env, csg: 1, nsg: 3, text(pairs))
+        // The response parses (no key twice) and carries the target's own values.
+        let all = try TextKeys.parse(r.text)
+        #expect(all.filter { $0.key == "TargetPortalGroupTag" }.map(\.value) == ["7"], "\(all)")
+        #expect(all.filter { $0.key == "TargetAlias" }.map(\.value) == ["disk-a"], "\(all)")
+        #expect(r.status == 0 && params(o) != nil, "\(r) \(o)")
+    }
+
     /// A target whose limits are below the RFC defaults (here a 64 KiB burst) must offer them before full feature
     /// phase. A login that leaves the security stage straight for full feature phase gives it no chance, and one
     /// whose MaxBurstLength was rejected has used the key up: both are refused rather than run above the limit.

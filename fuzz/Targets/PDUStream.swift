@@ -58,13 +58,22 @@ struct PDUStream {
 }
 
 enum TextKeyCheck {
+    /// Keys of its own a target may add to one response: declarations (TargetPortalGroupTag, TargetAlias,
+    /// MaxRecvDataSegmentLength), offers (the digests, ImmediateData, the burst lengths) and the CHAP keys.
+    static let targetOwnKeysMax = 16
+    /// A negotiation response answers each key of its request at most once (a request holds at most
+    /// `TextKeys.maxKeyCount`, every one of which may be unknown and answered NotUnderstood), plus its own.
+    static let responseKeysMax = TextKeys.maxKeyCount + targetOwnKeysMax
+
     /// A response text is a sequence of "key=value" strings, each NUL-terminated; with `unique` (negotiation,
     /// not a SendTargets list of records) no key appears twice.
     static func wellFormed(_ text: [UInt8], _ what: String, unique: Bool = true) {
         if text.isEmpty { return }
         FuzzCheck.expect(text.last == 0, "\(what): text does not end with NUL")
         if unique {
-            FuzzCheck.expect((try? TextKeys.parse(text)) != nil, "\(what): text does not parse: \(text.prefix(200))")
+            let parsed = Result { () throws(TextKeyError) in try TextKeys.parse(text, maxKeys: responseKeysMax) }
+            FuzzCheck.expect((try? parsed.get()) != nil,
+                             "\(what): text does not parse (\(parsed)): \(text.prefix(200))")
             return
         }
         for pair in text.split(separator: 0) {

@@ -260,7 +260,11 @@ public struct LoginStateMachine {
         }
         do {
             let answers = try neg.answer(negotiated, stage: csg, sessionType: sessionType)
-            for a in answers { TextKeys.append(a.key, a.value, to: &out) }
+            // A key appears once per text. An initiator that sends TargetPortalGroupTag or TargetAlias (keys
+            // only targets send, answered Irrelevant) in its first request gets the declaration above alone.
+            for a in answers where !(isFirstText && TextKeys.containsKey(a.key, in: out)) {
+                TextKeys.append(a.key, a.value, to: &out)
+            }
         } catch {
             negotiator = neg
             return reject(req, .initiatorError, error.reason)
