@@ -454,6 +454,20 @@ public final class Connection {
         return true
     }
 
+    /// Queues a PDU whose data is larger than a send-queue entry holds (a NOP-In echo, a Text or Login
+    /// Response) from a borrowed buffer slot holding a copy of `bytes`; the slot returns when the PDU has been
+    /// sent, or at once should the send queue be full. False when no slot is free: the caller answers.
+    func queueFromBorrowedSlot(_ bytes: UnsafeRawBufferPointer, build: (UnsafeMutableRawPointer) -> Void) -> Bool {
+        let slot = reactor.pool.take()
+        if slot < 0 { return false }
+        let p = reactor.pool.data(slot)
+        if bytes.count > 0 { memcpy(p, bytes.baseAddress!, bytes.count) }
+        if !queuePDU(data: UnsafeRawPointer(p), dataLength: bytes.count, token: .freeSlot(Int32(slot)), build: build) {
+            reactor.releaseSlot(slot)
+        }
+        return true
+    }
+
     /// Stamps StatSN/ExpCmdSN/MaxCmdSN; `advance` consumes a StatSN (responses and status-carrying Data-In).
     /// Commands parked behind a CmdSN gap are inside the window already, so they leave their entries free.
     @inline(__always)

@@ -768,17 +768,13 @@ extension Connection {
             }
         } else {
             // Echo larger ping data from a buffer slot (the control buffer may be overwritten by the next PDU).
-            let slot = reactor.pool.take()
-            if slot < 0 {
-                queueReject(reason: RejectReason.outOfResources)
-                return
+            let queued = controlData.withUnsafeBytes { s in
+                queueFromBorrowedSlot(UnsafeRawBufferPointer(rebasing: s[0..<n])) { h in
+                    PDUBuild.nopIn(h, itt: itt, ttt: reservedTag, lunField: lunField, dataLength: n)
+                    self.stamp(h, advance: true)
+                }
             }
-            let p = reactor.pool.data(slot)
-            controlData.withUnsafeBytes { s in _ = memcpy(p, s.baseAddress!, n) }
-            queuePDU(data: UnsafeRawPointer(p), dataLength: n, token: .freeSlot(Int32(slot))) { h in
-                PDUBuild.nopIn(h, itt: itt, ttt: reservedTag, lunField: lunField, dataLength: n)
-                self.stamp(h, advance: true)
-            }
+            if !queued { queueReject(reason: RejectReason.outOfResources) }
         }
     }
 
@@ -821,17 +817,13 @@ extension Connection {
             }
             return
         }
-        let slot = reactor.pool.take()
-        if slot < 0 {
-            queueReject(reason: RejectReason.outOfResources)
-            return
+        let queued = data.withUnsafeBytes { s in
+            queueFromBorrowedSlot(s) { h in
+                PDUBuild.textResponse(h, itt: itt, ttt: ttt, final: final, cont: cont, lunField: 0, dataLength: n)
+                self.stamp(h, advance: true)
+            }
         }
-        let p = reactor.pool.data(slot)
-        data.withUnsafeBytes { s in _ = memcpy(p, s.baseAddress!, n) }
-        queuePDU(data: UnsafeRawPointer(p), dataLength: n, token: .freeSlot(Int32(slot))) { h in
-            PDUBuild.textResponse(h, itt: itt, ttt: ttt, final: final, cont: cont, lunField: 0, dataLength: n)
-            self.stamp(h, advance: true)
-        }
+        if !queued { queueReject(reason: RejectReason.outOfResources) }
     }
 
     // MARK: - Task management (RFC 7143 §11.5)

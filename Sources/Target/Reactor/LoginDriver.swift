@@ -128,11 +128,6 @@ extension Connection {
         let n = text.count
         let isid = req.isid
         let itt = req.itt
-        let slot = n > OutQueue.inlineDataBytes ? reactor.pool.take() : -1
-        if n > OutQueue.inlineDataBytes && slot < 0 {
-            reactor.closeConnection(self, reason: "no buffer for login response")
-            return
-        }
         let build: (UnsafeMutableRawPointer) -> Void = { h in
             PDUBuild.loginResponse(h, transit: response.transit, cont: response.continueFlag, csg: response.csg,
                                    nsg: response.nsg, versionMax: response.versionMax,
@@ -143,11 +138,12 @@ extension Connection {
             self.stamp(h, advance: response.statusClass == LoginStatus.success.statusClass)
         }
         let token: SendToken = closeAfter ? .closeAfter : .none
-        if slot >= 0 {
-            let p = reactor.pool.data(slot)
-            text.withUnsafeBytes { s in _ = memcpy(p, s.baseAddress!, n) }
+        if n > OutQueue.inlineDataBytes {
             // The slot is released when the PDU is out; a close-after response still closes via phase.
-            queuePDU(data: UnsafeRawPointer(p), dataLength: n, token: .freeSlot(Int32(slot))) { h in build(h) }
+            guard text.withUnsafeBytes({ queueFromBorrowedSlot($0, build: build) }) else {
+                reactor.closeConnection(self, reason: "no buffer for login response")
+                return
+            }
             if closeAfter { queueControl(token: .closeAfter) { _, _ in } }
         } else {
             queueControl(dataLength: n, token: token) { h, d in
