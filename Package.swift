@@ -90,7 +90,7 @@ let package = Package(
         // Test support: a sheep-protocol server that behaves like a small sheep cluster, plus a dog-like CLI.
         .executableTarget(
             name: "SheepTestServer",
-            dependencies: ["SheepProtocol", "TestSupport", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            dependencies: ["Floor", "SheepProtocol", "TestSupport", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Logging", package: "swift-log")],
             swiftSettings: [.swiftLanguageMode(.v5)]
         ),
@@ -127,7 +127,7 @@ let package = Package(
         ),
         .testTarget(name: "SheepProtocolTests", dependencies: ["SheepProtocol", "TestSupport"],
                     swiftSettings: [.swiftLanguageMode(.v5)]),
-        .testTarget(name: "SheepTestServerTests", dependencies: ["SheepTestServer", "SheepProtocol", "TestSupport"],
+        .testTarget(name: "SheepTestServerTests", dependencies: ["Floor", "SheepTestServer", "SheepProtocol", "TestSupport"],
                     swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "ISCSIWireTests", dependencies: ["ISCSIWire"], swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "RawClientsTests", dependencies: ["RawClients", "TestSupport"],
@@ -146,7 +146,7 @@ let package = Package(
 // -sanitize=fuzzer (libFuzzer); the plain build replays corpus files, and FuzzTests replays the committed corpus.
 package.products.append(.executable(name: "ringtgt-fuzz", targets: ["ringtgt-fuzz"]))
 package.targets += [
-    .target(name: "FuzzTargets", dependencies: ["Target", "ISCSIWire", "SheepProtocol"], path: "fuzz/Targets",
+    .target(name: "FuzzTargets", dependencies: ["Floor", "Target", "ISCSIWire", "SheepProtocol"], path: "fuzz/Targets",
             swiftSettings: [.swiftLanguageMode(.v5)]),
     .executableTarget(name: "ringtgt-fuzz", dependencies: ["FuzzTargets"], path: "fuzz/Main",
                       swiftSettings: [.swiftLanguageMode(.v5)]),

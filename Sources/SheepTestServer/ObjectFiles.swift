@@ -5,6 +5,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Floor
 import SheepProtocol
 
 struct VDITableFile: Equatable {
@@ -72,13 +73,8 @@ final class ObjectFiles: @unchecked Sendable {
     /// Maps every object file back; leftover temp files (a create cut short by a kill) are removed.
     func load() throws -> (objects: [UInt64: StoredObject], table: VDITableFile?) {
         var objects: [UInt64: StoredObject] = [:]
-        guard let dir = opendir(objectsDirectory) else { throw SysError("opendir \(objectsDirectory)") }
-        defer { closedir(dir) }
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-            }
-            if name == "." || name == ".." { continue }
+        guard let entries = directoryEntries(objectsDirectory) else { throw SysError("opendir \(objectsDirectory)") }
+        for (name, _) in entries {
             let full = objectsDirectory + "/" + name
             if name.contains(".tmp") { unlink(full); continue }
             guard name.count == 16, let oid = UInt64(name, radix: 16) else { continue }

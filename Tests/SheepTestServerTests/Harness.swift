@@ -3,6 +3,7 @@
 
 import Foundation
 #if canImport(Glibc)
+import Floor
 import Glibc
 #endif
 import Testing
@@ -36,14 +37,11 @@ func makeTempDirectory() -> String {
 }
 
 func removeTree(_ path: String) {
-    guard let dir = opendir(path) else { unlink(path); return }
-    while let e = readdir(dir) {
-        let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
-        if name == "." || name == ".." { continue }
+    guard let entries = directoryEntries(path) else { unlink(path); return }
+    for (name, type) in entries {
         let full = path + "/" + name
-        if e.pointee.d_type == UInt8(DT_DIR) { removeTree(full) } else { unlink(full) }
+        if type == UInt8(DT_DIR) { removeTree(full) } else { unlink(full) }
     }
-    closedir(dir)
     rmdir(path)
 }
 

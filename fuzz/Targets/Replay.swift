@@ -3,18 +3,14 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Floor
 
 public enum Replay {
     /// `path` itself when it is a file; the regular files directly in it, sorted, when it is a directory.
     public static func files(_ path: String) -> [String] {
-        guard let dir = opendir(path) else { return [path] }
-        defer { closedir(dir) }
+        guard let entries = directoryEntries(path) else { return [path] }
         var names: [String] = []
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
-            }
-            if name.hasPrefix(".") { continue }
+        for (name, _) in entries where !name.hasPrefix(".") {
             var st = stat()
             if stat(path + "/" + name, &st) == 0 && st.st_mode & 0o170000 == 0o100000 { names.append(name) }
         }

@@ -65,12 +65,10 @@ public enum Detach {
     /// descriptor open to learn when we exit (Foundation's Process does): the daemon must not hold it, or the
     /// caller would wait for the daemon instead of this command.
     private static func inheritOnly(_ keep: Int32) {
-        guard let dir = opendir("/proc/self/fd") else { return }
-        defer { closedir(dir) }
-        let own = dirfd(dir)
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            guard let fd = Int32(name), fd > STDERR_FILENO, fd != keep, fd != own else { continue }
+        // The listing's own descriptor is closed by the time the loop runs (fcntl on it then fails).
+        guard let entries = directoryEntries("/proc/self/fd") else { return }
+        for (name, _) in entries {
+            guard let fd = Int32(name), fd > STDERR_FILENO, fd != keep else { continue }
             let flags = fcntl(fd, F_GETFD)
             if flags >= 0 { _ = fcntl(fd, F_SETFD, flags | FD_CLOEXEC) }
         }
