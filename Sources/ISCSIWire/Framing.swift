@@ -23,3 +23,17 @@ public enum Framing {
         return d
     }
 }
+
+/// The extended CDB AHS (RFC 7143 §11.2.1.3), for CDBs longer than the BHS's 16 bytes: AHSLength (2 bytes,
+/// counting the reserved byte and the CDB bytes past the first 16), AHSType 1, a reserved byte, then those
+/// CDB bytes.
+public enum ExtendedCDB {
+    /// CDB bytes the BHS holds (bytes 32..47).
+    @inlinable public static var bhsCDBBytes: Int { 16 }
+    @inlinable public static var ahsType: UInt8 { 1 }
+    @inlinable public static var typeOffset: Int { 2 }
+    /// AHSLength, AHSType and the reserved byte.
+    @inlinable public static var ahsHeaderBytes: Int { 4 }
+    /// The reserved byte AHSLength counts.
+    @inlinable public static var reservedBytes: Int { 1 }
+}

@@ -480,9 +480,9 @@ public final class Connection {
     /// Reject carries the offending header as its data (RFC 7143 §11.17).
     func queueReject(reason: UInt8) {
         let copy = hdr
-        queueControl(dataLength: 48) { h, d in
+        queueControl(dataLength: bhsBytes) { h, d in
             PDUBuild.reject(h, reason: reason)
-            memcpy(d, copy, 48)
+            memcpy(d, copy, bhsBytes)
             self.stamp(h, advance: true)
         }
     }

@@ -433,19 +433,20 @@ extension Connection {
         reactor.lunStatistics.done(key, read: read, write: write, bytes: bytes, good: good, nanos: nanos)
     }
 
-    /// 16 bytes from the BHS, or 16 + the extended CDB AHS (type 1) when present.
+    /// The BHS's 16 CDB bytes, or those and the rest of the CDB from an extended CDB AHS when one comes first.
     func cdbBytes() -> Int {
         let ahsBytes = receiver.ahsBytes
-        if ahsBytes >= 4 {
-            let ahsLen = Int(be16(hdr, 48))
-            let type = hdr.load(fromByteOffset: 50, as: UInt8.self)
-            if type == 1 && ahsLen >= 1 && 52 + ahsLen - 1 <= 48 + ahsBytes {
-                // Move the extension so the CDB is contiguous: BHS bytes 32..47 followed by AHS bytes 52...
-                memmove(hdr + 48, hdr + 52, ahsLen - 1)
-                return 16 + ahsLen - 1
+        if ahsBytes >= ExtendedCDB.ahsHeaderBytes {
+            let ahs = hdr + bhsBytes
+            let extensionBytes = Int(be16(ahs, 0)) - ExtendedCDB.reservedBytes
+            if ahs.load(fromByteOffset: ExtendedCDB.typeOffset, as: UInt8.self) == ExtendedCDB.ahsType
+                && extensionBytes >= 0 && ExtendedCDB.ahsHeaderBytes + extensionBytes <= ahsBytes {
+                // Move the extension so the CDB is contiguous: BHS bytes 32..47, then the AHS's CDB bytes.
+                memmove(ahs, ahs + ExtendedCDB.ahsHeaderBytes, extensionBytes)
+                return ExtendedCDB.bhsCDBBytes + extensionBytes
             }
         }
-        return 16
+        return ExtendedCDB.bhsCDBBytes
     }
 
     // MARK: - Driving a SCSI task

@@ -29,6 +29,8 @@ struct OutRecord {
 /// batches of up to `batchRecords`.
 struct OutQueue: ~Copyable {
     static let arenaEntryBytes = 192       // BHS 0..47, header digest 48..51, trailer 52..59, inline data 64..191
+    /// Where an entry keeps the pad bytes and data digest sent after its data (after the BHS and its digest).
+    static let trailerOffset = bhsBytes + Framing.digestBytes
     static let inlineDataOffset = 64
     static let inlineDataBytes = 128
     static let batchRecords = 64
@@ -98,16 +100,15 @@ struct OutQueue: ~Copyable {
     mutating func commit(_ i: Int, data: UnsafeRawPointer?, dataLength: Int, headerDigest: Bool, dataDigest: Bool,
                          token: SendToken) {
         let h = header(i)
-        var hl: Int32 = 48
+        var hl = Int32(bhsBytes)
         if headerDigest {
-            let crc = CRC32C.checksum(UnsafeRawPointer(h), count: 48)
-            h.storeBytes(of: crc.littleEndian, toByteOffset: 48, as: UInt32.self)
-            hl = 52
+            Framing.storeHeaderDigest(h)
+            hl += Int32(Framing.digestBytes)
         }
         var tl: Int32 = 0
         if dataLength > 0 {
-            let pad = (4 - dataLength & 3) & 3
-            let t = h + 52
+            let pad = Framing.padLength(dataLength)
+            let t = h + OutQueue.trailerOffset
             for k in 0..<pad { t.storeBytes(of: 0, toByteOffset: k, as: UInt8.self) }
             tl = Int32(pad)
             if dataDigest, let data {
@@ -115,7 +116,7 @@ struct OutQueue: ~Copyable {
                 if pad > 0 { crc = CRC32C.update(crc, UnsafeRawPointer(t), count: pad) }
                 crc = ~crc
                 t.storeBytes(of: crc.littleEndian, toByteOffset: pad, as: UInt32.self)
-                tl += 4
+                tl += Int32(Framing.digestBytes)
             }
         }
         records[i] = OutRecord(headerLength: hl, data: data, dataLength: Int32(dataLength), trailerLength: tl, token: token)
@@ -140,7 +141,7 @@ struct OutQueue: ~Copyable {
                 v = addIov(v, UnsafeMutableRawPointer(mutating: d), Int(r.dataLength), &skip)
             }
             if r.trailerLength > 0 {
-                v = addIov(v, h + 52, Int(r.trailerLength), &skip)
+                v = addIov(v, h + OutQueue.trailerOffset, Int(r.trailerLength), &skip)
             }
             n += 1
         }
