@@ -112,6 +112,9 @@ extension EndToEnd {
                     #expect(try Self.keys(sb) == [0xA])
                     #expect(try Self.ptpl(sb) == [true, aptpl], "PTPL_A through B follows the record")
                 }
+                // Both heartbeats are in sheep before the gateways stop: B, starting alone, must find A's slot
+                // unchanged for the bound, not merely absent.
+                try Self.waitForBeats(sheep)
                 a.halt()
                 b.halt()
                 try b.restart()
@@ -170,6 +173,17 @@ extension EndToEnd {
             return out
         }
 
+        /// Until the slots of ports 1 (A) and 2 (B), read through node 1, have each changed while serving.
+        static func waitForBeats(_ sheep: MultipathSheep) throws {
+            let watcher = try SheepClient(endpoint: .tcp(host: "127.0.0.1", port: UInt16(sheep.ports[1])))
+            var first: [UInt16: HeartbeatSlot] = [:]
+            try waitUntil("both gateways to beat twice in sheep") {
+                let now = try Self.slots(watcher)
+                for (port, slot) in now where first[port] == nil { first[port] = slot }
+                return [1, 2].allSatisfy { p in now[p].map { $0.serving && $0 != first[p] } ?? false }
+            }
+        }
+
         /// RTPG's groups through `s` (state per group id); nil while it answers something else. `sawChange` is
         /// set when that was ASYMMETRIC ACCESS STATE CHANGED.
         static func groupStates(_ s: RawSession, sawChange: inout Bool) throws -> [UInt16: UInt8]? {
@@ -197,14 +211,8 @@ extension EndToEnd {
                     try Self.groupStates(sb, sawChange: &sawChange) == [1: 0x0, 2: 0x0]
                 }
                 // A gateway that never beat leaves no slot, and an empty slot is no gateway: kill A once its
-                // heartbeat is in sheep (read through B's node), as B's is.
-                let watcher = try SheepClient(endpoint: .tcp(host: "127.0.0.1", port: UInt16(sheep.ports[1])))
-                var first: [UInt16: HeartbeatSlot] = [:]
-                try waitUntil("both gateways to beat twice in sheep") {
-                    let now = try Self.slots(watcher)
-                    for (port, slot) in now where first[port] == nil { first[port] = slot }
-                    return [1, 2].allSatisfy { p in now[p].map { $0.serving && $0 != first[p] } ?? false }
-                }
+                // heartbeat is in sheep, as B's is.
+                try Self.waitForBeats(sheep)
                 try a.kill()
                 let killed = monotonicSeconds()
                 sawChange = false
