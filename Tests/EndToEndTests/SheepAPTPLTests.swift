@@ -41,12 +41,13 @@ extension EndToEnd {
             return try RawSession(g.endpoint, target: FailoverGateway.iqn, options: options)
         }
 
-        /// PERSISTENT RESERVE OUT with the basic parameter list and its APTPL bit.
+        /// PERSISTENT RESERVE OUT with the basic parameter list and its APTPL bit, after any unit attention (a
+        /// version loaded meanwhile may bring ASYMMETRIC ACCESS STATE CHANGED; the command did not run then).
         static func prOut(_ s: RawSession, _ action: UInt8, type: UInt8 = 0, key: UInt64, sark: UInt64 = 0,
                           aptpl: Bool = false) throws -> CommandResult {
             let cdb: [UInt8] = [0x5F, action, type & 0x0F, 0, 0, 0, 0, 0, 24, 0]
             func be64(_ v: UInt64) -> [UInt8] { (0 ..< 8).map { UInt8(truncatingIfNeeded: v >> (56 - 8 * $0)) } }
-            return try s.run(cdb, writeData: be64(key) + be64(sark) + [0, 0, 0, 0, aptpl ? 1 : 0, 0, 0, 0])
+            return try settled(s, cdb, writeData: be64(key) + be64(sark) + [0, 0, 0, 0, aptpl ? 1 : 0, 0, 0, 0])
         }
 
         /// A command answered something other than a unit attention (at most a few of those come first).
@@ -108,7 +109,8 @@ extension EndToEnd {
                     #expect(try Self.ptpl(sb) == [true, false], "PTPL_C on a multipath sheep LU")
                     let reg = try Self.prOut(sa, 0x00, key: 0, sark: 0xA, aptpl: aptpl)
                     #expect(reg.status == RawCodes.good, "REGISTER with APTPL=\(aptpl) through A: \(reg)")
-                    #expect(try Self.prOut(sa, 0x01, type: Self.writeExclusive, key: 0xA).status == RawCodes.good)
+                    let reserve = try Self.prOut(sa, 0x01, type: Self.writeExclusive, key: 0xA)
+                    #expect(reserve.status == RawCodes.good, "RESERVE through A: \(reserve)")
                     #expect(try Self.keys(sb) == [0xA])
                     #expect(try Self.ptpl(sb) == [true, aptpl], "PTPL_A through B follows the record")
                 }
@@ -140,8 +142,10 @@ extension EndToEnd {
                     #expect(try Self.ptpl(sb) == [true, false])
                     try MP.write(sb, MP.lba(object: 1), [UInt8](repeating: 0x44, count: MP.blockBytes), "B after the power-on")
                     // An initiator registers through B (APTPL=0); A starts while B serves and joins it, keeping it.
-                    #expect(try Self.prOut(sb, 0x00, key: 0, sark: 0xB).status == RawCodes.good)
-                    #expect(try Self.prOut(sb, 0x01, type: Self.writeExclusive, key: 0xB).status == RawCodes.good)
+                    let register = try Self.prOut(sb, 0x00, key: 0, sark: 0xB)
+                    #expect(register.status == RawCodes.good, "REGISTER through B: \(register)")
+                    let reserve = try Self.prOut(sb, 0x01, type: Self.writeExclusive, key: 0xB)
+                    #expect(reserve.status == RawCodes.good, "RESERVE through B: \(reserve)")
                     try a.restart()
                     let sa = try Self.session(a, "a")
                     defer { sa.close() }
