@@ -2,9 +2,9 @@
 // through when a reservation is held, and the PERSISTENT RESERVE IN/OUT service actions.
 //
 // Persistent reservations are kept per LU in memory and survive sessions (keyed by initiator port and
-// target port). On file LUs and single-gateway sheep LUs they do not survive power loss: APTPL=1 is refused
-// (PTPL_C is zero), the honest answer for a target that does not write them to stable storage. On a multipath
-// sheep LU they live in the shared record in sheep (docs/CLUSTER-STATE.md, "APTPL"): PTPL_C is one, APTPL=1 is
+// target port). On file LUs, sheep LUs with multipath=off and hyper volumes they do not survive power loss:
+// APTPL=1 is refused (PTPL_C is zero), the honest answer for a target that does not write them to stable
+// storage. On a multipath sheep LU (the default) they live in the shared record in sheep (docs/CLUSTER-STATE.md, "APTPL"): PTPL_C is one, APTPL=1 is
 // accepted with REGISTER and REGISTER AND IGNORE EXISTING KEY and recorded, and PTPL_A reports it.
 
 /// How a command relates to reservations (SPC-4 table 57, SBC-3 table 13).
