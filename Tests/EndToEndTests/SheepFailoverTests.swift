@@ -46,30 +46,40 @@ final class FailoverGateway {
     let name: String
     let backingStore: String
     let params: String
+    /// Target keys set before the LUN is added (`alua_group`, `relative_target_port_id`), in order.
+    let targetKeys: [(String, String)]
     let scratch: Scratch
     private(set) var daemon: TargetDaemon
     private var starts = 1
 
     static let iqn = "\(RunningTarget.iqnPrefix):t1"
 
-    init(_ name: String, backingStore: String, params: String) throws {
+    init(_ name: String, backingStore: String, params: String, targetKeys: [(String, String)] = []) throws {
         self.name = name
         self.backingStore = backingStore
         self.params = params
+        self.targetKeys = targetKeys
         scratch = try Scratch()
-        do { daemon = try Self.start(name, backingStore: backingStore, params: params, scratch: scratch, label: name) } catch {
+        do {
+            daemon = try Self.start(name, backingStore: backingStore, params: params, targetKeys: targetKeys,
+                                    scratch: scratch, label: name)
+        } catch {
             scratch.remove()
             throw error
         }
     }
 
-    private static func start(_ name: String, backingStore: String, params: String, scratch: Scratch,
-                              label: String) throws -> TargetDaemon {
+    private static func start(_ name: String, backingStore: String, params: String, targetKeys: [(String, String)],
+                              scratch: Scratch, label: String) throws -> TargetDaemon {
         let d = try TargetDaemon(peer: .ringtgt, cores: 2, portals: [.ipv4Loopback], extraArgs: [],
                                  launcher: try RingtgtLauncher().launcher(for: .ringtgt), logDir: scratch.url, label: label,
                                  reportProblem: { Issue.record(Comment(rawValue: "gateway \(name): \($0)")) })
         do {
             try d.admin.newTarget(tid: 1, name: iqn)
+            for (key, value) in targetKeys {
+                try d.admin.must(["--lld", "iscsi", "--op", "update", "--mode", "target", "--tid", "1", "--name", key,
+                                  "--value", value])
+            }
             try d.admin.must(["--lld", "iscsi", "--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1",
                               "--bstype", "sheepdog", "--backing-store", backingStore, "--params", params])
             try d.admin.bind(tid: 1)
@@ -93,7 +103,13 @@ final class FailoverGateway {
     /// Starts the gateway again with the same LUN (its portal port is new).
     func restart() throws {
         starts += 1
-        daemon = try Self.start(name, backingStore: backingStore, params: params, scratch: scratch, label: "\(name)-\(starts)")
+        daemon = try Self.start(name, backingStore: backingStore, params: params, targetKeys: targetKeys, scratch: scratch,
+                                label: "\(name)-\(starts)")
+    }
+
+    /// A clean stop (SIGTERM), keeping the scratch directory for `restart()`.
+    func halt() {
+        daemon.stop()
     }
 
     func stop() {

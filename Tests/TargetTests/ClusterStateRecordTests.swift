@@ -55,7 +55,7 @@ import Testing
         wrongMagic[0] ^= 0xFF
         #expect(SheepSCSIRecord(decoding: wrongMagic) == nil)
         var wrongFormat = good
-        wrongFormat[4] = 4
+        wrongFormat[4] = 5
         #expect(SheepSCSIRecord(decoding: wrongFormat) == nil, "a newer format is foreign")
         // Every truncation is refused, never read past the end.
         for n in 0..<good.count { #expect(SheepSCSIRecord(decoding: Array(good.prefix(n))) == nil) }
@@ -104,14 +104,20 @@ import Testing
         #expect(l.holderMayUse(1, nowSeconds: l.expiresAtSeconds - ClusterStateLimits.leaseSkewSeconds - 1))
     }
 
-    /// Format 2 adds the reset count at the end, format 3 the ALUA section after it; format 1 and 2 records
-    /// (what gateways wrote before) are still read, as no reset and no groups yet, and an older format with
-    /// anything after it is refused.
+    /// Format 2 adds the reset count at the end, format 3 the ALUA section after it, format 4 the APTPL flags and
+    /// the power-on count after that; format 1, 2 and 3 records (what gateways wrote before) are still read, as no
+    /// reset, no groups, APTPL 0 and no power-on yet, and an older format with anything after it is refused.
     @Test func olderFormatsAreReadWithoutResetsOrGroups() {
         var r = Self.sample()
         r.portGroups = []
-        let three = r.encoded()
-        #expect(three[4] == 3 && three[5] == 0)
+        let four = r.encoded()
+        #expect(four[4] == 4 && four[5] == 0)
+        var three = Array(four.dropLast(9))   // the flags byte and the power-on count
+        three[4] = 3
+        #expect(SheepSCSIRecord(decoding: three) == r)
+        var threeWithMore = four
+        threeWithMore[4] = 3
+        #expect(SheepSCSIRecord(decoding: threeWithMore) == nil)
         var two = Array(three.dropLast(2))   // the empty ALUA section: its count
         two[4] = 2
         #expect(SheepSCSIRecord(decoding: two) == r)
@@ -142,7 +148,8 @@ import Testing
         tooMany.portGroups.append(SharedPortGroup(id: 999, state: .standby, ports: [1]))
         #expect(SheepSCSIRecord(decoding: tooMany.encoded())?.portGroups.count == ClusterStateLimits.portGroupsMax)
         var groupCount = Self.sample().encoded()
-        let at = groupCount.count - (2 + (4 + 2 * 2) + (4 + 2))   // the section: its count, group 1, group 2
+        // The section (its count, group 1, group 2), before format 4's flags byte and power-on count.
+        let at = groupCount.count - 9 - (2 + (4 + 2 * 2) + (4 + 2))
         #expect(groupCount[at] == 2 && groupCount[at + 1] == 0)
         groupCount[at] = UInt8(ClusterStateLimits.portGroupsMax + 1)
         #expect(SheepSCSIRecord(decoding: groupCount) == nil)

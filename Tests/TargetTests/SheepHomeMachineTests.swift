@@ -18,6 +18,8 @@ import Testing
         var answers: [(tag: UInt64, failure: StoreError?)] = []
         var logs: [String] = []
         var records: [(record: SheepSCSIRecord, outcome: SheepSCSIRecordSync.Outcome)] = []
+        /// Other gateways' dead ports reported to the LU (SheepHomeLiveness.swift).
+        var deadPorts: [[UInt16]] = []
     }
 
     final class Bench {
@@ -75,6 +77,9 @@ import Testing
                 case .record(let vol, let record, let outcome):
                     #expect(vol === volume)
                     out.records.append((record, outcome))
+                case .liveness(let vol, let dead):
+                    #expect(vol === volume)
+                    out.deadPorts.append(dead)
                 }
             }
             return out

@@ -95,7 +95,7 @@ enum SheepFuzz {
                     guard case .request(let tag) = req.waiter else { FuzzCheck.expect(false, "an answer without a tag"); continue }
                     answered[tag, default: 0] += 1
                     FuzzCheck.expect(answered[tag] == 1, "request \(tag) answered twice")
-                case .log, .record:
+                case .log, .record, .liveness:
                     break
                 }
             }

@@ -308,6 +308,29 @@ extension LUNState {
         }
     }
 
+    /// The state REPORT TARGET PORT GROUPS gives another gateway's group `g`: unavailable when every one of its
+    /// ports is in `dead` (those gateways' heartbeats stopped, docs/ALUA.md), the record's state otherwise.
+    static func reportedState(_ g: SharedPortGroup, dead: [UInt16]) -> ALUAState {
+        !g.ports.isEmpty && g.ports.allSatisfy { dead.contains($0) } ? .unavailable : g.state
+    }
+
+    /// The other gateways' ports whose heartbeat stopped (SheepHomeLiveness.swift) are now `dead`: when that
+    /// changes the state RTPG reports for one of the other gateways' groups, this LU's nexuses through this
+    /// gateway get ASYMMETRIC ACCESS STATE CHANGED, as for a change in the record.
+    func setDeadPorts(_ dead: [UInt16]) {
+        shared.withLock { s in
+            guard s.deadPorts != dead else { return }
+            let localIDs = s.localPorts.map(\.group.id)
+            let remote = s.sharedPortGroups.filter { !localIDs.contains($0.id) }
+            let before = remote.map { Self.reportedState($0, dead: s.deadPorts) }
+            s.deadPorts = dead
+            if before != remote.map({ Self.reportedState($0, dead: dead) }) {
+                queueUAForAll(&s, except: nil, .asymmetricAccessStateChanged)
+            }
+            publishFlags(s)
+        }
+    }
+
     func hasSharedPortGroup(_ id: UInt16) -> Bool {
         shared.withLock { s in s.sharedPortGroups.contains { $0.id == id } }
     }
@@ -355,7 +378,7 @@ extension SCSITask {
         var p = header
         // Another gateway's groups of a multipath sheep LU come from the shared record (empty elsewhere); a
         // group this daemon has lists its ports here and the other gateways' ports in it too.
-        let remote = lun.state.shared.withLock { $0.sharedPortGroups }
+        let (remote, dead) = lun.state.shared.withLock { ($0.sharedPortGroups, $0.deadPorts) }
         var ids: [UInt16] = table.groups.filter { g in table.ports.contains { $0.group === g && $0.reaches(lun) } }.map(\.id)
         for g in remote where !ids.contains(g.id) { ids.append(g.id) }
         ids.sort()
@@ -377,7 +400,7 @@ extension SCSITask {
                 b.put8(p, aluaState(of: g).rawValue)
                 b.put8(p + 5, backingUnavailable ? ALUAStatus.alteredImplicitly : g.status)
             } else if let shared {
-                b.put8(p, shared.state.rawValue)
+                b.put8(p, LUNState.reportedState(shared, dead: dead).rawValue)
                 b.put8(p + 5, ALUAStatus.alteredImplicitly)
             }
             b.put8(p + 1, ALUAState.supportedStatesBits)

@@ -120,6 +120,9 @@ struct PersistentReservationState {
     var reserved = false
     var type: UInt8 = 0
     var holder: PortIdentity? = nil
+    /// Activate persist through power loss: the last valid APTPL bit (SPC-4 §5.9.4). Only a multipath sheep LU,
+    /// whose state lives in sheep, ever sets it (Reservations.swift refuses APTPL=1 elsewhere).
+    var aptpl = false
 
     func registrationIndex(_ p: PortIdentity) -> Int? { registrations.firstIndex { $0.port == p } }
 
@@ -175,6 +178,12 @@ struct LUNSharedState {
     /// Group ids of state changes on their way to the VDI's home core (a mailbox away): from when they are
     /// made until the home core queues them, a version it loads must not undo them either.
     var portGroupStatesPosted: [UInt16] = []
+    /// Multipath sheep LU: the power-on count of the newest shared record version loaded (nil until the first).
+    var sharedPowerOns: UInt64? = nil
+    /// Multipath sheep LU: relative target ports of other gateways whose heartbeat this gateway has seen
+    /// unchanged for `GatewayLivenessLimits.deadAfterSeconds` (SheepLiveness.swift): a group of the record all of whose
+    /// ports are here is reported unavailable (docs/ALUA.md).
+    var deadPorts: [UInt16] = []
 
     /// tgt's lu_prevent_removal: some nexus has prevented medium removal.
     var removalPrevented: Bool { nexuses.values.contains { $0.preventsRemoval } }

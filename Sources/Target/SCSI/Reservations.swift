@@ -2,8 +2,10 @@
 // through when a reservation is held, and the PERSISTENT RESERVE IN/OUT service actions.
 //
 // Persistent reservations are kept per LU in memory and survive sessions (keyed by initiator port and
-// target port), not power loss: APTPL=1 is refused (PTPL_C is zero), which is the honest answer for a
-// target that does not write them to stable storage.
+// target port). On file LUs, sheep LUs with multipath=off and hyper volumes they do not survive power loss:
+// APTPL=1 is refused (PTPL_C is zero), the honest answer for a target that does not write them to stable
+// storage. On a multipath sheep LU (the default) they live in the shared record in sheep (docs/CLUSTER-STATE.md, "APTPL"): PTPL_C is one, APTPL=1 is
+// accepted with REGISTER and REGISTER AND IGNORE EXISTING KEY and recorded, and PTPL_A reports it.
 
 /// How a command relates to reservations (SPC-4 table 57, SBC-3 table 13).
 enum ReservationAccess {
@@ -133,8 +135,9 @@ extension SCSITask {
         case 0x02:  // REPORT CAPABILITIES
             b.zero(0, 8)
             b.put16(0, 8)
-            b.put8(2, 0x10)                                     // CRH: RESERVE/RELEASE under PR as SPC-4 §5.9.3
-            b.put8(3, 0x80 | 0x10)                              // TMV, ALLOW COMMANDS 001b
+            // CRH: RESERVE/RELEASE under PR as SPC-4 §5.9.3; PTPL_C only where the state is in sheep.
+            b.put8(2, 0x10 | (sharesReservations ? 0x01 : 0))
+            b.put8(3, 0x80 | 0x10 | (state.aptpl ? 0x01 : 0))   // TMV, ALLOW COMMANDS 001b, PTPL_A
             b.put8(4, 0x80 | 0x40 | 0x20 | 0x08 | 0x02)         // WR_EX_AR, EX_AC_RO, WR_EX_RO, EX_AC, WR_EX
             b.put8(5, 0x01)                                     // EX_AC_AR
             n = 8
@@ -200,13 +203,18 @@ extension SCSITask {
         let flags = p.get8(20)
         if flags & 0x08 != 0 { return invalidParameter(byte: 20, bit: 3) }  // SPEC_I_PT unsupported
         if flags & 0x04 != 0 { return invalidParameter(byte: 20, bit: 2) }  // ALL_TG_PT unsupported
-        if flags & 0x01 != 0 { return invalidParameter(byte: 20, bit: 0) }  // APTPL: not persisted across power loss
+        // APTPL: persisted through power loss only where the state lives in sheep; elsewhere refused for every
+        // service action, as before (SPC-4 §6.17.3 asks it for REGISTER; the others ignore it where it is valid).
+        let aptpl = flags & 0x01 != 0
+        if aptpl && !sharesReservations { return invalidParameter(byte: 20, bit: 0) }
         if let sync = syncSharedFirst() { return sync }
         let port = PortIdentity(nexus)
         let state = lun.state
         let outcome: PROutcome = state.shared.withLock { s in
             let r = Self.applyPROut(&s, state: state, action: action, scope: scope, type: type, key: key,
                                     serviceKey: serviceKey, port: port, nexusID: nexus.id)
+            // The last valid APTPL bit of a REGISTER or REGISTER AND IGNORE EXISTING KEY is the LU's (SPC-4 §5.9.4).
+            if case .good = r, action == 0x00 || action == 0x06 { s.pr.aptpl = aptpl }
             state.publishFlags(s)
             return r
         }

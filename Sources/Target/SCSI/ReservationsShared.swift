@@ -35,6 +35,16 @@ extension LUNState {
                 reset(&s, raising: .busDeviceResetOccurred)
             }
             s.sharedResets = max(s.sharedResets ?? r.resets, r.resets)
+            if let seen = s.sharedPowerOns, r.powerOns > seen {
+                // The LU powered on through another gateway (docs/CLUSTER-STATE.md, "APTPL"): what APTPL kept is in
+                // the version; its nexuses here hear POWER ON, RESET, OR BUS DEVICE RESET OCCURRED, as after a restart.
+                s.sharedPowerOns = r.powerOns
+                s.pr = r.persistentReservation
+                reset(&s, raising: .powerOnResetOccurred)
+                publishFlags(s)
+                return
+            }
+            s.sharedPowerOns = max(s.sharedPowerOns ?? r.powerOns, r.powerOns)
             let before = s.pr
             s.pr = r.persistentReservation
             if let holder = r.spc2Holder {
@@ -66,6 +76,16 @@ extension LUNState {
     func adoptOwn(_ r: SheepSCSIRecord) {
         shared.withLock { s in
             s.sharedResets = max(s.sharedResets ?? r.resets, r.resets)
+            if let seen = s.sharedPowerOns, r.powerOns > seen {
+                // This gateway's power-on of the LU (a change, applied to the record only): the LU takes what
+                // APTPL kept, and every nexus hears POWER ON, RESET, OR BUS DEVICE RESET OCCURRED again.
+                s.sharedPowerOns = r.powerOns
+                s.pr = r.persistentReservation
+                reset(&s, raising: .powerOnResetOccurred)
+                publishFlags(s)
+                return
+            }
+            s.sharedPowerOns = max(s.sharedPowerOns ?? r.powerOns, r.powerOns)
             if r.spc2Holder == nil, s.spc2Holder == LUNSharedState.remoteSPC2Holder {
                 s.spc2Holder = nil
                 publishFlags(s)
@@ -104,7 +124,7 @@ extension SharedStateChange {
         switch change {
         case .reset:
             queue.removeAll { if case .releaseSPC2 = $0 { return true } else { return $0 == .reset } }
-        case .releaseSPC2:
+        case .releaseSPC2, .powerOn:
             if queue.contains(change) { return true }
         case .portGroups(.state(let id, _)):
             queue.removeAll { if case .portGroups(.state(id, _)) = $0 { return true } else { return false } }

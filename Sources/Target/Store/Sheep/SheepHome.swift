@@ -133,6 +133,24 @@ final class SheepHome {
     var compareReadPending = false
     var compareWakeNanos: UInt64 = 0
 
+    /// Multipath: this gateway's heartbeat and what it saw of the others' (SheepHomeLiveness.swift): the machine,
+    /// where a read of the slots lands, when the last beat started (monotonic nanoseconds, 0: never), whether
+    /// the last one failed (logged once), this gateway's ports to the LU (from its last publication), the dead
+    /// ports last reported to the LU, and the LU's power-on.
+    var liveness: SheepLiveness? = nil
+    var livenessBuffer: UnsafeMutableRawPointer? = nil
+    var livenessReadPending = false
+    var livenessStarted: UInt64 = 0
+    var livenessFailing = false
+    var ownPorts: [UInt16] = []
+    var deadPortsReported: [UInt16] = []
+    var powerOn = PowerOnPhase.unknown
+
+    var powerOnUndecided: Bool {
+        if case .deciding = powerOn { return true }
+        return false
+    }
+
     /// A record operation (or the announce after one) is under way.
     var recordRunning: Bool { (record?.isBusy ?? false) || recordAnnouncing }
 
@@ -140,6 +158,7 @@ final class SheepHome {
         refreshBuffer?.deallocate()
         recordBuffer?.deallocate()
         compareBuffer?.deallocate()
+        livenessBuffer?.deallocate()
     }
 }
 
@@ -167,6 +186,8 @@ final class SheepHomeOp {
         case record
         /// Multipath: a step of COMPARE AND WRITE's section (SheepCompareSection).
         case compare
+        /// Multipath: a step of a heartbeat (SheepLiveness).
+        case liveness
     }
     let request: SheepHomeRequest?
     let volume: SheepVolume
@@ -202,6 +223,8 @@ struct SheepHomeMachine {
         case log(Logger.Level, String)
         /// A record operation on the volume ended: `record` is the newest version this gateway knows.
         case record(SheepVolume, SheepSCSIRecord, SheepSCSIRecordSync.Outcome)
+        /// The other gateways' ports of the volume's LU whose heartbeat stopped (SheepLiveness.swift) changed.
+        case liveness(SheepVolume, [UInt16])
     }
 
     /// Internal, not private: SheepHomeRecord.swift walks it for records due a refresh.
@@ -403,6 +426,10 @@ struct SheepHomeMachine {
             compareReply(op.volume, result: failure == nil ? result : .eio, vdiID: vdiID)
             return
         }
+        if case .liveness = op.stage {
+            livenessReply(op.volume, result: failure == nil ? result : .eio, vdiID: vdiID)
+            return
+        }
         let vol = op.volume
         // A plain write never took its object's creation gate (request() sends it only when the object is ours and
         // no creation is under way), so its end must not open the gate a creation of the same object holds.
@@ -487,7 +514,7 @@ struct SheepHomeMachine {
                 actions.append(.log(.warning, "sheep VDI '\(vol.name)': telling other gateways of the snapshot failed: \(result.name)"))
             }
             reloadFinished(vol, newVID: newVID)
-        case .record, .compare:
+        case .record, .compare, .liveness:
             break   // answered above
         }
     }

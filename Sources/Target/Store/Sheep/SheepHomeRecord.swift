@@ -123,6 +123,8 @@ extension SheepHomeMachine {
         if case .failed(_, let why) = outcome {
             actions.append(.log(.error, why))
             failure = .unavailable
+        } else {
+            notePowerOnPhase(vol, h.record!.known)
         }
         // Before the answers below: the store loads the version into the LU, then the commands go on.
         actions.append(.record(vol, h.record!.known, outcome))
@@ -153,8 +155,12 @@ extension SheepHomeMachine {
             refreshRecord(vol)
             return
         }
-        for r in h.recordSyncWaiters { actions.append(.answer(r, failure)) }
-        h.recordSyncWaiters.removeAll()
+        // While the LU's power-on is undecided, reservation commands keep waiting (bounded by
+        // syncWaitSecondsMax): they must not apply to, or report, state the power-on may clear.
+        if !h.powerOnUndecided || failure != nil {
+            for r in h.recordSyncWaiters { actions.append(.answer(r, failure)) }
+            h.recordSyncWaiters.removeAll()
+        }
         let held = h.waitingRecord
         h.waitingRecord = []
         // Only a reservation can make held I/O conflict now; without one it is redone as it is (NBD, which cannot
@@ -199,6 +205,9 @@ extension SheepHomeMachine {
             return
         }
         let h = home(vol)
+        if case .portGroups(.publish(_, let groups)) = change {
+            h.ownPorts = groups.flatMap(\.ports)   // the slots this gateway beats (SheepHomeLiveness.swift)
+        }
         if !SharedStateChange.enqueue(change, into: &h.changes) {
             actions.append(.log(.warning, "sheep VDI '\(vol.name)': more than \(SharedStateLimits.changesQueuedMax) shared SCSI state changes queued; the oldest SPC-2 release is dropped"))
         }

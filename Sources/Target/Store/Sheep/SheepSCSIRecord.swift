@@ -86,12 +86,14 @@ extension PortIdentity {
 /// One version of the record.
 struct SheepSCSIRecord: Equatable {
     /// "RTSC", then the format, so a gateway never adopts an attribute it does not understand. Format 2 is
-    /// format 1 with `resets` appended, format 3 is format 2 with the ALUA section (`portGroups`) appended;
-    /// older formats are still read (as no reset yet, no groups yet), and a gateway that only knows an older
-    /// format refuses newer ones (it keeps its version and logs) rather than misread them.
+    /// format 1 with `resets` appended, format 3 is format 2 with the ALUA section (`portGroups`) appended,
+    /// format 4 is format 3 with a flags byte (bit 0: APTPL) and `powerOns` appended; older formats are still
+    /// read (as no reset yet, no groups yet, APTPL 0 and no power-on yet: APTPL=1 was refused before format 4),
+    /// and a gateway that only knows an older format refuses newer ones (it keeps its version and logs) rather
+    /// than misread them.
     static let magic: UInt32 = 0x4353_5452
-    static let format: UInt16 = 3
-    static let formatsRead: ClosedRange<UInt16> = 1 ... 3
+    static let format: UInt16 = 4
+    static let formatsRead: ClosedRange<UInt16> = 1 ... 4
     static let attributePrefix = "ringtgt.scsi."
 
     /// Position in the chain: the attribute `ringtgt.scsi.<version>` holds it. Version 0 is "no record yet".
@@ -111,6 +113,12 @@ struct SheepSCSIRecord: Equatable {
     /// The LU's target port groups as the gateways published them, by id (format 3): every gateway reports
     /// all of them in REPORT TARGET PORT GROUPS, and takes the state of those it has itself from here.
     var portGroups: [SharedPortGroup] = []
+    /// The last valid APTPL bit of a REGISTER or REGISTER AND IGNORE EXISTING KEY (SPC-4 §5.9.4): whether the
+    /// registrations and the persistent reservation persist through the LU's power loss (format 4).
+    var aptpl = false
+    /// Power-ons of the LU so far (docs/CLUSTER-STATE.md, "APTPL"): a gateway that found no live peer appends
+    /// one, clearing what APTPL 0 does not keep, only if the count is still the one it first read (format 4).
+    var powerOns: UInt64 = 0
 
     static func attributeKey(version: UInt64) -> String { attributePrefix + String(version) }
 
@@ -133,6 +141,7 @@ struct SheepSCSIRecord: Equatable {
         pr.reserved = reserved
         pr.type = prType
         pr.holder = prHolder
+        pr.aptpl = aptpl
         return pr
     }
 
@@ -142,6 +151,13 @@ struct SheepSCSIRecord: Equatable {
         reserved = pr.reserved
         prType = pr.type
         prHolder = pr.holder
+        aptpl = pr.aptpl
+    }
+
+    /// What a power-on of the LU would take from this version: the SPC-2 reservation, and with APTPL 0 the
+    /// registrations and the persistent reservation (SPC-4 §5.9.4, §5.9.5).
+    var losesStateAtPowerOn: Bool {
+        spc2Holder != nil || (!aptpl && (!registrations.isEmpty || reserved))
     }
 
     // MARK: Encoding (little-endian; strings as u16 length + bytes)
@@ -193,6 +209,8 @@ struct SheepSCSIRecord: Equatable {
             u8(UInt8(ports.count))
             for p in ports { u16(p) }
         }
+        u8(aptpl ? 1 : 0)
+        u64(powerOns)
         return out
     }
 
@@ -239,7 +257,16 @@ struct SheepSCSIRecord: Equatable {
                 groups.append(SharedPortGroup(id: id, state: state, ports: ports))
             }
         }
+        var flags: UInt8 = 0
+        var powerOns: UInt64 = 0
+        if format >= 4 {
+            guard let f = reader.u8(), f <= 1, let n = reader.u64() else { return nil }
+            flags = f
+            powerOns = n
+        }
         guard reader.atEnd else { return nil }
+        self.aptpl = flags & 1 != 0
+        self.powerOns = powerOns
         self.portGroups = groups
         self.resets = resets
         self.version = version
@@ -266,6 +293,11 @@ enum SharedStateChange: Equatable {
     case reset
     /// The LU's target port groups: this gateway's ports and groups, or a group's state (docs/ALUA.md).
     case portGroups(PortGroupChange)
+    /// The LU powers on (no live gateway of it was found, docs/CLUSTER-STATE.md): applied only to a record that
+    /// still counts `seen` power-ons (else another gateway powered it on since, and serves), it counts one more,
+    /// releases the SPC-2 reservation and, with APTPL 0, removes every registration and the reservation;
+    /// PRgeneration starts again at 0 (SPC-4 §6.16.2).
+    case powerOn(seen: UInt64)
 }
 
 extension SheepSCSIRecord {
@@ -284,9 +316,20 @@ extension SheepSCSIRecord {
                 next.portGroups = Self.publishing(groups, replacing: previous, in: next.portGroups)
             case .portGroups(.state(let id, let state)):
                 if let i = next.portGroups.firstIndex(where: { $0.id == id }) { next.portGroups[i].state = state }
+            case .powerOn(let seen):
+                guard next.powerOns == seen else { continue }
+                next.powerOns &+= 1
+                next.spc2Holder = nil
+                next.prGeneration = 0
+                if !next.aptpl {
+                    next.registrations = []
+                    next.reserved = false
+                    next.prType = 0
+                    next.prHolder = nil
+                }
             }
         }
-        return next.spc2Holder == spc2Holder && next.resets == resets && next.portGroups == portGroups ? nil : next
+        return next == successor(writer: writer) ? nil : next
     }
 
     /// `existing` with one gateway's ports replaced: its previous and present ports leave every group, then

@@ -102,6 +102,7 @@ final class SheepStore<Host: SheepStoreHost> {
         if !home.homes.isEmpty {
             home.nowNanos = monotonicNanos()
             home.refreshDueRecords(tick: tick)
+            home.beatDue()
             home.expireCompareSections()
             runHome()
         }
@@ -515,6 +516,8 @@ final class SheepStore<Host: SheepStoreHost> {
                     vol.lunState?.adoptPortGroups(record.portGroups, pending: home.pendingPortGroupStates(vol))
                     vol.adoptedVersion = record.version
                 }
+            case .liveness(let vol, let dead):
+                vol.lunState?.setDeadPorts(dead)
             }
         }
     }
