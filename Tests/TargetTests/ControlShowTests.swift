@@ -226,15 +226,15 @@ import Testing
     }
 
     @Test func byteCountsTakeBinarySuffixes() {
-        #expect(BackingSpec.parseByteCount("1G") == 1 << 30)
-        #expect(BackingSpec.parseByteCount("512") == 512)
-        #expect(BackingSpec.parseByteCount("4k") == 4096)
-        #expect(BackingSpec.parseByteCount("2MiB") == 2 << 20)
-        #expect(BackingSpec.parseByteCount("1TB") == 1 << 40)
-        #expect(BackingSpec.parseByteCount("") == nil)
-        #expect(BackingSpec.parseByteCount("G") == nil)
-        #expect(BackingSpec.parseByteCount("1.5G") == nil)
-        #expect(BackingSpec.parseByteCount("-1") == nil)
-        #expect(BackingSpec.parseByteCount("99999999999P") == nil)
+        #expect(ByteCount.parse("1G") == 1 << 30)
+        #expect(ByteCount.parse("512") == 512)
+        #expect(ByteCount.parse("4k") == 4096)
+        #expect(ByteCount.parse("2MiB") == 2 << 20)
+        #expect(ByteCount.parse("1TB") == 1 << 40)
+        #expect(ByteCount.parse("") == nil)
+        #expect(ByteCount.parse("G") == nil)
+        #expect(ByteCount.parse("1.5G") == nil)
+        #expect(ByteCount.parse("-1") == nil)
+        #expect(ByteCount.parse("99999999999P") == nil)
     }
 }

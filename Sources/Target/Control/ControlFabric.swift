@@ -151,23 +151,6 @@ public struct BackingSpec: Equatable, Sendable {
     }
 }
 
-extension BackingSpec {
-    /// Reads a size option such as null's `size=1G`: a number of bytes with an optional binary suffix
-    /// K, M, G, T or P (optionally followed by "B" or "iB"). nil for anything else or on overflow.
-    public static func parseByteCount(_ text: String) -> UInt64? {
-        var body = Substring(text.uppercased())
-        if body.hasSuffix("IB") { body = body.dropLast(2) } else if body.hasSuffix("B") { body = body.dropLast() }
-        var shift: UInt64 = 0
-        if let last = body.last, let index = "KMGTP".firstIndex(of: last) {
-            shift = 10 * UInt64("KMGTP".distance(from: "KMGTP".startIndex, to: index) + 1)
-            body = body.dropLast()
-        }
-        guard !body.isEmpty, body.allSatisfy({ $0.isASCII && $0.isNumber }), let n = UInt64(body) else { return nil }
-        let (bytes, overflow) = n.multipliedReportingOverflow(by: 1 << shift)
-        return overflow ? nil : bytes
-    }
-}
-
 /// An opened backing store, before the control plane wraps it in a LogicalUnit.
 public struct OpenedBacking: Sendable {
     public var backing: Backing

@@ -79,7 +79,7 @@ public enum BackingFactory {
         case "null":
             var bytes = defaultNullBytes
             if let s = options["size"] {
-                guard let v = BackingSpec.parseByteCount(s) else { throw .invalid("invalid size '\(s)' for the null store") }
+                guard let v = ByteCount.parse(s) else { throw .invalid("invalid size '\(s)' for the null store") }
                 bytes = v
             }
             bytes -= bytes % UInt64(blockSize)
@@ -137,5 +137,23 @@ public enum BackingFactory {
     static func isTrue(_ s: String?) -> Bool {
         guard let s = s?.lowercased() else { return false }
         return s == "1" || s == "yes" || s == "true" || s == "on"
+    }
+}
+
+/// Size options of the stores (null's `size=1G`).
+public enum ByteCount {
+    /// Reads a size option such as null's `size=1G`: a number of bytes with an optional binary suffix
+    /// K, M, G, T or P (optionally followed by "B" or "iB"). nil for anything else or on overflow.
+    public static func parse(_ text: String) -> UInt64? {
+        var body = Substring(text.uppercased())
+        if body.hasSuffix("IB") { body = body.dropLast(2) } else if body.hasSuffix("B") { body = body.dropLast() }
+        var shift: UInt64 = 0
+        if let last = body.last, let index = "KMGTP".firstIndex(of: last) {
+            shift = 10 * UInt64("KMGTP".distance(from: "KMGTP".startIndex, to: index) + 1)
+            body = body.dropLast()
+        }
+        guard !body.isEmpty, body.allSatisfy({ $0.isASCII && $0.isNumber }), let n = UInt64(body) else { return nil }
+        let (bytes, overflow) = n.multipliedReportingOverflow(by: 1 << shift)
+        return overflow ? nil : bytes
     }
 }
