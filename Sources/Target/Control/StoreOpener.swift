@@ -82,3 +82,8 @@ public final class StoreOpener: BackingOpener {
 
     public var backingStoreDescriptions: [String] { ["rdwr (bsoflags sync:direct)", "null", "sheepdog"] }
 }
+
+extension StoreOpener {
+    /// Sheepdog home cores are dealt out over the runtime's cores.
+    public convenience init(runtime: Runtime) { self.init(coreCount: { [unowned runtime] in runtime.coreCount }) }
+}

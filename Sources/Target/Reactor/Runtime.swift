@@ -395,11 +395,6 @@ extension Runtime: ControlFabric {
     }
 }
 
-extension StoreOpener {
-    /// Sheepdog home cores are dealt out over the runtime's cores.
-    public convenience init(runtime: Runtime) { self.init(coreCount: { [unowned runtime] in runtime.coreCount }) }
-}
-
 /// The one core of a simulated runtime, for the driver: turn it, hand it connections, stop it.
 public final class SimulatedCore {
     let reactor: Reactor
