@@ -35,16 +35,7 @@ extension LUNState {
                 reset(&s, raising: .busDeviceResetOccurred)
             }
             s.sharedResets = max(s.sharedResets ?? r.resets, r.resets)
-            if let seen = s.sharedPowerOns, r.powerOns > seen {
-                // The LU powered on through another gateway (docs/CLUSTER-STATE.md, "APTPL"): what APTPL kept is in
-                // the version; its nexuses here hear POWER ON, RESET, OR BUS DEVICE RESET OCCURRED, as after a restart.
-                s.sharedPowerOns = r.powerOns
-                s.pr = r.persistentReservation
-                reset(&s, raising: .powerOnResetOccurred)
-                publishFlags(s)
-                return
-            }
-            s.sharedPowerOns = max(s.sharedPowerOns ?? r.powerOns, r.powerOns)
+            if adoptPowerOn(&s, r) { return }
             let before = s.pr
             s.pr = r.persistentReservation
             if let holder = r.spc2Holder {
@@ -76,16 +67,7 @@ extension LUNState {
     func adoptOwn(_ r: SheepSCSIRecord) {
         shared.withLock { s in
             s.sharedResets = max(s.sharedResets ?? r.resets, r.resets)
-            if let seen = s.sharedPowerOns, r.powerOns > seen {
-                // This gateway's power-on of the LU (a change, applied to the record only): the LU takes what
-                // APTPL kept, and every nexus hears POWER ON, RESET, OR BUS DEVICE RESET OCCURRED again.
-                s.sharedPowerOns = r.powerOns
-                s.pr = r.persistentReservation
-                reset(&s, raising: .powerOnResetOccurred)
-                publishFlags(s)
-                return
-            }
-            s.sharedPowerOns = max(s.sharedPowerOns ?? r.powerOns, r.powerOns)
+            if adoptPowerOn(&s, r) { return }
             if r.spc2Holder == nil, s.spc2Holder == LUNSharedState.remoteSPC2Holder {
                 s.spc2Holder = nil
                 publishFlags(s)
@@ -228,5 +210,22 @@ extension SCSITask {
         if phase == .readStore { return nextReadChunk(bufferBytes: SCSITask.minimumBufferBytes) }
         phase = .idle
         return .complete(status: SCSIStatus.busy, dataInLength: 0, residual: .none)
+    }
+}
+
+extension LUNState {
+    /// A version with more power-ons than this LU has seen (docs/CLUSTER-STATE.md, "APTPL"), appended by this
+    /// gateway or another one: the LU takes what APTPL kept, and its nexuses here hear POWER ON, RESET, OR BUS
+    /// DEVICE RESET OCCURRED, as after a restart. False (the count noted) when the version brings none.
+    fileprivate func adoptPowerOn(_ s: inout LUNSharedState, _ r: SheepSCSIRecord) -> Bool {
+        guard let seen = s.sharedPowerOns, r.powerOns > seen else {
+            s.sharedPowerOns = max(s.sharedPowerOns ?? r.powerOns, r.powerOns)
+            return false
+        }
+        s.sharedPowerOns = r.powerOns
+        s.pr = r.persistentReservation
+        reset(&s, raising: .powerOnResetOccurred)
+        publishFlags(s)
+        return true
     }
 }
