@@ -14,41 +14,7 @@
 
 import Synchronization
 
-/// SPC-4 table 307 (ASYMMETRIC ACCESS STATE), with the names sg_rtpg and multipath print.
-public enum ALUAState: UInt8, Sendable, CaseIterable {
-    case activeOptimized = 0x0
-    case activeNonOptimized = 0x1
-    case standby = 0x2
-    case unavailable = 0x3
-    case offline = 0xE
-    case transitioning = 0xF
-
-    public var name: String {
-        switch self {
-        case .activeOptimized: return "active/optimized"
-        case .activeNonOptimized: return "active/non-optimized"
-        case .standby: return "standby"
-        case .unavailable: return "unavailable"
-        case .offline: return "offline"
-        case .transitioning: return "transitioning"
-        }
-    }
-
-    /// The names above, LIO's `alua_access_state` numbers (0, 1, 2, 3, 14, 15) and the short forms
-    /// multipath's and LIO's users write (ao, ano, an).
-    public static func parse(_ text: String) -> ALUAState? {
-        let t = text.lowercased()
-        if let n = UInt8(t) { return ALUAState(rawValue: n) }
-        switch t {
-        case "ao", "active_optimized", "optimized": return .activeOptimized
-        case "ano", "an", "active/non_optimized", "active/nonoptimized", "active_non_optimized", "non-optimized":
-            return .activeNonOptimized
-        default: return allCases.first { $0.name == t }
-        }
-    }
-
-    public var isActive: Bool { self == .activeOptimized || self == .activeNonOptimized }
-
+extension ALUAState {
     /// States SET TARGET PORT GROUPS may ask for: the primary states (offline and transitioning are the
     /// device's to enter, SPC-4 §6.45).
     var settableByInitiator: Bool { rawValue <= ALUAState.unavailable.rawValue }

@@ -59,23 +59,13 @@ struct NexusRecord {
     var preventsRemoval = false
 }
 
-/// Identity of an I_T nexus as persistent reservations see it: initiator port (name + ISID) and the
-/// relative target port. It survives the session, unlike `Nexus.id`.
-struct PortIdentity: Equatable {
-    let initiatorName: String
-    let isid: UInt64
-    let relativeTargetPortID: UInt16
-
+extension PortIdentity {
     init(_ n: Nexus) {
-        initiatorName = n.initiatorName.lowercased()
-        isid = n.isid
-        relativeTargetPortID = n.relativeTargetPortID
+        self.init(initiatorName: n.initiatorName, isid: n.isid, relativeTargetPortID: n.relativeTargetPortID)
     }
 
     init(_ r: NexusRecord) {
-        initiatorName = r.initiatorName.lowercased()
-        isid = r.isid
-        relativeTargetPortID = r.relativeTargetPortID
+        self.init(initiatorName: r.initiatorName, isid: r.isid, relativeTargetPortID: r.relativeTargetPortID)
     }
 }
 
@@ -86,58 +76,6 @@ struct ModeParameters: Equatable {
 
     init(capabilities: StoreCapabilities) {
         writeCacheEnabled = capabilities.hasVolatileCache
-    }
-}
-
-/// Persistent reservation type codes (SPC-4 table 169).
-enum PRType {
-    static let writeExclusive: UInt8 = 1
-    static let exclusiveAccess: UInt8 = 3
-    static let writeExclusiveRegistrantsOnly: UInt8 = 5
-    static let exclusiveAccessRegistrantsOnly: UInt8 = 6
-    static let writeExclusiveAllRegistrants: UInt8 = 7
-    static let exclusiveAccessAllRegistrants: UInt8 = 8
-
-    static func isValid(_ t: UInt8) -> Bool { t == 1 || t == 3 || (t >= 5 && t <= 8) }
-    static func isAllRegistrants(_ t: UInt8) -> Bool { t == 7 || t == 8 }
-    static func isRegistrantsOnly(_ t: UInt8) -> Bool { t == 5 || t == 6 }
-    static func isExclusiveAccess(_ t: UInt8) -> Bool { t == 3 || t == 6 || t == 8 }
-}
-
-struct PRRegistration {
-    let port: PortIdentity
-    var key: UInt64
-}
-
-/// Persistent reservation state (SPC-4 §5.9).
-struct PersistentReservationState {
-    /// Bound on registrations per LU; a REGISTER beyond it gets INSUFFICIENT REGISTRATION RESOURCES.
-    static let maxRegistrations = 64
-
-    var generation: UInt32 = 0
-    var registrations: [PRRegistration] = []
-    /// The reservation, if any. `holder` is nil for all-registrants types (every registrant holds it).
-    var reserved = false
-    var type: UInt8 = 0
-    var holder: PortIdentity? = nil
-    /// Activate persist through power loss: the last valid APTPL bit (SPC-4 §5.9.4). Only a multipath sheep LU,
-    /// whose state lives in sheep, ever sets it (Reservations.swift refuses APTPL=1 elsewhere).
-    var aptpl = false
-
-    func registrationIndex(_ p: PortIdentity) -> Int? { registrations.firstIndex { $0.port == p } }
-
-    func isHolder(_ p: PortIdentity) -> Bool {
-        guard reserved else { return false }
-        if PRType.isAllRegistrants(type) { return registrationIndex(p) != nil }
-        return holder == p
-    }
-
-    /// The reservation key READ RESERVATION reports: zero for all-registrants types (SPC-4 §6.15.3).
-    var reservationKey: UInt64 {
-        guard reserved else { return 0 }
-        if PRType.isAllRegistrants(type) { return 0 }
-        if let h = holder, let i = registrationIndex(h) { return registrations[i].key }
-        return 0
     }
 }
 

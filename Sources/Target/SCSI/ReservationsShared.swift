@@ -76,24 +76,6 @@ extension LUNState {
     }
 }
 
-enum SharedStateLimits {
-    /// A reservation command whose version other gateways' versions beat this many times in a row is answered
-    /// BUSY: the initiator retries it later rather than the target looping on a contended record.
-    static let publishAttemptsMax = 4
-    /// Changes made outside a command (SharedStateChange) waiting for the home core, per VDI. A reset takes
-    /// the place of every change queued before it, so only SPC-2 releases of distinct nexuses fill this; beyond
-    /// it the oldest is dropped (with a warning): only one of them can be the record's holder.
-    static let changesQueuedMax = 16
-    /// Logout and task management responses one connection holds until its shared state changes are in
-    /// sheep; beyond, a response goes at once (the change is still appended).
-    static let heldResponsesMax = 4
-    /// Loop ticks (seconds) a command waits for the record to be read, or a Logout or TMF Response for its
-    /// change to be appended, before it is answered `.unavailable` (a request held by a channel that lost its
-    /// sheep node would otherwise hold it until the node returns, up to SheepChannelLimits.giveUpSeconds).
-    /// TEST UNIT READY then answers from what the gateway knows; a held response goes, its change stays queued.
-    static let syncWaitSecondsMax: UInt64 = 3
-}
-
 extension SharedStateChange {
     /// Queues `change` behind `queue`, merging what one version says anyway: a reset releases every SPC-2
     /// reservation and one reset is enough for the others to report it; a release already queued is not
@@ -227,5 +209,22 @@ extension LUNState {
         reset(&s, raising: .powerOnResetOccurred)
         publishFlags(s)
         return true
+    }
+}
+
+/// The LU's side of the shared record (the store knows the LU only through this). `adoptShared`, `adoptOwn`
+/// (above), `adoptPortGroups`, `setDeadPorts` and the STPG bookkeeping (ALUA.swift) are its requirements.
+extension LUNState: SharedSCSIStateHolder {
+    func successorRecord(of base: SheepSCSIRecord, writer: UInt64) -> SheepSCSIRecord {
+        SheepSCSIRecord(successorOf: base, writer: writer, state: shared.withLock { $0 })
+    }
+
+    func coherentVolumes(inGroup group: UInt16, except vol: SheepVolume) -> [SheepVolume] {
+        let table = shared.withLock { $0.aluaTable }
+        var out: [SheepVolume] = []
+        for unit in table?.units(withGroup: group) ?? [] {
+            if case .sheep(let other) = unit.backing, other !== vol, other.coherent { out.append(other) }
+        }
+        return out
     }
 }

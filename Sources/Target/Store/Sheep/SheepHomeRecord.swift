@@ -286,7 +286,6 @@ extension SheepHomeMachine {
             return
         }
         h.recordPublisher = req
-        let s = state.shared.withLock { $0 }
-        publishRecord(vol, SheepSCSIRecord(successorOf: r.known, writer: vol.gatewayID, state: s))
+        publishRecord(vol, state.successorRecord(of: r.known, writer: vol.gatewayID))
     }
 }

@@ -75,14 +75,6 @@ struct ClusterLease: Equatable {
     }
 }
 
-extension PortIdentity {
-    init(initiatorName: String, isid: UInt64, relativeTargetPortID: UInt16) {
-        self.initiatorName = initiatorName.lowercased()
-        self.isid = isid
-        self.relativeTargetPortID = relativeTargetPortID
-    }
-}
-
 /// One version of the record.
 struct SheepSCSIRecord: Equatable {
     /// "RTSC", then the format, so a gateway never adopts an attribute it does not understand. Format 2 is

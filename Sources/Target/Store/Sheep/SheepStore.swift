@@ -238,11 +238,8 @@ final class SheepStore<Host: SheepStoreHost> {
             if isHome(vol) { homeHandle(req) } else { host.postHome(core: vol.homeCore, req) }
             // The group's state is one for every LU it is a group of: the other multipath sheep LUs' records
             // get it too (nobody waits for those), or loading one of their versions would set it back.
-            let table = vol.lunState?.shared.withLock { $0.aluaTable }
-            for unit in table?.units(withGroup: group) ?? [] {
-                if case .sheep(let other) = unit.backing, other !== vol, other.coherent {
-                    shareChange(other, .portGroups(.state(group: group, state)), waiter: .none)
-                }
+            for other in vol.lunState?.coherentVolumes(inGroup: group, except: vol) ?? [] {
+                shareChange(other, .portGroups(.state(group: group, state)), waiter: .none)
             }
             return finishSubmit(r)
         }

@@ -27,9 +27,9 @@ public final class SheepVolume: @unchecked Sendable {
     /// coherence on a flat writable VDI. Off: the normal (exclusive) lock, as QEMU takes it, and no coherence
     /// checks, so one gateway pays nothing for paths it does not have.
     public let multipath: Bool
-    /// Multipath: the state of the LU this volume backs, which the shared SCSI record is loaded into. Set once
-    /// when the LU is made, before any reactor sees it; weak, as the LU owns the volume.
-    weak var lunState: LUNState? = nil
+    /// Multipath: the state of the LU this volume backs, which the shared SCSI record is loaded into (SCSI's
+    /// LUNState). Set once when the LU is made, before any reactor sees it; weak, as the LU owns the volume.
+    weak var lunState: (any SharedSCSIStateHolder)? = nil
     /// Names this gateway as the writer of record versions (random per open: a version written through this
     /// open is never adopted back into its own LU).
     let gatewayID = UInt64.random(in: 1 ... UInt64.max)
@@ -378,4 +378,26 @@ public final class SheepVolume: @unchecked Sendable {
         try SheepClient(endpoint: endpoint, connectTimeoutSeconds: controlConnectTimeoutSeconds,
                         ioTimeoutSeconds: controlIOTimeoutSeconds)
     }
+}
+
+/// What the store asks of the LU whose shared SCSI state a coherent volume carries (SCSI's `LUNState`
+/// implements it): the records the home core loads go in, the version to publish comes out. The store sits
+/// below SCSI, so it knows the LU only through this. Record and STPG paths only, never per I/O.
+protocol SharedSCSIStateHolder: AnyObject {
+    /// A version another gateway wrote: its reservations replace the LU's, with the unit attentions they raise.
+    func adoptShared(_ r: SheepSCSIRecord)
+    /// A version this gateway wrote, already applied here: only its counts are noted.
+    func adoptOwn(_ r: SheepSCSIRecord)
+    /// The record's port groups, except those with a state this gateway posted and sheep does not have yet.
+    func adoptPortGroups(_ groups: [SharedPortGroup], pending: [UInt16])
+    /// The relative target ports whose gateways stopped beating.
+    func setDeadPorts(_ dead: [UInt16])
+    /// An STPG through this gateway posted `group`'s state for the record; until it arrives the record's
+    /// older state is not adopted for it.
+    func portGroupStatePosted(_ group: UInt16)
+    func portGroupStateArrived(_ group: UInt16)
+    /// The version after `base`, written by `writer`, carrying the LU's reservations now.
+    func successorRecord(of base: SheepSCSIRecord, writer: UInt64) -> SheepSCSIRecord
+    /// The other coherent volumes whose LUs have port group `group` (a group's state is one for all of them).
+    func coherentVolumes(inGroup group: UInt16, except: SheepVolume) -> [SheepVolume]
 }

@@ -70,23 +70,6 @@ public final class LogicalUnit: @unchecked Sendable {
     func leaveCompareAndWrite() { compareAndWriteGate.store(false, ordering: .releasing) }
 }
 
-/// Who may log in to a target (tgtadm `--op bind -I ...` / `--initiator-name`).
-public enum ACLRule: Equatable, Sendable, CustomStringConvertible {
-    case all
-    case address(String)                    // exact IPv4 or IPv6 address as text
-    case cidr(String, prefixLength: Int)    // network address text and prefix
-    case initiatorName(String)              // iqn.... (case-insensitive per RFC 3722)
-
-    public var description: String {
-        switch self {
-        case .all: return "ALL"
-        case .address(let a): return a
-        case .cidr(let n, let p): return "\(n)/\(p)"
-        case .initiatorName(let n): return n
-        }
-    }
-}
-
 /// One target as the reactors see it. Immutable; a configuration change publishes a new instance.
 public final class TargetRuntime: @unchecked Sendable {
     public let tid: Int
