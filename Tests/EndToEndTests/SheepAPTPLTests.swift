@@ -9,6 +9,7 @@ import Foundation
 import SheepProtocol
 import Testing
 @testable import Target
+@testable import Store
 
 extension EndToEnd {
     @Suite("Sheepdog APTPL and gateway liveness")

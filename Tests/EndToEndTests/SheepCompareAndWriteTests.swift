@@ -11,6 +11,7 @@ import SheepProtocol
 import Testing
 import TestSupport
 @testable import Target
+@testable import Store
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -11,6 +11,7 @@ import Glibc
 #endif
 import Testing
 @testable import Target
+@testable import Store
 
 @Suite(.serialized) struct RingSimulation {
     /// Seeds CI runs for each store; a few seconds in all.

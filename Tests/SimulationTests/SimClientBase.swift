@@ -4,6 +4,7 @@
 
 import DeterministicRandom
 @testable import Target
+@testable import Store
 
 import Glibc
 

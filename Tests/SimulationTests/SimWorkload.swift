@@ -4,6 +4,7 @@
 
 import DeterministicRandom
 @testable import Target
+@testable import Store
 
 enum SimOp: Equatable { case read, write, flush }
 

@@ -3,6 +3,7 @@
 
 import DeterministicRandom
 @testable import Target
+@testable import Store
 
 import Testing
 

@@ -16,6 +16,7 @@ import Logging
 import SheepProtocol
 @testable import SheepTestServer
 @testable import Target
+@testable import Store
 
 enum SimStore: String, CaseIterable, Sendable {
     case file, null, sheep

@@ -2,6 +2,7 @@ import Glibc
 import Logging
 import Testing
 @testable import Target
+@testable import Store
 
 /// TSIH allocation, accept error handling and rate-limited logging: the pure parts of admission.
 @Suite struct AcceptPolicyTests {

@@ -1,5 +1,6 @@
 import Testing
 @testable import Target
+@testable import Store
 
 /// The CmdSN window (RFC 7143 §3.2.2.1) every CmdSN-carrying PDU goes through, without a socket.
 @Suite struct CmdSNWindowTests {

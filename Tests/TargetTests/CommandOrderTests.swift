@@ -1,5 +1,6 @@
 import Testing
 @testable import Target
+@testable import Store
 
 /// Where an arriving SCSI Command goes (RFC 7143 §3.2.2.1, §10.3), how long a CmdSN gap may last, and the
 /// task queues, without a socket.

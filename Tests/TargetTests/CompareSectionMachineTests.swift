@@ -8,6 +8,7 @@ import DeterministicRandom
 import SheepProtocol
 import Testing
 @testable import Target
+@testable import Store
 
 /// The part of a sheep cluster the section uses, as sheep/vdi.c and ops.c behave.
 private final class SectionSheep {

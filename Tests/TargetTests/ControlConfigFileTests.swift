@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import Target
+@testable import Store
 
 @Suite struct ControlConfigFileTests {
     @Test func configurationBecomesTargetsLUNsACLAndKeys() throws {

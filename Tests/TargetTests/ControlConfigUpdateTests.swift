@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import Testing
 @testable import Target
+@testable import Store
 
 /// targets.conf as tgt-admin reads it: every directive, includes, all errors at once.
 @Suite struct ConfigGrammarTests {

@@ -5,6 +5,7 @@ import Foundation
 import Logging
 import Testing
 @testable import Target
+@testable import Store
 
 /// Keeps the lines logged through it, for tests that check what the daemon says.
 private final class CapturedLog: @unchecked Sendable {

@@ -3,6 +3,7 @@
 
 import Testing
 @testable import Target
+@testable import Store
 
 @Suite struct ControlShowTests {
     @Test func diskSizeUsesTgtsArithmetic() {

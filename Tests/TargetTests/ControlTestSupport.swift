@@ -2,6 +2,7 @@
 
 import Foundation
 @testable import Target
+@testable import Store
 
 final class FakeFabric: ControlFabric, @unchecked Sendable {
     private let lock = NSLock()

@@ -1,5 +1,6 @@
 import Testing
 @testable import Target
+@testable import Store
 
 @Suite struct DiscoveryTests {
     static let targets: [(name: String, addresses: [String])] = [

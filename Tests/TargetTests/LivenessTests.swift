@@ -1,5 +1,6 @@
 import Testing
 @testable import Target
+@testable import Store
 
 /// Liveness by tick without a socket or a clock: login timeout, an initiator that stops reading, the NOP-In
 /// ping and its answer, and the Data-Out timeout.

@@ -1,5 +1,6 @@
 import Testing
 @testable import Target
+@testable import Store
 
 /// The login state machine driven with the key sets real initiators send.
 @Suite struct LoginTests {

@@ -1,5 +1,6 @@
 import Testing
 @testable import Target
+@testable import Store
 
 @Test func nexusPortNamesFollowRFC7143() {
     let n = Nexus(initiatorName: "iqn.2026-01.test:init", isid: 0x23D000000001, targetName: "iqn.t", portalGroupTag: 1, relativeTargetPortID: 1)

@@ -3,6 +3,7 @@
 
 import Testing
 @testable import Target
+@testable import Store
 
 @Suite struct NBDRequestTests {
     static let slot = 65_536

@@ -2,6 +2,7 @@
 
 import Testing
 @testable import Target
+@testable import Store
 
 @Suite struct NBDTests {
     static let maxPayload = 262_144

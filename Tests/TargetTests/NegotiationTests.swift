@@ -1,5 +1,6 @@
 import Testing
 @testable import Target
+@testable import Store
 
 /// Answers of the target to single keys and key sets, by RFC 7143 §13 rule.
 @Suite struct NegotiationTests {

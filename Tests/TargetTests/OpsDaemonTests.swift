@@ -5,6 +5,7 @@ import Foundation
 import Logging
 import Testing
 @testable import Target
+@testable import Store
 
 @Suite struct OpsDaemonTests {
     // MARK: journald

@@ -1,5 +1,6 @@
 import Testing
 @testable import Target
+@testable import Store
 
 /// Several sessions on different threads share one LU while another changes reservations and mode
 /// parameters: every command completes with a status its situation allows, and LUNState stays coherent.

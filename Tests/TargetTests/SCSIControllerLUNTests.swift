@@ -1,5 +1,6 @@
 import Testing
 @testable import Target
+@testable import Store
 
 /// `ringtgtd --lun0-controller`: LUN 0 answers as tgt's storage array controller (usr/scc.c).
 @Suite struct SCSIControllerLUNTests {

@@ -3,6 +3,7 @@
 // mapStatus), and collects data-in, status, sense and residual.
 
 @testable import Target
+@testable import Store
 
 /// One in-memory LUN: its bytes and which byte ranges are deallocated.
 final class FakeDisk {

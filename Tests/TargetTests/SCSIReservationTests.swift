@@ -1,5 +1,6 @@
 import Testing
 @testable import Target
+@testable import Store
 
 /// PERSISTENT RESERVE OUT/IN and RESERVE/RELEASE across two nexuses, following libiscsi's sequences.
 @Suite struct SCSIReservationTests {

@@ -1,5 +1,6 @@
 import Testing
 @testable import Target
+@testable import Store
 
 /// SANITIZE: BLOCK ERASE / CRYPTOGRAPHIC ERASE through the store, the sanitize-in-progress state other
 /// commands see, failure mode and EXIT FAILURE MODE, and the CDB checks libiscsi's Sanitize.* make.

@@ -1,5 +1,6 @@
 import Testing
 @testable import Target
+@testable import Store
 
 /// MODE SENSE/SELECT, REPORT SUPPORTED OPERATION CODES, EXTENDED COPY and RECEIVE COPY RESULTS.
 @Suite struct SCSIServiceTests {

@@ -1,5 +1,6 @@
 import Testing
 @testable import Target
+@testable import Store
 
 @Suite struct SCSIBasicTests {
     @Test func firstCommandFromANewNexusReportsPowerOnThenClears() {

@@ -5,6 +5,7 @@
 import Logging
 import Testing
 @testable import Target
+@testable import Store
 
 @Suite struct SessionDrain {
     let runtime = Runtime(config: ReactorConfig(), portals: [], logger: Logger(label: "drain-test"))

@@ -3,6 +3,7 @@
 import Foundation
 import Testing
 @testable import Target
+@testable import Store
 
 @Suite struct LatencyHistogramTests {
     /// Latencies spread over the whole range, including bucket edges.

@@ -1,5 +1,6 @@
 import Testing
 @testable import Target
+@testable import Store
 
 @Suite struct TextKeysTests {
     private func bytes(_ s: String) -> [UInt8] { Array(s.utf8) }

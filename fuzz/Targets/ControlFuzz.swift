@@ -6,6 +6,7 @@
 // The machines' internals are reachable only where Target is built for testing: debug, and fuzz/run's build.
 #if DEBUG || FUZZING
 @testable import Target
+@testable import Store
 import Foundation
 
 enum ControlRoundTrip {

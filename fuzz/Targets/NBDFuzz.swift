@@ -7,6 +7,7 @@ import ISCSIWire
 // The machines' internals are reachable only where Target is built for testing: debug, and fuzz/run's build.
 #if DEBUG || FUZZING
 @testable import Target
+@testable import Store
 
 enum NBDFuzz {
     static let maxPayload = 262_144

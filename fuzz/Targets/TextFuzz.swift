@@ -6,6 +6,7 @@ import ISCSIWire
 // The machines' internals are reachable only where Target is built for testing: debug, and fuzz/run's build.
 #if DEBUG || FUZZING
 @testable import Target
+@testable import Store
 
 enum TextFuzz {
     static let maxPDUs = 256

@@ -68,7 +68,7 @@ public final class Reactor {
     /// The daemon holds the runtime until `Runtime.stop` has joined every reactor thread; no admin command ends it.
     unowned(unsafe) let runtime: Runtime
     let mailbox = Mailbox()
-    let logger: Logger
+    public let logger: Logger
     var snapshot: ConfigSnapshot
 
     var listeners: [Int32] = []
@@ -126,7 +126,7 @@ public final class Reactor {
     /// io_uring_enter errnos already logged (each is logged once).
     var ringErrorsLogged: [Int32] = []
 
-    var tick: UInt64 = 0
+    public var tick: UInt64 = 0
     /// Ticks count seconds since this instant, not timer completions: a core busy for seconds (10,000 logins
     /// at once) reaps one tick completion for all of them, and counting completions stretched every timeout.
     let tickEpochNanos = monotonicNanos()
@@ -1051,11 +1051,11 @@ struct PendingAccept {
 }
 
 extension Reactor: SheepStoreHost {
-    var isRunning: Bool { running }
-    var coreCount: Int { runtime.coreCount }
+    public var isRunning: Bool { running }
+    public var coreCount: Int { runtime.coreCount }
 
     @inline(__always)
-    func sqe() -> UnsafeMutablePointer<io_uring_sqe> { ring.sqe() }
+    public func sqe() -> UnsafeMutablePointer<io_uring_sqe> { ring.sqe() }
 
     /// The task `tag` names, if its connection is still the one that started it.
     @inline(__always)
@@ -1070,7 +1070,7 @@ extension Reactor: SheepStoreHost {
         UserData.kind(tag) == OpKind.lunJob.rawValue ? .some(lunJobs.entry(JobOp.decode(tag))) : nil
     }
 
-    func storeRequest(_ tag: UInt64) -> UnsafeMutablePointer<StoreRequest>? {
+    public func storeRequest(_ tag: UInt64) -> UnsafeMutablePointer<StoreRequest>? {
         if let job = lunJobEntry(tag) {
             guard let j = job else { return nil }
             return UnsafeMutableRawPointer(lunJobs.entries + j).advanced(by: MemoryLayout<LUNJob>.offset(of: \.store)!)
@@ -1081,7 +1081,7 @@ extension Reactor: SheepStoreHost {
             .assumingMemoryBound(to: StoreRequest.self)
     }
 
-    func storeVolume(_ tag: UInt64) -> SheepVolume? {
+    public func storeVolume(_ tag: UInt64) -> SheepVolume? {
         if let job = lunJobEntry(tag) {
             guard let j = job, case .sheep(let vol) = lunJobs.entries[j].sanitize!.lun.backing
             else { return nil }
@@ -1094,7 +1094,7 @@ extension Reactor: SheepStoreHost {
         return vol
     }
 
-    func storeFinished(_ tag: UInt64, _ result: StoreResult) {
+    public func storeFinished(_ tag: UInt64, _ result: StoreResult) {
         if let job = lunJobEntry(tag) {
             if let j = job { jobStoreFinished(j, result) }
             return
@@ -1103,14 +1103,14 @@ extension Reactor: SheepStoreHost {
         storeFinished(c, t, result)
     }
 
-    func postHome(core: Int, _ request: SheepHomeRequest) { runtime.post(core: core, .sheepHome(request)) }
+    public func postHome(core: Int, _ request: SheepHomeRequest) { runtime.post(core: core, .sheepHome(request)) }
 
-    func sharedChangeAnswered(connection index: Int, generation: UInt32) {
+    public func sharedChangeAnswered(connection index: Int, generation: UInt32) {
         guard let c = connection(index, generation), c.phase != .closing else { return }
         c.sharedChangeAnswered()
     }
 
-    func postHomeDone(core: Int, _ waiter: SheepWaiter, _ failure: StoreError?) {
+    public func postHomeDone(core: Int, _ waiter: SheepWaiter, _ failure: StoreError?) {
         runtime.post(core: core, .sheepHomeDone(waiter, failure))
     }
 }

@@ -218,7 +218,7 @@ extension LUNState {
     /// attention on this LU's nexuses (not for the first version loaded). `pending`: groups whose state this
     /// gateway changed and has not yet appended, which keep the state this gateway gave them. A version this
     /// gateway wrote changes nothing here, so it raises nothing twice.
-    func adoptPortGroups(_ groups: [SharedPortGroup], pending: [UInt16]) {
+    public func adoptPortGroups(_ groups: [SharedPortGroup], pending: [UInt16]) {
         var changed: [TargetPortGroup] = []
         var table: ALUATable? = nil
         shared.withLock { s in
@@ -264,11 +264,11 @@ extension LUNState {
 
     /// A state change of group `id` is on its way to the home core (`portGroupStatePosted`), or arrived there
     /// (`portGroupStateArrived`, once the home core has it queued).
-    func portGroupStatePosted(_ id: UInt16) {
+    public func portGroupStatePosted(_ id: UInt16) {
         shared.withLock { $0.portGroupStatesPosted.append(id) }
     }
 
-    func portGroupStateArrived(_ id: UInt16) {
+    public func portGroupStateArrived(_ id: UInt16) {
         shared.withLock { s in
             if let i = s.portGroupStatesPosted.firstIndex(of: id) { s.portGroupStatesPosted.remove(at: i) }
         }
@@ -283,7 +283,7 @@ extension LUNState {
     /// The other gateways' ports whose heartbeat stopped (SheepHomeLiveness.swift) are now `dead`: when that
     /// changes the state RTPG reports for one of the other gateways' groups, this LU's nexuses through this
     /// gateway get ASYMMETRIC ACCESS STATE CHANGED, as for a change in the record.
-    func setDeadPorts(_ dead: [UInt16]) {
+    public func setDeadPorts(_ dead: [UInt16]) {
         shared.withLock { s in
             guard s.deadPorts != dead else { return }
             let localIDs = s.localPorts.map(\.group.id)

@@ -27,7 +27,7 @@ extension LUNState {
     /// becomes the local nexus with that identity (or a remote one), and this gateway's nexuses get the unit
     /// attentions SPC-4 §5.9 gives those a PREEMPT, CLEAR or RELEASE elsewhere concerns. A version this gateway
     /// wrote itself is not adopted this way: applying the command locally already queued them.
-    func adoptShared(_ r: SheepSCSIRecord) {
+    public func adoptShared(_ r: SheepSCSIRecord) {
         shared.withLock { s in
             if let seen = s.sharedResets, r.resets > seen {
                 // A LOGICAL UNIT RESET or target reset through another gateway reset this LU too (SAM-5 §6.3.3):
@@ -64,7 +64,7 @@ extension LUNState {
     /// it raises nothing; it notes the reset count, and clears an SPC-2 reservation this LU still takes for
     /// another gateway's when the version released it (a change appended after a lost race, which re-read
     /// the winner's version into the LU).
-    func adoptOwn(_ r: SheepSCSIRecord) {
+    public func adoptOwn(_ r: SheepSCSIRecord) {
         shared.withLock { s in
             s.sharedResets = max(s.sharedResets ?? r.resets, r.resets)
             if adoptPowerOn(&s, r) { return }
@@ -73,42 +73,6 @@ extension LUNState {
                 publishFlags(s)
             }
         }
-    }
-}
-
-extension SharedStateChange {
-    /// Queues `change` behind `queue`, merging what one version says anyway: a reset releases every SPC-2
-    /// reservation and one reset is enough for the others to report it; a release already queued is not
-    /// queued twice; a group's newer state or a newer publication of this gateway's groups replaces the
-    /// queued one (a publication carries what the one it replaces would have removed). Returns false when
-    /// the oldest release was dropped to stay within `changesQueuedMax`.
-    @discardableResult
-    static func enqueue(_ change: SharedStateChange, into queue: inout [SharedStateChange]) -> Bool {
-        var change = change
-        switch change {
-        case .reset:
-            queue.removeAll { if case .releaseSPC2 = $0 { return true } else { return $0 == .reset } }
-        case .releaseSPC2, .powerOn:
-            if queue.contains(change) { return true }
-        case .portGroups(.state(let id, _)):
-            queue.removeAll { if case .portGroups(.state(id, _)) = $0 { return true } else { return false } }
-        case .portGroups(.publish(let previous, let groups)):
-            var gone = previous
-            for case .portGroups(.publish(let p, _)) in queue { gone += p.filter { !gone.contains($0) } }
-            change = .portGroups(.publish(previous: gone, groups: groups))
-            queue.removeAll { if case .portGroups(.publish) = $0 { return true } else { return false } }
-        }
-        var kept = true
-        if queue.count >= SharedStateLimits.changesQueuedMax {
-            // The oldest SPC-2 release goes (only one of them can be the record's holder); a reset or a port
-            // group change is never dropped, and at most one publication and one state per group are queued.
-            if let i = queue.firstIndex(where: { if case .releaseSPC2 = $0 { return true } else { return false } }) {
-                queue.remove(at: i)
-                kept = false
-            }
-        }
-        queue.append(change)
-        return kept
     }
 }
 
@@ -215,11 +179,11 @@ extension LUNState {
 /// The LU's side of the shared record (the store knows the LU only through this). `adoptShared`, `adoptOwn`
 /// (above), `adoptPortGroups`, `setDeadPorts` and the STPG bookkeeping (ALUA.swift) are its requirements.
 extension LUNState: SharedSCSIStateHolder {
-    func successorRecord(of base: SheepSCSIRecord, writer: UInt64) -> SheepSCSIRecord {
+    public func successorRecord(of base: SheepSCSIRecord, writer: UInt64) -> SheepSCSIRecord {
         SheepSCSIRecord(successorOf: base, writer: writer, state: shared.withLock { $0 })
     }
 
-    func coherentVolumes(inGroup group: UInt16, except vol: SheepVolume) -> [SheepVolume] {
+    public func coherentVolumes(inGroup group: UInt16, except vol: SheepVolume) -> [SheepVolume] {
         let table = shared.withLock { $0.aluaTable }
         var out: [SheepVolume] = []
         for unit in table?.units(withGroup: group) ?? [] {

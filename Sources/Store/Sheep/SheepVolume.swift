@@ -1,3 +1,5 @@
+import Floor
+import URing
 import CURing
 import Glibc
 import SheepProtocol
@@ -29,7 +31,7 @@ public final class SheepVolume: @unchecked Sendable {
     public let multipath: Bool
     /// Multipath: the state of the LU this volume backs, which the shared SCSI record is loaded into (SCSI's
     /// LUNState). Set once when the LU is made, before any reactor sees it; weak, as the LU owns the volume.
-    weak var lunState: (any SharedSCSIStateHolder)? = nil
+    public weak var lunState: (any SharedSCSIStateHolder)? = nil
     /// Names this gateway as the writer of record versions (random per open: a version written through this
     /// open is never adopted back into its own LU).
     let gatewayID = UInt64.random(in: 1 ... UInt64.max)
@@ -46,7 +48,7 @@ public final class SheepVolume: @unchecked Sendable {
     /// Open found this node's shared lock left by a gateway that died, released it and locked again.
     public let reclaimedStaleLock: Bool
     /// Whether this volume's sheep node answers (its channels say; the LU reads it).
-    let reachability: BackingReachability
+    public let reachability: BackingReachability
     /// Working VDIs locked after a snapshot moved the working VDI (released at close with `lockedVID`).
     private let laterLocks = Locked<[UInt32]>([])
     /// data_vdi_id[]: owner VID per object index, 0 = unallocated. For a hyper volume, the B-tree's content
@@ -383,7 +385,7 @@ public final class SheepVolume: @unchecked Sendable {
 /// What the store asks of the LU whose shared SCSI state a coherent volume carries (SCSI's `LUNState`
 /// implements it): the records the home core loads go in, the version to publish comes out. The store sits
 /// below SCSI, so it knows the LU only through this. Record and STPG paths only, never per I/O.
-protocol SharedSCSIStateHolder: AnyObject {
+public protocol SharedSCSIStateHolder: AnyObject {
     /// A version another gateway wrote: its reservations replace the LU's, with the unit attentions they raise.
     func adoptShared(_ r: SheepSCSIRecord)
     /// A version this gateway wrote, already applied here: only its counts are noted.

@@ -1,3 +1,5 @@
+import Floor
+import URing
 import SheepProtocol
 
 /// The VDIs this daemon holds sheep's shared lock on, by endpoint, for a channel that reconnects.
@@ -11,8 +13,8 @@ import SheepProtocol
 /// when another participant modified the index, and the usual refresh follows), VDI_LOCKED if the node
 /// still knows us (only the connection was lost). Written by the control plane at open and release, read
 /// only on reconnect; never on the I/O path.
-enum SheepRejoin {
-    struct Entry {
+public enum SheepRejoin {
+    public struct Entry {
         let volume: ObjectIdentifier
         let endpointIndex: Int
         /// LOCK_VDI's payload: the working VDI's name (its VID may have moved with a snapshot).

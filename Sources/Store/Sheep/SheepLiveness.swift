@@ -13,9 +13,11 @@
 // Like SheepCompareSection it touches no socket: it says what to send and is told what came back, with the
 // time passed in. Off the I/O path: one read and one write per beat and VDI.
 
+import Floor
+import URing
 import SheepProtocol
 
-enum GatewayLivenessLimits {
+public enum GatewayLivenessLimits {
     /// Appended to the VDI's name to name the companion VDI whose first object holds the heartbeat slots.
     static let companionSuffix = ".ringtgt-alive"
     static let companionBytes: UInt64 = 4 << 20
@@ -38,7 +40,7 @@ enum GatewayLivenessLimits {
 
 /// One slot's content: "RTHB", flags (bit 0: the gateway serves the LU, its power-on decision is made), 3
 /// reserved, the gateway (`SheepVolume.gatewayID`, random per open), its beat count, 8 reserved. Little-endian.
-struct HeartbeatSlot: Equatable {
+public struct HeartbeatSlot: Equatable {
     static let magic: UInt32 = 0x4248_5452
 
     var serving: Bool
@@ -72,10 +74,10 @@ struct HeartbeatSlot: Equatable {
 }
 
 /// What a gateway makes of the slots it has read: the rule, without I/O.
-struct GatewayLiveness {
+public struct GatewayLiveness {
     /// A slot's content as last read, since when (this reader's clock), and whether it ever changed under
     /// this reader's eyes (a slot seen once and never again changing may be a dead gateway's).
-    struct Seen: Equatable {
+    public struct Seen: Equatable {
         var slot: HeartbeatSlot
         var since: UInt64
         var changed: Bool
@@ -124,7 +126,7 @@ struct GatewayLiveness {
         seen.keys.filter { !own.contains($0) && isDead($0, nowNanos: now) }.sorted()
     }
 
-    enum PowerOnDecision: Equatable {
+    public enum PowerOnDecision: Equatable {
         /// Another gateway is alive and serves the LU: joining it keeps the record as it is.
         case livePeer
         /// No gateway of the LU is alive (or only ones that are themselves deciding): the LU powers on.
@@ -151,14 +153,14 @@ struct GatewayLiveness {
 
 /// One gateway's heartbeat on one VDI: finding (or creating) the companion, then per beat a read of every slot
 /// and a write of this gateway's.
-struct SheepLiveness {
-    enum Step: Equatable {
+public struct SheepLiveness {
+    public enum Step: Equatable {
         /// Send this request with this payload; a READ_OBJ's reply data comes back through `reply`.
         case send(SheepRequestHeader, [UInt8])
         case done(Outcome)
     }
 
-    enum Outcome: Equatable {
+    public enum Outcome: Equatable {
         /// The slots were read (`liveness` has them) and this gateway's written.
         case beaten
         /// Sheep refused something: the beat is over, the next one tries again. What was read is kept.

@@ -4,6 +4,8 @@
 // was aborted while it held the section and the next one came. Lock and lease requests go without
 // SD_FLAG_CMD_TGT: the companion VDI has no shared lock and no coherence.
 
+import Floor
+import URing
 import SheepProtocol
 
 extension SheepHomeMachine {

@@ -1,10 +1,12 @@
+import Floor
+import URing
 import CURing
 import Glibc
 import Logging
 import SheepProtocol
 
 /// All-zero memory for zeroing writes (UNMAP of partial objects): anonymous pages, never written.
-enum ZeroPages {
+public enum ZeroPages {
     static let bytes = 1 << 31
     static let base: UnsafeRawPointer = {
         let p = mmap(nil, bytes, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
@@ -15,7 +17,7 @@ enum ZeroPages {
 
 /// What the sheep store needs from the loop that runs it. The reactor is the one implementation; the store is
 /// generic over it, so these are direct calls, not calls through an existential.
-protocol SheepStoreHost: AnyObject {
+public protocol SheepStoreHost: AnyObject {
     /// Seconds-resolution clock of the loop (reply timeouts, reconnect backoff).
     var tick: UInt64 { get }
     var logger: Logger { get }
@@ -41,7 +43,7 @@ protocol SheepStoreHost: AnyObject {
 
 /// The sheepdog store of one core: a channel per sheep endpoint, and the home-core state of the VDIs homed
 /// here. Requests are (operation, buffer, progress record, tag); completions go back by tag.
-final class SheepStore<Host: SheepStoreHost> {
+public final class SheepStore<Host: SheepStoreHost> {
     /// The reactor that owns this store (`Reactor.sheep`) and outlives it; no admin command ends either.
     unowned(unsafe) let host: Host
     let core: Int
@@ -52,7 +54,7 @@ final class SheepStore<Host: SheepStoreHost> {
     private var runningHome = false
 
     /// `host` owns this store and outlives it.
-    init(host: Host, core: Int) {
+    public init(host: Host, core: Int) {
         self.host = host
         self.core = core
     }
@@ -88,7 +90,7 @@ final class SheepStore<Host: SheepStoreHost> {
 
     /// Sends what the channels queued since the last flush (once per loop pass, so requests go out in batches).
     @inline(__always)
-    func flush() {
+    public func flush() {
         if !dirty.isEmpty { flushDirtyChannels() }
     }
 
@@ -97,7 +99,7 @@ final class SheepStore<Host: SheepStoreHost> {
         dirty.removeAll(keepingCapacity: true)
     }
 
-    func onTick(_ tick: UInt64) {
+    public func onTick(_ tick: UInt64) {
         for ch in channels { ch?.onTick(tick) }
         if !home.homes.isEmpty {
             home.nowNanos = monotonicNanos()
@@ -111,10 +113,10 @@ final class SheepStore<Host: SheepStoreHost> {
     /// When the loop must next wake for the home core's timers (a COMPARE AND WRITE waiting to ask sheep
     /// again), in monotonic nanoseconds; 0 when none is set.
     @inline(__always)
-    var wakeNanos: UInt64 { home.compareWakeNanos }
+    public var wakeNanos: UInt64 { home.compareWakeNanos }
 
     /// Runs the home core's timers that fell due.
-    func runTimers() {
+    public func runTimers() {
         let now = monotonicNanos()
         guard home.compareWakeNanos != 0, now >= home.compareWakeNanos else { return }
         home.nowNanos = now
@@ -125,7 +127,7 @@ final class SheepStore<Host: SheepStoreHost> {
 
     /// Task management aborted the task of store request `tag`: what has not been sent to sheep is dropped
     /// and counts as failed (the task is released when its last piece is answered, without a response).
-    func cancel(tag: UInt64) {
+    public func cancel(tag: UInt64) {
         for ch in channels {
             guard let ch else { continue }
             for _ in 0..<ch.cancel(tag: tag) { pieceDone(tag, failure: .unavailable, result: .success) }
@@ -133,11 +135,11 @@ final class SheepStore<Host: SheepStoreHost> {
     }
 
     /// Stopping: fails every request still waiting for sheep.
-    func abandon() {
+    public func abandon() {
         for ch in channels { ch?.abandon() }
     }
 
-    func completion(_ op: ChannelOp, res: Int32) {
+    public func completion(_ op: ChannelOp, res: Int32) {
         guard op.endpoint < channels.count, let ch = channels[op.endpoint] else { return }
         switch op.op {
         case .connect: if op.generation == ch.generation { ch.onConnect(res) }
@@ -151,7 +153,7 @@ final class SheepStore<Host: SheepStoreHost> {
     /// Starts `op` on `vol` for the request `buffer.tag`, whose progress record is `r` (the caller keeps it until the
     /// request finishes). Returns the result when it is known at once (unallocated reads, mapping queries,
     /// refusals), nil when requests are in flight; then `host.storeFinished(tag, result)` follows.
-    func start(_ op: StoreOp, on vol: SheepVolume, _ r: UnsafeMutablePointer<StoreRequest>,
+    public func start(_ op: StoreOp, on vol: SheepVolume, _ r: UnsafeMutablePointer<StoreRequest>,
                _ buffer: StoreBuffer) -> StoreResult? {
         let base = buffer.data, tag = buffer.tag
         switch op {
@@ -248,7 +250,7 @@ final class SheepStore<Host: SheepStoreHost> {
     /// Multipath: a change to the LU's shared SCSI state made outside a command (a session's end released
     /// its SPC-2 reservation, a reset); the volume's home core appends it to the record (docs/CLUSTER-STATE.md).
     /// `waiter` (a connection, or none) is answered once the change is in sheep.
-    func shareChange(_ vol: SheepVolume, _ change: SharedStateChange, waiter: SheepWaiter) {
+    public func shareChange(_ vol: SheepVolume, _ change: SharedStateChange, waiter: SheepWaiter) {
         guard vol.coherent else { return }
         if case .portGroups(.state(let id, _)) = change { vol.lunState?.portGroupStatePosted(id) }
         let req = SheepHomeRequest(volume: vol, kind: .change(change), originCore: core, waiter: waiter)
@@ -445,7 +447,7 @@ final class SheepStore<Host: SheepStoreHost> {
     }
 
     /// The home core's answer for a piece that this core waits for (from the mailbox).
-    func homeAnswered(_ waiter: SheepWaiter, failure: StoreError?) {
+    public func homeAnswered(_ waiter: SheepWaiter, failure: StoreError?) {
         switch waiter {
         case .request(let tag): pieceDone(tag, failure: failure, result: .success)
         case .connection(let index, let generation): host.sharedChangeAnswered(connection: Int(index), generation: generation)
@@ -454,7 +456,7 @@ final class SheepStore<Host: SheepStoreHost> {
     }
 
     /// A home-core answer for a piece that another core (or this one) waits for.
-    func homeDone(_ req: SheepHomeRequest, failure: StoreError?) {
+    public func homeDone(_ req: SheepHomeRequest, failure: StoreError?) {
         if req.waiter == .none { return }   // a shared state change nobody waits for
         if isThisCore(req.originCore) {
             homeAnswered(req.waiter, failure: failure)
@@ -465,7 +467,7 @@ final class SheepStore<Host: SheepStoreHost> {
 
     // MARK: - Home core (the decisions are SheepHomeMachine's)
 
-    func homeHandle(_ req: SheepHomeRequest) {
+    public func homeHandle(_ req: SheepHomeRequest) {
         if case .change(.portGroups(.state(let id, _))) = req.kind {
             // Queued below: from here the home core's queue keeps it from being undone (pendingPortGroupStates).
             req.volume.lunState?.portGroupStateArrived(id)

@@ -1,3 +1,5 @@
+import Floor
+import URing
 import Glibc
 
 /// What a failed store file operation (read, write, fsync, fallocate on the backing file) becomes: tried again,

@@ -1,3 +1,5 @@
+import Floor
+import URing
 import Glibc
 import SheepProtocol
 
@@ -5,7 +7,7 @@ import SheepProtocol
 /// the inode image (header + root) and the leaves, all in buffers allocated at open. Readers never touch it:
 /// at open, and after each change is persisted, the home core copies owners into the volume's flat owner array,
 /// which every core reads as for a flat VDI. Home core only.
-final class SheepHyperIndex: SheepBTreeNodes {
+public final class SheepHyperIndex: SheepBTreeNodes {
     /// Objects a served hyper volume may have (64 TiB at 4 MiB objects). Bounds the flat owner array
     /// (4 bytes per object, committed by the kernel only where objects are allocated) and, through the next
     /// constant, the leaves.
@@ -121,15 +123,15 @@ final class SheepHyperIndex: SheepBTreeNodes {
 
     // MARK: - SheepBTreeNodes
 
-    func leaf(_ oid: UInt64) -> UnsafeMutableRawPointer? { slot(oid).map { leafBuffer($0) } }
+    public func leaf(_ oid: UInt64) -> UnsafeMutableRawPointer? { slot(oid).map { leafBuffer($0) } }
 
-    func newLeaf(_ oid: UInt64) -> UnsafeMutableRawPointer? {
+    public func newLeaf(_ oid: UInt64) -> UnsafeMutableRawPointer? {
         guard let p = adopt(oid) else { return nil }
         leafCreated[leafCount - 1] = true
         return p
     }
 
-    func modified(_ oid: UInt64) {
+    public func modified(_ oid: UInt64) {
         if let i = slot(oid) { leafChanged[i] = true }
     }
 }

@@ -1,3 +1,5 @@
+import Floor
+import URing
 import Logging
 import SheepProtocol
 
@@ -5,8 +7,8 @@ import SheepProtocol
 /// or sheep answered READONLY because a snapshot was taken under us. It carries a pointer into the
 /// requester's buffer slot, which stays untouched until the reply. (Allocation path only: steady-state I/O to
 /// allocated objects never builds one.)
-final class SheepHomeRequest: @unchecked Sendable {
-    enum Kind {
+public final class SheepHomeRequest: @unchecked Sendable {
+    public enum Kind {
         case write(index: Int, objectOffset: Int, length: Int, data: UnsafeRawPointer)
         /// Deallocate a whole object this VDI owns (UNMAP): its index slot becomes 0.
         case deallocate(index: Int)
@@ -35,7 +37,7 @@ final class SheepHomeRequest: @unchecked Sendable {
     /// (SharedStateLimits.syncWaitSecondsMax).
     var queuedTick: UInt64 = 0
 
-    init(volume: SheepVolume, kind: Kind, originCore: Int, waiter: SheepWaiter, readonlyVID: UInt32 = 0) {
+    public init(volume: SheepVolume, kind: Kind, originCore: Int, waiter: SheepWaiter, readonlyVID: UInt32 = 0) {
         self.volume = volume
         self.kind = kind
         self.originCore = originCore
@@ -53,7 +55,7 @@ final class SheepHomeRequest: @unchecked Sendable {
     }
 }
 
-enum SheepHomeLimits {
+public enum SheepHomeLimits {
     /// Requests parked while the inode is reloaded after INODE_INVALIDATED, per VDI; beyond, they fail as
     /// busy. Above what the channels of all cores can have in flight for one VDI in practice.
     static let refreshWaitersMax = 8192
@@ -64,7 +66,7 @@ enum SheepHomeLimits {
 
 /// The home core's bookkeeping for one VDI: objects being created (later requests for them wait), and the
 /// reload after a snapshot.
-final class SheepHome {
+public final class SheepHome {
     var creating: [Int: [SheepHomeRequest]] = [:]
     var reloading = false
     /// The VID a reload after a snapshot started from (0 when none is under way).
@@ -163,8 +165,8 @@ final class SheepHome {
 }
 
 /// One step of home-core work waiting for a sheep reply.
-final class SheepHomeOp {
-    enum Stage {
+public final class SheepHomeOp {
+    public enum Stage {
         case create(vid: UInt32)
         case slotWrite(vid: UInt32, value: UInt32)
         case plainWrite(vid: UInt32)
@@ -212,8 +214,8 @@ final class SheepHomeOp {
 /// socket, ring or other core, so it is tested with tables of reply sequences (SheepHomeMachineTests).
 /// It is the only writer of its volumes' object index and VID, which it updates as replies confirm them.
 /// Allocation path only: steady-state I/O to allocated objects never reaches it.
-struct SheepHomeMachine {
-    enum Action {
+public struct SheepHomeMachine {
+    public enum Action {
         /// Send `header` (with its payload, or into `dest`) to the volume's sheep; its answer comes back through
         /// `reply(op, ...)`, and a send that cannot be made is answered with a failure.
         case send(op: Int32, volume: SheepVolume, header: SheepRequestHeader, payload: UnsafeRawPointer?,

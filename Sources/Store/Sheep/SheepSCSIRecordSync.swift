@@ -5,15 +5,17 @@
 // sheep. Every request is a GET_VDI_ATTR (a cluster op, serialised cluster-wide) or a READ_OBJ of an
 // attribute object; nothing here is on the I/O path.
 
+import Floor
+import URing
 import SheepProtocol
 
-struct SheepSCSIRecordSync {
+public struct SheepSCSIRecordSync {
     /// The attribute that names the newest version a gateway wrote, so that a gateway that starts does not
     /// probe the whole chain. A hint only: it may lag (two writers' hints can land in either order); the
     /// chain itself is the truth, and probing goes on past the hint.
     static let headKey = "ringtgt.scsi.head"
 
-    enum Outcome: Equatable {
+    public enum Outcome: Equatable {
         /// `known` is the newest version in sheep (version 0: no record was ever written).
         case current
         /// Our version was written; `known` is it.
@@ -24,7 +26,7 @@ struct SheepSCSIRecordSync {
         case failed(SheepResult, String)
     }
 
-    enum Step: Equatable {
+    public enum Step: Equatable {
         /// Send this request with this payload; a READ_OBJ's reply data comes back through `reply`.
         case send(SheepRequestHeader, [UInt8])
         case done(Outcome)

@@ -4,10 +4,12 @@
 // shared lock and no coherence). After each beat the home core reports the other gateways' dead ports to the
 // LU (ALUA) and, while the LU's power-on is undecided, decides it.
 
+import Floor
+import URing
 import SheepProtocol
 
 /// Where a gateway stands with the LU's power-on (docs/CLUSTER-STATE.md, "APTPL").
-enum PowerOnPhase: Equatable {
+public enum PowerOnPhase: Equatable {
     /// The record has not been read yet.
     case unknown
     /// The record holds state a power-on would clear (SheepSCSIRecord.losesStateAtPowerOn): reservation commands

@@ -1,9 +1,11 @@
+import Floor
+import URing
 import CURing
 import Glibc
 import SheepProtocol
 
 /// Who waits for a sheep reply.
-enum SheepWaiter: Equatable {
+public enum SheepWaiter: Equatable {
     case none
     /// One object piece of a store request, named by the tag its requester gave (SheepStore.start).
     case request(tag: UInt64)
@@ -17,7 +19,7 @@ enum SheepWaiter: Equatable {
 }
 
 /// A sheep channel's bounds and timeouts (outside the generic class, which cannot hold static stored properties).
-enum SheepChannelLimits {
+public enum SheepChannelLimits {
     static let maxRequests = 2048
     static let rxBytes = 65_536
     static let batchRequests = 64
@@ -32,7 +34,7 @@ enum SheepChannelLimits {
 
 /// One request in flight (or queued) on a channel. Kept until its reply arrives, so it can be re-sent
 /// after a reconnect.
-struct SheepRequest {
+public struct SheepRequest {
     var inUse = false
     var sent = false
     var generation: UInt16 = 0
@@ -59,8 +61,8 @@ struct SheepRequest {
 /// - `connecting`: an IORING_OP_CONNECT is in flight.
 /// - `ready`: requests flow.
 /// - `backoff`: the last attempt failed; the tick retries at `retryTick`.
-final class SheepChannel<Host: SheepStoreHost> {
-    enum State { case idle, connecting, ready, backoff }
+public final class SheepChannel<Host: SheepStoreHost> {
+    public enum State { case idle, connecting, ready, backoff }
 
     /// The store owns its channels and outlives them; it lives as long as its reactor, whatever the admin does.
     unowned(unsafe) let store: SheepStore<Host>

@@ -1,3 +1,5 @@
+import Floor
+import URing
 import Glibc
 import SheepProtocol
 
@@ -12,16 +14,16 @@ import SheepProtocol
 /// participation is stale and may be released (RELEASE_VDI shared drops only the asking node) and taken
 /// again. A claim held by a live process (another daemon, or another LUN of this one) keeps the refusal
 /// sheep would give. Gateways on other hosts are not seen: each must use its own sheep node.
-final class SheepLockClaim: @unchecked Sendable {
+public final class SheepLockClaim: @unchecked Sendable {
     /// Host-wide, not per daemon: every ringtgtd on the host must see every other's claims, whatever its
     /// control socket, or one would release a live daemon's participation. Under /run (the directory the
     /// packaged daemon's control socket lives in), so it is cleared at boot with the flocks it names.
-    static let defaultDirectory = "/run/ringtgt/sheep-claims"
+    public static let defaultDirectory = "/run/ringtgt/sheep-claims"
     /// Opens that found the path unlinked or replaced after locking it, before giving up as if busy. Each
     /// one means a holder released in between, so more than a few means claims churn faster than we open.
     static let openAttempts = 8
 
-    enum Outcome {
+    public enum Outcome {
         /// This gateway holds the claim until `release()`.
         case held(SheepLockClaim)
         /// A live gateway on this host serves the VDI through this endpoint.

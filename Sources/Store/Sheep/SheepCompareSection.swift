@@ -31,9 +31,11 @@
 // time passed in, so it is tested reply by reply. Only multipath sheep LUs reach it, and only for COMPARE
 // AND WRITE.
 
+import Floor
+import URing
 import SheepProtocol
 
-enum CompareSectionLimits {
+public enum CompareSectionLimits {
     /// Appended to the VDI's name to name the companion VDI whose lock is the section.
     static let companionSuffix = ".ringtgt-caw"
     /// The companion holds only the lease state in its first object.
@@ -61,8 +63,8 @@ enum CompareSectionLimits {
 }
 
 /// The lease object's content: 32 bytes, little-endian. "RTCW", kind, 3 reserved, writer, stamp, 8 reserved.
-struct CompareLeaseState: Equatable {
-    enum Kind: UInt8 {
+public struct CompareLeaseState: Equatable {
+    public enum Kind: UInt8 {
         case held = 1, freed = 2, broken = 3
     }
     static let magic: UInt32 = 0x5743_5452
@@ -101,7 +103,7 @@ struct CompareLeaseState: Equatable {
 
 /// What a waiter times: the state's (writer, stamp). (0, 0) is "no lease object yet" (NO_OBJ); a value that
 /// is not a lease state gets writer 0 and a hash of its bytes, so it too can be timed and broken.
-struct CompareLeaseID: Equatable {
+public struct CompareLeaseID: Equatable {
     var writer: UInt64
     var stamp: UInt64
 
@@ -124,8 +126,8 @@ struct CompareLeaseID: Equatable {
     }
 }
 
-struct SheepCompareSection {
-    enum Step: Equatable {
+public struct SheepCompareSection {
+    public enum Step: Equatable {
         /// Send this request with this payload; a READ_OBJ's reply data comes back through `reply`.
         case send(SheepRequestHeader, [UInt8])
         /// Call `timerFired` at this time (monotonic nanoseconds); nothing is in flight.
@@ -133,7 +135,7 @@ struct SheepCompareSection {
         case done(Outcome)
     }
 
-    enum Outcome: Equatable {
+    public enum Outcome: Equatable {
         /// The section is this gateway's: act only while `mayAct(nowNanos:)`.
         case entered
         /// The section is given back (RELEASE_VDI answered), or there was nothing to give back.

@@ -1,3 +1,5 @@
+import Floor
+import URing
 import CURing
 import Glibc
 
@@ -8,8 +10,8 @@ import Glibc
 
 /// A file request's progress, kept by the caller between `FileStore.start` and its completions. Files can
 /// complete short: `done` says how far the transfer got, and the rest is submitted again.
-struct StoreRequest {
-    enum Kind: UInt8 {
+public struct StoreRequest {
+    public enum Kind: UInt8 {
         case none
         /// READ_FIXED or WRITE_FIXED of `length` bytes; may complete in several pieces.
         case transfer
@@ -30,19 +32,38 @@ struct StoreRequest {
     /// Sheepdog: pieces without a reply, and the first failure among them.
     var pending: Int32 = 0
     var failure: StoreError? = nil
+
+    /// No operation (an idle task's), or the start of one.
+    public init(kind: Kind = .none, offset: UInt64 = 0, length: Int = 0, bufferOffset: Int = 0,
+                 isWrite: Bool = false, fua: Bool = false, fd: Int32 = -1, pending: Int32 = 0) {
+        self.kind = kind
+        self.offset = offset
+        self.length = length
+        self.bufferOffset = bufferOffset
+        self.isWrite = isWrite
+        self.fua = fua
+        self.fd = fd
+        self.pending = pending
+    }
 }
 
 /// Where the store's data lives and whom the kernel's completion names.
-struct StoreBuffer {
+public struct StoreBuffer {
     /// The request's registered buffer (its slot), at least as long as the operation's bufferOffset + length.
-    var data: UnsafeMutableRawPointer
+    public var data: UnsafeMutableRawPointer
     /// The ring's user_data for the operations of this request.
-    var tag: UInt64
+    public var tag: UInt64
+
+    @inlinable
+    public init(data: UnsafeMutableRawPointer, tag: UInt64) {
+        self.data = data
+        self.tag = tag
+    }
 }
 
-enum NullStore {
+public enum NullStore {
     /// Reads return zeros and writes are dropped (tgt's `--bstype null`); everything completes at once.
-    static func run(_ op: StoreOp, data: UnsafeMutableRawPointer, byteCount: UInt64) -> StoreResult {
+    public static func run(_ op: StoreOp, data: UnsafeMutableRawPointer, byteCount: UInt64) -> StoreResult {
         switch op {
         case .read(_, _, let length, let bufferOffset):
             memset(data + bufferOffset, 0, length)
@@ -57,10 +78,10 @@ enum NullStore {
     }
 }
 
-enum FileStore {
+public enum FileStore {
     /// Starts `op` on `file`. Returns the result when it is known at once (metadata queries, refusals, hints),
     /// nil when the ring holds the operation; then every completion carrying `buffer.tag` goes to `complete`.
-    static func start(_ op: StoreOp, on file: FileBacking, _ r: inout StoreRequest, _ buffer: StoreBuffer,
+    public static func start(_ op: StoreOp, on file: FileBacking, _ r: inout StoreRequest, _ buffer: StoreBuffer,
                       ring: borrowing Ring) -> StoreResult? {
         switch op {
         case .read(_, let offset, let length, let bufferOffset):
@@ -98,7 +119,7 @@ enum FileStore {
 
     /// One completion of the request. Returns its result, or nil when the rest was submitted again (a short
     /// transfer, or EINTR/EAGAIN on a transfer).
-    static func complete(_ r: inout StoreRequest, result res: Int32, _ buffer: StoreBuffer,
+    public static func complete(_ r: inout StoreRequest, result res: Int32, _ buffer: StoreBuffer,
                          ring: borrowing Ring) -> StoreResult? {
         if r.kind == .control {
             // A failed fsync or fallocate is not issued again: EINTR and EAGAIN, which they do not return in

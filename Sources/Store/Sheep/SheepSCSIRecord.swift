@@ -8,9 +8,11 @@
 // Off the I/O path: a record is built, encoded and decoded only when a reservation changes or a gateway
 // re-reads the chain, never per READ or WRITE.
 
+import Floor
+import URing
 import SheepProtocol
 
-enum ClusterStateLimits {
+public enum ClusterStateLimits {
     /// COMPARE AND WRITE's section (SheepCompareSection.swift): a waiter breaks a lease state it has seen
     /// unchanged this long, so a gateway that dies holding it blocks the others about this long.
     static let leaseSeconds: UInt64 = 10
@@ -58,7 +60,7 @@ public enum PortGroupChange: Equatable, Sendable {
 }
 
 /// A COMPARE AND WRITE critical section granted to one gateway until `expiresAtSeconds` (CLOCK_REALTIME).
-struct ClusterLease: Equatable {
+public struct ClusterLease: Equatable {
     var gateway: UInt64
     var expiresAtSeconds: UInt64
 
@@ -76,7 +78,7 @@ struct ClusterLease: Equatable {
 }
 
 /// One version of the record.
-struct SheepSCSIRecord: Equatable {
+public struct SheepSCSIRecord: Equatable {
     /// "RTSC", then the format, so a gateway never adopts an attribute it does not understand. Format 2 is
     /// format 1 with `resets` appended, format 3 is format 2 with the ALUA section (`portGroups`) appended,
     /// format 4 is format 3 with a flags byte (bit 0: APTPL) and `powerOns` appended; older formats are still
@@ -92,16 +94,16 @@ struct SheepSCSIRecord: Equatable {
     var version: UInt64 = 0
     /// The gateway that wrote it (its daemon's id), for logs and for the lease.
     var writer: UInt64 = 0
-    var spc2Holder: PortIdentity? = nil
+    public var spc2Holder: PortIdentity? = nil
     var prGeneration: UInt32 = 0
-    var registrations: [PRRegistration] = []
-    var reserved = false
+    public var registrations: [PRRegistration] = []
+    public var reserved = false
     var prType: UInt8 = 0
     var prHolder: PortIdentity? = nil
     var compareLease: ClusterLease? = nil
     /// LOGICAL UNIT RESETs and target resets of the LU through any gateway so far: a gateway that adopts a
     /// higher count raises the reset's unit attention for its own nexuses (format 2).
-    var resets: UInt64 = 0
+    public var resets: UInt64 = 0
     /// The LU's target port groups as the gateways published them, by id (format 3): every gateway reports
     /// all of them in REPORT TARGET PORT GROUPS, and takes the state of those it has itself from here.
     var portGroups: [SharedPortGroup] = []
@@ -110,12 +112,12 @@ struct SheepSCSIRecord: Equatable {
     var aptpl = false
     /// Power-ons of the LU so far (docs/CLUSTER-STATE.md, "APTPL"): a gateway that found no live peer appends
     /// one, clearing what APTPL 0 does not keep, only if the count is still the one it first read (format 4).
-    var powerOns: UInt64 = 0
+    public var powerOns: UInt64 = 0
 
     static func attributeKey(version: UInt64) -> String { attributePrefix + String(version) }
 
     /// The record that follows this one, written by `writer`.
-    func successor(writer: UInt64) -> SheepSCSIRecord {
+    public func successor(writer: UInt64) -> SheepSCSIRecord {
         var next = self
         next.version = version &+ 1
         next.writer = writer
@@ -126,7 +128,7 @@ struct SheepSCSIRecord: Equatable {
     /// to an older probe never rolls its state back.
     func isSuperseded(by other: SheepSCSIRecord) -> Bool { other.version > version }
 
-    var persistentReservation: PersistentReservationState {
+    public var persistentReservation: PersistentReservationState {
         var pr = PersistentReservationState()
         pr.generation = prGeneration
         pr.registrations = registrations
@@ -137,7 +139,7 @@ struct SheepSCSIRecord: Equatable {
         return pr
     }
 
-    mutating func setPersistentReservation(_ pr: PersistentReservationState) {
+    public mutating func setPersistentReservation(_ pr: PersistentReservationState) {
         prGeneration = pr.generation
         registrations = pr.registrations
         reserved = pr.reserved
@@ -277,7 +279,7 @@ struct SheepSCSIRecord: Equatable {
 
 /// A change to the shared state made outside a command (docs/CLUSTER-STATE.md): nothing waits to apply it
 /// again after a lost race, so the home core keeps it and applies it to whatever version is newest.
-enum SharedStateChange: Equatable {
+public enum SharedStateChange: Equatable {
     /// The SPC-2 reservation of this I_T nexus ended with its session (logout, nexus loss).
     case releaseSPC2(PortIdentity)
     /// A LOGICAL UNIT RESET or target reset through this gateway: it releases the SPC-2 reservation and
@@ -351,7 +353,7 @@ extension SheepSCSIRecord {
 }
 
 extension PRRegistration: Equatable {
-    static func == (a: PRRegistration, b: PRRegistration) -> Bool { a.port == b.port && a.key == b.key }
+    public static func == (a: PRRegistration, b: PRRegistration) -> Bool { a.port == b.port && a.key == b.key }
 }
 
 /// Bounds-checked little-endian reads; every getter returns nil past the end.

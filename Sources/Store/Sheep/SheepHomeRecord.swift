@@ -3,6 +3,8 @@
 // Attribute requests go without SD_FLAG_CMD_TGT: an attribute object is named by the hash of the VDI
 // name, which is often the VDI's own VID, and an invalidated node would refuse a flagged read of it.
 
+import Floor
+import URing
 import SheepProtocol
 
 extension SheepHomeMachine {

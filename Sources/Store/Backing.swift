@@ -1,3 +1,5 @@
+import Floor
+import URing
 import CURing
 import Glibc
 

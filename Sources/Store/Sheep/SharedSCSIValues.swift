@@ -5,6 +5,8 @@
 // (SharedSCSIStateHolder); the commands that change them stay in SCSI/.
 
 /// SPC-4 table 307 (ASYMMETRIC ACCESS STATE), with the names sg_rtpg and multipath print.
+import Floor
+import URing
 public enum ALUAState: UInt8, Sendable, CaseIterable {
     case activeOptimized = 0x0
     case activeNonOptimized = 0x1
@@ -42,13 +44,13 @@ public enum ALUAState: UInt8, Sendable, CaseIterable {
 
 /// Identity of an I_T nexus as persistent reservations see it: initiator port (name + ISID) and the
 /// relative target port. It survives the session, unlike `Nexus.id`.
-struct PortIdentity: Equatable {
-    let initiatorName: String
-    let isid: UInt64
-    let relativeTargetPortID: UInt16
+public struct PortIdentity: Equatable {
+    public let initiatorName: String
+    public let isid: UInt64
+    public let relativeTargetPortID: UInt16
 
     /// Initiator names compare without case (RFC 3722), so the name is kept lowercased.
-    init(initiatorName: String, isid: UInt64, relativeTargetPortID: UInt16) {
+    public init(initiatorName: String, isid: UInt64, relativeTargetPortID: UInt16) {
         self.initiatorName = initiatorName.lowercased()
         self.isid = isid
         self.relativeTargetPortID = relativeTargetPortID
@@ -56,50 +58,57 @@ struct PortIdentity: Equatable {
 }
 
 /// Persistent reservation type codes (SPC-4 table 169).
-enum PRType {
-    static let writeExclusive: UInt8 = 1
-    static let exclusiveAccess: UInt8 = 3
-    static let writeExclusiveRegistrantsOnly: UInt8 = 5
-    static let exclusiveAccessRegistrantsOnly: UInt8 = 6
-    static let writeExclusiveAllRegistrants: UInt8 = 7
-    static let exclusiveAccessAllRegistrants: UInt8 = 8
+public enum PRType {
+    public static let writeExclusive: UInt8 = 1
+    public static let exclusiveAccess: UInt8 = 3
+    public static let writeExclusiveRegistrantsOnly: UInt8 = 5
+    public static let exclusiveAccessRegistrantsOnly: UInt8 = 6
+    public static let writeExclusiveAllRegistrants: UInt8 = 7
+    public static let exclusiveAccessAllRegistrants: UInt8 = 8
 
-    static func isValid(_ t: UInt8) -> Bool { t == 1 || t == 3 || (t >= 5 && t <= 8) }
-    static func isAllRegistrants(_ t: UInt8) -> Bool { t == 7 || t == 8 }
-    static func isRegistrantsOnly(_ t: UInt8) -> Bool { t == 5 || t == 6 }
-    static func isExclusiveAccess(_ t: UInt8) -> Bool { t == 3 || t == 6 || t == 8 }
+    public static func isValid(_ t: UInt8) -> Bool { t == 1 || t == 3 || (t >= 5 && t <= 8) }
+    public static func isAllRegistrants(_ t: UInt8) -> Bool { t == 7 || t == 8 }
+    public static func isRegistrantsOnly(_ t: UInt8) -> Bool { t == 5 || t == 6 }
+    public static func isExclusiveAccess(_ t: UInt8) -> Bool { t == 3 || t == 6 || t == 8 }
 }
 
-struct PRRegistration {
-    let port: PortIdentity
-    var key: UInt64
+public struct PRRegistration {
+    public let port: PortIdentity
+    public var key: UInt64
+
+    public init(port: PortIdentity, key: UInt64) {
+        self.port = port
+        self.key = key
+    }
 }
 
 /// Persistent reservation state (SPC-4 §5.9).
-struct PersistentReservationState {
+public struct PersistentReservationState {
     /// Bound on registrations per LU; a REGISTER beyond it gets INSUFFICIENT REGISTRATION RESOURCES.
-    static let maxRegistrations = 64
+    public static let maxRegistrations = 64
 
-    var generation: UInt32 = 0
-    var registrations: [PRRegistration] = []
+    public var generation: UInt32 = 0
+    public var registrations: [PRRegistration] = []
     /// The reservation, if any. `holder` is nil for all-registrants types (every registrant holds it).
-    var reserved = false
-    var type: UInt8 = 0
-    var holder: PortIdentity? = nil
+    public var reserved = false
+    public var type: UInt8 = 0
+    public var holder: PortIdentity? = nil
     /// Activate persist through power loss: the last valid APTPL bit (SPC-4 §5.9.4). Only a multipath sheep LU,
     /// whose state lives in sheep, ever sets it (Reservations.swift refuses APTPL=1 elsewhere).
-    var aptpl = false
+    public var aptpl = false
 
-    func registrationIndex(_ p: PortIdentity) -> Int? { registrations.firstIndex { $0.port == p } }
+    public init() {}
 
-    func isHolder(_ p: PortIdentity) -> Bool {
+    public func registrationIndex(_ p: PortIdentity) -> Int? { registrations.firstIndex { $0.port == p } }
+
+    public func isHolder(_ p: PortIdentity) -> Bool {
         guard reserved else { return false }
         if PRType.isAllRegistrants(type) { return registrationIndex(p) != nil }
         return holder == p
     }
 
     /// The reservation key READ RESERVATION reports: zero for all-registrants types (SPC-4 §6.15.3).
-    var reservationKey: UInt64 {
+    public var reservationKey: UInt64 {
         guard reserved else { return 0 }
         if PRType.isAllRegistrants(type) { return 0 }
         if let h = holder, let i = registrationIndex(h) { return registrations[i].key }
@@ -107,21 +116,56 @@ struct PersistentReservationState {
     }
 }
 
-enum SharedStateLimits {
+public enum SharedStateLimits {
     /// A reservation command whose version other gateways' versions beat this many times in a row is answered
     /// BUSY: the initiator retries it later rather than the target looping on a contended record.
-    static let publishAttemptsMax = 4
+    public static let publishAttemptsMax = 4
     /// Changes made outside a command (SharedStateChange) waiting for the home core, per VDI. A reset takes
     /// the place of every change queued before it, so only SPC-2 releases of distinct nexuses fill this; beyond
     /// it the oldest is dropped (with a warning): only one of them can be the record's holder.
-    static let changesQueuedMax = 16
+    public static let changesQueuedMax = 16
     /// Logout and task management responses one connection holds until its shared state changes are in
     /// sheep; beyond, a response goes at once (the change is still appended).
-    static let heldResponsesMax = 4
+    public static let heldResponsesMax = 4
     /// Loop ticks (seconds) a command waits for the record to be read, or a Logout or TMF Response for its
     /// change to be appended, before it is answered `.unavailable` (a request held by a channel that lost its
     /// sheep node would otherwise hold it until the node returns, up to SheepChannelLimits.giveUpSeconds).
     /// TEST UNIT READY then answers from what the gateway knows; a held response goes, its change stays queued.
-    static let syncWaitSecondsMax: UInt64 = 3
+    public static let syncWaitSecondsMax: UInt64 = 3
 }
 
+extension SharedStateChange {
+    /// Queues `change` behind `queue`, merging what one version says anyway: a reset releases every SPC-2
+    /// reservation and one reset is enough for the others to report it; a release already queued is not
+    /// queued twice; a group's newer state or a newer publication of this gateway's groups replaces the
+    /// queued one (a publication carries what the one it replaces would have removed). Returns false when
+    /// the oldest release was dropped to stay within `changesQueuedMax`.
+    @discardableResult
+    public static func enqueue(_ change: SharedStateChange, into queue: inout [SharedStateChange]) -> Bool {
+        var change = change
+        switch change {
+        case .reset:
+            queue.removeAll { if case .releaseSPC2 = $0 { return true } else { return $0 == .reset } }
+        case .releaseSPC2, .powerOn:
+            if queue.contains(change) { return true }
+        case .portGroups(.state(let id, _)):
+            queue.removeAll { if case .portGroups(.state(id, _)) = $0 { return true } else { return false } }
+        case .portGroups(.publish(let previous, let groups)):
+            var gone = previous
+            for case .portGroups(.publish(let p, _)) in queue { gone += p.filter { !gone.contains($0) } }
+            change = .portGroups(.publish(previous: gone, groups: groups))
+            queue.removeAll { if case .portGroups(.publish) = $0 { return true } else { return false } }
+        }
+        var kept = true
+        if queue.count >= SharedStateLimits.changesQueuedMax {
+            // The oldest SPC-2 release goes (only one of them can be the record's holder); a reset or a port
+            // group change is never dropped, and at most one publication and one state per group are queued.
+            if let i = queue.firstIndex(where: { if case .releaseSPC2 = $0 { return true } else { return false } }) {
+                queue.remove(at: i)
+                kept = false
+            }
+        }
+        queue.append(change)
+        return kept
+    }
+}
