@@ -42,9 +42,10 @@ let package = Package(
         .target(name: "ISCSIWire", dependencies: ["CCRC32C"], swiftSettings: [.swiftLanguageMode(.v5)]),
         // The one seeded PRNG (SplitMix64), below URing (the simulated ring) and TestSupport. No dependencies.
         .target(name: "DeterministicRandom", swiftSettings: [.swiftLanguageMode(.v5)]),
-        // The floor below Target (issue 9): the value types and primitives every layer shares: store operations
-        // and results, user_data layouts, errno tables, the lock, the clock, the rate-limited log line, iovecs. No
-        // dependencies; what the I/O path calls is @inlinable. Target re-exports it (Sources/Target/FloorExport.swift).
+        // The floor below the layers (issue 9): the value types and primitives every layer shares: store operations
+        // and results, user_data layouts, errno tables, the lock, the clock, the rate-limited log line, iovecs, ACLs,
+        // CHAP accounts, statistics. No dependencies; what the I/O path calls is @inlinable. Target re-exports it
+        // (Sources/Target/FloorExport.swift).
         .target(name: "Floor", swiftSettings: ioPathSettings),
         // io_uring for the reactor, the file store and the load generator: `Ring` over liburing, and the seeded
         // simulated ring it can stand on (tests). Submission and completion are @inlinable. Target re-exports it.
@@ -64,11 +65,16 @@ let package = Package(
             ],
             swiftSettings: ioPathSettings
         ),
+        // The SCSI layer (issue 9), above the store: the model (LogicalUnit, TargetRuntime, Nexus), SCSITask and
+        // the commands, reservations and ALUA. Public API with cross-module optimization, as Store. Target
+        // re-exports it.
+        .target(name: "SCSI", dependencies: ["Floor", "ISCSIWire", "Store", "URing"], swiftSettings: ioPathSettings),
         .target(
             name: "Target",
             dependencies: [
                 "CURing",
                 "Floor",
+                "SCSI",
                 "Store",
                 "ISCSIWire",
                 "SheepProtocol",
@@ -155,9 +161,9 @@ let package = Package(
                     swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "FloorTests", dependencies: ["Floor", "URing", "CURing"],
                     swiftSettings: [.swiftLanguageMode(.v5)]),
-        .testTarget(name: "TargetTests", dependencies: ["Target", "Store", "DeterministicRandom"], swiftSettings: [.swiftLanguageMode(.v5)]),
-        .testTarget(name: "EndToEndTests", dependencies: ["Target", "Store", "ISCSIWire", "RawClients", "SheepProtocol", "TestSupport"], swiftSettings: [.swiftLanguageMode(.v5)]),
-        .testTarget(name: "SimulationTests", dependencies: ["Target", "Store", "DeterministicRandom", "SheepTestServer", "SheepProtocol"], swiftSettings: [.swiftLanguageMode(.v5)]),
+        .testTarget(name: "TargetTests", dependencies: ["Target", "SCSI", "Store", "DeterministicRandom"], swiftSettings: [.swiftLanguageMode(.v5)]),
+        .testTarget(name: "EndToEndTests", dependencies: ["Target", "SCSI", "Store", "ISCSIWire", "RawClients", "SheepProtocol", "TestSupport"], swiftSettings: [.swiftLanguageMode(.v5)]),
+        .testTarget(name: "SimulationTests", dependencies: ["Target", "SCSI", "Store", "DeterministicRandom", "SheepTestServer", "SheepProtocol"], swiftSettings: [.swiftLanguageMode(.v5)]),
     ]
 )
 
@@ -165,7 +171,7 @@ let package = Package(
 // -sanitize=fuzzer (libFuzzer); the plain build replays corpus files, and FuzzTests replays the committed corpus.
 package.products.append(.executable(name: "ringtgt-fuzz", targets: ["ringtgt-fuzz"]))
 package.targets += [
-    .target(name: "FuzzTargets", dependencies: ["Floor", "Store", "Target", "ISCSIWire", "SheepProtocol"], path: "fuzz/Targets",
+    .target(name: "FuzzTargets", dependencies: ["Floor", "SCSI", "Store", "Target", "ISCSIWire", "SheepProtocol"], path: "fuzz/Targets",
             swiftSettings: [.swiftLanguageMode(.v5)]),
     .executableTarget(name: "ringtgt-fuzz", dependencies: ["FuzzTargets"], path: "fuzz/Main",
                       swiftSettings: [.swiftLanguageMode(.v5)]),

@@ -10,6 +10,7 @@ import SheepProtocol
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 extension EndToEnd {
     @Suite("Sheepdog APTPL and gateway liveness")

@@ -10,6 +10,7 @@ import Testing
 import TestSupport
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 /// Runs a record machine's steps over a plain blocking client until it is done.
 private func drive(_ sync: inout SheepSCSIRecordSync, _ client: SheepClient, _ first: SheepSCSIRecordSync.Step) throws

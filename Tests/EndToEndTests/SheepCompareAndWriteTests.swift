@@ -12,6 +12,7 @@ import Testing
 import TestSupport
 @testable import Target
 @testable import Store
+@testable import SCSI
 #if canImport(Glibc)
 import Glibc
 #endif

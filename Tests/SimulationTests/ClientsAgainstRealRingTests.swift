@@ -9,6 +9,7 @@ import Logging
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 /// A Runtime with one file-backed LUN, exported over iSCSI and NBD on 127.0.0.1. `stop()` ends it and
 /// removes the file.

@@ -12,6 +12,7 @@ import Glibc
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 @Suite(.serialized) struct RingSimulation {
     /// Seeds CI runs for each store; a few seconds in all.

@@ -5,6 +5,7 @@
 import DeterministicRandom
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 /// An initiator the simulation steps. Never blocks: every socket call is non-blocking (MSG_DONTWAIT) and
 /// EAGAIN means "nothing now".

@@ -5,6 +5,7 @@
 import DeterministicRandom
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 import Glibc
 

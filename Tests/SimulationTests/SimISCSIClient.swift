@@ -7,6 +7,7 @@
 import DeterministicRandom
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 final class SimISCSIClient: SimClientBase, SimClient {
     /// Login responses that neither transit nor fail before the client drops the connection.

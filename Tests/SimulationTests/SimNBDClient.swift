@@ -4,6 +4,7 @@
 import DeterministicRandom
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 final class SimNBDClient: SimClientBase, SimClient {
     /// An option reply's data: NBD strings are at most 4096 bytes (proto.md), plus the reply's own fields.

@@ -5,6 +5,7 @@
 import DeterministicRandom
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 enum SimOp: Equatable { case read, write, flush }
 

@@ -4,6 +4,7 @@
 import DeterministicRandom
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 import Testing
 

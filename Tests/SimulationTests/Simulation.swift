@@ -17,6 +17,7 @@ import SheepProtocol
 @testable import SheepTestServer
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 enum SimStore: String, CaseIterable, Sendable {
     case file, null, sheep

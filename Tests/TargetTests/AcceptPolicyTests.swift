@@ -3,6 +3,7 @@ import Logging
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 /// TSIH allocation, accept error handling and rate-limited logging: the pure parts of admission.
 @Suite struct AcceptPolicyTests {

@@ -1,6 +1,7 @@
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 /// A LU follows its store's reachability: nothing changes while a loss is shorter than the bound, the LU
 /// turns unavailable once it is longer, and available again when the store has its data back.

@@ -2,6 +2,7 @@ import SheepProtocol
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 /// The record of SCSI state gateways share through sheep (Store/Sheep/SheepSCSIRecord.swift): its encoding,
 /// the chain's version rule and the COMPARE AND WRITE lease.

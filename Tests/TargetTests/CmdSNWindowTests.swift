@@ -1,6 +1,7 @@
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 /// The CmdSN window (RFC 7143 §3.2.2.1) every CmdSN-carrying PDU goes through, without a socket.
 @Suite struct CmdSNWindowTests {

@@ -9,6 +9,7 @@ import SheepProtocol
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 /// The part of a sheep cluster the section uses, as sheep/vdi.c and ops.c behave.
 private final class SectionSheep {

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 /// ALUA on the control plane: ringtgtadm's keys, the dump and the config file.
 @Suite struct ControlALUATests {

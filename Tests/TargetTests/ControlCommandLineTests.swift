@@ -4,6 +4,7 @@
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 private func parse(_ line: String, environment: [String: String] = [:]) -> TgtadmInvocation {
     TgtadmCommandLine.parse(line.split(separator: " ").map(String.init), environment: environment)

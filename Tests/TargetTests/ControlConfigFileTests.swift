@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 @Suite struct ControlConfigFileTests {
     @Test func configurationBecomesTargetsLUNsACLAndKeys() throws {

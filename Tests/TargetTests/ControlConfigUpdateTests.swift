@@ -3,6 +3,7 @@ import Logging
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 /// targets.conf as tgt-admin reads it: every directive, includes, all errors at once.
 @Suite struct ConfigGrammarTests {

@@ -1,6 +1,7 @@
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 private let iqn = "iqn.2026-01.test:t1"
 private let newTarget = "--lld iscsi --op new --mode target --tid 1 --targetname \(iqn)"

@@ -6,6 +6,7 @@ import Logging
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 /// Keeps the lines logged through it, for tests that check what the daemon says.
 private final class CapturedLog: @unchecked Sendable {

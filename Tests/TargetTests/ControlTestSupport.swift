@@ -3,6 +3,7 @@
 import Foundation
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 final class FakeFabric: ControlFabric, @unchecked Sendable {
     private let lock = NSLock()

@@ -1,6 +1,7 @@
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 /// Liveness by tick without a socket or a clock: login timeout, an initiator that stops reading, the NOP-In
 /// ping and its answer, and the Data-Out timeout.

@@ -1,6 +1,7 @@
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 /// The login state machine driven with the key sets real initiators send.
 @Suite struct LoginTests {

@@ -1,6 +1,7 @@
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 @Test func nexusPortNamesFollowRFC7143() {
     let n = Nexus(initiatorName: "iqn.2026-01.test:init", isid: 0x23D000000001, targetName: "iqn.t", portalGroupTag: 1, relativeTargetPortID: 1)

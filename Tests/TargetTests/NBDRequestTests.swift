@@ -4,6 +4,7 @@
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 @Suite struct NBDRequestTests {
     static let slot = 65_536

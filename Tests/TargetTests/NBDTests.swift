@@ -3,6 +3,7 @@
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 @Suite struct NBDTests {
     static let maxPayload = 262_144

@@ -1,6 +1,7 @@
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 /// Answers of the target to single keys and key sets, by RFC 7143 §13 rule.
 @Suite struct NegotiationTests {

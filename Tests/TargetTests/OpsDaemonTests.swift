@@ -6,6 +6,7 @@ import Logging
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 @Suite struct OpsDaemonTests {
     // MARK: journald

@@ -2,6 +2,7 @@ import Glibc
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 /// The BHS codec as pure logic: fields read from wire bytes, and target PDUs built byte for byte.
 @Suite struct PDUTests {

@@ -2,6 +2,7 @@ import Glibc
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 /// The reactor's pure parts: the user_data budget against its tables, the store errno table, idle trimming and
 /// ticks. The layouts themselves, the socket errno table and the ring are the floor's (Tests/FloorTests).

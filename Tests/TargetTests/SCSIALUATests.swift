@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 /// ALUA (SCSI/ALUA.swift): TPGS, the VPD designators, REPORT / SET TARGET PORT GROUPS, the commands each
 /// state allows with SPC-4's sense, and ASYMMETRIC ACCESS STATE CHANGED on every path of the LU.

@@ -1,6 +1,7 @@
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 @Suite struct SCSIBlockCommandTests {
     func ready(_ h: Harness) -> Nexus {

@@ -1,6 +1,7 @@
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 /// `ringtgtd --lun0-controller`: LUN 0 answers as tgt's storage array controller (usr/scc.c).
 @Suite struct SCSIControllerLUNTests {

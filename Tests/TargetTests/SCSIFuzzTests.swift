@@ -2,6 +2,7 @@ import DeterministicRandom
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 /// Random CDBs for every opcode, with random lengths and directions: every command must complete (the
 /// harness bounds the steps), never ask for data-out beyond the EDTL, never send more data-in than the

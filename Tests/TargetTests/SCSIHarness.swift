@@ -4,6 +4,7 @@
 
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 /// One in-memory LUN: its bytes and which byte ranges are deallocated.
 final class FakeDisk {

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 /// tgt's LUN parameters that change what an initiator sees (lbppbe, la_lba, optimal_xfer_gran, online,
 /// removable, sense_format, vendor_id, product_id, thin_provisioning) and `--tgt-defaults`, checked on the

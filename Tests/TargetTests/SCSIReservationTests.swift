@@ -1,6 +1,7 @@
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 /// PERSISTENT RESERVE OUT/IN and RESERVE/RELEASE across two nexuses, following libiscsi's sequences.
 @Suite struct SCSIReservationTests {

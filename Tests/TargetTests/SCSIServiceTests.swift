@@ -1,6 +1,7 @@
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 /// MODE SENSE/SELECT, REPORT SUPPORTED OPERATION CODES, EXTENDED COPY and RECEIVE COPY RESULTS.
 @Suite struct SCSIServiceTests {

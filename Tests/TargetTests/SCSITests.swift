@@ -1,6 +1,7 @@
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 @Suite struct SCSIBasicTests {
     @Test func firstCommandFromANewNexusReportsPowerOnThenClears() {

@@ -1,6 +1,7 @@
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 /// WRITE SAME on a write-protected LU (a sheepdog snapshot LUN, a read-only file): DATA PROTECT, also with
 /// UNMAP set, although such an LU does not advertise LBPWS (libiscsi's ReadOnly.ReadOnlySBC).

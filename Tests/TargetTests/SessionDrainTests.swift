@@ -6,6 +6,7 @@ import Logging
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 @Suite struct SessionDrain {
     let runtime = Runtime(config: ReactorConfig(), portals: [], logger: Logger(label: "drain-test"))

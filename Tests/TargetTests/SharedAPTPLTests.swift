@@ -2,6 +2,7 @@ import SheepProtocol
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 /// APTPL on multipath sheep LUs and the LU's power-on across gateways (docs/CLUSTER-STATE.md, "APTPL"): the
 /// record's APTPL bit and power-on count (format 4), REPORT CAPABILITIES and PERSISTENT RESERVE OUT on shared and

@@ -3,6 +3,7 @@ import SheepProtocol
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 /// Multipath over sheepdog (SHEEPDOG-PROTOCOL.md §7.10): the home core's answer to INODE_INVALIDATED — one
 /// refresh read of the inode, the index adopted from it, then the waiting requests redone against it.

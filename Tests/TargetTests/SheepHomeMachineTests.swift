@@ -3,6 +3,7 @@ import SheepProtocol
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 /// The home core's decisions, driven by tables of sheep replies: what it sends, in which order, whom it answers,
 /// and what the object index says afterwards. No socket, no ring, no sheep.

@@ -2,6 +2,7 @@ import SheepProtocol
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 /// The home core on a hyper volume: a created object is recorded in the B-tree and the inode root is written
 /// (from btree_counter, never starting inside data_vdi_id), one batch at a time.

@@ -3,6 +3,7 @@ import SheepProtocol
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 /// The claim files that tell a live gateway's shared lock from a dead one's: one holder at a time, the file
 /// gone after a clean release, and an opener that locked a file its holder unlinked meanwhile not fooled.

@@ -5,6 +5,7 @@ import Foundation
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 @Suite struct StatFormatterTests {
     static func line(tid: Int = 1, lun: UInt64 = 1, _ fill: (inout LUNStatistics) -> Void) -> LUNStatLine {

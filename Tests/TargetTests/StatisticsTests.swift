@@ -4,6 +4,7 @@ import Foundation
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 @Suite struct LatencyHistogramTests {
     /// Latencies spread over the whole range, including bucket edges.

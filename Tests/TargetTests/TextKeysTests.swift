@@ -1,6 +1,7 @@
 import Testing
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 @Suite struct TextKeysTests {
     private func bytes(_ s: String) -> [UInt8] { Array(s.utf8) }

@@ -7,6 +7,7 @@
 #if DEBUG || FUZZING
 @testable import Target
 @testable import Store
+@testable import SCSI
 import Foundation
 
 enum ControlRoundTrip {

@@ -8,6 +8,7 @@ import ISCSIWire
 #if DEBUG || FUZZING
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 enum LoginFuzz {
     static let targetName = "iqn.2026-01.org.ringtgt:fuzz"

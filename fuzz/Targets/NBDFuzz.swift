@@ -8,6 +8,7 @@ import ISCSIWire
 #if DEBUG || FUZZING
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 enum NBDFuzz {
     static let maxPayload = 262_144

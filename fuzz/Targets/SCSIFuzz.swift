@@ -10,6 +10,7 @@ import ISCSIWire
 #if DEBUG || FUZZING
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 enum SCSIFuzz {
     static let maxPDUs = 128

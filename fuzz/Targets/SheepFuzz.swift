@@ -8,6 +8,7 @@ import SheepProtocol
 #if DEBUG || FUZZING
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 enum SheepFuzz {
     static let slots = 16

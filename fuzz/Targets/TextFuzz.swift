@@ -7,6 +7,7 @@ import ISCSIWire
 #if DEBUG || FUZZING
 @testable import Target
 @testable import Store
+@testable import SCSI
 
 enum TextFuzz {
     static let maxPDUs = 256

@@ -4,12 +4,14 @@
 // stores and no buffer.
 
 /// Sense keys (SPC-4 table 49).
-enum SenseKey {
+import Floor
+import Store
+public enum SenseKey {
     static let noSense: UInt8 = 0x0
     static let notReady: UInt8 = 0x2
     static let mediumError: UInt8 = 0x3
     static let hardwareError: UInt8 = 0x4
-    static let illegalRequest: UInt8 = 0x5
+    @usableFromInline static let illegalRequest: UInt8 = 0x5
     static let unitAttention: UInt8 = 0x6
     static let dataProtect: UInt8 = 0x7
     static let copyAborted: UInt8 = 0xA
@@ -18,12 +20,12 @@ enum SenseKey {
 }
 
 /// An additional sense code and qualifier pair.
-struct ASC: Equatable {
+public struct ASC: Equatable {
     let code: UInt8
     let qualifier: UInt8
-    init(_ code: UInt8, _ qualifier: UInt8) { self.code = code; self.qualifier = qualifier }
+    public init(_ code: UInt8, _ qualifier: UInt8) { self.code = code; self.qualifier = qualifier }
 
-    static let none = ASC(0x00, 0x00)
+    public static let none = ASC(0x00, 0x00)
     /// LOGICAL UNIT NOT READY, CAUSE NOT REPORTABLE: the backing store is unreachable.
     static let logicalUnitNotReady = ASC(0x04, 0x00)
     /// LOGICAL UNIT IS IN PROCESS OF BECOMING READY: tgt's answer to TEST UNIT READY on an offline,
@@ -36,7 +38,7 @@ struct ASC: Equatable {
     static let parameterListLengthError = ASC(0x1A, 0x00)
     static let invalidOperationCode = ASC(0x20, 0x00)
     static let lbaOutOfRange = ASC(0x21, 0x00)
-    static let invalidFieldInCDB = ASC(0x24, 0x00)
+    @usableFromInline static let invalidFieldInCDB = ASC(0x24, 0x00)
     static let logicalUnitNotSupported = ASC(0x25, 0x00)
     static let invalidFieldInParameterList = ASC(0x26, 0x00)
     static let tooManyTargetDescriptors = ASC(0x26, 0x06)
@@ -64,9 +66,9 @@ struct ASC: Equatable {
 }
 
 /// The variable part of one sense buffer.
-struct SenseData: Equatable {
+public struct SenseData: Equatable {
     /// Bytes of fixed-format sense with additional length 10 (SPC-4 §4.5.3).
-    static let fixedLengthBytes = 18
+    public static let fixedLengthBytes = 18
     /// Descriptor-format header (SPC-4 §4.5.2.1).
     static let descriptorHeaderBytes = 8
     /// Information descriptor (type 00h, SPC-4 §4.5.2.2): 64-bit INFORMATION.
@@ -85,14 +87,23 @@ struct SenseData: Equatable {
     /// Descriptor format (response code 72h) instead of fixed (70h).
     var descriptorFormat = false
 
-    static func == (a: SenseData, b: SenseData) -> Bool {
+    public init(key: UInt8 = 0, asc: ASC = .none, information: UInt64? = nil,
+                senseKeySpecific: (UInt8, UInt8, UInt8)? = nil, descriptorFormat: Bool = false) {
+        self.key = key
+        self.asc = asc
+        self.information = information
+        self.senseKeySpecific = senseKeySpecific
+        self.descriptorFormat = descriptorFormat
+    }
+
+    public static func == (a: SenseData, b: SenseData) -> Bool {
         a.key == b.key && a.asc == b.asc && a.information == b.information && a.descriptorFormat == b.descriptorFormat
             && a.senseKeySpecific?.0 == b.senseKeySpecific?.0 && a.senseKeySpecific?.1 == b.senseKeySpecific?.1
             && a.senseKeySpecific?.2 == b.senseKeySpecific?.2
     }
 
     /// Field pointer for ILLEGAL REQUEST: `inCDB` sets C/D; `bit` (0...7) sets BPV.
-    static func fieldPointer(byte: Int, bit: Int? = nil, inCDB: Bool = true) -> (UInt8, UInt8, UInt8) {
+    @usableFromInline static func fieldPointer(byte: Int, bit: Int? = nil, inCDB: Bool = true) -> (UInt8, UInt8, UInt8) {
         var b0: UInt8 = 0x80
         if inCDB { b0 |= 0x40 }
         if let bit { b0 |= 0x08 | UInt8(bit & 7) }
@@ -110,7 +121,7 @@ struct SenseData: Equatable {
     }
 
     /// Writes `length` sense bytes at `to`.
-    func render(to p: UnsafeMutableRawPointer) {
+    public func render(to p: UnsafeMutableRawPointer) {
         if descriptorFormat { return renderDescriptor(to: p) }
         let b = p.assumingMemoryBound(to: UInt8.self)
         for i in 0..<SenseData.fixedLengthBytes { b[i] = 0 }

@@ -12,6 +12,8 @@
 // lock from the group's state, and that bit sends a command down the locked path (as a reservation does),
 // where the state decides which commands run.
 
+import Floor
+import Store
 import Synchronization
 
 extension ALUAState {
@@ -71,13 +73,13 @@ extension ServiceAction {
 }
 
 /// RTPG's STATUS CODE (SPC-4 table 308).
-enum ALUAStatus {
+public enum ALUAStatus {
     static let none: UInt8 = 0x00
     static let alteredBySetTargetPortGroups: UInt8 = 0x01
     static let alteredImplicitly: UInt8 = 0x02
 }
 
-enum ALUALimits {
+public enum ALUALimits {
     /// RTPG's TARGET PORT COUNT is one byte.
     static let maxPortsPerGroupDescriptor = 255
     /// Longest SET TARGET PORT GROUPS parameter list accepted: the header and this many descriptors.
@@ -106,7 +108,7 @@ public final class TargetPortGroup: Sendable {
 
     /// Sets the state; whether it changed. `explicit`: by SET TARGET PORT GROUPS (else by the device).
     @discardableResult
-    func setState(_ s: ALUAState, explicit: Bool) -> Bool {
+    public func setState(_ s: ALUAState, explicit: Bool) -> Bool {
         let old = stateCode.exchange(s.rawValue, ordering: .acquiringAndReleasing)
         if old != s.rawValue {
             statusCode.store(explicit ? ALUAStatus.alteredBySetTargetPortGroups : ALUAStatus.alteredImplicitly,
@@ -167,7 +169,7 @@ public final class ALUATable: Sendable {
     /// This daemon's LUs for which group `id` is a group of the LU: through a port of this table, or (a
     /// multipath sheep LU) in the shared record's section it loaded. A state set by SET TARGET PORT GROUPS goes
     /// into the record of each of them, since a group's state is one for all its LUs.
-    func units(withGroup id: UInt16) -> [LogicalUnit] {
+    public func units(withGroup id: UInt16) -> [LogicalUnit] {
         var out: [LogicalUnit] = []
         for p in ports {
             for lun in p.luns where !out.contains(where: { $0 === lun }) {
@@ -205,7 +207,7 @@ public final class ALUATable: Sendable {
 }
 
 /// One of this daemon's ports to an LU: its group and relative target port identifier.
-struct LocalALUAPort {
+public struct LocalALUAPort {
     let group: TargetPortGroup
     let relativeTargetPortID: UInt16
 }

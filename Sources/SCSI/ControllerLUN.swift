@@ -5,7 +5,9 @@
 // it answers TEST UNIT READY, REQUEST SENSE, INQUIRY and REPORT LUNS, and the VERIFY commands tgt maps to
 // TEST UNIT READY; anything else is INVALID COMMAND OPERATION CODE, as spc_illegal_op answers.
 
-enum ControllerLUN {
+import Floor
+import Store
+public enum ControllerLUN {
     /// SPC-4 peripheral device type: storage array controller (SCC-2).
     static let peripheralDeviceType: UInt8 = 0x0C
     /// tgt's identity strings for it: the default vendor, scc_lu_init's product id (sic) and revision.

@@ -2,7 +2,9 @@
 // bounds-checked against the CDB length the transport gave, so a short CDB reads as zeros instead of
 // trapping; handlers then reject it by its fields.
 
-enum Opcode {
+import Floor
+import Store
+public enum Opcode {
     static let testUnitReady: UInt8 = 0x00
     static let requestSense: UInt8 = 0x03
     static let formatUnit: UInt8 = 0x04
@@ -35,7 +37,7 @@ enum Opcode {
     static let extendedCopy: UInt8 = 0x83
     static let receiveCopyResults: UInt8 = 0x84
     static let read16: UInt8 = 0x88
-    static let compareAndWrite: UInt8 = 0x89
+    public static let compareAndWrite: UInt8 = 0x89
     static let write16: UInt8 = 0x8A
     static let orWrite16: UInt8 = 0x8B
     static let writeAndVerify16: UInt8 = 0x8E
@@ -54,7 +56,7 @@ enum Opcode {
     static let readDefectData12: UInt8 = 0xB7
 }
 
-enum ServiceAction {
+public enum ServiceAction {
     static let readCapacity16: UInt8 = 0x10
     static let getLBAStatus: UInt8 = 0x12
     static let reportSupportedOperationCodes: UInt8 = 0x0C
@@ -65,14 +67,14 @@ enum ServiceAction {
 
 /// A CDB the transport handed in, copied into the task so later phases can still read it.
 /// 32 bytes cover every CDB this device server accepts (the longest is 16); longer CDBs are refused.
-struct CDBBytes {
-    static let capacityBytes = 32
-    var storage: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
-    var count: Int = 0
+public struct CDBBytes {
+    @usableFromInline static let capacityBytes = 32
+    @usableFromInline var storage: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+    @usableFromInline var count: Int = 0
 
-    init() {}
+    @inlinable init() {}
 
-    init(_ raw: UnsafeRawBufferPointer) {
+    @inlinable init(_ raw: UnsafeRawBufferPointer) {
         let n = min(raw.count, CDBBytes.capacityBytes)
         count = n
         withUnsafeMutableBytes(of: &storage) { dst in
@@ -81,7 +83,7 @@ struct CDBBytes {
     }
 
     @inline(__always)
-    subscript(_ i: Int) -> UInt8 {
+    @usableFromInline subscript(_ i: Int) -> UInt8 {
         guard i >= 0, i < count else { return 0 }
         return withUnsafeBytes(of: storage) { $0[i] }
     }

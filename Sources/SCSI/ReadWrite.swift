@@ -3,7 +3,10 @@
 // chunks, so a command of any length needs one buffer and no allocation.
 
 /// Limits the device server advertises in the Block Limits VPD page and enforces.
-enum BlockLimits {
+import Floor
+import Store
+import ISCSIWire
+public enum BlockLimits {
     /// MAXIMUM TRANSFER LENGTH, in bytes (converted to blocks per LU). Longer commands are refused with
     /// INVALID FIELD IN CDB; the data moves in buffer-sized chunks, so this bounds one command's time,
     /// not memory.

@@ -13,17 +13,19 @@
 // appears, the LUN list changed) does a command lock. Writers clear a nexus's cache slot before they
 // queue a UA for it, so a command racing with that change is ordered as if it arrived first.
 
+import Floor
+import Store
 import Synchronization
 
 /// One unit-attention condition (ASC/ASCQ; the sense key is always UNIT ATTENTION).
-struct UnitAttention: Equatable {
+public struct UnitAttention: Equatable {
     var asc: ASC
 }
 
 /// Unit attentions queued for one I_T nexus, oldest first. Bounded: SAM-5 §5.14 lets a device server
 /// drop lower-precedence conditions; we keep at most `capacity`, merging duplicates and letting a
 /// reset-class condition (ASC 29h) replace the whole queue because it implies every other change.
-struct UnitAttentionQueue {
+public struct UnitAttentionQueue {
     static let capacity = 4
     private(set) var items: [UnitAttention] = []
 
@@ -49,7 +51,7 @@ struct UnitAttentionQueue {
 }
 
 /// What the LU remembers about one I_T nexus that has sent it a command.
-struct NexusRecord {
+public struct NexusRecord {
     let id: UInt64
     let initiatorName: String
     let isid: UInt64
@@ -60,7 +62,7 @@ struct NexusRecord {
 }
 
 extension PortIdentity {
-    init(_ n: Nexus) {
+    public init(_ n: Nexus) {
         self.init(initiatorName: n.initiatorName, isid: n.isid, relativeTargetPortID: n.relativeTargetPortID)
     }
 
@@ -70,7 +72,7 @@ extension PortIdentity {
 }
 
 /// Current values of the mode parameters that MODE SELECT may change.
-struct ModeParameters: Equatable {
+public struct ModeParameters: Equatable {
     var writeCacheEnabled: Bool
     var softwareWriteProtect: Bool = false
 
@@ -80,7 +82,7 @@ struct ModeParameters: Equatable {
 }
 
 /// Everything behind the LU mutex.
-struct LUNSharedState {
+public struct LUNSharedState {
     /// Bound on nexus records; beyond it new nexuses are served without unit-attention tracking.
     static let maxNexusRecords = 1024
     static let unknownGeneration = UInt64.max
@@ -307,7 +309,7 @@ public final class LUNState: @unchecked Sendable {
     /// The session of `nexusID` is logging out: the SPC-2 reservation it holds, if any, is released now, before
     /// the logout response (a multipath sheep LU appends the release to the shared record first). True when
     /// it held one.
-    func releaseSPC2(heldBy nexusID: UInt64) -> Bool {
+    public func releaseSPC2(heldBy nexusID: UInt64) -> Bool {
         shared.withLock { s in
             guard s.spc2Holder == nexusID else { return false }
             s.spc2Holder = nil

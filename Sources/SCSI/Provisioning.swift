@@ -1,6 +1,8 @@
 // Thin provisioning: UNMAP and GET LBA STATUS (SBC-3 §5.28, §5.7).
 
-enum LBAStatus {
+import Floor
+import Store
+public enum LBAStatus {
     /// Descriptors one GET LBA STATUS returns at most; the initiator asks again from where it stopped.
     static let maxDescriptors = 64
     /// Store queries one GET LBA STATUS makes at most, so a store that reports tiny alternating extents

@@ -2,6 +2,9 @@
 // WRITE; and WRITE SAME and PRE-FETCH. The buffer is split: data-out lands at its start, the medium is read
 // into its second half (or third, for COMPARE AND WRITE), so one buffer serves any length.
 
+import Floor
+import Store
+import ISCSIWire
 import Glibc
 
 extension SCSITask {

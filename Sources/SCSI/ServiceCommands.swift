@@ -1,6 +1,8 @@
 // The small commands: TEST UNIT READY, REQUEST SENSE, READ CAPACITY, REPORT LUNS, SYNCHRONIZE CACHE,
 // START STOP UNIT, PREVENT ALLOW MEDIUM REMOVAL, READ DEFECT DATA, PRE-FETCH.
 
+import Floor
+import Store
 extension SCSITask {
     /// tgt's spc_test_unit: an offline LU is NOT READY, its medium absent if removable.
     mutating func testUnitReady() -> SCSIAction {

@@ -8,7 +8,9 @@
 // accepted with REGISTER and REGISTER AND IGNORE EXISTING KEY and recorded, and PTPL_A reports it.
 
 /// How a command relates to reservations (SPC-4 table 57, SBC-3 table 13).
-enum ReservationAccess {
+import Floor
+import Store
+public enum ReservationAccess {
     /// Allowed whatever reservation is held.
     case allowed
     /// Reads the medium: refused to non-holders under exclusive-access types.
@@ -228,7 +230,7 @@ extension SCSITask {
         }
     }
 
-    enum PROutcome {
+    public enum PROutcome {
         case good, conflict, invalidRelease, noResources
         case invalidCDB(Int, Int?)
         case invalidParameter(Int)

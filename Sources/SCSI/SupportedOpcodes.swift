@@ -2,7 +2,9 @@
 // implements with its CDB usage data (the bits it examines; DPO/FUA marked where honoured), and the three
 // reporting options.
 
-struct SupportedCommand {
+import Floor
+import Store
+public struct SupportedCommand {
     let opcode: UInt8
     /// Service action, for opcodes that have them.
     let serviceAction: UInt16?
@@ -10,7 +12,7 @@ struct SupportedCommand {
     let usage: [UInt8]
 }
 
-enum SupportedOpcodes {
+public enum SupportedOpcodes {
     /// Nominal and recommended command timeouts reported with RCTD, in seconds.
     static let nominalTimeoutSeconds: UInt32 = 1
     static let recommendedTimeoutSeconds: UInt32 = 30

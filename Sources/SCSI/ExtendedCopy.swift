@@ -4,7 +4,9 @@
 // The parameter list is moved to the tail of the buffer and parsed from there segment by segment; the
 // rest of the buffer carries the data, read from the source LU and written to the destination.
 
-enum ExtendedCopyLimits {
+import Floor
+import Store
+public enum ExtendedCopyLimits {
     /// Target descriptors per command: a source and a destination.
     static let maxTargetDescriptors = 2
     /// Segment descriptors per command.
@@ -25,7 +27,7 @@ enum ExtendedCopyLimits {
 }
 
 /// The outcome of one EXTENDED COPY, kept for RECEIVE COPY RESULTS (COPY STATUS).
-struct CopyResult {
+public struct CopyResult {
     let nexusID: UInt64
     let listID: UInt8
     let status: UInt8          // 01h completed without errors, 02h completed with errors
@@ -144,7 +146,7 @@ extension SCSITask {
         return startCopySegment(buffer: buffer)
     }
 
-    enum SegmentCheck { case ok, unreachable, outOfRange, writeProtected }
+    public enum SegmentCheck { case ok, unreachable, outOfRange, writeProtected }
 
     func copySegmentGeometry(_ l: UnsafeMutableRawBufferPointer, at p: Int, target: TargetRuntime)
         -> (src: LogicalUnit, dst: LogicalUnit, srcLBA: UInt64, dstLBA: UInt64, bytes: UInt64)? {
@@ -297,7 +299,7 @@ extension SCSITask {
 extension SCSITask {
     /// Whether an EXTENDED COPY in progress reads or writes one of `units` (LUNs of its target other than
     /// the one it was sent to): the control plane counts it as a command on those LUNs too.
-    func copyTouches(_ units: [ObjectIdentifier]) -> Bool {
+    public func copyTouches(_ units: [ObjectIdentifier]) -> Bool {
         guard opcode == Opcode.extendedCopy, let target else { return false }
         switch phase {
         case .xcopyRead, .xcopyWrite:

@@ -15,6 +15,9 @@
 //     one of the same size) on every call for one command.
 //   - `endCommand()` is called once the command is over (completed, aborted, or its session torn down).
 
+import Floor
+import Store
+import ISCSIWire
 public enum SCSIAction: Equatable, Sendable {
     /// Put bytes [offset, offset+length) of the command's data-out stream into buffer[0 ..< length],
     /// then call dataOutReceived(). length <= buffer.count.
@@ -43,7 +46,7 @@ public enum SCSIStatus {
 }
 
 /// Where a multi-step command resumes. One comment per state says what the task is waiting for.
-enum TaskPhase: UInt8 {
+public enum TaskPhase: UInt8 {
     /// No command, or the command has completed.
     case idle
     /// READ family: a store read of the current chunk is outstanding.
@@ -93,20 +96,20 @@ public struct SCSITask {
     public static let maxCDBBytes = 260
 
     // Command identity.
-    var cdb = CDBBytes()
-    var opcode: UInt8 = 0
+    @usableFromInline var cdb = CDBBytes()
+    @usableFromInline var opcode: UInt8 = 0
     /// Strong: the control plane can delete the LUN, replace the target and end the session while the command
     /// is in flight, and the command must go on against what it started on (the LUN lifetime rule,
     /// docs/DESIGN.md). The transport drops them with `endCommand` when the command ends.
-    var lun: LogicalUnit? = nil
-    var session: SessionBinding? = nil
-    var target: TargetRuntime? { session?.target }
+    public var lun: LogicalUnit? = nil
+    @usableFromInline var session: SessionBinding? = nil
+    public var target: TargetRuntime? { session?.target }
     var nexus: Nexus? { session?.nexus }
-    var lunNumber: UInt64 = 0
-    var expectedLength: UInt32 = 0
-    var readBit = false
-    var writeBit = false
-    var phase: TaskPhase = .idle
+    @usableFromInline var lunNumber: UInt64 = 0
+    @usableFromInline var expectedLength: UInt32 = 0
+    @usableFromInline var readBit = false
+    @usableFromInline var writeBit = false
+    public var phase: TaskPhase = .idle
     /// Snapshot of the LU taken in start(), so the hot path reads plain fields instead of going back
     /// through the class references (no ARC traffic, one atomic load per command).
     var capacityBlocks: UInt64 = 0
@@ -115,18 +118,18 @@ public struct SCSITask {
 
     // Outcome.
     var sense = SenseData()
-    var hasSense = false
+    @usableFromInline var hasSense = false
 
     // Block I/O progress, in bytes unless named otherwise.
     var blockSize = 512
     var lba: UInt64 = 0
     /// Bytes the CDB asks to move; residuals compare it with the Expected Data Transfer Length.
-    var wantedBytes: UInt64 = 0
+    @usableFromInline var wantedBytes: UInt64 = 0
     /// Bytes this command will actually move (the CDB's length clamped by the EDTL).
-    var totalBytes: UInt64 = 0
-    var doneBytes: UInt64 = 0
-    var chunkBytes: Int = 0
-    var fua = false
+    @usableFromInline var totalBytes: UInt64 = 0
+    @usableFromInline var doneBytes: UInt64 = 0
+    @usableFromInline var chunkBytes: Int = 0
+    @usableFromInline var fua = false
     /// Command-specific scratch: compare offsets, descriptor indexes, counters.
     var auxIndex: Int = 0
     var auxCount: Int = 0
@@ -137,12 +140,13 @@ public struct SCSITask {
     /// EXTENDED COPY: source and destination LUN numbers and progress.
     var xcopy = ExtendedCopyProgress()
 
-    public init() {}
+    @inlinable public init() {}
 
     // MARK: Public API
 
     /// `lun` and `session` are consumed: the caller's references move into the task, which holds them until
     /// `endCommand`, so starting a command costs no retain beyond the caller's own.
+    @inlinable
     public mutating func start(cdb raw: UnsafeRawBufferPointer, expectedLength: UInt32, readBit: Bool,
                                writeBit: Bool, lunNumber: UInt64, lun: consuming LogicalUnit?,
                                session: consuming SessionBinding, buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
@@ -185,7 +189,7 @@ public struct SCSITask {
     /// Takes the flag snapshot; true when this nexus has no pending unit attention and no reservation is
     /// held, so the command needs no locked check.
     @inline(never)
-    mutating func takeSnapshot(_ lun: LogicalUnit, nexusID: UInt64, lunGeneration: UInt64) -> Bool {
+    @usableFromInline mutating func takeSnapshot(_ lun: LogicalUnit, nexusID: UInt64, lunGeneration: UInt64) -> Bool {
         blockSize = lun.blockSize
         capacityBlocks = lun.blockCount
         lunReadOnly = lun.capabilities.readOnly
@@ -289,7 +293,7 @@ public struct SCSITask {
     // MARK: Completion helpers
 
     /// Complete with CHECK CONDITION and the given sense.
-    mutating func fail(_ key: UInt8, _ asc: ASC, field: (UInt8, UInt8, UInt8)? = nil,
+    @usableFromInline mutating func fail(_ key: UInt8, _ asc: ASC, field: (UInt8, UInt8, UInt8)? = nil,
                        information: UInt64? = nil) -> SCSIAction {
         sense = SenseData(key: key, asc: asc, information: information, senseKeySpecific: field,
                           descriptorFormat: lun?.presentation.descriptorSense ?? false)
@@ -378,7 +382,7 @@ public struct SCSITask {
 }
 
 /// Per-command EXTENDED COPY progress (one block-to-block segment at a time).
-struct ExtendedCopyProgress {
+public struct ExtendedCopyProgress {
     var listID: UInt8 = 0
     var listIDUsage: UInt8 = 0
     /// LUN numbers the (at most two) target descriptors resolved to.

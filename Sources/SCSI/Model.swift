@@ -5,6 +5,8 @@
 /// One exported SCSI logical unit. Created by the control plane when the LUN is added; shared by every
 /// core. Its fields are immutable; mutable SCSI state (reservations, unit attentions, mode pages) lives
 /// in `state`, which synchronises itself off the fast path.
+import Floor
+import Store
 public final class LogicalUnit: @unchecked Sendable {
     public let number: UInt64
     public let blockSize: Int
@@ -63,11 +65,11 @@ public final class LogicalUnit: @unchecked Sendable {
 
     public var byteCount: UInt64 { blockCount &* UInt64(blockSize) }
 
-    func tryEnterCompareAndWrite() -> Bool {
+    public func tryEnterCompareAndWrite() -> Bool {
         compareAndWriteGate.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged
     }
 
-    func leaveCompareAndWrite() { compareAndWriteGate.store(false, ordering: .releasing) }
+    public func leaveCompareAndWrite() { compareAndWriteGate.store(false, ordering: .releasing) }
 }
 
 /// One target as the reactors see it. Immutable; a configuration change publishes a new instance.
@@ -127,7 +129,7 @@ public final class TargetRuntime: @unchecked Sendable {
 
     /// Binary search; LUN tables are small and sorted.
     @inline(__always)
-    public func lun(_ number: UInt64) -> LogicalUnit? {
+    @inlinable public func lun(_ number: UInt64) -> LogicalUnit? {
         var lo = 0, hi = luns.count
         while lo < hi {
             let mid = (lo + hi) >> 1
@@ -223,7 +225,7 @@ public final class Nexus: @unchecked Sendable {
 
 import Synchronization
 
-final class NexusCounter: Sendable {
+public final class NexusCounter: Sendable {
     private let value = Atomic<UInt64>(0)
     func next() -> UInt64 { value.wrappingAdd(1, ordering: .relaxed).newValue }
 }

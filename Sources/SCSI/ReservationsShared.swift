@@ -2,6 +2,9 @@
 // VDI (docs/CLUSTER-STATE.md): a version built from an LU's state after a local change, and a version another
 // gateway wrote adopted into the LU's state. Off the I/O path: both take the LU lock once per version.
 
+import Floor
+import Store
+import ISCSIWire
 extension LUNSharedState {
     /// An SPC-2 reservation held through another gateway: no local nexus has this id (ids count up from 1).
     static let remoteSPC2Holder = UInt64.max

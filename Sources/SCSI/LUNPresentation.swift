@@ -2,6 +2,8 @@
 // la_lba, optimal_xfer_gran, removable, online and sense_format (usr/spc.c lu_config). They exist so a
 // LUN moved from tgt can look to its initiators exactly as it did there. Also ringtgt's own sanitize_rate.
 
+import Floor
+import Store
 public struct LUNPresentation: Equatable, Sendable {
     /// The READ CAPACITY(16) field widths: LBPPBE is 4 bits, LOWEST ALIGNED LBA 14.
     public static let maxLBPPBE: UInt8 = 0x0F

@@ -7,16 +7,16 @@
 /// 2^42 ns (about 73 minutes); longer ones land in the last bucket. Pure arithmetic, no state.
 public enum LatencyHistogram {
     /// Values below this are counted exactly (one bucket per nanosecond).
-    static let exactNanos: UInt64 = 8
+    @usableFromInline static let exactNanos: UInt64 = 8
     /// Sub-buckets per power of two: 2^2.
-    static let subBucketBits = 2
+    @usableFromInline static let subBucketBits = 2
     /// The largest power of two with buckets of its own.
-    static let maxExponent = 42
+    @usableFromInline static let maxExponent = 42
     public static let bucketCount = Int(exactNanos) + (maxExponent - 2) * (1 << subBucketBits)
 
     /// The bucket counting a latency of `nanos`.
     @inline(__always)
-    public static func bucket(nanos: UInt64) -> Int {
+    @inlinable public static func bucket(nanos: UInt64) -> Int {
         if nanos < exactNanos { return Int(nanos) }
         let exponent = 63 - nanos.leadingZeroBitCount   // >= 3
         if exponent > maxExponent { return bucketCount - 1 }
@@ -66,13 +66,13 @@ public struct LUNCounters: Equatable, Sendable {
         public var doneCommands: UInt64 = 0
 
         @inline(__always)
-        mutating func submitted(_ bytes: UInt64) {
+        public mutating func submitted(_ bytes: UInt64) {
             submittedCommands &+= 1
             submittedBytes &+= bytes
         }
 
         @inline(__always)
-        mutating func done(_ bytes: UInt64) {
+        public mutating func done(_ bytes: UInt64) {
             doneCommands &+= 1
             doneBytes &+= bytes
         }
@@ -87,7 +87,7 @@ public struct LUNCounters: Equatable, Sendable {
 
     /// Which LUN the words belong to (LogicalUnit.statisticsID); 0 = none yet. A core finding another owner
     /// in a slot starts it afresh, so a slot given to a new LUN never shows its predecessor's counts.
-    var owner: UInt64 = 0
+    public var owner: UInt64 = 0
     public var read = Direction()
     public var write = Direction()
     /// Commands of any kind that started on the LUN, and those that ended.
@@ -162,6 +162,17 @@ public struct ConnectionStatistics: Equatable, Sendable {
     public var initiatorName: String
     public var peerAddress: String
     public var counters: ConnectionCounters
+
+    public init(tid: Int, targetName: String, sid: UInt64, cid: UInt32, initiatorName: String, peerAddress: String,
+                counters: ConnectionCounters) {
+        self.tid = tid
+        self.targetName = targetName
+        self.sid = sid
+        self.cid = cid
+        self.initiatorName = initiatorName
+        self.peerAddress = peerAddress
+        self.counters = counters
+    }
 }
 
 /// What the cores reported for one `statistics` call.
@@ -169,6 +180,11 @@ public struct StatisticsSample: Sendable {
     /// In the order of the units asked about.
     public var luns: [LUNStatistics]
     public var connections: [ConnectionStatistics]
+
+    public init(luns: [LUNStatistics], connections: [ConnectionStatistics]) {
+        self.luns = luns
+        self.connections = connections
+    }
 }
 
 /// Hands out the slots of the cores' LUN statistics tables. A LUN keeps its slot while it exists (an

@@ -1,6 +1,8 @@
 // INQUIRY: standard data and the VPD pages of a thin-provisioning-capable SBC-3 disk.
 
-enum InquiryData {
+import Floor
+import Store
+public enum InquiryData {
     /// Standard INQUIRY data length this device returns (SPC-4 §6.6.2, through the version descriptors).
     static let standardLengthBytes = 96
     static let versionSPC4: UInt8 = 0x06

@@ -16,18 +16,20 @@
 // and its space given back. What a filesystem or sheep does with freed blocks is below the store boundary,
 // as for UNMAP.
 
-enum SanitizeLimits {
+import Floor
+import Store
+public enum SanitizeLimits {
     /// Bytes one discard of an erase covers: one sheepdog object, so a store op stays short (a daemon
     /// shutdown waits for at most one piece) and REQUEST SENSE sees progress move.
     static let erasePieceBytes: UInt64 = 4 * 1024 * 1024
     /// Sanitize jobs one core runs at once (each holds a buffer slot while it runs); a SANITIZE beyond it is
     /// answered BUSY.
-    static let jobsPerCore = 8
+    public static let jobsPerCore = 8
     /// The OVERWRITE parameter list header: OVERWRITE COUNT and flags, reserved, INITIALIZATION PATTERN LENGTH.
     static let overwriteHeaderBytes = 4
 }
 
-enum SanitizeServiceAction {
+public enum SanitizeServiceAction {
     static let overwrite: UInt8 = 0x01
     static let blockErase: UInt8 = 0x02
     static let cryptographicErase: UInt8 = 0x03
@@ -35,7 +37,7 @@ enum SanitizeServiceAction {
 }
 
 /// The LU's sanitize state, behind the LU mutex (LUNSharedState.sanitize).
-struct SanitizeState {
+public struct SanitizeState {
     var running = false
     var failed = false
     /// AUSE of the SANITIZE that failed: whether EXIT FAILURE MODE may end the failure mode.
@@ -81,7 +83,7 @@ extension LUNState {
 }
 
 /// What a sanitize job does next.
-enum SanitizeStep: Equatable {
+public enum SanitizeStep: Equatable {
     /// Carry out this store operation on the job's LU (`.own`), with the job's buffer, then call `completed`.
     case store(StoreOp)
     /// The job is over; the LU's sanitize state says how it ended.
@@ -91,12 +93,12 @@ enum SanitizeStep: Equatable {
 /// One sanitize of a whole LU, as a pure machine: it names the next store operation and takes results; the
 /// reactor carries the operations out (Reactor/LUNJobs.swift), as the test harness does. It holds its LU, so
 /// the store stays open until the job ends, whatever the control plane or the command does meanwhile.
-struct SanitizeJob {
-    let lun: LogicalUnit
-    let overwrite: Bool
+public struct SanitizeJob {
+    public let lun: LogicalUnit
+    public let overwrite: Bool
     let totalBytes: UInt64
     /// OVERWRITE: bytes of the job's buffer one write takes (whole blocks of the pattern).
-    let patternBytes: Int
+    public let patternBytes: Int
     let passes: Int
     let invert: Bool
     private(set) var pass = 0
@@ -114,7 +116,7 @@ struct SanitizeJob {
     }
 
     /// The next operation; `buffer` is the job's own (its first `patternBytes` hold the pattern).
-    mutating func next(buffer: UnsafeMutableRawBufferPointer) -> SanitizeStep {
+    public mutating func next(buffer: UnsafeMutableRawBufferPointer) -> SanitizeStep {
         if offset >= totalBytes {
             if pass + 1 < passes {
                 pass += 1
@@ -136,7 +138,7 @@ struct SanitizeJob {
     }
 
     /// The last operation's result: `.finished`, or nil when the job goes on with `next`.
-    mutating func completed(_ r: StoreResult) -> SanitizeStep? {
+    public mutating func completed(_ r: StoreResult) -> SanitizeStep? {
         if case .failed = r { return end(failed: true) }
         if flushing { return end(failed: false) }
         lun.state.sanitizeProgressed(progress)
@@ -144,7 +146,7 @@ struct SanitizeJob {
     }
 
     /// The job stops before its end (the daemon is stopping): the LU is left in failure mode.
-    mutating func abandon() -> SanitizeStep { end(failed: true) }
+    public mutating func abandon() -> SanitizeStep { end(failed: true) }
 
     private mutating func end(failed: Bool) -> SanitizeStep {
         if !ended {
@@ -155,7 +157,7 @@ struct SanitizeJob {
     }
 
     /// Bytes the last operation moved, for pacing (a flush moves none).
-    var lastPieceBytes: UInt64 {
+    public var lastPieceBytes: UInt64 {
         if flushing { return 0 }
         return min(overwrite ? UInt64(patternBytes) : SanitizeLimits.erasePieceBytes, totalBytes)
     }
@@ -238,7 +240,7 @@ extension SCSITask {
 
     /// The transport's side of `.startJob`: the job to run, or nil when the LU runs a sanitize already
     /// (another core's command got there first); then `sanitizeNotStarted(busy: false)` answers.
-    mutating func beginSanitizeJob() -> SanitizeJob? {
+    public mutating func beginSanitizeJob() -> SanitizeJob? {
         guard let lun, phase == .sanitizeStart else { return nil }
         guard lun.state.beginSanitize(allowExit: cdb[1] & 0x20 != 0) else { return nil }
         return SanitizeJob(lun: lun, overwrite: auxByte == SanitizeServiceAction.overwrite, patternBytes: auxIndex,
@@ -246,14 +248,14 @@ extension SCSITask {
     }
 
     /// The job did not start: the core runs as many jobs as it may (BUSY: try again later), or the LU runs one.
-    mutating func sanitizeNotStarted(busy: Bool) -> SCSIAction {
+    public mutating func sanitizeNotStarted(busy: Bool) -> SCSIAction {
         if busy { return completeGood(status: SCSIStatus.busy) }
         return fail(SenseKey.notReady, .sanitizeInProgress)
     }
 
     /// The job runs: with IMMED the command is done; without, it waits (nil) for `storeCompleted` with the
     /// job's outcome.
-    mutating func sanitizeJobStarted() -> SCSIAction? {
+    public mutating func sanitizeJobStarted() -> SCSIAction? {
         if cdb[1] & 0x80 != 0 { return completeGood() }
         phase = .sanitizeWait
         return nil

@@ -2,11 +2,13 @@
 // attentions and reservation conflicts (the slow path, taken only when LUNState says something is
 // pending).
 
+import Floor
+import Store
 extension SCSITask {
     /// The LUN number names no logical unit (SPC-4 §4.5.6 / SAM-5 §5.9.6): INQUIRY answers with
     /// peripheral qualifier 011b, REPORT LUNS and REQUEST SENSE work, everything else gets LOGICAL UNIT
     /// NOT SUPPORTED.
-    mutating func startWithoutLUN(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+    @usableFromInline mutating func startWithoutLUN(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
         if addressesControllerLUN { return startOnControllerLUN(buffer: buffer) }
         switch opcode {
         case Opcode.inquiry: return inquiry(buffer: buffer)
@@ -17,7 +19,7 @@ extension SCSITask {
     }
 
     /// Unit attentions and reservations, under the LU lock.
-    mutating func startSlow(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+    @usableFromInline mutating func startSlow(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
         guard let lun, let nexus, let target else { return internalError() }
         let state = lun.state
         // SPC-4 §5.14: INQUIRY and REPORT LUNS neither report nor clear a UA (REPORT LUNS clears the
@@ -42,7 +44,7 @@ extension SCSITask {
         return dispatch(buffer: buffer)
     }
 
-    mutating func dispatch(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
+    @usableFromInline mutating func dispatch(buffer: UnsafeMutableRawBufferPointer) -> SCSIAction {
         // Bits of the flags already loaded: the hot path pays one predicted branch for removable media and
         // sanitize.
         if _slowPath(lunFlags & LUNState.flagsRefusingCommands != 0), let refusal = mediumRefusal() {

@@ -2,7 +2,9 @@
 // WCE changeable), control (0Ah, SWP changeable) and informational exceptions control (1Ch). Saved
 // values are not implemented, so page control 11b and SP=1 are refused as SPC-4 requires.
 
-enum ModePage {
+import Floor
+import Store
+public enum ModePage {
     static let readWriteErrorRecovery: UInt8 = 0x01
     static let caching: UInt8 = 0x08
     static let control: UInt8 = 0x0A
@@ -26,7 +28,7 @@ enum ModePage {
         }
     }
 
-    enum Control { case current, changeable, defaults }
+    public enum Control { case current, changeable, defaults }
 
     /// Render one page at `off`; returns its total length (header included), or 0 for an unknown page.
     static func render(_ code: UInt8, _ pc: Control, mode: ModeParameters, defaults: ModeParameters,
