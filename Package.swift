@@ -69,11 +69,19 @@ let package = Package(
         // the commands, reservations and ALUA. Public API with cross-module optimization, as Store. Target
         // re-exports it.
         .target(name: "SCSI", dependencies: ["Floor", "ISCSIWire", "Store", "URing"], swiftSettings: ioPathSettings),
+        // The pure protocol machines (issue 9), above SCSI: iSCSI login, negotiation, CHAP, Text, discovery and the
+        // full-feature session's parts; the NBD handshake, requests and export limits. Nothing here drives a
+        // socket. Public API with cross-module optimization, as Store. Target re-exports both.
+        .target(name: "ISCSI", dependencies: ["Floor", "ISCSIWire", "SCSI", .product(name: "Crypto", package: "swift-crypto")],
+                swiftSettings: ioPathSettings),
+        .target(name: "NBD", dependencies: ["Floor", "SCSI"], swiftSettings: ioPathSettings),
         .target(
             name: "Target",
             dependencies: [
                 "CURing",
                 "Floor",
+                "ISCSI",
+                "NBD",
                 "SCSI",
                 "Store",
                 "ISCSIWire",
@@ -161,9 +169,9 @@ let package = Package(
                     swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "FloorTests", dependencies: ["Floor", "URing", "CURing"],
                     swiftSettings: [.swiftLanguageMode(.v5)]),
-        .testTarget(name: "TargetTests", dependencies: ["Target", "SCSI", "Store", "DeterministicRandom"], swiftSettings: [.swiftLanguageMode(.v5)]),
-        .testTarget(name: "EndToEndTests", dependencies: ["Target", "SCSI", "Store", "ISCSIWire", "RawClients", "SheepProtocol", "TestSupport"], swiftSettings: [.swiftLanguageMode(.v5)]),
-        .testTarget(name: "SimulationTests", dependencies: ["Target", "SCSI", "Store", "DeterministicRandom", "SheepTestServer", "SheepProtocol"], swiftSettings: [.swiftLanguageMode(.v5)]),
+        .testTarget(name: "TargetTests", dependencies: ["Target", "ISCSI", "NBD", "SCSI", "Store", "DeterministicRandom"], swiftSettings: [.swiftLanguageMode(.v5)]),
+        .testTarget(name: "EndToEndTests", dependencies: ["Target", "ISCSI", "NBD", "SCSI", "Store", "ISCSIWire", "RawClients", "SheepProtocol", "TestSupport"], swiftSettings: [.swiftLanguageMode(.v5)]),
+        .testTarget(name: "SimulationTests", dependencies: ["Target", "ISCSI", "NBD", "SCSI", "Store", "DeterministicRandom", "SheepTestServer", "SheepProtocol"], swiftSettings: [.swiftLanguageMode(.v5)]),
     ]
 )
 
@@ -171,7 +179,7 @@ let package = Package(
 // -sanitize=fuzzer (libFuzzer); the plain build replays corpus files, and FuzzTests replays the committed corpus.
 package.products.append(.executable(name: "ringtgt-fuzz", targets: ["ringtgt-fuzz"]))
 package.targets += [
-    .target(name: "FuzzTargets", dependencies: ["Floor", "SCSI", "Store", "Target", "ISCSIWire", "SheepProtocol"], path: "fuzz/Targets",
+    .target(name: "FuzzTargets", dependencies: ["Floor", "ISCSI", "NBD", "SCSI", "Store", "Target", "ISCSIWire", "SheepProtocol"], path: "fuzz/Targets",
             swiftSettings: [.swiftLanguageMode(.v5)]),
     .executableTarget(name: "ringtgt-fuzz", dependencies: ["FuzzTargets"], path: "fuzz/Main",
                       swiftSettings: [.swiftLanguageMode(.v5)]),

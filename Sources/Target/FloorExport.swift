@@ -1,6 +1,8 @@
 // Target's files and its clients (the daemon, the tools, the tests, perf/loadgen) use the floor's values and
-// the ring and the store and SCSI layers as if they were Target's own; one re-export here instead of an import in each of them.
+// the ring and the store, SCSI, iSCSI and NBD layers as if they were Target's own; one re-export here instead of an import in each of them.
 @_exported import Floor
 @_exported import URing
 @_exported import Store
 @_exported import SCSI
+@_exported import ISCSI
+@_exported import NBD

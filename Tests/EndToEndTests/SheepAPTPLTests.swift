@@ -11,6 +11,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 extension EndToEnd {
     @Suite("Sheepdog APTPL and gateway liveness")

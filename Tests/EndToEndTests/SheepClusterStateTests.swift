@@ -11,6 +11,8 @@ import TestSupport
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 /// Runs a record machine's steps over a plain blocking client until it is done.
 private func drive(_ sync: inout SheepSCSIRecordSync, _ client: SheepClient, _ first: SheepSCSIRecordSync.Step) throws

@@ -13,6 +13,8 @@ import TestSupport
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -10,6 +10,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 /// A Runtime with one file-backed LUN, exported over iSCSI and NBD on 127.0.0.1. `stop()` ends it and
 /// removes the file.

@@ -13,6 +13,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 @Suite(.serialized) struct RingSimulation {
     /// Seeds CI runs for each store; a few seconds in all.

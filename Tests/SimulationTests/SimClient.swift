@@ -6,6 +6,8 @@ import DeterministicRandom
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 /// An initiator the simulation steps. Never blocks: every socket call is non-blocking (MSG_DONTWAIT) and
 /// EAGAIN means "nothing now".

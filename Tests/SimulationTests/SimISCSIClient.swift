@@ -8,6 +8,8 @@ import DeterministicRandom
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 final class SimISCSIClient: SimClientBase, SimClient {
     /// Login responses that neither transit nor fail before the client drops the connection.

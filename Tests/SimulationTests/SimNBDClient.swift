@@ -5,6 +5,8 @@ import DeterministicRandom
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 final class SimNBDClient: SimClientBase, SimClient {
     /// An option reply's data: NBD strings are at most 4096 bytes (proto.md), plus the reply's own fields.

@@ -6,6 +6,8 @@ import DeterministicRandom
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 enum SimOp: Equatable { case read, write, flush }
 

@@ -5,6 +5,8 @@ import DeterministicRandom
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 import Testing
 

@@ -18,6 +18,8 @@ import SheepProtocol
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 enum SimStore: String, CaseIterable, Sendable {
     case file, null, sheep

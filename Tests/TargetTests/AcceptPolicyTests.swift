@@ -4,6 +4,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 /// TSIH allocation, accept error handling and rate-limited logging: the pure parts of admission.
 @Suite struct AcceptPolicyTests {

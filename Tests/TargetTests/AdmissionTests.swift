@@ -2,6 +2,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 /// Who may log in and who may stay: CHAP secret rules (RFC 7143 §12.1.3), State offline (tgt's system and
 /// target states), and the re-check of logged-in sessions when a target's ACL or accounts change.

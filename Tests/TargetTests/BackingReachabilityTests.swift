@@ -2,6 +2,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 /// A LU follows its store's reachability: nothing changes while a loss is shorter than the bound, the LU
 /// turns unavailable once it is longer, and available again when the store has its data back.

@@ -3,6 +3,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 /// The record of SCSI state gateways share through sheep (Store/Sheep/SheepSCSIRecord.swift): its encoding,
 /// the chain's version rule and the COMPARE AND WRITE lease.

@@ -2,6 +2,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 /// The CmdSN window (RFC 7143 §3.2.2.1) every CmdSN-carrying PDU goes through, without a socket.
 @Suite struct CmdSNWindowTests {

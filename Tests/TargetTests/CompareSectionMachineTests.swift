@@ -10,6 +10,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 /// The part of a sheep cluster the section uses, as sheep/vdi.c and ops.c behave.
 private final class SectionSheep {

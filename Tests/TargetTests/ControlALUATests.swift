@@ -3,6 +3,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 /// ALUA on the control plane: ringtgtadm's keys, the dump and the config file.
 @Suite struct ControlALUATests {

@@ -5,6 +5,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 private func parse(_ line: String, environment: [String: String] = [:]) -> TgtadmInvocation {
     TgtadmCommandLine.parse(line.split(separator: " ").map(String.init), environment: environment)

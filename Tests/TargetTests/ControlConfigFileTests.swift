@@ -3,6 +3,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 @Suite struct ControlConfigFileTests {
     @Test func configurationBecomesTargetsLUNsACLAndKeys() throws {

@@ -4,6 +4,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 /// targets.conf as tgt-admin reads it: every directive, includes, all errors at once.
 @Suite struct ConfigGrammarTests {

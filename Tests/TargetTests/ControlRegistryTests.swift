@@ -2,6 +2,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 private let iqn = "iqn.2026-01.test:t1"
 private let newTarget = "--lld iscsi --op new --mode target --tid 1 --targetname \(iqn)"

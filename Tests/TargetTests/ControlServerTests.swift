@@ -7,6 +7,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 /// Keeps the lines logged through it, for tests that check what the daemon says.
 private final class CapturedLog: @unchecked Sendable {

@@ -4,6 +4,8 @@ import Foundation
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 final class FakeFabric: ControlFabric, @unchecked Sendable {
     private let lock = NSLock()

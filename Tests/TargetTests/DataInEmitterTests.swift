@@ -2,6 +2,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 /// The Data-In stream of a read (RFC 7143 §11.7, ERL 0) without a socket: segmenting by MaxRecvDataSegmentLength
 /// and MaxBurstLength, DataSN, the F and S bits, the status in the last PDU, and pieces of one buffer each.

@@ -2,6 +2,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 /// R2T and Data-Out sequencing (RFC 7143 §11.7-11.8, ERL 0) without a socket: offsets, DataSN, the F bit,
 /// overflow beyond the burst or the chunk, and the Data-Out timeout.

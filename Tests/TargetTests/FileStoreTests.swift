@@ -4,6 +4,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 /// The file store on a real ring, with the completions the kernel gives rewritten on their way back: a transfer
 /// reported short, EAGAIN or EINTR after the kernel did the work, a write that makes no progress. The store must

@@ -2,6 +2,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 /// Liveness by tick without a socket or a clock: login timeout, an initiator that stops reading, the NOP-In
 /// ping and its answer, and the Data-Out timeout.

@@ -2,6 +2,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 /// The login state machine driven with the key sets real initiators send.
 @Suite struct LoginTests {

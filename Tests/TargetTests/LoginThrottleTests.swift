@@ -2,6 +2,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 /// The CHAP brute-force brake (LoginThrottle) on a fake clock: the pauses, the bound per address, other
 /// addresses untouched, accounts, forgetting, refusal past the hold limit, and the table's bound.

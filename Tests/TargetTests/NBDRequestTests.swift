@@ -5,6 +5,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 @Suite struct NBDRequestTests {
     static let slot = 65_536

@@ -2,6 +2,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 /// Answers of the target to single keys and key sets, by RFC 7143 §13 rule.
 @Suite struct NegotiationTests {

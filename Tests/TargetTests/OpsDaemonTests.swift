@@ -7,6 +7,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 @Suite struct OpsDaemonTests {
     // MARK: journald

@@ -3,6 +3,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 /// iSCSI PDU framing (RFC 7143 §11.1) without a socket: every stage, reads split at every byte boundary,
 /// digests right and wrong, AHS, padding, an oversize data segment and a zero-length one.

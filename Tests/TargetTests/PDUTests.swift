@@ -3,6 +3,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 /// The BHS codec as pure logic: fields read from wire bytes, and target PDUs built byte for byte.
 @Suite struct PDUTests {

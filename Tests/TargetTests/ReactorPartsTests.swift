@@ -3,6 +3,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 /// The reactor's pure parts: the user_data budget against its tables, the store errno table, idle trimming and
 /// ticks. The layouts themselves, the socket errno table and the ring are the floor's (Tests/FloorTests).

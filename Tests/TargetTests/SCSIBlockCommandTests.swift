@@ -2,6 +2,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 @Suite struct SCSIBlockCommandTests {
     func ready(_ h: Harness) -> Nexus {

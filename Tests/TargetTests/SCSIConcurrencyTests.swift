@@ -2,6 +2,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 /// Several sessions on different threads share one LU while another changes reservations and mode
 /// parameters: every command completes with a status its situation allows, and LUNState stays coherent.

@@ -2,6 +2,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 /// `ringtgtd --lun0-controller`: LUN 0 answers as tgt's storage array controller (usr/scc.c).
 @Suite struct SCSIControllerLUNTests {

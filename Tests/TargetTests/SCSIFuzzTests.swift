@@ -3,6 +3,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 /// Random CDBs for every opcode, with random lengths and directions: every command must complete (the
 /// harness bounds the steps), never ask for data-out beyond the EDTL, never send more data-in than the

@@ -5,6 +5,8 @@
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 /// One in-memory LUN: its bytes and which byte ranges are deallocated.
 final class FakeDisk {

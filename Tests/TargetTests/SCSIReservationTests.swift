@@ -2,6 +2,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 /// PERSISTENT RESERVE OUT/IN and RESERVE/RELEASE across two nexuses, following libiscsi's sequences.
 @Suite struct SCSIReservationTests {

@@ -2,6 +2,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 /// SANITIZE: BLOCK ERASE / CRYPTOGRAPHIC ERASE through the store, the sanitize-in-progress state other
 /// commands see, failure mode and EXIT FAILURE MODE, and the CDB checks libiscsi's Sanitize.* make.

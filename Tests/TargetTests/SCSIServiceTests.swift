@@ -2,6 +2,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 /// MODE SENSE/SELECT, REPORT SUPPORTED OPERATION CODES, EXTENDED COPY and RECEIVE COPY RESULTS.
 @Suite struct SCSIServiceTests {

@@ -2,6 +2,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 /// WRITE SAME on a write-protected LU (a sheepdog snapshot LUN, a read-only file): DATA PROTECT, also with
 /// UNMAP set, although such an LU does not advertise LBPWS (libiscsi's ReadOnly.ReadOnlySBC).

@@ -7,6 +7,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 @Suite struct SessionDrain {
     let runtime = Runtime(config: ReactorConfig(), portals: [], logger: Logger(label: "drain-test"))

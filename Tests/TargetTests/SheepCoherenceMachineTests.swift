@@ -4,6 +4,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 /// Multipath over sheepdog (SHEEPDOG-PROTOCOL.md §7.10): the home core's answer to INODE_INVALIDATED — one
 /// refresh read of the inode, the index adopted from it, then the waiting requests redone against it.

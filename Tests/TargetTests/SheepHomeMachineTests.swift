@@ -4,6 +4,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 /// The home core's decisions, driven by tables of sheep replies: what it sends, in which order, whom it answers,
 /// and what the object index says afterwards. No socket, no ring, no sheep.

@@ -3,6 +3,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 /// The home core runs the shared SCSI record's conversation (Store/Sheep/SheepHomeRecord.swift): attribute
 /// requests through the volume's channel without SD_FLAG_CMD_TGT, reads into the kept attribute buffer, one

@@ -3,6 +3,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 /// The home core on a hyper volume: a created object is recorded in the B-tree and the inode root is written
 /// (from btree_counter, never starting inside data_vdi_id), one batch at a time.

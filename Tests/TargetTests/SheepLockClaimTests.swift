@@ -4,6 +4,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 /// The claim files that tell a live gateway's shared lock from a dead one's: one holder at a time, the file
 /// gone after a clean release, and an opener that locked a file its holder unlinked meanwhile not fooled.

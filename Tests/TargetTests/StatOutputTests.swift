@@ -6,6 +6,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 @Suite struct StatFormatterTests {
     static func line(tid: Int = 1, lun: UInt64 = 1, _ fill: (inout LUNStatistics) -> Void) -> LUNStatLine {

@@ -2,6 +2,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 /// The LUN lifetime rule at the SCSI task (docs/DESIGN.md): a command in flight keeps its LUN, the target it
 /// started under and its nexus alive after everything else let go of them, and holds nothing once it ended.

@@ -2,6 +2,8 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 /// Task management decisions (RFC 7143 §11.5-11.6) without a socket: what each function reaches and the
 /// answer for a task in every state.

@@ -8,6 +8,8 @@
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 import Foundation
 
 enum ControlRoundTrip {

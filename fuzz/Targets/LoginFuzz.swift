@@ -9,6 +9,8 @@ import ISCSIWire
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 enum LoginFuzz {
     static let targetName = "iqn.2026-01.org.ringtgt:fuzz"

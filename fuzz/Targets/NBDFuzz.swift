@@ -9,6 +9,8 @@ import ISCSIWire
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 enum NBDFuzz {
     static let maxPayload = 262_144

@@ -11,6 +11,8 @@ import ISCSIWire
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 enum SCSIFuzz {
     static let maxPDUs = 128

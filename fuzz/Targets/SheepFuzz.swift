@@ -9,6 +9,8 @@ import SheepProtocol
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 enum SheepFuzz {
     static let slots = 16

@@ -8,6 +8,8 @@ import ISCSIWire
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import ISCSI
+@testable import NBD
 
 enum TextFuzz {
     static let maxPDUs = 256

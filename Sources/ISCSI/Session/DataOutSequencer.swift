@@ -1,21 +1,24 @@
 /// Where an R2T asks for data (RFC 7143 §11.8): the fields the shell stamps into the PDU it queues.
-struct R2TRequest: Equatable {
-    var r2tSN: UInt32
-    var bufferOffset: Int
-    var desiredLength: Int
+import Floor
+import ISCSIWire
+import SCSI
+public struct R2TRequest: Equatable {
+    public var r2tSN: UInt32
+    public var bufferOffset: Int
+    public var desiredLength: Int
 }
 
 /// What the first bytes of a chunk need before the SCSI layer may use them.
-struct ChunkStart: Equatable {
+public struct ChunkStart: Equatable {
     /// Immediate-data bytes at buffer[chunk offset...] to move to buffer[0...] (the chunk starts inside the
     /// immediate data, which sits at buffer[0..<immediateBytes]).
-    var moveImmediateBytes: Int
+    public var moveImmediateBytes: Int
     /// The immediate data covers the whole chunk: no R2T.
-    var complete: Bool
+    public var complete: Bool
 }
 
 /// What a Data-Out PDU, once its data has landed, means for the sequence.
-enum DataOutVerdict: Equatable {
+public enum DataOutVerdict: Equatable {
     /// Not the DataSN this burst expects: ERL 0 cannot recover a lost Data-Out, so reject it and fail the command.
     case wrongDataSN
     /// F set before the burst is complete, or missing at its end: reject it and fail the command.
@@ -33,7 +36,7 @@ enum DataOutVerdict: Equatable {
 /// is asked for in bursts of at most MaxBurstLength, one R2T each, and its Data-Out PDUs must arrive in order
 /// (offset and DataSN) with F on the last. The shell holds the R2T permit and the buffer, and carries out
 /// what this returns.
-struct DataOutSequencer {
+public struct DataOutSequencer {
     private struct Burst {
         var ttt: UInt32
         var offset: Int         // stream offset of the burst
@@ -64,19 +67,19 @@ struct DataOutSequencer {
     /// R2TSN counts the task's R2Ts across all its chunks.
     private var nextR2TSN: UInt32 = 0
 
-    init(immediateBytes: Int = 0) {
+    public init(immediateBytes: Int = 0) {
         self.immediateBytes = immediateBytes
     }
 
     /// The TTT a Data-Out must carry now; the reserved tag when none is expected.
     @inline(__always)
-    var ttt: UInt32 {
+    public var ttt: UInt32 {
         if case .receiving(let b, _) = state { return b.ttt }
         return reservedTag
     }
 
     /// The SCSI layer wants stream bytes [offset, offset + length) in the buffer.
-    mutating func beginChunk(offset: Int, length: Int) -> ChunkStart {
+    public mutating func beginChunk(offset: Int, length: Int) -> ChunkStart {
         guard case .idle = state else { preconditionFailure("a chunk begins while one is being received") }
         chunkOffset = offset
         chunkLength = length
@@ -97,7 +100,7 @@ struct DataOutSequencer {
     }
 
     /// The core has no R2T permit free: the Data-Out timeout runs from now.
-    mutating func awaitPermit(tick: UInt64) {
+    public mutating func awaitPermit(tick: UInt64) {
         switch state {
         case .betweenBursts, .waitingPermit: state = .waitingPermit(sinceTick: tick)
         case .idle, .receiving: preconditionFailure("an R2T permit is awaited with no burst to ask for")
@@ -105,7 +108,7 @@ struct DataOutSequencer {
     }
 
     /// A permit is held: the R2T for the next burst, at most `maxBurstLength` bytes, answered with `ttt`.
-    mutating func issueR2T(ttt: UInt32, maxBurstLength: Int, tick: UInt64) -> R2TRequest {
+    public mutating func issueR2T(ttt: UInt32, maxBurstLength: Int, tick: UInt64) -> R2TRequest {
         switch state {
         case .betweenBursts, .waitingPermit: break
         case .idle, .receiving: preconditionFailure("an R2T is issued with no burst to ask for")
@@ -122,7 +125,7 @@ struct DataOutSequencer {
     /// Where a Data-Out's `length` bytes at stream `offset` go in the buffer: nil when they are out of order,
     /// beyond the burst the R2T asked for, or outside the chunk (or no burst is open).
     @inline(__always)
-    func placement(offset: Int, length: Int) -> Int? {
+    public func placement(offset: Int, length: Int) -> Int? {
         guard case .receiving(let b, _) = state,
               offset == b.offset + b.received, length <= b.length - b.received,
               offset >= chunkOffset, offset + length <= chunkOffset + chunkLength
@@ -132,7 +135,7 @@ struct DataOutSequencer {
 
     /// A Data-Out that `placement` accepted has landed.
     @inline(__always)
-    mutating func received(dataSN: UInt32, length: Int, final: Bool) -> DataOutVerdict {
+    public mutating func received(dataSN: UInt32, length: Int, final: Bool) -> DataOutVerdict {
         guard case .receiving(var b, let since) = state else {
             preconditionFailure("Data-Out landed with no burst open")
         }
@@ -162,7 +165,7 @@ struct DataOutSequencer {
 
     /// The command stops waiting for Data-Out (timeout, task management, or a broken sequence).
     @inline(__always)
-    mutating func abandon() {
+    public mutating func abandon() {
         state = .idle
     }
 

@@ -9,6 +9,9 @@
 // export read-only.
 
 /// One LUN as an NBD export.
+import Floor
+import ISCSIWire
+import SCSI
 public struct NBDExport: Equatable, Sendable {
     /// The canonical name, "IQN/LUN".
     public var name: String

@@ -1,6 +1,9 @@
 /// The state of one outstanding SCSI command (`IOTask`), which the session machines (task management)
 /// reason about. Each state has one meaning:
-enum TaskState: UInt8 {
+import Floor
+import ISCSIWire
+import SCSI
+public enum TaskState: UInt8 {
     /// Unused entry, on the free list. Never holds a buffer slot: teardown skips free entries.
     case free
     /// Header received, its data segment (immediate data) still arriving; dispatch decides what follows.

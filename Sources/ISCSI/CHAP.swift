@@ -3,6 +3,9 @@
 // proves itself when the initiator asks for mutual CHAP). MD5 (CHAP_A=5) is the algorithm every initiator
 // we serve offers; it comes from swift-crypto. Login path only, never the I/O path.
 
+import Floor
+import ISCSIWire
+import SCSI
 import Crypto
 
 public enum CHAP {

@@ -2,6 +2,9 @@
 // (RFC 7143 §11.10, §11.11), including the TTT continuation of responses longer than the initiator's
 // MaxRecvDataSegmentLength. Pure: the runtime decodes the Text Request BHS and sends what comes back.
 
+import Floor
+import ISCSIWire
+import SCSI
 public enum Discovery {
     /// Bound on one SendTargets answer; targets that do not fit are left out whole (never half a record).
     public static let maxSendTargetsBytes = 1 << 20

@@ -2,6 +2,9 @@
 // where (target) and why (which check refused it), so every line names all three. Pure, so the wording
 // is unit-tested; the reactor decides when to write them (failures through a RateLimitedLog).
 
+import Floor
+import ISCSIWire
+import SCSI
 public enum LoginLog {
     /// Failed-login lines per core: up to this many per interval, then one summary with the count.
     public static let failureBurstLines = 5

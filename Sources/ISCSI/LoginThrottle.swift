@@ -8,6 +8,9 @@
 // would open many connections, take "no answer yet" as "wrong", and never wait at all. Why the account brake
 // delays failures only: a correct login from another address must never wait for someone else's attack.
 
+import Floor
+import ISCSIWire
+import SCSI
 public struct LoginThrottle {
     /// The pause before the answer that follows the first failure; each further failure doubles it.
     public static let firstDelayNanos: UInt64 = 250_000_000
@@ -70,8 +73,8 @@ public struct LoginThrottle {
 }
 
 /// A fixed number of keys, each with its failure count and the earliest time of its next answer.
-struct FailureTable {
-    struct Entry {
+public struct FailureTable {
+    public struct Entry {
         var key: String
         var failures: Int
         var nextAnswerNanos: UInt64

@@ -2,9 +2,12 @@
 /// operations carry it out and in what order, and the error its reply carries. Pure: the connection keeps one
 /// per task entry, carries out each action and feeds back the store's results. Admission itself (flags, range,
 /// payload size, read-only) is `NBDExportLimits.check`.
-struct NBDRequest {
+import Floor
+import ISCSIWire
+import SCSI
+public struct NBDRequest {
     /// What the connection does next for this request.
-    enum Action: Equatable {
+    public enum Action: Equatable {
         /// Submit the operation to the store; its result comes back through `storeDone`.
         case submit(StoreOp)
         /// Zero the first `bytes` of the request's buffer slot, then submit the operation. WRITE_ZEROES written
@@ -21,7 +24,7 @@ struct NBDRequest {
     }
 
     /// One context's run of descriptors while BLOCK_STATUS maps: how many are written, and the last one.
-    struct Lane: Equatable {
+    public struct Lane: Equatable {
         var count = 0
         var lastLength: UInt32 = 0
         var lastStatus: UInt32 = 0
@@ -61,16 +64,16 @@ struct NBDRequest {
         case answered
     }
 
-    let cookie: UInt64
-    let command: UInt16
+    public let cookie: UInt64
+    public let command: UInt16
     let flags: UInt16
-    let offset: UInt64
-    let length: UInt32
+    public let offset: UInt64
+    public let length: UInt32
     /// The metadata contexts a BLOCK_STATUS answers.
-    let contexts: NBDMetaContexts
+    public let contexts: NBDMetaContexts
     private var state = State.admitted
 
-    init(_ r: NBDRequestHeader, contexts: NBDMetaContexts = []) {
+    public init(_ r: NBDRequestHeader, contexts: NBDMetaContexts = []) {
         cookie = r.cookie
         command = r.type
         flags = r.flags
@@ -80,7 +83,7 @@ struct NBDRequest {
     }
 
     /// An empty entry, for task entries that never carried a request.
-    init() {
+    public init() {
         self.init(NBDRequestHeader(flags: 0, type: NBDWire.cmdFlush, cookie: 0, offset: 0, length: 0))
     }
 
@@ -88,7 +91,7 @@ struct NBDRequest {
 
     /// The first action of an admitted request. `capabilities` are those of the LUN that serves it now;
     /// `slotBytes` is the size of the request's buffer slot.
-    mutating func start(capabilities: StoreCapabilities, slotBytes: Int) -> Action {
+    public mutating func start(capabilities: StoreCapabilities, slotBytes: Int) -> Action {
         guard state == .admitted else { preconditionFailure("NBD request started twice") }
         switch command {
         case NBDWire.cmdRead:
@@ -131,7 +134,7 @@ struct NBDRequest {
     }
 
     /// The store finished the operation in flight.
-    mutating func storeDone(_ result: StoreResult, slotBytes: Int) -> Action {
+    public mutating func storeDone(_ result: StoreResult, slotBytes: Int) -> Action {
         let current = state
         switch current {
         case .admitted, .answered:
@@ -221,14 +224,14 @@ struct NBDRequest {
 }
 
 /// One extent descriptor of a BLOCK_STATUS reply: descriptor `index` of its context's chunk.
-struct NBDBlockDescriptor: Equatable {
-    var index: Int
-    var length: UInt32
-    var status: UInt32
+public struct NBDBlockDescriptor: Equatable {
+    public var index: Int
+    public var length: UInt32
+    public var status: UInt32
 }
 
 /// The descriptors one store answer writes: one per selected context (at most two are served), in ID order.
-struct NBDBlockDescriptors: Equatable {
-    var first: NBDBlockDescriptor
-    var second: NBDBlockDescriptor?
+public struct NBDBlockDescriptors: Equatable {
+    public var first: NBDBlockDescriptor
+    public var second: NBDBlockDescriptor?
 }

@@ -1,21 +1,32 @@
+import Floor
+import ISCSIWire
+import SCSI
 import Glibc
 
 /// How the PDUs on a connection are framed just now. Digests and MaxRecvDataSegmentLength are negotiated at
 /// login and only apply from full feature phase on (RFC 7143 §13.1, §13.12); before it no digest is sent, a
 /// data segment is at most 8192 bytes and only Login Requests may arrive (§6.1, §11.12).
-struct RxFraming: Equatable {
-    var headerDigest: Bool
-    var dataDigest: Bool
-    var maxDataSegmentBytes: Int
-    var loginRequestsOnly: Bool
+public struct RxFraming: Equatable {
+    @usableFromInline var headerDigest: Bool
+    @usableFromInline var dataDigest: Bool
+    @usableFromInline var maxDataSegmentBytes: Int
+    @usableFromInline var loginRequestsOnly: Bool
 
-    static let login = RxFraming(headerDigest: false, dataDigest: false,
+    @inlinable
+    public init(headerDigest: Bool, dataDigest: Bool, maxDataSegmentBytes: Int, loginRequestsOnly: Bool) {
+        self.headerDigest = headerDigest
+        self.dataDigest = dataDigest
+        self.maxDataSegmentBytes = maxDataSegmentBytes
+        self.loginRequestsOnly = loginRequestsOnly
+    }
+
+    public static let login = RxFraming(headerDigest: false, dataDigest: false,
                                  maxDataSegmentBytes: PDUReceiver.loginDataSegmentBytes, loginRequestsOnly: true)
 }
 
 /// A PDU whose framing cannot be trusted: the shell closes the connection, since TCP gives no way to find the
 /// next PDU boundary again.
-enum RxProtocolError: Equatable {
+public enum RxProtocolError: Equatable {
     /// Anything but a Login Request before full feature phase (RFC 7143 §6.1).
     case notLoginRequest
     /// Only SCSI Command PDUs carry AHSs (RFC 7143 §11.2.2); the opcode is named in the log.
@@ -27,7 +38,7 @@ enum RxProtocolError: Equatable {
 }
 
 /// What the receiver wants the shell to do next.
-enum RxEvent: Equatable {
+public enum RxEvent: Equatable {
     /// Every byte offered was taken; receive more.
     case needBytes
     /// The whole header (BHS, AHS, verified header digest) is in the header area and the data segment fits the
@@ -44,15 +55,15 @@ enum RxEvent: Equatable {
 /// in any split (TCP delivers partial reads); the header is assembled in the connection's header area, the
 /// data segment goes where the shell placed it (a buffer slot, the control buffer, or nowhere), and events come
 /// out. The header area holds at most `headerAreaBytes`; a data segment never exceeds the framing's limit.
-struct PDUReceiver {
+public struct PDUReceiver {
     /// The largest total AHS: its length field is one byte of 4-byte words (RFC 7143 §11.2.1.2).
     static let maxAHSBytes = 255 * Framing.ahsWordBytes
     /// BHS + largest AHS + header digest.
-    static let headerAreaBytes = bhsBytes + maxAHSBytes + Framing.digestBytes
+    public static let headerAreaBytes = bhsBytes + maxAHSBytes + Framing.digestBytes
     /// Login PDUs carry at most 8192 bytes of data (RFC 7143 §11.12.5 with the login default of §13.12).
     static let loginDataSegmentBytes = 8192
 
-    enum Stage: UInt8 {
+    public enum Stage: UInt8 {
         case bhs, ahs, headerDigest
         /// The header is complete; the shell has not said where the data segment goes.
         case placing
@@ -60,26 +71,26 @@ struct PDUReceiver {
     }
 
     /// Where the header is assembled: `headerAreaBytes`, owned by the shell.
-    let header: UnsafeMutableRawPointer
-    private(set) var stage = Stage.bhs
+    @usableFromInline let header: UnsafeMutableRawPointer
+    @usableFromInline private(set) var stage = Stage.bhs
     /// Bytes of the current stage already received.
-    private(set) var have = 0
-    private(set) var ahsBytes = 0
+    @usableFromInline private(set) var have = 0
+    public var ahsBytes = 0
     /// The current PDU's data segment, without padding.
-    private(set) var dataLength = 0
-    private var padLength = 0
+    public var dataLength = 0
+    @usableFromInline var padLength = 0
     /// Where the data segment lands; nil discards it.
-    private var sink: UnsafeMutableRawPointer? = nil
+    @usableFromInline var sink: UnsafeMutableRawPointer? = nil
     /// The received data digest, as it came off the wire.
-    private var wireDataDigest: UInt32 = 0
+    @usableFromInline var wireDataDigest: UInt32 = 0
 
-    init(header: UnsafeMutableRawPointer) {
+    public init(header: UnsafeMutableRawPointer) {
         self.header = header
     }
 
     /// Takes bytes [start, end) of `base` as far as the next event; `start` moves past what was taken.
     @inline(__always)
-    mutating func receive(_ base: UnsafeRawPointer, from start: inout Int, to end: Int,
+    @inlinable public mutating func receive(_ base: UnsafeRawPointer, from start: inout Int, to end: Int,
                           framing: RxFraming) -> RxEvent {
         while true {
             switch stage {
@@ -137,7 +148,7 @@ struct PDUReceiver {
     }
 
     /// A header stage has all its bytes: the next stage, or the event it ends in.
-    private mutating func headerStageDone(_ framing: RxFraming) -> RxEvent? {
+    @inlinable mutating func headerStageDone(_ framing: RxFraming) -> RxEvent? {
         let bhs = BHS(header)
         switch stage {
         case .bhs:
@@ -167,7 +178,7 @@ struct PDUReceiver {
     }
 
     /// BHS and AHS are in: the header digest follows when one was negotiated (nil: receive it).
-    private mutating func headerDone(_ framing: RxFraming) -> RxEvent? {
+    @usableFromInline mutating func headerDone(_ framing: RxFraming) -> RxEvent? {
         if framing.headerDigest {
             stage = .headerDigest
             have = 0
@@ -176,7 +187,7 @@ struct PDUReceiver {
         return placing(framing)
     }
 
-    private mutating func placing(_ framing: RxFraming) -> RxEvent {
+    @inlinable mutating func placing(_ framing: RxFraming) -> RxEvent {
         dataLength = BHS(header).dataSegmentLength
         padLength = Framing.padLength(dataLength)
         sink = nil
@@ -190,7 +201,7 @@ struct PDUReceiver {
 
     /// The shell has decided where the data segment goes: `dataLength` bytes at `sink`, or nowhere (nil).
     @inline(__always)
-    mutating func place(into sink: UnsafeMutableRawPointer?) {
+    @inlinable public mutating func place(into sink: UnsafeMutableRawPointer?) {
         guard stage == .placing else { preconditionFailure("a data segment placed in stage \(stage)") }
         self.sink = sink
         stage = .data
@@ -200,21 +211,21 @@ struct PDUReceiver {
     /// Where a recv may write the rest of the data segment itself, skipping the staging copy; nil unless at least
     /// `minBytes` of it are still to come into a sink.
     @inline(__always)
-    func directSpace(minBytes: Int) -> (UnsafeMutableRawPointer, Int)? {
+    @inlinable public func directSpace(minBytes: Int) -> (UnsafeMutableRawPointer, Int)? {
         guard stage == .data, let p = sink, dataLength - have >= minBytes else { return nil }
         return (p + have, dataLength - have)
     }
 
     /// `n` bytes arrived at `directSpace`.
     @inline(__always)
-    mutating func receivedDirectly(_ n: Int) {
+    public mutating func receivedDirectly(_ n: Int) {
         guard stage == .data, sink != nil, have + n <= dataLength else {
             preconditionFailure("\(n) bytes received directly in stage \(stage)")
         }
         have += n
     }
 
-    private mutating func complete(dataDigestOK: Bool) -> RxEvent {
+    @usableFromInline mutating func complete(dataDigestOK: Bool) -> RxEvent {
         stage = .bhs
         have = 0
         return .pdu(dataDigestOK: dataDigestOK)
@@ -222,7 +233,7 @@ struct PDUReceiver {
 
     /// The digest covers the data and its zero padding (RFC 7143 §11.1). Discarded data passes: it is refused
     /// whatever it holds.
-    private func dataDigestMatches() -> Bool {
+    @usableFromInline func dataDigestMatches() -> Bool {
         guard let p = sink else { return true }
         var crc = CRC32C.update(CRC32C.initialState, UnsafeRawPointer(p), count: dataLength)
         var zero: UInt32 = 0

@@ -1,6 +1,9 @@
 // The NBD wire format (NetworkBlockDevice/nbd doc/proto.md): fixed newstyle handshake, option haggling and
 // simple replies. Every number is big-endian. Pure: no sockets, no rings.
 
+import Floor
+import ISCSIWire
+import SCSI
 public enum NBDWire {
     // MARK: Magics
     /// "NBDMAGIC", then "IHAVEOPT": the server's greeting; the client repeats IHAVEOPT before every option.

@@ -6,6 +6,9 @@
 // 0) the runtime allocates the TSIH and patches it into the final response's header before sending it.
 
 /// A decoded Login Request BHS (RFC 7143 §11.12).
+import Floor
+import ISCSIWire
+import SCSI
 public struct LoginRequest: Sendable, Equatable {
     public var transit: Bool
     public var continueFlag: Bool

@@ -5,6 +5,9 @@
 // every such key, so with them the login never needs the extra round trip; libiscsi re-sends its whole key
 // set when a step does not transit, which would count as re-negotiation (RFC 7143 §6.2: Login reject).
 
+import Floor
+import ISCSIWire
+import SCSI
 public enum DigestKind: String, Sendable, Equatable, CaseIterable {
     case none = "None"
     case crc32c = "CRC32C"
@@ -240,7 +243,7 @@ extension NegotiationFailure {
 }
 
 /// Value syntax helpers (RFC 7143 §6.1: decimal or 0x-hex numbers; Yes/No booleans).
-enum KeyValueSyntax {
+public enum KeyValueSyntax {
     /// Decimal or 0x-prefixed hex, no sign, no overflow; at most 2^63-1.
     static func number(_ s: String) -> Int? {
         var utf8 = Substring(s).utf8[...]

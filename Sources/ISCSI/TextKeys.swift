@@ -3,6 +3,9 @@
 // and lenient about what initiators really send (trailing NUL padding, a last pair without its NUL).
 
 /// One key=value pair, in the order it appeared.
+import Floor
+import ISCSIWire
+import SCSI
 public struct TextKeyValue: Equatable, Sendable, CustomStringConvertible {
     public var key: String
     public var value: String

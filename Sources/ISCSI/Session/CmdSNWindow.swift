@@ -1,6 +1,9 @@
 
 /// Where a PDU's CmdSN lies against the session's window (RFC 7143 §3.2.2.1).
-enum CmdSNPosition: Equatable {
+import Floor
+import ISCSIWire
+import SCSI
+public enum CmdSNPosition: Equatable {
     /// The I bit is set: delivered at once, takes no CmdSN turn.
     case immediate
     /// Its CmdSN is ExpCmdSN and inside the window: its turn is now.
@@ -13,14 +16,14 @@ enum CmdSNPosition: Equatable {
 
 /// The session's CmdSN window: ExpCmdSN and the highest MaxCmdSN advertised, in serial-number arithmetic so it
 /// wraps at 2^32. Every PDU that carries a CmdSN is judged and counted here, and nowhere else.
-struct CmdSNWindow {
+public struct CmdSNWindow {
     /// The next CmdSN expected in order; the turns before it have been taken.
-    private(set) var expCmdSN: UInt32 = 0
+    public private(set) var expCmdSN: UInt32 = 0
     /// The highest MaxCmdSN stamped into a PDU so far. Initiators never shrink their window (RFC 7143
     /// §3.2.2.1: a lower MaxCmdSN is ignored), so every CmdSN up to this one must be accepted.
     private(set) var advertisedMaxCmdSN: UInt32 = 0
 
-    init() {}
+    public init() {}
 
     /// For tests, and for a session resumed at a known point.
     init(expCmdSN: UInt32, advertisedMaxCmdSN: UInt32) {
@@ -30,7 +33,7 @@ struct CmdSNWindow {
 
     /// The first Login Request fixes the numbering (RFC 7143 §11.12.7-8). The window stays empty until a
     /// response advertises one.
-    mutating func begin(at cmdSN: UInt32) {
+    public mutating func begin(at cmdSN: UInt32) {
         expCmdSN = cmdSN
         advertisedMaxCmdSN = cmdSN &- 1
     }
@@ -44,11 +47,11 @@ struct CmdSNWindow {
     }
 
     @inline(__always)
-    func isNext(_ sn: UInt32) -> Bool { sn == expCmdSN }
+    public func isNext(_ sn: UInt32) -> Bool { sn == expCmdSN }
 
     /// Where a SCSI Command (or any PDU judged as strictly) lies.
     @inline(__always)
-    func position(of sn: UInt32, immediate: Bool) -> CmdSNPosition {
+    public func position(of sn: UInt32, immediate: Bool) -> CmdSNPosition {
         if immediate { return .immediate }
         if !contains(sn) { return .outside }
         return sn == expCmdSN ? .next : .ahead
@@ -56,7 +59,7 @@ struct CmdSNWindow {
 
     /// The PDU at `position` was received: a turn at ExpCmdSN is used up, any other leaves it where it is.
     @inline(__always)
-    mutating func received(_ position: CmdSNPosition) {
+    public mutating func received(_ position: CmdSNPosition) {
         if position == .next { expCmdSN &+= 1 }
     }
 
@@ -64,13 +67,13 @@ struct CmdSNWindow {
     /// whatever the advertised edge says (an initiator that filled the window exactly may send one before a
     /// response widens it); immediate ones and any other CmdSN leave ExpCmdSN alone.
     @inline(__always)
-    mutating func receivedNonCommand(_ sn: UInt32, immediate: Bool) {
+    public mutating func receivedNonCommand(_ sn: UInt32, immediate: Bool) {
         if !immediate && sn == expCmdSN { expCmdSN &+= 1 }
     }
 
     /// A command parked behind the gap (or the marker of one refused or aborted there) takes its turn now.
     @inline(__always)
-    mutating func advance() {
+    public mutating func advance() {
         expCmdSN &+= 1
     }
 
@@ -92,7 +95,7 @@ struct CmdSNWindow {
 
     /// The MaxCmdSN to stamp into an outgoing PDU; the advertised edge only ever grows.
     @inline(__always)
-    mutating func advertise(freeEntries: Int) -> UInt32 {
+    public mutating func advertise(freeEntries: Int) -> UInt32 {
         let max = maxCmdSN(freeEntries: freeEntries)
         if Serial.greaterThan(max, advertisedMaxCmdSN) { advertisedMaxCmdSN = max }
         return max

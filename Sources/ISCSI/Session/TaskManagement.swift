@@ -1,5 +1,8 @@
 /// Which tasks a task management function reaches (RFC 7143 §11.5.1).
-enum TaskManagementScope: Equatable {
+import Floor
+import ISCSIWire
+import SCSI
+public enum TaskManagementScope: Equatable {
     /// The function touches no task.
     case none
     /// ABORT TASK: the task with this ITT.
@@ -11,24 +14,24 @@ enum TaskManagementScope: Equatable {
 }
 
 /// The reset the SCSI layer carries out once the tasks in scope are aborted.
-enum TaskManagementReset: Equatable {
+public enum TaskManagementReset: Equatable {
     case none
     case logicalUnit(UInt64)
     case target
 }
 
 /// What the shell does for one Task Management Function Request.
-struct TaskManagementPlan: Equatable {
-    var scope: TaskManagementScope
-    var reset: TaskManagementReset
+public struct TaskManagementPlan: Equatable {
+    public var scope: TaskManagementScope
+    public var reset: TaskManagementReset
     /// The response, unless ABORT TASK finds no task (see `TaskManagement.responseForMissingTask`).
-    var response: UInt8
+    public var response: UInt8
     /// TARGET COLD RESET ends the session once its response is sent.
-    var closesSession: Bool
+    public var closesSession: Bool
 }
 
 /// What aborting does to a task, by the state it is in.
-enum AbortEffect: Equatable {
+public enum AbortEffect: Equatable {
     /// A free entry, or only the CmdSN of a command already refused or aborted: nothing to abort.
     case none
     /// Parked behind a CmdSN gap: its CmdSN was received, so it keeps only that, and the commands after it do
@@ -43,10 +46,10 @@ enum AbortEffect: Equatable {
 
 /// Task management decisions (RFC 7143 §11.5-11.6) with no connection: what a function reaches, what becomes
 /// of a task in each state, and the response. ErrorRecoveryLevel 0 and no NACA.
-enum TaskManagement {
+public enum TaskManagement {
     /// `lunExists`: the session's target has the addressed LUN. `sessionBound`: the session has its target
     /// and nexus (a discovery session has neither).
-    static func plan(function: UInt8, referencedTask: UInt32, lunNumber: UInt64, lunExists: Bool,
+    public static func plan(function: UInt8, referencedTask: UInt32, lunNumber: UInt64, lunExists: Bool,
                      sessionBound: Bool) -> TaskManagementPlan {
         var plan = TaskManagementPlan(scope: .none, reset: .none, response: TMResponse.functionComplete,
                                       closesSession: false)
@@ -83,7 +86,7 @@ enum TaskManagement {
     /// Whether a task in `state` with `itt` on `lunNumber` is in `scope`. ABORT TASK does not find the marker
     /// a refused or aborted command leaves: that command is over.
     @inline(__always)
-    static func reaches(_ scope: TaskManagementScope, state: TaskState, itt: UInt32, lunNumber: UInt64) -> Bool {
+    public static func reaches(_ scope: TaskManagementScope, state: TaskState, itt: UInt32, lunNumber: UInt64) -> Bool {
         guard state != .free else { return false }
         switch scope {
         case .none: return false
@@ -93,7 +96,7 @@ enum TaskManagement {
         }
     }
 
-    static func abortEffect(of state: TaskState) -> AbortEffect {
+    public static func abortEffect(of state: TaskState) -> AbortEffect {
         switch state {
         case .free, .orderMarker: return .none
         case .waitingOrder: return .keepOnlyCmdSN
@@ -106,7 +109,7 @@ enum TaskManagement {
 
     /// ABORT TASK found no task with the ITT: "function complete" when RefCmdSN names a command that never
     /// arrived (the window then counts it received), else "task does not exist" (RFC 7143 §11.5.1).
-    static func responseForMissingTask(refCmdSN: UInt32, requestCmdSN: UInt32, window: inout CmdSNWindow) -> UInt8 {
+    public static func responseForMissingTask(refCmdSN: UInt32, requestCmdSN: UInt32, window: inout CmdSNWindow) -> UInt8 {
         window.receivedInPlaceOfMissing(refCmdSN, before: requestCmdSN)
             ? TMResponse.functionComplete : TMResponse.taskDoesNotExist
     }

@@ -1,9 +1,12 @@
 // The fixed newstyle handshake as a value: it takes the client's flags and options and returns what to
 // send and what happens next. The connection (NBDConnection.swift) carries the steps out.
 
+import Floor
+import ISCSIWire
+import SCSI
 public struct NBDHandshake: Sendable {
     /// States:
-    enum State: Sendable {
+    public enum State: Sendable {
         /// The greeting is out; the client's 32-bit flags come next.
         case awaitingClientFlags
         /// Options are exchanged until one ends the handshake.
