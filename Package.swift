@@ -75,12 +75,24 @@ let package = Package(
         .target(name: "ISCSI", dependencies: ["Floor", "ISCSIWire", "SCSI", .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: ioPathSettings),
         .target(name: "NBD", dependencies: ["Floor", "SCSI"], swiftSettings: ioPathSettings),
+        // The reactor and the transport shell (issue 9): one ring per core, the connections that carry out what
+        // the ISCSI and NBD machines decide, the buffer pool, the runtime the control plane drives. Target (the
+        // control layer) re-exports it.
+        .target(
+            name: "Reactor",
+            dependencies: [
+                "CURing", "Floor", "ISCSI", "ISCSIWire", "NBD", "SCSI", "SheepProtocol", "Store", "URing",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: ioPathSettings
+        ),
         .target(
             name: "Target",
             dependencies: [
                 "CURing",
                 "Floor",
                 "ISCSI",
+                "Reactor",
                 "NBD",
                 "SCSI",
                 "Store",
@@ -169,9 +181,9 @@ let package = Package(
                     swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "FloorTests", dependencies: ["Floor", "URing", "CURing"],
                     swiftSettings: [.swiftLanguageMode(.v5)]),
-        .testTarget(name: "TargetTests", dependencies: ["Target", "ISCSI", "NBD", "SCSI", "Store", "DeterministicRandom"], swiftSettings: [.swiftLanguageMode(.v5)]),
-        .testTarget(name: "EndToEndTests", dependencies: ["Target", "ISCSI", "NBD", "SCSI", "Store", "ISCSIWire", "RawClients", "SheepProtocol", "TestSupport"], swiftSettings: [.swiftLanguageMode(.v5)]),
-        .testTarget(name: "SimulationTests", dependencies: ["Target", "ISCSI", "NBD", "SCSI", "Store", "DeterministicRandom", "SheepTestServer", "SheepProtocol"], swiftSettings: [.swiftLanguageMode(.v5)]),
+        .testTarget(name: "TargetTests", dependencies: ["Target", "ISCSI", "Reactor", "NBD", "SCSI", "Store", "DeterministicRandom"], swiftSettings: [.swiftLanguageMode(.v5)]),
+        .testTarget(name: "EndToEndTests", dependencies: ["Target", "ISCSI", "Reactor", "NBD", "SCSI", "Store", "ISCSIWire", "RawClients", "SheepProtocol", "TestSupport"], swiftSettings: [.swiftLanguageMode(.v5)]),
+        .testTarget(name: "SimulationTests", dependencies: ["Target", "ISCSI", "Reactor", "NBD", "SCSI", "Store", "DeterministicRandom", "SheepTestServer", "SheepProtocol"], swiftSettings: [.swiftLanguageMode(.v5)]),
     ]
 )
 
@@ -179,7 +191,7 @@ let package = Package(
 // -sanitize=fuzzer (libFuzzer); the plain build replays corpus files, and FuzzTests replays the committed corpus.
 package.products.append(.executable(name: "ringtgt-fuzz", targets: ["ringtgt-fuzz"]))
 package.targets += [
-    .target(name: "FuzzTargets", dependencies: ["Floor", "ISCSI", "NBD", "SCSI", "Store", "Target", "ISCSIWire", "SheepProtocol"], path: "fuzz/Targets",
+    .target(name: "FuzzTargets", dependencies: ["Floor", "ISCSI", "Reactor", "NBD", "SCSI", "Store", "Target", "ISCSIWire", "SheepProtocol"], path: "fuzz/Targets",
             swiftSettings: [.swiftLanguageMode(.v5)]),
     .executableTarget(name: "ringtgt-fuzz", dependencies: ["FuzzTargets"], path: "fuzz/Main",
                       swiftSettings: [.swiftLanguageMode(.v5)]),

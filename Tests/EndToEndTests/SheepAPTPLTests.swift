@@ -13,6 +13,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 extension EndToEnd {
     @Suite("Sheepdog APTPL and gateway liveness")

@@ -13,6 +13,7 @@ import TestSupport
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// Runs a record machine's steps over a plain blocking client until it is done.
 private func drive(_ sync: inout SheepSCSIRecordSync, _ client: SheepClient, _ first: SheepSCSIRecordSync.Step) throws

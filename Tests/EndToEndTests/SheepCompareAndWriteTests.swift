@@ -15,6 +15,7 @@ import TestSupport
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 #if canImport(Glibc)
 import Glibc
 #endif

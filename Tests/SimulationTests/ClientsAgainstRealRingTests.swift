@@ -12,6 +12,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// A Runtime with one file-backed LUN, exported over iSCSI and NBD on 127.0.0.1. `stop()` ends it and
 /// removes the file.

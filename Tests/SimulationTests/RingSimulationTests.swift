@@ -15,6 +15,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 @Suite(.serialized) struct RingSimulation {
     /// Seeds CI runs for each store; a few seconds in all.

@@ -8,6 +8,7 @@ import DeterministicRandom
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// An initiator the simulation steps. Never blocks: every socket call is non-blocking (MSG_DONTWAIT) and
 /// EAGAIN means "nothing now".

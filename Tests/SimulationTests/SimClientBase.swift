@@ -8,6 +8,7 @@ import DeterministicRandom
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 import Glibc
 

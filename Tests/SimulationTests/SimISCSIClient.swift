@@ -10,6 +10,7 @@ import DeterministicRandom
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 final class SimISCSIClient: SimClientBase, SimClient {
     /// Login responses that neither transit nor fail before the client drops the connection.

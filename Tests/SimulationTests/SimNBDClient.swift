@@ -7,6 +7,7 @@ import DeterministicRandom
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 final class SimNBDClient: SimClientBase, SimClient {
     /// An option reply's data: NBD strings are at most 4096 bytes (proto.md), plus the reply's own fields.

@@ -8,6 +8,7 @@ import DeterministicRandom
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 enum SimOp: Equatable { case read, write, flush }
 

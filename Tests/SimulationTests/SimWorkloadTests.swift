@@ -7,6 +7,7 @@ import DeterministicRandom
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 import Testing
 

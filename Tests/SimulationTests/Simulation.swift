@@ -20,6 +20,7 @@ import SheepProtocol
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 enum SimStore: String, CaseIterable, Sendable {
     case file, null, sheep

@@ -6,6 +6,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// TSIH allocation, accept error handling and rate-limited logging: the pure parts of admission.
 @Suite struct AcceptPolicyTests {

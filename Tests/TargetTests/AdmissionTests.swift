@@ -4,6 +4,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// Who may log in and who may stay: CHAP secret rules (RFC 7143 §12.1.3), State offline (tgt's system and
 /// target states), and the re-check of logged-in sessions when a target's ACL or accounts change.

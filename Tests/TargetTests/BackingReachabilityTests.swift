@@ -4,6 +4,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// A LU follows its store's reachability: nothing changes while a loss is shorter than the bound, the LU
 /// turns unavailable once it is longer, and available again when the store has its data back.

@@ -5,6 +5,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// The record of SCSI state gateways share through sheep (Store/Sheep/SheepSCSIRecord.swift): its encoding,
 /// the chain's version rule and the COMPARE AND WRITE lease.

@@ -4,6 +4,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// The CmdSN window (RFC 7143 §3.2.2.1) every CmdSN-carrying PDU goes through, without a socket.
 @Suite struct CmdSNWindowTests {

@@ -12,6 +12,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// The part of a sheep cluster the section uses, as sheep/vdi.c and ops.c behave.
 private final class SectionSheep {

@@ -5,6 +5,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// ALUA on the control plane: ringtgtadm's keys, the dump and the config file.
 @Suite struct ControlALUATests {

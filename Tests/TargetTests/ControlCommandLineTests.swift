@@ -7,6 +7,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 private func parse(_ line: String, environment: [String: String] = [:]) -> TgtadmInvocation {
     TgtadmCommandLine.parse(line.split(separator: " ").map(String.init), environment: environment)

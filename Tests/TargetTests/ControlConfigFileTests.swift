@@ -5,6 +5,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 @Suite struct ControlConfigFileTests {
     @Test func configurationBecomesTargetsLUNsACLAndKeys() throws {

@@ -6,6 +6,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// targets.conf as tgt-admin reads it: every directive, includes, all errors at once.
 @Suite struct ConfigGrammarTests {

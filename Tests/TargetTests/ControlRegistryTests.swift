@@ -4,6 +4,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 private let iqn = "iqn.2026-01.test:t1"
 private let newTarget = "--lld iscsi --op new --mode target --tid 1 --targetname \(iqn)"

@@ -9,6 +9,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// Keeps the lines logged through it, for tests that check what the daemon says.
 private final class CapturedLog: @unchecked Sendable {

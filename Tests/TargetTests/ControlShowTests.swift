@@ -7,6 +7,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 @Suite struct ControlShowTests {
     @Test func diskSizeUsesTgtsArithmetic() {

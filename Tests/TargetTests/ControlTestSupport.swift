@@ -6,6 +6,7 @@ import Foundation
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 final class FakeFabric: ControlFabric, @unchecked Sendable {
     private let lock = NSLock()

@@ -4,6 +4,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// The Data-In stream of a read (RFC 7143 §11.7, ERL 0) without a socket: segmenting by MaxRecvDataSegmentLength
 /// and MaxBurstLength, DataSN, the F and S bits, the status in the last PDU, and pieces of one buffer each.

@@ -4,6 +4,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// R2T and Data-Out sequencing (RFC 7143 §11.7-11.8, ERL 0) without a socket: offsets, DataSN, the F bit,
 /// overflow beyond the burst or the chunk, and the Data-Out timeout.

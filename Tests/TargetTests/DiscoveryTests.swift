@@ -4,6 +4,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 @Suite struct DiscoveryTests {
     static let targets: [(name: String, addresses: [String])] = [

@@ -6,6 +6,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// The file store on a real ring, with the completions the kernel gives rewritten on their way back: a transfer
 /// reported short, EAGAIN or EINTR after the kernel did the work, a write that makes no progress. The store must

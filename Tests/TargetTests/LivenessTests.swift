@@ -4,6 +4,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// Liveness by tick without a socket or a clock: login timeout, an initiator that stops reading, the NOP-In
 /// ping and its answer, and the Data-Out timeout.

@@ -4,6 +4,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// The login state machine driven with the key sets real initiators send.
 @Suite struct LoginTests {

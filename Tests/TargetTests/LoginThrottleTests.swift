@@ -4,6 +4,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// The CHAP brute-force brake (LoginThrottle) on a fake clock: the pauses, the bound per address, other
 /// addresses untouched, accounts, forgetting, refusal past the hold limit, and the table's bound.

@@ -4,6 +4,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 @Test func nexusPortNamesFollowRFC7143() {
     let n = Nexus(initiatorName: "iqn.2026-01.test:init", isid: 0x23D000000001, targetName: "iqn.t", portalGroupTag: 1, relativeTargetPortID: 1)

@@ -6,6 +6,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 @Suite struct NBDTests {
     static let maxPayload = 262_144

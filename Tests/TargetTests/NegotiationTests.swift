@@ -4,6 +4,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// Answers of the target to single keys and key sets, by RFC 7143 §13 rule.
 @Suite struct NegotiationTests {

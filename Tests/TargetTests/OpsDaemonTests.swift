@@ -9,6 +9,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 @Suite struct OpsDaemonTests {
     // MARK: journald

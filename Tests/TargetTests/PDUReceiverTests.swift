@@ -5,6 +5,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// iSCSI PDU framing (RFC 7143 §11.1) without a socket: every stage, reads split at every byte boundary,
 /// digests right and wrong, AHS, padding, an oversize data segment and a zero-length one.

@@ -5,6 +5,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// The BHS codec as pure logic: fields read from wire bytes, and target PDUs built byte for byte.
 @Suite struct PDUTests {

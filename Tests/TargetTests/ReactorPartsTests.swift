@@ -5,6 +5,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// The reactor's pure parts: the user_data budget against its tables, the store errno table, idle trimming and
 /// ticks. The layouts themselves, the socket errno table and the ring are the floor's (Tests/FloorTests).

@@ -5,6 +5,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// ALUA (SCSI/ALUA.swift): TPGS, the VPD designators, REPORT / SET TARGET PORT GROUPS, the commands each
 /// state allows with SPC-4's sense, and ASYMMETRIC ACCESS STATE CHANGED on every path of the LU.

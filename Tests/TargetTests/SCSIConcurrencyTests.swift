@@ -4,6 +4,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// Several sessions on different threads share one LU while another changes reservations and mode
 /// parameters: every command completes with a status its situation allows, and LUNState stays coherent.

@@ -4,6 +4,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// `ringtgtd --lun0-controller`: LUN 0 answers as tgt's storage array controller (usr/scc.c).
 @Suite struct SCSIControllerLUNTests {

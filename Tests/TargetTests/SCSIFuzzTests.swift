@@ -5,6 +5,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// Random CDBs for every opcode, with random lengths and directions: every command must complete (the
 /// harness bounds the steps), never ask for data-out beyond the EDTL, never send more data-in than the

@@ -7,6 +7,7 @@
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// One in-memory LUN: its bytes and which byte ranges are deallocated.
 final class FakeDisk {

@@ -5,6 +5,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// tgt's LUN parameters that change what an initiator sees (lbppbe, la_lba, optimal_xfer_gran, online,
 /// removable, sense_format, vendor_id, product_id, thin_provisioning) and `--tgt-defaults`, checked on the

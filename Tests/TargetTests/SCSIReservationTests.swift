@@ -4,6 +4,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// PERSISTENT RESERVE OUT/IN and RESERVE/RELEASE across two nexuses, following libiscsi's sequences.
 @Suite struct SCSIReservationTests {

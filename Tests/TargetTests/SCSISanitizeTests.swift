@@ -4,6 +4,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// SANITIZE: BLOCK ERASE / CRYPTOGRAPHIC ERASE through the store, the sanitize-in-progress state other
 /// commands see, failure mode and EXIT FAILURE MODE, and the CDB checks libiscsi's Sanitize.* make.

@@ -4,6 +4,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// MODE SENSE/SELECT, REPORT SUPPORTED OPERATION CODES, EXTENDED COPY and RECEIVE COPY RESULTS.
 @Suite struct SCSIServiceTests {

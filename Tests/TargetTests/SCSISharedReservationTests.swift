@@ -4,6 +4,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// Reservations carried between two gateways by the shared record (SCSI/ReservationsShared.swift): gateway A
 /// and gateway B are two harnesses (two daemons' views of one LU, B's port is relative target port 2); a

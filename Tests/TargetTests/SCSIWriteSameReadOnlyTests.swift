@@ -4,6 +4,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// WRITE SAME on a write-protected LU (a sheepdog snapshot LUN, a read-only file): DATA PROTECT, also with
 /// UNMAP set, although such an LU does not advertise LBPWS (libiscsi's ReadOnly.ReadOnlySBC).

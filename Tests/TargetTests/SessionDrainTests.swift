@@ -9,6 +9,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 @Suite struct SessionDrain {
     let runtime = Runtime(config: ReactorConfig(), portals: [], logger: Logger(label: "drain-test"))

@@ -5,6 +5,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// APTPL on multipath sheep LUs and the LU's power-on across gateways (docs/CLUSTER-STATE.md, "APTPL"): the
 /// record's APTPL bit and power-on count (format 4), REPORT CAPABILITIES and PERSISTENT RESERVE OUT on shared and

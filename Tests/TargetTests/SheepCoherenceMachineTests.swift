@@ -6,6 +6,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// Multipath over sheepdog (SHEEPDOG-PROTOCOL.md §7.10): the home core's answer to INODE_INVALIDATED — one
 /// refresh read of the inode, the index adopted from it, then the waiting requests redone against it.

@@ -6,6 +6,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// The home core's decisions, driven by tables of sheep replies: what it sends, in which order, whom it answers,
 /// and what the object index says afterwards. No socket, no ring, no sheep.

@@ -5,6 +5,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// The home core runs the shared SCSI record's conversation (Store/Sheep/SheepHomeRecord.swift): attribute
 /// requests through the volume's channel without SD_FLAG_CMD_TGT, reads into the kept attribute buffer, one

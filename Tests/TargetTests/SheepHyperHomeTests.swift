@@ -5,6 +5,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// The home core on a hyper volume: a created object is recorded in the B-tree and the inode root is written
 /// (from btree_counter, never starting inside data_vdi_id), one batch at a time.

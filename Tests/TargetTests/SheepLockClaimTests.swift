@@ -6,6 +6,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// The claim files that tell a live gateway's shared lock from a dead one's: one holder at a time, the file
 /// gone after a clean release, and an opener that locked a file its holder unlinked meanwhile not fooled.

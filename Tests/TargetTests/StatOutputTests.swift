@@ -8,6 +8,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 @Suite struct StatFormatterTests {
     static func line(tid: Int = 1, lun: UInt64 = 1, _ fill: (inout LUNStatistics) -> Void) -> LUNStatLine {

@@ -7,6 +7,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 @Suite struct LatencyHistogramTests {
     /// Latencies spread over the whole range, including bucket edges.

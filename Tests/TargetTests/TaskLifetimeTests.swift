@@ -4,6 +4,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// The LUN lifetime rule at the SCSI task (docs/DESIGN.md): a command in flight keeps its LUN, the target it
 /// started under and its nexus alive after everything else let go of them, and holds nothing once it ended.

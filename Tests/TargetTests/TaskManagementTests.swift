@@ -4,6 +4,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 /// Task management decisions (RFC 7143 §11.5-11.6) without a socket: what each function reaches and the
 /// answer for a task in every state.

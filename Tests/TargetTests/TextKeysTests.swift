@@ -4,6 +4,7 @@ import Testing
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 @Suite struct TextKeysTests {
     private func bytes(_ s: String) -> [UInt8] { Array(s.utf8) }

@@ -10,6 +10,7 @@
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 import Foundation
 
 enum ControlRoundTrip {

@@ -11,6 +11,7 @@ import ISCSIWire
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 enum LoginFuzz {
     static let targetName = "iqn.2026-01.org.ringtgt:fuzz"

@@ -11,6 +11,7 @@ import ISCSIWire
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 enum NBDFuzz {
     static let maxPayload = 262_144

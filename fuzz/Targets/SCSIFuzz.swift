@@ -13,6 +13,7 @@ import ISCSIWire
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 enum SCSIFuzz {
     static let maxPDUs = 128

@@ -11,6 +11,7 @@ import SheepProtocol
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 enum SheepFuzz {
     static let slots = 16

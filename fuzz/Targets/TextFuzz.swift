@@ -10,6 +10,7 @@ import ISCSIWire
 @testable import SCSI
 @testable import ISCSI
 @testable import NBD
+@testable import Reactor
 
 enum TextFuzz {
     static let maxPDUs = 256

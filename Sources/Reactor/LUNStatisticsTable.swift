@@ -1,3 +1,10 @@
+import Floor
+import URing
+import ISCSIWire
+import Store
+import SCSI
+import ISCSI
+import NBD
 import Glibc
 
 /// One core's LUN counters: a fixed array of entries indexed by LogicalUnit.statisticsSlot, each a
@@ -6,7 +13,7 @@ import Glibc
 /// memory only once a LUN in it saw a command on this core.
 /// Where a LUN's counters live on every core (`LogicalUnit.statisticsSlot` and `statisticsID`). A command
 /// copies it when it starts, so counting its end reads no field of the LUN and takes no reference to it.
-struct LUNStatisticsKey {
+public struct LUNStatisticsKey {
     var slot: Int32 = -1
     var id: UInt64 = 0
 
@@ -19,7 +26,7 @@ struct LUNStatisticsKey {
     }
 }
 
-struct LUNStatisticsTable: ~Copyable {
+public struct LUNStatisticsTable: ~Copyable {
     static let slotCount = StatisticsSlots.capacity
     static let countersBytes = (MemoryLayout<LUNCounters>.stride + 63) / 64 * 64
     static let entryBytes = countersBytes + LatencyHistogram.bucketCount * MemoryLayout<UInt64>.stride

@@ -1,8 +1,15 @@
+import Floor
+import URing
+import ISCSIWire
+import Store
+import SCSI
+import ISCSI
+import NBD
 import Glibc
 
 /// What a failed accept means for the listener. A multishot accept ends with its first error, so every
 /// failure decides when the listener is armed again.
-enum AcceptFailure: Equatable {
+public enum AcceptFailure: Equatable {
     /// The process or system is out of descriptors or memory: accepting again at once fails again at once
     /// (and spins the core), so wait before re-arming.
     case backOff
@@ -42,7 +49,7 @@ enum AcceptFailure: Equatable {
 
 /// The pause before a listener that ran out of resources accepts again: doubles from the first delay up to
 /// the cap while failures continue, and starts over after a successful accept.
-struct AcceptBackoff {
+public struct AcceptBackoff {
     static let firstDelayMilliseconds: UInt64 = 100
     static let maxDelayMilliseconds: UInt64 = 3_200
 
@@ -61,7 +68,7 @@ struct AcceptBackoff {
 /// Unique session handles (TSIH, RFC 7143 §11.13.4): a new one is never 0 and never one a live session holds.
 /// Allocation continues after the last handle given out, so a just-released handle is reused only after all
 /// others: a late "close session TSIH" message for a gone session cannot reach a newer one in practice.
-struct TSIHAllocator {
+public struct TSIHAllocator {
     private var inUse: Set<UInt16> = []
     private var last: UInt16
 

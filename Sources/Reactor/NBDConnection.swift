@@ -1,8 +1,15 @@
+import Floor
+import URing
+import ISCSIWire
+import Store
+import SCSI
+import ISCSI
+import NBD
 import CURing
 import Glibc
 
 /// Receive stages of an NBD connection. Each tracks how much it has in the connection's `stageHave`.
-enum NBDRxStage: UInt8 {
+public enum NBDRxStage: UInt8 {
     /// The greeting is out; the client's 4 flag bytes come next.
     case clientFlags
     /// A 16-byte option header (IHAVEOPT, option, length).
@@ -21,7 +28,7 @@ enum NBDRxStage: UInt8 {
     case draining
 }
 
-struct NBDConnectionState {
+public struct NBDConnectionState {
     var stage: NBDRxStage = .clientFlags
     var handshake = NBDHandshake()
     var option: UInt32 = 0

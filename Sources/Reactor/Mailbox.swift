@@ -1,9 +1,16 @@
+import Floor
+import URing
+import ISCSIWire
+import Store
+import SCSI
+import ISCSI
+import NBD
 import CURing
 import Glibc
 
 /// Messages to a core. They cross threads, so they travel through a mailbox drained when the core's eventfd
 /// fires; the I/O path never touches it.
-enum CoreMessage: @unchecked Sendable {
+public enum CoreMessage: @unchecked Sendable {
     /// A new configuration: swap the snapshot, re-point sessions at their target's new runtime.
     case config(ConfigSnapshot, CoreReply)
     /// Close the session with this TSIH (reinstatement from another core, or an admin delete).

@@ -1,9 +1,16 @@
+import Floor
+import URing
+import ISCSIWire
+import Store
+import SCSI
+import ISCSI
+import NBD
 import Glibc
 
 /// Where one connection's fixed-size memory sits inside its region of the core's ConnectionMemory. The
 /// parts every connection touches (header area, send bookkeeping) come first and share pages; the large
 /// parts (receive staging, send arena, task tables) follow and are touched only as far as they are used.
-struct ConnectionMemoryLayout {
+public struct ConnectionMemoryLayout {
     let header: Int
     let out: Int
     let rx: Int
@@ -40,7 +47,7 @@ struct ConnectionMemoryLayout {
 /// (MAP_NORESERVE); pages become resident as a connection uses them, and go back to the kernel when the
 /// connection is released. So connection churn cannot grow or fragment the heap (glibc keeps freed
 /// per-thread arena memory, and its mmap threshold adapts upwards, so churn used to ratchet RSS up).
-struct ConnectionMemory: ~Copyable {
+public struct ConnectionMemory: ~Copyable {
     let layout: ConnectionMemoryLayout
     let count: Int
     let base: UnsafeMutableRawPointer

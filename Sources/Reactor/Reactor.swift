@@ -1,3 +1,10 @@
+import Floor
+import URing
+import ISCSIWire
+import Store
+import SCSI
+import ISCSI
+import NBD
 import CURing
 import Glibc
 import Logging
@@ -47,7 +54,7 @@ public struct ReactorConfig: Sendable {
     public init() {}
 }
 
-struct GateWaiter {
+public struct GateWaiter {
     var connection: Int32
     var generation: UInt32
     var task: Int32
@@ -1039,12 +1046,12 @@ public final class Reactor {
 }
 
 /// A configuration the reactor cannot run with.
-struct ReactorSetupError: Error, CustomStringConvertible {
-    var description: String
+public struct ReactorSetupError: Error, CustomStringConvertible {
+    public var description: String
 }
 
 /// An accepted socket not yet in the connection table.
-struct PendingAccept {
+public struct PendingAccept {
     var fd: Int32
     var listenerIndex: Int
     var peer: String

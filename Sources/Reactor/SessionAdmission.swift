@@ -2,6 +2,13 @@
 /// the same conditions (Login.swift); a session must not keep access that a new login would be refused,
 /// for example one that logged in without CHAP before CHAP was bound (RFC 7143 §12: a target that requires
 /// authentication must not serve an initiator that did not authenticate). Pure.
+import Floor
+import URing
+import ISCSIWire
+import Store
+import SCSI
+import ISCSI
+import NBD
 public enum SessionAdmission {
     /// Nil while the session is still admitted; otherwise why it is not.
     /// `chapAccount`: the account the session authenticated as, nil when it did not authenticate.

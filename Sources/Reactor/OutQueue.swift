@@ -1,3 +1,10 @@
+import Floor
+import URing
+import ISCSIWire
+import Store
+import SCSI
+import ISCSI
+import NBD
 import CURing
 import Glibc
 
@@ -16,7 +23,7 @@ public enum SendToken: Equatable {
 
 /// One PDU waiting to be sent: a header in the arena, an optional data segment elsewhere, and a trailer
 /// (pad + data digest) in the arena.
-struct OutRecord {
+public struct OutRecord {
     var headerLength: Int32      // 48, or 52 with a header digest
     var data: UnsafeRawPointer?
     var dataLength: Int32
@@ -27,7 +34,7 @@ struct OutRecord {
 /// The per-connection send queue: a bounded ring of PDUs plus their header arena. At most one SENDMSG is in
 /// flight per socket (a second could overtake the first and reorder the stream); queued PDUs go out in
 /// batches of up to `batchRecords`.
-struct OutQueue: ~Copyable {
+public struct OutQueue: ~Copyable {
     static let arenaEntryBytes = 192       // BHS 0..47, header digest 48..51, trailer 52..59, inline data 64..191
     /// Where an entry keeps the pad bytes and data digest sent after its data (after the BHS and its digest).
     static let trailerOffset = bhsBytes + Framing.digestBytes

@@ -3,6 +3,13 @@
 // the reactor layer and not the other way round (issue 9). Called only from the control thread.
 
 /// One iSCSI session as `--op show --mode target` lists it under "I_T nexus information".
+import Floor
+import URing
+import ISCSIWire
+import Store
+import SCSI
+import ISCSI
+import NBD
 public struct SessionInfo: Equatable, Sendable {
     public struct Connection: Equatable, Sendable {
         public var cid: UInt32

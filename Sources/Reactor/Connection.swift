@@ -1,8 +1,15 @@
+import Floor
+import URing
+import ISCSIWire
+import Store
+import SCSI
+import ISCSI
+import NBD
 import CURing
 import Glibc
 
 /// The operational values a connection runs with after login (RFC 7143 §13), in the form the I/O path uses.
-struct ConnectionParams {
+public struct ConnectionParams {
     var headerDigest = false
     var dataDigest = false
     /// The most data we may put in one PDU (the initiator's MaxRecvDataSegmentLength).
@@ -17,7 +24,7 @@ struct ConnectionParams {
     var defaultTime2Retain: UInt16 = 0
 }
 
-enum ConnPhase: UInt8 {
+public enum ConnPhase: UInt8 {
     /// Login PDUs only, until the final Login Response with T=1, NSG=3.
     case login
     /// Normal or discovery session in full feature phase.
@@ -30,7 +37,7 @@ enum ConnPhase: UInt8 {
 
 /// The protocol a connection speaks, fixed by the listener that accepted it. Both share the reactor's
 /// connection table, buffers, send queue and store path; only parsing and replies differ.
-enum FrontEnd: UInt8 {
+public enum FrontEnd: UInt8 {
     case iscsi
     /// NBD (NBDConnection.swift): `phase` is `.login` during the handshake, `.fullFeature` in transmission.
     case nbd
@@ -38,7 +45,7 @@ enum FrontEnd: UInt8 {
 
 /// NBD's receive stage as the shared receive path sees it (iSCSI's framing is `PDUReceiver`): in `.data` a
 /// recv may land straight in `sinkPtr`.
-enum RxStage: UInt8 {
+public enum RxStage: UInt8 {
     case bhs, data
 }
 
@@ -489,8 +496,8 @@ public final class Connection {
 }
 
 /// A logout or task management response held until shared SCSI state changes are in sheep (FullFeature.swift).
-struct HeldResponse {
-    enum Kind {
+public struct HeldResponse {
+    public enum Kind {
         case taskManagement(response: UInt8, closesSession: Bool)
         case logout(response: UInt8, time2Wait: UInt16, time2Retain: UInt16)
     }

@@ -1,3 +1,10 @@
+import Floor
+import URing
+import ISCSIWire
+import Store
+import SCSI
+import ISCSI
+import NBD
 import CURing
 import Glibc
 
@@ -210,7 +217,7 @@ extension Connection {
 }
 
 /// A Login Response the login throttle holds back until `dueNanos` (Connection.heldLogin).
-struct HeldLogin {
+public struct HeldLogin {
     let request: LoginRequest
     let response: LoginResponse
     let outcome: LoginOutcome
@@ -220,7 +227,7 @@ struct HeldLogin {
 }
 
 /// A successful login waiting for the previous session of its initiator port (Connection.parkedLogin).
-struct ParkedLogin {
+public struct ParkedLogin {
     let request: LoginRequest
     let response: LoginResponse
     let parameters: SessionParameters

@@ -1,5 +1,12 @@
 /// One outstanding SCSI command on a connection, in preallocated per-connection storage.
-struct IOTask {
+import Floor
+import URing
+import ISCSIWire
+import Store
+import SCSI
+import ISCSI
+import NBD
+public struct IOTask {
     var state: TaskState = .free
     var aborted = false
     var itt: UInt32 = 0
@@ -53,7 +60,7 @@ struct IOTask {
 
 /// A FIFO of a connection's task entries, linked through `IOTask.nextWait`: no allocation, bounded by the
 /// task table. A task is on at most one queue.
-struct TaskQueue {
+public struct TaskQueue {
     private(set) var head: Int32 = -1
     private var tail: Int32 = -1
 

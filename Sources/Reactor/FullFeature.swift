@@ -1,3 +1,10 @@
+import Floor
+import URing
+import ISCSIWire
+import Store
+import SCSI
+import ISCSI
+import NBD
 import CURing
 import Glibc
 

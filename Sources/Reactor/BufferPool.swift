@@ -1,3 +1,10 @@
+import Floor
+import URing
+import ISCSIWire
+import Store
+import SCSI
+import ISCSI
+import NBD
 import Glibc
 
 /// The per-core pool of I/O buffers, allocated and registered with the ring once at start.

@@ -1,3 +1,10 @@
+import Floor
+import URing
+import ISCSIWire
+import Store
+import SCSI
+import ISCSI
+import NBD
 import CURing
 import Glibc
 import Logging
@@ -30,7 +37,7 @@ public final class Runtime: @unchecked Sendable {
     /// sessions still have commands running at a store. A new session of that nexus starts only once both are
     /// gone (`sessionMayStart`): otherwise a write of the dead session could land after a newer write of the
     /// new one (found by the ring simulation: seed 0x5eed, sheep store).
-    struct SessionTable {
+    public struct SessionTable {
         var live: [SessionKey: (core: Int, tsih: UInt16)] = [:]
         var draining = DrainingCounts<SessionKey>()
         /// NBD has no session identity: per export (tid, LUN), closed connections with commands still at a store.
@@ -38,7 +45,7 @@ public final class Runtime: @unchecked Sendable {
     }
 
     /// Closed connections per key whose commands are still at a store.
-    struct DrainingCounts<Key: Hashable> {
+    public struct DrainingCounts<Key: Hashable> {
         private var counts: [Key: Int] = [:]
         mutating func add(_ key: Key) { counts[key, default: 0] += 1 }
         mutating func remove(_ key: Key) {
@@ -47,12 +54,12 @@ public final class Runtime: @unchecked Sendable {
         func contains(_ key: Key) -> Bool { counts[key] != nil }
     }
 
-    struct ExportKey: Hashable {
+    public struct ExportKey: Hashable {
         var tid: Int
         var lun: UInt64
     }
 
-    struct SessionKey: Hashable {
+    public struct SessionKey: Hashable {
         var initiator: String
         var isid: UInt64
         var target: String
@@ -361,7 +368,7 @@ public final class Runtime: @unchecked Sendable {
     }
 }
 
-final class ThreadBox {
+public final class ThreadBox {
     let core: Int
     let config: ReactorConfig
     unowned let runtime: Runtime

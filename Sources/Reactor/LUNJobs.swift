@@ -6,14 +6,21 @@
 
 /// A command waiting for its job to end (SANITIZE without IMMED). It is looked up again by index, generation
 /// and ITT when the job ends: the command may have been aborted or its connection closed since.
-struct JobWaiter {
+import Floor
+import URing
+import ISCSIWire
+import Store
+import SCSI
+import ISCSI
+import NBD
+public struct JobWaiter {
     var connection: Int32
     var generation: UInt32
     var task: Int32
     var itt: UInt32
 }
 
-struct LUNJob {
+public struct LUNJob {
     var sanitize: SanitizeJob? = nil
     /// The store's progress record for the job's operation in flight (FileStore, SheepStore).
     var store = StoreRequest()
@@ -30,7 +37,7 @@ struct LUNJob {
 
 /// The core's job entries, in fixed storage: the stores keep pointers to `store` while an operation is in
 /// flight.
-final class LUNJobTable {
+public final class LUNJobTable {
     let capacity = SanitizeLimits.jobsPerCore
     let entries: UnsafeMutablePointer<LUNJob>
     private(set) var generationCounter: UInt32 = 0
