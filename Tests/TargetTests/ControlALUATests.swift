@@ -6,6 +6,7 @@ import Testing
 @testable import ISCSI
 @testable import NBD
 @testable import Reactor
+import SheepProtocol
 
 /// ALUA on the control plane: ringtgtadm's keys, the dump and the config file.
 @Suite struct ControlALUATests {
@@ -122,8 +123,7 @@ import Testing
     /// before), and a group's state set with ringtgtadm; other changes publish nothing.
     @Test func aMultipathSheepLUsGroupsAndStatesGoToTheSharedRecord() throws {
         let h = ControlHarness()
-        let bench = SheepHomeMachineTests.Bench(locked: true, coherent: true)
-        h.opener.sheepVolume = bench.volume
+        h.opener.sheepVolume = coherentSheepVolume()
         h.run("--lld iscsi --op new --mode target --tid 1 -T iqn.2026-01.test:one")
         h.run("--lld iscsi --op new --mode target --tid 2 -T iqn.2026-01.test:two")
         h.run("--lld iscsi --op new --mode logicalunit --tid 2 --lun 1 -E null -b /dev/null")
@@ -143,4 +143,16 @@ import Testing
         h.run("--lld iscsi --op update --mode target --tid 1 --name MaxRecvDataSegmentLength --value 65536")
         #expect(h.fabric.shared.count == count, "\(h.fabric.shared)")
     }
+}
+
+/// A multipath sheep volume (locked shared, coherent) that connects to nothing: what the control plane
+/// publishes a multipath LU's groups through. Its index lives as long as the test process.
+private func coherentSheepVolume() -> SheepVolume {
+    let slots = 16, vid: UInt32 = 0x100
+    let index = UnsafeMutablePointer<UInt32>.allocate(capacity: slots)
+    index.initialize(repeating: 0, count: slots)
+    return SheepVolume(spec: SheepBackingSpec(endpoint: .unix(path: "/nonexistent"), vdi: "vol"), name: "vol",
+                       byteCount: UInt64(slots) << 22, objectShift: 22, copies: 2, readOnly: false, lockedVID: vid,
+                       vid: vid, homeCore: 0, endpointIndex: 0, index: index, indexSlots: slots, hyper: nil,
+                       coherent: true)
 }

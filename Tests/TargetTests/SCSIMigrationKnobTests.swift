@@ -3,6 +3,7 @@ import Testing
 @testable import Target
 @testable import Store
 @testable import SCSI
+@testable import SCSITestSupport
 @testable import ISCSI
 @testable import NBD
 @testable import Reactor

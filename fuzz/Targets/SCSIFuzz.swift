@@ -1,5 +1,5 @@
 // CDB decoding and the SCSI task (CDB.swift, SCSITask.swift, Dispatch.swift and the handlers) over an
-// in-memory store, as Tests/TargetTests/SCSIHarness.swift drives it. Input: one byte choosing the LUNs, then
+// in-memory store, as Tests/SCSITestSupport/SCSIHarness.swift drives it. Input: one byte choosing the LUNs, then
 // raw SCSI Command PDUs (other opcodes are skipped): flags R/W, LUN, EDTL and CDB from the BHS, an extended-CDB
 // AHS, immediate data as the start of the data-out stream (zeros after it). The low byte of the ITT, when its
 // top bit is set, fails one store op of the command. The LUNs' state (reservations, unit attentions, mode
