@@ -68,7 +68,7 @@ public struct CompareLeaseState: Equatable {
         case held = 1, freed = 2, broken = 3
     }
     static let magic: UInt32 = 0x5743_5452
-    static let encodedBytes = 32
+    static let encodedBytes = SheepWordRecord.bytes
 
     var kind: Kind
     /// The writing gateway (`SheepVolume.gatewayID`, random per open) and its count of lease writes.
@@ -78,13 +78,7 @@ public struct CompareLeaseState: Equatable {
     var id: CompareLeaseID { CompareLeaseID(writer: writer, stamp: stamp) }
 
     func encoded() -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: Self.encodedBytes)
-        func put(_ v: UInt64, _ at: Int, _ n: Int) { for i in 0..<n { out[at + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) } }
-        put(UInt64(Self.magic), 0, 4)
-        out[4] = kind.rawValue
-        put(writer, 8, 8)
-        put(stamp, 16, 8)
-        return out
+        SheepWordRecord(magic: Self.magic, kind: kind.rawValue, first: writer, second: stamp).encoded()
     }
 
     init(kind: Kind, writer: UInt64, stamp: UInt64) {
@@ -94,10 +88,10 @@ public struct CompareLeaseState: Equatable {
     }
 
     init?(decoding b: [UInt8]) {
-        guard b.count >= Self.encodedBytes else { return nil }
-        func get(_ at: Int, _ n: Int) -> UInt64 { (0..<n).reduce(0) { $0 | UInt64(b[at + $1]) << (8 * $1) } }
-        guard get(0, 4) == UInt64(Self.magic), let k = Kind(rawValue: b[4]) else { return nil }
-        self.init(kind: k, writer: get(8, 8), stamp: get(16, 8))
+        guard let r = SheepWordRecord(decoding: b[...]), r.magic == Self.magic, let k = Kind(rawValue: r.kind) else {
+            return nil
+        }
+        self.init(kind: k, writer: r.first, stamp: r.second)
     }
 }
 

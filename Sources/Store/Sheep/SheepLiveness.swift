@@ -24,7 +24,7 @@ public enum GatewayLivenessLimits {
     /// Heartbeat slots per LU, one per relative target port id 1...slotsMax. A port with a higher id is neither
     /// beaten nor judged: its group is never reported dead.
     static let slotsMax = 64
-    static let slotBytes = 32
+    static let slotBytes = SheepWordRecord.bytes
     static let regionBytes = slotsMax * slotBytes
     /// A gateway beats this often.
     static let beatIntervalSeconds: UInt64 = 2
@@ -48,13 +48,7 @@ public struct HeartbeatSlot: Equatable {
     var beat: UInt64
 
     func encoded() -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: GatewayLivenessLimits.slotBytes)
-        func put(_ v: UInt64, _ at: Int, _ n: Int) { for i in 0 ..< n { out[at + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) } }
-        put(UInt64(Self.magic), 0, 4)
-        out[4] = serving ? 1 : 0
-        put(gateway, 8, 8)
-        put(beat, 16, 8)
-        return out
+        SheepWordRecord(magic: Self.magic, kind: serving ? 1 : 0, first: gateway, second: beat).encoded()
     }
 
     init(serving: Bool, gateway: UInt64, beat: UInt64) {
@@ -65,11 +59,8 @@ public struct HeartbeatSlot: Equatable {
 
     /// nil for an empty slot (never beaten) or anything that is not a heartbeat.
     init?(decoding b: ArraySlice<UInt8>) {
-        guard b.count >= GatewayLivenessLimits.slotBytes else { return nil }
-        let s = b.startIndex
-        func get(_ at: Int, _ n: Int) -> UInt64 { (0 ..< n).reduce(0) { $0 | UInt64(b[s + at + $1]) << (8 * $1) } }
-        guard get(0, 4) == UInt64(Self.magic), b[s + 4] <= 1 else { return nil }
-        self.init(serving: b[s + 4] == 1, gateway: get(8, 8), beat: get(16, 8))
+        guard let r = SheepWordRecord(decoding: b), r.magic == Self.magic, r.kind <= 1 else { return nil }
+        self.init(serving: r.kind == 1, gateway: r.first, beat: r.second)
     }
 }
 
@@ -284,5 +275,41 @@ public struct SheepLiveness {
     private mutating func failed(_ r: SheepResult, _ what: String) -> Step {
         phase = .idle
         return .done(.failed(r, "sheep VDI '\(vdiName)': liveness: \(what): \(r.name)"))
+    }
+}
+
+/// The 32-byte little-endian value both small sheep attributes hold, a gateway's heartbeat slot
+/// (`GatewayHeartbeat`) and the COMPARE AND WRITE section's lease (`CompareLeaseState`): a 4-byte magic that
+/// names which it is, one byte of kind or flags, and two 64-bit words at bytes 8 and 16; the rest is zero.
+struct SheepWordRecord: Equatable {
+    static let bytes = 32
+    var magic: UInt32
+    var kind: UInt8
+    var first: UInt64
+    var second: UInt64
+
+    init(magic: UInt32, kind: UInt8, first: UInt64, second: UInt64) {
+        self.magic = magic
+        self.kind = kind
+        self.first = first
+        self.second = second
+    }
+
+    func encoded() -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: Self.bytes)
+        func put(_ v: UInt64, _ at: Int, _ n: Int) { for i in 0 ..< n { out[at + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) } }
+        put(UInt64(magic), 0, 4)
+        out[4] = kind
+        put(first, 8, 8)
+        put(second, 16, 8)
+        return out
+    }
+
+    /// nil when `b` is shorter than a record; any magic decodes (the caller checks its own).
+    init?(decoding b: ArraySlice<UInt8>) {
+        guard b.count >= Self.bytes else { return nil }
+        let s = b.startIndex
+        func get(_ at: Int, _ n: Int) -> UInt64 { (0 ..< n).reduce(0) { $0 | UInt64(b[s + at + $1]) << (8 * $1) } }
+        self.init(magic: UInt32(get(0, 4)), kind: b[s + 4], first: get(8, 8), second: get(16, 8))
     }
 }
