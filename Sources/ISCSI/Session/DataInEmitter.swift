@@ -35,8 +35,10 @@ public struct DataInPDU: Equatable {
 /// The residual is the SCSI layer's; it goes wherever the status goes.
 public struct DataInEmitter {
     @usableFromInline private(set) var dataSN: UInt32 = 0
-    /// Stream bytes handed to PDUs so far.
-    public var streamOffset: UInt32 = 0
+    /// Stream bytes handed to PDUs so far. Read-only outside the emitter (the stored value is internal, so that
+    /// the inlinable `next` may advance it).
+    public var streamOffset: UInt32 { _streamOffset }
+    @usableFromInline var _streamOffset: UInt32 = 0
     @usableFromInline var pieceLength = 0
     @usableFromInline var pieceQueued = 0
     /// The current piece ends the command.
@@ -88,10 +90,10 @@ public struct DataInEmitter {
         sequenceBytes += n
         let endsSequence = endsCommand || sequenceBytes >= maxBurstBytes
         if endsSequence { sequenceBytes = 0 }
-        let pdu = DataInPDU(dataSN: dataSN, bufferOffset: streamOffset, pieceOffset: pieceQueued, length: n,
+        let pdu = DataInPDU(dataSN: dataSN, bufferOffset: _streamOffset, pieceOffset: pieceQueued, length: n,
                             final: endsSequence, carriesStatus: endsCommand && collapse, endsPiece: endsPiece)
         dataSN &+= 1
-        streamOffset &+= UInt32(n)
+        _streamOffset &+= UInt32(n)
         pieceQueued += n
         return pdu
     }

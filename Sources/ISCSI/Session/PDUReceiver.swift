@@ -75,9 +75,13 @@ public struct PDUReceiver {
     @usableFromInline private(set) var stage = Stage.bhs
     /// Bytes of the current stage already received.
     @usableFromInline private(set) var have = 0
-    public var ahsBytes = 0
+    /// The current PDU's AHS length. Read-only outside the receiver: the stored values are internal, so that
+    /// the inlinable stages may set them.
+    public var ahsBytes: Int { _ahsBytes }
+    @usableFromInline var _ahsBytes = 0
     /// The current PDU's data segment, without padding.
-    public var dataLength = 0
+    public var dataLength: Int { _dataLength }
+    @usableFromInline var _dataLength = 0
     @usableFromInline var padLength = 0
     /// Where the data segment lands; nil discards it.
     @usableFromInline var sink: UnsafeMutableRawPointer? = nil
@@ -157,7 +161,7 @@ public struct PDUReceiver {
             if framing.loginRequestsOnly && bhs.opcode != ISCSIOpcode.loginRequest {
                 return .failed(.notLoginRequest)
             }
-            ahsBytes = bhs.ahsBytes
+            _ahsBytes = bhs.ahsBytes
             if ahsBytes > 0 && bhs.opcode != ISCSIOpcode.scsiCommand { return .failed(.ahsOnOpcode(bhs.opcode)) }
             if ahsBytes > 0 {
                 stage = .ahs
@@ -188,7 +192,7 @@ public struct PDUReceiver {
     }
 
     @inlinable mutating func placing(_ framing: RxFraming) -> RxEvent {
-        dataLength = BHS(header).dataSegmentLength
+        _dataLength = BHS(header).dataSegmentLength
         padLength = Framing.padLength(dataLength)
         sink = nil
         stage = .placing
