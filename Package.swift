@@ -45,7 +45,7 @@ let package = Package(
         // The floor below the layers (issue 9): the value types and primitives every layer shares: store operations
         // and results, user_data layouts, errno tables, the lock, the clock, the rate-limited log line, iovecs, ACLs,
         // CHAP accounts, statistics. No dependencies; what the I/O path calls is @inlinable. Target re-exports it
-        // (Sources/Target/FloorExport.swift).
+        // (Sources/Target/Exports.swift).
         .target(name: "Floor", swiftSettings: ioPathSettings),
         // io_uring for the reactor, the file store and the load generator: `Ring` over liburing, and the seeded
         // simulated ring it can stand on (tests). Submission and completion are @inlinable. Target re-exports it.
@@ -184,7 +184,7 @@ let package = Package(
         // Unit tests mirror the layer modules (issue 9): each target depends on its module and those below it.
         .testTarget(name: "StoreTests", dependencies: ["Store", "Floor", "URing", "CURing", "SheepProtocol", "DeterministicRandom"],
                     swiftSettings: [.swiftLanguageMode(.v5)]),
-        .target(name: "SCSITestSupport", dependencies: ["SCSI", "Store", "Floor", "URing", "ISCSIWire"], path: "Tests/SCSITestSupport",
+        .target(name: "SCSITestSupport", dependencies: ["SCSI", "Store", "Floor", "URing", "ISCSIWire", "SheepProtocol"], path: "Tests/SCSITestSupport",
                 swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "SCSITests", dependencies: ["SCSITestSupport", "SCSI", "Store", "Floor", "URing", "ISCSIWire", "SheepProtocol", "DeterministicRandom"],
                     swiftSettings: [.swiftLanguageMode(.v5)]),
@@ -196,7 +196,7 @@ let package = Package(
                                                          "ISCSIWire", "SheepProtocol", "DeterministicRandom",
                                                          .product(name: "Logging", package: "swift-log")],
                     swiftSettings: [.swiftLanguageMode(.v5)]),
-        .testTarget(name: "TargetTests", dependencies: ["Target", "SCSITestSupport", "SheepProtocol", "ISCSI", "Reactor", "NBD", "SCSI", "Store", "DeterministicRandom"], swiftSettings: [.swiftLanguageMode(.v5)]),
+        .testTarget(name: "TargetTests", dependencies: ["Target", "SCSITestSupport", "ISCSI", "Reactor", "NBD", "SCSI", "Store", "DeterministicRandom"], swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "EndToEndTests", dependencies: ["Target", "ISCSI", "Reactor", "NBD", "SCSI", "Store", "ISCSIWire", "RawClients", "SheepProtocol", "TestSupport"], swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "SimulationTests", dependencies: ["Target", "ISCSI", "Reactor", "NBD", "SCSI", "Store", "DeterministicRandom", "SheepTestServer", "SheepProtocol"], swiftSettings: [.swiftLanguageMode(.v5)]),
     ]

@@ -1,5 +1,7 @@
-// Target's files and its clients (the daemon, the tools, the tests, perf/loadgen) use the floor's values and
-// the ring, the store, SCSI, iSCSI, NBD and reactor layers as if they were Target's own; one re-export here instead of an import in each of them.
+// Target's files and its clients (the daemon, the tools, the tests, perf/loadgen) use every module below the
+// control layer as if it were Target's own: the wire vocabulary, the floor, the ring, and the store, SCSI,
+// iSCSI, NBD and reactor layers. One re-export here instead of an import in each of them.
+@_exported import ISCSIWire
 @_exported import Floor
 @_exported import URing
 @_exported import Store
