@@ -40,11 +40,8 @@ import Testing
                 index = .allocate(capacity: SheepHomeMachineTests.slots)
                 index.initialize(repeating: 0, count: SheepHomeMachineTests.slots)
             }
-            volume = SheepVolume(spec: SheepBackingSpec(endpoint: .unix(path: "/nonexistent"), vdi: "vol"), name: "vol",
-                                 byteCount: UInt64(SheepHomeMachineTests.slots) << 22, objectShift: 22, copies: 2,
-                                 readOnly: false, lockedVID: locked ? SheepHomeMachineTests.vid : 0,
-                                 vid: SheepHomeMachineTests.vid, homeCore: 0, endpointIndex: 0, index: index,
-                                 indexSlots: SheepHomeMachineTests.slots, hyper: hyper, coherent: coherent)
+            volume = makeTestSheepVolume(index: index, slots: SheepHomeMachineTests.slots, vid: SheepHomeMachineTests.vid,
+                                         locked: locked, hyper: hyper, coherent: coherent)
             for (i, v) in owners { volume.setOwner(i, v) }
         }
 

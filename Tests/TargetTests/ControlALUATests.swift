@@ -6,7 +6,7 @@ import Testing
 @testable import ISCSI
 @testable import NBD
 @testable import Reactor
-import SheepProtocol
+import SCSITestSupport
 
 /// ALUA on the control plane: ringtgtadm's keys, the dump and the config file.
 @Suite struct ControlALUATests {
@@ -148,11 +148,8 @@ import SheepProtocol
 /// A multipath sheep volume (locked shared, coherent) that connects to nothing: what the control plane
 /// publishes a multipath LU's groups through. Its index lives as long as the test process.
 private func coherentSheepVolume() -> SheepVolume {
-    let slots = 16, vid: UInt32 = 0x100
+    let slots = 16
     let index = UnsafeMutablePointer<UInt32>.allocate(capacity: slots)
     index.initialize(repeating: 0, count: slots)
-    return SheepVolume(spec: SheepBackingSpec(endpoint: .unix(path: "/nonexistent"), vdi: "vol"), name: "vol",
-                       byteCount: UInt64(slots) << 22, objectShift: 22, copies: 2, readOnly: false, lockedVID: vid,
-                       vid: vid, homeCore: 0, endpointIndex: 0, index: index, indexSlots: slots, hyper: nil,
-                       coherent: true)
+    return makeTestSheepVolume(index: index, slots: slots, vid: 0x100, locked: true, coherent: true)
 }
