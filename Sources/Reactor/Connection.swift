@@ -219,10 +219,14 @@ public final class Connection {
 
     /// Arms the next recv: into the staging buffer, or straight into the data sink when the rest of a large
     /// data segment is not staged yet (so write data lands in its buffer slot without a copy).
-    func armRecv() {
+    ///
+    /// `direct` is where the front end would have the next bytes land (iSCSI: `PDUReceiver.directSpace`, NBD:
+    /// `nbdDirectSpace`), asked only when nothing is staged; nil stages them.
+    @inline(__always)
+    func armRecv(direct: () -> (UnsafeMutableRawPointer, Int)? = { nil }) {
         guard !recvInFlight, phase != .closing, !stalled else { return }
         let sqe = reactor.ring.sqe()
-        if rxStart == rxEnd, let (p, n) = directRecvSpace() {
+        if rxStart == rxEnd, let (p, n) = direct() {
             recvDirect = true
             io_uring_prep_recv(sqe, fd, p, n, 0)
         } else {
@@ -241,13 +245,20 @@ public final class Connection {
         recvInFlight = true
     }
 
+    /// Arms the next recv of an iSCSI connection, straight into the data segment's sink where the receiver
+    /// allows it.
     @inline(__always)
-    private func directRecvSpace() -> (UnsafeMutableRawPointer, Int)? {
-        if frontEnd == .iscsi { return receiver.directSpace(minBytes: Connection.directRecvMinBytes) }
-        guard stage == .data, let p = sinkPtr, dataLength - stageHave >= Connection.directRecvMinBytes else { return nil }
-        return (p + stageHave, dataLength - stageHave)
+    func armISCSIRecv() {
+        armRecv { self.receiver.directSpace(minBytes: Connection.directRecvMinBytes) }
     }
 
+    // MARK: - Events
+    //
+    // The front end is chosen once per event, here: each event's common part, then one switch on `frontEnd`
+    // into the iSCSI handler (below and FullFeature.swift) or the NBD one (NBDConnection.swift). Nothing
+    // below a handler asks which front end it is.
+
+    /// A recv completed.
     func onRecv(_ res: Int32) {
         recvInFlight = false
         if phase == .closing { reactor.maybeRelease(self); return }
@@ -256,29 +267,83 @@ public final class Connection {
             return
         }
         if res < 0 {
+            // Staged: right for either front end (a direct recv only saves a copy).
             socketFailed("recv", -res) { $0.armRecv() }
             return
         }
         liveness.received(tick: reactor.tick)
         memoryTrimmed = false
         counters.rxBytes &+= UInt64(res)
-        if recvDirect {
-            if frontEnd == .iscsi {
-                receiver.receivedDirectly(Int(res))
-            } else {
-                stageHave += Int(res)
-                if stageHave == dataLength { nbdPayloadComplete() }
-            }
-        } else {
-            rxEnd += Int(res)
+        switch frontEnd {
+        case .iscsi: iscsiReceived(Int(res))
+        case .nbd: nbdReceived(Int(res))
         }
+    }
+
+    /// A send completed.
+    func onSend(_ res: Int32) {
+        sendInFlight = false
+        if phase == .closing {
+            reactor.maybeRelease(self)
+            return
+        }
+        if res < 0 {
+            // The same message again: nothing of it was sent.
+            socketFailed("send", -res) { $0.armSend() }
+            return
+        }
+        liveness.sent(tick: reactor.tick)
+        counters.txBytes &+= UInt64(res)
+        let n = out.completed(sent: Int(res))
+        for i in 0..<n { fire(out.fired[i]) }
+        if phase == .closing { return }
+        switch frontEnd {
+        case .iscsi: iscsiSent()
+        case .nbd: nbdSent()
+        }
+    }
+
+    /// A buffer slot or send-queue room became available (Reactor.wakeSlotWaiters).
+    func slotAvailable() {
+        guard phase != .closing else { return }
+        switch frontEnd {
+        case .iscsi: iscsiResume()
+        case .nbd: if stalled { nbdResume() }
+        }
+    }
+
+    /// A store operation of task `t` finished (Reactor.storeFinished, LUN jobs).
+    func storeDone(_ t: Int, _ result: StoreResult) {
+        switch frontEnd {
+        case .iscsi: iscsiStoreDone(t, result)
+        case .nbd: nbdStoreDone(t, result)
+        }
+    }
+
+    /// The once-a-second tick, after the liveness checks common to both front ends (Reactor.tickConnections).
+    func ticked(_ tick: UInt64, limits: LivenessLimits) {
+        switch frontEnd {
+        case .iscsi: iscsiTick(tick, limits: limits)
+        case .nbd: nbdTick(tick)
+        }
+    }
+
+    // MARK: - iSCSI receive and send
+
+    private func iscsiReceived(_ n: Int) {
+        if recvDirect { receiver.receivedDirectly(n) } else { rxEnd += n }
         parse()
-        armRecv()
+        armISCSIRecv()
+    }
+
+    private func iscsiSent() {
+        resumeOutWaiters()
+        if stalled && reactor.pool.freeCount > 0 { iscsiResume() }
+        if out.count > 0 { flush() }
     }
 
     /// Consumes staged bytes through the receiver, carrying out what it asks for.
     func parse() {
-        if frontEnd == .nbd { nbdParse(); return }
         while phase != .closing && !stalled {
             switch receiver.receive(rx, from: &rxStart, to: rxEnd, framing: rxFraming) {
             case .needBytes: return
@@ -386,27 +451,6 @@ public final class Connection {
         }
     }
 
-    func onSend(_ res: Int32) {
-        sendInFlight = false
-        if phase == .closing {
-            reactor.maybeRelease(self)
-            return
-        }
-        if res < 0 {
-            // The same message again: nothing of it was sent.
-            socketFailed("send", -res) { $0.armSend() }
-            return
-        }
-        liveness.sent(tick: reactor.tick)
-        counters.txBytes &+= UInt64(res)
-        let n = out.completed(sent: Int(res))
-        for i in 0..<n { fire(out.fired[i]) }
-        if phase == .closing { return }
-        if frontEnd == .nbd { nbdSent(); return }
-        resumeOutWaiters()
-        if stalled && reactor.pool.freeCount > 0 { resumeParser() }
-        if out.count > 0 { flush() }
-    }
 
     /// A queued PDU went out completely.
     private func fire(_ token: SendToken) {

@@ -166,12 +166,7 @@ extension Connection {
 
     /// A buffer slot or send-queue room became available: start the commands waiting for a slot, then re-run
     /// the header that stalled and keep parsing.
-    func resumeParser() {
-        guard phase != .closing else { return }
-        if frontEnd == .nbd {
-            if stalled { nbdResume() }
-            return
-        }
+    func iscsiResume() {
         if !slotQueue.isEmpty {
             serveSlotQueue()
             if !slotQueue.isEmpty || phase == .closing { return }
@@ -181,7 +176,7 @@ extension Connection {
         headerReady()
         if stalled || phase == .closing { return }
         parse()
-        armRecv()
+        armISCSIRecv()
     }
 
     // MARK: - PDU dispatch
@@ -469,7 +464,8 @@ extension Connection {
             }
             switch action {
             case .store(let op):
-                guard let result = reactor.submitStore(self, t, op) else { return }
+                guard let result = reactor.submitStore(self, t, op,
+                                                      readGoesToWire: tasks[t].scsi.phase == .readStore) else { return }
                 action = tasks[t].scsi.storeCompleted(result, buffer: reactor.pool.buffer(Int(tasks[t].slot)))
             case .dataOut(let offset, let length):
                 guard let next = beginDataOut(t, offset: offset, length: length) else { return }
@@ -488,9 +484,8 @@ extension Connection {
         }
     }
 
-    /// Called by the reactor when a store operation finished.
-    func storeDone(_ t: Int, _ result: StoreResult) {
-        if frontEnd == .nbd { nbdStoreDone(t, result); return }
+    /// A store operation of task `t` finished (through Connection.storeDone).
+    func iscsiStoreDone(_ t: Int, _ result: StoreResult) {
         let buffer = reactor.pool.buffer(Int(tasks[t].slot))
         let next = tasks[t].scsi.storeCompleted(result, buffer: buffer)
         tasks[t].state = .storeIO
@@ -791,6 +786,32 @@ extension Connection {
         queueControl { h, _ in
             PDUBuild.nopIn(h, itt: reservedTag, ttt: ttt, lunField: 0, dataLength: 0)
             self.stamp(h, advance: false)
+        }
+    }
+
+    /// The once-a-second checks of an iSCSI connection (through Connection.ticked): Data-Out that stopped
+    /// coming, a CmdSN gap that never filled, and the NOP-In ping.
+    func iscsiTick(_ tick: UInt64, limits: LivenessLimits) {
+        if phase == .fullFeature && activeTasks > 0 {
+            for t in 0..<tasksInitialized {
+                let s = tasks[t].state
+                if (s == .receivingData || s == .waitingPermit)
+                    && liveness.dataOutExpired(tasks[t].dataOut, tick: tick, limits: limits) {
+                    dataOutTimedOut(t)
+                }
+            }
+        }
+        if phase == .fullFeature && cmdSNGap.expired(waiting: orderWaiting, expCmdSN: cmdSNWindow.expCmdSN, tick: tick,
+                                                         limitSeconds: reactor.config.cmdSNGapTimeoutSeconds) {
+            reactor.logger.warning("\(peer): CmdSN gap: CmdSN \(cmdSNWindow.expCmdSN) missing for more than \(reactor.config.cmdSNGapTimeoutSeconds)s with \(orderWaiting) command(s) waiting behind it; closing the session")
+            reactor.closeConnection(self, reason: "CmdSN gap")
+            return
+        }
+        guard phase == .fullFeature else { return }
+        switch liveness.pingCheck(tick: tick, limits: limits, canSend: out.free > 0) {
+        case .idle: break
+        case .send(let ttt): sendPing(ttt: ttt)
+        case .close(let failure): reactor.closeConnection(self, reason: failure.reason)
         }
     }
 

@@ -74,6 +74,28 @@ extension Connection {
 
     // MARK: - Receive
 
+    /// A recv completed (through Connection.onRecv): `n` bytes landed in the payload's sink or were staged.
+    func nbdReceived(_ n: Int) {
+        if recvDirect {
+            stageHave += n
+            if stageHave == dataLength { nbdPayloadComplete() }
+        } else {
+            rxEnd += n
+        }
+        nbdParse()
+        armNBDRecv()
+    }
+
+    /// Arms the next recv, straight into the payload's sink when enough of it is still to come.
+    @inline(__always)
+    private func armNBDRecv() {
+        armRecv {
+            guard self.stage == .data, let p = self.sinkPtr,
+                  self.dataLength - self.stageHave >= Connection.directRecvMinBytes else { return nil }
+            return (p + self.stageHave, self.dataLength - self.stageHave)
+        }
+    }
+
     func nbdParse() {
         while phase != .closing && !stalled {
             let avail = rxEnd - rxStart
@@ -379,7 +401,7 @@ extension Connection {
         if nbd.stage == .request && stageHave == NBDWire.requestBytes { nbdRequestReady() }
         if stalled || phase == .closing { return }
         nbdParse()
-        armRecv()
+        armNBDRecv()
     }
 
     // MARK: - Transmission: store operations
@@ -410,7 +432,7 @@ extension Connection {
                 nbdFinish(t, error: 0, descriptors: (described.first.index + 1, (described.second?.index ?? -1) + 1))
                 return
             }
-            guard let result = reactor.submitStore(self, t, op) else { return }
+            guard let result = reactor.submitStore(self, t, op, readGoesToWire: true) else { return }
             action = nbd.requests![t].storeDone(result, slotBytes: reactor.config.slotBytes)
         }
     }
@@ -523,7 +545,7 @@ extension Connection {
             nbdCheckDrained()
             if phase == .closing { return }
         } else if stalled && (nbd.stalledOnSendQueue || reactor.pool.freeCount > 0) {
-            resumeParser()
+            nbdResume()
             if phase == .closing { return }
         }
         if out.count > 0 { flush() }

@@ -633,7 +633,7 @@ public final class Reactor {
             let ci = Int(slotWaiters.removeFirst())
             guard let c = connections[ci] else { continue }
             c.onSlotWaitList = false
-            c.resumeParser()
+            c.slotAvailable()
         }
     }
 
@@ -680,7 +680,9 @@ public final class Reactor {
     /// Starts a store operation for task `t` (an iSCSI command or an NBD request: both hold an IOTask with a
     /// buffer slot and a LUN). Returns the result when the operation completed synchronously (null store,
     /// metadata queries, refusals), nil when it is in flight; then `Connection.storeDone` follows.
-    func submitStore(_ c: Connection, _ t: Int, _ op: StoreOp) -> StoreResult? {
+    /// `readGoesToWire`: a read's data is only sent, never used (a SCSI READ's chunk, an NBD_CMD_READ), so the
+    /// null store may send it from the zero region.
+    func submitStore(_ c: Connection, _ t: Int, _ op: StoreOp, readGoesToWire: Bool) -> StoreResult? {
         var lun = c.tasks[t].lun
         let storeTarget: StoreTarget
         switch op {
@@ -698,11 +700,11 @@ public final class Reactor {
         let result: StoreResult?
         switch lun.backing {
         case .null:
-            // A READ's chunk, or an NBD READ, goes only to the wire (the SCSI phase says so; COMPARE AND WRITE,
+            // A READ's chunk, or an NBD READ, goes only to the wire (`readGoesToWire`; COMPARE AND WRITE,
             // VERIFY and EXTENDED COPY read into the slot to use the data, and NBD reads only for NBD_CMD_READ):
             // it is sent from the zero region, and the slot is not zeroed. tgt's null store does no work for a
             // read either, but sends whatever its buffer held.
-            if case .read(_, _, let length, _) = op, c.frontEnd == .nbd || c.tasks[t].scsi.phase == .readStore {
+            if case .read(_, _, let length, _) = op, readGoesToWire {
                 c.tasks[t].dataInFromZeros = true
                 return .ok(length)
             }
@@ -801,31 +803,7 @@ public final class Reactor {
                 closeConnection(c, reason: failure.reason)
                 continue
             }
-            if c.frontEnd == .nbd {
-                c.nbdTick(tick)
-                continue
-            }
-            if c.phase == .fullFeature && c.activeTasks > 0 {
-                for t in 0..<c.tasksInitialized {
-                    let s = c.tasks[t].state
-                    if (s == .receivingData || s == .waitingPermit)
-                        && c.liveness.dataOutExpired(c.tasks[t].dataOut, tick: tick, limits: limits) {
-                        c.dataOutTimedOut(t)
-                    }
-                }
-            }
-            if c.phase == .fullFeature && c.cmdSNGap.expired(waiting: c.orderWaiting, expCmdSN: c.cmdSNWindow.expCmdSN, tick: tick,
-                                                             limitSeconds: config.cmdSNGapTimeoutSeconds) {
-                logger.warning("\(c.peer): CmdSN gap: CmdSN \(c.cmdSNWindow.expCmdSN) missing for more than \(config.cmdSNGapTimeoutSeconds)s with \(c.orderWaiting) command(s) waiting behind it; closing the session")
-                closeConnection(c, reason: "CmdSN gap")
-                continue
-            }
-            guard c.phase == .fullFeature else { continue }
-            switch c.liveness.pingCheck(tick: tick, limits: limits, canSend: c.out.free > 0) {
-            case .idle: break
-            case .send(let ttt): c.sendPing(ttt: ttt)
-            case .close(let failure): closeConnection(c, reason: failure.reason)
-            }
+            c.ticked(tick, limits: limits)
         }
         flushDirty()
     }
