@@ -3,11 +3,7 @@ import Logging
 import Testing
 @testable import Floor
 @testable import URing
-@testable import ISCSIWire
 @testable import Store
-@testable import SCSI
-@testable import ISCSI
-@testable import NBD
 @testable import Reactor
 
 /// TSIH allocation, accept error handling and rate-limited logging: the pure parts of admission.

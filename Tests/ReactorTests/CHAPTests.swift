@@ -1,12 +1,4 @@
 import Testing
-@testable import Floor
-@testable import URing
-@testable import ISCSIWire
-@testable import Store
-@testable import SCSI
-@testable import ISCSI
-@testable import NBD
-@testable import Reactor
 
 /// CHAP (RFC 7143 §12.1.3, RFC 1994): the codec, the exchange, and the login state machine with a target that
 /// has CHAP accounts, driven with the key sequences open-iscsi and libiscsi send.

@@ -1,12 +1,8 @@
 import Testing
-@testable import Floor
-@testable import URing
 @testable import ISCSIWire
-@testable import Store
-@testable import SCSI
 @testable import ISCSI
-@testable import NBD
 @testable import Reactor
+@testable import RawClients
 
 /// Where an arriving SCSI Command goes (RFC 7143 §3.2.2.1, §10.3), how long a CmdSN gap may last, and the
 /// task queues, without a socket.

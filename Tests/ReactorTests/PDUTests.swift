@@ -1,12 +1,5 @@
 import Glibc
 import Testing
-@testable import Floor
-@testable import URing
-@testable import ISCSIWire
-@testable import Store
-@testable import SCSI
-@testable import ISCSI
-@testable import NBD
 @testable import Reactor
 
 /// The BHS codec as pure logic: fields read from wire bytes, and target PDUs built byte for byte.

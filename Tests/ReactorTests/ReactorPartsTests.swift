@@ -1,12 +1,7 @@
 import Glibc
 import Testing
 @testable import Floor
-@testable import URing
-@testable import ISCSIWire
 @testable import Store
-@testable import SCSI
-@testable import ISCSI
-@testable import NBD
 @testable import Reactor
 
 /// The reactor's pure parts: the user_data budget against its tables, the store errno table, idle trimming and

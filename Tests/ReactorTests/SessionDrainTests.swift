@@ -4,13 +4,6 @@
 
 import Logging
 import Testing
-@testable import Floor
-@testable import URing
-@testable import ISCSIWire
-@testable import Store
-@testable import SCSI
-@testable import ISCSI
-@testable import NBD
 @testable import Reactor
 
 @Suite struct SessionDrain {

@@ -2,13 +2,6 @@
 
 import Foundation
 import Testing
-@testable import Floor
-@testable import URing
-@testable import ISCSIWire
-@testable import Store
-@testable import SCSI
-@testable import ISCSI
-@testable import NBD
 @testable import Reactor
 
 @Suite struct LatencyHistogramTests {
