@@ -175,6 +175,13 @@ final class Harness {
         }
     }
 
+    /// A nexus whose unit attentions are already cleared, as a test that is not about them wants it.
+    func ready(_ name: String = "iqn.2026-01.test:init", isid: UInt64 = 1) -> Nexus {
+        let n = nexus(name, isid: isid)
+        clearUAs(n)
+        return n
+    }
+
     func execute(_ op: StoreOp, own: UInt64) -> StoreResult {
         func disk(_ t: StoreTarget) -> FakeDisk? {
             switch t { case .own: return disks[own]; case .other(let n): return disks[n] }

@@ -7,17 +7,11 @@ import Testing
 @testable import SCSITestSupport
 
 @Suite struct SCSIBlockCommandTests {
-    func ready(_ h: Harness) -> Nexus {
-        let n = h.nexus()
-        h.clearUAs(n)
-        return n
-    }
-
     // MARK: VERIFY
 
     @Test func verifyWithBytchkComparesAndReportsTheMiscompareOffset() {
         let h = Harness(bufferBytes: 65536)
-        let n = ready(h)
+        let n = h.ready()
         let data = pattern(200 * 512, seed: 5)
         h.disk().bytes.replaceSubrange(512 ..< 512 + data.count, with: data)
         let ok = h.run(CDB.rw10(0x2F, lba: 1, blocks: 200, flags: 0x02), nexus: n, write: true, dataOut: data)
@@ -37,7 +31,7 @@ import Testing
 
     @Test func verifyBytchk3ComparesOneBlockAgainstEveryBlock() {
         let h = Harness()
-        let n = ready(h)
+        let n = h.ready()
         let block = pattern(512, seed: 9)
         for b in 10 ..< 14 { h.disk().bytes.replaceSubrange(b * 512 ..< (b + 1) * 512, with: block) }
         #expect(h.run(CDB.rw10(0x2F, lba: 10, blocks: 4, flags: 0x06), nexus: n, write: true, dataOut: block).isGood)
@@ -50,7 +44,7 @@ import Testing
 
     @Test func writeAndVerifyWritesDurably() {
         let h = Harness()
-        let n = ready(h)
+        let n = h.ready()
         let data = pattern(1024, seed: 2)
         let o = h.run(CDB.rw10(0x2E, lba: 4, blocks: 2, flags: 0x02), nexus: n, write: true, dataOut: data)
         #expect(o.isGood && Array(h.disk().bytes[2048 ..< 3072]) == data && h.disk().fuaWrites == 1)
@@ -58,7 +52,7 @@ import Testing
 
     @Test func orWriteORsWithTheMediumAcrossChunks() {
         let h = Harness(luns: [(0, 512, 1024, StoreCapabilities())], bufferBytes: 65536)
-        let n = ready(h)
+        let n = h.ready()
         let blocks = 300
         h.disk().bytes.replaceSubrange(0 ..< blocks * 512, with: [UInt8](repeating: 0xA5, count: blocks * 512))
         let o = h.run(CDB.rw16(0x8B, lba: 0, blocks: UInt32(blocks)), nexus: n, write: true,
@@ -79,7 +73,7 @@ import Testing
 
     @Test func compareAndWriteWritesOnMatchAndReportsMiscompareOffset() {
         let h = Harness()
-        let n = ready(h)
+        let n = h.ready()
         let old = [UInt8](repeating: 0x41, count: 1024)
         let new = [UInt8](repeating: 0x42, count: 1024)
         h.disk().bytes.replaceSubrange(0 ..< 1024, with: old)
@@ -96,7 +90,7 @@ import Testing
     /// (here a file-like disk) asks its store for no section step, matched or not.
     @Test func compareAndWriteOnASingleGatewayLUTakesNoSharedSection() {
         let h = Harness()
-        let n = ready(h)
+        let n = h.ready()
         let old = [UInt8](repeating: 0x41, count: 512), new = [UInt8](repeating: 0x42, count: 512)
         h.disk().bytes.replaceSubrange(0 ..< 512, with: old)
         #expect(h.run(caw(lba: 0, blocks: 1), nexus: n, write: true, dataOut: old + new).isGood)
@@ -106,7 +100,7 @@ import Testing
 
     @Test func compareAndWriteRejectsWrongDataOutLengthAndTooManyBlocks() {
         let h = Harness(bufferBytes: 65536)
-        let n = ready(h)
+        let n = h.ready()
         let data = [UInt8](repeating: 0, count: 4 * 512)
         let o = h.run(caw(lba: 0, blocks: 1), nexus: n, write: true, dataOut: data)
         #expect(o.hasSense(SenseKey.illegalRequest, 0x24, 0) && o.dataOutRequested == 0)
@@ -128,7 +122,7 @@ import Testing
 
     @Test func writeSameReplicatesTheBlockAcrossChunks() {
         let h = Harness(luns: [(0, 512, 4096, StoreCapabilities())], bufferBytes: 65536)
-        let n = ready(h)
+        let n = h.ready()
         let block = pattern(512, seed: 77)
         let o = h.run(ws10(lba: 3, blocks: 300), nexus: n, write: true, dataOut: block)
         #expect(o.isGood)
@@ -138,7 +132,7 @@ import Testing
 
     @Test func writeSameUnmapDeallocatesWhateverTheBlockHolds() {
         let h = Harness()
-        let n = ready(h)
+        let n = h.ready()
         h.disk().bytes.replaceSubrange(0 ..< 4096, with: [UInt8](repeating: 0xFF, count: 4096))
         let o = h.run(ws10(lba: 0, blocks: 8, flags: 0x08), nexus: n, write: true, dataOut: [UInt8](repeating: 0xFF, count: 512))
         #expect(o.isGood)
@@ -154,7 +148,7 @@ import Testing
 
     @Test func writeSameFieldChecks() {
         let h = Harness()
-        let n = ready(h)
+        let n = h.ready()
         let z = [UInt8](repeating: 0, count: 512)
         // ANCHOR without UNMAP, and ANCHOR with it (anchored LBAs are not supported).
         #expect(h.run(ws10(lba: 0, blocks: 1, flags: 0x10), nexus: n, write: true, dataOut: z).hasSense(SenseKey.illegalRequest, 0x24, 0))
@@ -172,13 +166,13 @@ import Testing
         #expect(h.run(ws10(lba: 2047, blocks: 2), nexus: n, write: true, dataOut: z).hasSense(SenseKey.illegalRequest, 0x21, 0))
         // UNMAP on a store that cannot deallocate is refused, consistent with LBPWS = 0.
         let h2 = Harness(luns: [(0, 512, 64, StoreCapabilities())])
-        let n2 = ready(h2)
+        let n2 = h2.ready()
         #expect(h2.run(ws10(lba: 0, blocks: 1, flags: 0x08), nexus: n2, write: true, dataOut: z).hasSense(SenseKey.illegalRequest, 0x24, 0))
     }
 
     @Test func writeSame16WithNDOBWritesZerosWithoutDataOut() {
         let h = Harness(luns: [(0, 512, 64, StoreCapabilities())])
-        let n = ready(h)
+        let n = h.ready()
         h.disk().bytes.replaceSubrange(0 ..< 1024, with: [UInt8](repeating: 7, count: 1024))
         let o = h.run(CDB.rw16(0x93, lba: 0, blocks: 2, flags: 0x01), nexus: n)
         #expect(o.isGood && o.dataOutRequested == 0 && h.disk().bytes[0 ..< 1024].allSatisfy { $0 == 0 })
@@ -196,7 +190,7 @@ import Testing
 
     @Test func unmapDiscardsEveryDescriptorAfterValidatingAll() {
         let h = Harness()
-        let n = ready(h)
+        let n = h.ready()
         let list = unmapList([(0, 4), (10, 0), (100, 28)])
         let o = h.run(unmapCDB(length: list.count), nexus: n, write: true, dataOut: list)
         #expect(o.isGood)
@@ -211,7 +205,7 @@ import Testing
 
     @Test func unmapParameterListErrors() {
         let h = Harness()
-        let n = ready(h)
+        let n = h.ready()
         #expect(h.run(unmapCDB(length: 0), nexus: n).isGood)
         #expect(h.run(unmapCDB(length: 4), nexus: n, write: true, dataOut: [0, 0, 0, 0]).hasSense(SenseKey.illegalRequest, 0x1A, 0))
         // Block descriptor data length points past the list.
@@ -226,7 +220,7 @@ import Testing
         #expect(h.run(unmapCDB(length: one.count, anchor: true), nexus: n, write: true, dataOut: one).hasSense(SenseKey.illegalRequest, 0x24, 0))
         // A LUN that cannot deallocate does not implement UNMAP.
         let h2 = Harness(luns: [(0, 512, 64, StoreCapabilities())])
-        let n2 = ready(h2)
+        let n2 = h2.ready()
         #expect(h2.run(unmapCDB(length: one.count), nexus: n2, write: true, dataOut: one).hasSense(SenseKey.illegalRequest, 0x20, 0))
     }
 
@@ -249,7 +243,7 @@ import Testing
 
     @Test func getLBAStatusDescribesExtentsFromTheStartingLBA() {
         let h = Harness()
-        let n = ready(h)
+        let n = h.ready()
         h.disk().unmap(UInt64(8 * 512) ..< UInt64(16 * 512))
         let o = h.run(getLBAStatus(lba: 4, alloc: 1024), nexus: n, edtl: 1024, read: true)
         #expect(o.isGood)
@@ -266,7 +260,7 @@ import Testing
 
     @Test func getLBAStatusTerminatesOnAFragmentedStore() {
         let h = Harness(luns: [(0, 512, 100_000, StoreCapabilities(canDiscard: true, canReportMapping: true))])
-        let n = ready(h)
+        let n = h.ready()
         // Every other block deallocated: an extent per block.
         for b in stride(from: 0, to: 100_000, by: 2) { h.disk().unmapped.append(UInt64(b * 512) ..< UInt64(b * 512 + 512)) }
         let o = h.run(getLBAStatus(lba: 0, alloc: 65536), nexus: n, edtl: 65536, read: true)
@@ -283,7 +277,7 @@ import Testing
 
     @Test func getLBAStatusWithoutMappingSupportReportsOneMappedExtent() {
         let h = Harness(luns: [(0, 512, 64, StoreCapabilities())])
-        let n = ready(h)
+        let n = h.ready()
         let o = h.run(getLBAStatus(lba: 10, alloc: 24), nexus: n, edtl: 24, read: true)
         #expect(o.isGood && h.disk().ops.isEmpty)
         let d = descriptors(o)
@@ -294,7 +288,7 @@ import Testing
 
     @Test func prefetchChecksRangeAndCompletesGood() {
         let h = Harness()
-        let n = ready(h)
+        let n = h.ready()
         #expect(h.run([0x34, 0, 0, 0, 0, 0, 0, 0, 16, 0], nexus: n).status == SCSIStatus.good)
         #expect(h.disk().ops.contains(.prefetch(target: .own, offset: 0, length: 16 * 512)))
         #expect(h.run([0x90, 0] + CDB.be64(2048) + CDB.be32(1) + [0, 0], nexus: n).hasSense(SenseKey.illegalRequest, 0x21, 0))

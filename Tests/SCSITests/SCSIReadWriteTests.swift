@@ -7,16 +7,10 @@ import Testing
 @testable import SCSITestSupport
 
 @Suite struct SCSIReadWriteTests {
-    func ready(_ h: Harness) -> Nexus {
-        let n = h.nexus()
-        h.clearUAs(n)
-        return n
-    }
-
     @Test(arguments: [6, 10, 12, 16])
     func writeThenReadRoundTripsForEveryCDBSize(size: Int) {
         let h = Harness()
-        let n = ready(h)
+        let n = h.ready()
         let data = pattern(3 * 512, seed: UInt8(size))
         let lba: UInt32 = 17
         let (w, r): ([UInt8], [UInt8])
@@ -36,14 +30,14 @@ import Testing
 
     @Test func read6LengthZeroMeans256Blocks() {
         let h = Harness()
-        let n = ready(h)
+        let n = h.ready()
         let o = h.run(CDB.read6(lba: 0, blocks: 0), nexus: n, edtl: 256 * 512, read: true)
         #expect(o.isGood && o.dataIn.count == 256 * 512)
     }
 
     @Test func largeTransfersAreChunkedByTheBuffer() {
         let h = Harness(luns: [(0, 512, 4096, StoreCapabilities())], bufferBytes: 65536)
-        let n = ready(h)
+        let n = h.ready()
         let data = pattern(1000 * 512, seed: 3)
         let w = h.run(CDB.rw16(0x8A, lba: 5, blocks: 1000), nexus: n, write: true, dataOut: data)
         #expect(w.isGood)
@@ -57,7 +51,7 @@ import Testing
 
     @Test func outOfRangeIsRejectedBeforeAnyData() {
         let h = Harness()
-        let n = ready(h)
+        let n = h.ready()
         for (lba, blocks) in [(UInt64(2047), 2), (2048, 1), (2049, 0), (UInt64.max, 1), (1 << 63, 1)] {
             let r = h.run(CDB.rw16(0x88, lba: lba, blocks: UInt32(blocks)), nexus: n, edtl: blocks * 512, read: true)
             #expect(r.hasSense(SenseKey.illegalRequest, 0x21, 0))
@@ -75,7 +69,7 @@ import Testing
 
     @Test func protectFieldsAreRejectedAndDpoFuaAccepted() {
         let h = Harness()
-        let n = ready(h)
+        let n = h.ready()
         for p in 1 ..< 8 {
             let r = h.run(CDB.rw10(0x28, lba: 0, blocks: 1, flags: UInt8(p << 5)), nexus: n, edtl: 512, read: true)
             #expect(r.hasSense(SenseKey.illegalRequest, 0x24, 0))
@@ -89,7 +83,7 @@ import Testing
 
     @Test func readResidualsFollowTheExpectedDataTransferLength() {
         let h = Harness()
-        let n = ready(h)
+        let n = h.ready()
         h.disk().bytes.replaceSubrange(0 ..< 1024, with: pattern(1024, seed: 1))
         let none = h.run(CDB.rw10(0x28, lba: 0, blocks: 1), nexus: n, edtl: 0, read: true)
         #expect(none.isGood && none.residual == .overflow(512) && none.dataIn.isEmpty)
@@ -107,7 +101,7 @@ import Testing
 
     @Test func writeResidualsWriteOnlyWhatBothSidesAgreeOn() {
         let h = Harness()
-        let n = ready(h)
+        let n = h.ready()
         let a = [UInt8](repeating: 0x61, count: 1024)
         #expect(h.run(CDB.rw10(0x2A, lba: 0, blocks: 2), nexus: n, write: true, dataOut: a).isGood)
         // EDTL two blocks, CDB one block: one block written, underflow.
@@ -130,7 +124,7 @@ import Testing
 
     @Test func storeErrorsMapToSense() {
         let h = Harness()
-        let n = ready(h)
+        let n = h.ready()
         h.disk().failNextRead = .mediumError
         #expect(h.run(CDB.rw10(0x28, lba: 0, blocks: 1), nexus: n, edtl: 512, read: true).hasSense(SenseKey.mediumError, 0x11, 0))
         h.disk().failNextWrite = .noSpace
@@ -150,7 +144,7 @@ import Testing
 
     @Test func readOnlyLUNRefusesWritesAndSaysSoInModeSense() {
         let h = Harness(luns: [(0, 512, 64, StoreCapabilities(readOnly: true))])
-        let n = ready(h)
+        let n = h.ready()
         let w = h.run(CDB.rw10(0x2A, lba: 0, blocks: 1), nexus: n, write: true, dataOut: [UInt8](repeating: 0, count: 512))
         #expect(w.hasSense(SenseKey.dataProtect, 0x27, 0) && w.dataOutRequested == 0)
         let ms = h.run(CDB.modeSense6(page: 0x3F), nexus: n, edtl: 255, read: true)
@@ -159,7 +153,7 @@ import Testing
 
     @Test func synchronizeCacheFlushesAndChecksRange() {
         let h = Harness()
-        let n = ready(h)
+        let n = h.ready()
         #expect(h.run([0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], nexus: n).isGood)
         #expect(h.disk().flushes == 1)
         let bad = h.run([0x91, 0] + CDB.be64(4000) + CDB.be32(1) + [0, 0], nexus: n)
@@ -168,7 +162,7 @@ import Testing
 
     @Test func writeCacheDisabledMakesEveryWriteFUA() {
         let h = Harness(luns: [(0, 512, 64, StoreCapabilities(hasVolatileCache: false))])
-        let n = ready(h)
+        let n = h.ready()
         #expect(h.run(CDB.rw10(0x2A, lba: 0, blocks: 1), nexus: n, write: true, dataOut: [UInt8](repeating: 0, count: 512)).isGood)
         #expect(h.disk().fuaWrites == 1)
     }

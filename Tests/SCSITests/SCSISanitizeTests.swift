@@ -13,12 +13,6 @@ import Testing
     static let cryptoErase: UInt8 = 0x03
     static let exitFailureMode: UInt8 = 0x1F
 
-    func ready(_ h: Harness, _ name: String = "iqn.2026-01.test:init") -> Nexus {
-        let n = h.nexus(name)
-        h.clearUAs(n)
-        return n
-    }
-
     func sanitize(_ action: UInt8, immed: Bool = false, ause: Bool = false, paramLength: UInt16 = 0) -> [UInt8] {
         [Opcode.sanitize, (immed ? 0x80 : 0) | (ause ? 0x20 : 0) | action, 0, 0, 0, 0, 0,
          UInt8(paramLength >> 8), UInt8(paramLength & 0xFF), 0]
@@ -60,7 +54,7 @@ import Testing
         // Two and a half pieces: the last one short.
         let blocks = SanitizeLimits.erasePieceBytes * 5 / 2 / 512
         let h = Harness(luns: [(0, 512, blocks, StoreCapabilities(canDiscard: true, discardZeroes: true, canReportMapping: true))])
-        let n = ready(h)
+        let n = h.ready()
         let w = h.run([Opcode.write10, 0, 0, 0, 0, 0, 0, 0, 1, 0], nexus: n, write: true,
                       dataOut: [UInt8](repeating: 0x61, count: 512))
         #expect(w.isGood)
@@ -81,8 +75,8 @@ import Testing
     @Test func otherCommandsSeeSanitizeInProgressWithProgress() {
         let blocks = SanitizeLimits.erasePieceBytes * 4 / 512
         let h = Harness(luns: [(0, 512, blocks, StoreCapabilities(canDiscard: true, discardZeroes: true, canReportMapping: true))])
-        let n = ready(h)
-        let other = ready(h, "iqn.2026-01.test:other")
+        let n = h.ready()
+        let other = h.ready("iqn.2026-01.test:other")
         var task = SCSITask()
         guard var (next, job) = startJob(h, n, sanitize(Self.blockErase), task: &task) else {
             Issue.record("no job"); return
@@ -111,7 +105,7 @@ import Testing
 
     @Test func theJobGoesOnAfterItsCommandIsAbortedAndEndsWithTheLU() {
         let h = Harness()
-        let n = ready(h)
+        let n = h.ready()
         #expect(h.run([Opcode.write10, 0, 0, 0, 0, 0, 0, 0, 1, 0], nexus: n, write: true,
                       dataOut: [UInt8](repeating: 0x61, count: 512)).isGood)
         var task = SCSITask()
@@ -121,7 +115,7 @@ import Testing
         #expect(started.next == nil)
         #expect(job.step() == nil)
         task.endCommand()                                      // ABORT TASK, a reset or logout: only the command ends
-        let again = ready(h, "iqn.2026-01.test:reconnected")
+        let again = h.ready("iqn.2026-01.test:reconnected")
         #expect(h.run(Self.tur, nexus: again).hasSense(SenseKey.notReady, 0x04, 0x1B))
         #expect(job.runToEnd() == .ok(0))
         #expect(h.run(Self.tur, nexus: again).isGood)
@@ -131,7 +125,7 @@ import Testing
 
     @Test func immedCompletesAtOnceWhileTheJobRuns() {
         let h = Harness()
-        let n = ready(h)
+        let n = h.ready()
         var task = SCSITask()
         guard let started = startJob(h, n, sanitize(Self.blockErase, immed: true), task: &task) else {
             Issue.record("no job"); return
@@ -148,7 +142,7 @@ import Testing
 
     @Test func aStoreErrorLeavesFailureModeUntilExitIsAllowedOrASanitizeCompletes() {
         let h = Harness()
-        let n = ready(h)
+        let n = h.ready()
         h.disk().failNextWrite = .mediumError
         #expect(overwrite(h, n, overwriteList([1, 2])).hasSense(SenseKey.mediumError, 0x31, 0x03))
         #expect(h.run(Self.read10, nexus: n, edtl: 512, read: true).hasSense(SenseKey.mediumError, 0x31, 0x03))
@@ -172,7 +166,7 @@ import Testing
 
     @Test func overwriteRepeatsThePatternInEveryBlockForEachPass() {
         let h = Harness()
-        let n = ready(h)
+        let n = h.ready()
         let blocks = Int(h.lun().blockCount)
         #expect(overwrite(h, n, overwriteList([1, 2, 3])).isGood)
         let expected = (0 ..< 512).map { UInt8($0 % 3 + 1) }
@@ -197,7 +191,7 @@ import Testing
 
     @Test func overwriteParameterListChecks() {
         let h = Harness()
-        let n = ready(h)
+        let n = h.ready()
         let block = [UInt8](repeating: 0, count: 512)
         // PARAMETER LIST LENGTH: more than the header, at most a block more (field pointer: CDB byte 7).
         for length in [0, 1, 2, 3, 4, 512 + 5] {
@@ -223,7 +217,7 @@ import Testing
 
     @Test func cdbChecksAsLibiscsiExpects() {
         let h = Harness()
-        let n = ready(h)
+        let n = h.ready()
         for sa: UInt8 in 0 ... 0x1F where ![Self.overwrite, Self.blockErase, Self.cryptoErase, Self.exitFailureMode].contains(sa) {
             #expect(h.run(sanitize(sa), nexus: n).hasSense(SenseKey.illegalRequest, 0x24, 0x00), "service action \(sa)")
         }

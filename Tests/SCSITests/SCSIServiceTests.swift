@@ -8,12 +8,6 @@ import Testing
 
 /// MODE SENSE/SELECT, REPORT SUPPORTED OPERATION CODES, EXTENDED COPY and RECEIVE COPY RESULTS.
 @Suite struct SCSIServiceTests {
-    func ready(_ h: Harness, _ name: String = "iqn.2026-01.test:init", isid: UInt64 = 1) -> Nexus {
-        let n = h.nexus(name, isid: isid)
-        h.clearUAs(n)
-        return n
-    }
-
     // MARK: MODE SENSE / MODE SELECT
 
     /// Pages in a MODE SENSE reply: code -> bytes (header included).
@@ -30,7 +24,7 @@ import Testing
 
     @Test func modeSenseAllPagesWithBlockDescriptor() {
         let h = Harness()
-        let n = ready(h)
+        let n = h.ready()
         let o = h.run(CDB.modeSense6(page: 0x3F), nexus: n, edtl: 255, read: true)
         #expect(o.isGood)
         let d = o.dataIn
@@ -50,7 +44,7 @@ import Testing
 
     @Test func modeSensePageControlAndBadPages() {
         let h = Harness()
-        let n = ready(h)
+        let n = h.ready()
         let chg = h.run(CDB.modeSense6(page: 0x0A, pc: 1, dbd: true), nexus: n, edtl: 255, read: true)
         #expect(chg.isGood && chg.dataIn[3] == 0 && chg.dataIn[4 + 4] == 0x08)   // SWP changeable
         let saved = h.run(CDB.modeSense6(page: 0x0A, pc: 3), nexus: n, edtl: 255, read: true)
@@ -63,8 +57,8 @@ import Testing
     /// libiscsi's set_swp/clear_swp: read the current control page, flip SWP, MODE SELECT it back.
     @Test func modeSelectSoftwareWriteProtectRoundTrip() {
         let h = Harness()
-        let a = ready(h, "iqn.2026-01.test:a")
-        let b = ready(h, "iqn.2026-01.test:b", isid: 2)
+        let a = h.ready("iqn.2026-01.test:a")
+        let b = h.ready("iqn.2026-01.test:b", isid: 2)
         let cur = h.run(CDB.modeSense6(page: 0x0A, dbd: true), nexus: a, edtl: 255, read: true)
         var page = Array(cur.dataIn[4 ..< 16])
         page[4] |= 0x08
@@ -86,7 +80,7 @@ import Testing
 
     @Test func modeSelectRejectsUnchangeableBitsSavingAndBadLengths() {
         let h = Harness()
-        let n = ready(h)
+        let n = h.ready()
         let cur = h.run(CDB.modeSense6(page: 0x0A, dbd: true), nexus: n, edtl: 255, read: true)
         var page = Array(cur.dataIn[4 ..< 16])
         page[2] |= 0x04                                            // D_SENSE is not changeable
@@ -119,7 +113,7 @@ import Testing
 
     @Test func reportAllOpcodesAndEachOneBack() {
         let h = Harness()
-        let n = ready(h)
+        let n = h.ready()
         let all = h.run(rsoc(options: 0), nexus: n, edtl: 65535, read: true)
         #expect(all.isGood)
         let len = all.dataIn[0 ..< 4].reduce(0) { $0 << 8 | Int($1) }
@@ -151,7 +145,7 @@ import Testing
 
     @Test func reportOpcodesWithTimeoutDescriptors() {
         let h = Harness()
-        let n = ready(h)
+        let n = h.ready()
         let all = h.run(rsoc(options: 0, rctd: true), nexus: n, edtl: 65535, read: true)
         var p = 4
         var count = 0
@@ -194,7 +188,7 @@ import Testing
 
     @Test func extendedCopyCopiesBetweenTwoLUNsInChunks() {
         let h = Harness(luns: [(0, 512, 2048, StoreCapabilities()), (1, 512, 4096, StoreCapabilities())], bufferBytes: 65536)
-        let n = ready(h)
+        let n = h.ready()
         let data = pattern(600 * 512, seed: 4)
         h.disk(0).bytes.replaceSubrange(10 * 512 ..< 610 * 512, with: data)
         let list = xcopyList(listID: 7, targets: [targetDescriptor(naa: naa(h, 0)), targetDescriptor(naa: naa(h, 1))],
@@ -212,7 +206,7 @@ import Testing
 
     @Test func extendedCopyValidation() {
         let h = Harness()
-        let n = ready(h)
+        let n = h.ready()
         let t = targetDescriptor(naa: naa(h, 0))
         let good = segment(src: 0, dst: 0, blocks: 8, srcLBA: 0, dstLBA: 100)
         #expect(xcopy(h, n, []).isGood)
