@@ -92,10 +92,8 @@ public final class SheepHome {
     /// a read of it lands in (allocated at the first read and kept), and whether another refresh was asked
     /// for while one ran.
     var record: SheepSCSIRecordSync? = nil
-    var recordBuffer: UnsafeMutableRawPointer? = nil
+    var recordRead = SheepSideRead(bytes: SheepVDIAttrLayout.objectSizeBytes)
     var recordAgain = false
-    /// The step in flight is a READ_OBJ into `recordBuffer`.
-    var recordReadPending = false
     /// The step in flight is the index write that announces a version this core published.
     var recordAnnouncing = false
     /// The volume whose record this is (set with `record`), for the refresh interval.
@@ -131,8 +129,7 @@ public final class SheepHome {
     var compareCurrent: SheepHomeRequest? = nil
     var compareHolder: SheepHomeRequest? = nil
     var compareQueue: [SheepHomeRequest] = []
-    var compareBuffer: UnsafeMutableRawPointer? = nil
-    var compareReadPending = false
+    var compareRead = SheepSideRead(bytes: CompareLeaseState.encodedBytes)
     var compareWakeNanos: UInt64 = 0
 
     /// Multipath: this gateway's heartbeat and what it saw of the others' (SheepHomeLiveness.swift): the machine,
@@ -140,8 +137,7 @@ public final class SheepHome {
     /// the last one failed (logged once), this gateway's ports to the LU (from its last publication), the dead
     /// ports last reported to the LU, and the LU's power-on.
     var liveness: SheepLiveness? = nil
-    var livenessBuffer: UnsafeMutableRawPointer? = nil
-    var livenessReadPending = false
+    var livenessRead = SheepSideRead(bytes: GatewayLivenessLimits.regionBytes)
     var livenessStarted: UInt64 = 0
     var livenessFailing = false
     var ownPorts: [UInt16] = []
@@ -158,10 +154,36 @@ public final class SheepHome {
 
     deinit {
         refreshBuffer?.deallocate()
-        recordBuffer?.deallocate()
-        compareBuffer?.deallocate()
-        livenessBuffer?.deallocate()
+        recordRead.deallocate()
+        compareRead.deallocate()
+        livenessRead.deallocate()
     }
+}
+
+/// Where a side machine's READ_OBJ lands (allocated at its first read and kept), and whether the step in flight
+/// is such a read.
+struct SheepSideRead {
+    let bytes: Int
+    private var buffer: UnsafeMutableRawPointer? = nil
+    private var pending = false
+
+    init(bytes: Int) { self.bytes = bytes }
+
+    /// A read is sent: where it lands.
+    mutating func begin() -> UnsafeMutableRawPointer {
+        if buffer == nil { buffer = .allocate(byteCount: bytes, alignment: 64) }
+        pending = true
+        return buffer!
+    }
+
+    /// The step's reply came: what the read brought (empty when the step was no read, or failed).
+    mutating func take(_ result: SheepResult) -> [UInt8] {
+        defer { pending = false }
+        guard pending, result == .success, let buffer else { return [] }
+        return Array(UnsafeRawBufferPointer(start: buffer, count: bytes))
+    }
+
+    func deallocate() { buffer?.deallocate() }
 }
 
 /// One step of home-core work waiting for a sheep reply.
@@ -397,24 +419,22 @@ public struct SheepHomeMachine {
         return opCounter
     }
 
-    /// Sends one request of a side machine (the shared record, COMPARE AND WRITE's section) for `vol`: a
-    /// READ_OBJ lands in `buffer` (allocated on first use, `readBytes` long), anything else carries `payload`,
-    /// which lives in the op until the reply. Returns whether it was the read, whose reply the caller awaits.
+    /// Sends one request of a side machine (the shared record, COMPARE AND WRITE's section, the heartbeat) for
+    /// `vol`: a READ_OBJ lands in `read`'s buffer, and `read` remembers that its reply carries data; anything
+    /// else carries `payload`, which lives in the op until the reply.
     mutating func sendSideRequest(_ vol: SheepVolume, stage: SheepHomeOp.Stage, _ hdr: SheepRequestHeader,
-                                  payload: [UInt8], buffer: inout UnsafeMutableRawPointer?, readBytes: Int) -> Bool {
+                                  payload: [UInt8], read: inout SheepSideRead) {
         let op = SheepHomeOp(request: nil, volume: vol, stage: stage)
         op.payload = payload
         let id = newHomeOp(op)
         if hdr.opcode == .readObj {
-            if buffer == nil { buffer = .allocate(byteCount: readBytes, alignment: 64) }
             actions.append(.send(op: id, volume: vol, header: hdr, payload: nil, payloadLength: 0,
-                                 dest: buffer, destCapacity: readBytes))
-            return true
+                                 dest: read.begin(), destCapacity: read.bytes))
+            return
         }
         let p = op.payload.isEmpty ? nil : op.payload.withUnsafeBytes { UnsafeRawPointer($0.baseAddress!) }
         actions.append(.send(op: id, volume: vol, header: hdr, payload: p, payloadLength: op.payload.count,
                              dest: nil, destCapacity: 0))
-        return false
     }
 
     /// Sheep's answer to step `id` (`failure` when there was none: connection lost for good, or not sent).

@@ -87,12 +87,7 @@ extension SheepHomeMachine {
     mutating func compareReply(_ vol: SheepVolume, result: SheepResult, vdiID: UInt32) {
         let h = home(vol)
         guard h.compare != nil else { return }
-        var data: [UInt8] = []
-        if h.compareReadPending, result == .success, let buf = h.compareBuffer {
-            data = Array(UnsafeRawBufferPointer(start: buf, count: CompareLeaseState.encodedBytes))
-        }
-        h.compareReadPending = false
-        compareStep(vol, h.compare!.reply(result, vdiID: vdiID, data: data, nowNanos: nowNanos))
+        compareStep(vol, h.compare!.reply(result, vdiID: vdiID, data: h.compareRead.take(result), nowNanos: nowNanos))
     }
 
     private static func sameCommand(_ a: SheepHomeRequest, _ b: SheepHomeRequest) -> Bool {
@@ -115,10 +110,7 @@ extension SheepHomeMachine {
         let h = home(vol)
         switch step {
         case .send(let hdr, let payload):
-            if sendSideRequest(vol, stage: .compare, hdr, payload: payload, buffer: &h.compareBuffer,
-                               readBytes: CompareLeaseState.encodedBytes) {
-                h.compareReadPending = true
-            }
+            sendSideRequest(vol, stage: .compare, hdr, payload: payload, read: &h.compareRead)
         case .wait(let until):
             h.compareWakeNanos = until
             compareWakeNanos = compareWakeNanos == 0 ? until : min(compareWakeNanos, until)

@@ -55,22 +55,14 @@ extension SheepHomeMachine {
     mutating func livenessReply(_ vol: SheepVolume, result: SheepResult, vdiID: UInt32) {
         let h = home(vol)
         guard h.liveness != nil else { return }
-        var data: [UInt8] = []
-        if h.livenessReadPending, result == .success, let buf = h.livenessBuffer {
-            data = Array(UnsafeRawBufferPointer(start: buf, count: GatewayLivenessLimits.regionBytes))
-        }
-        h.livenessReadPending = false
-        livenessStep(vol, h.liveness!.reply(result, vdiID: vdiID, data: data, nowNanos: nowNanos))
+        livenessStep(vol, h.liveness!.reply(result, vdiID: vdiID, data: h.livenessRead.take(result), nowNanos: nowNanos))
     }
 
     private mutating func livenessStep(_ vol: SheepVolume, _ step: SheepLiveness.Step) {
         let h = home(vol)
         switch step {
         case .send(let hdr, let payload):
-            if sendSideRequest(vol, stage: .liveness, hdr, payload: payload, buffer: &h.livenessBuffer,
-                               readBytes: GatewayLivenessLimits.regionBytes) {
-                h.livenessReadPending = true
-            }
+            sendSideRequest(vol, stage: .liveness, hdr, payload: payload, read: &h.livenessRead)
         case .done(.failed(_, let why)):
             // Logged once per run of failures (sheep away): the next beat tries again.
             if !h.livenessFailing { actions.append(.log(.warning, why)) }

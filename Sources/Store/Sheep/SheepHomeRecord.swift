@@ -85,22 +85,14 @@ extension SheepHomeMachine {
             recordEnded(vol, .published)
             return
         }
-        var data: [UInt8] = []
-        if result == .success, let buf = h.recordBuffer, h.recordReadPending {
-            data = Array(UnsafeRawBufferPointer(start: buf, count: SheepVDIAttrLayout.objectSizeBytes))
-        }
-        h.recordReadPending = false
-        recordStep(vol, h.record!.reply(result, vdiID: vdiID, attrID: attrID, data: data))
+        recordStep(vol, h.record!.reply(result, vdiID: vdiID, attrID: attrID, data: h.recordRead.take(result)))
     }
 
     private mutating func recordStep(_ vol: SheepVolume, _ step: SheepSCSIRecordSync.Step) {
         let h = home(vol)
         switch step {
         case .send(let hdr, let payload):
-            if sendSideRequest(vol, stage: .record, hdr, payload: payload, buffer: &h.recordBuffer,
-                               readBytes: SheepVDIAttrLayout.objectSizeBytes) {
-                h.recordReadPending = true
-            }
+            sendSideRequest(vol, stage: .record, hdr, payload: payload, read: &h.recordRead)
         case .done(let outcome):
             if outcome == .published, let slot = Self.announceSlot(vol) {
                 // Sheep invalidates every other participant before it forwards an index write
