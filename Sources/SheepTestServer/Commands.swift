@@ -142,6 +142,15 @@ struct DogConnectionOptions: ParsableArguments {
     }
 }
 
+/// One VDI, or one of its snapshots (`-s`), on one sheep: what most `dog vdi` subcommands name.
+struct DogVDIOptions: ParsableArguments {
+    @Option(name: [.customShort("s"), .long], help: "Snapshot id or tag.") var snapshot: String?
+    @Argument var name: String
+    @OptionGroup var connection: DogConnectionOptions
+
+    var snapshotID: SheepBackingSpec.Snapshot { parseDogSnapshot(snapshot) }
+}
+
 struct Dog: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "A dog-like client for the subset the tests use.",
                                                     subcommands: [Vdi.self])
@@ -226,11 +235,9 @@ struct Vdi: ParsableCommand {
 
     struct Delete: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "dog vdi delete [-s SNAP] NAME")
-        @Option(name: [.customShort("s"), .long], help: "Snapshot id or tag.") var snapshot: String?
-        @Argument var name: String
-        @OptionGroup var connection: DogConnectionOptions
+        @OptionGroup var vdi: DogVDIOptions
         func run() throws {
-            try dogRun { try connection.connect().delete(name: name, snapshot: parseDogSnapshot(snapshot)) }
+            try dogRun { try vdi.connection.connect().delete(name: vdi.name, snapshot: vdi.snapshotID) }
         }
     }
 
@@ -264,16 +271,14 @@ struct Vdi: ParsableCommand {
 
     struct Read: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "dog vdi read [-s SNAP] NAME [OFFSET [LEN]] (to stdout)")
-        @Option(name: [.customShort("s"), .long], help: "Snapshot id or tag.") var snapshot: String?
-        @Argument var name: String
+        @OptionGroup var vdi: DogVDIOptions
         @Argument var offset: String?
         @Argument var length: String?
-        @OptionGroup var connection: DogConnectionOptions
         func run() throws {
             let off = try offset.map { try parseSizeArgument($0, "offset") } ?? 0
             let len = try length.map { try parseSizeArgument($0, "length") }
             try dogRun {
-                try connection.connect().read(name: name, snapshot: parseDogSnapshot(snapshot), offset: off, length: len) { piece in
+                try vdi.connection.connect().read(name: vdi.name, snapshot: vdi.snapshotID, offset: off, length: len) { piece in
                     var p = piece
                     try p.withUnsafeMutableBytes { if $0.count > 0 { try writeAll(1, $0.baseAddress!, $0.count) } }
                 }
@@ -309,13 +314,10 @@ struct Vdi: ParsableCommand {
         struct Map: ParsableCommand {
             static let configuration = CommandConfiguration(abstract: "dog vdi object map [-i INDEX] [-s SNAP] NAME")
             @Option(name: [.customShort("i"), .long], help: "One object index.") var index: UInt32?
-            @Option(name: [.customShort("s"), .long], help: "Snapshot id or tag.") var snapshot: String?
-            @Argument var name: String
-            @OptionGroup var connection: DogConnectionOptions
+            @OptionGroup var vdi: DogVDIOptions
             func run() throws {
                 try dogRun {
-                    let map = try connection.connect().objectMap(name: name, snapshot: parseDogSnapshot(snapshot),
-                                                                 index: index)
+                    let map = try vdi.connection.connect().objectMap(name: vdi.name, snapshot: vdi.snapshotID, index: index)
                     // dog's format: "%08" PRIu64 " %8" PRIx32.
                     print("Index       VID")
                     for (idx, vid) in map {
@@ -332,11 +334,9 @@ struct Vdi: ParsableCommand {
         static let configuration = CommandConfiguration(subcommands: [Unlock.self])
         struct Unlock: ParsableCommand {
             static let configuration = CommandConfiguration(abstract: "dog vdi lock unlock [-s SNAP] NAME")
-            @Option(name: [.customShort("s"), .long], help: "Snapshot id or tag.") var snapshot: String?
-            @Argument var name: String
-            @OptionGroup var connection: DogConnectionOptions
+            @OptionGroup var vdi: DogVDIOptions
             func run() throws {
-                try dogRun { try connection.connect().unlock(name: name, snapshot: parseDogSnapshot(snapshot)) }
+                try dogRun { try vdi.connection.connect().unlock(name: vdi.name, snapshot: vdi.snapshotID) }
             }
         }
     }

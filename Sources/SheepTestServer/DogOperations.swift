@@ -226,27 +226,16 @@ struct DogOperations {
     func read(name: String, snapshot: SheepBackingSpec.Snapshot = .working, offset: UInt64, length: UInt64?,
               sink: ([UInt8]) throws -> Void) throws {
         let index = try self.index(try vid(name, snapshot))
-        let h = index.header
-        guard let objSize = h.objectSizeBytes else {
-            throw SheepClientError.failed(.invalidParms, "VDI \(name) has an object size this tool cannot read")
-        }
-        guard offset <= h.vdiSize else { throw SheepClientError.failed(.invalidParms, "Read offset is beyond the end of the VDI") }
-        let total = min(length ?? (h.vdiSize - offset), h.vdiSize - offset)
-        var done: UInt64 = 0
-        while done < total {
-            let pos = offset + done
-            let idx = UInt32(pos / objSize), objOff = pos % objSize
-            let len = min(total - done, objSize - objOff)
+        try Self.forEachPiece(index.header, name, "read", offset: offset, length: length) { idx, objOff, len, _ in
             let owner = index.owner(idx)
             if owner == 0 {
                 try sink([UInt8](repeating: 0, count: Int(len)))
-            } else {
-                let r = try client.readObject(SheepOID.data(vid: owner, index: idx), offset: UInt32(objOff),
-                                              length: UInt32(len))
-                guard r.result == .success else { throw SheepClientError.failed(r.result, "Failed to read VDI") }
-                try sink(r.data)
+                return
             }
-            done += len
+            let r = try client.readObject(SheepOID.data(vid: owner, index: idx), offset: UInt32(objOff),
+                                          length: UInt32(len))
+            guard r.result == .success else { throw SheepClientError.failed(r.result, "Failed to read VDI") }
+            try sink(r.data)
         }
     }
 
@@ -255,17 +244,7 @@ struct DogOperations {
     func write(name: String, offset: UInt64, data: [UInt8]) throws {
         let v = try client.findVDI(name: name)
         let index = try self.index(v)
-        let h = index.header
-        guard let objSize = h.objectSizeBytes else {
-            throw SheepClientError.failed(.invalidParms, "VDI \(name) has an object size this tool cannot write")
-        }
-        guard offset <= h.vdiSize else { throw SheepClientError.failed(.invalidParms, "Write offset is beyond the end of the VDI") }
-        let total = min(UInt64(data.count), h.vdiSize - offset)
-        var done: UInt64 = 0
-        while done < total {
-            let pos = offset + done
-            let idx = UInt32(pos / objSize), objOff = pos % objSize
-            let len = min(total - done, objSize - objOff)
+        try Self.forEachPiece(index.header, name, "write", offset: offset, length: UInt64(data.count)) { idx, objOff, len, done in
             let owner = index.owner(idx)
             let create = owner != v
             let cow = (owner != 0 && owner != v) ? SheepOID.data(vid: owner, index: idx) : 0
@@ -274,6 +253,27 @@ struct DogOperations {
                                            create: create, cowOid: cow)
             guard r.result == .success else { throw SheepClientError.failed(r.result, "Failed to write VDI") }
             if create { try index.setOwner(idx, to: v) }
+        }
+    }
+
+    /// Walks `length` bytes from `offset` (cut at the end of the VDI; nil: to the end) one object piece at a
+    /// time: the object's index, the offset in it, the piece's length and the bytes before it.
+    private static func forEachPiece(_ h: SheepInodeHeader, _ name: String, _ verb: String, offset: UInt64,
+                                     length: UInt64?,
+                                     _ body: (UInt32, UInt64, UInt64, UInt64) throws -> Void) throws {
+        guard let objSize = h.objectSizeBytes else {
+            throw SheepClientError.failed(.invalidParms, "VDI \(name) has an object size this tool cannot \(verb)")
+        }
+        guard offset <= h.vdiSize else {
+            throw SheepClientError.failed(.invalidParms, "\(verb.prefix(1).uppercased() + verb.dropFirst()) offset is beyond the end of the VDI")
+        }
+        let total = min(length ?? (h.vdiSize - offset), h.vdiSize - offset)
+        var done: UInt64 = 0
+        while done < total {
+            let pos = offset + done
+            let idx = UInt32(pos / objSize), objOff = pos % objSize
+            let len = min(total - done, objSize - objOff)
+            try body(idx, objOff, len, done)
             done += len
         }
     }
