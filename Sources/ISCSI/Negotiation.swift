@@ -535,17 +535,11 @@ public struct KeyNegotiator: Sendable {
             params.dataDigest = d
             return .value(d.rawValue)
         case "MaxConnections":
-            guard let n = number(value, 1, ISCSILimits.maxConnectionsLimit) else { return .reject }
-            params.maxConnections = min(n, defaults.maxConnections)
-            return .value(String(params.maxConnections))
+            return numerical(value, 1...ISCSILimits.maxConnectionsLimit, ours: defaults.maxConnections, min, \.maxConnections)
         case "InitialR2T":
-            guard let b = KeyValueSyntax.boolean(value) else { return .reject }
-            params.initialR2T = b || defaults.initialR2T
-            return .value(params.initialR2T ? "Yes" : "No")
+            return boolean(value, ours: defaults.initialR2T, { $0 || $1 }, \.initialR2T)
         case "ImmediateData":
-            guard let b = KeyValueSyntax.boolean(value) else { return .reject }
-            params.immediateData = b && defaults.immediateData
-            return .value(params.immediateData ? "Yes" : "No")
+            return boolean(value, ours: defaults.immediateData, { $0 && $1 }, \.immediateData)
         case "MaxRecvDataSegmentLength":
             // Declarative: the initiator's own receive limit, which bounds what we send. No answer.
             guard let n = number(value, ISCSILimits.minDataSegmentBytes, ISCSILimits.maxDataSegmentBytes) else {
@@ -554,23 +548,17 @@ public struct KeyNegotiator: Sendable {
             params.initiatorMaxRecvDataSegmentLength = n
             return .none
         case "MaxBurstLength":
-            guard let n = number(value, ISCSILimits.minDataSegmentBytes, ISCSILimits.maxDataSegmentBytes) else {
-                return .reject
-            }
-            params.maxBurstLength = min(n, defaults.maxBurstLength)
-            return .value(String(params.maxBurstLength))
+            return numerical(value, ISCSILimits.minDataSegmentBytes...ISCSILimits.maxDataSegmentBytes,
+                             ours: defaults.maxBurstLength, min, \.maxBurstLength)
         case "DefaultTime2Wait":
-            guard let n = number(value, 0, ISCSILimits.maxTime2WaitSeconds) else { return .reject }
-            params.defaultTime2Wait = max(n, defaults.defaultTime2Wait)
-            return .value(String(params.defaultTime2Wait))
+            return numerical(value, 0...ISCSILimits.maxTime2WaitSeconds, ours: defaults.defaultTime2Wait, max,
+                             \.defaultTime2Wait)
         case "DefaultTime2Retain":
-            guard let n = number(value, 0, ISCSILimits.maxTime2WaitSeconds) else { return .reject }
-            params.defaultTime2Retain = min(n, defaults.defaultTime2Retain)
-            return .value(String(params.defaultTime2Retain))
+            return numerical(value, 0...ISCSILimits.maxTime2WaitSeconds, ours: defaults.defaultTime2Retain, min,
+                             \.defaultTime2Retain)
         case "MaxOutstandingR2T":
-            guard let n = number(value, 1, ISCSILimits.maxOutstandingR2TLimit) else { return .reject }
-            params.maxOutstandingR2T = min(n, defaults.maxOutstandingR2T)
-            return .value(String(params.maxOutstandingR2T))
+            return numerical(value, 1...ISCSILimits.maxOutstandingR2TLimit, ours: defaults.maxOutstandingR2T, min,
+                             \.maxOutstandingR2T)
         case "DataPDUInOrder":
             // OR with our Yes: the result is always Yes; Data PDUs must arrive in offset order.
             guard KeyValueSyntax.boolean(value) != nil else { return .reject }
@@ -623,6 +611,23 @@ public struct KeyNegotiator: Sendable {
             // Unknown keys, vendor keys (X-..., X#...), and security keys of methods we lack (CHAP_A ...).
             return .notUnderstood
         }
+    }
+
+    /// A numerical key (RFC 7143 §6.2.2): the offer, if in `range`, is met with our value by the key's function
+    /// (`min` or `max`); the result is the answer and the session's value.
+    private mutating func numerical(_ value: String, _ range: ClosedRange<Int>, ours: Int, _ function: (Int, Int) -> Int,
+                                    _ field: WritableKeyPath<SessionParameters, Int>) -> KeyAnswer {
+        guard let n = number(value, range.lowerBound, range.upperBound) else { return .reject }
+        params[keyPath: field] = function(n, ours)
+        return .value(String(params[keyPath: field]))
+    }
+
+    /// A Boolean key (RFC 7143 §6.2.2): the offer is met with our value by the key's function (OR or AND).
+    private mutating func boolean(_ value: String, ours: Bool, _ function: (Bool, Bool) -> Bool,
+                                  _ field: WritableKeyPath<SessionParameters, Bool>) -> KeyAnswer {
+        guard let b = KeyValueSyntax.boolean(value) else { return .reject }
+        params[keyPath: field] = function(b, ours)
+        return .value(params[keyPath: field] ? "Yes" : "No")
     }
 
     private func number(_ value: String, _ lo: Int, _ hi: Int) -> Int? {
