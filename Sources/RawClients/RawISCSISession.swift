@@ -146,23 +146,23 @@ public enum RawCDB {
 
     /// INQUIRY, standard data, `allocationLength` bytes at most.
     public static func inquiry(allocationLength: UInt16 = 96) -> [UInt8] {
-        [0x12, 0, 0, UInt8(allocationLength >> 8), UInt8(allocationLength & 0xFF), 0]
+        [Opcode.inquiry, 0, 0, UInt8(allocationLength >> 8), UInt8(allocationLength & 0xFF), 0]
     }
-    /// READ CAPACITY(16) (SERVICE ACTION IN(16), service action 0x10), `allocationLength` bytes at most.
+    /// READ CAPACITY(16) (a service action of SERVICE ACTION IN(16)), `allocationLength` bytes at most.
     public static func readCapacity16(allocationLength: UInt32 = 32) -> [UInt8] {
         var c = [UInt8](repeating: 0, count: 16)
-        c[0] = 0x9E
-        c[1] = 0x10
+        c[0] = Opcode.serviceActionIn16
+        c[1] = ServiceAction.readCapacity16
         c.withUnsafeMutableBytes { put32($0.baseAddress!, 10, allocationLength) }
         return c
     }
-    public static func read10(lba: UInt32, blocks: UInt16) -> [UInt8] { rw10(0x28, lba: lba, blocks: blocks) }
-    public static func write10(lba: UInt32, blocks: UInt16) -> [UInt8] { rw10(0x2A, lba: lba, blocks: blocks) }
-    public static func read16(lba: UInt64, blocks: UInt32) -> [UInt8] { rw16(0x88, lba: lba, blocks: blocks) }
-    public static func write16(lba: UInt64, blocks: UInt32) -> [UInt8] { rw16(0x8A, lba: lba, blocks: blocks) }
+    public static func read10(lba: UInt32, blocks: UInt16) -> [UInt8] { rw10(Opcode.read10, lba: lba, blocks: blocks) }
+    public static func write10(lba: UInt32, blocks: UInt16) -> [UInt8] { rw10(Opcode.write10, lba: lba, blocks: blocks) }
+    public static func read16(lba: UInt64, blocks: UInt32) -> [UInt8] { rw16(Opcode.read16, lba: lba, blocks: blocks) }
+    public static func write16(lba: UInt64, blocks: UInt32) -> [UInt8] { rw16(Opcode.write16, lba: lba, blocks: blocks) }
     /// COMPARE AND WRITE: `blocks` blocks compared, then as many written (its data is twice their length).
     public static func compareAndWrite(lba: UInt64, blocks: UInt8) -> [UInt8] {
-        var c = rw16(0x89, lba: lba, blocks: 0)
+        var c = rw16(Opcode.compareAndWrite, lba: lba, blocks: 0)
         c[13] = blocks
         return c
     }
