@@ -45,6 +45,24 @@ public enum LogoutResponse {
 
 /// Login Request and Response byte 1 (§11.12.1, §11.13.1): T and C bits, then CSG in bits 2-3 and NSG in bits
 /// 0-1.
+/// Bits of the BHS flags byte (RFC 7143 §11), and the I bit of the opcode byte.
+public enum PDUFlags {
+    /// The opcode byte's I bit: an immediate command.
+    @inlinable public static var immediate: UInt8 { 0x40 }
+    /// F: the last PDU of a sequence (or the only one).
+    @inlinable public static var final: UInt8 { 0x80 }
+    /// Text Request and Response: C, more text follows.
+    @inlinable public static var `continue`: UInt8 { 0x40 }
+    /// SCSI Command: R, W, and the SIMPLE task attribute.
+    @inlinable public static var read: UInt8 { 0x40 }
+    @inlinable public static var write: UInt8 { 0x20 }
+    @inlinable public static var attributeSimple: UInt8 { 0x01 }
+    /// Data-In: S, the status is in this PDU; SCSI Response and Data-In: U and O, a residual count follows.
+    @inlinable public static var status: UInt8 { 0x01 }
+    @inlinable public static var underflow: UInt8 { 0x02 }
+    @inlinable public static var overflow: UInt8 { 0x04 }
+}
+
 public enum LoginFlags {
     @inlinable public static var transit: UInt8 { 0x80 }
     @inlinable public static var `continue`: UInt8 { 0x40 }

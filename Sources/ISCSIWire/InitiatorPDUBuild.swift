@@ -12,14 +12,14 @@ public enum InitiatorPDUBuild {
                        dataLength: Int, field8: UInt64, itt: UInt32, field20: UInt32, cmdSN: UInt32,
                        expStatSN: UInt32) {
         PDUBuild.zero(h)
-        h.storeBytes(of: (immediate ? 0x40 : 0) | opcode, as: UInt8.self)
-        h.storeBytes(of: flags, toByteOffset: 1, as: UInt8.self)
+        h.storeBytes(of: (immediate ? PDUFlags.immediate : 0) | opcode, as: UInt8.self)
+        h.storeBytes(of: flags, toByteOffset: BHSField.flags, as: UInt8.self)
         PDUBuild.setDataLength(h, dataLength)
-        put64(h, 8, field8)
-        put32(h, 16, itt)
-        put32(h, 20, field20)
-        put32(h, 24, cmdSN)
-        put32(h, 28, expStatSN)
+        put64(h, BHSField.lun, field8)
+        put32(h, BHSField.itt, itt)
+        put32(h, BHSField.ttt, field20)
+        put32(h, BHSField.cmdSN, cmdSN)
+        put32(h, BHSField.expStatSN, expStatSN)
     }
 
     /// SCSI Command (§11.3), task attribute SIMPLE. `final` is false only when unsolicited Data-Out follows.
@@ -28,7 +28,8 @@ public enum InitiatorPDUBuild {
     public static func scsiCommand(_ h: UnsafeMutableRawPointer, read: Bool, write: Bool, final: Bool, lunField: UInt64,
                                    itt: UInt32, expectedLength: UInt32, cmdSN: UInt32, expStatSN: UInt32,
                                    immediateLength: Int, immediate: Bool = false) {
-        let flags: UInt8 = (final ? 0x80 : 0) | (read ? 0x40 : 0) | (write ? 0x20 : 0) | 0x01
+        let flags: UInt8 = (final ? PDUFlags.final : 0) | (read ? PDUFlags.read : 0) | (write ? PDUFlags.write : 0)
+            | PDUFlags.attributeSimple
         header(h, opcode: ISCSIOpcode.scsiCommand, immediate: immediate, flags: flags, dataLength: immediateLength,
                field8: lunField, itt: itt, field20: expectedLength, cmdSN: cmdSN, expStatSN: expStatSN)
     }
@@ -37,17 +38,17 @@ public enum InitiatorPDUBuild {
     @inlinable
     public static func dataOut(_ h: UnsafeMutableRawPointer, final: Bool, lunField: UInt64, itt: UInt32, ttt: UInt32,
                                expStatSN: UInt32, dataSN: UInt32, bufferOffset: UInt32, length: Int) {
-        header(h, opcode: ISCSIOpcode.dataOut, immediate: false, flags: final ? 0x80 : 0, dataLength: length,
+        header(h, opcode: ISCSIOpcode.dataOut, immediate: false, flags: final ? PDUFlags.final : 0, dataLength: length,
                field8: lunField, itt: itt, field20: ttt, cmdSN: 0, expStatSN: expStatSN)
-        put32(h, 36, dataSN)
-        put32(h, 40, bufferOffset)
+        put32(h, BHSField.dataSN, dataSN)
+        put32(h, BHSField.bufferOffset, bufferOffset)
     }
 
     /// NOP-Out (§11.18), immediate. A ping of the initiator's own has an ITT and TTT `reservedTag`.
     @inlinable
     public static func nopOut(_ h: UnsafeMutableRawPointer, lunField: UInt64 = 0, itt: UInt32, ttt: UInt32,
                               cmdSN: UInt32, expStatSN: UInt32, dataLength: Int = 0) {
-        header(h, opcode: ISCSIOpcode.nopOut, immediate: true, flags: 0x80, dataLength: dataLength, field8: lunField,
+        header(h, opcode: ISCSIOpcode.nopOut, immediate: true, flags: PDUFlags.final, dataLength: dataLength, field8: lunField,
                itt: itt, field20: ttt, cmdSN: cmdSN, expStatSN: expStatSN)
     }
 
@@ -65,10 +66,10 @@ public enum InitiatorPDUBuild {
     public static func taskManagementRequest(_ h: UnsafeMutableRawPointer, function: UInt8, lunField: UInt64,
                                              itt: UInt32, referencedTaskTag: UInt32, cmdSN: UInt32,
                                              expStatSN: UInt32, refCmdSN: UInt32) {
-        header(h, opcode: ISCSIOpcode.taskManagement, immediate: true, flags: 0x80 | (function & TMFunction.mask),
+        header(h, opcode: ISCSIOpcode.taskManagement, immediate: true, flags: PDUFlags.final | (function & TMFunction.mask),
                dataLength: 0, field8: lunField, itt: itt, field20: referencedTaskTag, cmdSN: cmdSN,
                expStatSN: expStatSN)
-        put32(h, 32, refCmdSN)
+        put32(h, BHSField.refCmdSN, refCmdSN)
     }
 
     /// Text Request (§11.10), final (no continuation), a new exchange (TTT `reservedTag`). `immediate` leaves
@@ -76,7 +77,7 @@ public enum InitiatorPDUBuild {
     @inlinable
     public static func textRequest(_ h: UnsafeMutableRawPointer, immediate: Bool, itt: UInt32, cmdSN: UInt32,
                                    expStatSN: UInt32, dataLength: Int) {
-        header(h, opcode: ISCSIOpcode.textRequest, immediate: immediate, flags: 0x80, dataLength: dataLength,
+        header(h, opcode: ISCSIOpcode.textRequest, immediate: immediate, flags: PDUFlags.final, dataLength: dataLength,
                field8: 0, itt: itt, field20: reservedTag, cmdSN: cmdSN, expStatSN: expStatSN)
     }
 
@@ -95,7 +96,7 @@ public enum InitiatorPDUBuild {
     @inlinable
     public static func logoutRequest(_ h: UnsafeMutableRawPointer, reason: UInt8 = LogoutReason.closeSession,
                                      itt: UInt32, cmdSN: UInt32, expStatSN: UInt32) {
-        header(h, opcode: ISCSIOpcode.logoutRequest, immediate: true, flags: 0x80 | (reason & LogoutReason.mask),
+        header(h, opcode: ISCSIOpcode.logoutRequest, immediate: true, flags: PDUFlags.final | (reason & LogoutReason.mask),
                dataLength: 0, field8: 0, itt: itt, field20: 0, cmdSN: cmdSN, expStatSN: expStatSN)
     }
 }
