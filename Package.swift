@@ -126,11 +126,11 @@ let package = Package(
         // Test support shared by the end-to-end harness, the perf runner, the load generator and the sheep test
         // server: the seeded PRNG, bounded child processes, free ports, the /proc reader (ProcessStats), and the
         // sheep fixtures (test server, local cluster). A target, not a product: nothing outside this package links it.
-        .target(name: "TestSupport", dependencies: ["DeterministicRandom"], swiftSettings: [.swiftLanguageMode(.v5)]),
+        .target(name: "TestSupport", dependencies: ["DeterministicRandom", "Floor"], swiftSettings: [.swiftLanguageMode(.v5)]),
         // The one raw iSCSI initiator and the one raw NBD client, on ISCSIWire's vocabulary (Target only for the
         // login's text keys, CHAP and NBDWire), for the end-to-end tests, perf/livefuzz and perf/loadgen's setup. Apart from
         // TestSupport, which stays free of Target.
-        .target(name: "RawClients", dependencies: ["ISCSIWire", "Target", "TestSupport"],
+        .target(name: "RawClients", dependencies: ["Floor", "ISCSIWire", "Target", "TestSupport"],
                 swiftSettings: [.swiftLanguageMode(.v5)]),
         // Test support: a sheep-protocol server that behaves like a small sheep cluster, plus a dog-like CLI.
         .executableTarget(

@@ -2,6 +2,7 @@
 // send with a kernel send timeout, and reads that wait at most until a deadline, so a peer that neither
 // answers nor closes shows up as `.timeout`, never a hang.
 
+import Floor
 import TestSupport
 #if canImport(Glibc)
 import Glibc
@@ -61,15 +62,7 @@ public final class RawSocket {
             setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, socklen_t(MemoryLayout<Int32>.size))
         }
         if let sourceAddress {
-            var a = sockaddr_in()
-            a.sin_family = sa_family_t(AF_INET)
-            inet_pton(AF_INET, sourceAddress, &a.sin_addr)
-            let bound = withUnsafePointer(to: &a) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-                }
-            }
-            guard bound == 0 else {
+            guard let source = NumericSocketAddress(host: sourceAddress, port: 0), source.bind(fd) == 0 else {
                 let e = errno
                 Glibc.close(fd)
                 fd = -1

@@ -77,23 +77,12 @@ public enum SocketAddress {
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(4))
         setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, socklen_t(4))
-        var rc: Int32
-        if portal.isIPv6 {
-            setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, socklen_t(4))
-            var a = sockaddr_in6()
-            a.sin6_family = sa_family_t(AF_INET6)
-            a.sin6_port = in_port_t(UInt16(portal.port).bigEndian)
-            if inet_pton(AF_INET6, portal.host, &a.sin6_addr) != 1 { close(fd); throw .badAddress(portal.host) }
-            rc = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) } }
-        } else {
-            var a = sockaddr_in()
-            a.sin_family = sa_family_t(AF_INET)
-            a.sin_port = in_port_t(UInt16(portal.port).bigEndian)
-            if inet_pton(AF_INET, portal.host, &a.sin_addr) != 1 { close(fd); throw .badAddress(portal.host) }
-            rc = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        if portal.isIPv6 { setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, socklen_t(4)) }
+        guard let address = NumericSocketAddress(host: portal.host, port: portal.port) else {
+            close(fd)
+            throw .badAddress(portal.host)
         }
+        let rc = address.bind(fd)
         if rc != 0 { let e = errno; close(fd); throw .system("bind \(portal)", e) }
         return fd
     }

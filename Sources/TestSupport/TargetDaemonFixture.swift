@@ -8,6 +8,7 @@
 
 import Foundation
 #if canImport(Glibc)
+import Floor
 import Glibc
 #endif
 
@@ -71,27 +72,8 @@ public struct Endpoint: Equatable, CustomStringConvertible, Sendable {
     /// connect(2) for a stream socket `fd` of the endpoint's family (AF_INET6 when `isIPv6`); returns its
     /// result (0, or -1 with errno set).
     public func connect(_ fd: Int32) -> Int32 {
-        let bare = host.trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
-        if isIPv6 {
-            var a = sockaddr_in6()
-            a.sin6_family = sa_family_t(AF_INET6)
-            a.sin6_port = in_port_t(UInt16(port).bigEndian)
-            inet_pton(AF_INET6, bare, &a.sin6_addr)
-            return Self.connect(fd, &a)
-        }
-        var a = sockaddr_in()
-        a.sin_family = sa_family_t(AF_INET)
-        a.sin_port = in_port_t(UInt16(port).bigEndian)
-        inet_pton(AF_INET, bare, &a.sin_addr)
-        return Self.connect(fd, &a)
-    }
-
-    private static func connect<Address>(_ fd: Int32, _ address: inout Address) -> Int32 {
-        withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                Glibc.connect(fd, $0, socklen_t(MemoryLayout<Address>.size))
-            }
-        }
+        guard let address = NumericSocketAddress(host: host, port: port) else { errno = EINVAL; return -1 }
+        return address.connect(fd)
     }
 
     /// Parses every `Portal: HOST:PORT,TPGT` line (IPv6 hosts are bracketed).

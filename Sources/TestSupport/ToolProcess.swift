@@ -272,3 +272,13 @@ public func freeTCPPorts(_ count: Int) throws -> [Int] {
     }
     return ports
 }
+
+/// Many sessions need many descriptors (the load generator's, and the perf runner's children): takes the hard
+/// limit of open files as the soft one.
+public func raiseFileLimit() {
+    var lim = rlimit()
+    if getrlimit(Int32(RLIMIT_NOFILE.rawValue), &lim) == 0 && lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max
+        _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &lim)
+    }
+}

@@ -4,6 +4,35 @@ import Testing
 
 /// The floor's pure parts: user_data layouts, the socket errno table, the rate-limited log line, iovecs.
 @Suite struct FloorPartsTests {
+    /// Numeric IPv4 and IPv6 addresses (IPv6 with or without brackets) become the right sockaddr; a host name
+    /// or garbage does not; the address binds and connects over loopback.
+    @Test func numericSocketAddress() throws {
+        let v4 = try #require(NumericSocketAddress(host: "127.0.0.1", port: 3260))
+        #expect(v4.family == AF_INET && Int(v4.length) == MemoryLayout<sockaddr_in>.size)
+        v4.withSockaddr { p, _ in
+            p.withMemoryRebound(to: sockaddr_in.self, capacity: 1) {
+                #expect(UInt16(bigEndian: $0.pointee.sin_port) == 3260)
+                #expect($0.pointee.sin_addr.s_addr == inet_addr("127.0.0.1"))
+            }
+        }
+        for host in ["::1", "[::1]"] {
+            let v6 = try #require(NumericSocketAddress(host: host, port: 1))
+            #expect(v6.family == AF_INET6 && Int(v6.length) == MemoryLayout<sockaddr_in6>.size)
+        }
+        for bad in ["localhost", "", "1.2.3", "[::1", "::g"] { #expect(NumericSocketAddress(host: bad, port: 1) == nil) }
+
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(listener) }
+        #expect(NumericSocketAddress(host: "127.0.0.1", port: 0)!.bind(listener) == 0)
+        #expect(listen(listener, 1) == 0)
+        var a = sockaddr_in()
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listener, $0, &len) } }
+        let client = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(client) }
+        #expect(NumericSocketAddress(host: "127.0.0.1", port: Int(UInt16(bigEndian: a.sin_port)))!.connect(client) == 0)
+    }
+
     @Test func userDataRoundTripsAtTheBitLimits() {
         for (c, g) in [(0, UInt32(0)), (ConnectionOp.connectionLimit - 1, UInt32.max), (4095, UInt32(1))] {
             let u = ConnectionOp(connection: c, generation: g).encode(.send)

@@ -298,15 +298,6 @@ func printError(_ s: String) {
     line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
 }
 
-/// Many sessions need many descriptors: take the hard limit.
-func raiseFileLimit() {
-    var lim = rlimit()
-    if getrlimit(Int32(RLIMIT_NOFILE.rawValue), &lim) == 0 && lim.rlim_cur < lim.rlim_max {
-        lim.rlim_cur = lim.rlim_max
-        _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &lim)
-    }
-}
-
 func sleepUntil(_ nanos: UInt64) {
     var ts = timespec(tv_sec: Int(nanos / 1_000_000_000), tv_nsec: Int(nanos % 1_000_000_000))
     while clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, nil) == EINTR {}

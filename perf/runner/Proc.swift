@@ -83,15 +83,6 @@ func installSignalCleanup() {
 }
 nonisolated(unsafe) var signalSources: [DispatchSourceSignal] = []
 
-/// Many sessions need many descriptors, in the runner's children too: take the hard limit.
-func raiseFileLimit() {
-    var lim = rlimit()
-    if getrlimit(Int32(RLIMIT_NOFILE.rawValue), &lim) == 0 && lim.rlim_cur < lim.rlim_max {
-        lim.rlim_cur = lim.rlim_max
-        _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &lim)
-    }
-}
-
 func log(_ s: String) {
     FileHandle.standardError.write((s + "\n").data(using: .utf8)!)
 }
