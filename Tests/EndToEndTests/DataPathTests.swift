@@ -18,13 +18,7 @@ extension EndToEnd {
                 let back = t.scratch.path("back.img")
                 let url = t.url(lun: 1)
 
-                // -n: the LUN exists already; -f raw on both sides so nothing is probed or guessed.
-                let put = try t.tool("qemu-img", ["convert", "-n", "-f", "raw", "-O", "raw", source.path, url],
-                                     timeoutSeconds: DataPath.convertTimeoutSeconds)
-                try #require(put.succeeded, "\(put)")
-                let get = try t.tool("qemu-img", ["convert", "-f", "raw", "-O", "raw", url, back.path],
-                                     timeoutSeconds: DataPath.convertTimeoutSeconds)
-                try #require(get.succeeded, "\(get)")
+                try t.qemuImgRoundTrip(source, via: url, into: back, timeoutSeconds: DataPath.convertTimeoutSeconds)
 
                 #expect(fileSize(back) == DataPath.imageBytes)
                 let viaInitiator = try firstDifference(source, back)

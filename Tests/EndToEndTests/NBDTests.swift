@@ -90,12 +90,7 @@ extension EndToEnd {
                 let source = try t.scratch.makeRandomFile("source.img", bytes: Int(NBD.imageBytes), seed: seed)
                 let back = t.scratch.path("back.img")
                 let url = "nbd://\(t.nbdEndpoint.host):\(t.nbdEndpoint.port)"
-                let put = try t.tool("qemu-img", ["convert", "-n", "-f", "raw", "-O", "raw", source.path, url],
-                                     timeoutSeconds: NBD.toolTimeoutSeconds)
-                try #require(put.succeeded, "\(put)")
-                let get = try t.tool("qemu-img", ["convert", "-f", "raw", "-O", "raw", url, back.path],
-                                     timeoutSeconds: NBD.toolTimeoutSeconds)
-                try #require(get.succeeded, "\(get)")
+                try t.qemuImgRoundTrip(source, via: url, into: back, timeoutSeconds: NBD.toolTimeoutSeconds)
                 let diff = try firstDifference(source, back)
                 #expect(diff == nil, "qemu-img through NBD (seed \(seed)): \(diff ?? "")")
             }

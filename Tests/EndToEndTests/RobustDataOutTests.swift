@@ -40,10 +40,7 @@ extension EndToEnd {
 
         @Test func badDataOutIsRejectedAndNeverHangs() throws {
             try withTarget(luns: [.file(bytes: 16 * mebibyte)]) { t in
-                let s = try RawSession(t.endpoint, target: t.iqn, options: RawLoginOptions(initiatorName: RobustDataOut.initiator))
-                let bystander = try RawSession(t.endpoint, target: t.iqn,
-                                               options: RawLoginOptions(initiatorName: "\(RobustDataOut.initiator)-bystander",
-                                                                        isid: 0x4000_0000_0002))
+                let (s, bystander) = try t.sessionWithBystander(RobustDataOut.initiator)
                 let n = RobustDataOut.writeBytes
                 for (i, v) in Violation.allCases.enumerated() {
                     let lba = UInt32(i) * UInt32(RobustDataOut.writeBlocks)
@@ -103,10 +100,7 @@ extension EndToEnd {
         /// connection is closed, and only that one.
         @Test func dataOutBeyondMaxRecvDataSegmentLengthClosesOnlyThatConnection() throws {
             try withTarget(luns: [.file(bytes: 16 * mebibyte)]) { t in
-                let s = try RawSession(t.endpoint, target: t.iqn, options: RawLoginOptions(initiatorName: RobustDataOut.initiator))
-                let bystander = try RawSession(t.endpoint, target: t.iqn,
-                                               options: RawLoginOptions(initiatorName: "\(RobustDataOut.initiator)-bystander",
-                                                                        isid: 0x4000_0000_0002))
+                let (s, bystander) = try t.sessionWithBystander(RobustDataOut.initiator)
                 let limit = s.targetMaxRecvDataSegment
                 let blocks = UInt16((limit * 2) / RawSessionLimits.blockBytes)
                 let data = patternBytes(limit * 2, seed: 5)

@@ -108,10 +108,7 @@ extension EndToEnd {
         /// is named, unsupported and unknown functions are refused, and TARGET COLD RESET ends the connection.
         @Test func everyFunctionIsAnswered() throws {
             try withTarget(luns: [.file(bytes: 16 * mebibyte)]) { t in
-                let s = try RawSession(t.endpoint, target: t.iqn, options: RawLoginOptions(initiatorName: RobustTaskManagement.initiator))
-                let bystander = try RawSession(t.endpoint, target: t.iqn,
-                                               options: RawLoginOptions(initiatorName: "\(RobustTaskManagement.initiator)-bystander",
-                                                                        isid: 0x4000_0000_0002))
+                let (s, bystander) = try t.sessionWithBystander(RobustTaskManagement.initiator)
                 typealias F = TMFunction
                 typealias R = TMResponse
                 // (function, LUN, acceptable responses, name)

@@ -76,6 +76,26 @@ struct RunningTarget {
         try runTool(try Tools.require(name), args, logDir: scratch.url, timeoutSeconds: timeoutSeconds)
     }
 
+    /// qemu-img convert of `source` onto the image at `url`, which exists already (-n), then of `url` into
+    /// `back`; -f raw on both sides so nothing is probed or guessed.
+    func qemuImgRoundTrip(_ source: URL, via url: String, into back: URL, timeoutSeconds: Double) throws {
+        let put = try tool("qemu-img", ["convert", "-n", "-f", "raw", "-O", "raw", source.path, url],
+                           timeoutSeconds: timeoutSeconds)
+        try #require(put.succeeded, "\(put)")
+        let get = try tool("qemu-img", ["convert", "-f", "raw", "-O", "raw", url, back.path], timeoutSeconds: timeoutSeconds)
+        try #require(get.succeeded, "\(get)")
+    }
+
+    /// Logs in a session for `initiator`, and beside it a bystander (another initiator name and ISID) whose
+    /// session a test shows unharmed by what the first one suffers.
+    func sessionWithBystander(_ initiator: String) throws -> (RawSession, bystander: RawSession) {
+        let s = try RawSession(endpoint, target: iqn, options: RawLoginOptions(initiatorName: initiator))
+        let bystander = try RawSession(endpoint, target: iqn,
+                                       options: RawLoginOptions(initiatorName: "\(initiator)-bystander",
+                                                                isid: 0x4000_0000_0002))
+        return (s, bystander)
+    }
+
     /// Starts a tool without waiting for it.
     func launch(_ name: String, _ args: [String], label: String? = nil) throws -> ToolProcess {
         try ToolProcess(try Tools.require(name), args, logDir: scratch.url, label: label ?? name)
