@@ -7,12 +7,17 @@
 //   pause | resume            stop executing requests (clients hang) / carry on
 //   lock on | lock off        cluster locking (LOCK_VDI takes locks) on or off
 //   node kill N | node start N   node N leaves the cluster (shared locks dropped) / joins again
+//   index hold SLOT           the next index write covering data_vdi_id[SLOT] waits after it invalidated the
+//                             other participants, before the index changes (IndexWriteHold.swift)
+//   index wait                waits until a write is held there ("error" after IndexWriteHold.waitMaxSeconds)
+//   index release             lets it go on
 //   stats                     ok connections=N objects=M
 //   quit                      close this admin connection
 
 #if canImport(Glibc)
 import Glibc
 #endif
+import SheepProtocol
 
 struct AdminSession {
     static let maxLineBytes = 4096
@@ -73,6 +78,22 @@ struct AdminSession {
                 }
                 return ("ok", true)
             } catch { return ("error \(error)", true) }
+        case ("index", _):
+            let arg = words.count > 2 ? words[2] : nil
+            switch (words.count > 1 ? words[1] : "", arg) {
+            case ("hold", let a?):
+                guard let slot = UInt32(a), slot < UInt32(SheepInodeLayout.dataIndexSlots) else {
+                    return ("error bad slot '\(a)'", true)
+                }
+                server.cluster.indexHold.arm(slot: slot)
+                return ("ok", true)
+            case ("wait", nil):
+                return server.cluster.indexHold.waitHeld() ? ("ok held", true) : ("error no index write held", true)
+            case ("release", nil):
+                server.cluster.indexHold.release()
+                return ("ok", true)
+            default: return ("error usage: index hold SLOT | index wait | index release", true)
+            }
         case ("stats", nil):
             return ("ok connections=\(server.connectionCount) objects=\(server.cluster.objectCount())", true)
         case ("quit", nil): return ("ok", false)

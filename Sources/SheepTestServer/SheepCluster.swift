@@ -159,6 +159,8 @@ final class SheepCluster: @unchecked Sendable {
     private var vdis: [UInt32: VDIState] = [:]
     private let files: ObjectFiles?
     private let log: (String) -> Void
+    /// Test hook: holds an index write between its invalidation and its effect (IndexWriteHold.swift).
+    let indexHold = IndexWriteHold()
 
     init(config: ClusterConfig, dataDirectory: String?, log: @escaping (String) -> Void = { _ in }) throws {
         self.config = config
@@ -360,7 +362,15 @@ final class SheepCluster: @unchecked Sendable {
             return reply(out, h, .readonly)
         }
         // gateway_write_obj invalidates before the write is forwarded, even when the write then fails.
-        if Self.isDataVIDUpdate(h) { invalidateOthersLocked(SheepOID.vid(of: h.oid), node: node) }
+        if Self.isDataVIDUpdate(h) {
+            invalidateOthersLocked(SheepOID.vid(of: h.oid), node: node)
+            if let slots = SheepInodeLayout.slotRange(offset: h.objOffset, length: h.dataLength) {
+                // Sheep's window between the two (IndexWriteHold.swift), held open when a test asks.
+                stateLock.unlock()
+                indexHold.pass(slots: slots)
+                stateLock.lock()
+            }
+        }
         guard let obj = objects[h.oid] else {
             stateLock.unlock()
             return reply(out, h, .noObj)

@@ -147,6 +147,7 @@ final class SheepTestServer: @unchecked Sendable {
             return listeners + (adminListener.map { [$0] } ?? [])
         }
         pause.withLock { pause.broadcast() }
+        cluster.indexHold.release()   // a held index write must not keep its connection's thread
         ls.forEach { $0.shutdownAndJoin() }
         registry.withLock { connections.values.forEach { $0.shutdownSocket() } }
         exited.withLock { exited.wait(while: { liveThreads > 0 }) }

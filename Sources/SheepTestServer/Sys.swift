@@ -63,6 +63,18 @@ final class PosixCondition: @unchecked Sendable {
         while predicate() { pthread_cond_wait(cond, mutex) }
     }
 
+    /// Waits while `predicate` is true, at most `timeoutSeconds`; returns whether it became false. Call only
+    /// inside `withLock`.
+    func wait(while predicate: () -> Bool, timeoutSeconds: Int) -> Bool {
+        var deadline = timespec()
+        clock_gettime(CLOCK_REALTIME, &deadline)
+        deadline.tv_sec += timeoutSeconds
+        while predicate() {
+            if pthread_cond_timedwait(cond, mutex, &deadline) == ETIMEDOUT { return !predicate() }
+        }
+        return true
+    }
+
     func broadcast() { pthread_cond_broadcast(cond) }
 }
 

@@ -25,6 +25,14 @@ private func tgtCall(_ c: SheepClient, _ h: SheepRequestHeader, payload: [UInt8]
     return try c.call(h, payload: payload).result
 }
 
+extension SheepRequestHeader {
+    var withTgt: SheepRequestHeader {
+        var h = self
+        h.flags.insert(.tgt)
+        return h
+    }
+}
+
 private func participants(_ server: SheepTestServer, _ vid: UInt32) -> [VDIState.Participant] {
     guard case .shared(let ps)? = server.cluster.vdiState(vid)?.lock else { return [] }
     return ps
@@ -181,6 +189,35 @@ private func participants(_ server: SheepTestServer, _ vid: UInt32) -> [VDIState
             #expect(try c.release(vid: vid, lockType: .shared).result == .success)
             #expect(try outsider.call(h, payload: p).result == .success)
             #expect(participants(server, vid).map(\.state) == [.shared, .shared])
+        }
+    }
+
+    /// Sheep's window (IndexWriteHold.swift): the slot write through b has invalidated a but not changed the
+    /// index yet; a's refresh read then returns the old index and validates a, so once the write lands a is
+    /// valid with a stale index, and its tgt requests are answered as for a current one.
+    @Test func aRefreshReadBetweenTheInvalidationAndTheIndexWriteLeavesTheNodeValidWithTheOldIndex() throws {
+        try withNodes(2) { server in
+            let (a, b, vid) = try twoParticipants(server)
+            #expect(try tgtCall(b, refresh(vid)) == .success)
+            #expect(participants(server, vid).map(\.state) == [.shared, .shared])
+            server.cluster.indexHold.arm(slot: 3)
+            let (h, p) = slotWrite(vid, 3)
+            nonisolated(unsafe) var result: SheepResult? = nil
+            let writer = startThread { result = try? tgtCall(b, h, payload: p) }
+            #expect(server.cluster.indexHold.waitHeld())
+            #expect(participants(server, vid).map(\.state) == [.invalidated, .modified])
+            let inode = try a.call(refresh(vid).withTgt).data
+            #expect(inode.withUnsafeBytes { SheepInodeLayout.loadSlot($0.baseAddress!, 3) } == 0,
+                    "the refresh read returns the index without slot 3")
+            #expect(participants(server, vid).map(\.state) == [.shared, .shared])
+            server.cluster.indexHold.release()
+            if let writer { pthread_join(writer, nil) }
+            #expect(result == .success)
+            #expect(participants(server, vid).map(\.state) == [.shared, .shared], "nobody invalidates a again")
+            #expect(try tgtCall(a, .readObject(id: 0, oid: SheepOID.inode(vid: vid), offset: SheepInodeLayout.slotOffset(3),
+                                               length: 4)) == .success)
+            #expect(try a.readObject(SheepOID.inode(vid: vid), offset: SheepInodeLayout.slotOffset(3), length: 4).data
+                    == withUnsafeBytes(of: vid.littleEndian) { Array($0) }, "the slot read shows the write")
         }
     }
 
