@@ -211,6 +211,44 @@ extension EndToEnd {
             }
         }
 
+        /// Sheep invalidates the other participants *before* it writes the index (`gateway_write_obj`), and a
+        /// refresh read in between revalidates a participant with the old index (`validate_myself`): nothing
+        /// tells it later that its index lacks the write. The test server holds B's index write for a new object
+        /// in that window while A reloads; once B's write is acknowledged, A must read it, and A's own write
+        /// into that object must not create it again over B's data. (On real sheep the window is narrow: the
+        /// failover test once read zeros through A for the first write to an object.)
+        @Test func aGatewayRevalidatedBeforeAnIndexWriteLandsStillSeesTheObject() throws {
+            try withMultipathSheep(.testServer) { sheep in
+                try sheep.dog(["vdi", "create", "vol", "\(Self.vdiBytes)"])
+                try Self.withGateways(sheep, vdi: "vol") { a, b in
+                    let sa = try Self.session(a, "a"), sb = try Self.session(b, "b")
+                    defer { sa.close(); sb.close() }
+                    for s in [sa, sb] { _ = try s.run(RawCDB.testUnitReady) }   // the power-on unit attention
+                    let zeros = [UInt8](repeating: 0, count: 4096)
+                    let p1 = patternBytes(4096, seed: 11), p2 = patternBytes(4096, seed: 12)
+                    try sheep.admin("index hold 5")
+                    // B allocates object 5: the data is in place, the index write waits after invalidating A.
+                    let written = DispatchSemaphore(value: 0)
+                    nonisolated(unsafe) var writeError: Error? = nil
+                    Thread.detachNewThread {
+                        do { try Self.write(sb, Self.lba(object: 5), p1, "B allocates object 5") } catch { writeError = error }
+                        written.signal()
+                    }
+                    try sheep.admin("index wait")
+                    // A meets INODE_INVALIDATED and reloads the index, which lacks object 5; sheep counts A valid
+                    // again. B's write is not acknowledged yet, so zeros are a right answer here.
+                    #expect(try Self.read(sa, Self.lba(object: 5), 4096) == zeros)
+                    try sheep.admin("index release")
+                    written.wait()
+                    if let writeError { throw writeError }
+                    #expect(try Self.read(sa, Self.lba(object: 5), 4096) == p1, "A reads what B wrote")
+                    try Self.write(sa, Self.lba(object: 5, plus: 16), p2, "A writes into B's object 5")
+                    #expect(try Self.read(sb, Self.lba(object: 5), 4096) == p1, "A's write left B's data in place")
+                    #expect(try Self.read(sb, Self.lba(object: 5, plus: 16), 4096) == p2, "B reads A's write")
+                }
+            }
+        }
+
         /// `--bsopts multipath=off`: the exclusive lock, so a second gateway through another node is refused
         /// (and this one pays for no probes); an unknown value is refused.
         @Test func multipathOffKeepsOtherGatewaysOut() throws {

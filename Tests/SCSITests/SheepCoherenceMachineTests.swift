@@ -29,6 +29,20 @@ import Testing
         return b.reply(s.op, .success)
     }
 
+    /// Expects exactly one send: the read of index slot `index` of `vid`'s inode in sheep (4 bytes, with
+    /// SD_FLAG_CMD_TGT), and answers it with `value` (or with `result` and nothing).
+    static func answerSlot(_ b: T.Bench, _ out: T.Out, index: Int, vid: UInt32 = T.vid, value: UInt32,
+                           result: SheepResult = .success, sourceLocation: SourceLocation = #_sourceLocation) -> T.Out {
+        #expect(out.sends.count == 1, "\(out.sends.map { $0.header.opcode })", sourceLocation: sourceLocation)
+        guard let s = out.sends.first, let dest = s.dest else { return T.Out() }
+        #expect(s.header.opcode == .readObj && s.header.oid == SheepOID.inode(vid: vid), sourceLocation: sourceLocation)
+        #expect(s.header.objOffset == SheepInodeLayout.slotOffset(UInt32(index)) && s.header.dataLength == 4,
+                sourceLocation: sourceLocation)
+        #expect(s.header.flags.contains(.tgt), sourceLocation: sourceLocation)
+        if result == .success { dest.storeBytes(of: value.littleEndian, as: UInt32.self) }
+        return b.reply(s.op, result)
+    }
+
     static func invalidatedRead(_ b: T.Bench, _ index: Int, tag: UInt64) -> T.Out {
         let req = SheepHomeRequest(volume: b.volume, kind: .read(index: index, objectOffset: 512, length: 4096,
                                                                   dest: pieceBuffer),
@@ -40,7 +54,7 @@ import Testing
 
     @Test func aCreateAnsweredInodeInvalidatedBecomesAWriteToTheObjectAnotherGatewayAllocated() {
         let b = T.Bench(locked: true, coherent: true)
-        let w = b.write(3)
+        let w = Self.answerSlot(b, b.write(3), index: 3, value: 0)
         let create = T.expectCreate(w, index: 3, vid: T.vid, cow: 0)
         #expect(w.sends[0].header.flags.contains(.tgt))
         let refresh = b.reply(create, .inodeInvalidated)
@@ -52,8 +66,45 @@ import Testing
         #expect(redo.sends.count == 2)
         let plain = redo.sends.first { $0.header.oid == SheepOID.data(vid: T.vid, index: 3) }
         #expect(plain?.header.opcode == .writeObj && plain?.header.flags.contains(.tgt) == true)
-        #expect(redo.sends.contains { $0.header.opcode == .createAndWriteObj && $0.header.oid == SheepOID.data(vid: T.vid, index: 5) })
+        let slot5 = redo.sends.first { $0.header.oid == SheepOID.inode(vid: T.vid) }
+        #expect(slot5?.header.objOffset == SheepInodeLayout.slotOffset(5))
         #expect(b.reply(plain!.op, .success).answers.map(\.tag) == [1])
+    }
+
+    /// Sheep revalidates a node after its refresh read, and another gateway invalidates the others before it
+    /// writes the index: a refresh read in between leaves our index stale while sheep counts us valid. A write
+    /// our index calls a hole therefore asks sheep for the slot first; an object another gateway made since is
+    /// written into, never created again (a create would replace it, losing what that gateway wrote).
+    @Test func aWriteToAnObjectAnotherGatewayMadeSinceOurReloadIsAWriteNotACreate() {
+        let b = T.Bench(locked: true, coherent: true)
+        let w = b.write(3, tag: 1)
+        // A second write to the same object waits for the first one's decision.
+        #expect(b.write(3, tag: 2).sends.isEmpty)
+        let plain = Self.answerSlot(b, w, index: 3, value: T.vid)
+        #expect(b.volume.owner(3) == T.vid)
+        #expect(plain.sends.count == 2, "\(plain.sends.map { $0.header.opcode })")
+        #expect(plain.sends.allSatisfy { $0.header.opcode == .writeObj && $0.header.oid == SheepOID.data(vid: T.vid, index: 3) })
+        #expect(!plain.sends.contains { $0.header.opcode == .createAndWriteObj })
+        for s in plain.sends { _ = b.reply(s.op, .success) }
+        #expect(b.machine.stepsInFlight == 0)
+    }
+
+    /// The slot sheep names decides the copy-on-write source too: a parent's object is copied from it.
+    @Test func aWriteCopiesFromTheOwnerSheepNames() {
+        let b = T.Bench(locked: true, coherent: true)
+        let w = Self.answerSlot(b, b.write(6), index: 6, value: T.parentVID)
+        let create = T.expectCreate(w, index: 6, vid: T.vid, cow: SheepOID.data(vid: T.parentVID, index: 6))
+        let slot = T.expectSlotWrite(b.reply(create, .success), index: 6, vid: T.vid, value: T.vid)
+        #expect(b.reply(slot, .success).answers.map(\.tag) == [1])
+    }
+
+    /// The slot read itself answered INODE_INVALIDATED: reload, then ask again.
+    @Test func aSlotReadAnsweredInodeInvalidatedReloadsFirst() {
+        let b = T.Bench(locked: true, coherent: true)
+        let refresh = Self.answerSlot(b, b.write(3), index: 3, value: 0, result: .inodeInvalidated)
+        let again = Self.answerRefresh(b, refresh, vid: T.vid, slots: [:])
+        let create = T.expectCreate(Self.answerSlot(b, again, index: 3, value: 0), index: 3, vid: T.vid, cow: 0)
+        _ = create
     }
 
     @Test func anInvalidatedReadIsRedoneFromTheFreshOwnerOrAnsweredAsAHole() {
@@ -62,11 +113,17 @@ import Testing
         #expect(Self.invalidatedRead(b, 6, tag: 2).sends.isEmpty, "one reload for both")
         memset(Self.pieceBuffer, 0xAA, 4096)
         let redo = Self.answerRefresh(b, refresh, vid: T.vid, slots: [4: T.parentVID])
-        // Object 6 is still a hole: zeros at once. Object 4 is read from its owner into the piece's buffer.
-        #expect(redo.answers.map(\.tag) == [2] && redo.answers[0].failure == nil)
+        // Neither is ours: each asks sheep for its slot (the reload may have run before an index write that
+        // another gateway's invalidation announced). Object 6 is still a hole: zeros. Object 4 is read from
+        // its owner into the piece's buffer.
+        #expect(redo.sends.count == 2)
+        guard redo.sends.count == 2 else { return }
+        let six = Self.answerSlot(b, T.Out(sends: [redo.sends[1]]), index: 6, value: 0)
+        #expect(six.answers.map(\.tag) == [2] && six.answers[0].failure == nil)
         #expect(Self.pieceBuffer.load(as: UInt8.self) == 0)
-        #expect(redo.sends.count == 1)
-        guard let read = redo.sends.first else { return }
+        let four = Self.answerSlot(b, T.Out(sends: [redo.sends[0]]), index: 4, value: T.parentVID)
+        #expect(four.sends.count == 1)
+        guard let read = four.sends.first else { return }
         #expect(read.header.opcode == .readObj && read.header.oid == SheepOID.data(vid: T.parentVID, index: 4))
         #expect(read.header.objOffset == 512 && read.dest == Self.pieceBuffer)
         let done = b.reply(read.op, .success)
@@ -74,9 +131,21 @@ import Testing
         #expect(b.machine.stepsInFlight == 0)
     }
 
+    /// A read our (reloaded) index calls a hole, for an object another gateway made and recorded after the
+    /// reload read the inode: sheep's slot names it, and the read goes there, not to zeros.
+    @Test func aReadAfterAReloadThatMissedAnIndexWriteReadsTheObjectSheepNames() {
+        let b = T.Bench(locked: true, coherent: true)
+        let redo = Self.answerRefresh(b, Self.invalidatedRead(b, 4, tag: 1), vid: T.vid, slots: [:])
+        let read = Self.answerSlot(b, redo, index: 4, value: T.vid)
+        #expect(read.sends.count == 1 && read.answers.isEmpty)
+        guard let r = read.sends.first else { return }
+        #expect(r.header.opcode == .readObj && r.header.oid == SheepOID.data(vid: T.vid, index: 4) && r.dest == Self.pieceBuffer)
+        #expect(b.reply(r.op, .success).answers.map(\.tag) == [1])
+    }
+
     @Test func aSlotThisCoreWroteDuringTheReloadIsNotUndoneByIt() {
         let b = T.Bench(locked: true, coherent: true)
-        let create = T.expectCreate(b.write(2, tag: 1), index: 2, vid: T.vid, cow: 0)
+        let create = T.expectCreate(Self.answerSlot(b, b.write(2, tag: 1), index: 2, value: 0), index: 2, vid: T.vid, cow: 0)
         let slot = T.expectSlotWrite(b.reply(create, .success), index: 2, vid: T.vid, value: T.vid)
         let refresh = Self.invalidatedRead(b, 9, tag: 2)
         #expect(b.reply(slot, .success).answers.map(\.tag) == [1])
@@ -88,7 +157,8 @@ import Testing
 
     @Test func aVDIThatBecameASnapshotMovesToTheWorkingVDIAndKeepsTheOtherGatewaysSlots() {
         let b = T.Bench(owners: [1: T.vid], locked: true, coherent: true)
-        let refresh = b.reply(T.expectCreate(b.write(3), index: 3, vid: T.vid, cow: 0), .inodeInvalidated)
+        let refresh = b.reply(T.expectCreate(Self.answerSlot(b, b.write(3), index: 3, value: 0), index: 3, vid: T.vid, cow: 0),
+                              .inodeInvalidated)
         let lookup = Self.answerRefresh(b, refresh, vid: T.vid, slots: [1: T.vid, 2: T.vid], snapshot: true)
         #expect(b.volume.owner(2) == T.vid)
         #expect(lookup.sends.count == 1 && lookup.sends.first?.header.opcode == .lockVDI)

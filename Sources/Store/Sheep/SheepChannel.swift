@@ -47,10 +47,13 @@ public struct SheepRequest {
     var sentTick: UInt64 = 0
     var retryAtTick: UInt64 = 0
     var retries = 0
-    /// A stale-index probe for a read piece (object index, offset in the object), -1 otherwise: its 1-byte
-    /// reply lands in the piece's buffer, which the read that follows (or zeros) then fills.
+    /// A read piece's index probe (object index, offset in the object), -1 otherwise: a read of the piece's
+    /// 4-byte slot of our inode, whose reply lands in the channel's `probeSlots` word of this request; the
+    /// piece's own buffer and length are kept here for the read that follows (or zeros).
     var probeIndex: Int32 = -1
     var probeObjectOffset: Int32 = 0
+    var probeDest: UnsafeMutableRawPointer? = nil
+    var probeLength = 0
 }
 
 /// A core's connection to one sheep endpoint. Many requests are in flight at once, matched by id; sheep
@@ -78,6 +81,8 @@ public final class SheepChannel<Host: SheepStoreHost> {
 
     let reqs: UnsafeMutablePointer<SheepRequest>
     let headers: UnsafeMutableRawPointer      // one sheep header per request, encoded once, kept for resends
+    /// One index slot per request: where an index probe's 4-byte reply lands (SheepRequest.probeIndex).
+    let probeSlots: UnsafeMutablePointer<UInt32>
     var freeList: [Int32]
     // FIFO of requests waiting to be sent (intrusive through nextQueued)
     var queueHead: Int32 = -1
@@ -128,6 +133,8 @@ public final class SheepChannel<Host: SheepStoreHost> {
         reqs = .allocate(capacity: SheepChannelLimits.maxRequests)
         reqs.initialize(repeating: SheepRequest(), count: SheepChannelLimits.maxRequests)
         headers = .allocate(byteCount: SheepChannelLimits.maxRequests * SheepWire.headerSizeBytes, alignment: 64)
+        probeSlots = .allocate(capacity: SheepChannelLimits.maxRequests)
+        probeSlots.initialize(repeating: 0, count: SheepChannelLimits.maxRequests)
         freeList = (0..<SheepChannelLimits.maxRequests).reversed().map { Int32($0) }
         iov = .allocate(capacity: SheepChannelLimits.batchRequests * 2)
         msg = .allocate(capacity: 1)
@@ -143,6 +150,7 @@ public final class SheepChannel<Host: SheepStoreHost> {
         rejoinPayloads?.deallocate()
         reqs.deallocate()
         headers.deallocate()
+        probeSlots.deallocate()
         iov.deallocate()
         msg.deallocate()
         rx.deallocate()
@@ -156,6 +164,8 @@ public final class SheepChannel<Host: SheepStoreHost> {
 
     /// Queues a request. Returns false when the channel's request table is full (the caller fails the I/O
     /// with BUSY-like semantics through the SCSI layer, or retries at the next tick).
+    /// With `probe`, `header` reads the piece's 4-byte index slot: its reply goes to this request's word of
+    /// `probeSlots`, and `dest`/`destCapacity` are the piece's, for the read that follows.
     @discardableResult
     func submit(_ header: SheepRequestHeader, payload: UnsafeRawPointer?, payloadLength: Int,
                 dest: UnsafeMutableRawPointer?, destCapacity: Int, waiter: SheepWaiter,
@@ -164,9 +174,16 @@ public final class SheepChannel<Host: SheepStoreHost> {
         let i = Int(slot)
         var gen = reqs[i].generation &+ 1
         if gen == 0 { gen = 1 }
-        reqs[i] = SheepRequest(inUse: true, sent: false, generation: gen, payload: payload,
-                               payloadLength: payloadLength, dest: dest, destCapacity: destCapacity, waiter: waiter,
-                               probeIndex: Int32(probe?.index ?? -1), probeObjectOffset: Int32(probe?.objectOffset ?? 0))
+        if let probe {
+            probeSlots[i] = 0
+            reqs[i] = SheepRequest(inUse: true, sent: false, generation: gen, payload: nil, payloadLength: 0,
+                                   dest: UnsafeMutableRawPointer(probeSlots + i), destCapacity: 4, waiter: waiter,
+                                   probeIndex: Int32(probe.index), probeObjectOffset: Int32(probe.objectOffset),
+                                   probeDest: dest, probeLength: destCapacity)
+        } else {
+            reqs[i] = SheepRequest(inUse: true, sent: false, generation: gen, payload: payload,
+                                   payloadLength: payloadLength, dest: dest, destCapacity: destCapacity, waiter: waiter)
+        }
         var h = header
         h.id = UInt32(slot) << 16 | UInt32(gen)
         // The shared record's GET_VDI_ATTR is an internal op: sheep refuses it under the client version.
@@ -601,11 +618,13 @@ public final class SheepChannel<Host: SheepStoreHost> {
             rejoinAnswered(result)
             return
         }
-        if reqs[i].probeIndex >= 0 && result == .success, case .request = w, let d = reqs[i].dest {
+        if reqs[i].probeIndex >= 0 && result == .success, case .request = w, let d = reqs[i].probeDest {
             let piece = (index: Int(reqs[i].probeIndex), objectOffset: Int(reqs[i].probeObjectOffset))
-            let length = reqs[i].destCapacity
+            let length = reqs[i].probeLength
+            // A short reply names no owner: the piece fails rather than read as a hole.
+            let owner: UInt32? = bytes == 4 ? UInt32(littleEndian: probeSlots[i]) : nil
             release(slot)
-            store.probeAnswered(w, piece, length: length, dest: d, channel: self)
+            store.probeAnswered(w, piece, owner: owner, length: length, dest: d, channel: self)
             return
         }
         if result == .inodeInvalidated, case .request = w, invalidated(i) {
@@ -630,9 +649,9 @@ public final class SheepChannel<Host: SheepStoreHost> {
     private func invalidated(_ i: Int) -> Bool {
         let h = SheepRequestHeader(from: UnsafeRawPointer(headers + i * SheepWire.headerSizeBytes))
         let r = reqs[i]
-        if r.probeIndex >= 0, let d = r.dest {
+        if r.probeIndex >= 0, let d = r.probeDest {
             return store.invalidatedPiece(r.waiter, .read(index: Int(r.probeIndex), objectOffset: Int(r.probeObjectOffset),
-                                                          length: r.destCapacity, dest: d))
+                                                          length: r.probeLength, dest: d))
         }
         let idx = Int(SheepOID.dataIndex(of: h.oid)), off = Int(h.objOffset)
         switch h.opcode {

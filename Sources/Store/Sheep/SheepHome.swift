@@ -212,6 +212,9 @@ public final class SheepHomeOp {
         case compare
         /// Multipath: a step of a heartbeat (SheepLiveness).
         case liveness
+        /// Multipath: the request's index slot, read from our inode in sheep into `buffer` (4 bytes) before a
+        /// read or write of an object our index says is not ours (SheepHomeMachine.readSlot).
+        case slotRead
     }
     let request: SheepHomeRequest?
     let volume: SheepVolume
@@ -316,6 +319,7 @@ public struct SheepHomeMachine {
         if h.refreshing { park(h, req); return }
         if case .read(let idx, let objOff, let len, let dest) = req.kind {
             let owner = vol.owner(idx)
+            if vol.coherent && owner != vol.vid { readSlot(vol, req); return }
             if owner == 0 {
                 dest.initializeMemory(as: UInt8.self, repeating: 0, count: len)
                 actions.append(.answer(req, nil))
@@ -360,12 +364,10 @@ public struct SheepHomeMachine {
                 return
             }
             h.creating[idx] = []
-            let cow: UInt64 = owner == 0 ? 0 : SheepOID.data(vid: owner, index: UInt32(idx))
-            let op = newHomeOp(SheepHomeOp(request: req, volume: vol, stage: .create(vid: cur)))
-            let hdr = SheepRequestHeader.createAndWrite(id: 0, oid: SheepOID.data(vid: cur, index: UInt32(idx)),
-                                                        cowOid: cow, offset: UInt32(objOff), length: UInt32(len),
-                                                        copies: vol.copies)
-            send(op, vol, hdr, payload: data, length: len)
+            // Multipath: sheep's slot decides between create and write (readSlot); a create over an object
+            // another gateway made would replace it.
+            if vol.coherent { readSlot(vol, req); return }
+            create(vol, req, index: idx, objectOffset: objOff, length: len, data: data, from: owner)
         case .deallocate:
             if owner != cur {
                 actions.append(.answer(req, nil))   // nothing of ours to deallocate any more
@@ -375,6 +377,71 @@ public struct SheepHomeMachine {
             if vol.isHyper { treeSet(vol, req, value: 0) } else { writeSlot(vol, idx: idx, value: 0, vid: cur, req: req) }
         case .read, .record, .compareSection, .change:
             break   // answered above
+        }
+    }
+
+    /// CREATE_AND_WRITE of object `idx` of the working VDI, copy-on-write from `owner`'s object unless 0. The
+    /// caller holds the object's creation gate.
+    private mutating func create(_ vol: SheepVolume, _ req: SheepHomeRequest, index idx: Int, objectOffset objOff: Int,
+                                 length len: Int, data: UnsafeRawPointer, from owner: UInt32) {
+        let cur = vol.vid
+        let cow: UInt64 = owner == 0 ? 0 : SheepOID.data(vid: owner, index: UInt32(idx))
+        let op = newHomeOp(SheepHomeOp(request: req, volume: vol, stage: .create(vid: cur)))
+        let hdr = SheepRequestHeader.createAndWrite(id: 0, oid: SheepOID.data(vid: cur, index: UInt32(idx)),
+                                                    cowOid: cow, offset: UInt32(objOff), length: UInt32(len),
+                                                    copies: vol.copies)
+        send(op, vol, hdr, payload: data, length: len)
+    }
+
+    /// Multipath: our index can be stale although sheep counts this node valid. Sheep revalidates a node after
+    /// its refresh read (`gateway_read_obj` → `validate_myself`), and a gateway changing the index invalidates
+    /// the others *before* it forwards its index write (`gateway_write_obj`: `invalidate_other_nodes`, then
+    /// `gateway_forward_request`): a refresh read that runs in between returns the old index and leaves us
+    /// valid. So for an object our index says is not ours, the slot is read from our inode in sheep (with
+    /// SD_FLAG_CMD_TGT: still INODE_INVALIDATED when sheep knows we are stale), and that decides.
+    private mutating func readSlot(_ vol: SheepVolume, _ req: SheepHomeRequest) {
+        let op = SheepHomeOp(request: req, volume: vol, stage: .slotRead)
+        op.buffer = .allocate(byteCount: 4, alignment: 4)
+        let dest = op.buffer
+        let id = newHomeOp(op)
+        let hdr = SheepRequestHeader.readObject(id: 0, oid: SheepOID.inode(vid: vol.vid),
+                                                offset: SheepInodeLayout.slotOffset(UInt32(req.index)), length: 4)
+        send(id, vol, hdr, payload: nil, length: 0, dest: dest, destCapacity: 4)
+    }
+
+    /// Sheep's slot for the request (readSlot): the read goes to the owner it names (zeros for a hole); a write
+    /// to an object we own already is a plain write, else a create (copy-on-write from the owner named).
+    private mutating func slotAnswered(_ vol: SheepVolume, _ req: SheepHomeRequest, slot: UInt32) {
+        let cur = vol.vid, idx = req.index
+        switch req.kind {
+        case .read(_, let objOff, let len, let dest):
+            if slot == 0 {
+                dest.initializeMemory(as: UInt8.self, repeating: 0, count: len)
+                actions.append(.answer(req, nil))
+                return
+            }
+            let hdr = SheepRequestHeader.readObject(id: 0, oid: SheepOID.data(vid: slot, index: UInt32(idx)),
+                                                    offset: UInt32(objOff), length: UInt32(len))
+            send(newHomeOp(SheepHomeOp(request: req, volume: vol, stage: .read)), vol, hdr, payload: nil, length: 0,
+                 dest: dest, destCapacity: len)
+        case .write(_, let objOff, let len, let data):
+            guard slot == cur else {
+                create(vol, req, index: idx, objectOffset: objOff, length: len, data: data, from: slot)
+                return
+            }
+            // Another gateway made the object since our index was read: write into it, and let the requests
+            // waiting for this object go (they find it ours now).
+            if vol.owner(idx) != cur {
+                actions.append(.log(.debug, "sheep VDI '\(vol.name)': object \(idx) was allocated by another gateway; writing to it"))
+                recordOwner(vol, idx, cur)
+            }
+            let hdr = SheepRequestHeader.writeObject(id: 0, oid: SheepOID.data(vid: cur, index: UInt32(idx)),
+                                                     offset: UInt32(objOff), length: UInt32(len), copies: vol.copies)
+            send(newHomeOp(SheepHomeOp(request: req, volume: vol, stage: .plainWrite(vid: cur))), vol, hdr,
+                 payload: data, length: len)
+            releaseCreating(vol, idx, requeueTo: false)
+        case .deallocate, .record, .compareSection, .change:
+            finishHome(req, failure: nil)   // never sent here
         }
     }
 
@@ -458,6 +525,7 @@ public struct SheepHomeMachine {
         var holdsGate = true
         if case .plainWrite = op.stage { holdsGate = false }
         if case .read = op.stage { holdsGate = false }
+        if case .slotRead = op.stage, let req = op.request, case .read = req.kind { holdsGate = false }
         if let failure {
             if let req = op.request { finishHome(req, failure: failure, releasesGate: holdsGate) }
             switch op.stage {
@@ -477,6 +545,7 @@ public struct SheepHomeMachine {
             request(req)
             if case .create = op.stage { releaseCreating(vol, req.index, requeueTo: true) }
             if case .slotWrite = op.stage { releaseCreating(vol, req.index, requeueTo: true) }
+            if case .slotRead = op.stage, holdsGate { releaseCreating(vol, req.index, requeueTo: true) }
             return
         }
         switch op.stage {
@@ -536,6 +605,13 @@ public struct SheepHomeMachine {
                 actions.append(.log(.warning, "sheep VDI '\(vol.name)': telling other gateways of the snapshot failed: \(result.name)"))
             }
             reloadFinished(vol, newVID: newVID)
+        case .slotRead:
+            guard let req = op.request else { return }
+            guard result == .success, let buf = op.buffer else {
+                finishHome(req, failure: SheepHomeMachine.mapResult(result), releasesGate: holdsGate)
+                return
+            }
+            slotAnswered(vol, req, slot: UInt32(littleEndian: buf.load(as: UInt32.self)))
         case .record, .compare, .liveness:
             break   // answered above
         }

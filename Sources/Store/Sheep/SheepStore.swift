@@ -167,11 +167,14 @@ public final class SheepStore<Host: SheepStoreHost> {
                 let owner = vol.owner(idx)
                 let dest = base + bo + done
                 if vol.coherent && owner != vol.vid {
-                    // Another gateway may have allocated it, or copied it from the snapshot that owns it: sheep
-                    // checks staleness only against the oid's own VDI, so first a 1-byte read of our inode with
-                    // SD_FLAG_CMD_TGT asks whether our index is stale (tgt does this for holes).
-                    let h = SheepRequestHeader.readObject(id: 0, oid: SheepOID.inode(vid: vol.vid), offset: 0,
-                                                          length: 1, flags: .tgt)
+                    // Another gateway may have allocated it, or copied it from the snapshot that owns it, and our
+                    // index can be stale even when sheep counts this node valid: a refresh read that ran between
+                    // another gateway's invalidation and its index write revalidated us with the old index. So
+                    // the owner comes from sheep: a read of the piece's slot of our inode, with SD_FLAG_CMD_TGT
+                    // (sheep checks staleness only against the oid's own VDI, not a snapshot's we may read).
+                    let h = SheepRequestHeader.readObject(id: 0, oid: SheepOID.inode(vid: vol.vid),
+                                                          offset: SheepInodeLayout.slotOffset(UInt32(idx)),
+                                                          length: 4, flags: .tgt)
                     addPiece(r, tag, ch, h, payload: nil, payloadLength: 0, dest: dest, destCapacity: len,
                              probe: (idx, objOff))
                     return
@@ -403,14 +406,13 @@ public final class SheepStore<Host: SheepStoreHost> {
         return true
     }
 
-    /// Sheep says our index is current: the probed piece is read from the owner it names (zeros for a hole),
-    /// as the same piece of the same request.
-    func probeAnswered(_ waiter: SheepWaiter, _ piece: (index: Int, objectOffset: Int), length: Int,
+    /// Sheep answered the probe with the piece's index slot (`owner`, nil when the reply was short): the piece
+    /// is read from that owner (zeros for a hole), as the same piece of the same request.
+    func probeAnswered(_ waiter: SheepWaiter, _ piece: (index: Int, objectOffset: Int), owner: UInt32?, length: Int,
                        dest: UnsafeMutableRawPointer, channel ch: SheepChannel<Host>) {
-        guard case .request(let tag) = waiter, let vol = host.storeVolume(tag) else {
+        guard case .request(let tag) = waiter, let vol = host.storeVolume(tag), let owner else {
             return reply(waiter, result: .eio, bytes: 0, failure: .unavailable)
         }
-        let owner = vol.owner(piece.index)
         if owner == 0 {
             memset(dest, 0, length)
             return reply(waiter, result: .success, bytes: 0, failure: nil)
