@@ -13,27 +13,26 @@ func sheepStore<T: FixedWidthInteger>(_ base: UnsafeMutableRawPointer, _ offset:
     base.storeBytes(of: value.littleEndian, toByteOffset: offset, as: T.self)
 }
 
-/// Byte `index` (0 = least significant) of a little-endian word.
+/// Part `index` (0 = least significant) of a little-endian word cut into parts of `T`'s width: a byte, or a
+/// 32-bit half.
 @inlinable @inline(__always)
-func sheepByte(_ word: UInt64, _ index: Int) -> UInt8 {
-    UInt8(truncatingIfNeeded: word >> UInt64(index * 8))
+func sheepPart<T: FixedWidthInteger & UnsignedInteger>(_ word: UInt64, _ index: Int, as: T.Type) -> T {
+    T(truncatingIfNeeded: word >> UInt64(index * T.bitWidth))
 }
 
-/// `word` with byte `index` replaced.
+/// `word` with part `index` (of `value`'s width) replaced.
 @inlinable @inline(__always)
-func sheepSettingByte(_ word: UInt64, _ index: Int, _ value: UInt8) -> UInt64 {
-    let shift = UInt64(index * 8)
-    return (word & ~(0xFF << shift)) | (UInt64(value) << shift)
-}
-
-/// 32-bit half `index` (0 = low) of a little-endian word.
-@inlinable @inline(__always)
-func sheepHalf(_ word: UInt64, _ index: Int) -> UInt32 {
-    UInt32(truncatingIfNeeded: word >> UInt64(index * 32))
+func sheepSettingPart<T: FixedWidthInteger & UnsignedInteger>(_ word: UInt64, _ index: Int, _ value: T) -> UInt64 {
+    let shift = UInt64(index * T.bitWidth)
+    let mask = UInt64(T.max) << shift
+    return (word & ~mask) | (UInt64(value) << shift)
 }
 
 @inlinable @inline(__always)
-func sheepSettingHalf(_ word: UInt64, _ index: Int, _ value: UInt32) -> UInt64 {
-    let shift = UInt64(index * 32)
-    return (word & ~(0xFFFF_FFFF << shift)) | (UInt64(value) << shift)
-}
+func sheepByte(_ word: UInt64, _ index: Int) -> UInt8 { sheepPart(word, index, as: UInt8.self) }
+@inlinable @inline(__always)
+func sheepSettingByte(_ word: UInt64, _ index: Int, _ value: UInt8) -> UInt64 { sheepSettingPart(word, index, value) }
+@inlinable @inline(__always)
+func sheepHalf(_ word: UInt64, _ index: Int) -> UInt32 { sheepPart(word, index, as: UInt32.self) }
+@inlinable @inline(__always)
+func sheepSettingHalf(_ word: UInt64, _ index: Int, _ value: UInt32) -> UInt64 { sheepSettingPart(word, index, value) }
