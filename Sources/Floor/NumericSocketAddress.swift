@@ -19,18 +19,19 @@ public struct NumericSocketAddress {
             a.sin6_family = sa_family_t(AF_INET6)
             a.sin6_port = netPort
             guard inet_pton(AF_INET6, text, &a.sin6_addr) == 1 else { return nil }
-            family = AF_INET6
-            length = socklen_t(MemoryLayout<sockaddr_in6>.size)
-            withUnsafeMutableBytes(of: &storage) { s in withUnsafeBytes(of: a) { s.copyMemory(from: $0) } }
+            (family, length) = (AF_INET6, Self.store(a, into: &storage))
         } else {
             var a = sockaddr_in()
             a.sin_family = sa_family_t(AF_INET)
             a.sin_port = netPort
             guard inet_pton(AF_INET, text, &a.sin_addr) == 1 else { return nil }
-            family = AF_INET
-            length = socklen_t(MemoryLayout<sockaddr_in>.size)
-            withUnsafeMutableBytes(of: &storage) { s in withUnsafeBytes(of: a) { s.copyMemory(from: $0) } }
+            (family, length) = (AF_INET, Self.store(a, into: &storage))
         }
+    }
+
+    private static func store<Address>(_ a: Address, into storage: inout sockaddr_storage) -> socklen_t {
+        withUnsafeMutableBytes(of: &storage) { s in withUnsafeBytes(of: a) { s.copyMemory(from: $0) } }
+        return socklen_t(MemoryLayout<Address>.size)
     }
 
     public func withSockaddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {

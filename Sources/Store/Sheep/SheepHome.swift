@@ -320,15 +320,7 @@ public struct SheepHomeMachine {
         if case .read(let idx, let objOff, let len, let dest) = req.kind {
             let owner = vol.owner(idx)
             if vol.coherent && owner != vol.vid { readSlot(vol, req); return }
-            if owner == 0 {
-                dest.initializeMemory(as: UInt8.self, repeating: 0, count: len)
-                actions.append(.answer(req, nil))
-                return
-            }
-            let hdr = SheepRequestHeader.readObject(id: 0, oid: SheepOID.data(vid: owner, index: UInt32(idx)),
-                                                    offset: UInt32(objOff), length: UInt32(len))
-            send(newHomeOp(SheepHomeOp(request: req, volume: vol, stage: .read)), vol, hdr, payload: nil, length: 0,
-                 dest: dest, destCapacity: len)
+            read(vol, req, from: owner, index: idx, objectOffset: objOff, length: len, dest: dest)
             return
         }
         if req.readonlyVID != 0 && vol.isHyper {
@@ -380,6 +372,20 @@ public struct SheepHomeMachine {
         }
     }
 
+    /// A read of object `idx` of VDI `owner` into `dest`; zeros, at once, when `owner` is 0 (a hole).
+    private mutating func read(_ vol: SheepVolume, _ req: SheepHomeRequest, from owner: UInt32, index idx: Int,
+                               objectOffset objOff: Int, length len: Int, dest: UnsafeMutableRawPointer) {
+        if owner == 0 {
+            dest.initializeMemory(as: UInt8.self, repeating: 0, count: len)
+            actions.append(.answer(req, nil))
+            return
+        }
+        let hdr = SheepRequestHeader.readObject(id: 0, oid: SheepOID.data(vid: owner, index: UInt32(idx)),
+                                                offset: UInt32(objOff), length: UInt32(len))
+        send(newHomeOp(SheepHomeOp(request: req, volume: vol, stage: .read)), vol, hdr, payload: nil, length: 0,
+             dest: dest, destCapacity: len)
+    }
+
     /// CREATE_AND_WRITE of object `idx` of the working VDI, copy-on-write from `owner`'s object unless 0. The
     /// caller holds the object's creation gate.
     private mutating func create(_ vol: SheepVolume, _ req: SheepHomeRequest, index idx: Int, objectOffset objOff: Int,
@@ -415,15 +421,7 @@ public struct SheepHomeMachine {
         let cur = vol.vid, idx = req.index
         switch req.kind {
         case .read(_, let objOff, let len, let dest):
-            if slot == 0 {
-                dest.initializeMemory(as: UInt8.self, repeating: 0, count: len)
-                actions.append(.answer(req, nil))
-                return
-            }
-            let hdr = SheepRequestHeader.readObject(id: 0, oid: SheepOID.data(vid: slot, index: UInt32(idx)),
-                                                    offset: UInt32(objOff), length: UInt32(len))
-            send(newHomeOp(SheepHomeOp(request: req, volume: vol, stage: .read)), vol, hdr, payload: nil, length: 0,
-                 dest: dest, destCapacity: len)
+            read(vol, req, from: slot, index: idx, objectOffset: objOff, length: len, dest: dest)
         case .write(_, let objOff, let len, let data):
             guard slot == cur else {
                 create(vol, req, index: idx, objectOffset: objOff, length: len, data: data, from: slot)
