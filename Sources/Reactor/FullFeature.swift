@@ -134,11 +134,15 @@ extension Connection {
         receiver.place(into: reactor.pool.data(Int(task.pointee.slot)) + at)
     }
 
-    /// TTT = task index | connection-local sequence << 16, so a Data-Out finds its task without a search.
+    /// TTT = task index | connection-local sequence << 16, so a Data-Out finds its task without a search. The
+    /// sequence keeps 15 bits, so no TTT is the reserved 0xFFFFFFFF.
+    static let tttTaskBits: UInt32 = 16
+    static let tttSequenceMask: UInt32 = 0x7FFF
+
     @inline(__always)
     func taskForTTT(_ ttt: UInt32) -> Int {
         if ttt == reservedTag { return -1 }
-        let t = Int(ttt & 0xFFFF)
+        let t = Int(ttt & (1 << Connection.tttTaskBits - 1))
         guard t < tasksInitialized, tasks[t].state == .receivingData, tasks[t].dataOut.ttt == ttt else { return -1 }
         return t
     }
@@ -254,7 +258,7 @@ extension Connection {
         task.pointee.cdbLength = cdbLength
         withUnsafeMutableBytes(of: &task.pointee.cdb) { d in _ = memcpy(d.baseAddress!, hdr + 32, min(cdbLength, 32)) }
         let arrival = CommandArrival(immediate: bhs.immediate, cmdSN: cmdSN, dataLength: receiver.dataLength,
-                                     writeBit: flags & 0x20 != 0, edtl: task.pointee.edtl, cdbLength: cdbLength)
+                                     writeBit: flags & PDUFlags.write != 0, edtl: task.pointee.edtl, cdbLength: cdbLength)
         let mayParkData = parkedWithData < reactor.config.parkedDataCommandsPerConnection
             && reactor.parkedDataSlots < reactor.config.parkedDataSlotsPerCore
         switch arrival.verdict(position: position, immediateData: params.immediateData, firstBurst: params.firstBurst,
@@ -389,7 +393,7 @@ extension Connection {
         countStart(t, lun: lun)
         let action = tasks[t].scsi.start(
             cdb: cdb,
-            expectedLength: tasks[t].edtl, readBit: flags & 0x40 != 0, writeBit: flags & 0x20 != 0,
+            expectedLength: tasks[t].edtl, readBit: flags & PDUFlags.read != 0, writeBit: flags & PDUFlags.write != 0,
             lunNumber: tasks[t].lunNumber, lun: consume lun, session: consume session, buffer: buffer)
         drive(t, action)
     }
@@ -400,7 +404,7 @@ extension Connection {
     private func countStart(_ t: Int, lun: LogicalUnit?) {
         tasks[t].startNanos = monotonicNanos()
         let flags = tasks[t].flags
-        let write = flags & 0x20 != 0, read = flags & 0x40 != 0
+        let write = flags & PDUFlags.write != 0, read = flags & PDUFlags.read != 0
         let bytes = UInt64(tasks[t].edtl)
         if write {
             counters.writeCommands &+= 1
@@ -422,7 +426,7 @@ extension Connection {
         let key = tasks[t].statistics
         guard key.slot >= 0 else { return }
         let flags = tasks[t].flags
-        let write = flags & 0x20 != 0, read = flags & 0x40 != 0
+        let write = flags & PDUFlags.write != 0, read = flags & PDUFlags.read != 0
         var bytes: UInt64
         if write {
             bytes = UInt64(tasks[t].edtl)
@@ -522,7 +526,7 @@ extension Connection {
             tasks[t].holdsPermit = true
         }
         reactor.tttSequence &+= 1
-        let ttt = UInt32(t) | (UInt32(reactor.tttSequence & 0x7FFF) << 16)
+        let ttt = UInt32(t) | (UInt32(truncatingIfNeeded: reactor.tttSequence) & Connection.tttSequenceMask) << Connection.tttTaskBits
         let r2t = tasks[t].dataOut.issueR2T(ttt: ttt, maxBurstLength: params.maxBurst, tick: reactor.tick)
         tasks[t].state = .receivingData
         let itt = tasks[t].itt
@@ -594,7 +598,7 @@ extension Connection {
         }
         tasks[t].dataOut.abandon()
         tasks[t].state = .storeIO
-        completeWithSense(t, key: 0x0B, asc: 0x4B, ascq: 0x00)
+        completeWithSense(t, key: SenseKey.abortedCommand, .dataPhaseError)
     }
 
     // MARK: Data-In and status
@@ -693,8 +697,8 @@ extension Connection {
     }
 
     /// CHECK CONDITION produced by the transport itself (data-phase errors).
-    func completeWithSense(_ t: Int, key: UInt8, asc: UInt8, ascq: UInt8) {
-        tasks[t].transportSense = SenseData(key: key, asc: ASC(asc, ascq))
+    func completeWithSense(_ t: Int, key: UInt8, _ asc: ASC) {
+        tasks[t].transportSense = SenseData(key: key, asc: asc)
         complete(t, status: SCSIStatus.checkCondition, dataInLength: 0, residual: .none)
     }
 
@@ -820,7 +824,7 @@ extension Connection {
     private func handleText(_ bhs: BHS) {
         acceptCmdSN(bhs)
         let itt = bhs.itt
-        let req = TextRequest(isFinal: bhs.final, continueFlag: bhs.byte1 & 0x40 != 0, itt: itt, ttt: bhs.ttt)
+        let req = TextRequest(isFinal: bhs.final, continueFlag: bhs.byte1 & PDUFlags.continue != 0, itt: itt, ttt: bhs.ttt)
         let env = TextEnvironment(maxSendDataSegmentLength: params.maxSendDataSegment,
                                   sessionType: isDiscovery ? .discovery : .normal,
                                   sendTargets: { [unowned self] value in self.reactor.sendTargetsListing(for: self, request: value) })

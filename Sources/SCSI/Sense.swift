@@ -15,7 +15,7 @@ public enum SenseKey {
     static let unitAttention: UInt8 = 0x6
     static let dataProtect: UInt8 = 0x7
     static let copyAborted: UInt8 = 0xA
-    static let abortedCommand: UInt8 = 0xB
+    public static let abortedCommand: UInt8 = 0xB
     static let miscompare: UInt8 = 0xE
 }
 
@@ -63,6 +63,8 @@ public struct ASC: Equatable {
     static let insufficientRegistrationResources = ASC(0x55, 0x04)
     /// COMMAND TIMEOUT DURING PROCESSING: a COMPARE AND WRITE whose section lease ran out before its write.
     static let commandTimeoutDuringProcessing = ASC(0x2E, 0x02)
+    /// DATA PHASE ERROR: the transport gave up on the command's data (a Data-Out that stopped coming).
+    public static let dataPhaseError = ASC(0x4B, 0x00)
 }
 
 /// The variable part of one sense buffer.
