@@ -66,59 +66,16 @@ extension Connection {
                 return false
             }
         }
-        let t: Int
-        if freeTask >= 0 {
-            t = Int(freeTask)
-            freeTask = tasks[t].nextFree
-        } else if tasksInitialized < taskCapacity {
-            t = tasksInitialized
-            (tasks + t).initialize(to: IOTask())
-            tasksInitialized += 1
-        } else {
+        guard let t = takeTaskEntry() else {
             // More commands than MaxCmdSN allowed (or too many immediate ones): answered TASK SET FULL in dispatch.
             receiver.place(into: nil)
             return true
         }
-        activeTasks += 1
-        tasks[t] = IOTask()
         if needsSlot { takeSlot(t) }
         tasks[t].state = .arriving
         sinkTask = Int32(t)
         receiver.place(into: dataLength > 0 ? reactor.pool.data(Int(tasks[t].slot)) : nil)
         return true
-    }
-
-    /// Whether this connection may take a buffer slot now. If not, it is woken when it may: by the release of
-    /// one of its own when it holds its share of the core's buffers, else by the core when one is given back.
-    private func maySlot() -> Bool {
-        if slotsHeld >= reactor.config.maxSlotsPerConnection {
-            stalledOnCap = true
-            return false
-        }
-        if reactor.pool.freeCount == 0 {
-            waitForPool()
-            return false
-        }
-        return true
-    }
-
-    /// Call only after maySlot() said yes.
-    private func takeSlot(_ t: Int) {
-        let slot = reactor.pool.take()
-        slotsHeld += 1
-        assert(slot >= 0 && slotsHeld <= reactor.config.maxSlotsPerConnection)
-        tasks[t].slot = Int32(slot)
-    }
-
-    /// Gives a slot back to the core, queueing this connection first when it waits for one of its own.
-    private func returnSlot(_ slot: Int) {
-        slotsHeld -= 1
-        if stalledOnCap && phase != .closing {
-            // Queue behind this slot before giving it back, so the release wakes this connection.
-            stalledOnCap = false
-            waitForPool()
-        }
-        reactor.releaseSlot(slot)
     }
 
     /// Data-Out goes straight to its place in the task's buffer, if everything about it checks out.
@@ -153,19 +110,6 @@ extension Connection {
             releaseTask(Int(sinkTask))
         }
         sinkTask = -1
-    }
-
-    func stall() {
-        stalled = true
-        waitForPool()
-    }
-
-    /// Asks the core for a wake-up when it has a buffer slot again.
-    private func waitForPool() {
-        if !onSlotWaitList {
-            onSlotWaitList = true
-            reactor.slotWaiters.append(Int32(index))
-        }
     }
 
     /// A buffer slot or send-queue room became available: start the commands waiting for a slot, then re-run

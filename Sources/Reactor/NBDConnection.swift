@@ -335,31 +335,18 @@ extension Connection {
         case .accept:
             break
         }
-        if slotsHeld >= reactor.config.maxSlotsPerConnection || (freeTask < 0 && tasksInitialized == taskCapacity) {
-            // This connection holds its share of the core's buffers: wait for one of its own to come back.
+        if freeTask < 0 && tasksInitialized == taskCapacity {
+            // Every entry holds a slot, so this is the connection's share: wait for one of its own to come back.
             stalled = true
             stalledOnCap = true
             return
         }
-        if reactor.pool.freeCount == 0 {
-            stall()
+        guard maySlot() else {
+            stalled = true
             return
         }
-        let t: Int
-        if freeTask >= 0 {
-            t = Int(freeTask)
-            freeTask = tasks[t].nextFree
-        } else {
-            // Task entries are initialised on first use (an idle connection touches only what it used).
-            t = tasksInitialized
-            (tasks + t).initialize(to: IOTask())
-            tasksInitialized += 1
-        }
-        activeTasks += 1
-        let slot = reactor.pool.take()
-        slotsHeld += 1
-        tasks[t] = IOTask()
-        tasks[t].slot = Int32(slot)
+        let t = takeTaskEntry()!
+        takeSlot(t)
         tasks[t].state = .storeIO
         tasks[t].lun = lun
         nbd.requests![t] = NBDRequest(r, contexts: nbd.limits.metaContexts)
@@ -378,7 +365,7 @@ extension Connection {
             stage = .data
             stageHave = 0
             dataLength = Int(r.length)
-            sinkPtr = reactor.pool.data(slot)
+            sinkPtr = reactor.pool.data(Int(tasks[t].slot))
             return
         }
         nbdExpectRequest()
