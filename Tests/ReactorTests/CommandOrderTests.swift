@@ -2,7 +2,6 @@ import Testing
 @testable import ISCSIWire
 @testable import ISCSI
 @testable import Reactor
-@testable import RawClients
 
 /// Where an arriving SCSI Command goes (RFC 7143 §3.2.2.1, §10.3), how long a CmdSN gap may last, and the
 /// task queues, without a socket.
