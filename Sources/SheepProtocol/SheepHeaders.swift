@@ -279,6 +279,20 @@ extension SheepRequestHeader {
         return h
     }
 
+    /// READ_OBJ of index slot `index` of VDI `vid`'s inode (4 bytes: the VID that owns the object).
+    public static func readIndexSlot(id: UInt32, vid: UInt32, index: UInt32,
+                                     flags: SheepFlags = []) -> SheepRequestHeader {
+        readObject(id: id, oid: SheepOID.inode(vid: vid), offset: SheepInodeLayout.slotOffset(index),
+                   length: UInt32(SheepInodeLayout.slotBytes), flags: flags)
+    }
+
+    /// WRITE_OBJ of index slot `index` of VDI `vid`'s inode only (4 payload bytes), so that sheep resets no
+    /// other slot's reference count.
+    public static func writeIndexSlot(id: UInt32, vid: UInt32, index: UInt32, copies: UInt8 = 0) -> SheepRequestHeader {
+        writeObject(id: id, oid: SheepOID.inode(vid: vid), offset: SheepInodeLayout.slotOffset(index),
+                    length: UInt32(SheepInodeLayout.slotBytes), copies: copies)
+    }
+
     /// CREATE_AND_WRITE_OBJ, with copy-on-write from `cowOid` when it is non-zero.
     public static func createAndWrite(id: UInt32, oid: UInt64, cowOid: UInt64 = 0, offset: UInt32,
                                       length: UInt32, copies: UInt8 = 0,

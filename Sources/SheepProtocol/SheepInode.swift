@@ -33,10 +33,13 @@ public enum SheepInodeLayout {
     /// Largest flat (store_policy 0) VDI at 4 MiB objects (`SD_OLD_MAX_VDI_SIZE`).
     public static let maxFlatVDISizeBytesAtDefaultShift: UInt64 = UInt64(dataIndexSlots) << 22
 
+    /// One index slot (`data_vdi_id[i]`, a little-endian VID) is 4 bytes.
+    public static let slotBytes = 4
+
     /// Byte offset of slot `index` inside the inode object: `4664 + 4 * index`.
     @inline(__always)
     public static func slotOffset(_ index: UInt32) -> UInt32 {
-        UInt32(headerSizeBytes) &+ 4 &* index
+        UInt32(headerSizeBytes) &+ UInt32(slotBytes) &* index
     }
 
     /// The index slot a byte range of an inode object covers exactly, if it is whole, aligned slots.

@@ -177,7 +177,7 @@ public final class SheepChannel<Host: SheepStoreHost> {
         if let probe {
             probeSlots[i] = 0
             reqs[i] = SheepRequest(inUse: true, sent: false, generation: gen, payload: nil, payloadLength: 0,
-                                   dest: UnsafeMutableRawPointer(probeSlots + i), destCapacity: 4, waiter: waiter,
+                                   dest: UnsafeMutableRawPointer(probeSlots + i), destCapacity: SheepInodeLayout.slotBytes, waiter: waiter,
                                    probeIndex: Int32(probe.index), probeObjectOffset: Int32(probe.objectOffset),
                                    probeDest: dest, probeLength: destCapacity)
         } else {
@@ -622,7 +622,7 @@ public final class SheepChannel<Host: SheepStoreHost> {
             let piece = (index: Int(reqs[i].probeIndex), objectOffset: Int(reqs[i].probeObjectOffset))
             let length = reqs[i].probeLength
             // A short reply names no owner: the piece fails rather than read as a hole.
-            let owner: UInt32? = bytes == 4 ? UInt32(littleEndian: probeSlots[i]) : nil
+            let owner: UInt32? = bytes == SheepInodeLayout.slotBytes ? UInt32(littleEndian: probeSlots[i]) : nil
             release(slot)
             store.probeAnswered(w, piece, owner: owner, length: length, dest: d, channel: self)
             return

@@ -407,12 +407,11 @@ public struct SheepHomeMachine {
     /// SD_FLAG_CMD_TGT: still INODE_INVALIDATED when sheep knows we are stale), and that decides.
     private mutating func readSlot(_ vol: SheepVolume, _ req: SheepHomeRequest) {
         let op = SheepHomeOp(request: req, volume: vol, stage: .slotRead)
-        op.buffer = .allocate(byteCount: 4, alignment: 4)
+        op.buffer = .allocate(byteCount: SheepInodeLayout.slotBytes, alignment: 4)
         let dest = op.buffer
         let id = newHomeOp(op)
-        let hdr = SheepRequestHeader.readObject(id: 0, oid: SheepOID.inode(vid: vol.vid),
-                                                offset: SheepInodeLayout.slotOffset(UInt32(req.index)), length: 4)
-        send(id, vol, hdr, payload: nil, length: 0, dest: dest, destCapacity: 4)
+        let hdr = SheepRequestHeader.readIndexSlot(id: 0, vid: vol.vid, index: UInt32(req.index))
+        send(id, vol, hdr, payload: nil, length: 0, dest: dest, destCapacity: SheepInodeLayout.slotBytes)
     }
 
     /// Sheep's slot for the request (readSlot): the read goes to the owner it names (zeros for a hole); a write
@@ -470,11 +469,9 @@ public struct SheepHomeMachine {
         let op = SheepHomeOp(request: req, volume: vol, stage: .slotWrite(vid: vid, value: value))
         op.payload = withUnsafeBytes(of: value.littleEndian) { Array($0) }
         let id = newHomeOp(op)
-        let hdr = SheepRequestHeader.writeObject(id: 0, oid: SheepOID.inode(vid: vid),
-                                                 offset: SheepInodeLayout.slotOffset(UInt32(idx)), length: 4,
-                                                 copies: vol.copies)
+        let hdr = SheepRequestHeader.writeIndexSlot(id: 0, vid: vid, index: UInt32(idx), copies: vol.copies)
         let p = op.payload.withUnsafeBytes { $0.baseAddress! }   // the array lives in the op until the reply
-        send(id, vol, hdr, payload: p, length: 4)
+        send(id, vol, hdr, payload: p, length: SheepInodeLayout.slotBytes)
     }
 
     mutating func newHomeOp(_ op: SheepHomeOp) -> Int32 {
@@ -768,11 +765,9 @@ public struct SheepHomeMachine {
             let op = SheepHomeOp(request: nil, volume: vol, stage: .reconcileSlot)
             op.payload = withUnsafeBytes(of: value.littleEndian) { Array($0) }
             let id = newHomeOp(op)
-            let hdr = SheepRequestHeader.writeObject(id: 0, oid: SheepOID.inode(vid: newVID),
-                                                     offset: SheepInodeLayout.slotOffset(UInt32(idx)), length: 4,
-                                                     copies: vol.copies)
+            let hdr = SheepRequestHeader.writeIndexSlot(id: 0, vid: newVID, index: UInt32(idx), copies: vol.copies)
             let p = op.payload.withUnsafeBytes { $0.baseAddress! }
-            send(id, vol, hdr, payload: p, length: 4)
+            send(id, vol, hdr, payload: p, length: SheepInodeLayout.slotBytes)
         }
     }
 
@@ -871,13 +866,11 @@ public struct SheepHomeMachine {
             // request reloads and finds the new working VDI. It writes 0 to a slot past the end of the VDI
             // (always 0: nothing is referenced or released) and goes before any of our writes is redone.
             actions.append(.log(.info, "sheep VDI '\(vol.name)': telling other gateways that \(String(from, radix: 16)) is a snapshot now"))
-            let hdr = SheepRequestHeader.writeObject(id: 0, oid: SheepOID.inode(vid: from),
-                                                     offset: SheepInodeLayout.slotOffset(UInt32(slot)), length: 4,
-                                                     copies: vol.copies)
+            let hdr = SheepRequestHeader.writeIndexSlot(id: 0, vid: from, index: UInt32(slot), copies: vol.copies)
             // Without SD_FLAG_CMD_TGT: were we invalidated there, sheep would refuse it before invalidating.
             actions.append(.send(op: newHomeOp(SheepHomeOp(request: nil, volume: vol, stage: .announce(newVID: newVID))),
-                                 volume: vol, header: hdr, payload: ZeroPages.base, payloadLength: 4, dest: nil,
-                                 destCapacity: 0))
+                                 volume: vol, header: hdr, payload: ZeroPages.base,
+                                 payloadLength: SheepInodeLayout.slotBytes, dest: nil, destCapacity: 0))
             return
         }
         h.reloading = false

@@ -100,11 +100,10 @@ extension SheepHomeMachine {
                 // their reload reads the new version. 0 into a slot past the end of the VDI changes nothing.
                 // Without SD_FLAG_CMD_TGT: were we invalidated, sheep would refuse it before invalidating.
                 h.recordAnnouncing = true
-                let hdr = SheepRequestHeader.writeObject(id: 0, oid: SheepOID.inode(vid: vol.vid),
-                                                         offset: SheepInodeLayout.slotOffset(UInt32(slot)), length: 4,
-                                                         copies: vol.copies)
+                let hdr = SheepRequestHeader.writeIndexSlot(id: 0, vid: vol.vid, index: UInt32(slot), copies: vol.copies)
                 actions.append(.send(op: newHomeOp(SheepHomeOp(request: nil, volume: vol, stage: .record)), volume: vol,
-                                     header: hdr, payload: ZeroPages.base, payloadLength: 4, dest: nil, destCapacity: 0))
+                                     header: hdr, payload: ZeroPages.base, payloadLength: SheepInodeLayout.slotBytes, dest: nil,
+                                     destCapacity: 0))
                 return
             }
             recordEnded(vol, outcome)

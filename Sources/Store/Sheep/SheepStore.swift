@@ -172,9 +172,7 @@ public final class SheepStore<Host: SheepStoreHost> {
                     // another gateway's invalidation and its index write revalidated us with the old index. So
                     // the owner comes from sheep: a read of the piece's slot of our inode, with SD_FLAG_CMD_TGT
                     // (sheep checks staleness only against the oid's own VDI, not a snapshot's we may read).
-                    let h = SheepRequestHeader.readObject(id: 0, oid: SheepOID.inode(vid: vol.vid),
-                                                          offset: SheepInodeLayout.slotOffset(UInt32(idx)),
-                                                          length: 4, flags: .tgt)
+                    let h = SheepRequestHeader.readIndexSlot(id: 0, vid: vol.vid, index: UInt32(idx), flags: .tgt)
                     addPiece(r, tag, ch, h, payload: nil, payloadLength: 0, dest: dest, destCapacity: len,
                              probe: (idx, objOff))
                     return
