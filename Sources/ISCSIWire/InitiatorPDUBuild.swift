@@ -11,9 +11,7 @@ public enum InitiatorPDUBuild {
     static func header(_ h: UnsafeMutableRawPointer, opcode: UInt8, immediate: Bool, flags: UInt8,
                        dataLength: Int, field8: UInt64, itt: UInt32, field20: UInt32, cmdSN: UInt32,
                        expStatSN: UInt32) {
-        PDUBuild.zero(h)
-        h.storeBytes(of: (immediate ? PDUFlags.immediate : 0) | opcode, as: UInt8.self)
-        h.storeBytes(of: flags, toByteOffset: BHSField.flags, as: UInt8.self)
+        PDUBuild.begin(h, (immediate ? PDUFlags.immediate : 0) | opcode, flags: flags)
         PDUBuild.setDataLength(h, dataLength)
         put64(h, BHSField.lun, field8)
         put32(h, BHSField.itt, itt)

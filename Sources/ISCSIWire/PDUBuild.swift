@@ -34,7 +34,9 @@ public enum PDUBuild {
     }
 
     @inlinable @inline(__always)
-    static func setDataLength(_ h: UnsafeMutableRawPointer, _ n: Int) { put24(h, BHSField.dataSegmentLength, UInt32(truncatingIfNeeded: n)) }
+    static func setDataLength(_ h: UnsafeMutableRawPointer, _ n: Int) {
+        put24(h, BHSField.dataSegmentLength, UInt32(truncatingIfNeeded: n))
+    }
 
     /// StatSN at 24, ExpCmdSN at 28, MaxCmdSN at 32: the layout shared by every target PDU that has them.
     @inline(__always)
@@ -48,10 +50,8 @@ public enum PDUBuild {
     @inlinable
     public static func scsiResponse(_ h: UnsafeMutableRawPointer, itt: UInt32, status: UInt8, response: UInt8 = 0,
                                     residual: Residual, dataLength: Int) {
-        zero(h)
-        h.storeBytes(of: ISCSIOpcode.scsiResponse, as: UInt8.self)
         let (residualFlags, count) = residualField(residual)
-        h.storeBytes(of: PDUFlags.final | residualFlags, toByteOffset: BHSField.flags, as: UInt8.self)
+        begin(h, ISCSIOpcode.scsiResponse, flags: PDUFlags.final | residualFlags)
         h.storeBytes(of: response, toByteOffset: BHSField.response, as: UInt8.self)
         h.storeBytes(of: status, toByteOffset: BHSField.status, as: UInt8.self)
         setDataLength(h, dataLength)
@@ -59,22 +59,15 @@ public enum PDUBuild {
         put32(h, BHSField.residualCount, count)
     }
 
-    /// Data-In. `statusFlag` collapses the SCSI status into the last Data-In (then `final` must be set too).
+    /// Data-In. A `status` collapses the SCSI status into the last Data-In (then `final` must be set too).
     @inlinable
     public static func dataIn(_ h: UnsafeMutableRawPointer, itt: UInt32, lunField: UInt64, dataSN: UInt32,
                               bufferOffset: UInt32, length: Int, final: Bool, status: UInt8?, residual: Residual) {
-        zero(h)
-        h.storeBytes(of: ISCSIOpcode.dataIn, as: UInt8.self)
-        var flags: UInt8 = final ? PDUFlags.final : 0
-        var count: UInt32 = 0
-        if let status {
-            flags |= PDUFlags.status
-            h.storeBytes(of: status, toByteOffset: BHSField.status, as: UInt8.self)
-            let (residualFlags, n) = residualField(residual)
-            flags |= residualFlags
-            count = n
-        }
-        h.storeBytes(of: flags, toByteOffset: BHSField.flags, as: UInt8.self)
+        // The status, and with it the residual, only when it is collapsed into this PDU.
+        let (residualFlags, count) = status == nil ? (0, 0) : residualField(residual)
+        let statusFlags = status == nil ? 0 : PDUFlags.status | residualFlags
+        begin(h, ISCSIOpcode.dataIn, flags: (final ? PDUFlags.final : 0) | statusFlags)
+        if let status { h.storeBytes(of: status, toByteOffset: BHSField.status, as: UInt8.self) }
         setDataLength(h, length)
         put64(h, BHSField.lun, lunField)
         put32(h, BHSField.itt, itt)
@@ -159,12 +152,10 @@ public enum PDUBuild {
     public static func loginResponse(_ h: UnsafeMutableRawPointer, transit: Bool, cont: Bool, csg: UInt8, nsg: UInt8,
                                      versionMax: UInt8, versionActive: UInt8, isid: UInt64, tsih: UInt16, itt: UInt32,
                                      statusClass: UInt8, statusDetail: UInt8, dataLength: Int) {
-        zero(h)
-        h.storeBytes(of: ISCSIOpcode.loginResponse, as: UInt8.self)
         var flags: UInt8 = (transit ? LoginFlags.transit : 0) | (cont ? LoginFlags.continue : 0)
         flags |= (csg & LoginFlags.stageMask) << LoginFlags.csgShift
         if transit { flags |= nsg & LoginFlags.stageMask }
-        h.storeBytes(of: flags, toByteOffset: BHSField.flags, as: UInt8.self)
+        begin(h, ISCSIOpcode.loginResponse, flags: flags)
         h.storeBytes(of: versionMax, toByteOffset: BHSField.response, as: UInt8.self)
         h.storeBytes(of: versionActive, toByteOffset: BHSField.status, as: UInt8.self)
         setDataLength(h, dataLength)
