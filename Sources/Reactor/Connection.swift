@@ -220,8 +220,8 @@ public final class Connection {
     /// Arms the next recv: into the staging buffer, or straight into the data sink when the rest of a large
     /// data segment is not staged yet (so write data lands in its buffer slot without a copy).
     ///
-    /// `direct` is where the front end would have the next bytes land (iSCSI: `PDUReceiver.directSpace`, NBD:
-    /// `nbdDirectSpace`), asked only when nothing is staged; nil stages them.
+    /// `direct` is where the front end would have the next bytes land (`armISCSIRecv`, `armNBDRecv`), asked only
+    /// when nothing is staged; nil stages them.
     @inline(__always)
     func armRecv(direct: () -> (UnsafeMutableRawPointer, Int)? = { nil }) {
         guard !recvInFlight, phase != .closing, !stalled else { return }

@@ -740,7 +740,8 @@ extension Connection {
     /// The once-a-second checks of an iSCSI connection (through Connection.ticked): Data-Out that stopped
     /// coming, a CmdSN gap that never filled, and the NOP-In ping.
     func iscsiTick(_ tick: UInt64, limits: LivenessLimits) {
-        if phase == .fullFeature && activeTasks > 0 {
+        guard phase == .fullFeature else { return }
+        if activeTasks > 0 {
             for t in 0..<tasksInitialized {
                 let s = tasks[t].state
                 if (s == .receivingData || s == .waitingPermit)
@@ -748,14 +749,14 @@ extension Connection {
                     dataOutTimedOut(t)
                 }
             }
+            guard phase == .fullFeature else { return }
         }
-        if phase == .fullFeature && cmdSNGap.expired(waiting: orderWaiting, expCmdSN: cmdSNWindow.expCmdSN, tick: tick,
-                                                         limitSeconds: reactor.config.cmdSNGapTimeoutSeconds) {
+        if cmdSNGap.expired(waiting: orderWaiting, expCmdSN: cmdSNWindow.expCmdSN, tick: tick,
+                            limitSeconds: reactor.config.cmdSNGapTimeoutSeconds) {
             reactor.logger.warning("\(peer): CmdSN gap: CmdSN \(cmdSNWindow.expCmdSN) missing for more than \(reactor.config.cmdSNGapTimeoutSeconds)s with \(orderWaiting) command(s) waiting behind it; closing the session")
             reactor.closeConnection(self, reason: "CmdSN gap")
             return
         }
-        guard phase == .fullFeature else { return }
         switch liveness.pingCheck(tick: tick, limits: limits, canSend: out.free > 0) {
         case .idle: break
         case .send(let ttt): sendPing(ttt: ttt)

@@ -6,9 +6,9 @@
 // tgtd binds port 0 and reports the real port like ringtgtd, but only its last `--iscsi portal=` counts, it
 // ignores SIGTERM, and its control endpoint is a number that names /var/run/tgtd/socket.N.
 
+import Floor
 import Foundation
 #if canImport(Glibc)
-import Floor
 import Glibc
 #endif
 
